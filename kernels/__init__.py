@@ -1,0 +1,35 @@
+"""Triton kernels for masked-diffusion LM decoding (LLaDA), importable on their own.
+
+Every public kernel has a torch reference of the same signature in :mod:`kernels.reference`
+(which never imports triton). Kernel modules are imported lazily, so ``import kernels.reference``
+(or this package) does not import triton; set ``TRITON_INTERPRET=1`` before the first kernel use to
+run them on a CPU.
+"""
+import importlib
+
+__all__ = [
+    "block_attention",
+    "rms_norm",
+    "rope",
+    "swiglu_mlp",
+    "head_confidence",
+    "select_transfer",
+    "reference",
+]
+
+_LAZY = {
+    "block_attention": "kernels.block_attention",
+    "rms_norm": "kernels.norm",
+    "rope": "kernels.rope",
+    "swiglu_mlp": "kernels.mlp",
+    "head_confidence": "kernels.remask",
+    "select_transfer": "kernels.remask",
+}
+
+
+def __getattr__(name):
+    if name == "reference":
+        return importlib.import_module("kernels.reference")
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'kernels' has no attribute {name!r}")

@@ -1,0 +1,238 @@
+"""Torch meaning of every kernel in this package (``*_ref``).
+
+This module never imports triton, so it runs on any CPU, in notebooks and in other projects. Each
+``*_ref`` has the same signature as the Triton function of the same stem in ``kernels/`` and defines
+its numerics, its tie-breaking and its output layout. Tests and benchmarks import these.
+
+Layout conventions used throughout the package:
+  * activations ``[batch, tokens, heads, head_dim]`` (or ``[rows, features]`` for row-wise ops);
+  * a KV cache is ``[batch, T_max, n_kv_heads, head_dim]``, preallocated and written by position;
+    it holds *rotated* keys (RoPE is applied before a key is written);
+  * linear weights are ``[out_features, in_features]`` (``y = x @ w.T``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "rms_norm_ref",
+    "rope_tables",
+    "rope_ref",
+    "block_attention_ref",
+    "swiglu_mlp_ref",
+    "head_confidence_ref",
+    "select_transfer_ref",
+]
+
+
+# ----------------------------------------------------------------------------------------- norms
+def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float,
+                 residual: Optional[torch.Tensor] = None):
+    """LLaDA's RMSNorm, optionally with the residual add fused in front.
+
+    ``h = x + residual`` (in ``x.dtype``, as the reference model's bf16 residual stream), then
+    ``y = weight * (h.float() * rsqrt(mean(h.float()**2) + eps)).to(x.dtype)``.
+
+    Returns ``y`` when ``residual`` is None, else ``(y, h)``.
+    """
+    h = x if residual is None else x + residual
+    hf = h.float()
+    y = (hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + eps)).to(h.dtype)
+    y = weight * y
+    return y if residual is None else (y, h)
+
+
+# ------------------------------------------------------------------------------------------ rope
+def rope_tables(head_dim: int, theta: float, length: int, device=None):
+    """fp32 ``(cos, sin)`` tables ``[length, head_dim]`` for absolute positions ``0..length-1``.
+
+    Built exactly like the reference modeling code (on the CPU, fp32, ``cat(freqs, freqs)``) and then
+    moved to ``device``, so the values are bit-identical to the reference wherever they are used.
+    """
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
+    seq = torch.arange(length, dtype=torch.float)
+    freqs = torch.einsum("i , j -> i j", seq, inv_freq)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(device), emb.sin().to(device)
+
+
+def rope_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Half-split (NeoX) rotary embedding over the full head dim, computed in fp32.
+
+    x: ``[B, T, H, D]``; cos, sin: fp32 ``[T, D]`` (the rows of the tables at the tokens' positions).
+    Returns ``x * cos + rotate_half(x) * sin`` cast back to ``x.dtype``.
+    """
+    xf = x.float()
+    half = xf.shape[-1] // 2
+    rot = torch.cat((-xf[..., half:], xf[..., :half]), dim=-1)
+    c = cos[None, :, None, :]
+    s = sin[None, :, None, :]
+    return ((xf * c) + (rot * s)).to(x.dtype)
+
+
+# ------------------------------------------------------------------------------------- attention
+def attention_mask(batch: int, n_q: int, kv_len: int, device, kv_start=None, key_end=None):
+    """Boolean ``[B, 1, n_q, kv_len]`` mask (True = attend) of :func:`block_attention_ref`, or None."""
+    if kv_start is None and key_end is None:
+        return None
+    keys = torch.arange(kv_len, device=device)
+    mask = torch.ones(batch, 1, n_q, kv_len, dtype=torch.bool, device=device)
+    if kv_start is not None:
+        mask = mask & (keys[None, None, None, :] >= kv_start.to(device).view(batch, 1, 1, 1))
+    if key_end is not None:
+        mask = mask & (keys[None, None, None, :] < key_end.to(device).view(1, 1, n_q, 1))
+    return mask
+
+
+def block_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                        kv_len: int, kv_start: Optional[torch.Tensor] = None,
+                        key_end: Optional[torch.Tensor] = None,
+                        scale: Optional[float] = None) -> torch.Tensor:
+    """Bidirectional attention of a block of queries over the first ``kv_len`` slots of a KV cache.
+
+    q: ``[B, Tq, H, D]``; k_cache, v_cache: ``[B, T_max, Hkv, D]`` with ``H % Hkv == 0`` (GQA) and
+    ``kv_len <= T_max`` (the queries' own keys must already be written in the cache).
+    kv_start: int ``[B]`` or None: keys ``< kv_start[b]`` are invisible to row b (left padding).
+    key_end: int ``[Tq]`` or None: query i sees only keys ``< key_end[i]`` (block-causal masks);
+    every query must see at least one key. scale defaults to ``1/sqrt(D)``.
+    Returns ``[B, Tq, H, D]`` in ``q.dtype`` (softmax in fp32 for 16-bit inputs, as SDPA).
+    """
+    B, Tq, H, D = q.shape
+    Hkv = k_cache.shape[2]
+    k = k_cache[:, :kv_len].transpose(1, 2)
+    v = v_cache[:, :kv_len].transpose(1, 2)
+    if Hkv != H:
+        k = k.repeat_interleave(H // Hkv, dim=1)
+        v = v.repeat_interleave(H // Hkv, dim=1)
+    mask = attention_mask(B, Tq, kv_len, q.device, kv_start, key_end)
+    o = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask, scale=scale)
+    return o.transpose(1, 2)
+
+
+# ------------------------------------------------------------------------------------------- mlp
+def swiglu_mlp_ref(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor,
+                   residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``residual + (silu(x @ Wg.T) * (x @ Wu.T)) @ w_down.T`` in ``x.dtype``.
+
+    x: ``[M, d]``; w_gate_up: ``[2h, d]``, rows ``[0, h)`` the gate (LLaDA's ``ff_proj``, through SiLU)
+    and rows ``[h, 2h)`` the up projection; w_down: ``[d, h]``; residual: ``[M, d]`` or None.
+    Each matmul output is rounded to ``x.dtype`` as in the reference model.
+    """
+    h = w_down.shape[1]
+    gu = x @ w_gate_up.t()
+    a = F.silu(gu[..., :h]) * gu[..., h:]
+    y = a @ w_down.t()
+    return y if residual is None else residual + y
+
+
+# --------------------------------------------------------------------------------- remask / head
+def head_confidence_ref(hidden: torch.Tensor, w_head: torch.Tensor, *,
+                        temperature: float = 0.0, generator: Optional[torch.Generator] = None,
+                        banned_ids: Sequence[int] = (), no_confidence_ids: Sequence[int] = (),
+                        uncond_hidden: Optional[torch.Tensor] = None, cfg_scale: float = 0.0):
+    """Sampled token and its confidence for each row, from final (normed) hidden states.
+
+    hidden: ``[M, d]``; w_head: ``[V, d]``. Logits ``l = hidden @ w_head.T`` are rounded to the
+    hidden dtype (as the reference model's logits), then computed on in fp32:
+      * classifier-free guidance when ``uncond_hidden`` is given: ``l = lu + (cfg_scale + 1) * (l - lu)``;
+      * ``banned_ids`` get ``-inf`` logits before anything else (``logits_eos_inf``);
+      * ``x0 = argmax(l)`` at temperature 0, else a Gumbel-max sample of ``softmax(l / T)``
+        (noise from ``generator``); ties go to the lowest id;
+      * ``conf = exp(l[x0] - logsumexp(l))`` (noise-free, fp32);
+      * if ``x0`` is in ``no_confidence_ids`` its confidence is ``-inf`` (``confidence_eos_eot_inf``).
+    Returns ``(x0 int64 [M], conf fp32 [M])``.
+    """
+    logits = (hidden @ w_head.t()).float()
+    if uncond_hidden is not None:
+        lu = (uncond_hidden @ w_head.t()).float()
+        logits = lu + (cfg_scale + 1.0) * (logits - lu)
+    if len(banned_ids):
+        logits[:, list(banned_ids)] = float("-inf")
+    if temperature > 0:
+        u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
+        g = -torch.log(-torch.log(u.clamp_min(1e-300)))
+        x0 = torch.argmax(logits.double() / temperature + g, dim=-1)
+    else:
+        x0 = torch.argmax(logits, dim=-1)
+    lse = torch.logsumexp(logits, dim=-1)
+    conf = torch.exp(logits.gather(-1, x0[:, None])[:, 0] - lse)
+    if len(no_confidence_ids):
+        bad = torch.isin(x0, torch.tensor(list(no_confidence_ids), device=x0.device))
+        conf = conf.masked_fill(bad, float("-inf"))
+    return x0, conf
+
+
+def select_transfer_ref(conf: torch.Tensor, masked: torch.Tensor, *,
+                        k: Optional[torch.Tensor] = None, threshold: Optional[float] = None,
+                        factor: Optional[float] = None) -> torch.Tensor:
+    """Which masked positions of each row to commit this step. Exactly one rule must be given.
+
+    conf: fp32 ``[B, L]`` confidences; masked: bool ``[B, L]`` (only masked positions can be chosen).
+    * ``k`` (int ``[B]``): the ``k[b]`` most confident masked positions (LLaDA's top-k schedule);
+    * ``threshold``: the most confident masked position always, plus every other masked position
+      with ``conf >= threshold`` (Fast-dLLM);
+    * ``factor``: sort the masked confidences descending ``c_1 >= c_2 >= ...``; commit the longest
+      prefix ``n`` with ``(n + 1) * (1 - c_n) < factor``... as Fast-dLLM's ``get_transfer_index_dynamic``
+      (see :func:`decode.select.factor_count`), at least one position.
+    Ranking is by descending confidence, ties to the lowest index; ``-inf`` confidences rank last but
+    are still chosen if ``k`` asks for them (masked positions only).
+    Returns bool ``[B, L]``.
+    """
+    if sum(r is not None for r in (k, threshold, factor)) != 1:
+        raise ValueError("select_transfer_ref: give exactly one of k, threshold, factor")
+    B, L = conf.shape
+    key = torch.where(masked, conf.float(), torch.full_like(conf, float("-inf"), dtype=torch.float))
+    # stable descending order: lowest index first among equal keys; masked before unmasked
+    order = _stable_desc_order(key, masked)
+    ranked = key.gather(1, order)
+    n_masked = masked.sum(1)
+    ranks = torch.arange(L, device=conf.device)[None, :]
+    if k is not None:
+        count = torch.minimum(k.to(n_masked.device).long(), n_masked)
+    elif threshold is not None:
+        passing = (ranked >= threshold) & (ranks < n_masked[:, None])
+        count = torch.where(n_masked > 0, torch.clamp(passing[:, 1:].sum(1) + 1, max=L), n_masked)
+        # only the top-1 is unconditional; others pass individually (they are sorted, so a count works)
+    else:
+        count = _factor_count(ranked, n_masked, factor)
+    take_sorted = ranks < count[:, None]
+    out = torch.zeros(B, L, dtype=torch.bool, device=conf.device)
+    out.scatter_(1, order, take_sorted)
+    return out & masked
+
+
+def _stable_desc_order(key: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    # sort by (masked desc, key desc, index asc); torch.sort(stable=True) keeps index order on ties
+    B, L = key.shape
+    k2 = torch.where(masked, key, torch.full_like(key, float("-inf")))
+    # unmasked positions must come after masked -inf ones: sort twice (stable) -- first by key,
+    # then by the masked flag.
+    o1 = torch.sort(k2, dim=1, descending=True, stable=True).indices
+    m1 = masked.gather(1, o1).to(torch.int8)
+    o2 = torch.sort(m1, dim=1, descending=True, stable=True).indices
+    return o1.gather(1, o2)
+
+
+def _factor_count(ranked: torch.Tensor, n_masked: torch.Tensor, factor: float) -> torch.Tensor:
+    """Fast-dLLM's factor rule on descending-sorted confidences (see ``select_transfer_ref``)."""
+    B, L = ranked.shape
+    out = torch.zeros(B, dtype=torch.long, device=ranked.device)
+    for b in range(B):
+        n = int(n_masked[b])
+        if n == 0:
+            continue
+        i = 0
+        while i < n:
+            thr = -1.0 if i == 0 else 1.0 - factor / (i + 2)
+            if float(ranked[b, i]) < thr:
+                break
+            i += 1
+        # Fast-dLLM: the loop variable ends at the first failing rank; 0 or N-1 are bumped by one
+        if i == 0 or i == n - 1:
+            i += 1
+        out[b] = min(i, n)
+    return out
