@@ -83,8 +83,9 @@ def attention_mask(batch: int, n_q: int, kv_len: int, device, kv_start=None, key
     mask = torch.ones(batch, 1, n_q, kv_len, dtype=torch.bool, device=device)
     if kv_start is not None:
         mask = mask & (keys[None, None, None, :] >= kv_start.to(device).view(batch, 1, 1, 1))
-    if key_end is not None:
-        mask = mask & (keys[None, None, None, :] < key_end.to(device).view(1, 1, n_q, 1))
+    if key_end is not None:  # [n_q] shared by the batch, or [B, n_q] per batch row
+        ke = key_end.to(device).view(batch if key_end.dim() == 2 else 1, 1, n_q, 1)
+        mask = mask & (keys[None, None, None, :] < ke)
     return mask
 
 
@@ -97,7 +98,8 @@ def block_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
     q: ``[B, Tq, H, D]``; k_cache, v_cache: ``[B, T_max, Hkv, D]`` with ``H % Hkv == 0`` (GQA) and
     ``kv_len <= T_max`` (the queries' own keys must already be written in the cache).
     kv_start: int ``[B]`` or None: keys ``< kv_start[b]`` are invisible to row b (left padding).
-    key_end: int ``[Tq]`` or None: query i sees only keys ``< key_end[i]`` (block-causal masks);
+    key_end: int ``[Tq]`` or ``[B, Tq]`` or None: query i (of batch row b) sees only keys
+    ``< key_end[i]`` (``< key_end[b, i]`` for the 2-D form; block-causal masks);
     every query must see at least one key. scale defaults to ``1/sqrt(D)``.
     Returns ``[B, Tq, H, D]`` in ``q.dtype`` (softmax in fp32 for 16-bit inputs, as SDPA).
     """
@@ -142,8 +144,10 @@ def head_confidence_ref(hidden: torch.Tensor, w_head: torch.Tensor, *,
       * ``banned_ids`` get ``-inf`` logits before anything else (``logits_eos_inf``);
       * ``x0 = argmax(l)`` at temperature 0, else a Gumbel-max sample of ``softmax(l / T)``
         (noise from ``generator``); ties go to the lowest id;
-      * ``conf = exp(l[x0] - logsumexp(l))`` (noise-free, fp32);
-      * if ``x0`` is in ``no_confidence_ids`` its confidence is ``-inf`` (``confidence_eos_eot_inf``).
+      * ``no_confidence_ids`` get ``-inf`` logits *after* sampling (``confidence_eos_eot_inf``): they
+        leave the confidence softmax, so a sampled one gets confidence 0 and the others renormalise
+        (what the official code computes at temperature 0);
+      * ``conf = exp(l[x0] - logsumexp(l))`` (noise-free, fp32).
     Returns ``(x0 int64 [M], conf fp32 [M])``.
     """
     logits = (hidden @ w_head.t()).float()
@@ -158,11 +162,10 @@ def head_confidence_ref(hidden: torch.Tensor, w_head: torch.Tensor, *,
         x0 = torch.argmax(logits.double() / temperature + g, dim=-1)
     else:
         x0 = torch.argmax(logits, dim=-1)
+    if len(no_confidence_ids):
+        logits[:, list(no_confidence_ids)] = float("-inf")
     lse = torch.logsumexp(logits, dim=-1)
     conf = torch.exp(logits.gather(-1, x0[:, None])[:, 0] - lse)
-    if len(no_confidence_ids):
-        bad = torch.isin(x0, torch.tensor(list(no_confidence_ids), device=x0.device))
-        conf = conf.masked_fill(bad, float("-inf"))
     return x0, conf
 
 

@@ -1,0 +1,265 @@
+"""The one block-decoding driver.
+
+``generate(params, cfg, prompts, gen_length=..., block_length=..., steps=...)`` decodes a batch of
+prompts block by block (semi-autoregressive masked diffusion). The schedule, the remasking rule and
+the cache policy are arguments; ``generate_stream`` yields each step and block as it is committed.
+
+Semantics follow the official LLaDA ``generate`` and Fast-dLLM v1 (see ``docs/decoding.md``); where
+they disagree or have quirks the choice is stated here:
+
+* A block ends as soon as it has no masked position. The official code always runs ``steps`` forwards
+  per block, which only differs when ``steps_per_block > block_length`` (the extra forwards commit 0
+  tokens and change nothing); Fast-dLLM's June code also spends one forward after a block is already
+  complete. Neither wasted call is copied, so NFE can be lower than theirs with identical tokens.
+* Confidence is ``exp(l[x0] - logsumexp(l))`` in fp32 from the (model-dtype) logits; the official code
+  uses a softmax in the logits dtype, Fast-dLLM in float64.
+* ``confidence_eos_eot_inf`` removes both eos and eot from the confidence softmax after sampling (a
+  sampled end token gets confidence 0, the others renormalise): the intended semantics, which the
+  official chained assignment (``lwn[..., eos] = logits[..., eot] = -inf``) realises only at
+  temperature 0; at T > 0 it suppresses only eot.
+* Ties in confidence go to the lowest position; masked positions with ``-inf`` confidence are still
+  committed if the schedule asks for them.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, List, Optional, Sequence, Union
+
+import torch
+
+from llada.config import LLaDAConfig
+from llada.ops import REFERENCE_OPS, Ops
+from llada.weights import Params
+from .cache import POLICIES, StepContext, make_policy
+from .schedule import num_transfer_tokens
+
+__all__ = ["generate", "generate_stream", "GenerateResult", "StepEvent", "BlockEvent", "pad_prompts",
+           "REMASKING"]
+
+REMASKING = ("low_confidence", "random")
+
+
+@dataclass
+class StepEvent:
+    """One denoising step: what was committed where (block-relative positions)."""
+    block: int
+    step: int
+    committed: torch.Tensor      # bool [B, Lb]: positions committed at this step
+    tokens: torch.Tensor         # int64 [B, Lb]: the block's tokens after the step
+    confidence: torch.Tensor     # fp32 [B, Lb]: confidence of the sampled token (masked rows only)
+    nfe: torch.Tensor            # int64 [B]: forwards spent so far per row
+
+
+@dataclass
+class BlockEvent:
+    """A block fully committed."""
+    block: int
+    start: int                   # absolute position of the block in ``sequences``
+    tokens: torch.Tensor         # int64 [B, Lb]
+
+
+@dataclass
+class GenerateResult:
+    tokens: torch.Tensor          # int64 [B, gen_length]: the generated tokens
+    sequences: torch.Tensor       # int64 [B, P + gen_length]: left-padded prompts + generated tokens
+    prompt_lengths: List[int]     # unpadded prompt length per row
+    nfe: List[int]                # forwards spent per row (a forward counts for the rows still decoding)
+    steps: List[StepEvent] = field(default_factory=list)  # when record_steps=True
+    seconds: float = 0.0
+
+    def commit_order(self) -> torch.Tensor:
+        """int64 [B, gen_length]: global step index at which each generated position was committed
+        (needs ``record_steps=True``)."""
+        if not self.steps:
+            raise ValueError("commit_order needs generate(..., record_steps=True)")
+        B, G = self.tokens.shape
+        out = torch.full((B, G), -1, dtype=torch.int64)
+        for n, ev in enumerate(self.steps):
+            Lb = ev.committed.shape[1]
+            out[:, ev.block * Lb:(ev.block + 1) * Lb][ev.committed.cpu()] = n
+        return out
+
+
+def pad_prompts(prompts, cfg: LLaDAConfig, attention_mask=None, device=None):
+    """Left-pad prompts with ``cfg.pad_token_id``. Returns ``(tokens [B, P], pad [B] int64)``.
+
+    ``prompts`` is a list of token-id lists (any lengths) or an int tensor ``[B, P]``; with a tensor,
+    ``attention_mask`` ``[B, P]`` (1 = token, 0 = left padding) marks padding already there.
+    """
+    if isinstance(prompts, torch.Tensor):
+        if prompts.ndim != 2:
+            raise ValueError(f"prompts tensor must be [B, P], got shape {tuple(prompts.shape)}")
+        tokens = prompts.to(device=device, dtype=torch.int64)
+        if attention_mask is None:
+            return tokens, torch.zeros(tokens.shape[0], dtype=torch.int64, device=tokens.device)
+        am = attention_mask.to(tokens.device).bool()
+        if am.shape != tokens.shape:
+            raise ValueError(f"attention_mask shape {tuple(am.shape)} != prompts shape {tuple(tokens.shape)}")
+        pad = (~am).sum(1)
+        expect = torch.arange(tokens.shape[1], device=am.device)[None, :] >= pad[:, None]
+        if not torch.equal(expect, am):
+            raise ValueError("attention_mask must be left padding: zeros then ones in every row")
+        return tokens, pad.to(torch.int64)
+    if attention_mask is not None:
+        raise ValueError("attention_mask is only for a prompts tensor; lists are padded here")
+    rows = [list(map(int, p)) for p in prompts]
+    if not rows:
+        raise ValueError("prompts is empty")
+    P = max(len(r) for r in rows)
+    tokens = torch.full((len(rows), P), cfg.pad_token_id, dtype=torch.int64)
+    pad = torch.zeros(len(rows), dtype=torch.int64)
+    for i, r in enumerate(rows):
+        tokens[i, P - len(r):] = torch.tensor(r, dtype=torch.int64)
+        pad[i] = P - len(r)
+    return tokens.to(device), pad.to(device)
+
+
+def _validate(cfg, tokens, pad, gen_length, block_length, steps, temperature, remasking, threshold, factor,
+              cfg_scale, cache):
+    if not isinstance(gen_length, int) or gen_length < 1:
+        raise ValueError(f"gen_length={gen_length!r} must be a positive int")
+    if not isinstance(block_length, int) or block_length < 1:
+        raise ValueError(f"block_length={block_length!r} must be a positive int")
+    if gen_length % block_length:
+        raise ValueError(f"gen_length={gen_length} is not a multiple of block_length={block_length}")
+    nb = gen_length // block_length
+    if not isinstance(steps, int) or steps < 1 or steps % nb:
+        raise ValueError(f"steps={steps!r} must be a positive multiple of the number of blocks "
+                         f"({gen_length}/{block_length} = {nb})")
+    P = tokens.shape[1]
+    if P + gen_length > cfg.max_sequence_length:
+        raise ValueError(f"prompt width {P} + gen_length {gen_length} = {P + gen_length} exceeds "
+                         f"max_sequence_length={cfg.max_sequence_length}")
+    if (pad >= P).any():
+        raise ValueError("every prompt needs at least one token")
+    real = torch.arange(P, device=tokens.device)[None, :] >= pad[:, None]
+    bad = real & ((tokens < 0) | (tokens >= cfg.vocab_size))
+    if bad.any():
+        r, c = bad.nonzero()[0].tolist()
+        raise ValueError(f"prompt row {r} has token id {int(tokens[r, c])} outside the vocabulary "
+                         f"[0, {cfg.vocab_size})")
+    if (real & (tokens == cfg.mask_token_id)).any():
+        r, c = (real & (tokens == cfg.mask_token_id)).nonzero()[0].tolist()
+        raise ValueError(f"prompt row {r} position {c} holds the mask id {cfg.mask_token_id}")
+    if remasking not in REMASKING:
+        raise ValueError(f"remasking={remasking!r}; choose one of {REMASKING}")
+    if cache not in POLICIES:
+        raise ValueError(f"cache={cache!r} is not a cache policy; choose one of {sorted(POLICIES)}")
+    if threshold is not None and factor is not None:
+        raise ValueError("give threshold or factor, not both")
+    if threshold is not None and not (0.0 < float(threshold) <= 1.0):
+        raise ValueError(f"threshold={threshold} must be in (0, 1]")
+    if factor is not None and not float(factor) > 0:
+        raise ValueError(f"factor={factor} must be > 0")
+    if not float(temperature) >= 0:
+        raise ValueError(f"temperature={temperature} must be >= 0")
+    if not float(cfg_scale) >= 0:
+        raise ValueError(f"cfg_scale={cfg_scale} must be >= 0")
+
+
+@torch.no_grad()
+def generate_stream(params: Params, cfg: LLaDAConfig, prompts, *, gen_length: int, block_length: int,
+                    steps: int, temperature: float = 0.0, remasking: str = "low_confidence",
+                    threshold: Optional[float] = None, factor: Optional[float] = None, cfg_scale: float = 0.0,
+                    cache: str = "none", logits_eos_inf: bool = False, confidence_eos_eot_inf: bool = False,
+                    attention_mask: Optional[torch.Tensor] = None, seed: int = 0, ops: Ops = REFERENCE_OPS,
+                    ) -> Iterator[Union[StepEvent, BlockEvent, GenerateResult]]:
+    """Like :func:`generate`, but yields a :class:`StepEvent` after every step, a :class:`BlockEvent`
+    after every block, and finally the :class:`GenerateResult`."""
+    t0 = time.perf_counter()
+    device = params.device
+    tokens, pad = pad_prompts(prompts, cfg, attention_mask, device)
+    _validate(cfg, tokens, pad, gen_length, block_length, steps, temperature, remasking, threshold, factor,
+              cfg_scale, cache)
+    if confidence_eos_eot_inf and cfg.eot_token_id is None:
+        raise ValueError("confidence_eos_eot_inf needs cfg.eot_token_id (from the tokenizer or an override)")
+    B, P = tokens.shape
+    L = P + gen_length
+    nb, spb = gen_length // block_length, steps // (gen_length // block_length)
+    mask_id = cfg.mask_token_id
+    x = torch.full((B, L), mask_id, dtype=torch.int64, device=device)
+    x[:, :P] = tokens
+    use_cfg = cfg_scale > 0
+    kv_start = pad if bool((pad > 0).any()) else None
+    if use_cfg and kv_start is not None:
+        kv_start = torch.cat([kv_start, kv_start])
+    policy = make_policy(cache, StepContext(params, cfg, ops, P, block_length, L, kv_start),
+                         2 * B if use_cfg else B)
+    banned = (cfg.eos_token_id,) if logits_eos_inf else ()
+    no_conf = cfg.end_token_ids if confidence_eos_eot_inf else ()
+    rand_gen = torch.Generator(device=device).manual_seed(int(seed)) if remasking == "random" else None
+    nfe = torch.zeros(B, dtype=torch.int64, device=device)
+    calls = 0
+    records: List[StepEvent] = []
+
+    for b in range(nb):
+        s, e = P + b * block_length, P + (b + 1) * block_length
+        schedule = num_transfer_tokens(x[:, s:e] == mask_id, spb) if threshold is None and factor is None else None
+        step = 0
+        while True:
+            masked = x[:, s:e] == mask_id
+            active = masked.any(1)
+            if not bool(active.any()):
+                break
+            x_in = x
+            if use_cfg:  # unconditional branch: the whole prompt (pads included) masked
+                un = x.clone()
+                un[:, :P] = mask_id
+                x_in = torch.cat([x, un])
+            hidden = policy.hidden(x_in, b, step)
+            d = hidden.shape[-1]
+            h_cond = hidden[:B].reshape(B * block_length, d)
+            h_un = hidden[B:].reshape(B * block_length, d) if use_cfg else None
+            x0, conf = ops.head(h_cond, params.lm_head, temperature=float(temperature), seed=seed, offset=calls,
+                                banned_ids=banned, no_confidence_ids=no_conf, uncond_hidden=h_un,
+                                cfg_scale=float(cfg_scale))
+            x0, conf = x0.view(B, block_length), conf.view(B, block_length)
+            if remasking == "random":
+                conf = torch.rand((B, block_length), generator=rand_gen, device=device)
+            if schedule is not None:
+                k = schedule[:, step] if step < spb else torch.zeros(B, dtype=torch.int64, device=device)
+                committed = ops.select(conf, masked, k=k)
+            elif threshold is not None:
+                committed = ops.select(conf, masked, threshold=float(threshold))
+            else:
+                committed = ops.select(conf, masked, factor=float(factor))
+            x[:, s:e] = torch.where(committed, x0, x[:, s:e])
+            nfe += active.to(nfe.dtype)
+            calls += 1
+            ev = StepEvent(b, step, committed, x[:, s:e].clone(), torch.where(masked, conf, float("-inf")),
+                           nfe.clone())
+            records.append(ev)
+            yield ev
+            step += 1
+        yield BlockEvent(b, s, x[:, s:e].clone())
+
+    yield GenerateResult(tokens=x[:, P:].clone(), sequences=x, prompt_lengths=(P - pad).tolist(),
+                         nfe=nfe.tolist(), steps=records, seconds=time.perf_counter() - t0)
+
+
+def generate(params: Params, cfg: LLaDAConfig, prompts, *, gen_length: int, block_length: int, steps: int,
+             record_steps: bool = False, on_step: Optional[Callable[[StepEvent], None]] = None,
+             on_block: Optional[Callable[[BlockEvent], None]] = None, **options) -> GenerateResult:
+    """Decode ``prompts`` (list of id lists, or a ``[B, P]`` tensor with optional ``attention_mask``).
+
+    Options: temperature (0 = argmax; else Gumbel-max sampling of softmax(l/T)), remasking
+    ('low_confidence' | 'random'), threshold (Fast-dLLM parallel decoding: commit the top-1 and every
+    masked token with confidence >= threshold) or factor (Fast-dLLM's factor rule) instead of the linear
+    schedule, cfg_scale (classifier-free guidance, prompt fully masked in the unconditional branch),
+    cache ('none' | 'prefix' | 'dual' | 'block'), logits_eos_inf, confidence_eos_eot_inf, seed, ops.
+    ``on_step`` / ``on_block`` are called as steps and blocks are committed.
+    Returns a :class:`GenerateResult` (``steps`` filled when ``record_steps``).
+    """
+    result = None
+    for ev in generate_stream(params, cfg, prompts, gen_length=gen_length, block_length=block_length,
+                              steps=steps, **options):
+        if isinstance(ev, StepEvent) and on_step is not None:
+            on_step(ev)
+        elif isinstance(ev, BlockEvent) and on_block is not None:
+            on_block(ev)
+        elif isinstance(ev, GenerateResult):
+            result = ev
+    if not record_steps:
+        result.steps = []
+    return result

@@ -1,0 +1,190 @@
+"""LLaDA model configuration: a frozen dataclass built from a Hugging Face checkpoint folder.
+
+Every field of the reference ``config.json`` is understood: it is either used, ignored on purpose
+(training-only or bookkeeping fields, listed in ``_IGNORED``), or checked against the values this
+implementation supports, with an error naming the field and the value otherwise.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+
+__all__ = ["LLaDAConfig", "ConfigError"]
+
+
+class ConfigError(ValueError):
+    """A configuration value this implementation does not support (names field and value)."""
+
+
+# Fields that do not change inference numerics here (training, init, bookkeeping, HF plumbing).
+_IGNORED = {
+    "architectures", "auto_map", "model_type", "transformers_version", "torch_dtype", "_name_or_path",
+    "init_device", "init_fn", "init_std", "init_cutoff_factor", "precision", "use_cache",
+    "flash_attention",  # an implementation choice; our attention is exact either way
+    "alibi_bias_max",  # only meaningful with alibi, which is rejected
+    "attention_layer_norm_with_affine",  # only meaningful with attention_layer_norm, which is rejected
+    "mlp_ratio",  # used only when mlp_hidden_size is null
+    "embedding_dropout", "attention_dropout", "residual_dropout",  # checked to be 0 below
+    "_from_model_config", "return_dict", "output_hidden_states", "output_attentions",
+}
+
+# field -> values we support (anything else raises ConfigError)
+_SUPPORTED = {
+    "block_type": ("llama",),
+    "alibi": (False,),
+    "rope_full_precision": (True,),
+    "layer_norm_type": ("rms",),
+    "layer_norm_with_affine": (True,),
+    "bias_for_layer_norm": (False, None),
+    "include_bias": (False,),
+    "include_qkv_bias": (False, None),
+    "attention_layer_norm": (False,),
+    "input_emb_norm": (False,),
+    "scale_logits": (False,),
+    "activation_type": ("silu", "swiglu"),
+    "block_group_size": (1,),
+    "clip_qkv": (None,),
+    "multi_query_attention": (None, False),
+}
+
+
+@dataclass(frozen=True)
+class LLaDAConfig:
+    """What the model code needs, with the special token ids as fields (never literals in code).
+
+    ``vocab_size`` is the number of logits (the checkpoint's ``embedding_size``, which may pad the
+    tokenizer's vocabulary); ``eot_token_id`` comes from the tokenizer (``<|eot_id|>``) or an override.
+    """
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    n_layers: int
+    mlp_hidden_size: int
+    vocab_size: int
+    max_sequence_length: int = 4096
+    rope: bool = True
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    weight_tying: bool = False
+    mask_token_id: int = 126336
+    eos_token_id: int = 126081
+    pad_token_id: int = 126081
+    bos_token_id: Optional[int] = None
+    eot_token_id: Optional[int] = None
+    tokenizer_vocab_size: Optional[int] = None  # the config's ``vocab_size`` (<= vocab_size)
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def end_token_ids(self) -> tuple:
+        """Ids that end an answer: eos and, when known, eot."""
+        return tuple(i for i in (self.eos_token_id, self.eot_token_id) if i is not None)
+
+    def __post_init__(self):
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if self.n_heads % self.n_kv_heads:
+            raise ConfigError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+        if self.head_dim % 2:
+            raise ConfigError(f"head_dim={self.head_dim} must be even for RoPE")
+        for name in ("mask_token_id", "eos_token_id", "pad_token_id", "bos_token_id", "eot_token_id"):
+            v = getattr(self, name)
+            if v is not None and not 0 <= v < self.vocab_size:
+                raise ConfigError(f"{name}={v} is outside the vocabulary [0, {self.vocab_size})")
+        if self.pad_token_id == self.mask_token_id:
+            raise ConfigError(f"pad_token_id={self.pad_token_id} must differ from mask_token_id")
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_dict(cls, cfg: Mapping[str, Any], *, generation: Optional[Mapping[str, Any]] = None,
+                  eot_token_id: Optional[int] = None, allow_unknown: bool = False) -> "LLaDAConfig":
+        """Build from the parsed ``config.json`` (and ``generation_config.json``)."""
+        known = set(_IGNORED) | set(_SUPPORTED) | {
+            "d_model", "n_heads", "n_kv_heads", "n_layers", "mlp_hidden_size", "vocab_size", "embedding_size",
+            "max_sequence_length", "rope", "rope_theta", "rms_norm_eps", "weight_tying", "mask_token_id",
+            "eos_token_id", "pad_token_id", "bos_token_id", "eot_token_id",
+        }
+        unknown = sorted(set(cfg) - known)
+        if unknown and not allow_unknown:
+            raise ConfigError(f"config.json has fields this implementation does not know: {unknown} "
+                              "(pass allow_unknown=True to ignore them)")
+        for name, allowed in _SUPPORTED.items():
+            if name in cfg and cfg[name] not in allowed:
+                raise ConfigError(f"config field {name}={cfg[name]!r} is not supported (supported: {allowed})")
+        for name in ("embedding_dropout", "attention_dropout", "residual_dropout"):
+            if cfg.get(name, 0.0) not in (0, 0.0, None):
+                raise ConfigError(f"config field {name}={cfg[name]!r}: inference needs 0.0")
+        if cfg.get("model_type", "llada") != "llada":
+            raise ConfigError(f"config field model_type={cfg['model_type']!r} is not supported (supported: 'llada')")
+        n_heads = int(cfg["n_heads"])
+        n_kv = cfg.get("n_kv_heads")
+        if cfg.get("multi_query_attention"):
+            n_kv = 1
+        d_model = int(cfg["d_model"])
+        hidden = cfg.get("mlp_hidden_size")
+        if hidden is None:
+            hidden = int(cfg.get("mlp_ratio", 4)) * d_model
+        tok_vocab = int(cfg["vocab_size"])
+        emb = int(cfg.get("embedding_size") or tok_vocab)
+        if emb < tok_vocab:
+            raise ConfigError(f"embedding_size={emb} is smaller than vocab_size={tok_vocab}")
+        generation = generation or {}
+        bos = generation.get("bos_token_id", cfg.get("bos_token_id"))
+        eos = cfg.get("eos_token_id", generation.get("eos_token_id"))
+        if isinstance(eos, list):
+            eos = eos[0]
+        eot = eot_token_id if eot_token_id is not None else cfg.get("eot_token_id")
+        kwargs = dict(
+            d_model=d_model, n_heads=n_heads, n_kv_heads=int(n_kv or n_heads), n_layers=int(cfg["n_layers"]),
+            mlp_hidden_size=int(hidden), vocab_size=emb, tokenizer_vocab_size=tok_vocab,
+            max_sequence_length=int(cfg.get("max_sequence_length", 4096)),
+            rope=bool(cfg.get("rope", True)), rope_theta=float(cfg.get("rope_theta", 10000.0)),
+            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-5)), weight_tying=bool(cfg.get("weight_tying", False)),
+            mask_token_id=int(cfg.get("mask_token_id", 126336)), eos_token_id=int(eos if eos is not None else 126081),
+            pad_token_id=int(cfg.get("pad_token_id") if cfg.get("pad_token_id") is not None else (eos or 126081)),
+            bos_token_id=None if bos is None else int(bos), eot_token_id=None if eot is None else int(eot),
+            extra={k: cfg[k] for k in cfg if k in _IGNORED},
+        )
+        return cls(**kwargs)
+
+    @classmethod
+    def from_pretrained(cls, path: str, *, eot_token_id: Optional[int] = None,
+                        allow_unknown: bool = False) -> "LLaDAConfig":
+        """Read ``config.json``, ``generation_config.json`` and the tokenizer's ``<|eot_id|>`` from a folder."""
+        cfg_path = os.path.join(path, "config.json")
+        if not os.path.isfile(cfg_path):
+            raise FileNotFoundError(f"no config.json in {path!r}")
+        with open(cfg_path) as f:
+            cfg = json.load(f)
+        gen = {}
+        gen_path = os.path.join(path, "generation_config.json")
+        if os.path.isfile(gen_path):
+            with open(gen_path) as f:
+                gen = json.load(f)
+        if eot_token_id is None:
+            eot_token_id = _eot_from_tokenizer_files(path)
+        return cls.from_dict(cfg, generation=gen, eot_token_id=eot_token_id, allow_unknown=allow_unknown)
+
+    def replace(self, **changes) -> "LLaDAConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _eot_from_tokenizer_files(path: str) -> Optional[int]:
+    """The id of ``<|eot_id|>`` from ``tokenizer.json`` / ``tokenizer_config.json``, if present."""
+    for name, getter in (("tokenizer.json", lambda d: d.get("added_tokens", [])),
+                         ("tokenizer_config.json",
+                          lambda d: [dict(v, id=int(k)) for k, v in d.get("added_tokens_decoder", {}).items()])):
+        p = os.path.join(path, name)
+        if os.path.isfile(p):
+            with open(p) as f:
+                data = json.load(f)
+            for tok in getter(data):
+                if tok.get("content") == "<|eot_id|>":
+                    return int(tok["id"])
+    return None

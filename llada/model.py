@@ -1,0 +1,102 @@
+"""LLaDA as pure functions over plain tensors.
+
+``forward_hidden`` runs the transformer and returns final *normed* hidden states; ``forward`` adds the
+LM head. There is no module hierarchy: params (:class:`llada.weights.Params`), the config and the op
+implementations (:class:`llada.ops.Ops`) are arguments.
+
+Positions and the KV cache: the tokens of a call occupy absolute positions ``[start, start + T)``,
+which are also their slots in the cache. With a cache, each layer writes its (rotated) keys and its
+values into ``cache.k[layer][:, start:start+T]`` *in place* and attends over slots ``[0, kv_len)``;
+without one, the tokens attend only to themselves. ``kv_start`` ([B]) hides left-padding slots and
+``key_end`` ([T] or [B, T]) limits each query to keys ``< key_end`` (block-causal masks).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch.profiler import record_function
+
+from .config import LLaDAConfig
+from .ops import REFERENCE_OPS, Ops
+from .weights import Params
+
+__all__ = ["KVCache", "forward_hidden", "forward", "logits_from_hidden"]
+
+
+@dataclass
+class KVCache:
+    """Static K/V buffers ``[n_layers, B, T_max, n_kv_heads, head_dim]`` (keys stored rotated)."""
+    k: torch.Tensor
+    v: torch.Tensor
+
+    @classmethod
+    def empty(cls, cfg: LLaDAConfig, batch: int, t_max: int, *, device, dtype) -> "KVCache":
+        shape = (cfg.n_layers, batch, t_max, cfg.n_kv_heads, cfg.head_dim)
+        return cls(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+
+    @property
+    def t_max(self) -> int:
+        return self.k.shape[2]
+
+
+def forward_hidden(params: Params, cfg: LLaDAConfig, tokens: torch.Tensor, *, start: int = 0,
+                   cache: Optional[KVCache] = None, kv_len: Optional[int] = None,
+                   kv_start: Optional[torch.Tensor] = None, key_end: Optional[torch.Tensor] = None,
+                   rows: Optional[slice] = None, ops: Ops = REFERENCE_OPS) -> torch.Tensor:
+    """Final normed hidden states ``[B, T, d]`` (or ``[B, len(rows), d]``) of ``tokens`` ``[B, T]``.
+
+    start: absolute position of ``tokens[:, 0]``; kv_len: attend over cache slots ``[0, kv_len)``
+    (default ``start + T``; without a cache the tokens see only themselves and ``start`` only sets
+    their positions); rows: a slice of the T positions for which to return hidden states (the final
+    norm runs only there).
+    """
+    B, T = tokens.shape
+    H, Hkv, D, eps = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.rms_norm_eps
+    if start < 0 or start + T > params.rope_cos.shape[0]:
+        raise ValueError(f"positions [{start}, {start + T}) exceed max_sequence_length={params.rope_cos.shape[0]}")
+    if cache is not None:
+        kv_len = start + T if kv_len is None else kv_len
+        if kv_len > cache.t_max or start + T > cache.t_max:
+            raise ValueError(f"cache has {cache.t_max} slots; the call needs {max(kv_len, start + T)}")
+    else:
+        if kv_len not in (None, T):
+            raise ValueError(f"kv_len={kv_len} needs a cache (without one the tokens see only themselves)")
+        kv_len = T
+    cos = params.rope_cos[start:start + T]
+    sin = params.rope_sin[start:start + T]
+    h = params.wte[tokens]
+    for i, lp in enumerate(params.layers):
+        with record_function(f"layer{i}"):
+            a = ops.rms_norm(h, lp.attn_norm, eps)
+            qkv = ops.linear(a, lp.w_qkv).view(B, T, H + 2 * Hkv, D)
+            q, k, v = qkv[:, :, :H], qkv[:, :, H:H + Hkv], qkv[:, :, H + Hkv:]
+            if cfg.rope:
+                q = ops.rope(q, cos, sin)
+                k = ops.rope(k, cos, sin)
+            if cache is not None:
+                cache.k[i, :, start:start + T] = k
+                cache.v[i, :, start:start + T] = v
+                kc, vc = cache.k[i], cache.v[i]
+            else:
+                kc, vc = k, v
+            o = ops.attention(q, kc, vc, kv_len, kv_start, key_end)
+            attn = ops.linear(o.reshape(B, T, H * D), lp.w_o)
+            f, h = ops.rms_norm(attn, lp.ff_norm, eps, residual=h)
+            # the MLP fuses the second residual add: h = h + down(silu(gate) * up)
+            h = ops.mlp(f.reshape(B * T, -1), lp.w_gate_up, lp.w_down, h.reshape(B * T, -1)).view(B, T, -1)
+    if rows is not None:
+        h = h[:, rows]
+    return ops.rms_norm(h, params.ln_f, eps)
+
+
+def logits_from_hidden(params: Params, hidden: torch.Tensor, ops: Ops = REFERENCE_OPS) -> torch.Tensor:
+    """LM head: ``[..., d] -> [..., V]`` in the params dtype (the reference model's logits)."""
+    return ops.linear(hidden, params.lm_head)
+
+
+def forward(params: Params, cfg: LLaDAConfig, tokens: torch.Tensor, **kwargs) -> torch.Tensor:
+    """Logits ``[B, T, V]`` (or of ``rows``); same arguments as :func:`forward_hidden`."""
+    ops = kwargs.get("ops", REFERENCE_OPS)
+    return logits_from_hidden(params, forward_hidden(params, cfg, tokens, **kwargs), ops)

@@ -1,0 +1,86 @@
+"""Which implementation runs each op: an explicit record passed to the model and the driver.
+
+``REFERENCE_OPS`` is plain torch (runs anywhere, defines the numerics). ``triton_ops()`` returns the
+Triton kernels (imports triton on call, never at import). Mix them for ablations, e.g.
+``dataclasses.replace(REFERENCE_OPS, attention=triton_ops().attention)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from kernels import reference as ref
+
+__all__ = ["Ops", "REFERENCE_OPS", "triton_ops"]
+
+
+@dataclass(frozen=True)
+class Ops:
+    """Op implementations; each field has the signature of the ``kernels.reference`` function named.
+
+    linear(x, w) -> x @ w.T; rms_norm -> rms_norm_ref; rope -> rope_ref; attention -> block_attention_ref;
+    mlp -> swiglu_mlp_ref; head(hidden, w, *, temperature, seed, offset, banned_ids, no_confidence_ids,
+    uncond_hidden, cfg_scale) -> (x0, conf) as head_confidence_ref (noise from (seed, offset));
+    select -> select_transfer_ref.
+    """
+    name: str
+    linear: Callable
+    rms_norm: Callable
+    rope: Callable
+    attention: Callable
+    mlp: Callable
+    head: Callable
+    select: Callable
+
+
+def _linear_ref(x, w):
+    return F.linear(x, w)
+
+
+def _mlp_ref(x, w_gate_up, w_down, residual=None):
+    # separate gate / up products, exactly as the reference modeling code (ff_proj, up_proj)
+    h = w_down.shape[1]
+    y = F.linear(F.silu(F.linear(x, w_gate_up[:h])) * F.linear(x, w_gate_up[h:]), w_down)
+    return y if residual is None else residual + y
+
+
+def _head_ref(hidden, w, *, temperature=0.0, seed=0, offset=0, banned_ids=(), no_confidence_ids=(),
+              uncond_hidden=None, cfg_scale=0.0):
+    gen = None
+    if temperature > 0:
+        gen = torch.Generator(device=hidden.device).manual_seed((int(seed) * 1_000_003 + int(offset)) % (2 ** 63))
+    return ref.head_confidence_ref(hidden, w, temperature=temperature, generator=gen, banned_ids=banned_ids,
+                                   no_confidence_ids=no_confidence_ids, uncond_hidden=uncond_hidden,
+                                   cfg_scale=cfg_scale)
+
+
+REFERENCE_OPS = Ops(
+    name="reference",
+    linear=_linear_ref,
+    rms_norm=ref.rms_norm_ref,
+    rope=ref.rope_ref,
+    attention=ref.block_attention_ref,
+    mlp=_mlp_ref,
+    head=_head_ref,
+    select=ref.select_transfer_ref,
+)
+
+
+def triton_ops(**overrides) -> Ops:
+    """The Triton implementations (imports ``kernels``' Triton modules now). Linear layers stay cuBLAS
+    (``F.linear``) except inside the fused MLP; ``overrides`` replace single fields."""
+    from kernels.block_attention import block_attention
+    from kernels.mlp import swiglu_mlp
+    from kernels.norm import rms_norm
+    from kernels.remask import head_confidence, select_transfer
+    from kernels.rope import rope
+
+    ops = Ops(name="triton", linear=_linear_ref, rms_norm=rms_norm, rope=rope, attention=block_attention,
+              mlp=swiglu_mlp, head=head_confidence, select=select_transfer)
+    if overrides:
+        from dataclasses import replace
+        ops = replace(ops, **overrides)
+    return ops

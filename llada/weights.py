@@ -1,0 +1,230 @@
+"""Strict, streaming weight loading from Hugging Face safetensors checkpoints.
+
+Params are plain tensors in dataclasses. At load time Q/K/V are fused into one ``[(H + 2 Hkv) D, d]``
+matrix and ``ff_proj`` (gate, through SiLU) / ``up_proj`` into one ``[2h, d]`` matrix. Every target
+tensor is allocated once on the target device and dtype, and each checkpoint tensor is copied into
+its slot as its shard is read, so host memory stays near one shard (never two copies of the model).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, fields
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import torch
+
+from kernels.reference import rope_tables
+from .config import LLaDAConfig
+
+__all__ = ["LayerParams", "Params", "load_params", "param_name_map", "WeightError", "init_params",
+           "save_checkpoint"]
+
+PREFIX = "model.transformer."
+
+
+class WeightError(ValueError):
+    """A checkpoint that does not match the config (names the tensor and the file)."""
+
+
+@dataclass
+class LayerParams:
+    attn_norm: torch.Tensor   # [d]
+    w_qkv: torch.Tensor       # [(H + 2 Hkv) * D, d]: rows q, then k, then v
+    w_o: torch.Tensor         # [d, d]            (attn_out)
+    ff_norm: torch.Tensor     # [d]
+    w_gate_up: torch.Tensor   # [2h, d]: rows [0, h) ff_proj (gate), [h, 2h) up_proj
+    w_down: torch.Tensor      # [d, h]            (ff_out)
+
+
+@dataclass
+class Params:
+    wte: torch.Tensor         # [V, d]
+    layers: List[LayerParams]
+    ln_f: torch.Tensor        # [d]
+    lm_head: torch.Tensor     # [V, d]            (transformer.ff_out; wte when weight_tying)
+    rope_cos: torch.Tensor    # fp32 [max_sequence_length, D]
+    rope_sin: torch.Tensor    # fp32 [max_sequence_length, D]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.wte.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.wte.device
+
+    def tensors(self) -> Iterator[Tuple[str, torch.Tensor]]:
+        for f in ("wte", "ln_f", "lm_head"):
+            yield f, getattr(self, f)
+        for i, lp in enumerate(self.layers):
+            for f in fields(LayerParams):
+                yield f"layers.{i}.{f.name}", getattr(lp, f.name)
+
+
+def _shapes(cfg: LLaDAConfig) -> Dict[str, Tuple[int, ...]]:
+    d, D, h, V = cfg.d_model, cfg.head_dim, cfg.mlp_hidden_size, cfg.vocab_size
+    return {"wte": (V, d), "ln_f": (d,), "lm_head": (V, d), "attn_norm": (d,),
+            "w_qkv": ((cfg.n_heads + 2 * cfg.n_kv_heads) * D, d), "w_o": (d, d), "ff_norm": (d,),
+            "w_gate_up": (2 * h, d), "w_down": (d, h)}
+
+
+def param_name_map(cfg: LLaDAConfig) -> Dict[str, Tuple[str, Optional[int], slice, Tuple[int, ...]]]:
+    """The one explicit map: checkpoint name -> (target param path, layer or None, row slice, shape)."""
+    d, D, h, V = cfg.d_model, cfg.head_dim, cfg.mlp_hidden_size, cfg.vocab_size
+    nq, nkv = cfg.n_heads * D, cfg.n_kv_heads * D
+    m = {
+        PREFIX + "wte.weight": ("wte", None, slice(None), (V, d)),
+        PREFIX + "ln_f.weight": ("ln_f", None, slice(None), (d,)),
+    }
+    if not cfg.weight_tying:
+        m[PREFIX + "ff_out.weight"] = ("lm_head", None, slice(None), (V, d))
+    for i in range(cfg.n_layers):
+        b = f"{PREFIX}blocks.{i}."
+        m.update({
+            b + "attn_norm.weight": ("attn_norm", i, slice(None), (d,)),
+            b + "q_proj.weight": ("w_qkv", i, slice(0, nq), (nq, d)),
+            b + "k_proj.weight": ("w_qkv", i, slice(nq, nq + nkv), (nkv, d)),
+            b + "v_proj.weight": ("w_qkv", i, slice(nq + nkv, nq + 2 * nkv), (nkv, d)),
+            b + "attn_out.weight": ("w_o", i, slice(None), (d, d)),
+            b + "ff_norm.weight": ("ff_norm", i, slice(None), (d,)),
+            b + "ff_proj.weight": ("w_gate_up", i, slice(0, h), (h, d)),
+            b + "up_proj.weight": ("w_gate_up", i, slice(h, 2 * h), (h, d)),
+            b + "ff_out.weight": ("w_down", i, slice(None), (d, h)),
+        })
+    return m
+
+
+def _empty_params(cfg: LLaDAConfig, device, dtype) -> Params:
+    s = _shapes(cfg)
+    e = lambda k: torch.empty(s[k], device=device, dtype=dtype)  # noqa: E731
+    layers = [LayerParams(**{f.name: e(f.name) for f in fields(LayerParams)}) for _ in range(cfg.n_layers)]
+    cos, sin = rope_tables(cfg.head_dim, cfg.rope_theta, cfg.max_sequence_length, device)
+    wte = e("wte")
+    return Params(wte=wte, layers=layers, ln_f=e("ln_f"), lm_head=wte if cfg.weight_tying else e("lm_head"),
+                  rope_cos=cos, rope_sin=sin)
+
+
+def _target(params: Params, name: str, layer: Optional[int]) -> torch.Tensor:
+    return getattr(params, name) if layer is None else getattr(params.layers[layer], name)
+
+
+def _shard_plan(path: str) -> Dict[str, List[str]]:
+    """file -> tensor names, from ``model.safetensors.index.json`` or a single ``model.safetensors``."""
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            weight_map = json.load(f).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise WeightError(f"{index}: no 'weight_map' object")
+        plan: Dict[str, List[str]] = {}
+        for name, fname in weight_map.items():
+            plan.setdefault(fname, []).append(name)
+        return plan
+    single = os.path.join(path, "model.safetensors")
+    if os.path.isfile(single):
+        return {"model.safetensors": None}  # every tensor in the file
+    raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {path!r}")
+
+
+@torch.no_grad()
+def load_params(path: str, cfg: LLaDAConfig, *, device="cpu", dtype: torch.dtype = torch.bfloat16) -> Params:
+    """Load a checkpoint folder strictly, shard by shard, straight to ``device`` and ``dtype``.
+
+    Every tensor of the checkpoint must be used and every parameter filled; a missing, extra or
+    mis-shaped tensor, a tensor the index names but the file lacks, or an unreadable/truncated file
+    raises :class:`WeightError` naming the tensor and the file.
+    """
+    from safetensors import safe_open
+
+    names = param_name_map(cfg)
+    params = _empty_params(cfg, device, dtype)
+    seen: Dict[str, str] = {}
+    for fname, wanted in _shard_plan(path).items():
+        fpath = os.path.join(path, fname)
+        if not os.path.isfile(fpath):
+            raise WeightError(f"shard {fname!r} named by the index is missing in {path!r}")
+        try:
+            handle = safe_open(fpath, framework="pt", device="cpu")
+        except Exception as e:  # safetensors raises its own error type for corrupt headers
+            raise WeightError(f"cannot read {fpath!r}: {e}") from e
+        with handle as f:
+            present = set(f.keys())
+            todo = sorted(present) if wanted is None else wanted
+            for name in todo:
+                if name not in present:
+                    raise WeightError(f"tensor {name!r} is named by the index for {fname!r} but the file lacks it")
+                if name not in names:
+                    raise WeightError(f"unexpected tensor {name!r} in {fname!r} (not part of this config)")
+                if name in seen:
+                    raise WeightError(f"tensor {name!r} appears twice ({seen[name]!r} and {fname!r})")
+                target, layer, rows, shape = names[name]
+                shp = tuple(f.get_slice(name).get_shape())
+                if shp != shape:
+                    raise WeightError(f"tensor {name!r} in {fname!r} has shape {shp}, expected {shape}")
+                try:
+                    t = f.get_tensor(name)
+                except Exception as e:
+                    raise WeightError(f"cannot read tensor {name!r} from {fpath!r} (truncated or corrupt?): {e}") from e
+                _target(params, target, layer)[rows].copy_(t)
+                del t
+                seen[name] = fname
+            if wanted is not None:
+                extra = sorted(present - set(wanted))
+                if extra:
+                    raise WeightError(f"{fname!r} holds tensors the index does not list: {extra[:5]}")
+    missing = sorted(set(names) - set(seen))
+    if missing:
+        raise WeightError(f"checkpoint {path!r} lacks {len(missing)} tensors, e.g. {missing[:5]}")
+    return params
+
+
+# ---------------------------------------------------------------------------- synthetic checkpoints
+def init_params(cfg: LLaDAConfig, *, device="cpu", dtype=torch.float32, seed: int = 0, std: float = 0.02) -> Params:
+    """Random parameters (norm weights near 1) for tests, benchmarks and training from scratch."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    params = _empty_params(cfg, device, dtype)
+    for name, t in params.tensors():
+        if name.endswith("norm") or name == "ln_f":
+            v = 1.0 + 0.1 * torch.randn(t.shape, generator=g)
+        else:
+            v = std * torch.randn(t.shape, generator=g)
+        t.copy_(v)
+    return params
+
+
+def save_checkpoint(params: Params, cfg: LLaDAConfig, path: str, *, dtype=torch.bfloat16,
+                    max_shard_bytes: Optional[int] = None) -> List[str]:
+    """Write ``params`` in the Hugging Face LLaDA layout (unfused names), sharded when asked.
+
+    Writes only the safetensors files (and the index when sharded); the caller writes config.json.
+    Returns the shard file names.
+    """
+    from safetensors.torch import save_file
+
+    os.makedirs(path, exist_ok=True)
+    tensors = {}
+    for name, (target, layer, rows, _) in param_name_map(cfg).items():
+        tensors[name] = _target(params, target, layer)[rows].detach().to("cpu", dtype).contiguous()
+    if not max_shard_bytes:
+        save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+        return ["model.safetensors"]
+    shards: List[Dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += nbytes
+    files, weight_map = [], {}
+    for i, shard in enumerate(shards):
+        fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, os.path.join(path, fname), metadata={"format": "pt"})
+        files.append(fname)
+        weight_map.update({k: fname for k in shard})
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    return files
