@@ -1,0 +1,57 @@
+"""Prompts and answers with the checkpoint's own tokenizer and chat template.
+
+Mirrors the official LLaDA chat code: the Instruct chat template (which always ends with the
+assistant header) rendered as text and tokenized without adding special tokens (the template
+already starts with the bos string), and answers cut at the first end token (eos or eot) and
+decoded with special tokens skipped.
+"""
+from __future__ import annotations
+
+from typing import List, Sequence, Union
+
+from .config import LLaDAConfig
+
+__all__ = ["load_tokenizer", "chat_prompt_ids", "strip_answer", "decode_answer"]
+
+Messages = Union[str, Sequence[dict]]
+
+
+def load_tokenizer(path: str):
+    """``transformers.AutoTokenizer`` from a checkpoint folder (offline; no remote code)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def chat_prompt_ids(tokenizer, messages: Messages, *, chat_template: bool = True) -> List[int]:
+    """Token ids of a prompt. ``messages`` is a user string or a list of ``{"role", "content"}``.
+
+    With ``chat_template`` (Instruct checkpoints) the tokenizer's template is rendered to text and
+    tokenized with ``add_special_tokens=False``; otherwise the raw text is tokenized.
+    """
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    if not chat_template:
+        text = "".join(m["content"] for m in messages)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError("this tokenizer has no chat template; pass chat_template=False for a Base model")
+    text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def strip_answer(ids: Sequence[int], cfg: LLaDAConfig) -> List[int]:
+    """Generated ids up to (not including) the first eos or eot, with any left-over mask removed."""
+    ends = set(cfg.end_token_ids)
+    out = []
+    for t in map(int, ids):
+        if t in ends:
+            break
+        if t != cfg.mask_token_id:
+            out.append(t)
+    return out
+
+
+def decode_answer(tokenizer, ids: Sequence[int], cfg: LLaDAConfig) -> str:
+    """The answer text: :func:`strip_answer`, then decoded with special tokens skipped."""
+    return tokenizer.decode(strip_answer(ids, cfg), skip_special_tokens=True)

@@ -1,0 +1,211 @@
+"""kernels.mlp.swiglu_mlp against kernels.reference.swiglu_mlp_ref.
+
+Tolerance (derived, not tuned): the kernel's max error against an fp64 evaluation of the same formula
+must be at most 2x the torch reference's error at the same precision, plus a floor of one ulp of the
+dtype at the output's magnitude. The fp64 gold has no intermediate roundings, so both the kernel and the
+torch reference pay the same activation roundings and only the fp32 accumulation order differs.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from kernels.mlp import _launch_down, _launch_gate_up, down_config, gate_up_config, swiglu_mlp
+from kernels.reference import swiglu_mlp_ref
+
+GPU = pytest.mark.gpu
+DTYPES = [
+    pytest.param(torch.float32, id="fp32"),
+    pytest.param(torch.float16, id="fp16"),
+    pytest.param(torch.bfloat16, id="bf16", marks=GPU),
+]
+# (M, d, h): decode-odd rows, the tiny golden model (d=64, h=176), d/h not multiples of any block
+SHAPES = [(1, 64, 176), (7, 96, 176), (32, 64, 176), (33, 96, 176)]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _inputs(M, d, h, dtype, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(M, d, generator=g)
+    w_gu = torch.randn(2 * h, d, generator=g) / d ** 0.5
+    w_d = torch.randn(d, h, generator=g) / h ** 0.5
+    r = torch.randn(M, d, generator=g)
+    return [t.to(device=device, dtype=dtype) for t in (x, w_gu, w_d, r)]
+
+
+def _check(out, args, residual):
+    x, w_gu, w_d, r = args
+    r = r if residual else None
+    gold = swiglu_mlp_ref(*(t.double() for t in (x, w_gu, w_d)), None if r is None else r.double())
+    ref = swiglu_mlp_ref(x, w_gu, w_d, r)
+    assert out.dtype == x.dtype and out.shape == gold.shape
+    assert not torch.isnan(out).any(), "unwritten (NaN) outputs"
+    err = (out.double() - gold).abs().max().item()
+    err_ref = (ref.double() - gold).abs().max().item()
+    floor = torch.finfo(x.dtype).eps * max(1.0, gold.abs().max().item())
+    assert err <= 2 * err_ref + floor, f"err {err:.3g} > 2 * torch err {err_ref:.3g} + {floor:.3g}"
+
+
+@pytest.mark.parametrize("residual", [False, True], ids=["nores", "res"])
+@pytest.mark.parametrize("M,d,h", SHAPES, ids=[f"M{m}-d{d}-h{h}" for m, d, h in SHAPES])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_swiglu_mlp(M, d, h, dtype, residual, device):
+    args = _inputs(M, d, h, dtype, device)
+    out = torch.full((M, d), float("nan"), device=device, dtype=dtype)
+    y = swiglu_mlp(*args[:3], args[3] if residual else None, out=out)
+    assert y.data_ptr() == out.data_ptr()
+    _check(y, args, residual)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_llada_like(dtype, device):
+    """A bigger LLaDA-proportioned case (h = 3 d, decode rows), small enough for the interpreter."""
+    M, d, h = 32, 256, 768
+    args = _inputs(M, d, h, dtype, device, seed=1)
+    _check(swiglu_mlp(*args), args, True)
+
+
+# GPU-like block sizes under the interpreter too: several tiles, K tails, operand swap, split-K
+CONFIGS = {
+    "swap-split3": (dict(BM=16, BN=32, BK=32, SWAP_AB=True, num_warps=4, num_stages=2),
+                    dict(BM=16, BN=32, BK=32, SWAP_AB=True, SPLIT_K=3, num_warps=4, num_stages=2)),
+    "noswap-split2": (dict(BM=16, BN=64, BK=32, SWAP_AB=False, num_warps=4, num_stages=2),
+                      dict(BM=16, BN=16, BK=64, SWAP_AB=False, SPLIT_K=2, num_warps=4, num_stages=2)),
+    "swap-nosplit": (dict(BM=32, BN=16, BK=64, SWAP_AB=True, num_warps=4, num_stages=2),
+                     dict(BM=32, BN=64, BK=16, SWAP_AB=True, SPLIT_K=1, num_warps=4, num_stages=2)),
+}
+
+
+@pytest.mark.parametrize("residual", [False, True], ids=["nores", "res"])
+@pytest.mark.parametrize("cfg", list(CONFIGS), ids=list(CONFIGS))
+@pytest.mark.parametrize("M,d,h", [(7, 96, 176), (33, 64, 176)], ids=["M7-d96-h176", "M33-d64-h176"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_configs(M, d, h, dtype, cfg, residual, device):
+    args = _inputs(M, d, h, dtype, device, seed=2)
+    x, w_gu, w_d, r = args
+    cfg_gu, cfg_d = CONFIGS[cfg]
+    act = torch.full((M, h), float("nan"), device=device, dtype=dtype)
+    _launch_gate_up(x, w_gu, act, config=cfg_gu)
+    # the activation alone mirrors the reference's roundings: compare with torch at the same precision
+    gu = x @ w_gu.t()
+    act_ref = torch.nn.functional.silu(gu[:, :h]) * gu[:, h:]
+    gu64 = x.double() @ w_gu.double().t()
+    act_gold = torch.nn.functional.silu(gu64[:, :h]) * gu64[:, h:]
+    floor = torch.finfo(dtype).eps * max(1.0, act_gold.abs().max().item())
+    assert not torch.isnan(act).any()
+    assert (act.double() - act_gold).abs().max() <= 2 * (act_ref.double() - act_gold).abs().max() + floor
+    out = torch.full((M, d), float("nan"), device=device, dtype=dtype)
+    split = cfg_d["SPLIT_K"]
+    partials = torch.full((split, M, d), float("nan"), device=device) if split > 1 else None
+    _launch_down(act, w_d, r if residual else None, out, config=cfg_d, partials=partials)
+    _check(out, args, residual)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_deterministic_split_k(dtype, device):
+    M, d, h = 33, 64, 176
+    x, w_gu, w_d, r = _inputs(M, d, h, dtype, device, seed=3)
+    act = torch.randn(M, h, device=device).to(dtype)
+    cfg = dict(BM=16, BN=32, BK=16, SWAP_AB=True, SPLIT_K=4, num_warps=4, num_stages=2)
+    outs = [_launch_down(act, w_d, r, torch.empty(M, d, device=device, dtype=dtype), config=cfg) for _ in range(3)]
+    assert all(torch.equal(outs[0], o) for o in outs[1:])
+
+
+def test_leading_dims_and_aliasing(device):
+    x, w_gu, w_d, r = _inputs(12, 64, 176, torch.float32, device, seed=4)
+    x3, r3 = x.view(3, 4, 64), r.view(3, 4, 64)
+    ref = swiglu_mlp_ref(x, w_gu, w_d, r).view(3, 4, 64)
+    y = swiglu_mlp(x3, w_gu, w_d, r3)
+    assert y.shape == (3, 4, 64)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    r_copy = r3.clone()
+    swiglu_mlp(x3, w_gu, w_d, r_copy, out=r_copy)  # residual stream updated in place
+    torch.testing.assert_close(r_copy, ref, rtol=1e-5, atol=1e-5)
+    # a strided (non-contiguous rows) x is read in place
+    xs = torch.randn(12, 128, device=device)[:, :64]
+    torch.testing.assert_close(swiglu_mlp(xs, w_gu, w_d), swiglu_mlp_ref(xs, w_gu, w_d), rtol=1e-5, atol=1e-5)
+
+
+def test_validation(device):
+    x, w_gu, w_d, r = _inputs(4, 64, 176, torch.float32, device)
+    with pytest.raises(ValueError, match="w_gate_up"):
+        swiglu_mlp(x, w_gu[:-1], w_d)
+    with pytest.raises(ValueError, match="w_down"):
+        swiglu_mlp(x, w_gu, w_d.t().contiguous())
+    with pytest.raises(ValueError, match="dtype"):
+        swiglu_mlp(x, w_gu.half(), w_d)
+    with pytest.raises(ValueError, match="residual"):
+        swiglu_mlp(x, w_gu, w_d, r[:2])
+    with pytest.raises(ValueError, match="x"):
+        swiglu_mlp(x.t(), w_gu, w_d)
+
+
+def test_configs_deterministic():
+    """Meta-parameters are a pure function of the shape (no autotuning)."""
+    for M in (1, 32, 33, 256, 1024):
+        for dt in (torch.bfloat16, torch.float16, torch.float32):
+            for interp in (False, True):
+                assert gate_up_config(M, 12288, 4096, dt, interp) == gate_up_config(M, 12288, 4096, dt, interp)
+                c = down_config(M, 4096, 12288, dt, interp)
+                assert c == down_config(M, 4096, 12288, dt, interp) and c["SPLIT_K"] >= 1
+
+
+_COMPILE = textwrap.dedent("""
+    import os, sys
+    sys.path.insert(0, {root!r})
+    import torch
+    from kernels._common import compile_for
+    from kernels import mlp
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    import triton
+
+    def build(kernel, sig, cx, cfg):
+        # like kernels._common.compile_for, plus the launch's num_warps/num_stages and the 16-divisibility
+        # that a real launch specialises (without it the loads are not pipelined and smem is not checked)
+        sig = dict(sig)
+        attrs = {{(kernel.arg_names.index(n),): [["tt.divisibility", 16]] for n in sig if n not in ("M", "N")}}
+        for k in cx:
+            sig[k] = "constexpr"
+        src = ASTSource(fn=kernel, signature=sig, constexprs=cx, attrs=attrs)
+        k = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                           options=dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"]))
+        assert k.metadata.shared <= 227 * 1024, (kernel.fn.__name__, cx, k.metadata.shared)
+        return k
+
+    d, h = 4096, 12288
+    for dt, tdt in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        for M in (32, 1024):  # decode (operand swap, split-K) and prefill-sized variants
+            c = mlp.gate_up_config(M, h, d, tdt, interpret=False)
+            build(mlp._gate_up_silu_kernel,
+                  dict(x_ptr="*" + dt, w_ptr="*" + dt, a_ptr="*" + dt, M="i32", H="i32", K="i32",
+                       stride_xm="i32", stride_wn="i32", stride_am="i32"),
+                  dict(BM=c["BM"], BN=c["BN"], BK=c["BK"], SWAP_AB=c["SWAP_AB"], EVEN_K=True, UPCAST=False,
+                       IEEE=False), c)
+            c = mlp.down_config(M, d, h, tdt, interpret=False)
+            for has_res in ((True,) if c["SPLIT_K"] > 1 else (False, True)):
+                build(mlp._down_kernel,
+                      dict(a_ptr="*" + dt, w_ptr="*" + dt, r_ptr="*" + dt, y_ptr="*" + dt, p_ptr="*fp32",
+                           M="i32", N="i32", K="i32", K_PER_SPLIT="i32", stride_am="i32", stride_wn="i32",
+                           stride_rm="i32", stride_ym="i32"),
+                      dict(BM=c["BM"], BN=c["BN"], BK=c["BK"], SWAP_AB=c["SWAP_AB"], EVEN_K=True,
+                           SPLIT=c["SPLIT_K"] > 1, HAS_RES=has_res, UPCAST=False, IEEE=False), c)
+        for has_res in (False, True):
+            compile_for(mlp._splitk_reduce_kernel,
+                        dict(p_ptr="*fp32", r_ptr="*" + dt, y_ptr="*" + dt, M="i32", N="i32", S="i32",
+                             stride_rm="i32", stride_ym="i32"),
+                        dict(BLOCK=1024, HAS_RES=has_res))
+    print("ok")
+""")
+
+
+def test_compile_sm90():
+    """The GPU frontend and ptxas accept every decode/prefill variant (bf16, fp16) for sm_90."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    res = subprocess.run([sys.executable, "-c", _COMPILE.format(root=ROOT)], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-4000:]
