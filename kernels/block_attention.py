@@ -1,0 +1,366 @@
+"""Block attention over a KV cache with split-KV (flash-decoding) parallelism.
+
+A block of ``Tq`` queries attends bidirectionally to the first ``kv_len`` slots of a preallocated KV
+cache (the block's own keys already written there), restricted per batch row by ``kv_start`` (left
+padding) and per query by ``key_end`` (block-causal masks). Torch meaning:
+:func:`kernels.reference.block_attention_ref`.
+
+Why split-KV: at batch 1 a 32-query block with 32 heads is only 32 (batch x head) tiles, far fewer than
+the SMs of an H100/H200, so a plain flash-attention grid leaves most of the GPU idle. Here the visible
+KV range of every (batch, kv-head, query-tile) is cut into ``n_splits`` chunks, one program each; each
+program writes a partial softmax state ``(m, l, acc)`` for all its query rows, and a small second kernel
+merges the partials. With ``n_splits == 1`` (large batch) the first kernel normalises and writes the
+output itself and the merge is skipped.
+
+GQA: the ``H // Hkv`` query heads that share a kv head are packed as extra query rows of one tile
+(row ``r`` = query ``r // G``, head ``kvh * G + r % G``), so every K/V tile is loaded once per kv head.
+
+CUDA graphs: every bound the kernel loops over is read from device memory (``kv_start``, ``key_end``);
+a caller can pass ``kv_len = T_max`` and the kernel visits only the KV tiles that intersect
+``[kv_start[b], max_i key_end[b, i])``; the chunking across splits is computed from that range on the
+device, so the work stays spread over all split programs. No host synchronisation happens.
+
+Layout: ``[batch, tokens, heads, head_dim]``; the last dim of every tensor must be contiguous, other
+strides are free.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels._common import check_tensor, is_interpreter
+
+__all__ = ["block_attention"]
+
+_LOG2E = 1.4426950408889634
+
+
+# ------------------------------------------------------------------------------------------ kernels
+@triton.jit
+def _block_attn_fwd_kernel(
+    q_ptr, k_ptr, v_ptr, o_ptr,                # q [B,Tq,H,D]; k, v [B,T_max,Hkv,D]; o [B,Tq,H,D]
+    m_part_ptr, l_part_ptr, acc_part_ptr,      # partials [P, BLOCK_M] / [P, BLOCK_M, BLOCK_D] fp32
+    kv_start_ptr, key_end_ptr, tile_count_ptr,
+    Tq, G, Hkv, kv_len, n_splits, n_m_tiles,
+    stride_qb, stride_qt, stride_qh,
+    stride_kb, stride_kt, stride_kh,
+    stride_vb, stride_vt, stride_vh,
+    stride_ob, stride_ot, stride_oh,
+    stride_ksb, stride_keb, stride_ket,
+    qk_scale,                                  # softmax scale * log2(e)
+    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_KV_START: tl.constexpr, HAS_KEY_END: tl.constexpr, SPLIT: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, COUNT_TILES: tl.constexpr,
+):
+    pid_s = tl.program_id(0)     # KV split
+    pid_m = tl.program_id(1)     # query-row tile
+    pid_bh = tl.program_id(2)    # batch * Hkv + kv head
+    b = pid_bh // Hkv
+    kvh = pid_bh % Hkv
+    b64 = b.to(tl.int64)
+
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)          # [BM] packed (query, group-head) rows
+    t = rows // G
+    h = kvh * G + rows % G
+    row_ok = t < Tq
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < D
+
+    # ---- visible key range, from device memory: [lo, key_end_row) per row, [lo, hi) for the tile
+    if HAS_KV_START:
+        lo = tl.maximum(tl.load(kv_start_ptr + b * stride_ksb).to(tl.int32), 0)
+    else:
+        lo = 0
+    if HAS_KEY_END:
+        ke = tl.load(key_end_ptr + b * stride_keb + t * stride_ket, mask=row_ok, other=0).to(tl.int32)
+        ke = tl.minimum(ke, kv_len)
+    else:
+        ke = tl.where(row_ok, kv_len, 0)
+    hi = tl.max(ke, axis=0)
+
+    # ---- this split's share of the tiles intersecting [lo, hi)
+    tile_lo = lo // BLOCK_N
+    tile_hi = tl.cdiv(hi, BLOCK_N)
+    n_tiles = tl.maximum(tile_hi - tile_lo, 0)
+    per_split = tl.cdiv(n_tiles, n_splits)
+    j_start = tile_lo + pid_s * per_split
+    j_end = tl.minimum(j_start + per_split, tile_hi)
+
+    q_ptrs = q_ptr + b64 * stride_qb + t[:, None] * stride_qt + h[:, None] * stride_qh + offs_d[None, :]
+    q = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)       # [BM, BD]
+    if UPCAST:
+        q = q.to(tl.float32)
+    k_base = k_ptr + b64 * stride_kb + kvh * stride_kh
+    v_base = v_ptr + b64 * stride_vb + kvh * stride_vh
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for j in range(j_start, j_end):
+        offs_n = j * BLOCK_N + tl.arange(0, BLOCK_N)                            # [BN]
+        kv_ok = (offs_n >= lo) & (offs_n < hi)     # never load outside the visible range (no NaN leaks)
+        ld_mask = kv_ok[:, None] & d_ok[None, :]
+        k = tl.load(k_base + offs_n[:, None] * stride_kt + offs_d[None, :], mask=ld_mask, other=0.0)
+        v = tl.load(v_base + offs_n[:, None] * stride_vt + offs_d[None, :], mask=ld_mask, other=0.0)
+        if UPCAST:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale       # [BM, BN] log2 domain
+        vis = kv_ok[None, :] & (offs_n[None, :] < ke[:, None])
+        qk = tl.where(vis, qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, axis=1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)   # rows with nothing visible yet: no NaN
+        p = tl.exp2(qk - m_use[:, None])
+        alpha = tl.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
+        m_i = m_new
+
+    if COUNT_TILES:
+        part = (pid_bh * n_m_tiles + pid_m) * n_splits + pid_s
+        tl.store(tile_count_ptr + part, tl.maximum(j_end - j_start, 0))
+
+    if SPLIT:
+        part = (pid_bh * n_m_tiles + pid_m) * n_splits + pid_s
+        r = tl.arange(0, BLOCK_M)
+        tl.store(m_part_ptr + part * BLOCK_M + r, m_i)
+        tl.store(l_part_ptr + part * BLOCK_M + r, l_i)
+        tl.store(acc_part_ptr + (part * BLOCK_M + r[:, None]) * BLOCK_D + offs_d[None, :], acc)
+    else:
+        o = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]     # fully masked rows: acc == 0 -> 0
+        o_ptrs = o_ptr + b64 * stride_ob + t[:, None] * stride_ot + h[:, None] * stride_oh + offs_d[None, :]
+        tl.store(o_ptrs, o.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+
+
+@triton.jit
+def _block_attn_merge_kernel(
+    m_part_ptr, l_part_ptr, acc_part_ptr, o_ptr,
+    Tq, G, Hkv, n_splits, n_m_tiles,
+    stride_ob, stride_ot, stride_oh,
+    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    MROWS: tl.constexpr, SPLITS_P2: tl.constexpr,
+):
+    pid_r = tl.program_id(0)     # chunk of MROWS rows inside the query-row tile
+    pid_m = tl.program_id(1)
+    pid_bh = tl.program_id(2)
+    b = pid_bh // Hkv
+    kvh = pid_bh % Hkv
+
+    r = pid_r * MROWS + tl.arange(0, MROWS)                  # [R] row inside the tile
+    rows = pid_m * BLOCK_M + r
+    t = rows // G
+    h = kvh * G + rows % G
+    row_ok = t < Tq
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < D
+    s = tl.arange(0, SPLITS_P2)
+    s_ok = s < n_splits
+
+    part0 = (pid_bh * n_m_tiles + pid_m) * n_splits
+    ml_off = (part0 + s[:, None]) * BLOCK_M + r[None, :]     # [S, R]
+    m = tl.load(m_part_ptr + ml_off, mask=s_ok[:, None], other=float("-inf"))
+    l = tl.load(l_part_ptr + ml_off, mask=s_ok[:, None], other=0.0)
+    m_max = tl.max(m, axis=0)                                # [R]
+    m_use = tl.where(m_max == float("-inf"), 0.0, m_max)
+    w = tl.exp2(m - m_use[None, :])                          # [S, R]; empty splits weigh 0
+    l_tot = tl.sum(w * l, axis=0)
+    acc = tl.load(acc_part_ptr + ml_off[:, :, None] * BLOCK_D + offs_d[None, None, :],
+                  mask=s_ok[:, None, None], other=0.0)       # [S, R, BD]
+    o = tl.sum(w[:, :, None] * acc, axis=0) / tl.where(l_tot > 0.0, l_tot, 1.0)[:, None]
+    o_ptrs = o_ptr + b.to(tl.int64) * stride_ob + t[:, None] * stride_ot + h[:, None] * stride_oh \
+        + offs_d[None, :]
+    tl.store(o_ptrs, o.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+
+
+# ----------------------------------------------------------------------------------------- launcher
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_INT_DTYPES = (torch.int32, torch.int64)
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def _pick_config(B: int, Tq: int, H: int, Hkv: int, D: int, kv_len: int, device: torch.device):
+    """Fixed meta-parameters as a deterministic function of the shapes (and the SM count)."""
+    rows = Tq * (H // Hkv)
+    block_d = max(16, _next_pow2(D))
+    if is_interpreter():
+        # numpy vectorises inside a block and every program costs ~ms: big tiles, few programs
+        block_m = min(max(16, _next_pow2(rows)), 128)
+        block_n = 256
+        n_m = triton.cdiv(rows, block_m)
+        n_splits = min(2, max(1, triton.cdiv(kv_len, block_n)))
+        return dict(block_m=block_m, block_n=block_n, n_splits=n_splits, num_warps=4, num_stages=1)
+    block_m = min(max(16, _next_pow2(rows)), 64)
+    block_n = 64
+    n_m = triton.cdiv(rows, block_m)
+    base = B * Hkv * n_m
+    n_sm = torch.cuda.get_device_properties(device).multi_processor_count
+    n_tiles = max(1, triton.cdiv(kv_len, block_n))
+    # aim for about two programs per SM; never more splits than KV tiles
+    n_splits = max(1, min(n_tiles, triton.cdiv(2 * n_sm, base), 64))
+    return dict(block_m=block_m, block_n=block_n, n_splits=n_splits, num_warps=4, num_stages=3)
+
+
+def _launch(q, k_cache, v_cache, kv_len, kv_start=None, key_end=None, scale=None, *,
+            config: Optional[dict] = None, out: Optional[torch.Tensor] = None,
+            tile_counts: Optional[torch.Tensor] = None, poison_workspace: bool = False):
+    """Validate, pick meta-parameters (or take ``config``), allocate and launch.
+
+    Internal knobs for tests and benchmarks: ``config`` overrides any of ``block_m, block_n,
+    n_splits, num_warps, num_stages``; ``out`` is a preallocated output; ``tile_counts`` (int32,
+    ``B*Hkv*n_m*n_splits`` elements) receives the number of KV tiles each program visited;
+    ``poison_workspace`` fills the partial buffers with NaN before the launch.
+    """
+    check_tensor("q", q, ndim=4, dtypes=_DTYPES)
+    check_tensor("k_cache", k_cache, ndim=4, dtypes=_DTYPES)
+    check_tensor("v_cache", v_cache, ndim=4, dtypes=_DTYPES)
+    B, Tq, H, D = q.shape
+    Bk, T_max, Hkv, Dk = k_cache.shape
+    if k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
+        raise ValueError(f"k_cache/v_cache dtypes ({k_cache.dtype}, {v_cache.dtype}) must equal q.dtype "
+                         f"({q.dtype})")
+    if tuple(v_cache.shape) != tuple(k_cache.shape):
+        raise ValueError(f"v_cache shape {tuple(v_cache.shape)} must equal k_cache shape "
+                         f"{tuple(k_cache.shape)}")
+    if Bk != B or Dk != D:
+        raise ValueError(f"k_cache shape {tuple(k_cache.shape)} does not match q shape {tuple(q.shape)}: "
+                         f"need [B={B}, T_max, Hkv, D={D}]")
+    if Hkv < 1 or H % Hkv:
+        raise ValueError(f"q heads H={H} must be a multiple of the cache's kv heads Hkv={Hkv}")
+    if not 16 <= D <= 256:
+        raise ValueError(f"head dim D={D} not supported; allowed: 16 <= D <= 256")
+    if q.device != k_cache.device or q.device != v_cache.device:
+        raise ValueError(f"q ({q.device}), k_cache ({k_cache.device}), v_cache ({v_cache.device}) "
+                         f"must be on one device")
+    if isinstance(kv_len, torch.Tensor) or isinstance(kv_len, bool) or not isinstance(kv_len, int):
+        raise TypeError(f"kv_len must be a Python int (put per-row limits in key_end / kv_start), "
+                        f"got {type(kv_len).__name__}")
+    if not 0 <= kv_len <= T_max:
+        raise ValueError(f"kv_len={kv_len} must be in [0, T_max={T_max}]")
+    stride_ksb = stride_keb = stride_ket = 0
+    if kv_start is not None:
+        check_tensor("kv_start", kv_start, ndim=1, dtypes=_INT_DTYPES, contiguous_last=False)
+        if kv_start.shape[0] != B or kv_start.device != q.device:
+            raise ValueError(f"kv_start must be an int tensor [B={B}] on {q.device}, got shape "
+                             f"{tuple(kv_start.shape)} on {kv_start.device}")
+        stride_ksb = kv_start.stride(0)
+    if key_end is not None:
+        check_tensor("key_end", key_end, dtypes=_INT_DTYPES, contiguous_last=False)
+        if key_end.device != q.device:
+            raise ValueError(f"key_end must be on {q.device}, got {key_end.device}")
+        if key_end.ndim == 1 and key_end.shape[0] == Tq:
+            stride_ket = key_end.stride(0)
+        elif key_end.ndim == 2 and tuple(key_end.shape) == (B, Tq):
+            stride_keb, stride_ket = key_end.stride()
+        else:
+            raise ValueError(f"key_end must have shape [Tq={Tq}] or [B={B}, Tq={Tq}], got "
+                             f"{tuple(key_end.shape)}")
+    if scale is None:
+        scale = 1.0 / math.sqrt(D)
+    scale = float(scale)
+
+    if out is None:
+        out = torch.empty(B, Tq, H, D, dtype=q.dtype, device=q.device)
+    else:
+        check_tensor("out", out, ndim=4, dtypes=(q.dtype,))
+        if tuple(out.shape) != (B, Tq, H, D) or out.device != q.device:
+            raise ValueError(f"out must be [{B}, {Tq}, {H}, {D}] on {q.device}, got {tuple(out.shape)}")
+    if out.numel() == 0:
+        return out
+
+    cfg = _pick_config(B, Tq, H, Hkv, D, kv_len, q.device)
+    if config:
+        unknown = set(config) - set(cfg)
+        if unknown:
+            raise ValueError(f"config keys {sorted(unknown)} unknown; allowed: {sorted(cfg)}")
+        cfg.update(config)
+    G = H // Hkv
+    block_m, block_n, n_splits = cfg["block_m"], cfg["block_n"], cfg["n_splits"]
+    block_d = max(16, _next_pow2(D))
+    n_m = triton.cdiv(Tq * G, block_m)
+    n_parts = B * Hkv * n_m * n_splits
+    split = n_splits > 1
+    if split:
+        f32 = dict(dtype=torch.float32, device=q.device)
+        m_part = torch.empty(n_parts * block_m, **f32)
+        l_part = torch.empty(n_parts * block_m, **f32)
+        acc_part = torch.empty(n_parts * block_m * block_d, **f32)
+        if poison_workspace:
+            for w in (m_part, l_part, acc_part):
+                w.fill_(float("nan"))
+    else:
+        m_part = l_part = acc_part = out          # unused (constexpr SPLIT=False)
+    if tile_counts is not None and tile_counts.numel() < n_parts:
+        raise ValueError(f"tile_counts needs {n_parts} elements, has {tile_counts.numel()}")
+    dummy_int = torch.zeros(1, dtype=torch.int32, device=q.device) \
+        if kv_start is None or key_end is None or tile_counts is None else None
+    upcast = is_interpreter() and q.dtype == torch.bfloat16
+    dot_prec = "ieee" if q.dtype == torch.float32 else "tf32"
+
+    grid = (n_splits, n_m, B * Hkv)
+    _block_attn_fwd_kernel[grid](
+        q, k_cache, v_cache, out,
+        m_part, l_part, acc_part,
+        kv_start if kv_start is not None else dummy_int,
+        key_end if key_end is not None else dummy_int,
+        tile_counts if tile_counts is not None else dummy_int,
+        Tq, G, Hkv, kv_len, n_splits, n_m,
+        q.stride(0), q.stride(1), q.stride(2),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        stride_ksb, stride_keb, stride_ket,
+        scale * _LOG2E,
+        D=D, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+        HAS_KV_START=kv_start is not None, HAS_KEY_END=key_end is not None, SPLIT=split,
+        UPCAST=upcast, DOT_PREC=dot_prec, COUNT_TILES=tile_counts is not None,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    if split:
+        splits_p2 = _next_pow2(n_splits)
+        if is_interpreter():
+            mrows = block_m
+        else:  # keep the [splits, rows, D] merge tile around 4096 fp32 values
+            mrows = max(1, min(block_m, 4096 // (splits_p2 * block_d)))
+        _block_attn_merge_kernel[(block_m // mrows, n_m, B * Hkv)](
+            m_part, l_part, acc_part, out,
+            Tq, G, Hkv, n_splits, n_m,
+            out.stride(0), out.stride(1), out.stride(2),
+            D=D, BLOCK_M=block_m, BLOCK_D=block_d, MROWS=mrows, SPLITS_P2=splits_p2,
+            num_warps=4,
+        )
+    return out
+
+
+# ------------------------------------------------------------------------------------------- public
+def block_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, kv_len: int,
+                    kv_start: Optional[torch.Tensor] = None, key_end: Optional[torch.Tensor] = None,
+                    scale: Optional[float] = None) -> torch.Tensor:
+    """Bidirectional attention of a block of queries over the first ``kv_len`` slots of a KV cache.
+
+    Args:
+      q: ``[B, Tq, H, D]`` fp16 / bf16 / fp32 (rotated queries).
+      k_cache, v_cache: ``[B, T_max, Hkv, D]``, same dtype as ``q``, ``H % Hkv == 0`` (GQA); keys
+        already rotated; the block's own keys/values already written at their slots.
+      kv_len: Python int in ``[0, T_max]``: only slots ``[0, kv_len)`` can be attended. Under CUDA
+        graphs pass ``kv_len = T_max`` and give the real limits in ``key_end`` / ``kv_start``: KV
+        tiles outside ``[kv_start[b], max_i key_end[b, i])`` are never loaded.
+      kv_start: int32/int64 ``[B]`` or None: keys ``< kv_start[b]`` are invisible to batch row b.
+      key_end: int32/int64 ``[Tq]`` or ``[B, Tq]`` or None: query i (of batch row b) sees only keys
+        ``< key_end[(b,) i]`` (block-causal); None means all of ``[0, kv_len)``.
+      scale: softmax scale, default ``1 / sqrt(D)``.
+
+    Query i of row b attends to keys ``kv_start[b] <= j < min(kv_len, key_end[(b,) i])``, without
+    causal masking inside that range; softmax in fp32 (exp2, ``log2(e)`` folded into the scale).
+    By contract every query sees at least one key; a row that sees none gets an output of 0 (never
+    NaN). Slots outside the visible range are never read, so they may hold anything (even NaN).
+
+    Returns: ``[B, Tq, H, D]`` contiguous, in ``q.dtype``.
+    """
+    return _launch(q, k_cache, v_cache, kv_len, kv_start, key_end, scale)
