@@ -1,0 +1,346 @@
+"""SwiGLU MLP: a gate-up GEMM with the ``silu(gate) * up`` epilogue, then the down GEMM with the
+residual add in its epilogue (split-K with a deterministic fp32 reduction at decode sizes).
+
+Numerics mirror :func:`kernels.reference.swiglu_mlp_ref`: each GEMM accumulates in fp32; the gate and up
+outputs are rounded to ``x.dtype`` before the activation, ``silu(gate)`` is computed in fp32 and rounded
+to ``x.dtype``, the product with ``up`` is rounded to ``x.dtype`` (that is what torch does for 16-bit
+tensors); the down GEMM output is rounded to ``x.dtype`` before ``residual + y`` (fp32 add, rounded).
+The only differences from the reference are the fp32 accumulation order inside the GEMMs (and across
+split-K partials, summed in a fixed order, so results are deterministic) and the SiLU's ``exp``.
+fp32 inputs use IEEE fp32 dots (no TF32), as torch's default matmul.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels._common import check_tensor, is_interpreter
+
+__all__ = ["swiglu_mlp"]
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+# ------------------------------------------------------------------------------------------ kernels
+@triton.jit
+def _mma(a, b, acc, IEEE: tl.constexpr):
+    if IEEE:
+        out = tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        out = tl.dot(a, b, acc)
+    return out
+
+
+@triton.jit
+def _gate_up_silu_kernel(
+    x_ptr, w_ptr, a_ptr,                 # x [M, K], w [2H, K] (gate rows, then up rows), a [M, H]
+    M, H, K,
+    stride_xm, stride_wn, stride_am,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    SWAP_AB: tl.constexpr,               # compute a.T tiles [BN, BM] = W @ x.T (weight rows fill the MMA's M)
+    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BM)
+    pid_m = pid % num_m                  # m fastest: programs sharing a weight tile run together (L2)
+    pid_n = pid // num_m
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    offs_k = tl.arange(0, BK)
+    # clamp (wrap) out-of-range rows instead of masking them: loads stay unpredicated; stores are masked
+    rows_x = (offs_m % M).to(tl.int64)
+    rows_w = (offs_n % H).to(tl.int64)
+    x_ptrs = x_ptr + rows_x[:, None] * stride_xm + offs_k[None, :]          # [BM, BK]
+    g_ptrs = w_ptr + rows_w[:, None] * stride_wn + offs_k[None, :]          # [BN, BK]
+    u_ptrs = w_ptr + (rows_w + H)[:, None] * stride_wn + offs_k[None, :]   # [BN, BK]
+    if SWAP_AB:
+        acc_g = tl.zeros((BN, BM), dtype=tl.float32)
+        acc_u = tl.zeros((BN, BM), dtype=tl.float32)
+    else:
+        acc_g = tl.zeros((BM, BN), dtype=tl.float32)
+        acc_u = tl.zeros((BM, BN), dtype=tl.float32)
+    for k in range(0, K, BK):
+        if EVEN_K:
+            xt = tl.load(x_ptrs)
+            g = tl.load(g_ptrs)
+            u = tl.load(u_ptrs)
+        else:
+            kmask = (offs_k < K - k)[None, :]
+            xt = tl.load(x_ptrs, mask=kmask, other=0.0)
+            g = tl.load(g_ptrs, mask=kmask, other=0.0)
+            u = tl.load(u_ptrs, mask=kmask, other=0.0)
+        if UPCAST:
+            xt = xt.to(tl.float32)
+            g = g.to(tl.float32)
+            u = u.to(tl.float32)
+        if SWAP_AB:
+            xtt = tl.trans(xt)
+            acc_g = _mma(g, xtt, acc_g, IEEE)
+            acc_u = _mma(u, xtt, acc_u, IEEE)
+        else:
+            acc_g = _mma(xt, tl.trans(g), acc_g, IEEE)
+            acc_u = _mma(xt, tl.trans(u), acc_u, IEEE)
+        x_ptrs += BK
+        g_ptrs += BK
+        u_ptrs += BK
+    # epilogue, mirroring the reference's roundings: gate, up, silu(gate), product -> x.dtype
+    dt = a_ptr.dtype.element_ty
+    gf = acc_g.to(dt).to(tl.float32)
+    uf = acc_u.to(dt).to(tl.float32)
+    s = (gf / (1.0 + tl.exp(-gf))).to(dt).to(tl.float32)
+    act = (s * uf).to(dt)
+    if SWAP_AB:
+        a_ptrs = a_ptr + offs_m.to(tl.int64)[None, :] * stride_am + offs_n[:, None]
+        mask = (offs_m[None, :] < M) & (offs_n[:, None] < H)
+    else:
+        a_ptrs = a_ptr + offs_m.to(tl.int64)[:, None] * stride_am + offs_n[None, :]
+        mask = (offs_m[:, None] < M) & (offs_n[None, :] < H)
+    tl.store(a_ptrs, act, mask=mask)
+
+
+@triton.jit
+def _down_kernel(
+    a_ptr, w_ptr, r_ptr, y_ptr, p_ptr,   # a [M, K], w [N, K], residual [M, N], y [M, N], partials [S, M, N] fp32
+    M, N, K, K_PER_SPLIT,
+    stride_am, stride_wn, stride_rm, stride_ym,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    SWAP_AB: tl.constexpr, EVEN_K: tl.constexpr,
+    SPLIT: tl.constexpr,                 # True: write fp32 partials (reduced by _splitk_reduce_kernel)
+    HAS_RES: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    num_m = tl.cdiv(M, BM)
+    pid_m = pid % num_m
+    pid_n = pid // num_m
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    offs_k = tl.arange(0, BK)
+    rows_a = (offs_m % M).to(tl.int64)
+    rows_w = (offs_n % N).to(tl.int64)
+    k_start = pid_k * K_PER_SPLIT
+    k_len = tl.minimum(K - k_start, K_PER_SPLIT)
+    a_ptrs = a_ptr + rows_a[:, None] * stride_am + (k_start + offs_k)[None, :]   # [BM, BK]
+    w_ptrs = w_ptr + rows_w[:, None] * stride_wn + (k_start + offs_k)[None, :]   # [BN, BK]
+    if SWAP_AB:
+        acc = tl.zeros((BN, BM), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k in range(0, k_len, BK):
+        if EVEN_K:
+            at = tl.load(a_ptrs)
+            wt = tl.load(w_ptrs)
+        else:
+            kmask = (offs_k < k_len - k)[None, :]
+            at = tl.load(a_ptrs, mask=kmask, other=0.0)
+            wt = tl.load(w_ptrs, mask=kmask, other=0.0)
+        if UPCAST:
+            at = at.to(tl.float32)
+            wt = wt.to(tl.float32)
+        if SWAP_AB:
+            acc = _mma(wt, tl.trans(at), acc, IEEE)
+        else:
+            acc = _mma(at, tl.trans(wt), acc, IEEE)
+        a_ptrs += BK
+        w_ptrs += BK
+    if SWAP_AB:
+        om = offs_m.to(tl.int64)[None, :]
+        on = offs_n[:, None]
+    else:
+        om = offs_m.to(tl.int64)[:, None]
+        on = offs_n[None, :]
+    mask = (om < M) & (on < N)
+    if SPLIT:
+        p_ptrs = p_ptr + (pid_k * M + om) * N + on
+        tl.store(p_ptrs, acc, mask=mask)
+    else:
+        dt = y_ptr.dtype.element_ty
+        y = acc.to(dt)
+        if HAS_RES:
+            r = tl.load(r_ptr + om * stride_rm + on, mask=mask, other=0.0)
+            y = (r.to(tl.float32) + y.to(tl.float32)).to(dt)
+        tl.store(y_ptr + om * stride_ym + on, y, mask=mask)
+
+
+@triton.jit
+def _splitk_reduce_kernel(
+    p_ptr, r_ptr, y_ptr,                 # partials [S, M, N] fp32, residual [M, N], y [M, N]
+    M, N, S, stride_rm, stride_ym,
+    BLOCK: tl.constexpr, HAS_RES: tl.constexpr,
+):
+    m = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s in range(0, S):                # fixed order: deterministic
+        acc += tl.load(p_ptr + (s * M + m) * N + offs, mask=mask, other=0.0)
+    dt = y_ptr.dtype.element_ty
+    y = acc.to(dt)
+    if HAS_RES:
+        r = tl.load(r_ptr + m * stride_rm + offs, mask=mask, other=0.0)
+        y = (r.to(tl.float32) + y.to(tl.float32)).to(dt)
+    tl.store(y_ptr + m * stride_ym + offs, y, mask=mask)
+
+
+# ---------------------------------------------------------------------------------------- launchers
+def _np2(n: int) -> int:
+    return triton.next_power_of_2(max(int(n), 1))
+
+
+def _clamp_pow2(n: int, lo: int, hi: int) -> int:
+    return max(lo, min(hi, _np2(n)))
+
+
+def gate_up_config(M: int, N: int, K: int, dtype: torch.dtype, interpret: Optional[bool] = None) -> dict:
+    """Meta-parameters of the gate-up kernel for ``x [M, K]`` and ``N = h`` activation columns.
+
+    A deterministic function of the shape (no autotuning). ``M`` small (decode) swaps operands so the
+    weight rows fill the MMA's M dimension and picks narrow ``BN`` for enough programs in flight.
+    """
+    interpret = is_interpreter() if interpret is None else interpret
+    if interpret:  # big blocks, small grids: the interpreter pays per program, not per element
+        return dict(BM=_clamp_pow2(M, 16, 64), BN=_clamp_pow2(N, 16, 128), BK=_clamp_pow2(K, 16, 256),
+                    SWAP_AB=False, num_warps=4, num_stages=1)
+    if dtype == torch.float32:  # correctness path (IEEE fp32 dots), not tuned
+        return dict(BM=_clamp_pow2(M, 16, 32), BN=32, BK=32, SWAP_AB=False, num_warps=4, num_stages=2)
+    if M <= 64:
+        return dict(BM=_clamp_pow2(M, 16, 64), BN=64, BK=128, SWAP_AB=True, num_warps=4, num_stages=4)
+    if M <= 256:
+        return dict(BM=64, BN=128, BK=64, SWAP_AB=False, num_warps=4, num_stages=4)
+    return dict(BM=128, BN=64, BK=64, SWAP_AB=False, num_warps=8, num_stages=4)
+
+
+def down_config(M: int, N: int, K: int, dtype: torch.dtype, interpret: Optional[bool] = None) -> dict:
+    """Meta-parameters of the down kernel for ``a [M, K] @ w[N, K].T`` (``SPLIT_K`` > 1: fp32 partials)."""
+    interpret = is_interpreter() if interpret is None else interpret
+    if interpret:
+        return dict(BM=_clamp_pow2(M, 16, 64), BN=_clamp_pow2(N, 16, 128), BK=_clamp_pow2(K, 16, 256),
+                    SWAP_AB=False, SPLIT_K=1, num_warps=4, num_stages=1)
+    if dtype == torch.float32:
+        return dict(BM=_clamp_pow2(M, 16, 32), BN=32, BK=32, SWAP_AB=False, SPLIT_K=1, num_warps=4,
+                    num_stages=2)
+    if M <= 64:
+        BN, BK = 64, 128
+        tiles = triton.cdiv(N, BN) * triton.cdiv(M, _clamp_pow2(M, 16, 64))
+        split = max(1, min(triton.cdiv(K, 4 * BK), triton.cdiv(4 * 132, tiles)))
+        return dict(BM=_clamp_pow2(M, 16, 64), BN=BN, BK=BK, SWAP_AB=True, SPLIT_K=split, num_warps=4,
+                    num_stages=4)
+    if M <= 256:
+        return dict(BM=64, BN=128, BK=64, SWAP_AB=False, SPLIT_K=1, num_warps=4, num_stages=4)
+    return dict(BM=128, BN=128, BK=64, SWAP_AB=False, SPLIT_K=1, num_warps=8, num_stages=4)
+
+
+def _flags(dtype: torch.dtype) -> dict:
+    interp = is_interpreter()
+    return dict(UPCAST=interp and dtype == torch.bfloat16, IEEE=dtype == torch.float32 and not interp)
+
+
+def _launch_gate_up(x: torch.Tensor, w_gate_up: torch.Tensor, act: torch.Tensor, config: Optional[dict] = None):
+    """act[M, h] = silu(x @ Wg.T) * (x @ Wu.T) with the reference's roundings (inputs already validated)."""
+    M, K = x.shape
+    H = w_gate_up.shape[0] // 2
+    cfg = dict(gate_up_config(M, H, K, x.dtype)) if config is None else dict(config)
+    BM, BN, BK = cfg["BM"], cfg["BN"], cfg["BK"]
+    grid = (triton.cdiv(M, BM) * triton.cdiv(H, BN),)
+    _gate_up_silu_kernel[grid](
+        x, w_gate_up, act, M, H, K,
+        x.stride(0), w_gate_up.stride(0), act.stride(0),
+        BM=BM, BN=BN, BK=BK, SWAP_AB=cfg["SWAP_AB"], EVEN_K=(K % BK == 0), **_flags(x.dtype),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    return act
+
+
+def _launch_down(act: torch.Tensor, w_down: torch.Tensor, residual: Optional[torch.Tensor], out: torch.Tensor,
+                 config: Optional[dict] = None, partials: Optional[torch.Tensor] = None):
+    """out[M, d] = (residual +) act @ w_down.T, split over K when the config says so."""
+    M, K = act.shape
+    N = w_down.shape[0]
+    cfg = dict(down_config(M, N, K, act.dtype)) if config is None else dict(config)
+    BM, BN, BK = cfg["BM"], cfg["BN"], cfg["BK"]
+    k_per_split = triton.cdiv(triton.cdiv(K, BK), max(1, cfg["SPLIT_K"])) * BK
+    split = triton.cdiv(K, k_per_split)        # no empty splits
+    has_res = residual is not None
+    r = residual if has_res else out
+    if split > 1:
+        if partials is None:
+            partials = torch.empty((split, M, N), device=act.device, dtype=torch.float32)
+        elif partials.shape[0] < split or tuple(partials.shape[1:]) != (M, N) or not partials.is_contiguous():
+            raise ValueError(f"partials must be a contiguous fp32 [>= {split}, {M}, {N}] tensor, "
+                             f"got {tuple(partials.shape)}")
+    p = partials if split > 1 else out
+    grid = (triton.cdiv(M, BM) * triton.cdiv(N, BN), split)
+    _down_kernel[grid](
+        act, w_down, r, out, p, M, N, K, k_per_split,
+        act.stride(0), w_down.stride(0), r.stride(0), out.stride(0),
+        BM=BM, BN=BN, BK=BK, SWAP_AB=cfg["SWAP_AB"], EVEN_K=(K % BK == 0), SPLIT=split > 1,
+        HAS_RES=has_res, **_flags(act.dtype),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    if split > 1:
+        block = min(1024, _np2(N)) if not is_interpreter() else _clamp_pow2(N, 16, 1 << 16)
+        _splitk_reduce_kernel[(M, triton.cdiv(N, block))](
+            partials, r, out, M, N, split, r.stride(0), out.stride(0),
+            BLOCK=block, HAS_RES=has_res, num_warps=4,
+        )
+    return out
+
+
+def _validate(x, w_gate_up, w_down, residual, out):
+    check_tensor("x", x, dtypes=_DTYPES)
+    if x.ndim < 2:
+        raise ValueError(f"x must be [..., d] with at least 2 dims, got shape {tuple(x.shape)}")
+    d = x.shape[-1]
+    check_tensor("w_gate_up", w_gate_up, ndim=2, dtypes=(x.dtype,))
+    check_tensor("w_down", w_down, ndim=2, dtypes=(x.dtype,))
+    if w_gate_up.shape[1] != d or w_gate_up.shape[0] % 2 or w_gate_up.shape[0] == 0:
+        raise ValueError(f"w_gate_up must be [2h, d={d}] with h >= 1, got {tuple(w_gate_up.shape)}")
+    h = w_gate_up.shape[0] // 2
+    if tuple(w_down.shape) != (d, h):
+        raise ValueError(f"w_down must be [d, h] = [{d}, {h}], got {tuple(w_down.shape)}")
+    for name, t in (("w_gate_up", w_gate_up), ("w_down", w_down)):
+        if t.device != x.device:
+            raise ValueError(f"{name} is on {t.device}, x on {x.device}")
+    for name, t in (("residual", residual), ("out", out)):
+        if t is None:
+            continue
+        check_tensor(name, t, dtypes=(x.dtype,))
+        if t.shape != x.shape or t.device != x.device:
+            raise ValueError(f"{name} must be {tuple(x.shape)} on {x.device}, got {tuple(t.shape)} on {t.device}")
+    return d, h
+
+
+def _rows(name: str, t: torch.Tensor, d: int) -> torch.Tensor:
+    try:
+        return t.view(-1, d)
+    except RuntimeError:
+        raise ValueError(f"{name} of shape {tuple(t.shape)} and strides {t.stride()} cannot be viewed as "
+                         f"[rows, {d}] without a copy; pass a tensor whose leading dims flatten") from None
+
+
+# ------------------------------------------------------------------------------------------- public
+def swiglu_mlp(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor,
+               residual: Optional[torch.Tensor] = None, *, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Fused SwiGLU MLP: ``residual + (silu(x @ Wg.T) * (x @ Wu.T)) @ w_down.T`` in ``x.dtype``.
+
+    x: ``[..., d]`` (fp16, bf16 or fp32; last dim contiguous, leading dims viewable as rows);
+    w_gate_up: ``[2h, d]``, rows ``[0, h)`` the gate and ``[h, 2h)`` the up projection; w_down: ``[d, h]``
+    (both in ``x.dtype``, last dim contiguous); residual: ``[..., d]`` like ``x`` or None;
+    out: optional preallocated ``[..., d]`` output (may alias ``residual``).
+    Two launches (three when the down projection is split over K): the ``[M, 2h]`` gate-up product is
+    never written, only the ``[M, h]`` activation. Deterministic. Returns ``[..., d]`` in ``x.dtype``.
+    See :func:`kernels.reference.swiglu_mlp_ref` for the numerics.
+    """
+    d, h = _validate(x, w_gate_up, w_down, residual, out)
+    x2 = _rows("x", x, d)
+    M = x2.shape[0]
+    y = torch.empty_like(x, memory_format=torch.contiguous_format) if out is None else out
+    if M == 0:
+        return y
+    act = torch.empty((M, h), device=x.device, dtype=x.dtype)
+    _launch_gate_up(x2, w_gate_up, act)
+    _launch_down(act, w_down, None if residual is None else _rows("residual", residual, d), _rows("out", y, d))
+    return y

@@ -1,0 +1,153 @@
+"""RMSNorm with an optional fused residual add in front (LLaDA's pre-norm residual stream).
+
+Numerics mirror :func:`kernels.reference.rms_norm_ref`: ``h = x + residual`` is computed in fp32 and
+rounded to ``x.dtype`` (exactly torch's 16-bit add); the statistics and the normalisation are fp32;
+the normalised row is rounded to ``x.dtype`` and then multiplied by ``weight`` in fp32 and rounded to
+``promote_types(weight.dtype, x.dtype)`` (torch's ``weight * y``). Only the fp32 summation order and the
+``rsqrt`` differ from torch.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels._common import check_tensor, is_interpreter
+
+__all__ = ["rms_norm"]
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+# ------------------------------------------------------------------------------------------ kernels
+@triton.jit
+def _rms_norm_kernel(
+    x_ptr, r_ptr, w_ptr, y_ptr, h_ptr,   # x, residual, h = x + residual: [R, N] (row strides); w [N]; y [R, N]
+    R, N, eps,
+    stride_x, stride_r, stride_y, stride_h,
+    BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, NUM_CHUNKS: tl.constexpr,
+    HAS_RES: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rmask = (rows < R)[:, None]
+    rows = rows.to(tl.int64)[:, None]                                     # [BLOCK_R, 1]
+    cols = tl.arange(0, BLOCK_N)[None, :]                                 # [1, BLOCK_N]
+    hdt = x_ptr.dtype.element_ty
+    ydt = y_ptr.dtype.element_ty
+    if NUM_CHUNKS == 1:                  # the whole row stays in registers
+        mask = rmask & (cols < N)
+        h = tl.load(x_ptr + rows * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+        if HAS_RES:
+            r = tl.load(r_ptr + rows * stride_r + cols, mask=mask, other=0.0).to(tl.float32)
+            hr = (h + r).to(hdt)
+            tl.store(h_ptr + rows * stride_h + cols, hr, mask=mask)
+            h = hr.to(tl.float32)
+        rstd = tl.rsqrt(tl.sum(h * h, axis=1) / N + eps)[:, None]
+        w = tl.load(w_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)
+        y = (h * rstd).to(hdt).to(tl.float32) * w
+        tl.store(y_ptr + rows * stride_y + cols, y.to(ydt), mask=mask)
+    else:                                # two passes over the row; the second recomputes h from x, r
+        ss = tl.zeros((BLOCK_R, BLOCK_N), dtype=tl.float32)
+        for c in range(0, NUM_CHUNKS):
+            cc = c * BLOCK_N + cols
+            mask = rmask & (cc < N)
+            h = tl.load(x_ptr + rows * stride_x + cc, mask=mask, other=0.0).to(tl.float32)
+            if HAS_RES:
+                r = tl.load(r_ptr + rows * stride_r + cc, mask=mask, other=0.0).to(tl.float32)
+                hr = (h + r).to(hdt)
+                tl.store(h_ptr + rows * stride_h + cc, hr, mask=mask)
+                h = hr.to(tl.float32)
+            ss += h * h
+        rstd = tl.rsqrt(tl.sum(ss, axis=1) / N + eps)[:, None]
+        for c in range(0, NUM_CHUNKS):
+            cc = c * BLOCK_N + cols
+            mask = rmask & (cc < N)
+            h = tl.load(x_ptr + rows * stride_x + cc, mask=mask, other=0.0).to(tl.float32)
+            if HAS_RES:
+                r = tl.load(r_ptr + rows * stride_r + cc, mask=mask, other=0.0).to(tl.float32)
+                h = (h + r).to(hdt).to(tl.float32)
+            w = tl.load(w_ptr + cc, mask=cc < N, other=0.0).to(tl.float32)
+            y = (h * rstd).to(hdt).to(tl.float32) * w
+            tl.store(y_ptr + rows * stride_y + cc, y.to(ydt), mask=mask)
+
+
+# ---------------------------------------------------------------------------------------- launchers
+def norm_config(R: int, N: int, interpret: Optional[bool] = None) -> dict:
+    """Deterministic meta-parameters for ``R`` rows of ``N`` features."""
+    interpret = is_interpreter() if interpret is None else interpret
+    np2 = triton.next_power_of_2(max(N, 1))
+    if interpret:
+        block_n = min(np2, 1 << 16)
+        block_r = max(1, min(triton.next_power_of_2(max(R, 1)), (1 << 16) // block_n))
+        return dict(BLOCK_R=block_r, BLOCK_N=block_n, NUM_CHUNKS=triton.cdiv(N, block_n), num_warps=1)
+    block_n = min(np2, 8192)
+    # several rows per program for narrow rows (>= ~2K elements a program), one row otherwise
+    block_r = max(1, min(triton.next_power_of_2(max(R, 1)), 2048 // block_n))
+    elems = block_r * block_n
+    num_warps = 1 if elems <= 256 else 2 if elems <= 512 else 4 if elems <= 2048 else 8 if elems <= 4096 else 16
+    return dict(BLOCK_R=block_r, BLOCK_N=block_n, NUM_CHUNKS=triton.cdiv(N, block_n), num_warps=num_warps)
+
+
+def _launch(x2, r2, weight, y2, h2, eps, config=None):
+    R, N = x2.shape
+    cfg = norm_config(R, N) if config is None else dict(config)
+    has_res = r2 is not None
+    r = r2 if has_res else x2
+    h = h2 if has_res else y2
+    grid = (triton.cdiv(R, cfg["BLOCK_R"]),)
+    _rms_norm_kernel[grid](
+        x2, r, weight, y2, h, R, N, float(eps),
+        x2.stride(0), r.stride(0), y2.stride(0), h.stride(0),
+        BLOCK_R=cfg["BLOCK_R"], BLOCK_N=cfg["BLOCK_N"], NUM_CHUNKS=cfg["NUM_CHUNKS"], HAS_RES=has_res,
+        num_warps=cfg["num_warps"],
+    )
+
+
+def _rows(name: str, t: torch.Tensor, d: int) -> torch.Tensor:
+    try:
+        return t.view(-1, d)
+    except RuntimeError:
+        raise ValueError(f"{name} of shape {tuple(t.shape)} and strides {t.stride()} cannot be viewed as "
+                         f"[rows, {d}] without a copy; pass a tensor whose leading dims flatten") from None
+
+
+# ------------------------------------------------------------------------------------------- public
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: Optional[torch.Tensor] = None, *,
+             out: Optional[torch.Tensor] = None, residual_out: Optional[torch.Tensor] = None):
+    """LLaDA's RMSNorm, optionally with the residual add fused in front (one read, one write per tensor).
+
+    x: ``[..., d]`` fp16/bf16/fp32, last dim contiguous, leading dims viewable as rows; weight: ``[d]``
+    (any float dtype); eps: float; residual: like ``x`` or None.
+    ``h = x + residual`` (rounded to ``x.dtype``), ``y = weight * (h * rsqrt(mean(h**2) + eps)).to(x.dtype)``
+    with fp32 statistics. ``y`` has dtype ``promote_types(weight.dtype, x.dtype)``.
+    out / residual_out: optional preallocated ``y`` / ``h`` (``residual_out`` may alias ``x`` or
+    ``residual``: each element is read before it is written, by the same program).
+    Returns ``y`` when ``residual`` is None, else ``(y, h)``. See :func:`kernels.reference.rms_norm_ref`.
+    """
+    check_tensor("x", x, dtypes=_DTYPES)
+    if x.ndim < 1 or x.shape[-1] == 0:
+        raise ValueError(f"x must be [..., d] with d >= 1, got shape {tuple(x.shape)}")
+    d = x.shape[-1]
+    check_tensor("weight", weight, ndim=1, dtypes=_DTYPES)
+    if weight.shape[0] != d or weight.device != x.device:
+        raise ValueError(f"weight must be [{d}] on {x.device}, got {tuple(weight.shape)} on {weight.device}")
+    y_dtype = torch.promote_types(weight.dtype, x.dtype)
+    for name, t, dt in (("residual", residual, x.dtype), ("out", out, y_dtype), ("residual_out", residual_out, x.dtype)):
+        if t is None:
+            continue
+        check_tensor(name, t, dtypes=(dt,))
+        if t.shape != x.shape or t.device != x.device:
+            raise ValueError(f"{name} must be {tuple(x.shape)} on {x.device}, got {tuple(t.shape)} on {t.device}")
+    if residual_out is not None and residual is None:
+        raise ValueError("residual_out given without residual")
+    y = torch.empty(x.shape, device=x.device, dtype=y_dtype) if out is None else out
+    h = None
+    if residual is not None:
+        h = torch.empty_like(x, memory_format=torch.contiguous_format) if residual_out is None else residual_out
+    if x.numel():
+        _launch(_rows("x", x, d), None if residual is None else _rows("residual", residual, d),
+                weight, _rows("out", y, d),
+                None if h is None else _rows("residual_out", h, d), eps)
+    return y if residual is None else (y, h)

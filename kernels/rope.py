@@ -1,0 +1,153 @@
+"""Half-split (NeoX) rotary embedding over the full head dim, fp32 math, on strided views.
+
+Numerics mirror :func:`kernels.reference.rope_ref`: ``x`` is upcast to fp32, ``out = x * cos +
+rotate_half(x) * sin`` with ``rotate_half(x) = cat(-x[D/2:], x[:D/2])``, rounded to ``x.dtype`` once. The
+kernel takes the input's strides, so ``q = qkv[:, :, 0]`` of a fused ``[B, T, 3, H, D]`` projection is
+read in place (no copy), and the output may be the input itself (in-place rotation).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels._common import check_tensor, is_interpreter
+
+__all__ = ["rope", "rope_qk_"]
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+# ------------------------------------------------------------------------------------------ kernels
+@triton.jit
+def _rope_kernel(
+    x_ptr, o_ptr, cos_ptr, sin_ptr,      # x, o: [B, T, G, H, D] (strided; G groups, e.g. q and k); cos, sin: [T, D] fp32
+    T, H,
+    sxb, sxt, sxg, sxh, sxd,
+    sob, sot, sog, soh, sod,
+    sct, sst,
+    HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D2: tl.constexpr,
+):
+    pid_bt = tl.program_id(0)
+    b = (pid_bt // T).to(tl.int64)
+    t = pid_bt % T
+    g = tl.program_id(2).to(tl.int64)
+    offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    offs_d = tl.arange(0, BLOCK_D2)
+    dmask = offs_d < HALF
+    mask = (offs_h < H)[:, None] & dmask[None, :]                          # [BLOCK_H, BLOCK_D2]
+    hh = offs_h.to(tl.int64)[:, None]
+    dd = offs_d[None, :]
+    x1_ptrs = x_ptr + b * sxb + t * sxt + g * sxg + hh * sxh + dd * sxd
+    o1_ptrs = o_ptr + b * sob + t * sot + g * sog + hh * soh + dd * sod
+    x1 = tl.load(x1_ptrs, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(x1_ptrs + HALF * sxd, mask=mask, other=0.0).to(tl.float32)
+    c1 = tl.load(cos_ptr + t * sct + offs_d, mask=dmask, other=0.0)[None, :]
+    c2 = tl.load(cos_ptr + t * sct + HALF + offs_d, mask=dmask, other=0.0)[None, :]
+    s1 = tl.load(sin_ptr + t * sst + offs_d, mask=dmask, other=0.0)[None, :]
+    s2 = tl.load(sin_ptr + t * sst + HALF + offs_d, mask=dmask, other=0.0)[None, :]
+    dt = o_ptr.dtype.element_ty
+    o1 = x1 * c1 + (-x2) * s1
+    o2 = x2 * c2 + x1 * s2
+    tl.store(o1_ptrs, o1.to(dt), mask=mask)
+    tl.store(o1_ptrs + HALF * sod, o2.to(dt), mask=mask)
+
+
+# ---------------------------------------------------------------------------------------- launchers
+def rope_config(B: int, T: int, G: int, H: int, D: int, interpret: Optional[bool] = None) -> dict:
+    """Deterministic meta-parameters: heads per program chosen so that small batches still fill the GPU."""
+    interpret = is_interpreter() if interpret is None else interpret
+    block_d2 = triton.next_power_of_2(max(D // 2, 1))
+    hmax = triton.next_power_of_2(max(H, 1))
+    if interpret:
+        return dict(BLOCK_H=hmax, BLOCK_D2=block_d2, num_warps=1)
+    block_h = hmax
+    # halve the heads per program until there are >= ~4 programs per SM (132 SMs) or one head each
+    while block_h > 1 and B * T * G * triton.cdiv(H, block_h) < 528:
+        block_h //= 2
+    while block_h > 1 and block_h * block_d2 > 4096:
+        block_h //= 2
+    elems = block_h * block_d2
+    num_warps = max(1, min(8, elems // 256))
+    return dict(BLOCK_H=block_h, BLOCK_D2=block_d2, num_warps=num_warps)
+
+
+def _launch(x5: torch.Tensor, o5: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, config=None):
+    """x5, o5: [B, T, G, H, D] strided views (may be the same memory)."""
+    B, T, G, H, D = x5.shape
+    cfg = rope_config(B, T, G, H, D) if config is None else dict(config)
+    grid = (B * T, triton.cdiv(H, cfg["BLOCK_H"]), G)
+    _rope_kernel[grid](
+        x5, o5, cos, sin, T, H,
+        *x5.stride(), *o5.stride(), cos.stride(0), sin.stride(0),
+        HALF=D // 2, BLOCK_H=cfg["BLOCK_H"], BLOCK_D2=cfg["BLOCK_D2"], num_warps=cfg["num_warps"],
+    )
+
+
+def _check_tables(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    T, D = x.shape[1], x.shape[3]
+    for name, t in (("cos", cos), ("sin", sin)):
+        check_tensor(name, t, ndim=2, dtypes=(torch.float32,))
+        if tuple(t.shape) != (T, D) or t.device != x.device:
+            raise ValueError(f"{name} must be fp32 [T={T}, D={D}] on {x.device}, got {tuple(t.shape)} on {t.device}")
+
+
+def _check_x(name: str, x: torch.Tensor):
+    check_tensor(name, x, ndim=4, dtypes=_DTYPES, contiguous_last=False)
+    if x.shape[3] % 2:
+        raise ValueError(f"{name} head dim must be even for the half-split rotation, got D={x.shape[3]}")
+
+
+# ------------------------------------------------------------------------------------------- public
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Rotary embedding (half-split / NeoX) of ``x`` at the positions whose tables are given.
+
+    x: ``[B, T, H, D]`` fp16/bf16/fp32, any strides (e.g. ``qkv[:, :, 0]`` of a fused ``[B, T, 3, H, D]``
+    tensor; read in place, never copied); D even. cos, sin: fp32 ``[T, D]``, last dim contiguous.
+    out: optional ``[B, T, H, D]`` of ``x.dtype`` (any strides); ``out=x`` rotates in place.
+    Returns ``x * cos + rotate_half(x) * sin`` in ``x.dtype`` (a new contiguous tensor unless ``out``).
+    See :func:`kernels.reference.rope_ref`.
+    """
+    _check_x("x", x)
+    _check_tables(x, cos, sin)
+    if out is None:
+        out = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+    else:
+        check_tensor("out", out, ndim=4, dtypes=(x.dtype,), contiguous_last=False)
+        if out.shape != x.shape or out.device != x.device:
+            raise ValueError(f"out must be {tuple(x.shape)} on {x.device}, got {tuple(out.shape)} on {out.device}")
+    if x.numel():
+        _launch(x.unsqueeze(2), out.unsqueeze(2), cos, sin)
+    return out
+
+
+def rope_qk_(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    """Rotate ``q`` and ``k`` in place (one launch when both are views of one tensor with equal strides,
+    e.g. ``rope_qk_(qkv[:, :, 0], qkv[:, :, 1], cos, sin)`` on a fused ``[B, T, 3, H, D]`` projection).
+
+    q, k: ``[B, T, H, D]`` (the same shape, dtype fp16/bf16/fp32 and device; any strides; they must not
+    overlap); cos, sin: fp32 ``[T, D]``. Returns ``(q, k)``, rotated in place.
+    """
+    _check_x("q", q)
+    _check_x("k", k)
+    if q.shape != k.shape or q.dtype != k.dtype or q.device != k.device:
+        raise ValueError(f"q and k must match in shape, dtype and device: {tuple(q.shape)} {q.dtype} {q.device} "
+                         f"vs {tuple(k.shape)} {k.dtype} {k.device}")
+    _check_tables(q, cos, sin)
+    if q.numel() == 0:
+        return q, k
+    esize = q.element_size()
+    diff = k.data_ptr() - q.data_ptr()
+    same_storage = q.untyped_storage().data_ptr() == k.untyped_storage().data_ptr()
+    if same_storage and q.stride() == k.stride() and diff % esize == 0 and diff != 0:
+        # one launch over a [B, T, 2, H, D] view: group g at q + g * (k - q)
+        base = q if diff > 0 else k      # as_strided takes no negative strides: start at the lower address
+        sb, st, sh, sd = q.stride()
+        qk = base.as_strided((q.shape[0], q.shape[1], 2, q.shape[2], q.shape[3]), (sb, st, abs(diff) // esize, sh, sd))
+        _launch(qk, qk, cos, sin)
+    else:
+        _launch(q.unsqueeze(2), q.unsqueeze(2), cos, sin)
+        _launch(k.unsqueeze(2), k.unsqueeze(2), cos, sin)
+    return q, k

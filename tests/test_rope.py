@@ -1,0 +1,205 @@
+"""kernels.rope.rope / rope_qk_ against kernels.reference.rope_ref.
+
+Tolerance (derived): the kernel's max error against an fp64 evaluation (fp64 x, fp64 tables built from
+the same fp32 values) may be at most 2x the torch reference's error at the same precision plus one ulp
+of the dtype at the output's magnitude. Both compute in fp32 and round once, so in practice they agree
+to an ulp.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from kernels.reference import rope_ref, rope_tables
+from kernels.rope import _launch, rope, rope_config, rope_qk_
+
+GPU = pytest.mark.gpu
+DTYPES = [
+    pytest.param(torch.float32, id="fp32"),
+    pytest.param(torch.float16, id="fp16"),
+    pytest.param(torch.bfloat16, id="bf16", marks=GPU),
+]
+# (B, T, H, D): the tiny golden model (H=2, D=32), odd T and H, D with a non-power-of-2 half, LLaDA heads
+SHAPES = [(1, 1, 2, 32), (2, 7, 3, 64), (1, 33, 2, 32), (2, 5, 5, 96), (1, 32, 4, 128)]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tables(T, D, device, start=3):
+    cos, sin = rope_tables(D, 500000.0, start + T)
+    return cos[start:].to(device), sin[start:].to(device)
+
+
+def _gold(x, cos, sin):
+    xd = x.double()
+    half = xd.shape[-1] // 2
+    rot = torch.cat((-xd[..., half:], xd[..., :half]), dim=-1)
+    return xd * cos.double()[None, :, None, :] + rot * sin.double()[None, :, None, :]
+
+
+def _check(out, x, cos, sin):
+    gold = _gold(x, cos, sin)
+    ref = rope_ref(x, cos, sin)
+    assert out.dtype == x.dtype and out.shape == x.shape
+    assert not torch.isnan(out).any(), "unwritten (NaN) outputs"
+    err = (out.double() - gold).abs().max().item()
+    err_ref = (ref.double() - gold).abs().max().item()
+    floor = torch.finfo(x.dtype).eps * max(1.0, gold.abs().max().item())
+    assert err <= 2 * err_ref + floor, f"err {err:.3g} > 2 * torch err {err_ref:.3g} + {floor:.3g}"
+
+
+def _qkv(B, T, H, D, dtype, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, T, 3, H, D, generator=g).to(device=device, dtype=dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=["B{}-T{}-H{}-D{}".format(*s) for s in SHAPES])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rope_contiguous(shape, dtype, device):
+    B, T, H, D = shape
+    x = torch.randn(shape).to(device=device, dtype=dtype)
+    cos, sin = _tables(T, D, device)
+    out = torch.full(shape, float("nan"), device=device, dtype=dtype)
+    y = rope(x, cos, sin, out=out)
+    assert y.data_ptr() == out.data_ptr()
+    _check(y, x, cos, sin)
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["q", "k"])
+@pytest.mark.parametrize("shape", SHAPES, ids=["B{}-T{}-H{}-D{}".format(*s) for s in SHAPES])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rope_fused_qkv_view(shape, dtype, which, device):
+    """q = qkv[:, :, 0] of a fused projection is read through its strides, without a copy."""
+    B, T, H, D = shape
+    qkv = _qkv(B, T, H, D, dtype, device)
+    x = qkv[:, :, which]
+    assert not x.is_contiguous() or B * T == 1
+    before = qkv.clone()
+    cos, sin = _tables(T, D, device)
+    y = rope(x, cos, sin)
+    assert y.is_contiguous()
+    assert torch.equal(qkv, before), "input modified"
+    _check(y, x, cos, sin)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rope_other_strides(dtype, device):
+    """Transposed heads/tokens, a strided head dim, and a strided output."""
+    B, T, H, D = 2, 9, 3, 64
+    cos, sin = _tables(T, D, device)
+    x = torch.randn(B, H, T, D).to(device=device, dtype=dtype).transpose(1, 2)      # [B, T, H, D] view
+    _check(rope(x, cos, sin), x, cos, sin)
+    xs = torch.randn(B, T, H, 2 * D).to(device=device, dtype=dtype)[..., ::2]       # stride 2 on D
+    _check(rope(xs, cos, sin), xs, cos, sin)
+    out = torch.full((B, H, T, D), float("nan"), device=device, dtype=dtype).transpose(1, 2)
+    rope(x, cos, sin, out=out)
+    _check(out, x, cos, sin)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rope_in_place(dtype, device):
+    B, T, H, D = 2, 7, 3, 64
+    qkv = _qkv(B, T, H, D, dtype, device, seed=1)
+    cos, sin = _tables(T, D, device)
+    q = qkv[:, :, 0]
+    x0, rest = q.clone(), qkv[:, :, 1:].clone()
+    assert rope(q, cos, sin, out=q).data_ptr() == q.data_ptr()
+    _check(qkv[:, :, 0], x0, cos, sin)
+    assert torch.equal(qkv[:, :, 0], rope(x0, cos, sin)), "in place differs from out of place"
+    assert torch.equal(qkv[:, :, 1:], rest), "k or v modified"
+
+
+@pytest.mark.parametrize("order", ["qk", "kq"])
+@pytest.mark.parametrize("shape", SHAPES[1:4], ids=["B{}-T{}-H{}-D{}".format(*s) for s in SHAPES[1:4]])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rope_qk_fused(shape, dtype, order, device):
+    B, T, H, D = shape
+    qkv = _qkv(B, T, H, D, dtype, device, seed=2)
+    cos, sin = _tables(T, D, device)
+    q0, k0, v0 = (qkv[:, :, i].clone() for i in range(3))
+    q, k = qkv[:, :, 0], qkv[:, :, 1]
+    if order == "qk":
+        rope_qk_(q, k, cos, sin)
+    else:  # k below q in memory: the single launch starts from the lower address
+        rope_qk_(k, q, cos, sin)
+    _check(qkv[:, :, 0], q0, cos, sin)
+    _check(qkv[:, :, 1], k0, cos, sin)
+    assert torch.equal(qkv[:, :, 2], v0), "v modified"
+    # the same as two separate out-of-place launches, bit for bit
+    assert torch.equal(qkv[:, :, 0], rope(q0, cos, sin)) and torch.equal(qkv[:, :, 1], rope(k0, cos, sin))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rope_qk_separate_tensors(dtype, device):
+    B, T, H, D = 2, 5, 3, 64
+    q = torch.randn(B, T, H, D).to(device=device, dtype=dtype)
+    k = torch.randn(B, H, T, D).to(device=device, dtype=dtype).transpose(1, 2)
+    cos, sin = _tables(T, D, device)
+    q0, k0 = q.clone(), k.clone()
+    rope_qk_(q, k, cos, sin)
+    _check(q, q0, cos, sin)
+    _check(k, k0, cos, sin)
+
+
+# GPU-like tiles under the interpreter too: several head blocks, masked heads, padded half dim
+@pytest.mark.parametrize("cfg", [dict(BLOCK_H=2, BLOCK_D2=64, num_warps=1), dict(BLOCK_H=1, BLOCK_D2=64, num_warps=2)],
+                         ids=["h2", "h1"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_configs(dtype, cfg, device):
+    B, T, H, D = 2, 3, 5, 96
+    qkv = _qkv(B, T, H, D, dtype, device, seed=3)
+    x = qkv[:, :, 0]
+    cos, sin = _tables(T, D, device)
+    out = torch.full((B, T, H, D), float("nan"), device=device, dtype=dtype)
+    _launch(x.unsqueeze(2), out.unsqueeze(2), cos, sin, config=cfg)
+    _check(out, x, cos, sin)
+
+
+def test_validation(device):
+    x = torch.randn(2, 4, 3, 64, device=device)
+    cos, sin = _tables(4, 64, device)
+    with pytest.raises(ValueError, match="cos"):
+        rope(x, cos[:3], sin)
+    with pytest.raises(ValueError, match="sin"):
+        rope(x, cos, sin.half())
+    with pytest.raises(ValueError, match="even"):
+        rope(torch.randn(2, 4, 3, 63, device=device), cos[:, :63], sin[:, :63])
+    with pytest.raises(ValueError, match="x"):
+        rope(x[0], cos, sin)
+    with pytest.raises(ValueError, match="q and k"):
+        rope_qk_(x, x.half(), cos, sin)
+
+
+def test_config_deterministic():
+    for B in (1, 8, 32):
+        for G in (1, 2):
+            c = rope_config(B, 32, G, 32, 128, interpret=False)
+            assert c == rope_config(B, 32, G, 32, 128, interpret=False)
+            assert 1 <= c["BLOCK_H"] <= 32 and c["BLOCK_D2"] == 64
+
+
+_COMPILE = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {root!r})
+    from kernels._common import compile_for
+    from kernels import rope
+    for dt in ("bf16", "fp16"):
+        for B in (1, 32):
+            c = rope.rope_config(B, 32, 1, 32, 128, interpret=False)
+            sig = dict(x_ptr="*" + dt, o_ptr="*" + dt, cos_ptr="*fp32", sin_ptr="*fp32", T="i32", H="i32")
+            sig.update({{n: "i64" for n in ("sxb", "sxt", "sxg", "sxh", "sxd", "sob", "sot", "sog", "soh", "sod")}})
+            sig.update(sct="i32", sst="i32")
+            compile_for(rope._rope_kernel, sig, dict(HALF=64, BLOCK_H=c["BLOCK_H"], BLOCK_D2=c["BLOCK_D2"]))
+    print("ok")
+""")
+
+
+def test_compile_sm90():
+    """The GPU frontend and ptxas accept the kernel (bf16, fp16) for sm_90."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    res = subprocess.run([sys.executable, "-c", _COMPILE.format(root=ROOT)], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-4000:]
