@@ -13,7 +13,7 @@ without one, the tokens attend only to themselves. ``kv_start`` ([B]) hides left
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch.profiler import record_function
@@ -41,31 +41,43 @@ class KVCache:
         return self.k.shape[2]
 
 
-def forward_hidden(params: Params, cfg: LLaDAConfig, tokens: torch.Tensor, *, start: int = 0,
-                   cache: Optional[KVCache] = None, kv_len: Optional[int] = None,
-                   kv_start: Optional[torch.Tensor] = None, key_end: Optional[torch.Tensor] = None,
-                   rows: Optional[slice] = None, ops: Ops = REFERENCE_OPS) -> torch.Tensor:
+def forward_hidden(params: Params, cfg: LLaDAConfig, tokens: torch.Tensor, *,
+                   start: Union[int, torch.Tensor] = 0, cache: Optional[KVCache] = None,
+                   kv_len: Optional[int] = None, kv_start: Optional[torch.Tensor] = None,
+                   key_end: Optional[torch.Tensor] = None, rows: Optional[slice] = None,
+                   ops: Ops = REFERENCE_OPS) -> torch.Tensor:
     """Final normed hidden states ``[B, T, d]`` (or ``[B, len(rows), d]``) of ``tokens`` ``[B, T]``.
 
-    start: absolute position of ``tokens[:, 0]``; kv_len: attend over cache slots ``[0, kv_len)``
-    (default ``start + T``; without a cache the tokens see only themselves and ``start`` only sets
-    their positions); rows: a slice of the T positions for which to return hidden states (the final
-    norm runs only there).
+    start: absolute position of ``tokens[:, 0]``, a Python int or a 0-dim int64 device tensor (then
+    positions, RoPE rows and cache writes are computed on the device, so one CUDA graph serves every
+    block; ``kv_len`` must then be given). kv_len: attend over cache slots ``[0, kv_len)`` (default
+    ``start + T``; without a cache the tokens see only themselves and ``start`` only sets their
+    positions). rows: a slice of the T positions for which to return hidden states (the final norm
+    runs only there).
     """
     B, T = tokens.shape
     H, Hkv, D, eps = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.rms_norm_eps
-    if start < 0 or start + T > params.rope_cos.shape[0]:
-        raise ValueError(f"positions [{start}, {start + T}) exceed max_sequence_length={params.rope_cos.shape[0]}")
+    dynamic = isinstance(start, torch.Tensor)
+    if dynamic:
+        if cache is None or kv_len is None:
+            raise ValueError("a tensor start needs a cache and an explicit kv_len")
+        positions = start + torch.arange(T, device=tokens.device)
+        cos = params.rope_cos.index_select(0, positions)
+        sin = params.rope_sin.index_select(0, positions)
+    else:
+        if start < 0 or start + T > params.rope_cos.shape[0]:
+            raise ValueError(f"positions [{start}, {start + T}) exceed max_sequence_length="
+                             f"{params.rope_cos.shape[0]}")
+        cos = params.rope_cos[start:start + T]
+        sin = params.rope_sin[start:start + T]
     if cache is not None:
         kv_len = start + T if kv_len is None else kv_len
-        if kv_len > cache.t_max or start + T > cache.t_max:
-            raise ValueError(f"cache has {cache.t_max} slots; the call needs {max(kv_len, start + T)}")
+        if kv_len > cache.t_max or (not dynamic and start + T > cache.t_max):
+            raise ValueError(f"cache has {cache.t_max} slots; the call needs {kv_len} (start {start}, {T} tokens)")
     else:
         if kv_len not in (None, T):
             raise ValueError(f"kv_len={kv_len} needs a cache (without one the tokens see only themselves)")
         kv_len = T
-    cos = params.rope_cos[start:start + T]
-    sin = params.rope_sin[start:start + T]
     h = params.wte[tokens]
     for i, lp in enumerate(params.layers):
         with record_function(f"layer{i}"):
@@ -76,9 +88,13 @@ def forward_hidden(params: Params, cfg: LLaDAConfig, tokens: torch.Tensor, *, st
                 q = ops.rope(q, cos, sin)
                 k = ops.rope(k, cos, sin)
             if cache is not None:
-                cache.k[i, :, start:start + T] = k
-                cache.v[i, :, start:start + T] = v
                 kc, vc = cache.k[i], cache.v[i]
+                if dynamic:
+                    kc.index_copy_(1, positions, k)
+                    vc.index_copy_(1, positions, v)
+                else:
+                    kc[:, start:start + T] = k
+                    vc[:, start:start + T] = v
             else:
                 kc, vc = k, v
             o = ops.attention(q, kc, vc, kv_len, kv_start, key_end)
