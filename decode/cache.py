@@ -14,18 +14,34 @@ position) and differ only in what they feed and which keys each query may see:
 * ``block`` (block-causal, exact): future blocks are never fed. The prompt sees itself; block ``b``
   sees the prompt, blocks ``< b`` and itself. A block's K/V join the cache when the first step of the
   next block feeds ``[committed block ; next block]`` with the block-causal mask, so cached entries are
-  computed from final tokens and never stale, and no extra forward is spent.
+  computed from final tokens and never stale, and no extra forward is spent (the prompt prefill is
+  folded into block 0's first step the same way).
+
+A policy has two entry points, ``first(x, b, s)`` (a block's first step) and ``steady(x, b, s)``
+(its later steps). ``s`` is the block's start position: a Python int, or a 0-dim device tensor when
+the driver replays CUDA graphs (then every shape is static and positions live on the device).
+``graph_key(kind, b)`` names the graph a step can be captured into (None: run eagerly).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
 from llada.model import KVCache, forward_hidden
 
-__all__ = ["CachePolicy", "NoCache", "PrefixCache", "DualCache", "BlockCache", "make_policy", "POLICIES"]
+__all__ = ["CachePolicy", "NoCache", "PrefixCache", "DualCache", "BlockCache", "make_policy", "POLICIES",
+           "StepContext", "take_cols"]
+
+Pos = Union[int, torch.Tensor]
+
+
+def take_cols(x: torch.Tensor, s: Pos, n: int) -> torch.Tensor:
+    """``x[:, s:s+n]`` for an int or a device-tensor ``s`` (a copy in the tensor case)."""
+    if isinstance(s, torch.Tensor):
+        return x.index_select(1, s + torch.arange(n, device=x.device))
+    return x[:, s:s + n]
 
 
 @dataclass
@@ -40,7 +56,6 @@ class StepContext:
 
 
 class CachePolicy:
-    """``hidden(ctx, x, block, step) -> [B', Lb, d]`` final normed hidden states of the block's rows."""
     name = "base"
 
     def __init__(self, ctx: StepContext, batch: int):
@@ -51,20 +66,26 @@ class CachePolicy:
         c = self.ctx
         return forward_hidden(c.params, c.cfg, tokens, kv_start=c.kv_start, ops=c.ops, **kw)
 
-    def _block(self, b):
-        s = self.ctx.prompt_len + b * self.ctx.block_length
-        return s, s + self.ctx.block_length
+    def first(self, x: torch.Tensor, b: int, s: Pos) -> torch.Tensor:
+        return self.steady(x, b, s)
 
-    def hidden(self, x: torch.Tensor, block: int, step: int) -> torch.Tensor:
+    def steady(self, x: torch.Tensor, b: int, s: Pos) -> torch.Tensor:
         raise NotImplementedError
+
+    def graph_key(self, kind: str, b: int):
+        return None
 
 
 class NoCache(CachePolicy):
     name = "none"
 
-    def hidden(self, x, block, step):
-        s, e = self._block(block)
-        return self._fwd(x, rows=slice(s, e))
+    def steady(self, x, b, s):
+        if isinstance(s, int):
+            return self._fwd(x, rows=slice(s, s + self.ctx.block_length))
+        return take_cols(self._fwd(x), s, self.ctx.block_length)
+
+    def graph_key(self, kind, b):
+        return "step"
 
 
 class _CachedPolicy(CachePolicy):
@@ -73,53 +94,71 @@ class _CachedPolicy(CachePolicy):
         p = ctx.params
         self.cache = KVCache.empty(ctx.cfg, batch, ctx.total_len, device=p.device, dtype=p.dtype)
 
+    def _full_refresh(self, x, s):
+        """One forward of the whole sequence that rewrites every cache slot (Fast-dLLM block start)."""
+        L, Lb = self.ctx.total_len, self.ctx.block_length
+        if isinstance(s, int):
+            return self._fwd(x, cache=self.cache, start=0, kv_len=L, rows=slice(s, s + Lb))
+        return take_cols(self._fwd(x, cache=self.cache, start=0, kv_len=L), s, Lb)
+
 
 class PrefixCache(_CachedPolicy):
     name = "prefix"
 
-    def hidden(self, x, block, step):
-        s, e = self._block(block)
-        L = self.ctx.total_len
-        if step == 0:
-            return self._fwd(x, cache=self.cache, start=0, kv_len=L, rows=slice(s, e))
-        return self._fwd(x[:, s:], cache=self.cache, start=s, kv_len=L, rows=slice(0, e - s))
+    def first(self, x, b, s):
+        return self._full_refresh(x, s)
+
+    def steady(self, x, b, s):
+        # the fed length (L - s) changes with the block: always eager, with an int start
+        s = self.ctx.prompt_len + b * self.ctx.block_length
+        return self._fwd(x[:, s:], cache=self.cache, start=s, kv_len=self.ctx.total_len,
+                         rows=slice(0, self.ctx.block_length))
+
+    def graph_key(self, kind, b):
+        return "first" if kind == "first" else None
 
 
 class DualCache(_CachedPolicy):
     name = "dual"
 
-    def hidden(self, x, block, step):
-        s, e = self._block(block)
-        L = self.ctx.total_len
-        if step == 0:
-            return self._fwd(x, cache=self.cache, start=0, kv_len=L, rows=slice(s, e))
-        return self._fwd(x[:, s:e], cache=self.cache, start=s, kv_len=L)
+    def first(self, x, b, s):
+        return self._full_refresh(x, s)
+
+    def steady(self, x, b, s):
+        return self._fwd(take_cols(x, s, self.ctx.block_length), cache=self.cache, start=s,
+                         kv_len=self.ctx.total_len)
+
+    def graph_key(self, kind, b):
+        return kind
 
 
 class BlockCache(_CachedPolicy):
     name = "block"
 
-    def __init__(self, ctx, batch):
-        super().__init__(ctx, batch)
-        self.final_upto = 0  # cache slots [0, final_upto) hold K/V of final tokens
+    def first(self, x, b, s):
+        Lb = self.ctx.block_length
+        if b == 0:  # prompt prefill folded into block 0's first step
+            P = self.ctx.prompt_len
+            key_end = torch.cat([torch.full((P,), P, device=x.device), torch.full((Lb,), P + Lb, device=x.device)])
+            return self._fwd(x[:, :P + Lb], cache=self.cache, start=0, kv_len=P + Lb, key_end=key_end,
+                             rows=slice(P, P + Lb))
+        # [committed block b-1 ; block b]: block b-1 sees keys < s, block b keys < s + Lb
+        ends = torch.cat([torch.zeros(Lb, dtype=torch.int64, device=x.device),
+                          torch.full((Lb,), Lb, dtype=torch.int64, device=x.device)]) + s
+        dynamic = isinstance(s, torch.Tensor)
+        return self._fwd(take_cols(x, s - Lb, 2 * Lb), cache=self.cache, start=s - Lb,
+                         kv_len=self.ctx.total_len if dynamic else s + Lb, key_end=ends, rows=slice(Lb, 2 * Lb))
 
-    def key_end(self, seg_start: int, seg_end: int, device) -> torch.Tensor:
-        """Block-causal limits for positions [seg_start, seg_end): prompt -> P, block j -> its end."""
-        P, Lb = self.ctx.prompt_len, self.ctx.block_length
-        pos = torch.arange(seg_start, seg_end, device=device)
-        blk_end = P + ((pos - P) // Lb + 1) * Lb
-        return torch.where(pos < P, torch.full_like(pos, P), blk_end)
+    def steady(self, x, b, s):
+        Lb = self.ctx.block_length
+        if isinstance(s, torch.Tensor):  # static kv_len; the real limit s + Lb lives on the device
+            key_end = torch.full((Lb,), Lb, dtype=torch.int64, device=x.device) + s
+            return self._fwd(take_cols(x, s, Lb), cache=self.cache, start=s, kv_len=self.ctx.total_len,
+                             key_end=key_end)
+        return self._fwd(x[:, s:s + Lb], cache=self.cache, start=s, kv_len=s + Lb)
 
-    def hidden(self, x, block, step):
-        s, e = self._block(block)
-        if step == 0:
-            # feed what is not final in the cache yet (prompt, or the block just completed) + this block
-            a = self.final_upto
-            h = self._fwd(x[:, a:e], cache=self.cache, start=a, kv_len=e,
-                          key_end=self.key_end(a, e, x.device), rows=slice(s - a, e - a))
-            self.final_upto = s
-            return h
-        return self._fwd(x[:, s:e], cache=self.cache, start=s, kv_len=e)
+    def graph_key(self, kind, b):
+        return None if (kind == "first" and b == 0) else kind
 
 
 POLICIES = {p.name: p for p in (NoCache, PrefixCache, DualCache, BlockCache)}

@@ -31,7 +31,7 @@ import torch
 from llada.config import LLaDAConfig
 from llada.ops import REFERENCE_OPS, Ops
 from llada.weights import Params
-from .cache import POLICIES, StepContext, make_policy
+from .cache import POLICIES, StepContext, make_policy, take_cols
 from .schedule import num_transfer_tokens
 
 __all__ = ["generate", "generate_stream", "GenerateResult", "StepEvent", "BlockEvent", "pad_prompts",
@@ -158,12 +158,47 @@ def _validate(cfg, tokens, pad, gen_length, block_length, steps, temperature, re
         raise ValueError(f"cfg_scale={cfg_scale} must be >= 0")
 
 
+class _Graphs:
+    """CUDA graphs of whole decode steps, keyed by the policy's ``graph_key`` (replayed when seen again).
+
+    The first call of a key runs the step eagerly on a side stream (a real step: it warms up the
+    libraries), the second captures it (capture executes nothing, so that call then replays it).
+    """
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.graphs = {}
+
+    def run(self, key, fn):
+        if not self.enabled or key is None:
+            return fn()
+        entry = self.graphs.get(key)
+        if entry is None:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                out = fn()
+            torch.cuda.current_stream().wait_stream(stream)
+            self.graphs[key] = "warm"
+            return out
+        if entry == "warm":
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                out = fn()
+            self.graphs[key] = entry = (g, out)
+        g, out = entry
+        g.replay()
+        return out
+
+
 @torch.no_grad()
 def generate_stream(params: Params, cfg: LLaDAConfig, prompts, *, gen_length: int, block_length: int,
                     steps: int, temperature: float = 0.0, remasking: str = "low_confidence",
                     threshold: Optional[float] = None, factor: Optional[float] = None, cfg_scale: float = 0.0,
                     cache: str = "none", logits_eos_inf: bool = False, confidence_eos_eot_inf: bool = False,
-                    attention_mask: Optional[torch.Tensor] = None, seed: int = 0, ops: Ops = REFERENCE_OPS,
+                    early_stop: Optional[bool] = None, attention_mask: Optional[torch.Tensor] = None,
+                    seed: int = 0, ops: Ops = REFERENCE_OPS, cuda_graphs: bool = False,
+                    device_positions: Optional[bool] = None,
                     ) -> Iterator[Union[StepEvent, BlockEvent, GenerateResult]]:
     """Like :func:`generate`, but yields a :class:`StepEvent` after every step, a :class:`BlockEvent`
     after every block, and finally the :class:`GenerateResult`."""
@@ -174,9 +209,16 @@ def generate_stream(params: Params, cfg: LLaDAConfig, prompts, *, gen_length: in
               cfg_scale, cache)
     if confidence_eos_eot_inf and cfg.eot_token_id is None:
         raise ValueError("confidence_eos_eot_inf needs cfg.eot_token_id (from the tokenizer or an override)")
+    if cuda_graphs and device.type != "cuda":
+        raise ValueError(f"cuda_graphs=True needs params on a CUDA device, not {device}")
+    # graphs replay fixed work: sampling noise, random remasking and the factor rule's host loop stay eager
+    graphable = cuda_graphs and temperature == 0 and remasking == "low_confidence" and factor is None
+    dynamic = graphable if device_positions is None else device_positions
+    early_stop = (cache == "block") if early_stop is None else early_stop
     B, P = tokens.shape
     L = P + gen_length
-    nb, spb = gen_length // block_length, steps // (gen_length // block_length)
+    Lb = block_length
+    nb, spb = gen_length // Lb, steps // (gen_length // Lb)
     mask_id = cfg.mask_token_id
     x = torch.full((B, L), mask_id, dtype=torch.int64, device=device)
     x[:, :P] = tokens
@@ -184,55 +226,86 @@ def generate_stream(params: Params, cfg: LLaDAConfig, prompts, *, gen_length: in
     kv_start = pad if bool((pad > 0).any()) else None
     if use_cfg and kv_start is not None:
         kv_start = torch.cat([kv_start, kv_start])
-    policy = make_policy(cache, StepContext(params, cfg, ops, P, block_length, L, kv_start),
-                         2 * B if use_cfg else B)
+    policy = make_policy(cache, StepContext(params, cfg, ops, P, Lb, L, kv_start), 2 * B if use_cfg else B)
     banned = (cfg.eos_token_id,) if logits_eos_inf else ()
     no_conf = cfg.end_token_ids if confidence_eos_eot_inf else ()
     rand_gen = torch.Generator(device=device).manual_seed(int(seed)) if remasking == "random" else None
     nfe = torch.zeros(B, dtype=torch.int64, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)      # early-stopped rows
+    k_buf = torch.zeros(B, dtype=torch.int64, device=device)    # this step's schedule count (static buffer)
+    s_buf = torch.zeros((), dtype=torch.int64, device=device)   # this block's start (static buffer)
+    graphs = _Graphs(graphable)
     calls = 0
     records: List[StepEvent] = []
+    end_ids = torch.tensor(cfg.end_token_ids, device=device)
+    # with the linear schedule every block starts fully masked, so the useful steps are known up front
+    useful = min(spb, Lb)
+
+    def step(kind: str, b: int, s):
+        blk = take_cols(x, s, Lb)
+        masked = (blk == mask_id) & ~done[:, None]
+        x_in = x
+        if use_cfg:  # unconditional branch: the whole prompt (pads included) masked
+            un = x.clone()
+            un[:, :P] = mask_id
+            x_in = torch.cat([x, un])
+        hidden = policy.first(x_in, b, s) if kind == "first" else policy.steady(x_in, b, s)
+        d = hidden.shape[-1]
+        h_un = hidden[B:].reshape(B * Lb, d) if use_cfg else None
+        x0, conf = ops.head(hidden[:B].reshape(B * Lb, d), params.lm_head, temperature=float(temperature),
+                            seed=seed, offset=calls, banned_ids=banned, no_confidence_ids=no_conf,
+                            uncond_hidden=h_un, cfg_scale=float(cfg_scale))
+        x0, conf = x0.view(B, Lb), conf.view(B, Lb)
+        if remasking == "random":
+            conf = torch.rand((B, Lb), generator=rand_gen, device=device)
+        if threshold is not None:
+            committed = ops.select(conf, masked, threshold=float(threshold))
+        elif factor is not None:
+            committed = ops.select(conf, masked, factor=float(factor))
+        else:
+            committed = ops.select(conf, masked, k=k_buf)
+        new = torch.where(committed, x0, blk)
+        if isinstance(s, torch.Tensor):
+            x.index_copy_(1, s + torch.arange(Lb, device=device), new)
+        else:
+            x[:, s:s + Lb] = new
+        nfe.add_(masked.any(1).to(nfe.dtype))
+        return committed, new, torch.where(masked, conf, float("-inf"))
 
     for b in range(nb):
-        s, e = P + b * block_length, P + (b + 1) * block_length
-        schedule = num_transfer_tokens(x[:, s:e] == mask_id, spb) if threshold is None and factor is None else None
-        step = 0
+        s_int = P + b * Lb
+        if bool(done.all()):
+            break
+        schedule = num_transfer_tokens(torch.ones(B, Lb, dtype=torch.bool, device=device), spb) \
+            if threshold is None and factor is None else None
+        i = 0
         while True:
-            masked = x[:, s:e] == mask_id
-            active = masked.any(1)
-            if not bool(active.any()):
-                break
-            x_in = x
-            if use_cfg:  # unconditional branch: the whole prompt (pads included) masked
-                un = x.clone()
-                un[:, :P] = mask_id
-                x_in = torch.cat([x, un])
-            hidden = policy.hidden(x_in, b, step)
-            d = hidden.shape[-1]
-            h_cond = hidden[:B].reshape(B * block_length, d)
-            h_un = hidden[B:].reshape(B * block_length, d) if use_cfg else None
-            x0, conf = ops.head(h_cond, params.lm_head, temperature=float(temperature), seed=seed, offset=calls,
-                                banned_ids=banned, no_confidence_ids=no_conf, uncond_hidden=h_un,
-                                cfg_scale=float(cfg_scale))
-            x0, conf = x0.view(B, block_length), conf.view(B, block_length)
-            if remasking == "random":
-                conf = torch.rand((B, block_length), generator=rand_gen, device=device)
             if schedule is not None:
-                k = schedule[:, step] if step < spb else torch.zeros(B, dtype=torch.int64, device=device)
-                committed = ops.select(conf, masked, k=k)
-            elif threshold is not None:
-                committed = ops.select(conf, masked, threshold=float(threshold))
+                if i >= useful:
+                    break
+                k_buf.copy_(schedule[:, i])
+            elif not bool(((take_cols(x, s_int, Lb) == mask_id) & ~done[:, None]).any()):
+                break  # a data-dependent rule: one host check per step
+            kind = "first" if i == 0 else "steady"
+            key = policy.graph_key(kind, b) if dynamic else None
+            if key is not None:
+                s_buf.fill_(s_int)
+                committed, blk, conf = graphs.run(key, lambda: step(kind, b, s_buf))
             else:
-                committed = ops.select(conf, masked, factor=float(factor))
-            x[:, s:e] = torch.where(committed, x0, x[:, s:e])
-            nfe += active.to(nfe.dtype)
+                committed, blk, conf = step(kind, b, s_int)
             calls += 1
-            ev = StepEvent(b, step, committed, x[:, s:e].clone(), torch.where(masked, conf, float("-inf")),
-                           nfe.clone())
+            ev = StepEvent(b, i, committed.clone(), blk.clone(), conf.clone(), nfe.clone())
             records.append(ev)
             yield ev
-            step += 1
-        yield BlockEvent(b, s, x[:, s:e].clone())
+            i += 1
+        if early_stop:
+            # a row is finished once an end token is committed (every earlier position is, blockwise)
+            gen = x[:, P:s_int + Lb]
+            finished = torch.isin(gen, end_ids).any(1) & ~done
+            x[:, s_int + Lb:] = torch.where(finished[:, None] | done[:, None],
+                                            torch.full_like(x[:, s_int + Lb:], cfg.eos_token_id), x[:, s_int + Lb:])
+            done |= finished
+        yield BlockEvent(b, s_int, x[:, s_int:s_int + Lb].clone())
 
     yield GenerateResult(tokens=x[:, P:].clone(), sequences=x, prompt_lengths=(P - pad).tolist(),
                          nfe=nfe.tolist(), steps=records, seconds=time.perf_counter() - t0)
@@ -247,8 +320,16 @@ def generate(params: Params, cfg: LLaDAConfig, prompts, *, gen_length: int, bloc
     ('low_confidence' | 'random'), threshold (Fast-dLLM parallel decoding: commit the top-1 and every
     masked token with confidence >= threshold) or factor (Fast-dLLM's factor rule) instead of the linear
     schedule, cfg_scale (classifier-free guidance, prompt fully masked in the unconditional branch),
-    cache ('none' | 'prefix' | 'dual' | 'block'), logits_eos_inf, confidence_eos_eot_inf, seed, ops.
+    cache ('none' | 'prefix' | 'dual' | 'block'), logits_eos_inf, confidence_eos_eot_inf, seed, ops,
+    early_stop (default on for 'block' only: once a row has committed an end token at a block's end,
+    its later positions become eos and it spends no more forwards; the batch stops when every row
+    has), cuda_graphs (capture each step kind into a CUDA graph and replay it; only where the step's
+    work is fixed: temperature 0, low_confidence, schedule or threshold; other settings run eagerly),
+    device_positions (run the graph code path, block starts as device tensors, without graphs).
     ``on_step`` / ``on_block`` are called as steps and blocks are committed.
+
+    Host synchronisation: one check per block (early stop); with threshold or factor, also one per
+    step (is the block complete?). With the linear schedule a block's steps never sync.
     Returns a :class:`GenerateResult` (``steps`` filled when ``record_steps``).
     """
     result = None

@@ -152,3 +152,32 @@ def test_random_remasking_is_uniform_over_masked_positions():
     # second step: uniform over the 7 still-masked positions (relative to the first choice)
     second = res.steps[1].committed
     assert not (first & second).any()
+
+
+def test_early_stop_fills_eos_after_end_and_saves_forwards():
+    params, cfg = tiny_model()
+    ends = set(cfg.end_token_ids)
+    found = False
+    for p in PROMPTS + [[43, 250, 114, 183, 251, 287, 35]]:
+        full = generate(params, cfg, [p], gen_length=32, block_length=8, steps=32, cache="block", early_stop=False)
+        es = generate(params, cfg, [p], gen_length=32, block_length=8, steps=32, cache="block")  # default on
+        f, e = full.tokens[0].tolist(), es.tokens[0].tolist()
+        first_end = next((i for i, t in enumerate(f) if t in ends), None)
+        if first_end is None or first_end >= 24:
+            assert e == f and es.nfe == full.nfe
+            continue
+        found = True
+        blk_end = (first_end // 8 + 1) * 8
+        assert e[:blk_end] == f[:blk_end]
+        assert e[blk_end:] == [cfg.eos_token_id] * (32 - blk_end)
+        assert es.nfe[0] == blk_end < full.nfe[0]
+    assert found, "no prompt ended early: the test checks nothing"
+
+
+def test_early_stop_in_batch_only_stops_finished_rows():
+    params, cfg = tiny_model()
+    prompts = PROMPTS + [[43, 250, 114, 183, 251, 287, 35]]
+    es = generate(params, cfg, prompts, gen_length=32, block_length=8, steps=32, cache="block")
+    for i, p in enumerate(prompts):
+        alone = generate(params, cfg, [p], gen_length=32, block_length=8, steps=32, cache="block")
+        assert es.tokens[i].tolist() == alone.tokens[0].tolist() and es.nfe[i] == alone.nfe[0]

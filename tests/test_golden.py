@@ -31,9 +31,9 @@ def test_forward_matches_recorded_logits(i):
     assert abs(logits.sum().item() - rec["logits_sum"]) < 1e-4 * logits.numel()
 
 
-def _run(case):
+def _run(case, **extra):
     params, cfg = tiny_model()
-    return generate(params, cfg, case["prompt"], **decode_options(case["params"]))
+    return generate(params, cfg, case["prompt"], early_stop=False, **decode_options(case["params"]), **extra)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
@@ -46,12 +46,22 @@ def test_reference_decoders_token_for_token(case):
         assert out.nfe == [case["params"]["nfe"]] * len(case["prompt"])
 
 
+@pytest.mark.parametrize("device_positions", [False, True], ids=["int-positions", "device-positions"])
 @pytest.mark.parametrize("case", BLOCK_CASES, ids=[c["name"] for c in BLOCK_CASES])
-def test_block_causal_cache_token_for_token(case):
-    """The exact block-causal KV cache gives the uncached block-causal recompute's tokens."""
-    out = _run(case)
+def test_block_causal_cache_token_for_token(case, device_positions):
+    """The exact block-causal KV cache gives the uncached block-causal recompute's tokens, also on the
+    CUDA-graph code path (block starts as device tensors, static kv_len, limits through key_end)."""
+    out = _run(case, device_positions=device_positions)
     assert out.tokens.tolist() == case["expected"]
     if case["params"].get("nfe") is not None:
         # the prompt prefill and each block's K/V commit are folded into the first step of a block,
         # so the cached path spends exactly the recompute's number of forwards
         assert out.nfe == [case["params"]["nfe"]] * len(case["prompt"])
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c["params"]["cache"] in ("none", "dual")][::3],
+                         ids=lambda c: c["name"])
+def test_device_position_path_matches(case):
+    """The graph-capturable path (device-tensor block starts) gives the same tokens as the int path."""
+    out = _run(case, device_positions=True)
+    assert out.tokens.tolist() == case["expected"]
