@@ -1,0 +1,483 @@
+"""Fused LM head + remasking: sampled token and its confidence per row, and top-k / threshold /
+factor transfer selection (LLaDA low-confidence remasking, Fast-dLLM parallel rules).
+
+* :func:`head_confidence` streams the vocabulary: ``[M, V]`` logits are never materialised. Kernel 1
+  (``_head_partials_kernel``, grid ``(row tiles, vocab tiles)``) computes a ``[BLOCK_M, BLOCK_V]`` logit
+  tile with ``tl.dot``, rounds it to the hidden dtype (as the model's logits are), applies CFG, banned
+  ids and Gumbel noise (in-kernel Philox keyed by ``(seed, offset)``, counters ``(vocab id, row)``, so
+  samples do not depend on the tiling) and reduces it to per-row partials. Kernel 2
+  (``_head_merge_kernel``) merges the partials of each row into ``x0`` and ``conf``.
+* :func:`select_transfer` / :func:`select_commit`: one program per row ranks the masked positions by
+  ``[L, BLOCK_J]`` comparison blocks (``rank_i = #{j: c_j > c_i or (c_j == c_i and j < i)}``), applies
+  the rule to the ranks and stores the selection (optionally committing ``x0`` into the token block
+  in place).
+
+References: :func:`kernels.reference.head_confidence_ref`, :func:`kernels.reference.select_transfer_ref`.
+"""
+from __future__ import annotations
+
+import struct
+from typing import Optional, Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels._common import check_tensor, is_interpreter
+
+__all__ = ["head_confidence", "select_transfer", "select_commit"]
+
+MAX_SPECIAL_IDS = 4  # banned_ids / no_confidence_ids are passed as scalar kernel arguments
+MAX_SELECT_LEN = 4096  # one row of select_transfer is held in registers
+
+_LOGIT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+# ------------------------------------------------------------------------------------- kernels
+@triton.jit
+def _gumbel(vid, row, seed_lo, seed_hi, off_lo, off_hi):
+    """Gumbel(0, 1) noise for every (row, vocab id) pair: Philox4x32-10 with key (seed_lo, seed_hi) and
+    counter (vid, row, off_lo, off_hi); first output word -> w in (0, 1) -> E = -log1p(-w) ~ Exp(1)
+    (accurate for small w, where the winners are) -> g = -log(E)."""
+    zero = (vid + row).to(tl.uint32) * 0  # [BM, BV] uint32
+    c0 = vid.to(tl.uint32) + zero
+    c1 = row.to(tl.uint32) + zero
+    c2 = zero + tl.to_tensor(off_lo).to(tl.uint32, bitcast=True)
+    c3 = zero + tl.to_tensor(off_hi).to(tl.uint32, bitcast=True)
+    k0 = tl.to_tensor(seed_lo).to(tl.uint32, bitcast=True)
+    k1 = tl.to_tensor(seed_hi).to(tl.uint32, bitcast=True)
+    r, _, _, _ = tl.philox_impl(c0, c1, c2, c3, k0, k1)
+    w = (r.to(tl.float32) + 0.5) * 2.3283064365386963e-10  # (r + 1/2) / 2^32
+    w = tl.minimum(w, 0.99999994)  # the uint32 -> fp32 rounding could reach 1.0
+    u = 1.0 - w
+    den = tl.where(u == 1.0, 1.0, 1.0 - u)
+    e = tl.where(u == 1.0, w, -tl.log(u) * (w / den))  # -log1p(-w), Kahan's trick
+    return -tl.log(e)
+
+
+@triton.jit
+def _in_ids(x, i0, i1, i2, i3, N: tl.constexpr):
+    """x == one of the first N of (i0, i1, i2, i3); N >= 1."""
+    hit = x == i0
+    if N > 1:
+        hit = hit | (x == i1)
+    if N > 2:
+        hit = hit | (x == i2)
+    if N > 3:
+        hit = hit | (x == i3)
+    return hit
+
+
+@triton.jit
+def _head_partials_kernel(
+    h_ptr, hu_ptr, w_ptr,  # [M, D], [M, D] (CFG only), [V, D]
+    pkey_ptr, pidx_ptr, plx_ptr, pm_ptr, ps_ptr,  # partials [M, NVT]
+    M, V, D, NVT,
+    stride_hm, stride_hum, stride_wv,
+    inv_temp, cfg_w,
+    seed_lo, seed_hi, off_lo, off_hi,
+    ban0, ban1, ban2, ban3, nc0, nc1, nc2, nc3,
+    N_BAN: tl.constexpr, N_NC: tl.constexpr, SAMPLE: tl.constexpr, CFG: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, SWAP_AB: tl.constexpr,
+    EVEN_K: tl.constexpr, EVEN_V: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_m = tl.program_id(0)  # row tiles vary fastest: programs sharing a W tile run together (L2)
+    pid_v = tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
+    vids = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)  # [BV]
+    offs_k = tl.arange(0, BLOCK_K)  # [BK]
+    # clamp instead of masking the M / V edges: the duplicated rows / ids are dropped in the epilogue
+    rows_c = tl.minimum(rows, M - 1).to(tl.int64)
+    vids_c = tl.minimum(vids, V - 1).to(tl.int64)
+    a_ptrs = h_ptr + rows_c[:, None] * stride_hm + offs_k[None, :]  # [BM, BK]
+    b_ptrs = w_ptr + vids_c[:, None] * stride_wv + offs_k[None, :]  # [BV, BK]
+    if CFG:
+        au_ptrs = hu_ptr + rows_c[:, None] * stride_hum + offs_k[None, :]
+    if SWAP_AB:
+        acc = tl.zeros([BLOCK_V, BLOCK_M], dtype=tl.float32)
+        if CFG:
+            accu = tl.zeros([BLOCK_V, BLOCK_M], dtype=tl.float32)
+    else:
+        acc = tl.zeros([BLOCK_M, BLOCK_V], dtype=tl.float32)
+        if CFG:
+            accu = tl.zeros([BLOCK_M, BLOCK_V], dtype=tl.float32)
+    for k0 in range(0, D, BLOCK_K):
+        if EVEN_K:
+            a = tl.load(a_ptrs)
+            b = tl.load(b_ptrs)
+        else:
+            kmask = (k0 + offs_k) < D
+            a = tl.load(a_ptrs, mask=kmask[None, :], other=0.0)
+            b = tl.load(b_ptrs, mask=kmask[None, :], other=0.0)
+        if UPCAST:  # the interpreter cannot compute on bf16
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        if SWAP_AB:
+            acc = tl.dot(b, tl.trans(a), acc, input_precision=DOT_PREC)  # [BV, BM]
+        else:
+            acc = tl.dot(a, tl.trans(b), acc, input_precision=DOT_PREC)  # [BM, BV]
+        if CFG:
+            if EVEN_K:
+                au = tl.load(au_ptrs)
+            else:
+                au = tl.load(au_ptrs, mask=kmask[None, :], other=0.0)
+            if UPCAST:
+                au = au.to(tl.float32)
+            if SWAP_AB:
+                accu = tl.dot(b, tl.trans(au), accu, input_precision=DOT_PREC)
+            else:
+                accu = tl.dot(au, tl.trans(b), accu, input_precision=DOT_PREC)
+            au_ptrs += BLOCK_K
+        a_ptrs += BLOCK_K
+        b_ptrs += BLOCK_K
+
+    if SWAP_AB:
+        acc = tl.trans(acc)
+        if CFG:
+            accu = tl.trans(accu)
+    # logits as the model returns them: rounded to the hidden dtype, then fp32
+    logit = acc.to(h_ptr.dtype.element_ty).to(tl.float32)  # [BM, BV]
+    if CFG:
+        lu = accu.to(h_ptr.dtype.element_ty).to(tl.float32)
+        logit = lu + cfg_w * (logit - lu)
+    vcol = vids[None, :]
+    if N_BAN > 0:
+        logit = tl.where(_in_ids(vcol, ban0, ban1, ban2, ban3, N_BAN), float("-inf"), logit)
+    if not EVEN_V:
+        logit = tl.where(vcol < V, logit, float("-inf"))
+    # the confidence softmax also drops no_confidence_ids (after sampling)
+    if N_NC > 0:
+        logit_c = tl.where(_in_ids(vcol, nc0, nc1, nc2, nc3, N_NC), float("-inf"), logit)
+    else:
+        logit_c = logit
+
+    if SAMPLE:
+        g = _gumbel(vcol, rows[:, None], seed_lo, seed_hi, off_lo, off_hi)
+        key = logit * inv_temp + g
+        kmax, kloc = tl.max(key, axis=1, return_indices=True, return_indices_tie_break_left=True)
+        lsel = tl.arange(0, BLOCK_V)[None, :] == kloc[:, None]
+        lx = tl.max(tl.where(lsel, logit_c, float("-inf")), axis=1)  # l_c[x0]
+    else:
+        kmax, kloc = tl.max(logit, axis=1, return_indices=True, return_indices_tie_break_left=True)
+        lx = kmax
+        if N_NC > 0:
+            lx = tl.where(_in_ids(pid_v * BLOCK_V + kloc, nc0, nc1, nc2, nc3, N_NC), float("-inf"), lx)
+    m = tl.max(logit_c, axis=1)
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    s = tl.sum(tl.exp(logit_c - m_safe[:, None]), axis=1)
+
+    po = rows.to(tl.int64) * NVT + pid_v
+    rmask = rows < M
+    tl.store(pkey_ptr + po, kmax, mask=rmask)
+    tl.store(pidx_ptr + po, pid_v * BLOCK_V + kloc.to(tl.int32), mask=rmask)
+    tl.store(plx_ptr + po, lx, mask=rmask)
+    tl.store(pm_ptr + po, m, mask=rmask)
+    tl.store(ps_ptr + po, s, mask=rmask)
+
+
+@triton.jit
+def _head_merge_kernel(
+    pkey_ptr, pidx_ptr, plx_ptr, pm_ptr, ps_ptr,  # [M, NVT]
+    x0_ptr, conf_ptr,  # [M] int64, [M] fp32
+    M, NVT,
+    BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)  # [BR]
+    t = tl.arange(0, BLOCK_T)  # [BT]
+    rmask = rows < M
+    valid = rmask[:, None] & (t[None, :] < NVT)
+    po = rows.to(tl.int64)[:, None] * NVT + t[None, :]
+    key = tl.load(pkey_ptr + po, mask=valid, other=float("-inf"))
+    kmax = tl.max(key, axis=1)
+    # lowest tile holding the max key = lowest vocab id (each tile already broke ties to the left)
+    tsel = tl.min(tl.where(valid & (key == kmax[:, None]), t[None, :], BLOCK_T), axis=1)
+    at = t[None, :] == tsel[:, None]
+    idx = tl.load(pidx_ptr + po, mask=valid, other=0)
+    x0 = tl.max(tl.where(at, idx, -1), axis=1)
+    lxs = tl.load(plx_ptr + po, mask=valid, other=float("-inf"))
+    lx = tl.max(tl.where(at, lxs, float("-inf")), axis=1)
+    m = tl.load(pm_ptr + po, mask=valid, other=float("-inf"))
+    s = tl.load(ps_ptr + po, mask=valid, other=0.0)
+    mmax = tl.max(m, axis=1)
+    mmax_safe = tl.where(mmax == float("-inf"), 0.0, mmax)
+    ssum = tl.sum(s * tl.exp(m - mmax_safe[:, None]), axis=1)
+    # = exp(l_c[x0] - logsumexp(l_c)); 0 / 0 = NaN when l_c is all -inf (as the reference)
+    conf = tl.exp(lx - mmax_safe) / tl.where(rmask, ssum, 1.0)
+    tl.store(x0_ptr + rows, x0.to(tl.int64), mask=rmask)
+    tl.store(conf_ptr + rows, conf, mask=rmask)
+
+
+@triton.jit
+def _select_kernel(
+    conf_ptr, masked_ptr, k_ptr, x0_ptr, tok_ptr, out_ptr,
+    L,
+    stride_cb, stride_mb, stride_xb, stride_tb, stride_ob,
+    threshold, f_hi, f_mid, f_lo,
+    RULE: tl.constexpr, COMMIT: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_J: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK_L)  # [BL]
+    valid = offs < L
+    c_row = conf_ptr + row * stride_cb
+    m_row = masked_ptr + row * stride_mb
+    c = tl.load(c_row + offs, mask=valid, other=0.0).to(tl.float32)
+    mk = (tl.load(m_row + offs, mask=valid, other=0) != 0) & valid
+    n = tl.sum(mk.to(tl.int32), axis=0)  # masked count
+    # rank_i = #{masked j : c_j > c_i or (c_j == c_i and j < i)}  (descending, lowest index first)
+    rank = tl.zeros([BLOCK_L], dtype=tl.int32)
+    for j0 in range(0, L, BLOCK_J):
+        j = j0 + tl.arange(0, BLOCK_J)  # [BJ]
+        jm = j < L
+        cj = tl.load(c_row + j, mask=jm, other=0.0).to(tl.float32)
+        mj = (tl.load(m_row + j, mask=jm, other=0) != 0) & jm
+        beats = (cj[None, :] > c[:, None]) | ((cj[None, :] == c[:, None]) & (j[None, :] < offs[:, None]))
+        rank += tl.sum((beats & mj[None, :]).to(tl.int32), axis=1)
+    if RULE == 0:  # top-k
+        kk = tl.load(k_ptr + row).to(tl.int64)
+        sel = mk & (rank < kk)
+    elif RULE == 1:  # threshold: the top-1 always, the others when conf >= threshold (fp32)
+        sel = mk & ((rank == 0) | (c >= threshold))
+    else:  # factor (Fast-dLLM get_transfer_index_dynamic); thresholds in fp64 as the reference
+        f = (tl.to_tensor(f_hi).to(tl.float64) + tl.to_tensor(f_mid).to(tl.float64)
+             + tl.to_tensor(f_lo).to(tl.float64))
+        thr = 1.0 - f / (rank + 2).to(tl.float64)
+        thr = tl.where(rank == 0, -1.0, thr)
+        fail = mk & (c.to(tl.float64) < thr)
+        first = tl.min(tl.where(fail, rank, n), axis=0)  # first failing rank, n if none
+        cnt = tl.where((first == 0) | (first == n - 1), first + 1, first)
+        cnt = tl.minimum(cnt, n)
+        sel = mk & (rank < cnt)
+    tl.store(out_ptr + row * stride_ob + offs, sel.to(tl.uint8), mask=valid)
+    if COMMIT:
+        x = tl.load(x0_ptr + row * stride_xb + offs, mask=sel, other=0)
+        tl.store(tok_ptr + row * stride_tb + offs, x, mask=sel)
+
+
+# ------------------------------------------------------------------------------------ launchers
+def _pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def _i32(v: int) -> int:
+    """A uint32 value as the int32 with the same bits (so the kernel argument is always i32)."""
+    v &= 0xFFFFFFFF
+    return v - (1 << 32) if v >= (1 << 31) else v
+
+
+def _f32(x: float) -> float:
+    return struct.unpack("f", struct.pack("f", x))[0]
+
+
+def _split_f64(x: float):
+    """x as hi + mid + lo, each an fp32 value, the sum exact in fp64 (for normal-range x)."""
+    hi = _f32(x)
+    mid = _f32(x - hi)
+    lo = _f32(x - hi - mid)
+    return hi, mid, lo
+
+
+def _id_args(name: str, ids: Sequence[int], lo: int, hi: int):
+    ids = [int(i) for i in ids]
+    if len(ids) > MAX_SPECIAL_IDS:
+        raise ValueError(f"{name}: at most {MAX_SPECIAL_IDS} ids are supported, got {len(ids)}: {ids}")
+    for i in ids:
+        if not lo <= i < hi:
+            raise ValueError(f"{name}: id {i} is outside [{lo}, {hi})")
+    return ids + [-1] * (MAX_SPECIAL_IDS - len(ids)), len(ids)
+
+
+def _head_config(M: int, V: int, D: int, dtype: torch.dtype, cfg: bool, interpret: bool) -> dict:
+    """Fixed meta-parameters per case (no autotune): a pure function of the shape and mode."""
+    if interpret:  # big blocks, small grids: numpy vectorises inside a block
+        return dict(BLOCK_M=min(_pow2(max(M, 16)), 128), BLOCK_V=min(_pow2(max(V, 16)), 16384),
+                    BLOCK_K=min(_pow2(max(D, 16)), 128), SWAP_AB=False, num_warps=4, num_stages=1)
+    if dtype == torch.float32:  # exact fp32 FMA path (tests); not a performance path
+        return dict(BLOCK_M=32, BLOCK_V=64, BLOCK_K=32, SWAP_AB=False, num_warps=4, num_stages=2)
+    if M <= 64:  # weight-streaming bound: W rows as the MMA M dimension
+        bm = 16 if M <= 16 else (32 if M <= 32 else 64)
+        return dict(BLOCK_M=bm, BLOCK_V=128, BLOCK_K=128, SWAP_AB=True, num_warps=4,
+                    num_stages=3 if cfg else 4)
+    if M <= 128 or cfg:
+        return dict(BLOCK_M=128 if M > 64 else 64, BLOCK_V=128, BLOCK_K=64, SWAP_AB=False, num_warps=8,
+                    num_stages=3)
+    return dict(BLOCK_M=128, BLOCK_V=256, BLOCK_K=64, SWAP_AB=False, num_warps=8, num_stages=3)
+
+
+def _head_confidence_launch(hidden, w_head, x0, conf, *, temperature, seed, offset, banned_ids,
+                            no_confidence_ids, uncond_hidden, cfg_scale, config=None):
+    check_tensor("hidden", hidden, ndim=2, dtypes=_LOGIT_DTYPES)
+    check_tensor("w_head", w_head, ndim=2, dtypes=_LOGIT_DTYPES)
+    M, D = hidden.shape
+    V = w_head.shape[0]
+    if w_head.dtype != hidden.dtype:
+        raise ValueError(f"w_head dtype {w_head.dtype} must equal hidden dtype {hidden.dtype}")
+    if w_head.shape[1] != D:
+        raise ValueError(f"w_head must be [V, {D}] to match hidden [M, {D}], got {tuple(w_head.shape)}")
+    if w_head.device != hidden.device:
+        raise ValueError(f"w_head is on {w_head.device}, hidden on {hidden.device}")
+    if V < 1 or V >= 2 ** 31 or D < 1:
+        raise ValueError(f"need 1 <= V < 2^31 and d >= 1, got V={V}, d={D}")
+    cfg = uncond_hidden is not None
+    if cfg:
+        check_tensor("uncond_hidden", uncond_hidden, ndim=2, dtypes=(hidden.dtype,))
+        if uncond_hidden.shape != hidden.shape or uncond_hidden.device != hidden.device:
+            raise ValueError(f"uncond_hidden must match hidden {tuple(hidden.shape)} on {hidden.device}, "
+                             f"got {tuple(uncond_hidden.shape)} on {uncond_hidden.device}")
+    temperature = float(temperature)
+    if not (temperature >= 0.0 and temperature < float("inf")):
+        raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
+    for nm, v in (("seed", seed), ("offset", offset)):
+        if not isinstance(v, int) or not 0 <= v < 2 ** 64:
+            raise ValueError(f"{nm} must be an int in [0, 2^64), got {v!r}")
+    ban, n_ban = _id_args("banned_ids", banned_ids, 0, V)
+    nc, n_nc = _id_args("no_confidence_ids", no_confidence_ids, 0, V)
+    if M == 0:
+        return x0, conf
+
+    interpret = is_interpreter()
+    c = dict(_head_config(M, V, D, hidden.dtype, cfg, interpret))
+    if config:
+        c.update(config)
+    BM, BV, BK = c["BLOCK_M"], c["BLOCK_V"], c["BLOCK_K"]
+    nvt = triton.cdiv(V, BV)
+    dev = hidden.device
+    pkey = torch.empty(M, nvt, dtype=torch.float32, device=dev)
+    pidx = torch.empty(M, nvt, dtype=torch.int32, device=dev)
+    plx = torch.empty_like(pkey)
+    pm = torch.empty_like(pkey)
+    ps = torch.empty_like(pkey)
+    hu = uncond_hidden if cfg else hidden
+    extra = {} if interpret else dict(num_warps=c["num_warps"], num_stages=c["num_stages"],
+                                      enable_fp_fusion=False)  # CFG epilogue rounds as torch does
+    _head_partials_kernel[(triton.cdiv(M, BM), nvt)](
+        hidden, hu, w_head, pkey, pidx, plx, pm, ps,
+        M, V, D, nvt,
+        hidden.stride(0), hu.stride(0), w_head.stride(0),
+        (1.0 / temperature) if temperature > 0 else 1.0, float(cfg_scale) + 1.0,
+        _i32(seed), _i32(seed >> 32), _i32(offset), _i32(offset >> 32),
+        *ban, *nc,
+        N_BAN=n_ban, N_NC=n_nc, SAMPLE=temperature > 0, CFG=cfg,
+        UPCAST=interpret and hidden.dtype == torch.bfloat16,
+        DOT_PREC="ieee" if hidden.dtype == torch.float32 else "tf32", SWAP_AB=c["SWAP_AB"],
+        EVEN_K=D % BK == 0, EVEN_V=V % BV == 0,
+        BLOCK_M=BM, BLOCK_V=BV, BLOCK_K=BK, **extra,
+    )
+    BT = _pow2(max(nvt, 2))
+    BR = min(_pow2(max(M, 2)), 64) if interpret else max(1, min(16, 4096 // BT))
+    _head_merge_kernel[(triton.cdiv(M, BR),)](
+        pkey, pidx, plx, pm, ps, x0, conf, M, nvt,
+        BLOCK_R=BR, BLOCK_T=BT,
+    )
+    return x0, conf
+
+
+def _select_launch(conf, masked, out, *, k=None, threshold=None, factor=None, tokens=None, x0=None):
+    given = [n for n, v in (("k", k), ("threshold", threshold), ("factor", factor)) if v is not None]
+    if len(given) != 1:
+        raise ValueError(f"give exactly one of k, threshold, factor (got {given or 'none'})")
+    check_tensor("conf", conf, ndim=2, dtypes=_LOGIT_DTYPES)
+    B, L = conf.shape
+    check_tensor("masked", masked, ndim=2, dtypes=(torch.bool,))
+    if masked.shape != (B, L) or masked.device != conf.device:
+        raise ValueError(f"masked must be bool [{B}, {L}] on {conf.device}, got {tuple(masked.shape)} "
+                         f"on {masked.device}")
+    if L > MAX_SELECT_LEN:
+        raise ValueError(f"block length {L} exceeds {MAX_SELECT_LEN} (one row is held in registers)")
+    dev = conf.device
+    rule, kt, thr, fparts = 0, conf, 0.0, (0.0, 0.0, 0.0)
+    if k is not None:
+        check_tensor("k", k, ndim=1, dtypes=(torch.int32, torch.int64), contiguous_last=False)
+        if k.shape[0] != B or k.device != dev:
+            raise ValueError(f"k must be an int tensor [{B}] on {dev}, got {tuple(k.shape)} on {k.device}")
+        kt = k
+    elif threshold is not None:
+        rule, thr = 1, float(threshold)
+    else:
+        factor = float(factor)
+        if not (abs(factor) < 1e30 and (factor == 0.0 or abs(factor) > 1e-30)):
+            raise ValueError(f"factor must be finite with 1e-30 < |factor| < 1e30 (or 0), got {factor}")
+        rule, fparts = 2, _split_f64(factor)
+    commit = tokens is not None
+    if commit:
+        check_tensor("tokens_block", tokens, ndim=2, dtypes=(torch.int64,))
+        check_tensor("x0", x0, ndim=2, dtypes=(torch.int64,))
+        for nm, t in (("tokens_block", tokens), ("x0", x0)):
+            if t.shape != (B, L) or t.device != dev:
+                raise ValueError(f"{nm} must be [{B}, {L}] on {dev}, got {tuple(t.shape)} on {t.device}")
+    if B == 0 or L == 0:
+        return out
+    BL = _pow2(max(L, 16))
+    interpret = is_interpreter()
+    BJ = BL if interpret else max(1, min(BL, 4096 // BL))  # [BL, BJ] comparisons per step
+    extra = {} if interpret else dict(num_warps=4 if BL <= 1024 else 8)
+    ov = out.view(torch.uint8)
+    tok = tokens if commit else ov
+    xx = x0 if commit else ov
+    _select_kernel[(B,)](
+        conf, masked.view(torch.uint8), kt, xx, tok, ov,
+        L,
+        conf.stride(0), masked.stride(0), xx.stride(0), tok.stride(0), ov.stride(0),
+        thr, *fparts,
+        RULE=rule, COMMIT=commit, BLOCK_L=BL, BLOCK_J=BJ, **extra,
+    )
+    return out
+
+
+# ---------------------------------------------------------------------------------- public API
+def head_confidence(hidden: torch.Tensor, w_head: torch.Tensor, *, temperature: float = 0.0,
+                    seed: int = 0, offset: int = 0, banned_ids: Sequence[int] = (),
+                    no_confidence_ids: Sequence[int] = (), uncond_hidden: Optional[torch.Tensor] = None,
+                    cfg_scale: float = 0.0):
+    """Sampled token and its confidence per row, straight from final (normed) hidden states.
+
+    hidden: ``[M, d]`` bf16/fp16/fp32 (last dim contiguous); w_head: ``[V, d]``, same dtype.
+    Logits ``hidden @ w_head.T`` are computed tile by tile (never stored), rounded to the hidden dtype,
+    then in fp32: CFG ``lu + (cfg_scale + 1) * (l - lu)`` when ``uncond_hidden`` (``[M, d]``) is given;
+    ``banned_ids`` (<= 4) -> ``-inf``; ``x0`` = argmax (``temperature == 0``, lowest id on ties) or a
+    Gumbel-max sample of ``softmax(l / T)`` with Philox noise keyed by ``seed`` and counters
+    ``(vocab id, row, offset)`` (use a new ``offset`` per decoding step); then ``no_confidence_ids``
+    (<= 4) get ``-inf`` logits ``l_c`` and ``conf = exp(l_c[x0] - logsumexp(l_c))`` without noise (0 when
+    ``x0`` is one of them; the others renormalise).
+    Returns ``(x0 int64 [M], conf fp32 [M])``. Memory: ``5 * M * ceil(V / BLOCK_V)`` partials.
+    See :func:`kernels.reference.head_confidence_ref` (same numerics; its RNG is a torch generator).
+    """
+    M = hidden.shape[0] if isinstance(hidden, torch.Tensor) and hidden.ndim == 2 else 0
+    dev = hidden.device if isinstance(hidden, torch.Tensor) else None
+    x0 = torch.empty(M, dtype=torch.int64, device=dev)
+    conf = torch.empty(M, dtype=torch.float32, device=dev)
+    return _head_confidence_launch(hidden, w_head, x0, conf, temperature=temperature, seed=seed,
+                                   offset=offset, banned_ids=banned_ids,
+                                   no_confidence_ids=no_confidence_ids, uncond_hidden=uncond_hidden,
+                                   cfg_scale=cfg_scale)
+
+
+def select_transfer(conf: torch.Tensor, masked: torch.Tensor, *, k: Optional[torch.Tensor] = None,
+                    threshold: Optional[float] = None, factor: Optional[float] = None) -> torch.Tensor:
+    """Which masked positions of each row to commit this step; exactly one rule must be given.
+
+    conf: ``[B, L]`` fp32 (bf16/fp16 accepted) confidences; masked: bool ``[B, L]``; ``L <= 4096``.
+    * ``k``: int32/int64 tensor ``[B]`` on the same device: the ``k[b]`` most confident masked positions;
+    * ``threshold``: the top-1 masked position plus every masked position with ``conf >= threshold``
+      (compared in fp32, as torch compares an fp32 tensor with a Python float);
+    * ``factor``: Fast-dLLM's dynamic rule with its off-by-one quirk (``reference._factor_count``),
+      thresholds ``1 - factor / (n + 1)`` evaluated in fp64 as the reference does.
+    Ranking: descending confidence, lowest index first on ties, ``-inf`` last among masked; NaN
+    confidences are not supported. One program per row, no host synchronisation.
+    Returns bool ``[B, L]``. Same result as :func:`kernels.reference.select_transfer_ref`.
+    """
+    out = torch.empty(conf.shape, dtype=torch.bool, device=conf.device) \
+        if isinstance(conf, torch.Tensor) else None
+    return _select_launch(conf, masked, out, k=k, threshold=threshold, factor=factor)
+
+
+def select_commit(tokens_block: torch.Tensor, x0: torch.Tensor, conf: torch.Tensor, masked: torch.Tensor, *,
+                  k: Optional[torch.Tensor] = None, threshold: Optional[float] = None,
+                  factor: Optional[float] = None) -> torch.Tensor:
+    """:func:`select_transfer` fused with the commit: ``tokens_block[b, i] = x0[b, i]`` wherever
+    position ``(b, i)`` is selected, in place (``tokens_block`` may be a strided int64 view ``[B, L]``,
+    e.g. ``x[:, start:end]``; x0 int64 ``[B, L]``). Returns the bool transfer mask ``[B, L]``."""
+    out = torch.empty(conf.shape, dtype=torch.bool, device=conf.device) \
+        if isinstance(conf, torch.Tensor) else None
+    return _select_launch(conf, masked, out, k=k, threshold=threshold, factor=factor,
+                          tokens=tokens_block, x0=x0)

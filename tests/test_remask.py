@@ -1,0 +1,494 @@
+"""kernels.remask (head_confidence, select_transfer, select_commit) against kernels.reference.
+
+Exactness strategy for head_confidence: hidden states and head weights are small multiples of 1/4, so
+every logit's fp32 dot product is exact whatever the summation order; the kernel and torch then round the
+same fp32 value to the hidden dtype, so x0 must be *equal* (ties included: the values are discrete, ties
+are common, and lowest-id tie-breaking is checked). conf is compared with an fp64 evaluation of the same
+formula, within 2x the fp32 reference's own error plus a few fp32 ulps. Random (randn) inputs are checked
+where the top-2 logits are separated by more than the logits' rounding.
+"""
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from kernels.reference import head_confidence_ref, select_transfer_ref
+from kernels.remask import (_head_confidence_launch, _select_launch, head_confidence, select_commit,
+                            select_transfer)
+
+INTERP = os.environ.get("TRITON_INTERPRET", "0") == "1"
+CPU_DTYPES = [torch.float32, torch.float16]
+ALL_DTYPES = CPU_DTYPES + [pytest.param(torch.bfloat16, marks=pytest.mark.gpu, id="bfloat16")]
+DT_ID = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+VOCAB_FULL = 126464  # LLaDA-8B
+EPS32 = torch.finfo(torch.float32).eps
+NMANT = {torch.float32: 23, torch.float16: 10, torch.bfloat16: 7}
+
+# a small GPU-like tiling: several row tiles, vocab tiles and K steps, ragged edges (V % 64, D % 16)
+SMALL_TILES = dict(BLOCK_M=16, BLOCK_V=128, BLOCK_K=32, SWAP_AB=False, num_warps=4, num_stages=2)
+TILES = {"default": None, "small": SMALL_TILES, "small_swap": dict(SMALL_TILES, SWAP_AB=True)}
+
+
+def _exact(shape, dtype, device, gen):
+    """Values in {-1/2, -1/4, 0, 1/4, 1/2}: products are multiples of 1/16, sums exact in fp32."""
+    return (torch.randint(-2, 3, shape, generator=gen) / 4).to(dtype).to(device)
+
+
+def _ref_logits(hidden, w, uncond=None, cfg_scale=0.0, banned=()):
+    """The reference's fp32 logits (before no_confidence_ids), for tolerance derivation."""
+    logits = (hidden @ w.t()).float()
+    if uncond is not None:
+        lu = (uncond @ w.t()).float()
+        logits = lu + (cfg_scale + 1.0) * (logits - lu)
+    if len(banned):
+        logits[:, list(banned)] = float("-inf")
+    return logits
+
+
+def _conf64(logits, x0, no_conf=()):
+    lc = logits.double().clone()
+    if len(no_conf):
+        lc[:, list(no_conf)] = float("-inf")
+    return torch.exp(lc.gather(1, x0[:, None].long())[:, 0] - torch.logsumexp(lc, 1))
+
+
+def _check_conf(conf, conf_ref, truth):
+    """|conf - truth| <= 2 |conf_ref - truth| + 8 fp32 ulps (+ tiny floor); NaN / inf patterns equal."""
+    conf, conf_ref, truth = conf.double().cpu(), conf_ref.double().cpu(), truth.double().cpu()
+    assert torch.equal(torch.isnan(conf), torch.isnan(conf_ref))
+    fin = torch.isfinite(truth)
+    assert torch.equal(conf[~fin & ~torch.isnan(truth)], truth[~fin & ~torch.isnan(truth)])
+    err = (conf - truth).abs()[fin]
+    tol = 2 * (conf_ref - truth).abs()[fin] + 8 * EPS32 * truth.abs()[fin] + 1e-30
+    assert (err <= tol).all(), f"conf error {err.max().item():.3e} > tol"
+
+
+def _run_head(hidden, w, config=None, **kw):
+    """head_confidence through its launcher with NaN / garbage-poisoned outputs."""
+    M = hidden.shape[0]
+    x0 = torch.full((M,), -7, dtype=torch.int64, device=hidden.device)
+    conf = torch.full((M,), float("nan"), dtype=torch.float32, device=hidden.device)
+    opts = dict(temperature=0.0, seed=0, offset=0, banned_ids=(), no_confidence_ids=(), uncond_hidden=None,
+                cfg_scale=0.0)
+    opts.update(kw)
+    return _head_confidence_launch(hidden, w, x0, conf, config=config, **opts)
+
+
+# ---------------------------------------------------------------------------- head: temperature 0
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=lambda d: DT_ID.get(d, str(d)))
+@pytest.mark.parametrize("M", [1, 7, 32, 33], ids=lambda m: f"M{m}")
+@pytest.mark.parametrize("tiles", list(TILES))
+def test_head_exact_v320(device, dtype, M, tiles):
+    gen = torch.Generator().manual_seed(100 + M)
+    V, D = 320, 48
+    h = _exact((M, D), dtype, device, gen)
+    w = _exact((V, D), dtype, device, gen)
+    w[250] = w[3]  # cross-tile tie: id 3 must win over id 250
+    h[0] = 0  # all-equal row: x0 = 0, conf = 1 / V
+    x0, conf = _run_head(h, w, config=TILES[tiles])
+    rx, rc = head_confidence_ref(h, w)
+    assert torch.equal(x0.cpu(), rx.cpu())
+    assert int(x0[0]) == 0
+    _check_conf(conf, rc, _conf64(_ref_logits(h, w), rx))
+
+
+@pytest.mark.parametrize("dtype,M", [(torch.float16, 7), (torch.float32, 33),
+                                     pytest.param(torch.bfloat16, 33, marks=pytest.mark.gpu)],
+                         ids=["fp16-M7", "fp32-M33", "bf16-M33"])
+def test_head_exact_full_vocab(device, dtype, M):
+    gen = torch.Generator().manual_seed(7)
+    V, D = VOCAB_FULL, 32
+    h = _exact((M, D), dtype, device, gen)
+    w = _exact((V, D), dtype, device, gen)
+    w[VOCAB_FULL - 5] = w[40000]
+    h[1] = 0
+    x0, conf = _run_head(h, w, banned_ids=(7,), no_confidence_ids=(11, 126081))
+    rx, rc = head_confidence_ref(h, w, banned_ids=(7,), no_confidence_ids=(11, 126081))
+    assert torch.equal(x0.cpu(), rx.cpu())
+    assert int(x0[1]) == 0
+    _check_conf(conf, rc, _conf64(_ref_logits(h, w, banned=(7,)), rx, (11, 126081)))
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=lambda d: DT_ID.get(d, str(d)))
+@pytest.mark.parametrize("case", ["banned", "noconf", "cfg", "cfg0", "all"])
+def test_head_options(device, dtype, case):
+    gen = torch.Generator().manual_seed(3)
+    M, V, D = 33, 320, 48
+    h = _exact((M, D), dtype, device, gen)
+    w = _exact((V, D), dtype, device, gen)
+    hu = _exact((M, D), dtype, device, gen)
+    top = head_confidence_ref(h, w)[0].tolist()
+    kw = {}
+    if case in ("banned", "all"):
+        kw["banned_ids"] = (top[0], top[5], 0)
+    if case in ("noconf", "all"):
+        kw["no_confidence_ids"] = (top[1], top[2], 319, top[4])
+    if case in ("cfg", "all"):
+        kw.update(uncond_hidden=hu, cfg_scale=0.5)
+    if case == "cfg0":  # the CFG formula still runs with scale 0 (lu + 1 * (l - lu))
+        kw.update(uncond_hidden=hu, cfg_scale=0.0)
+    x0, conf = _run_head(h, w, config=SMALL_TILES, **kw)
+    rx, rc = head_confidence_ref(h, w, **kw)
+    assert torch.equal(x0.cpu(), rx.cpu())
+    logits = _ref_logits(h, w, kw.get("uncond_hidden"), kw.get("cfg_scale", 0.0), kw.get("banned_ids", ()))
+    _check_conf(conf, rc, _conf64(logits, rx, kw.get("no_confidence_ids", ())))
+    if "banned_ids" in kw:
+        assert not torch.isin(x0.cpu(), torch.tensor(kw["banned_ids"])).any()
+    if "no_confidence_ids" in kw:
+        hit = torch.isin(x0.cpu(), torch.tensor(kw["no_confidence_ids"]))
+        assert (conf.cpu()[hit] == 0).all()
+
+
+def test_head_all_banned(device):
+    """Every id banned: x0 = 0 and conf = NaN, as the reference (argmax of all -inf, -inf - -inf)."""
+    gen = torch.Generator().manual_seed(5)
+    h = _exact((3, 16), torch.float32, device, gen)
+    w = _exact((4, 16), torch.float32, device, gen)
+    x0, conf = _run_head(h, w, banned_ids=(0, 1, 2, 3))
+    rx, rc = head_confidence_ref(h, w, banned_ids=(0, 1, 2, 3))
+    assert torch.equal(x0.cpu(), rx.cpu()) and (x0 == 0).all()
+    assert torch.isnan(rc).all() and torch.isnan(conf).all()
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=lambda d: DT_ID.get(d, str(d)))
+def test_head_randn(device, dtype):
+    """Inexact (randn) inputs: x0 equal wherever the reference's top-2 logits are separated."""
+    gen = torch.Generator().manual_seed(11)
+    M, V, D = 32, 320, 96
+    h = torch.randn(M, D, generator=gen).to(dtype).to(device)
+    w = (torch.randn(V, D, generator=gen) / D ** 0.5).to(dtype).to(device)
+    x0, conf = _run_head(h, w, config=SMALL_TILES)
+    rx, rc = head_confidence_ref(h, w)
+    logits = _ref_logits(h, w)
+    top2 = logits.topk(2, dim=1).values
+    # logits may differ by one rounding of the hidden dtype (fp32: accumulation order) on each side
+    ulp = 2.0 ** (torch.floor(torch.log2(top2[:, 0].abs())) - NMANT[dtype])
+    if dtype == torch.float32:
+        ulp = ulp * 64  # summation order
+    clear = (top2[:, 0] - top2[:, 1]) > 2 * ulp
+    assert clear.sum() > M // 2
+    assert torch.equal(x0[clear].cpu(), rx[clear].cpu())
+    near = logits.gather(1, x0[:, None])[:, 0] >= top2[:, 0] - 2 * ulp
+    assert near.all()
+    c64 = _conf64(logits, rx)
+    scale = 4 * (2.0 ** -NMANT[dtype] if dtype != torch.float32 else 64 * EPS32)
+    assert torch.allclose(conf[clear].double().cpu(), c64[clear].cpu(), rtol=scale, atol=0)
+
+
+def test_head_validation(device):
+    h = torch.zeros(4, 16, device=device)
+    w = torch.zeros(32, 16, device=device)
+    with pytest.raises(ValueError, match="banned_ids"):
+        head_confidence(h, w, banned_ids=(1, 2, 3, 4, 5))
+    with pytest.raises(ValueError, match="no_confidence_ids"):
+        head_confidence(h, w, no_confidence_ids=(32,))
+    with pytest.raises(ValueError, match="w_head"):
+        head_confidence(h, w.half())
+    with pytest.raises(ValueError, match="w_head"):
+        head_confidence(h, torch.zeros(32, 8, device=device))
+    with pytest.raises(ValueError, match="temperature"):
+        head_confidence(h, w, temperature=-1.0)
+    with pytest.raises(ValueError, match="seed"):
+        head_confidence(h, w, seed=-1)
+    with pytest.raises(ValueError, match="uncond_hidden"):
+        head_confidence(h, w, uncond_hidden=torch.zeros(3, 16, device=device))
+    x0, conf = head_confidence(h[:0], w)
+    assert x0.shape == (0,) and conf.shape == (0,)
+
+
+# ---------------------------------------------------------------------------- head: sampling
+def _sampling_setup(device, logits_row, M):
+    """hidden / w with logits exactly ``logits_row`` for every one of M rows (fp32, D = 16)."""
+    V = logits_row.numel()
+    h = torch.zeros(M, 16)
+    h[:, 0] = 1.0
+    w = torch.zeros(V, 16)
+    w[:, 0] = logits_row
+    return h.to(device), w.to(device)
+
+
+def _chi2_pvalue(counts, probs):
+    n = counts.sum()
+    exp = probs * n
+    stat = float(((counts - exp) ** 2 / exp).sum())
+    dof = counts.numel() - 1
+    return float(torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64),
+                                         torch.tensor(stat / 2, dtype=torch.float64))), stat
+
+
+@pytest.mark.parametrize("T", [1.0, 0.6, 1.7])
+def test_head_sampling_distribution(device, T):
+    """Sampled token frequencies follow softmax(logits / T) (chi-square, fixed seed: deterministic)."""
+    gen = torch.Generator().manual_seed(1)
+    V, M = 24, 8192
+    row = (torch.randn(V, generator=gen) * 1.5).float()
+    h, w = _sampling_setup(device, row, M)
+    cfg = dict(BLOCK_M=1024, BLOCK_V=32, BLOCK_K=16) if INTERP else None
+    x0, conf = _run_head(h, w, config=cfg, temperature=T, seed=1234, offset=int(T * 10), banned_ids=(5,))
+    x0 = x0.cpu()
+    row[5] = float("-inf")
+    probs = torch.softmax(row.double() / T, 0)
+    counts = torch.bincount(x0, minlength=V).double()
+    assert counts[5] == 0
+    keep = probs > 0
+    p, stat = _chi2_pvalue(counts[keep], probs[keep])
+    assert p > 1e-4, f"chi2 {stat:.1f}, p {p:.2e}"
+    # confidence is the noise-free probability of the sampled token
+    truth = torch.softmax(row.double(), 0)[x0]
+    assert torch.allclose(conf.double().cpu(), truth, rtol=16 * EPS32, atol=0)
+
+
+def test_head_sampling_seeds_and_tiling(device):
+    """Same (seed, offset) -> same samples, whatever the tiling; another seed or offset -> different."""
+    gen = torch.Generator().manual_seed(2)
+    M, V, D = 40, 320, 32
+    h = _exact((M, D), torch.float32, device, gen)
+    w = _exact((V, D), torch.float32, device, gen) * 0.25  # nearly flat softmax: samples spread out
+    kw = dict(temperature=1.0, seed=2 ** 40 + 17, offset=3)
+    a, ca = _run_head(h, w, **kw)
+    b, cb = _run_head(h, w, config=SMALL_TILES, **kw)
+    assert torch.equal(a, b)
+    torch.testing.assert_close(ca, cb, rtol=8 * EPS32, atol=0)
+    c, _ = _run_head(h, w, **dict(kw, seed=kw["seed"] + 1))
+    d, _ = _run_head(h, w, **dict(kw, offset=4))
+    e, _ = _run_head(h, w, **dict(kw, offset=3 + 2 ** 32))
+    for other in (c, d, e):
+        assert (other != a).sum() > M // 2
+    # rows are independent streams: identical rows get different samples
+    same = _run_head(h[:1].expand(M, D).contiguous(), w, **kw)[0]
+    assert same.unique().numel() > M // 4
+
+
+def test_head_sampling_full_vocab(device):
+    """A full-vocab sampled case: valid ids, banned never chosen, conf = noise-free probability."""
+    gen = torch.Generator().manual_seed(9)
+    M, V, D = 7, VOCAB_FULL, 32
+    h = _exact((M, D), torch.float32, device, gen)
+    w = _exact((V, D), torch.float32, device, gen)
+    x0, conf = _run_head(h, w, temperature=0.8, seed=5, offset=1, banned_ids=(126081,))
+    assert ((x0 >= 0) & (x0 < V) & (x0 != 126081)).all()
+    truth = _conf64(_ref_logits(h, w, banned=(126081,)), x0).cpu()
+    assert ((conf.double().cpu() - truth).abs() <= 16 * EPS32 * truth).all()
+
+
+# ---------------------------------------------------------------------------- select_transfer
+def _conf_rows(B, L, gen, device, dtype=torch.float32, kind="random"):
+    c = torch.rand(B, L, generator=gen)
+    if kind == "ties":
+        c = torch.round(c * 4) / 4  # many equal confidences
+    c = c.to(dtype).to(device)
+    m = (torch.rand(B, L, generator=gen) > 0.3).to(device)
+    if kind == "adversarial" and B >= 3:
+        c[0] = 0.5  # all equal
+        m[0] = True
+        c[1] = float("-inf")  # all -inf
+        m[1] = True
+        m[2] = False  # nothing masked
+    if kind == "adversarial" and L >= 4:
+        c[-1, :3] = float("-inf")
+        c[-1, 3] = -0.0
+        c[-1, 2 % L] = 0.0
+    return c, m
+
+
+def _poisoned_select(conf, masked, **kw):
+    out = torch.empty(conf.shape, dtype=torch.bool, device=conf.device)
+    out.view(torch.uint8).fill_(7)
+    _select_launch(conf, masked, out, **kw)
+    assert (out.view(torch.uint8) <= 1).all(), "unwritten output"
+    return out
+
+
+RULES = {
+    "k1": lambda B, L, g: dict(k=torch.full((B,), 1)),
+    "k_rand": lambda B, L, g: dict(k=torch.randint(0, L + 2, (B,), generator=g)),
+    "k0": lambda B, L, g: dict(k=torch.zeros(B, dtype=torch.int32)),
+    "kL": lambda B, L, g: dict(k=torch.full((B,), L)),
+    "kneg": lambda B, L, g: dict(k=torch.full((B,), -2)),
+    "thr0.9": lambda B, L, g: dict(threshold=0.9),
+    "thr0.5": lambda B, L, g: dict(threshold=0.5),
+    "thr-inf": lambda B, L, g: dict(threshold=float("-inf")),
+    "thr+inf": lambda B, L, g: dict(threshold=float("inf")),
+    "thr0": lambda B, L, g: dict(threshold=0.0),
+    "f0.5": lambda B, L, g: dict(factor=0.5),
+    "f1": lambda B, L, g: dict(factor=1.0),
+    "f3": lambda B, L, g: dict(factor=3.0),
+}
+
+
+@pytest.mark.parametrize("rule", list(RULES))
+@pytest.mark.parametrize("kind", ["random", "ties", "adversarial"])
+@pytest.mark.parametrize("B,L", [(1, 1), (1, 7), (3, 32), (3, 33)], ids=lambda v: str(v))
+def test_select_matches_reference(device, rule, kind, B, L):
+    gen = torch.Generator().manual_seed(B * 1000 + L)
+    conf, masked = _conf_rows(B, L, gen, device, kind=kind)
+    kw = RULES[rule](B, L, gen)
+    if "k" in kw:
+        kw["k"] = kw["k"].to(device)
+    out = _poisoned_select(conf, masked, **kw)
+    ref = select_transfer_ref(conf, masked, **kw)
+    assert torch.equal(out.cpu(), ref.cpu())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, pytest.param(torch.bfloat16, marks=pytest.mark.gpu)],
+                         ids=["fp16", "bf16"])
+def test_select_low_precision_conf(device, dtype):
+    gen = torch.Generator().manual_seed(4)
+    conf, masked = _conf_rows(3, 33, gen, device, dtype=dtype, kind="ties")
+    for kw in (dict(k=torch.tensor([1, 5, 40], device=device)), dict(threshold=0.5), dict(factor=1.0)):
+        assert torch.equal(select_transfer(conf, masked, **kw).cpu(), select_transfer_ref(conf, masked, **kw).cpu())
+
+
+def test_select_long_rows(device):
+    """Block length 1024 (LLaDA evals) and an odd 1000, top-k with ties."""
+    gen = torch.Generator().manual_seed(6)
+    for L in (1000, 1024):
+        conf, masked = _conf_rows(3, L, gen, device, kind="ties")
+        for kw in (dict(k=torch.tensor([1, 300, 1024], device=device)), dict(threshold=0.75), dict(factor=2.0)):
+            assert torch.equal(_poisoned_select(conf, masked, **kw).cpu(),
+                               select_transfer_ref(conf, masked, **kw).cpu())
+
+
+def _f32_up(x: float) -> float:
+    """Smallest fp32 value >= x."""
+    t = torch.tensor(x, dtype=torch.float64)
+    f = t.float()
+    if f.double() < t:
+        f = torch.nextafter(f, torch.tensor(float("inf")))
+    return float(f)
+
+
+def test_select_threshold_edges(device):
+    """threshold is compared in fp32 (as torch compares an fp32 tensor with a Python float)."""
+    c = torch.tensor([[0.9, 0.1, 0.30000001192092896, 0.29999998211860657, 0.5, 0.95]], device=device)
+    m = torch.ones_like(c, dtype=torch.bool)
+    for thr in (0.3, 0.30000001192092896, 0.2999999821186066, 0.30000000000000004, 0.1000000015, 0.95,
+                0.9500000001, 1.0, float("nan")):
+        assert torch.equal(select_transfer(c, m, threshold=thr).cpu(),
+                           select_transfer_ref(c, m, threshold=thr).cpu()), thr
+
+
+def test_select_factor_edges(device):
+    """The confidence at the deciding rank p sits on / one fp32 ulp around the fp64 threshold
+    1 - f / (p + 2): ranks before p pass (1.0), ranks after p tie with it or are -inf; rows shuffled."""
+    gen = torch.Generator().manual_seed(12)
+    L = 12
+    for f in (1.0, 0.7, 1 / 3, 2.5):
+        rows = []
+        for p in range(1, L):
+            thr = 1.0 - f / (p + 2)
+            up = _f32_up(thr)
+            down = float(torch.nextafter(torch.tensor(up), torch.tensor(float("-inf"))))
+            for v in sorted({up, down, float(torch.tensor(thr).float())}):
+                for tail in (v, float("-inf")):
+                    r = torch.tensor([1.0] * p + [v] + [tail] * (L - p - 1))
+                    rows.append(r[torch.randperm(L, generator=gen)])
+        c = torch.stack(rows).to(device)
+        m = torch.ones_like(c, dtype=torch.bool)
+        got = select_transfer(c, m, factor=f).cpu()
+        assert torch.equal(got, select_transfer_ref(c, m, factor=f).cpu()), f
+        assert got.sum(1).unique().numel() > 3  # the edges do move the count
+
+
+def test_select_commit(device):
+    gen = torch.Generator().manual_seed(8)
+    B, T, start, L = 3, 80, 24, 33
+    tokens = torch.randint(0, 1000, (B, T), generator=gen).to(device)
+    conf, masked = _conf_rows(B, L, gen, device, kind="ties")
+    x0 = torch.randint(1000, 2000, (B, L), generator=gen).to(device)
+    for kw in (dict(k=torch.tensor([2, 0, 40], device=device)), dict(threshold=0.5), dict(factor=1.0)):
+        tok = tokens.clone()
+        sel = select_commit(tok[:, start:start + L], x0, conf, masked, **kw)
+        ref = select_transfer_ref(conf, masked, **kw)
+        assert torch.equal(sel.cpu(), ref.cpu())
+        want = tokens.clone()
+        blk = want[:, start:start + L]
+        blk[ref] = x0[ref]
+        assert torch.equal(tok.cpu(), want.cpu())
+
+
+def test_select_validation(device):
+    c = torch.rand(2, 8, device=device)
+    m = torch.ones(2, 8, dtype=torch.bool, device=device)
+    with pytest.raises(ValueError, match="exactly one"):
+        select_transfer(c, m, k=torch.ones(2, dtype=torch.long, device=device), threshold=0.5)
+    with pytest.raises(ValueError, match="exactly one"):
+        select_transfer(c, m)
+    with pytest.raises(ValueError, match="k must be"):
+        select_transfer(c, m, k=torch.ones(3, dtype=torch.long, device=device))
+    with pytest.raises(ValueError, match="masked"):
+        select_transfer(c, m[:, :4], threshold=0.5)
+    with pytest.raises(ValueError, match="masked"):
+        select_transfer(c, m.int(), threshold=0.5)
+    with pytest.raises(ValueError, match="block length"):
+        select_transfer(torch.rand(1, 5000, device=device), torch.ones(1, 5000, dtype=torch.bool, device=device),
+                        threshold=0.5)
+    with pytest.raises(ValueError, match="tokens_block"):
+        select_commit(torch.zeros(2, 8, dtype=torch.int32, device=device), torch.zeros(2, 8, dtype=torch.long,
+                      device=device), c, m, threshold=0.5)
+
+
+# ---------------------------------------------------------------------------- GPU-only: LLaDA size
+@pytest.mark.gpu
+@pytest.mark.parametrize("M", [32, 256])
+def test_head_llada_size_bf16(device, M):
+    """LLaDA-8B head (V=126464, d=4096) in bf16: x0 equal where the top-2 logits are separated by more
+    than one bf16 rounding; otherwise x0's logit within that rounding of the max."""
+    g = torch.Generator(device=device).manual_seed(0)
+    h = torch.randn(M, 4096, device=device, generator=g).to(torch.bfloat16)
+    w = (torch.randn(VOCAB_FULL, 4096, device=device, generator=g) / 64).to(torch.bfloat16)
+    x0, conf = head_confidence(h, w)
+    rx, rc = head_confidence_ref(h, w)
+    logits = (h @ w.t()).float()
+    top2 = logits.topk(2, dim=1).values
+    ulp = 2.0 ** (torch.floor(torch.log2(top2[:, 0].abs())) - 7)
+    clear = (top2[:, 0] - top2[:, 1]) > 2 * ulp
+    assert torch.equal(x0[clear], rx[clear])
+    assert (logits.gather(1, x0[:, None])[:, 0] >= top2[:, 0] - 2 * ulp).all()
+    assert torch.allclose(conf[clear], rc[clear], rtol=2 ** -6, atol=0)
+
+
+# ---------------------------------------------------------------------------- compile-only sm_90
+_COMPILE_SCRIPT = textwrap.dedent(r"""
+    import os, sys
+    sys.path.insert(0, sys.argv[1])
+    from kernels import remask as R
+    from kernels._common import compile_for
+    ids = ("seed_lo", "seed_hi", "off_lo", "off_hi", "ban0", "ban1", "ban2", "ban3", "nc0", "nc1", "nc2", "nc3")
+    for dt in ("bf16", "fp16"):
+        sig = {"h_ptr": f"*{dt}", "hu_ptr": f"*{dt}", "w_ptr": f"*{dt}", "pkey_ptr": "*fp32", "pidx_ptr": "*i32",
+               "plx_ptr": "*fp32", "pm_ptr": "*fp32", "ps_ptr": "*fp32", "M": "i32", "V": "i32", "D": "i32",
+               "NVT": "i32", "stride_hm": "i32", "stride_hum": "i32", "stride_wv": "i32", "inv_temp": "fp32",
+               "cfg_w": "fp32", **{n: "i32" for n in ids}}
+        for cfg, sample, nb, swap, bm, bv, bk in ((False, False, 0, False, 64, 64, 32),
+                                                  (True, True, 2, True, 16, 64, 32)):
+            ce = dict(N_BAN=nb, N_NC=nb, SAMPLE=sample, CFG=cfg, UPCAST=False, DOT_PREC="tf32", SWAP_AB=swap,
+                      EVEN_K=not cfg, EVEN_V=not cfg, BLOCK_M=bm, BLOCK_V=bv, BLOCK_K=bk)
+            k = compile_for(R._head_partials_kernel, sig, ce)
+            assert "mma" in k.asm["ptx"], "no tensor-core instructions"
+        for rule in (0, 1, 2):
+            sig = {"conf_ptr": f"*{dt}", "masked_ptr": "*u8", "k_ptr": "*i64", "x0_ptr": "*i64", "tok_ptr": "*i64",
+                   "out_ptr": "*u8", "L": "i32", "stride_cb": "i32", "stride_mb": "i32", "stride_xb": "i32",
+                   "stride_tb": "i32", "stride_ob": "i32", "threshold": "fp32", "f_hi": "fp32", "f_mid": "fp32",
+                   "f_lo": "fp32"}
+            compile_for(R._select_kernel, sig, dict(RULE=rule, COMMIT=rule == 2, BLOCK_L=1024, BLOCK_J=4))
+    sig = {n: "*fp32" for n in ("pkey_ptr", "plx_ptr", "pm_ptr", "ps_ptr", "conf_ptr")}
+    sig.update({"pidx_ptr": "*i32", "x0_ptr": "*i64", "M": "i32", "NVT": "i32"})
+    compile_for(R._head_merge_kernel, sig, dict(BLOCK_R=4, BLOCK_T=1024))
+    print("OK")
+""")
+
+
+def test_compile_sm90():
+    """Every kernel variant compiles for sm_90 (bf16 and fp16), in a process without the interpreter."""
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT, root], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
