@@ -35,7 +35,7 @@ from .cache import POLICIES, StepContext, make_policy, take_cols
 from .schedule import num_transfer_tokens
 
 __all__ = ["generate", "generate_stream", "GenerateResult", "StepEvent", "BlockEvent", "pad_prompts",
-           "REMASKING"]
+           "REMASKING", "Workspace"]
 
 REMASKING = ("low_confidence", "random")
 
@@ -161,8 +161,8 @@ def _validate(cfg, tokens, pad, gen_length, block_length, steps, temperature, re
 class _Graphs:
     """CUDA graphs of whole decode steps, keyed by the policy's ``graph_key`` (replayed when seen again).
 
-    The first call of a key runs the step eagerly on a side stream (a real step: it warms up the
-    libraries), the second captures it (capture executes nothing, so that call then replays it).
+    The first call of a key runs the step eagerly on a side stream (a real step, which also warms up
+    the libraries) and then captures it (capture executes nothing); later calls replay the graph.
     """
 
     def __init__(self, enabled: bool):
@@ -177,18 +177,43 @@ class _Graphs:
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
-                out = fn()
+                out = fn()  # the real step, eager (also warms up cuBLAS / Triton)
             torch.cuda.current_stream().wait_stream(stream)
-            self.graphs[key] = "warm"
-            return out
-        if entry == "warm":
             g = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g):
-                out = fn()
-            self.graphs[key] = entry = (g, out)
+                graph_out = fn()  # recorded, not executed
+            self.graphs[key] = (g, graph_out)
+            return out
         g, out = entry
         g.replay()
         return out
+
+
+class Workspace:
+    """Static buffers and captured CUDA graphs kept across :func:`generate` calls of the same shape.
+
+    Pass the same ``Workspace`` to repeated calls (an eval loop, a benchmark) so that the token buffer,
+    the KV cache and the graphs are allocated and captured once per bucket (batch, prompt width,
+    generation length, block length, policy and rule) and only refilled afterwards.
+    """
+
+    def __init__(self):
+        self.entries = {}
+
+    def __len__(self):
+        return len(self.entries)
+
+
+@dataclass
+class _Buffers:
+    x: torch.Tensor           # int64 [B, L] tokens
+    kv_start: Optional[torch.Tensor]
+    policy: object
+    nfe: torch.Tensor
+    done: torch.Tensor
+    k_buf: torch.Tensor
+    s_buf: torch.Tensor
+    graphs: "_Graphs"
 
 
 @torch.no_grad()
@@ -198,7 +223,7 @@ def generate_stream(params: Params, cfg: LLaDAConfig, prompts, *, gen_length: in
                     cache: str = "none", logits_eos_inf: bool = False, confidence_eos_eot_inf: bool = False,
                     early_stop: Optional[bool] = None, attention_mask: Optional[torch.Tensor] = None,
                     seed: int = 0, ops: Ops = REFERENCE_OPS, cuda_graphs: bool = False,
-                    device_positions: Optional[bool] = None,
+                    device_positions: Optional[bool] = None, workspace: Optional[Workspace] = None,
                     ) -> Iterator[Union[StepEvent, BlockEvent, GenerateResult]]:
     """Like :func:`generate`, but yields a :class:`StepEvent` after every step, a :class:`BlockEvent`
     after every block, and finally the :class:`GenerateResult`."""
@@ -220,21 +245,35 @@ def generate_stream(params: Params, cfg: LLaDAConfig, prompts, *, gen_length: in
     Lb = block_length
     nb, spb = gen_length // Lb, steps // (gen_length // Lb)
     mask_id = cfg.mask_token_id
-    x = torch.full((B, L), mask_id, dtype=torch.int64, device=device)
-    x[:, :P] = tokens
     use_cfg = cfg_scale > 0
-    kv_start = pad if bool((pad > 0).any()) else None
-    if use_cfg and kv_start is not None:
-        kv_start = torch.cat([kv_start, kv_start])
-    policy = make_policy(cache, StepContext(params, cfg, ops, P, Lb, L, kv_start), 2 * B if use_cfg else B)
+    padded = bool((pad > 0).any())
+    key = (B, P, L, Lb, cache, use_cfg, padded, threshold, factor, float(temperature), remasking,
+           logits_eos_inf, confidence_eos_eot_inf, ops, id(params), graphable, dynamic)
+    buf = workspace.entries.get(key) if workspace is not None else None
+    if buf is None:
+        kv_start = None
+        if padded:
+            kv_start = torch.cat([pad, pad]) if use_cfg else pad.clone()
+        policy = make_policy(cache, StepContext(params, cfg, ops, P, Lb, L, kv_start), 2 * B if use_cfg else B)
+        buf = _Buffers(x=torch.empty((B, L), dtype=torch.int64, device=device), kv_start=kv_start, policy=policy,
+                       nfe=torch.zeros(B, dtype=torch.int64, device=device),
+                       done=torch.zeros(B, dtype=torch.bool, device=device),
+                       k_buf=torch.zeros(B, dtype=torch.int64, device=device),   # this step's schedule count
+                       s_buf=torch.zeros((), dtype=torch.int64, device=device),  # this block's start
+                       graphs=_Graphs(graphable))
+        if workspace is not None:
+            workspace.entries[key] = buf
+    elif padded:
+        buf.kv_start.copy_(torch.cat([pad, pad]) if use_cfg else pad)
+    x, policy, nfe, done, k_buf, s_buf, graphs = (buf.x, buf.policy, buf.nfe, buf.done, buf.k_buf, buf.s_buf,
+                                                  buf.graphs)
+    x.fill_(mask_id)
+    x[:, :P] = tokens
+    nfe.zero_()
+    done.zero_()
     banned = (cfg.eos_token_id,) if logits_eos_inf else ()
     no_conf = cfg.end_token_ids if confidence_eos_eot_inf else ()
     rand_gen = torch.Generator(device=device).manual_seed(int(seed)) if remasking == "random" else None
-    nfe = torch.zeros(B, dtype=torch.int64, device=device)
-    done = torch.zeros(B, dtype=torch.bool, device=device)      # early-stopped rows
-    k_buf = torch.zeros(B, dtype=torch.int64, device=device)    # this step's schedule count (static buffer)
-    s_buf = torch.zeros((), dtype=torch.int64, device=device)   # this block's start (static buffer)
-    graphs = _Graphs(graphable)
     calls = 0
     records: List[StepEvent] = []
     end_ids = torch.tensor(cfg.end_token_ids, device=device)
@@ -307,7 +346,7 @@ def generate_stream(params: Params, cfg: LLaDAConfig, prompts, *, gen_length: in
             done |= finished
         yield BlockEvent(b, s_int, x[:, s_int:s_int + Lb].clone())
 
-    yield GenerateResult(tokens=x[:, P:].clone(), sequences=x, prompt_lengths=(P - pad).tolist(),
+    yield GenerateResult(tokens=x[:, P:].clone(), sequences=x.clone(), prompt_lengths=(P - pad).tolist(),
                          nfe=nfe.tolist(), steps=records, seconds=time.perf_counter() - t0)
 
 
@@ -325,7 +364,8 @@ def generate(params: Params, cfg: LLaDAConfig, prompts, *, gen_length: int, bloc
     its later positions become eos and it spends no more forwards; the batch stops when every row
     has), cuda_graphs (capture each step kind into a CUDA graph and replay it; only where the step's
     work is fixed: temperature 0, low_confidence, schedule or threshold; other settings run eagerly),
-    device_positions (run the graph code path, block starts as device tensors, without graphs).
+    device_positions (run the graph code path, block starts as device tensors, without graphs),
+    workspace (a :class:`Workspace` that keeps buffers and graphs across calls of the same shape).
     ``on_step`` / ``on_block`` are called as steps and blocks are committed.
 
     Host synchronisation: one check per block (early stop); with threshold or factor, also one per

@@ -182,14 +182,17 @@ def load_params(path: str, cfg: LLaDAConfig, *, device="cpu", dtype: torch.dtype
 # ---------------------------------------------------------------------------- synthetic checkpoints
 def init_params(cfg: LLaDAConfig, *, device="cpu", dtype=torch.float32, seed: int = 0, std: float = 0.02) -> Params:
     """Random parameters (norm weights near 1) for tests, benchmarks and training from scratch."""
-    g = torch.Generator(device="cpu").manual_seed(seed)
+    dev = torch.device(device)
+    g = torch.Generator(device=dev).manual_seed(seed)  # drawn on the target device: no host copy
     params = _empty_params(cfg, device, dtype)
-    for name, t in params.tensors():
-        if name.endswith("norm") or name == "ln_f":
-            v = 1.0 + 0.1 * torch.randn(t.shape, generator=g)
-        else:
-            v = std * torch.randn(t.shape, generator=g)
-        t.copy_(v)
+    with torch.no_grad():
+        for name, t in params.tensors():
+            v = torch.randn(t.shape, generator=g, device=dev, dtype=torch.float32)
+            if name.endswith("norm") or name == "ln_f":
+                t.copy_(v.mul_(0.1).add_(1.0))
+            else:
+                t.copy_(v.mul_(std))
+            del v
     return params
 
 

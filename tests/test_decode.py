@@ -181,3 +181,18 @@ def test_early_stop_in_batch_only_stops_finished_rows():
     for i, p in enumerate(prompts):
         alone = generate(params, cfg, [p], gen_length=32, block_length=8, steps=32, cache="block")
         assert es.tokens[i].tolist() == alone.tokens[0].tolist() and es.nfe[i] == alone.nfe[0]
+
+
+def test_workspace_reuses_buffers_and_gives_the_same_tokens():
+    from decode.generate import Workspace
+
+    params, cfg = tiny_model()
+    ws = Workspace()
+    opts = dict(gen_length=16, block_length=8, steps=16, cache="dual", device_positions=True, workspace=ws)
+    first = generate(params, cfg, PROMPTS[1:], **opts)
+    other = generate(params, cfg, [[1, 2, 3], [9, 8, 7, 6, 5, 4, 3]], **opts)  # same bucket, other prompts
+    again = generate(params, cfg, PROMPTS[1:], **opts)
+    plain = generate(params, cfg, PROMPTS[1:], gen_length=16, block_length=8, steps=16, cache="dual")
+    assert len(ws) == 1
+    assert first.tokens.tolist() == again.tokens.tolist() == plain.tokens.tolist()
+    assert other.tokens.tolist() != first.tokens.tolist()

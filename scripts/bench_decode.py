@@ -1,0 +1,165 @@
+#!/usr/bin/env python
+"""Decode-speed benchmark at the LLaDA-8B shape (random bf16 weights made on the GPU; no file needed).
+
+For every (cache policy, batch, prompt, gen) it times decode steps of the fast path (Triton ops + CUDA
+graphs where the step is static) and of the in-repo torch reference path (REFERENCE_OPS, eager) in the
+same run, and reports ms per step, tokens/s (one token per step per row), % of the step's floor
+(max of weight+KV bytes / measured copy bandwidth and FLOPs / measured matmul peak), NFE of the timed
+steps and peak GPU memory. Steps are timed over whole blocks after a warm-up generation of the same
+shape (graph capture excluded); tokens/s assumes one committed token per step, as configured.
+
+    python scripts/bench_decode.py --out results/bench_decode.csv            # full sweep
+    python scripts/bench_decode.py --policies block --batches 1 --shapes 128x256
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+LLADA_8B = dict(d_model=4096, n_heads=32, n_kv_heads=32, n_layers=32, mlp_hidden_size=12288, vocab_size=126464,
+                max_sequence_length=4096, rope_theta=500000.0, mask_token_id=126336, eos_token_id=126081,
+                pad_token_id=126081, bos_token_id=126080, eot_token_id=126348)
+
+
+def env_info():
+    import torch
+    import triton
+
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                             text=True).stdout.strip()
+    except OSError:
+        sha = "unknown"
+    return dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__, sha=sha)
+
+
+def measure_roofline():
+    """Device-to-device copy bandwidth (bytes read + written per s) and bf16 matmul FLOP/s."""
+    import torch
+    from triton.testing import do_bench
+
+    n = 1 << 30
+    a = torch.empty(n, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    ms = do_bench(lambda: b.copy_(a), warmup=10, rep=50)
+    bw = 2 * n / (ms * 1e-3)
+    x = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    ms = do_bench(lambda: x @ x, warmup=10, rep=50)
+    flops = 2 * 8192 ** 3 / (ms * 1e-3)
+    del a, b, x
+    return bw, flops
+
+
+def step_floor(cfg, policy, B, P, G, Lb, bw, flops):
+    """Floor of one steady step: weights + KV bytes over bandwidth vs FLOPs over peak (seconds)."""
+    d, h, V, nl = cfg.d_model, cfg.mlp_hidden_size, cfg.vocab_size, cfg.n_layers
+    layer_params = nl * (4 * d * d + 3 * d * h)
+    L = P + G
+    rows = {"none": L, "prefix": L - P - G // 2, "dual": Lb, "block": Lb}[policy] * B  # prefix: mid-sequence
+    kv_len = {"none": L, "prefix": L, "dual": L, "block": P + G // 2}[policy]
+    kv_bytes = 2 * nl * B * kv_len * d * 2
+    mem = (layer_params + V * d) * 2 + kv_bytes
+    fl = 2 * layer_params * rows + 2 * V * d * B * Lb + 4 * nl * rows * kv_len * d
+    return max(mem / bw, fl / flops)
+
+
+def time_decode(params, cfg, ops, *, policy, B, P, G, Lb, graphs, timed_steps):
+    """Seconds per step over ``timed_steps`` steps from block 1 on (block 0 holds the prompt prefill),
+    after a warm-up call of the same shape that compiles kernels and captures the graphs."""
+    import torch
+
+    from decode import generate_stream
+    from decode.generate import StepEvent, Workspace
+
+    g = torch.Generator(device="cpu").manual_seed(0)
+    prompts = torch.randint(0, 126000, (B, P), generator=g).tolist()
+    ws = Workspace()
+    opts = dict(gen_length=G, block_length=Lb, steps=G, cache=policy, ops=ops, cuda_graphs=graphs,
+                early_stop=False, workspace=ws)
+
+    def run(n_steps):
+        stream = generate_stream(params, cfg, prompts, **opts)
+        t0, n = None, 0
+        for ev in stream:
+            if not isinstance(ev, StepEvent) or ev.block == 0:
+                continue
+            if t0 is None:
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+            n += 1
+            if n == n_steps:
+                break
+        torch.cuda.synchronize()
+        elapsed = time.perf_counter() - t0
+        stream.close()
+        return elapsed / n, n
+
+    run(2)  # warm-up: block 0 and the first two steps of block 1 (every graph key captured)
+    torch.cuda.reset_peak_memory_stats()
+    return run(min(timed_steps, G - Lb))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--policies", default="none,prefix,dual,block")
+    p.add_argument("--batches", default="1,8,32")
+    p.add_argument("--shapes", default="128x256,1024x1024", help="PROMPTxGEN list")
+    p.add_argument("--block-length", type=int, default=32)
+    p.add_argument("--timed-steps", type=int, default=32, help="steps timed per row (from block 1 on)")
+    p.add_argument("--no-reference", action="store_true", help="skip the torch reference path")
+    p.add_argument("--reference-max-batch", type=int, default=8)
+    p.add_argument("--out", default=os.path.join(ROOT, "results", "bench_decode.csv"))
+    args = p.parse_args(argv)
+    import torch
+
+    from llada import LLaDAConfig, REFERENCE_OPS, init_params, triton_ops
+
+    cfg = LLaDAConfig(**LLADA_8B)
+    info = env_info()
+    bw, flops = measure_roofline()
+    print(f"{info} copy {bw / 1e12:.2f} TB/s, bf16 matmul {flops / 1e12:.0f} TFLOP/s", flush=True)
+    params = init_params(cfg, device="cuda", dtype=torch.bfloat16)
+    weights_gb = sum(t.numel() * t.element_size() for _, t in params.tensors()) / 1e9
+    fast = triton_ops()
+    rows = []
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    for shape in args.shapes.split(","):
+        P, G = map(int, shape.split("x"))
+        for policy in args.policies.split(","):
+            for B in map(int, args.batches.split(",")):
+                floor = step_floor(cfg, policy, B, P, G, args.block_length, bw, flops)
+                for provider, ops, graphs in (("triton+graphs", fast, True), ("torch-reference", REFERENCE_OPS, False)):
+                    if provider == "torch-reference" and (args.no_reference or B > args.reference_max_batch):
+                        continue
+                    try:
+                        sec, n = time_decode(params, cfg, ops, policy=policy, B=B, P=P, G=G, Lb=args.block_length,
+                                             graphs=graphs, timed_steps=args.timed_steps)
+                        err = ""
+                    except torch.cuda.OutOfMemoryError as e:  # report, do not hide
+                        sec, n, err = float("nan"), 0, f"OOM: {str(e)[:80]}"
+                        torch.cuda.empty_cache()
+                    row = dict(policy=policy, provider=provider, batch=B, prompt=P, gen=G, block=args.block_length,
+                               ms_per_step=round(sec * 1e3, 3), tokens_per_s=round(B / sec, 1),
+                               floor_ms=round(floor * 1e3, 3), pct_of_floor=round(100 * floor / sec, 1),
+                               timed_steps=n, peak_gib=round(torch.cuda.max_memory_allocated() / 2 ** 30, 2),
+                               weights_gb=round(weights_gb, 2), copy_tbps=round(bw / 1e12, 3),
+                               matmul_tflops=round(flops / 1e12, 1), error=err, **info)
+                    rows.append(row)
+                    print(row, flush=True)
+                    with open(args.out, "w", newline="") as f:
+                        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+                        w.writeheader()
+                        w.writerows(rows)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
