@@ -8,9 +8,13 @@ padding) and per query by ``key_end`` (block-causal masks). Torch meaning:
 Why split-KV: at batch 1 a 32-query block with 32 heads is only 32 (batch x head) tiles, far fewer than
 the SMs of an H100/H200, so a plain flash-attention grid leaves most of the GPU idle. Here the visible
 KV range of every (batch, kv-head, query-tile) is cut into ``n_splits`` chunks, one program each; each
-program writes a partial softmax state ``(m, l, acc)`` for all its query rows, and a small second kernel
-merges the partials. With ``n_splits == 1`` (large batch) the first kernel normalises and writes the
-output itself and the merge is skipped.
+program writes a partial softmax state ``(m, l, acc)`` for all its query rows, then bumps an arrival
+counter of its group; the last program to arrive merges the partials (in a fixed order, so results
+are deterministic) and writes the output. No program ever waits for another, so any execution
+order (and the sequential interpreter) is safe. The only extra node per call is the memset of the
+counters; a separate merge kernel (``merge_in_kernel=False``) is kept as an alternative. With
+``n_splits == 1`` (enough batch x heads to fill the GPU) the kernel normalises and writes the output
+directly.
 
 GQA: the ``H // Hkv`` query heads that share a kv head are packed as extra query rows of one tile
 (row ``r`` = query ``r // G``, head ``kvh * G + r % G``), so every K/V tile is loaded once per kv head.
@@ -44,8 +48,9 @@ _LOG2E = 1.4426950408889634
 def _block_attn_fwd_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr,                # q [B,Tq,H,D]; k, v [B,T_max,Hkv,D]; o [B,Tq,H,D]
     m_part_ptr, l_part_ptr, acc_part_ptr,      # partials [P, BLOCK_M] / [P, BLOCK_M, BLOCK_D] fp32
+    counter_ptr,                               # int32 [B*Hkv*n_m], zeroed (MERGE_IN_KERNEL only)
     kv_start_ptr, key_end_ptr, tile_count_ptr,
-    Tq, G, Hkv, kv_len, n_splits, n_m_tiles,
+    Tq, G, Hkv, kv_len, n_splits, n_m_tiles, min_tiles,
     stride_qb, stride_qt, stride_qh,
     stride_kb, stride_kt, stride_kh,
     stride_vb, stride_vt, stride_vh,
@@ -55,6 +60,7 @@ def _block_attn_fwd_kernel(
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_KV_START: tl.constexpr, HAS_KEY_END: tl.constexpr, SPLIT: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, COUNT_TILES: tl.constexpr,
+    MERGE_IN_KERNEL: tl.constexpr, SPLITS_P2: tl.constexpr,
 ):
     pid_s = tl.program_id(0)     # KV split
     pid_m = tl.program_id(1)     # query-row tile
@@ -82,11 +88,14 @@ def _block_attn_fwd_kernel(
         ke = tl.where(row_ok, kv_len, 0)
     hi = tl.max(ke, axis=0)
 
-    # ---- this split's share of the tiles intersecting [lo, hi)
+    # ---- this split's share of the tiles intersecting [lo, hi). The range is known only here (on
+    # the device), so the number of splits that get work is decided here too: at least min_tiles
+    # tiles per working split; the others only publish an empty partial.
     tile_lo = lo // BLOCK_N
     tile_hi = tl.cdiv(hi, BLOCK_N)
     n_tiles = tl.maximum(tile_hi - tile_lo, 0)
-    per_split = tl.cdiv(n_tiles, n_splits)
+    eff_splits = tl.minimum(tl.maximum(n_tiles // min_tiles, 1), n_splits)
+    per_split = tl.cdiv(n_tiles, eff_splits)
     j_start = tile_lo + pid_s * per_split
     j_end = tl.minimum(j_start + per_split, tile_hi)
 
@@ -125,15 +134,55 @@ def _block_attn_fwd_kernel(
         tl.store(tile_count_ptr + part, tl.maximum(j_end - j_start, 0))
 
     if SPLIT:
-        part = (pid_bh * n_m_tiles + pid_m) * n_splits + pid_s
+        group = pid_bh * n_m_tiles + pid_m
+        part = group * n_splits + pid_s
         r = tl.arange(0, BLOCK_M)
         tl.store(m_part_ptr + part * BLOCK_M + r, m_i)
         tl.store(l_part_ptr + part * BLOCK_M + r, l_i)
-        tl.store(acc_part_ptr + (part * BLOCK_M + r[:, None]) * BLOCK_D + offs_d[None, :], acc)
+        # rows that saw no key here (m = -inf) keep garbage acc: the merge never reads them
+        tl.store(acc_part_ptr + (part * BLOCK_M + r[:, None]) * BLOCK_D + offs_d[None, :], acc,
+                 mask=(m_i > float("-inf"))[:, None])
+        if MERGE_IN_KERNEL:
+            # the last program of the group to finish merges (no spin-wait: safe in any order).
+            # barrier: every thread's partial stores precede the release of the atomic.
+            tl.debug_barrier()
+            done = tl.atomic_add(counter_ptr + group, 1, sem="acq_rel")
+            if done == n_splits - 1:
+                _merge_store(m_part_ptr, l_part_ptr, acc_part_ptr, o_ptr, group * n_splits, n_splits,
+                             r, t, h, row_ok, b64, offs_d, d_ok, stride_ob, stride_ot, stride_oh,
+                             BLOCK_M, BLOCK_M, BLOCK_D, SPLITS_P2)
     else:
         o = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]     # fully masked rows: acc == 0 -> 0
         o_ptrs = o_ptr + b64 * stride_ob + t[:, None] * stride_ot + h[:, None] * stride_oh + offs_d[None, :]
         tl.store(o_ptrs, o.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+
+
+@triton.jit
+def _merge_store(m_part_ptr, l_part_ptr, acc_part_ptr, o_ptr, part0, n_splits, r, t, h, row_ok, b64,
+                 offs_d, d_ok, stride_ob, stride_ot, stride_oh,
+                 ROWS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+                 SPLITS_P2: tl.constexpr):
+    """Merge the n_splits partials (m, l, acc) of rows r (inside the tile) and store o. Loads bypass
+    L1 (.cg): the partials were written by other programs of the same launch."""
+    s = tl.arange(0, SPLITS_P2)
+    m_all = tl.load(m_part_ptr + (part0 + s[:, None]) * BLOCK_M + r[None, :],
+                    mask=(s < n_splits)[:, None], other=float("-inf"), cache_modifier=".cg")   # [S, R]
+    m_max = tl.max(m_all, axis=0)
+    m_use = tl.where(m_max == float("-inf"), 0.0, m_max)       # rows no split saw: all weights 0
+    l_tot = tl.zeros_like(m_use)
+    acc = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
+    for i in range(n_splits):
+        off = (part0 + i) * BLOCK_M + r
+        m_s = tl.load(m_part_ptr + off, cache_modifier=".cg")
+        l_s = tl.load(l_part_ptr + off, cache_modifier=".cg")
+        w = tl.exp2(m_s - m_use)
+        a = tl.load(acc_part_ptr + off[:, None] * BLOCK_D + offs_d[None, :],
+                    mask=(m_s > float("-inf"))[:, None], other=0.0, cache_modifier=".cg")
+        l_tot += w * l_s
+        acc += w[:, None] * a
+    o = acc / tl.where(l_tot > 0.0, l_tot, 1.0)[:, None]
+    o_ptrs = o_ptr + b64 * stride_ob + t[:, None] * stride_ot + h[:, None] * stride_oh + offs_d[None, :]
+    tl.store(o_ptrs, o.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
 
 
 @triton.jit
@@ -149,31 +198,14 @@ def _block_attn_merge_kernel(
     pid_bh = tl.program_id(2)
     b = pid_bh // Hkv
     kvh = pid_bh % Hkv
-
     r = pid_r * MROWS + tl.arange(0, MROWS)                  # [R] row inside the tile
     rows = pid_m * BLOCK_M + r
     t = rows // G
     h = kvh * G + rows % G
-    row_ok = t < Tq
     offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < D
-    s = tl.arange(0, SPLITS_P2)
-    s_ok = s < n_splits
-
-    part0 = (pid_bh * n_m_tiles + pid_m) * n_splits
-    ml_off = (part0 + s[:, None]) * BLOCK_M + r[None, :]     # [S, R]
-    m = tl.load(m_part_ptr + ml_off, mask=s_ok[:, None], other=float("-inf"))
-    l = tl.load(l_part_ptr + ml_off, mask=s_ok[:, None], other=0.0)
-    m_max = tl.max(m, axis=0)                                # [R]
-    m_use = tl.where(m_max == float("-inf"), 0.0, m_max)
-    w = tl.exp2(m - m_use[None, :])                          # [S, R]; empty splits weigh 0
-    l_tot = tl.sum(w * l, axis=0)
-    acc = tl.load(acc_part_ptr + ml_off[:, :, None] * BLOCK_D + offs_d[None, None, :],
-                  mask=s_ok[:, None, None], other=0.0)       # [S, R, BD]
-    o = tl.sum(w[:, :, None] * acc, axis=0) / tl.where(l_tot > 0.0, l_tot, 1.0)[:, None]
-    o_ptrs = o_ptr + b.to(tl.int64) * stride_ob + t[:, None] * stride_ot + h[:, None] * stride_oh \
-        + offs_d[None, :]
-    tl.store(o_ptrs, o.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+    _merge_store(m_part_ptr, l_part_ptr, acc_part_ptr, o_ptr, (pid_bh * n_m_tiles + pid_m) * n_splits,
+                 n_splits, r, t, h, t < Tq, b.to(tl.int64), offs_d, offs_d < D,
+                 stride_ob, stride_ot, stride_oh, MROWS, BLOCK_M, BLOCK_D, SPLITS_P2)
 
 
 # ----------------------------------------------------------------------------------------- launcher
@@ -186,25 +218,30 @@ def _next_pow2(n: int) -> int:
 
 
 def _pick_config(B: int, Tq: int, H: int, Hkv: int, D: int, kv_len: int, device: torch.device):
-    """Fixed meta-parameters as a deterministic function of the shapes (and the SM count)."""
+    """Fixed meta-parameters as a deterministic function of the shapes (and the SM count).
+
+    ``n_splits`` is an upper bound fixed on the host from ``kv_len`` (which is ``T_max`` under CUDA
+    graphs); the kernel uses at most ``n_tiles // min_tiles`` of them, from the real range on the
+    device. Splitting only pays when (batch x kv heads x query tiles) programs leave SMs idle: on
+    an H200, with B*H >= 132 one split was always fastest (measured, see the commit message).
+    """
     rows = Tq * (H // Hkv)
-    block_d = max(16, _next_pow2(D))
     if is_interpreter():
         # numpy vectorises inside a block and every program costs ~ms: big tiles, few programs
         block_m = min(max(16, _next_pow2(rows)), 128)
         block_n = 256
-        n_m = triton.cdiv(rows, block_m)
         n_splits = min(2, max(1, triton.cdiv(kv_len, block_n)))
-        return dict(block_m=block_m, block_n=block_n, n_splits=n_splits, num_warps=4, num_stages=1)
+        return dict(block_m=block_m, block_n=block_n, n_splits=n_splits, min_tiles=1,
+                    merge_in_kernel=True, num_warps=4, num_stages=1)
     block_m = min(max(16, _next_pow2(rows)), 64)
     block_n = 64
-    n_m = triton.cdiv(rows, block_m)
-    base = B * Hkv * n_m
+    base = B * Hkv * triton.cdiv(rows, block_m)
     n_sm = torch.cuda.get_device_properties(device).multi_processor_count
     n_tiles = max(1, triton.cdiv(kv_len, block_n))
-    # aim for about two programs per SM; never more splits than KV tiles
-    n_splits = max(1, min(n_tiles, triton.cdiv(2 * n_sm, base), 64))
-    return dict(block_m=block_m, block_n=block_n, n_splits=n_splits, num_warps=4, num_stages=3)
+    # fill the SMs once (two resident programs per SM at D=128), never more splits than KV tiles
+    n_splits = 1 if base >= n_sm else max(1, min(n_tiles, (2 * n_sm) // base, 64))
+    return dict(block_m=block_m, block_n=block_n, n_splits=n_splits, min_tiles=2,
+                merge_in_kernel=True, num_warps=4, num_stages=3)
 
 
 def _launch(q, k_cache, v_cache, kv_len, kv_start=None, key_end=None, scale=None, *,
@@ -213,7 +250,8 @@ def _launch(q, k_cache, v_cache, kv_len, kv_start=None, key_end=None, scale=None
     """Validate, pick meta-parameters (or take ``config``), allocate and launch.
 
     Internal knobs for tests and benchmarks: ``config`` overrides any of ``block_m, block_n,
-    n_splits, num_warps, num_stages``; ``out`` is a preallocated output; ``tile_counts`` (int32,
+    n_splits, min_tiles, merge_in_kernel, num_warps, num_stages``; ``out`` is a preallocated output
+    (written in full); ``tile_counts`` (int32,
     ``B*Hkv*n_m*n_splits`` elements) receives the number of KV tiles each program visited;
     ``poison_workspace`` fills the partial buffers with NaN before the launch.
     """
@@ -298,19 +336,21 @@ def _launch(q, k_cache, v_cache, kv_len, kv_start=None, key_end=None, scale=None
         m_part = l_part = acc_part = out          # unused (constexpr SPLIT=False)
     if tile_counts is not None and tile_counts.numel() < n_parts:
         raise ValueError(f"tile_counts needs {n_parts} elements, has {tile_counts.numel()}")
-    dummy_int = torch.zeros(1, dtype=torch.int32, device=q.device) \
-        if kv_start is None or key_end is None or tile_counts is None else None
+    merge_in_kernel = split and bool(cfg["merge_in_kernel"])
+    # arrival counters of the in-kernel merge (the only memset of a launch)
+    counters = torch.zeros(B * Hkv * n_m, dtype=torch.int32, device=q.device) if merge_in_kernel else out
     upcast = is_interpreter() and q.dtype == torch.bfloat16
     dot_prec = "ieee" if q.dtype == torch.float32 else "tf32"
+    splits_p2 = _next_pow2(n_splits)
 
     grid = (n_splits, n_m, B * Hkv)
     _block_attn_fwd_kernel[grid](
         q, k_cache, v_cache, out,
-        m_part, l_part, acc_part,
-        kv_start if kv_start is not None else dummy_int,
-        key_end if key_end is not None else dummy_int,
-        tile_counts if tile_counts is not None else dummy_int,
-        Tq, G, Hkv, kv_len, n_splits, n_m,
+        m_part, l_part, acc_part, counters,
+        kv_start if kv_start is not None else out,          # pointers of absent inputs: never read
+        key_end if key_end is not None else out,
+        tile_counts if tile_counts is not None else out,
+        Tq, G, Hkv, kv_len, n_splits, n_m, max(1, int(cfg["min_tiles"])),
         q.stride(0), q.stride(1), q.stride(2),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
@@ -320,14 +360,11 @@ def _launch(q, k_cache, v_cache, kv_len, kv_start=None, key_end=None, scale=None
         D=D, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
         HAS_KV_START=kv_start is not None, HAS_KEY_END=key_end is not None, SPLIT=split,
         UPCAST=upcast, DOT_PREC=dot_prec, COUNT_TILES=tile_counts is not None,
+        MERGE_IN_KERNEL=merge_in_kernel, SPLITS_P2=splits_p2,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
-    if split:
-        splits_p2 = _next_pow2(n_splits)
-        if is_interpreter():
-            mrows = block_m
-        else:  # keep the [splits, rows, D] merge tile around 4096 fp32 values
-            mrows = max(1, min(block_m, 4096 // (splits_p2 * block_d)))
+    if split and not merge_in_kernel:
+        mrows = block_m if is_interpreter() else min(block_m, 8)
         _block_attn_merge_kernel[(block_m // mrows, n_m, B * Hkv)](
             m_part, l_part, acc_part, out,
             Tq, G, Hkv, n_splits, n_m,

@@ -50,15 +50,20 @@ def _graph_time_us(fn_per_set, n_sets: int, min_calls: int = 64, replays: int = 
 
 
 def copy_bandwidth_gbs(nbytes: int = 1 << 30) -> float:
-    """Device-to-device copy bandwidth (bytes read + written per second), median of graph replays."""
+    """Device-to-device copy bandwidth (bytes read + written per second), median of graph replays,
+    after ~0.5 s of warm-up copies (memory clocks idle low)."""
     x = torch.empty(nbytes // 2, dtype=torch.bfloat16, device="cuda").normal_()
     y = torch.empty_like(x)
+    t0 = time.time()
+    while time.time() - t0 < 0.5:
+        y.copy_(x)
+        torch.cuda.synchronize()
     us = _graph_time_us(lambda i: y.copy_(x), 1, min_calls=8)
     return 2 * nbytes / (us * 1e-6) / 1e9
 
 
 def bench_block_attention(shapes, *, Tq=32, H=32, Hkv=32, D=128, dtype=torch.bfloat16, configs=None,
-                          providers=("triton", "sdpa_flash"), t_max=None, l2_bytes=None):
+                          providers=("triton", "sdpa_flash"), t_max=None, l2_bytes=None, eager=False):
     """Rows of {provider, B, kv_len, us, bytes, GB/s, ...} for each (B, kv_len) in ``shapes``.
 
     ``configs``: optional list of kernel config overrides (see ``kernels.block_attention._launch``),
@@ -115,7 +120,12 @@ def bench_block_attention(shapes, *, Tq=32, H=32, Hkv=32, D=128, dtype=torch.bfl
                         return _launch(q, k, v, kv_len, config=cfg)
                 label = "triton" if cfg is None else "triton" + json.dumps(cfg, sort_keys=True)
             try:
-                us = _graph_time_us(fn, n_sets)
+                if eager:   # launch overheads included, L2 flushed by do_bench
+                    import triton.testing
+                    us = 1e3 * triton.testing.do_bench(lambda: fn(0), return_mode="median")
+                    label += "@eager"
+                else:
+                    us = _graph_time_us(fn, n_sets)
             except Exception as e:  # keep the sweep going; record the failure
                 rows.append(dict(provider=label, B=B, kv_len=kv_len, error=repr(e)[:300]))
                 continue
@@ -150,21 +160,26 @@ def main(sweep: bool = False, out: str | None = None, budget_s: float = 300.0):
     print(json.dumps(env))
     main_shapes = [(1, 384), (32, 2048)] + [(b, kv) for b in (1, 8, 32) for kv in (128, 1024, 4096)]
     rows = bench_block_attention(main_shapes)
+    rows += bench_block_attention([(1, 384), (32, 2048)], eager=True)
     rows += [dict(r, provider=r["provider"] + "@graph_tmax4096")
-             for r in bench_block_attention([(1, 384), (8, 1024)], providers=("triton",), t_max=4096)]
+             for r in bench_block_attention([(1, 384), (1, 1024), (8, 1024)], providers=("triton",),
+                                            t_max=4096)]
     if sweep:
-        tiles = [dict(block_n=bn, num_warps=w, num_stages=s)
-                 for bn, w, s in [(32, 4, 3), (64, 4, 2), (64, 4, 4), (64, 8, 3), (128, 4, 2),
-                                  (128, 4, 3), (128, 8, 2), (128, 8, 3)]]
-        for shape in [(1, 384), (1, 4096), (8, 1024), (32, 2048)]:
+        variants = [dict(merge_in_kernel=mk, min_tiles=mt, block_n=bn)
+                    for mk in (True, False) for mt in (1, 2, 4) for bn in (32, 64)]
+        for shape in [(1, 384), (1, 128), (1, 1024), (1, 4096)]:
             if time.time() - t0 > budget_s:
                 break
-            rows += bench_block_attention([shape], providers=(), configs=tiles)
-        for shape in main_shapes:
+            rows += bench_block_attention([shape], providers=(), configs=variants)
+        for shape in [(2, 1024), (4, 1024), (4, 4096), (1, 384), (1, 4096)]:
             if time.time() - t0 > budget_s:
                 break
-            rows += bench_block_attention([shape], providers=(), configs=[
-                dict(n_splits=s) for s in (1, 2, 4, 8, 16, 32) if s <= -(-shape[1] // 64)])
+            rows += bench_block_attention([shape], providers=("sdpa_flash",), configs=[
+                dict(n_splits=s) for s in (1, 2, 4, 8, 16) if s <= -(-shape[1] // 64)])
+    env["copy_gbs_end"] = copy_bandwidth_gbs()
+    bw = max(bw, env["copy_gbs_end"])
+    env["copy_gbs"] = bw
+    print("copy bandwidth GB/s (start, end):", env["copy_gbs_end"], bw)
     for r in rows:
         if "us" in r:
             r["pct_copy_bw"] = 100 * r["gbs"] / bw
