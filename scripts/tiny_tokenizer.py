@@ -1,0 +1,159 @@
+"""A character-level tokenizer in the LLaDA layout, built with the ``tokenizers`` library.
+
+Ordinary tokens are the 96 characters ``\\n`` and printable ASCII (ids 0..95; any other character is
+normalised to ``?``). The special tokens follow at the top of the vocabulary in LLaDA-8B-Instruct's
+relative order (bos, eos = pad, ``[CLS]``, ``[gMASK]``, reserved tokens with ``<|mdm_mask|>`` in one
+reserved slot, role / arithmetic / number markers, then the header tokens and ``<|eot_id|>`` last).
+The model's embedding is padded to a multiple of 64 (ids past the tokenizer are unused rows, as in
+LLaDA-8B, whose 126464 rows exceed its 126349 tokens).
+
+``save_tokenizer(dir)`` writes ``tokenizer.json``, ``tokenizer_config.json`` and the chat template so that
+``transformers.AutoTokenizer.from_pretrained(dir)`` works offline. ``ChatEncoder`` is a pure-Python
+encoder of the same chat prompts (used to build training batches fast); the tests check that it agrees
+with the saved tokenizer.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, List, Sequence
+
+__all__ = ["CHARS", "SPECIAL_TOKENS", "CHAT_TEMPLATE", "vocab", "special_ids", "padded_vocab_size",
+           "build_tokenizer", "save_tokenizer", "ChatEncoder"]
+
+CHARS: List[str] = ["\n"] + [chr(c) for c in range(32, 127)]
+UNKNOWN_CHAR = "?"
+
+SPECIAL_TOKENS: List[str] = [
+    "<|startoftext|>", "<|endoftext|>", "[CLS]", "[gMASK]",
+    "<|reserved_token_0|>", "<|reserved_token_1|>", "<|mdm_mask|>",
+    "<|reserved_token_3|>", "<|reserved_token_4|>", "<|reserved_token_5|>",
+    "<role>", "</role>", "<|arithmetic_start|>", "<|arithmetic_end|>", "<|number_start|>", "<|number_end|>",
+    "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+]
+BOS, EOS, MASK, EOT = "<|startoftext|>", "<|endoftext|>", "<|mdm_mask|>", "<|eot_id|>"
+START_HEADER, END_HEADER = "<|start_header_id|>", "<|end_header_id|>"
+
+# LLaDA-8B-Instruct's template: bos string first, then every message, then always the assistant header
+# (add_generation_prompt is ignored, as in the original).
+CHAT_TEMPLATE = (
+    "{% set loop_messages = messages %}"
+    "{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim"
+    " + '<|eot_id|>' %}"
+    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
+    "{{ content }}"
+    "{% endfor %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
+)
+
+PAD_MULTIPLE = 64
+
+
+def vocab() -> Dict[str, int]:
+    v = {c: i for i, c in enumerate(CHARS)}
+    for s in SPECIAL_TOKENS:
+        v[s] = len(v)
+    return v
+
+
+def special_ids() -> Dict[str, int]:
+    v = vocab()
+    return {s: v[s] for s in SPECIAL_TOKENS}
+
+
+def padded_vocab_size(multiple: int = PAD_MULTIPLE) -> int:
+    n = len(CHARS) + len(SPECIAL_TOKENS)
+    return -(-n // multiple) * multiple
+
+
+def build_tokenizer():
+    """The ``transformers`` fast tokenizer (a ``tokenizers`` BPE model with no merges = characters)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = {c: i for i, c in enumerate(CHARS)}
+    tok = Tokenizer(models.BPE(vocab=chars, merges=[]))
+    tok.normalizer = normalizers.Replace(Regex(r"[^\n\x20-\x7e]"), UNKNOWN_CHAR)
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens(SPECIAL_TOKENS)  # ids len(CHARS).. in list order
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=EOS, mask_token=MASK,
+        chat_template=CHAT_TEMPLATE, add_bos_token=False, add_eos_token=False,
+        clean_up_tokenization_spaces=False, model_max_length=4096,
+    )
+    got = {s: fast.convert_tokens_to_ids(s) for s in SPECIAL_TOKENS}
+    if got != special_ids():
+        raise RuntimeError(f"special token ids came out as {got}, expected {special_ids()}")
+    return fast
+
+
+def save_tokenizer(path: str):
+    """Write the tokenizer files to ``path``; returns the tokenizer.
+
+    ``tokenizer_config.json`` is made to look like LLaDA-8B-Instruct's: class
+    ``PreTrainedTokenizerFast`` (so transformers 4.x loads it too), ``add_bos_token``/``add_eos_token``
+    false and the chat template inline (transformers 5 also writes ``chat_template.jinja``).
+    """
+    fast = build_tokenizer()
+    os.makedirs(path, exist_ok=True)
+    fast.save_pretrained(path)
+    cfg_path = os.path.join(path, "tokenizer_config.json")
+    with open(cfg_path) as f:
+        tc = json.load(f)
+    tc.pop("backend", None)
+    tc.update({"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": False, "add_eos_token": False,
+               "chat_template": CHAT_TEMPLATE, "clean_up_tokenization_spaces": False})
+    v = vocab()
+    tc["added_tokens_decoder"] = {
+        str(v[s]): {"content": s, "lstrip": False, "normalized": False, "rstrip": False,
+                    "single_word": False, "special": True} for s in SPECIAL_TOKENS}
+    with open(cfg_path, "w") as f:
+        json.dump(dict(sorted(tc.items())), f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    return fast
+
+
+class ChatEncoder:
+    """Pure-Python encoding of single-turn chat prompts and answers, identical to the saved tokenizer's
+    ``tokenizer(apply_chat_template([{'role': 'user', 'content': c}], tokenize=False))``."""
+
+    def __init__(self):
+        v = vocab()
+        self.char_ids = {c: v[c] for c in CHARS}
+        self.unknown = v[UNKNOWN_CHAR]
+        self.bos, self.eos, self.mask, self.eot = v[BOS], v[EOS], v[MASK], v[EOT]
+        sh, eh = v[START_HEADER], v[END_HEADER]
+        self._prefix = [self.bos, sh] + self.encode("user") + [eh] + self.encode("\n\n")
+        self._suffix = [self.eot, sh] + self.encode("assistant") + [eh] + self.encode("\n\n")
+
+    def encode(self, text: str) -> List[int]:
+        get, unk = self.char_ids.get, self.unknown
+        return [get(c, unk) for c in text]
+
+    def prompt(self, content: str, role: str = "user") -> List[int]:
+        if role != "user":
+            raise ValueError("ChatEncoder renders single user turns only")
+        return self._prefix + self.encode(content.strip()) + self._suffix
+
+    def answer(self, text: str, length: int) -> List[int]:
+        """``text`` + ``<|eot_id|>`` + eos padding to exactly ``length`` tokens (LLaDA SFT layout)."""
+        ids = self.encode(text) + [self.eot]
+        if len(ids) > length:
+            raise ValueError(f"answer {text!r} needs {len(ids)} tokens > answer length {length}")
+        return ids + [self.eos] * (length - len(ids))
+
+    def batch(self, prompts: Sequence[str], answers: Sequence[str], length: int):
+        """Left-padded prompt ids ``[B, P]`` (pad = eos), pad widths ``[B]`` and answers ``[B, length]``,
+        as numpy int64 arrays."""
+        import numpy as np
+
+        ps = [self.prompt(p) for p in prompts]
+        P = max(len(p) for p in ps)
+        tok = np.full((len(ps), P), self.eos, dtype=np.int64)
+        pad = np.zeros(len(ps), dtype=np.int64)
+        for i, p in enumerate(ps):
+            tok[i, P - len(p):] = p
+            pad[i] = P - len(p)
+        ans = np.array([self.answer(a, length) for a in answers], dtype=np.int64)
+        return tok, pad, ans
