@@ -35,18 +35,30 @@ _LOGIT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 # ------------------------------------------------------------------------------------- kernels
 @triton.jit
+def _philox4x32_10(c0, c1, c2, c3, k0, k1):
+    """Philox4x32-10 (Salmon et al., SC'11; Random123 constants); uint32 counter words and key. Returns
+    the first output word (written out here so it does not depend on triton's private helpers)."""
+    for _ in tl.static_range(10):
+        p0 = c0
+        p2 = c2
+        c0 = tl.umulhi(p2, 0xCD9E8D57) ^ c1 ^ k0
+        c2 = tl.umulhi(p0, 0xD2511F53) ^ c3 ^ k1
+        c1 = p2 * 0xCD9E8D57
+        c3 = p0 * 0xD2511F53
+        k0 = k0 + 0x9E3779B9
+        k1 = k1 + 0xBB67AE85
+    return c0
+
+
+@triton.jit
 def _gumbel(vid, row, seed_lo, seed_hi, off_lo, off_hi):
     """Gumbel(0, 1) noise for every (row, vocab id) pair: Philox4x32-10 with key (seed_lo, seed_hi) and
     counter (vid, row, off_lo, off_hi); first output word -> w in (0, 1) -> E = -log1p(-w) ~ Exp(1)
     (accurate for small w, where the winners are) -> g = -log(E)."""
     zero = (vid + row).to(tl.uint32) * 0  # [BM, BV] uint32
-    c0 = vid.to(tl.uint32) + zero
-    c1 = row.to(tl.uint32) + zero
-    c2 = zero + tl.to_tensor(off_lo).to(tl.uint32, bitcast=True)
-    c3 = zero + tl.to_tensor(off_hi).to(tl.uint32, bitcast=True)
-    k0 = tl.to_tensor(seed_lo).to(tl.uint32, bitcast=True)
-    k1 = tl.to_tensor(seed_hi).to(tl.uint32, bitcast=True)
-    r, _, _, _ = tl.philox_impl(c0, c1, c2, c3, k0, k1)
+    one = tl.zeros([1, 1], dtype=tl.uint32)  # scalars (int32 bits) -> uint32 by promotion
+    r = _philox4x32_10(vid.to(tl.uint32) + zero, row.to(tl.uint32) + zero, zero + (one + off_lo),
+                       zero + (one + off_hi), one + seed_lo, one + seed_hi)
     w = (r.to(tl.float32) + 0.5) * 2.3283064365386963e-10  # (r + 1/2) / 2^32
     w = tl.minimum(w, 0.99999994)  # the uint32 -> fp32 rounding could reach 1.0
     u = 1.0 - w
@@ -68,7 +80,7 @@ def _in_ids(x, i0, i1, i2, i3, N: tl.constexpr):
     return hit
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
 def _head_partials_kernel(
     h_ptr, hu_ptr, w_ptr,  # [M, D], [M, D] (CFG only), [V, D]
     pkey_ptr, pidx_ptr, plx_ptr, pm_ptr, ps_ptr,  # partials [M, NVT]
@@ -239,8 +251,7 @@ def _select_kernel(
     elif RULE == 1:  # threshold: the top-1 always, the others when conf >= threshold (fp32)
         sel = mk & ((rank == 0) | (c >= threshold))
     else:  # factor (Fast-dLLM get_transfer_index_dynamic); thresholds in fp64 as the reference
-        f = (tl.to_tensor(f_hi).to(tl.float64) + tl.to_tensor(f_mid).to(tl.float64)
-             + tl.to_tensor(f_lo).to(tl.float64))
+        f = ((tl.zeros([1], dtype=tl.float64) + f_hi) + f_mid) + f_lo  # exact in fp64
         thr = 1.0 - f / (rank + 2).to(tl.float64)
         thr = tl.where(rank == 0, -1.0, thr)
         fail = mk & (c.to(tl.float64) < thr)

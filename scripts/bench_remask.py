@@ -141,6 +141,27 @@ def main(sweep: bool, out: str, budget_s: float, rows_list=(32, 256, 1024)):
         add("head_conf CFG", "triton", M, t_kc, 0,
             note=f"speedup x{t_refc / t_kc:.2f}; x0 equal {int((xc == rxc).sum())}/{M}")
 
+    # ---- select_transfer (launch-bound sizes) vs the reference
+    for B, L in ((1, 32), (8, 32), (32, 32), (8, 1024)):
+        c = torch.rand(B, L, device=dev, generator=g)
+        m = torch.rand(B, L, device=dev, generator=g) > 0.3
+        k = torch.randint(1, 5, (B,), device=dev, generator=g)
+        for name, kw in (("k", dict(k=k)), ("threshold", dict(threshold=0.9)), ("factor", dict(factor=1.0))):
+            same = bool(torch.equal(remask.select_transfer(c, m, **kw), select_transfer_ref(c, m, **kw)))
+            t_r = bench(lambda: select_transfer_ref(c, m, **kw))
+            t_s = bench(lambda: remask.select_transfer(c, m, **kw))
+            r = dict(op=f"select {name}", provider="triton", M=B, V=L, d="", us=round(t_s * 1e3, 1), GBps="",
+                     pct_copy="", TFLOPs="", extra_mem_MB="", note=f"ref {t_r * 1e3:.1f} us; equal={same}",
+                     copy_GBps=round(copy_bw), **meta)
+            rows.append(r)
+            print(f"select {name:9s} B={B:3d} L={L:5d} triton {t_s * 1e3:7.1f} us  ref {t_r * 1e3:8.1f} us "
+                  f"equal={same}", flush=True)
+
+    with open(os.path.join(out, "remask_bench.csv"), "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=list(rows[0]))
+        wr.writeheader()
+        wr.writerows(rows)
+
     # ---- block-config sweep (after every base measurement, so a budget stop loses only sweep rows)
     if sweep:
         for M in rows_list:
@@ -165,22 +186,6 @@ def main(sweep: bool, out: str, budget_s: float, rows_list=(32, 256, 1024)):
                 sw_rows.append(dict(M=M, cfg=str(cfg), us=round(t * 1e3, 1), x0_same_as_default=ok,
                                     default=str(cfg == ref_cfg), **meta))
                 print(f"  sweep M={M} {t * 1e3:9.1f} us same_x0={ok} {cfg}", flush=True)
-
-    # ---- select_transfer (launch-bound sizes) vs the reference
-    for B, L in ((1, 32), (8, 32), (32, 32), (8, 1024)):
-        c = torch.rand(B, L, device=dev, generator=g)
-        m = torch.rand(B, L, device=dev, generator=g) > 0.3
-        k = torch.randint(1, 5, (B,), device=dev, generator=g)
-        for name, kw in (("k", dict(k=k)), ("threshold", dict(threshold=0.9)), ("factor", dict(factor=1.0))):
-            same = bool(torch.equal(remask.select_transfer(c, m, **kw), select_transfer_ref(c, m, **kw)))
-            t_r = bench(lambda: select_transfer_ref(c, m, **kw))
-            t_s = bench(lambda: remask.select_transfer(c, m, **kw))
-            r = dict(op=f"select {name}", provider="triton", M=B, V=L, d="", us=round(t_s * 1e3, 1), GBps="",
-                     pct_copy="", TFLOPs="", extra_mem_MB="", note=f"ref {t_r * 1e3:.1f} us; equal={same}",
-                     copy_GBps=round(copy_bw), **meta)
-            rows.append(r)
-            print(f"select {name:9s} B={B:3d} L={L:5d} triton {t_s * 1e3:7.1f} us  ref {t_r * 1e3:8.1f} us "
-                  f"equal={same}", flush=True)
 
     with open(os.path.join(out, "remask_bench.csv"), "w", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=list(rows[0]))

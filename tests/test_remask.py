@@ -15,10 +15,12 @@ import textwrap
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from kernels.reference import head_confidence_ref, select_transfer_ref
-from kernels.remask import (_head_confidence_launch, _select_launch, head_confidence, select_commit,
-                            select_transfer)
+from kernels.remask import (_head_confidence_launch, _philox4x32_10, _select_launch, head_confidence,
+                            select_commit, select_transfer)
 
 INTERP = os.environ.get("TRITON_INTERPRET", "0") == "1"
 CPU_DTYPES = [torch.float32, torch.float16]
@@ -201,6 +203,30 @@ def test_head_validation(device):
 
 
 # ---------------------------------------------------------------------------- head: sampling
+@triton.jit
+def _philox_probe(c_ptr, out_ptr, BLOCK: tl.constexpr):
+    o = tl.arange(0, BLOCK)
+    c0 = tl.load(c_ptr + o * 6 + 0).to(tl.uint32, bitcast=True)
+    c1 = tl.load(c_ptr + o * 6 + 1).to(tl.uint32, bitcast=True)
+    c2 = tl.load(c_ptr + o * 6 + 2).to(tl.uint32, bitcast=True)
+    c3 = tl.load(c_ptr + o * 6 + 3).to(tl.uint32, bitcast=True)
+    k0 = tl.load(c_ptr + o * 6 + 4).to(tl.uint32, bitcast=True)
+    k1 = tl.load(c_ptr + o * 6 + 5).to(tl.uint32, bitcast=True)
+    r = _philox4x32_10(c0, c1, c2, c3, k0, k1)
+    tl.store(out_ptr + o, r.to(tl.int32, bitcast=True))
+
+
+def test_philox_known_answers(device):
+    """Random123 known-answer vectors of Philox4x32-10 (first output word)."""
+    rows = [([0] * 6, 0x6627E8D5), ([0xFFFFFFFF] * 6, 0x408F276D),
+            ([0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344, 0xA4093822, 0x299F31D0], 0xD16CFE09)]
+    s32 = lambda v: v - (1 << 32) if v >= 1 << 31 else v  # noqa: E731
+    c = torch.tensor([[s32(v) for v in r] for r, _ in rows] + [[0] * 6] * 13, dtype=torch.int32, device=device)
+    out = torch.empty(16, dtype=torch.int32, device=device)
+    _philox_probe[(1,)](c, out, BLOCK=16)
+    assert [v & 0xFFFFFFFF for v in out[:3].tolist()] == [want for _, want in rows]
+
+
 def _sampling_setup(device, logits_row, M):
     """hidden / w with logits exactly ``logits_row`` for every one of M rows (fp32, D = 16)."""
     V = logits_row.numel()
@@ -224,7 +250,7 @@ def _chi2_pvalue(counts, probs):
 def test_head_sampling_distribution(device, T):
     """Sampled token frequencies follow softmax(logits / T) (chi-square, fixed seed: deterministic)."""
     gen = torch.Generator().manual_seed(1)
-    V, M = 24, 8192
+    V, M = 24, 4096
     row = (torch.randn(V, generator=gen) * 1.5).float()
     h, w = _sampling_setup(device, row, M)
     cfg = dict(BLOCK_M=1024, BLOCK_V=32, BLOCK_K=16) if INTERP else None
@@ -456,6 +482,7 @@ def test_head_llada_size_bf16(device, M):
 _COMPILE_SCRIPT = textwrap.dedent(r"""
     import os, sys
     sys.path.insert(0, sys.argv[1])
+    sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
     from kernels import remask as R
     from kernels._common import compile_for
     ids = ("seed_lo", "seed_hi", "off_lo", "off_hi", "ban0", "ban1", "ban2", "ban3", "nc0", "nc1", "nc2", "nc3")
@@ -479,6 +506,8 @@ _COMPILE_SCRIPT = textwrap.dedent(r"""
     sig = {n: "*fp32" for n in ("pkey_ptr", "plx_ptr", "pm_ptr", "ps_ptr", "conf_ptr")}
     sig.update({"pidx_ptr": "*i32", "x0_ptr": "*i64", "M": "i32", "NVT": "i32"})
     compile_for(R._head_merge_kernel, sig, dict(BLOCK_R=4, BLOCK_T=1024))
+    import test_remask as T
+    compile_for(T._philox_probe, {"c_ptr": "*i32", "out_ptr": "*i32"}, dict(BLOCK=16))
     print("OK")
 """)
 
