@@ -8,11 +8,11 @@ padding) and per query by ``key_end`` (block-causal masks). Torch meaning:
 Why split-KV: at batch 1 a 32-query block with 32 heads is only 32 (batch x head) tiles, far fewer than
 the SMs of an H100/H200, so a plain flash-attention grid leaves most of the GPU idle. Here the visible
 KV range of every (batch, kv-head, query-tile) is cut into ``n_splits`` chunks, one program each; each
-program writes a partial softmax state ``(m, l, acc)`` for all its query rows, then bumps an arrival
-counter of its group; the last program to arrive merges the partials (in a fixed order, so results
-are deterministic) and writes the output. No program ever waits for another, so any execution
-order (and the sequential interpreter) is safe. The only extra node per call is the memset of the
-counters; a separate merge kernel (``merge_in_kernel=False``) is kept as an alternative. With
+program writes a partial softmax state ``(m, l, acc)`` for all its query rows; a small second kernel
+merges the partials in a fixed order (deterministic results) and writes the output. An alternative
+(``merge_in_kernel=True``) lets the last program of each group to arrive (an atomic counter) merge
+instead; no program ever waits for another, so it is safe in any order and in the interpreter, but
+with the counters' memset it measured slower on an H200 and is off by default. With
 ``n_splits == 1`` (enough batch x heads to fill the GPU) the kernel normalises and writes the output
 directly.
 
@@ -139,9 +139,9 @@ def _block_attn_fwd_kernel(
         r = tl.arange(0, BLOCK_M)
         tl.store(m_part_ptr + part * BLOCK_M + r, m_i)
         tl.store(l_part_ptr + part * BLOCK_M + r, l_i)
-        # rows that saw no key here (m = -inf) keep garbage acc: the merge never reads them
-        tl.store(acc_part_ptr + (part * BLOCK_M + r[:, None]) * BLOCK_D + offs_d[None, :], acc,
-                 mask=(m_i > float("-inf"))[:, None])
+        # stored in full (rows that saw no key hold exact zeros), so the merge's loads are unmasked
+        # and independent of each other
+        tl.store(acc_part_ptr + (part * BLOCK_M + r[:, None]) * BLOCK_D + offs_d[None, :], acc)
         if MERGE_IN_KERNEL:
             # the last program of the group to finish merges (no spin-wait: safe in any order).
             # barrier: every thread's partial stores precede the release of the atomic.
@@ -176,8 +176,7 @@ def _merge_store(m_part_ptr, l_part_ptr, acc_part_ptr, o_ptr, part0, n_splits, r
         m_s = tl.load(m_part_ptr + off, cache_modifier=".cg")
         l_s = tl.load(l_part_ptr + off, cache_modifier=".cg")
         w = tl.exp2(m_s - m_use)
-        a = tl.load(acc_part_ptr + off[:, None] * BLOCK_D + offs_d[None, :],
-                    mask=(m_s > float("-inf"))[:, None], other=0.0, cache_modifier=".cg")
+        a = tl.load(acc_part_ptr + off[:, None] * BLOCK_D + offs_d[None, :], cache_modifier=".cg")
         l_tot += w * l_s
         acc += w[:, None] * a
     o = acc / tl.where(l_tot > 0.0, l_tot, 1.0)[:, None]
@@ -222,8 +221,10 @@ def _pick_config(B: int, Tq: int, H: int, Hkv: int, D: int, kv_len: int, device:
 
     ``n_splits`` is an upper bound fixed on the host from ``kv_len`` (which is ``T_max`` under CUDA
     graphs); the kernel uses at most ``n_tiles // min_tiles`` of them, from the real range on the
-    device. Splitting only pays when (batch x kv heads x query tiles) programs leave SMs idle: on
-    an H200, with B*H >= 132 one split was always fastest (measured, see the commit message).
+    device. Measured on an H200 (132 SMs, bf16, D=128, Tq=32, CUDA graphs, see
+    scripts/bench_block_attention.py): splitting never paid once B*Hkv >= #SMs, nor below ~4 KV
+    tiles per split (the partials and the merge cost a few us); two programs per SM paid only for
+    long ranges (>= 32 tiles). The separate merge kernel beat the in-kernel merge in every case.
     """
     rows = Tq * (H // Hkv)
     if is_interpreter():
@@ -232,16 +233,18 @@ def _pick_config(B: int, Tq: int, H: int, Hkv: int, D: int, kv_len: int, device:
         block_n = 256
         n_splits = min(2, max(1, triton.cdiv(kv_len, block_n)))
         return dict(block_m=block_m, block_n=block_n, n_splits=n_splits, min_tiles=1,
-                    merge_in_kernel=True, num_warps=4, num_stages=1)
+                    merge_in_kernel=False, num_warps=4, num_stages=1)
     block_m = min(max(16, _next_pow2(rows)), 64)
     block_n = 64
     base = B * Hkv * triton.cdiv(rows, block_m)
     n_sm = torch.cuda.get_device_properties(device).multi_processor_count
-    n_tiles = max(1, triton.cdiv(kv_len, block_n))
-    # fill the SMs once (two resident programs per SM at D=128), never more splits than KV tiles
-    n_splits = 1 if base >= n_sm else max(1, min(n_tiles, (2 * n_sm) // base, 64))
-    return dict(block_m=block_m, block_n=block_n, n_splits=n_splits, min_tiles=2,
-                merge_in_kernel=True, num_warps=4, num_stages=3)
+    n_tiles = triton.cdiv(kv_len, block_n)
+    n_splits = 1
+    if base < n_sm:
+        programs = n_sm if n_tiles < 32 else 2 * n_sm
+        n_splits = max(1, min(programs // base, n_tiles // 4, 64))
+    return dict(block_m=block_m, block_n=block_n, n_splits=n_splits, min_tiles=1,
+                merge_in_kernel=False, num_warps=4, num_stages=3)
 
 
 def _launch(q, k_cache, v_cache, kv_len, kv_start=None, key_end=None, scale=None, *,
