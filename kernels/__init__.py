@@ -3,7 +3,8 @@
 Every public kernel has a torch reference of the same signature in :mod:`kernels.reference`
 (which never imports triton). Kernel modules are imported lazily, so ``import kernels.reference``
 (or this package) does not import triton; set ``TRITON_INTERPRET=1`` before the first kernel use to
-run them on a CPU.
+run them on a CPU. Module names differ from function names (``kernels.attention.block_attention``),
+so ``kernels.block_attention`` is always the function.
 """
 import importlib
 
@@ -18,7 +19,7 @@ __all__ = [
 ]
 
 _LAZY = {
-    "block_attention": "kernels.block_attention",
+    "block_attention": "kernels.attention",
     "rms_norm": "kernels.norm",
     "rope": "kernels.rope",
     "swiglu_mlp": "kernels.mlp",

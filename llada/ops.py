@@ -72,7 +72,7 @@ REFERENCE_OPS = Ops(
 def triton_ops(**overrides) -> Ops:
     """The Triton implementations (imports ``kernels``' Triton modules now). Linear layers stay cuBLAS
     (``F.linear``) except inside the fused MLP; ``overrides`` replace single fields."""
-    from kernels.block_attention import block_attention
+    from kernels.attention import block_attention
     from kernels.mlp import swiglu_mlp
     from kernels.norm import rms_norm
     from kernels.remask import head_confidence, select_transfer

@@ -1,4 +1,4 @@
-"""Time kernels.block_attention against torch SDPA (flash backend) on decode-sized shapes.
+"""Time kernels.attention against torch SDPA (flash backend) on decode-sized shapes.
 
 Timing: each provider is captured in a CUDA graph that calls it once on each of several input sets
 (enough sets to exceed the L2 cache, so every call reads its KV from HBM as in a real layer stack);
@@ -66,14 +66,14 @@ def bench_block_attention(shapes, *, Tq=32, H=32, Hkv=32, D=128, dtype=torch.bfl
                           providers=("triton", "sdpa_flash"), t_max=None, l2_bytes=None, eager=False):
     """Rows of {provider, B, kv_len, us, bytes, GB/s, ...} for each (B, kv_len) in ``shapes``.
 
-    ``configs``: optional list of kernel config overrides (see ``kernels.block_attention._launch``),
+    ``configs``: optional list of kernel config overrides (see ``kernels.attention._launch``),
     timed as provider ``triton[<config>]``. ``t_max``: if set, the triton call is made CUDA-graph style
     (kv_len = T_max, real length only in a device ``key_end`` tensor) with that cache size.
     """
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from kernels.block_attention import _launch, _pick_config
+    from kernels.attention import _launch, _pick_config
 
     dev = torch.device("cuda")
     if l2_bytes is None:

@@ -1,4 +1,4 @@
-"""kernels.block_attention against kernels.reference.block_attention_ref.
+"""kernels.attention against kernels.reference.block_attention_ref.
 
 Tolerance (flash-attention style, derived, not tuned): the kernel's max error against an fp64 reference
 may be at most 2x the error of the torch reference run at the same precision, plus a small floor.
@@ -13,7 +13,7 @@ import textwrap
 import pytest
 import torch
 
-from kernels.block_attention import _launch, block_attention
+from kernels.attention import _launch, block_attention
 from kernels.reference import block_attention_ref
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -279,7 +279,7 @@ _COMPILE_SCRIPT = textwrap.dedent("""
     import os
     assert "TRITON_INTERPRET" not in os.environ
     from kernels._common import compile_for
-    from kernels.block_attention import _block_attn_fwd_kernel, _block_attn_merge_kernel
+    from kernels.attention import _block_attn_fwd_kernel, _block_attn_merge_kernel
     INTS = ("Tq G Hkv kv_len n_splits n_m_tiles min_tiles stride_qb stride_qt stride_qh stride_kb stride_kt "
             "stride_kh stride_vb stride_vt stride_vh stride_ob stride_ot stride_oh stride_ksb "
             "stride_keb stride_ket").split()
