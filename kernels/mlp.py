@@ -36,12 +36,12 @@ def _mma(a, b, acc, IEEE: tl.constexpr):
 
 @triton.jit
 def _gate_up_silu_kernel(
-    x_ptr, w_ptr, a_ptr,                 # x [M, K], w [2H, K] (gate rows, then up rows), a [M, H]
-    M, H, K,
+    x_src, w_src, a_ptr,                 # x [M, K], w [2H, K] (gate rows, then up rows): pointers or TMA
+    M, H, K,                             # descriptors (USE_TMA); a [M, H] pointer
     stride_xm, stride_wn, stride_am,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
     SWAP_AB: tl.constexpr,               # compute a.T tiles [BN, BM] = W @ x.T (weight rows fill the MMA's M)
-    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+    USE_TMA: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
 ):
     pid = tl.program_id(0)
     num_m = tl.cdiv(M, BM)
@@ -49,13 +49,14 @@ def _gate_up_silu_kernel(
     pid_n = pid // num_m
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_n = pid_n * BN + tl.arange(0, BN)
-    offs_k = tl.arange(0, BK)
-    # clamp (wrap) out-of-range rows instead of masking them: loads stay unpredicated; stores are masked
-    rows_x = (offs_m % M).to(tl.int64)
-    rows_w = (offs_n % H).to(tl.int64)
-    x_ptrs = x_ptr + rows_x[:, None] * stride_xm + offs_k[None, :]          # [BM, BK]
-    g_ptrs = w_ptr + rows_w[:, None] * stride_wn + offs_k[None, :]          # [BN, BK]
-    u_ptrs = w_ptr + (rows_w + H)[:, None] * stride_wn + offs_k[None, :]   # [BN, BK]
+    if not USE_TMA:
+        offs_k = tl.arange(0, BK)
+        # wrap out-of-range rows instead of masking them: loads stay unpredicated; stores are masked
+        rows_x = (offs_m % M).to(tl.int64)
+        rows_w = (offs_n % H).to(tl.int64)
+        x_ptrs = x_src + rows_x[:, None] * stride_xm + offs_k[None, :]           # [BM, BK]
+        g_ptrs = w_src + rows_w[:, None] * stride_wn + offs_k[None, :]           # [BN, BK]
+        u_ptrs = w_src + (rows_w + H)[:, None] * stride_wn + offs_k[None, :]     # [BN, BK]
     if SWAP_AB:
         acc_g = tl.zeros((BN, BM), dtype=tl.float32)
         acc_u = tl.zeros((BN, BM), dtype=tl.float32)
@@ -63,7 +64,11 @@ def _gate_up_silu_kernel(
         acc_g = tl.zeros((BM, BN), dtype=tl.float32)
         acc_u = tl.zeros((BM, BN), dtype=tl.float32)
     for k in range(0, K, BK):
-        if EVEN_K:
+        if USE_TMA:                      # out-of-bounds rows/cols of a box read as zeros
+            xt = x_src.load([pid_m * BM, k])
+            g = w_src.load([pid_n * BN, k])
+            u = w_src.load([H + pid_n * BN, k])
+        elif EVEN_K:
             xt = tl.load(x_ptrs)
             g = tl.load(g_ptrs)
             u = tl.load(u_ptrs)
@@ -83,14 +88,15 @@ def _gate_up_silu_kernel(
         else:
             acc_g = _mma(xt, tl.trans(g), acc_g, IEEE)
             acc_u = _mma(xt, tl.trans(u), acc_u, IEEE)
-        x_ptrs += BK
-        g_ptrs += BK
-        u_ptrs += BK
+        if not USE_TMA:
+            x_ptrs += BK
+            g_ptrs += BK
+            u_ptrs += BK
     # epilogue, mirroring the reference's roundings: gate, up, silu(gate), product -> x.dtype
     dt = a_ptr.dtype.element_ty
     gf = acc_g.to(dt).to(tl.float32)
     uf = acc_u.to(dt).to(tl.float32)
-    s = (gf / (1.0 + tl.exp(-gf))).to(dt).to(tl.float32)
+    s = tl.math.div_rn(gf, 1.0 + tl.exp(-gf)).to(dt).to(tl.float32)
     act = (s * uf).to(dt)
     if SWAP_AB:
         a_ptrs = a_ptr + offs_m.to(tl.int64)[None, :] * stride_am + offs_n[:, None]
@@ -103,11 +109,11 @@ def _gate_up_silu_kernel(
 
 @triton.jit
 def _down_kernel(
-    a_ptr, w_ptr, r_ptr, y_ptr, p_ptr,   # a [M, K], w [N, K], residual [M, N], y [M, N], partials [S, M, N] fp32
-    M, N, K, K_PER_SPLIT,
+    a_src, w_src, r_ptr, y_ptr, p_ptr,   # a [M, K], w [N, K] (pointers or TMA descriptors), residual [M, N],
+    M, N, K, K_PER_SPLIT,                # y [M, N], partials [S, M, N] fp32
     stride_am, stride_wn, stride_rm, stride_ym,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    SWAP_AB: tl.constexpr, EVEN_K: tl.constexpr,
+    SWAP_AB: tl.constexpr, USE_TMA: tl.constexpr, EVEN_K: tl.constexpr,
     SPLIT: tl.constexpr,                 # True: write fp32 partials (reduced by _splitk_reduce_kernel)
     HAS_RES: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
 ):
@@ -118,19 +124,23 @@ def _down_kernel(
     pid_n = pid // num_m
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_n = pid_n * BN + tl.arange(0, BN)
-    offs_k = tl.arange(0, BK)
-    rows_a = (offs_m % M).to(tl.int64)
-    rows_w = (offs_n % N).to(tl.int64)
     k_start = pid_k * K_PER_SPLIT
-    k_len = tl.minimum(K - k_start, K_PER_SPLIT)
-    a_ptrs = a_ptr + rows_a[:, None] * stride_am + (k_start + offs_k)[None, :]   # [BM, BK]
-    w_ptrs = w_ptr + rows_w[:, None] * stride_wn + (k_start + offs_k)[None, :]   # [BN, BK]
+    k_len = tl.minimum(K - k_start, K_PER_SPLIT)   # K_PER_SPLIT % BK == 0: only the last split has a tail
+    if not USE_TMA:
+        offs_k = tl.arange(0, BK)
+        rows_a = (offs_m % M).to(tl.int64)
+        rows_w = (offs_n % N).to(tl.int64)
+        a_ptrs = a_src + rows_a[:, None] * stride_am + (k_start + offs_k)[None, :]   # [BM, BK]
+        w_ptrs = w_src + rows_w[:, None] * stride_wn + (k_start + offs_k)[None, :]   # [BN, BK]
     if SWAP_AB:
         acc = tl.zeros((BN, BM), dtype=tl.float32)
     else:
         acc = tl.zeros((BM, BN), dtype=tl.float32)
     for k in range(0, k_len, BK):
-        if EVEN_K:
+        if USE_TMA:
+            at = a_src.load([pid_m * BM, k_start + k])
+            wt = w_src.load([pid_n * BN, k_start + k])
+        elif EVEN_K:
             at = tl.load(a_ptrs)
             wt = tl.load(w_ptrs)
         else:
@@ -144,8 +154,9 @@ def _down_kernel(
             acc = _mma(wt, tl.trans(at), acc, IEEE)
         else:
             acc = _mma(at, tl.trans(wt), acc, IEEE)
-        a_ptrs += BK
-        w_ptrs += BK
+        if not USE_TMA:
+            a_ptrs += BK
+            w_ptrs += BK
     if SWAP_AB:
         om = offs_m.to(tl.int64)[None, :]
         on = offs_n[:, None]
@@ -197,45 +208,63 @@ def _clamp_pow2(n: int, lo: int, hi: int) -> int:
 def gate_up_config(M: int, N: int, K: int, dtype: torch.dtype, interpret: Optional[bool] = None) -> dict:
     """Meta-parameters of the gate-up kernel for ``x [M, K]`` and ``N = h`` activation columns.
 
-    A deterministic function of the shape (no autotuning). ``M`` small (decode) swaps operands so the
-    weight rows fill the MMA's M dimension and picks narrow ``BN`` for enough programs in flight.
+    A deterministic function of the shape (no autotuning), chosen from a sweep on an H200
+    (scripts/bench_mlp_norm_rope.py --sweep). ``M <= 64`` (decode) swaps operands so the weight rows fill
+    the MMA's M dimension. ``TMA``: load tiles through host-made TMA descriptors when the tensors allow.
     """
     interpret = is_interpreter() if interpret is None else interpret
     if interpret:  # big blocks, small grids: the interpreter pays per program, not per element
         return dict(BM=_clamp_pow2(M, 16, 64), BN=_clamp_pow2(N, 16, 128), BK=_clamp_pow2(K, 16, 256),
-                    SWAP_AB=False, num_warps=4, num_stages=1)
+                    SWAP_AB=False, TMA=False, num_warps=4, num_stages=1)
     if dtype == torch.float32:  # correctness path (IEEE fp32 dots), not tuned
-        return dict(BM=_clamp_pow2(M, 16, 32), BN=32, BK=32, SWAP_AB=False, num_warps=4, num_stages=2)
+        return dict(BM=_clamp_pow2(M, 16, 32), BN=32, BK=32, SWAP_AB=False, TMA=False, num_warps=4, num_stages=2)
     if M <= 64:
-        return dict(BM=_clamp_pow2(M, 16, 64), BN=64, BK=128, SWAP_AB=True, num_warps=4, num_stages=4)
+        return dict(BM=_clamp_pow2(M, 16, 64), BN=128, BK=128, SWAP_AB=True, TMA=False, num_warps=8, num_stages=3)
     if M <= 256:
-        return dict(BM=64, BN=128, BK=64, SWAP_AB=False, num_warps=4, num_stages=4)
-    return dict(BM=128, BN=64, BK=64, SWAP_AB=False, num_warps=8, num_stages=4)
+        return dict(BM=128, BN=64, BK=128, SWAP_AB=False, TMA=False, num_warps=8, num_stages=3)
+    return dict(BM=128, BN=128, BK=64, SWAP_AB=False, TMA=False, num_warps=8, num_stages=4)
 
 
 def down_config(M: int, N: int, K: int, dtype: torch.dtype, interpret: Optional[bool] = None) -> dict:
-    """Meta-parameters of the down kernel for ``a [M, K] @ w[N, K].T`` (``SPLIT_K`` > 1: fp32 partials)."""
+    """Meta-parameters of the down kernel for ``a [M, K] @ w[N, K].T`` (``SPLIT_K`` > 1: fp32 partials).
+
+    ``SPLIT_K`` brings the program count to about 256 (2 per SM) when the output has few tiles.
+    """
     interpret = is_interpreter() if interpret is None else interpret
     if interpret:
         return dict(BM=_clamp_pow2(M, 16, 64), BN=_clamp_pow2(N, 16, 128), BK=_clamp_pow2(K, 16, 256),
-                    SWAP_AB=False, SPLIT_K=1, num_warps=4, num_stages=1)
+                    SWAP_AB=False, TMA=False, SPLIT_K=1, num_warps=4, num_stages=1)
     if dtype == torch.float32:
-        return dict(BM=_clamp_pow2(M, 16, 32), BN=32, BK=32, SWAP_AB=False, SPLIT_K=1, num_warps=4,
+        return dict(BM=_clamp_pow2(M, 16, 32), BN=32, BK=32, SWAP_AB=False, TMA=False, SPLIT_K=1, num_warps=4,
                     num_stages=2)
     if M <= 64:
-        BN, BK = 64, 128
-        tiles = triton.cdiv(N, BN) * triton.cdiv(M, _clamp_pow2(M, 16, 64))
-        split = max(1, min(triton.cdiv(K, 4 * BK), triton.cdiv(4 * 132, tiles)))
-        return dict(BM=_clamp_pow2(M, 16, 64), BN=BN, BK=BK, SWAP_AB=True, SPLIT_K=split, num_warps=4,
-                    num_stages=4)
-    if M <= 256:
-        return dict(BM=64, BN=128, BK=64, SWAP_AB=False, SPLIT_K=1, num_warps=4, num_stages=4)
-    return dict(BM=128, BN=128, BK=64, SWAP_AB=False, SPLIT_K=1, num_warps=8, num_stages=4)
+        cfg = dict(BM=_clamp_pow2(M, 16, 64), BN=64, BK=128, SWAP_AB=True, TMA=False, num_warps=4, num_stages=4)
+    elif M <= 256:
+        cfg = dict(BM=64, BN=128, BK=64, SWAP_AB=False, TMA=False, num_warps=4, num_stages=4)
+    else:
+        cfg = dict(BM=128, BN=128, BK=64, SWAP_AB=False, TMA=False, num_warps=8, num_stages=4)
+    tiles = triton.cdiv(M, cfg["BM"]) * triton.cdiv(N, cfg["BN"])
+    cfg["SPLIT_K"] = max(1, min(triton.cdiv(K, 8 * cfg["BK"]), 256 // tiles))
+    return cfg
 
 
 def _flags(dtype: torch.dtype) -> dict:
     interp = is_interpreter()
     return dict(UPCAST=interp and dtype == torch.bfloat16, IEEE=dtype == torch.float32 and not interp)
+
+
+def _tma_ok(*ts: torch.Tensor) -> bool:
+    """TMA descriptors need 16-byte aligned bases and row strides and a contiguous last dim."""
+    return all(t.data_ptr() % 16 == 0 and t.stride(-1) == 1 and (t.stride(0) * t.element_size()) % 16 == 0
+               for t in ts)
+
+
+def _sources(cfg: dict, pairs):
+    """Kernel operands: the tensors themselves, or TMA descriptors of the given boxes."""
+    if cfg.get("TMA", False) and _tma_ok(*(t for t, _ in pairs)):
+        from triton.tools.tensor_descriptor import TensorDescriptor
+        return True, [TensorDescriptor.from_tensor(t, list(box)) for t, box in pairs]
+    return False, [t for t, _ in pairs]
 
 
 def _launch_gate_up(x: torch.Tensor, w_gate_up: torch.Tensor, act: torch.Tensor, config: Optional[dict] = None):
@@ -244,11 +273,12 @@ def _launch_gate_up(x: torch.Tensor, w_gate_up: torch.Tensor, act: torch.Tensor,
     H = w_gate_up.shape[0] // 2
     cfg = dict(gate_up_config(M, H, K, x.dtype)) if config is None else dict(config)
     BM, BN, BK = cfg["BM"], cfg["BN"], cfg["BK"]
+    use_tma, (x_src, w_src) = _sources(cfg, [(x, (BM, BK)), (w_gate_up, (BN, BK))])
     grid = (triton.cdiv(M, BM) * triton.cdiv(H, BN),)
     _gate_up_silu_kernel[grid](
-        x, w_gate_up, act, M, H, K,
+        x_src, w_src, act, M, H, K,
         x.stride(0), w_gate_up.stride(0), act.stride(0),
-        BM=BM, BN=BN, BK=BK, SWAP_AB=cfg["SWAP_AB"], EVEN_K=(K % BK == 0), **_flags(x.dtype),
+        BM=BM, BN=BN, BK=BK, SWAP_AB=cfg["SWAP_AB"], USE_TMA=use_tma, EVEN_K=(K % BK == 0), **_flags(x.dtype),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return act
@@ -272,11 +302,12 @@ def _launch_down(act: torch.Tensor, w_down: torch.Tensor, residual: Optional[tor
             raise ValueError(f"partials must be a contiguous fp32 [>= {split}, {M}, {N}] tensor, "
                              f"got {tuple(partials.shape)}")
     p = partials if split > 1 else out
+    use_tma, (a_src, w_src) = _sources(cfg, [(act, (BM, BK)), (w_down, (BN, BK))])
     grid = (triton.cdiv(M, BM) * triton.cdiv(N, BN), split)
     _down_kernel[grid](
-        act, w_down, r, out, p, M, N, K, k_per_split,
+        a_src, w_src, r, out, p, M, N, K, k_per_split,
         act.stride(0), w_down.stride(0), r.stride(0), out.stride(0),
-        BM=BM, BN=BN, BK=BK, SWAP_AB=cfg["SWAP_AB"], EVEN_K=(K % BK == 0), SPLIT=split > 1,
+        BM=BM, BN=BN, BK=BK, SWAP_AB=cfg["SWAP_AB"], USE_TMA=use_tma, EVEN_K=(K % BK == 0), SPLIT=split > 1,
         HAS_RES=has_res, **_flags(act.dtype),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )

@@ -67,7 +67,7 @@ def rope_config(B: int, T: int, G: int, H: int, D: int, interpret: Optional[bool
     # halve the heads per program until there are >= ~4 programs per SM (132 SMs) or one head each
     while block_h > 1 and B * T * G * triton.cdiv(H, block_h) < 528:
         block_h //= 2
-    while block_h > 1 and block_h * block_d2 > 4096:
+    while block_h > 1 and block_h * block_d2 > 1024:  # H200 sweep, B=32: 16 heads x 64 best (4 warps)
         block_h //= 2
     elems = block_h * block_d2
     num_warps = max(1, min(8, elems // 256))

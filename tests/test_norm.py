@@ -140,16 +140,15 @@ _COMPILE = textwrap.dedent("""
     sys.path.insert(0, {root!r})
     from kernels._common import compile_for
     from kernels import norm
-    for dt in ("bf16", "fp16"):
-        for R, N in ((32, 4096), (1024, 64), (8, 20000)):
-            c = norm.norm_config(R, N, interpret=False)
-            for has_res in (False, True):
-                compile_for(norm._rms_norm_kernel,
-                            dict(x_ptr="*" + dt, r_ptr="*" + dt, w_ptr="*" + dt, y_ptr="*" + dt, h_ptr="*" + dt,
-                                 R="i32", N="i32", eps="fp32", stride_x="i32", stride_r="i32", stride_y="i32",
-                                 stride_h="i32"),
-                            dict(BLOCK_R=c["BLOCK_R"], BLOCK_N=c["BLOCK_N"], NUM_CHUNKS=c["NUM_CHUNKS"],
-                                 HAS_RES=has_res))
+    # bf16: single-chunk with/without residual, multi-row tiles, multi-chunk; fp16: the decode shape
+    for dt, R, N, has_res in (("bf16", 32, 4096, False), ("bf16", 32, 4096, True), ("bf16", 1024, 64, True),
+                              ("bf16", 8, 20000, True), ("fp16", 32, 4096, True)):
+        c = norm.norm_config(R, N, interpret=False)
+        compile_for(norm._rms_norm_kernel,
+                    dict(x_ptr="*" + dt, r_ptr="*" + dt, w_ptr="*" + dt, y_ptr="*" + dt, h_ptr="*" + dt,
+                         R="i32", N="i32", eps="fp32", stride_x="i32", stride_r="i32", stride_y="i32",
+                         stride_h="i32"),
+                    dict(BLOCK_R=c["BLOCK_R"], BLOCK_N=c["BLOCK_N"], NUM_CHUNKS=c["NUM_CHUNKS"], HAS_RES=has_res))
     print("ok")
 """)
 

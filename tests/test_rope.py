@@ -185,13 +185,12 @@ _COMPILE = textwrap.dedent("""
     sys.path.insert(0, {root!r})
     from kernels._common import compile_for
     from kernels import rope
-    for dt in ("bf16", "fp16"):
-        for B in (1, 32):
-            c = rope.rope_config(B, 32, 1, 32, 128, interpret=False)
-            sig = dict(x_ptr="*" + dt, o_ptr="*" + dt, cos_ptr="*fp32", sin_ptr="*fp32", T="i32", H="i32")
-            sig.update({{n: "i64" for n in ("sxb", "sxt", "sxg", "sxh", "sxd", "sob", "sot", "sog", "soh", "sod")}})
-            sig.update(sct="i32", sst="i32")
-            compile_for(rope._rope_kernel, sig, dict(HALF=64, BLOCK_H=c["BLOCK_H"], BLOCK_D2=c["BLOCK_D2"]))
+    for dt, B in (("bf16", 1), ("bf16", 32), ("fp16", 32)):
+        c = rope.rope_config(B, 32, 1, 32, 128, interpret=False)
+        sig = dict(x_ptr="*" + dt, o_ptr="*" + dt, cos_ptr="*fp32", sin_ptr="*fp32", T="i32", H="i32")
+        sig.update({{n: "i64" for n in ("sxb", "sxt", "sxg", "sxh", "sxd", "sob", "sot", "sog", "soh", "sod")}})
+        sig.update(sct="i32", sst="i32")
+        compile_for(rope._rope_kernel, sig, dict(HALF=64, BLOCK_H=c["BLOCK_H"], BLOCK_D2=c["BLOCK_D2"]))
     print("ok")
 """)
 
