@@ -23,7 +23,8 @@ DTYPES = [
     pytest.param(torch.bfloat16, id="bf16", marks=GPU),
 ]
 # (M, d, h): decode-odd rows, the tiny golden model (d=64, h=176), d/h not multiples of any block
-SHAPES = [(1, 64, 176), (7, 96, 176), (32, 64, 176), (33, 96, 176)]
+# (M = 70: on the GPU the prefill-sized path with TMA loads)
+SHAPES = [(1, 64, 176), (7, 96, 176), (32, 64, 176), (33, 96, 176), (70, 64, 176)]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -208,7 +209,7 @@ _COMPILE = textwrap.dedent("""
     d, h = 4096, 12288
     for dt, tdt in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
         cands = [(M, mlp.gate_up_config(M, h, d, tdt, interpret=False), mlp.down_config(M, d, h, tdt, interpret=False))
-                 for M in (32, 1024)]  # decode (operand swap, split-K) and prefill-sized variants
+                 for M in ((16, 32, 64, 256, 1024) if dt == "bf16" else (32, 1024))]  # every distinct config
         if dt == "bf16":  # the TMA variants once (the dtype changes nothing in their structure)
             cands.append((32, dict(BM=32, BN=64, BK=128, SWAP_AB=True, TMA=True, num_warps=4, num_stages=4),
                           dict(BM=32, BN=64, BK=128, SWAP_AB=True, TMA=True, SPLIT_K=4, num_warps=4, num_stages=4)))
