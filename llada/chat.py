@@ -17,10 +17,26 @@ Messages = Union[str, Sequence[dict]]
 
 
 def load_tokenizer(path: str):
-    """``transformers.AutoTokenizer`` from a checkpoint folder (offline; no remote code)."""
-    from transformers import AutoTokenizer
+    """The checkpoint's tokenizer (offline; never runs remote code).
 
-    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    LLaDA folders name ``PreTrainedTokenizerFast`` in ``tokenizer_config.json``; that class is loaded
+    directly, so transformers does not look at the model's ``config.json`` (whose ``auto_map`` points
+    at remote modeling code). Other tokenizer classes go through ``AutoTokenizer``.
+    """
+    import json
+    import os
+
+    import transformers
+
+    cls_name = None
+    cfg_path = os.path.join(path, "tokenizer_config.json")
+    if os.path.isfile(cfg_path):
+        with open(cfg_path) as f:
+            cls_name = json.load(f).get("tokenizer_class")
+    cls = getattr(transformers, cls_name, None) if cls_name else None
+    if cls is None:
+        cls = transformers.AutoTokenizer
+    return cls.from_pretrained(path, local_files_only=True, trust_remote_code=False)
 
 
 def chat_prompt_ids(tokenizer, messages: Messages, *, chat_template: bool = True) -> List[int]:
