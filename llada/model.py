@@ -103,7 +103,7 @@ def forward_hidden(params: Params, cfg: LLaDAConfig, tokens: torch.Tensor, *,
             # the MLP fuses the second residual add: h = h + down(silu(gate) * up)
             h = ops.mlp(f.reshape(B * T, -1), lp.w_gate_up, lp.w_down, h.reshape(B * T, -1)).view(B, T, -1)
     if rows is not None:
-        h = h[:, rows]
+        h = h[:, rows].contiguous()  # the selected rows, packed for the row-wise kernels
     return ops.rms_norm(h, params.ln_f, eps)
 
 
