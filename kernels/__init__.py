@@ -15,16 +15,18 @@ __all__ = [
     "swiglu_mlp",
     "head_confidence",
     "select_transfer",
+    "select_commit",
     "reference",
 ]
 
 _LAZY = {
     "block_attention": "kernels.attention",
     "rms_norm": "kernels.norm",
-    "rope": "kernels.rope",
+    "rope": "kernels.rotary",
     "swiglu_mlp": "kernels.mlp",
     "head_confidence": "kernels.remask",
     "select_transfer": "kernels.remask",
+    "select_commit": "kernels.remask",
 }
 
 

@@ -76,7 +76,7 @@ def triton_ops(**overrides) -> Ops:
     from kernels.mlp import swiglu_mlp
     from kernels.norm import rms_norm
     from kernels.remask import head_confidence, select_transfer
-    from kernels.rope import rope
+    from kernels.rotary import rope
 
     ops = Ops(name="triton", linear=_linear_ref, rms_norm=rms_norm, rope=rope, attention=block_attention,
               mlp=swiglu_mlp, head=head_confidence, select=select_transfer)

@@ -1,4 +1,4 @@
-"""Time kernels.mlp / kernels.norm / kernels.rope against torch at LLaDA-8B shapes (bf16, one GPU).
+"""Time kernels.mlp / kernels.norm / kernels.rotary against torch at LLaDA-8B shapes (bf16, one GPU).
 
 python scripts/bench_mlp_norm_rope.py [--sweep] [--out DIR] [--budget-s 200]
 
@@ -51,7 +51,7 @@ def main(sweep: bool, out: str, budget_s: float, dry_run: bool = False):
             return (time.perf_counter() - t) * 1e3
         do_bench_cudagraph = do_bench  # noqa: F811
 
-    from kernels import mlp, norm, rope as rope_mod
+    from kernels import mlp, norm, rotary as rope_mod
     from kernels.reference import rms_norm_ref, rope_ref, rope_tables, swiglu_mlp_ref
 
     os.makedirs(out, exist_ok=True)

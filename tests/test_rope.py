@@ -1,4 +1,4 @@
-"""kernels.rope.rope / rope_qk_ against kernels.reference.rope_ref.
+"""kernels.rotary.rope / rope_qk_ against kernels.reference.rope_ref.
 
 Tolerance (derived): the kernel's max error against an fp64 evaluation (fp64 x, fp64 tables built from
 the same fp32 values) may be at most 2x the torch reference's error at the same precision plus one ulp
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from kernels.reference import rope_ref, rope_tables
-from kernels.rope import _launch, rope, rope_config, rope_qk_
+from kernels.rotary import _launch, rope, rope_config, rope_qk_
 
 GPU = pytest.mark.gpu
 DTYPES = [
@@ -184,7 +184,7 @@ _COMPILE = textwrap.dedent("""
     import sys
     sys.path.insert(0, {root!r})
     from kernels._common import compile_for
-    from kernels import rope
+    from kernels import rotary as rope
     for dt, B in (("bf16", 1), ("bf16", 32), ("fp16", 32)):
         c = rope.rope_config(B, 32, 1, 32, 128, interpret=False)
         sig = dict(x_ptr="*" + dt, o_ptr="*" + dt, cos_ptr="*fp32", sin_ptr="*fp32", T="i32", H="i32")
