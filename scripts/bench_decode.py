@@ -143,8 +143,9 @@ def main(argv=None):
                         sec, n = time_decode(params, cfg, ops, policy=policy, B=B, P=P, G=G, Lb=args.block_length,
                                              graphs=graphs, timed_steps=args.timed_steps)
                         err = ""
-                    except torch.cuda.OutOfMemoryError as e:  # report, do not hide
-                        sec, n, err = float("nan"), 0, f"OOM: {str(e)[:80]}"
+                    except Exception as e:  # report in the row, do not hide; go on with the sweep
+                        sec, n, err = float("nan"), 0, f"{type(e).__name__}: {str(e)[:160]}"
+                        print(f"{policy} {provider} B={B} {P}x{G} failed: {err}", flush=True)
                         torch.cuda.empty_cache()
                     row = dict(policy=policy, provider=provider, batch=B, prompt=P, gen=G, block=args.block_length,
                                ms_per_step=round(sec * 1e3, 3), tokens_per_s=round(B / sec, 1),
