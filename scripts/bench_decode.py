@@ -29,16 +29,42 @@ LLADA_8B = dict(d_model=4096, n_heads=32, n_kv_heads=32, n_layers=32, mlp_hidden
                 pad_token_id=126081, bos_token_id=126080, eot_token_id=126348)
 
 
-def env_info():
+def env_info(sha=None):
     import torch
     import triton
 
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                             text=True).stdout.strip()
-    except OSError:
-        sha = "unknown"
-    return dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__, sha=sha)
+    if not sha:
+        try:
+            sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                 text=True).stdout.strip()
+        except OSError:
+            sha = ""
+    return dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
+                sha=sha or "unknown")
+
+
+def render(csv_path, md_path=None):
+    """Markdown table of a bench_decode CSV (fast path beside the reference path of the same run)."""
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise SystemExit(f"{csv_path} has no rows")
+    r0 = rows[0]
+    lines = [f"# Decode speed, LLaDA-8B shape (random bf16 weights)", "",
+             f"{r0['gpu']}, torch {r0['torch']}, triton {r0['triton']}, git {r0['sha']}; measured copy bandwidth "
+             f"{r0['copy_tbps']} TB/s, bf16 matmul {r0['matmul_tflops']} TFLOP/s. One token per step per row, "
+             f"block {r0['block']}, temperature 0; steps timed from block 1 on after a warm-up call of the same "
+             f"shape. `floor` = max(weights + KV bytes / copy bandwidth, FLOPs / matmul peak) for one step.", "",
+             "| policy | batch | prompt x gen | provider | ms/step | tokens/s | floor ms | % of floor | peak GiB | note |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['policy']} | {r['batch']} | {r['prompt']}x{r['gen']} | {r['provider']} | {r['ms_per_step']} | "
+                     f"{r['tokens_per_s']} | {r['floor_ms']} | {r['pct_of_floor']} | {r['peak_gib']} | {r['error']} |")
+    text = "\n".join(lines) + "\n"
+    if md_path:
+        with open(md_path, "w") as f:
+            f.write(text)
+    return text
 
 
 def measure_roofline():
@@ -117,13 +143,18 @@ def main(argv=None):
     p.add_argument("--no-reference", action="store_true", help="skip the torch reference path")
     p.add_argument("--reference-max-batch", type=int, default=8)
     p.add_argument("--out", default=os.path.join(ROOT, "results", "bench_decode.csv"))
+    p.add_argument("--sha", default=None, help="git sha to record (when the run has no .git)")
+    p.add_argument("--render", metavar="CSV", help="only render CSV to markdown beside it, then exit")
     args = p.parse_args(argv)
+    if args.render:
+        print(render(args.render, os.path.splitext(args.render)[0] + ".md"))
+        return []
     import torch
 
     from llada import LLaDAConfig, REFERENCE_OPS, init_params, triton_ops
 
     cfg = LLaDAConfig(**LLADA_8B)
-    info = env_info()
+    info = env_info(args.sha)
     bw, flops = measure_roofline()
     print(f"{info} copy {bw / 1e12:.2f} TB/s, bf16 matmul {flops / 1e12:.0f} TFLOP/s", flush=True)
     params = init_params(cfg, device="cuda", dtype=torch.bfloat16)
