@@ -298,20 +298,31 @@ def _id_args(name: str, ids: Sequence[int], lo: int, hi: int):
     return ids + [-1] * (MAX_SPECIAL_IDS - len(ids)), len(ids)
 
 
-def _head_config(M: int, V: int, D: int, dtype: torch.dtype, cfg: bool, interpret: bool) -> dict:
-    """Fixed meta-parameters per case (no autotune): a pure function of the shape and mode."""
+def _head_config(M: int, V: int, D: int, dtype: torch.dtype, cfg: bool, interpret: bool,
+                 sample: bool = False) -> dict:
+    """Fixed meta-parameters per case (no autotune): a pure function of the shape and mode.
+
+    GPU choices (bf16/fp16) were timed on an H200 (scripts/bench_remask.py --sweep, triton 3.6): the T=0
+    configs are within ~3% of the best of the sweep at M = 32 / 256 / 1024. With Gumbel sampling the
+    Philox epilogue needs more registers: 128x256 and 128x128 tiles spill (ptxas: 255 regs + 2.6 / 1 KB
+    stack for sm_90), so sampling uses 64-wide vocab tiles above 32 rows (spill-free, 128-182 regs).
+    """
     if interpret:  # big blocks, small grids: numpy vectorises inside a block
         return dict(BLOCK_M=min(_pow2(max(M, 16)), 128), BLOCK_V=min(_pow2(max(V, 16)), 16384),
                     BLOCK_K=min(_pow2(max(D, 16)), 128), SWAP_AB=False, num_warps=4, num_stages=1)
     if dtype == torch.float32:  # exact fp32 FMA path (tests); not a performance path
         return dict(BLOCK_M=32, BLOCK_V=64, BLOCK_K=32, SWAP_AB=False, num_warps=4, num_stages=2)
-    if M <= 64:  # weight-streaming bound: W rows as the MMA M dimension
+    if M <= 32 or (M <= 64 and not sample):  # weight-streaming bound: W rows as the MMA M dimension
         bm = 16 if M <= 16 else (32 if M <= 32 else 64)
         return dict(BLOCK_M=bm, BLOCK_V=128, BLOCK_K=128, SWAP_AB=True, num_warps=4,
                     num_stages=3 if cfg else 4)
+    if sample:
+        if M <= 64:
+            return dict(BLOCK_M=64, BLOCK_V=64, BLOCK_K=128, SWAP_AB=True, num_warps=4,
+                        num_stages=3 if cfg else 4)
+        return dict(BLOCK_M=128, BLOCK_V=64, BLOCK_K=64, SWAP_AB=False, num_warps=8, num_stages=3 if cfg else 4)
     if M <= 128 or cfg:
-        return dict(BLOCK_M=128 if M > 64 else 64, BLOCK_V=128, BLOCK_K=64, SWAP_AB=False, num_warps=8,
-                    num_stages=3)
+        return dict(BLOCK_M=128, BLOCK_V=128, BLOCK_K=64, SWAP_AB=False, num_warps=8, num_stages=3)
     return dict(BLOCK_M=128, BLOCK_V=256, BLOCK_K=64, SWAP_AB=False, num_warps=8, num_stages=3)
 
 
@@ -347,7 +358,7 @@ def _head_confidence_launch(hidden, w_head, x0, conf, *, temperature, seed, offs
         return x0, conf
 
     interpret = is_interpreter()
-    c = dict(_head_config(M, V, D, hidden.dtype, cfg, interpret))
+    c = dict(_head_config(M, V, D, hidden.dtype, cfg, interpret, sample=temperature > 0))
     if config:
         c.update(config)
     BM, BV, BK = c["BLOCK_M"], c["BLOCK_V"], c["BLOCK_K"]
