@@ -22,6 +22,7 @@ __all__ = [
     "rms_norm_ref",
     "rope_tables",
     "rope_ref",
+    "qkv_rope_cache_ref",
     "block_attention_ref",
     "swiglu_mlp_ref",
     "head_confidence_ref",
@@ -72,6 +73,39 @@ def rope_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Ten
     c = cos[None, :, None, :]
     s = sin[None, :, None, :]
     return ((xf * c) + (rot * s)).to(x.dtype)
+
+
+def qkv_rope_cache_ref(qkv: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.Tensor, start,
+                       k_cache: Optional[torch.Tensor] = None, v_cache: Optional[torch.Tensor] = None, *,
+                       n_heads: int):
+    """RoPE on the q and k heads of a fused projection, then the keys/values into the KV cache.
+
+    qkv: ``[B, T, H + 2 Hkv, D]`` (heads q, then k, then v); cos_table, sin_table: fp32 ``[L, D]``
+    for absolute positions; start: int or 0-dim int64 device tensor, the position of token 0 (token t
+    sits at ``start + t``). With caches (``[B, T_max, Hkv, D]``) the rotated keys and the values are
+    written at slots ``[start, start + T)`` and ``(q, k_cache, v_cache)`` is returned; without, the
+    rotated ``(q, k, v)``. The Triton version rotates q (and k without a cache) in place in ``qkv``.
+    """
+    B, T, NH, D = qkv.shape
+    H = n_heads
+    Hkv = (NH - H) // 2
+    if isinstance(start, torch.Tensor):
+        pos = start + torch.arange(T, device=qkv.device)
+        cos, sin = cos_table.index_select(0, pos), sin_table.index_select(0, pos)
+    else:
+        cos, sin = cos_table[start:start + T], sin_table[start:start + T]
+    q = rope_ref(qkv[:, :, :H], cos, sin)
+    k = rope_ref(qkv[:, :, H:H + Hkv], cos, sin)
+    v = qkv[:, :, H + Hkv:]
+    if k_cache is None:
+        return q, k, v
+    if isinstance(start, torch.Tensor):
+        k_cache.index_copy_(1, pos, k)
+        v_cache.index_copy_(1, pos, v)
+    else:
+        k_cache[:, start:start + T] = k
+        v_cache[:, start:start + T] = v
+    return q, k_cache, v_cache
 
 
 # ------------------------------------------------------------------------------------- attention

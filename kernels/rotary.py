@@ -15,7 +15,7 @@ import triton.language as tl
 
 from kernels._common import check_tensor, is_interpreter
 
-__all__ = ["rope", "rope_qk_"]
+__all__ = ["rope", "rope_qk_", "qkv_rope_cache"]
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -53,6 +53,62 @@ def _rope_kernel(
     o2 = x2 * c2 + x1 * s2
     tl.store(o1_ptrs, o1.to(dt), mask=mask)
     tl.store(o1_ptrs + HALF * sod, o2.to(dt), mask=mask)
+
+
+@triton.jit
+def _qkv_rope_cache_kernel(
+    qkv_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, start_ptr, start_val,
+    T, H, HKV, n_rows_q,
+    sqb, sqt, sqh, sqd,                  # qkv [B, T, H + 2 HKV, D]
+    skb, skt, skh, skd,                  # k cache [B, T_max, HKV, D]
+    svb, svt, svh, svd,                  # v cache
+    sct,                                 # row stride of the cos / sin tables [L, D]
+    DYN: tl.constexpr, HAS_CACHE: tl.constexpr, HALF: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_D2: tl.constexpr,
+):
+    # grid: (row tiles, group); a row is one (batch, token, head) of the group: 0 = q (rotated in
+    # place), 1 = k (rotated, into the cache or in place), 2 = v (copied into the cache)
+    g = tl.program_id(1)
+    if DYN:
+        start = tl.load(start_ptr)
+    else:
+        start = start_val
+    nh = tl.where(g == 0, H, HKV)
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rmask = r < tl.where(g == 0, n_rows_q, (n_rows_q // H) * HKV)
+    h = (r % nh).to(tl.int64)
+    bt = r // nh
+    t = (bt % T).to(tl.int64)
+    b = (bt // T).to(tl.int64)
+    pos = (start + t).to(tl.int64)
+    offs_d = tl.arange(0, BLOCK_D2)
+    dmask = offs_d < HALF
+    mask = rmask[:, None] & dmask[None, :]
+    dd = offs_d[None, :]
+    src_h = h + tl.where(g == 0, 0, tl.where(g == 1, H, H + HKV))
+    x1_ptrs = qkv_ptr + (b * sqb + t * sqt + src_h * sqh)[:, None] + dd * sqd
+    x1 = tl.load(x1_ptrs, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(x1_ptrs + HALF * sqd, mask=mask, other=0.0).to(tl.float32)
+    dt = qkv_ptr.dtype.element_ty
+    if g == 2:
+        o_ptrs = vc_ptr + (b * svb + pos * svt + h * svh)[:, None] + dd * svd
+        tl.store(o_ptrs, x1.to(dt), mask=mask)
+        tl.store(o_ptrs + HALF * svd, x2.to(dt), mask=mask)
+    else:
+        row = (pos * sct)[:, None]
+        c1 = tl.load(cos_ptr + row + dd, mask=mask, other=0.0)
+        c2 = tl.load(cos_ptr + row + HALF + dd, mask=mask, other=0.0)
+        s1 = tl.load(sin_ptr + row + dd, mask=mask, other=0.0)
+        s2 = tl.load(sin_ptr + row + HALF + dd, mask=mask, other=0.0)
+        o1 = x1 * c1 + (-x2) * s1
+        o2 = x2 * c2 + x1 * s2
+        if HAS_CACHE and g == 1:
+            o_ptrs = kc_ptr + (b * skb + pos * skt + h * skh)[:, None] + dd * skd
+            tl.store(o_ptrs, o1.to(dt), mask=mask)
+            tl.store(o_ptrs + HALF * skd, o2.to(dt), mask=mask)
+        else:
+            tl.store(x1_ptrs, o1.to(dt), mask=mask)
+            tl.store(x1_ptrs + HALF * sqd, o2.to(dt), mask=mask)
 
 
 # ---------------------------------------------------------------------------------------- launchers
@@ -152,3 +208,63 @@ def rope_qk_(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Ten
         _launch(q.unsqueeze(2), q.unsqueeze(2), cos, sin)
         _launch(k.unsqueeze(2), k.unsqueeze(2), cos, sin)
     return q, k
+
+
+def qkv_rope_cache(qkv: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.Tensor, start,
+                   k_cache: Optional[torch.Tensor] = None, v_cache: Optional[torch.Tensor] = None, *,
+                   n_heads: int):
+    """One launch: RoPE on q and k of a fused projection, and the keys/values into the KV cache.
+
+    qkv: ``[B, T, H + 2 Hkv, D]`` fp16/bf16/fp32, last dim contiguous; its q heads (and, without a
+    cache, its k heads) are rotated *in place*. cos_table, sin_table: fp32 ``[L, D]`` (absolute
+    positions). start: int, or a 0-dim int64 tensor on the device (read in the kernel: CUDA-graph
+    friendly). k_cache, v_cache: ``[B, T_max, Hkv, D]`` of qkv's dtype, written at ``[start, start+T)``
+    (the caller guarantees the slots exist). Returns ``(q, k_cache, v_cache)`` with a cache, else
+    ``(q, k, v)`` (views of ``qkv``). See :func:`kernels.reference.qkv_rope_cache_ref`.
+    """
+    check_tensor("qkv", qkv, ndim=4, dtypes=_DTYPES)
+    B, T, NH, D = qkv.shape
+    H = int(n_heads)
+    if H < 1 or (NH - H) < 2 or (NH - H) % 2 or D % 2:
+        raise ValueError(f"qkv has {NH} heads of dim {D}; with n_heads={H} it must hold H + 2 Hkv heads, D even")
+    Hkv = (NH - H) // 2
+    for name, t in (("cos_table", cos_table), ("sin_table", sin_table)):
+        check_tensor(name, t, ndim=2, dtypes=(torch.float32,))
+        if t.shape[1] != D or t.device != qkv.device or t.stride() != cos_table.stride():
+            raise ValueError(f"{name} must be fp32 [L, {D}] on {qkv.device} like cos_table, got {tuple(t.shape)}")
+    has_cache = k_cache is not None
+    if has_cache != (v_cache is not None):
+        raise ValueError("give both k_cache and v_cache, or neither")
+    if has_cache:
+        for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
+            check_tensor(name, c, ndim=4, dtypes=(qkv.dtype,))
+            if c.shape[0] != B or c.shape[2:] != (Hkv, D) or c.device != qkv.device:
+                raise ValueError(f"{name} must be [{B}, T_max, {Hkv}, {D}] on {qkv.device}, got {tuple(c.shape)}")
+    dyn = isinstance(start, torch.Tensor)
+    if dyn and (start.dim() != 0 or start.device != qkv.device):
+        raise ValueError(f"a tensor start must be 0-dim on {qkv.device}, got shape {tuple(start.shape)}")
+    if not dyn:
+        start = int(start)
+        limit = min(cos_table.shape[0], k_cache.shape[1] if has_cache else cos_table.shape[0])
+        if start < 0 or start + T > limit:
+            raise ValueError(f"positions [{start}, {start + T}) exceed the tables/cache ({limit} slots)")
+    if qkv.numel():
+        n_rows = B * T * H
+        block_d2 = triton.next_power_of_2(D // 2)
+        if is_interpreter():  # few, large programs: the interpreter pays per program
+            block_r = min(triton.next_power_of_2(n_rows), max(1, 16384 // block_d2))
+        else:  # ~1-2K elements per program
+            block_r = max(1, min(triton.next_power_of_2(n_rows), 2048 // block_d2))
+        kc = k_cache if has_cache else qkv
+        vc = v_cache if has_cache else qkv
+        grid = (triton.cdiv(n_rows, block_r), 3 if has_cache else 2)
+        _qkv_rope_cache_kernel[grid](
+            qkv, cos_table, sin_table, kc, vc, start if dyn else qkv, 0 if dyn else start,
+            T, H, Hkv, n_rows, *qkv.stride(), *kc.stride(), *vc.stride(), cos_table.stride(0),
+            DYN=dyn, HAS_CACHE=has_cache, HALF=D // 2, BLOCK_R=block_r, BLOCK_D2=block_d2,
+            num_warps=4 if block_r * block_d2 >= 1024 else 2,
+        )
+    q = qkv[:, :, :H]
+    if has_cache:
+        return q, k_cache, v_cache
+    return q, qkv[:, :, H:H + Hkv], qkv[:, :, H + Hkv:]

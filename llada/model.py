@@ -61,15 +61,8 @@ def forward_hidden(params: Params, cfg: LLaDAConfig, tokens: torch.Tensor, *,
     if dynamic:
         if cache is None or kv_len is None:
             raise ValueError("a tensor start needs a cache and an explicit kv_len")
-        positions = start + torch.arange(T, device=tokens.device)
-        cos = params.rope_cos.index_select(0, positions)
-        sin = params.rope_sin.index_select(0, positions)
-    else:
-        if start < 0 or start + T > params.rope_cos.shape[0]:
-            raise ValueError(f"positions [{start}, {start + T}) exceed max_sequence_length="
-                             f"{params.rope_cos.shape[0]}")
-        cos = params.rope_cos[start:start + T]
-        sin = params.rope_sin[start:start + T]
+    elif start < 0 or start + T > params.rope_cos.shape[0]:
+        raise ValueError(f"positions [{start}, {start + T}) exceed max_sequence_length={params.rope_cos.shape[0]}")
     if cache is not None:
         kv_len = start + T if kv_len is None else kv_len
         if kv_len > cache.t_max or (not dynamic and start + T > cache.t_max):
@@ -83,20 +76,10 @@ def forward_hidden(params: Params, cfg: LLaDAConfig, tokens: torch.Tensor, *,
         with record_function(f"layer{i}"):
             a = ops.rms_norm(h, lp.attn_norm, eps)
             qkv = ops.linear(a, lp.w_qkv).view(B, T, H + 2 * Hkv, D)
-            q, k, v = qkv[:, :, :H], qkv[:, :, H:H + Hkv], qkv[:, :, H + Hkv:]
-            if cfg.rope:
-                q = ops.rope(q, cos, sin)
-                k = ops.rope(k, cos, sin)
-            if cache is not None:
-                kc, vc = cache.k[i], cache.v[i]
-                if dynamic:
-                    kc.index_copy_(1, positions, k)
-                    vc.index_copy_(1, positions, v)
-                else:
-                    kc[:, start:start + T] = k
-                    vc[:, start:start + T] = v
-            else:
-                kc, vc = k, v
+            # RoPE on q and k (fp32 math), rotated keys and values written into the cache slots
+            q, kc, vc = ops.qkv_rope(qkv, params.rope_cos, params.rope_sin, start,
+                                     None if cache is None else cache.k[i], None if cache is None else cache.v[i],
+                                     n_heads=H)
             o = ops.attention(q, kc, vc, kv_len, kv_start, key_end)
             attn = ops.linear(o.reshape(B, T, H * D), lp.w_o)
             f, h = ops.rms_norm(attn, lp.ff_norm, eps, residual=h)

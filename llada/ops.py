@@ -21,7 +21,8 @@ __all__ = ["Ops", "REFERENCE_OPS", "triton_ops"]
 class Ops:
     """Op implementations; each field has the signature of the ``kernels.reference`` function named.
 
-    linear(x, w) -> x @ w.T; rms_norm -> rms_norm_ref; rope -> rope_ref; attention -> block_attention_ref;
+    linear(x, w) -> x @ w.T; rms_norm -> rms_norm_ref; qkv_rope -> qkv_rope_cache_ref (RoPE on q/k of the
+    fused projection + K/V into the cache); attention -> block_attention_ref;
     mlp -> swiglu_mlp_ref; head(hidden, w, *, temperature, seed, offset, banned_ids, no_confidence_ids,
     uncond_hidden, cfg_scale) -> (x0, conf) as head_confidence_ref (noise from (seed, offset));
     select -> select_transfer_ref.
@@ -29,7 +30,7 @@ class Ops:
     name: str
     linear: Callable
     rms_norm: Callable
-    rope: Callable
+    qkv_rope: Callable
     attention: Callable
     mlp: Callable
     head: Callable
@@ -61,7 +62,7 @@ REFERENCE_OPS = Ops(
     name="reference",
     linear=_linear_ref,
     rms_norm=ref.rms_norm_ref,
-    rope=ref.rope_ref,
+    qkv_rope=ref.qkv_rope_cache_ref,
     attention=ref.block_attention_ref,
     mlp=_mlp_ref,
     head=_head_ref,
@@ -76,9 +77,9 @@ def triton_ops(**overrides) -> Ops:
     from kernels.mlp import swiglu_mlp
     from kernels.norm import rms_norm
     from kernels.remask import head_confidence, select_transfer
-    from kernels.rotary import rope
+    from kernels.rotary import qkv_rope_cache
 
-    ops = Ops(name="triton", linear=_linear_ref, rms_norm=rms_norm, rope=rope, attention=block_attention,
+    ops = Ops(name="triton", linear=_linear_ref, rms_norm=rms_norm, qkv_rope=qkv_rope_cache, attention=block_attention,
               mlp=swiglu_mlp, head=head_confidence, select=select_transfer)
     if overrides:
         from dataclasses import replace

@@ -100,6 +100,8 @@ def _empty_params(cfg: LLaDAConfig, device, dtype) -> Params:
     e = lambda k: torch.empty(s[k], device=device, dtype=dtype)  # noqa: E731
     layers = [LayerParams(**{f.name: e(f.name) for f in fields(LayerParams)}) for _ in range(cfg.n_layers)]
     cos, sin = rope_tables(cfg.head_dim, cfg.rope_theta, cfg.max_sequence_length, device)
+    if not cfg.rope:  # identity rotation: x * 1 + rotate_half(x) * 0 == x exactly
+        cos, sin = torch.ones_like(cos), torch.zeros_like(sin)
     wte = e("wte")
     return Params(wte=wte, layers=layers, ln_f=e("ln_f"), lm_head=wte if cfg.weight_tying else e("lm_head"),
                   rope_cos=cos, rope_sin=sin)

@@ -191,6 +191,16 @@ _COMPILE = textwrap.dedent("""
         sig.update({{n: "i64" for n in ("sxb", "sxt", "sxg", "sxh", "sxd", "sob", "sot", "sog", "soh", "sod")}})
         sig.update(sct="i32", sst="i32")
         compile_for(rope._rope_kernel, sig, dict(HALF=64, BLOCK_H=c["BLOCK_H"], BLOCK_D2=c["BLOCK_D2"]))
+    for dt in ("bf16", "fp16"):
+        for dyn, cache in ((True, True), (False, False)):
+            sig = dict(qkv_ptr="*" + dt, cos_ptr="*fp32", sin_ptr="*fp32", kc_ptr="*" + dt, vc_ptr="*" + dt,
+                       start_ptr="*i64" if dyn else "*" + dt, start_val="i32", T="i32", H="i32", HKV="i32",
+                       n_rows_q="i32")
+            sig.update({{n: "i64" for n in ("sqb", "sqt", "sqh", "sqd", "skb", "skt", "skh", "skd",
+                                            "svb", "svt", "svh", "svd")}})
+            sig.update(sct="i32")
+            compile_for(rope._qkv_rope_cache_kernel, sig,
+                        dict(DYN=dyn, HAS_CACHE=cache, HALF=64, BLOCK_R=32, BLOCK_D2=64))
     print("ok")
 """)
 
@@ -202,3 +212,52 @@ def test_compile_sm90():
     res = subprocess.run([sys.executable, "-c", _COMPILE.format(root=ROOT)], env=env, capture_output=True,
                          text=True, timeout=300)
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-4000:]
+
+
+QKV_SHAPES = [(1, 1, 2, 2, 32), (2, 7, 4, 2, 64), (3, 33, 2, 2, 32), (1, 32, 4, 4, 128)]
+
+
+@pytest.mark.parametrize("shape", QKV_SHAPES, ids=["B{}-T{}-H{}-Hkv{}-D{}".format(*s) for s in QKV_SHAPES])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dynamic", [False, True], ids=["int-start", "tensor-start"])
+@pytest.mark.parametrize("cached", [True, False], ids=["cache", "no-cache"])
+def test_qkv_rope_cache(shape, dtype, dynamic, cached, device):
+    """Fused RoPE + KV-cache write equals the reference bit for bit (same fp32 formula, one rounding);
+    cache slots outside [start, start + T) are never touched."""
+    from kernels.reference import qkv_rope_cache_ref
+    from kernels.rotary import qkv_rope_cache
+
+    B, T, H, Hkv, D = shape
+    g = torch.Generator().manual_seed(1)
+    qkv = torch.randn(B, T, H + 2 * Hkv, D, generator=g).to(device=device, dtype=dtype)
+    cos, sin = rope_tables(D, 500000.0, 64)
+    cos, sin = cos.to(device), sin.to(device)
+    start = 5
+    st = torch.tensor(start, device=device) if dynamic else start
+    kc = torch.full((B, 64, Hkv, D), float("nan"), device=device, dtype=dtype) if cached else None
+    vc = kc.clone() if cached else None
+    ref = qkv_rope_cache_ref(qkv.clone(), cos, sin, st, None if kc is None else kc.clone(),
+                             None if vc is None else vc.clone(), n_heads=H)
+    out = qkv_rope_cache(qkv, cos, sin, st, kc, vc, n_heads=H)
+    for name, a, b in zip("qkv", out, ref):
+        if cached and name != "q":
+            assert torch.isnan(a[:, :start]).all() and torch.isnan(a[:, start + T:]).all(), name
+            a, b = a[:, start:start + T], b[:, start:start + T]
+        if name == "v" or device == "cpu":
+            assert torch.equal(a, b), name
+        else:  # the GPU may contract x * c + y * s into an FMA: one fp32 rounding apart before the cast
+            torch.testing.assert_close(a, b, rtol=2 * torch.finfo(dtype).eps, atol=2 * torch.finfo(dtype).eps)
+    assert out[0].data_ptr() == qkv.data_ptr()  # q rotated in place
+
+
+def test_qkv_rope_cache_validation():
+    from kernels.rotary import qkv_rope_cache
+
+    cos, sin = rope_tables(32, 500000.0, 16)
+    qkv = torch.randn(1, 4, 6, 32)
+    with pytest.raises(ValueError, match="n_heads=3"):
+        qkv_rope_cache(qkv, cos, sin, 0, n_heads=3)
+    with pytest.raises(ValueError, match=r"positions \[14, 18\)"):
+        qkv_rope_cache(qkv, cos, sin, 14, n_heads=2)
+    with pytest.raises(ValueError, match="both k_cache and v_cache"):
+        qkv_rope_cache(qkv, cos, sin, 0, torch.zeros(1, 8, 2, 32), n_heads=2)
