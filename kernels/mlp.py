@@ -25,7 +25,7 @@ import triton.language as tl
 
 from kernels._common import check_tensor, is_interpreter
 
-__all__ = ["swiglu_mlp"]
+__all__ = ["swiglu_mlp", "linear"]
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -383,3 +383,33 @@ def swiglu_mlp(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor,
     _launch_gate_up(x2, w_gate_up, act)
     _launch_down(act, w_down, None if residual is None else _rows("residual", residual, d), _rows("out", y, d))
     return y
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, residual: Optional[torch.Tensor] = None, *,
+           out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``residual + x @ w.T`` (or ``x @ w.T``) with the decode-shaped GEMM of the down projection.
+
+    x: ``[..., K]`` (fp16/bf16/fp32, rows viewable); w: ``[N, K]`` in ``x.dtype``; residual: ``[..., N]``
+    or None. The product is rounded to ``x.dtype`` before the residual add (as ``residual + F.linear``).
+    Split over K when the output has few tiles, with a fixed-order reduction (deterministic).
+    """
+    check_tensor("x", x, dtypes=_DTYPES)
+    check_tensor("w", w, ndim=2, dtypes=(x.dtype,))
+    K = x.shape[-1]
+    if w.shape[1] != K or w.device != x.device:
+        raise ValueError(f"w must be [N, K={K}] on {x.device}, got {tuple(w.shape)} on {w.device}")
+    N = w.shape[0]
+    lead = x.shape[:-1]
+    x2 = _rows("x", x, K)
+    r2 = None
+    if residual is not None:
+        check_tensor("residual", residual, dtypes=(x.dtype,))
+        if residual.shape != (*lead, N) or residual.device != x.device:
+            raise ValueError(f"residual must be {(*lead, N)} on {x.device}, got {tuple(residual.shape)}")
+        r2 = _rows("residual", residual, N)
+    if out is None:
+        out = torch.empty((*lead, N), device=x.device, dtype=x.dtype)
+    o2 = _rows("out", out, N)
+    if x2.shape[0]:
+        _launch_down(x2, w, r2, o2)
+    return out

@@ -81,8 +81,8 @@ def forward_hidden(params: Params, cfg: LLaDAConfig, tokens: torch.Tensor, *,
                                      None if cache is None else cache.k[i], None if cache is None else cache.v[i],
                                      n_heads=H)
             o = ops.attention(q, kc, vc, kv_len, kv_start, key_end)
-            attn = ops.linear(o.reshape(B, T, H * D), lp.w_o)
-            f, h = ops.rms_norm(attn, lp.ff_norm, eps, residual=h)
+            h = ops.linear(o.reshape(B, T, H * D), lp.w_o, h)  # h + attn_out(o), the residual add fused
+            f = ops.rms_norm(h, lp.ff_norm, eps)
             # the MLP fuses the second residual add: h = h + down(silu(gate) * up)
             h = ops.mlp(f.reshape(B * T, -1), lp.w_gate_up, lp.w_down, h.reshape(B * T, -1)).view(B, T, -1)
     if rows is not None:

@@ -21,7 +21,7 @@ __all__ = ["Ops", "REFERENCE_OPS", "triton_ops"]
 class Ops:
     """Op implementations; each field has the signature of the ``kernels.reference`` function named.
 
-    linear(x, w) -> x @ w.T; rms_norm -> rms_norm_ref; qkv_rope -> qkv_rope_cache_ref (RoPE on q/k of the
+    linear(x, w, residual=None) -> residual + x @ w.T; rms_norm -> rms_norm_ref; qkv_rope -> qkv_rope_cache_ref (RoPE on q/k of the
     fused projection + K/V into the cache); attention -> block_attention_ref;
     mlp -> swiglu_mlp_ref; head(hidden, w, *, temperature, seed, offset, banned_ids, no_confidence_ids,
     uncond_hidden, cfg_scale) -> (x0, conf) as head_confidence_ref (noise from (seed, offset));
@@ -37,8 +37,17 @@ class Ops:
     select: Callable
 
 
-def _linear_ref(x, w):
-    return F.linear(x, w)
+def _linear_ref(x, w, residual=None):
+    y = F.linear(x, w)
+    return y if residual is None else residual + y
+
+
+def _linear_decode(x, w, residual=None, *, max_rows: int = 64):
+    """Triton GEMM for decode-sized inputs (<= ``max_rows`` rows, weight-bandwidth bound), cuBLAS above."""
+    if x.numel() // x.shape[-1] <= max_rows:
+        from kernels.mlp import linear
+        return linear(x, w, residual)
+    return _linear_ref(x, w, residual)
 
 
 def _mlp_ref(x, w_gate_up, w_down, residual=None):
@@ -71,15 +80,16 @@ REFERENCE_OPS = Ops(
 
 
 def triton_ops(**overrides) -> Ops:
-    """The Triton implementations (imports ``kernels``' Triton modules now). Linear layers stay cuBLAS
-    (``F.linear``) except inside the fused MLP; ``overrides`` replace single fields."""
+    """The Triton implementations (imports ``kernels``' Triton modules now). The QKV and output
+    projections use the Triton decode GEMM up to 64 rows and cuBLAS (``F.linear``) above, where it is
+    faster; ``overrides`` replace single fields."""
     from kernels.attention import block_attention
     from kernels.mlp import swiglu_mlp
     from kernels.norm import rms_norm
     from kernels.remask import head_confidence, select_transfer
     from kernels.rotary import qkv_rope_cache
 
-    ops = Ops(name="triton", linear=_linear_ref, rms_norm=rms_norm, qkv_rope=qkv_rope_cache, attention=block_attention,
+    ops = Ops(name="triton", linear=_linear_decode, rms_norm=rms_norm, qkv_rope=qkv_rope_cache, attention=block_attention,
               mlp=swiglu_mlp, head=head_confidence, select=select_transfer)
     if overrides:
         from dataclasses import replace

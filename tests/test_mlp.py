@@ -248,3 +248,30 @@ def test_compile_sm90():
     res = subprocess.run([sys.executable, "-c", _COMPILE.format(root=ROOT)], env=env, capture_output=True,
                          text=True, timeout=300)
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-4000:]
+
+
+LINEAR_SHAPES = [(1, 64, 96), (7, 96, 64), (33, 64, 176), (32, 192, 128)]
+
+
+@pytest.mark.parametrize("shape", LINEAR_SHAPES, ids=["M{}-N{}-K{}".format(*s) for s in LINEAR_SHAPES])
+@pytest.mark.parametrize("dtype", [pytest.param(torch.float32, id="fp32"), pytest.param(torch.float16, id="fp16"),
+                                   pytest.param(torch.bfloat16, id="bf16", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("with_residual", [False, True], ids=["plain", "residual"])
+def test_linear(shape, dtype, with_residual, device):
+    """kernels.mlp.linear = residual + F.linear(x, w), the product rounded first (derived tolerance)."""
+    from kernels.mlp import linear
+
+    M, N, K = shape
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(M, K, generator=g).to(device=device, dtype=dtype)
+    w = (torch.randn(N, K, generator=g) / K ** 0.5).to(device=device, dtype=dtype)
+    r = torch.randn(M, N, generator=g).to(device=device, dtype=dtype) if with_residual else None
+    out = torch.full((M, N), float("nan"), device=device, dtype=dtype)
+    got = linear(x, w, r, out=out)
+    gold = x.double() @ w.double().t() + (0 if r is None else r.double())
+    ref = torch.nn.functional.linear(x, w) + (0 if r is None else r)
+    err = (got.double() - gold).abs().max().item()
+    err_ref = (ref.double() - gold).abs().max().item()
+    floor = torch.finfo(dtype).eps * max(1.0, gold.abs().max().item())
+    assert got.data_ptr() == out.data_ptr() and not torch.isnan(got).any()
+    assert err <= 2 * err_ref + floor, (err, err_ref)
