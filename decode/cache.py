@@ -35,6 +35,7 @@ __all__ = ["CachePolicy", "NoCache", "PrefixCache", "DualCache", "BlockCache", "
            "StepContext", "take_cols"]
 
 Pos = Union[int, torch.Tensor]
+PREFILL_TOKENS = 8192  # tokens per prefill forward (rows are chunked above this to bound activation memory)
 
 
 def take_cols(x: torch.Tensor, s: Pos, n: int) -> torch.Tensor:
@@ -137,11 +138,19 @@ class BlockCache(_CachedPolicy):
 
     def first(self, x, b, s):
         Lb = self.ctx.block_length
-        if b == 0:  # prompt prefill folded into block 0's first step
+        if b == 0:  # prompt prefill folded into block 0's first step, in row chunks to bound activations
             P = self.ctx.prompt_len
             key_end = torch.cat([torch.full((P,), P, device=x.device), torch.full((Lb,), P + Lb, device=x.device)])
-            return self._fwd(x[:, :P + Lb], cache=self.cache, start=0, kv_len=P + Lb, key_end=key_end,
-                             rows=slice(P, P + Lb))
+            rows = max(1, PREFILL_TOKENS // (P + Lb))
+            outs = []
+            for r0 in range(0, x.shape[0], rows):
+                r1 = min(x.shape[0], r0 + rows)
+                c = self.ctx
+                cache = KVCache(self.cache.k[:, r0:r1], self.cache.v[:, r0:r1])
+                outs.append(forward_hidden(c.params, c.cfg, x[r0:r1, :P + Lb], start=0, cache=cache, kv_len=P + Lb,
+                                           kv_start=None if c.kv_start is None else c.kv_start[r0:r1],
+                                           key_end=key_end, rows=slice(P, P + Lb), ops=c.ops))
+            return outs[0] if len(outs) == 1 else torch.cat(outs)
         # [committed block b-1 ; block b]: block b-1 sees keys < s, block b keys < s + Lb
         ends = torch.cat([torch.zeros(Lb, dtype=torch.int64, device=x.device),
                           torch.full((Lb,), Lb, dtype=torch.int64, device=x.device)]) + s

@@ -196,3 +196,13 @@ def test_workspace_reuses_buffers_and_gives_the_same_tokens():
     assert len(ws) == 1
     assert first.tokens.tolist() == again.tokens.tolist() == plain.tokens.tolist()
     assert other.tokens.tolist() != first.tokens.tolist()
+
+
+def test_block_prefill_in_row_chunks_gives_the_same_tokens(monkeypatch):
+    import decode.cache as cache_mod
+
+    params, cfg = tiny_model()
+    whole = generate(params, cfg, PROMPTS, cache="block", **BASE)
+    monkeypatch.setattr(cache_mod, "PREFILL_TOKENS", 15)  # one row per prefill forward
+    chunked = generate(params, cfg, PROMPTS, cache="block", **BASE)
+    assert torch.equal(whole.tokens, chunked.tokens) and whole.nfe == chunked.nfe
