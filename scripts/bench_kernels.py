@@ -1,0 +1,838 @@
+#!/usr/bin/env python
+"""One benchmark for every kernel in kernels/, at LLaDA-8B decode shapes, in one long CSV.
+
+Shapes come from ``LLaDAConfig(**LLADA_8B)`` (scripts/bench_decode.py) and the decode regime
+(batch x block 32 x KV length); nothing about the model is typed here. Ops and providers:
+
+  block_attention    B x KV grid, Tq = block     torch (reference), torch-compile, triton, sdpa-flash, flex-attention
+  swiglu_mlp         rows = B * block (+residual) torch, torch-compile, triton, cublas (addmm epilogue + torch SiLU)
+  rms_norm           rows = B * block            torch, torch-compile, triton, F.rms_norm
+  rms_norm+residual  rows = B * block            torch, torch-compile, triton, F.rms_norm (after x + r)
+  qkv_rope_cache     B x block tokens            torch, torch-compile, triton
+  head_confidence    rows = B * block, T = 0     torch, torch-compile, triton
+  select_transfer    B x block, top-k rule       torch, torch-compile, triton
+
+Every provider is timed twice: ``triton.testing.do_bench`` quantiles (0.5, 0.2, 0.8) with the L2
+flushed before each call (provider ``NAME``), and replays of a CUDA graph holding >= 32 calls that
+rotate over up to 32 input sets, enough to exceed the L2 cache wherever a set is >= 5 MB (KV caches,
+large activations); weights are shared and larger than L2 anyway; small activations stay L2-resident,
+as in a decode step where the previous kernel just wrote them (provider ``NAME-graph``; the timer is
+``_graph_time_us`` of scripts/bench_block_attention.py, one replay per sample, 10 samples). Decode
+kernels are launch-bound, so the graph numbers are what a captured decode step sees.
+
+Bytes and FLOPs are counted by formula (``*_cost`` below: every input read once, every output
+written once, weights once per call); % of roofline = max(bytes / copy bandwidth, FLOPs / matmul
+peak) / p50, against a device-to-device copy and a bf16 8192^3 matmul measured in the same run.
+torch.compile runs last (after every other provider), with a time budget; a compile that fails or
+is skipped is a row with the error, never a silent gap.
+
+    python scripts/bench_kernels.py --out results/kernels --sha $(git rev-parse --short HEAD)
+    python scripts/bench_kernels.py --render results/kernels/kernels_h100_abc1234.csv   # md + png, CPU
+    python scripts/bench_kernels.py --dry-run --out /tmp/bk   # tiny, CPU, TRITON_INTERPRET=1: checks the script
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+for _p in (ROOT, os.path.join(ROOT, "scripts")):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+from bench_decode import LLADA_8B  # noqa: E402  (no torch / triton import at module level)
+
+QUANTILES = (0.5, 0.2, 0.8)
+OPS = ("block_attention", "swiglu_mlp", "rms_norm", "rms_norm+residual", "qkv_rope_cache", "head_confidence",
+       "select_transfer")
+FIELDS = ["op", "provider", "kind", "timing", "shape", "batch", "rows", "kv_len", "dtype",
+          "p50_us", "p20_us", "p80_us", "bytes", "flops", "gbps", "tflops", "roofline_us", "pct_roofline", "bound",
+          "check", "error", "note", "n_sets", "bench_s",
+          "copy_gbps", "matmul_tflops", "gpu", "torch", "cuda", "triton", "sha", "timestamp"]
+MAX_SETS = 32  # input sets a graph rotates over: 3x L2 for KV caches / activations >= 5 MB a set
+KINDS = ("triton", "reference", "library", "compile")  # column order of the tables
+
+
+@dataclass(frozen=True)
+class Regime:
+    """The decode regime: batch sizes, block length (queries per step), KV lengths."""
+    batches: Tuple[int, ...] = (1, 8, 32)
+    block: int = 32
+    kv_lens: Tuple[int, ...] = (128, 1024, 4096)
+
+
+DRY_REGIME = Regime(batches=(1, 2), block=8, kv_lens=(16,))
+
+
+def model_config(dry_run: bool = False):
+    """The LLaDA-8B config, or (dry run) the same config shrunk with ``replace`` to toy sizes."""
+    from llada import LLaDAConfig
+
+    cfg = LLaDAConfig(**LLADA_8B)
+    if dry_run:
+        v = 512
+        cfg = cfg.replace(d_model=64, n_heads=2, n_kv_heads=2, mlp_hidden_size=96, vocab_size=v,
+                          max_sequence_length=64, mask_token_id=v - 1, eos_token_id=v - 2, pad_token_id=v - 2,
+                          bos_token_id=v - 3, eot_token_id=v - 4)
+    return cfg
+
+
+# ------------------------------------------------------------------------------ cost formulas
+def attention_cost(B, Tq, kv, H, Hkv, D, es):
+    """K and V over the visible range read once, q read, o written; QK^T and PV: 2 * 2 B H Tq kv D."""
+    return es * (2 * B * kv * Hkv * D + 2 * B * Tq * H * D), 4 * B * H * Tq * kv * D
+
+
+def mlp_cost(M, d, h, es):
+    """Weights (gate-up 2hd + down dh) once, x and residual read, y written; 2 M d 2h + 2 M h d FLOPs."""
+    return es * (3 * d * h + 3 * M * d), 6 * M * d * h
+
+
+def norm_cost(R, d, es, residual):
+    """x (and residual) read, y (and h = x + residual) written, weight once; ~4 FLOPs per element."""
+    return es * ((4 if residual else 2) * R * d + d), (5 if residual else 4) * R * d
+
+
+def qkv_rope_cost(B, T, H, Hkv, D, es):
+    """qkv read (H + 2 Hkv heads), q written back, k and v written to the cache, fp32 cos/sin rows read;
+    6 FLOPs per rotated element."""
+    return es * B * T * D * (2 * H + 4 * Hkv) + 2 * 4 * T * D, 6 * B * T * (H + Hkv) * D
+
+
+def head_cost(M, V, d, es):
+    """The head weights once plus the hidden rows read, x0 (int64) and conf (fp32) written; 2 M V d FLOPs."""
+    return es * (V * d + M * d) + 12 * M, 2 * M * V * d
+
+
+def select_cost(B, L):
+    """conf (fp32) and masked (bool) read, the bool mask written, k (int64) read; no FLOPs to speak of."""
+    return B * L * (4 + 1 + 1) + 8 * B, 0
+
+
+# ------------------------------------------------------------------------------------- cases
+@dataclass
+class Case:
+    """One (op, shape): how to make inputs and what each provider calls on one input set."""
+    op: str
+    shape: str
+    batch: int
+    rows: int
+    kv_len: int
+    nbytes: int
+    flops: int
+    set_bytes: int                       # bytes of one input set (sizing the L2-busting rotation)
+    make: Callable                       # make(n_sets) -> (shared, [set, ...])
+    providers: Dict[str, Tuple[str, Callable]] = field(default_factory=dict)  # name -> (kind, fn(shared, s))
+    out_of: Callable = lambda out: out   # the output compared with the reference's
+
+
+def build_cases(cfg, reg: Regime, ctx) -> List[Case]:
+    """Every (op, shape) of the sweep, in OPS order, with its providers."""
+    import torch
+    import torch.nn.functional as F
+
+    from kernels import reference as ref
+
+    dev, dt, g = ctx.device, ctx.dtype, ctx.gen
+    es = torch.tensor([], dtype=dt).element_size()
+    d, H, Hkv, D, h, V = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.mlp_hidden_size, cfg.vocab_size
+    eps, T = cfg.rms_norm_eps, reg.block
+    cases: List[Case] = []
+
+    def rn(*shape, scale=1.0):
+        return (torch.randn(*shape, device=dev, generator=g) * scale).to(dt)
+
+    # ---- block_attention: B x KV, Tq = block queries over a cache holding kv_len keys (its own included)
+    def k_attention():
+        from kernels.attention import block_attention
+        return block_attention
+
+    def flex():
+        from torch.nn.attention.flex_attention import flex_attention
+        return flex_attention
+
+    def sdpa_flash(q, k, v):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+
+    for B in reg.batches:
+        for kv in reg.kv_lens:
+            nb, fl = attention_cost(B, T, kv, H, Hkv, D, es)
+            c = Case("block_attention", f"B{B}-Tq{T}-KV{kv}-H{H}-D{D}", B, B * T, kv, nb, fl, nb,
+                     make=lambda n, B=B, kv=kv: (None, [(rn(B, T, H, D), rn(B, kv, Hkv, D), rn(B, kv, Hkv, D))
+                                                      for _ in range(n)]))
+            c.providers = {
+                "torch": ("reference", lambda sh, s, kv=kv: ref.block_attention_ref(s[0], s[1], s[2], kv)),
+                "torch-compile": ("compile", lambda sh, s, kv=kv: ctx.compiled(
+                    "block_attention", ref.block_attention_ref)(s[0], s[1], s[2], kv)),
+                "triton": ("triton", lambda sh, s, kv=kv: k_attention()(s[0], s[1], s[2], kv)),
+                "sdpa-flash": ("library", lambda sh, s: sdpa_flash(*s)),
+                "flex-attention": ("compile", lambda sh, s: ctx.compiled("flex_attention", flex(), dynamic=False)(
+                    s[0].transpose(1, 2), s[1].transpose(1, 2), s[2].transpose(1, 2)).transpose(1, 2)),
+            }
+            if ctx.dry_run:  # the CPU has no flash backend; flex eager (its math path) keeps the test fast
+                c.providers.pop("sdpa-flash")
+                c.providers["flex-attention"] = ("compile", lambda sh, s: flex()(
+                    s[0].transpose(1, 2), s[1].transpose(1, 2), s[2].transpose(1, 2)).transpose(1, 2))
+            cases.append(c)
+
+    # ---- swiglu_mlp (+ residual): rows = B * block
+    mlp_w = {}
+
+    def mlp_shared():
+        if not mlp_w:
+            mlp_w["w"] = (rn(2 * h, d, scale=d ** -0.5), rn(d, h, scale=h ** -0.5))
+        return mlp_w["w"]
+
+    def k_mlp():
+        from kernels.mlp import swiglu_mlp
+        return swiglu_mlp
+
+    def mlp_cublas(x, w_gu, w_d, r):
+        """cuBLAS matmuls + torch activation, the residual add folded into the down GEMM (addmm, beta=1)."""
+        gu = F.linear(x, w_gu)
+        a = F.silu(gu[:, :h]).mul_(gu[:, h:])
+        return torch.addmm(r, a, w_d.t())
+
+    for B in reg.batches:
+        M = B * T
+        nb, fl = mlp_cost(M, d, h, es)
+        c = Case("swiglu_mlp", f"B{B}-M{M}-d{d}-h{h}", B, M, 0, nb, fl, 2 * M * d * es,
+                 make=lambda n, M=M: (mlp_shared(), [(rn(M, d), rn(M, d)) for _ in range(n)]))
+        c.providers = {
+            "torch": ("reference", lambda sh, s: ref.swiglu_mlp_ref(s[0], sh[0], sh[1], s[1])),
+            "torch-compile": ("compile", lambda sh, s: ctx.compiled("swiglu_mlp", ref.swiglu_mlp_ref)(
+                s[0], sh[0], sh[1], s[1])),
+            "triton": ("triton", lambda sh, s: k_mlp()(s[0], sh[0], sh[1], s[1])),
+            "cublas": ("library", lambda sh, s: mlp_cublas(s[0], sh[0], sh[1], s[1])),
+        }
+        cases.append(c)
+
+    # ---- rms_norm, with and without the fused residual add: rows = B * block
+    def k_norm():
+        from kernels.norm import rms_norm
+        return rms_norm
+
+    norm_w = {}
+
+    def norm_shared():
+        if not norm_w:
+            norm_w["w"] = (1 + 0.1 * torch.randn(d, device=dev, generator=g)).to(dt)
+        return norm_w["w"]
+
+    for res in (False, True):
+        op = "rms_norm+residual" if res else "rms_norm"
+        for B in reg.batches:
+            R = B * T
+            nb, fl = norm_cost(R, d, es, res)
+            c = Case(op, f"B{B}-R{R}-d{d}", B, R, 0, nb, fl, (2 if res else 1) * R * d * es,
+                     make=lambda n, R=R, res=res: (norm_shared(), [(rn(R, d), rn(R, d) if res else None)
+                                                                  for _ in range(n)]),
+                     out_of=(lambda out: out[0]) if res else (lambda out: out))
+            if res:
+                lib = lambda sh, s: F.rms_norm(s[0] + s[1], (d,), sh, eps)  # noqa: E731
+            else:
+                lib = lambda sh, s: F.rms_norm(s[0], (d,), sh, eps)  # noqa: E731
+            c.providers = {
+                "torch": ("reference", lambda sh, s: ref.rms_norm_ref(s[0], sh, eps, s[1])),
+                "torch-compile": ("compile", lambda sh, s: ctx.compiled("rms_norm", ref.rms_norm_ref)(
+                    s[0], sh, eps, s[1])),
+                "triton": ("triton", lambda sh, s: k_norm()(s[0], sh, eps, s[1])),
+                "F.rms_norm": ("library", (lambda sh, s, lib=lib: (lib(sh, s), None)) if res else lib),
+            }
+            cases.append(c)
+
+    # ---- qkv_rope_cache: RoPE on q, k of the fused projection + K/V into the cache (block at slots [T, 2T));
+    # the cost does not depend on the position, so the cache holds just 2T slots per set
+    def k_qkv():
+        from kernels.rotary import qkv_rope_cache
+        return qkv_rope_cache
+
+    rope_t = {}
+
+    def rope_shared():
+        if not rope_t:
+            cos, sin = ref.rope_tables(D, cfg.rope_theta, 2 * T, device=dev)
+            rope_t["t"] = (cos, sin, torch.tensor(T, dtype=torch.int64, device=dev))
+        return rope_t["t"]
+
+    for B in reg.batches:
+        nb, fl = qkv_rope_cost(B, T, H, Hkv, D, es)
+        c = Case("qkv_rope_cache", f"B{B}-T{T}-H{H}-Hkv{Hkv}-D{D}", B, B * T, 0, nb, fl, B * T * (H + 2 * Hkv) * D * es,
+                 make=lambda n, B=B: (rope_shared(), [(rn(B, T, H + 2 * Hkv, D), rn(B, 2 * T, Hkv, D),
+                                                       rn(B, 2 * T, Hkv, D)) for _ in range(n)]),
+                 out_of=lambda out: out[0])
+        c.providers = {
+            "torch": ("reference", lambda sh, s: ref.qkv_rope_cache_ref(s[0], sh[0], sh[1], sh[2], s[1], s[2],
+                                                                         n_heads=H)),
+            "torch-compile": ("compile", lambda sh, s: ctx.compiled("qkv_rope_cache", ref.qkv_rope_cache_ref)(
+                s[0], sh[0], sh[1], sh[2], s[1], s[2], n_heads=H)),
+            "triton": ("triton", lambda sh, s: k_qkv()(s[0], sh[0], sh[1], sh[2], s[1], s[2], n_heads=H)),
+        }
+        cases.append(c)
+
+    # ---- head_confidence at temperature 0: rows = B * block
+    def k_head():
+        from kernels.remask import head_confidence
+        return head_confidence
+
+    head_w = {}
+
+    def head_shared():
+        if not head_w:
+            head_w["w"] = rn(V, d, scale=d ** -0.5)
+        return head_w["w"]
+
+    for B in reg.batches:
+        M = B * T
+        nb, fl = head_cost(M, V, d, es)
+        c = Case("head_confidence", f"B{B}-M{M}-V{V}-d{d}", B, M, 0, nb, fl, M * d * es,
+                 make=lambda n, M=M: (head_shared(), [(rn(M, d),) for _ in range(n)]), out_of=lambda out: out[0])
+        c.providers = {
+            "torch": ("reference", lambda sh, s: ref.head_confidence_ref(s[0], sh)),
+            "torch-compile": ("compile", lambda sh, s: ctx.compiled("head_confidence", ref.head_confidence_ref)(
+                s[0], sh)),
+            "triton": ("triton", lambda sh, s: k_head()(s[0], sh)),
+        }
+        cases.append(c)
+
+    # ---- select_transfer, top-k rule (LLaDA's schedule): B rows of one block
+    def k_select():
+        from kernels.remask import select_transfer
+        return select_transfer
+
+    for B in reg.batches:
+        nb, fl = select_cost(B, T)
+        c = Case("select_transfer", f"B{B}-L{T}-topk", B, B, 0, nb, fl, nb,
+                 make=lambda n, B=B: (None, [(torch.rand(B, T, device=dev, generator=g),
+                                              torch.rand(B, T, device=dev, generator=g) > 0.3,
+                                              torch.randint(1, 5, (B,), device=dev, generator=g))
+                                             for _ in range(n)]))
+        c.providers = {
+            "torch": ("reference", lambda sh, s: ref.select_transfer_ref(s[0], s[1], k=s[2])),
+            "torch-compile": ("compile", lambda sh, s: ctx.compiled("select_transfer", ref.select_transfer_ref)(
+                s[0], s[1], k=s[2])),
+            "triton": ("triton", lambda sh, s: k_select()(s[0], s[1], k=s[2])),
+        }
+        cases.append(c)
+    return cases
+
+
+# -------------------------------------------------------------------------------------- timing
+class Timer:
+    """p50/p20/p80 in us: do_bench (L2 flushed per call) and CUDA-graph replays over rotating input sets.
+
+    Dry run: wall clock of a few calls on the CPU (numbers meaningless; checks the plumbing)."""
+
+    def __init__(self, dry_run: bool, warmup_ms: float, rep_ms: float, graph_samples: int, graph_calls: int):
+        self.dry_run, self.warmup_ms, self.rep_ms = dry_run, warmup_ms, rep_ms
+        self.graph_samples, self.graph_calls = graph_samples, graph_calls
+
+    @staticmethod
+    def _q(samples_us):
+        import torch
+        t = torch.tensor(samples_us, dtype=torch.float64)
+        return [float(v) for v in torch.quantile(t, torch.tensor(QUANTILES, dtype=torch.float64))]
+
+    def eager(self, fn) -> List[float]:
+        if self.dry_run:
+            return self._q([self._wall_us(fn)])
+        from triton.testing import do_bench
+        return [1e3 * v for v in do_bench(fn, warmup=self.warmup_ms, rep=self.rep_ms, quantiles=list(QUANTILES))]
+
+    def graph(self, fn_per_set, n_sets: int) -> List[float]:
+        if self.dry_run:
+            return self._q([self._wall_us(lambda: [fn_per_set(i) for i in range(n_sets)]) / n_sets])
+        from bench_block_attention import _graph_time_us
+        return self._q([_graph_time_us(fn_per_set, n_sets, min_calls=self.graph_calls, replays=1)
+                        for _ in range(self.graph_samples)])
+
+    @staticmethod
+    def _wall_us(fn):
+        t = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t) * 1e6
+
+
+def measure_roofline_any(dry_run: bool):
+    """(copy bytes/s, bf16 matmul FLOP/s): bench_decode.measure_roofline (D2D copy + bf16 8192^3 matmul)
+    and bench_block_attention.copy_bandwidth_gbs (graph replays after a warm-up); the higher copy figure.
+    Dry run: a tiny CPU copy and matmul."""
+    import torch
+    if dry_run:
+        a = torch.randn(1 << 20)
+        b = torch.empty_like(a)
+        t = time.perf_counter()
+        b.copy_(a)
+        bw = 2 * a.numel() * 4 / (time.perf_counter() - t)
+        x = torch.randn(256, 256)
+        t = time.perf_counter()
+        x @ x
+        return bw, 2 * 256 ** 3 / (time.perf_counter() - t)
+    from bench_block_attention import copy_bandwidth_gbs
+    from bench_decode import measure_roofline
+    bw, flops = measure_roofline()
+    return max(bw, copy_bandwidth_gbs() * 1e9), flops
+
+
+# ---------------------------------------------------------------------------------------- run
+class Ctx:
+    def __init__(self, dry_run, device, dtype, gen, compile_backend, compile_mode):
+        self.dry_run, self.device, self.dtype, self.gen = dry_run, device, dtype, gen
+        self.compile_backend, self.compile_mode = compile_backend, compile_mode
+        self._compiled = {}
+
+    def compiled(self, key, fn, dynamic=None):
+        """One torch.compile wrapper per op. ``dynamic=None`` (torch's default): a second shape recompiles
+        with dynamic sizes that later shapes reuse; flex-attention is compiled per shape (``dynamic=False``)."""
+        if key not in self._compiled:
+            import torch
+            kw = dict(backend=self.compile_backend, dynamic=dynamic)
+            if self.compile_backend == "inductor" and self.compile_mode != "default":
+                kw["mode"] = self.compile_mode
+            self._compiled[key] = torch.compile(fn, **kw)
+        return self._compiled[key]
+
+
+def _check(out, want) -> str:
+    """How a provider's output compares with the reference's: max |diff| (floats) or equal count (discrete)."""
+    import torch
+    if out is None or want is None:
+        return ""
+    if out.dtype in (torch.bool, torch.int32, torch.int64):
+        return f"equal {int((out == want).sum())}/{want.numel()}"
+    return f"maxdiff {(out.float() - want.float()).abs().max().item():.3g}"
+
+
+def _sync(dry_run):
+    if not dry_run:
+        import torch
+        torch.cuda.synchronize()
+
+
+def run_case(case: Case, providers, timer: Timer, ctx: Ctx, base: dict, deadline: float, l2_bytes: int):
+    """Rows (eager + graph) for ``providers`` of one case; errors and budget skips become rows."""
+    import torch
+
+    rows = []
+    n_sets = 2 if ctx.dry_run else int(min(MAX_SETS, max(2, math.ceil(3 * l2_bytes / max(1, case.set_bytes)))))
+    shared, sets = case.make(n_sets)
+    want = None
+    try:
+        want = case.out_of(case.providers["torch"][1](shared, sets[0]))
+    except Exception:  # noqa: BLE001 - the torch row below records it
+        pass
+    for name in providers:
+        kind, f = case.providers[name]
+        for timing in ("do_bench", "cuda-graph"):
+            t0 = time.time()
+            r = dict(base, op=case.op, provider=name + ("-graph" if timing == "cuda-graph" else ""), kind=kind,
+                     timing=timing, shape=case.shape, batch=case.batch, rows=case.rows, kv_len=case.kv_len or "",
+                     bytes=case.nbytes, flops=case.flops, n_sets=n_sets, error="", note="", check="")
+            try:
+                if time.time() > deadline:
+                    raise TimeoutError("skipped: time budget (--budget-s) spent")
+                if timing == "do_bench":
+                    tc = time.time()
+                    out = f(shared, sets[0])  # first call: compiles (triton JIT / torch.compile)
+                    _sync(ctx.dry_run)
+                    r["note"] = f"first call {time.time() - tc:.2f} s" + (
+                        f" (torch.compile {ctx.compile_backend}, mode {ctx.compile_mode})" if kind == "compile" else "")
+                    r["check"] = _check(case.out_of(out), want)
+                    del out
+                    q = timer.eager(lambda: f(shared, sets[0]))
+                else:
+                    q = timer.graph(lambda i: f(shared, sets[i]), n_sets)
+                r.update(p50_us=q[0], p20_us=q[1], p80_us=q[2])
+            except Exception as e:  # noqa: BLE001 - record and go on
+                msg = f"{type(e).__name__}: {e}".replace("\n", " ")
+                r["error"] = re.sub(r"\s+", " ", msg)[:300]
+            r["bench_s"] = round(time.time() - t0, 2)
+            _derive(r)
+            rows.append(r)
+            print(f"{r['op']:17s} {r['provider']:22s} {r['shape']:28s} "
+                  + (f"{r['p50_us']:10.2f} us {r['pct_roofline']:6.1f}% {r['check']}" if r.get("p50_us") != ""
+                     else f"ERROR {r['error'][:120]}") + f"  [{r['bench_s']} s]", flush=True)
+            if r["error"] and timing == "do_bench":  # the graph timing would fail the same way
+                rows.append(dict(r, provider=name + "-graph", timing="cuda-graph", bench_s=0.0,
+                                 error="not timed: " + r["error"]))
+                break
+    del sets, shared, want
+    if not ctx.dry_run:
+        torch.cuda.empty_cache()
+    return rows
+
+
+def _derive(r):
+    """GB/s, TFLOP/s, roofline time and % of it from p50, bytes, flops and the measured roofline."""
+    t_mem = r["bytes"] / (r["copy_gbps"] * 1e9)
+    t_cmp = r["flops"] / (r["matmul_tflops"] * 1e12) if r["flops"] else 0.0
+    r["roofline_us"] = round(1e6 * max(t_mem, t_cmp), 3)
+    r["bound"] = "compute" if t_cmp > t_mem else "memory"
+    p50 = r.get("p50_us", "")
+    if p50 == "" or p50 is None:
+        for k in ("p50_us", "p20_us", "p80_us", "gbps", "tflops", "pct_roofline"):
+            r[k] = ""
+        return
+    for k in ("p50_us", "p20_us", "p80_us"):
+        r[k] = round(r[k], 3)
+    r["gbps"] = round(r["bytes"] / (p50 * 1e-6) / 1e9, 1)
+    r["tflops"] = round(r["flops"] / (p50 * 1e-6) / 1e12, 2) if r["flops"] else ""
+    r["pct_roofline"] = round(100 * r["roofline_us"] / p50, 1)
+
+
+def write_csv(rows, path):
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _slug(s):
+    return re.sub(r"[^a-z0-9]+", "_", s.lower()).strip("_")
+
+
+def main(out: str, sha: Optional[str] = None, dry_run: bool = False, ops=OPS, regime: Optional[Regime] = None,
+         budget_s: float = 330.0, warmup_ms: float = 10.0, rep_ms: float = 40.0, graph_samples: int = 10,
+         graph_calls: int = 32, compile_backend: Optional[str] = None, compile_mode: str = "default",
+         no_compile: bool = False, render_too: bool = True) -> str:
+    """Run the sweep; returns the CSV path. ``ops`` selects a subset of OPS."""
+    t_start = time.time()
+    deadline = t_start + budget_s
+    if dry_run:
+        if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
+            raise RuntimeError("--dry-run needs TRITON_INTERPRET=1 before triton is imported (run it as a script)")
+        os.environ["TRITON_INTERPRET"] = "1"
+        regime = regime or DRY_REGIME
+    regime = regime or Regime()
+    import torch
+    import triton
+
+    unknown = set(ops) - set(OPS)
+    if unknown:
+        raise SystemExit(f"unknown ops {sorted(unknown)}; choose from {OPS}")
+    cfg = model_config(dry_run)
+    dev = "cpu" if dry_run else "cuda"
+    dtype = torch.float32 if dry_run else torch.bfloat16  # the interpreter computes bf16 wrongly
+    if sha is None:
+        import subprocess
+        try:
+            sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                 text=True).stdout.strip()
+        except OSError:
+            sha = ""
+    gpu = "cpu (dry run)" if dry_run else torch.cuda.get_device_name()
+    bw, mm = measure_roofline_any(dry_run)
+    base = dict(dtype=str(dtype).replace("torch.", ""), copy_gbps=float(f"{bw / 1e9:.5g}"),
+                matmul_tflops=float(f"{mm / 1e12:.5g}"),
+                gpu=gpu, torch=torch.__version__, cuda=torch.version.cuda or "", triton=triton.__version__,
+                sha=sha or "unknown",
+                timestamp=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    print(f"{gpu} torch {torch.__version__} triton {triton.__version__} sha {base['sha']}: copy "
+          f"{base['copy_gbps']} GB/s, bf16 matmul {base['matmul_tflops']} TFLOP/s; config d={cfg.d_model} "
+          f"H={cfg.n_heads}x{cfg.head_dim} h={cfg.mlp_hidden_size} V={cfg.vocab_size}; {regime}", flush=True)
+    import torch._dynamo
+
+    for name, val in (("recompile_limit", 64), ("cache_size_limit", 64), ("accumulated_recompile_limit", 1024),
+                      ("fail_on_recompile_limit_hit", True)):  # a silent fallback to eager would mislabel rows
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, val)
+    l2 = 0 if dry_run else getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 50 << 20)
+    ctx = Ctx(dry_run, dev, dtype, torch.Generator(device=dev).manual_seed(0),
+              compile_backend or ("eager" if dry_run else "inductor"), compile_mode)
+    timer = Timer(dry_run, warmup_ms, rep_ms, graph_samples, graph_calls)
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, f"kernels_{_slug(gpu)}_{base['sha']}.csv")
+    cases = [c for c in build_cases(cfg, regime, ctx) if c.op in ops]
+    rows: List[dict] = []
+    # pass 1: everything but torch.compile; pass 2: providers that need torch.compile (flex first)
+    for pass_kinds in (("reference", "triton", "library"), ("compile",)):
+        if pass_kinds == ("compile",) and no_compile:
+            break
+        order = sorted(range(len(cases)), key=lambda i: (cases[i].op != "block_attention", i))
+        for i in order if pass_kinds == ("compile",) else range(len(cases)):
+            c = cases[i]
+            names = [n for n, (k, _) in c.providers.items() if k in pass_kinds]
+            names.sort(key=lambda n: n != "flex-attention")
+            t_op = time.time()
+            rows += run_case(c, names, timer, ctx, base, deadline, l2)
+            print(f"  {c.op} {c.shape}: {time.time() - t_op:.1f} s (total {time.time() - t_start:.0f} s)", flush=True)
+            write_csv(_ordered(rows, cases), path)
+    write_csv(_ordered(rows, cases), path)
+    print(f"wrote {path} ({len(rows)} rows) in {time.time() - t_start:.0f} s", flush=True)
+    if render_too:
+        try:
+            render(path)
+        except ImportError as e:  # matplotlib missing on the GPU box: render later on a CPU
+            print(f"render skipped: {e}", flush=True)
+    return path
+
+
+def _ordered(rows, cases):
+    """Rows grouped by op and shape in sweep order, providers in a fixed order."""
+    pos = {(c.op, c.shape): i for i, c in enumerate(cases)}
+    kind_rank = {k: i for i, k in enumerate(KINDS)}
+    return sorted(rows, key=lambda r: (pos[(r["op"], r["shape"])], r["timing"] != "do_bench",
+                                       kind_rank[r["kind"]], r["provider"]))
+
+
+# ------------------------------------------------------------------------------------- render
+def _f(v, nd=1):
+    return "" if v in ("", None) else f"{float(v):.{nd}f}"
+
+
+def headline(rows) -> List[dict]:
+    """Per (op, shape, timing): triton against the fastest other provider timed the same way."""
+    out = []
+    keys = []
+    for r in rows:
+        k = (r["op"], r["shape"], r["timing"])
+        if k not in keys:
+            keys.append(k)
+    for k in keys:
+        grp = [r for r in rows if (r["op"], r["shape"], r["timing"]) == k and r["p50_us"] not in ("", None)]
+        tri = [r for r in grp if r["kind"] == "triton"]
+        oth = [r for r in grp if r["kind"] != "triton"]
+        if not tri:
+            continue
+        t = tri[0]
+        best = min(oth, key=lambda r: float(r["p50_us"])) if oth else None
+        out.append(dict(op=k[0], shape=k[1], timing=k[2], triton_us=float(t["p50_us"]),
+                        pct=t["pct_roofline"], roofline_us=t["roofline_us"], bound=t["bound"],
+                        best=best["provider"] if best else "", best_us=float(best["p50_us"]) if best else None,
+                        speedup=float(best["p50_us"]) / float(t["p50_us"]) if best else None))
+    return out
+
+
+def render(csv_path: str, md_path: Optional[str] = None, png_path: Optional[str] = None) -> str:
+    """Markdown (headline + one table per op) and one PNG (p50 per provider per shape, log scale)."""
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise SystemExit(f"{csv_path} has no rows")
+    stem = os.path.splitext(csv_path)[0]
+    md_path = md_path or stem + ".md"
+    png_path = png_path or stem + ".png"
+    r0 = rows[0]
+    lines = [f"# Kernel benchmark, LLaDA-8B decode shapes", "",
+             f"{r0['gpu']}, torch {r0['torch']}, triton {r0['triton']}, git {r0['sha']}, {r0['dtype']}, "
+             f"{r0['timestamp']}. Measured roofline in the same run: copy {r0['copy_gbps']} GB/s (bytes read + "
+             f"written), bf16 8192^3 matmul {r0['matmul_tflops']} TFLOP/s. `% roof` = max(bytes / copy bandwidth, "
+             f"FLOPs / matmul peak) / p50. `do_bench`: triton.testing.do_bench, L2 flushed before each call "
+             f"(launch overhead included); `graph`: CUDA-graph replays of >= 32 calls rotating over up to 32 input "
+             f"sets (KV caches and large activations cold in L2; weights are larger than L2), what a captured "
+             f"decode step sees. Times are p50 in us; p20/p80 in the CSV. Bytes and FLOPs by formula "
+             f"(scripts/bench_kernels.py, `*_cost`).", "",
+             f"![p50 per provider]({os.path.basename(png_path)})", "",
+             "## Headline: triton vs the fastest other provider, same timing", "",
+             "| op | shape | bound | roofline us | triton graph us | % roof | best other (graph) | us | speedup "
+             "| triton do_bench us | best other (do_bench) | us | speedup |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    hl = headline(rows)
+    by = {(h["op"], h["shape"], h["timing"]): h for h in hl}
+    seen = []
+    for h in hl:
+        if (h["op"], h["shape"]) in seen:
+            continue
+        seen.append((h["op"], h["shape"]))
+        g = by.get((h["op"], h["shape"], "cuda-graph"), {})
+        e = by.get((h["op"], h["shape"], "do_bench"), {})
+        lines.append(
+            f"| {h['op']} | {h['shape']} | {h['bound']} | {_f(h['roofline_us'], 2)} | {_f(g.get('triton_us'))} | "
+            f"{_f(g.get('pct'))} | {g.get('best', '')} | {_f(g.get('best_us'))} | "
+            f"{_f(g.get('speedup'), 2)}{'x' if g.get('speedup') else ''} | {_f(e.get('triton_us'))} | "
+            f"{e.get('best', '')} | {_f(e.get('best_us'))} | {_f(e.get('speedup'), 2)}{'x' if e.get('speedup') else ''} |")
+    lines += ["", "speedup = best other p50 / triton p50 (> 1: triton is faster).", ""]
+    wall = {}
+    for r in rows:
+        wall[r["op"]] = wall.get(r["op"], 0.0) + float(r["bench_s"] or 0)
+    lines += ["Benchmark wall time per op (compiles included): "
+              + ", ".join(f"{op} {s:.0f} s" for op, s in wall.items()) + f"; total {sum(wall.values()):.0f} s.", ""]
+    ops = []
+    for r in rows:
+        if r["op"] not in ops:
+            ops.append(r["op"])
+    for op in ops:
+        orows = [r for r in rows if r["op"] == op]
+        provs = []
+        for r in orows:
+            if r["provider"] not in provs:
+                provs.append(r["provider"])
+        shapes = []
+        for r in orows:
+            if r["shape"] not in shapes:
+                shapes.append(r["shape"])
+        cell = {(r["shape"], r["provider"]): r for r in orows}
+        lines += [f"## {op}", "", "p50 us (% of roofline)", "",
+                  "| shape | MB | GFLOP | roofline us | " + " | ".join(provs) + " |",
+                  "|---|---|---|---|" + "---|" * len(provs)]
+        for s in shapes:
+            any_r = next(r for r in orows if r["shape"] == s)
+            cells = []
+            for p in provs:
+                r = cell.get((s, p))
+                if r is None:
+                    cells.append("")
+                elif r["p50_us"] == "":
+                    cells.append("skipped" if "skipped" in r["error"] else "error")
+                else:
+                    cells.append(f"{float(r['p50_us']):.1f} ({float(r['pct_roofline']):.0f}%)")
+            lines.append(f"| {s} | {int(any_r['bytes']) / 1e6:.2f} | {int(any_r['flops']) / 1e9:.2f} | "
+                         f"{_f(any_r['roofline_us'], 2)} | " + " | ".join(cells) + " |")
+        errs = []
+        for r in orows:
+            if r["error"] and not r["error"].startswith("not timed") and "skipped" not in r["error"] \
+                and r["error"] not in [e[1] for e in errs]:
+                errs.append((f"{r['provider']} {r['shape']}", r["error"]))
+        checks = _check_summary(orows)
+        if checks:
+            lines += ["", "Output vs the torch reference on the first input set, worst over shapes: " + checks]
+        for where, e in errs:
+            lines += ["", f"- error ({where}): `{e}`"]
+        n_skip = sum("skipped" in r["error"] for r in orows)
+        if n_skip:
+            lines += ["", f"- {n_skip} rows skipped: the run's time budget (--budget-s) was spent"]
+        lines.append("")
+    text = "\n".join(lines) + "\n"
+    with open(md_path, "w") as f:
+        f.write(text)
+    _plot(rows, ops, png_path)
+    return text
+
+
+def _check_summary(orows) -> str:
+    """'triton: max |diff| 3e-3; ...' / 'triton: equal 31/32 (worst)' per provider over the shapes."""
+    worst = {}
+    for r in orows:
+        c = r["check"]
+        if not c or r["kind"] == "reference":
+            continue
+        if c.startswith("maxdiff"):
+            v = float(c.split()[1])
+            worst[r["provider"]] = ("maxdiff", max(v, worst.get(r["provider"], ("", -1.0))[1]))
+        else:
+            a, b = map(int, c.split()[1].split("/"))
+            prev = worst.get(r["provider"], ("", 2.0))
+            if a / b <= prev[1]:
+                worst[r["provider"]] = ("equal", a / b, f"{a}/{b}")
+    out = []
+    for p, w in worst.items():
+        out.append(f"{p}: max abs diff {w[1]:.3g}" if w[0] == "maxdiff" else f"{p}: equal {w[2]} (lowest)")
+    return "; ".join(out)
+
+
+def _plot(rows, ops, png_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(ops)
+    ncol = min(4, n)
+    nrow = -(-n // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol, 3.8 * nrow), squeeze=False)
+    colors = {}
+    cmap = plt.get_cmap("tab10")
+    for ax, op in zip(axes.flat, ops):
+        orows = [r for r in rows if r["op"] == op]
+        shapes = []
+        for r in orows:
+            if r["shape"] not in shapes:
+                shapes.append(r["shape"])
+        x = {s: i for i, s in enumerate(shapes)}
+        provs = []
+        for r in orows:
+            if r["provider"] not in provs:
+                provs.append(r["provider"])
+        for p in provs:
+            pr = [r for r in orows if r["provider"] == p and r["p50_us"] != ""]
+            if not pr:
+                continue
+            base = p[:-6] if p.endswith("-graph") else p
+            colors.setdefault(base, cmap(len(colors) % 10))
+            xs = [x[r["shape"]] for r in pr]
+            ys = [float(r["p50_us"]) for r in pr]
+            lo = [max(0.0, y - float(r["p20_us"])) for y, r in zip(ys, pr)]
+            hi = [max(0.0, float(r["p80_us"]) - y) for y, r in zip(ys, pr)]
+            ax.errorbar(xs, ys, yerr=[lo, hi], color=colors[base], marker="o" if p == base else "s",
+                        linestyle="-" if p == base else "--", markersize=3, linewidth=1, capsize=2, label=p)
+        roof = {}
+        for r in orows:
+            roof[r["shape"]] = float(r["roofline_us"])
+        ax.plot(range(len(shapes)), [roof[s] for s in shapes], color="black", linestyle=":", linewidth=1.2,
+                label="roofline")
+        ax.set_yscale("log")
+        ax.set_title(op, fontsize=10)
+        ax.set_xticks(range(len(shapes)))
+        ax.set_xticklabels([_short(s) for s in shapes], rotation=60, fontsize=7, ha="right")
+        ax.set_ylabel("p50 us (log)", fontsize=8)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.grid(True, which="both", linewidth=0.3, alpha=0.5)
+        ax.legend(fontsize=6, ncol=2)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    r0 = rows[0]
+    fig.suptitle(f"{r0['gpu']} | torch {r0['torch']} triton {r0['triton']} | git {r0['sha']} | "
+                 f"solid: do_bench, dashed: CUDA graph", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=72)
+    plt.close(fig)
+
+
+def _short(shape):
+    """Shape label without the parts fixed by the config (kept in the markdown)."""
+    keep = [p for p in shape.split("-") if re.match(r"^(B|KV|M|R)\d+$", p)]
+    return "-".join(keep) or shape
+
+
+# ---------------------------------------------------------------------------------------- cli
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=os.path.join(ROOT, "results", "kernels"), help="folder for the CSV (and md/png)")
+    ap.add_argument("--sha", default=None, help="git sha to record (the GPU copy of the repo has no .git)")
+    ap.add_argument("--render", metavar="CSV", help="only render CSV to markdown + PNG beside it (CPU), then exit")
+    ap.add_argument("--dry-run", action="store_true", help="tiny config on the CPU under TRITON_INTERPRET=1")
+    ap.add_argument("--ops", default=",".join(OPS), help="comma-separated subset of " + ",".join(OPS))
+    ap.add_argument("--batches", default=None, help="default 1,8,32 (dry run 1,2)")
+    ap.add_argument("--block", type=int, default=None, help="block length, default 32 (dry run 8)")
+    ap.add_argument("--kv-lens", default=None, help="default 128,1024,4096 (dry run 16)")
+    ap.add_argument("--budget-s", type=float, default=330.0, help="stop timing (rows say so) after this many s")
+    ap.add_argument("--warmup-ms", type=float, default=10.0)
+    ap.add_argument("--rep-ms", type=float, default=40.0, help="do_bench rep (ms of timed calls)")
+    ap.add_argument("--graph-samples", type=int, default=10, help="graph replays (one capture each) per row")
+    ap.add_argument("--graph-calls", type=int, default=32, help="calls per graph replay (at least)")
+    ap.add_argument("--compile-backend", default=None, help="torch.compile backend (default inductor; dry run eager)")
+    ap.add_argument("--compile-mode", default="default", help="e.g. max-autotune-no-cudagraphs (slow to compile)")
+    ap.add_argument("--no-compile", action="store_true", help="skip torch.compile providers (and flex-attention)")
+    ap.add_argument("--no-render", action="store_true")
+    return ap.parse_args(argv)
+
+
+def cli(argv=None):
+    a = parse_args(argv)
+    if a.render:
+        print(render(a.render))
+        return a.render
+    ints = lambda s: tuple(int(v) for v in s.split(","))  # noqa: E731
+    reg = None
+    if a.batches or a.block or a.kv_lens:
+        dflt = DRY_REGIME if a.dry_run else Regime()
+        reg = Regime(batches=ints(a.batches) if a.batches else dflt.batches, block=a.block or dflt.block,
+                     kv_lens=ints(a.kv_lens) if a.kv_lens else dflt.kv_lens)
+    return main(a.out, sha=a.sha, dry_run=a.dry_run, ops=tuple(a.ops.split(",")), regime=reg, budget_s=a.budget_s,
+                warmup_ms=a.warmup_ms, rep_ms=a.rep_ms, graph_samples=a.graph_samples, graph_calls=a.graph_calls,
+                compile_backend=a.compile_backend, compile_mode=a.compile_mode, no_compile=a.no_compile,
+                render_too=not a.no_render)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,101 @@
+"""scripts/bench_kernels.py: the dry run (tiny config, CPU, TRITON_INTERPRET=1) end to end in a subprocess,
+the renderer on its CSV, and the 8B shapes derived from the config. Numbers are not checked, only plumbing."""
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = os.path.join(ROOT, "scripts")
+if SCRIPTS not in sys.path:
+    sys.path.insert(0, SCRIPTS)
+
+import bench_kernels as bk  # noqa: E402  (imports neither torch nor triton at module level)
+
+
+@pytest.fixture(scope="module")
+def dry_csv(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench_kernels")
+    env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
+    p = subprocess.run([sys.executable, os.path.join(SCRIPTS, "bench_kernels.py"), "--dry-run", "--out", str(out),
+                        "--sha", "abc1234", "--no-render"], env=env, capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    paths = [f for f in os.listdir(out) if f.endswith(".csv")]
+    assert paths == ["kernels_cpu_dry_run_abc1234.csv"], paths
+    return os.path.join(out, paths[0])
+
+
+def _read(path):
+    with open(path, newline="") as f:
+        r = csv.DictReader(f)
+        return r.fieldnames, list(r)
+
+
+def test_dry_run_rows(dry_csv):
+    header, rows = _read(dry_csv)
+    assert header == bk.FIELDS
+    assert [r for r in rows if r["error"]] == []
+    assert {r["op"] for r in rows} == set(bk.OPS)
+    reg = bk.DRY_REGIME
+    n_shapes = {"block_attention": len(reg.batches) * len(reg.kv_lens)}
+    for op in bk.OPS:
+        orows = [r for r in rows if r["op"] == op]
+        provs = {r["provider"] for r in orows}
+        for p in ("torch", "torch-compile", "triton"):
+            assert {p, p + "-graph"} <= provs, (op, provs)
+        assert len({r["shape"] for r in orows}) == n_shapes.get(op, len(reg.batches)), op
+    for r in rows:
+        assert float(r["p20_us"]) <= float(r["p50_us"]) <= float(r["p80_us"])
+        assert float(r["pct_roofline"]) >= 0 and int(r["bytes"]) > 0
+        assert r["sha"] == "abc1234" and r["gpu"] == "cpu (dry run)" and r["torch"] and r["triton"]
+        assert r["timing"] == ("cuda-graph" if r["provider"].endswith("-graph") else "do_bench")
+        if r["timing"] == "do_bench" and r["kind"] != "reference":  # every provider computes the same thing
+            c = r["check"].split()
+            assert (c[0] == "maxdiff" and float(c[1]) < 1e-4) or (c[0] == "equal" and c[1].split("/")[0] == c[1].split("/")[1]), r
+
+
+def test_render(dry_csv, tmp_path):
+    header, rows = _read(dry_csv)
+    bad = dict(rows[0], provider="torch-compile", kind="compile", p50_us="", p20_us="", p80_us="", pct_roofline="",
+               error="BackendCompilerFailed: boom")
+    path = tmp_path / "k.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=header)
+        w.writeheader()
+        w.writerows([r for r in rows if not (r["op"] == bad["op"] and r["shape"] == bad["shape"]
+                                             and r["provider"] == "torch-compile")] + [bad])
+    text = bk.render(str(path))
+    assert (tmp_path / "k.md").read_text() == text
+    assert (tmp_path / "k.png").stat().st_size > 10_000
+    assert "## Headline" in text and "abc1234" in text and "cpu (dry run)" in text
+    for op in bk.OPS:
+        assert f"## {op}\n" in text
+    assert "BackendCompilerFailed: boom" in text and " error |" in text
+    hl = bk.headline(rows)
+    assert {h["op"] for h in hl} == set(bk.OPS)
+    assert all(h["speedup"] > 0 for h in hl)
+
+
+def test_shapes_from_8b_config():
+    import torch
+
+    cfg = bk.model_config()
+    assert (cfg.d_model, cfg.n_heads, cfg.head_dim, cfg.mlp_hidden_size, cfg.vocab_size) == (4096, 32, 128, 12288,
+                                                                                            126464)
+    ctx = bk.Ctx(False, "cpu", torch.bfloat16, torch.Generator().manual_seed(0), "eager", "default")
+    cases = bk.build_cases(cfg, bk.Regime(), ctx)  # inputs are made lazily: nothing of 8B size is allocated
+    count = {op: sum(c.op == op for c in cases) for op in bk.OPS}
+    assert count == {"block_attention": 9, "swiglu_mlp": 3, "rms_norm": 3, "rms_norm+residual": 3,
+                     "qkv_rope_cache": 3, "head_confidence": 3, "select_transfer": 3}
+    by = {(c.op, c.shape): c for c in cases}
+    att = by[("block_attention", "B32-Tq32-KV4096-H32-D128")]
+    assert att.nbytes == 2 * (2 * 32 * 4096 * 32 * 128 + 2 * 32 * 32 * 32 * 128)
+    assert att.flops == 4 * 32 * 32 * 32 * 4096 * 128
+    mlp = by[("swiglu_mlp", "B1-M32-d4096-h12288")]
+    assert mlp.nbytes == 2 * (3 * 4096 * 12288 + 3 * 32 * 4096) and mlp.flops == 6 * 32 * 4096 * 12288
+    head = by[("head_confidence", "B8-M256-V126464-d4096")]
+    assert head.flops == 2 * 256 * 126464 * 4096
+    assert {"sdpa-flash", "flex-attention", "triton", "torch", "torch-compile"} == set(att.providers)
+    assert {"cublas", "triton", "torch", "torch-compile"} == set(mlp.providers)
