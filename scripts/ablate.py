@@ -1,0 +1,467 @@
+#!/usr/bin/env python
+"""Decoding ablations of a LLaDA checkpoint: accuracy, NFE and speed per decoding setting.
+
+Sweeps one knob at a time around a baseline (one token per step, low-confidence remasking,
+temperature 0, no CFG, no cache, one block of ``gen_length``) on the held-out split of the built-in
+synthetic tasks (``scripts/tasks.py``) or on a JSONL file of ``{"prompt", "answer"}`` records:
+
+  steps         total denoising steps (G, G/2, ..., G/16) for low-confidence and random remasking
+  remasking     low_confidence, random, Fast-dLLM threshold (several values) and factor rules
+  block_length  semi-autoregressive block length (one token per step)
+  temperature   Gumbel-max sampling temperature
+  cfg           classifier-free guidance scale (the unconditional branch masks the whole prompt)
+  cache         none | prefix | dual | block, with the linear schedule and with a threshold
+
+A setting shared by several studies (e.g. the baseline) is decoded once and reported in each.
+Every (study, setting, task) gives one CSV row with the full setting, accuracy, mean NFE per problem,
+tokens/s (``gen_length`` positions per problem / wall time of ``generate``), device, versions and git
+sha; a row with task ``all`` pools the tasks. ``--render`` (or ``scripts/report.py``) turns the CSV into
+``report.md`` and PNG plots.
+
+    python scripts/ablate.py --study all --n 100 --out results/ablations/tiny --render
+    python scripts/ablate.py --model /path/to/LLaDA-8B-Instruct --device cuda --ops triton \\
+        --jsonl gsm8k.jsonl --scorer numeric --gen-length 256 --block-length 32 --study steps
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_ROOT = os.path.dirname(_HERE)
+for _p in (_HERE, _ROOT):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+DEFAULT_MODEL = os.path.join(_ROOT, "checkpoints", "llada-tiny-tasks")
+STUDIES = ("steps", "remasking", "block_length", "temperature", "cfg", "cache")
+CSV_NAME = "ablation.csv"
+
+__all__ = ["RunConfig", "Grid", "Tokenizer", "STUDIES", "study_configs", "plan", "load_problems", "run_config",
+           "main", "parse_args", "CSV_FIELDS"]
+
+
+# ------------------------------------------------------------------------------------------ settings
+@dataclass(frozen=True)
+class RunConfig:
+    """One decoding setting (the arguments of ``decode.generate`` that an ablation varies)."""
+    gen_length: int
+    block_length: int
+    steps: int
+    remasking: str = "low_confidence"
+    threshold: Optional[float] = None
+    factor: Optional[float] = None
+    temperature: float = 0.0
+    cfg_scale: float = 0.0
+    cache: str = "none"
+
+    @property
+    def policy(self) -> str:
+        """The remasking policy as one label: ``low_confidence``, ``random``, ``threshold=0.9``, ``factor=1``."""
+        if self.threshold is not None:
+            return f"threshold={self.threshold:g}"
+        if self.factor is not None:
+            return f"factor={self.factor:g}"
+        return self.remasking
+
+    def options(self) -> Dict:
+        """Keyword arguments of ``decode.generate``."""
+        return dict(gen_length=self.gen_length, block_length=self.block_length, steps=self.steps,
+                    remasking=self.remasking, threshold=self.threshold, factor=self.factor,
+                    temperature=self.temperature, cfg_scale=self.cfg_scale, cache=self.cache)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The values each study sweeps (``None`` fields take defaults derived from ``gen_length``)."""
+    gen_length: int = 32
+    block_length: Optional[int] = None           # baseline block length (default: gen_length)
+    steps: Optional[Sequence[int]] = None        # default: G, G/2, ..., G/16 (multiples of the block count)
+    block_lengths: Optional[Sequence[int]] = None  # default: powers of two from 4 to G dividing G
+    thresholds: Sequence[float] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
+    factors: Sequence[float] = (0.5, 1.0, 2.0)
+    temperatures: Sequence[float] = (0.0, 0.5, 1.0)
+    cfg_scales: Sequence[float] = (0.0, 0.5, 1.0)
+    caches: Sequence[str] = ("none", "prefix", "dual", "block")
+    cache_block_length: Optional[int] = None      # default: G/4 (several blocks, so caches matter)
+    cache_threshold: Optional[float] = 0.9        # cache study also runs this threshold (None: skip)
+
+
+def _divisors_pow2(g: int, lo: int = 4) -> List[int]:
+    out = [b for b in (2 ** i for i in range(0, 16)) if lo <= b <= g and g % b == 0]
+    return out or [g]
+
+
+def study_configs(study: str, grid: Grid) -> List[RunConfig]:
+    """The settings of one study, baseline first."""
+    G = grid.gen_length
+    Lb = grid.block_length or G
+    if G % Lb:
+        raise ValueError(f"block_length={Lb} does not divide gen_length={G}")
+    nb = G // Lb
+    base = RunConfig(gen_length=G, block_length=Lb, steps=G)
+    if study == "steps":
+        halvings = (G, G // 2, G // 4, G // 8, G // 16)
+        steps = grid.steps or list(dict.fromkeys(s for s in halvings if s >= nb and s % nb == 0))
+        bad = [s for s in steps if s < 1 or s % nb]
+        if bad:
+            raise ValueError(f"steps {bad} are not positive multiples of the block count {nb}")
+        return [RunConfig(G, Lb, s, remasking=r) for r in ("low_confidence", "random") for s in steps]
+    if study == "remasking":
+        return ([base, RunConfig(G, Lb, G, remasking="random")]
+                + [RunConfig(G, Lb, G, threshold=float(t)) for t in grid.thresholds]
+                + [RunConfig(G, Lb, G, factor=float(f)) for f in grid.factors])
+    if study == "block_length":
+        bls = grid.block_lengths or _divisors_pow2(G)
+        bad = [b for b in bls if G % b]
+        if bad:
+            raise ValueError(f"block lengths {bad} do not divide gen_length={G}")
+        return [RunConfig(G, int(b), G) for b in bls]
+    if study == "temperature":
+        return [RunConfig(G, Lb, G, temperature=float(t)) for t in grid.temperatures]
+    if study == "cfg":
+        return [RunConfig(G, Lb, G, cfg_scale=float(c)) for c in grid.cfg_scales]
+    if study == "cache":
+        cb = grid.cache_block_length or max(1, G // 4)
+        if G % cb:
+            raise ValueError(f"cache_block_length={cb} does not divide gen_length={G}")
+        out = [RunConfig(G, cb, G, cache=c) for c in grid.caches]
+        if grid.cache_threshold is not None:
+            out += [RunConfig(G, cb, G, threshold=float(grid.cache_threshold), cache=c) for c in grid.caches]
+        return out
+    raise ValueError(f"unknown study {study!r}; choose from {STUDIES} or 'all'")
+
+
+def plan(studies: Sequence[str], grid: Grid) -> Tuple[List[RunConfig], List[Tuple[str, RunConfig]]]:
+    """``(unique settings in run order, [(study, setting)] in report order)``."""
+    pairs = [(s, c) for s in studies for c in study_configs(s, grid)]
+    unique: List[RunConfig] = []
+    for _, c in pairs:
+        if c not in unique:
+            unique.append(c)
+    return unique, pairs
+
+
+# ------------------------------------------------------------------------------------------ problems
+def load_problems(jsonl: Optional[str], tasks: Sequence[str], n: int, seed: int) -> Dict[str, list]:
+    """``{task name: [Problem]}``: ``n`` held-out problems per built-in task, or the first ``n`` JSONL records
+    (``n <= 0``: all of them)."""
+    import tasks as tasks_mod
+
+    if jsonl:
+        recs = tasks_mod.load_jsonl(jsonl)
+        name = os.path.splitext(os.path.basename(jsonl))[0]
+        return {name: recs[:n] if n > 0 else recs}
+    return {t: tasks_mod.heldout_problems(t, n, seed) for t in tasks}
+
+
+class Tokenizer:
+    """Prompt ids and answer text for a checkpoint: its own tokenizer when it ships one, else the
+    project's character tokenizer (``scripts/tiny_tokenizer.py``), whose ids are checked to fit the vocab."""
+
+    def __init__(self, path: str, cfg, chat_template: bool = True):
+        from llada import chat
+
+        self._chat = chat
+        self.fallback = not os.path.isfile(os.path.join(path, "tokenizer.json")) and \
+            not os.path.isfile(os.path.join(path, "tokenizer.model"))
+        if self.fallback:
+            import tiny_tokenizer
+
+            self.tok = tiny_tokenizer.build_tokenizer()
+        else:
+            from transformers import AutoTokenizer
+
+            # trust_remote_code=False: LLaDA configs carry an auto_map to code that is not shipped
+            self.tok = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        self.chat_template = chat_template and getattr(self.tok, "chat_template", None) is not None
+        self.cfg = cfg
+
+    def encode(self, text: str) -> List[int]:
+        ids = self._chat.chat_prompt_ids(self.tok, text, chat_template=self.chat_template)
+        if self.fallback:  # keep the character ids inside the model vocabulary and off the mask id
+            bad = [i for i in ids if i >= self.cfg.vocab_size or i == self.cfg.mask_token_id]
+            if bad:
+                raise ValueError(f"fallback tokenizer ids {bad[:4]} do not fit this checkpoint's vocabulary")
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        ids = self._chat.strip_answer(ids, self.cfg)
+        if self.fallback:
+            ids = [i for i in ids if i < len(self.tok)]
+        return self.tok.decode(ids, skip_special_tokens=True)
+
+
+# --------------------------------------------------------------------------------------------- runs
+def _sync(device) -> None:
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_config(params, cfg, tok: Tokenizer, problems: Dict[str, list], rc: RunConfig, *, scorer: str,
+               batch_size: int, ops, seed: int, workspace=None, cuda_graphs: bool = False,
+               warmup: bool = False) -> List[Dict]:
+    """Decode every problem with ``rc``; one result dict per task (accuracy, NFE, seconds, tokens/s).
+
+    Prompts of a task are sorted by length and decoded in batches of ``batch_size`` (``generate`` left-pads
+    each batch); ``warmup`` decodes the first batch once untimed (Triton compilation, CUDA-graph capture)."""
+    import tasks as tasks_mod
+    from decode.generate import generate
+
+    fn = tasks_mod.SCORERS[scorer]
+    out = []
+    for name, probs in problems.items():
+        ids = [tok.encode(p.prompt) for p in probs]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+        kw = dict(rc.options(), ops=ops, seed=seed, workspace=workspace, cuda_graphs=cuda_graphs)
+        if warmup and batches:
+            generate(params, cfg, [ids[i] for i in batches[0]], **kw)
+        preds: List[Optional[str]] = [None] * len(ids)
+        nfe = [0] * len(ids)
+        seconds = 0.0
+        for idx in batches:
+            _sync(params.device)
+            t0 = time.perf_counter()
+            res = generate(params, cfg, [ids[i] for i in idx], **kw)
+            _sync(params.device)
+            seconds += time.perf_counter() - t0
+            toks = res.tokens.cpu().tolist()
+            for row, i in enumerate(idx):
+                preds[i] = tok.decode(toks[row])
+                nfe[i] = int(res.nfe[row])
+        ok = [bool(fn(pr, p.answer)) for pr, p in zip(preds, probs)]
+        out.append({"task": name, "n": len(probs), "correct": sum(ok), "nfe_sum": sum(nfe), "seconds": seconds,
+                    "examples": [(p.prompt, p.answer, pr) for p, pr in zip(probs[:3], preds[:3])]})
+    return out
+
+
+CSV_FIELDS = ["study", "policy", "task", "n", "correct", "accuracy", "nfe", "nfe_per_token", "seconds",
+              "tokens_per_s"] + [f.name for f in fields(RunConfig)] + [
+              "seed", "batch_size", "scorer", "model", "dtype", "ops", "device", "device_name", "torch", "triton",
+              "python", "git_sha", "timestamp"]
+
+
+def _rows(study: str, rc: RunConfig, results: List[Dict], meta: Dict) -> List[Dict]:
+    def row(task, n, correct, nfe_sum, seconds):
+        return {"study": study, "policy": rc.policy, "task": task, "n": n, "correct": correct,
+                "accuracy": round(correct / max(1, n), 5), "nfe": round(nfe_sum / max(1, n), 3),
+                "nfe_per_token": round(nfe_sum / max(1, n) / rc.gen_length, 4), "seconds": round(seconds, 3),
+                "tokens_per_s": round(n * rc.gen_length / seconds, 2) if seconds > 0 else "",
+                **asdict(rc), **meta}
+
+    rows = [row(r["task"], r["n"], r["correct"], r["nfe_sum"], r["seconds"]) for r in results]
+    if len(results) > 1:
+        rows.append(row("all", sum(r["n"] for r in results), sum(r["correct"] for r in results),
+                        sum(r["nfe_sum"] for r in results), sum(r["seconds"] for r in results)))
+    for r in rows:  # CSV: None -> empty cell
+        for k, v in r.items():
+            if v is None:
+                r[k] = ""
+    return rows
+
+
+def git_sha() -> str:
+    """HEAD's sha, with ``+dirty`` when tracked files differ from it (the numbers then depend on edits)."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=_ROOT, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--"], cwd=_ROOT, capture_output=True).returncode
+        return sha + ("+dirty" if dirty == 1 else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _version(pkg: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return ""
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+# --------------------------------------------------------------------------------------------- main
+def main(model: str = DEFAULT_MODEL, study: Sequence[str] = ("all",), n: int = 100, seed: int = 0,
+         tasks: Optional[Sequence[str]] = None, jsonl: Optional[str] = None, scorer: str = "exact",
+         device: str = "cpu", dtype: Optional[str] = None, ops: str = "reference", batch_size: int = 128,
+         out: str = os.path.join("results", "ablations", "latest"), append: bool = False, render: bool = False,
+         grid: Optional[Grid] = None, chat_template: bool = True, cuda_graphs: Optional[bool] = None,
+         warmup: Optional[bool] = None, threads: Optional[int] = None, quiet: bool = False) -> List[Dict]:
+    """Run the selected studies and write ``<out>/ablation.csv``; returns the rows."""
+    import torch
+
+    if ops == "triton" and not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first triton import
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {device} but no CUDA device is visible")
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _main(model, study, n, seed, tasks, jsonl, scorer, device, dtype, ops, batch_size, out, append, render,
+                     grid, chat_template, cuda_graphs, warmup, quiet)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _main(model, study, n, seed, tasks, jsonl, scorer, device, dtype, ops, batch_size, out, append, render, grid,
+          chat_template, cuda_graphs, warmup, quiet) -> List[Dict]:
+    import torch
+
+    import tasks as tasks_mod
+    from decode.generate import Workspace
+    from llada import REFERENCE_OPS, load_model, triton_ops
+
+    studies = list(STUDIES) if "all" in study else list(dict.fromkeys(study))
+    for s in studies:
+        if s not in STUDIES:
+            raise ValueError(f"unknown study {s!r}; choose from {STUDIES} or 'all'")
+    if scorer not in tasks_mod.SCORERS:
+        raise ValueError(f"unknown scorer {scorer!r}; choose from {sorted(tasks_mod.SCORERS)}")
+    grid = grid or Grid()
+    unique, pairs = plan(studies, grid)
+
+    if not os.path.isdir(model):
+        raise SystemExit(f"no checkpoint folder at {model}")
+    tdtype = getattr(torch, dtype) if dtype else None
+    params, cfg = load_model(model, device=device, dtype=tdtype)
+    tok = Tokenizer(model, cfg, chat_template)
+    problems = load_problems(jsonl, tasks or tuple(tasks_mod.TASKS), n, seed)
+    op_impl = triton_ops() if ops == "triton" else REFERENCE_OPS
+    cuda = params.device.type == "cuda"
+    cuda_graphs = cuda if cuda_graphs is None else cuda_graphs
+    warmup = (cuda or ops == "triton") if warmup is None else warmup
+    meta = {"seed": seed, "batch_size": batch_size, "scorer": scorer, "model": os.path.relpath(model, _ROOT)
+            if os.path.abspath(model).startswith(_ROOT + os.sep) else model,
+            "dtype": str(params.dtype).replace("torch.", ""),
+            "ops": op_impl.name, "device": str(params.device), "device_name": device_name(str(params.device)),
+            "torch": torch.__version__, "triton": _version("triton"), "python": platform.python_version(),
+            "git_sha": git_sha(), "timestamp": datetime.datetime.now().isoformat(timespec="seconds")}
+    if not quiet:
+        print(f"[ablate] {len(unique)} settings for studies {studies}; tasks "
+              f"{ {k: len(v) for k, v in problems.items()} }; {meta['device_name']}, ops={ops}", flush=True)
+
+    if unique and not warmup:  # one-off library initialisation outside the timed calls (one prompt)
+        from decode.generate import generate
+
+        first = next(iter(problems.values()))[:1]
+        if first:
+            generate(params, cfg, [tok.encode(first[0].prompt)], **unique[0].options(), ops=op_impl, seed=seed)
+    results: Dict[RunConfig, List[Dict]] = {}
+    t_all = time.perf_counter()
+    for k, rc in enumerate(unique):
+        ws = Workspace()  # buffers (and CUDA graphs) shared by the batches of one setting
+        res = run_config(params, cfg, tok, problems, rc, scorer=scorer, batch_size=batch_size, ops=op_impl,
+                         seed=seed, workspace=ws, cuda_graphs=cuda_graphs, warmup=warmup)
+        results[rc] = res
+        if not quiet:
+            n_all = sum(r["n"] for r in res)
+            acc = sum(r["correct"] for r in res) / max(1, n_all)
+            nfe = sum(r["nfe_sum"] for r in res) / max(1, n_all)
+            sec = sum(r["seconds"] for r in res)
+            print(f"[ablate] {k + 1}/{len(unique)} {rc.policy:>16} steps={rc.steps:<4} block={rc.block_length:<4} "
+                  f"T={rc.temperature:g} cfg={rc.cfg_scale:g} cache={rc.cache:<6} acc={acc:.3f} nfe={nfe:.1f} "
+                  f"{sec:.1f}s ({time.perf_counter() - t_all:.0f}s total)", flush=True)
+    rows = [r for s, rc in pairs for r in _rows(s, rc, results[rc], meta)]
+
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, CSV_NAME)
+    new = not (append and os.path.isfile(path))
+    with open(path, "w" if new else "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        if new:
+            w.writeheader()
+        w.writerows(rows)
+    if not quiet:
+        print(f"[ablate] wrote {len(rows)} rows to {path}", flush=True)
+    if render:
+        import report
+
+        md = report.render(path, out)
+        if not quiet:
+            print(f"[ablate] rendered {md}", flush=True)
+    return rows
+
+
+def _floats(s: Optional[str]) -> Optional[Tuple[float, ...]]:
+    return None if s is None else tuple(float(x) for x in s.split(",") if x.strip())
+
+
+def _ints(s: Optional[str]) -> Optional[Tuple[int, ...]]:
+    return None if s is None else tuple(int(x) for x in s.split(",") if x.strip())
+
+
+def parse_args(argv=None) -> Dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint folder (default: the shipped tiny model)")
+    ap.add_argument("--study", default="all",
+                    help=f"comma-separated studies: {'|'.join(STUDIES)}|all (default all)")
+    ap.add_argument("--n", type=int, default=100, help="held-out problems per task (JSONL: first n; 0 = all)")
+    ap.add_argument("--seed", type=int, default=0, help="problem set, random remasking and sampling seed")
+    ap.add_argument("--tasks", help="comma-separated built-in tasks (default: all)")
+    ap.add_argument("--jsonl", help="{prompt, answer} records instead of the built-in tasks")
+    ap.add_argument("--scorer", default="exact", help="exact | numeric (last number, GSM8K style)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                    help="default: bfloat16 on CUDA, float32 on CPU")
+    ap.add_argument("--ops", default="reference", choices=["reference", "triton"])
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--out", default=os.path.join("results", "ablations", "latest"), help="results folder")
+    ap.add_argument("--append", action="store_true", help="append to an existing ablation.csv")
+    ap.add_argument("--render", action="store_true", help="also write report.md and PNGs (scripts/report.py)")
+    ap.add_argument("--no-chat-template", action="store_true", help="feed raw prompt text")
+    ap.add_argument("--cuda-graphs", dest="cuda_graphs", action="store_true", default=None)
+    ap.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+                    help="default: graphs on CUDA (static steps only), never on CPU")
+    ap.add_argument("--warmup", dest="warmup", action="store_true", default=None,
+                    help="decode the first batch once untimed (default: on CUDA or with --ops triton)")
+    ap.add_argument("--no-warmup", dest="warmup", action="store_false")
+    ap.add_argument("--threads", type=int, help="torch CPU threads")
+    ap.add_argument("--quiet", action="store_true")
+    g = ap.add_argument_group("grid (comma-separated values; defaults derive from --gen-length)")
+    g.add_argument("--gen-length", type=int, default=32)
+    g.add_argument("--block-length", type=int, help="baseline block length (default: gen length)")
+    g.add_argument("--steps-list", help="steps study: total steps (default G,G/2,G/4,G/8,G/16)")
+    g.add_argument("--block-lengths", help="block_length study (default 4..G, powers of two)")
+    g.add_argument("--thresholds", default="0.5,0.7,0.8,0.9,0.95,0.99")
+    g.add_argument("--factors", default="0.5,1,2")
+    g.add_argument("--temperatures", default="0,0.5,1")
+    g.add_argument("--cfg-scales", default="0,0.5,1")
+    g.add_argument("--caches", default="none,prefix,dual,block")
+    g.add_argument("--cache-block-length", type=int, help="block length of the cache study (default G/4)")
+    g.add_argument("--cache-threshold", type=float, default=0.9,
+                   help="the cache study also runs this threshold rule (<= 0: skip)")
+    a = ap.parse_args(argv)
+    grid = Grid(gen_length=a.gen_length, block_length=a.block_length, steps=_ints(a.steps_list),
+                block_lengths=_ints(a.block_lengths), thresholds=_floats(a.thresholds), factors=_floats(a.factors),
+                temperatures=_floats(a.temperatures), cfg_scales=_floats(a.cfg_scales),
+                caches=tuple(c for c in a.caches.split(",") if c), cache_block_length=a.cache_block_length,
+                cache_threshold=a.cache_threshold if a.cache_threshold and a.cache_threshold > 0 else None)
+    return dict(model=a.model, study=tuple(s for s in a.study.split(",") if s), n=a.n, seed=a.seed,
+                tasks=tuple(t for t in a.tasks.split(",") if t) if a.tasks else None, jsonl=a.jsonl,
+                scorer=a.scorer, device=a.device, dtype=a.dtype, ops=a.ops, batch_size=a.batch_size, out=a.out,
+                append=a.append, render=a.render, grid=grid, chat_template=not a.no_chat_template,
+                cuda_graphs=a.cuda_graphs, warmup=a.warmup, threads=a.threads, quiet=a.quiet)
+
+
+if __name__ == "__main__":
+    main(**parse_args())
