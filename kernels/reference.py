@@ -77,29 +77,52 @@ def rope_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Ten
 
 def qkv_rope_cache_ref(qkv: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.Tensor, start,
                        k_cache: Optional[torch.Tensor] = None, v_cache: Optional[torch.Tensor] = None, *,
-                       n_heads: int):
+                       n_heads: int, write_from: Optional[torch.Tensor] = None):
     """RoPE on the q and k heads of a fused projection, then the keys/values into the KV cache.
 
     qkv: ``[B, T, H + 2 Hkv, D]`` (heads q, then k, then v); cos_table, sin_table: fp32 ``[L, D]``
-    for absolute positions; start: int or 0-dim int64 device tensor, the position of token 0 (token t
-    sits at ``start + t``). With caches (``[B, T_max, Hkv, D]``) the rotated keys and the values are
-    written at slots ``[start, start + T)`` and ``(q, k_cache, v_cache)`` is returned; without, the
-    rotated ``(q, k, v)``. The Triton version rotates q (and k without a cache) in place in ``qkv``.
+    for absolute positions; start: int, or an int64 device tensor, 0-dim (all rows) or ``[B]`` (per
+    row): the position of token 0 (token t sits at ``start + t``). With caches (``[B, T_max, Hkv, D]``)
+    the rotated keys and the values are written at slots ``[start, start + T)``, except slots below
+    ``write_from[b]`` when given, and ``(q, k_cache, v_cache)`` is returned; without, the rotated
+    ``(q, k, v)``. The Triton version rotates q (and k without a cache) in place in ``qkv``.
     """
     B, T, NH, D = qkv.shape
     H = n_heads
     Hkv = (NH - H) // 2
-    if isinstance(start, torch.Tensor):
-        pos = start + torch.arange(T, device=qkv.device)
-        cos, sin = cos_table.index_select(0, pos), sin_table.index_select(0, pos)
+    per_row = isinstance(start, torch.Tensor) and start.dim() == 1
+    if per_row:
+        pos = start[:, None] + torch.arange(T, device=qkv.device)[None, :]            # [B, T]
+        cos, sin = cos_table[pos][:, :, None, :], sin_table[pos][:, :, None, :]       # [B, T, 1, D]
+        half = D // 2
+
+        def rot(x):
+            xf = x.float()
+            r = torch.cat((-xf[..., half:], xf[..., :half]), dim=-1)
+            return ((xf * cos) + (r * sin)).to(x.dtype)
+
+        q, k = rot(qkv[:, :, :H]), rot(qkv[:, :, H:H + Hkv])
     else:
-        cos, sin = cos_table[start:start + T], sin_table[start:start + T]
-    q = rope_ref(qkv[:, :, :H], cos, sin)
-    k = rope_ref(qkv[:, :, H:H + Hkv], cos, sin)
+        if isinstance(start, torch.Tensor):
+            pos = start + torch.arange(T, device=qkv.device)
+            cos, sin = cos_table.index_select(0, pos), sin_table.index_select(0, pos)
+        else:
+            cos, sin = cos_table[start:start + T], sin_table[start:start + T]
+        q = rope_ref(qkv[:, :, :H], cos, sin)
+        k = rope_ref(qkv[:, :, H:H + Hkv], cos, sin)
     v = qkv[:, :, H + Hkv:]
     if k_cache is None:
         return q, k, v
-    if isinstance(start, torch.Tensor):
+    if per_row or write_from is not None:
+        if not per_row:
+            pos = (start + torch.arange(T, device=qkv.device))[None, :].expand(B, T)
+        rows = torch.arange(B, device=qkv.device)[:, None]
+        keep = torch.ones(B, T, dtype=torch.bool, device=qkv.device) if write_from is None else \
+            pos >= write_from[:, None]
+        m = keep[:, :, None, None]
+        k_cache[rows, pos] = torch.where(m, k, k_cache[rows, pos])   # no host sync: graph-capturable
+        v_cache[rows, pos] = torch.where(m, v, v_cache[rows, pos])
+    elif isinstance(start, torch.Tensor):
         k_cache.index_copy_(1, pos, k)
         v_cache.index_copy_(1, pos, v)
     else:

@@ -57,22 +57,18 @@ def _rope_kernel(
 
 @triton.jit
 def _qkv_rope_cache_kernel(
-    qkv_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, start_ptr, start_val,
+    qkv_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, start_ptr, start_val, wf_ptr, s_start,
     T, H, HKV, n_rows_q,
     sqb, sqt, sqh, sqd,                  # qkv [B, T, H + 2 HKV, D]
     skb, skt, skh, skd,                  # k cache [B, T_max, HKV, D]
     svb, svt, svh, svd,                  # v cache
     sct,                                 # row stride of the cos / sin tables [L, D]
-    DYN: tl.constexpr, HAS_CACHE: tl.constexpr, HALF: tl.constexpr,
+    DYN: tl.constexpr, HAS_CACHE: tl.constexpr, HAS_WF: tl.constexpr, HALF: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_D2: tl.constexpr,
 ):
     # grid: (row tiles, group); a row is one (batch, token, head) of the group: 0 = q (rotated in
     # place), 1 = k (rotated, into the cache or in place), 2 = v (copied into the cache)
     g = tl.program_id(1)
-    if DYN:
-        start = tl.load(start_ptr)
-    else:
-        start = start_val
     nh = tl.where(g == 0, H, HKV)
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     rmask = r < tl.where(g == 0, n_rows_q, (n_rows_q // H) * HKV)
@@ -80,10 +76,19 @@ def _qkv_rope_cache_kernel(
     bt = r // nh
     t = (bt % T).to(tl.int64)
     b = (bt // T).to(tl.int64)
+    if DYN:  # per-row start (s_start = 1) or one shared start (s_start = 0), read on the device
+        start = tl.load(start_ptr + b * s_start, mask=rmask, other=0)
+    else:
+        start = start_val
     pos = (start + t).to(tl.int64)
+    if HAS_CACHE and HAS_WF:  # slots < write_from[b] are read-only: their rotated k / v are not stored
+        wmask = rmask & (pos >= tl.load(wf_ptr + b, mask=rmask, other=0))
+    else:
+        wmask = rmask
     offs_d = tl.arange(0, BLOCK_D2)
     dmask = offs_d < HALF
     mask = rmask[:, None] & dmask[None, :]
+    cmask = wmask[:, None] & dmask[None, :]
     dd = offs_d[None, :]
     src_h = h + tl.where(g == 0, 0, tl.where(g == 1, H, H + HKV))
     x1_ptrs = qkv_ptr + (b * sqb + t * sqt + src_h * sqh)[:, None] + dd * sqd
@@ -92,8 +97,8 @@ def _qkv_rope_cache_kernel(
     dt = qkv_ptr.dtype.element_ty
     if g == 2:
         o_ptrs = vc_ptr + (b * svb + pos * svt + h * svh)[:, None] + dd * svd
-        tl.store(o_ptrs, x1.to(dt), mask=mask)
-        tl.store(o_ptrs + HALF * svd, x2.to(dt), mask=mask)
+        tl.store(o_ptrs, x1.to(dt), mask=cmask)
+        tl.store(o_ptrs + HALF * svd, x2.to(dt), mask=cmask)
     else:
         row = (pos * sct)[:, None]
         c1 = tl.load(cos_ptr + row + dd, mask=mask, other=0.0)
@@ -104,8 +109,8 @@ def _qkv_rope_cache_kernel(
         o2 = x2 * c2 + x1 * s2
         if HAS_CACHE and g == 1:
             o_ptrs = kc_ptr + (b * skb + pos * skt + h * skh)[:, None] + dd * skd
-            tl.store(o_ptrs, o1.to(dt), mask=mask)
-            tl.store(o_ptrs + HALF * skd, o2.to(dt), mask=mask)
+            tl.store(o_ptrs, o1.to(dt), mask=cmask)
+            tl.store(o_ptrs + HALF * skd, o2.to(dt), mask=cmask)
         else:
             tl.store(x1_ptrs, o1.to(dt), mask=mask)
             tl.store(x1_ptrs + HALF * sqd, o2.to(dt), mask=mask)
@@ -212,14 +217,15 @@ def rope_qk_(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Ten
 
 def qkv_rope_cache(qkv: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.Tensor, start,
                    k_cache: Optional[torch.Tensor] = None, v_cache: Optional[torch.Tensor] = None, *,
-                   n_heads: int):
+                   n_heads: int, write_from: Optional[torch.Tensor] = None):
     """One launch: RoPE on q and k of a fused projection, and the keys/values into the KV cache.
 
     qkv: ``[B, T, H + 2 Hkv, D]`` fp16/bf16/fp32, last dim contiguous; its q heads (and, without a
     cache, its k heads) are rotated *in place*. cos_table, sin_table: fp32 ``[L, D]`` (absolute
-    positions). start: int, or a 0-dim int64 tensor on the device (read in the kernel: CUDA-graph
-    friendly). k_cache, v_cache: ``[B, T_max, Hkv, D]`` of qkv's dtype, written at ``[start, start+T)``
-    (the caller guarantees the slots exist). Returns ``(q, k_cache, v_cache)`` with a cache, else
+    positions). start: int, or an int64 tensor on the device, 0-dim (shared) or ``[B]`` (per row), read
+    in the kernel (CUDA-graph friendly). k_cache, v_cache: ``[B, T_max, Hkv, D]`` of qkv's dtype,
+    written at ``[start, start+T)`` (the caller guarantees the slots exist). write_from: optional int
+    ``[B]``: row b writes only slots ``>= write_from[b]`` (the others are left as they are). Returns ``(q, k_cache, v_cache)`` with a cache, else
     ``(q, k, v)`` (views of ``qkv``). See :func:`kernels.reference.qkv_rope_cache_ref`.
     """
     check_tensor("qkv", qkv, ndim=4, dtypes=_DTYPES)
@@ -241,8 +247,13 @@ def qkv_rope_cache(qkv: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.
             if c.shape[0] != B or c.shape[2:] != (Hkv, D) or c.device != qkv.device:
                 raise ValueError(f"{name} must be [{B}, T_max, {Hkv}, {D}] on {qkv.device}, got {tuple(c.shape)}")
     dyn = isinstance(start, torch.Tensor)
-    if dyn and (start.dim() != 0 or start.device != qkv.device):
-        raise ValueError(f"a tensor start must be 0-dim on {qkv.device}, got shape {tuple(start.shape)}")
+    if dyn and (start.dim() not in (0, 1) or (start.dim() == 1 and start.shape[0] != B)
+                or start.device != qkv.device or start.dtype != torch.int64):
+        raise ValueError(f"a tensor start must be int64, 0-dim or [B={B}], on {qkv.device}; got "
+                         f"{start.dtype} {tuple(start.shape)} on {start.device}")
+    if write_from is not None and (not has_cache or tuple(write_from.shape) != (B,) or
+                                   write_from.dtype != torch.int64 or write_from.device != qkv.device):
+        raise ValueError(f"write_from must be an int64 [B={B}] tensor on {qkv.device}, with caches")
     if not dyn:
         start = int(start)
         limit = min(cos_table.shape[0], k_cache.shape[1] if has_cache else cos_table.shape[0])
@@ -260,8 +271,10 @@ def qkv_rope_cache(qkv: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.
         grid = (triton.cdiv(n_rows, block_r), 3 if has_cache else 2)
         _qkv_rope_cache_kernel[grid](
             qkv, cos_table, sin_table, kc, vc, start if dyn else qkv, 0 if dyn else start,
+            write_from if write_from is not None else qkv, 1 if dyn and start.dim() == 1 else 0,
             T, H, Hkv, n_rows, *qkv.stride(), *kc.stride(), *vc.stride(), cos_table.stride(0),
-            DYN=dyn, HAS_CACHE=has_cache, HALF=D // 2, BLOCK_R=block_r, BLOCK_D2=block_d2,
+            DYN=dyn, HAS_CACHE=has_cache, HAS_WF=write_from is not None, HALF=D // 2, BLOCK_R=block_r,
+            BLOCK_D2=block_d2,
             num_warps=4 if block_r * block_d2 >= 1024 else 2,
         )
     q = qkv[:, :, :H]

@@ -45,12 +45,14 @@ def forward_hidden(params: Params, cfg: LLaDAConfig, tokens: torch.Tensor, *,
                    start: Union[int, torch.Tensor] = 0, cache: Optional[KVCache] = None,
                    kv_len: Optional[int] = None, kv_start: Optional[torch.Tensor] = None,
                    key_end: Optional[torch.Tensor] = None, rows: Optional[slice] = None,
-                   ops: Ops = REFERENCE_OPS) -> torch.Tensor:
+                   write_from: Optional[torch.Tensor] = None, ops: Ops = REFERENCE_OPS) -> torch.Tensor:
     """Final normed hidden states ``[B, T, d]`` (or ``[B, len(rows), d]``) of ``tokens`` ``[B, T]``.
 
-    start: absolute position of ``tokens[:, 0]``, a Python int or a 0-dim int64 device tensor (then
-    positions, RoPE rows and cache writes are computed on the device, so one CUDA graph serves every
-    block; ``kv_len`` must then be given). kv_len: attend over cache slots ``[0, kv_len)`` (default
+    start: absolute position of ``tokens[:, 0]``: a Python int, or an int64 device tensor, 0-dim or
+    ``[B]`` (one start per row); then positions, RoPE rows and cache writes are computed on the
+    device, so one CUDA graph serves every block, and ``kv_len`` must be given. write_from: optional
+    int64 ``[B]``: row b writes cache slots ``>= write_from[b]`` only (earlier slots are read-only).
+    kv_len: attend over cache slots ``[0, kv_len)`` (default
     ``start + T``; without a cache the tokens see only themselves and ``start`` only sets their
     positions). rows: a slice of the T positions for which to return hidden states (the final norm
     runs only there).
@@ -79,7 +81,7 @@ def forward_hidden(params: Params, cfg: LLaDAConfig, tokens: torch.Tensor, *,
             # RoPE on q and k (fp32 math), rotated keys and values written into the cache slots
             q, kc, vc = ops.qkv_rope(qkv, params.rope_cos, params.rope_sin, start,
                                      None if cache is None else cache.k[i], None if cache is None else cache.v[i],
-                                     n_heads=H)
+                                     n_heads=H, write_from=write_from)
             o = ops.attention(q, kc, vc, kv_len, kv_start, key_end)
             h = ops.linear(o.reshape(B, T, H * D), lp.w_o, h)  # h + attn_out(o), the residual add fused
             f = ops.rms_norm(h, lp.ff_norm, eps)

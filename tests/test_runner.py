@@ -1,0 +1,44 @@
+"""run_many: a fixed number of slots, refilled as sequences finish; each prompt as if decoded alone."""
+import pytest
+
+from decode import generate
+from decode.runner import run_many
+from tests.helpers import tiny_model
+
+PROMPTS = [[5, 17, 90, 44, 23, 7, 11, 250, 3, 99, 100, 12], [43, 250, 114], [8, 9, 10, 11, 12, 13, 14],
+           [43, 250, 114, 183, 251, 287, 35], [1, 2], [100, 101, 102, 103, 104]]
+OPTS = dict(gen_length=32, block_length=8, steps=32)
+
+
+@pytest.mark.parametrize("rule", [{}, {"threshold": 0.5}, {"factor": 1.0}], ids=["schedule", "thr0.5", "factor1"])
+@pytest.mark.parametrize("early_stop", [True, False], ids=["early-stop", "full"])
+@pytest.mark.parametrize("slots", [1, 3])
+def test_each_prompt_as_alone(rule, early_stop, slots):
+    params, cfg = tiny_model()
+    out = run_many(params, cfg, PROMPTS, slots=slots, early_stop=early_stop, **OPTS, **rule)
+    for i, p in enumerate(PROMPTS):
+        alone = generate(params, cfg, [p], cache="block", early_stop=early_stop, **OPTS, **rule)
+        assert out.tokens[i] == alone.tokens[0].tolist(), f"prompt {i}"
+        assert out.nfe[i] == alone.nfe[0], f"prompt {i}"
+    assert sorted(out.order) == list(range(len(PROMPTS)))
+
+
+def test_slots_are_refilled_as_soon_as_a_sequence_ends():
+    params, cfg = tiny_model()
+    seen = []
+    out = run_many(params, cfg, PROMPTS, slots=2, on_result=lambda i, t: seen.append(i), **OPTS)
+    assert seen == out.order
+    # with refills, the batched step count is far below running the prompts two by two to their end
+    pairs = sum(max(out.nfe[i:i + 2]) for i in range(0, len(PROMPTS), 2))
+    assert out.steps <= pairs
+    assert out.steps < sum(out.nfe)
+
+
+def test_bad_input():
+    params, cfg = tiny_model()
+    with pytest.raises(ValueError, match="slots=0"):
+        run_many(params, cfg, PROMPTS, slots=0, **OPTS)
+    with pytest.raises(ValueError, match="mask id"):
+        run_many(params, cfg, [[1, cfg.mask_token_id]], slots=1, **OPTS)
+    with pytest.raises(ValueError, match="not a multiple of block_length"):
+        run_many(params, cfg, PROMPTS, slots=2, gen_length=30, block_length=8, steps=30)
