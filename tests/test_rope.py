@@ -261,3 +261,30 @@ def test_qkv_rope_cache_validation():
         qkv_rope_cache(qkv, cos, sin, 14, n_heads=2)
     with pytest.raises(ValueError, match="both k_cache and v_cache"):
         qkv_rope_cache(qkv, cos, sin, 0, torch.zeros(1, 8, 2, 32), n_heads=2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_qkv_rope_cache_per_row_start_and_write_from(dtype, device):
+    """Per-row starts ([B] tensor) and read-only slots below write_from[b]: equal to the reference."""
+    from kernels.reference import qkv_rope_cache_ref
+    from kernels.rotary import qkv_rope_cache
+
+    B, T, H, Hkv, D = 3, 8, 4, 2, 64
+    g = torch.Generator().manual_seed(2)
+    qkv = torch.randn(B, T, H + 2 * Hkv, D, generator=g).to(device=device, dtype=dtype)
+    cos, sin = rope_tables(D, 500000.0, 64)
+    cos, sin = cos.to(device), sin.to(device)
+    start = torch.tensor([3, 10, 20], device=device)
+    write_from = torch.tensor([0, 14, 28], device=device)
+    kc = torch.full((B, 40, Hkv, D), float("nan"), device=device, dtype=dtype)
+    vc = kc.clone()
+    ref = qkv_rope_cache_ref(qkv.clone(), cos, sin, start, kc.clone(), vc.clone(), n_heads=H, write_from=write_from)
+    out = qkv_rope_cache(qkv, cos, sin, start, kc, vc, n_heads=H, write_from=write_from)
+    written = (~torch.isnan(kc)).any(-1).any(-1).sum(1).tolist()
+    assert written == [8, 4, 0]
+    for name, a, b in zip("qkv", out, ref):
+        a, b = a.nan_to_num(7.0), b.nan_to_num(7.0)
+        if name == "v" or device == "cpu":
+            assert torch.equal(a, b), name
+        else:
+            torch.testing.assert_close(a, b, rtol=2 * torch.finfo(dtype).eps, atol=2 * torch.finfo(dtype).eps)
