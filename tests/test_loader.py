@@ -163,9 +163,17 @@ RSS_SCRIPT = textwrap.dedent("""
     def rss():
         with open('/proc/self/status') as f:
             return [int(l.split()[1]) * 1024 for l in f if l.startswith('VmRSS')][0]
+    def hwm():
+        with open('/proc/self/status') as f:
+            return [int(l.split()[1]) * 1024 for l in f if l.startswith('VmHWM')][0]
+    try:  # reset the peak-RSS mark so that only the load is measured (Linux >= 4.0)
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+    except OSError:
+        pass
     before = rss()
     params = load_params(path, cfg, dtype=torch.float32)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = hwm()
     model = sum(t.numel() * t.element_size() for _, t in params.tensors())
     print(json.dumps(dict(before=before, peak=peak, model=model)))
 """)
