@@ -268,7 +268,7 @@ def _quick_eval(params: Params, cfg: LLaDAConfig, quick: Dict) -> Dict[str, floa
 
 
 # ----------------------------------------------------------------------------------------------- main
-def main(config: str = "small", device: str = "cpu", out: str = "checkpoints/llada-tiny-tasks", seed: int = 0,
+def main(config: str = "small", device: str = "cpu", out: str = "runs/llada-tiny", seed: int = 0,
          steps: Optional[int] = None, batch_size: Optional[int] = None, lr: Optional[float] = None,
          task_names: Sequence[str] = tuple(tasks_mod.TASKS), workers: int = 0, eval_per_task: Optional[int] = None,
          eval_batch: int = 256, log_every: int = 100, time_limit: Optional[float] = None,
@@ -399,7 +399,8 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", choices=sorted(CONFIGS), default="small")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    ap.add_argument("--out", default="checkpoints/llada-tiny-tasks")
+    ap.add_argument("--out", required=True, help="checkpoint folder to write (the shipped one is "
+                                                  "checkpoints/llada-tiny-tasks)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int)
     ap.add_argument("--batch-size", type=int)
@@ -415,7 +416,7 @@ def parse_args(argv=None):
                     help="seconds of training: after warmup the step count is cut to what fits (recorded in "
                          "train_log.json; rerun with --steps N to reproduce)")
     ap.add_argument("--eval-every", type=int, default=0, help="quick held-out eval (64 per task) every N steps")
-    ap.add_argument("--threads", type=int, help="torch CPU threads")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (1 is often faster on a small shared CPU)")
     a = ap.parse_args(argv)
     return dict(config=a.config, device=a.device, out=a.out, seed=a.seed, steps=a.steps, batch_size=a.batch_size,
                 lr=a.lr, task_names=tuple(t for t in a.tasks.split(",") if t), workers=a.workers,
