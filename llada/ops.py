@@ -67,6 +67,16 @@ def _head_ref(hidden, w, *, temperature=0.0, seed=0, offset=0, banned_ids=(), no
                                    cfg_scale=cfg_scale)
 
 
+def _mlp_decode(x, w_gate_up, w_down, residual=None):
+    """Fused Triton MLP where it beats cuBLAS (<= 64 rows: weight-bound; >= 1024 rows), cuBLAS between
+    (H200 measurements in results/kernels and results/bench_decode)."""
+    rows = x.numel() // x.shape[-1]
+    if 64 < rows < 1024:
+        return _mlp_ref(x, w_gate_up, w_down, residual)
+    from kernels.mlp import swiglu_mlp
+    return swiglu_mlp(x, w_gate_up, w_down, residual)
+
+
 REFERENCE_OPS = Ops(
     name="reference",
     linear=_linear_ref,
@@ -84,13 +94,12 @@ def triton_ops(**overrides) -> Ops:
     projections use the Triton decode GEMM up to 64 rows and cuBLAS (``F.linear``) above, where it is
     faster; ``overrides`` replace single fields."""
     from kernels.attention import block_attention
-    from kernels.mlp import swiglu_mlp
     from kernels.norm import rms_norm
     from kernels.remask import head_confidence, select_transfer
     from kernels.rotary import qkv_rope_cache
 
     ops = Ops(name="triton", linear=_linear_decode, rms_norm=rms_norm, qkv_rope=qkv_rope_cache, attention=block_attention,
-              mlp=swiglu_mlp, head=head_confidence, select=select_transfer)
+              mlp=_mlp_decode, head=head_confidence, select=select_transfer)
     if overrides:
         from dataclasses import replace
         ops = replace(ops, **overrides)

@@ -194,13 +194,13 @@ _COMPILE = textwrap.dedent("""
     for dt in ("bf16", "fp16"):
         for dyn, cache in ((True, True), (False, False)):
             sig = dict(qkv_ptr="*" + dt, cos_ptr="*fp32", sin_ptr="*fp32", kc_ptr="*" + dt, vc_ptr="*" + dt,
-                       start_ptr="*i64" if dyn else "*" + dt, start_val="i32", T="i32", H="i32", HKV="i32",
-                       n_rows_q="i32")
+                       start_ptr="*i64" if dyn else "*" + dt, start_val="i32", wf_ptr="*i64", s_start="i32",
+                       T="i32", H="i32", HKV="i32", n_rows_q="i32")
             sig.update({{n: "i64" for n in ("sqb", "sqt", "sqh", "sqd", "skb", "skt", "skh", "skd",
                                             "svb", "svt", "svh", "svd")}})
             sig.update(sct="i32")
             compile_for(rope._qkv_rope_cache_kernel, sig,
-                        dict(DYN=dyn, HAS_CACHE=cache, HALF=64, BLOCK_R=32, BLOCK_D2=64))
+                        dict(DYN=dyn, HAS_CACHE=cache, HAS_WF=cache, HALF=64, BLOCK_R=32, BLOCK_D2=64))
     print("ok")
 """)
 
