@@ -11,7 +11,7 @@ import torch
 
 from decode import generate
 from llada import LLaDAConfig, REFERENCE_OPS, forward, init_params, triton_ops
-from tests.helpers import decode_options, golden, tiny_model
+from tests.helpers import block_golden, decode_options, golden, tiny_model
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # a representative subset under the interpreter (each reference decoder, cache policy and option)
@@ -19,6 +19,7 @@ SUBSET = ["official_p7_g32_b8_s16", "official_batch3_leftpad", "official_p12_cfg
           "official_p12_confidence_eos_eot_inf", "official_p12_logits_eos_inf",
           "fastdllm_prefix_p7_g32_b8_s32_thr0.5", "fastdllm_dual_p19_g32_b8_s32_thr0.5",
           "fastdllm_none_p19_g32_b8_s32_thr0.5"]
+BLOCK_SUBSET = ["block_batch3_varlen", "block_p7_g32_b8_s32_thr0.5"]
 
 
 @pytest.mark.skipif(not INTERPRET, reason="fp32 exactness is checked under the interpreter (GPU fp32 dots use TF32)")
@@ -33,12 +34,14 @@ def test_triton_forward_matches_golden_logits(i):
 
 
 @pytest.mark.skipif(not INTERPRET, reason="fp32 exactness is checked under the interpreter (GPU fp32 dots use TF32)")
-@pytest.mark.parametrize("name", SUBSET)
+@pytest.mark.parametrize("name", SUBSET + BLOCK_SUBSET)
 def test_triton_golden_decode(name):
-    case = next(c for c in golden()["cases"] if c["name"] == name)
+    """Exact tokens on the Triton ops; the block cases run the CUDA-graph code path (device positions)."""
+    case = next(c for c in golden()["cases"] + block_golden()["cases"] if c["name"] == name)
+    device_positions = name.startswith("block")
     params, cfg = tiny_model()
     out = generate(params, cfg, case["prompt"], ops=triton_ops(), early_stop=False,
-                   **decode_options(case["params"]))
+                   device_positions=device_positions, **decode_options(case["params"]))
     assert out.tokens.tolist() == case["expected"]
 
 
