@@ -33,9 +33,17 @@ def compile_for(kernel, signature: dict, constexprs: dict, arch: int = 90):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    fn = getattr(kernel, "fn", kernel)
     sig = dict(signature)
     for k in constexprs:
         sig[k] = "constexpr"
     src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32))
+
+
+def as_rows(name: str, t: torch.Tensor, d: int) -> torch.Tensor:
+    """``t`` viewed as ``[rows, d]`` without a copy, or a ValueError naming the argument."""
+    try:
+        return t.view(-1, d)
+    except RuntimeError:
+        raise ValueError(f"{name} of shape {tuple(t.shape)} and strides {t.stride()} cannot be viewed as "
+                         f"[rows, {d}] without a copy; pass a tensor whose leading dims flatten") from None

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import check_tensor, is_interpreter
+from kernels._common import as_rows, check_tensor, is_interpreter
 
 __all__ = ["swiglu_mlp", "linear"]
 
@@ -352,12 +352,7 @@ def _validate(x, w_gate_up, w_down, residual, out):
     return d, h
 
 
-def _rows(name: str, t: torch.Tensor, d: int) -> torch.Tensor:
-    try:
-        return t.view(-1, d)
-    except RuntimeError:
-        raise ValueError(f"{name} of shape {tuple(t.shape)} and strides {t.stride()} cannot be viewed as "
-                         f"[rows, {d}] without a copy; pass a tensor whose leading dims flatten") from None
+_rows = as_rows
 
 
 # ------------------------------------------------------------------------------------------- public

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import check_tensor, is_interpreter
+from kernels._common import as_rows, check_tensor, is_interpreter
 
 __all__ = ["rms_norm"]
 
@@ -105,12 +105,7 @@ def _launch(x2, r2, weight, y2, h2, eps, config=None):
     )
 
 
-def _rows(name: str, t: torch.Tensor, d: int) -> torch.Tensor:
-    try:
-        return t.view(-1, d)
-    except RuntimeError:
-        raise ValueError(f"{name} of shape {tuple(t.shape)} and strides {t.stride()} cannot be viewed as "
-                         f"[rows, {d}] without a copy; pass a tensor whose leading dims flatten") from None
+_rows = as_rows
 
 
 # ------------------------------------------------------------------------------------------- public

@@ -2,6 +2,8 @@
 import functools
 import json
 import os
+import subprocess
+import sys
 
 import torch
 
@@ -38,3 +40,14 @@ def decode_options(params: dict) -> dict:
                 threshold=params.get("threshold"), cfg_scale=params.get("cfg_scale", 0.0),
                 logits_eos_inf=params.get("logits_eos_inf", False),
                 confidence_eos_eot_inf=params.get("confidence_eos_eot_inf", False))
+
+
+def run_without_interpreter(code: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh Python without ``TRITON_INTERPRET`` (compile-only checks for sm_90 need
+    the real compiler, and one process cannot switch modes)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=timeout)

@@ -6,12 +6,12 @@ Every cache slot no query may see is NaN-poisoned, as are the output and the spl
 """
 import math
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
+
+from tests.helpers import run_without_interpreter
 
 from kernels.attention import _launch, block_attention
 from kernels.reference import block_attention_ref
@@ -308,10 +308,6 @@ _COMPILE_SCRIPT = textwrap.dedent("""
 
 
 def test_compile_sm90():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    r = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], cwd=ROOT, env=env, capture_output=True,
-                       text=True, timeout=300)
+    r = run_without_interpreter(_COMPILE_SCRIPT)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count("ok fwd") == 6 and r.stdout.count("ok merge") == 2, r.stdout

@@ -6,12 +6,12 @@ dtype at the output's magnitude. The fp64 gold has no intermediate roundings, so
 torch reference pay the same activation roundings and only the fp32 accumulation order differs.
 """
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
+
+from tests.helpers import run_without_interpreter
 
 from kernels.mlp import _launch_down, _launch_gate_up, _tma_ok, down_config, gate_up_config, swiglu_mlp
 from kernels.reference import swiglu_mlp_ref
@@ -243,10 +243,7 @@ _COMPILE = textwrap.dedent("""
 
 def test_compile_sm90():
     """The GPU frontend and ptxas accept every decode/prefill variant (bf16, fp16) for sm_90."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    res = subprocess.run([sys.executable, "-c", _COMPILE.format(root=ROOT)], env=env, capture_output=True,
-                         text=True, timeout=300)
+    res = run_without_interpreter(_COMPILE.format(root=ROOT))
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-4000:]
 
 

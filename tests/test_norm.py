@@ -6,12 +6,12 @@ the definition, so the gold skips it): the kernel's max error may be at most 2x 
 the same precision plus one ulp of the output dtype at the output's magnitude.
 """
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
+
+from tests.helpers import run_without_interpreter
 
 from kernels.norm import _launch, norm_config, rms_norm
 from kernels.reference import rms_norm_ref
@@ -155,8 +155,5 @@ _COMPILE = textwrap.dedent("""
 
 def test_compile_sm90():
     """The GPU frontend and ptxas accept the kernel variants (bf16, fp16; single/multi-chunk) for sm_90."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    res = subprocess.run([sys.executable, "-c", _COMPILE.format(root=ROOT)], env=env, capture_output=True,
-                         text=True, timeout=300)
+    res = run_without_interpreter(_COMPILE.format(root=ROOT))
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-4000:]

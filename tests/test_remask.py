@@ -7,14 +7,13 @@ are common, and lowest-id tie-breaking is checked). conf is compared with an fp6
 formula, within 2x the fp32 reference's own error plus a few fp32 ulps. Random (randn) inputs are checked
 where the top-2 logits are separated by more than the logits' rounding.
 """
-import math
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
+
+from tests.helpers import run_without_interpreter
 import triton
 import triton.language as tl
 
@@ -514,10 +513,6 @@ _COMPILE_SCRIPT = textwrap.dedent(r"""
 
 def test_compile_sm90():
     """Every kernel variant compiles for sm_90 (bf16 and fp16), in a process without the interpreter."""
-    env = dict(os.environ)
-    env.pop("TRITON_INTERPRET", None)
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    r = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT, root], env=env, capture_output=True, text=True,
-                       timeout=300)
+    r = run_without_interpreter(_COMPILE_SCRIPT, root)
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]

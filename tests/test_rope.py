@@ -6,12 +6,12 @@ of the dtype at the output's magnitude. Both compute in fp32 and round once, so 
 to an ulp.
 """
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
+
+from tests.helpers import run_without_interpreter
 
 from kernels.reference import rope_ref, rope_tables
 from kernels.rotary import _launch, rope, rope_config, rope_qk_
@@ -207,10 +207,7 @@ _COMPILE = textwrap.dedent("""
 
 def test_compile_sm90():
     """The GPU frontend and ptxas accept the kernel (bf16, fp16) for sm_90."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    res = subprocess.run([sys.executable, "-c", _COMPILE.format(root=ROOT)], env=env, capture_output=True,
-                         text=True, timeout=300)
+    res = run_without_interpreter(_COMPILE.format(root=ROOT))
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-4000:]
 
 
