@@ -73,7 +73,8 @@ def _prompts(args, tokenizer, cfg):
 
 
 class Display:
-    """Shows the block being decoded; masked positions as '_' (one line per prompt, redrawn on a TTY)."""
+    """Shows the block being decoded: masked positions as '_', end tokens as '.' (one line per prompt,
+    redrawn at every step on a TTY; each committed block is printed)."""
 
     def __init__(self, tokenizer, cfg, n_blocks, stream, quiet):
         self.tok, self.cfg, self.n_blocks, self.stream, self.quiet = tokenizer, cfg, n_blocks, stream, quiet
@@ -85,9 +86,10 @@ class Display:
         mask = self.cfg.mask_token_id
         if self.tok is None:
             return " ".join("_" if t == mask else str(t) for t in ids)
+        ends = set(self.cfg.end_token_ids)
         out = []
-        for t in ids:
-            out.append("_" if t == mask else self.tok.decode([t], skip_special_tokens=False))
+        for t in ids:  # masked positions as "_", end tokens as "." (the answer stops at the first one)
+            out.append("_" if t == mask else "." if t in ends else self.tok.decode([t], skip_special_tokens=False))
         return "".join(out).replace("\n", "\\n")
 
     def step(self, ev):
