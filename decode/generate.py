@@ -158,6 +158,46 @@ def _validate(cfg, tokens, pad, gen_length, block_length, steps, temperature, re
         raise ValueError(f"cfg_scale={cfg_scale} must be >= 0")
 
 
+@dataclass(frozen=True)
+class _Rule:
+    """How a step turns the block's hidden states into committed tokens (shared by generate and run_many)."""
+    temperature: float
+    remasking: str
+    threshold: Optional[float]
+    factor: Optional[float]
+    cfg_scale: float
+    seed: int
+    banned: tuple
+    no_conf: tuple
+
+    def commit(self, ops, lm_head, hidden, uncond, masked, *, offset, k, rand_gen):
+        """``hidden`` / ``uncond`` [B, Lb, d] -> (x0 [B, Lb], conf [B, Lb], committed bool [B, Lb])."""
+        B, Lb, d = hidden.shape
+        x0, conf = ops.head(hidden.reshape(B * Lb, d), lm_head, temperature=self.temperature, seed=self.seed,
+                            offset=offset, banned_ids=self.banned, no_confidence_ids=self.no_conf,
+                            uncond_hidden=None if uncond is None else uncond.reshape(B * Lb, d),
+                            cfg_scale=self.cfg_scale)
+        x0, conf = x0.view(B, Lb), conf.view(B, Lb)
+        if self.remasking == "random":
+            conf = torch.rand((B, Lb), generator=rand_gen, device=hidden.device)
+        if self.threshold is not None:
+            committed = ops.select(conf, masked, threshold=self.threshold)
+        elif self.factor is not None:
+            committed = ops.select(conf, masked, factor=self.factor)
+        else:
+            committed = ops.select(conf, masked, k=k)
+        return x0, conf, committed
+
+
+def _make_rule(cfg, temperature, remasking, threshold, factor, cfg_scale, seed, logits_eos_inf,
+               confidence_eos_eot_inf) -> _Rule:
+    return _Rule(temperature=float(temperature), remasking=remasking,
+                 threshold=None if threshold is None else float(threshold),
+                 factor=None if factor is None else float(factor), cfg_scale=float(cfg_scale), seed=int(seed),
+                 banned=(cfg.eos_token_id,) if logits_eos_inf else (),
+                 no_conf=cfg.end_token_ids if confidence_eos_eot_inf else ())
+
+
 class _Graphs:
     """CUDA graphs of whole decode steps, keyed by the policy's ``graph_key`` (replayed when seen again).
 
@@ -271,8 +311,8 @@ def generate_stream(params: Params, cfg: LLaDAConfig, prompts, *, gen_length: in
     x[:, :P] = tokens
     nfe.zero_()
     done.zero_()
-    banned = (cfg.eos_token_id,) if logits_eos_inf else ()
-    no_conf = cfg.end_token_ids if confidence_eos_eot_inf else ()
+    rule = _make_rule(cfg, temperature, remasking, threshold, factor, cfg_scale, seed, logits_eos_inf,
+                      confidence_eos_eot_inf)
     rand_gen = torch.Generator(device=device).manual_seed(int(seed)) if remasking == "random" else None
     calls = 0
     records: List[StepEvent] = []
@@ -289,20 +329,8 @@ def generate_stream(params: Params, cfg: LLaDAConfig, prompts, *, gen_length: in
             un[:, :P] = mask_id
             x_in = torch.cat([x, un])
         hidden = policy.first(x_in, b, s) if kind == "first" else policy.steady(x_in, b, s)
-        d = hidden.shape[-1]
-        h_un = hidden[B:].reshape(B * Lb, d) if use_cfg else None
-        x0, conf = ops.head(hidden[:B].reshape(B * Lb, d), params.lm_head, temperature=float(temperature),
-                            seed=seed, offset=calls, banned_ids=banned, no_confidence_ids=no_conf,
-                            uncond_hidden=h_un, cfg_scale=float(cfg_scale))
-        x0, conf = x0.view(B, Lb), conf.view(B, Lb)
-        if remasking == "random":
-            conf = torch.rand((B, Lb), generator=rand_gen, device=device)
-        if threshold is not None:
-            committed = ops.select(conf, masked, threshold=float(threshold))
-        elif factor is not None:
-            committed = ops.select(conf, masked, factor=float(factor))
-        else:
-            committed = ops.select(conf, masked, k=k_buf)
+        x0, conf, committed = rule.commit(ops, params.lm_head, hidden[:B], hidden[B:] if use_cfg else None, masked,
+                                          offset=calls, k=k_buf, rand_gen=rand_gen)
         new = torch.where(committed, x0, blk)
         if isinstance(s, torch.Tensor):
             x.index_copy_(1, s + torch.arange(Lb, device=device), new)

@@ -25,7 +25,7 @@ from llada.config import LLaDAConfig
 from llada.model import KVCache, forward_hidden
 from llada.ops import REFERENCE_OPS, Ops
 from llada.weights import Params
-from .generate import _Graphs, _validate, pad_prompts
+from .generate import _Graphs, _make_rule, _validate, pad_prompts
 from .schedule import num_transfer_tokens
 
 __all__ = ["run_many", "RunResult"]
@@ -87,8 +87,8 @@ def run_many(params: Params, cfg: LLaDAConfig, prompts: Sequence[Sequence[int]],
     ar2 = torch.arange(2 * Lb, device=device)
     ar = torch.arange(Lb, device=device)
     end_ids = torch.tensor(cfg.end_token_ids, device=device)
-    banned = (cfg.eos_token_id,) if logits_eos_inf else ()
-    no_conf = cfg.end_token_ids if confidence_eos_eot_inf else ()
+    rule = _make_rule(cfg, temperature, remasking, threshold, factor, 0.0, seed, logits_eos_inf,
+                      confidence_eos_eot_inf)
     rand_gen = torch.Generator(device=device).manual_seed(int(seed)) if remasking == "random" else None
     n_calls = [0]
 
@@ -99,20 +99,11 @@ def run_many(params: Params, cfg: LLaDAConfig, prompts: Sequence[Sequence[int]],
         write_from = torch.where((step == 0) & (blk > 0), s - Lb, s)
         hidden = forward_hidden(params, cfg, feed, start=s - Lb, cache=cache, kv_len=T, kv_start=kv_start,
                                 key_end=key_end, rows=slice(Lb, 2 * Lb), write_from=write_from, ops=ops)
-        x0, conf = ops.head(hidden.reshape(S * Lb, -1), params.lm_head, temperature=float(temperature), seed=seed,
-                            offset=n_calls[0], banned_ids=banned, no_confidence_ids=no_conf)
-        x0, conf = x0.view(S, Lb), conf.view(S, Lb)
-        if remasking == "random":
-            conf = torch.rand((S, Lb), generator=rand_gen, device=device)
         cur_idx = s[:, None] + ar[None, :]
         cur = x.gather(1, cur_idx)
         masked = (cur == mask_id) & active[:, None]
-        if threshold is not None:
-            committed = ops.select(conf, masked, threshold=float(threshold))
-        elif factor is not None:
-            committed = ops.select(conf, masked, factor=float(factor))
-        else:
-            committed = ops.select(conf, masked, k=sched[step.clamp(max=spb)])
+        x0, _, committed = rule.commit(ops, params.lm_head, hidden, None, masked, offset=n_calls[0],
+                                       k=sched[step.clamp(max=spb)], rand_gen=rand_gen)
         new = torch.where(committed, x0, cur)
         x.scatter_(1, cur_idx, new)
         nfe.add_(masked.any(1).to(nfe.dtype))
