@@ -25,7 +25,7 @@ import triton.language as tl
 
 from kernels._common import as_rows, check_tensor, is_interpreter
 
-__all__ = ["swiglu_mlp", "linear"]
+__all__ = ["swiglu_mlp", "linear", "swiglu_mlp_rms_norm", "linear_rms_norm"]
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -202,6 +202,34 @@ def _splitk_reduce_kernel(
     tl.store(y_ptr + m * stride_ym + offs, y, mask=mask)
 
 
+@triton.jit
+def _splitk_reduce_norm_kernel(
+    p_ptr, r_ptr, h_ptr, w_ptr, y_ptr,   # partials [S, M, N] fp32, residual [M, N], h [M, N], norm weight [N],
+    M, N, S, eps,                        # y = rms_norm(h) [M, N]
+    stride_rm, stride_hm, stride_ym,
+    BLOCK: tl.constexpr, HAS_RES: tl.constexpr,
+):
+    """The split-K reduction of one output row, the residual add, and the RMSNorm of the result: the
+    reduce of ``_splitk_reduce_kernel`` followed by ``_rms_norm_kernel``, in one launch."""
+    m = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    mask = offs < N
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s in range(0, S):                # fixed order: deterministic, the same sums as the reduce kernel
+        acc += tl.load(p_ptr + (s * M + m) * N + offs, mask=mask, other=0.0)
+    dt = h_ptr.dtype.element_ty
+    h = acc.to(dt)
+    if HAS_RES:
+        r = tl.load(r_ptr + m * stride_rm + offs, mask=mask, other=0.0)
+        h = (r.to(tl.float32) + h.to(tl.float32)).to(dt)
+    tl.store(h_ptr + m * stride_hm + offs, h, mask=mask)
+    hf = h.to(tl.float32)
+    rstd = tl.rsqrt(tl.sum(hf * hf, axis=0) / N + eps)
+    w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    y = (hf * rstd).to(dt).to(tl.float32) * w
+    tl.store(y_ptr + m * stride_ym + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
 # ---------------------------------------------------------------------------------------- launchers
 def _np2(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
@@ -292,9 +320,16 @@ def _launch_gate_up(x: torch.Tensor, w_gate_up: torch.Tensor, act: torch.Tensor,
     return act
 
 
+_FUSED_NORM_MAX = 8192  # widest row the reduce + norm kernel holds in registers
+
+
 def _launch_down(act: torch.Tensor, w_down: torch.Tensor, residual: Optional[torch.Tensor], out: torch.Tensor,
-                 config: Optional[dict] = None, partials: Optional[torch.Tensor] = None):
-    """out[M, d] = (residual +) act @ w_down.T, split over K when the config says so."""
+                 config: Optional[dict] = None, partials: Optional[torch.Tensor] = None, norm=None):
+    """out[M, d] = (residual +) act @ w_down.T, split over K when the config says so.
+
+    norm: optional ``(weight, eps, y)``: also ``y = rms_norm(out)`` (rows of ``y`` as ``out``). With a
+    split-K GEMM the norm is folded into the reduction kernel (no extra launch); otherwise it is one
+    ``rms_norm`` launch after the GEMM."""
     M, K = act.shape
     N = w_down.shape[0]
     cfg = dict(down_config(M, N, K, act.dtype)) if config is None else dict(config)
@@ -319,12 +354,24 @@ def _launch_down(act: torch.Tensor, w_down: torch.Tensor, residual: Optional[tor
         HAS_RES=has_res, **_flags(act.dtype),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
+    if split > 1 and norm is not None and N <= _FUSED_NORM_MAX:
+        nw, eps, y = norm
+        block = _np2(N)
+        _splitk_reduce_norm_kernel[(M,)](
+            partials, r, out, nw, y, M, N, split, float(eps), r.stride(0), out.stride(0), y.stride(0),
+            BLOCK=block, HAS_RES=has_res, num_warps=1 if is_interpreter() else min(16, max(4, block // 512)),
+        )
+        return out
     if split > 1:
         block = min(1024, _np2(N)) if not is_interpreter() else _clamp_pow2(N, 16, 1 << 16)
         _splitk_reduce_kernel[(M, triton.cdiv(N, block))](
             partials, r, out, M, N, split, r.stride(0), out.stride(0),
             BLOCK=block, HAS_RES=has_res, num_warps=4,
         )
+    if norm is not None:
+        from kernels.norm import _launch as _norm_launch
+        nw, eps, y = norm
+        _norm_launch(out, None, nw, y, None, eps)
     return out
 
 
@@ -355,6 +402,26 @@ def _validate(x, w_gate_up, w_down, residual, out):
 _rows = as_rows
 
 
+def _norm_target(norm_weight, eps, like: torch.Tensor, norm_out):
+    """Validate the fused RMSNorm's arguments; return ``(weight, eps, y)`` with ``y`` shaped like ``like``."""
+    d = like.shape[-1]
+    check_tensor("norm_weight", norm_weight, ndim=1, dtypes=_DTYPES)
+    if norm_weight.shape[0] != d or norm_weight.device != like.device:
+        raise ValueError(f"norm_weight must be [{d}] on {like.device}, got {tuple(norm_weight.shape)} "
+                         f"on {norm_weight.device}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
+        raise ValueError(f"eps must be a float >= 0, got {eps!r}")
+    y_dtype = torch.promote_types(norm_weight.dtype, like.dtype)
+    if norm_out is None:
+        norm_out = torch.empty(like.shape, device=like.device, dtype=y_dtype)
+    else:
+        check_tensor("norm_out", norm_out, dtypes=(y_dtype,))
+        if norm_out.shape != like.shape or norm_out.device != like.device:
+            raise ValueError(f"norm_out must be {tuple(like.shape)} on {like.device}, got "
+                             f"{tuple(norm_out.shape)} on {norm_out.device}")
+    return norm_weight, float(eps), norm_out
+
+
 # ------------------------------------------------------------------------------------------- public
 def swiglu_mlp(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor,
                residual: Optional[torch.Tensor] = None, *, out: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -368,6 +435,26 @@ def swiglu_mlp(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor,
     never written, only the ``[M, h]`` activation. Deterministic. Returns ``[..., d]`` in ``x.dtype``.
     See :func:`kernels.reference.swiglu_mlp_ref` for the numerics.
     """
+    return _mlp(x, w_gate_up, w_down, residual, out)
+
+
+def swiglu_mlp_rms_norm(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor,
+                        residual: Optional[torch.Tensor], norm_weight: torch.Tensor, eps: float, *,
+                        out: Optional[torch.Tensor] = None, norm_out: Optional[torch.Tensor] = None):
+    """:func:`swiglu_mlp` followed by the RMSNorm of its output (in LLaDA: the next layer's attention
+    norm, or the final norm). Returns ``(y, h)``: ``h`` the MLP output (``out``), ``y`` its norm with
+    ``norm_weight`` ``[d]`` (dtype ``promote_types(norm_weight.dtype, x.dtype)``; ``norm_out``
+    preallocates it). When the down projection is split over K, the norm runs inside the split-K
+    reduction (no launch of its own). See :func:`kernels.reference.swiglu_mlp_rms_norm_ref`.
+    """
+    d, _ = _validate(x, w_gate_up, w_down, residual, out)
+    h = torch.empty_like(x, memory_format=torch.contiguous_format) if out is None else out
+    norm = _norm_target(norm_weight, eps, h, norm_out)
+    _mlp(x, w_gate_up, w_down, residual, h, norm)
+    return norm[2], h
+
+
+def _mlp(x, w_gate_up, w_down, residual, out, norm=None):
     d, h = _validate(x, w_gate_up, w_down, residual, out)
     x2 = _rows("x", x, d)
     M = x2.shape[0]
@@ -376,7 +463,8 @@ def swiglu_mlp(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor,
         return y
     act = torch.empty((M, h), device=x.device, dtype=x.dtype)
     _launch_gate_up(x2, w_gate_up, act)
-    _launch_down(act, w_down, None if residual is None else _rows("residual", residual, d), _rows("out", y, d))
+    _launch_down(act, w_down, None if residual is None else _rows("residual", residual, d), _rows("out", y, d),
+                 norm=None if norm is None else (norm[0], norm[1], _rows("norm_out", norm[2], d)))
     return y
 
 
@@ -388,6 +476,35 @@ def linear(x: torch.Tensor, w: torch.Tensor, residual: Optional[torch.Tensor] = 
     or None. The product is rounded to ``x.dtype`` before the residual add (as ``residual + F.linear``).
     Split over K when the output has few tiles, with a fixed-order reduction (deterministic).
     """
+    return _linear(x, w, residual, out)
+
+
+def linear_rms_norm(x: torch.Tensor, w: torch.Tensor, residual: Optional[torch.Tensor],
+                    norm_weight: torch.Tensor, eps: float, *, out: Optional[torch.Tensor] = None,
+                    norm_out: Optional[torch.Tensor] = None):
+    """:func:`linear` followed by the RMSNorm of its output (in LLaDA: the attention output projection
+    and the MLP's norm). Returns ``(y, h)``: ``h = residual + x @ w.T`` (``out``), ``y`` its norm with
+    ``norm_weight`` ``[N]``. With a split-K GEMM the norm runs inside the reduction kernel (one launch
+    fewer). See :func:`kernels.reference.linear_rms_norm_ref`.
+    """
+    check_tensor("x", x, dtypes=_DTYPES)
+    check_tensor("w", w, ndim=2, dtypes=(x.dtype,))
+    if out is None:
+        out = torch.empty((*x.shape[:-1], w.shape[0]), device=x.device, dtype=x.dtype)
+    _check_out(out, x, w)
+    norm = _norm_target(norm_weight, eps, out, norm_out)
+    h = _linear(x, w, residual, out, norm)
+    return norm[2], h
+
+
+def _check_out(out, x, w):
+    check_tensor("out", out, dtypes=(x.dtype,))
+    shape = (*x.shape[:-1], w.shape[0])
+    if out.shape != shape or out.device != x.device:
+        raise ValueError(f"out must be {shape} on {x.device}, got {tuple(out.shape)} on {out.device}")
+
+
+def _linear(x, w, residual, out, norm=None):
     check_tensor("x", x, dtypes=_DTYPES)
     check_tensor("w", w, ndim=2, dtypes=(x.dtype,))
     K = x.shape[-1]
@@ -404,7 +521,8 @@ def linear(x: torch.Tensor, w: torch.Tensor, residual: Optional[torch.Tensor] = 
         r2 = _rows("residual", residual, N)
     if out is None:
         out = torch.empty((*lead, N), device=x.device, dtype=x.dtype)
+    _check_out(out, x, w)
     o2 = _rows("out", out, N)
     if x2.shape[0]:
-        _launch_down(x2, w, r2, o2)
+        _launch_down(x2, w, r2, o2, norm=None if norm is None else (norm[0], norm[1], _rows("norm_out", norm[2], N)))
     return out

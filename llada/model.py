@@ -54,8 +54,9 @@ def forward_hidden(params: Params, cfg: LLaDAConfig, tokens: torch.Tensor, *,
     int64 ``[B]``: row b writes cache slots ``>= write_from[b]`` only (earlier slots are read-only).
     kv_len: attend over cache slots ``[0, kv_len)`` (default
     ``start + T``; without a cache the tokens see only themselves and ``start`` only sets their
-    positions). rows: a slice of the T positions for which to return hidden states (the final norm
-    runs only there).
+    positions). rows: a slice of the T positions for which to return hidden states: the last layer's
+    queries, output projection and MLP and the final norm run only there (its keys and values, which
+    the returned rows attend to and the cache keeps, still cover all T tokens).
     """
     B, T = tokens.shape
     H, Hkv, D, eps = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.rms_norm_eps
@@ -74,22 +75,51 @@ def forward_hidden(params: Params, cfg: LLaDAConfig, tokens: torch.Tensor, *,
             raise ValueError(f"kv_len={kv_len} needs a cache (without one the tokens see only themselves)")
         kv_len = T
     h = params.wte[tokens]
+    n_layers = len(params.layers)
+    a = ops.rms_norm(h, params.layers[0].attn_norm, eps) if n_layers else None
     for i, lp in enumerate(params.layers):
         with record_function(f"layer{i}"):
-            a = ops.rms_norm(h, lp.attn_norm, eps)
             qkv = ops.linear(a, lp.w_qkv).view(B, T, H + 2 * Hkv, D)
             # RoPE on q and k (fp32 math), rotated keys and values written into the cache slots
             q, kc, vc = ops.qkv_rope(qkv, params.rope_cos, params.rope_sin, start,
                                      None if cache is None else cache.k[i], None if cache is None else cache.v[i],
                                      n_heads=H, write_from=write_from)
-            o = ops.attention(q, kc, vc, kv_len, kv_start, key_end)
-            h = ops.linear(o.reshape(B, T, H * D), lp.w_o, h)  # h + attn_out(o), the residual add fused
-            f = ops.rms_norm(h, lp.ff_norm, eps)
-            # the MLP fuses the second residual add: h = h + down(silu(gate) * up)
-            h = ops.mlp(f.reshape(B * T, -1), lp.w_gate_up, lp.w_down, h.reshape(B * T, -1)).view(B, T, -1)
-    if rows is not None:
-        h = h[:, rows].contiguous()  # the selected rows, packed for the row-wise kernels
-    return ops.rms_norm(h, params.ln_f, eps)
+            ke = key_end
+            if rows is not None and i == n_layers - 1:
+                # the last layer's keys and values cover every fed token (they are attended to and
+                # cached), but only the returned rows need queries, the output projection and the MLP
+                q = q[:, rows].contiguous()
+                h = h[:, rows].contiguous()
+                ke = None if key_end is None else key_end[..., rows].contiguous()
+            Tq = q.shape[1]
+            o = ops.attention(q, kc, vc, kv_len, kv_start, ke)
+            nxt = params.layers[i + 1].attn_norm if i + 1 < n_layers else params.ln_f
+            # h + attn_out(o) (the residual add fused), then the MLP's norm
+            f, h = _linear_norm(ops, o.reshape(B, Tq, H * D), lp.w_o, h, lp.ff_norm, eps)
+            # h + down(silu(gate) * up), then the next layer's attention norm (the final norm after the last)
+            a, h = _mlp_norm(ops, f.reshape(B * Tq, -1), lp.w_gate_up, lp.w_down, h.reshape(B * Tq, -1), nxt, eps)
+            a, h = a.view(B, Tq, -1), h.view(B, Tq, -1)
+    if not n_layers:
+        if rows is not None:
+            h = h[:, rows].contiguous()
+        a = ops.rms_norm(h, params.ln_f, eps)
+    return a
+
+
+def _linear_norm(ops: Ops, x, w, residual, norm_weight, eps):
+    """``(rms_norm(h), h)`` with ``h = residual + x @ w.T``: the fused op when ``ops`` has one."""
+    if ops.linear_norm is not None:
+        return ops.linear_norm(x, w, residual, norm_weight, eps)
+    h = ops.linear(x, w, residual)
+    return ops.rms_norm(h, norm_weight, eps), h
+
+
+def _mlp_norm(ops: Ops, x, w_gate_up, w_down, residual, norm_weight, eps):
+    """``(rms_norm(h), h)`` with ``h = residual + mlp(x)``: the fused op when ``ops`` has one."""
+    if ops.mlp_norm is not None:
+        return ops.mlp_norm(x, w_gate_up, w_down, residual, norm_weight, eps)
+    h = ops.mlp(x, w_gate_up, w_down, residual)
+    return ops.rms_norm(h, norm_weight, eps), h
 
 
 def logits_from_hidden(params: Params, hidden: torch.Tensor, ops: Ops = REFERENCE_OPS) -> torch.Tensor:

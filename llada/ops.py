@@ -7,7 +7,7 @@ Triton kernels (imports triton on call, never at import). Mix them for ablations
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,13 @@ class Ops:
     mlp -> swiglu_mlp_ref; head(hidden, w, *, temperature, seed, offset, banned_ids, no_confidence_ids,
     uncond_hidden, cfg_scale) -> (x0, conf) as head_confidence_ref (noise from (seed, offset));
     select -> select_transfer_ref.
+
+    Optional fused fields (None: the model composes them from the fields above):
+    linear_norm(x, w, residual, norm_weight, eps) -> (y, h) as linear_rms_norm_ref (the output projection
+    and the MLP's norm); mlp_norm(x, w_gate_up, w_down, residual, norm_weight, eps) -> (y, h) as
+    swiglu_mlp_rms_norm_ref (the MLP and the next norm). When set they take precedence over ``linear`` /
+    ``mlp`` + ``rms_norm`` at those two places: set them to None when replacing ``linear`` or ``mlp``
+    in an ablation.
     """
     name: str
     linear: Callable
@@ -35,6 +42,8 @@ class Ops:
     mlp: Callable
     head: Callable
     select: Callable
+    linear_norm: Optional[Callable] = None
+    mlp_norm: Optional[Callable] = None
 
 
 def _linear_ref(x, w, residual=None):
@@ -77,6 +86,28 @@ def _mlp_decode(x, w_gate_up, w_down, residual=None):
     return swiglu_mlp(x, w_gate_up, w_down, residual)
 
 
+def _linear_norm_decode(x, w, residual, norm_weight, eps, *, max_rows: int = 64):
+    """Triton GEMM with the norm folded into its split-K reduction (<= ``max_rows`` rows), else cuBLAS +
+    the Triton RMSNorm."""
+    if x.numel() // x.shape[-1] <= max_rows:
+        from kernels.mlp import linear_rms_norm
+        return linear_rms_norm(x, w, residual, norm_weight, eps)
+    from kernels.norm import rms_norm
+    h = _linear_ref(x, w, residual)
+    return rms_norm(h, norm_weight, eps), h
+
+
+def _mlp_norm_decode(x, w_gate_up, w_down, residual, norm_weight, eps):
+    """:func:`_mlp_decode`'s dispatch, with the following RMSNorm fused where the Triton MLP runs."""
+    rows = x.numel() // x.shape[-1]
+    if 64 < rows < 1024:
+        from kernels.norm import rms_norm
+        h = _mlp_ref(x, w_gate_up, w_down, residual)
+        return rms_norm(h, norm_weight, eps), h
+    from kernels.mlp import swiglu_mlp_rms_norm
+    return swiglu_mlp_rms_norm(x, w_gate_up, w_down, residual, norm_weight, eps)
+
+
 REFERENCE_OPS = Ops(
     name="reference",
     linear=_linear_ref,
@@ -99,7 +130,8 @@ def triton_ops(**overrides) -> Ops:
     from kernels.rotary import qkv_rope_cache
 
     ops = Ops(name="triton", linear=_linear_decode, rms_norm=rms_norm, qkv_rope=qkv_rope_cache, attention=block_attention,
-              mlp=_mlp_decode, head=head_confidence, select=select_transfer)
+              mlp=_mlp_decode, head=head_confidence, select=select_transfer, linear_norm=_linear_norm_decode,
+              mlp_norm=_mlp_norm_decode)
     if overrides:
         from dataclasses import replace
         ops = replace(ops, **overrides)

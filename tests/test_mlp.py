@@ -237,6 +237,11 @@ _COMPILE = textwrap.dedent("""
                         dict(p_ptr="*fp32", r_ptr="*" + dt, y_ptr="*" + dt, M="i32", N="i32", S="i32",
                              stride_rm="i32", stride_ym="i32"),
                         dict(BLOCK=1024, HAS_RES=has_res))
+            compile_for(mlp._splitk_reduce_norm_kernel,
+                        dict(p_ptr="*fp32", r_ptr="*" + dt, h_ptr="*" + dt, w_ptr="*" + dt, y_ptr="*" + dt,
+                             M="i32", N="i32", S="i32", eps="fp32", stride_rm="i32", stride_hm="i32",
+                             stride_ym="i32"),
+                        dict(BLOCK=4096, HAS_RES=has_res))
     print("ok")
 """)
 
@@ -272,3 +277,73 @@ def test_linear(shape, dtype, with_residual, device):
     floor = torch.finfo(dtype).eps * max(1.0, gold.abs().max().item())
     assert got.data_ptr() == out.data_ptr() and not torch.isnan(got).any()
     assert err <= 2 * err_ref + floor, (err, err_ref)
+
+
+def _check_norm(y, h, norm_w, eps):
+    """y must be the RMSNorm of the h the kernel wrote: equal to the reference norm of that h up to one
+    ulp of the output (the fp32 sum of squares is ordered differently)."""
+    from kernels.reference import rms_norm_ref
+
+    want = rms_norm_ref(h, norm_w, eps)
+    assert y.dtype == want.dtype and not torch.isnan(y).any(), "unwritten (NaN) norm outputs"
+    ulp = torch.finfo(y.dtype).eps * want.abs().double().clamp_min(torch.finfo(y.dtype).tiny)
+    assert ((y.double() - want.double()).abs() <= ulp + 4 * torch.finfo(torch.float32).eps).all()
+
+
+NORM_CONFIGS = {
+    "split3": dict(BM=16, BN=32, BK=32, SWAP_AB=True, SPLIT_K=3, num_warps=4, num_stages=2),
+    "nosplit": dict(BM=16, BN=64, BK=32, SWAP_AB=False, SPLIT_K=1, num_warps=4, num_stages=2),
+}
+
+
+@pytest.mark.parametrize("cfg", list(NORM_CONFIGS), ids=list(NORM_CONFIGS))
+@pytest.mark.parametrize("residual", [False, True], ids=["nores", "res"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_down_with_norm(dtype, residual, cfg, device):
+    """The down GEMM with the next RMSNorm folded into its split-K reduction (or run after it)."""
+    M, d, h = 33, 96, 176
+    x, w_gu, w_d, r = _inputs(M, d, h, dtype, device, seed=5)
+    norm_w = (1 + 0.1 * torch.randn(d, generator=torch.Generator().manual_seed(6))).to(device=device, dtype=dtype)
+    act = (torch.randn(M, h, generator=torch.Generator().manual_seed(7)) / 2).to(device=device, dtype=dtype)
+    out = torch.full((M, d), float("nan"), device=device, dtype=dtype)
+    y = torch.full((M, d), float("nan"), device=device, dtype=dtype)
+    c = NORM_CONFIGS[cfg]
+    partials = torch.full((c["SPLIT_K"], M, d), float("nan"), device=device) if c["SPLIT_K"] > 1 else None
+    _launch_down(act, w_d, r if residual else None, out, config=c, partials=partials, norm=(norm_w, 1e-5, y))
+    plain = _launch_down(act, w_d, r if residual else None, torch.empty_like(out), config=c)
+    assert torch.equal(out, plain), "the fused norm must not change the GEMM's output"
+    _check_norm(y, out, norm_w, 1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear_and_mlp_rms_norm(dtype, device):
+    """Public fused ops: same h as linear / swiglu_mlp, y = RMSNorm(h); leading dims kept."""
+    from kernels.mlp import linear, linear_rms_norm, swiglu_mlp_rms_norm
+
+    B, T, d, h = 2, 9, 64, 176
+    x, w_gu, w_d, r = _inputs(B * T, d, h, dtype, device, seed=8)
+    x, r = x.view(B, T, d), r.view(B, T, d)
+    norm_w = (1 + 0.1 * torch.randn(d, generator=torch.Generator().manual_seed(9))).to(device=device, dtype=dtype)
+    w_o = w_gu[:d, :]
+    y, hh = linear_rms_norm(x, w_o, r, norm_w, 1e-6)
+    assert hh.shape == (B, T, d) and torch.equal(hh, linear(x, w_o, r))
+    _check_norm(y, hh, norm_w, 1e-6)
+    y2, h2 = swiglu_mlp_rms_norm(x, w_gu, w_d, r, norm_w, 1e-6, out=torch.empty_like(x),
+                                 norm_out=torch.full_like(x, float("nan")))
+    assert torch.equal(h2, swiglu_mlp(x, w_gu, w_d, r))
+    _check_norm(y2, h2, norm_w, 1e-6)
+
+
+def test_norm_validation(device):
+    from kernels.mlp import linear_rms_norm
+
+    x = torch.randn(4, 8, device=device)
+    w = torch.randn(16, 8, device=device)
+    with pytest.raises(ValueError, match=r"norm_weight must be \[16\]"):
+        linear_rms_norm(x, w, None, torch.ones(8, device=device), 1e-6)
+    with pytest.raises(ValueError, match="eps must be a float >= 0"):
+        linear_rms_norm(x, w, None, torch.ones(16, device=device), -1.0)
+    with pytest.raises(ValueError, match=r"out must be \(4, 16\)"):
+        linear_rms_norm(x, w, None, torch.ones(16, device=device), 1e-6, out=torch.empty(4, 8, device=device))
+    with pytest.raises(ValueError, match="norm_out must be"):
+        linear_rms_norm(x, w, None, torch.ones(16, device=device), 1e-6, norm_out=torch.empty(4, 8, device=device))

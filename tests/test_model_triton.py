@@ -84,3 +84,22 @@ def test_bf16_triton_model_vs_reference(d, heads):
     first = [(int((ra != rb).nonzero()[0]) if (ra != rb).any() else len(ra)) for ra, rb in zip(a, b)]
     print(f"block decode bf16 triton+graphs vs torch reference: token agreement {agree:.3f}, "
           f"first divergence at {first} of 64")
+
+
+@pytest.mark.parametrize("which", ["reference", "triton", "unfused"])
+def test_forward_rows_and_fused_norms(which):
+    """``rows`` runs the last layer's queries, projections and MLP only on those rows: the returned hidden
+    states equal the full forward's rows; the fused projection+norm ops equal the composed ones."""
+    from llada.model import forward_hidden
+
+    params, cfg = tiny_model()
+    ops = {"reference": REFERENCE_OPS, "triton": triton_ops(),
+           "unfused": dataclasses.replace(triton_ops(), linear_norm=None, mlp_norm=None)}[which]
+    tokens = torch.tensor([golden()["forward"][0]["input_ids"]] * 2)
+    T = tokens.shape[1]
+    full = forward_hidden(params, cfg, tokens, ops=ops)
+    part = forward_hidden(params, cfg, tokens, ops=ops, rows=slice(3, T - 2))
+    assert part.shape == (2, T - 5, cfg.d_model)
+    torch.testing.assert_close(part, full[:, 3:T - 2], atol=2e-5, rtol=0)
+    ref = forward_hidden(params, cfg, tokens, ops=REFERENCE_OPS)
+    torch.testing.assert_close(full, ref, atol=2e-4, rtol=0)
