@@ -1,15 +1,56 @@
 """Small helpers shared by the kernel modules (imports triton)."""
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
 import triton
+import triton.language as tl
 
 
 def is_interpreter() -> bool:
     """True when kernels run under ``TRITON_INTERPRET=1`` (CPU, numpy arithmetic)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def _sm90_or_newer(index: int) -> bool:
+    return torch.cuda.get_device_capability(index)[0] >= 9
+
+
+def pdl_launch(t: torch.Tensor) -> dict:
+    """Launch options for programmatic dependent launch (PDL) of a kernel working on ``t``'s device.
+
+    On sm_90+ GPUs a kernel launched with PDL may start while the previous kernel of the stream is
+    finishing; every kernel of this package that takes ``USE_GDC`` waits (``gdc_wait``) for the previous
+    kernel to complete before it reads or writes any activation, and only prefetches weights (which no
+    kernel writes) before that. Returns ``{}`` (plain launch) under the interpreter, on the CPU, on older
+    GPUs, with a triton without PDL, or when the environment sets ``LLADA_PDL=0`` (debugging switch).
+    Pass the result as ``**pdl_launch(t)`` together with ``USE_GDC=bool(...)``.
+    """
+    if (is_interpreter() or t.device.type != "cuda" or os.environ.get("LLADA_PDL", "1") == "0"
+            or not _HAS_GDC or not _sm90_or_newer(t.device.index if t.device.index is not None else
+                                                  torch.cuda.current_device())):
+        return {}
+    return {"launch_pdl": True}
+
+
+def gdc_options(t: torch.Tensor) -> dict:
+    """Keyword arguments of a launch whose kernel takes ``USE_GDC``: PDL on (see :func:`pdl_launch`) or ``{}``."""
+    pdl = pdl_launch(t)
+    return dict(USE_GDC=True, **pdl) if pdl else {}
+
+
+def _has_gdc() -> bool:
+    try:
+        from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait  # noqa: F401
+    except Exception:  # older triton
+        return False
+    return True
+
+
+_HAS_GDC = _has_gdc()
 
 
 def check_tensor(name: str, t: torch.Tensor, *, ndim=None, dtypes=None, contiguous_last=True):
@@ -33,11 +74,23 @@ def compile_for(kernel, signature: dict, constexprs: dict, arch: int = 90):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    constexprs = with_defaults(kernel, signature, constexprs)
     sig = dict(signature)
     for k in constexprs:
         sig[k] = "constexpr"
     src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32))
+
+
+def with_defaults(kernel, signature: dict, constexprs: dict) -> dict:
+    """``constexprs`` plus the defaults of the kernel's parameters that neither dict names (``USE_GDC``...)."""
+    import inspect
+
+    out = dict(constexprs)
+    for name, prm in inspect.signature(kernel.fn).parameters.items():
+        if name not in signature and name not in out and prm.default is not inspect.Parameter.empty:
+            out[name] = prm.default
+    return out
 
 
 def as_rows(name: str, t: torch.Tensor, d: int) -> torch.Tensor:
@@ -47,3 +100,20 @@ def as_rows(name: str, t: torch.Tensor, d: int) -> torch.Tensor:
     except RuntimeError:
         raise ValueError(f"{name} of shape {tuple(t.shape)} and strides {t.stride()} cannot be viewed as "
                          f"[rows, {d}] without a copy; pass a tensor whose leading dims flatten") from None
+
+
+@triton.jit
+def gdc_wait_and_release(USE_GDC: tl.constexpr):
+    """With PDL: wait until the previous kernel of the stream has completed (its writes visible), then
+    let the next kernel launch (it waits in turn before touching activations). No-op otherwise."""
+    if USE_GDC:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
+def prefetch_l2(ptrs, USE_GDC: tl.constexpr):
+    """Ask for the lines at ``ptrs`` to be brought into L2 (weights, before ``gdc_wait``); no-op without PDL."""
+    if USE_GDC:
+        tl.inline_asm_elementwise("prefetch.global.L2 [$1];", "=r,l", [ptrs], dtype=tl.int32, is_pure=False,
+                                  pack=1)

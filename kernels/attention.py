@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import check_tensor, is_interpreter
+from kernels._common import check_tensor, gdc_options, gdc_wait_and_release, is_interpreter
 
 __all__ = ["block_attention"]
 
@@ -60,8 +60,9 @@ def _block_attn_fwd_kernel(
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_KV_START: tl.constexpr, HAS_KEY_END: tl.constexpr, SPLIT: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, COUNT_TILES: tl.constexpr,
-    MERGE_IN_KERNEL: tl.constexpr, SPLITS_P2: tl.constexpr,
+    MERGE_IN_KERNEL: tl.constexpr, SPLITS_P2: tl.constexpr, USE_GDC: tl.constexpr = False,
 ):
+    gdc_wait_and_release(USE_GDC)
     pid_s = tl.program_id(0)     # KV split
     pid_m = tl.program_id(1)     # query-row tile
     pid_bh = tl.program_id(2)    # batch * Hkv + kv head
@@ -190,8 +191,9 @@ def _block_attn_merge_kernel(
     Tq, G, Hkv, n_splits, n_m_tiles,
     stride_ob, stride_ot, stride_oh,
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
-    MROWS: tl.constexpr, SPLITS_P2: tl.constexpr,
+    MROWS: tl.constexpr, SPLITS_P2: tl.constexpr, USE_GDC: tl.constexpr = False,
 ):
+    gdc_wait_and_release(USE_GDC)
     pid_r = tl.program_id(0)     # chunk of MROWS rows inside the query-row tile
     pid_m = tl.program_id(1)
     pid_bh = tl.program_id(2)
@@ -364,7 +366,7 @@ def _launch(q, k_cache, v_cache, kv_len, kv_start=None, key_end=None, scale=None
         HAS_KV_START=kv_start is not None, HAS_KEY_END=key_end is not None, SPLIT=split,
         UPCAST=upcast, DOT_PREC=dot_prec, COUNT_TILES=tile_counts is not None,
         MERGE_IN_KERNEL=merge_in_kernel, SPLITS_P2=splits_p2,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **gdc_options(q),
     )
     if split and not merge_in_kernel:
         mrows = block_m if is_interpreter() else min(block_m, 8)
@@ -373,7 +375,7 @@ def _launch(q, k_cache, v_cache, kv_len, kv_start=None, key_end=None, scale=None
             Tq, G, Hkv, n_splits, n_m,
             out.stride(0), out.stride(1), out.stride(2),
             D=D, BLOCK_M=block_m, BLOCK_D=block_d, MROWS=mrows, SPLITS_P2=splits_p2,
-            num_warps=4,
+            num_warps=4, **gdc_options(q),
         )
     return out
 

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import as_rows, check_tensor, is_interpreter
+from kernels._common import as_rows, check_tensor, gdc_wait_and_release, is_interpreter, pdl_launch, prefetch_l2
 
 __all__ = ["swiglu_mlp", "linear", "swiglu_mlp_rms_norm", "linear_rms_norm"]
 
@@ -41,6 +41,14 @@ def _mma(a, b, acc, IEEE: tl.constexpr):
 
 
 @triton.jit
+def _prefetch_rows(base, rows, stride, k0, K, PF_LINES: tl.constexpr, LINE: tl.constexpr, USE_GDC: tl.constexpr):
+    """L2 prefetch of the first ``PF_LINES`` 128-byte lines from column ``k0`` of weight ``rows`` (PDL only)."""
+    if USE_GDC:
+        cols = tl.minimum(k0 + tl.arange(0, PF_LINES) * LINE, K - 1)
+        prefetch_l2(base + rows[:, None] * stride + cols[None, :], USE_GDC)
+
+
+@triton.jit
 def _gate_up_silu_kernel(
     x_src, w_src, a_ptr,                 # x [M, K], w [2H, K] (gate rows, then up rows): pointers or TMA
     M, H, K,                             # descriptors (USE_TMA); a [M, H] pointer
@@ -48,6 +56,7 @@ def _gate_up_silu_kernel(
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
     SWAP_AB: tl.constexpr,               # compute a.T tiles [BN, BM] = W @ x.T (weight rows fill the MMA's M)
     USE_TMA: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+    USE_GDC: tl.constexpr = False, PF_LINES: tl.constexpr = 1, LINE: tl.constexpr = 64,
 ):
     pid = tl.program_id(0)
     num_m = tl.cdiv(M, BM)
@@ -63,6 +72,10 @@ def _gate_up_silu_kernel(
         x_ptrs = x_src + rows_x[:, None] * stride_xm + offs_k[None, :]           # [BM, BK]
         g_ptrs = w_src + rows_w[:, None] * stride_wn + offs_k[None, :]           # [BN, BK]
         u_ptrs = w_src + (rows_w + H)[:, None] * stride_wn + offs_k[None, :]     # [BN, BK]
+        # PDL: the weights do not depend on the previous kernel; start pulling them before waiting
+        _prefetch_rows(w_src, rows_w, stride_wn, 0, K, PF_LINES, LINE, USE_GDC)
+        _prefetch_rows(w_src, rows_w + H, stride_wn, 0, K, PF_LINES, LINE, USE_GDC)
+    gdc_wait_and_release(USE_GDC)
     if SWAP_AB:
         acc_g = tl.zeros((BN, BM), dtype=tl.float32)
         acc_u = tl.zeros((BN, BM), dtype=tl.float32)
@@ -122,6 +135,7 @@ def _down_kernel(
     SWAP_AB: tl.constexpr, USE_TMA: tl.constexpr, EVEN_K: tl.constexpr,
     SPLIT: tl.constexpr,                 # True: write fp32 partials (reduced by _splitk_reduce_kernel)
     HAS_RES: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+    USE_GDC: tl.constexpr = False, PF_LINES: tl.constexpr = 1, LINE: tl.constexpr = 64,
 ):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -138,6 +152,8 @@ def _down_kernel(
         rows_w = (offs_n % N).to(tl.int64)
         a_ptrs = a_src + rows_a[:, None] * stride_am + (k_start + offs_k)[None, :]   # [BM, BK]
         w_ptrs = w_src + rows_w[:, None] * stride_wn + (k_start + offs_k)[None, :]   # [BN, BK]
+        _prefetch_rows(w_src, rows_w, stride_wn, k_start, K, PF_LINES, LINE, USE_GDC)
+    gdc_wait_and_release(USE_GDC)
     if SWAP_AB:
         acc = tl.zeros((BN, BM), dtype=tl.float32)
     else:
@@ -186,8 +202,9 @@ def _down_kernel(
 def _splitk_reduce_kernel(
     p_ptr, r_ptr, y_ptr,                 # partials [S, M, N] fp32, residual [M, N], y [M, N]
     M, N, S, stride_rm, stride_ym,
-    BLOCK: tl.constexpr, HAS_RES: tl.constexpr,
+    BLOCK: tl.constexpr, HAS_RES: tl.constexpr, USE_GDC: tl.constexpr = False,
 ):
+    gdc_wait_and_release(USE_GDC)
     m = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
@@ -207,10 +224,11 @@ def _splitk_reduce_norm_kernel(
     p_ptr, r_ptr, h_ptr, w_ptr, y_ptr,   # partials [S, M, N] fp32, residual [M, N], h [M, N], norm weight [N],
     M, N, S, eps,                        # y = rms_norm(h) [M, N]
     stride_rm, stride_hm, stride_ym,
-    BLOCK: tl.constexpr, HAS_RES: tl.constexpr,
+    BLOCK: tl.constexpr, HAS_RES: tl.constexpr, USE_GDC: tl.constexpr = False,
 ):
     """The split-K reduction of one output row, the residual add, and the RMSNorm of the result: the
     reduce of ``_splitk_reduce_kernel`` followed by ``_rms_norm_kernel``, in one launch."""
+    gdc_wait_and_release(USE_GDC)
     m = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < N
@@ -289,6 +307,17 @@ def _flags(dtype: torch.dtype) -> dict:
     return dict(UPCAST=interp and dtype == torch.bfloat16, IEEE=dtype == torch.float32 and not interp)
 
 
+def _pdl(t: torch.Tensor, cfg: dict, use_tma: bool) -> dict:
+    """PDL launch options and the weight-prefetch depth (the first ``num_stages`` K-blocks of the tile)."""
+    pdl = pdl_launch(t)
+    if not pdl:
+        return {}
+    line = 128 // t.element_size()
+    lines = 0 if use_tma else max(1, cfg["BK"] * cfg["num_stages"] // line)
+    lines = min(16, 1 << (lines.bit_length() - 1)) if lines else 1
+    return dict(USE_GDC=True, PF_LINES=lines, LINE=line if not use_tma else 0, **pdl)
+
+
 def _tma_ok(*ts: torch.Tensor) -> bool:
     """TMA descriptors need 16-byte aligned bases and row strides and a contiguous last dim."""
     return all(t.data_ptr() % 16 == 0 and t.stride(-1) == 1 and (t.stride(0) * t.element_size()) % 16 == 0
@@ -315,7 +344,7 @@ def _launch_gate_up(x: torch.Tensor, w_gate_up: torch.Tensor, act: torch.Tensor,
         x_src, w_src, act, M, H, K,
         x.stride(0), w_gate_up.stride(0), act.stride(0),
         BM=BM, BN=BN, BK=BK, SWAP_AB=cfg["SWAP_AB"], USE_TMA=use_tma, EVEN_K=(K % BK == 0), **_flags(x.dtype),
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        **_pdl(x, cfg, use_tma), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return act
 
@@ -351,22 +380,24 @@ def _launch_down(act: torch.Tensor, w_down: torch.Tensor, residual: Optional[tor
         a_src, w_src, r, out, p, M, N, K, k_per_split,
         act.stride(0), w_down.stride(0), r.stride(0), out.stride(0),
         BM=BM, BN=BN, BK=BK, SWAP_AB=cfg["SWAP_AB"], USE_TMA=use_tma, EVEN_K=(K % BK == 0), SPLIT=split > 1,
-        HAS_RES=has_res, **_flags(act.dtype),
+        HAS_RES=has_res, **_flags(act.dtype), **_pdl(act, cfg, use_tma),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
+    pdl = pdl_launch(act)
     if split > 1 and norm is not None and N <= _FUSED_NORM_MAX:
         nw, eps, y = norm
         block = _np2(N)
         _splitk_reduce_norm_kernel[(M,)](
             partials, r, out, nw, y, M, N, split, float(eps), r.stride(0), out.stride(0), y.stride(0),
             BLOCK=block, HAS_RES=has_res, num_warps=1 if is_interpreter() else min(16, max(4, block // 512)),
+            USE_GDC=bool(pdl), **pdl,
         )
         return out
     if split > 1:
         block = min(1024, _np2(N)) if not is_interpreter() else _clamp_pow2(N, 16, 1 << 16)
         _splitk_reduce_kernel[(M, triton.cdiv(N, block))](
             partials, r, out, M, N, split, r.stride(0), out.stride(0),
-            BLOCK=block, HAS_RES=has_res, num_warps=4,
+            BLOCK=block, HAS_RES=has_res, num_warps=4, USE_GDC=bool(pdl), **pdl,
         )
     if norm is not None:
         from kernels.norm import _launch as _norm_launch

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import as_rows, check_tensor, is_interpreter
+from kernels._common import as_rows, check_tensor, gdc_options, gdc_wait_and_release, is_interpreter
 
 __all__ = ["rms_norm"]
 
@@ -28,8 +28,9 @@ def _rms_norm_kernel(
     R, N, eps,
     stride_x, stride_r, stride_y, stride_h,
     BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, NUM_CHUNKS: tl.constexpr,
-    HAS_RES: tl.constexpr,
+    HAS_RES: tl.constexpr, USE_GDC: tl.constexpr = False,
 ):
+    gdc_wait_and_release(USE_GDC)
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     rmask = (rows < R)[:, None]
     rows = rows.to(tl.int64)[:, None]                                     # [BLOCK_R, 1]
@@ -101,7 +102,7 @@ def _launch(x2, r2, weight, y2, h2, eps, config=None):
         x2, r, weight, y2, h, R, N, float(eps),
         x2.stride(0), r.stride(0), y2.stride(0), h.stride(0),
         BLOCK_R=cfg["BLOCK_R"], BLOCK_N=cfg["BLOCK_N"], NUM_CHUNKS=cfg["NUM_CHUNKS"], HAS_RES=has_res,
-        num_warps=cfg["num_warps"],
+        num_warps=cfg["num_warps"], **gdc_options(x2),
     )
 
 

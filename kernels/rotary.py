@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import check_tensor, is_interpreter
+from kernels._common import check_tensor, gdc_options, gdc_wait_and_release, is_interpreter
 
 __all__ = ["rope", "rope_qk_", "qkv_rope_cache"]
 
@@ -64,8 +64,9 @@ def _qkv_rope_cache_kernel(
     svb, svt, svh, svd,                  # v cache
     sct,                                 # row stride of the cos / sin tables [L, D]
     DYN: tl.constexpr, HAS_CACHE: tl.constexpr, HAS_WF: tl.constexpr, HALF: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_D2: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_D2: tl.constexpr, USE_GDC: tl.constexpr = False,
 ):
+    gdc_wait_and_release(USE_GDC)
     # grid: (row tiles, group); a row is one (batch, token, head) of the group: 0 = q (rotated in
     # place), 1 = k (rotated, into the cache or in place), 2 = v (copied into the cache)
     g = tl.program_id(1)
@@ -275,7 +276,7 @@ def qkv_rope_cache(qkv: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.
             T, H, Hkv, n_rows, *qkv.stride(), *kc.stride(), *vc.stride(), cos_table.stride(0),
             DYN=dyn, HAS_CACHE=has_cache, HAS_WF=write_from is not None, HALF=D // 2, BLOCK_R=block_r,
             BLOCK_D2=block_d2,
-            num_warps=4 if block_r * block_d2 >= 1024 else 2,
+            num_warps=4 if block_r * block_d2 >= 1024 else 2, **gdc_options(qkv),
         )
     q = qkv[:, :, :H]
     if has_cache:

@@ -296,13 +296,13 @@ _COMPILE_SCRIPT = textwrap.dedent("""
                 k = compile_for(_block_attn_fwd_kernel, sig, dict(
                     D=D, BLOCK_M=32, BLOCK_N=64, BLOCK_D=D, HAS_KV_START=True, HAS_KEY_END=True,
                     SPLIT=split, UPCAST=False, DOT_PREC="tf32", COUNT_TILES=False,
-                    MERGE_IN_KERNEL=split, SPLITS_P2=8))
+                    MERGE_IN_KERNEL=split, SPLITS_P2=8, USE_GDC=True))
                 assert "mma" in k.asm["ptx"]
                 print("ok fwd", dt, D, split, k.metadata.shared)
         sig = dict(m_part_ptr="*fp32", l_part_ptr="*fp32", acc_part_ptr="*fp32", o_ptr="*" + dt)
         sig.update({n: "i32" for n in "Tq G Hkv n_splits n_m_tiles stride_ob stride_ot stride_oh".split()})
         compile_for(_block_attn_merge_kernel, sig, dict(D=128, BLOCK_M=32, BLOCK_D=128, MROWS=8,
-                                                        SPLITS_P2=8))
+                                                        SPLITS_P2=8, USE_GDC=True))
         print("ok merge", dt)
 """)
 

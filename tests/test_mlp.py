@@ -186,7 +186,7 @@ _COMPILE = textwrap.dedent("""
     import os, sys
     sys.path.insert(0, {root!r})
     import torch
-    from kernels._common import compile_for
+    from kernels._common import compile_for, with_defaults
     from kernels import mlp
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -195,6 +195,8 @@ _COMPILE = textwrap.dedent("""
     def build(kernel, sig, cx, cfg):
         # like kernels._common.compile_for, plus the launch's num_warps/num_stages and the 16-divisibility
         # that a real launch specialises (without it the loads are not pipelined and smem is not checked)
+        cx = dict(cx, USE_GDC=True, PF_LINES=8, LINE=64)  # what sm_90 launches (PDL, weight prefetch)
+        cx = with_defaults(kernel, sig, cx)
         sig = dict(sig)
         attrs = {{(kernel.arg_names.index(n),): [["tt.divisibility", 16]] for n in sig
                   if n not in ("M", "N") and not sig[n].startswith("tensordesc")}}
@@ -236,12 +238,12 @@ _COMPILE = textwrap.dedent("""
             compile_for(mlp._splitk_reduce_kernel,
                         dict(p_ptr="*fp32", r_ptr="*" + dt, y_ptr="*" + dt, M="i32", N="i32", S="i32",
                              stride_rm="i32", stride_ym="i32"),
-                        dict(BLOCK=1024, HAS_RES=has_res))
+                        dict(BLOCK=1024, HAS_RES=has_res, USE_GDC=True))
             compile_for(mlp._splitk_reduce_norm_kernel,
                         dict(p_ptr="*fp32", r_ptr="*" + dt, h_ptr="*" + dt, w_ptr="*" + dt, y_ptr="*" + dt,
                              M="i32", N="i32", S="i32", eps="fp32", stride_rm="i32", stride_hm="i32",
                              stride_ym="i32"),
-                        dict(BLOCK=4096, HAS_RES=has_res))
+                        dict(BLOCK=4096, HAS_RES=has_res, USE_GDC=True))
     print("ok")
 """)
 

@@ -148,7 +148,8 @@ _COMPILE = textwrap.dedent("""
                     dict(x_ptr="*" + dt, r_ptr="*" + dt, w_ptr="*" + dt, y_ptr="*" + dt, h_ptr="*" + dt,
                          R="i32", N="i32", eps="fp32", stride_x="i32", stride_r="i32", stride_y="i32",
                          stride_h="i32"),
-                    dict(BLOCK_R=c["BLOCK_R"], BLOCK_N=c["BLOCK_N"], NUM_CHUNKS=c["NUM_CHUNKS"], HAS_RES=has_res))
+                    dict(BLOCK_R=c["BLOCK_R"], BLOCK_N=c["BLOCK_N"], NUM_CHUNKS=c["NUM_CHUNKS"], HAS_RES=has_res,
+                         USE_GDC=True))
     print("ok")
 """)
 

@@ -200,7 +200,8 @@ _COMPILE = textwrap.dedent("""
                                             "svb", "svt", "svh", "svd")}})
             sig.update(sct="i32")
             compile_for(rope._qkv_rope_cache_kernel, sig,
-                        dict(DYN=dyn, HAS_CACHE=cache, HAS_WF=cache, HALF=64, BLOCK_R=32, BLOCK_D2=64))
+                        dict(DYN=dyn, HAS_CACHE=cache, HAS_WF=cache, HALF=64, BLOCK_R=32, BLOCK_D2=64,
+                             USE_GDC=True))
     print("ok")
 """)
 
