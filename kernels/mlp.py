@@ -201,15 +201,15 @@ def _down_kernel(
 @triton.jit
 def _splitk_reduce_kernel(
     p_ptr, r_ptr, y_ptr,                 # partials [S, M, N] fp32, residual [M, N], y [M, N]
-    M, N, S, stride_rm, stride_ym,
-    BLOCK: tl.constexpr, HAS_RES: tl.constexpr, USE_GDC: tl.constexpr = False,
+    M, N, stride_rm, stride_ym,
+    S: tl.constexpr, BLOCK: tl.constexpr, HAS_RES: tl.constexpr, USE_GDC: tl.constexpr = False,
 ):
     gdc_wait_and_release(USE_GDC)
     m = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for s in range(0, S):                # fixed order: deterministic
+    for s in tl.static_range(S):         # fixed order: deterministic; unrolled, the loads overlap
         acc += tl.load(p_ptr + (s * M + m) * N + offs, mask=mask, other=0.0)
     dt = y_ptr.dtype.element_ty
     y = acc.to(dt)
@@ -222,9 +222,9 @@ def _splitk_reduce_kernel(
 @triton.jit
 def _splitk_reduce_norm_kernel(
     p_ptr, r_ptr, h_ptr, w_ptr, y_ptr,   # partials [S, M, N] fp32, residual [M, N], h [M, N], norm weight [N],
-    M, N, S, eps,                        # y = rms_norm(h) [M, N]
+    M, N, eps,                           # y = rms_norm(h) [M, N]
     stride_rm, stride_hm, stride_ym,
-    BLOCK: tl.constexpr, HAS_RES: tl.constexpr, USE_GDC: tl.constexpr = False,
+    S: tl.constexpr, BLOCK: tl.constexpr, HAS_RES: tl.constexpr, USE_GDC: tl.constexpr = False,
 ):
     """The split-K reduction of one output row, the residual add, and the RMSNorm of the result: the
     reduce of ``_splitk_reduce_kernel`` followed by ``_rms_norm_kernel``, in one launch."""
@@ -233,7 +233,7 @@ def _splitk_reduce_norm_kernel(
     offs = tl.arange(0, BLOCK)
     mask = offs < N
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for s in range(0, S):                # fixed order: deterministic, the same sums as the reduce kernel
+    for s in tl.static_range(S):         # fixed order: deterministic, the same sums as the reduce kernel
         acc += tl.load(p_ptr + (s * M + m) * N + offs, mask=mask, other=0.0)
     dt = h_ptr.dtype.element_ty
     h = acc.to(dt)
@@ -271,8 +271,8 @@ def gate_up_config(M: int, N: int, K: int, dtype: torch.dtype, interpret: Option
                     SWAP_AB=False, TMA=False, num_warps=4, num_stages=1)
     if dtype == torch.float32:  # correctness path (IEEE fp32 dots), not tuned
         return dict(BM=_clamp_pow2(M, 16, 32), BN=32, BK=32, SWAP_AB=False, TMA=False, num_warps=4, num_stages=2)
-    if M <= 32:  # smem (BM + 2 BN) * BK * 2 B * 3 stages <= 216 KiB
-        return dict(BM=_clamp_pow2(M, 16, 32), BN=128, BK=128, SWAP_AB=True, TMA=False, num_warps=8, num_stages=3)
+    if M <= 32:  # smem (BM + 2 BN) * BK * 2 B * 5 stages = 200 KiB; 192 programs
+        return dict(BM=_clamp_pow2(M, 16, 32), BN=64, BK=128, SWAP_AB=True, TMA=True, num_warps=4, num_stages=5)
     if M <= 64:  # 192 KiB
         return dict(BM=64, BN=64, BK=128, SWAP_AB=True, TMA=False, num_warps=4, num_stages=4)
     return dict(BM=128, BN=128, BK=64, SWAP_AB=False, TMA=True, num_warps=8, num_stages=4)
@@ -298,7 +298,10 @@ def down_config(M: int, N: int, K: int, dtype: torch.dtype, interpret: Optional[
     else:
         cfg = dict(BM=128, BN=128, BK=64, SWAP_AB=False, TMA=True, num_warps=8, num_stages=3)
     tiles = triton.cdiv(M, cfg["BM"]) * triton.cdiv(N, cfg["BN"])
-    cfg["SPLIT_K"] = max(1, min(triton.cdiv(K, 8 * cfg["BK"]), 256 // tiles))
+    # about one program per SM at decode sizes (with PDL, two per SM measured slower: 128 vs 256 programs
+    # for the O and down projections at M = 32), two above
+    target = 128 if M <= 64 else 256
+    cfg["SPLIT_K"] = max(1, min(triton.cdiv(K, 8 * cfg["BK"]), target // tiles))
     return cfg
 
 
@@ -388,16 +391,16 @@ def _launch_down(act: torch.Tensor, w_down: torch.Tensor, residual: Optional[tor
         nw, eps, y = norm
         block = _np2(N)
         _splitk_reduce_norm_kernel[(M,)](
-            partials, r, out, nw, y, M, N, split, float(eps), r.stride(0), out.stride(0), y.stride(0),
-            BLOCK=block, HAS_RES=has_res, num_warps=1 if is_interpreter() else min(16, max(4, block // 512)),
+            partials, r, out, nw, y, M, N, float(eps), r.stride(0), out.stride(0), y.stride(0),
+            S=split, BLOCK=block, HAS_RES=has_res, num_warps=1 if is_interpreter() else min(16, max(4, block // 512)),
             USE_GDC=bool(pdl), **pdl,
         )
         return out
     if split > 1:
         block = min(1024, _np2(N)) if not is_interpreter() else _clamp_pow2(N, 16, 1 << 16)
         _splitk_reduce_kernel[(M, triton.cdiv(N, block))](
-            partials, r, out, M, N, split, r.stride(0), out.stride(0),
-            BLOCK=block, HAS_RES=has_res, num_warps=4, USE_GDC=bool(pdl), **pdl,
+            partials, r, out, M, N, r.stride(0), out.stride(0),
+            S=split, BLOCK=block, HAS_RES=has_res, num_warps=4, USE_GDC=bool(pdl), **pdl,
         )
     if norm is not None:
         from kernels.norm import _launch as _norm_launch

@@ -236,14 +236,14 @@ _COMPILE = textwrap.dedent("""
                            SPLIT=c["SPLIT_K"] > 1, HAS_RES=has_res, UPCAST=False, IEEE=False), c)
         for has_res in ((False, True) if dt == "bf16" else (True,)):
             compile_for(mlp._splitk_reduce_kernel,
-                        dict(p_ptr="*fp32", r_ptr="*" + dt, y_ptr="*" + dt, M="i32", N="i32", S="i32",
+                        dict(p_ptr="*fp32", r_ptr="*" + dt, y_ptr="*" + dt, M="i32", N="i32",
                              stride_rm="i32", stride_ym="i32"),
-                        dict(BLOCK=1024, HAS_RES=has_res, USE_GDC=True))
+                        dict(S=4, BLOCK=1024, HAS_RES=has_res, USE_GDC=True))
             compile_for(mlp._splitk_reduce_norm_kernel,
                         dict(p_ptr="*fp32", r_ptr="*" + dt, h_ptr="*" + dt, w_ptr="*" + dt, y_ptr="*" + dt,
-                             M="i32", N="i32", S="i32", eps="fp32", stride_rm="i32", stride_hm="i32",
+                             M="i32", N="i32", eps="fp32", stride_rm="i32", stride_hm="i32",
                              stride_ym="i32"),
-                        dict(BLOCK=4096, HAS_RES=has_res, USE_GDC=True))
+                        dict(S=2, BLOCK=4096, HAS_RES=has_res, USE_GDC=True))
     print("ok")
 """)
 
