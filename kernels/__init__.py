@@ -14,6 +14,7 @@ __all__ = [
     "rope",
     "swiglu_mlp",
     "head_confidence",
+    "logits_confidence",
     "select_transfer",
     "select_commit",
     "reference",
@@ -25,6 +26,7 @@ _LAZY = {
     "rope": "kernels.rotary",
     "swiglu_mlp": "kernels.mlp",
     "head_confidence": "kernels.remask",
+    "logits_confidence": "kernels.remask",
     "select_transfer": "kernels.remask",
     "select_commit": "kernels.remask",
 }

@@ -25,6 +25,7 @@ __all__ = [
     "block_attention_ref",
     "swiglu_mlp_ref",
     "head_confidence_ref",
+    "logits_confidence_ref",
     "select_transfer_ref",
 ]
 
@@ -191,29 +192,55 @@ def swiglu_mlp_ref(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tenso
 def head_confidence_ref(hidden: torch.Tensor, w_head: torch.Tensor, *,
                         temperature: float = 0.0, generator: Optional[torch.Generator] = None,
                         banned_ids: Sequence[int] = (), no_confidence_ids: Sequence[int] = (),
-                        uncond_hidden: Optional[torch.Tensor] = None, cfg_scale: float = 0.0):
+                        uncond_hidden: Optional[torch.Tensor] = None, cfg_scale: float = 0.0,
+                        n_rows: Optional[torch.Tensor] = None, row_ids: Optional[torch.Tensor] = None):
     """Sampled token and its confidence for each row, from final (normed) hidden states.
 
     hidden: ``[M, d]``; w_head: ``[V, d]``. Logits ``l = hidden @ w_head.T`` are rounded to the
-    hidden dtype (as the reference model's logits), then computed on in fp32:
-      * classifier-free guidance when ``uncond_hidden`` is given: ``l = lu + (cfg_scale + 1) * (l - lu)``;
+    hidden dtype (as the reference model's logits), then everything else is :func:`logits_confidence_ref`
+    (CFG with ``uncond_hidden @ w_head.T``, banned ids, argmax or Gumbel-max sampling, confidence).
+    Returns ``(x0 int64 [M], conf fp32 [M])``.
+    """
+    uncond_logits = None if uncond_hidden is None else uncond_hidden @ w_head.t()
+    return logits_confidence_ref(hidden @ w_head.t(), temperature=temperature, generator=generator,
+                                 banned_ids=banned_ids, no_confidence_ids=no_confidence_ids,
+                                 uncond_logits=uncond_logits, cfg_scale=cfg_scale, n_rows=n_rows, row_ids=row_ids)
+
+
+def logits_confidence_ref(logits: torch.Tensor, *, temperature: float = 0.0,
+                          generator: Optional[torch.Generator] = None, banned_ids: Sequence[int] = (),
+                          no_confidence_ids: Sequence[int] = (), uncond_logits: Optional[torch.Tensor] = None,
+                          cfg_scale: float = 0.0, n_rows: Optional[torch.Tensor] = None,
+                          row_ids: Optional[torch.Tensor] = None):
+    """Sampled token and its confidence for each row, from logits ``[M, V]`` (any float dtype), in fp32:
+      * classifier-free guidance when ``uncond_logits`` is given: ``l = lu + (cfg_scale + 1) * (l - lu)``;
       * ``banned_ids`` get ``-inf`` logits before anything else (``logits_eos_inf``);
       * ``x0 = argmax(l)`` at temperature 0, else a Gumbel-max sample of ``softmax(l / T)``
-        (noise from ``generator``); ties go to the lowest id;
+        (noise from ``generator``, fp64, one ``[M, V]`` draw); ties go to the lowest id;
       * ``no_confidence_ids`` get ``-inf`` logits *after* sampling (``confidence_eos_eot_inf``): they
         leave the confidence softmax, so a sampled one gets confidence 0 and the others renormalise
         (what the official code computes at temperature 0);
       * ``conf = exp(l[x0] - logsumexp(l))`` (noise-free, fp32).
+    ``n_rows`` is accepted and ignored (every row is computed; the kernels may skip rows ``>= n_rows``).
+    ``row_ids`` (values in ``[0, M)``): row i gets the noise of row ``row_ids[i]`` of the draw, so rows
+    gathered from a batch keep their noise (the kernels use them as Philox row counters).
     Returns ``(x0 int64 [M], conf fp32 [M])``.
     """
-    logits = (hidden @ w_head.t()).float()
-    if uncond_hidden is not None:
-        lu = (uncond_hidden @ w_head.t()).float()
+    logits = logits.float()  # a copy where logits were not fp32 already; cloned below when they were
+    if uncond_logits is not None:
+        lu = uncond_logits.float()
         logits = lu + (cfg_scale + 1.0) * (logits - lu)
+    elif logits.dtype == torch.float32 and (len(banned_ids) or len(no_confidence_ids)):
+        logits = logits.clone()  # the -inf writes below must not reach the caller's tensor
     if len(banned_ids):
         logits[:, list(banned_ids)] = float("-inf")
     if temperature > 0:
         u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
+        if row_ids is not None:
+            M = logits.shape[0]
+            if row_ids.shape != (M,) or (M and not bool(((row_ids >= 0) & (row_ids < M)).all())):
+                raise ValueError(f"row_ids must be [{M}] with values in [0, {M}), got shape {tuple(row_ids.shape)}")
+            u = u[row_ids.to(u.device).long()]
         g = -torch.log(-torch.log(u.clamp_min(1e-300)))
         x0 = torch.argmax(logits.double() / temperature + g, dim=-1)
     else:

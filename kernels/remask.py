@@ -7,12 +7,18 @@ factor transfer selection (LLaDA low-confidence remasking, Fast-dLLM parallel ru
   ids and Gumbel noise (in-kernel Philox keyed by ``(seed, offset)``, counters ``(vocab id, row)``, so
   samples do not depend on the tiling) and reduces it to per-row partials. Kernel 2
   (``_head_merge_kernel``) merges the partials of each row into ``x0`` and ``conf``.
+* :func:`logits_confidence`: the same from logits already in memory (``[M, V]``, one read):
+  ``_logits_partials_kernel`` (grid ``(row tiles, vocab slices)``) streams a vocab slice in tiles with an
+  online max / sum-exp / argmax, through the same epilogue (``_tile_stats``) and the same merge kernel.
+* Both take an optional device ``n_rows`` (programs past it exit at once: the head on the still-masked rows
+  gathered to the front) and ``row_ids`` (the Philox row counters of gathered rows).
 * :func:`select_transfer` / :func:`select_commit`: one program per row ranks the masked positions by
   ``[L, BLOCK_J]`` comparison blocks (``rank_i = #{j: c_j > c_i or (c_j == c_i and j < i)}``), applies
   the rule to the ranks and stores the selection (optionally committing ``x0`` into the token block
   in place).
 
-References: :func:`kernels.reference.head_confidence_ref`, :func:`kernels.reference.select_transfer_ref`.
+References: :func:`kernels.reference.head_confidence_ref`, :func:`kernels.reference.logits_confidence_ref`,
+:func:`kernels.reference.select_transfer_ref`.
 """
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ import triton.language as tl
 
 from kernels._common import check_tensor, is_interpreter
 
-__all__ = ["head_confidence", "select_transfer", "select_commit"]
+__all__ = ["head_confidence", "logits_confidence", "select_transfer", "select_commit"]
 
 MAX_SPECIAL_IDS = 4  # banned_ids / no_confidence_ids are passed as scalar kernel arguments
 MAX_SELECT_LEN = 4096  # one row of select_transfer is held in registers
@@ -80,22 +86,76 @@ def _in_ids(x, i0, i1, i2, i3, N: tl.constexpr):
     return hit
 
 
+@triton.jit
+def _tile_stats(logit, v0, prow, V, inv_temp, seed_lo, seed_hi, off_lo, off_hi,
+                ban0, ban1, ban2, ban3, nc0, nc1, nc2, nc3,
+                N_BAN: tl.constexpr, N_NC: tl.constexpr, SAMPLE: tl.constexpr, MASK_V: tl.constexpr,
+                BLOCK_V: tl.constexpr):
+    """The shared epilogue: per-row partials of one fp32 logit tile ``[BM, BV]`` whose column j is vocab
+    id ``v0 + j`` (CFG already applied; ``prow`` ``[BM]``: the Philox row counters). Applies banned ids,
+    the V edge (``MASK_V``), Gumbel noise and no_confidence ids, and returns ``(kmax, kidx, lx, m, s)``
+    ``[BM]`` each: the largest sampling key and its lowest vocab id (int32), the confidence logit at that
+    id, the max of the confidence logits and the sum of their exp relative to that max (0 where -inf)."""
+    vcol = (v0 + tl.arange(0, BLOCK_V))[None, :]  # [1, BV]
+    if N_BAN > 0:
+        logit = tl.where(_in_ids(vcol, ban0, ban1, ban2, ban3, N_BAN), float("-inf"), logit)
+    if MASK_V:
+        logit = tl.where(vcol < V, logit, float("-inf"))
+    # the confidence softmax also drops no_confidence_ids (after sampling)
+    if N_NC > 0:
+        logit_c = tl.where(_in_ids(vcol, nc0, nc1, nc2, nc3, N_NC), float("-inf"), logit)
+    else:
+        logit_c = logit
+
+    if SAMPLE:
+        g = _gumbel(vcol, prow[:, None], seed_lo, seed_hi, off_lo, off_hi)
+        key = logit * inv_temp + g
+        kmax, kloc = tl.max(key, axis=1, return_indices=True, return_indices_tie_break_left=True)
+        lsel = tl.arange(0, BLOCK_V)[None, :] == kloc[:, None]
+        lx = tl.max(tl.where(lsel, logit_c, float("-inf")), axis=1)  # l_c[x0]
+    else:
+        kmax, kloc = tl.max(logit, axis=1, return_indices=True, return_indices_tie_break_left=True)
+        lx = kmax
+        if N_NC > 0:
+            lx = tl.where(_in_ids(v0 + kloc, nc0, nc1, nc2, nc3, N_NC), float("-inf"), lx)
+    m = tl.max(logit_c, axis=1)
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    s = tl.sum(tl.exp(logit_c - m_safe[:, None]), axis=1)
+    return kmax, v0 + kloc.to(tl.int32), lx, m, s
+
+
+@triton.jit
+def _store_partials(pkey_ptr, pidx_ptr, plx_ptr, pm_ptr, ps_ptr, rows, pid_v, M, NVT, kmax, kidx, lx, m, s):
+    po = rows.to(tl.int64) * NVT + pid_v
+    rmask = rows < M
+    tl.store(pkey_ptr + po, kmax, mask=rmask)
+    tl.store(pidx_ptr + po, kidx, mask=rmask)
+    tl.store(plx_ptr + po, lx, mask=rmask)
+    tl.store(pm_ptr + po, m, mask=rmask)
+    tl.store(ps_ptr + po, s, mask=rmask)
+
+
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
 def _head_partials_kernel(
     h_ptr, hu_ptr, w_ptr,  # [M, D], [M, D] (CFG only), [V, D]
     pkey_ptr, pidx_ptr, plx_ptr, pm_ptr, ps_ptr,  # partials [M, NVT]
+    n_rows_ptr, row_ids_ptr,  # [1] rows to compute (HAS_N_ROWS), [M] Philox row counters (HAS_ROW_IDS)
     M, V, D, NVT,
     stride_hm, stride_hum, stride_wv,
     inv_temp, cfg_w,
     seed_lo, seed_hi, off_lo, off_hi,
     ban0, ban1, ban2, ban3, nc0, nc1, nc2, nc3,
     N_BAN: tl.constexpr, N_NC: tl.constexpr, SAMPLE: tl.constexpr, CFG: tl.constexpr,
+    HAS_N_ROWS: tl.constexpr, HAS_ROW_IDS: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, SWAP_AB: tl.constexpr,
     EVEN_K: tl.constexpr, EVEN_V: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)  # row tiles vary fastest: programs sharing a W tile run together (L2)
     pid_v = tl.program_id(1)
+    if HAS_N_ROWS:  # row tiles at or past n_rows do nothing (their rows' outputs are unspecified)
+        if pid_m * BLOCK_M >= tl.load(n_rows_ptr):
+            return
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
     vids = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)  # [BV]
     offs_k = tl.arange(0, BLOCK_K)  # [BK]
@@ -153,48 +213,90 @@ def _head_partials_kernel(
     if CFG:
         lu = accu.to(h_ptr.dtype.element_ty).to(tl.float32)
         logit = lu + cfg_w * (logit - lu)
-    vcol = vids[None, :]
-    if N_BAN > 0:
-        logit = tl.where(_in_ids(vcol, ban0, ban1, ban2, ban3, N_BAN), float("-inf"), logit)
-    if not EVEN_V:
-        logit = tl.where(vcol < V, logit, float("-inf"))
-    # the confidence softmax also drops no_confidence_ids (after sampling)
-    if N_NC > 0:
-        logit_c = tl.where(_in_ids(vcol, nc0, nc1, nc2, nc3, N_NC), float("-inf"), logit)
+    if HAS_ROW_IDS:
+        prow = tl.load(row_ids_ptr + rows_c).to(tl.int32)
     else:
-        logit_c = logit
+        prow = rows
+    kmax, kidx, lx, m, s = _tile_stats(logit, pid_v * BLOCK_V, prow, V, inv_temp, seed_lo, seed_hi, off_lo, off_hi,
+                                       ban0, ban1, ban2, ban3, nc0, nc1, nc2, nc3,
+                                       N_BAN=N_BAN, N_NC=N_NC, SAMPLE=SAMPLE, MASK_V=not EVEN_V, BLOCK_V=BLOCK_V)
+    _store_partials(pkey_ptr, pidx_ptr, plx_ptr, pm_ptr, ps_ptr, rows, pid_v, M, NVT, kmax, kidx, lx, m, s)
 
-    if SAMPLE:
-        g = _gumbel(vcol, rows[:, None], seed_lo, seed_hi, off_lo, off_hi)
-        key = logit * inv_temp + g
-        kmax, kloc = tl.max(key, axis=1, return_indices=True, return_indices_tie_break_left=True)
-        lsel = tl.arange(0, BLOCK_V)[None, :] == kloc[:, None]
-        lx = tl.max(tl.where(lsel, logit_c, float("-inf")), axis=1)  # l_c[x0]
+
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
+def _logits_partials_kernel(
+    l_ptr, lu_ptr,  # [M, V] logits, [M, V] unconditional logits (CFG only); last dim contiguous
+    pkey_ptr, pidx_ptr, plx_ptr, pm_ptr, ps_ptr,  # partials [M, NVT]
+    n_rows_ptr, row_ids_ptr,  # as _head_partials_kernel
+    M, V, NVT, CHUNK,  # program (i, j) streams vocab ids [j * CHUNK, min((j + 1) * CHUNK, V)), BLOCK_V at a time
+    stride_lm, stride_lum,
+    inv_temp, cfg_w,
+    seed_lo, seed_hi, off_lo, off_hi,
+    ban0, ban1, ban2, ban3, nc0, nc1, nc2, nc3,
+    N_BAN: tl.constexpr, N_NC: tl.constexpr, SAMPLE: tl.constexpr, CFG: tl.constexpr,
+    HAS_N_ROWS: tl.constexpr, HAS_ROW_IDS: tl.constexpr, EVEN_V: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_v = tl.program_id(1)
+    if HAS_N_ROWS:
+        if pid_m * BLOCK_M >= tl.load(n_rows_ptr):
+            return
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
+    rows_c = tl.minimum(rows, M - 1).to(tl.int64)  # edge rows duplicated, dropped at the store
+    if HAS_ROW_IDS:
+        prow = tl.load(row_ids_ptr + rows_c).to(tl.int32)
     else:
-        kmax, kloc = tl.max(logit, axis=1, return_indices=True, return_indices_tie_break_left=True)
-        lx = kmax
-        if N_NC > 0:
-            lx = tl.where(_in_ids(pid_v * BLOCK_V + kloc, nc0, nc1, nc2, nc3, N_NC), float("-inf"), lx)
-    m = tl.max(logit_c, axis=1)
-    m_safe = tl.where(m == float("-inf"), 0.0, m)
-    s = tl.sum(tl.exp(logit_c - m_safe[:, None]), axis=1)
-
-    po = rows.to(tl.int64) * NVT + pid_v
-    rmask = rows < M
-    tl.store(pkey_ptr + po, kmax, mask=rmask)
-    tl.store(pidx_ptr + po, pid_v * BLOCK_V + kloc.to(tl.int32), mask=rmask)
-    tl.store(plx_ptr + po, lx, mask=rmask)
-    tl.store(pm_ptr + po, m, mask=rmask)
-    tl.store(ps_ptr + po, s, mask=rmask)
+        prow = rows
+    l_rows = l_ptr + rows_c[:, None] * stride_lm  # [BM, 1]
+    if CFG:
+        lu_rows = lu_ptr + rows_c[:, None] * stride_lum
+    v_start = pid_v * CHUNK
+    v_end = tl.minimum(v_start + CHUNK, V)
+    # running partials: key max and its (lowest) id, l_c at that id, online max / sum-exp of l_c
+    K = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    I = tl.zeros([BLOCK_M], dtype=tl.int32) + v_start
+    LX = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    MR = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    SR = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for v0 in range(v_start, v_end, BLOCK_V):
+        vcol = (v0 + tl.arange(0, BLOCK_V))[None, :]  # [1, BV]
+        if EVEN_V:
+            logit = tl.load(l_rows + vcol).to(tl.float32)  # [BM, BV]
+            if CFG:
+                lu = tl.load(lu_rows + vcol).to(tl.float32)
+        else:
+            logit = tl.load(l_rows + vcol, mask=vcol < V, other=0.0).to(tl.float32)
+            if CFG:
+                lu = tl.load(lu_rows + vcol, mask=vcol < V, other=0.0).to(tl.float32)
+        if CFG:
+            logit = lu + cfg_w * (logit - lu)
+        kmax, kidx, lx, m, s = _tile_stats(logit, v0, prow, V, inv_temp, seed_lo, seed_hi, off_lo, off_hi,
+                                           ban0, ban1, ban2, ban3, nc0, nc1, nc2, nc3,
+                                           N_BAN=N_BAN, N_NC=N_NC, SAMPLE=SAMPLE, MASK_V=not EVEN_V,
+                                           BLOCK_V=BLOCK_V)
+        take = kmax > K  # strictly: an earlier tile (lower ids) keeps a tie
+        K = tl.where(take, kmax, K)
+        I = tl.where(take, kidx, I)
+        LX = tl.where(take, lx, LX)
+        mn = tl.maximum(MR, m)
+        mn_safe = tl.where(mn == float("-inf"), 0.0, mn)
+        SR = SR * tl.exp(MR - mn_safe) + s * tl.exp(m - mn_safe)
+        MR = mn
+    _store_partials(pkey_ptr, pidx_ptr, plx_ptr, pm_ptr, ps_ptr, rows, pid_v, M, NVT, K, I, LX, MR, SR)
 
 
 @triton.jit
 def _head_merge_kernel(
     pkey_ptr, pidx_ptr, plx_ptr, pm_ptr, ps_ptr,  # [M, NVT]
     x0_ptr, conf_ptr,  # [M] int64, [M] fp32
+    n_rows_ptr,  # [1] (HAS_N_ROWS): row tiles at or past it do nothing
     M, NVT,
-    BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr,
+    HAS_N_ROWS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
+    if HAS_N_ROWS:
+        if tl.program_id(0) * BLOCK_R >= tl.load(n_rows_ptr):
+            return
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)  # [BR]
     t = tl.arange(0, BLOCK_T)  # [BT]
     rmask = rows < M
@@ -326,8 +428,61 @@ def _head_config(M: int, V: int, D: int, dtype: torch.dtype, cfg: bool, interpre
     return dict(BLOCK_M=128, BLOCK_V=256, BLOCK_K=64, SWAP_AB=False, num_warps=8, num_stages=3)
 
 
+def _sampling_args(V, temperature, seed, offset, banned_ids, no_confidence_ids) -> dict:
+    """Validated scalar kernel arguments shared by both partials kernels (Philox key / counter words,
+    special ids, 1 / T)."""
+    temperature = float(temperature)
+    if not (temperature >= 0.0 and temperature < float("inf")):
+        raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
+    for nm, v in (("seed", seed), ("offset", offset)):
+        if not isinstance(v, int) or not 0 <= v < 2 ** 64:
+            raise ValueError(f"{nm} must be an int in [0, 2^64), got {v!r}")
+    ban, n_ban = _id_args("banned_ids", banned_ids, 0, V)
+    nc, n_nc = _id_args("no_confidence_ids", no_confidence_ids, 0, V)
+    return dict(
+        args=((1.0 / temperature) if temperature > 0 else 1.0,),
+        rng=(_i32(seed), _i32(seed >> 32), _i32(offset), _i32(offset >> 32), *ban, *nc),
+        constexprs=dict(N_BAN=n_ban, N_NC=n_nc, SAMPLE=temperature > 0))
+
+
+def _rows_args(M, device, n_rows, row_ids, placeholder):
+    """(n_rows pointer, row_ids pointer, HAS_N_ROWS, HAS_ROW_IDS) after validation; ``placeholder`` stands in
+    for an absent pointer (never read)."""
+    if n_rows is not None:
+        check_tensor("n_rows", n_rows, dtypes=(torch.int32, torch.int64), contiguous_last=False)
+        if n_rows.numel() != 1 or n_rows.ndim > 1 or n_rows.device != device:
+            raise ValueError(f"n_rows must be an int32/int64 tensor of one element (0-dim or [1]) on {device}, "
+                             f"got shape {tuple(n_rows.shape)} on {n_rows.device}")
+    if row_ids is not None:
+        check_tensor("row_ids", row_ids, ndim=1, dtypes=(torch.int32, torch.int64))
+        if row_ids.shape[0] != M or row_ids.device != device:
+            raise ValueError(f"row_ids must be an int32/int64 tensor [{M}] on {device} (one Philox row counter per "
+                             f"row), got shape {tuple(row_ids.shape)} on {row_ids.device}")
+    return (placeholder if n_rows is None else n_rows, placeholder if row_ids is None else row_ids,
+            dict(HAS_N_ROWS=n_rows is not None, HAS_ROW_IDS=row_ids is not None))
+
+
+def _partials(M, nvt, device):
+    """Per-row partials of every vocab slice: key max, its id, l_c there, max and sum-exp of l_c."""
+    pkey = torch.empty(M, nvt, dtype=torch.float32, device=device)
+    return pkey, torch.empty(M, nvt, dtype=torch.int32, device=device), torch.empty_like(pkey), \
+        torch.empty_like(pkey), torch.empty_like(pkey)
+
+
+def _merge_launch(parts, x0, conf, M, nvt, n_rows_ptr, has_n_rows, interpret, block_r=None):
+    """The merge kernel over ``nvt`` partials per row; ``block_r`` (tests: a config's ``BLOCK_R``) overrides
+    the rows per program."""
+    BT = _pow2(max(nvt, 2))
+    BR = min(_pow2(max(M, 2)), 64) if interpret else max(1, min(16, 4096 // BT))
+    BR = block_r or BR
+    _head_merge_kernel[(triton.cdiv(M, BR),)](
+        *parts, x0, conf, n_rows_ptr, M, nvt,
+        HAS_N_ROWS=has_n_rows, BLOCK_R=BR, BLOCK_T=BT,
+    )
+
+
 def _head_confidence_launch(hidden, w_head, x0, conf, *, temperature, seed, offset, banned_ids,
-                            no_confidence_ids, uncond_hidden, cfg_scale, config=None):
+                            no_confidence_ids, uncond_hidden, cfg_scale, config=None, n_rows=None, row_ids=None):
     check_tensor("hidden", hidden, ndim=2, dtypes=_LOGIT_DTYPES)
     check_tensor("w_head", w_head, ndim=2, dtypes=_LOGIT_DTYPES)
     M, D = hidden.shape
@@ -346,51 +501,95 @@ def _head_confidence_launch(hidden, w_head, x0, conf, *, temperature, seed, offs
         if uncond_hidden.shape != hidden.shape or uncond_hidden.device != hidden.device:
             raise ValueError(f"uncond_hidden must match hidden {tuple(hidden.shape)} on {hidden.device}, "
                              f"got {tuple(uncond_hidden.shape)} on {uncond_hidden.device}")
-    temperature = float(temperature)
-    if not (temperature >= 0.0 and temperature < float("inf")):
-        raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
-    for nm, v in (("seed", seed), ("offset", offset)):
-        if not isinstance(v, int) or not 0 <= v < 2 ** 64:
-            raise ValueError(f"{nm} must be an int in [0, 2^64), got {v!r}")
-    ban, n_ban = _id_args("banned_ids", banned_ids, 0, V)
-    nc, n_nc = _id_args("no_confidence_ids", no_confidence_ids, 0, V)
+    sa = _sampling_args(V, temperature, seed, offset, banned_ids, no_confidence_ids)
+    nr_ptr, rid_ptr, rows_ce = _rows_args(M, hidden.device, n_rows, row_ids, x0)
     if M == 0:
         return x0, conf
 
     interpret = is_interpreter()
-    c = dict(_head_config(M, V, D, hidden.dtype, cfg, interpret, sample=temperature > 0))
+    c = dict(_head_config(M, V, D, hidden.dtype, cfg, interpret, sample=sa["constexprs"]["SAMPLE"]))
     if config:
         c.update(config)
     BM, BV, BK = c["BLOCK_M"], c["BLOCK_V"], c["BLOCK_K"]
     nvt = triton.cdiv(V, BV)
-    dev = hidden.device
-    pkey = torch.empty(M, nvt, dtype=torch.float32, device=dev)
-    pidx = torch.empty(M, nvt, dtype=torch.int32, device=dev)
-    plx = torch.empty_like(pkey)
-    pm = torch.empty_like(pkey)
-    ps = torch.empty_like(pkey)
+    parts = _partials(M, nvt, hidden.device)
     hu = uncond_hidden if cfg else hidden
     extra = {} if interpret else dict(num_warps=c["num_warps"], num_stages=c["num_stages"],
                                       enable_fp_fusion=False)  # CFG epilogue rounds as torch does
     _head_partials_kernel[(triton.cdiv(M, BM), nvt)](
-        hidden, hu, w_head, pkey, pidx, plx, pm, ps,
+        hidden, hu, w_head, *parts, nr_ptr, rid_ptr,
         M, V, D, nvt,
         hidden.stride(0), hu.stride(0), w_head.stride(0),
-        (1.0 / temperature) if temperature > 0 else 1.0, float(cfg_scale) + 1.0,
-        _i32(seed), _i32(seed >> 32), _i32(offset), _i32(offset >> 32),
-        *ban, *nc,
-        N_BAN=n_ban, N_NC=n_nc, SAMPLE=temperature > 0, CFG=cfg,
+        *sa["args"], float(cfg_scale) + 1.0, *sa["rng"],
+        CFG=cfg, **sa["constexprs"], **rows_ce,
         UPCAST=interpret and hidden.dtype == torch.bfloat16,
         DOT_PREC="ieee" if hidden.dtype == torch.float32 else "tf32", SWAP_AB=c["SWAP_AB"],
         EVEN_K=D % BK == 0, EVEN_V=V % BV == 0,
         BLOCK_M=BM, BLOCK_V=BV, BLOCK_K=BK, **extra,
     )
-    BT = _pow2(max(nvt, 2))
-    BR = min(_pow2(max(M, 2)), 64) if interpret else max(1, min(16, 4096 // BT))
-    _head_merge_kernel[(triton.cdiv(M, BR),)](
-        pkey, pidx, plx, pm, ps, x0, conf, M, nvt,
-        BLOCK_R=BR, BLOCK_T=BT,
+    _merge_launch(parts, x0, conf, M, nvt, nr_ptr, rows_ce["HAS_N_ROWS"], interpret, c.get("BLOCK_R"))
+    return x0, conf
+
+
+LOGITS_TARGET_PROGRAMS = 2048  # GPU: vocab slices per row tile are chosen to launch about this many programs
+
+
+def _logits_config(M: int, V: int, interpret: bool, sample: bool) -> dict:
+    """Fixed meta-parameters of the from-logits kernel (no autotune): a pure function of the shape and mode.
+
+    ``BLOCK_M`` rows x ``BLOCK_V`` vocab ids per step; each program streams ``TILES`` steps (one vocab slice
+    of ``TILES * BLOCK_V`` ids), so the partials have ``ceil(V / (TILES * BLOCK_V))`` columns per row. GPU:
+    ``BLOCK_V = 512`` (LLaDA's V = 126464 = 247 * 512: no edge masks), ``TILES`` so that the grid has about
+    ``LOGITS_TARGET_PROGRAMS`` programs; with Gumbel sampling 2 rows per step keep the Philox epilogue's
+    registers in check. Not yet swept on a GPU (``scripts/bench_remask.py --sweep`` times alternatives).
+    Interpreter: big tiles, few programs (numpy vectorises inside a block).
+    """
+    if interpret:
+        bv = min(_pow2(max(V, 16)), 16384)
+        return dict(BLOCK_M=min(_pow2(max(M, 1)), 64), BLOCK_V=bv, TILES=triton.cdiv(V, bv), num_warps=4)
+    bm, bv = (2 if sample else 4), 512
+    n_vt = triton.cdiv(V, bv)
+    tiles = max(1, min(n_vt, triton.cdiv(M, bm) * n_vt // LOGITS_TARGET_PROGRAMS))
+    tiles = max(tiles, triton.cdiv(n_vt, 1024))  # the merge holds a row's partials in one block
+    return dict(BLOCK_M=bm, BLOCK_V=bv, TILES=tiles, num_warps=4)
+
+
+def _logits_confidence_launch(logits, x0, conf, *, temperature, seed, offset, banned_ids, no_confidence_ids,
+                              uncond_logits, cfg_scale, config=None, n_rows=None, row_ids=None):
+    check_tensor("logits", logits, ndim=2, dtypes=_LOGIT_DTYPES)
+    M, V = logits.shape
+    if V < 1 or V >= 2 ** 31:
+        raise ValueError(f"logits must have 1 <= V < 2^31 columns, got shape {tuple(logits.shape)}")
+    cfg = uncond_logits is not None
+    if cfg:
+        check_tensor("uncond_logits", uncond_logits, ndim=2, dtypes=(logits.dtype,))
+        if uncond_logits.shape != logits.shape or uncond_logits.device != logits.device:
+            raise ValueError(f"uncond_logits must match logits {tuple(logits.shape)} on {logits.device}, "
+                             f"got {tuple(uncond_logits.shape)} on {uncond_logits.device}")
+    sa = _sampling_args(V, temperature, seed, offset, banned_ids, no_confidence_ids)
+    nr_ptr, rid_ptr, rows_ce = _rows_args(M, logits.device, n_rows, row_ids, x0)
+    if M == 0:
+        return x0, conf
+
+    interpret = is_interpreter()
+    c = dict(_logits_config(M, V, interpret, sa["constexprs"]["SAMPLE"]))
+    if config:
+        c.update(config)
+    BM, BV = c["BLOCK_M"], c["BLOCK_V"]
+    chunk = BV * c["TILES"]
+    nvt = triton.cdiv(V, chunk)
+    parts = _partials(M, nvt, logits.device)
+    lu = uncond_logits if cfg else logits
+    extra = {} if interpret else dict(num_warps=c["num_warps"], enable_fp_fusion=False)
+    _logits_partials_kernel[(triton.cdiv(M, BM), nvt)](
+        logits, lu, *parts, nr_ptr, rid_ptr,
+        M, V, nvt, chunk,
+        logits.stride(0), lu.stride(0),
+        *sa["args"], float(cfg_scale) + 1.0, *sa["rng"],
+        CFG=cfg, **sa["constexprs"], **rows_ce, EVEN_V=V % BV == 0,
+        BLOCK_M=BM, BLOCK_V=BV, **extra,
     )
+    _merge_launch(parts, x0, conf, M, nvt, nr_ptr, rows_ce["HAS_N_ROWS"], interpret, c.get("BLOCK_R"))
     return x0, conf
 
 
@@ -450,7 +649,8 @@ def _select_launch(conf, masked, out, *, k=None, threshold=None, factor=None, to
 def head_confidence(hidden: torch.Tensor, w_head: torch.Tensor, *, temperature: float = 0.0,
                     seed: int = 0, offset: int = 0, banned_ids: Sequence[int] = (),
                     no_confidence_ids: Sequence[int] = (), uncond_hidden: Optional[torch.Tensor] = None,
-                    cfg_scale: float = 0.0):
+                    cfg_scale: float = 0.0, n_rows: Optional[torch.Tensor] = None,
+                    row_ids: Optional[torch.Tensor] = None):
     """Sampled token and its confidence per row, straight from final (normed) hidden states.
 
     hidden: ``[M, d]`` bf16/fp16/fp32 (last dim contiguous); w_head: ``[V, d]``, same dtype.
@@ -461,6 +661,13 @@ def head_confidence(hidden: torch.Tensor, w_head: torch.Tensor, *, temperature: 
     ``(vocab id, row, offset)`` (use a new ``offset`` per decoding step); then ``no_confidence_ids``
     (<= 4) get ``-inf`` logits ``l_c`` and ``conf = exp(l_c[x0] - logsumexp(l_c))`` without noise (0 when
     ``x0`` is one of them; the others renormalise).
+
+    Row compaction (no host synchronisation): ``n_rows``, an int32/int64 device tensor of one element,
+    makes every program whose row tile starts at or past ``n_rows`` return at once (the LM head on the
+    first ``n_rows`` rows only, e.g. the still-masked rows gathered to the front); the outputs of rows
+    ``>= n_rows`` are then **unspecified** (garbage, possibly NaN). ``row_ids`` (int32/int64 ``[M]``, values
+    in ``[0, 2^31)``) are the Philox row counters instead of ``0..M-1``, so a gathered row keeps the noise
+    of its original row.
     Returns ``(x0 int64 [M], conf fp32 [M])``. Memory: ``5 * M * ceil(V / BLOCK_V)`` partials.
     See :func:`kernels.reference.head_confidence_ref` (same numerics; its RNG is a torch generator).
     """
@@ -471,7 +678,34 @@ def head_confidence(hidden: torch.Tensor, w_head: torch.Tensor, *, temperature: 
     return _head_confidence_launch(hidden, w_head, x0, conf, temperature=temperature, seed=seed,
                                    offset=offset, banned_ids=banned_ids,
                                    no_confidence_ids=no_confidence_ids, uncond_hidden=uncond_hidden,
-                                   cfg_scale=cfg_scale)
+                                   cfg_scale=cfg_scale, n_rows=n_rows, row_ids=row_ids)
+
+
+def logits_confidence(logits: torch.Tensor, *, temperature: float = 0.0, seed: int = 0, offset: int = 0,
+                      banned_ids: Sequence[int] = (), no_confidence_ids: Sequence[int] = (),
+                      uncond_logits: Optional[torch.Tensor] = None, cfg_scale: float = 0.0,
+                      n_rows: Optional[torch.Tensor] = None, row_ids: Optional[torch.Tensor] = None):
+    """:func:`head_confidence` from logits already computed: sampled token and its confidence per row.
+
+    logits: ``[M, V]`` bf16/fp16/fp32, rows may be strided, the last dim contiguous (e.g. the block's rows
+    of a ``[B, L, V]`` model output viewed as ``[B * Lb, V]``); uncond_logits: the same shape and dtype
+    (CFG). One read of the logits: each program streams a vocab slice of its rows in ``BLOCK_V`` tiles
+    with an online max / sum-exp / argmax (the :func:`head_confidence` epilogue), and a second tiny
+    kernel merges the slices; nothing of size ``[M, V]`` is allocated.
+    Same semantics and the same Philox noise (counters ``(vocab id, row or row_ids[row], offset)``) as
+    :func:`head_confidence`: ``logits_confidence((hidden @ w.T).to(hidden.dtype))`` gives the tokens of
+    ``head_confidence(hidden, w)`` (conf equal up to fp32 summation order). ``n_rows`` / ``row_ids`` as
+    there (rows ``>= n_rows`` unspecified). NaN logits are not supported.
+    Returns ``(x0 int64 [M], conf fp32 [M])``. See :func:`kernels.reference.logits_confidence_ref`.
+    """
+    M = logits.shape[0] if isinstance(logits, torch.Tensor) and logits.ndim == 2 else 0
+    dev = logits.device if isinstance(logits, torch.Tensor) else None
+    x0 = torch.empty(M, dtype=torch.int64, device=dev)
+    conf = torch.empty(M, dtype=torch.float32, device=dev)
+    return _logits_confidence_launch(logits, x0, conf, temperature=temperature, seed=seed, offset=offset,
+                                     banned_ids=banned_ids, no_confidence_ids=no_confidence_ids,
+                                     uncond_logits=uncond_logits, cfg_scale=cfg_scale, n_rows=n_rows,
+                                     row_ids=row_ids)
 
 
 def select_transfer(conf: torch.Tensor, masked: torch.Tensor, *, k: Optional[torch.Tensor] = None,

@@ -10,6 +10,7 @@ Shapes come from ``LLaDAConfig(**LLADA_8B)`` (scripts/bench_decode.py) and the d
   rms_norm+residual  rows = B * block            torch, torch-compile, triton, F.rms_norm (after x + r)
   qkv_rope_cache     B x block tokens            torch, torch-compile, triton
   head_confidence    rows = B * block, T = 0     torch, torch-compile, triton
+  logits_confidence  rows = B * block, T = 0     torch, torch-compile, triton, torch-official (fp64 softmax)
   select_transfer    B x block, top-k rule       torch, torch-compile, triton
 
 Every provider is timed twice: ``triton.testing.do_bench`` quantiles (0.5, 0.2, 0.8) with the L2
@@ -52,7 +53,7 @@ from bench_decode import LLADA_8B  # noqa: E402  (no torch / triton import at mo
 
 QUANTILES = (0.5, 0.2, 0.8)
 OPS = ("block_attention", "swiglu_mlp", "rms_norm", "rms_norm+residual", "qkv_rope_cache", "head_confidence",
-       "select_transfer")
+       "logits_confidence", "select_transfer")
 FIELDS = ["op", "provider", "kind", "timing", "shape", "batch", "rows", "kv_len", "dtype",
           "p50_us", "p20_us", "p80_us", "bytes", "flops", "gbps", "tflops", "roofline_us", "pct_roofline", "bound",
           "check", "error", "note", "n_sets", "bench_s",
@@ -66,6 +67,7 @@ PROVIDERS = {  # what each provider name calls (the markdown prints this)
     "flex-attention": "torch.compile(flex_attention), no mask, compiled per shape",
     "cublas": "F.linear (gate-up) + F.silu(gate) * up + torch.addmm(residual, act, w_down.T)",
     "F.rms_norm": "torch.nn.functional.rms_norm (after x + residual for +residual)",
+    "torch-official": "the official LLaDA per-step confidence: F.softmax(logits.to(float64)), argmax, gather",
 }
 KINDS = ("triton", "reference", "library", "compile")  # column order of the tables
 
@@ -119,6 +121,11 @@ def qkv_rope_cost(B, T, H, Hkv, D, es):
 def head_cost(M, V, d, es):
     """The head weights once plus the hidden rows read, x0 (int64) and conf (fp32) written; 2 M V d FLOPs."""
     return es * (V * d + M * d) + 12 * M, 2 * M * V * d
+
+
+def logits_cost(M, V, es):
+    """The logits read once, x0 (int64) and conf (fp32) written; no FLOPs counted (a few per logit)."""
+    return es * M * V + 12 * M, 0
 
 
 def select_cost(B, L):
@@ -311,6 +318,31 @@ def build_cases(cfg, reg: Regime, ctx) -> List[Case]:
             "torch-compile": ("compile", lambda sh, s: ctx.compiled("head_confidence", ref.head_confidence_ref)(
                 s[0], sh)),
             "triton": ("triton", lambda sh, s: k_head()(s[0], sh)),
+        }
+        cases.append(c)
+
+    # ---- logits_confidence at temperature 0: the block's logits rows = B * block
+    def k_logits():
+        from kernels.remask import logits_confidence
+        return logits_confidence
+
+    def official_conf(lg):
+        """The official LLaDA code's confidence of the argmax token (fp64 softmax, as Fast-dLLM)."""
+        p = F.softmax(lg.to(torch.float64), dim=-1)
+        x0 = torch.argmax(lg, dim=-1)
+        return x0, torch.gather(p, -1, x0[:, None])[:, 0]
+
+    for B in reg.batches:
+        M = B * T
+        nb, fl = logits_cost(M, V, es)
+        c = Case("logits_confidence", f"B{B}-M{M}-V{V}", B, M, 0, nb, fl, M * V * es,
+                 make=lambda n, M=M: (None, [(rn(M, V, scale=3.0),) for _ in range(n)]), out_of=lambda out: out[0])
+        c.providers = {
+            "torch": ("reference", lambda sh, s: ref.logits_confidence_ref(s[0])),
+            "torch-official": ("reference", lambda sh, s: official_conf(s[0])),
+            "torch-compile": ("compile", lambda sh, s: ctx.compiled("logits_confidence", ref.logits_confidence_ref)(
+                s[0])),
+            "triton": ("triton", lambda sh, s: k_logits()(s[0])),
         }
         cases.append(c)
 

@@ -88,7 +88,7 @@ def test_shapes_from_8b_config():
     cases = bk.build_cases(cfg, bk.Regime(), ctx)  # inputs are made lazily: nothing of 8B size is allocated
     count = {op: sum(c.op == op for c in cases) for op in bk.OPS}
     assert count == {"block_attention": 9, "swiglu_mlp": 3, "rms_norm": 3, "rms_norm+residual": 3,
-                     "qkv_rope_cache": 3, "head_confidence": 3, "select_transfer": 3}
+                     "qkv_rope_cache": 3, "head_confidence": 3, "logits_confidence": 3, "select_transfer": 3}
     by = {(c.op, c.shape): c for c in cases}
     att = by[("block_attention", "B32-Tq32-KV4096-H32-D128")]
     assert att.nbytes == 2 * (2 * 32 * 4096 * 32 * 128 + 2 * 32 * 32 * 32 * 128)
@@ -99,3 +99,6 @@ def test_shapes_from_8b_config():
     assert head.flops == 2 * 256 * 126464 * 4096
     assert {"sdpa-flash", "flex-attention", "triton", "torch", "torch-compile"} == set(att.providers)
     assert {"cublas", "triton", "torch", "torch-compile"} == set(mlp.providers)
+    lg = by[("logits_confidence", "B32-M1024-V126464")]
+    assert lg.nbytes == 2 * 1024 * 126464 + 12 * 1024 and lg.flops == 0
+    assert {"torch", "torch-official", "torch-compile", "triton"} == set(lg.providers)

@@ -7,7 +7,7 @@ import kernels
 
 def test_kernels_all_is_pinned():
     assert kernels.__all__ == ["block_attention", "rms_norm", "rope", "swiglu_mlp", "head_confidence",
-                               "select_transfer", "select_commit", "reference"]
+                               "logits_confidence", "select_transfer", "select_commit", "reference"]
     for name in kernels.__all__[:-1]:
         assert callable(getattr(kernels, name)), name
 

@@ -17,9 +17,9 @@ from tests.helpers import run_without_interpreter
 import triton
 import triton.language as tl
 
-from kernels.reference import head_confidence_ref, select_transfer_ref
-from kernels.remask import (_head_confidence_launch, _philox4x32_10, _select_launch, head_confidence,
-                            select_commit, select_transfer)
+from kernels.reference import head_confidence_ref, logits_confidence_ref, select_transfer_ref
+from kernels.remask import (_head_confidence_launch, _logits_confidence_launch, _philox4x32_10, _select_launch,
+                            head_confidence, logits_confidence, select_commit, select_transfer)
 
 INTERP = os.environ.get("TRITON_INTERPRET", "0") == "1"
 CPU_DTYPES = [torch.float32, torch.float16]
@@ -457,6 +457,227 @@ def test_select_validation(device):
                       device=device), c, m, threshold=0.5)
 
 
+# ---------------------------------------------------------------------------- logits_confidence
+# small GPU-like tiling of the from-logits kernel: several row tiles, vocab slices of 2 tiles, ragged V edge
+SMALL_LOGITS = dict(BLOCK_M=32, BLOCK_V=128, TILES=2, num_warps=4)
+LTILES = {"default": None, "small": SMALL_LOGITS, "rows2": dict(BLOCK_M=2, BLOCK_V=256, TILES=1, num_warps=4)}
+
+
+def _run_logits(logits, config=None, **kw):
+    """logits_confidence through its launcher with NaN / garbage-poisoned outputs."""
+    M = logits.shape[0]
+    x0 = torch.full((M,), -7, dtype=torch.int64, device=logits.device)
+    conf = torch.full((M,), float("nan"), dtype=torch.float32, device=logits.device)
+    opts = dict(temperature=0.0, seed=0, offset=0, banned_ids=(), no_confidence_ids=(), uncond_logits=None,
+                cfg_scale=0.0)
+    opts.update(kw)
+    return _logits_confidence_launch(logits, x0, conf, config=config, **opts)
+
+
+def _exact_logits(M, V, D, dtype, device, seed):
+    """hidden, w and the logits ``hidden @ w.T`` in ``dtype``: exact (multiples of 1/16), so the head and the
+    from-logits paths see the same values."""
+    gen = torch.Generator().manual_seed(seed)
+    h = _exact((M, D), dtype, device, gen)
+    w = _exact((V, D), dtype, device, gen)
+    w[V - 5] = w[min(3, V - 1)]  # a cross-tile tie: the lower id must win
+    h[0] = 0  # all-equal row
+    return h, w, (h @ w.t()).to(dtype)
+
+
+LOGITS_CASES = {
+    "plain": lambda h, w, hu: {},
+    "ban_noconf": lambda h, w, hu: dict(banned_ids=(0, 3), no_confidence_ids=(1, 2, 7, 11)),
+    "cfg": lambda h, w, hu: dict(uncond=hu, cfg_scale=0.5),
+    "sample": lambda h, w, hu: dict(temperature=0.7, seed=2 ** 33 + 5, offset=9, banned_ids=(4,),
+                                     no_confidence_ids=(6,)),
+}
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=lambda d: DT_ID.get(d, str(d)))
+@pytest.mark.parametrize("V", [320, 1000])
+@pytest.mark.parametrize("case", list(LOGITS_CASES))
+def test_logits_vs_head_and_reference(device, dtype, V, case):
+    """Same logits as the head computes -> the same tokens as head_confidence (sampling included: same
+    Philox noise) and as the reference (temperature 0), with the default and a small GPU-like tiling;
+    conf within the derived bound of the fp64 truth."""
+    M, D = 33, 48
+    h, w, logits = _exact_logits(M, V, D, dtype, device, seed=V)
+    hu = _exact((M, D), dtype, device, torch.Generator().manual_seed(1))
+    kw = LOGITS_CASES[case](h, w, hu)
+    uncond = kw.pop("uncond", None)
+    hx, hc = _run_head(h, w, uncond_hidden=uncond, **kw)
+    lu = None if uncond is None else (uncond @ w.t()).to(dtype)
+    truth_logits = _ref_logits(h, w, uncond, kw.get("cfg_scale", 0.0), kw.get("banned_ids", ()))
+    if case != "sample":
+        rx, rc = logits_confidence_ref(logits, uncond_logits=lu, **kw)
+        assert torch.equal(hx.cpu(), rx.cpu())
+    for tiles in ("default", "small"):
+        x0, conf = _run_logits(logits, config=LTILES[tiles], uncond_logits=lu, **kw)
+        assert torch.equal(x0.cpu(), hx.cpu()), tiles
+        truth = _conf64(truth_logits, x0, kw.get("no_confidence_ids", ()))
+        if case == "sample":  # conf is the noise-free probability of the sampled token
+            assert torch.allclose(conf.double().cpu(), truth.cpu(), rtol=16 * EPS32, atol=0)
+        else:
+            _check_conf(conf, rc, truth)
+        if case in ("plain", "ban_noconf"):  # the all-equal row: the lowest id not banned
+            assert int(x0[0]) == (1 if case == "ban_noconf" else 0)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered in divide")  # the all -inf row: 0 / 0
+def test_logits_adversarial_rows(device):
+    """Rows the head cannot produce: all -inf but one; a lone finite id that is banned (all -inf: x0 0, conf
+    NaN, as the reference); the max on a no-confidence id (conf 0); two equal maxima far apart; huge and
+    very negative magnitudes (the online rescaling); the max in the last (ragged) tile; a tie across a
+    tile edge; an all-zero row."""
+    V = 1000
+    gen = torch.Generator().manual_seed(21)
+    rows = torch.randn(10, V, generator=gen) * 3
+    rows[0] = float("-inf")
+    rows[0, 777] = -5.0
+    rows[1] = float("-inf")
+    rows[1, 13] = 2.0  # banned below
+    rows[2] = float("-inf")
+    rows[2, 600] = 1.0
+    rows[2, 7] = 0.5  # 600 is a no-confidence id: only 7 is left in the softmax
+    rows[3, 900] = rows[3, 50] = 40.0
+    rows[4] = rows[4] * 1e4
+    rows[5] = rows[5] - 1e4
+    rows[6, :500] = float("-inf")
+    rows[7, V - 1] = 50.0
+    rows[8, 127] = rows[8, 128] = 30.0  # a tie across a tile edge
+    rows[9] = 0.0
+    kw = dict(banned_ids=(13,), no_confidence_ids=(600, 999))
+    for dtype in (torch.float32, torch.float16):
+        fin = torch.isfinite(rows)
+        logits = torch.where(fin, rows.clamp(-6e4, 6e4), rows).to(dtype).to(device)
+        rx, rc = logits_confidence_ref(logits, **kw)
+        lf = logits.float().cpu().clone()
+        lf[:, 13] = float("-inf")
+        truth = _conf64(lf, rx.cpu(), kw["no_confidence_ids"])
+        for tiles in LTILES.values():
+            x0, conf = _run_logits(logits, config=tiles, **kw)
+            assert torch.equal(x0.cpu(), rx.cpu()), tiles
+            _check_conf(conf, rc, truth)
+        assert x0[:4].tolist() == [777, 0, 600, 50] and int(x0[7]) == V - 1 and int(x0[8]) == 127
+        assert torch.isnan(conf[1]) and conf[2] == 0 and float(conf[9]) == pytest.approx(1 / (V - 3), rel=1e-6)
+
+
+def test_logits_full_vocab(device):
+    """LLaDA's V = 126464 once under the interpreter: fp16, banned and no-confidence ids, strided rows."""
+    M, V = 7, VOCAB_FULL
+    gen = torch.Generator().manual_seed(17)
+    base = (torch.randn(M, V + 64, generator=gen) * 4).to(torch.float16).to(device)
+    logits = base[:, 32:32 + V]  # row stride V + 64
+    logits[1, 126000] = logits[1, 5] = 30.0
+    kw = dict(banned_ids=(126081,), no_confidence_ids=(11, 126348))
+    x0, conf = _run_logits(logits, **kw)
+    rx, rc = logits_confidence_ref(logits, **kw)
+    assert torch.equal(x0.cpu(), rx.cpu()) and int(x0[1]) == 5
+    lf = logits.float().cpu().clone()
+    lf[:, 126081] = float("-inf")
+    _check_conf(conf, rc, _conf64(lf, rx.cpu(), kw["no_confidence_ids"]))
+
+
+def test_logits_sampling_distribution(device):
+    """Sampled token frequencies follow softmax(logits / T) (chi-square, fixed seed)."""
+    gen = torch.Generator().manual_seed(1)
+    V, M, T = 24, 4096, 0.8
+    row = (torch.randn(V, generator=gen) * 1.5).float()
+    logits = row[None, :].expand(M, V).contiguous().to(device)
+    cfg = dict(BLOCK_M=1024, BLOCK_V=16, TILES=1, num_warps=4) if INTERP else None
+    x0, conf = _run_logits(logits, config=cfg, temperature=T, seed=77, offset=3)
+    counts = torch.bincount(x0.cpu(), minlength=V).double()
+    p, stat = _chi2_pvalue(counts, torch.softmax(row.double() / T, 0))
+    assert p > 1e-4, f"chi2 {stat:.1f}, p {p:.2e}"
+
+
+def test_logits_validation(device):
+    lg = torch.zeros(4, 32, device=device)
+    with pytest.raises(ValueError, match="logits has dtype"):
+        logits_confidence(lg.long())
+    with pytest.raises(ValueError, match="logits must have 2 dims"):
+        logits_confidence(lg[0])
+    with pytest.raises(ValueError, match="logits must be contiguous in its last dim"):
+        logits_confidence(lg.t())
+    with pytest.raises(ValueError, match="uncond_logits"):
+        logits_confidence(lg, uncond_logits=lg[:3])
+    with pytest.raises(ValueError, match="uncond_logits has dtype"):
+        logits_confidence(lg, uncond_logits=lg.half())
+    with pytest.raises(ValueError, match="banned_ids: id 32 is outside"):
+        logits_confidence(lg, banned_ids=(32,))
+    with pytest.raises(ValueError, match="temperature"):
+        logits_confidence(lg, temperature=float("nan"))
+    with pytest.raises(ValueError, match="offset"):
+        logits_confidence(lg, offset=2 ** 64)
+    with pytest.raises(ValueError, match="n_rows must be an int32/int64 tensor of one element"):
+        logits_confidence(lg, n_rows=torch.tensor([1, 2], device=device))
+    with pytest.raises(ValueError, match="n_rows has dtype"):
+        logits_confidence(lg, n_rows=torch.tensor(1.0, device=device))
+    with pytest.raises(ValueError, match=r"row_ids must be an int32/int64 tensor \[4\]"):
+        logits_confidence(lg, row_ids=torch.arange(3, device=device))
+    with pytest.raises(ValueError, match="row_ids has dtype"):
+        head_confidence(torch.zeros(4, 16, device=device), torch.zeros(32, 16, device=device),
+                        row_ids=torch.arange(4, device=device).float())
+    x0, conf = logits_confidence(lg[:0])
+    assert x0.shape == (0,) and conf.shape == (0,)
+
+
+# ---------------------------------------------------------------------------- n_rows / row_ids
+@pytest.mark.parametrize("kernel", ["head", "logits"])
+@pytest.mark.parametrize("n", [0, 5, 8, 33, 40])
+def test_n_rows_exits(device, kernel, n):
+    """Row tiles at or past n_rows are skipped by both kernels (outputs keep their poison); rows of the tiles
+    that run are exact (4-row tiles in both kernels: n = 5 runs rows 0..7)."""
+    M, V, D = 33, 320, 48
+    h, w, logits = _exact_logits(M, V, D, torch.float32, device, seed=4)
+    nr = torch.tensor(n, dtype=torch.int32 if n % 2 else torch.int64, device=device)
+    if n == 8:
+        nr = nr.reshape(1)
+    if kernel == "head":
+        cfg = dict(SMALL_TILES, BLOCK_M=4, BLOCK_R=4)
+        x0, conf = _run_head(h, w, config=cfg, n_rows=nr)
+    else:
+        cfg = dict(SMALL_LOGITS, BLOCK_M=4, BLOCK_R=4)
+        x0, conf = _run_logits(logits, config=cfg, n_rows=nr)
+    rx, rc = logits_confidence_ref(logits)
+    run = min(M, -(-n // 4) * 4)
+    assert torch.equal(x0[:run].cpu(), rx[:run].cpu())
+    _check_conf(conf[:run], rc[:run], _conf64(logits.float(), rx)[:run])
+    assert (x0[run:] == -7).all() and torch.isnan(conf[run:]).all()
+
+
+@pytest.mark.parametrize("kernel", ["head", "logits"])
+@pytest.mark.parametrize("T", [0.0, 1.0])
+def test_row_ids_keep_noise_under_compaction(device, kernel, T):
+    """Rows gathered in another order with their original indices as row_ids give the same tokens and
+    confidences as the uncompacted call (Gumbel sampling included); n_rows on top skips the tail."""
+    M, V, D = 24, 320, 32
+    h, w, logits = _exact_logits(M, V, D, torch.float32, device, seed=8)
+    w = w * 0.25  # a flat softmax: samples spread out, so a wrong row counter would show
+    logits = h @ w.t()
+    gen = torch.Generator().manual_seed(3)
+    perm = torch.randperm(M, generator=gen).to(device)
+    kw = dict(temperature=T, seed=123, offset=7)
+    n = torch.tensor(13, device=device)
+    if kernel == "head":
+        full = _run_head(h, w, **kw)
+        comp = _run_head(h[perm], w, row_ids=perm, n_rows=n, **kw)
+        plain = _run_head(h[perm], w, **kw)
+    else:
+        full = _run_logits(logits, **kw)
+        comp = _run_logits(logits[perm], row_ids=perm.to(torch.int32), n_rows=n, **kw)
+        plain = _run_logits(logits[perm], **kw)
+    assert torch.equal(comp[0][:13].cpu(), full[0][perm][:13].cpu())
+    torch.testing.assert_close(comp[1][:13], full[1][perm][:13], rtol=0, atol=0)
+    if T > 0:  # without row_ids the gathered rows would draw other noise
+        assert (plain[0] != full[0][perm]).sum() > M // 3
+        rg = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+        r_full = logits_confidence_ref(logits.cpu(), temperature=T, generator=rg())
+        r_comp = logits_confidence_ref(logits.cpu()[perm.cpu()], temperature=T, generator=rg(), row_ids=perm.cpu())
+        assert torch.equal(r_comp[0], r_full[0][perm.cpu()])
+
+
 # ---------------------------------------------------------------------------- GPU-only: LLaDA size
 @pytest.mark.gpu
 @pytest.mark.parametrize("M", [32, 256])
@@ -477,6 +698,66 @@ def test_head_llada_size_bf16(device, M):
     assert torch.allclose(conf[clear], rc[clear], rtol=2 ** -6, atol=0)
 
 
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("M", [32, 256, 1024])
+def test_logits_llada_size_bf16(device, M):
+    """bf16 logits [M, 126464] (LLaDA-8B), compiled default tiles: x0 equal to the reference everywhere (the
+    same bf16 values, exact fp32 comparisons, ties to the lowest id), conf within the derived bound."""
+    g = torch.Generator(device=device).manual_seed(M)
+    logits = (torch.randn(M, VOCAB_FULL, device=device, generator=g) * 3).to(torch.bfloat16)
+    kw = dict(banned_ids=(126081,), no_confidence_ids=(126348,))
+    x0, conf = _run_logits(logits, **kw)
+    rx, rc = logits_confidence_ref(logits, **kw)
+    assert torch.equal(x0, rx)
+    lf = logits.float()
+    lf[:, 126081] = float("-inf")
+    _check_conf(conf, rc, _conf64(lf, rx, kw["no_confidence_ids"]))
+    xs, _ = _run_logits(logits, temperature=1.0, seed=3, offset=1, **kw)
+    assert ((xs >= 0) & (xs < VOCAB_FULL) & (xs != 126081)).all() and (xs != x0).any()
+
+
+@pytest.mark.gpu
+def test_n_rows_in_cuda_graph(device):
+    """One captured graph serves every n_rows value (a device tensor refilled between replays): tiles past
+    it are skipped, the others exact; also with sampling and row_ids."""
+    M, V, D = 64, 4096, 256
+    h, w, logits = _exact_logits(M, V, D, torch.bfloat16, device, seed=2)
+    n = torch.tensor(M, device=device)
+    rid = torch.randperm(M, device=device)
+    outs = {k: (torch.empty(M, dtype=torch.int64, device=device), torch.empty(M, device=device))
+            for k in ("head", "logits")}
+    hcfg = dict(BLOCK_M=16, BLOCK_V=128, BLOCK_K=64, SWAP_AB=True, num_warps=4, num_stages=3, BLOCK_R=16)
+    lcfg = dict(BLOCK_M=4, BLOCK_V=512, TILES=2, num_warps=4, BLOCK_R=4)
+    kw = dict(temperature=1.0, seed=9, offset=4, banned_ids=(), no_confidence_ids=(), cfg_scale=0.0, n_rows=n,
+              row_ids=rid)
+
+    def step():
+        _head_confidence_launch(h, w, *outs["head"], uncond_hidden=None, config=hcfg, **kw)
+        _logits_confidence_launch(logits, *outs["logits"], uncond_logits=None, config=lcfg, **kw)
+
+    step()  # compiles
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    want = {"head": _run_head(h, w, config=hcfg, **dict(kw, n_rows=None)),
+            "logits": _run_logits(logits, config=lcfg, **dict(kw, n_rows=None))}
+    assert torch.equal(want["head"][0], want["logits"][0])
+    for nv in (M, 17, 0, 40):
+        for x0, conf in outs.values():
+            x0.fill_(-7)
+            conf.fill_(float("nan"))
+        n.fill_(nv)
+        graph.replay()
+        torch.cuda.synchronize()
+        for k, tile in (("head", 16), ("logits", 4)):
+            run = min(M, -(-nv // tile) * tile)
+            x0, conf = outs[k]
+            assert torch.equal(x0[:run], want[k][0][:run]), (k, nv)
+            assert torch.equal(conf[:run], want[k][1][:run]), (k, nv)
+            assert (x0[run:] == -7).all() and torch.isnan(conf[run:]).all(), (k, nv)
+
 # ---------------------------------------------------------------------------- compile-only sm_90
 _COMPILE_SCRIPT = textwrap.dedent(r"""
     import os, sys
@@ -486,16 +767,29 @@ _COMPILE_SCRIPT = textwrap.dedent(r"""
     from kernels._common import compile_for
     ids = ("seed_lo", "seed_hi", "off_lo", "off_hi", "ban0", "ban1", "ban2", "ban3", "nc0", "nc1", "nc2", "nc3")
     for dt in ("bf16", "fp16"):
-        sig = {"h_ptr": f"*{dt}", "hu_ptr": f"*{dt}", "w_ptr": f"*{dt}", "pkey_ptr": "*fp32", "pidx_ptr": "*i32",
-               "plx_ptr": "*fp32", "pm_ptr": "*fp32", "ps_ptr": "*fp32", "M": "i32", "V": "i32", "D": "i32",
+        parts = {"pkey_ptr": "*fp32", "pidx_ptr": "*i32", "plx_ptr": "*fp32", "pm_ptr": "*fp32", "ps_ptr": "*fp32"}
+        sig = {"h_ptr": f"*{dt}", "hu_ptr": f"*{dt}", "w_ptr": f"*{dt}", **parts, "n_rows_ptr": "*i64",
+               "row_ids_ptr": "*i64", "M": "i32", "V": "i32", "D": "i32",
                "NVT": "i32", "stride_hm": "i32", "stride_hum": "i32", "stride_wv": "i32", "inv_temp": "fp32",
                "cfg_w": "fp32", **{n: "i32" for n in ids}}
         for cfg, sample, nb, swap, bm, bv, bk in ((False, False, 0, False, 64, 64, 32),
                                                   (True, True, 2, True, 16, 64, 32)):
-            ce = dict(N_BAN=nb, N_NC=nb, SAMPLE=sample, CFG=cfg, UPCAST=False, DOT_PREC="tf32", SWAP_AB=swap,
-                      EVEN_K=not cfg, EVEN_V=not cfg, BLOCK_M=bm, BLOCK_V=bv, BLOCK_K=bk)
+            ce = dict(N_BAN=nb, N_NC=nb, SAMPLE=sample, CFG=cfg, HAS_N_ROWS=sample, HAS_ROW_IDS=sample, UPCAST=False,
+                      DOT_PREC="tf32", SWAP_AB=swap, EVEN_K=not cfg, EVEN_V=not cfg, BLOCK_M=bm, BLOCK_V=bv,
+                      BLOCK_K=bk)
             k = compile_for(R._head_partials_kernel, sig, ce)
             assert "mma" in k.asm["ptx"], "no tensor-core instructions"
+        # from logits: the default GPU tiles (T = 0 and sampling), and the options on a ragged V
+        sig = {"l_ptr": f"*{dt}", "lu_ptr": f"*{dt}", **parts, "n_rows_ptr": "*i32", "row_ids_ptr": "*i64",
+               "M": "i32", "V": "i32", "NVT": "i32", "CHUNK": "i32", "stride_lm": "i32", "stride_lum": "i32",
+               "inv_temp": "fp32", "cfg_w": "fp32", **{n: "i32" for n in ids}}
+        for t, (bm, bv) in ((0.0, (4, 512)), (1.0, (2, 512))):
+            c = R._logits_config(1024, 126464, False, t > 0)
+            assert (c["BLOCK_M"], c["BLOCK_V"]) == (bm, bv), c
+        for cfg, sample, nb, even, bm in ((False, False, 0, True, 4), (True, True, 4, False, 2))[:2 if dt == "bf16" else 1]:
+            ce = dict(N_BAN=nb, N_NC=nb, SAMPLE=sample, CFG=cfg, HAS_N_ROWS=cfg, HAS_ROW_IDS=cfg, EVEN_V=even,
+                      BLOCK_M=bm, BLOCK_V=512)
+            compile_for(R._logits_partials_kernel, sig, ce)
         for rule in (0, 1, 2):
             sig = {"conf_ptr": f"*{dt}", "masked_ptr": "*u8", "k_ptr": "*i64", "x0_ptr": "*i64", "tok_ptr": "*i64",
                    "out_ptr": "*u8", "L": "i32", "stride_cb": "i32", "stride_mb": "i32", "stride_xb": "i32",
@@ -503,8 +797,9 @@ _COMPILE_SCRIPT = textwrap.dedent(r"""
                    "f_lo": "fp32"}
             compile_for(R._select_kernel, sig, dict(RULE=rule, COMMIT=rule == 2, BLOCK_L=1024, BLOCK_J=4))
     sig = {n: "*fp32" for n in ("pkey_ptr", "plx_ptr", "pm_ptr", "ps_ptr", "conf_ptr")}
-    sig.update({"pidx_ptr": "*i32", "x0_ptr": "*i64", "M": "i32", "NVT": "i32"})
-    compile_for(R._head_merge_kernel, sig, dict(BLOCK_R=4, BLOCK_T=1024))
+    sig.update({"pidx_ptr": "*i32", "x0_ptr": "*i64", "n_rows_ptr": "*i64", "M": "i32", "NVT": "i32"})
+    for has in (False, True):
+        compile_for(R._head_merge_kernel, sig, dict(HAS_N_ROWS=has, BLOCK_R=4, BLOCK_T=1024))
     import test_remask as T
     compile_for(T._philox_probe, {"c_ptr": "*i32", "out_ptr": "*i32"}, dict(BLOCK=16))
     print("OK")
