@@ -22,8 +22,11 @@ __all__ = [
     "rope_tables",
     "rope_ref",
     "qkv_rope_cache_ref",
+    "qkv_proj_rope_ref",
     "block_attention_ref",
     "swiglu_mlp_ref",
+    "linear_rms_norm_ref",
+    "swiglu_mlp_rms_norm_ref",
     "head_confidence_ref",
     "logits_confidence_ref",
     "select_transfer_ref",
@@ -131,6 +134,19 @@ def qkv_rope_cache_ref(qkv: torch.Tensor, cos_table: torch.Tensor, sin_table: to
     return q, k_cache, v_cache
 
 
+def qkv_proj_rope_ref(x: torch.Tensor, w_qkv: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.Tensor,
+                      start, k_cache: Optional[torch.Tensor] = None, v_cache: Optional[torch.Tensor] = None, *,
+                      n_heads: int, write_from: Optional[torch.Tensor] = None, head_dim: Optional[int] = None):
+    """The fused QKV projection (``x @ w_qkv.T``, rounded to ``x.dtype``) followed by
+    :func:`qkv_rope_cache_ref`. x: ``[B, T, d]``; w_qkv: ``[(n_heads + 2 Hkv) * D, d]`` with ``D = head_dim``
+    (default: the caches' head dim, else ``d // n_heads``). Same result as :func:`qkv_rope_cache_ref`."""
+    B, T, d = x.shape
+    D = head_dim if head_dim is not None else k_cache.shape[-1] if k_cache is not None else d // n_heads
+    qkv = F.linear(x, w_qkv).view(B, T, w_qkv.shape[0] // D, D)
+    return qkv_rope_cache_ref(qkv, cos_table, sin_table, start, k_cache, v_cache, n_heads=n_heads,
+                              write_from=write_from)
+
+
 # ------------------------------------------------------------------------------------- attention
 def attention_mask(batch: int, n_q: int, kv_len: int, device, kv_start=None, key_end=None):
     """Boolean ``[B, 1, n_q, kv_len]`` mask (True = attend) of :func:`block_attention_ref`, or None."""
@@ -186,6 +202,29 @@ def swiglu_mlp_ref(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tenso
     a = F.silu(gu[..., :h]) * gu[..., h:]
     y = a @ w_down.t()
     return y if residual is None else residual + y
+
+
+# --------------------------------------------------- projections followed by the next RMSNorm
+def linear_rms_norm_ref(x: torch.Tensor, w: torch.Tensor, residual: Optional[torch.Tensor],
+                        norm_weight: torch.Tensor, eps: float):
+    """A projection into the residual stream and the RMSNorm that reads it, as one op.
+
+    ``h = residual + x @ w.T`` (the product rounded to ``x.dtype`` first; ``h = x @ w.T`` when
+    ``residual`` is None), then ``y = rms_norm_ref(h, norm_weight, eps)``. Returns ``(y, h)`` like
+    :func:`rms_norm_ref` with a residual. In LLaDA: the attention output projection followed by the
+    MLP's norm.
+    """
+    y = x @ w.t()
+    h = y if residual is None else residual + y
+    return rms_norm_ref(h, norm_weight, eps), h
+
+
+def swiglu_mlp_rms_norm_ref(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor,
+                            residual: Optional[torch.Tensor], norm_weight: torch.Tensor, eps: float):
+    """:func:`swiglu_mlp_ref` followed by the RMSNorm of its output (the next layer's attention norm,
+    or the final norm). Returns ``(y, h)`` with ``h`` the MLP output (residual included)."""
+    h = swiglu_mlp_ref(x, w_gate_up, w_down, residual)
+    return rms_norm_ref(h, norm_weight, eps), h
 
 
 # --------------------------------------------------------------------------------- remask / head

@@ -79,11 +79,15 @@ def forward_hidden(params: Params, cfg: LLaDAConfig, tokens: torch.Tensor, *,
     a = ops.rms_norm(h, params.layers[0].attn_norm, eps) if n_layers else None
     for i, lp in enumerate(params.layers):
         with record_function(f"layer{i}"):
-            qkv = ops.linear(a, lp.w_qkv).view(B, T, H + 2 * Hkv, D)
-            # RoPE on q and k (fp32 math), rotated keys and values written into the cache slots
-            q, kc, vc = ops.qkv_rope(qkv, params.rope_cos, params.rope_sin, start,
-                                     None if cache is None else cache.k[i], None if cache is None else cache.v[i],
-                                     n_heads=H, write_from=write_from)
+            # the QKV projection, RoPE on q and k (fp32 math), rotated keys and values into the cache slots
+            kci, vci = (None, None) if cache is None else (cache.k[i], cache.v[i])
+            if ops.qkv_proj_rope is not None:
+                q, kc, vc = ops.qkv_proj_rope(a, lp.w_qkv, params.rope_cos, params.rope_sin, start, kci, vci,
+                                              n_heads=H, write_from=write_from)
+            else:
+                qkv = ops.linear(a, lp.w_qkv).view(B, T, H + 2 * Hkv, D)
+                q, kc, vc = ops.qkv_rope(qkv, params.rope_cos, params.rope_sin, start, kci, vci,
+                                         n_heads=H, write_from=write_from)
             ke = key_end
             if rows is not None and i == n_layers - 1:
                 # the last layer's keys and values cover every fed token (they are attended to and

@@ -30,9 +30,11 @@ class Ops:
     Optional fused fields (None: the model composes them from the fields above):
     linear_norm(x, w, residual, norm_weight, eps) -> (y, h) as linear_rms_norm_ref (the output projection
     and the MLP's norm); mlp_norm(x, w_gate_up, w_down, residual, norm_weight, eps) -> (y, h) as
-    swiglu_mlp_rms_norm_ref (the MLP and the next norm). When set they take precedence over ``linear`` /
-    ``mlp`` + ``rms_norm`` at those two places: set them to None when replacing ``linear`` or ``mlp``
-    in an ablation.
+    swiglu_mlp_rms_norm_ref (the MLP and the next norm); qkv_proj_rope(x, w_qkv, cos, sin, start, k_cache,
+    v_cache, *, n_heads, write_from) -> (q, k, v) as qkv_proj_rope_ref (the QKV projection with RoPE and
+    the cache write). When set they take precedence over ``linear`` / ``mlp`` / ``qkv_rope`` +
+    ``rms_norm`` at those places: set them to None when replacing ``linear``, ``mlp`` or ``qkv_rope`` in
+    an ablation.
     """
     name: str
     linear: Callable
@@ -44,6 +46,7 @@ class Ops:
     select: Callable
     linear_norm: Optional[Callable] = None
     mlp_norm: Optional[Callable] = None
+    qkv_proj_rope: Optional[Callable] = None
 
 
 def _linear_ref(x, w, residual=None):
@@ -126,12 +129,13 @@ def triton_ops(**overrides) -> Ops:
     faster; ``overrides`` replace single fields."""
     from kernels.attention import block_attention
     from kernels.norm import rms_norm
+    from kernels.qkv import qkv_proj_rope
     from kernels.remask import head_confidence, select_transfer
     from kernels.rotary import qkv_rope_cache
 
     ops = Ops(name="triton", linear=_linear_decode, rms_norm=rms_norm, qkv_rope=qkv_rope_cache, attention=block_attention,
               mlp=_mlp_decode, head=head_confidence, select=select_transfer, linear_norm=_linear_norm_decode,
-              mlp_norm=_mlp_norm_decode)
+              mlp_norm=_mlp_norm_decode, qkv_proj_rope=qkv_proj_rope)
     if overrides:
         from dataclasses import replace
         ops = replace(ops, **overrides)

@@ -94,7 +94,8 @@ def test_forward_rows_and_fused_norms(which):
 
     params, cfg = tiny_model()
     ops = {"reference": REFERENCE_OPS, "triton": triton_ops(),
-           "unfused": dataclasses.replace(triton_ops(), linear_norm=None, mlp_norm=None)}[which]
+           "unfused": dataclasses.replace(triton_ops(), linear_norm=None, mlp_norm=None,
+                                             qkv_proj_rope=None)}[which]
     tokens = torch.tensor([golden()["forward"][0]["input_ids"]] * 2)
     T = tokens.shape[1]
     full = forward_hidden(params, cfg, tokens, ops=ops)

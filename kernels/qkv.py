@@ -1,0 +1,218 @@
+"""The fused QKV projection with RoPE and the KV-cache write in its epilogue (decode sizes).
+
+One launch replaces ``linear(x, w_qkv)`` followed by :func:`kernels.rotary.qkv_rope_cache`: the
+weight-streaming GEMM (weight rows as the MMA's M dimension, as the decode GEMMs of
+:mod:`kernels.mlp`) computes a ``[2 HB, rows]`` tile whose weight rows are chosen so that the tile holds
+``HB`` rotation pairs ``(j, j + D/2)`` of one head; the epilogue rounds the projection to the input dtype
+(as the unfused ``F.linear`` output), rotates q and k in fp32 with the tables' values at each token's
+absolute position, and stores q into the output and k, v into the cache slots (or into the output
+without a cache). Numerics: exactly those of :func:`kernels.reference.qkv_proj_rope_ref` up to the fp32
+accumulation order of the GEMM.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels._common import as_rows, check_tensor, gdc_options, gdc_wait_and_release, is_interpreter
+from kernels.mlp import _mma, _prefetch_rows
+from kernels.rotary import qkv_rope_cache
+
+__all__ = ["qkv_proj_rope", "fused_supported"]
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_ROWS = 64  # the fused path is the decode GEMM; more rows belong to a compute-bound GEMM
+
+
+@triton.jit
+def _qkv_proj_rope_kernel(
+    x_ptr, w_ptr, out_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr,
+    start_ptr, start_val, wf_ptr, s_start,
+    M, T, H, HKV, K,
+    stride_xm, stride_wn,
+    sob, sot, soh,                       # out [B, T, H + 2 HKV, D] (last dim contiguous)
+    skb, skt, skh, svb, svt, svh,        # caches [B, T_max, HKV, D] (last dim contiguous)
+    sct,                                 # row stride of the cos / sin tables [L, D]
+    D: tl.constexpr, HB: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
+    DYN: tl.constexpr, HAS_CACHE: tl.constexpr, HAS_WF: tl.constexpr,
+    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+    USE_GDC: tl.constexpr = False, PF_LINES: tl.constexpr = 1, LINE: tl.constexpr = 64,
+):
+    HALF: tl.constexpr = D // 2
+    TPH: tl.constexpr = HALF // HB       # tiles per head
+    BN: tl.constexpr = 2 * HB
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BM)
+    pid_m = pid % num_m
+    pid_n = pid // num_m
+    slot = pid_n // TPH                  # head slot: q heads, then k, then v
+    j0 = (pid_n % TPH) * HB
+    i = tl.arange(0, BN)
+    feat = j0 + (i % HB) + (i // HB) * HALF          # tile rows: features j0.. and their partners HALF + j0..
+    rows_w = (slot * D + feat).to(tl.int64)
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    rows_x = (offs_m % M).to(tl.int64)   # wrapped rows: unpredicated loads, masked stores
+    offs_k = tl.arange(0, BK)
+    x_ptrs = x_ptr + rows_x[:, None] * stride_xm + offs_k[None, :]             # [BM, BK]
+    w_ptrs = w_ptr + rows_w[:, None] * stride_wn + offs_k[None, :]             # [BN, BK]
+    _prefetch_rows(w_ptr, rows_w, stride_wn, 0, K, PF_LINES, LINE, USE_GDC)
+    gdc_wait_and_release(USE_GDC)
+    acc = tl.zeros((BN, BM), dtype=tl.float32)
+    for k in range(0, K, BK):
+        if EVEN_K:
+            xt = tl.load(x_ptrs)
+            wt = tl.load(w_ptrs)
+        else:
+            kmask = (offs_k < K - k)[None, :]
+            xt = tl.load(x_ptrs, mask=kmask, other=0.0)
+            wt = tl.load(w_ptrs, mask=kmask, other=0.0)
+        if UPCAST:
+            xt = xt.to(tl.float32)
+            wt = wt.to(tl.float32)
+        acc = _mma(wt, tl.trans(xt), acc, IEEE)
+        x_ptrs += BK
+        w_ptrs += BK
+
+    # epilogue: the projection rounded as F.linear's output, then RoPE in fp32 (q and k heads)
+    dt = out_ptr.dtype.element_ty
+    y = acc.to(dt).to(tl.float32)
+    x1, x2 = tl.split(tl.permute(tl.reshape(y, (2, HB, BM)), (1, 2, 0)))   # [HB, BM]: feature j0+r, HALF+j0+r
+    m_ok = offs_m < M
+    b = (offs_m // T).to(tl.int64)
+    t = (offs_m % T).to(tl.int64)
+    if DYN:  # per-row start (s_start = 1) or one shared start (s_start = 0), read on the device
+        start = tl.load(start_ptr + b * s_start, mask=m_ok, other=0)
+    else:
+        start = start_val
+    pos = (start + t).to(tl.int64)                                          # [BM]
+    c = (j0 + tl.arange(0, HB))[:, None]                                    # [HB, 1]
+    mask = m_ok[None, :]
+    if slot < H + HKV:
+        crow = (pos * sct)[None, :]
+        c1 = tl.load(cos_ptr + crow + c, mask=mask, other=0.0)
+        c2 = tl.load(cos_ptr + crow + HALF + c, mask=mask, other=0.0)
+        s1 = tl.load(sin_ptr + crow + c, mask=mask, other=0.0)
+        s2 = tl.load(sin_ptr + crow + HALF + c, mask=mask, other=0.0)
+        o1 = x1 * c1 + (-x2) * s1
+        o2 = x2 * c2 + x1 * s2
+    else:
+        o1 = x1
+        o2 = x2
+    if HAS_CACHE and slot >= H:
+        if HAS_WF:  # slots < write_from[b] are read-only
+            mask = mask & (pos >= tl.load(wf_ptr + b, mask=m_ok, other=0))[None, :]
+        if slot < H + HKV:
+            base = kc_ptr + (b * skb + pos * skt + (slot - H) * skh)[None, :]
+        else:
+            base = vc_ptr + (b * svb + pos * svt + (slot - H - HKV) * svh)[None, :]
+    else:
+        base = out_ptr + (b * sob + t * sot + slot * soh)[None, :]
+    tl.store(base + c, o1.to(dt), mask=mask)
+    tl.store(base + HALF + c, o2.to(dt), mask=mask)
+
+
+def _half_tile(D: int) -> int:
+    """Rotation pairs per tile: the largest power of two <= 32 dividing D/2 (0 when below 8)."""
+    half = D // 2
+    hb = 32
+    while hb >= 8 and half % hb:
+        hb //= 2
+    return hb if hb >= 8 and D % 2 == 0 else 0
+
+
+def fused_supported(rows: int, D: int) -> bool:
+    """Whether :func:`qkv_proj_rope` runs the fused kernel for ``rows`` tokens and head dim ``D``
+    (otherwise it runs ``F.linear`` + :func:`kernels.rotary.qkv_rope_cache`)."""
+    return 0 < rows <= MAX_ROWS and _half_tile(D) > 0
+
+
+def qkv_config(M: int, K: int, dtype: torch.dtype, interpret: Optional[bool] = None) -> dict:
+    """Block sizes (a pure function of the shape): the QKV row of scripts/sweep_gemm.py (H200, PDL on)."""
+    interpret = is_interpreter() if interpret is None else interpret
+    bm = max(16, min(64, triton.next_power_of_2(max(M, 1))))
+    if interpret:
+        return dict(BM=bm, BK=max(16, min(256, triton.next_power_of_2(K))), num_warps=4, num_stages=1)
+    if dtype == torch.float32:
+        return dict(BM=bm, BK=32, num_warps=4, num_stages=2)
+    return dict(BM=bm, BK=64, num_warps=4, num_stages=6)
+
+
+def qkv_proj_rope(x: torch.Tensor, w_qkv: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.Tensor, start,
+                  k_cache: Optional[torch.Tensor] = None, v_cache: Optional[torch.Tensor] = None, *,
+                  n_heads: int, write_from: Optional[torch.Tensor] = None, head_dim: Optional[int] = None,
+                  config: Optional[dict] = None):
+    """``qkv_rope_cache(linear(x, w_qkv).view(B, T, NH, D), ...)`` in one launch at decode sizes.
+
+    x: ``[B, T, d]`` fp16/bf16/fp32 (rows viewable); w_qkv: ``[NH * D, d]`` with ``NH = n_heads + 2 Hkv``
+    (q heads, then k, then v), ``D = head_dim`` (default: the caches' head dim, else ``d // n_heads``); the
+    other arguments and the result are those of :func:`kernels.rotary.qkv_rope_cache`: ``(q, k_cache,
+    v_cache)`` with a cache, else ``(q, k, v)``, where ``q`` (and ``k``, ``v``) are views of a new
+    ``[B, T, NH, D]`` tensor. More than :data:`MAX_ROWS` rows (or an unsupported head dim) take the
+    unfused path. See :func:`kernels.reference.qkv_proj_rope_ref`.
+    """
+    check_tensor("x", x, ndim=3, dtypes=_DTYPES)
+    check_tensor("w_qkv", w_qkv, ndim=2, dtypes=(x.dtype,))
+    B, T, d = x.shape
+    H = int(n_heads)
+    D = int(head_dim) if head_dim is not None else k_cache.shape[-1] if k_cache is not None else \
+        (d // H if H > 0 else 0)
+    if H < 1 or D < 2 or w_qkv.shape[1] != d or w_qkv.shape[0] % D or w_qkv.shape[0] // D < H + 2 \
+            or (w_qkv.shape[0] // D - H) % 2 or w_qkv.device != x.device:
+        raise ValueError(f"w_qkv must be [(n_heads + 2 Hkv) * D, d={d}] on {x.device} with n_heads={H}, "
+                         f"D={D}; got {tuple(w_qkv.shape)} on {w_qkv.device}")
+    NH = w_qkv.shape[0] // D
+    out = torch.empty((B, T, NH, D), device=x.device, dtype=x.dtype)
+    M = B * T
+    if not fused_supported(M, D):
+        torch.matmul(x, w_qkv.t(), out=out.view(B, T, NH * D))
+        return qkv_rope_cache(out, cos_table, sin_table, start, k_cache, v_cache, n_heads=H, write_from=write_from)
+    # validation of tables, caches, start and write_from: the unfused launcher's own checks, on a
+    # zero-size probe (no launch)
+    probe = out[:, :0]
+    qkv_rope_cache(probe, cos_table, sin_table, start, k_cache, v_cache, n_heads=H, write_from=write_from)
+    Hkv = (NH - H) // 2
+    dyn = isinstance(start, torch.Tensor)
+    if not dyn:
+        start = int(start)
+        limit = min(cos_table.shape[0], k_cache.shape[1] if k_cache is not None else cos_table.shape[0])
+        if start < 0 or start + T > limit:
+            raise ValueError(f"positions [{start}, {start + T}) exceed the tables/cache ({limit} slots)")
+    has_cache = k_cache is not None
+    for name, c_ in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if c_ is not None and c_.stride(-1) != 1:
+            raise ValueError(f"{name} must be contiguous in its last dim")
+    x2 = as_rows("x", x, d)
+    cfg = dict(qkv_config(M, d, x.dtype)) if config is None else dict(config)
+    hb = _half_tile(D)
+    interp = is_interpreter()
+    gdc = gdc_options(x)
+    if gdc:
+        line = 128 // x.element_size()
+        lines = max(1, cfg["BK"] * cfg["num_stages"] // line)
+        gdc.update(PF_LINES=min(16, 1 << (lines.bit_length() - 1)), LINE=line)
+    kc = k_cache if has_cache else out
+    vc = v_cache if has_cache else out
+    kst = kc.stride() if has_cache else (0, 0, 0, 1)
+    vst = vc.stride() if has_cache else (0, 0, 0, 1)
+    grid = (triton.cdiv(M, cfg["BM"]) * NH * (D // 2 // hb),)
+    _qkv_proj_rope_kernel[grid](
+        x2, w_qkv, out, cos_table, sin_table, kc, vc,
+        start if dyn else out, 0 if dyn else start, write_from if write_from is not None else out,
+        1 if dyn and start.dim() == 1 else 0,
+        M, T, H, Hkv, d,
+        x2.stride(0), w_qkv.stride(0),
+        out.stride(0), out.stride(1), out.stride(2),
+        kst[0], kst[1], kst[2], vst[0], vst[1], vst[2],
+        cos_table.stride(0),
+        D=D, HB=hb, BM=cfg["BM"], BK=cfg["BK"], DYN=dyn, HAS_CACHE=has_cache, HAS_WF=write_from is not None,
+        EVEN_K=d % cfg["BK"] == 0, UPCAST=interp and x.dtype == torch.bfloat16,
+        IEEE=x.dtype == torch.float32 and not interp,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **gdc,
+    )
+    q = out[:, :, :H]
+    if has_cache:
+        return q, k_cache, v_cache
+    return q, out[:, :, H:H + Hkv], out[:, :, H + Hkv:]
