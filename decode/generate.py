@@ -19,9 +19,14 @@ they disagree or have quirks the choice is stated here:
   temperature 0; at T > 0 it suppresses only eot.
 * Ties in confidence go to the lowest position; masked positions with ``-inf`` confidence are still
   committed if the schedule asks for them.
+* The LM head runs only on the block's still-masked rows when ``ops.head`` can skip rows (the Triton
+  head: the rows are gathered on the device, the count stays on the device, the sampling noise is keyed
+  by the original row), so finished rows and committed positions cost nothing; tokens are unchanged.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, List, Optional, Union
@@ -158,6 +163,38 @@ def _validate(cfg, tokens, pad, gen_length, block_length, steps, temperature, re
         raise ValueError(f"cfg_scale={cfg_scale} must be >= 0")
 
 
+def masked_first(masked: torch.Tensor):
+    """Stable compaction of a bool ``[N]`` mask on the device (no host synchronisation, static shapes):
+    ``(order, dest, n)`` with ``order`` int64 ``[N]`` the masked indices first, then the others, each
+    group in increasing order; ``dest`` its inverse (``order[dest[i]] == i``); ``n`` the masked count as
+    a 0-dim int64 device tensor."""
+    N = masked.shape[0]
+    cm = torch.cumsum(masked.to(torch.int64), 0)  # masked at or before i
+    ar = torch.arange(N, device=masked.device)
+    n = cm[-1] if N else torch.zeros((), dtype=torch.int64, device=masked.device)
+    dest = torch.where(masked, cm - 1, n + ar - cm)  # unmasked i: n + #unmasked before i
+    order = torch.empty_like(dest).scatter_(0, dest, ar)
+    return order, dest, n
+
+
+def head_skips_rows(head) -> bool:
+    """Whether an ``Ops.head`` takes ``n_rows`` and ``row_ids`` (as ``kernels.remask.head_confidence``): then
+    the LM head runs on the still-masked rows only (see :meth:`_Rule.commit`); otherwise on every row."""
+    try:
+        return _takes_rows(head)
+    except TypeError:  # an unhashable callable
+        return _takes_rows.__wrapped__(head)
+
+
+@functools.lru_cache(maxsize=None)
+def _takes_rows(head) -> bool:
+    try:
+        params = inspect.signature(head).parameters
+    except (TypeError, ValueError):
+        return False
+    return "n_rows" in params and "row_ids" in params
+
+
 @dataclass(frozen=True)
 class _Rule:
     """How a step turns the block's hidden states into committed tokens (shared by generate and run_many)."""
@@ -171,13 +208,31 @@ class _Rule:
     no_conf: tuple
 
     def commit(self, ops, lm_head, hidden, uncond, masked, *, offset, k, rand_gen):
-        """``hidden`` / ``uncond`` [B, Lb, d] -> (x0 [B, Lb], conf [B, Lb], committed bool [B, Lb])."""
+        """``hidden`` / ``uncond`` [B, Lb, d] -> (x0 [B, Lb], conf [B, Lb], committed bool [B, Lb]).
+
+        Only masked positions can be committed; ``x0`` / ``conf`` are -1 / -inf elsewhere. When the head
+        can skip rows (:func:`head_skips_rows`) the masked rows are gathered to the front on the device
+        (:func:`masked_first`) and the head runs on those only (``n_rows`` = their count; ``row_ids`` = their
+        row in ``[B * Lb]``, so the sampling noise of a position does not depend on the compaction): no
+        host synchronisation, static shapes (one CUDA graph serves every step).
+        """
         B, Lb, d = hidden.shape
-        x0, conf = ops.head(hidden.reshape(B * Lb, d), lm_head, temperature=self.temperature, seed=self.seed,
-                            offset=offset, banned_ids=self.banned, no_confidence_ids=self.no_conf,
-                            uncond_hidden=None if uncond is None else uncond.reshape(B * Lb, d),
-                            cfg_scale=self.cfg_scale)
-        x0, conf = x0.view(B, Lb), conf.view(B, Lb)
+        N = B * Lb
+        flat = masked.reshape(N)
+        kw = dict(temperature=self.temperature, seed=self.seed, offset=offset, banned_ids=self.banned,
+                  no_confidence_ids=self.no_conf, cfg_scale=self.cfg_scale)
+        h = hidden.reshape(N, d)
+        hu = None if uncond is None else uncond.reshape(N, d)
+        if head_skips_rows(ops.head):
+            order, dest, n = masked_first(flat)
+            x0, conf = ops.head(h.index_select(0, order), lm_head,
+                                uncond_hidden=None if hu is None else hu.index_select(0, order), n_rows=n,
+                                row_ids=order if self.temperature > 0 else None, **kw)
+            x0, conf = x0.index_select(0, dest), conf.index_select(0, dest)  # rows >= n: unspecified
+        else:
+            x0, conf = ops.head(h, lm_head, uncond_hidden=hu, **kw)
+        x0 = torch.where(flat, x0, -1).view(B, Lb)
+        conf = torch.where(flat, conf, float("-inf")).view(B, Lb)
         if self.remasking == "random":
             conf = torch.rand((B, Lb), generator=rand_gen, device=hidden.device)
         if self.threshold is not None:

@@ -1,0 +1,142 @@
+"""The LM head on the still-masked rows only (decode/generate.py: ``masked_first``, ``_Rule.commit``).
+
+The driver gathers the masked rows of the block to the front on the device, runs a head that takes
+``n_rows`` / ``row_ids`` (the Triton head) on those rows only, and scatters x0 / conf back. Checked here:
+the compaction itself; commit with and without compaction gives bit-identical x0 / conf at masked
+positions and the same selection (argmax, Gumbel sampling, CFG, every rule); decoding the tiny golden
+checkpoint with the Triton head gives the recorded tokens, and the same tokens as without compaction
+at temperature > 0 (generate and run_many). The model runs on the torch reference ops here (fast); the
+all-Triton golden decodes of tests/test_model_triton.py also go through the compaction.
+"""
+import dataclasses
+
+import pytest
+import torch
+
+from decode import generate, run_many
+from decode.generate import _Rule, head_skips_rows, masked_first
+from kernels.reference import select_transfer_ref
+from kernels.remask import head_confidence, select_transfer
+from llada import REFERENCE_OPS
+from tests.helpers import block_golden, decode_options, golden, tiny_model
+
+HEAD_OPS = dataclasses.replace(REFERENCE_OPS, name="ref+triton-head", head=head_confidence, select=select_transfer)
+# the same Triton head behind a signature without n_rows / row_ids: the driver runs it on every row
+NOCOMPACT_OPS = dataclasses.replace(HEAD_OPS, name="ref+triton-head-all-rows",
+                                    head=lambda hidden, w, **kw: head_confidence(hidden, w, **kw))
+
+
+def test_head_capability():
+    assert head_skips_rows(head_confidence) and head_skips_rows(HEAD_OPS.head)
+    assert not head_skips_rows(NOCOMPACT_OPS.head) and not head_skips_rows(REFERENCE_OPS.head)
+
+
+@pytest.mark.parametrize("kind", ["random", "none", "all", "one"])
+def test_masked_first(kind):
+    gen = torch.Generator().manual_seed(0)
+    N = 37
+    m = {"random": torch.rand(N, generator=gen) > 0.6, "none": torch.zeros(N, dtype=torch.bool),
+         "all": torch.ones(N, dtype=torch.bool), "one": torch.arange(N) == 36}[kind]
+    order, dest, n = masked_first(m)
+    idx = torch.arange(N)
+    assert n.shape == () and int(n) == int(m.sum())
+    assert torch.equal(order, torch.cat([idx[m], idx[~m]]))  # masked first, both groups in order
+    assert torch.equal(order[dest], idx) and torch.equal(dest[order], idx)
+
+
+def _setup(B, Lb, d, V, gen):
+    hidden = (torch.randint(-2, 3, (B, Lb, d), generator=gen) / 4).float()
+    uncond = (torch.randint(-2, 3, (B, Lb, d), generator=gen) / 4).float()
+    w = (torch.randint(-2, 3, (V, d), generator=gen) / 4).float() * 0.5
+    masked = torch.rand(B, Lb, generator=gen) > 0.5
+    masked[0] = False  # a finished row
+    masked[1] = True   # a fully masked row
+    return hidden, uncond, w, masked
+
+
+RULES = {"k": dict(threshold=None, factor=None), "threshold": dict(threshold=0.05, factor=None),
+         "factor": dict(threshold=None, factor=1.0)}
+
+
+@pytest.mark.parametrize("T", [0.0, 0.9])
+@pytest.mark.parametrize("cfg", [False, True])
+@pytest.mark.parametrize("rule", list(RULES))
+def test_commit_with_and_without_compaction(T, cfg, rule):
+    """Bit-identical x0 / conf at masked positions and the same selection, with and without compaction;
+    unmasked positions are never selected (x0 -1, conf -inf there); at T = 0 x0 is the reference's."""
+    gen = torch.Generator().manual_seed(int(T * 10) + 2 * cfg)
+    B, Lb, d, V = 4, 9, 32, 320
+    hidden, uncond, w, masked = _setup(B, Lb, d, V, gen)
+    r = _Rule(temperature=T, remasking="low_confidence", cfg_scale=1.5 if cfg else 0.0, seed=7,
+              banned=(5,), no_conf=(6, 7), **RULES[rule])
+    k = torch.tensor([3, 2, 0, 9])
+    out = {}
+    for ops in (HEAD_OPS, NOCOMPACT_OPS, REFERENCE_OPS):
+        out[ops.name] = r.commit(ops, w, hidden, uncond if cfg else None, masked, offset=3, k=k, rand_gen=None)
+    (x0, conf, sel), (x0_all, conf_all, sel_all) = out[HEAD_OPS.name], out[NOCOMPACT_OPS.name]
+    assert torch.equal(x0[masked], x0_all[masked])
+    assert torch.equal(conf[masked], conf_all[masked])
+    assert torch.equal(sel, sel_all) and not (sel & ~masked).any() and sel.any()
+    assert (x0[~masked] == -1).all() and (conf[~masked] == float("-inf")).all()
+    assert torch.equal(sel, select_transfer_ref(conf, masked, k=k) if rule == "k" else sel_all)
+    if T == 0:  # exact inputs: the reference head gives the same tokens
+        assert torch.equal(x0[masked], out[REFERENCE_OPS.name][0][masked])
+
+
+def test_commit_nothing_masked():
+    """A block with no masked position: the head's programs all exit; nothing is selected."""
+    gen = torch.Generator().manual_seed(1)
+    hidden, _, w, masked = _setup(2, 8, 32, 320, gen)
+    masked[:] = False
+    r = _Rule(temperature=0.0, remasking="low_confidence", threshold=None, factor=None, cfg_scale=0.0, seed=0,
+              banned=(), no_conf=())
+    x0, conf, sel = r.commit(HEAD_OPS, w, hidden, None, masked, offset=0, k=torch.tensor([1, 1]), rand_gen=None)
+    assert not sel.any() and (x0 == -1).all() and (conf == float("-inf")).all()
+
+
+# rows with different masks (left-padded batch), CFG (the unconditional rows gathered alike), the block cache
+# on the graph code path (device positions)
+GOLDEN = ["official_batch3_leftpad", "official_p12_cfg1.5", "block_batch3_varlen"]
+
+
+@pytest.mark.parametrize("name", GOLDEN)
+def test_golden_tokens_with_the_compacting_head(name):
+    """The recorded tokens of the official decoders, with the LM head on the masked rows only."""
+    case = next(c for c in golden()["cases"] + block_golden()["cases"] if c["name"] == name)
+    params, cfg = tiny_model()
+    out = generate(params, cfg, case["prompt"], ops=HEAD_OPS, early_stop=False,
+                   device_positions=name.startswith("block"), **decode_options(case["params"]))
+    assert out.tokens.tolist() == case["expected"]
+
+
+def _prompts():
+    """The distinct prompts of the golden cases (lengths 7 to 19)."""
+    out = []
+    for c in golden()["cases"]:
+        for p in c["prompt"]:
+            if p not in out:
+                out.append(p)
+    return out
+
+
+@pytest.mark.parametrize("cache", ["none", "block"])
+def test_sampling_decode_same_tokens_with_and_without_compaction(cache):
+    """Temperature > 0 (Gumbel noise keyed by the original row), a left-padded batch, early stop on for the
+    block cache (finished rows drop out of the head): the same tokens and NFE as the all-rows head."""
+    params, cfg = tiny_model()
+    prompts = _prompts()[:3]
+    opts = dict(gen_length=16, block_length=8, steps=8, temperature=0.9, seed=11, cache=cache,
+                confidence_eos_eot_inf=True)
+    a = generate(params, cfg, prompts, ops=HEAD_OPS, **opts)
+    b = generate(params, cfg, prompts, ops=NOCOMPACT_OPS, **opts)
+    assert torch.equal(a.tokens, b.tokens) and a.nfe == b.nfe
+    assert a.tokens.unique().numel() > 3
+
+
+def test_run_many_same_tokens_with_and_without_compaction():
+    params, cfg = tiny_model()
+    prompts = _prompts()
+    opts = dict(slots=2, gen_length=16, block_length=8, steps=16, temperature=0.7, seed=4)
+    a = run_many(params, cfg, prompts, ops=HEAD_OPS, **opts)
+    b = run_many(params, cfg, prompts, ops=NOCOMPACT_OPS, **opts)
+    assert a.tokens == b.tokens and a.nfe == b.nfe
