@@ -22,6 +22,8 @@ they disagree or have quirks the choice is stated here:
 * The LM head runs only on the block's still-masked rows when ``ops.head`` can skip rows (the Triton
   head: the rows are gathered on the device, the count stays on the device, the sampling noise is keyed
   by the original row), so finished rows and committed positions cost nothing; tokens are unchanged.
+  Blocks of at most 64 rows (batch x block length) skip the compaction: their head is one weight-bound
+  row tile either way.
 """
 from __future__ import annotations
 
@@ -195,6 +197,12 @@ def _takes_rows(head) -> bool:
     return "n_rows" in params and "row_ids" in params
 
 
+# Up to this many block rows (B * Lb) the LM head is one row tile that streams the weights once (weight-bound;
+# kernels.remask configs): skipping unmasked rows saves nothing there and the compaction's small kernels cost
+# ~15 us a step (H200, batch 1), so the head runs on every row. Read when a decode starts (tests set it to 0).
+COMPACT_ABOVE = 64
+
+
 @dataclass(frozen=True)
 class _Rule:
     """How a step turns the block's hidden states into committed tokens (shared by generate and run_many)."""
@@ -206,12 +214,14 @@ class _Rule:
     seed: int
     banned: tuple
     no_conf: tuple
+    compact_above: int = 64  # see COMPACT_ABOVE
 
     def commit(self, ops, lm_head, hidden, uncond, masked, *, offset, k, rand_gen):
         """``hidden`` / ``uncond`` [B, Lb, d] -> (x0 [B, Lb], conf [B, Lb], committed bool [B, Lb]).
 
         Only masked positions can be committed; ``x0`` / ``conf`` are -1 / -inf elsewhere. When the head
-        can skip rows (:func:`head_skips_rows`) the masked rows are gathered to the front on the device
+        can skip rows (:func:`head_skips_rows`) and the block has more than ``compact_above`` rows, the
+        masked rows are gathered to the front on the device
         (:func:`masked_first`) and the head runs on those only (``n_rows`` = their count; ``row_ids`` = their
         row in ``[B * Lb]``, so the sampling noise of a position does not depend on the compaction): no
         host synchronisation, static shapes (one CUDA graph serves every step).
@@ -223,7 +233,7 @@ class _Rule:
                   no_confidence_ids=self.no_conf, cfg_scale=self.cfg_scale)
         h = hidden.reshape(N, d)
         hu = None if uncond is None else uncond.reshape(N, d)
-        if head_skips_rows(ops.head):
+        if N > self.compact_above and head_skips_rows(ops.head):
             order, dest, n = masked_first(flat)
             x0, conf = ops.head(h.index_select(0, order), lm_head,
                                 uncond_hidden=None if hu is None else hu.index_select(0, order), n_rows=n,
@@ -250,7 +260,7 @@ def _make_rule(cfg, temperature, remasking, threshold, factor, cfg_scale, seed, 
                  threshold=None if threshold is None else float(threshold),
                  factor=None if factor is None else float(factor), cfg_scale=float(cfg_scale), seed=int(seed),
                  banned=(cfg.eos_token_id,) if logits_eos_inf else (),
-                 no_conf=cfg.end_token_ids if confidence_eos_eot_inf else ())
+                 no_conf=cfg.end_token_ids if confidence_eos_eot_inf else (), compact_above=COMPACT_ABOVE)
 
 
 class _Graphs:

@@ -226,8 +226,9 @@ def _pick_config(B: int, Tq: int, H: int, Hkv: int, D: int, kv_len: int, device:
     device. Measured on an H200 (132 SMs, bf16, D=128, Tq=32, CUDA graphs, see
     scripts/bench_block_attention.py): splitting never paid once B*Hkv >= #SMs; two programs per SM
     paid only for long ranges (>= 32 tiles). The separate merge kernel beat the in-kernel merge in every
-    case. With PDL (the merge overlaps its predecessor's tail) splits of 2-3 tiles pay: B=1, 32 heads,
-    KV 384: 8.5 us with 3 splits vs 9.5 us unsplit (32 calls over distinct caches in a graph).
+    case. Splits of 2-3 tiles looked faster in isolation with PDL (B=1, 32 heads, KV 384: 8.5 vs 9.5 us
+    per call over a full 384-key range) but made the decode step slower (4.43 vs 4.36 ms, H200: most
+    steps attend to fewer keys, and the merge kernel is one more launch), so the rule stays at 4.
     """
     rows = Tq * (H // Hkv)
     if is_interpreter():
@@ -245,7 +246,7 @@ def _pick_config(B: int, Tq: int, H: int, Hkv: int, D: int, kv_len: int, device:
     n_splits = 1
     if base < n_sm:
         programs = n_sm if n_tiles < 32 else 2 * n_sm
-        n_splits = max(1, min(programs // base, n_tiles // 2, 64))
+        n_splits = max(1, min(programs // base, n_tiles // 4, 64))
     return dict(block_m=block_m, block_n=block_n, n_splits=n_splits, min_tiles=1,
                 merge_in_kernel=False, num_warps=4, num_stages=3)
 
