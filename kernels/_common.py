@@ -42,6 +42,18 @@ def gdc_options(t: torch.Tensor) -> dict:
     return dict(USE_GDC=True, **pdl) if pdl else {}
 
 
+def pdl_prefetch(t: torch.Tensor, k_len: int, max_bytes: int) -> dict:
+    """:func:`gdc_options` plus ``PF_LINES`` / ``LINE`` for a GEMM whose programs each stream ``k_len``
+    elements of their weight rows: prefetch ``min(k_len, max_bytes)`` bytes a row (128-byte lines, a power
+    of two of them) into L2 before waiting on the previous kernel."""
+    opts = gdc_options(t)
+    if opts:
+        line = 128 // t.element_size()
+        lines = max(1, min(int(k_len), max_bytes // t.element_size()) // line)
+        opts.update(PF_LINES=1 << (lines.bit_length() - 1), LINE=line)
+    return opts
+
+
 def _has_gdc() -> bool:
     try:
         from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait  # noqa: F401

@@ -17,13 +17,15 @@ torch 526 / 536 us; M=256: 162-179 us vs torch 155-157 us (slower: 192 tiles of 
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from kernels._common import as_rows, check_tensor, gdc_wait_and_release, is_interpreter, pdl_launch, prefetch_l2
+from kernels._common import (as_rows, check_tensor, gdc_wait_and_release, is_interpreter, pdl_launch, pdl_prefetch,
+                             prefetch_l2)
 
 __all__ = ["swiglu_mlp", "linear", "swiglu_mlp_rms_norm", "linear_rms_norm"]
 
@@ -50,8 +52,8 @@ def _prefetch_rows(base, rows, stride, k0, K, PF_LINES: tl.constexpr, LINE: tl.c
 
 @triton.jit
 def _gate_up_silu_kernel(
-    x_src, w_src, a_ptr,                 # x [M, K], w [2H, K] (gate rows, then up rows): pointers or TMA
-    M, H, K,                             # descriptors (USE_TMA); a [M, H] pointer
+    x_src, w_src, a_ptr, w_pf,           # x [M, K], w [2H, K] (gate rows, then up rows): pointers or TMA
+    M, H, K,                             # descriptors (USE_TMA); a [M, H] pointer; w_pf: w's pointer (prefetch)
     stride_xm, stride_wn, stride_am,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
     SWAP_AB: tl.constexpr,               # compute a.T tiles [BN, BM] = W @ x.T (weight rows fill the MMA's M)
@@ -72,9 +74,10 @@ def _gate_up_silu_kernel(
         x_ptrs = x_src + rows_x[:, None] * stride_xm + offs_k[None, :]           # [BM, BK]
         g_ptrs = w_src + rows_w[:, None] * stride_wn + offs_k[None, :]           # [BN, BK]
         u_ptrs = w_src + (rows_w + H)[:, None] * stride_wn + offs_k[None, :]     # [BN, BK]
-        # PDL: the weights do not depend on the previous kernel; start pulling them before waiting
-        _prefetch_rows(w_src, rows_w, stride_wn, 0, K, PF_LINES, LINE, USE_GDC)
-        _prefetch_rows(w_src, rows_w + H, stride_wn, 0, K, PF_LINES, LINE, USE_GDC)
+    # PDL: the weights do not depend on the previous kernel; start pulling them into L2 before waiting
+    rows_pf = (offs_n % H).to(tl.int64)
+    _prefetch_rows(w_pf, rows_pf, stride_wn, 0, K, PF_LINES, LINE, USE_GDC)
+    _prefetch_rows(w_pf, rows_pf + H, stride_wn, 0, K, PF_LINES, LINE, USE_GDC)
     gdc_wait_and_release(USE_GDC)
     if SWAP_AB:
         acc_g = tl.zeros((BN, BM), dtype=tl.float32)
@@ -129,6 +132,7 @@ def _gate_up_silu_kernel(
 @triton.jit
 def _down_kernel(
     a_src, w_src, r_ptr, y_ptr, p_ptr,   # a [M, K], w [N, K] (pointers or TMA descriptors), residual [M, N],
+    w_pf,                                # w's pointer (the PDL prefetch)
     M, N, K, K_PER_SPLIT,                # y [M, N], partials [S, M, N] fp32
     stride_am, stride_wn, stride_rm, stride_ym,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
@@ -152,7 +156,7 @@ def _down_kernel(
         rows_w = (offs_n % N).to(tl.int64)
         a_ptrs = a_src + rows_a[:, None] * stride_am + (k_start + offs_k)[None, :]   # [BM, BK]
         w_ptrs = w_src + rows_w[:, None] * stride_wn + (k_start + offs_k)[None, :]   # [BN, BK]
-        _prefetch_rows(w_src, rows_w, stride_wn, k_start, K, PF_LINES, LINE, USE_GDC)
+    _prefetch_rows(w_pf, (offs_n % N).to(tl.int64), stride_wn, k_start, K, PF_LINES, LINE, USE_GDC)
     gdc_wait_and_release(USE_GDC)
     if SWAP_AB:
         acc = tl.zeros((BN, BM), dtype=tl.float32)
@@ -310,15 +314,13 @@ def _flags(dtype: torch.dtype) -> dict:
     return dict(UPCAST=interp and dtype == torch.bfloat16, IEEE=dtype == torch.float32 and not interp)
 
 
-def _pdl(t: torch.Tensor, cfg: dict, use_tma: bool) -> dict:
-    """PDL launch options and the weight-prefetch depth (the first ``num_stages`` K-blocks of the tile)."""
-    pdl = pdl_launch(t)
-    if not pdl:
-        return {}
-    line = 128 // t.element_size()
-    lines = 0 if use_tma else max(1, cfg["BK"] * cfg["num_stages"] // line)
-    lines = min(16, 1 << (lines.bit_length() - 1)) if lines else 1
-    return dict(USE_GDC=True, PF_LINES=lines, LINE=line if not use_tma else 0, **pdl)
+PREFETCH_BYTES = 4096  # per weight row and program: the L2 prefetch before gdc_wait (whole K-slice of O / down)
+
+
+def _pdl(t: torch.Tensor, k_len: int) -> dict:
+    """PDL launch options and the weight-prefetch depth: the first ``min(k_len, PREFETCH_BYTES)`` of
+    each of the program's weight rows, in 128-byte lines (a power of two of them)."""
+    return pdl_prefetch(t, k_len, int(os.environ.get("LLADA_PF_BYTES", PREFETCH_BYTES)))
 
 
 def _tma_ok(*ts: torch.Tensor) -> bool:
@@ -344,10 +346,10 @@ def _launch_gate_up(x: torch.Tensor, w_gate_up: torch.Tensor, act: torch.Tensor,
     use_tma, (x_src, w_src) = _sources(cfg, [(x, (BM, BK)), (w_gate_up, (BN, BK))])
     grid = (triton.cdiv(M, BM) * triton.cdiv(H, BN),)
     _gate_up_silu_kernel[grid](
-        x_src, w_src, act, M, H, K,
+        x_src, w_src, act, w_gate_up, M, H, K,
         x.stride(0), w_gate_up.stride(0), act.stride(0),
         BM=BM, BN=BN, BK=BK, SWAP_AB=cfg["SWAP_AB"], USE_TMA=use_tma, EVEN_K=(K % BK == 0), **_flags(x.dtype),
-        **_pdl(x, cfg, use_tma), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        **_pdl(x, K), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return act
 
@@ -380,10 +382,10 @@ def _launch_down(act: torch.Tensor, w_down: torch.Tensor, residual: Optional[tor
     use_tma, (a_src, w_src) = _sources(cfg, [(act, (BM, BK)), (w_down, (BN, BK))])
     grid = (triton.cdiv(M, BM) * triton.cdiv(N, BN), split)
     _down_kernel[grid](
-        a_src, w_src, r, out, p, M, N, K, k_per_split,
+        a_src, w_src, r, out, p, w_down, M, N, K, k_per_split,
         act.stride(0), w_down.stride(0), r.stride(0), out.stride(0),
         BM=BM, BN=BN, BK=BK, SWAP_AB=cfg["SWAP_AB"], USE_TMA=use_tma, EVEN_K=(K % BK == 0), SPLIT=split > 1,
-        HAS_RES=has_res, **_flags(act.dtype), **_pdl(act, cfg, use_tma),
+        HAS_RES=has_res, **_flags(act.dtype), **_pdl(act, k_per_split),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     pdl = pdl_launch(act)

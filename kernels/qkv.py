@@ -11,14 +11,15 @@ accumulation order of the GEMM.
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from kernels._common import as_rows, check_tensor, gdc_options, gdc_wait_and_release, is_interpreter
-from kernels.mlp import _mma, _prefetch_rows
+from kernels._common import as_rows, check_tensor, gdc_wait_and_release, is_interpreter, pdl_prefetch
+from kernels.mlp import PREFETCH_BYTES, _mma, _prefetch_rows
 from kernels.rotary import qkv_rope_cache
 
 __all__ = ["qkv_proj_rope", "fused_supported"]
@@ -188,11 +189,7 @@ def qkv_proj_rope(x: torch.Tensor, w_qkv: torch.Tensor, cos_table: torch.Tensor,
     cfg = dict(qkv_config(M, d, x.dtype)) if config is None else dict(config)
     hb = _half_tile(D)
     interp = is_interpreter()
-    gdc = gdc_options(x)
-    if gdc:
-        line = 128 // x.element_size()
-        lines = max(1, cfg["BK"] * cfg["num_stages"] // line)
-        gdc.update(PF_LINES=min(16, 1 << (lines.bit_length() - 1)), LINE=line)
+    gdc = pdl_prefetch(x, d, int(os.environ.get("LLADA_PF_BYTES", PREFETCH_BYTES)))
     kc = k_cache if has_cache else out
     vc = v_cache if has_cache else out
     kst = kc.stride() if has_cache else (0, 0, 0, 1)

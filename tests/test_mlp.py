@@ -222,15 +222,15 @@ _COMPILE = textwrap.dedent("""
             tma = c.get("TMA", False)
             src = lambda r, c_: ("tensordesc<%s[%d, %d]>" % (dt, r, c_)) if tma else "*" + dt
             build(mlp._gate_up_silu_kernel,
-                  dict(x_src=src(c["BM"], c["BK"]), w_src=src(c["BN"], c["BK"]), a_ptr="*" + dt, M="i32", H="i32",
-                       K="i32", stride_xm="i32", stride_wn="i32", stride_am="i32"),
+                  dict(x_src=src(c["BM"], c["BK"]), w_src=src(c["BN"], c["BK"]), a_ptr="*" + dt, w_pf="*" + dt,
+                       M="i32", H="i32", K="i32", stride_xm="i32", stride_wn="i32", stride_am="i32"),
                   dict(BM=c["BM"], BN=c["BN"], BK=c["BK"], SWAP_AB=c["SWAP_AB"], USE_TMA=tma, EVEN_K=True,
                        UPCAST=False, IEEE=False), c)
             c = cd
             for has_res in (True,):  # HAS_RES=False only drops the residual load
                 build(mlp._down_kernel,
                       dict(a_src=src(c["BM"], c["BK"]), w_src=src(c["BN"], c["BK"]), r_ptr="*" + dt, y_ptr="*" + dt,
-                           p_ptr="*fp32", M="i32", N="i32", K="i32", K_PER_SPLIT="i32", stride_am="i32",
+                           w_pf="*" + dt, p_ptr="*fp32", M="i32", N="i32", K="i32", K_PER_SPLIT="i32", stride_am="i32",
                            stride_wn="i32", stride_rm="i32", stride_ym="i32"),
                       dict(BM=c["BM"], BN=c["BN"], BK=c["BK"], SWAP_AB=c["SWAP_AB"], USE_TMA=tma, EVEN_K=True,
                            SPLIT=c["SPLIT_K"] > 1, HAS_RES=has_res, UPCAST=False, IEEE=False), c)
