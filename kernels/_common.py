@@ -49,8 +49,8 @@ def pdl_prefetch(t: torch.Tensor, k_len: int, max_bytes: int) -> dict:
     opts = gdc_options(t)
     if opts:
         line = 128 // t.element_size()
-        lines = max(1, min(int(k_len), max_bytes // t.element_size()) // line)
-        opts.update(PF_LINES=1 << (lines.bit_length() - 1), LINE=line)
+        lines = min(int(k_len), max_bytes // t.element_size()) // line
+        opts.update(PF_LINES=1 << (lines.bit_length() - 1) if lines else 0, LINE=line)
     return opts
 
 

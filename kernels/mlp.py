@@ -45,7 +45,7 @@ def _mma(a, b, acc, IEEE: tl.constexpr):
 @triton.jit
 def _prefetch_rows(base, rows, stride, k0, K, PF_LINES: tl.constexpr, LINE: tl.constexpr, USE_GDC: tl.constexpr):
     """L2 prefetch of the first ``PF_LINES`` 128-byte lines from column ``k0`` of weight ``rows`` (PDL only)."""
-    if USE_GDC:
+    if USE_GDC and PF_LINES > 0:
         cols = tl.minimum(k0 + tl.arange(0, PF_LINES) * LINE, K - 1)
         prefetch_l2(base + rows[:, None] * stride + cols[None, :], USE_GDC)
 

@@ -87,7 +87,7 @@ def _in_ids(x, i0, i1, i2, i3, N: tl.constexpr):
 
 
 @triton.jit
-def _tile_stats(logit, v0, prow, V, inv_temp, seed_lo, seed_hi, off_lo, off_hi,
+def _tile_stats(logit, v0, prow, m_ref, V, inv_temp, seed_lo, seed_hi, off_lo, off_hi,
                 ban0, ban1, ban2, ban3, nc0, nc1, nc2, nc3,
                 N_BAN: tl.constexpr, N_NC: tl.constexpr, SAMPLE: tl.constexpr, MASK_V: tl.constexpr,
                 BLOCK_V: tl.constexpr):
@@ -95,7 +95,8 @@ def _tile_stats(logit, v0, prow, V, inv_temp, seed_lo, seed_hi, off_lo, off_hi,
     id ``v0 + j`` (CFG already applied; ``prow`` ``[BM]``: the Philox row counters). Applies banned ids,
     the V edge (``MASK_V``), Gumbel noise and no_confidence ids, and returns ``(kmax, kidx, lx, m, s)``
     ``[BM]`` each: the largest sampling key and its lowest vocab id (int32), the confidence logit at that
-    id, the max of the confidence logits and the sum of their exp relative to that max (0 where -inf)."""
+    id, ``m = max(m_ref, max of the confidence logits)`` and the sum of their exp relative to ``m`` (0
+    where -inf); ``m_ref`` ``[BM]``: a running max (``-inf``: the tile's own max)."""
     vcol = (v0 + tl.arange(0, BLOCK_V))[None, :]  # [1, BV]
     if N_BAN > 0:
         logit = tl.where(_in_ids(vcol, ban0, ban1, ban2, ban3, N_BAN), float("-inf"), logit)
@@ -118,7 +119,7 @@ def _tile_stats(logit, v0, prow, V, inv_temp, seed_lo, seed_hi, off_lo, off_hi,
         lx = kmax
         if N_NC > 0:
             lx = tl.where(_in_ids(v0 + kloc, nc0, nc1, nc2, nc3, N_NC), float("-inf"), lx)
-    m = tl.max(logit_c, axis=1)
+    m = tl.maximum(tl.max(logit_c, axis=1), m_ref)
     m_safe = tl.where(m == float("-inf"), 0.0, m)
     s = tl.sum(tl.exp(logit_c - m_safe[:, None]), axis=1)
     return kmax, v0 + kloc.to(tl.int32), lx, m, s
@@ -217,8 +218,9 @@ def _head_partials_kernel(
         prow = tl.load(row_ids_ptr + rows_c).to(tl.int32)
     else:
         prow = rows
-    kmax, kidx, lx, m, s = _tile_stats(logit, pid_v * BLOCK_V, prow, V, inv_temp, seed_lo, seed_hi, off_lo, off_hi,
-                                       ban0, ban1, ban2, ban3, nc0, nc1, nc2, nc3,
+    m_ref = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    kmax, kidx, lx, m, s = _tile_stats(logit, pid_v * BLOCK_V, prow, m_ref, V, inv_temp, seed_lo, seed_hi, off_lo,
+                                       off_hi, ban0, ban1, ban2, ban3, nc0, nc1, nc2, nc3,
                                        N_BAN=N_BAN, N_NC=N_NC, SAMPLE=SAMPLE, MASK_V=not EVEN_V, BLOCK_V=BLOCK_V)
     _store_partials(pkey_ptr, pidx_ptr, plx_ptr, pm_ptr, ps_ptr, rows, pid_v, M, NVT, kmax, kidx, lx, m, s)
 
@@ -271,17 +273,17 @@ def _logits_partials_kernel(
                 lu = tl.load(lu_rows + vcol, mask=vcol < V, other=0.0).to(tl.float32)
         if CFG:
             logit = lu + cfg_w * (logit - lu)
-        kmax, kidx, lx, m, s = _tile_stats(logit, v0, prow, V, inv_temp, seed_lo, seed_hi, off_lo, off_hi,
-                                           ban0, ban1, ban2, ban3, nc0, nc1, nc2, nc3,
-                                           N_BAN=N_BAN, N_NC=N_NC, SAMPLE=SAMPLE, MASK_V=not EVEN_V,
-                                           BLOCK_V=BLOCK_V)
+        # s comes relative to mn = max(MR, tile max): the running sum is rescaled only when the max grows
+        kmax, kidx, lx, mn, s = _tile_stats(logit, v0, prow, MR, V, inv_temp, seed_lo, seed_hi, off_lo, off_hi,
+                                            ban0, ban1, ban2, ban3, nc0, nc1, nc2, nc3,
+                                            N_BAN=N_BAN, N_NC=N_NC, SAMPLE=SAMPLE, MASK_V=not EVEN_V,
+                                            BLOCK_V=BLOCK_V)
         take = kmax > K  # strictly: an earlier tile (lower ids) keeps a tie
         K = tl.where(take, kmax, K)
         I = tl.where(take, kidx, I)
         LX = tl.where(take, lx, LX)
-        mn = tl.maximum(MR, m)
         mn_safe = tl.where(mn == float("-inf"), 0.0, mn)
-        SR = SR * tl.exp(MR - mn_safe) + s * tl.exp(m - mn_safe)
+        SR = tl.where(mn > MR, SR * tl.exp(MR - mn_safe), SR) + s  # MR = -inf: SR = 0 * 0
         MR = mn
     _store_partials(pkey_ptr, pidx_ptr, plx_ptr, pm_ptr, ps_ptr, rows, pid_v, M, NVT, K, I, LX, MR, SR)
 
