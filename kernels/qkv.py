@@ -11,7 +11,6 @@ accumulation order of the GEMM.
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
@@ -189,7 +188,7 @@ def qkv_proj_rope(x: torch.Tensor, w_qkv: torch.Tensor, cos_table: torch.Tensor,
     cfg = dict(qkv_config(M, d, x.dtype)) if config is None else dict(config)
     hb = _half_tile(D)
     interp = is_interpreter()
-    gdc = pdl_prefetch(x, d, int(os.environ.get("LLADA_PF_BYTES", PREFETCH_BYTES)))
+    gdc = pdl_prefetch(x, d, PREFETCH_BYTES)
     kc = k_cache if has_cache else out
     vc = v_cache if has_cache else out
     kst = kc.stride() if has_cache else (0, 0, 0, 1)
