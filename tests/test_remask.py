@@ -460,7 +460,8 @@ def test_select_validation(device):
 # ---------------------------------------------------------------------------- logits_confidence
 # small GPU-like tiling of the from-logits kernel: several row tiles, vocab slices of 2 tiles, ragged V edge
 SMALL_LOGITS = dict(BLOCK_M=32, BLOCK_V=128, TILES=2, num_warps=4)
-LTILES = {"default": None, "small": SMALL_LOGITS, "rows2": dict(BLOCK_M=2, BLOCK_V=256, TILES=1, num_warps=4)}
+# rows4: 4-row tiles, 8 vocab tiles of 64 per program (the online rescaling runs often)
+LTILES = {"default": None, "small": SMALL_LOGITS, "rows4": dict(BLOCK_M=4, BLOCK_V=64, TILES=8, num_warps=4)}
 
 
 def _run_logits(logits, config=None, **kw):
@@ -628,20 +629,19 @@ def test_logits_validation(device):
 @pytest.mark.parametrize("n", [0, 5, 8, 33, 40])
 def test_n_rows_exits(device, kernel, n):
     """Row tiles at or past n_rows are skipped by both kernels (outputs keep their poison); rows of the tiles
-    that run are exact (4-row tiles in both kernels: n = 5 runs rows 0..7)."""
+    that run are exact (tiles of 4 rows under the interpreter, 16 compiled: tl.dot's smallest M)."""
     M, V, D = 33, 320, 48
+    tile = 4 if INTERP else 16
     h, w, logits = _exact_logits(M, V, D, torch.float32, device, seed=4)
     nr = torch.tensor(n, dtype=torch.int32 if n % 2 else torch.int64, device=device)
     if n == 8:
         nr = nr.reshape(1)
     if kernel == "head":
-        cfg = dict(SMALL_TILES, BLOCK_M=4, BLOCK_R=4)
-        x0, conf = _run_head(h, w, config=cfg, n_rows=nr)
+        x0, conf = _run_head(h, w, config=dict(SMALL_TILES, BLOCK_M=tile, BLOCK_R=tile), n_rows=nr)
     else:
-        cfg = dict(SMALL_LOGITS, BLOCK_M=4, BLOCK_R=4)
-        x0, conf = _run_logits(logits, config=cfg, n_rows=nr)
+        x0, conf = _run_logits(logits, config=dict(SMALL_LOGITS, BLOCK_M=tile, BLOCK_R=tile), n_rows=nr)
     rx, rc = logits_confidence_ref(logits)
-    run = min(M, -(-n // 4) * 4)
+    run = min(M, -(-n // tile) * tile)
     assert torch.equal(x0[:run].cpu(), rx[:run].cpu())
     _check_conf(conf[:run], rc[:run], _conf64(logits.float(), rx)[:run])
     assert (x0[run:] == -7).all() and torch.isnan(conf[run:]).all()

@@ -5,10 +5,13 @@ The driver gathers the masked rows of the block to the front on the device, runs
 the compaction itself; commit with and without compaction gives bit-identical x0 / conf at masked
 positions and the same selection (argmax, Gumbel sampling, CFG, every rule); decoding the tiny golden
 checkpoint with the Triton head gives the recorded tokens, and the same tokens as without compaction
-at temperature > 0 (generate and run_many). The model runs on the torch reference ops here (fast); the
-all-Triton golden decodes of tests/test_model_triton.py also go through the compaction.
+at temperature > 0 (generate and run_many). The model runs on the torch reference ops here (fast; fp32
+exactness is checked under the interpreter, as in tests/test_model_triton.py, whose all-Triton golden
+decodes also go through the compaction). GPU (marked ``gpu``): a bf16 random model on the Triton ops,
+compaction on and off, eager and CUDA graphs, argmax and sampling.
 """
 import dataclasses
+import os
 
 import pytest
 import torch
@@ -20,10 +23,20 @@ from kernels.remask import head_confidence, select_transfer
 from llada import REFERENCE_OPS
 from tests.helpers import block_golden, decode_options, golden, tiny_model
 
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+CPU_EXACT = pytest.mark.skipif(not INTERPRET, reason="fp32 golden exactness is checked under the interpreter")
 HEAD_OPS = dataclasses.replace(REFERENCE_OPS, name="ref+triton-head", head=head_confidence, select=select_transfer)
 # the same Triton head behind a signature without n_rows / row_ids: the driver runs it on every row
 NOCOMPACT_OPS = dataclasses.replace(HEAD_OPS, name="ref+triton-head-all-rows",
                                     head=lambda hidden, w, **kw: head_confidence(hidden, w, **kw))
+
+
+@pytest.fixture(autouse=True)
+def _compact_small_blocks(monkeypatch):
+    """Decodes compact blocks of more than 64 rows only (decode.generate.COMPACT_ABOVE); these test sizes
+    are smaller, so compact every block here."""
+    import importlib
+    monkeypatch.setattr(importlib.import_module("decode.generate"), "COMPACT_ABOVE", 0)
 
 
 def test_head_capability():
@@ -44,14 +57,15 @@ def test_masked_first(kind):
     assert torch.equal(order[dest], idx) and torch.equal(dest[order], idx)
 
 
-def _setup(B, Lb, d, V, gen):
+def _setup(B, Lb, d, V, gen, device):
+    """Exact fp32 inputs (multiples of 1/8: every logit exact whatever the summation order)."""
     hidden = (torch.randint(-2, 3, (B, Lb, d), generator=gen) / 4).float()
     uncond = (torch.randint(-2, 3, (B, Lb, d), generator=gen) / 4).float()
     w = (torch.randint(-2, 3, (V, d), generator=gen) / 4).float() * 0.5
     masked = torch.rand(B, Lb, generator=gen) > 0.5
     masked[0] = False  # a finished row
     masked[1] = True   # a fully masked row
-    return hidden, uncond, w, masked
+    return hidden.to(device), uncond.to(device), w.to(device), masked.to(device)
 
 
 RULES = {"k": dict(threshold=None, factor=None), "threshold": dict(threshold=0.05, factor=None),
@@ -61,15 +75,15 @@ RULES = {"k": dict(threshold=None, factor=None), "threshold": dict(threshold=0.0
 @pytest.mark.parametrize("T", [0.0, 0.9])
 @pytest.mark.parametrize("cfg", [False, True])
 @pytest.mark.parametrize("rule", list(RULES))
-def test_commit_with_and_without_compaction(T, cfg, rule):
+def test_commit_with_and_without_compaction(device, T, cfg, rule):
     """Bit-identical x0 / conf at masked positions and the same selection, with and without compaction;
     unmasked positions are never selected (x0 -1, conf -inf there); at T = 0 x0 is the reference's."""
     gen = torch.Generator().manual_seed(int(T * 10) + 2 * cfg)
     B, Lb, d, V = 4, 9, 32, 320
-    hidden, uncond, w, masked = _setup(B, Lb, d, V, gen)
+    hidden, uncond, w, masked = _setup(B, Lb, d, V, gen, device)
     r = _Rule(temperature=T, remasking="low_confidence", cfg_scale=1.5 if cfg else 0.0, seed=7,
-              banned=(5,), no_conf=(6, 7), **RULES[rule])
-    k = torch.tensor([3, 2, 0, 9])
+              banned=(5,), no_conf=(6, 7), compact_above=0, **RULES[rule])
+    k = torch.tensor([3, 2, 0, 9], device=device)
     out = {}
     for ops in (HEAD_OPS, NOCOMPACT_OPS, REFERENCE_OPS):
         out[ops.name] = r.commit(ops, w, hidden, uncond if cfg else None, masked, offset=3, k=k, rand_gen=None)
@@ -83,14 +97,15 @@ def test_commit_with_and_without_compaction(T, cfg, rule):
         assert torch.equal(x0[masked], out[REFERENCE_OPS.name][0][masked])
 
 
-def test_commit_nothing_masked():
+def test_commit_nothing_masked(device):
     """A block with no masked position: the head's programs all exit; nothing is selected."""
     gen = torch.Generator().manual_seed(1)
-    hidden, _, w, masked = _setup(2, 8, 32, 320, gen)
+    hidden, _, w, masked = _setup(2, 8, 32, 320, gen, device)
     masked[:] = False
     r = _Rule(temperature=0.0, remasking="low_confidence", threshold=None, factor=None, cfg_scale=0.0, seed=0,
-              banned=(), no_conf=())
-    x0, conf, sel = r.commit(HEAD_OPS, w, hidden, None, masked, offset=0, k=torch.tensor([1, 1]), rand_gen=None)
+              banned=(), no_conf=(), compact_above=0)
+    x0, conf, sel = r.commit(HEAD_OPS, w, hidden, None, masked, offset=0, k=torch.tensor([1, 1], device=device),
+                             rand_gen=None)
     assert not sel.any() and (x0 == -1).all() and (conf == float("-inf")).all()
 
 
@@ -99,6 +114,7 @@ def test_commit_nothing_masked():
 GOLDEN = ["official_batch3_leftpad", "official_p12_cfg1.5", "block_batch3_varlen"]
 
 
+@CPU_EXACT
 @pytest.mark.parametrize("name", GOLDEN)
 def test_golden_tokens_with_the_compacting_head(name):
     """The recorded tokens of the official decoders, with the LM head on the masked rows only."""
@@ -119,6 +135,7 @@ def _prompts():
     return out
 
 
+@CPU_EXACT
 @pytest.mark.parametrize("cache", ["none", "block"])
 def test_sampling_decode_same_tokens_with_and_without_compaction(cache):
     """Temperature > 0 (Gumbel noise keyed by the original row), a left-padded batch, early stop on for the
@@ -133,6 +150,7 @@ def test_sampling_decode_same_tokens_with_and_without_compaction(cache):
     assert a.tokens.unique().numel() > 3
 
 
+@CPU_EXACT
 def test_run_many_same_tokens_with_and_without_compaction():
     params, cfg = tiny_model()
     prompts = _prompts()
@@ -140,3 +158,28 @@ def test_run_many_same_tokens_with_and_without_compaction():
     a = run_many(params, cfg, prompts, ops=HEAD_OPS, **opts)
     b = run_many(params, cfg, prompts, ops=NOCOMPACT_OPS, **opts)
     assert a.tokens == b.tokens and a.nfe == b.nfe
+
+
+@pytest.mark.gpu
+def test_gpu_triton_ops_same_tokens_with_and_without_compaction():
+    """bf16 random model on the Triton ops: compaction on / off give the same tokens, eagerly and replayed from
+    CUDA graphs (argmax), and with Gumbel sampling (eager), for generate (block and none caches) and run_many."""
+    from llada import LLaDAConfig, init_params, triton_ops
+
+    cfg = LLaDAConfig(d_model=1024, n_heads=8, n_kv_heads=8, n_layers=4, mlp_hidden_size=3072, vocab_size=32768,
+                      mask_token_id=32760, eos_token_id=32759, pad_token_id=32759, eot_token_id=32761)
+    params = init_params(cfg, device="cuda", dtype=torch.bfloat16, std=0.5 / 1024 ** 0.5)
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(0, 32000, (n,), generator=g).tolist() for n in (40, 7, 64, 33, 12)]
+    ops = triton_ops()
+    plain = dataclasses.replace(ops, head=lambda hidden, w, **kw: ops.head(hidden, w, **kw))
+    assert head_skips_rows(ops.head) and not head_skips_rows(plain.head)
+    opts = dict(gen_length=64, block_length=32, steps=64)
+    for extra in (dict(cuda_graphs=True), dict(temperature=0.8, seed=3)):
+        for cache in ("block", "none"):
+            a = generate(params, cfg, prompts[:3], cache=cache, ops=ops, **opts, **extra)
+            b = generate(params, cfg, prompts[:3], cache=cache, ops=plain, **opts, **extra)
+            assert torch.equal(a.tokens, b.tokens) and a.nfe == b.nfe, (cache, extra)
+        a = run_many(params, cfg, prompts, slots=2, ops=ops, **opts, **extra)
+        b = run_many(params, cfg, prompts, slots=2, ops=plain, **opts, **extra)
+        assert a.tokens == b.tokens and a.nfe == b.nfe, extra
