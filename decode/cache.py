@@ -38,10 +38,32 @@ Pos = Union[int, torch.Tensor]
 PREFILL_TOKENS = 8192  # tokens per prefill forward (rows are chunked above this to bound activation memory)
 
 
+_CONST = {}
+
+
+def const(kind: str, n: int, device, value: int = 0) -> torch.Tensor:
+    """A read-only int64 index vector, made once per (kind, n, value, device) and reused (inside a
+    captured step it costs no kernel of its own): ``"arange"`` 0..n-1; ``"full"`` n times ``value``;
+    ``"ends"`` n zeros then n times n (the key ends of a [committed block ; new block] feed, before ``+ s``)."""
+    key = (kind, n, value, str(device))
+    t = _CONST.get(key)
+    if t is None:
+        if kind == "arange":
+            t = torch.arange(n, device=device)
+        elif kind == "full":
+            t = torch.full((n,), value, dtype=torch.int64, device=device)
+        elif kind == "ends":
+            t = torch.cat([torch.zeros(n, dtype=torch.int64), torch.full((n,), n, dtype=torch.int64)]).to(device)
+        else:
+            raise ValueError(f"kind must be 'arange', 'full' or 'ends', got {kind!r}")
+        _CONST[key] = t
+    return t
+
+
 def take_cols(x: torch.Tensor, s: Pos, n: int) -> torch.Tensor:
     """``x[:, s:s+n]`` for an int or a device-tensor ``s`` (a copy in the tensor case)."""
     if isinstance(s, torch.Tensor):
-        return x.index_select(1, s + torch.arange(n, device=x.device))
+        return x.index_select(1, s + const("arange", n, x.device))
     return x[:, s:s + n]
 
 
@@ -152,8 +174,7 @@ class BlockCache(_CachedPolicy):
                                            key_end=key_end, rows=slice(P, P + Lb), ops=c.ops))
             return outs[0] if len(outs) == 1 else torch.cat(outs)
         # [committed block b-1 ; block b]: block b-1 sees keys < s, block b keys < s + Lb
-        ends = torch.cat([torch.zeros(Lb, dtype=torch.int64, device=x.device),
-                          torch.full((Lb,), Lb, dtype=torch.int64, device=x.device)]) + s
+        ends = const("ends", Lb, x.device) + s
         dynamic = isinstance(s, torch.Tensor)
         return self._fwd(take_cols(x, s - Lb, 2 * Lb), cache=self.cache, start=s - Lb,
                          kv_len=self.ctx.total_len if dynamic else s + Lb, key_end=ends, rows=slice(Lb, 2 * Lb))
@@ -161,7 +182,7 @@ class BlockCache(_CachedPolicy):
     def steady(self, x, b, s):
         Lb = self.ctx.block_length
         if isinstance(s, torch.Tensor):  # static kv_len; the real limit s + Lb lives on the device
-            key_end = torch.full((Lb,), Lb, dtype=torch.int64, device=x.device) + s
+            key_end = const("full", Lb, x.device, Lb) + s
             return self._fwd(take_cols(x, s, Lb), cache=self.cache, start=s, kv_len=self.ctx.total_len,
                              key_end=key_end)
         return self._fwd(x[:, s:s + Lb], cache=self.cache, start=s, kv_len=s + Lb)

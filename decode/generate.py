@@ -38,7 +38,7 @@ import torch
 from llada.config import LLaDAConfig
 from llada.ops import REFERENCE_OPS, Ops
 from llada.weights import Params
-from .cache import POLICIES, StepContext, make_policy, take_cols
+from .cache import POLICIES, StepContext, const, make_policy, take_cols
 from .schedule import num_transfer_tokens
 
 __all__ = ["generate", "generate_stream", "GenerateResult", "StepEvent", "BlockEvent", "pad_prompts",
@@ -398,11 +398,12 @@ def generate_stream(params: Params, cfg: LLaDAConfig, prompts, *, gen_length: in
                                           offset=calls, k=k_buf, rand_gen=rand_gen)
         new = torch.where(committed, x0, blk)
         if isinstance(s, torch.Tensor):
-            x.index_copy_(1, s + torch.arange(Lb, device=device), new)
+            x.index_copy_(1, s + const("arange", Lb, device), new)
         else:
             x[:, s:s + Lb] = new
-        nfe.add_(masked.any(1).to(nfe.dtype))
-        return committed, new, torch.where(masked, conf, float("-inf"))
+        nfe.add_(masked.any(1))
+        # commit leaves conf at -inf off the masked positions, except random remasking's uniform draws
+        return committed, new, torch.where(masked, conf, float("-inf")) if rule.remasking == "random" else conf
 
     for b in range(nb):
         s_int = P + b * Lb
