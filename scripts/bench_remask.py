@@ -16,7 +16,7 @@ LLaDA-8B head: V = 126464, d = 4096, rows M in {32, 256, 1024} (block 32: batch 
   torch.compile, and logits_confidence + select_transfer; do_bench medians and CUDA-graph replays (provider
   suffix ``-graph``); bytes = the logits read once.
 Rows go to DIR/remask_bench.csv (all cases; DIR/remask_bench_<cases>.csv for a subset) and
-DIR/remask_sweep.csv with --sweep, each with GPU, versions and git sha. Times: medians of
+DIR/remask_sweep.csv (remask_sweep_<cases>.csv) with --sweep, each with GPU, versions and git sha. Times: medians of
 triton.testing.do_bench unless the provider ends in -graph.
 """
 from __future__ import annotations
@@ -185,16 +185,21 @@ def bench_from_logits(rows_list, block, vocab, meta, copy_bw, dev, dt, g, dry_ru
         del rx, rc, x0, conf, ox0
         times = {}
         for name, f in provs.items():
+            errs = {}
+            t_ms, t_graph, mem = float("nan"), float("nan"), 0
             try:
                 t_ms = bench(lambda: f(sets[0]))
                 mem = peak(lambda: f(sets[0]))
-                t_graph = graph_us(lambda i: f(sets[i]), n_sets) / 1e3
-                err = ""
             except Exception as e:  # noqa: BLE001 - a failing provider is a row, not a crash
-                t_ms, t_graph, mem, err = float("nan"), float("nan"), 0, f"{type(e).__name__}: {str(e)[:120]}"
+                errs[name] = f"{type(e).__name__}: {str(e)[:120]}"
+            if name not in errs:
+                try:
+                    t_graph = graph_us(lambda i: f(sets[i]), n_sets) / 1e3
+                except Exception as e:  # noqa: BLE001
+                    errs[name + "-graph"] = f"{type(e).__name__}: {str(e)[:120]}"
             times[name] = (t_ms, t_graph)
             for prov, t in ((name, t_ms), (name + "-graph", t_graph)):
-                note = err
+                note = errs.get(prov, errs.get(name, ""))
                 if name == "triton" and t == t:
                     base = times["torch_official"][0 if prov == name else 1]
                     note = f"speedup x{base / t:.1f} vs torch_official; {agree}"
@@ -382,7 +387,7 @@ def main(sweep: bool, out: str, budget_s: float, rows_list=(32, 256, 1024), case
 
     _write(out, name, rows)
     if sw_rows:
-        _write(out, "remask_sweep.csv", sw_rows)
+        _write(out, "remask_sweep.csv" if name == "remask_bench.csv" else name.replace("bench", "sweep"), sw_rows)
     print(f"done in {time.time() - t0:.0f} s", flush=True)
 
 
