@@ -132,13 +132,14 @@ class PrefixCache(_CachedPolicy):
         return self._full_refresh(x, s)
 
     def steady(self, x, b, s):
-        # the fed length (L - s) changes with the block: always eager, with an int start
+        # the fed length (L - s) changes with the block: an int start from the block index, so each
+        # block's steady steps have static shapes (one CUDA graph per block)
         s = self.ctx.prompt_len + b * self.ctx.block_length
         return self._fwd(x[:, s:], cache=self.cache, start=s, kv_len=self.ctx.total_len,
                          rows=slice(0, self.ctx.block_length))
 
     def graph_key(self, kind, b):
-        return "first" if kind == "first" else None
+        return "first" if kind == "first" else ("steady", b)
 
 
 class DualCache(_CachedPolicy):

@@ -61,7 +61,7 @@ def test_cuda_graph_replay_gives_the_eager_tokens():
     eager = run_many(params, cfg, prompts, slots=2, ops=ops, **opts)
     graphed = run_many(params, cfg, prompts, slots=2, ops=ops, cuda_graphs=True, **opts)
     assert graphed.tokens == eager.tokens and graphed.nfe == eager.nfe
-    for cache in ("block", "dual", "none"):
+    for cache in ("block", "dual", "none", "prefix"):
         a = generate(params, cfg, prompts[:3], cache=cache, ops=ops, device_positions=True, **opts)
         b = generate(params, cfg, prompts[:3], cache=cache, ops=ops, cuda_graphs=True, **opts)
         assert torch.equal(a.tokens, b.tokens), cache
