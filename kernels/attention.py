@@ -368,7 +368,7 @@ def _launch(q, k_cache, v_cache, kv_len, kv_start=None, key_end=None, scale=None
         HAS_KV_START=kv_start is not None, HAS_KEY_END=key_end is not None, SPLIT=split,
         UPCAST=upcast, DOT_PREC=dot_prec, COUNT_TILES=tile_counts is not None,
         MERGE_IN_KERNEL=merge_in_kernel, SPLITS_P2=splits_p2,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **gdc_options(q),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **gdc_options(q, B * Tq),
     )
     if split and not merge_in_kernel:
         mrows = block_m if is_interpreter() else min(block_m, 8)
@@ -377,7 +377,7 @@ def _launch(q, k_cache, v_cache, kv_len, kv_start=None, key_end=None, scale=None
             Tq, G, Hkv, n_splits, n_m,
             out.stride(0), out.stride(1), out.stride(2),
             D=D, BLOCK_M=block_m, BLOCK_D=block_d, MROWS=mrows, SPLITS_P2=splits_p2,
-            num_warps=4, **gdc_options(q),
+            num_warps=4, **gdc_options(q, B * Tq),
         )
     return out
 

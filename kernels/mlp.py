@@ -319,10 +319,10 @@ def _flags(dtype: torch.dtype) -> dict:
 PREFETCH_BYTES = 256
 
 
-def _pdl(t: torch.Tensor, k_len: int) -> dict:
+def _pdl(t: torch.Tensor, k_len: int) -> dict:  # t: the [rows, K] activation
     """PDL launch options and the weight-prefetch depth: the first ``min(k_len, PREFETCH_BYTES)`` of
     each of the program's weight rows, in 128-byte lines (a power of two of them)."""
-    return pdl_prefetch(t, k_len, PREFETCH_BYTES)
+    return pdl_prefetch(t, t.shape[0], k_len, PREFETCH_BYTES)
 
 
 def _tma_ok(*ts: torch.Tensor) -> bool:
@@ -390,7 +390,7 @@ def _launch_down(act: torch.Tensor, w_down: torch.Tensor, residual: Optional[tor
         HAS_RES=has_res, **_flags(act.dtype), **_pdl(act, k_per_split),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
-    pdl = pdl_launch(act)
+    pdl = pdl_launch(act, M)
     if split > 1 and norm is not None and N <= _FUSED_NORM_MAX:
         nw, eps, y = norm
         block = _np2(N)

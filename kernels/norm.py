@@ -102,7 +102,7 @@ def _launch(x2, r2, weight, y2, h2, eps, config=None):
         x2, r, weight, y2, h, R, N, float(eps),
         x2.stride(0), r.stride(0), y2.stride(0), h.stride(0),
         BLOCK_R=cfg["BLOCK_R"], BLOCK_N=cfg["BLOCK_N"], NUM_CHUNKS=cfg["NUM_CHUNKS"], HAS_RES=has_res,
-        num_warps=cfg["num_warps"], **gdc_options(x2),
+        num_warps=cfg["num_warps"], **gdc_options(x2, R),
     )
 
 

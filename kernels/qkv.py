@@ -188,7 +188,7 @@ def qkv_proj_rope(x: torch.Tensor, w_qkv: torch.Tensor, cos_table: torch.Tensor,
     cfg = dict(qkv_config(M, d, x.dtype)) if config is None else dict(config)
     hb = _half_tile(D)
     interp = is_interpreter()
-    gdc = pdl_prefetch(x, d, PREFETCH_BYTES)
+    gdc = pdl_prefetch(x, M, d, PREFETCH_BYTES)
     kc = k_cache if has_cache else out
     vc = v_cache if has_cache else out
     kst = kc.stride() if has_cache else (0, 0, 0, 1)

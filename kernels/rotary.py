@@ -276,7 +276,7 @@ def qkv_rope_cache(qkv: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.
             T, H, Hkv, n_rows, *qkv.stride(), *kc.stride(), *vc.stride(), cos_table.stride(0),
             DYN=dyn, HAS_CACHE=has_cache, HAS_WF=write_from is not None, HALF=D // 2, BLOCK_R=block_r,
             BLOCK_D2=block_d2,
-            num_warps=4 if block_r * block_d2 >= 1024 else 2, **gdc_options(qkv),
+            num_warps=4 if block_r * block_d2 >= 1024 else 2, **gdc_options(qkv, B * T),
         )
     q = qkv[:, :, :H]
     if has_cache:
