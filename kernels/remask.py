@@ -542,16 +542,21 @@ def _logits_config(M: int, V: int, interpret: bool, sample: bool) -> dict:
     """Fixed meta-parameters of the from-logits kernel (no autotune): a pure function of the shape and mode.
 
     ``BLOCK_M`` rows x ``BLOCK_V`` vocab ids per step; each program streams ``TILES`` steps (one vocab slice
-    of ``TILES * BLOCK_V`` ids), so the partials have ``ceil(V / (TILES * BLOCK_V))`` columns per row. GPU:
-    ``BLOCK_V = 512`` (LLaDA's V = 126464 = 247 * 512: no edge masks), ``TILES`` so that the grid has about
-    ``LOGITS_TARGET_PROGRAMS`` programs; with Gumbel sampling 2 rows per step keep the Philox epilogue's
-    registers in check. Not yet swept on a GPU (``scripts/bench_remask.py --sweep`` times alternatives).
+    of ``TILES * BLOCK_V`` ids), so the partials have ``ceil(V / (TILES * BLOCK_V))`` columns per row. GPU,
+    temperature 0: the configs of a CUDA-graph sweep (below). With Gumbel sampling (not swept): 2 rows per
+    step (keeps the Philox epilogue's registers in check), ``BLOCK_V = 512`` (LLaDA's V = 126464 = 247 * 512:
+    no edge masks), ``TILES`` so that the grid has about ``LOGITS_TARGET_PROGRAMS`` programs.
     Interpreter: big tiles, few programs (numpy vectorises inside a block).
     """
     if interpret:
         bv = min(_pow2(max(V, 16)), 16384)
         return dict(BLOCK_M=min(_pow2(max(M, 1)), 64), BLOCK_V=bv, TILES=triton.cdiv(V, bv), num_warps=4)
-    bm, bv = (2 if sample else 4), 512
+    if not sample:  # swept under CUDA graphs on an H200 (V = 126464, bf16): 2 rows x 2048 ids x 4 steps a program
+        # (M=1024: 126 us vs 153 us with 4 x 512 and ~2048 programs; M=256: 38 vs 43 us; M=32: 11.0 vs 11.2 us)
+        bv = 2048 if M >= 128 else 1024
+        tiles = max(4, triton.cdiv(triton.cdiv(V, bv), 1024))  # the merge holds a row's partials in one block
+        return dict(BLOCK_M=2, BLOCK_V=bv, TILES=tiles, num_warps=4, num_stages=1)
+    bm, bv = 2, 512
     n_vt = triton.cdiv(V, bv)
     tiles = max(1, min(n_vt, triton.cdiv(M, bm) * n_vt // LOGITS_TARGET_PROGRAMS))
     tiles = max(tiles, triton.cdiv(n_vt, 1024))  # the merge holds a row's partials in one block
@@ -584,7 +589,8 @@ def _logits_confidence_launch(logits, x0, conf, *, temperature, seed, offset, ba
     nvt = triton.cdiv(V, chunk)
     parts = _partials(M, nvt, logits.device)
     lu = uncond_logits if cfg else logits
-    extra = {} if interpret else dict(num_warps=c["num_warps"], enable_fp_fusion=False)
+    extra = {} if interpret else dict(num_warps=c["num_warps"], num_stages=c.get("num_stages", 3),
+                                      enable_fp_fusion=False)
     _logits_partials_kernel[(triton.cdiv(M, BM), nvt)](
         logits, lu, *parts, nr_ptr, rid_ptr,
         M, V, nvt, chunk,

@@ -783,12 +783,13 @@ _COMPILE_SCRIPT = textwrap.dedent(r"""
         sig = {"l_ptr": f"*{dt}", "lu_ptr": f"*{dt}", **parts, "n_rows_ptr": "*i32", "row_ids_ptr": "*i64",
                "M": "i32", "V": "i32", "NVT": "i32", "CHUNK": "i32", "stride_lm": "i32", "stride_lum": "i32",
                "inv_temp": "fp32", "cfg_w": "fp32", **{n: "i32" for n in ids}}
-        for t, (bm, bv) in ((0.0, (4, 512)), (1.0, (2, 512))):
+        for t, (bm, bv) in ((0.0, (2, 2048)), (1.0, (2, 512))):
             c = R._logits_config(1024, 126464, False, t > 0)
             assert (c["BLOCK_M"], c["BLOCK_V"]) == (bm, bv), c
-        for cfg, sample, nb, even, bm in ((False, False, 0, True, 4), (True, True, 4, False, 2))[:2 if dt == "bf16" else 1]:
+        for cfg, sample, nb, even, bm, bv in ((False, False, 0, False, 2, 2048), (False, False, 0, True, 2, 1024),
+                                              (True, True, 4, False, 2, 512))[:3 if dt == "bf16" else 1]:
             ce = dict(N_BAN=nb, N_NC=nb, SAMPLE=sample, CFG=cfg, HAS_N_ROWS=cfg, HAS_ROW_IDS=cfg, EVEN_V=even,
-                      BLOCK_M=bm, BLOCK_V=512)
+                      BLOCK_M=bm, BLOCK_V=bv)
             compile_for(R._logits_partials_kernel, sig, ce)
         for rule in (0, 1, 2):
             sig = {"conf_ptr": f"*{dt}", "masked_ptr": "*u8", "k_ptr": "*i64", "x0_ptr": "*i64", "tok_ptr": "*i64",
