@@ -21,11 +21,12 @@ __all__ = ["Ops", "REFERENCE_OPS", "triton_ops"]
 class Ops:
     """Op implementations; each field has the signature of the ``kernels.reference`` function named.
 
-    linear(x, w, residual=None) -> residual + x @ w.T; rms_norm -> rms_norm_ref; qkv_rope -> qkv_rope_cache_ref (RoPE on q/k of the
-    fused projection + K/V into the cache); attention -> block_attention_ref;
+    linear(x, w, residual=None) -> residual + x @ w.T; rms_norm -> rms_norm_ref; qkv_rope -> qkv_rope_cache_ref
+    (RoPE on q/k of the fused projection + K/V into the cache); attention -> block_attention_ref;
     mlp -> swiglu_mlp_ref; head(hidden, w, *, temperature, seed, offset, banned_ids, no_confidence_ids,
-    uncond_hidden, cfg_scale) -> (x0, conf) as head_confidence_ref (noise from (seed, offset));
-    select -> select_transfer_ref.
+    uncond_hidden, cfg_scale) -> (x0, conf) as head_confidence_ref (noise from (seed, offset)); a head that
+    also takes ``n_rows`` and ``row_ids`` (the Triton one) lets the driver run it on the still-masked rows
+    only (decode.generate.head_skips_rows); select -> select_transfer_ref.
 
     Optional fused fields (None: the model composes them from the fields above):
     linear_norm(x, w, residual, norm_weight, eps) -> (y, h) as linear_rms_norm_ref (the output projection
