@@ -214,7 +214,7 @@ class _Rule:
     seed: int
     banned: tuple
     no_conf: tuple
-    compact_above: int = 64  # see COMPACT_ABOVE
+    compact_above: int = COMPACT_ABOVE
 
     def commit(self, ops, lm_head, hidden, uncond, masked, *, offset, k, rand_gen):
         """``hidden`` / ``uncond`` [B, Lb, d] -> (x0 [B, Lb], conf [B, Lb], committed bool [B, Lb]).
@@ -243,8 +243,8 @@ class _Rule:
             x0, conf = ops.head(h, lm_head, uncond_hidden=hu, **kw)
         x0 = torch.where(flat, x0, -1).view(B, Lb)
         conf = torch.where(flat, conf, float("-inf")).view(B, Lb)
-        if self.remasking == "random":
-            conf = torch.rand((B, Lb), generator=rand_gen, device=hidden.device)
+        if self.remasking == "random":  # uniform confidences, still -inf off the masked positions
+            conf = torch.where(masked, torch.rand((B, Lb), generator=rand_gen, device=hidden.device), float("-inf"))
         if self.threshold is not None:
             committed = ops.select(conf, masked, threshold=self.threshold)
         elif self.factor is not None:
@@ -402,8 +402,7 @@ def generate_stream(params: Params, cfg: LLaDAConfig, prompts, *, gen_length: in
         else:
             x[:, s:s + Lb] = new
         nfe.add_(masked.any(1))
-        # commit leaves conf at -inf off the masked positions, except random remasking's uniform draws
-        return committed, new, torch.where(masked, conf, float("-inf")) if rule.remasking == "random" else conf
+        return committed, new, conf  # conf is -inf off the masked positions
 
     for b in range(nb):
         s_int = P + b * Lb

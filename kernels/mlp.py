@@ -42,6 +42,27 @@ def _mma(a, b, acc, IEEE: tl.constexpr):
 
 
 @triton.jit
+def _round_add_residual(acc, r_ptrs, mask, dt: tl.constexpr, HAS_RES: tl.constexpr):
+    """The projection ``acc`` (fp32) rounded to ``dt``, then ``residual + y`` in fp32, rounded (torch's
+    16-bit ``residual + F.linear(...)``)."""
+    y = acc.to(dt)
+    if HAS_RES:
+        r = tl.load(r_ptrs, mask=mask, other=0.0)
+        y = (r.to(tl.float32) + y.to(tl.float32)).to(dt)
+    return y
+
+
+@triton.jit
+def _sum_partials(p_ptr, m, M, N, offs, mask, S: tl.constexpr, BLOCK: tl.constexpr):
+    """Row ``m`` of the split-K partials ``[S, M, N]`` summed in a fixed order (deterministic; unrolled,
+    so the loads overlap)."""
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s in tl.static_range(S):
+        acc += tl.load(p_ptr + (s * M + m) * N + offs, mask=mask, other=0.0)
+    return acc
+
+
+@triton.jit
 def _prefetch_rows(base, rows, stride, k0, K, PF_LINES: tl.constexpr, LINE: tl.constexpr, USE_GDC: tl.constexpr):
     """L2 prefetch of the first ``PF_LINES`` 128-byte lines from column ``k0`` of weight ``rows`` (PDL only)."""
     if USE_GDC and PF_LINES > 0:
@@ -193,11 +214,7 @@ def _down_kernel(
         p_ptrs = p_ptr + (pid_k * M + om) * N + on
         tl.store(p_ptrs, acc, mask=mask)
     else:
-        dt = y_ptr.dtype.element_ty
-        y = acc.to(dt)
-        if HAS_RES:
-            r = tl.load(r_ptr + om * stride_rm + on, mask=mask, other=0.0)
-            y = (r.to(tl.float32) + y.to(tl.float32)).to(dt)
+        y = _round_add_residual(acc, r_ptr + om * stride_rm + on, mask, y_ptr.dtype.element_ty, HAS_RES)
         tl.store(y_ptr + om * stride_ym + on, y, mask=mask)
 
 
@@ -211,14 +228,8 @@ def _splitk_reduce_kernel(
     m = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
-    acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for s in tl.static_range(S):         # fixed order: deterministic; unrolled, the loads overlap
-        acc += tl.load(p_ptr + (s * M + m) * N + offs, mask=mask, other=0.0)
-    dt = y_ptr.dtype.element_ty
-    y = acc.to(dt)
-    if HAS_RES:
-        r = tl.load(r_ptr + m * stride_rm + offs, mask=mask, other=0.0)
-        y = (r.to(tl.float32) + y.to(tl.float32)).to(dt)
+    acc = _sum_partials(p_ptr, m, M, N, offs, mask, S, BLOCK)
+    y = _round_add_residual(acc, r_ptr + m * stride_rm + offs, mask, y_ptr.dtype.element_ty, HAS_RES)
     tl.store(y_ptr + m * stride_ym + offs, y, mask=mask)
 
 
@@ -235,14 +246,9 @@ def _splitk_reduce_norm_kernel(
     m = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < N
-    acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for s in tl.static_range(S):         # fixed order: deterministic, the same sums as the reduce kernel
-        acc += tl.load(p_ptr + (s * M + m) * N + offs, mask=mask, other=0.0)
+    acc = _sum_partials(p_ptr, m, M, N, offs, mask, S, BLOCK)       # the same sums as the reduce kernel
     dt = h_ptr.dtype.element_ty
-    h = acc.to(dt)
-    if HAS_RES:
-        r = tl.load(r_ptr + m * stride_rm + offs, mask=mask, other=0.0)
-        h = (r.to(tl.float32) + h.to(tl.float32)).to(dt)
+    h = _round_add_residual(acc, r_ptr + m * stride_rm + offs, mask, dt, HAS_RES)
     tl.store(h_ptr + m * stride_hm + offs, h, mask=mask)
     hf = h.to(tl.float32)
     rstd = tl.rsqrt(tl.sum(hf * hf, axis=0) / N + eps)

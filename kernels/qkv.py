@@ -19,7 +19,7 @@ import triton.language as tl
 
 from kernels._common import as_rows, check_tensor, gdc_wait_and_release, is_interpreter, pdl_prefetch
 from kernels.mlp import PREFETCH_BYTES, _mma, _prefetch_rows
-from kernels.rotary import qkv_rope_cache
+from kernels.rotary import qkv_rope_cache, rotate_pair
 
 __all__ = ["qkv_proj_rope", "fused_supported"]
 
@@ -92,12 +92,7 @@ def _qkv_proj_rope_kernel(
     mask = m_ok[None, :]
     if slot < H + HKV:
         crow = (pos * sct)[None, :]
-        c1 = tl.load(cos_ptr + crow + c, mask=mask, other=0.0)
-        c2 = tl.load(cos_ptr + crow + HALF + c, mask=mask, other=0.0)
-        s1 = tl.load(sin_ptr + crow + c, mask=mask, other=0.0)
-        s2 = tl.load(sin_ptr + crow + HALF + c, mask=mask, other=0.0)
-        o1 = x1 * c1 + (-x2) * s1
-        o2 = x2 * c2 + x1 * s2
+        o1, o2 = rotate_pair(x1, x2, cos_ptr + crow + c, sin_ptr + crow + c, mask, HALF)
     else:
         o1 = x1
         o2 = x2

@@ -22,6 +22,18 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 # ------------------------------------------------------------------------------------------ kernels
 @triton.jit
+def rotate_pair(x1, x2, cos_ptrs, sin_ptrs, mask, HALF: tl.constexpr):
+    """The half-split rotation of fp32 halves ``x1`` (dims ``< HALF``) and ``x2``: ``(x1 cos - x2 sin,
+    x2 cos + x1 sin)``, the table entries read at ``cos_ptrs`` / ``sin_ptrs`` (first half) and ``HALF``
+    further (second half); the op order of ``rope_ref`` (``x * cos + rotate_half(x) * sin``)."""
+    c1 = tl.load(cos_ptrs, mask=mask, other=0.0)
+    c2 = tl.load(cos_ptrs + HALF, mask=mask, other=0.0)
+    s1 = tl.load(sin_ptrs, mask=mask, other=0.0)
+    s2 = tl.load(sin_ptrs + HALF, mask=mask, other=0.0)
+    return x1 * c1 + (-x2) * s1, x2 * c2 + x1 * s2
+
+
+@triton.jit
 def _rope_kernel(
     x_ptr, o_ptr, cos_ptr, sin_ptr,      # x, o: [B, T, G, H, D] (strided; G groups, e.g. q and k); cos, sin: [T, D] fp32
     T, H,
@@ -44,13 +56,8 @@ def _rope_kernel(
     o1_ptrs = o_ptr + b * sob + t * sot + g * sog + hh * soh + dd * sod
     x1 = tl.load(x1_ptrs, mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(x1_ptrs + HALF * sxd, mask=mask, other=0.0).to(tl.float32)
-    c1 = tl.load(cos_ptr + t * sct + offs_d, mask=dmask, other=0.0)[None, :]
-    c2 = tl.load(cos_ptr + t * sct + HALF + offs_d, mask=dmask, other=0.0)[None, :]
-    s1 = tl.load(sin_ptr + t * sst + offs_d, mask=dmask, other=0.0)[None, :]
-    s2 = tl.load(sin_ptr + t * sst + HALF + offs_d, mask=dmask, other=0.0)[None, :]
     dt = o_ptr.dtype.element_ty
-    o1 = x1 * c1 + (-x2) * s1
-    o2 = x2 * c2 + x1 * s2
+    o1, o2 = rotate_pair(x1, x2, cos_ptr + t * sct + dd, sin_ptr + t * sst + dd, dmask[None, :], HALF)
     tl.store(o1_ptrs, o1.to(dt), mask=mask)
     tl.store(o1_ptrs + HALF * sod, o2.to(dt), mask=mask)
 
@@ -102,12 +109,7 @@ def _qkv_rope_cache_kernel(
         tl.store(o_ptrs + HALF * svd, x2.to(dt), mask=cmask)
     else:
         row = (pos * sct)[:, None]
-        c1 = tl.load(cos_ptr + row + dd, mask=mask, other=0.0)
-        c2 = tl.load(cos_ptr + row + HALF + dd, mask=mask, other=0.0)
-        s1 = tl.load(sin_ptr + row + dd, mask=mask, other=0.0)
-        s2 = tl.load(sin_ptr + row + HALF + dd, mask=mask, other=0.0)
-        o1 = x1 * c1 + (-x2) * s1
-        o2 = x2 * c2 + x1 * s2
+        o1, o2 = rotate_pair(x1, x2, cos_ptr + row + dd, sin_ptr + row + dd, mask, HALF)
         if HAS_CACHE and g == 1:
             o_ptrs = kc_ptr + (b * skb + pos * skt + h * skh)[:, None] + dd * skd
             tl.store(o_ptrs, o1.to(dt), mask=cmask)

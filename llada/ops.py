@@ -80,11 +80,15 @@ def _head_ref(hidden, w, *, temperature=0.0, seed=0, offset=0, banned_ids=(), no
                                    cfg_scale=cfg_scale)
 
 
+def _cublas_mlp_rows(rows: int) -> bool:
+    """Row counts where cuBLAS beats the fused Triton MLP (H200 measurements in results/kernels)."""
+    return 64 < rows < 1024
+
+
 def _mlp_decode(x, w_gate_up, w_down, residual=None):
     """Fused Triton MLP where it beats cuBLAS (<= 64 rows: weight-bound; >= 1024 rows), cuBLAS between
     (H200 measurements in results/kernels and results/bench_decode)."""
-    rows = x.numel() // x.shape[-1]
-    if 64 < rows < 1024:
+    if _cublas_mlp_rows(x.numel() // x.shape[-1]):
         return _mlp_ref(x, w_gate_up, w_down, residual)
     from kernels.mlp import swiglu_mlp
     return swiglu_mlp(x, w_gate_up, w_down, residual)
@@ -103,8 +107,7 @@ def _linear_norm_decode(x, w, residual, norm_weight, eps, *, max_rows: int = 64)
 
 def _mlp_norm_decode(x, w_gate_up, w_down, residual, norm_weight, eps):
     """:func:`_mlp_decode`'s dispatch, with the following RMSNorm fused where the Triton MLP runs."""
-    rows = x.numel() // x.shape[-1]
-    if 64 < rows < 1024:
+    if _cublas_mlp_rows(x.numel() // x.shape[-1]):
         from kernels.norm import rms_norm
         h = _mlp_ref(x, w_gate_up, w_down, residual)
         return rms_norm(h, norm_weight, eps), h
