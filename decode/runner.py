@@ -12,6 +12,11 @@ One step, for every row at once, with static shapes (one CUDA graph serves every
     a block (the fold that commits a finished block exactly once), never otherwise (``write_from``);
   * the LM head, selection and commit run on the current block's rows.
 A new prompt is prefilled alone into its slot's cache rows (the prompt sees itself) before it joins.
+
+With ``cfg_scale > 0`` (classifier-free guidance) slot r also owns cache row ``S + r``: the unconditional
+copy of its sequence, the whole prompt region (pads included) masked, the same ``kv_start`` and the same
+generated tokens. It is prefilled with the masked prompt on refill; each step feeds both copies (2S rows,
+the unconditional feed is the conditional one with positions < P masked) and the head mixes them.
 """
 from __future__ import annotations
 
@@ -43,14 +48,16 @@ class RunResult:
 @torch.no_grad()
 def run_many(params: Params, cfg: LLaDAConfig, prompts: Sequence[Sequence[int]], *, slots: int,
              gen_length: int, block_length: int, steps: int, threshold: Optional[float] = None,
-             factor: Optional[float] = None, temperature: float = 0.0, remasking: str = "low_confidence",
-             logits_eos_inf: bool = False, confidence_eos_eot_inf: bool = False, early_stop: bool = True,
-             seed: int = 0, ops: Ops = REFERENCE_OPS, cuda_graphs: bool = False,
+             factor: Optional[float] = None, cfg_scale: float = 0.0, temperature: float = 0.0,
+             remasking: str = "low_confidence", logits_eos_inf: bool = False,
+             confidence_eos_eot_inf: bool = False, early_stop: bool = True, seed: int = 0,
+             ops: Ops = REFERENCE_OPS, cuda_graphs: bool = False,
              on_result: Optional[Callable[[int, List[int]], None]] = None) -> RunResult:
     """Decode ``prompts`` (token-id lists) with ``slots`` sequences in flight (block-causal cache).
 
-    Options as :func:`decode.generate` (no CFG here). ``on_result(index, tokens)`` is called as each
-    prompt finishes. Returns a :class:`RunResult` with results in input order.
+    Options as :func:`decode.generate`, ``cfg_scale`` included (the unconditional copies double the rows
+    of every step). ``on_result(index, tokens)`` is called as each prompt finishes. Returns a
+    :class:`RunResult` with results in input order.
     """
     t0 = time.perf_counter()
     if not isinstance(slots, int) or slots < 1:
@@ -66,44 +73,51 @@ def run_many(params: Params, cfg: LLaDAConfig, prompts: Sequence[Sequence[int]],
                                       device="cpu")
     pads = torch.tensor([width - len(p) for p in prompts])
     _validate(cfg, all_tokens, pads, gen_length, block_length, steps, temperature, remasking, threshold, factor,
-              0.0, "block")
+              cfg_scale, "block")
     if cuda_graphs and device.type != "cuda":
         raise ValueError(f"cuda_graphs=True needs params on a CUDA device, not {device}")
     graphs = _Graphs(cuda_graphs and temperature == 0 and remasking == "low_confidence" and factor is None)
     P, G, S = width, gen_length, slots
+    use_cfg = cfg_scale > 0
+    R = 2 * S if use_cfg else S  # cache rows: slot r at row r, its unconditional copy (CFG) at row S + r
     T = P + G
     nb, spb = G // Lb, steps // (G // Lb)
     mask_id = cfg.mask_token_id
     i64 = dict(dtype=torch.int64, device=device)
     x = torch.full((S, T), mask_id, **i64)
-    kv_start = torch.zeros(S, **i64)
+    kv_start = torch.zeros(R, **i64)
     blk = torch.zeros(S, **i64)
     step = torch.zeros(S, **i64)
     nfe = torch.zeros(S, **i64)
     active = torch.zeros(S, dtype=torch.bool, device=device)
-    cache = KVCache.empty(cfg, S, T, device=device, dtype=params.dtype)
+    cache = KVCache.empty(cfg, R, T, device=device, dtype=params.dtype)
     sched = num_transfer_tokens(torch.ones(1, Lb, dtype=torch.bool), spb)[0].to(device)  # [spb]
     sched = torch.cat([sched, torch.zeros(1, **i64)])  # steps past the schedule commit nothing
     ar2 = torch.arange(2 * Lb, device=device)
     ar = torch.arange(Lb, device=device)
     end_ids = torch.tensor(cfg.end_token_ids, device=device)
-    rule = _make_rule(cfg, temperature, remasking, threshold, factor, 0.0, seed, logits_eos_inf,
+    rule = _make_rule(cfg, temperature, remasking, threshold, factor, cfg_scale, seed, logits_eos_inf,
                       confidence_eos_eot_inf)
     rand_gen = torch.Generator(device=device).manual_seed(int(seed)) if remasking == "random" else None
     n_calls = [0]
 
     def batched_step():
         s = P + blk * Lb                                            # [S] current block start
-        feed = x.gather(1, (s - Lb)[:, None] + ar2[None, :])          # [S, 2Lb]
+        pos = (s - Lb)[:, None] + ar2[None, :]                       # [S, 2Lb]
+        feed = x.gather(1, pos)
+        start = s - Lb
         key_end = torch.cat([s[:, None].expand(S, Lb), (s + Lb)[:, None].expand(S, Lb)], 1)
         write_from = torch.where((step == 0) & (blk > 0), s - Lb, s)
-        hidden = forward_hidden(params, cfg, feed, start=s - Lb, cache=cache, kv_len=T, kv_start=kv_start,
+        if use_cfg:  # rows S + r: the unconditional copies, prompt positions (pads included) masked
+            feed = torch.cat([feed, torch.where(pos < P, mask_id, feed)])
+            start, key_end, write_from = (torch.cat([t, t]) for t in (start, key_end, write_from))
+        hidden = forward_hidden(params, cfg, feed, start=start, cache=cache, kv_len=T, kv_start=kv_start,
                                 key_end=key_end, rows=slice(Lb, 2 * Lb), write_from=write_from, ops=ops)
         cur_idx = s[:, None] + ar[None, :]
         cur = x.gather(1, cur_idx)
         masked = (cur == mask_id) & active[:, None]
-        x0, _, committed = rule.commit(ops, params.lm_head, hidden, None, masked, offset=n_calls[0],
-                                       k=sched[step.clamp(max=spb)], rand_gen=rand_gen)
+        x0, _, committed = rule.commit(ops, params.lm_head, hidden[:S], hidden[S:] if use_cfg else None, masked,
+                                       offset=n_calls[0], k=sched[step.clamp(max=spb)], rand_gen=rand_gen)
         new = torch.where(committed, x0, cur)
         x.scatter_(1, cur_idx, new)
         nfe.add_(masked.any(1).to(nfe.dtype))
@@ -121,6 +135,12 @@ def run_many(params: Params, cfg: LLaDAConfig, prompts: Sequence[Sequence[int]],
     order: List[int] = []
     pending = list(range(len(prompts)))[::-1]
 
+    def prefill(row: int, tokens: torch.Tensor):
+        """The prompt ``tokens`` [P] into cache row ``row``: it sees itself; its K/V are final from now on."""
+        forward_hidden(params, cfg, tokens[None], start=0,
+                       cache=KVCache(cache.k[:, row:row + 1], cache.v[:, row:row + 1]), kv_len=P,
+                       kv_start=kv_start[row:row + 1], rows=slice(P - 1, P), ops=ops)
+
     def refill(r: int):
         if not pending:  # the slot idles at block 0 (its writes land in its own, unused cache rows)
             owner[r] = -1
@@ -137,9 +157,10 @@ def run_many(params: Params, cfg: LLaDAConfig, prompts: Sequence[Sequence[int]],
         step[r] = 0
         nfe[r] = 0
         active[r] = True
-        # prefill: the prompt sees itself; its K/V are final from now on
-        forward_hidden(params, cfg, x[r:r + 1, :P], start=0, cache=KVCache(cache.k[:, r:r + 1], cache.v[:, r:r + 1]),
-                       kv_len=P, kv_start=kv_start[r:r + 1], rows=slice(P - 1, P), ops=ops)
+        prefill(r, x[r, :P])
+        if use_cfg:  # the unconditional copy: the same pads left out of attention, the prompt all masks
+            kv_start[S + r] = int(pads[i])
+            prefill(S + r, torch.full((P,), mask_id, **i64))
 
     for r in range(S):
         refill(r)

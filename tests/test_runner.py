@@ -23,6 +23,22 @@ def test_each_prompt_as_alone(rule, early_stop, slots):
     assert sorted(out.order) == list(range(len(PROMPTS)))
 
 
+@pytest.mark.parametrize("rule", [{}, {"threshold": 0.5}], ids=["schedule", "thr0.5"])
+@pytest.mark.parametrize("cfg_scale", [0.5, 2.0])
+@pytest.mark.parametrize("slots", [1, 2])
+def test_cfg_each_prompt_as_alone(rule, cfg_scale, slots):
+    """Classifier-free guidance: each slot's unconditional copy (prompt masked, same pads) gives every
+    prompt the tokens generate(..., cfg_scale) gives it alone, across refills of prompts of other widths."""
+    params, cfg = tiny_model()
+    out = run_many(params, cfg, PROMPTS, slots=slots, cfg_scale=cfg_scale, **OPTS, **rule)
+    plain = run_many(params, cfg, PROMPTS, slots=slots, **OPTS, **rule)
+    for i, p in enumerate(PROMPTS):
+        alone = generate(params, cfg, [p], cache="block", cfg_scale=cfg_scale, **OPTS, **rule)
+        assert out.tokens[i] == alone.tokens[0].tolist(), f"prompt {i}"
+        assert out.nfe[i] == alone.nfe[0], f"prompt {i}"
+    assert out.tokens != plain.tokens  # the guidance changes the result (else this test proves nothing)
+
+
 def test_slots_are_refilled_as_soon_as_a_sequence_ends():
     params, cfg = tiny_model()
     seen = []
@@ -42,6 +58,9 @@ def test_bad_input():
         run_many(params, cfg, [[1, cfg.mask_token_id]], slots=1, **OPTS)
     with pytest.raises(ValueError, match="not a multiple of block_length"):
         run_many(params, cfg, PROMPTS, slots=2, gen_length=30, block_length=8, steps=30)
+    for bad in (-0.5, float("nan")):
+        with pytest.raises(ValueError, match="cfg_scale"):
+            run_many(params, cfg, PROMPTS, slots=2, cfg_scale=bad, **OPTS)
 
 
 @pytest.mark.gpu
@@ -61,6 +80,9 @@ def test_cuda_graph_replay_gives_the_eager_tokens():
     eager = run_many(params, cfg, prompts, slots=2, ops=ops, **opts)
     graphed = run_many(params, cfg, prompts, slots=2, ops=ops, cuda_graphs=True, **opts)
     assert graphed.tokens == eager.tokens and graphed.nfe == eager.nfe
+    eager = run_many(params, cfg, prompts, slots=2, ops=ops, cfg_scale=1.0, **opts)
+    graphed = run_many(params, cfg, prompts, slots=2, ops=ops, cfg_scale=1.0, cuda_graphs=True, **opts)
+    assert graphed.tokens == eager.tokens and graphed.nfe == eager.nfe, "cfg_scale=1.0"
     for cache in ("block", "dual", "none", "prefix"):
         a = generate(params, cfg, prompts[:3], cache=cache, ops=ops, device_positions=True, **opts)
         b = generate(params, cfg, prompts[:3], cache=cache, ops=ops, cuda_graphs=True, **opts)
