@@ -354,10 +354,6 @@ def _launch_gate_up(x: torch.Tensor, w_gate_up: torch.Tensor, act: torch.Tensor,
     cfg = dict(gate_up_config(M, H, K, x.dtype)) if config is None else dict(config)
     BM, BN, BK = cfg["BM"], cfg["BN"], cfg["BK"]
     use_tma, (x_src, w_src) = _sources(cfg, [(x, (BM, BK)), (w_gate_up, (BN, BK))])
-    if cfg.get("STREAM_K", False):
-        from kernels.streamk import launch_streamk
-        return launch_streamk(x, w_gate_up, act, None, cfg, gate_up=True, use_tma=use_tma, x_src=x_src,
-                              w_src=w_src, flags=_flags(x.dtype))
     grid = (triton.cdiv(M, BM) * triton.cdiv(H, BN),)
     _gate_up_silu_kernel[grid](
         x_src, w_src, act, w_gate_up, M, H, K,
@@ -382,16 +378,6 @@ def _launch_down(act: torch.Tensor, w_down: torch.Tensor, residual: Optional[tor
     N = w_down.shape[0]
     cfg = dict(down_config(M, N, K, act.dtype)) if config is None else dict(config)
     BM, BN, BK = cfg["BM"], cfg["BN"], cfg["BK"]
-    if cfg.get("STREAM_K", False):
-        from kernels.streamk import launch_streamk
-        use_tma, (a_src, w_src) = _sources(cfg, [(act, (BM, BK)), (w_down, (BN, BK))])
-        launch_streamk(act, w_down, out, residual, cfg, gate_up=False, use_tma=use_tma, x_src=a_src, w_src=w_src,
-                       flags=_flags(act.dtype))
-        if norm is not None:
-            from kernels.norm import _launch as _norm_launch
-            nw, eps, y = norm
-            _norm_launch(out, None, nw, y, None, eps)
-        return out
     k_per_split = triton.cdiv(triton.cdiv(K, BK), max(1, cfg["SPLIT_K"])) * BK
     split = triton.cdiv(K, k_per_split)        # no empty splits
     has_res = residual is not None

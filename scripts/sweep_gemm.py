@@ -45,32 +45,13 @@ def _sha(given):
         return "unknown"
 
 
-# stream-K configs (kernels/streamk.py) tried above 64 rows: (BM, BN, BK, num_warps, num_stages, SK_WAVES)
-SK_GATE_UP = [(128, 128, 64, 8, 4, 1), (128, 128, 64, 8, 4, 2), (64, 128, 64, 4, 5, 1), (64, 128, 64, 4, 5, 2),
-              (128, 64, 64, 4, 5, 1), (128, 64, 64, 8, 5, 1), (128, 128, 64, 8, 3, 1), (256, 64, 64, 8, 4, 1),
-              (128, 64, 128, 8, 3, 1)]
-SK_LINEAR = [(128, 256, 64, 8, 3, 1), (128, 256, 64, 8, 3, 2), (128, 256, 64, 8, 4, 1), (128, 128, 64, 8, 4, 1),
-             (128, 128, 64, 8, 4, 2), (128, 128, 64, 4, 4, 1), (64, 128, 64, 4, 5, 1), (128, 64, 64, 4, 5, 1),
-             (64, 256, 64, 8, 4, 1), (128, 128, 128, 8, 3, 1)]
-
-
-def candidates(op: str, M: int, stream_k_only: bool = False):
-    """Candidate configs per op and row count (the kernel's default first; ``stream_k_only``: the default
-    and the stream-K configs)."""
+def candidates(op: str, M: int):
+    """Candidate configs per op and row count (the kernel's default first)."""
     from kernels import mlp
     import torch
 
     N, K, kind = OPS[op]
     bf = torch.bfloat16
-    if M > 64:
-        sk = [dict(BM=bm, BN=bn, BK=bk, SWAP_AB=False, TMA=True, STREAM_K=True, SK_WAVES=wv, num_warps=w,
-                   num_stages=s) for bm, bn, bk, w, s, wv in (SK_GATE_UP if kind == "gate_up" else SK_LINEAR)]
-        if stream_k_only:
-            default = mlp.gate_up_config(M, N, K, bf, interpret=False) if kind == "gate_up" else \
-                mlp.down_config(M, N, K, bf, interpret=False)
-            return [default] + [c for c in sk if c != default]
-    else:
-        sk = []
     if kind == "gate_up":
         out = [mlp.gate_up_config(M, N, K, bf, interpret=False)]
         if M <= 64:
@@ -91,7 +72,7 @@ def candidates(op: str, M: int, stream_k_only: bool = False):
                                      (64, 128, 128, 4, 3), (64, 256, 64, 8, 4), (64, 64, 64, 4, 6),
                                      (64, 128, 64, 8, 5)]:
                 out.append(dict(BM=bm, BN=bn, BK=bk, SWAP_AB=False, TMA=True, num_warps=w, num_stages=s))
-        return out + sk
+        return out
     out = [mlp.down_config(M, N, K, bf, interpret=False)]
     if M <= 64:
         tiles = [(64, 128, 4, 4), (64, 128, 4, 3), (128, 128, 4, 3), (128, 128, 8, 3), (32, 128, 4, 4),
@@ -107,7 +88,7 @@ def candidates(op: str, M: int, stream_k_only: bool = False):
             for split in (1, 2, 3, 4):
                 out.append(dict(BM=bm, BN=bn, BK=bk, SWAP_AB=False, TMA=True, SPLIT_K=split, num_warps=w,
                                 num_stages=s))
-    return out + sk
+    return out
 
 
 def main(argv=None):
@@ -119,7 +100,6 @@ def main(argv=None):
     p.add_argument("--budget-s", type=float, default=420.0)
     p.add_argument("--out", default=os.path.join(ROOT, "results", "gemm_sweep"))
     p.add_argument("--sha", default=None)
-    p.add_argument("--stream-k-only", action="store_true", help="above 64 rows: the default and stream-K configs")
     a = p.parse_args(argv)
 
     import torch
@@ -198,7 +178,7 @@ def main(argv=None):
             if op in ("o", "down"):
                 record("cublas+norm", "", timed(lambda i: rms_norm(cublas(i), nw, 1e-5)), 0.0)
             scale = want.abs().max().item()
-            for cfg in candidates(op, M, a.stream_k_only):
+            for cfg in candidates(op, M):
                 if time.time() - t0 > a.budget_s:
                     print("budget spent: stopping the sweep", flush=True)
                     break
