@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import check_tensor, gdc_options, gdc_wait_and_release, is_interpreter
+from kernels._common import cdiv, check_tensor, gdc_options, gdc_wait_and_release, is_interpreter
 
 __all__ = ["block_attention"]
 
@@ -235,14 +235,14 @@ def _pick_config(B: int, Tq: int, H: int, Hkv: int, D: int, kv_len: int, device:
         # numpy vectorises inside a block and every program costs ~ms: big tiles, few programs
         block_m = min(max(16, _next_pow2(rows)), 128)
         block_n = 256
-        n_splits = min(2, max(1, triton.cdiv(kv_len, block_n)))
+        n_splits = min(2, max(1, cdiv(kv_len, block_n)))
         return dict(block_m=block_m, block_n=block_n, n_splits=n_splits, min_tiles=1,
                     merge_in_kernel=False, num_warps=4, num_stages=1)
     block_m = min(max(16, _next_pow2(rows)), 64)
     block_n = 64
-    base = B * Hkv * triton.cdiv(rows, block_m)
+    base = B * Hkv * cdiv(rows, block_m)
     n_sm = torch.cuda.get_device_properties(device).multi_processor_count
-    n_tiles = triton.cdiv(kv_len, block_n)
+    n_tiles = cdiv(kv_len, block_n)
     n_splits = 1
     if base < n_sm:
         programs = n_sm if n_tiles < 32 else 2 * n_sm
@@ -328,7 +328,7 @@ def _launch(q, k_cache, v_cache, kv_len, kv_start=None, key_end=None, scale=None
     G = H // Hkv
     block_m, block_n, n_splits = cfg["block_m"], cfg["block_n"], cfg["n_splits"]
     block_d = max(16, _next_pow2(D))
-    n_m = triton.cdiv(Tq * G, block_m)
+    n_m = cdiv(Tq * G, block_m)
     n_parts = B * Hkv * n_m * n_splits
     split = n_splits > 1
     if split:

@@ -23,8 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import (as_rows, check_tensor, gdc_wait_and_release, is_interpreter, pdl_launch, pdl_prefetch,
-                             prefetch_l2)
+from kernels._common import (as_rows, cdiv, check_tensor, gdc_wait_and_release, is_interpreter, next_pow2, pdl_launch,
+                             pdl_prefetch, prefetch_l2)
 
 __all__ = ["swiglu_mlp", "linear", "swiglu_mlp_rms_norm", "linear_rms_norm"]
 
@@ -259,7 +259,7 @@ def _splitk_reduce_norm_kernel(
 
 # ---------------------------------------------------------------------------------------- launchers
 def _np2(n: int) -> int:
-    return triton.next_power_of_2(max(int(n), 1))
+    return next_pow2(max(int(n), 1))
 
 
 def _clamp_pow2(n: int, lo: int, hi: int) -> int:
@@ -308,11 +308,11 @@ def down_config(M: int, N: int, K: int, dtype: torch.dtype, interpret: Optional[
         cfg = dict(BM=64, BN=128, BK=64, SWAP_AB=False, TMA=True, num_warps=4, num_stages=4)
     else:
         cfg = dict(BM=128, BN=128, BK=64, SWAP_AB=False, TMA=True, num_warps=8, num_stages=3)
-    tiles = triton.cdiv(M, cfg["BM"]) * triton.cdiv(N, cfg["BN"])
+    tiles = cdiv(M, cfg["BM"]) * cdiv(N, cfg["BN"])
     # about one program per SM at decode sizes (with PDL, two per SM measured slower: 128 vs 256 programs
     # for the O and down projections at M = 32), two above
     target = 128 if M <= 64 else 256
-    cfg["SPLIT_K"] = max(1, min(triton.cdiv(K, 8 * cfg["BK"]), target // tiles))
+    cfg["SPLIT_K"] = max(1, min(cdiv(K, 8 * cfg["BK"]), target // tiles))
     return cfg
 
 
@@ -354,7 +354,7 @@ def _launch_gate_up(x: torch.Tensor, w_gate_up: torch.Tensor, act: torch.Tensor,
     cfg = dict(gate_up_config(M, H, K, x.dtype)) if config is None else dict(config)
     BM, BN, BK = cfg["BM"], cfg["BN"], cfg["BK"]
     use_tma, (x_src, w_src) = _sources(cfg, [(x, (BM, BK)), (w_gate_up, (BN, BK))])
-    grid = (triton.cdiv(M, BM) * triton.cdiv(H, BN),)
+    grid = (cdiv(M, BM) * cdiv(H, BN),)
     _gate_up_silu_kernel[grid](
         x_src, w_src, act, w_gate_up, M, H, K,
         x.stride(0), w_gate_up.stride(0), act.stride(0),
@@ -378,8 +378,8 @@ def _launch_down(act: torch.Tensor, w_down: torch.Tensor, residual: Optional[tor
     N = w_down.shape[0]
     cfg = dict(down_config(M, N, K, act.dtype)) if config is None else dict(config)
     BM, BN, BK = cfg["BM"], cfg["BN"], cfg["BK"]
-    k_per_split = triton.cdiv(triton.cdiv(K, BK), max(1, cfg["SPLIT_K"])) * BK
-    split = triton.cdiv(K, k_per_split)        # no empty splits
+    k_per_split = cdiv(cdiv(K, BK), max(1, cfg["SPLIT_K"])) * BK
+    split = cdiv(K, k_per_split)        # no empty splits
     has_res = residual is not None
     r = residual if has_res else out
     if split > 1:
@@ -390,7 +390,7 @@ def _launch_down(act: torch.Tensor, w_down: torch.Tensor, residual: Optional[tor
                              f"got {tuple(partials.shape)}")
     p = partials if split > 1 else out
     use_tma, (a_src, w_src) = _sources(cfg, [(act, (BM, BK)), (w_down, (BN, BK))])
-    grid = (triton.cdiv(M, BM) * triton.cdiv(N, BN), split)
+    grid = (cdiv(M, BM) * cdiv(N, BN), split)
     _down_kernel[grid](
         a_src, w_src, r, out, p, w_down, M, N, K, k_per_split,
         act.stride(0), w_down.stride(0), r.stride(0), out.stride(0),
@@ -410,7 +410,7 @@ def _launch_down(act: torch.Tensor, w_down: torch.Tensor, residual: Optional[tor
         return out
     if split > 1:
         block = min(1024, _np2(N)) if not is_interpreter() else _clamp_pow2(N, 16, 1 << 16)
-        _splitk_reduce_kernel[(M, triton.cdiv(N, block))](
+        _splitk_reduce_kernel[(M, cdiv(N, block))](
             partials, r, out, M, N, r.stride(0), out.stride(0),
             S=split, BLOCK=block, HAS_RES=has_res, num_warps=4, USE_GDC=bool(pdl), **pdl,
         )

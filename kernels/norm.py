@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import as_rows, check_tensor, gdc_options, gdc_wait_and_release, is_interpreter
+from kernels._common import as_rows, cdiv, check_tensor, gdc_options, gdc_wait_and_release, is_interpreter, next_pow2
 
 __all__ = ["rms_norm"]
 
@@ -78,17 +78,17 @@ def _rms_norm_kernel(
 def norm_config(R: int, N: int, interpret: Optional[bool] = None) -> dict:
     """Deterministic meta-parameters for ``R`` rows of ``N`` features."""
     interpret = is_interpreter() if interpret is None else interpret
-    np2 = triton.next_power_of_2(max(N, 1))
+    np2 = next_pow2(max(N, 1))
     if interpret:
         block_n = min(np2, 1 << 16)
-        block_r = max(1, min(triton.next_power_of_2(max(R, 1)), (1 << 16) // block_n))
-        return dict(BLOCK_R=block_r, BLOCK_N=block_n, NUM_CHUNKS=triton.cdiv(N, block_n), num_warps=1)
+        block_r = max(1, min(next_pow2(max(R, 1)), (1 << 16) // block_n))
+        return dict(BLOCK_R=block_r, BLOCK_N=block_n, NUM_CHUNKS=cdiv(N, block_n), num_warps=1)
     block_n = min(np2, 8192)
     # several rows per program for narrow rows (>= ~2K elements a program), one row otherwise
-    block_r = max(1, min(triton.next_power_of_2(max(R, 1)), 2048 // block_n))
+    block_r = max(1, min(next_pow2(max(R, 1)), 2048 // block_n))
     elems = block_r * block_n
     num_warps = 1 if elems <= 256 else 2 if elems <= 512 else 4 if elems <= 2048 else 8 if elems <= 4096 else 16
-    return dict(BLOCK_R=block_r, BLOCK_N=block_n, NUM_CHUNKS=triton.cdiv(N, block_n), num_warps=num_warps)
+    return dict(BLOCK_R=block_r, BLOCK_N=block_n, NUM_CHUNKS=cdiv(N, block_n), num_warps=num_warps)
 
 
 def _launch(x2, r2, weight, y2, h2, eps, config=None):
@@ -97,7 +97,7 @@ def _launch(x2, r2, weight, y2, h2, eps, config=None):
     has_res = r2 is not None
     r = r2 if has_res else x2
     h = h2 if has_res else y2
-    grid = (triton.cdiv(R, cfg["BLOCK_R"]),)
+    grid = (cdiv(R, cfg["BLOCK_R"]),)
     _rms_norm_kernel[grid](
         x2, r, weight, y2, h, R, N, float(eps),
         x2.stride(0), r.stride(0), y2.stride(0), h.stride(0),

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import as_rows, check_tensor, gdc_wait_and_release, is_interpreter, pdl_prefetch
+from kernels._common import as_rows, cdiv, check_tensor, gdc_wait_and_release, is_interpreter, next_pow2, pdl_prefetch
 from kernels.mlp import PREFETCH_BYTES, _mma, _prefetch_rows
 from kernels.rotary import qkv_rope_cache, rotate_pair
 
@@ -127,9 +127,9 @@ def fused_supported(rows: int, D: int) -> bool:
 def qkv_config(M: int, K: int, dtype: torch.dtype, interpret: Optional[bool] = None) -> dict:
     """Block sizes (a pure function of the shape): the QKV row of scripts/sweep_gemm.py (H200, PDL on)."""
     interpret = is_interpreter() if interpret is None else interpret
-    bm = max(16, min(64, triton.next_power_of_2(max(M, 1))))
+    bm = max(16, min(64, next_pow2(max(M, 1))))
     if interpret:
-        return dict(BM=bm, BK=max(16, min(256, triton.next_power_of_2(K))), num_warps=4, num_stages=1)
+        return dict(BM=bm, BK=max(16, min(256, next_pow2(K))), num_warps=4, num_stages=1)
     if dtype == torch.float32:
         return dict(BM=bm, BK=32, num_warps=4, num_stages=2)
     return dict(BM=bm, BK=64, num_warps=4, num_stages=6)
@@ -188,7 +188,7 @@ def qkv_proj_rope(x: torch.Tensor, w_qkv: torch.Tensor, cos_table: torch.Tensor,
     vc = v_cache if has_cache else out
     kst = kc.stride() if has_cache else (0, 0, 0, 1)
     vst = vc.stride() if has_cache else (0, 0, 0, 1)
-    grid = (triton.cdiv(M, cfg["BM"]) * NH * (D // 2 // hb),)
+    grid = (cdiv(M, cfg["BM"]) * NH * (D // 2 // hb),)
     _qkv_proj_rope_kernel[grid](
         x2, w_qkv, out, cos_table, sin_table, kc, vc,
         start if dyn else out, 0 if dyn else start, write_from if write_from is not None else out,

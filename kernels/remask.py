@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import check_tensor, is_interpreter
+from kernels._common import cdiv, check_tensor, is_interpreter
 
 __all__ = ["head_confidence", "logits_confidence", "select_transfer", "select_commit"]
 
@@ -479,7 +479,7 @@ def _merge_launch(parts, x0, conf, M, nvt, n_rows_ptr, has_n_rows, interpret, bl
     # program left 8 programs at 32 rows, 14 us on an H200), then up to 16 rows a program
     BR = min(_pow2(max(M, 2)), 64) if interpret else (1 if M <= 256 else max(1, min(16, 4096 // BT)))
     BR = block_r or BR
-    _head_merge_kernel[(triton.cdiv(M, BR),)](
+    _head_merge_kernel[(cdiv(M, BR),)](
         *parts, x0, conf, n_rows_ptr, M, nvt,
         HAS_N_ROWS=has_n_rows, BLOCK_R=BR, BLOCK_T=BT,
     )
@@ -515,12 +515,12 @@ def _head_confidence_launch(hidden, w_head, x0, conf, *, temperature, seed, offs
     if config:
         c.update(config)
     BM, BV, BK = c["BLOCK_M"], c["BLOCK_V"], c["BLOCK_K"]
-    nvt = triton.cdiv(V, BV)
+    nvt = cdiv(V, BV)
     parts = _partials(M, nvt, hidden.device)
     hu = uncond_hidden if cfg else hidden
     extra = {} if interpret else dict(num_warps=c["num_warps"], num_stages=c["num_stages"],
                                       enable_fp_fusion=False)  # CFG epilogue rounds as torch does
-    _head_partials_kernel[(triton.cdiv(M, BM), nvt)](
+    _head_partials_kernel[(cdiv(M, BM), nvt)](
         hidden, hu, w_head, *parts, nr_ptr, rid_ptr,
         M, V, D, nvt,
         hidden.stride(0), hu.stride(0), w_head.stride(0),
@@ -550,16 +550,16 @@ def _logits_config(M: int, V: int, interpret: bool, sample: bool) -> dict:
     """
     if interpret:
         bv = min(_pow2(max(V, 16)), 16384)
-        return dict(BLOCK_M=min(_pow2(max(M, 1)), 64), BLOCK_V=bv, TILES=triton.cdiv(V, bv), num_warps=4)
+        return dict(BLOCK_M=min(_pow2(max(M, 1)), 64), BLOCK_V=bv, TILES=cdiv(V, bv), num_warps=4)
     if not sample:  # swept under CUDA graphs on an H200 (V = 126464, bf16): 2 rows x 2048 ids x 4 steps a program
         # (M=1024: 126 us vs 153 us with 4 x 512 and ~2048 programs; M=256: 38 vs 43 us; M=32: 11.0 vs 11.2 us)
         bv = 2048 if M >= 128 else 1024
-        tiles = max(4, triton.cdiv(triton.cdiv(V, bv), 1024))  # the merge holds a row's partials in one block
+        tiles = max(4, cdiv(cdiv(V, bv), 1024))  # the merge holds a row's partials in one block
         return dict(BLOCK_M=2, BLOCK_V=bv, TILES=tiles, num_warps=4, num_stages=1)
     bm, bv = 2, 512
-    n_vt = triton.cdiv(V, bv)
-    tiles = max(1, min(n_vt, triton.cdiv(M, bm) * n_vt // LOGITS_TARGET_PROGRAMS))
-    tiles = max(tiles, triton.cdiv(n_vt, 1024))  # the merge holds a row's partials in one block
+    n_vt = cdiv(V, bv)
+    tiles = max(1, min(n_vt, cdiv(M, bm) * n_vt // LOGITS_TARGET_PROGRAMS))
+    tiles = max(tiles, cdiv(n_vt, 1024))  # the merge holds a row's partials in one block
     return dict(BLOCK_M=bm, BLOCK_V=bv, TILES=tiles, num_warps=4)
 
 
@@ -586,12 +586,12 @@ def _logits_confidence_launch(logits, x0, conf, *, temperature, seed, offset, ba
         c.update(config)
     BM, BV = c["BLOCK_M"], c["BLOCK_V"]
     chunk = BV * c["TILES"]
-    nvt = triton.cdiv(V, chunk)
+    nvt = cdiv(V, chunk)
     parts = _partials(M, nvt, logits.device)
     lu = uncond_logits if cfg else logits
     extra = {} if interpret else dict(num_warps=c["num_warps"], num_stages=c.get("num_stages", 3),
                                       enable_fp_fusion=False)
-    _logits_partials_kernel[(triton.cdiv(M, BM), nvt)](
+    _logits_partials_kernel[(cdiv(M, BM), nvt)](
         logits, lu, *parts, nr_ptr, rid_ptr,
         M, V, nvt, chunk,
         logits.stride(0), lu.stride(0),

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import check_tensor, gdc_options, gdc_wait_and_release, is_interpreter
+from kernels._common import cdiv, check_tensor, gdc_options, gdc_wait_and_release, is_interpreter, next_pow2
 
 __all__ = ["rope", "rope_qk_", "qkv_rope_cache"]
 
@@ -123,13 +123,13 @@ def _qkv_rope_cache_kernel(
 def rope_config(B: int, T: int, G: int, H: int, D: int, interpret: Optional[bool] = None) -> dict:
     """Deterministic meta-parameters: heads per program chosen so that small batches still fill the GPU."""
     interpret = is_interpreter() if interpret is None else interpret
-    block_d2 = triton.next_power_of_2(max(D // 2, 1))
-    hmax = triton.next_power_of_2(max(H, 1))
+    block_d2 = next_pow2(max(D // 2, 1))
+    hmax = next_pow2(max(H, 1))
     if interpret:
         return dict(BLOCK_H=hmax, BLOCK_D2=block_d2, num_warps=1)
     block_h = hmax
     # halve the heads per program until there are >= ~4 programs per SM (132 SMs) or one head each
-    while block_h > 1 and B * T * G * triton.cdiv(H, block_h) < 528:
+    while block_h > 1 and B * T * G * cdiv(H, block_h) < 528:
         block_h //= 2
     # <= 16 heads x 64 per program: among the best at B=32 in two H200 sweeps (8.6-10 us, noise ~1 us)
     while block_h > 1 and block_h * block_d2 > 1024:
@@ -143,7 +143,7 @@ def _launch(x5: torch.Tensor, o5: torch.Tensor, cos: torch.Tensor, sin: torch.Te
     """x5, o5: [B, T, G, H, D] strided views (may be the same memory)."""
     B, T, G, H, D = x5.shape
     cfg = rope_config(B, T, G, H, D) if config is None else dict(config)
-    grid = (B * T, triton.cdiv(H, cfg["BLOCK_H"]), G)
+    grid = (B * T, cdiv(H, cfg["BLOCK_H"]), G)
     _rope_kernel[grid](
         x5, o5, cos, sin, T, H,
         *x5.stride(), *o5.stride(), cos.stride(0), sin.stride(0),
@@ -264,14 +264,14 @@ def qkv_rope_cache(qkv: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.
             raise ValueError(f"positions [{start}, {start + T}) exceed the tables/cache ({limit} slots)")
     if qkv.numel():
         n_rows = B * T * H
-        block_d2 = triton.next_power_of_2(D // 2)
+        block_d2 = next_pow2(D // 2)
         if is_interpreter():  # few, large programs: the interpreter pays per program
-            block_r = min(triton.next_power_of_2(n_rows), max(1, 16384 // block_d2))
+            block_r = min(next_pow2(n_rows), max(1, 16384 // block_d2))
         else:  # ~1-2K elements per program
-            block_r = max(1, min(triton.next_power_of_2(n_rows), 2048 // block_d2))
+            block_r = max(1, min(next_pow2(n_rows), 2048 // block_d2))
         kc = k_cache if has_cache else qkv
         vc = v_cache if has_cache else qkv
-        grid = (triton.cdiv(n_rows, block_r), 3 if has_cache else 2)
+        grid = (cdiv(n_rows, block_r), 3 if has_cache else 2)
         _qkv_rope_cache_kernel[grid](
             qkv, cos_table, sin_table, kc, vc, start if dyn else qkv, 0 if dyn else start,
             write_from if write_from is not None else qkv, 1 if dyn and start.dim() == 1 else 0,
