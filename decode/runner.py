@@ -95,6 +95,7 @@ def run_many(params: Params, cfg: LLaDAConfig, prompts: Sequence[Sequence[int]],
     sched = torch.cat([sched, torch.zeros(1, **i64)])  # steps past the schedule commit nothing
     ar2 = torch.arange(2 * Lb, device=device)
     ar = torch.arange(Lb, device=device)
+    gen_cols = torch.arange(G, device=device)
     end_ids = torch.tensor(cfg.end_token_ids, device=device)
     rule = _make_rule(cfg, temperature, remasking, threshold, factor, cfg_scale, seed, logits_eos_inf,
                       confidence_eos_eot_inf)
@@ -103,11 +104,11 @@ def run_many(params: Params, cfg: LLaDAConfig, prompts: Sequence[Sequence[int]],
 
     def batched_step():
         s = P + blk * Lb                                            # [S] current block start
-        pos = (s - Lb)[:, None] + ar2[None, :]                       # [S, 2Lb]
+        start = s - Lb                                              # the fed window: previous block + current
+        pos = start[:, None] + ar2[None, :]                         # [S, 2Lb]
         feed = x.gather(1, pos)
-        start = s - Lb
         key_end = torch.cat([s[:, None].expand(S, Lb), (s + Lb)[:, None].expand(S, Lb)], 1)
-        write_from = torch.where((step == 0) & (blk > 0), s - Lb, s)
+        write_from = torch.where((step == 0) & (blk > 0), start, s)
         if use_cfg:  # rows S + r: the unconditional copies, prompt positions (pads included) masked
             feed = torch.cat([feed, torch.where(pos < P, mask_id, feed)])
             start, key_end, write_from = (torch.cat([t, t]) for t in (start, key_end, write_from))
@@ -125,8 +126,7 @@ def run_many(params: Params, cfg: LLaDAConfig, prompts: Sequence[Sequence[int]],
         step.copy_(torch.where(done_blk, torch.zeros_like(step), step + 1))
         blk.add_(done_blk.to(blk.dtype))
         # finished: every block done, or (early stop) an end token among the committed blocks
-        gen_cols = torch.arange(G, device=device)[None, :]
-        ended = (torch.isin(x[:, P:], end_ids) & (gen_cols < (blk * Lb)[:, None])).any(1)
+        ended = (torch.isin(x[:, P:], end_ids) & (gen_cols[None, :] < (blk * Lb)[:, None])).any(1)
         return active & done_blk & ((blk >= nb) | (ended if early_stop else torch.zeros_like(ended)))
 
     results: List[Optional[List[int]]] = [None] * len(prompts)

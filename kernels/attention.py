@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import cdiv, check_tensor, gdc_options, gdc_wait_and_release, is_interpreter
+from kernels._common import cdiv, check_tensor, gdc_options, gdc_wait_and_release, is_interpreter, next_pow2
 
 __all__ = ["block_attention"]
 
@@ -214,10 +214,6 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _INT_DTYPES = (torch.int32, torch.int64)
 
 
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (int(n) - 1).bit_length())
-
-
 def _pick_config(B: int, Tq: int, H: int, Hkv: int, D: int, kv_len: int, device: torch.device):
     """Fixed meta-parameters as a deterministic function of the shapes (and the SM count).
 
@@ -233,12 +229,12 @@ def _pick_config(B: int, Tq: int, H: int, Hkv: int, D: int, kv_len: int, device:
     rows = Tq * (H // Hkv)
     if is_interpreter():
         # numpy vectorises inside a block and every program costs ~ms: big tiles, few programs
-        block_m = min(max(16, _next_pow2(rows)), 128)
+        block_m = min(max(16, next_pow2(rows)), 128)
         block_n = 256
         n_splits = min(2, max(1, cdiv(kv_len, block_n)))
         return dict(block_m=block_m, block_n=block_n, n_splits=n_splits, min_tiles=1,
                     merge_in_kernel=False, num_warps=4, num_stages=1)
-    block_m = min(max(16, _next_pow2(rows)), 64)
+    block_m = min(max(16, next_pow2(rows)), 64)
     block_n = 64
     base = B * Hkv * cdiv(rows, block_m)
     n_sm = torch.cuda.get_device_properties(device).multi_processor_count
@@ -327,7 +323,7 @@ def _launch(q, k_cache, v_cache, kv_len, kv_start=None, key_end=None, scale=None
         cfg.update(config)
     G = H // Hkv
     block_m, block_n, n_splits = cfg["block_m"], cfg["block_n"], cfg["n_splits"]
-    block_d = max(16, _next_pow2(D))
+    block_d = max(16, next_pow2(D))
     n_m = cdiv(Tq * G, block_m)
     n_parts = B * Hkv * n_m * n_splits
     split = n_splits > 1
@@ -348,7 +344,7 @@ def _launch(q, k_cache, v_cache, kv_len, kv_start=None, key_end=None, scale=None
     counters = torch.zeros(B * Hkv * n_m, dtype=torch.int32, device=q.device) if merge_in_kernel else out
     upcast = is_interpreter() and q.dtype == torch.bfloat16
     dot_prec = "ieee" if q.dtype == torch.float32 else "tf32"
-    splits_p2 = _next_pow2(n_splits)
+    splits_p2 = next_pow2(n_splits)
 
     grid = (n_splits, n_m, B * Hkv)
     _block_attn_fwd_kernel[grid](

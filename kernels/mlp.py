@@ -258,12 +258,8 @@ def _splitk_reduce_norm_kernel(
 
 
 # ---------------------------------------------------------------------------------------- launchers
-def _np2(n: int) -> int:
-    return next_pow2(max(int(n), 1))
-
-
 def _clamp_pow2(n: int, lo: int, hi: int) -> int:
-    return max(lo, min(hi, _np2(n)))
+    return max(lo, min(hi, next_pow2(n)))
 
 
 def gate_up_config(M: int, N: int, K: int, dtype: torch.dtype, interpret: Optional[bool] = None) -> dict:
@@ -401,7 +397,7 @@ def _launch_down(act: torch.Tensor, w_down: torch.Tensor, residual: Optional[tor
     pdl = pdl_launch(act, M)
     if split > 1 and norm is not None and N <= _FUSED_NORM_MAX:
         nw, eps, y = norm
-        block = _np2(N)
+        block = next_pow2(N)
         _splitk_reduce_norm_kernel[(M,)](
             partials, r, out, nw, y, M, N, float(eps), r.stride(0), out.stride(0), y.stride(0),
             S=split, BLOCK=block, HAS_RES=has_res, num_warps=1 if is_interpreter() else min(16, max(4, block // 512)),
@@ -409,7 +405,7 @@ def _launch_down(act: torch.Tensor, w_down: torch.Tensor, residual: Optional[tor
         )
         return out
     if split > 1:
-        block = min(1024, _np2(N)) if not is_interpreter() else _clamp_pow2(N, 16, 1 << 16)
+        block = min(1024, next_pow2(N)) if not is_interpreter() else _clamp_pow2(N, 16, 1 << 16)
         _splitk_reduce_kernel[(M, cdiv(N, block))](
             partials, r, out, M, N, r.stride(0), out.stride(0),
             S=split, BLOCK=block, HAS_RES=has_res, num_warps=4, USE_GDC=bool(pdl), **pdl,

@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import cdiv, check_tensor, is_interpreter
+from kernels._common import cdiv, check_tensor, is_interpreter, next_pow2
 
 __all__ = ["head_confidence", "logits_confidence", "select_transfer", "select_commit"]
 
@@ -370,10 +370,6 @@ def _select_kernel(
 
 
 # ------------------------------------------------------------------------------------ launchers
-def _pow2(n: int) -> int:
-    return 1 << max(0, int(n) - 1).bit_length()
-
-
 def _i32(v: int) -> int:
     """A uint32 value as the int32 with the same bits (so the kernel argument is always i32)."""
     v &= 0xFFFFFFFF
@@ -412,8 +408,8 @@ def _head_config(M: int, V: int, D: int, dtype: torch.dtype, cfg: bool, interpre
     stack for sm_90), so sampling uses 64-wide vocab tiles above 32 rows (spill-free, 128-182 regs).
     """
     if interpret:  # big blocks, small grids: numpy vectorises inside a block
-        return dict(BLOCK_M=min(_pow2(max(M, 16)), 128), BLOCK_V=min(_pow2(max(V, 16)), 16384),
-                    BLOCK_K=min(_pow2(max(D, 16)), 128), SWAP_AB=False, num_warps=4, num_stages=1)
+        return dict(BLOCK_M=min(next_pow2(max(M, 16)), 128), BLOCK_V=min(next_pow2(max(V, 16)), 16384),
+                    BLOCK_K=min(next_pow2(max(D, 16)), 128), SWAP_AB=False, num_warps=4, num_stages=1)
     if dtype == torch.float32:  # exact fp32 FMA path (tests); not a performance path
         return dict(BLOCK_M=32, BLOCK_V=64, BLOCK_K=32, SWAP_AB=False, num_warps=4, num_stages=2)
     if M <= 32 or (M <= 64 and not sample):  # weight-streaming bound: W rows as the MMA M dimension
@@ -474,10 +470,10 @@ def _partials(M, nvt, device):
 def _merge_launch(parts, x0, conf, M, nvt, n_rows_ptr, has_n_rows, interpret, block_r=None):
     """The merge kernel over ``nvt`` partials per row; ``block_r`` (tests: a config's ``BLOCK_R``) overrides
     the rows per program."""
-    BT = _pow2(max(nvt, 2))
+    BT = next_pow2(max(nvt, 2))
     # one row a program up to 256 rows (decode blocks: enough programs to hide the partials' latency; 4 rows a
     # program left 8 programs at 32 rows, 14 us on an H200), then up to 16 rows a program
-    BR = min(_pow2(max(M, 2)), 64) if interpret else (1 if M <= 256 else max(1, min(16, 4096 // BT)))
+    BR = min(next_pow2(max(M, 2)), 64) if interpret else (1 if M <= 256 else max(1, min(16, 4096 // BT)))
     BR = block_r or BR
     _head_merge_kernel[(cdiv(M, BR),)](
         *parts, x0, conf, n_rows_ptr, M, nvt,
@@ -501,10 +497,7 @@ def _head_confidence_launch(hidden, w_head, x0, conf, *, temperature, seed, offs
         raise ValueError(f"need 1 <= V < 2^31 and d >= 1, got V={V}, d={D}")
     cfg = uncond_hidden is not None
     if cfg:
-        check_tensor("uncond_hidden", uncond_hidden, ndim=2, dtypes=(hidden.dtype,))
-        if uncond_hidden.shape != hidden.shape or uncond_hidden.device != hidden.device:
-            raise ValueError(f"uncond_hidden must match hidden {tuple(hidden.shape)} on {hidden.device}, "
-                             f"got {tuple(uncond_hidden.shape)} on {uncond_hidden.device}")
+        _check_uncond("uncond_hidden", uncond_hidden, "hidden", hidden)
     sa = _sampling_args(V, temperature, seed, offset, banned_ids, no_confidence_ids)
     nr_ptr, rid_ptr, rows_ce = _rows_args(M, hidden.device, n_rows, row_ids, x0)
     if M == 0:
@@ -535,6 +528,14 @@ def _head_confidence_launch(hidden, w_head, x0, conf, *, temperature, seed, offs
     return x0, conf
 
 
+def _check_uncond(name: str, u: torch.Tensor, like_name: str, like: torch.Tensor):
+    """The CFG branch's input must have the conditional input's shape, dtype and device."""
+    check_tensor(name, u, ndim=2, dtypes=(like.dtype,))
+    if u.shape != like.shape or u.device != like.device:
+        raise ValueError(f"{name} must match {like_name} {tuple(like.shape)} on {like.device}, "
+                         f"got {tuple(u.shape)} on {u.device}")
+
+
 LOGITS_TARGET_PROGRAMS = 2048  # GPU: vocab slices per row tile are chosen to launch about this many programs
 
 
@@ -549,8 +550,8 @@ def _logits_config(M: int, V: int, interpret: bool, sample: bool) -> dict:
     Interpreter: big tiles, few programs (numpy vectorises inside a block).
     """
     if interpret:
-        bv = min(_pow2(max(V, 16)), 16384)
-        return dict(BLOCK_M=min(_pow2(max(M, 1)), 64), BLOCK_V=bv, TILES=cdiv(V, bv), num_warps=4)
+        bv = min(next_pow2(max(V, 16)), 16384)
+        return dict(BLOCK_M=min(next_pow2(max(M, 1)), 64), BLOCK_V=bv, TILES=cdiv(V, bv), num_warps=4)
     if not sample:  # swept under CUDA graphs on an H200 (V = 126464, bf16): 2 rows x 2048 ids x 4 steps a program
         # (M=1024: 126 us vs 153 us with 4 x 512 and ~2048 programs; M=256: 38 vs 43 us; M=32: 11.0 vs 11.2 us)
         bv = 2048 if M >= 128 else 1024
@@ -571,10 +572,7 @@ def _logits_confidence_launch(logits, x0, conf, *, temperature, seed, offset, ba
         raise ValueError(f"logits must have 1 <= V < 2^31 columns, got shape {tuple(logits.shape)}")
     cfg = uncond_logits is not None
     if cfg:
-        check_tensor("uncond_logits", uncond_logits, ndim=2, dtypes=(logits.dtype,))
-        if uncond_logits.shape != logits.shape or uncond_logits.device != logits.device:
-            raise ValueError(f"uncond_logits must match logits {tuple(logits.shape)} on {logits.device}, "
-                             f"got {tuple(uncond_logits.shape)} on {uncond_logits.device}")
+        _check_uncond("uncond_logits", uncond_logits, "logits", logits)
     sa = _sampling_args(V, temperature, seed, offset, banned_ids, no_confidence_ids)
     nr_ptr, rid_ptr, rows_ce = _rows_args(M, logits.device, n_rows, row_ids, x0)
     if M == 0:
@@ -638,7 +636,7 @@ def _select_launch(conf, masked, out, *, k=None, threshold=None, factor=None, to
                 raise ValueError(f"{nm} must be [{B}, {L}] on {dev}, got {tuple(t.shape)} on {t.device}")
     if B == 0 or L == 0:
         return out
-    BL = _pow2(max(L, 16))
+    BL = next_pow2(max(L, 16))
     interpret = is_interpreter()
     BJ = BL if interpret else max(1, min(BL, 4096 // BL))  # [BL, BJ] comparisons per step
     extra = {} if interpret else dict(num_warps=4 if BL <= 1024 else 8)
