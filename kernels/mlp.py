@@ -23,10 +23,10 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import (as_rows, cdiv, check_tensor, gdc_wait_and_release, is_interpreter, next_pow2, pdl_launch,
-                             pdl_prefetch, prefetch_l2)
+from kernels._common import (as_rows, cdiv, check_tensor, gdc_options, gdc_wait_and_release, is_interpreter, next_pow2,
+                             pdl_launch, pdl_prefetch, prefetch_l2)
 
-__all__ = ["swiglu_mlp", "linear", "swiglu_mlp_rms_norm", "linear_rms_norm"]
+__all__ = ["swiglu_mlp", "linear", "swiglu_mlp_rms_norm", "linear_rms_norm", "silu_mul"]
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -60,6 +60,30 @@ def _sum_partials(p_ptr, m, M, N, offs, mask, S: tl.constexpr, BLOCK: tl.constex
     for s in tl.static_range(S):
         acc += tl.load(p_ptr + (s * M + m) * N + offs, mask=mask, other=0.0)
     return acc
+
+
+@triton.jit
+def _silu_times(g, u, dt: tl.constexpr):
+    """``silu(g) * u`` with torch's 16-bit roundings: ``g`` / ``u`` hold ``dt`` values; ``silu(g)`` is computed
+    in fp32 and rounded to ``dt``, the product is computed in fp32 and rounded to ``dt``."""
+    gf = g.to(tl.float32)
+    s = tl.math.div_rn(gf, 1.0 + tl.exp(-gf)).to(dt).to(tl.float32)
+    return (s * u.to(tl.float32)).to(dt)
+
+
+@triton.jit
+def _silu_mul_kernel(
+    gu_ptr, a_ptr,                       # gu [M, 2H] (gate columns, then up columns), a [M, H]
+    H, stride_gm, stride_am,
+    BLOCK: tl.constexpr, USE_GDC: tl.constexpr = False,
+):
+    gdc_wait_and_release(USE_GDC)
+    m = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < H
+    g = tl.load(gu_ptr + m * stride_gm + offs, mask=mask, other=0.0)
+    u = tl.load(gu_ptr + m * stride_gm + H + offs, mask=mask, other=0.0)
+    tl.store(a_ptr + m * stride_am + offs, _silu_times(g, u, a_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -136,10 +160,7 @@ def _gate_up_silu_kernel(
             u_ptrs += BK
     # epilogue, mirroring the reference's roundings: gate, up, silu(gate), product -> x.dtype
     dt = a_ptr.dtype.element_ty
-    gf = acc_g.to(dt).to(tl.float32)
-    uf = acc_u.to(dt).to(tl.float32)
-    s = tl.math.div_rn(gf, 1.0 + tl.exp(-gf)).to(dt).to(tl.float32)
-    act = (s * uf).to(dt)
+    act = _silu_times(acc_g.to(dt), acc_u.to(dt), dt)
     if SWAP_AB:
         a_ptrs = a_ptr + offs_m.to(tl.int64)[None, :] * stride_am + offs_n[:, None]
         mask = (offs_m[None, :] < M) & (offs_n[:, None] < H)
@@ -567,4 +588,35 @@ def _linear(x, w, residual, out, norm=None):
     o2 = _rows("out", out, N)
     if x2.shape[0]:
         _launch_down(x2, w, r2, o2, norm=None if norm is None else (norm[0], norm[1], _rows("norm_out", norm[2], N)))
+    return out
+
+
+def silu_mul(gate_up: torch.Tensor, *, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """SwiGLU's activation on a fused gate-up product: ``silu(gate_up[..., :h]) * gate_up[..., h:]``.
+
+    gate_up: ``[..., 2h]`` (fp16, bf16 or fp32; last dim contiguous, leading dims viewable as rows), e.g. the
+    output of one cuBLAS GEMM over the fused ``[2h, d]`` weight; out: optional preallocated ``[..., h]``.
+    One launch, one read of ``gate_up`` and one write of the result (torch's ``F.silu(g) * u`` takes two
+    launches and reads ``[..., h]`` twice more). Numerics: torch's (``silu`` in fp32, rounded to the dtype;
+    the product in fp32, rounded), as in :func:`swiglu_mlp`'s epilogue. See
+    :func:`kernels.reference.silu_mul_ref`.
+    """
+    check_tensor("gate_up", gate_up, dtypes=_DTYPES)
+    if gate_up.ndim < 1 or gate_up.shape[-1] % 2 or gate_up.shape[-1] == 0:
+        raise ValueError(f"gate_up must be [..., 2h] with h >= 1, got shape {tuple(gate_up.shape)}")
+    h = gate_up.shape[-1] // 2
+    shape = (*gate_up.shape[:-1], h)
+    if out is None:
+        out = torch.empty(shape, device=gate_up.device, dtype=gate_up.dtype)
+    else:
+        check_tensor("out", out, dtypes=(gate_up.dtype,))
+        if tuple(out.shape) != shape or out.device != gate_up.device:
+            raise ValueError(f"out must be {shape} on {gate_up.device}, got {tuple(out.shape)} on {out.device}")
+    g2, a2 = _rows("gate_up", gate_up, 2 * h), _rows("out", out, h)
+    M = g2.shape[0]
+    if M:
+        block = _clamp_pow2(h, 16, 1 << 16) if is_interpreter() else min(2048, next_pow2(h))
+        _silu_mul_kernel[(M, cdiv(h, block))](
+            g2, a2, h, g2.stride(0), a2.stride(0), BLOCK=block,
+            num_warps=1 if is_interpreter() else max(1, min(8, block // 256)), **gdc_options(g2, M))
     return out

@@ -25,6 +25,7 @@ __all__ = [
     "qkv_proj_rope_ref",
     "block_attention_ref",
     "swiglu_mlp_ref",
+    "silu_mul_ref",
     "linear_rms_norm_ref",
     "swiglu_mlp_rms_norm_ref",
     "head_confidence_ref",
@@ -189,6 +190,12 @@ def block_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
 
 
 # ------------------------------------------------------------------------------------------- mlp
+def silu_mul_ref(gate_up: torch.Tensor) -> torch.Tensor:
+    """SwiGLU's activation on a fused gate-up product ``[..., 2h]``: ``silu(gate) * up`` ``[..., h]``."""
+    h = gate_up.shape[-1] // 2
+    return F.silu(gate_up[..., :h]) * gate_up[..., h:]
+
+
 def swiglu_mlp_ref(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor,
                    residual: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``residual + (silu(x @ Wg.T) * (x @ Wu.T)) @ w_down.T`` in ``x.dtype``.
@@ -197,10 +204,7 @@ def swiglu_mlp_ref(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tenso
     and rows ``[h, 2h)`` the up projection; w_down: ``[d, h]``; residual: ``[M, d]`` or None.
     Each matmul output is rounded to ``x.dtype`` as in the reference model.
     """
-    h = w_down.shape[1]
-    gu = x @ w_gate_up.t()
-    a = F.silu(gu[..., :h]) * gu[..., h:]
-    y = a @ w_down.t()
+    y = silu_mul_ref(x @ w_gate_up.t()) @ w_down.t()
     return y if residual is None else residual + y
 
 

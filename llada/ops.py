@@ -85,32 +85,45 @@ def _cublas_mlp_rows(rows: int) -> bool:
     return 64 < rows < 1024
 
 
+def _mlp_cublas(x, w_gate_up, w_down):
+    """The MLP without its residual: cuBLAS GEMMs (one over the fused gate-up weight) around the Triton
+    ``silu_mul`` (one launch for the activation instead of torch's silu and mul)."""
+    from kernels.mlp import silu_mul
+    return F.linear(silu_mul(F.linear(x, w_gate_up)), w_down)
+
+
+def _add_norm(y, residual, norm_weight, eps):
+    """``(rms_norm(h), h)`` with ``h = residual + y`` (one Triton launch: the add fused into the norm)."""
+    from kernels.norm import rms_norm
+    if residual is None:
+        return rms_norm(y, norm_weight, eps), y
+    return rms_norm(y, norm_weight, eps, residual)
+
+
 def _mlp_decode(x, w_gate_up, w_down, residual=None):
-    """Fused Triton MLP where it beats cuBLAS (<= 64 rows: weight-bound; >= 1024 rows), cuBLAS between
-    (H200 measurements in results/kernels and results/bench_decode)."""
+    """Fused Triton MLP where it beats cuBLAS (<= 64 rows: weight-bound; >= 1024 rows), cuBLAS GEMMs +
+    the Triton activation between (H200 measurements in results/kernels and results/bench_decode)."""
     if _cublas_mlp_rows(x.numel() // x.shape[-1]):
-        return _mlp_ref(x, w_gate_up, w_down, residual)
+        y = _mlp_cublas(x, w_gate_up, w_down)
+        return y if residual is None else residual + y
     from kernels.mlp import swiglu_mlp
     return swiglu_mlp(x, w_gate_up, w_down, residual)
 
 
 def _linear_norm_decode(x, w, residual, norm_weight, eps, *, max_rows: int = 64):
     """Triton GEMM with the norm folded into its split-K reduction (<= ``max_rows`` rows), else cuBLAS +
-    the Triton RMSNorm."""
+    the Triton RMSNorm with the residual add fused."""
     if x.numel() // x.shape[-1] <= max_rows:
         from kernels.mlp import linear_rms_norm
         return linear_rms_norm(x, w, residual, norm_weight, eps)
-    from kernels.norm import rms_norm
-    h = _linear_ref(x, w, residual)
-    return rms_norm(h, norm_weight, eps), h
+    return _add_norm(F.linear(x, w), residual, norm_weight, eps)
 
 
 def _mlp_norm_decode(x, w_gate_up, w_down, residual, norm_weight, eps):
-    """:func:`_mlp_decode`'s dispatch, with the following RMSNorm fused where the Triton MLP runs."""
+    """:func:`_mlp_decode`'s dispatch with the following RMSNorm: fused into the Triton MLP's reduction,
+    or (cuBLAS rows) with the residual add fused into the norm."""
     if _cublas_mlp_rows(x.numel() // x.shape[-1]):
-        from kernels.norm import rms_norm
-        h = _mlp_ref(x, w_gate_up, w_down, residual)
-        return rms_norm(h, norm_weight, eps), h
+        return _add_norm(_mlp_cublas(x, w_gate_up, w_down), residual, norm_weight, eps)
     from kernels.mlp import swiglu_mlp_rms_norm
     return swiglu_mlp_rms_norm(x, w_gate_up, w_down, residual, norm_weight, eps)
 

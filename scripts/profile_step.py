@@ -1,16 +1,21 @@
 #!/usr/bin/env python
-"""Where the time of one decode step goes: torch.profiler over eager steps of the fast path.
+"""Where the time of one decode step goes: torch.profiler over steps of the fast path.
 
 LLaDA-8B shape with random bf16 weights on the GPU. Prints the CUDA time per kernel name (summed over
-the profiled steps, divided per step) and per layer-level op, and writes a Chrome trace.
+the profiled steps, divided per step), the GPU's busy time (union of kernel intervals) against the span of
+the profiled steps (the rest is idle: launch gaps, host stalls), and writes a Chrome trace. ``--graphs``
+profiles CUDA-graph replays (as the benchmark runs) instead of eager steps, and first times the same steps
+without the profiler.
 
     python scripts/profile_step.py --policy block --batch 1 --trace results/step_trace.json
+    python scripts/profile_step.py --policy none --batch 1 --graphs
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import time
 from collections import defaultdict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,6 +33,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=8, help="steady steps profiled")
     p.add_argument("--trace", default=None)
     p.add_argument("--top", type=int, default=25)
+    p.add_argument("--graphs", action="store_true", help="profile CUDA-graph replays instead of eager steps")
     args = p.parse_args(argv)
     import torch
     from torch.profiler import ProfilerActivity, profile
@@ -42,12 +48,12 @@ def main(argv=None):
     ops = triton_ops()
     prompts = torch.randint(0, 126000, (args.batch, args.prompt), generator=torch.Generator().manual_seed(0)).tolist()
     opts = dict(gen_length=args.gen, block_length=args.block_length, steps=args.gen, cache=args.policy, ops=ops,
-                early_stop=False, device_positions=True, workspace=Workspace())
+                early_stop=False, device_positions=True, workspace=Workspace(), cuda_graphs=args.graphs)
 
     def run(n, prof=None):
         """Run until ``n`` steady steps of block 1 have run; profile exactly those when ``prof`` is given."""
         stream = generate_stream(params, cfg, prompts, **opts)
-        k = 0
+        k, t0 = 0, 0.0
         for ev in stream:
             if not isinstance(ev, StepEvent) or ev.block < 1:
                 continue
@@ -55,33 +61,57 @@ def main(argv=None):
                 torch.cuda.synchronize()
                 if prof is not None:
                     prof.start()
+                t0 = time.perf_counter()
                 continue
             k += 1
             if k == n:
                 break
         torch.cuda.synchronize()
+        elapsed = time.perf_counter() - t0
         if prof is not None:
             prof.stop()
         stream.close()
+        return elapsed / n
 
-    run(3)  # compile
+    run(3)  # compile (and capture the graphs)
+    n = args.steps
+    wall = run(n)  # the same steps without the profiler (host and GPU)
     prof = profile(activities=[ProfilerActivity.CUDA])
-    run(args.steps, prof)
+    run(n, prof)
     per_kernel = defaultdict(float)
     count = defaultdict(int)
+    spans = []
     for e in prof.events():
         if e.device_type == torch.autograd.DeviceType.CUDA:
             name = e.name
             per_kernel[name] += e.device_time_total if hasattr(e, "device_time_total") else e.cuda_time_total
             count[name] += 1
+            spans.append((e.time_range.start, e.time_range.end))
     total = sum(per_kernel.values())
-    n = args.steps
-    print(f"policy {args.policy} batch {args.batch}: GPU kernel time {total / n / 1e3:.3f} ms per step "
-          f"({torch.cuda.get_device_name()})")
+    busy, span = _busy(spans)
+    print(f"policy {args.policy} batch {args.batch} ({'graphs' if args.graphs else 'eager'}): GPU kernel time "
+          f"{total / n / 1e3:.3f} ms per step, GPU busy {busy / n / 1e3:.3f} ms of a {span / n / 1e3:.3f} ms span "
+          f"per step ({torch.cuda.get_device_name()}); unprofiled: {wall * 1e3:.3f} ms per step")
     for name, t in sorted(per_kernel.items(), key=lambda kv: -kv[1])[:args.top]:
         print(f"{t / n:10.1f} us/step  {count[name] / n:6.1f} calls/step  {name[:110]}")
     if args.trace:
         prof.export_chrome_trace(args.trace)
+
+
+def _busy(spans):
+    """(time covered by the union of the ``(start, end)`` intervals, first start to last end)."""
+    if not spans:
+        return 0.0, 0.0
+    spans = sorted(spans)
+    busy, (cs, ce) = 0.0, spans[0]
+    for s0, e0 in spans[1:]:
+        if s0 > ce:
+            busy += ce - cs
+            cs, ce = s0, e0
+        else:
+            ce = max(ce, e0)
+    busy += ce - cs
+    return busy, max(e for _, e in spans) - spans[0][0]
 
 
 if __name__ == "__main__":

@@ -244,6 +244,8 @@ _COMPILE = textwrap.dedent("""
                              M="i32", N="i32", eps="fp32", stride_rm="i32", stride_hm="i32",
                              stride_ym="i32"),
                         dict(S=2, BLOCK=4096, HAS_RES=has_res, USE_GDC=True))
+        compile_for(mlp._silu_mul_kernel, dict(gu_ptr="*" + dt, a_ptr="*" + dt, H="i32", stride_gm="i32",
+                                               stride_am="i32"), dict(BLOCK=2048, USE_GDC=True))
     print("ok")
 """)
 
@@ -349,3 +351,40 @@ def test_norm_validation(device):
         linear_rms_norm(x, w, None, torch.ones(16, device=device), 1e-6, out=torch.empty(4, 8, device=device))
     with pytest.raises(ValueError, match="norm_out must be"):
         linear_rms_norm(x, w, None, torch.ones(16, device=device), 1e-6, norm_out=torch.empty(4, 8, device=device))
+
+
+SILU_SHAPES = [(1, 2), (5, 2 * 176), (3, 4, 2 * 1000), (2, 2 * 4100)]
+
+
+@pytest.mark.parametrize("shape", SILU_SHAPES, ids=["x".join(map(str, s)) for s in SILU_SHAPES])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_silu_mul(shape, dtype, device):
+    """The standalone activation (cuBLAS-row MLP path) against torch's ``F.silu(g) * u`` and an fp64 gold:
+    no worse than 2x torch's own error plus one ulp of the dtype (the same two roundings, a different exp)."""
+    from kernels.mlp import silu_mul
+    from kernels.reference import silu_mul_ref
+
+    g = torch.Generator().manual_seed(1)
+    gu = (3 * torch.randn(*shape, generator=g)).to(device=device, dtype=dtype)
+    out = torch.full((*shape[:-1], shape[-1] // 2), float("nan"), device=device, dtype=dtype)
+    got = silu_mul(gu, out=out)
+    assert got is out and not torch.isnan(got).any(), "unwritten (NaN) outputs"
+    gold = silu_mul_ref(gu.double())
+    err = (got.double() - gold).abs().max().item()
+    err_ref = (silu_mul_ref(gu).double() - gold).abs().max().item()
+    floor = _floor(dtype, gold)
+    assert err <= 2 * err_ref + floor, f"err {err:.3g} > 2 * torch err {err_ref:.3g} + {floor:.3g}"
+    assert torch.equal(silu_mul(gu), got)  # fresh output, same values
+
+
+def test_silu_mul_validation(device):
+    from kernels.mlp import silu_mul
+
+    with pytest.raises(ValueError, match="gate_up must be"):
+        silu_mul(torch.zeros(3, 5, device=device))
+    with pytest.raises(ValueError, match="out must be"):
+        silu_mul(torch.zeros(3, 6, device=device), out=torch.zeros(3, 6, device=device))
+    with pytest.raises((TypeError, ValueError), match="gate_up"):
+        silu_mul(torch.zeros(3, 6, device=device, dtype=torch.int32))
+    with pytest.raises(ValueError, match="gate_up of shape"):
+        silu_mul(torch.zeros(4, 6, 6, device=device)[:, :3])  # leading dims do not flatten
