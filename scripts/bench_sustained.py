@@ -91,6 +91,30 @@ def step_matmuls(rows: int, weights, device):
     return run, flops
 
 
+def mlp_chain(rows: int, weights, device, provider: str):
+    """n_layers MLPs (no residual) for ``rows`` rows: ``mlp-cublas`` = two cuBLAS GEMMs around the Triton
+    ``silu_mul`` (the decode path's MLP at 65-1023 rows), ``mlp-triton`` = ``kernels.mlp.swiglu_mlp``."""
+    import torch
+
+    from kernels.mlp import silu_mul, swiglu_mlp
+
+    d, h = weights[0][0].shape[1], weights[0][3].shape[1]
+    x = torch.randn(rows, d, device=device, dtype=torch.bfloat16)
+    gu = torch.empty(rows, 2 * h, device=device, dtype=torch.bfloat16)
+    act = torch.empty(rows, h, device=device, dtype=torch.bfloat16)
+    y = torch.empty(rows, d, device=device, dtype=torch.bfloat16)
+
+    def run():
+        for _, _, w_gu, w_d in weights:
+            if provider == "mlp-triton":
+                swiglu_mlp(x, w_gu, w_d, out=y)
+            else:
+                torch.mm(x, w_gu.t(), out=gu)
+                silu_mul(gu, out=act)
+                torch.mm(act, w_d.t(), out=y)
+    return run, 2 * rows * sum(w_gu.numel() + w_d.numel() for _, _, w_gu, w_d in weights)
+
+
 def replay_times(g, seconds: float):
     """Back-to-back replays of graph ``g`` for ``seconds``: [(host time at the end, ms of the replay)]."""
     import torch
@@ -120,6 +144,8 @@ def main(argv=None):
     p.add_argument("--idle", type=float, default=5.0, help="idle seconds before each burst measurement")
     p.add_argument("--burst-replays", type=int, default=5)
     p.add_argument("--out", default=os.path.join(ROOT, "results", "bench_decode", "sustained.csv"))
+    p.add_argument("--chains", default="matmuls", help="comma list of: matmuls (the step's four cuBLAS matmuls "
+                   "per layer), mlp-cublas, mlp-triton (the MLP alone: cuBLAS + silu_mul, or the fused Triton MLP)")
     p.add_argument("--sha", default=None)
     args = p.parse_args(argv)
     import torch
@@ -136,9 +162,14 @@ def main(argv=None):
     sampler = Sampler()
     rows_out = []
     try:
-        for rows in map(int, args.rows.split(",")):
-            run, flops = step_matmuls(rows, weights, dev)
-            run()  # cuBLAS warm-up (algorithm choice, workspace) before capture
+        for chain, rows in [(c, r) for r in map(int, args.rows.split(",")) for c in args.chains.split(",")]:
+            if chain == "matmuls":
+                run, flops = step_matmuls(rows, weights, dev)
+            elif chain in ("mlp-cublas", "mlp-triton"):
+                run, flops = mlp_chain(rows, weights, dev, chain)
+            else:
+                raise SystemExit(f"--chains: unknown chain {chain!r}; choose from matmuls, mlp-cublas, mlp-triton")
+            run()  # warm-up (cuBLAS algorithm choice and workspace, Triton compilation) before capture
             torch.cuda.synchronize()
             g = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g):
@@ -161,7 +192,7 @@ def main(argv=None):
             last = [ms for t, ms in rep if t >= t_last - 1.0]
             sust = statistics.median(last)
             clk, watts, reasons = sampler.window(t_last - 1.0, t_last)
-            row = dict(rows=rows, burst_ms=round(burst, 3), sustained_ms=round(sust, 3),
+            row = dict(chain=chain, rows=rows, burst_ms=round(burst, 3), sustained_ms=round(sust, 3),
                        burst_tflops=round(flops / burst / 1e9, 1), sustained_tflops=round(flops / sust / 1e9, 1),
                        burst_sm_mhz=burst_clk, sustained_sm_mhz=clk, sustained_w=watts, clock_reasons=reasons,
                        seconds=args.seconds, replays=len(rep), **info)
