@@ -80,9 +80,14 @@ def _head_ref(hidden, w, *, temperature=0.0, seed=0, offset=0, banned_ids=(), no
                                    cfg_scale=cfg_scale)
 
 
+# Up to this many rows the fused Triton MLP runs (weight-bound: it beats cuBLAS); above it, cuBLAS GEMMs around
+# the Triton silu_mul, faster at 384 and 1024 rows under the power cap where compute-bound decode steps run
+# (H200, 32-layer MLP chains replayed for 8 s: results/bench_decode/sustained_mlp_h200_7adef5d.csv).
+TRITON_MLP_MAX_ROWS = 64
+
+
 def _cublas_mlp_rows(rows: int) -> bool:
-    """Row counts where cuBLAS beats the fused Triton MLP (H200 measurements in results/kernels)."""
-    return 64 < rows < 1024
+    return rows > TRITON_MLP_MAX_ROWS
 
 
 def _mlp_cublas(x, w_gate_up, w_down):
@@ -101,8 +106,8 @@ def _add_norm(y, residual, norm_weight, eps):
 
 
 def _mlp_decode(x, w_gate_up, w_down, residual=None):
-    """Fused Triton MLP where it beats cuBLAS (<= 64 rows: weight-bound; >= 1024 rows), cuBLAS GEMMs +
-    the Triton activation between (H200 measurements in results/kernels and results/bench_decode)."""
+    """Fused Triton MLP where it beats cuBLAS (<= ``TRITON_MLP_MAX_ROWS`` rows: weight-bound), cuBLAS GEMMs +
+    the Triton activation above."""
     if _cublas_mlp_rows(x.numel() // x.shape[-1]):
         y = _mlp_cublas(x, w_gate_up, w_down)
         return y if residual is None else residual + y
