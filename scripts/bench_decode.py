@@ -98,10 +98,12 @@ def step_floor(cfg, policy, B, P, G, Lb, bw, flops):
 
 def time_decode(params, cfg, ops, *, policy, B, P, G, Lb, graphs, timed_steps):
     """Seconds per step over the ``timed_steps`` steps that follow block 1's first step (0 or more than
-    there are: all of them), after a warm-up call of the same shape that compiles kernels and captures the
-    graphs. Block 0 holds the prompt prefill and is not timed. The clock starts once block 1's first step
-    has completed, so exactly the counted steps run inside the window. (Before this was fixed the window
-    held one step fewer than it counted: numbers from runs before it are 1/n too low, 3.1% at n = 32.)"""
+    there are: all of them), after a warm-up call over the same steps that compiles kernels and captures
+    the graphs (so no capture falls inside the timed window). Block 0 holds the prompt prefill and is not
+    timed. The clock starts once block 1's first step has completed, so exactly the counted steps run
+    inside the window. (Until be219a1 the window held one step fewer than it counted, so earlier numbers
+    are 1/n too low, 3.1% at the then default n = 32; until the commit after it, the warm-up covered only
+    block 1's first steps, so prefix-cache runs over several blocks also timed graph captures.)"""
     import torch
 
     from decode import generate_stream
@@ -131,10 +133,11 @@ def time_decode(params, cfg, ops, *, policy, B, P, G, Lb, graphs, timed_steps):
         stream.close()
         return elapsed / n, n
 
-    run(2)  # warm-up: block 0 and the first three steps of block 1 (every graph key captured)
-    torch.cuda.reset_peak_memory_stats()
     most = G - Lb - 1  # every step after block 1's first
-    return run(most if timed_steps <= 0 else min(timed_steps, most))
+    n = most if timed_steps <= 0 else min(timed_steps, most)
+    run(n)  # warm-up over the same steps: compiles every shape and captures every graph key (prefix: one a block)
+    torch.cuda.reset_peak_memory_stats()
+    return run(n)
 
 
 def main(argv=None):
