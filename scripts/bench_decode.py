@@ -53,7 +53,7 @@ def render(csv_path, md_path=None):
              f"{r0['gpu']}, torch {r0['torch']}, triton {r0['triton']}, git {r0['sha']}; measured copy bandwidth "
              f"{r0['copy_tbps']} TB/s, bf16 matmul {r0['matmul_tflops']} TFLOP/s. One token per step per row, "
              f"block {r0['block']}, temperature 0; `steps` = the steps timed, those after block 1's first, after a warm-up "
-             f"call of the same shape. `floor` = max(weights + KV bytes / copy bandwidth, FLOPs / matmul peak) for one step.", "",
+             f"over the same steps. `floor` = max(weights + KV bytes / copy bandwidth, FLOPs / matmul peak) for one step.", "",
              "| policy | batch | prompt x gen | provider | steps | ms/step | tokens/s | floor ms | % of floor | peak GiB | note |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
