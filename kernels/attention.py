@@ -223,7 +223,8 @@ def _pick_config(B: int, Tq: int, H: int, Hkv: int, D: int, kv_len: int, device:
     scripts/bench_block_attention.py): splitting never paid once B*Hkv >= #SMs; two programs per SM
     paid only for long ranges (>= 32 tiles). The separate merge kernel beat the in-kernel merge in every
     case. Splits of 2-3 tiles looked faster in isolation with PDL (B=1, 32 heads, KV 384: 8.5 vs 9.5 us
-    per call over a full 384-key range) but made the decode step slower (4.43 vs 4.36 ms, H200: most
+    per call over a full 384-key range) but made the decode step slower (4.43 vs 4.36 ms, H200, block 1
+    only; over blocks 1-7 at 63a7ebb also slower, results/bench_decode/perblock_h200_63a7ebb.txt: most
     steps attend to fewer keys, and the merge kernel is one more launch), so the rule stays at 4.
     """
     rows = Tq * (H // Hkv)

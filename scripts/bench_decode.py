@@ -5,8 +5,9 @@ For every (cache policy, batch, prompt, gen) it times decode steps of the fast p
 graphs where the step is static) and of the in-repo torch reference path (REFERENCE_OPS, eager) in the
 same run, and reports ms per step, tokens/s (one token per step per row), % of the step's floor
 (max of weight+KV bytes / measured copy bandwidth and FLOPs / measured matmul peak), NFE of the timed
-steps and peak GPU memory. Steps are timed over whole blocks after a warm-up generation of the same
-shape (graph capture excluded); tokens/s assumes one committed token per step, as configured.
+steps and peak GPU memory. The steps after block 1's first are timed (all of them by default), after a
+warm-up over the same steps (graph capture excluded); tokens/s assumes one committed token per step, as
+configured.
 
     python scripts/bench_decode.py --out results/bench_decode.csv            # full sweep
     python scripts/bench_decode.py --policies block --batches 1 --shapes 128x256
