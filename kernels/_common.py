@@ -9,8 +9,11 @@ import triton
 import triton.language as tl
 
 
+@functools.lru_cache(maxsize=None)
 def is_interpreter() -> bool:
-    """True when kernels run under ``TRITON_INTERPRET=1`` (CPU, numpy arithmetic)."""
+    """True when kernels run under ``TRITON_INTERPRET=1`` (CPU, numpy arithmetic). Read once: triton fixes the
+    choice when it decorates the kernels (at import), so a later change of the variable would not apply
+    anyway (launchers call this a dozen times per op)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 

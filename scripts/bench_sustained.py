@@ -10,7 +10,8 @@ no LM head, no attention, no activation), captured in one CUDA graph and replaye
 
 * burst: the median of the first replays after the GPU has idled for ``--idle`` seconds;
 * sustained: the median of the replays in the last second of ``--seconds`` of continuous replays;
-* the SM clock and board power sampled by ``nvidia-smi`` during each phase (when it is on the PATH).
+* the SM clock and board power sampled by ``nvidia-smi`` every 100 ms during each phase (when it is on the
+  PATH; NaN when no sample fell inside a phase, as for a burst shorter than the sampling period).
 
 The sustained time of the matmuls alone is a floor that no decode step at that row count can beat with
 cuBLAS-speed GEMMs on this GPU and power limit.
@@ -201,6 +202,8 @@ def main(argv=None):
             del g
     finally:
         sampler.close()
+    if not rows_out:
+        raise SystemExit("no chain was measured")
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=list(rows_out[0]))
