@@ -97,6 +97,32 @@ def step_floor(cfg, policy, B, P, G, Lb, bw, flops):
     return max(mem / bw, fl / flops)
 
 
+def timed_window(stream, n_steps, sync, clock=time.perf_counter):
+    """``(seconds, steps)`` for the ``n_steps`` steps of ``stream`` (a :func:`decode.generate_stream`) that
+    follow block 1's first step (fewer if the stream ends first).
+
+    A step's work is enqueued before its event is yielded; ``sync`` waits for the enqueued work. The clock
+    starts once block 1's first step has completed and stops once the last counted step has, so exactly
+    the counted steps run inside the window (tests/test_bench_decode.py)."""
+    from decode.generate import StepEvent
+
+    t0, n = None, 0
+    for ev in stream:
+        if not isinstance(ev, StepEvent) or ev.block == 0:
+            continue
+        if t0 is None:  # block 1's first step has been enqueued: wait for it, then start the clock
+            sync()
+            t0 = clock()
+            continue
+        n += 1          # a step enqueued after t0
+        if n == n_steps:
+            break
+    if t0 is None or n == 0:
+        raise ValueError("the stream has no step after block 1's first: nothing to time")
+    sync()
+    return clock() - t0, n
+
+
 def time_decode(params, cfg, ops, *, policy, B, P, G, Lb, graphs, timed_steps):
     """Seconds per step over the ``timed_steps`` steps that follow block 1's first step (0 or more than
     there are: all of them), after a warm-up call over the same steps that compiles kernels and captures
@@ -108,7 +134,7 @@ def time_decode(params, cfg, ops, *, policy, B, P, G, Lb, graphs, timed_steps):
     import torch
 
     from decode import generate_stream
-    from decode.generate import StepEvent, Workspace
+    from decode.generate import Workspace
 
     g = torch.Generator(device="cpu").manual_seed(0)
     prompts = torch.randint(0, 126000, (B, P), generator=g).tolist()
@@ -118,20 +144,10 @@ def time_decode(params, cfg, ops, *, policy, B, P, G, Lb, graphs, timed_steps):
 
     def run(n_steps):
         stream = generate_stream(params, cfg, prompts, **opts)
-        t0, n = None, 0
-        for ev in stream:
-            if not isinstance(ev, StepEvent) or ev.block == 0:
-                continue
-            if t0 is None:  # block 1's first step has run (synchronised): the clock starts after it
-                torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                continue
-            n += 1          # a step enqueued after t0
-            if n == n_steps:
-                break
-        torch.cuda.synchronize()
-        elapsed = time.perf_counter() - t0
-        stream.close()
+        try:
+            elapsed, n = timed_window(stream, n_steps, torch.cuda.synchronize)
+        finally:
+            stream.close()
         return elapsed / n, n
 
     most = G - Lb - 1  # every step after block 1's first
