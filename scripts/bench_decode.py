@@ -50,7 +50,7 @@ def render(csv_path, md_path=None):
     if not rows:
         raise SystemExit(f"{csv_path} has no rows")
     r0 = rows[0]
-    lines = [f"# Decode speed, LLaDA-8B shape (random bf16 weights)", "",
+    lines = ["# Decode speed, LLaDA-8B shape (random bf16 weights)", "",
              f"{r0['gpu']}, torch {r0['torch']}, triton {r0['triton']}, git {r0['sha']}; measured copy bandwidth "
              f"{r0['copy_tbps']} TB/s, bf16 matmul {r0['matmul_tflops']} TFLOP/s. One token per step per row, "
              f"block {r0['block']}, temperature 0; `steps` = the steps timed, those after block 1's first, after a warm-up "
