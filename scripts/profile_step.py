@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections import defaultdict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,9 +37,9 @@ def main(argv=None):
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from bench_decode import LLADA_8B
+    from bench_decode import LLADA_8B, timed_window
     from decode import generate_stream
-    from decode.generate import StepEvent, Workspace
+    from decode.generate import Workspace
     from llada import LLaDAConfig, init_params, triton_ops
 
     cfg = LLaDAConfig(**LLADA_8B)
@@ -51,33 +50,28 @@ def main(argv=None):
                 early_stop=False, device_positions=True, workspace=Workspace(), cuda_graphs=args.graphs)
 
     def run(n, prof=None):
-        """Run until ``n`` steady steps of block 1 have run; profile exactly those when ``prof`` is given."""
+        """Run the ``n`` steps after block 1's first (bench_decode's window); profile exactly those when
+        ``prof`` is given. Returns (seconds per step, steps run)."""
         stream = generate_stream(params, cfg, prompts, **opts)
-        k, t0 = 0, 0.0
-        for ev in stream:
-            if not isinstance(ev, StepEvent) or ev.block < 1:
-                continue
-            if ev.step == 0 and k == 0:  # block 1's first step has run: start after it
-                torch.cuda.synchronize()
-                if prof is not None:
-                    prof.start()
-                t0 = time.perf_counter()
-                continue
-            k += 1
-            if k == n:
-                break
-        torch.cuda.synchronize()
-        elapsed = time.perf_counter() - t0
-        if prof is not None:
-            prof.stop()
-        stream.close()
-        return elapsed / n
+
+        def sync():  # the window's first sync starts the profiler
+            torch.cuda.synchronize()
+            if prof is not None and not prof_on:
+                prof.start()
+                prof_on.append(True)
+        prof_on = []
+        try:
+            elapsed, k = timed_window(stream, n, sync)
+        finally:
+            stream.close()
+            if prof_on:
+                prof.stop()
+        return elapsed / k, k
 
     run(3)  # compile (and capture the graphs)
-    n = args.steps
-    wall = run(n)  # the same steps without the profiler (host and GPU)
+    wall, _ = run(args.steps)  # the same steps without the profiler (host and GPU)
     prof = profile(activities=[ProfilerActivity.CUDA])
-    run(n, prof)
+    _, n = run(args.steps, prof)
     per_kernel = defaultdict(float)
     count = defaultdict(int)
     spans = []
