@@ -29,6 +29,7 @@ strides are free.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -214,7 +215,14 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _INT_DTYPES = (torch.int32, torch.int64)
 
 
-def _pick_config(B: int, Tq: int, H: int, Hkv: int, D: int, kv_len: int, device: torch.device):
+def _pick_config(B: int, Tq: int, H: int, Hkv: int, D: int, kv_len: int, device: torch.device) -> dict:
+    """:func:`_pick_config_items` as a new dict (the values are memoised per shape and device)."""
+    return dict(_pick_config_items(int(B), int(Tq), int(H), int(Hkv), int(D), int(kv_len), device, is_interpreter()))
+
+
+@functools.lru_cache(maxsize=4096)
+def _pick_config_items(B: int, Tq: int, H: int, Hkv: int, D: int, kv_len: int, device: torch.device,
+                       interpret: bool) -> tuple:
     """Fixed meta-parameters as a deterministic function of the shapes (and the SM count).
 
     ``n_splits`` is an upper bound fixed on the host from ``kv_len`` (which is ``T_max`` under CUDA
@@ -228,13 +236,13 @@ def _pick_config(B: int, Tq: int, H: int, Hkv: int, D: int, kv_len: int, device:
     steps attend to fewer keys, and the merge kernel is one more launch), so the rule stays at 4.
     """
     rows = Tq * (H // Hkv)
-    if is_interpreter():
+    if interpret:
         # numpy vectorises inside a block and every program costs ~ms: big tiles, few programs
         block_m = min(max(16, next_pow2(rows)), 128)
         block_n = 256
         n_splits = min(2, max(1, cdiv(kv_len, block_n)))
-        return dict(block_m=block_m, block_n=block_n, n_splits=n_splits, min_tiles=1,
-                    merge_in_kernel=False, num_warps=4, num_stages=1)
+        return tuple(dict(block_m=block_m, block_n=block_n, n_splits=n_splits, min_tiles=1,
+                          merge_in_kernel=False, num_warps=4, num_stages=1).items())
     block_m = min(max(16, next_pow2(rows)), 64)
     block_n = 64
     base = B * Hkv * cdiv(rows, block_m)
@@ -244,8 +252,8 @@ def _pick_config(B: int, Tq: int, H: int, Hkv: int, D: int, kv_len: int, device:
     if base < n_sm:
         programs = n_sm if n_tiles < 32 else 2 * n_sm
         n_splits = max(1, min(programs // base, n_tiles // 4, 64))
-    return dict(block_m=block_m, block_n=block_n, n_splits=n_splits, min_tiles=1,
-                merge_in_kernel=False, num_warps=4, num_stages=3)
+    return tuple(dict(block_m=block_m, block_n=block_n, n_splits=n_splits, min_tiles=1,
+                      merge_in_kernel=False, num_warps=4, num_stages=3).items())
 
 
 def _launch(q, k_cache, v_cache, kv_len, kv_start=None, key_end=None, scale=None, *,

@@ -17,6 +17,7 @@ torch 526 / 536 us; M=256: 162-179 us vs torch 155-157 us (slower: 192 tiles of 
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -290,8 +291,17 @@ def gate_up_config(M: int, N: int, K: int, dtype: torch.dtype, interpret: Option
     h=12288 (scripts/bench_mlp_norm_rope.py --sweep; summary in the module docstring).
     ``M <= 64`` (decode): operands swapped so the weight rows fill the MMA's M dimension, plain loads
     (TMA measured the same there). Larger ``M``: TMA-descriptor loads (12% faster at M=1024).
+    Returns a new dict on every call (the values are memoised per shape).
     """
-    interpret = is_interpreter() if interpret is None else interpret
+    return dict(_gate_up_config(int(M), int(N), int(K), dtype, is_interpreter() if interpret is None else bool(interpret)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _gate_up_config(M: int, N: int, K: int, dtype: torch.dtype, interpret: bool) -> tuple:
+    return tuple(_gate_up_config_dict(M, N, K, dtype, interpret).items())
+
+
+def _gate_up_config_dict(M: int, N: int, K: int, dtype: torch.dtype, interpret: bool) -> dict:
     if interpret:  # big blocks, small grids: the interpreter pays per program, not per element
         return dict(BM=_clamp_pow2(M, 16, 64), BN=_clamp_pow2(N, 16, 128), BK=_clamp_pow2(K, 16, 256),
                     SWAP_AB=False, TMA=False, num_warps=4, num_stages=1)
@@ -311,8 +321,17 @@ def down_config(M: int, N: int, K: int, dtype: torch.dtype, interpret: Optional[
 
     ``SPLIT_K`` brings the program count to about 256 (2 per SM) when the output has few tiles and each
     split keeps at least 8 K-blocks (4 at M=32, 2 at M=256, 1 at M=1024 for the LLaDA-8B shape).
+    Returns a new dict on every call (the values are memoised per shape).
     """
-    interpret = is_interpreter() if interpret is None else interpret
+    return dict(_down_config(int(M), int(N), int(K), dtype, is_interpreter() if interpret is None else bool(interpret)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _down_config(M: int, N: int, K: int, dtype: torch.dtype, interpret: bool) -> tuple:
+    return tuple(_down_config_dict(M, N, K, dtype, interpret).items())
+
+
+def _down_config_dict(M: int, N: int, K: int, dtype: torch.dtype, interpret: bool) -> dict:
     if interpret:
         return dict(BM=_clamp_pow2(M, 16, 64), BN=_clamp_pow2(N, 16, 128), BK=_clamp_pow2(K, 16, 256),
                     SWAP_AB=False, TMA=False, SPLIT_K=1, num_warps=4, num_stages=1)
@@ -369,7 +388,7 @@ def _launch_gate_up(x: torch.Tensor, w_gate_up: torch.Tensor, act: torch.Tensor,
     """act[M, h] = silu(x @ Wg.T) * (x @ Wu.T) with the reference's roundings (inputs already validated)."""
     M, K = x.shape
     H = w_gate_up.shape[0] // 2
-    cfg = dict(gate_up_config(M, H, K, x.dtype)) if config is None else dict(config)
+    cfg = gate_up_config(M, H, K, x.dtype) if config is None else dict(config)
     BM, BN, BK = cfg["BM"], cfg["BN"], cfg["BK"]
     use_tma, (x_src, w_src) = _sources(cfg, [(x, (BM, BK)), (w_gate_up, (BN, BK))])
     grid = (cdiv(M, BM) * cdiv(H, BN),)
@@ -394,7 +413,7 @@ def _launch_down(act: torch.Tensor, w_down: torch.Tensor, residual: Optional[tor
     ``rms_norm`` launch after the GEMM."""
     M, K = act.shape
     N = w_down.shape[0]
-    cfg = dict(down_config(M, N, K, act.dtype)) if config is None else dict(config)
+    cfg = down_config(M, N, K, act.dtype) if config is None else dict(config)
     BM, BN, BK = cfg["BM"], cfg["BN"], cfg["BK"]
     k_per_split = cdiv(cdiv(K, BK), max(1, cfg["SPLIT_K"])) * BK
     split = cdiv(K, k_per_split)        # no empty splits
@@ -511,15 +530,20 @@ def swiglu_mlp_rms_norm(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.
     preallocates it). When the down projection is split over K, the norm runs inside the split-K
     reduction (no launch of its own). See :func:`kernels.reference.swiglu_mlp_rms_norm_ref`.
     """
-    d, _ = _validate(x, w_gate_up, w_down, residual, out)
-    h = torch.empty_like(x, memory_format=torch.contiguous_format) if out is None else out
-    norm = _norm_target(norm_weight, eps, h, norm_out)
-    _mlp(x, w_gate_up, w_down, residual, h, norm)
-    return norm[2], h
-
-
-def _mlp(x, w_gate_up, w_down, residual, out, norm=None):
     d, h = _validate(x, w_gate_up, w_down, residual, out)
+    y = torch.empty_like(x, memory_format=torch.contiguous_format) if out is None else out
+    norm = _norm_target(norm_weight, eps, y, norm_out)
+    _mlp_launch(x, w_gate_up, w_down, residual, y, d, h, norm)
+    return norm[2], y
+
+
+def _mlp(x, w_gate_up, w_down, residual, out):
+    d, h = _validate(x, w_gate_up, w_down, residual, out)
+    return _mlp_launch(x, w_gate_up, w_down, residual, out, d, h)
+
+
+def _mlp_launch(x, w_gate_up, w_down, residual, out, d, h, norm=None):
+    """Allocate and launch (arguments already validated by :func:`_validate`)."""
     x2 = _rows("x", x, d)
     M = x2.shape[0]
     y = torch.empty_like(x, memory_format=torch.contiguous_format) if out is None else out
@@ -540,7 +564,7 @@ def linear(x: torch.Tensor, w: torch.Tensor, residual: Optional[torch.Tensor] = 
     or None. The product is rounded to ``x.dtype`` before the residual add (as ``residual + F.linear``).
     Split over K when the output has few tiles, with a fixed-order reduction (deterministic).
     """
-    return _linear(x, w, residual, out)
+    return _linear(x, w, residual, out)[0]
 
 
 def linear_rms_norm(x: torch.Tensor, w: torch.Tensor, residual: Optional[torch.Tensor],
@@ -551,13 +575,7 @@ def linear_rms_norm(x: torch.Tensor, w: torch.Tensor, residual: Optional[torch.T
     ``norm_weight`` ``[N]``. With a split-K GEMM the norm runs inside the reduction kernel (one launch
     fewer). See :func:`kernels.reference.linear_rms_norm_ref`.
     """
-    check_tensor("x", x, dtypes=_DTYPES)
-    check_tensor("w", w, ndim=2, dtypes=(x.dtype,))
-    if out is None:
-        out = torch.empty((*x.shape[:-1], w.shape[0]), device=x.device, dtype=x.dtype)
-    _check_out(out, x, w)
-    norm = _norm_target(norm_weight, eps, out, norm_out)
-    h = _linear(x, w, residual, out, norm)
+    h, norm = _linear(x, w, residual, out, (norm_weight, eps, norm_out))
     return norm[2], h
 
 
@@ -568,7 +586,9 @@ def _check_out(out, x, w):
         raise ValueError(f"out must be {shape} on {x.device}, got {tuple(out.shape)} on {out.device}")
 
 
-def _linear(x, w, residual, out, norm=None):
+def _linear(x, w, residual, out, norm_args=None):
+    """Validate, allocate and launch; ``norm_args``: ``(norm_weight, eps, norm_out)`` of a fused RMSNorm.
+    Returns ``(out, norm)`` with ``norm`` the validated ``(weight, eps, y)`` or None."""
     check_tensor("x", x, dtypes=_DTYPES)
     check_tensor("w", w, ndim=2, dtypes=(x.dtype,))
     K = x.shape[-1]
@@ -585,11 +605,13 @@ def _linear(x, w, residual, out, norm=None):
         r2 = _rows("residual", residual, N)
     if out is None:
         out = torch.empty((*lead, N), device=x.device, dtype=x.dtype)
-    _check_out(out, x, w)
+    else:
+        _check_out(out, x, w)
+    norm = None if norm_args is None else _norm_target(norm_args[0], norm_args[1], out, norm_args[2])
     o2 = _rows("out", out, N)
     if x2.shape[0]:
         _launch_down(x2, w, r2, o2, norm=None if norm is None else (norm[0], norm[1], _rows("norm_out", norm[2], N)))
-    return out
+    return out, norm
 
 
 def silu_mul(gate_up: torch.Tensor, *, out: Optional[torch.Tensor] = None) -> torch.Tensor:

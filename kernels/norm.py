@@ -8,6 +8,7 @@ the normalised row is rounded to ``x.dtype`` and then multiplied by ``weight`` i
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -76,19 +77,24 @@ def _rms_norm_kernel(
 
 # ---------------------------------------------------------------------------------------- launchers
 def norm_config(R: int, N: int, interpret: Optional[bool] = None) -> dict:
-    """Deterministic meta-parameters for ``R`` rows of ``N`` features."""
-    interpret = is_interpreter() if interpret is None else interpret
+    """Deterministic meta-parameters for ``R`` rows of ``N`` features (a new dict on every call; the
+    values are memoised per shape)."""
+    return dict(_norm_config(int(R), int(N), is_interpreter() if interpret is None else bool(interpret)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _norm_config(R: int, N: int, interpret: bool) -> tuple:
     np2 = next_pow2(max(N, 1))
     if interpret:
         block_n = min(np2, 1 << 16)
         block_r = max(1, min(next_pow2(max(R, 1)), (1 << 16) // block_n))
-        return dict(BLOCK_R=block_r, BLOCK_N=block_n, NUM_CHUNKS=cdiv(N, block_n), num_warps=1)
+        return tuple(dict(BLOCK_R=block_r, BLOCK_N=block_n, NUM_CHUNKS=cdiv(N, block_n), num_warps=1).items())
     block_n = min(np2, 8192)
     # several rows per program for narrow rows (>= ~2K elements a program), one row otherwise
     block_r = max(1, min(next_pow2(max(R, 1)), 2048 // block_n))
     elems = block_r * block_n
     num_warps = 1 if elems <= 256 else 2 if elems <= 512 else 4 if elems <= 2048 else 8 if elems <= 4096 else 16
-    return dict(BLOCK_R=block_r, BLOCK_N=block_n, NUM_CHUNKS=cdiv(N, block_n), num_warps=num_warps)
+    return tuple(dict(BLOCK_R=block_r, BLOCK_N=block_n, NUM_CHUNKS=cdiv(N, block_n), num_warps=num_warps).items())
 
 
 def _launch(x2, r2, weight, y2, h2, eps, config=None):

@@ -218,19 +218,9 @@ def rope_qk_(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Ten
     return q, k
 
 
-def qkv_rope_cache(qkv: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.Tensor, start,
-                   k_cache: Optional[torch.Tensor] = None, v_cache: Optional[torch.Tensor] = None, *,
-                   n_heads: int, write_from: Optional[torch.Tensor] = None):
-    """One launch: RoPE on q and k of a fused projection, and the keys/values into the KV cache.
-
-    qkv: ``[B, T, H + 2 Hkv, D]`` fp16/bf16/fp32, last dim contiguous; its q heads (and, without a
-    cache, its k heads) are rotated *in place*. cos_table, sin_table: fp32 ``[L, D]`` (absolute
-    positions). start: int, or an int64 tensor on the device, 0-dim (shared) or ``[B]`` (per row), read
-    in the kernel (CUDA-graph friendly). k_cache, v_cache: ``[B, T_max, Hkv, D]`` of qkv's dtype,
-    written at ``[start, start+T)`` (the caller guarantees the slots exist). write_from: optional int
-    ``[B]``: row b writes only slots ``>= write_from[b]`` (the others are left as they are). Returns ``(q, k_cache, v_cache)`` with a cache, else
-    ``(q, k, v)`` (views of ``qkv``). See :func:`kernels.reference.qkv_rope_cache_ref`.
-    """
+def _check_rope_args(qkv, cos_table, sin_table, start, k_cache, v_cache, n_heads, write_from):
+    """The argument checks of :func:`qkv_rope_cache` (also run by :func:`kernels.qkv.qkv_proj_rope` on its
+    output buffer): ``(H, Hkv, dyn, start, has_cache)``, ``start`` an int unless it is a device tensor."""
     check_tensor("qkv", qkv, ndim=4, dtypes=_DTYPES)
     B, T, NH, D = qkv.shape
     H = int(n_heads)
@@ -262,6 +252,26 @@ def qkv_rope_cache(qkv: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.
         limit = min(cos_table.shape[0], k_cache.shape[1] if has_cache else cos_table.shape[0])
         if start < 0 or start + T > limit:
             raise ValueError(f"positions [{start}, {start + T}) exceed the tables/cache ({limit} slots)")
+    return H, Hkv, dyn, start, has_cache
+
+
+def qkv_rope_cache(qkv: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.Tensor, start,
+                   k_cache: Optional[torch.Tensor] = None, v_cache: Optional[torch.Tensor] = None, *,
+                   n_heads: int, write_from: Optional[torch.Tensor] = None):
+    """One launch: RoPE on q and k of a fused projection, and the keys/values into the KV cache.
+
+    qkv: ``[B, T, H + 2 Hkv, D]`` fp16/bf16/fp32, last dim contiguous; its q heads (and, without a
+    cache, its k heads) are rotated *in place*. cos_table, sin_table: fp32 ``[L, D]`` (absolute
+    positions). start: int, or an int64 tensor on the device, 0-dim (shared) or ``[B]`` (per row), read
+    in the kernel (CUDA-graph friendly). k_cache, v_cache: ``[B, T_max, Hkv, D]`` of qkv's dtype,
+    written at ``[start, start+T)`` (the caller guarantees the slots exist). write_from: optional int
+    ``[B]``: row b writes only slots ``>= write_from[b]`` (the others are left as they are). Returns ``(q, k_cache, v_cache)`` with a cache, else
+    ``(q, k, v)`` (views of ``qkv``). See :func:`kernels.reference.qkv_rope_cache_ref`.
+    """
+    H, Hkv, dyn, start, has_cache = _check_rope_args(qkv, cos_table, sin_table, start, k_cache, v_cache, n_heads,
+                                                     write_from)
+    B, T = qkv.shape[:2]
+    D = qkv.shape[3]
     if qkv.numel():
         n_rows = B * T * H
         block_d2 = next_pow2(D // 2)

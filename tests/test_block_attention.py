@@ -311,3 +311,12 @@ def test_compile_sm90():
     r = run_without_interpreter(_COMPILE_SCRIPT)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count("ok fwd") == 6 and r.stdout.count("ok merge") == 2, r.stdout
+
+
+def test_pick_config_fresh_dict():
+    """The launch config is memoised per shape; each call hands out its own dict (``_launch`` updates it)."""
+    from kernels.attention import _pick_config
+    a = _pick_config(1, 32, 4, 4, 16, 100, torch.device("cpu"))
+    want = dict(a)
+    a["n_splits"] = -1
+    assert _pick_config(1, 32, 4, 4, 16, 100, torch.device("cpu")) == want

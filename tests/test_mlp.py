@@ -182,6 +182,21 @@ def test_configs_deterministic():
                 assert c == down_config(M, 4096, 12288, dt, interp) and c["SPLIT_K"] >= 1
 
 
+def test_configs_are_fresh_dicts():
+    """The configs are memoised per shape; each call must still hand out its own dict (launchers and sweep
+    scripts edit theirs)."""
+    from kernels.norm import norm_config
+    from kernels.qkv import qkv_config
+    for fn, args in ((gate_up_config, (32, 12288, 4096, torch.bfloat16, False)),
+                     (down_config, (32, 4096, 12288, torch.bfloat16, False)),
+                     (norm_config, (32, 4096, False)), (qkv_config, (32, 4096, torch.bfloat16, False))):
+        a = fn(*args)
+        want = dict(a)
+        a.clear()
+        a["poison"] = 1
+        assert fn(*args) == want, fn.__name__
+
+
 _COMPILE = textwrap.dedent("""
     import os, sys
     sys.path.insert(0, {root!r})
