@@ -76,6 +76,17 @@ def _has_gdc() -> bool:
 _HAS_GDC = _has_gdc()
 
 
+def memo_config(fn):
+    """Memoise a launch-config function of hashable positional arguments (shapes, dtypes, flags, devices).
+    The cached dict is never handed out: every call returns a new copy, which the caller may edit."""
+    cached = functools.lru_cache(maxsize=4096)(fn)
+
+    @functools.wraps(fn)
+    def fresh(*args) -> dict:
+        return dict(cached(*args))
+    return fresh
+
+
 def cdiv(a: int, b: int) -> int:
     """``ceil(a / b)`` for host-side ints. (``triton.cdiv`` is a constexpr function: about 5 us per call from
     Python with triton 3.9, and a launcher makes a dozen such calls.)"""

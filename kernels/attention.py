@@ -29,7 +29,6 @@ strides are free.
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import Optional
 
@@ -37,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import cdiv, check_tensor, gdc_options, gdc_wait_and_release, is_interpreter, next_pow2
+from kernels._common import cdiv, check_tensor, gdc_options, gdc_wait_and_release, is_interpreter, memo_config, next_pow2
 
 __all__ = ["block_attention"]
 
@@ -216,13 +215,13 @@ _INT_DTYPES = (torch.int32, torch.int64)
 
 
 def _pick_config(B: int, Tq: int, H: int, Hkv: int, D: int, kv_len: int, device: torch.device) -> dict:
-    """:func:`_pick_config_items` as a new dict (the values are memoised per shape and device)."""
-    return dict(_pick_config_items(int(B), int(Tq), int(H), int(Hkv), int(D), int(kv_len), device, is_interpreter()))
+    """:func:`_attention_config` for the current mode (a new dict per call, memoised per shape and device)."""
+    return _attention_config(B, Tq, H, Hkv, D, kv_len, device, is_interpreter())
 
 
-@functools.lru_cache(maxsize=4096)
-def _pick_config_items(B: int, Tq: int, H: int, Hkv: int, D: int, kv_len: int, device: torch.device,
-                       interpret: bool) -> tuple:
+@memo_config
+def _attention_config(B: int, Tq: int, H: int, Hkv: int, D: int, kv_len: int, device: torch.device,
+                      interpret: bool) -> dict:
     """Fixed meta-parameters as a deterministic function of the shapes (and the SM count).
 
     ``n_splits`` is an upper bound fixed on the host from ``kv_len`` (which is ``T_max`` under CUDA
@@ -241,8 +240,8 @@ def _pick_config_items(B: int, Tq: int, H: int, Hkv: int, D: int, kv_len: int, d
         block_m = min(max(16, next_pow2(rows)), 128)
         block_n = 256
         n_splits = min(2, max(1, cdiv(kv_len, block_n)))
-        return tuple(dict(block_m=block_m, block_n=block_n, n_splits=n_splits, min_tiles=1,
-                          merge_in_kernel=False, num_warps=4, num_stages=1).items())
+        return dict(block_m=block_m, block_n=block_n, n_splits=n_splits, min_tiles=1,
+                    merge_in_kernel=False, num_warps=4, num_stages=1)
     block_m = min(max(16, next_pow2(rows)), 64)
     block_n = 64
     base = B * Hkv * cdiv(rows, block_m)
@@ -252,8 +251,8 @@ def _pick_config_items(B: int, Tq: int, H: int, Hkv: int, D: int, kv_len: int, d
     if base < n_sm:
         programs = n_sm if n_tiles < 32 else 2 * n_sm
         n_splits = max(1, min(programs // base, n_tiles // 4, 64))
-    return tuple(dict(block_m=block_m, block_n=block_n, n_splits=n_splits, min_tiles=1,
-                      merge_in_kernel=False, num_warps=4, num_stages=3).items())
+    return dict(block_m=block_m, block_n=block_n, n_splits=n_splits, min_tiles=1,
+                merge_in_kernel=False, num_warps=4, num_stages=3)
 
 
 def _launch(q, k_cache, v_cache, kv_len, kv_start=None, key_end=None, scale=None, *,

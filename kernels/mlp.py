@@ -17,15 +17,14 @@ torch 526 / 536 us; M=256: 162-179 us vs torch 155-157 us (slower: 192 tiles of 
 """
 from __future__ import annotations
 
-import functools
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from kernels._common import (as_rows, cdiv, check_tensor, gdc_options, gdc_wait_and_release, is_interpreter, next_pow2,
-                             pdl_launch, pdl_prefetch, prefetch_l2)
+from kernels._common import (as_rows, cdiv, check_tensor, gdc_options, gdc_wait_and_release, is_interpreter, memo_config,
+                             next_pow2, pdl_launch, pdl_prefetch, prefetch_l2)
 
 __all__ = ["swiglu_mlp", "linear", "swiglu_mlp_rms_norm", "linear_rms_norm", "silu_mul"]
 
@@ -293,15 +292,11 @@ def gate_up_config(M: int, N: int, K: int, dtype: torch.dtype, interpret: Option
     (TMA measured the same there). Larger ``M``: TMA-descriptor loads (12% faster at M=1024).
     Returns a new dict on every call (the values are memoised per shape).
     """
-    return dict(_gate_up_config(int(M), int(N), int(K), dtype, is_interpreter() if interpret is None else bool(interpret)))
+    return _gate_up_config(M, N, K, dtype, is_interpreter() if interpret is None else bool(interpret))
 
 
-@functools.lru_cache(maxsize=1024)
-def _gate_up_config(M: int, N: int, K: int, dtype: torch.dtype, interpret: bool) -> tuple:
-    return tuple(_gate_up_config_dict(M, N, K, dtype, interpret).items())
-
-
-def _gate_up_config_dict(M: int, N: int, K: int, dtype: torch.dtype, interpret: bool) -> dict:
+@memo_config
+def _gate_up_config(M: int, N: int, K: int, dtype: torch.dtype, interpret: bool) -> dict:
     if interpret:  # big blocks, small grids: the interpreter pays per program, not per element
         return dict(BM=_clamp_pow2(M, 16, 64), BN=_clamp_pow2(N, 16, 128), BK=_clamp_pow2(K, 16, 256),
                     SWAP_AB=False, TMA=False, num_warps=4, num_stages=1)
@@ -323,15 +318,11 @@ def down_config(M: int, N: int, K: int, dtype: torch.dtype, interpret: Optional[
     split keeps at least 8 K-blocks (4 at M=32, 2 at M=256, 1 at M=1024 for the LLaDA-8B shape).
     Returns a new dict on every call (the values are memoised per shape).
     """
-    return dict(_down_config(int(M), int(N), int(K), dtype, is_interpreter() if interpret is None else bool(interpret)))
+    return _down_config(M, N, K, dtype, is_interpreter() if interpret is None else bool(interpret))
 
 
-@functools.lru_cache(maxsize=1024)
-def _down_config(M: int, N: int, K: int, dtype: torch.dtype, interpret: bool) -> tuple:
-    return tuple(_down_config_dict(M, N, K, dtype, interpret).items())
-
-
-def _down_config_dict(M: int, N: int, K: int, dtype: torch.dtype, interpret: bool) -> dict:
+@memo_config
+def _down_config(M: int, N: int, K: int, dtype: torch.dtype, interpret: bool) -> dict:
     if interpret:
         return dict(BM=_clamp_pow2(M, 16, 64), BN=_clamp_pow2(N, 16, 128), BK=_clamp_pow2(K, 16, 256),
                     SWAP_AB=False, TMA=False, SPLIT_K=1, num_warps=4, num_stages=1)

@@ -8,14 +8,14 @@ the normalised row is rounded to ``x.dtype`` and then multiplied by ``weight`` i
 """
 from __future__ import annotations
 
-import functools
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from kernels._common import as_rows, cdiv, check_tensor, gdc_options, gdc_wait_and_release, is_interpreter, next_pow2
+from kernels._common import (as_rows, cdiv, check_tensor, gdc_options, gdc_wait_and_release, is_interpreter, memo_config,
+                             next_pow2)
 
 __all__ = ["rms_norm"]
 
@@ -79,22 +79,22 @@ def _rms_norm_kernel(
 def norm_config(R: int, N: int, interpret: Optional[bool] = None) -> dict:
     """Deterministic meta-parameters for ``R`` rows of ``N`` features (a new dict on every call; the
     values are memoised per shape)."""
-    return dict(_norm_config(int(R), int(N), is_interpreter() if interpret is None else bool(interpret)))
+    return _norm_config(R, N, is_interpreter() if interpret is None else bool(interpret))
 
 
-@functools.lru_cache(maxsize=1024)
-def _norm_config(R: int, N: int, interpret: bool) -> tuple:
+@memo_config
+def _norm_config(R: int, N: int, interpret: bool) -> dict:
     np2 = next_pow2(max(N, 1))
     if interpret:
         block_n = min(np2, 1 << 16)
         block_r = max(1, min(next_pow2(max(R, 1)), (1 << 16) // block_n))
-        return tuple(dict(BLOCK_R=block_r, BLOCK_N=block_n, NUM_CHUNKS=cdiv(N, block_n), num_warps=1).items())
+        return dict(BLOCK_R=block_r, BLOCK_N=block_n, NUM_CHUNKS=cdiv(N, block_n), num_warps=1)
     block_n = min(np2, 8192)
     # several rows per program for narrow rows (>= ~2K elements a program), one row otherwise
     block_r = max(1, min(next_pow2(max(R, 1)), 2048 // block_n))
     elems = block_r * block_n
     num_warps = 1 if elems <= 256 else 2 if elems <= 512 else 4 if elems <= 2048 else 8 if elems <= 4096 else 16
-    return tuple(dict(BLOCK_R=block_r, BLOCK_N=block_n, NUM_CHUNKS=cdiv(N, block_n), num_warps=num_warps).items())
+    return dict(BLOCK_R=block_r, BLOCK_N=block_n, NUM_CHUNKS=cdiv(N, block_n), num_warps=num_warps)
 
 
 def _launch(x2, r2, weight, y2, h2, eps, config=None):

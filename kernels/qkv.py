@@ -11,14 +11,14 @@ accumulation order of the GEMM.
 """
 from __future__ import annotations
 
-import functools
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from kernels._common import as_rows, cdiv, check_tensor, gdc_wait_and_release, is_interpreter, next_pow2, pdl_prefetch
+from kernels._common import (as_rows, cdiv, check_tensor, gdc_wait_and_release, is_interpreter, memo_config, next_pow2,
+                             pdl_prefetch)
 from kernels.mlp import PREFETCH_BYTES, _mma, _prefetch_rows
 from kernels.rotary import _check_rope_args, qkv_rope_cache, rotate_pair
 
@@ -128,17 +128,17 @@ def fused_supported(rows: int, D: int) -> bool:
 def qkv_config(M: int, K: int, dtype: torch.dtype, interpret: Optional[bool] = None) -> dict:
     """Block sizes (a pure function of the shape): the QKV row of scripts/sweep_gemm.py (H200, PDL on).
     A new dict on every call (the values are memoised per shape)."""
-    return dict(_qkv_config(int(M), int(K), dtype, is_interpreter() if interpret is None else bool(interpret)))
+    return _qkv_config(M, K, dtype, is_interpreter() if interpret is None else bool(interpret))
 
 
-@functools.lru_cache(maxsize=1024)
-def _qkv_config(M: int, K: int, dtype: torch.dtype, interpret: bool) -> tuple:
+@memo_config
+def _qkv_config(M: int, K: int, dtype: torch.dtype, interpret: bool) -> dict:
     bm = max(16, min(64, next_pow2(max(M, 1))))
     if interpret:
-        return tuple(dict(BM=bm, BK=max(16, min(256, next_pow2(K))), num_warps=4, num_stages=1).items())
+        return dict(BM=bm, BK=max(16, min(256, next_pow2(K))), num_warps=4, num_stages=1)
     if dtype == torch.float32:
-        return tuple(dict(BM=bm, BK=32, num_warps=4, num_stages=2).items())
-    return tuple(dict(BM=bm, BK=64, num_warps=4, num_stages=6).items())
+        return dict(BM=bm, BK=32, num_warps=4, num_stages=2)
+    return dict(BM=bm, BK=64, num_warps=4, num_stages=6)
 
 
 def qkv_proj_rope(x: torch.Tensor, w_qkv: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.Tensor, start,
@@ -170,12 +170,9 @@ def qkv_proj_rope(x: torch.Tensor, w_qkv: torch.Tensor, cos_table: torch.Tensor,
     if not fused_supported(M, D):
         torch.matmul(x, w_qkv.t(), out=out.view(B, T, NH * D))
         return qkv_rope_cache(out, cos_table, sin_table, start, k_cache, v_cache, n_heads=H, write_from=write_from)
-    # validation of tables, caches, start and write_from: the unfused launcher's own checks
+    # validation of tables, caches (last dim contiguous), start and write_from: the unfused launcher's own checks
     _, Hkv, dyn, start, has_cache = _check_rope_args(out, cos_table, sin_table, start, k_cache, v_cache, H,
                                                      write_from)
-    for name, c_ in (("k_cache", k_cache), ("v_cache", v_cache)):
-        if c_ is not None and c_.stride(-1) != 1:
-            raise ValueError(f"{name} must be contiguous in its last dim")
     x2 = as_rows("x", x, d)
     cfg = qkv_config(M, d, x.dtype) if config is None else dict(config)
     hb = _half_tile(D)
