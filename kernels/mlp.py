@@ -430,9 +430,11 @@ def _launch_down(act: torch.Tensor, w_down: torch.Tensor, residual: Optional[tor
     if split > 1 and norm is not None and N <= _FUSED_NORM_MAX:
         nw, eps, y = norm
         block = next_pow2(N)
+        # one program per row, latency-bound: 16 warps at d = 4096 (LLaDA-8B batch-1 block step on an H200,
+        # 4.496 / 4.497 ms with 16 warps vs 4.516 / 4.515 with 8, alternating; results/bench_decode/ab_rn_warps_h200_04cbe57.txt)
         _splitk_reduce_norm_kernel[(M,)](
             partials, r, out, nw, y, M, N, float(eps), r.stride(0), out.stride(0), y.stride(0),
-            S=split, BLOCK=block, HAS_RES=has_res, num_warps=1 if is_interpreter() else min(16, max(4, block // 512)),
+            S=split, BLOCK=block, HAS_RES=has_res, num_warps=1 if is_interpreter() else min(16, max(4, block // 256)),
             USE_GDC=bool(pdl), **pdl,
         )
         return out
