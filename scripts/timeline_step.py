@@ -154,31 +154,23 @@ def main(argv=None):
         mod.gdc_wait_and_release = make_recorder(buf.data_ptr(), cnt.data_ptr(), args.capacity, tag, tmp)
         tags[tag] = name
 
-    from bench_decode import LLADA_8B
+    from bench_decode import LLADA_8B, timed_window
     from decode import generate_stream
-    from decode.generate import StepEvent, Workspace
+    from decode.generate import Workspace
     from llada import LLaDAConfig, init_params, triton_ops
 
     cfg = LLaDAConfig(**LLADA_8B)
     params = init_params(cfg, device="cuda", dtype=torch.bfloat16)
     prompts = torch.randint(0, 126000, (args.batch, args.prompt), generator=torch.Generator().manual_seed(0)).tolist()
-    ws = Workspace()
-    step_ms = []
-    for rep in range(2):               # the first run compiles and captures the graphs
-        if rep == 1:
-            torch.cuda.synchronize()
-            cnt.zero_()
-            torch.cuda.synchronize()
-        events = []
-        for ev in generate_stream(params, cfg, prompts, gen_length=args.gen, block_length=args.block_length,
-                                  steps=args.gen, cache=args.policy, ops=triton_ops(), early_stop=False,
-                                  cuda_graphs=True, workspace=ws):
-            if isinstance(ev, StepEvent):
-                e = torch.cuda.Event(enable_timing=True)
-                e.record()
-                events.append((ev.block, e))
-        torch.cuda.synchronize()
-    step_ms = [e0.elapsed_time(e1) for (_, e0), (b1, e1) in zip(events, events[1:]) if b1 >= 1]
+    opts = dict(gen_length=args.gen, block_length=args.block_length, steps=args.gen, cache=args.policy,
+                ops=triton_ops(), early_stop=False, cuda_graphs=True, workspace=Workspace())
+
+    def run():  # every step after block 1's first (bench_decode's window); the whole generation runs
+        return timed_window(generate_stream(params, cfg, prompts, **opts), 0, torch.cuda.synchronize)
+
+    run()                              # compiles the kernels and captures the graphs
+    cnt.zero_()
+    seconds, n_steps = run()           # the recorded run
     n = int(cnt.item())
     if n > args.capacity:
         raise SystemExit(f"{n} CTA records exceed --capacity {args.capacity}; raise it")
@@ -192,7 +184,7 @@ def main(argv=None):
     import triton
     print(f"# {args.policy} batch {args.batch}, {args.prompt} x {args.gen}, block {args.block_length}, CUDA graphs, "
           f"PDL; {gpu}, torch {torch.__version__}, triton {triton.__version__}")
-    print(f"# instrumented step: {sum(step_ms) / len(step_ms):.3f} ms (mean over {len(step_ms)} steps after block 0); "
+    print(f"# instrumented step: {seconds / n_steps * 1e3:.3f} ms (mean over the {n_steps} steps after block 1's first); "
           f"{len(ls)} launches, {n} CTA records")
     if not win:
         print("# no attention launches recorded (the policy's kernels run without PDL at these sizes?)")
