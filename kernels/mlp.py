@@ -25,8 +25,6 @@ import triton.language as tl
 
 from kernels._common import (as_rows, cdiv, check_tensor, gdc_options, gdc_wait_and_release, is_interpreter, memo_config,
                              next_pow2, pdl_launch, pdl_prefetch, prefetch_l2)
-from kernels import _streamk
-from kernels._streamk import sk_arrive, sk_collect, sk_contributors, sk_publish, sk_range, sk_segment
 
 __all__ = ["swiglu_mlp", "linear", "swiglu_mlp_rms_norm", "linear_rms_norm", "silu_mul"]
 
@@ -97,31 +95,41 @@ def _prefetch_rows(base, rows, stride, k0, K, PF_LINES: tl.constexpr, LINE: tl.c
 
 
 @triton.jit
-def _gate_up_acc(
-    x_src, w_src, pid_m, pid_n, kb0, kb1, M, H, K, stride_xm, stride_wn,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SWAP_AB: tl.constexpr, USE_TMA: tl.constexpr,
-    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+def _gate_up_silu_kernel(
+    x_src, w_src, a_ptr, w_pf,           # x [M, K], w [2H, K] (gate rows, then up rows): pointers or TMA
+    M, H, K,                             # descriptors (USE_TMA); a [M, H] pointer; w_pf: w's pointer (prefetch)
+    stride_xm, stride_wn, stride_am,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    SWAP_AB: tl.constexpr,               # compute a.T tiles [BN, BM] = W @ x.T (weight rows fill the MMA's M)
+    USE_TMA: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+    USE_GDC: tl.constexpr = False, PF_LINES: tl.constexpr = 1, LINE: tl.constexpr = 64,
 ):
-    """The fp32 gate and up products of output tile ``(pid_m, pid_n)`` over K-blocks ``[kb0, kb1)``."""
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BM)
+    pid_m = pid % num_m                  # m fastest: programs sharing a weight tile run together (L2)
+    pid_n = pid // num_m
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    offs_n = pid_n * BN + tl.arange(0, BN)
     if not USE_TMA:
-        offs_m = pid_m * BM + tl.arange(0, BM)
-        offs_n = pid_n * BN + tl.arange(0, BN)
         offs_k = tl.arange(0, BK)
         # wrap out-of-range rows instead of masking them: loads stay unpredicated; stores are masked
         rows_x = (offs_m % M).to(tl.int64)
         rows_w = (offs_n % H).to(tl.int64)
-        k_first = kb0 * BK
-        x_ptrs = x_src + rows_x[:, None] * stride_xm + (k_first + offs_k)[None, :]           # [BM, BK]
-        g_ptrs = w_src + rows_w[:, None] * stride_wn + (k_first + offs_k)[None, :]           # [BN, BK]
-        u_ptrs = w_src + (rows_w + H)[:, None] * stride_wn + (k_first + offs_k)[None, :]     # [BN, BK]
+        x_ptrs = x_src + rows_x[:, None] * stride_xm + offs_k[None, :]           # [BM, BK]
+        g_ptrs = w_src + rows_w[:, None] * stride_wn + offs_k[None, :]           # [BN, BK]
+        u_ptrs = w_src + (rows_w + H)[:, None] * stride_wn + offs_k[None, :]     # [BN, BK]
+    # PDL: the weights do not depend on the previous kernel; start pulling them into L2 before waiting
+    rows_pf = (offs_n % H).to(tl.int64)
+    _prefetch_rows(w_pf, rows_pf, stride_wn, 0, K, PF_LINES, LINE, USE_GDC)
+    _prefetch_rows(w_pf, rows_pf + H, stride_wn, 0, K, PF_LINES, LINE, USE_GDC)
+    gdc_wait_and_release(USE_GDC)
     if SWAP_AB:
         acc_g = tl.zeros((BN, BM), dtype=tl.float32)
         acc_u = tl.zeros((BN, BM), dtype=tl.float32)
     else:
         acc_g = tl.zeros((BM, BN), dtype=tl.float32)
         acc_u = tl.zeros((BM, BN), dtype=tl.float32)
-    for kb in range(kb0, kb1):
-        k = kb * BK
+    for k in range(0, K, BK):
         if USE_TMA:                      # out-of-bounds rows/cols of a box read as zeros
             xt = x_src.load([pid_m * BM, k])
             g = w_src.load([pid_n * BN, k])
@@ -150,60 +158,9 @@ def _gate_up_acc(
             x_ptrs += BK
             g_ptrs += BK
             u_ptrs += BK
-    return acc_g, acc_u
-
-
-@triton.jit
-def _gate_up_step(
-    x_src, w_src, pid_m, pid_n, kb, acc_g, acc_u, M, H, K, stride_xm, stride_wn,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SWAP_AB: tl.constexpr, USE_TMA: tl.constexpr,
-    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
-):
-    """One K-block ``kb`` of tile ``(pid_m, pid_n)`` added to the gate and up accumulators (addresses
-    computed from scratch: the stream-K loop changes tiles inside the loop)."""
-    k = kb * BK
-    if USE_TMA:
-        xt = x_src.load([pid_m * BM, k])
-        g = w_src.load([pid_n * BN, k])
-        u = w_src.load([H + pid_n * BN, k])
-    else:
-        offs_k = k + tl.arange(0, BK)
-        rows_x = ((pid_m * BM + tl.arange(0, BM)) % M).to(tl.int64)
-        rows_w = ((pid_n * BN + tl.arange(0, BN)) % H).to(tl.int64)
-        x_ptrs = x_src + rows_x[:, None] * stride_xm + offs_k[None, :]
-        g_ptrs = w_src + rows_w[:, None] * stride_wn + offs_k[None, :]
-        u_ptrs = w_src + (rows_w + H)[:, None] * stride_wn + offs_k[None, :]
-        if EVEN_K:
-            xt = tl.load(x_ptrs)
-            g = tl.load(g_ptrs)
-            u = tl.load(u_ptrs)
-        else:
-            kmask = (offs_k < K)[None, :]
-            xt = tl.load(x_ptrs, mask=kmask, other=0.0)
-            g = tl.load(g_ptrs, mask=kmask, other=0.0)
-            u = tl.load(u_ptrs, mask=kmask, other=0.0)
-    if UPCAST:
-        xt = xt.to(tl.float32)
-        g = g.to(tl.float32)
-        u = u.to(tl.float32)
-    if SWAP_AB:
-        xtt = tl.trans(xt)
-        acc_g = _mma(g, xtt, acc_g, IEEE)
-        acc_u = _mma(u, xtt, acc_u, IEEE)
-    else:
-        acc_g = _mma(xt, tl.trans(g), acc_g, IEEE)
-        acc_u = _mma(xt, tl.trans(u), acc_u, IEEE)
-    return acc_g, acc_u
-
-
-@triton.jit
-def _gate_up_store(acc_g, acc_u, a_ptr, pid_m, pid_n, M, H, stride_am,
-                   BM: tl.constexpr, BN: tl.constexpr, SWAP_AB: tl.constexpr):
-    """The epilogue, mirroring the reference's roundings: gate, up, silu(gate), product -> a's dtype."""
+    # epilogue, mirroring the reference's roundings: gate, up, silu(gate), product -> x.dtype
     dt = a_ptr.dtype.element_ty
     act = _silu_times(acc_g.to(dt), acc_u.to(dt), dt)
-    offs_m = pid_m * BM + tl.arange(0, BM)
-    offs_n = pid_n * BN + tl.arange(0, BN)
     if SWAP_AB:
         a_ptrs = a_ptr + offs_m.to(tl.int64)[None, :] * stride_am + offs_n[:, None]
         mask = (offs_m[None, :] < M) & (offs_n[:, None] < H)
@@ -211,77 +168,6 @@ def _gate_up_store(acc_g, acc_u, a_ptr, pid_m, pid_n, M, H, stride_am,
         a_ptrs = a_ptr + offs_m.to(tl.int64)[:, None] * stride_am + offs_n[None, :]
         mask = (offs_m[:, None] < M) & (offs_n[None, :] < H)
     tl.store(a_ptrs, act, mask=mask)
-
-
-@triton.jit
-def _gate_up_silu_kernel(
-    x_src, w_src, a_ptr, w_pf,           # x [M, K], w [2H, K] (gate rows, then up rows): pointers or TMA
-    M, H, K,                             # descriptors (USE_TMA); a [M, H] pointer; w_pf: w's pointer (prefetch)
-    stride_xm, stride_wn, stride_am,
-    ws_ptr, cnt_ptr, KI, G, TOTAL,       # stream-K (SK): fp32 workspace, tile counters, K-blocks per tile,
-                                         # programs, tiles * KI (see kernels._streamk)
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    SWAP_AB: tl.constexpr,               # compute a.T tiles [BN, BM] = W @ x.T (weight rows fill the MMA's M)
-    USE_TMA: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
-    SK: tl.constexpr = False, SLOTS: tl.constexpr = 1,
-    USE_GDC: tl.constexpr = False, PF_LINES: tl.constexpr = 1, LINE: tl.constexpr = 64,
-):
-    pid = tl.program_id(0)
-    num_m = tl.cdiv(M, BM)               # m fastest: programs sharing a weight tile run together (L2)
-    if SK:
-        start, end = sk_range(pid, G, TOTAL)
-    else:
-        start = pid * KI
-        end = start + KI
-    # PDL: the weights do not depend on the previous kernel; start pulling them into L2 before waiting
-    tile0 = start // KI
-    rows_pf = ((tile0 // num_m) * BN + tl.arange(0, BN)) % H
-    k_pf = (start - tile0 * KI) * BK
-    _prefetch_rows(w_pf, rows_pf.to(tl.int64), stride_wn, k_pf, K, PF_LINES, LINE, USE_GDC)
-    _prefetch_rows(w_pf, (rows_pf + H).to(tl.int64), stride_wn, k_pf, K, PF_LINES, LINE, USE_GDC)
-    gdc_wait_and_release(USE_GDC)
-    if SK:
-        # one flat loop over the program's (tile, K-block) iterations, so that the load pipeline runs on
-        # across tile boundaries (a loop per tile measured slower than one program per tile: each segment
-        # refilled the pipeline)
-        RC: tl.constexpr = BM * BN
-        R: tl.constexpr = BN if SWAP_AB else BM
-        C: tl.constexpr = BM if SWAP_AB else BN
-        if SWAP_AB:
-            acc_g = tl.zeros((BN, BM), dtype=tl.float32)
-            acc_u = tl.zeros((BN, BM), dtype=tl.float32)
-        else:
-            acc_g = tl.zeros((BM, BN), dtype=tl.float32)
-            acc_u = tl.zeros((BM, BN), dtype=tl.float32)
-        for it in range(start, end):
-            tile = it // KI
-            kb = it - tile * KI
-            pid_m = tile % num_m
-            pid_n = tile // num_m
-            acc_g, acc_u = _gate_up_step(x_src, w_src, pid_m, pid_n, kb, acc_g, acc_u, M, H, K, stride_xm, stride_wn,
-                                         BM, BN, BK, SWAP_AB, USE_TMA, EVEN_K, UPCAST, IEEE)
-            if (kb == KI - 1) | (it == end - 1):          # the end of a segment
-                own = (kb == KI - 1) & (tile * KI >= start)  # the whole tile was this program's
-                if not own:              # a shared tile: publish the partials; the last contributor finishes
-                    first, n = sk_contributors(tile, KI, G, TOTAL)
-                    tile_off = tile * (SLOTS * 2 * RC)
-                    slot_off = tile_off + (pid - first) * (2 * RC)
-                    sk_publish(ws_ptr, acc_g, slot_off, R, C)
-                    sk_publish(ws_ptr, acc_u, slot_off + RC, R, C)
-                    own = sk_arrive(cnt_ptr + tile, n)
-                    if own:
-                        acc_g = sk_collect(ws_ptr, tile_off, n, 2 * RC, R, C, SLOTS)
-                        acc_u = sk_collect(ws_ptr, tile_off + RC, n, 2 * RC, R, C, SLOTS)
-                if own:
-                    _gate_up_store(acc_g, acc_u, a_ptr, pid_m, pid_n, M, H, stride_am, BM, BN, SWAP_AB)
-                acc_g = tl.zeros_like(acc_g)
-                acc_u = tl.zeros_like(acc_u)
-    else:
-        pid_m = pid % num_m
-        pid_n = pid // num_m
-        acc_g, acc_u = _gate_up_acc(x_src, w_src, pid_m, pid_n, 0, KI, M, H, K, stride_xm, stride_wn,
-                                    BM, BN, BK, SWAP_AB, USE_TMA, EVEN_K, UPCAST, IEEE)
-        _gate_up_store(acc_g, acc_u, a_ptr, pid_m, pid_n, M, H, stride_am, BM, BN, SWAP_AB)
 
 
 @triton.jit
@@ -496,40 +382,14 @@ def _launch_gate_up(x: torch.Tensor, w_gate_up: torch.Tensor, act: torch.Tensor,
     cfg = gate_up_config(M, H, K, x.dtype) if config is None else dict(config)
     BM, BN, BK = cfg["BM"], cfg["BN"], cfg["BK"]
     use_tma, (x_src, w_src) = _sources(cfg, [(x, (BM, BK)), (w_gate_up, (BN, BK))])
-    tiles, KI = cdiv(M, BM) * cdiv(H, BN), cdiv(K, BK)
-    sk = _stream_k(cfg, x.device, tiles, KI, 2 * BM * BN)
-    _gate_up_silu_kernel[(tiles,) if sk is None else (sk["G"],)](
+    grid = (cdiv(M, BM) * cdiv(H, BN),)
+    _gate_up_silu_kernel[grid](
         x_src, w_src, act, w_gate_up, M, H, K,
         x.stride(0), w_gate_up.stride(0), act.stride(0),
-        *_sk_args(sk, act, KI, tiles),
         BM=BM, BN=BN, BK=BK, SWAP_AB=cfg["SWAP_AB"], USE_TMA=use_tma, EVEN_K=(K % BK == 0), **_flags(x.dtype),
         **_pdl(x, K), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-        **({} if sk is None else dict(SK=True, SLOTS=sk["SLOTS"])),
     )
     return act
-
-
-def _stream_k(cfg: dict, device: torch.device, tiles: int, KI: int, tile_elems: int) -> Optional[dict]:
-    """The stream-K launch of a config (``SK_PER_SM`` programs per SM, or ``SK_PROGRAMS`` exactly), or None.
-
-    Returns ``G`` (programs), ``SLOTS`` (partials per tile), the fp32 workspace ``[tiles * SLOTS *
-    tile_elems]`` and the device's tile counters (see :mod:`kernels._streamk`)."""
-    g = cfg.get("SK_PROGRAMS") or (_streamk.programs(device, tiles, KI, cfg["SK_PER_SM"])
-                                   if cfg.get("SK_PER_SM") else 0)
-    if not g:
-        return None
-    g = max(1, min(int(g), tiles * KI))
-    _streamk.check_sizes(tiles, KI, g)
-    slots = _streamk.max_slots(tiles, KI, g)
-    return dict(G=g, SLOTS=slots, ws=torch.empty(tiles * slots * tile_elems, device=device, dtype=torch.float32),
-                cnt=_streamk.counters(device, tiles))
-
-
-def _sk_args(sk: Optional[dict], like: torch.Tensor, KI: int, tiles: int) -> tuple:
-    """The kernel's ``ws_ptr, cnt_ptr, KI, G, TOTAL`` arguments (placeholders without stream-K)."""
-    if sk is None:
-        return like, like, KI, tiles, tiles * KI
-    return sk["ws"], sk["cnt"], KI, sk["G"], tiles * KI
 
 
 _FUSED_NORM_MAX = 8192  # widest row the reduce + norm kernel holds in registers

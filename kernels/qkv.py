@@ -19,8 +19,7 @@ import triton.language as tl
 
 from kernels._common import (as_rows, cdiv, check_tensor, gdc_wait_and_release, is_interpreter, memo_config, next_pow2,
                              pdl_prefetch)
-from kernels._streamk import sk_arrive, sk_collect, sk_contributors, sk_publish, sk_range, sk_segment
-from kernels.mlp import PREFETCH_BYTES, _mma, _prefetch_rows, _sk_args, _stream_k
+from kernels.mlp import PREFETCH_BYTES, _mma, _prefetch_rows
 from kernels.rotary import _check_rope_args, qkv_rope_cache, rotate_pair
 
 __all__ = ["qkv_proj_rope", "fused_supported"]
@@ -30,38 +29,45 @@ MAX_ROWS = 64  # the fused path is the decode GEMM; more rows belong to a comput
 
 
 @triton.jit
-def _tile_rows(pid_n, D: tl.constexpr, HB: tl.constexpr):
-    """Weight tile ``pid_n``: its head slot (q heads, then k, then v), first pair ``j0``, and weight rows:
-    features ``j0..j0+HB`` and their rotation partners ``HALF + j0..``."""
+def _qkv_proj_rope_kernel(
+    x_ptr, w_ptr, out_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr,
+    start_ptr, start_val, wf_ptr, s_start,
+    M, T, H, HKV, K,
+    stride_xm, stride_wn,
+    sob, sot, soh,                       # out [B, T, H + 2 HKV, D] (last dim contiguous)
+    skb, skt, skh, svb, svt, svh,        # caches [B, T_max, HKV, D] (last dim contiguous)
+    sct,                                 # row stride of the cos / sin tables [L, D]
+    D: tl.constexpr, HB: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
+    DYN: tl.constexpr, HAS_CACHE: tl.constexpr, HAS_WF: tl.constexpr,
+    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+    USE_GDC: tl.constexpr = False, PF_LINES: tl.constexpr = 1, LINE: tl.constexpr = 64,
+):
     HALF: tl.constexpr = D // 2
     TPH: tl.constexpr = HALF // HB       # tiles per head
-    slot = pid_n // TPH
+    BN: tl.constexpr = 2 * HB
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BM)
+    pid_m = pid % num_m
+    pid_n = pid // num_m
+    slot = pid_n // TPH                  # head slot: q heads, then k, then v
     j0 = (pid_n % TPH) * HB
-    i = tl.arange(0, 2 * HB)
-    feat = j0 + (i % HB) + (i // HB) * HALF
-    return slot, j0, (slot * D + feat).to(tl.int64)
-
-
-@triton.jit
-def _qkv_acc(x_ptr, w_ptr, pid_m, pid_n, kb0, kb1, M, K, stride_xm, stride_wn,
-             D: tl.constexpr, HB: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
-             EVEN_K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr):
-    """The fp32 projection tile ``[2 HB, BM]`` of weight tile ``pid_n`` and row block ``pid_m`` over
-    K-blocks ``[kb0, kb1)``."""
-    _, _, rows_w = _tile_rows(pid_n, D, HB)
+    i = tl.arange(0, BN)
+    feat = j0 + (i % HB) + (i // HB) * HALF          # tile rows: features j0.. and their partners HALF + j0..
+    rows_w = (slot * D + feat).to(tl.int64)
     offs_m = pid_m * BM + tl.arange(0, BM)
     rows_x = (offs_m % M).to(tl.int64)   # wrapped rows: unpredicated loads, masked stores
     offs_k = tl.arange(0, BK)
-    k_first = kb0 * BK
-    x_ptrs = x_ptr + rows_x[:, None] * stride_xm + (k_first + offs_k)[None, :]             # [BM, BK]
-    w_ptrs = w_ptr + rows_w[:, None] * stride_wn + (k_first + offs_k)[None, :]             # [BN, BK]
-    acc = tl.zeros((2 * HB, BM), dtype=tl.float32)
-    for kb in range(kb0, kb1):
+    x_ptrs = x_ptr + rows_x[:, None] * stride_xm + offs_k[None, :]             # [BM, BK]
+    w_ptrs = w_ptr + rows_w[:, None] * stride_wn + offs_k[None, :]             # [BN, BK]
+    _prefetch_rows(w_ptr, rows_w, stride_wn, 0, K, PF_LINES, LINE, USE_GDC)
+    gdc_wait_and_release(USE_GDC)
+    acc = tl.zeros((BN, BM), dtype=tl.float32)
+    for k in range(0, K, BK):
         if EVEN_K:
             xt = tl.load(x_ptrs)
             wt = tl.load(w_ptrs)
         else:
-            kmask = (offs_k < K - kb * BK)[None, :]
+            kmask = (offs_k < K - k)[None, :]
             xt = tl.load(x_ptrs, mask=kmask, other=0.0)
             wt = tl.load(w_ptrs, mask=kmask, other=0.0)
         if UPCAST:
@@ -70,47 +76,11 @@ def _qkv_acc(x_ptr, w_ptr, pid_m, pid_n, kb0, kb1, M, K, stride_xm, stride_wn,
         acc = _mma(wt, tl.trans(xt), acc, IEEE)
         x_ptrs += BK
         w_ptrs += BK
-    return acc
 
-
-@triton.jit
-def _qkv_step(x_ptr, w_ptr, pid_m, pid_n, kb, acc, M, K, stride_xm, stride_wn,
-              D: tl.constexpr, HB: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
-              EVEN_K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr):
-    """K-block ``kb`` of the tile added to ``acc`` (addresses from scratch: the stream-K loop changes tiles)."""
-    _, _, rows_w = _tile_rows(pid_n, D, HB)
-    rows_x = ((pid_m * BM + tl.arange(0, BM)) % M).to(tl.int64)
-    offs_k = kb * BK + tl.arange(0, BK)
-    x_ptrs = x_ptr + rows_x[:, None] * stride_xm + offs_k[None, :]
-    w_ptrs = w_ptr + rows_w[:, None] * stride_wn + offs_k[None, :]
-    if EVEN_K:
-        xt = tl.load(x_ptrs)
-        wt = tl.load(w_ptrs)
-    else:
-        kmask = (offs_k < K)[None, :]
-        xt = tl.load(x_ptrs, mask=kmask, other=0.0)
-        wt = tl.load(w_ptrs, mask=kmask, other=0.0)
-    if UPCAST:
-        xt = xt.to(tl.float32)
-        wt = wt.to(tl.float32)
-    return _mma(wt, tl.trans(xt), acc, IEEE)
-
-
-@triton.jit
-def _qkv_epilogue(
-    acc, pid_m, pid_n, out_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, start_ptr, start_val, wf_ptr, s_start,
-    M, T, H, HKV, sob, sot, soh, skb, skt, skh, svb, svt, svh, sct,
-    D: tl.constexpr, HB: tl.constexpr, BM: tl.constexpr,
-    DYN: tl.constexpr, HAS_CACHE: tl.constexpr, HAS_WF: tl.constexpr,
-):
-    """The projection rounded as F.linear's output, then RoPE in fp32 (q and k heads), then the stores
-    (q into the output, k / v into the cache slots, or into the output without a cache)."""
-    HALF: tl.constexpr = D // 2
-    slot, j0, _ = _tile_rows(pid_n, D, HB)
+    # epilogue: the projection rounded as F.linear's output, then RoPE in fp32 (q and k heads)
     dt = out_ptr.dtype.element_ty
     y = acc.to(dt).to(tl.float32)
     x1, x2 = tl.split(tl.permute(tl.reshape(y, (2, HB, BM)), (1, 2, 0)))   # [HB, BM]: feature j0+r, HALF+j0+r
-    offs_m = pid_m * BM + tl.arange(0, BM)
     m_ok = offs_m < M
     b = (offs_m // T).to(tl.int64)
     t = (offs_m % T).to(tl.int64)
@@ -138,70 +108,6 @@ def _qkv_epilogue(
         base = out_ptr + (b * sob + t * sot + slot * soh)[None, :]
     tl.store(base + c, o1.to(dt), mask=mask)
     tl.store(base + HALF + c, o2.to(dt), mask=mask)
-
-
-@triton.jit
-def _qkv_proj_rope_kernel(
-    x_ptr, w_ptr, out_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr,
-    start_ptr, start_val, wf_ptr, s_start,
-    M, T, H, HKV, K,
-    stride_xm, stride_wn,
-    sob, sot, soh,                       # out [B, T, H + 2 HKV, D] (last dim contiguous)
-    skb, skt, skh, svb, svt, svh,        # caches [B, T_max, HKV, D] (last dim contiguous)
-    sct,                                 # row stride of the cos / sin tables [L, D]
-    ws_ptr, cnt_ptr, KI, G, TOTAL,       # stream-K (SK): workspace, counters, K-blocks per tile, programs,
-                                         # tiles * KI (see kernels._streamk)
-    D: tl.constexpr, HB: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
-    DYN: tl.constexpr, HAS_CACHE: tl.constexpr, HAS_WF: tl.constexpr,
-    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
-    SK: tl.constexpr = False, SLOTS: tl.constexpr = 1,
-    USE_GDC: tl.constexpr = False, PF_LINES: tl.constexpr = 1, LINE: tl.constexpr = 64,
-):
-    pid = tl.program_id(0)
-    num_m = tl.cdiv(M, BM)
-    if SK:
-        start, end = sk_range(pid, G, TOTAL)
-    else:
-        start = pid * KI
-        end = start + KI
-    tile0 = start // KI
-    _, _, rows_pf = _tile_rows(tile0 // num_m, D, HB)
-    _prefetch_rows(w_ptr, rows_pf, stride_wn, (start - tile0 * KI) * BK, K, PF_LINES, LINE, USE_GDC)
-    gdc_wait_and_release(USE_GDC)
-    if SK:
-        # one flat loop over the program's (tile, K-block) iterations: the load pipeline runs on across
-        # tile boundaries (see kernels.mlp._gate_up_silu_kernel)
-        RC: tl.constexpr = 2 * HB * BM
-        acc = tl.zeros((2 * HB, BM), dtype=tl.float32)
-        for it in range(start, end):
-            tile = it // KI
-            kb = it - tile * KI
-            pid_m = tile % num_m
-            pid_n = tile // num_m
-            acc = _qkv_step(x_ptr, w_ptr, pid_m, pid_n, kb, acc, M, K, stride_xm, stride_wn,
-                            D, HB, BM, BK, EVEN_K, UPCAST, IEEE)
-            if (kb == KI - 1) | (it == end - 1):          # the end of a segment
-                own = (kb == KI - 1) & (tile * KI >= start)  # the whole tile was this program's
-                if not own:              # a shared tile: publish the partial; the last contributor finishes
-                    first, n = sk_contributors(tile, KI, G, TOTAL)
-                    tile_off = tile * (SLOTS * RC)
-                    sk_publish(ws_ptr, acc, tile_off + (pid - first) * RC, 2 * HB, BM)
-                    own = sk_arrive(cnt_ptr + tile, n)
-                    if own:
-                        acc = sk_collect(ws_ptr, tile_off, n, RC, 2 * HB, BM, SLOTS)
-                if own:
-                    _qkv_epilogue(acc, pid_m, pid_n, out_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, start_ptr,
-                                  start_val, wf_ptr, s_start, M, T, H, HKV, sob, sot, soh, skb, skt, skh, svb, svt,
-                                  svh, sct, D, HB, BM, DYN, HAS_CACHE, HAS_WF)
-                acc = tl.zeros_like(acc)
-    else:
-        pid_m = pid % num_m
-        pid_n = pid // num_m
-        acc = _qkv_acc(x_ptr, w_ptr, pid_m, pid_n, 0, KI, M, K, stride_xm, stride_wn,
-                       D, HB, BM, BK, EVEN_K, UPCAST, IEEE)
-        _qkv_epilogue(acc, pid_m, pid_n, out_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, start_ptr, start_val,
-                      wf_ptr, s_start, M, T, H, HKV, sob, sot, soh, skb, skt, skh, svb, svt, svh, sct,
-                      D, HB, BM, DYN, HAS_CACHE, HAS_WF)
 
 
 def _half_tile(D: int) -> int:
@@ -276,9 +182,8 @@ def qkv_proj_rope(x: torch.Tensor, w_qkv: torch.Tensor, cos_table: torch.Tensor,
     vc = v_cache if has_cache else out
     kst = kc.stride() if has_cache else (0, 0, 0, 1)
     vst = vc.stride() if has_cache else (0, 0, 0, 1)
-    tiles, KI = cdiv(M, cfg["BM"]) * NH * (D // 2 // hb), cdiv(d, cfg["BK"])
-    sk = _stream_k(cfg, x.device, tiles, KI, 2 * hb * cfg["BM"])
-    _qkv_proj_rope_kernel[(tiles,) if sk is None else (sk["G"],)](
+    grid = (cdiv(M, cfg["BM"]) * NH * (D // 2 // hb),)
+    _qkv_proj_rope_kernel[grid](
         x2, w_qkv, out, cos_table, sin_table, kc, vc,
         start if dyn else out, 0 if dyn else start, write_from if write_from is not None else out,
         1 if dyn and start.dim() == 1 else 0,
@@ -287,12 +192,10 @@ def qkv_proj_rope(x: torch.Tensor, w_qkv: torch.Tensor, cos_table: torch.Tensor,
         out.stride(0), out.stride(1), out.stride(2),
         kst[0], kst[1], kst[2], vst[0], vst[1], vst[2],
         cos_table.stride(0),
-        *_sk_args(sk, out, KI, tiles),
         D=D, HB=hb, BM=cfg["BM"], BK=cfg["BK"], DYN=dyn, HAS_CACHE=has_cache, HAS_WF=write_from is not None,
         EVEN_K=d % cfg["BK"] == 0, UPCAST=interp and x.dtype == torch.bfloat16,
         IEEE=x.dtype == torch.float32 and not interp,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **gdc,
-        **({} if sk is None else dict(SK=True, SLOTS=sk["SLOTS"])),
     )
     q = out[:, :, :H]
     if has_cache:
