@@ -314,8 +314,10 @@ def _gate_up_config(M: int, N: int, K: int, dtype: torch.dtype, interpret: bool)
 def down_config(M: int, N: int, K: int, dtype: torch.dtype, interpret: Optional[bool] = None) -> dict:
     """Meta-parameters of the down kernel for ``a [M, K] @ w[N, K].T`` (``SPLIT_K`` > 1: fp32 partials).
 
-    ``SPLIT_K`` brings the program count to about 256 (2 per SM) when the output has few tiles and each
-    split keeps at least 8 K-blocks (4 at M=32, 2 at M=256, 1 at M=1024 for the LLaDA-8B shape).
+    ``SPLIT_K`` brings the program count to about 128 (decode rows; 256 above 64 rows) when the output has
+    few tiles and each split keeps at least 8 K-blocks; at up to 32 rows a split also holds at most 32 K-blocks
+    (power-of-two splits). LLaDA-8B: the down projection 4 splits at M=32, 2 at M=256, 1 at M=1024; the O
+    projection 2 at M=32.
     Returns a new dict on every call (the values are memoised per shape).
     """
     return _down_config(M, N, K, dtype, is_interpreter() if interpret is None else bool(interpret))
@@ -340,6 +342,12 @@ def _down_config(M: int, N: int, K: int, dtype: torch.dtype, interpret: bool) ->
     # for the O and down projections at M = 32), two above
     target = 128 if M <= 64 else 256
     cfg["SPLIT_K"] = max(1, min(cdiv(K, 8 * cfg["BK"]), target // tiles))
+    if M <= 32:
+        # long K at 32 rows: at most 32 K-blocks a split (a power of two of splits). LLaDA-8B's down projection
+        # (96 K-blocks) gets 4 splits, 256 programs: batch-1 block step 4.426 / 4.431 / 4.435 ms vs 4.445-4.447
+        # with 2, alternating on one H200 lease; 3 or 6 splits (uneven grids) and 4 for the O projection (32
+        # K-blocks) were slower (results/bench_decode/down_split_ab_h200_5d9fd17.txt)
+        cfg["SPLIT_K"] = max(cfg["SPLIT_K"], min(cdiv(K, 8 * cfg["BK"]), next_pow2(cdiv(cdiv(K, cfg["BK"]), 32))))
     return cfg
 
 

@@ -254,11 +254,12 @@ _COMPILE = textwrap.dedent("""
                         dict(p_ptr="*fp32", r_ptr="*" + dt, y_ptr="*" + dt, M="i32", N="i32",
                              stride_rm="i32", stride_ym="i32"),
                         dict(S=4, BLOCK=1024, HAS_RES=has_res, USE_GDC=True))
-            compile_for(mlp._splitk_reduce_norm_kernel,
-                        dict(p_ptr="*fp32", r_ptr="*" + dt, h_ptr="*" + dt, w_ptr="*" + dt, y_ptr="*" + dt,
-                             M="i32", N="i32", eps="fp32", stride_rm="i32", stride_hm="i32",
-                             stride_ym="i32"),
-                        dict(S=2, BLOCK=4096, HAS_RES=has_res, USE_GDC=True))
+            for S in (2, 4):  # the O and down projections' splits at 32 rows
+                compile_for(mlp._splitk_reduce_norm_kernel,
+                            dict(p_ptr="*fp32", r_ptr="*" + dt, h_ptr="*" + dt, w_ptr="*" + dt, y_ptr="*" + dt,
+                                 M="i32", N="i32", eps="fp32", stride_rm="i32", stride_hm="i32",
+                                 stride_ym="i32"),
+                            dict(S=S, BLOCK=4096, HAS_RES=has_res, USE_GDC=True))
         compile_for(mlp._silu_mul_kernel, dict(gu_ptr="*" + dt, a_ptr="*" + dt, H="i32", stride_gm="i32",
                                                stride_am="i32"), dict(BLOCK=2048, USE_GDC=True))
     print("ok")
