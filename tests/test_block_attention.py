@@ -145,6 +145,8 @@ GPU_LIKE = [
     dict(block_m=64, block_n=16, n_splits=4, min_tiles=2, merge_in_kernel=True, num_warps=4, num_stages=2),
     dict(block_m=64, block_n=16, n_splits=4, min_tiles=1, merge_in_kernel=False, num_warps=4, num_stages=2),
     dict(block_m=32, block_n=64, n_splits=1, min_tiles=1, merge_in_kernel=True, num_warps=4, num_stages=2),
+    # the batch-1 decode tiles (16 query rows, 128 keys, no split)
+    dict(block_m=16, block_n=128, n_splits=1, min_tiles=1, merge_in_kernel=False, num_warps=4, num_stages=3),
 ]
 
 
