@@ -45,6 +45,22 @@ _LOG2E = 1.4426950408889634
 
 # ------------------------------------------------------------------------------------------ kernels
 @triton.jit
+def _visible_range(kv_start_ptr, key_end_ptr, b, t, row_ok, kv_len, stride_ksb, stride_keb, stride_ket,
+                   HAS_KV_START: tl.constexpr, HAS_KEY_END: tl.constexpr):
+    """The visible key range from device memory: ``[lo, ke)`` per row, ``[lo, hi)`` for the tile."""
+    if HAS_KV_START:
+        lo = tl.maximum(tl.load(kv_start_ptr + b * stride_ksb).to(tl.int32), 0)
+    else:
+        lo = 0
+    if HAS_KEY_END:
+        ke = tl.load(key_end_ptr + b * stride_keb + t * stride_ket, mask=row_ok, other=0).to(tl.int32)
+        ke = tl.minimum(ke, kv_len)
+    else:
+        ke = tl.where(row_ok, kv_len, 0)
+    return lo, ke, tl.max(ke, axis=0)
+
+
+@triton.jit
 def _block_attn_fwd_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr,                # q [B,Tq,H,D]; k, v [B,T_max,Hkv,D]; o [B,Tq,H,D]
     m_part_ptr, l_part_ptr, acc_part_ptr,      # partials [P, BLOCK_M] / [P, BLOCK_M, BLOCK_D] fp32
@@ -62,7 +78,6 @@ def _block_attn_fwd_kernel(
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, COUNT_TILES: tl.constexpr,
     MERGE_IN_KERNEL: tl.constexpr, SPLITS_P2: tl.constexpr, USE_GDC: tl.constexpr = False,
 ):
-    gdc_wait_and_release(USE_GDC)
     pid_s = tl.program_id(0)     # KV split
     pid_m = tl.program_id(1)     # query-row tile
     pid_bh = tl.program_id(2)    # batch * Hkv + kv head
@@ -76,18 +91,16 @@ def _block_attn_fwd_kernel(
     row_ok = t < Tq
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < D
+    q_ptrs = q_ptr + b64 * stride_qb + t[:, None] * stride_qt + h[:, None] * stride_qh + offs_d[None, :]
 
-    # ---- visible key range, from device memory: [lo, key_end_row) per row, [lo, hi) for the tile
-    if HAS_KV_START:
-        lo = tl.maximum(tl.load(kv_start_ptr + b * stride_ksb).to(tl.int32), 0)
-    else:
-        lo = 0
-    if HAS_KEY_END:
-        ke = tl.load(key_end_ptr + b * stride_keb + t * stride_ket, mask=row_ok, other=0).to(tl.int32)
-        ke = tl.minimum(ke, kv_len)
-    else:
-        ke = tl.where(row_ok, kv_len, 0)
-    hi = tl.max(ke, axis=0)
+    # The visible range is read before the PDL wait: kv_start / key_end are never written by the kernel launched
+    # just before this one (it writes q, k, v), and every kernel of this package waits on its own predecessor
+    # before it lets this one launch, so anything older is complete and visible here. Saves a dependent load
+    # after the wait: batch-1 block step 4.368-4.370 vs 4.381-4.382 ms, H200 (results/bench_decode/attn_tiles_ab_h200_20819f6.txt).
+    lo, ke, hi = _visible_range(kv_start_ptr, key_end_ptr, b, t, row_ok, kv_len, stride_ksb, stride_keb, stride_ket,
+                                HAS_KV_START, HAS_KEY_END)
+    gdc_wait_and_release(USE_GDC)
+    q = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)       # [BM, BD]
 
     # ---- this split's share of the tiles intersecting [lo, hi). The range is known only here (on
     # the device), so the number of splits that get work is decided here too: at least min_tiles
@@ -100,8 +113,6 @@ def _block_attn_fwd_kernel(
     j_start = tile_lo + pid_s * per_split
     j_end = tl.minimum(j_start + per_split, tile_hi)
 
-    q_ptrs = q_ptr + b64 * stride_qb + t[:, None] * stride_qt + h[:, None] * stride_qh + offs_d[None, :]
-    q = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)       # [BM, BD]
     if UPCAST:
         q = q.to(tl.float32)
     k_base = k_ptr + b64 * stride_kb + kvh * stride_kh
@@ -413,6 +424,9 @@ def block_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     causal masking inside that range; softmax in fp32 (exp2, ``log2(e)`` folded into the scale).
     By contract every query sees at least one key; a row that sees none gets an output of 0 (never
     NaN). Slots outside the visible range are never read, so they may hold anything (even NaN).
+    With PDL (sm_90+, up to 64 query rows) ``kv_start`` / ``key_end`` are read before the kernel waits
+    on the previous kernel of the stream: they must not be the output of the kernel launched just before
+    (a torch op, or any kernel without PDL, is always safe: it lets this one start only when complete).
 
     Returns: ``[B, Tq, H, D]`` contiguous, in ``q.dtype``.
     """
