@@ -406,7 +406,7 @@ def generate_stream(params: Params, cfg: LLaDAConfig, prompts, *, gen_length: in
 
     for b in range(nb):
         s_int = P + b * Lb
-        if bool(done.all()):
+        if early_stop and bool(done.all()):  # (done changes only with early_stop: no host sync otherwise)
             break
         schedule = num_transfer_tokens(torch.ones(B, Lb, dtype=torch.bool, device=device), spb) \
             if threshold is None and factor is None else None
