@@ -160,7 +160,8 @@ def test_early_stop_fills_eos_after_end_and_saves_forwards():
     found = False
     for p in PROMPTS + [[43, 250, 114, 183, 251, 287, 35]]:
         full = generate(params, cfg, [p], gen_length=32, block_length=8, steps=32, cache="block", early_stop=False)
-        es = generate(params, cfg, [p], gen_length=32, block_length=8, steps=32, cache="block")  # default on
+        es = generate(params, cfg, [p], gen_length=32, block_length=8, steps=32, cache="block",
+                      record_steps=True)  # early stop: default on
         f, e = full.tokens[0].tolist(), es.tokens[0].tolist()
         first_end = next((i for i, t in enumerate(f) if t in ends), None)
         if first_end is None or first_end >= 24:
@@ -171,6 +172,17 @@ def test_early_stop_fills_eos_after_end_and_saves_forwards():
         assert e[:blk_end] == f[:blk_end]
         assert e[blk_end:] == [cfg.eos_token_id] * (32 - blk_end)
         assert es.nfe[0] == blk_end < full.nfe[0]
+        # the steps reported are exactly those of the blocks up to the end (8 steps a block); the first step of
+        # the next block, queued before the host learns that every row has finished, is not reported
+        assert len(es.steps) == blk_end and {st.block for st in es.steps} == set(range(blk_end // 8))
+        # the device-position (graph) code path stops the same way
+        dp = generate(params, cfg, [p], gen_length=32, block_length=8, steps=32, cache="block", device_positions=True,
+                      record_steps=True)
+        assert dp.tokens.tolist() == es.tokens.tolist() and dp.nfe == es.nfe and len(dp.steps) == blk_end
+        # and a stream stops after the last block's event
+        kinds = [type(ev).__name__ for ev in generate_stream(params, cfg, [p], gen_length=32, block_length=8,
+                                                             steps=32, cache="block")]
+        assert kinds.count("BlockEvent") == blk_end // 8 and kinds[-1] == "GenerateResult"
     assert found, "no prompt ended early: the test checks nothing"
 
 
