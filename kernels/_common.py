@@ -38,8 +38,9 @@ def pdl_launch(t: torch.Tensor, rows: int) -> dict:
     kernel to complete before it reads or writes any activation, and only prefetches weights (which no
     kernel writes) before that. Since each such kernel lets its successor launch only after that wait, a
     kernel may also read, before its own wait, inputs that the kernel just before it does not write: block
-    attention reads its key range (``kv_start`` / ``key_end``) that way. Returns ``{}`` (plain launch) under the interpreter, on the CPU, on older
-    GPUs, with a triton without PDL, or when the environment sets ``LLADA_PDL=0`` (debugging switch).
+    attention reads its key range (``kv_start`` / ``key_end``) that way. Returns ``{}`` (plain launch)
+    under the interpreter, on the CPU, on older GPUs, with a triton without PDL, or when the environment
+    sets ``LLADA_PDL=0`` (debugging switch).
     Pass the result as ``**pdl_launch(t, rows)`` together with ``USE_GDC=bool(...)``.
     """
     if (rows > PDL_MAX_ROWS or is_interpreter() or t.device.type != "cuda"

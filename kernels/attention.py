@@ -12,9 +12,11 @@ program writes a partial softmax state ``(m, l, acc)`` for all its query rows; a
 merges the partials in a fixed order (deterministic results) and writes the output. An alternative
 (``merge_in_kernel=True``) lets the last program of each group to arrive (an atomic counter) merge
 instead; no program ever waits for another, so it is safe in any order and in the interpreter, but
-with the counters' memset it measured slower on an H200 and is off by default. With
-``n_splits == 1`` (enough batch x heads to fill the GPU) the kernel normalises and writes the output
-directly.
+with the counters' memset it measured slower on an H200 and is off by default (so did a memset-free
+variant, on top of the batch-1 tiles below). With ``n_splits == 1`` the kernel normalises and writes the
+output directly: when batch x heads fill the GPU, and for short ranges at small batch, where splitting
+the keys measured slower than smaller query tiles (16 query rows and 128-key tiles at batch 1: twice the
+programs, half the MMA work per key each).
 
 GQA: the ``H // Hkv`` query heads that share a kv head are packed as extra query rows of one tile
 (row ``r`` = query ``r // G``, head ``kvh * G + r % G``), so every K/V tile is loaded once per kv head.
@@ -93,10 +95,11 @@ def _block_attn_fwd_kernel(
     d_ok = offs_d < D
     q_ptrs = q_ptr + b64 * stride_qb + t[:, None] * stride_qt + h[:, None] * stride_qh + offs_d[None, :]
 
-    # The visible range is read before the PDL wait: kv_start / key_end are never written by the kernel launched
-    # just before this one (it writes q, k, v), and every kernel of this package waits on its own predecessor
-    # before it lets this one launch, so anything older is complete and visible here. Saves a dependent load
-    # after the wait: batch-1 block step 4.368-4.370 vs 4.381-4.382 ms, H200 (results/bench_decode/attn_tiles_ab_h200_20819f6.txt).
+    # The visible range is read before the PDL wait: kv_start / key_end are never written by the kernel
+    # launched just before this one (it writes q, k, v), and every kernel of this package waits on its own
+    # predecessor before it lets this one launch, so anything older is complete and visible here. Saves a
+    # dependent load after the wait: batch-1 block step 4.368-4.370 vs 4.381-4.382 ms, H200
+    # (results/bench_decode/attn_tiles_ab_h200_20819f6.txt).
     lo, ke, hi = _visible_range(kv_start_ptr, key_end_ptr, b, t, row_ok, kv_len, stride_ksb, stride_keb, stride_ket,
                                 HAS_KV_START, HAS_KEY_END)
     gdc_wait_and_release(USE_GDC)
@@ -264,8 +267,9 @@ def _attention_config(B: int, Tq: int, H: int, Hkv: int, D: int, kv_len: int, de
         n_splits = max(1, min(programs // base, n_tiles // 4, 64))
     if n_splits == 1 and rows <= 32 and B * Hkv * cdiv(rows, 16) <= n_sm:
         # short ranges at small batch (no split): 16-row query tiles (twice the programs, each with half the
-        # MMA work per key tile) and 128-key tiles. LLaDA-8B batch-1 block step (32 queries, 32 heads, KV <= 384):
-        # 4.380 / 4.388 ms vs 4.432 / 4.437 / 4.439 with 32 x 64 tiles, H200 (results/bench_decode/attn_tiles_ab_h200_20819f6.txt)
+        # MMA work per key tile) and 128-key tiles. LLaDA-8B batch-1 block step (32 queries, 32 heads,
+        # KV <= 384): 4.380 / 4.388 ms vs 4.432 / 4.437 / 4.439 with 32 x 64 tiles, H200
+        # (results/bench_decode/attn_tiles_ab_h200_20819f6.txt)
         block_m, block_n = 16, 128
     return dict(block_m=block_m, block_n=block_n, n_splits=n_splits, min_tiles=1,
                 merge_in_kernel=False, num_warps=4, num_stages=3)
