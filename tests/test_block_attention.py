@@ -322,3 +322,25 @@ def test_pick_config_fresh_dict():
     want = dict(a)
     a["n_splits"] = -1
     assert _pick_config(1, 32, 4, 4, 16, 100, torch.device("cpu")) == want
+
+
+def test_gpu_config_rule(monkeypatch):
+    """The GPU launch rule (a pure function of the shapes and the SM count), at LLaDA-8B decode shapes on a
+    132-SM GPU: batch 1 with a short range gets 16-row query tiles and 128-key tiles, no split; longer
+    ranges split the keys instead; a full batch or more query rows keep 32/64-row tiles."""
+    import types
+
+    from kernels.attention import _attention_config
+
+    props = types.SimpleNamespace(multi_processor_count=132)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: props)
+    cpu = torch.device("cpu")
+    pick = lambda B, Tq, kv: _attention_config(B, Tq, 32, 32, 128, kv, cpu, False)  # noqa: E731
+    c = pick(1, 32, 384)
+    assert (c["block_m"], c["block_n"], c["n_splits"]) == (16, 128, 1)
+    c = pick(1, 32, 4096)
+    assert c["n_splits"] > 1 and (c["block_m"], c["block_n"]) == (32, 64)
+    c = pick(8, 32, 384)
+    assert (c["block_m"], c["block_n"], c["n_splits"]) == (32, 64, 1)
+    c = pick(1, 64, 384)
+    assert (c["block_m"], c["block_n"], c["n_splits"]) == (64, 64, 1)

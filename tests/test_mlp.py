@@ -182,6 +182,19 @@ def test_configs_deterministic():
                 assert c == down_config(M, 4096, 12288, dt, interp) and c["SPLIT_K"] >= 1
 
 
+def test_down_split_rule():
+    """The GPU split-K rule at LLaDA-8B's decode shapes (K-blocks of 128): at <= 32 rows a split holds at most
+    32 K-blocks (down projection, 96 K-blocks: 4 splits; O projection, 32 K-blocks: 2); above 32 rows ~128
+    programs (2 splits); at 1024 rows the tiles fill the GPU (1)."""
+    want = {(1, 12288): 4, (32, 12288): 4, (33, 12288): 2, (64, 12288): 2, (32, 4096): 2, (256, 12288): 2,
+            (1024, 12288): 1}
+    for (M, K), split in want.items():
+        c = down_config(M, 4096, K, torch.bfloat16, False)
+        k_blocks = -(-K // c["BK"])
+        assert c["SPLIT_K"] == split, (M, K, c)
+        assert -(-k_blocks // split) >= 8  # every split keeps at least 8 K-blocks
+
+
 def test_configs_are_fresh_dicts():
     """The configs are memoised per shape; each call must still hand out its own dict (launchers and sweep
     scripts edit theirs)."""
