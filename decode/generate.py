@@ -264,20 +264,25 @@ def _make_rule(cfg, temperature, remasking, threshold, factor, cfg_scale, seed, 
 
 
 class _HostFlag:
-    """A device bool read on the host without blocking the queue: on CUDA, copied into pinned memory
-    behind the work already queued, with an event to wait on when the value is needed (:meth:`get`)."""
+    """A device bool read on the host without blocking the queue: on CUDA, :meth:`put` copies it into one
+    pinned buffer behind the work already queued and records an event, which :meth:`get` waits on. One
+    value in flight at a time (each ``put`` is read before the next)."""
 
-    def __init__(self, flag: torch.Tensor):
-        if flag.device.type == "cuda":
-            self.host = torch.empty((), dtype=torch.bool, pin_memory=True)
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.host = torch.empty((), dtype=torch.bool, pin_memory=True) if self.cuda else None
+        self.event = torch.cuda.Event() if self.cuda else None
+
+    def put(self, flag: torch.Tensor) -> "_HostFlag":
+        if self.cuda:
             self.host.copy_(flag, non_blocking=True)
-            self.event = torch.cuda.Event()
             self.event.record()
         else:
-            self.host, self.event = flag, None
+            self.host = flag
+        return self
 
     def get(self) -> bool:
-        if self.event is not None:
+        if self.cuda:
             self.event.synchronize()
         return bool(self.host)
 
@@ -423,11 +428,13 @@ def generate_stream(params: Params, cfg: LLaDAConfig, prompts, *, gen_length: in
         nfe.add_(masked.any(1))
         return committed, new, conf  # conf is -inf off the masked positions
 
+    # the linear schedule is the same for every block (each starts fully masked)
+    schedule = num_transfer_tokens(torch.ones(B, Lb, dtype=torch.bool, device=device), spb) \
+        if threshold is None and factor is None else None
+    done_flag = _HostFlag(device) if early_stop and schedule is not None else None
     stop = False
     for b in range(nb):
         s_int = P + b * Lb
-        schedule = num_transfer_tokens(torch.ones(B, Lb, dtype=torch.bool, device=device), spb) \
-            if threshold is None and factor is None else None
         all_done = None
         if early_stop and b > 0:  # (done changes only with early stop)
             if schedule is None:
@@ -439,7 +446,7 @@ def generate_stream(params: Params, cfg: LLaDAConfig, prompts, *, gen_length: in
                 # the GPU drain and then wait for the next graph launch: ~0.67 ms per block on an H200). If every
                 # row had finished, that step commits nothing (only masked positions of unfinished rows can be
                 # committed) and is not reported.
-                all_done = _HostFlag(done.all())
+                all_done = done_flag.put(done.all())
         i = 0
         while True:
             if schedule is not None:

@@ -341,13 +341,15 @@ def _down_config(M: int, N: int, K: int, dtype: torch.dtype, interpret: bool) ->
     # about one program per SM at decode sizes (with PDL, two per SM measured slower: 128 vs 256 programs
     # for the O and down projections at M = 32), two above
     target = 128 if M <= 64 else 256
-    cfg["SPLIT_K"] = max(1, min(cdiv(K, 8 * cfg["BK"]), target // tiles))
+    k_blocks = cdiv(K, cfg["BK"])
+    max_split = cdiv(k_blocks, 8)        # every split keeps at least 8 K-blocks
+    cfg["SPLIT_K"] = max(1, min(max_split, target // tiles))
     if M <= 32:
         # long K at 32 rows: at most 32 K-blocks a split (a power of two of splits). LLaDA-8B's down projection
         # (96 K-blocks) gets 4 splits, 256 programs: batch-1 block step 4.426 / 4.431 / 4.435 ms vs 4.445-4.447
         # with 2, alternating on one H200 lease; 3 or 6 splits (uneven grids) and 4 for the O projection (32
         # K-blocks) were slower (results/bench_decode/down_split_ab_h200_5d9fd17.txt)
-        cfg["SPLIT_K"] = max(cfg["SPLIT_K"], min(cdiv(K, 8 * cfg["BK"]), next_pow2(cdiv(cdiv(K, cfg["BK"]), 32))))
+        cfg["SPLIT_K"] = max(cfg["SPLIT_K"], min(max_split, next_pow2(cdiv(k_blocks, 32))))
     return cfg
 
 
