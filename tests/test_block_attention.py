@@ -147,6 +147,8 @@ GPU_LIKE = [
     dict(block_m=32, block_n=64, n_splits=1, min_tiles=1, merge_in_kernel=True, num_warps=4, num_stages=2),
     # the batch-1 decode tiles (16 query rows, 128 keys, no split)
     dict(block_m=16, block_n=128, n_splits=1, min_tiles=1, merge_in_kernel=False, num_warps=4, num_stages=3),
+    # large batches over short ranges (32 query rows, 32 keys, no split)
+    dict(block_m=32, block_n=32, n_splits=1, min_tiles=1, merge_in_kernel=False, num_warps=4, num_stages=3),
 ]
 
 
@@ -327,7 +329,8 @@ def test_pick_config_fresh_dict():
 def test_gpu_config_rule(monkeypatch):
     """The GPU launch rule (a pure function of the shapes and the SM count), at LLaDA-8B decode shapes on a
     132-SM GPU: batch 1 with a short range gets 16-row query tiles and 128-key tiles, no split; longer
-    ranges split the keys instead; a full batch or more query rows keep 32/64-row tiles."""
+    ranges split the keys instead; batch 8 or more query rows keep 32/64-row tiles; batch 32 (>= 4 waves of
+    programs) over at most 256 keys gets 32-key tiles."""
     import types
 
     from kernels.attention import _attention_config
@@ -344,3 +347,9 @@ def test_gpu_config_rule(monkeypatch):
     assert (c["block_m"], c["block_n"], c["n_splits"]) == (32, 64, 1)
     c = pick(1, 64, 384)
     assert (c["block_m"], c["block_n"], c["n_splits"]) == (64, 64, 1)
+    # batch 32 (1024 programs, >= 4 waves): 32-key tiles up to 256 keys, 64-key tiles above
+    for kv, bn in ((128, 32), (256, 32), (384, 64), (1024, 64)):
+        c = pick(32, 32, kv)
+        assert (c["block_m"], c["block_n"], c["n_splits"]) == (32, bn, 1), (kv, c)
+    c = pick(8, 32, 128)
+    assert (c["block_m"], c["block_n"], c["n_splits"]) == (32, 64, 1)
