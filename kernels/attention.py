@@ -271,10 +271,10 @@ def _attention_config(B: int, Tq: int, H: int, Hkv: int, D: int, kv_len: int, de
         # KV <= 384): 4.380 / 4.388 ms vs 4.432 / 4.437 / 4.439 with 32 x 64 tiles, H200
         # (results/bench_decode/attn_tiles_ab_h200_20819f6.txt)
         block_m, block_n = 16, 128
-    elif n_splits == 1 and base >= 4 * n_sm and kv_len <= 256:
-        # many programs (>= 4 waves) over short ranges: 32-key tiles. LLaDA-8B shapes at batch 32 (32 queries,
-        # 32 heads), us per call: KV 128 26.5 vs 28.5, KV 192 33.8 vs 36.9, KV 256 41.6 vs 44.3; at KV 384-1024
-        # and at batch 8 (256 programs) the 64-key tiles are as fast or faster. H200, this session's sweep
+    elif n_splits == 1 and block_m == 32 and base >= 4 * n_sm and kv_len <= 256:
+        # 32-row query tiles, many programs (>= 4 waves), short ranges: 32-key tiles. LLaDA-8B shapes at batch 32
+        # (32 queries, 32 heads), us per call: KV 128 26.5 vs 28.5, KV 192 33.8 vs 36.9, KV 256 41.6 vs 44.3; at
+        # KV 384-1024 and at batch 8 (256 programs) the 64-key tiles are as fast or faster. H200
         # (results/kernels/attn_tiles_b32_h200_4da865a.txt)
         block_n = 32
     return dict(block_m=block_m, block_n=block_n, n_splits=n_splits, min_tiles=1,

@@ -353,3 +353,5 @@ def test_gpu_config_rule(monkeypatch):
         assert (c["block_m"], c["block_n"], c["n_splits"]) == (32, bn, 1), (kv, c)
     c = pick(8, 32, 128)
     assert (c["block_m"], c["block_n"], c["n_splits"]) == (32, 64, 1)
+    c = pick(32, 64, 128)   # 64-row query tiles: not measured with 32-key tiles, the default stays
+    assert (c["block_m"], c["block_n"], c["n_splits"]) == (64, 64, 1)
