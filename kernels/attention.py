@@ -16,7 +16,8 @@ with the counters' memset it measured slower on an H200 and is off by default (s
 variant, on top of the batch-1 tiles below). With ``n_splits == 1`` the kernel normalises and writes the
 output directly: when batch x heads fill the GPU, and for short ranges at small batch, where splitting
 the keys measured slower than smaller query tiles (16 query rows and 128-key tiles at batch 1: twice the
-programs, half the MMA work per key each).
+programs, half the MMA work per key each). With four or more waves of 32-row query tiles over at most 256
+keys (batch 32 at LLaDA-8B shapes) the key tiles are 32 wide.
 
 GQA: the ``H // Hkv`` query heads that share a kv head are packed as extra query rows of one tile
 (row ``r`` = query ``r // G``, head ``kvh * G + r % G``), so every K/V tile is loaded once per kv head.
