@@ -36,9 +36,10 @@ from typing import Callable, Iterator, List, Optional, Union
 import torch
 
 from llada.config import LLaDAConfig
+from kernels.reference import commit_step_ref
 from llada.ops import REFERENCE_OPS, Ops
 from llada.weights import Params
-from .cache import POLICIES, StepContext, const, make_policy, take_cols
+from .cache import POLICIES, StepContext, make_policy, take_cols
 from .schedule import num_transfer_tokens
 
 __all__ = ["generate", "generate_stream", "GenerateResult", "StepEvent", "BlockEvent", "pad_prompts",
@@ -216,42 +217,52 @@ class _Rule:
     no_conf: tuple
     compact_above: int = COMPACT_ABOVE
 
-    def commit(self, ops, lm_head, hidden, uncond, masked, *, offset, k, rand_gen):
-        """``hidden`` / ``uncond`` [B, Lb, d] -> (x0 [B, Lb], conf [B, Lb], committed bool [B, Lb]).
+    def compacts(self, ops, n_rows: int) -> bool:
+        """Whether :meth:`sample` gathers the masked rows (and so needs ``masked``) for ``n_rows`` block rows."""
+        return n_rows > self.compact_above and head_skips_rows(ops.head)
 
-        Only masked positions can be committed; ``x0`` / ``conf`` are -1 / -inf elsewhere. When the head
-        can skip rows (:func:`head_skips_rows`) and the block has more than ``compact_above`` rows, the
-        masked rows are gathered to the front on the device
-        (:func:`masked_first`) and the head runs on those only (``n_rows`` = their count; ``row_ids`` = their
-        row in ``[B * Lb]``, so the sampling noise of a position does not depend on the compaction): no
-        host synchronisation, static shapes (one CUDA graph serves every step).
+    def sample(self, ops, lm_head, hidden, uncond, masked, *, offset, rand_gen):
+        """``hidden`` / ``uncond`` [B, Lb, d] -> (x0 int64 [B, Lb], conf [B, Lb]): the sampled token and its
+        confidence (uniform noise with ``remasking='random'``) at every position; values at positions that are
+        not masked are unspecified (:meth:`commit` ignores them).
+
+        When :meth:`compacts`, the masked rows (bool ``masked`` [B, Lb]) are gathered to the front on the
+        device (:func:`masked_first`) and the head runs on those only (``n_rows`` = their count; ``row_ids`` =
+        their row in ``[B * Lb]``, so the sampling noise of a position does not depend on the compaction): no
+        host synchronisation, static shapes (one CUDA graph serves every step). ``masked`` is unused otherwise.
         """
         B, Lb, d = hidden.shape
         N = B * Lb
-        flat = masked.reshape(N)
         kw = dict(temperature=self.temperature, seed=self.seed, offset=offset, banned_ids=self.banned,
                   no_confidence_ids=self.no_conf, cfg_scale=self.cfg_scale)
         h = hidden.reshape(N, d)
         hu = None if uncond is None else uncond.reshape(N, d)
-        if N > self.compact_above and head_skips_rows(ops.head):
-            order, dest, n = masked_first(flat)
+        if self.compacts(ops, N):
+            order, dest, n = masked_first(masked.reshape(N))
             x0, conf = ops.head(h.index_select(0, order), lm_head,
                                 uncond_hidden=None if hu is None else hu.index_select(0, order), n_rows=n,
                                 row_ids=order if self.temperature > 0 else None, **kw)
             x0, conf = x0.index_select(0, dest), conf.index_select(0, dest)  # rows >= n: unspecified
         else:
             x0, conf = ops.head(h, lm_head, uncond_hidden=hu, **kw)
-        x0 = torch.where(flat, x0, -1).view(B, Lb)
-        conf = torch.where(flat, conf, float("-inf")).view(B, Lb)
-        if self.remasking == "random":  # uniform confidences, still -inf off the masked positions
-            conf = torch.where(masked, torch.rand((B, Lb), generator=rand_gen, device=hidden.device), float("-inf"))
+        if self.remasking == "random":  # uniform confidences (only the masked positions' count)
+            conf = torch.rand((B, Lb), generator=rand_gen, device=hidden.device)
+        return x0.view(B, Lb), conf.view(B, Lb)
+
+    def commit(self, ops, tokens, start, x0, conf, *, mask_id, done, k, nfe):
+        """Select among the block's masked positions (``tokens[:, start:start + Lb] == mask_id`` in rows not
+        ``done``) by the rule, write their ``x0`` into ``tokens`` and count a forward in ``nfe`` for every row
+        with a masked position: ``ops.commit`` (one launch), or :func:`kernels.reference.commit_step_ref`
+        around ``ops.select``. Returns (committed bool [B, Lb], conf [B, Lb] (-inf off the masked positions),
+        the block's tokens after the step)."""
         if self.threshold is not None:
-            committed = ops.select(conf, masked, threshold=self.threshold)
+            rule = dict(threshold=self.threshold)
         elif self.factor is not None:
-            committed = ops.select(conf, masked, factor=self.factor)
+            rule = dict(factor=self.factor)
         else:
-            committed = ops.select(conf, masked, k=k)
-        return x0, conf, committed
+            rule = dict(k=k)
+        fn = ops.commit if ops.commit is not None else functools.partial(commit_step_ref, select=ops.select)
+        return fn(tokens, start, x0, conf, mask_id=mask_id, done=done, nfe=nfe, **rule)
 
 
 def _make_rule(cfg, temperature, remasking, threshold, factor, cfg_scale, seed, logits_eos_inf,
@@ -410,26 +421,21 @@ def generate_stream(params: Params, cfg: LLaDAConfig, prompts, *, gen_length: in
     useful = min(spb, Lb)
 
     def step(kind: str, b: int, s):
-        blk = take_cols(x, s, Lb)
-        masked = (blk == mask_id) & ~done[:, None]
         x_in = x
         if use_cfg:  # unconditional branch: the whole prompt (pads included) masked
             un = x.clone()
             un[:, :P] = mask_id
             x_in = torch.cat([x, un])
         hidden = policy.first(x_in, b, s) if kind == "first" else policy.steady(x_in, b, s)
-        x0, conf, committed = rule.commit(ops, params.lm_head, hidden[:B], hidden[B:] if use_cfg else None, masked,
-                                          offset=calls, k=k_buf, rand_gen=rand_gen)
-        new = torch.where(committed, x0, blk)
-        if isinstance(s, torch.Tensor):
-            x.index_copy_(1, s + const("arange", Lb, device), new)
-        else:
-            x[:, s:s + Lb] = new
-        nfe.add_(masked.any(1))
-        return committed, new, conf  # conf is -inf off the masked positions
+        masked = (take_cols(x, s, Lb) == mask_id) & ~done[:, None] if rule.compacts(ops, B * Lb) else None
+        x0, conf = rule.sample(ops, params.lm_head, hidden[:B], hidden[B:] if use_cfg else None, masked,
+                               offset=calls, rand_gen=rand_gen)
+        committed, conf, blk = rule.commit(ops, x, s, x0, conf, mask_id=mask_id, done=done, k=k_buf, nfe=nfe)
+        return committed, blk, conf  # conf is -inf off the masked positions
 
     # the linear schedule is the same for every block (each starts fully masked)
-    schedule = num_transfer_tokens(torch.ones(B, Lb, dtype=torch.bool, device=device), spb) \
+    # (host ints: k_buf is refilled only when the count changes, not at every step)
+    schedule = num_transfer_tokens(torch.ones(1, Lb, dtype=torch.bool), spb)[0].tolist() \
         if threshold is None and factor is None else None
     done_flag = _HostFlag(device) if early_stop and schedule is not None else None
     stop = False
@@ -447,18 +453,20 @@ def generate_stream(params: Params, cfg: LLaDAConfig, prompts, *, gen_length: in
                 # row had finished, that step commits nothing (only masked positions of unfinished rows can be
                 # committed) and is not reported.
                 all_done = done_flag.put(done.all())
+        if dynamic:
+            s_buf.fill_(s_int)  # the block start the graphed steps read (once per block)
         i = 0
         while True:
             if schedule is not None:
                 if i >= useful:
                     break
-                k_buf.copy_(schedule[:, i])
+                if i == 0 or schedule[i] != schedule[i - 1]:
+                    k_buf.fill_(schedule[i])
             elif not bool(((take_cols(x, s_int, Lb) == mask_id) & ~done[:, None]).any()):
                 break  # a data-dependent rule: one host check per step
             kind = "first" if i == 0 else "steady"
             key = policy.graph_key(kind, b) if dynamic else None
             if key is not None:
-                s_buf.fill_(s_int)
                 committed, blk, conf = graphs.run(key, lambda: step(kind, b, s_buf))
             else:
                 committed, blk, conf = step(kind, b, s_int)

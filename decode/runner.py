@@ -114,14 +114,13 @@ def run_many(params: Params, cfg: LLaDAConfig, prompts: Sequence[Sequence[int]],
             start, key_end, write_from = (torch.cat([t, t]) for t in (start, key_end, write_from))
         hidden = forward_hidden(params, cfg, feed, start=start, cache=cache, kv_len=T, kv_start=kv_start,
                                 key_end=key_end, rows=slice(Lb, 2 * Lb), write_from=write_from, ops=ops)
-        cur_idx = s[:, None] + ar[None, :]
-        cur = x.gather(1, cur_idx)
-        masked = (cur == mask_id) & active[:, None]
-        x0, _, committed = rule.commit(ops, params.lm_head, hidden[:S], hidden[S:] if use_cfg else None, masked,
-                                       offset=n_calls[0], k=sched[step.clamp(max=spb)], rand_gen=rand_gen)
-        new = torch.where(committed, x0, cur)
-        x.scatter_(1, cur_idx, new)
-        nfe.add_(masked.any(1).to(nfe.dtype))
+        masked = None
+        if rule.compacts(ops, S * Lb):  # the head runs on the masked rows only: it needs them now
+            masked = (x.gather(1, s[:, None] + ar[None, :]) == mask_id) & active[:, None]
+        x0, conf = rule.sample(ops, params.lm_head, hidden[:S], hidden[S:] if use_cfg else None, masked,
+                               offset=n_calls[0], rand_gen=rand_gen)
+        _, _, new = rule.commit(ops, x, s, x0, conf, mask_id=mask_id, done=~active, k=sched[step.clamp(max=spb)],
+                                nfe=nfe)
         done_blk = active & ~(new == mask_id).any(1)
         step.copy_(torch.where(done_blk, torch.zeros_like(step), step + 1))
         blk.add_(done_blk.to(blk.dtype))

@@ -21,6 +21,7 @@ __all__ = [
     "logits_confidence",
     "select_transfer",
     "select_commit",
+    "commit_step",
     "reference",
 ]
 
@@ -37,6 +38,7 @@ _LAZY = {
     "logits_confidence": "kernels.remask",
     "select_transfer": "kernels.remask",
     "select_commit": "kernels.remask",
+    "commit_step": "kernels.remask",
 }
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "head_confidence_ref",
     "logits_confidence_ref",
     "select_transfer_ref",
+    "commit_step_ref",
 ]
 
 
@@ -332,6 +333,40 @@ def select_transfer_ref(conf: torch.Tensor, masked: torch.Tensor, *,
     out = torch.zeros(B, L, dtype=torch.bool, device=conf.device)
     out.scatter_(1, order, take_sorted)
     return out & masked
+
+
+def commit_step_ref(tokens: torch.Tensor, start, x0: torch.Tensor, conf: torch.Tensor, *, mask_id: int,
+                    done: Optional[torch.Tensor] = None, k: Optional[torch.Tensor] = None,
+                    threshold: Optional[float] = None, factor: Optional[float] = None,
+                    nfe: Optional[torch.Tensor] = None, select=select_transfer_ref):
+    """One denoising step's selection and commit into the token buffer (in place).
+
+    tokens: int64 ``[B, T]``; start: int, or int tensor ``()`` / ``[B]`` (the block's first column per row);
+    x0 int64 / conf ``[B, L]`` for the block's positions; done: optional bool ``[B]`` (rows that take no part).
+    ``masked = (block == mask_id) & ~done``; ``committed = select(where(masked, conf, -inf), masked, rule)``;
+    the committed positions get ``x0``; ``nfe += masked.any(1)`` when ``nfe`` is given.
+    Returns ``(committed, conf with -inf off masked (fp32), block tokens after the commit)``. ``select`` (not
+    in the Triton signature) is the selection rule's implementation, for ablations.
+    A row whose block is not inside ``[0, T)`` commits nothing and reports the tokens -1 (as the kernel).
+    """
+    B, T = tokens.shape
+    L = x0.shape[1]
+    dev = tokens.device
+    s = start.to(dev).long().expand(B) if isinstance(start, torch.Tensor) else torch.full((B,), int(start), device=dev)
+    cols = s[:, None] + torch.arange(L, device=dev)[None, :]
+    ok = (s >= 0) & (s + L <= T)
+    cols = torch.where(ok[:, None], cols, torch.zeros_like(cols))
+    block = tokens.gather(1, cols)
+    masked = (block == mask_id) & ok[:, None]
+    if done is not None:
+        masked &= ~done.to(dev)[:, None]
+    c = torch.where(masked, conf.float(), float("-inf"))
+    committed = select(c, masked, k=k, threshold=threshold, factor=factor)
+    new = torch.where(committed, x0, block)
+    tokens.scatter_(1, cols, torch.where(ok[:, None], new, block))
+    if nfe is not None:
+        nfe.add_(masked.any(1).to(nfe.dtype))
+    return committed, c, torch.where(ok[:, None], new, torch.full_like(new, -1))
 
 
 def _stable_desc_order(key: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:

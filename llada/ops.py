@@ -33,9 +33,11 @@ class Ops:
     and the MLP's norm); mlp_norm(x, w_gate_up, w_down, residual, norm_weight, eps) -> (y, h) as
     swiglu_mlp_rms_norm_ref (the MLP and the next norm); qkv_proj_rope(x, w_qkv, cos, sin, start, k_cache,
     v_cache, *, n_heads, write_from) -> (q, k, v) as qkv_proj_rope_ref (the QKV projection with RoPE and
-    the cache write). When set they take precedence over ``linear`` / ``mlp`` / ``qkv_rope`` +
-    ``rms_norm`` at those places: set them to None when replacing ``linear``, ``mlp`` or ``qkv_rope`` in
-    an ablation.
+    the cache write); commit(tokens, start, x0, conf, *, mask_id, done, k, threshold, factor, nfe) ->
+    (committed, conf, block) as commit_step_ref (the selection, the commit into the token buffer and the NFE
+    count of a decoding step in one launch). When set they take precedence over ``linear`` / ``mlp`` /
+    ``qkv_rope`` + ``rms_norm`` / ``select`` at those places: set them to None when replacing ``linear``,
+    ``mlp``, ``qkv_rope`` or ``select`` in an ablation.
     """
     name: str
     linear: Callable
@@ -48,6 +50,7 @@ class Ops:
     linear_norm: Optional[Callable] = None
     mlp_norm: Optional[Callable] = None
     qkv_proj_rope: Optional[Callable] = None
+    commit: Optional[Callable] = None
 
 
 def _linear_ref(x, w, residual=None):
@@ -152,12 +155,12 @@ def triton_ops(**overrides) -> Ops:
     from kernels.attention import block_attention
     from kernels.norm import rms_norm
     from kernels.qkv import qkv_proj_rope
-    from kernels.remask import head_confidence, select_transfer
+    from kernels.remask import commit_step, head_confidence, select_transfer
     from kernels.rotary import qkv_rope_cache
 
     ops = Ops(name="triton", linear=_linear_decode, rms_norm=rms_norm, qkv_rope=qkv_rope_cache, attention=block_attention,
               mlp=_mlp_decode, head=head_confidence, select=select_transfer, linear_norm=_linear_norm_decode,
-              mlp_norm=_mlp_norm_decode, qkv_proj_rope=qkv_proj_rope)
+              mlp_norm=_mlp_norm_decode, qkv_proj_rope=qkv_proj_rope, commit=commit_step)
     if overrides:
         from dataclasses import replace
         ops = replace(ops, **overrides)

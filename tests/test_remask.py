@@ -17,9 +17,9 @@ from tests.helpers import run_without_interpreter
 import triton
 import triton.language as tl
 
-from kernels.reference import head_confidence_ref, logits_confidence_ref, select_transfer_ref
+from kernels.reference import commit_step_ref, head_confidence_ref, logits_confidence_ref, select_transfer_ref
 from kernels.remask import (_head_confidence_launch, _logits_confidence_launch, _philox4x32_10, _select_launch,
-                            head_confidence, logits_confidence, select_commit, select_transfer)
+                            commit_step, head_confidence, logits_confidence, select_commit, select_transfer)
 
 INTERP = os.environ.get("TRITON_INTERPRET", "0") == "1"
 CPU_DTYPES = [torch.float32, torch.float16]
@@ -457,6 +457,163 @@ def test_select_validation(device):
                       device=device), c, m, threshold=0.5)
 
 
+# ---------------------------------------------------------------------------- commit_step
+MASK_ID = 900
+
+
+def _commit_inputs(B, L, gen, device, kind, start_kind, conf_dtype=torch.float32):
+    """A token buffer whose block rows start at different columns (``start_kind`` int / 0-dim / per row), the
+    block's masked positions from :func:`_conf_rows`, random x0, a done row when B >= 3."""
+    conf, masked = _conf_rows(B, L, gen, device, dtype=conf_dtype, kind=kind)
+    T = L + 9
+    tokens = torch.randint(0, 800, (B, T), generator=gen).to(device)
+    if start_kind == "rows":
+        start = torch.tensor([(3 * b) % 10 for b in range(B)], device=device)
+    else:
+        start = 5 if start_kind == "int" else torch.tensor(5, device=device)
+    st = start.expand(B) if isinstance(start, torch.Tensor) else torch.full((B,), start, device=device)
+    cols = st[:, None] + torch.arange(L, device=device)[None, :]
+    tokens.scatter_(1, cols, torch.where(masked, MASK_ID, tokens.gather(1, cols)))
+    x0 = torch.randint(0, 800, (B, L), generator=gen).to(device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    if B >= 3:
+        done[B - 1] = True
+    nfe = torch.randint(0, 5, (B,), generator=gen).to(device)
+    return tokens, start, x0, conf, done, nfe
+
+
+def _poisoned_empty(real):
+    def empty(*shape, dtype=None, device=None, **kw):
+        t = real(*shape, dtype=dtype, device=device, **kw)
+        if t.dtype == torch.bool:
+            t.view(torch.uint8).fill_(7)
+        else:
+            t.fill_(float("nan") if t.is_floating_point() else -77)
+        return t
+    return empty
+
+
+def _check_commit(tokens, start, x0, conf, done, nfe, monkeypatch=None, **kw):
+    """commit_step (outputs poisoned before the launch) against commit_step_ref, everything exactly equal."""
+    t_ref, n_ref = tokens.clone(), nfe.clone()
+    want = commit_step_ref(t_ref, start, x0, conf, mask_id=MASK_ID, done=done, nfe=n_ref, **kw)
+    t_got, n_got = tokens.clone(), nfe.clone()
+    if monkeypatch is not None:
+        with monkeypatch.context() as m:
+            m.setattr(torch, "empty", _poisoned_empty(torch.empty))
+            got = commit_step(t_got, start, x0, conf, mask_id=MASK_ID, done=done, nfe=n_got, **kw)
+    else:
+        got = commit_step(t_got, start, x0, conf, mask_id=MASK_ID, done=done, nfe=n_got, **kw)
+    assert got[0].dtype == torch.bool and (got[0].view(torch.uint8) <= 1).all(), "unwritten selection"
+    for g, w in zip(got, want):
+        assert torch.equal(g.cpu(), w.cpu())
+    assert torch.equal(t_got.cpu(), t_ref.cpu()) and torch.equal(n_got.cpu(), n_ref.cpu())
+    return want
+
+
+@pytest.mark.parametrize("rule", ["k_rand", "kL", "k0", "thr0.5", "thr+inf", "f1", "f3"])
+@pytest.mark.parametrize("kind", ["random", "ties", "adversarial"])
+@pytest.mark.parametrize("B,L", [(1, 1), (1, 7), (3, 32), (3, 33)], ids=lambda v: str(v))
+@pytest.mark.parametrize("start_kind", ["int", "dev", "rows"])
+def test_commit_step_matches_reference(device, monkeypatch, rule, kind, B, L, start_kind):
+    gen = torch.Generator().manual_seed(B * 100 + L)
+    tokens, start, x0, conf, done, nfe = _commit_inputs(B, L, gen, device, kind, start_kind)
+    kw = RULES[rule](B, L, gen)
+    if "k" in kw:
+        kw["k"] = kw["k"].to(device)
+    committed, c, blk = _check_commit(tokens, start, x0, conf, done, nfe, monkeypatch, **kw)
+    if B >= 3:  # the done row: nothing masked, nothing committed, no forward counted
+        assert not committed[-1].any() and (c[-1] == float("-inf")).all()
+
+
+def test_commit_step_meaning(device):
+    """Against the driver's composition it replaces: masks, where, select_transfer_ref, the write, the count."""
+    gen = torch.Generator().manual_seed(21)
+    B, L = 3, 33
+    tokens, start, x0, conf, done, nfe = _commit_inputs(B, L, gen, device, "ties", "rows")
+    k = torch.tensor([4, 40, 2], device=device)
+    cols = start[:, None] + torch.arange(L, device=device)[None, :]
+    block = tokens.gather(1, cols)
+    masked = (block == MASK_ID) & ~done[:, None]
+    sel = select_transfer_ref(torch.where(masked, conf, float("-inf")), masked, k=k)
+    want_tokens = tokens.clone()
+    want_tokens.scatter_(1, cols, torch.where(sel, x0, block))
+    t, n = tokens.clone(), nfe.clone()
+    committed, c, blk = commit_step(t, start, x0, conf, mask_id=MASK_ID, done=done, k=k, nfe=n)
+    assert torch.equal(committed, sel) and sel.any() and not (sel & ~masked).any()
+    assert torch.equal(t, want_tokens) and torch.equal(blk, want_tokens.gather(1, cols))
+    assert torch.equal(n, nfe + masked.any(1)) and torch.equal(c[masked], conf[masked])
+
+
+def test_commit_step_bad_device_start(device):
+    """A device start whose block leaves [0, T) commits nothing (tokens -1 reported, buffer and NFE unchanged);
+    the other rows are unaffected."""
+    gen = torch.Generator().manual_seed(5)
+    B, L = 3, 8
+    tokens, _, x0, conf, _, nfe = _commit_inputs(B, L, gen, device, "random", "int")
+    tokens[:, 5:5 + L] = MASK_ID
+    T = tokens.shape[1]
+    start = torch.tensor([5, T - L + 1, -1], device=device)
+    t, n = tokens.clone(), nfe.clone()
+    committed, c, blk = _check_commit(tokens, start, x0, conf, None, nfe, k=torch.tensor([2, 2, 2], device=device))
+    committed, c, blk = commit_step(t, start, x0, conf, mask_id=MASK_ID, k=torch.tensor([2, 2, 2], device=device),
+                                    nfe=n)
+    assert committed[0].sum() == 2 and not committed[1:].any() and (blk[1:] == -1).all()
+    assert torch.equal(t[1:], tokens[1:]) and torch.equal(n[1:], nfe[1:]) and n[0] == nfe[0] + 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, pytest.param(torch.bfloat16, marks=pytest.mark.gpu)],
+                         ids=["fp16", "bf16"])
+def test_commit_step_low_precision_conf(device, dtype):
+    gen = torch.Generator().manual_seed(4)
+    tokens, start, x0, conf, done, nfe = _commit_inputs(3, 33, gen, device, "ties", "rows", conf_dtype=dtype)
+    for kw in (dict(k=torch.tensor([1, 5, 40], device=device)), dict(threshold=0.5), dict(factor=1.0)):
+        _check_commit(tokens, start, x0, conf, done, nfe, **kw)
+
+
+@pytest.mark.gpu
+def test_commit_step_compiled(device):
+    """The CPU matrix above, compiled (every rule, start form and adversarial row), plus a long block."""
+    for B, L in ((1, 1), (1, 7), (3, 32), (3, 33), (2, 1024)):
+        for kind in ("random", "ties", "adversarial"):
+            for start_kind in ("int", "dev", "rows"):
+                for rule in ("k_rand", "kL", "k0", "thr0.5", "f1"):
+                    gen = torch.Generator().manual_seed(B * 100 + L)
+                    tokens, start, x0, conf, done, nfe = _commit_inputs(B, L, gen, device, kind, start_kind)
+                    kw = RULES[rule](B, L, gen)
+                    if "k" in kw:
+                        kw["k"] = kw["k"].to(device)
+                    _check_commit(tokens, start, x0, conf, done, nfe, **kw)
+
+
+def test_commit_step_validation(device):
+    B, T, L = 2, 20, 8
+    tok = torch.zeros(B, T, dtype=torch.long, device=device)
+    x0 = torch.zeros(B, L, dtype=torch.long, device=device)
+    c = torch.rand(B, L, device=device)
+    k = torch.ones(B, dtype=torch.long, device=device)
+    with pytest.raises(ValueError, match="tokens"):
+        commit_step(tok.int(), 0, x0, c, mask_id=9, k=k)
+    with pytest.raises(ValueError, match="conf must be"):
+        commit_step(tok, 0, x0, c[:, :4], mask_id=9, k=k)
+    with pytest.raises(ValueError, match="start=13"):
+        commit_step(tok, 13, x0, c, mask_id=9, k=k)
+    with pytest.raises(ValueError, match="start=-1"):
+        commit_step(tok, -1, x0, c, mask_id=9, k=k)
+    with pytest.raises(ValueError, match="start must be"):
+        commit_step(tok, torch.zeros(3, dtype=torch.long, device=device), x0, c, mask_id=9, k=k)
+    with pytest.raises(TypeError, match="start must be"):
+        commit_step(tok, 1.5, x0, c, mask_id=9, k=k)
+    with pytest.raises(ValueError, match="mask_id"):
+        commit_step(tok, 0, x0, c, mask_id=-3, k=k)
+    with pytest.raises(ValueError, match="done has dtype"):
+        commit_step(tok, 0, x0, c, mask_id=9, k=k, done=torch.zeros(B, dtype=torch.long, device=device))
+    with pytest.raises(ValueError, match="nfe must be"):
+        commit_step(tok, 0, x0, c, mask_id=9, k=k, nfe=torch.zeros(B + 1, dtype=torch.long, device=device))
+    with pytest.raises(ValueError, match="exactly one"):
+        commit_step(tok, 0, x0, c, mask_id=9, k=k, threshold=0.5)
+
+
 # ---------------------------------------------------------------------------- logits_confidence
 # small GPU-like tiling of the from-logits kernel: several row tiles, vocab slices of 2 tiles, ragged V edge
 SMALL_LOGITS = dict(BLOCK_M=32, BLOCK_V=128, TILES=2, num_warps=4)
@@ -776,7 +933,7 @@ _COMPILE_SCRIPT = textwrap.dedent(r"""
                                                   (True, True, 2, True, 16, 64, 32)):
             ce = dict(N_BAN=nb, N_NC=nb, SAMPLE=sample, CFG=cfg, HAS_N_ROWS=sample, HAS_ROW_IDS=sample, UPCAST=False,
                       DOT_PREC="tf32", SWAP_AB=swap, EVEN_K=not cfg, EVEN_V=not cfg, BLOCK_M=bm, BLOCK_V=bv,
-                      BLOCK_K=bk)
+                      BLOCK_K=bk, USE_GDC=not cfg)
             k = compile_for(R._head_partials_kernel, sig, ce)
             assert "mma" in k.asm["ptx"], "no tensor-core instructions"
         # from logits: the default GPU tiles (T = 0 and sampling), and the options on a ragged V
@@ -797,10 +954,18 @@ _COMPILE_SCRIPT = textwrap.dedent(r"""
                    "stride_tb": "i32", "stride_ob": "i32", "threshold": "fp32", "f_hi": "fp32", "f_mid": "fp32",
                    "f_lo": "fp32"}
             compile_for(R._select_kernel, sig, dict(RULE=rule, COMMIT=rule == 2, BLOCK_L=1024, BLOCK_J=4))
+            sig = {"tok_ptr": "*i64", "start_ptr": "*i64", "x0_ptr": "*i64", "conf_ptr": f"*{dt}", "done_ptr": "*u8",
+                   "k_ptr": "*i64", "nfe_ptr": "*i64", "sel_ptr": "*u8", "conf_out_ptr": "*fp32", "blk_ptr": "*i64",
+                   "L": "i32", "T": "i32", "start": "i32", "mask_id": "i32", "stride_tb": "i32", "stride_sb": "i32",
+                   "stride_xb": "i32", "stride_cb": "i32", "threshold": "fp32", "f_hi": "fp32", "f_mid": "fp32",
+                   "f_lo": "fp32"}
+            for sp, bl, bj in ((True, 32, 32), (False, 1024, 4)):  # the decode block (PDL), a long block
+                compile_for(R._commit_step_kernel, sig, dict(RULE=rule, START_PTR=sp, HAS_DONE=sp, HAS_NFE=sp,
+                                                             BLOCK_L=bl, BLOCK_J=bj, USE_GDC=sp))
     sig = {n: "*fp32" for n in ("pkey_ptr", "plx_ptr", "pm_ptr", "ps_ptr", "conf_ptr")}
     sig.update({"pidx_ptr": "*i32", "x0_ptr": "*i64", "n_rows_ptr": "*i64", "M": "i32", "NVT": "i32"})
     for has in (False, True):
-        compile_for(R._head_merge_kernel, sig, dict(HAS_N_ROWS=has, BLOCK_R=4, BLOCK_T=1024))
+        compile_for(R._head_merge_kernel, sig, dict(HAS_N_ROWS=has, BLOCK_R=4, BLOCK_T=1024, USE_GDC=has))
     import test_remask as T
     compile_for(T._philox_probe, {"c_ptr": "*i32", "out_ptr": "*i32"}, dict(BLOCK=16))
     print("OK")

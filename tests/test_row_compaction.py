@@ -1,9 +1,9 @@
-"""The LM head on the still-masked rows only (decode/generate.py: ``masked_first``, ``_Rule.commit``).
+"""The LM head on the still-masked rows only (decode/generate.py: ``masked_first``, ``_Rule.sample``).
 
 The driver gathers the masked rows of the block to the front on the device, runs a head that takes
 ``n_rows`` / ``row_ids`` (the Triton head) on those rows only, and scatters x0 / conf back. Checked here:
-the compaction itself; commit with and without compaction gives bit-identical x0 / conf at masked
-positions and the same selection (argmax, Gumbel sampling, CFG, every rule); decoding the tiny golden
+the compaction itself; a step with and without compaction gives bit-identical x0 / conf at masked
+positions and the same selection and commit (argmax, Gumbel sampling, CFG, every rule); decoding the tiny golden
 checkpoint with the Triton head gives the recorded tokens, and the same tokens as without compaction
 at temperature > 0 (generate and run_many). The model runs on the torch reference ops here (fast; fp32
 exactness is checked under the interpreter, as in tests/test_model_triton.py, whose all-Triton golden
@@ -19,7 +19,7 @@ import torch
 from decode import generate, run_many
 from decode.generate import _Rule, head_skips_rows, masked_first
 from kernels.reference import select_transfer_ref
-from kernels.remask import head_confidence, select_transfer
+from kernels.remask import commit_step, head_confidence, select_transfer
 from llada import REFERENCE_OPS
 from tests.helpers import block_golden, decode_options, golden, tiny_model
 
@@ -29,6 +29,8 @@ HEAD_OPS = dataclasses.replace(REFERENCE_OPS, name="ref+triton-head", head=head_
 # the same Triton head behind a signature without n_rows / row_ids: the driver runs it on every row
 NOCOMPACT_OPS = dataclasses.replace(HEAD_OPS, name="ref+triton-head-all-rows",
                                     head=lambda hidden, w, **kw: head_confidence(hidden, w, **kw))
+# the fused Triton commit (selection + commit + NFE in one launch) instead of the composed one around select
+COMMIT_OPS = dataclasses.replace(HEAD_OPS, name="ref+triton-head+commit", commit=commit_step)
 
 
 @pytest.fixture(autouse=True)
@@ -72,12 +74,26 @@ RULES = {"k": dict(threshold=None, factor=None), "threshold": dict(threshold=0.0
          "factor": dict(threshold=None, factor=1.0)}
 
 
+MASK = 1000  # outside the test vocabulary
+
+
+def _step(r, ops, w, hidden, uncond, masked, k):
+    """One step of the driver's rule on a token buffer whose block (columns 3..) is ``masked``:
+    (x0, conf) of :meth:`_Rule.sample`, then (committed, conf, block, tokens) of :meth:`_Rule.commit`."""
+    x0, conf = r.sample(ops, w, hidden, uncond, masked, offset=3, rand_gen=None)
+    B = masked.shape[0]
+    tokens = torch.cat([torch.zeros(B, 3, dtype=torch.long, device=masked.device),
+                        torch.where(masked, MASK, 4).long()], 1)
+    return (x0, conf) + r.commit(ops, tokens, 3, x0, conf, mask_id=MASK, done=None, k=k, nfe=None) + (tokens,)
+
+
 @pytest.mark.parametrize("T", [0.0, 0.9])
 @pytest.mark.parametrize("cfg", [False, True])
 @pytest.mark.parametrize("rule", list(RULES))
 def test_commit_with_and_without_compaction(device, T, cfg, rule):
-    """Bit-identical x0 / conf at masked positions and the same selection, with and without compaction;
-    unmasked positions are never selected (x0 -1, conf -inf there); at T = 0 x0 is the reference's."""
+    """Bit-identical x0 / conf at masked positions and the same selection, with and without compaction (and
+    with the fused Triton commit); unmasked positions are never selected (conf -inf there, tokens kept); at
+    T = 0 x0 is the reference's."""
     gen = torch.Generator().manual_seed(int(T * 10) + 2 * cfg)
     B, Lb, d, V = 4, 9, 32, 320
     hidden, uncond, w, masked = _setup(B, Lb, d, V, gen, device)
@@ -85,14 +101,18 @@ def test_commit_with_and_without_compaction(device, T, cfg, rule):
               banned=(5,), no_conf=(6, 7), compact_above=0, **RULES[rule])
     k = torch.tensor([3, 2, 0, 9], device=device)
     out = {}
-    for ops in (HEAD_OPS, NOCOMPACT_OPS, REFERENCE_OPS):
-        out[ops.name] = r.commit(ops, w, hidden, uncond if cfg else None, masked, offset=3, k=k, rand_gen=None)
-    (x0, conf, sel), (x0_all, conf_all, sel_all) = out[HEAD_OPS.name], out[NOCOMPACT_OPS.name]
+    for ops in (HEAD_OPS, NOCOMPACT_OPS, COMMIT_OPS, REFERENCE_OPS):
+        out[ops.name] = _step(r, ops, w, hidden, uncond if cfg else None, masked, k)
+    x0, conf, sel, conf_m, blk, tokens = out[HEAD_OPS.name]
+    x0_all, conf_all, sel_all = out[NOCOMPACT_OPS.name][:3]
     assert torch.equal(x0[masked], x0_all[masked])
     assert torch.equal(conf[masked], conf_all[masked])
     assert torch.equal(sel, sel_all) and not (sel & ~masked).any() and sel.any()
-    assert (x0[~masked] == -1).all() and (conf[~masked] == float("-inf")).all()
-    assert torch.equal(sel, select_transfer_ref(conf, masked, k=k) if rule == "k" else sel_all)
+    assert (conf_m[~masked] == float("-inf")).all() and torch.equal(conf_m[masked], conf[masked])
+    assert torch.equal(sel, select_transfer_ref(conf_m, masked, k=k) if rule == "k" else sel_all)
+    assert torch.equal(blk, torch.where(sel, x0, torch.where(masked, MASK, 4))) and torch.equal(tokens[:, 3:], blk)
+    for i, t in enumerate(out[COMMIT_OPS.name][2:]):  # the fused commit: the same selection, conf, tokens
+        assert torch.equal(t, out[HEAD_OPS.name][2 + i])
     if T == 0:  # exact inputs: the reference head gives the same tokens
         assert torch.equal(x0[masked], out[REFERENCE_OPS.name][0][masked])
 
@@ -104,9 +124,9 @@ def test_commit_nothing_masked(device):
     masked[:] = False
     r = _Rule(temperature=0.0, remasking="low_confidence", threshold=None, factor=None, cfg_scale=0.0, seed=0,
               banned=(), no_conf=(), compact_above=0)
-    x0, conf, sel = r.commit(HEAD_OPS, w, hidden, None, masked, offset=0, k=torch.tensor([1, 1], device=device),
-                             rand_gen=None)
-    assert not sel.any() and (x0 == -1).all() and (conf == float("-inf")).all()
+    for ops in (HEAD_OPS, COMMIT_OPS):
+        _, _, sel, conf_m, blk, tokens = _step(r, ops, w, hidden, None, masked, torch.tensor([1, 1], device=device))
+        assert not sel.any() and (conf_m == float("-inf")).all() and (blk == 4).all() and (tokens[:, 3:] == 4).all()
 
 
 # rows with different masks (left-padded batch), CFG (the unconditional rows gathered alike), the block cache
