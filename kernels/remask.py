@@ -544,9 +544,12 @@ def _merge_launch(parts, x0, conf, M, nvt, n_rows_ptr, has_n_rows, interpret, bl
     # program left 8 programs at 32 rows, 14 us on an H200), then up to 16 rows a program
     BR = min(next_pow2(max(M, 2)), 64) if interpret else (1 if M <= 256 else max(1, min(16, 4096 // BT)))
     BR = block_r or BR
+    # one-row programs run 8 warps: batch-1 block step 4.3639-4.3646 ms vs 4.3675-4.3694 with 4 (H200, alternated
+    # twice; results/bench_decode/merge_warps_h200_9af50fe.txt)
+    extra = {} if interpret or BR != 1 else dict(num_warps=8)
     _head_merge_kernel[(cdiv(M, BR),)](
         *parts, x0, conf, n_rows_ptr, M, nvt,
-        HAS_N_ROWS=has_n_rows, BLOCK_R=BR, BLOCK_T=BT, **(pdl or {}),
+        HAS_N_ROWS=has_n_rows, BLOCK_R=BR, BLOCK_T=BT, **(pdl or {}), **extra,
     )
 
 
