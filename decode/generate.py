@@ -35,8 +35,8 @@ from typing import Callable, Iterator, List, Optional, Union
 
 import torch
 
-from llada.config import LLaDAConfig
 from kernels.reference import commit_step_ref
+from llada.config import LLaDAConfig
 from llada.ops import REFERENCE_OPS, Ops
 from llada.weights import Params
 from .cache import POLICIES, StepContext, make_policy, take_cols
