@@ -299,7 +299,8 @@ class _HostFlag:
 
 
 class _Graphs:
-    """CUDA graphs of whole decode steps, keyed by the policy's ``graph_key`` (replayed when seen again).
+    """CUDA graphs of whole decode steps, keyed by the policy's ``graph_key`` (replayed when seen again), or of
+    a block's steps after its first (key ``("later", graph_key, steps)``: one graph, no boundary between them).
 
     The first call of a key runs the step eagerly on a side stream (a real step, which also warms up
     the libraries) and then captures it (capture executes nothing); later calls replay the graph.
@@ -354,6 +355,14 @@ class _Buffers:
     k_buf: torch.Tensor
     s_buf: torch.Tensor
     graphs: "_Graphs"
+    k_consts: dict = field(default_factory=dict)
+
+    def k_const(self, k: int) -> torch.Tensor:
+        """A device ``[B]`` tensor of ``k`` kept as long as the workspace (graphs bake its address)."""
+        t = self.k_consts.get(k)
+        if t is None:
+            t = self.k_consts[k] = torch.full_like(self.k_buf, k)
+        return t
 
 
 @torch.no_grad()
@@ -366,7 +375,11 @@ def generate_stream(params: Params, cfg: LLaDAConfig, prompts, *, gen_length: in
                     device_positions: Optional[bool] = None, workspace: Optional[Workspace] = None,
                     ) -> Iterator[Union[StepEvent, BlockEvent, GenerateResult]]:
     """Like :func:`generate`, but yields a :class:`StepEvent` after every step, a :class:`BlockEvent`
-    after every block, and finally the :class:`GenerateResult`."""
+    after every block, and finally the :class:`GenerateResult`.
+
+    Events hold device tensors whose values are final once the GPU has run the step. A step is enqueued before
+    its event is yielded; with CUDA graphs and the linear schedule, a block's steps after its first run as one
+    graph, so all of them are enqueued before the first of their events is yielded."""
     t0 = time.perf_counter()
     device = params.device
     tokens, pad = pad_prompts(prompts, cfg, attention_mask, device)
@@ -420,7 +433,7 @@ def generate_stream(params: Params, cfg: LLaDAConfig, prompts, *, gen_length: in
     # with the linear schedule every block starts fully masked, so the useful steps are known up front
     useful = min(spb, Lb)
 
-    def step(kind: str, b: int, s):
+    def step(kind: str, b: int, s, k=None):
         x_in = x
         if use_cfg:  # unconditional branch: the whole prompt (pads included) masked
             un = x.clone()
@@ -430,8 +443,13 @@ def generate_stream(params: Params, cfg: LLaDAConfig, prompts, *, gen_length: in
         masked = (take_cols(x, s, Lb) == mask_id) & ~done[:, None] if rule.compacts(ops, B * Lb) else None
         x0, conf = rule.sample(ops, params.lm_head, hidden[:B], hidden[B:] if use_cfg else None, masked,
                                offset=calls, rand_gen=rand_gen)
-        committed, conf, blk = rule.commit(ops, x, s, x0, conf, mask_id=mask_id, done=done, k=k_buf, nfe=nfe)
+        committed, conf, blk = rule.commit(ops, x, s, x0, conf, mask_id=mask_id, done=done,
+                                           k=k_buf if k is None else k, nfe=nfe)
         return committed, blk, conf  # conf is -inf off the masked positions
+
+    def later_steps(b: int):
+        """Steps 1 .. useful - 1 of block b with the fixed schedule, for one CUDA graph: their outputs."""
+        return [step("steady", b, s_buf, k=buf.k_const(schedule[i])) + (nfe.clone(),) for i in range(1, useful)]
 
     # the linear schedule is the same for every block (each starts fully masked)
     # (host ints: k_buf is refilled only when the count changes, not at every step)
@@ -466,6 +484,16 @@ def generate_stream(params: Params, cfg: LLaDAConfig, prompts, *, gen_length: in
                 break  # a data-dependent rule: one host check per step
             kind = "first" if i == 0 else "steady"
             key = policy.graph_key(kind, b) if dynamic else None
+            if i == 1 and key is not None and graphs.enabled and schedule is not None:
+                # the rest of the block in one graph (no per-step graph boundary, schedule counts baked in);
+                # its steps are all enqueued before the first of their events is yielded
+                outs = graphs.run(("later", key, useful), lambda: later_steps(b))
+                for j, ev_t in enumerate(zip(*(torch.stack(t) for t in zip(*outs)))):
+                    calls += 1
+                    ev = StepEvent(b, j + 1, *ev_t)
+                    records.append(ev)
+                    yield ev
+                break
             if key is not None:
                 committed, blk, conf = graphs.run(key, lambda: step(kind, b, s_buf))
             else:
@@ -509,7 +537,8 @@ def generate(params: Params, cfg: LLaDAConfig, prompts, *, gen_length: int, bloc
     work is fixed: temperature 0, low_confidence, schedule or threshold; other settings run eagerly),
     device_positions (run the graph code path, block starts as device tensors, without graphs),
     workspace (a :class:`Workspace` that keeps buffers and graphs across calls of the same shape).
-    ``on_step`` / ``on_block`` are called as steps and blocks are committed.
+    ``on_step`` / ``on_block`` are called as steps and blocks are committed (with graphs and the linear
+    schedule, a block's later steps are enqueued together and their callbacks follow).
 
     Host synchronisation: one check per block (early stop); with threshold or factor, also one per
     step (is the block complete?). With the linear schedule a block's steps never sync.

@@ -98,16 +98,21 @@ def step_floor(cfg, policy, B, P, G, Lb, bw, flops):
 
 
 def timed_window(stream, n_steps, sync, clock=time.perf_counter):
-    """``(seconds, steps)`` for the ``n_steps`` steps of ``stream`` (a :func:`decode.generate_stream`) that
-    follow block 1's first step (fewer if the stream ends first).
+    """``(seconds, steps)`` for the steps of ``stream`` (a :func:`decode.generate_stream`) that follow block 1's
+    first step, through the end of the block in which the ``n_steps``-th of them falls (``n_steps <= 0``, or
+    fewer steps in the stream: all of them).
 
-    A step's work is enqueued before its event is yielded; ``sync`` waits for the enqueued work. The clock
-    starts once block 1's first step has completed and stops once the last counted step has, so exactly
-    the counted steps run inside the window (tests/test_bench_decode.py)."""
-    from decode.generate import StepEvent
+    A step's work is enqueued before its event is yielded (with CUDA graphs and a fixed schedule, a block's
+    later steps are enqueued together, before the first of their events); ``sync`` waits for the enqueued
+    work. The clock starts once block 1's first step has completed (nothing after it is enqueued yet) and
+    stops, at a block's end, once the last counted step has completed, so exactly the counted steps run inside
+    the window (tests/test_bench_decode.py)."""
+    from decode.generate import BlockEvent, StepEvent
 
     t0, n = None, 0
     for ev in stream:
+        if isinstance(ev, BlockEvent) and t0 is not None and 0 < n_steps <= n:
+            break
         if not isinstance(ev, StepEvent) or ev.block == 0:
             continue
         if t0 is None:  # block 1's first step has been enqueued: wait for it, then start the clock
@@ -115,8 +120,6 @@ def timed_window(stream, n_steps, sync, clock=time.perf_counter):
             t0 = clock()
             continue
         n += 1          # a step enqueued after t0
-        if n == n_steps:
-            break
     if t0 is None or n == 0:
         raise ValueError("the stream has no step after block 1's first: nothing to time")
     sync()
@@ -124,8 +127,8 @@ def timed_window(stream, n_steps, sync, clock=time.perf_counter):
 
 
 def time_decode(params, cfg, ops, *, policy, B, P, G, Lb, graphs, timed_steps):
-    """Seconds per step over the ``timed_steps`` steps that follow block 1's first step (0 or more than
-    there are: all of them), after a warm-up call over the same steps that compiles kernels and captures
+    """Seconds per step over the ``timed_steps`` steps that follow block 1's first step, rounded up to a block's
+    end (0 or more than there are: all of them), after a warm-up call over the same steps that compiles kernels and captures
     the graphs (so no capture falls inside the timed window). Block 0 holds the prompt prefill and is not
     timed. The clock starts once block 1's first step has completed, so exactly the counted steps run
     inside the window. (Until be219a1 the window held one step fewer than it counted, so earlier numbers
@@ -164,7 +167,8 @@ def main(argv=None):
     p.add_argument("--shapes", default="128x256,1024x1024", help="PROMPTxGEN list")
     p.add_argument("--block-length", type=int, default=32)
     p.add_argument("--timed-steps", type=int, default=0,
-                   help="steps timed per configuration, after block 1's first step (0: all the remaining steps)")
+                   help="steps timed per configuration, after block 1's first step, rounded up to a block's end "
+                        "(0: all the remaining steps)")
     p.add_argument("--no-reference", action="store_true", help="skip the torch reference path")
     p.add_argument("--reference-max-batch", type=int, default=8)
     p.add_argument("--out", default=os.path.join(ROOT, "results", "bench_decode.csv"))

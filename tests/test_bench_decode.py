@@ -36,11 +36,25 @@ class FakeGPU:
             yield BlockEvent(b, 0, z.long())
 
 
-@pytest.mark.parametrize("n_steps,expect", [(1, 1), (5, 5), (7, 7), (0, 7), (100, 7)])
-def test_window_holds_exactly_the_counted_steps(n_steps, expect):
+    def block_stream(self, blocks, steps):
+        """As the graphed driver with a fixed schedule: a block's later steps are enqueued together, before the
+        first of their events is yielded."""
+        z = torch.zeros(1, 1)
+        for b in range(blocks):
+            self.enqueued += 1
+            yield StepEvent(b, 0, z.bool(), z.long(), z, z.long())
+            self.enqueued += steps - 1
+            for i in range(1, steps):
+                yield StepEvent(b, i, z.bool(), z.long(), z, z.long())
+            yield BlockEvent(b, 0, z.long())
+
+
+@pytest.mark.parametrize("kind", ["stream", "block_stream"])
+@pytest.mark.parametrize("n_steps,expect", [(1, 3), (3, 3), (4, 7), (7, 7), (0, 7), (100, 7)])
+def test_window_holds_exactly_the_counted_steps(kind, n_steps, expect):
     gpu = FakeGPU()
-    seconds, n = timed_window(gpu.stream(3, 4), n_steps if n_steps else 10 ** 9, gpu.sync, gpu.clock)
-    # blocks 1 and 2 have 4 steps each; block 1's first is not timed: at most 7
+    seconds, n = timed_window(getattr(gpu, kind)(3, 4), n_steps, gpu.sync, gpu.clock)  # 0: all
+    # blocks 1 and 2 have 4 steps each; block 1's first is not timed: at most 7; the window ends with a block
     assert n == expect
     assert seconds == n, "the window must hold exactly the steps it counts"
 
