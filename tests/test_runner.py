@@ -87,3 +87,37 @@ def test_cuda_graph_replay_gives_the_eager_tokens():
         a = generate(params, cfg, prompts[:3], cache=cache, ops=ops, device_positions=True, **opts)
         b = generate(params, cfg, prompts[:3], cache=cache, ops=ops, cuda_graphs=True, **opts)
         assert torch.equal(a.tokens, b.tokens), cache
+
+
+@pytest.mark.gpu
+def test_graphed_step_events_equal_eager():
+    """With graphs and the linear schedule a block's later steps replay as one graph and their events are stacked
+    after it: every step event (committed, tokens, conf, NFE) equals the eager graph code path's, for 1 and 2
+    tokens per step, early stop on and off."""
+    import torch
+
+    from decode import StepEvent, generate_stream
+    from llada import LLaDAConfig, init_params, triton_ops
+
+    cfg = LLaDAConfig(d_model=1024, n_heads=8, n_kv_heads=8, n_layers=4, mlp_hidden_size=3072, vocab_size=32768,
+                      mask_token_id=32760, eos_token_id=32759, pad_token_id=32759, eot_token_id=32761)
+    params = init_params(cfg, device="cuda", dtype=torch.bfloat16, std=0.5 / 1024 ** 0.5)
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, 32000, (n,), generator=g).tolist() for n in (40, 7, 64)]
+    ops = triton_ops()
+
+    def events(**kw):
+        out = [ev for ev in generate_stream(params, cfg, prompts, ops=ops, **kw)]
+        steps = [(e.block, e.step, e.committed.cpu(), e.tokens.cpu(), e.conf.cpu(), e.nfe.cpu())
+                 for e in out if isinstance(e, StepEvent)]
+        return steps, out[-1].tokens.cpu(), out[-1].nfe
+
+    for cache, steps, early in (("block", 96, True), ("block", 48, False), ("dual", 96, False)):
+        opts = dict(gen_length=96, block_length=32, steps=steps, cache=cache, early_stop=early)
+        a, ta, na = events(device_positions=True, **opts)
+        b, tb, nb = events(cuda_graphs=True, **opts)
+        assert len(a) == len(b) and torch.equal(ta, tb) and na == nb, (cache, steps)
+        for ea, eb in zip(a, b):
+            assert ea[:2] == eb[:2]
+            for x, y in zip(ea[2:], eb[2:]):
+                assert torch.equal(x, y), (cache, steps, ea[:2])
