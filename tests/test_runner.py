@@ -108,7 +108,7 @@ def test_graphed_step_events_equal_eager():
 
     def events(**kw):
         out = [ev for ev in generate_stream(params, cfg, prompts, ops=ops, **kw)]
-        steps = [(e.block, e.step, e.committed.cpu(), e.tokens.cpu(), e.conf.cpu(), e.nfe.cpu())
+        steps = [(e.block, e.step, e.committed.cpu(), e.tokens.cpu(), e.confidence.cpu(), e.nfe.cpu())
                  for e in out if isinstance(e, StepEvent)]
         return steps, out[-1].tokens.cpu(), out[-1].nfe
 
