@@ -46,12 +46,15 @@ def test_dry_run_rows(dry_csv):
         for p in ("torch", "torch-compile", "triton"):
             assert {p, p + "-graph"} <= provs, (op, provs)
         assert len({r["shape"] for r in orows}) == n_shapes.get(op, len(reg.batches)), op
+        # the same-bytes copy yardstick: the memory-bound ops only, timed both ways, never checked
+        assert ({"copy", "copy-graph"} <= provs) == (op in bk.COPY_OPS), (op, provs)
+        assert all(r["kind"] == "copy" and r["check"] == "" for r in orows if r["provider"].startswith("copy"))
     for r in rows:
         assert float(r["p20_us"]) <= float(r["p50_us"]) <= float(r["p80_us"])
         assert float(r["pct_roofline"]) >= 0 and int(r["bytes"]) > 0
         assert r["sha"] == "abc1234" and r["gpu"] == "cpu (dry run)" and r["torch"] and r["triton"]
         assert r["timing"] == ("cuda-graph" if r["provider"].endswith("-graph") else "do_bench")
-        if r["timing"] == "do_bench" and r["kind"] != "reference":  # every provider computes the same thing
+        if r["timing"] == "do_bench" and r["kind"] not in ("reference", "copy"):  # all compute the same thing
             c = r["check"].split()
             assert (c[0] == "maxdiff" and float(c[1]) < 1e-4) or (c[0] == "equal" and c[1].split("/")[0] == c[1].split("/")[1]), r
 
@@ -76,6 +79,9 @@ def test_render(dry_csv, tmp_path):
     hl = bk.headline(rows)
     assert {h["op"] for h in hl} == set(bk.OPS)
     assert all(h["speedup"] > 0 for h in hl)
+    assert all(h["best"] not in ("copy", "copy-graph") for h in hl)  # a yardstick, never the competitor
+    assert all((h["copy_us"] is not None) == (h["op"] in bk.COPY_OPS) for h in hl)
+    assert "same-bytes copy (graph) us" in text
 
 
 def test_shapes_from_8b_config():
@@ -98,6 +104,7 @@ def test_shapes_from_8b_config():
     head = by[("head_confidence", "B8-M256-V126464-d4096")]
     assert head.flops == 2 * 256 * 126464 * 4096
     assert {"sdpa-flash", "flex-attention", "triton", "torch", "torch-compile"} == set(att.providers)
+    assert {"torch", "torch-compile", "triton", "F.rms_norm", "copy"} == set(by[("rms_norm", "B1-R32-d4096")].providers)
     assert {"cublas", "triton", "torch", "torch-compile"} == set(mlp.providers)
     lg = by[("logits_confidence", "B32-M1024-V126464")]
     assert lg.nbytes == 2 * 1024 * 126464 + 12 * 1024 and lg.flops == 0
