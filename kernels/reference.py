@@ -12,6 +12,8 @@ Layout conventions used throughout the package:
 """
 from __future__ import annotations
 
+import math
+
 from typing import Optional, Sequence
 
 import torch
@@ -314,6 +316,9 @@ def select_transfer_ref(conf: torch.Tensor, masked: torch.Tensor, *,
     """
     if sum(r is not None for r in (k, threshold, factor)) != 1:
         raise ValueError("select_transfer_ref: give exactly one of k, threshold, factor")
+    for name, v in (("threshold", threshold), ("factor", factor)):
+        if v is not None and math.isnan(float(v)):
+            raise ValueError(f"select_transfer_ref: {name} must be a number, got {v}")
     B, L = conf.shape
     key = torch.where(masked, conf.float(), torch.full_like(conf, float("-inf"), dtype=torch.float))
     # stable descending order: lowest index first among equal keys; masked before unmasked

@@ -25,6 +25,8 @@ References: :func:`kernels.reference.head_confidence_ref`, :func:`kernels.refere
 """
 from __future__ import annotations
 
+import math
+
 import struct
 from typing import Optional, Sequence
 
@@ -685,6 +687,8 @@ def _rule_args(B: int, dev, k, threshold, factor):
             raise ValueError(f"k must be an int tensor [{B}] on {dev}, got {tuple(k.shape)} on {k.device}")
         return 0, k, 0.0, (0.0, 0.0, 0.0)
     if threshold is not None:
+        if math.isnan(float(threshold)):
+            raise ValueError(f"threshold must be a number (+-inf allowed: all / only the top position), got {threshold}")
         return 1, None, float(threshold), (0.0, 0.0, 0.0)
     factor = float(factor)
     if not (abs(factor) < 1e30 and (factor == 0.0 or abs(factor) > 1e-30)):

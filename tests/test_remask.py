@@ -445,6 +445,10 @@ def test_select_validation(device):
         select_transfer(c, m)
     with pytest.raises(ValueError, match="k must be"):
         select_transfer(c, m, k=torch.ones(3, dtype=torch.long, device=device))
+    with pytest.raises(ValueError, match="threshold must be a number"):
+        select_transfer(c, m, threshold=float("nan"))
+    with pytest.raises(ValueError, match="factor must be finite"):
+        select_transfer(c, m, factor=float("nan"))
     with pytest.raises(ValueError, match="masked"):
         select_transfer(c, m[:, :4], threshold=0.5)
     with pytest.raises(ValueError, match="masked"):
@@ -612,6 +616,8 @@ def test_commit_step_validation(device):
         commit_step(tok, 0, x0, c, mask_id=9, k=k, nfe=torch.zeros(B + 1, dtype=torch.long, device=device))
     with pytest.raises(ValueError, match="exactly one"):
         commit_step(tok, 0, x0, c, mask_id=9, k=k, threshold=0.5)
+    with pytest.raises(ValueError, match="threshold must be a number"):
+        commit_step(tok, 0, x0, c, mask_id=9, threshold=float("nan"))
 
 
 # ---------------------------------------------------------------------------- logits_confidence

@@ -69,3 +69,6 @@ def test_rules_match_literal_loops(seed):
 def test_exactly_one_rule():
     with pytest.raises(ValueError, match="exactly one"):
         select_transfer_ref(torch.zeros(1, 2), torch.ones(1, 2, dtype=torch.bool), k=torch.tensor([1]), threshold=0.5)
+    for rule in ("threshold", "factor"):  # a NaN rule would silently commit only the top position
+        with pytest.raises(ValueError, match=f"{rule} must be a number"):
+            select_transfer_ref(torch.zeros(1, 2), torch.ones(1, 2, dtype=torch.bool), **{rule: float("nan")})
