@@ -392,9 +392,12 @@ def test_select_threshold_edges(device):
     c = torch.tensor([[0.9, 0.1, 0.30000001192092896, 0.29999998211860657, 0.5, 0.95]], device=device)
     m = torch.ones_like(c, dtype=torch.bool)
     for thr in (0.3, 0.30000001192092896, 0.2999999821186066, 0.30000000000000004, 0.1000000015, 0.95,
-                0.9500000001, 1.0, float("nan")):
+                0.9500000001, 1.0, float("inf"), float("-inf")):
         assert torch.equal(select_transfer(c, m, threshold=thr).cpu(),
                            select_transfer_ref(c, m, threshold=thr).cpu()), thr
+    for fn in (select_transfer, select_transfer_ref):  # NaN: an error in both, not "only the top position"
+        with pytest.raises(ValueError, match="threshold must be a number"):
+            fn(c, m, threshold=float("nan"))
 
 
 def test_select_factor_edges(device):
