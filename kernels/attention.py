@@ -340,6 +340,8 @@ def _launch(q, k_cache, v_cache, kv_len, kv_start=None, key_end=None, scale=None
     if scale is None:
         scale = 1.0 / math.sqrt(D)
     scale = float(scale)
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be a finite number, got {scale}")
 
     if out is None:
         out = torch.empty(B, Tq, H, D, dtype=q.dtype, device=q.device)

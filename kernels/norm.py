@@ -129,6 +129,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: Option
     Returns ``y`` when ``residual`` is None, else ``(y, h)``. See :func:`kernels.reference.rms_norm_ref`.
     """
     check_tensor("x", x, dtypes=_DTYPES)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
+        raise ValueError(f"eps must be a float >= 0, got {eps!r}")
     if x.ndim < 1 or x.shape[-1] == 0:
         raise ValueError(f"x must be [..., d] with d >= 1, got shape {tuple(x.shape)}")
     d = x.shape[-1]

@@ -47,6 +47,8 @@ def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float,
 
     Returns ``y`` when ``residual`` is None, else ``(y, h)``.
     """
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
+        raise ValueError(f"eps must be a float >= 0, got {eps!r}")
     h = x if residual is None else x + residual
     hf = h.float()
     y = (hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + eps)).to(h.dtype)

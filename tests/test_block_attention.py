@@ -276,6 +276,9 @@ def test_input_validation(device):
         block_attention(q, kc.half(), kc.half(), 4)
     with pytest.raises(ValueError, match="contiguous"):
         block_attention(q.transpose(2, 3), kc, kc, 4)
+    for scale in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="scale must be"):
+            block_attention(q, kc, kc, 4, scale=scale)
 
 
 # ------------------------------------------------------------------------------ sm_90 compile check

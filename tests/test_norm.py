@@ -124,6 +124,10 @@ def test_validation(device):
         rms_norm(x.t(), w, EPS)
     with pytest.raises(ValueError, match="residual_out"):
         rms_norm(x, w, EPS, residual_out=r)
+    for eps in (float("nan"), -1e-6, True, "1e-5"):
+        for fn in (rms_norm, rms_norm_ref):
+            with pytest.raises(ValueError, match="eps must be"):
+                fn(x, w, eps)
 
 
 def test_config_deterministic():
