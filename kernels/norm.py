@@ -30,6 +30,7 @@ def _rms_norm_kernel(
     stride_x, stride_r, stride_y, stride_h,
     BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, NUM_CHUNKS: tl.constexpr,
     HAS_RES: tl.constexpr, USE_GDC: tl.constexpr = False,
+    EVICT: tl.constexpr = "",            # eviction policy of the x / residual loads (single-pass rows)
 ):
     gdc_wait_and_release(USE_GDC)
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -40,9 +41,9 @@ def _rms_norm_kernel(
     ydt = y_ptr.dtype.element_ty
     if NUM_CHUNKS == 1:                  # the whole row stays in registers
         mask = rmask & (cols < N)
-        h = tl.load(x_ptr + rows * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+        h = tl.load(x_ptr + rows * stride_x + cols, mask=mask, other=0.0, eviction_policy=EVICT).to(tl.float32)
         if HAS_RES:
-            r = tl.load(r_ptr + rows * stride_r + cols, mask=mask, other=0.0).to(tl.float32)
+            r = tl.load(r_ptr + rows * stride_r + cols, mask=mask, other=0.0, eviction_policy=EVICT).to(tl.float32)
             hr = (h + r).to(hdt)
             tl.store(h_ptr + rows * stride_h + cols, hr, mask=mask)
             h = hr.to(tl.float32)
@@ -94,7 +95,10 @@ def _norm_config(R: int, N: int, interpret: bool) -> dict:
     block_r = max(1, min(next_pow2(max(R, 1)), 2048 // block_n))
     elems = block_r * block_n
     num_warps = 1 if elems <= 256 else 2 if elems <= 512 else 4 if elems <= 2048 else 8 if elems <= 4096 else 16
-    return dict(BLOCK_R=block_r, BLOCK_N=block_n, NUM_CHUNKS=cdiv(N, block_n), num_warps=num_warps)
+    # the inputs are dead after the norm (a GEMM's output, the old residual): evict them from L2 first. H200, 256 /
+    # 1024 rows: 3-7% faster calls, decode steps the same or faster (results/kernels/norm_evict_ab_h200_445c2ee.txt)
+    return dict(BLOCK_R=block_r, BLOCK_N=block_n, NUM_CHUNKS=cdiv(N, block_n), num_warps=num_warps,
+                EVICT="evict_first")
 
 
 def _launch(x2, r2, weight, y2, h2, eps, config=None):
@@ -108,7 +112,7 @@ def _launch(x2, r2, weight, y2, h2, eps, config=None):
         x2, r, weight, y2, h, R, N, float(eps),
         x2.stride(0), r.stride(0), y2.stride(0), h.stride(0),
         BLOCK_R=cfg["BLOCK_R"], BLOCK_N=cfg["BLOCK_N"], NUM_CHUNKS=cfg["NUM_CHUNKS"], HAS_RES=has_res,
-        num_warps=cfg["num_warps"], **gdc_options(x2, R),
+        EVICT=cfg.get("EVICT", ""), num_warps=cfg["num_warps"], **gdc_options(x2, R),
     )
 
 
