@@ -75,14 +75,14 @@ def _silu_times(g, u, dt: tl.constexpr):
 def _silu_mul_kernel(
     gu_ptr, a_ptr,                       # gu [M, 2H] (gate columns, then up columns), a [M, H]
     H, stride_gm, stride_am,
-    BLOCK: tl.constexpr, USE_GDC: tl.constexpr = False, EVICT: tl.constexpr = "",
+    BLOCK: tl.constexpr, USE_GDC: tl.constexpr = False,
 ):
     gdc_wait_and_release(USE_GDC)
     m = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < H
-    g = tl.load(gu_ptr + m * stride_gm + offs, mask=mask, other=0.0, eviction_policy=EVICT)
-    u = tl.load(gu_ptr + m * stride_gm + H + offs, mask=mask, other=0.0, eviction_policy=EVICT)
+    g = tl.load(gu_ptr + m * stride_gm + offs, mask=mask, other=0.0)
+    u = tl.load(gu_ptr + m * stride_gm + H + offs, mask=mask, other=0.0)
     tl.store(a_ptr + m * stride_am + offs, _silu_times(g, u, a_ptr.dtype.element_ty), mask=mask)
 
 
@@ -617,11 +617,6 @@ def _linear(x, w, residual, out, norm_args=None):
     return out, norm
 
 
-# eviction policy of silu_mul's gate_up loads: the product is dead after the activation (H200 A/B in
-# results/kernels/evict_ab_h200_9b9d125.txt)
-SILU_MUL_EVICT = "evict_first"
-
-
 def silu_mul(gate_up: torch.Tensor, *, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """SwiGLU's activation on a fused gate-up product: ``silu(gate_up[..., :h]) * gate_up[..., h:]``.
 
@@ -648,6 +643,6 @@ def silu_mul(gate_up: torch.Tensor, *, out: Optional[torch.Tensor] = None) -> to
     if M:
         block = _clamp_pow2(h, 16, 1 << 16) if is_interpreter() else min(2048, next_pow2(h))
         _silu_mul_kernel[(M, cdiv(h, block))](
-            g2, a2, h, g2.stride(0), a2.stride(0), BLOCK=block, EVICT=SILU_MUL_EVICT,
+            g2, a2, h, g2.stride(0), a2.stride(0), BLOCK=block,
             num_warps=1 if is_interpreter() else max(1, min(8, block // 256)), **gdc_options(g2, M))
     return out

@@ -71,7 +71,7 @@ def _qkv_rope_cache_kernel(
     svb, svt, svh, svd,                  # v cache
     sct,                                 # row stride of the cos / sin tables [L, D]
     DYN: tl.constexpr, HAS_CACHE: tl.constexpr, HAS_WF: tl.constexpr, HALF: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_D2: tl.constexpr, USE_GDC: tl.constexpr = False, EVICT: tl.constexpr = "",
+    BLOCK_R: tl.constexpr, BLOCK_D2: tl.constexpr, USE_GDC: tl.constexpr = False,
 ):
     gdc_wait_and_release(USE_GDC)
     # grid: (row tiles, group); a row is one (batch, token, head) of the group: 0 = q (rotated in
@@ -100,8 +100,8 @@ def _qkv_rope_cache_kernel(
     dd = offs_d[None, :]
     src_h = h + tl.where(g == 0, 0, tl.where(g == 1, H, H + HKV))
     x1_ptrs = qkv_ptr + (b * sqb + t * sqt + src_h * sqh)[:, None] + dd * sqd
-    x1 = tl.load(x1_ptrs, mask=mask, other=0.0, eviction_policy=EVICT).to(tl.float32)
-    x2 = tl.load(x1_ptrs + HALF * sqd, mask=mask, other=0.0, eviction_policy=EVICT).to(tl.float32)
+    x1 = tl.load(x1_ptrs, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(x1_ptrs + HALF * sqd, mask=mask, other=0.0).to(tl.float32)
     dt = qkv_ptr.dtype.element_ty
     if g == 2:
         o_ptrs = vc_ptr + (b * svb + pos * svt + h * svh)[:, None] + dd * svd
@@ -255,11 +255,6 @@ def _check_rope_args(qkv, cos_table, sin_table, start, k_cache, v_cache, n_heads
     return H, Hkv, dyn, start, has_cache
 
 
-# eviction policy of qkv_rope_cache's loads: k and v are dead once copied into the cache, q is rewritten in place
-# (H200 A/B in results/kernels/evict_ab_h200_9b9d125.txt)
-QKV_ROPE_EVICT = "evict_first"
-
-
 def qkv_rope_cache(qkv: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.Tensor, start,
                    k_cache: Optional[torch.Tensor] = None, v_cache: Optional[torch.Tensor] = None, *,
                    n_heads: int, write_from: Optional[torch.Tensor] = None):
@@ -293,7 +288,7 @@ def qkv_rope_cache(qkv: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.
             write_from if write_from is not None else qkv, 1 if dyn and start.dim() == 1 else 0,
             T, H, Hkv, n_rows, *qkv.stride(), *kc.stride(), *vc.stride(), cos_table.stride(0),
             DYN=dyn, HAS_CACHE=has_cache, HAS_WF=write_from is not None, HALF=D // 2, BLOCK_R=block_r,
-            BLOCK_D2=block_d2, EVICT=QKV_ROPE_EVICT,
+            BLOCK_D2=block_d2,
             num_warps=4 if block_r * block_d2 >= 1024 else 2, **gdc_options(qkv, B * T),
         )
     q = qkv[:, :, :H]
