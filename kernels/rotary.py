@@ -13,7 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import cdiv, check_tensor, gdc_options, gdc_wait_and_release, is_interpreter, next_pow2
+from kernels._common import (cdiv, check_tensor, gdc_options, gdc_wait_and_release, is_interpreter, memo_config,
+                             next_pow2)
 
 __all__ = ["rope", "rope_qk_", "qkv_rope_cache"]
 
@@ -137,6 +138,24 @@ def rope_config(B: int, T: int, G: int, H: int, D: int, interpret: Optional[bool
     elems = block_h * block_d2
     num_warps = max(1, min(8, elems // 256))
     return dict(BLOCK_H=block_h, BLOCK_D2=block_d2, num_warps=num_warps)
+
+
+def qkv_rope_config(n_rows: int, D: int, interpret: Optional[bool] = None) -> dict:
+    """Meta-parameters of :func:`qkv_rope_cache` for ``n_rows`` (token, q head) rows of head dim ``D``: rows
+    per program (``BLOCK_R``), the padded half head dim (``BLOCK_D2``) and warps (a new dict per call)."""
+    return _qkv_rope_config(n_rows, D, is_interpreter() if interpret is None else bool(interpret))
+
+
+@memo_config
+def _qkv_rope_config(n_rows: int, D: int, interpret: bool) -> dict:
+    block_d2 = next_pow2(max(D // 2, 1))
+    if interpret:  # few, large programs: the interpreter pays per program
+        block_r = min(next_pow2(n_rows), max(1, 16384 // block_d2))
+    else:  # ~1K elements per program (16 rows at D=128): LLaDA-8B shapes, H200, CUDA graphs, us per call:
+        # batch 32 15.05 vs 16.05 with 32 rows, batch 8 5.28 vs 5.75 (results/kernels/rope_rows_h200_b08f254.txt);
+        # 8 rows no faster (rope_rows8_h200_1f14cdc.txt), nor one token's heads a program (rope_per_token_h200_183d48e.txt)
+        block_r = max(1, min(next_pow2(n_rows), 1024 // block_d2))
+    return dict(BLOCK_R=block_r, BLOCK_D2=block_d2, num_warps=4 if block_r * block_d2 >= 1024 else 2)
 
 
 def _launch(x5: torch.Tensor, o5: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, config=None):
@@ -274,12 +293,8 @@ def qkv_rope_cache(qkv: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.
     D = qkv.shape[3]
     if qkv.numel():
         n_rows = B * T * H
-        block_d2 = next_pow2(D // 2)
-        if is_interpreter():  # few, large programs: the interpreter pays per program
-            block_r = min(next_pow2(n_rows), max(1, 16384 // block_d2))
-        else:  # ~1K elements per program (16 rows at D=128): LLaDA-8B shapes, H200, CUDA graphs, us per call:
-            # batch 32 15.05 vs 16.05 with 32 rows, batch 8 5.28 vs 5.75 (results/kernels/rope_rows_h200_b08f254.txt)
-            block_r = max(1, min(next_pow2(n_rows), 1024 // block_d2))
+        c = qkv_rope_config(n_rows, D)
+        block_r, block_d2 = c["BLOCK_R"], c["BLOCK_D2"]
         kc = k_cache if has_cache else qkv
         vc = v_cache if has_cache else qkv
         grid = (cdiv(n_rows, block_r), 3 if has_cache else 2)
@@ -288,8 +303,7 @@ def qkv_rope_cache(qkv: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.
             write_from if write_from is not None else qkv, 1 if dyn and start.dim() == 1 else 0,
             T, H, Hkv, n_rows, *qkv.stride(), *kc.stride(), *vc.stride(), cos_table.stride(0),
             DYN=dyn, HAS_CACHE=has_cache, HAS_WF=write_from is not None, HALF=D // 2, BLOCK_R=block_r,
-            BLOCK_D2=block_d2,
-            num_warps=4 if block_r * block_d2 >= 1024 else 2, **gdc_options(qkv, B * T),
+            BLOCK_D2=block_d2, num_warps=c["num_warps"], **gdc_options(qkv, B * T),
         )
     q = qkv[:, :, :H]
     if has_cache:

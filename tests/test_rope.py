@@ -14,7 +14,7 @@ import torch
 from tests.helpers import run_without_interpreter
 
 from kernels.reference import rope_ref, rope_tables
-from kernels.rotary import _launch, rope, rope_config, rope_qk_
+from kernels.rotary import _launch, qkv_rope_config, rope, rope_config, rope_qk_
 
 GPU = pytest.mark.gpu
 DTYPES = [
@@ -178,6 +178,12 @@ def test_config_deterministic():
             c = rope_config(B, 32, G, 32, 128, interpret=False)
             assert c == rope_config(B, 32, G, 32, 128, interpret=False)
             assert 1 <= c["BLOCK_H"] <= 32 and c["BLOCK_D2"] == 64
+    for n_rows in (32, 32 * 32, 32 * 32 * 32):  # qkv_rope_cache: batch 1 / 32 / 1024 tokens of 32 heads
+        for interp in (False, True):
+            c = qkv_rope_config(n_rows, 128, interpret=interp)
+            assert c == qkv_rope_config(n_rows, 128, interpret=interp) and c["BLOCK_D2"] == 64
+            assert 1 <= c["BLOCK_R"] <= n_rows and c["num_warps"] in (1, 2, 4, 8)
+    assert qkv_rope_config(32 * 32 * 32, 128, interpret=False)["BLOCK_R"] == 16  # the measured choice at D=128
 
 
 _COMPILE = textwrap.dedent("""
@@ -199,9 +205,10 @@ _COMPILE = textwrap.dedent("""
             sig.update({{n: "i64" for n in ("sqb", "sqt", "sqh", "sqd", "skb", "skt", "skh", "skd",
                                             "svb", "svt", "svh", "svd")}})
             sig.update(sct="i32")
+            c = rope.qkv_rope_config(32 * 32 * 32, 128, interpret=False)
             compile_for(rope._qkv_rope_cache_kernel, sig,
-                        dict(DYN=dyn, HAS_CACHE=cache, HAS_WF=cache, HALF=64, BLOCK_R=32, BLOCK_D2=64,
-                             USE_GDC=True))
+                        dict(DYN=dyn, HAS_CACHE=cache, HAS_WF=cache, HALF=64, BLOCK_R=c["BLOCK_R"],
+                             BLOCK_D2=c["BLOCK_D2"], USE_GDC=True))
     print("ok")
 """)
 
