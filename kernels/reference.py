@@ -13,7 +13,6 @@ Layout conventions used throughout the package:
 from __future__ import annotations
 
 import math
-
 from typing import Optional, Sequence
 
 import torch

@@ -26,7 +26,6 @@ References: :func:`kernels.reference.head_confidence_ref`, :func:`kernels.refere
 from __future__ import annotations
 
 import math
-
 import struct
 from typing import Optional, Sequence
 
