@@ -23,8 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import (as_rows, cdiv, check_tensor, gdc_options, gdc_wait_and_release, is_interpreter, memo_config,
-                             next_pow2, pdl_launch, pdl_prefetch, prefetch_l2)
+from kernels._common import (as_rows, cdiv, check_eps, check_tensor, gdc_options, gdc_wait_and_release,
+                             is_interpreter, memo_config, next_pow2, pdl_launch, pdl_prefetch, prefetch_l2)
 
 __all__ = ["swiglu_mlp", "linear", "swiglu_mlp_rms_norm", "linear_rms_norm", "silu_mul"]
 
@@ -495,8 +495,7 @@ def _norm_target(norm_weight, eps, like: torch.Tensor, norm_out):
     if norm_weight.shape[0] != d or norm_weight.device != like.device:
         raise ValueError(f"norm_weight must be [{d}] on {like.device}, got {tuple(norm_weight.shape)} "
                          f"on {norm_weight.device}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
-        raise ValueError(f"eps must be a float >= 0, got {eps!r}")
+    eps = check_eps(eps)
     y_dtype = torch.promote_types(norm_weight.dtype, like.dtype)
     if norm_out is None:
         norm_out = torch.empty(like.shape, device=like.device, dtype=y_dtype)
@@ -505,7 +504,7 @@ def _norm_target(norm_weight, eps, like: torch.Tensor, norm_out):
         if norm_out.shape != like.shape or norm_out.device != like.device:
             raise ValueError(f"norm_out must be {tuple(like.shape)} on {like.device}, got "
                              f"{tuple(norm_out.shape)} on {norm_out.device}")
-    return norm_weight, float(eps), norm_out
+    return norm_weight, eps, norm_out
 
 
 # ------------------------------------------------------------------------------------------- public

@@ -14,8 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import (as_rows, cdiv, check_tensor, gdc_options, gdc_wait_and_release, is_interpreter, memo_config,
-                             next_pow2)
+from kernels._common import (as_rows, cdiv, check_eps, check_tensor, gdc_options, gdc_wait_and_release,
+                             is_interpreter, memo_config, next_pow2)
 
 __all__ = ["rms_norm"]
 
@@ -133,8 +133,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: Option
     Returns ``y`` when ``residual`` is None, else ``(y, h)``. See :func:`kernels.reference.rms_norm_ref`.
     """
     check_tensor("x", x, dtypes=_DTYPES)
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
-        raise ValueError(f"eps must be a float >= 0, got {eps!r}")
+    eps = check_eps(eps)
     if x.ndim < 1 or x.shape[-1] == 0:
         raise ValueError(f"x must be [..., d] with d >= 1, got shape {tuple(x.shape)}")
     d = x.shape[-1]
