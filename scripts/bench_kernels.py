@@ -19,8 +19,9 @@ flushed before each call (provider ``NAME``), and replays of a CUDA graph holdin
 rotate over up to 32 input sets, enough to exceed the L2 cache wherever a set is >= 5 MB (KV caches,
 large activations); weights are shared and larger than L2 anyway; small activations stay L2-resident,
 as in a decode step where the previous kernel just wrote them (provider ``NAME-graph``; the timer is
-``_graph_time_us`` of scripts/bench_block_attention.py, one replay per sample, 10 samples). Decode
-kernels are launch-bound, so the graph numbers are what a captured decode step sees.
+``_graph_time_us`` of scripts/bench_block_attention.py, one replay per sample, 10 samples, taken
+round-robin over the case's providers so that a drift of the GPU's clocks during the case falls on all of
+them alike). Decode kernels are launch-bound, so the graph numbers are what a captured decode step sees.
 
 Bytes and FLOPs are counted by formula (``*_cost`` below: every input read once, every output
 written once, weights once per call); % of roofline = max(bytes / copy bandwidth, FLOPs / matmul
@@ -30,7 +31,8 @@ the memory-bound ops (norms, RoPE) also time provider ``copy``: ``Tensor.copy_``
 op's bytes (read once, written once), timed the same way, which says what the op's size allows. It is a
 yardstick, never the "best other provider" of the headline.
 torch.compile runs last (after every other provider), with a time budget; a compile that fails or
-is skipped is a row with the error, never a silent gap.
+is skipped is a row with the error, never a silent gap. (So its graph samples are not interleaved with the
+others': they come from a second pass over the cases.)
 
     python scripts/bench_kernels.py --out results/kernels --sha $(git rev-parse --short HEAD)
     python scripts/bench_kernels.py --render results/kernels/kernels_h100_abc1234.csv   # md + png, CPU
@@ -402,26 +404,28 @@ class Timer:
 
     def __init__(self, dry_run: bool, warmup_ms: float, rep_ms: float, graph_samples: int, graph_calls: int):
         self.dry_run, self.warmup_ms, self.rep_ms = dry_run, warmup_ms, rep_ms
-        self.graph_samples, self.graph_calls = graph_samples, graph_calls
+        self.graph_samples = 1 if dry_run else graph_samples
+        self.graph_calls = graph_calls
 
     @staticmethod
-    def _q(samples_us):
+    def quantiles(samples_us) -> List[float]:
         import torch
         t = torch.tensor(samples_us, dtype=torch.float64)
         return [float(v) for v in torch.quantile(t, torch.tensor(QUANTILES, dtype=torch.float64))]
 
     def eager(self, fn) -> List[float]:
         if self.dry_run:
-            return self._q([self._wall_us(fn)])
+            return self.quantiles([self._wall_us(fn)])
         from triton.testing import do_bench
         return [1e3 * v for v in do_bench(fn, warmup=self.warmup_ms, rep=self.rep_ms, quantiles=list(QUANTILES))]
 
-    def graph(self, fn_per_set, n_sets: int) -> List[float]:
+    def graph_sample(self, fn_per_set, n_sets: int) -> float:
+        """One sample of the graph timing: us per call of one replay (one capture) of >= ``graph_calls``
+        calls rotating over the ``n_sets`` input sets; ``graph_samples`` of them make a graph row."""
         if self.dry_run:
-            return self._q([self._wall_us(lambda: [fn_per_set(i) for i in range(n_sets)]) / n_sets])
+            return self._wall_us(lambda: [fn_per_set(i) for i in range(n_sets)]) / n_sets
         from bench_block_attention import _graph_time_us
-        return self._q([_graph_time_us(fn_per_set, n_sets, min_calls=self.graph_calls, replays=1)
-                        for _ in range(self.graph_samples)])
+        return _graph_time_us(fn_per_set, n_sets, min_calls=self.graph_calls, replays=1)
 
     @staticmethod
     def _wall_us(fn):
@@ -486,8 +490,31 @@ def _sync(dry_run):
         torch.cuda.synchronize()
 
 
+def _row(case: Case, base: dict, name: str, kind: str, timing: str, n_sets: int) -> dict:
+    return dict(base, op=case.op, provider=name + ("-graph" if timing == "cuda-graph" else ""), kind=kind,
+                timing=timing, shape=case.shape, batch=case.batch, rows=case.rows, kv_len=case.kv_len or "",
+                bytes=case.nbytes, flops=case.flops, n_sets=n_sets, error="", note="", check="")
+
+
+def _error(e: Exception) -> str:
+    return re.sub(r"\s+", " ", f"{type(e).__name__}: {e}".replace("\n", " "))[:300]
+
+
+def _finish(r: dict, t0: float):
+    r["bench_s"] = round(time.time() - t0, 2)
+    _derive(r)
+    print(f"{r['op']:17s} {r['provider']:22s} {r['shape']:28s} "
+          + (f"{r['p50_us']:10.2f} us {r['pct_roofline']:6.1f}% {r['check']}" if r.get("p50_us") != ""
+             else f"ERROR {r['error'][:120]}") + f"  [{r['bench_s']} s]", flush=True)
+
+
 def run_case(case: Case, providers, timer: Timer, ctx: Ctx, base: dict, deadline: float, l2_bytes: int):
-    """Rows (eager + graph) for ``providers`` of one case; errors and budget skips become rows."""
+    """Rows (eager + graph) for ``providers`` of one case; errors and budget skips become rows.
+
+    Each provider's first call (compile, output check) and ``do_bench`` row come first, provider by provider;
+    then the graph samples are taken round-robin (sample ``s`` of every provider before sample ``s + 1`` of
+    any), so a slow drift of the GPU during the case (clocks under the power cap, temperature) weighs on every
+    provider alike and the graph rows' ratios stay comparable."""
     import torch
 
     rows = []
@@ -498,42 +525,53 @@ def run_case(case: Case, providers, timer: Timer, ctx: Ctx, base: dict, deadline
         want = case.out_of(case.providers["torch"][1](shared, sets[0]))
     except Exception:  # noqa: BLE001 - the torch row below records it
         pass
+    graphed = []  # (graph row, fn per input set, samples, seconds spent)
     for name in providers:
         kind, f = case.providers[name]
-        for timing in ("do_bench", "cuda-graph"):
+        t0 = time.time()
+        r = _row(case, base, name, kind, "do_bench", n_sets)
+        g = _row(case, base, name, kind, "cuda-graph", n_sets)
+        try:
+            if time.time() > deadline:
+                raise TimeoutError("skipped: time budget (--budget-s) spent")
+            tc = time.time()
+            out = f(shared, sets[0])  # first call: compiles (triton JIT / torch.compile)
+            _sync(ctx.dry_run)
+            r["note"] = f"first call {time.time() - tc:.2f} s" + (
+                f" (torch.compile {ctx.compile_backend}, mode {ctx.compile_mode})" if kind == "compile" else "")
+            r["check"] = "" if kind == "copy" else _check(case.out_of(out), want)
+            del out
+            q = timer.eager(lambda f=f: f(shared, sets[0]))
+            r.update(p50_us=q[0], p20_us=q[1], p80_us=q[2])
+        except Exception as e:  # noqa: BLE001 - record and go on
+            r["error"] = _error(e)
+            g.update(error="not timed: " + r["error"])  # the graph timing would fail the same way
+        _finish(r, t0)
+        rows += [r, g]
+        if g["error"]:
+            g["bench_s"] = 0.0
+            _derive(g)
+        else:
+            graphed.append([g, (lambda i, f=f: f(shared, sets[i])), [], 0.0])
+    for s in range(timer.graph_samples):
+        for item in graphed:
+            g, fn, samples, _ = item
+            if g["error"]:
+                continue
             t0 = time.time()
-            r = dict(base, op=case.op, provider=name + ("-graph" if timing == "cuda-graph" else ""), kind=kind,
-                     timing=timing, shape=case.shape, batch=case.batch, rows=case.rows, kv_len=case.kv_len or "",
-                     bytes=case.nbytes, flops=case.flops, n_sets=n_sets, error="", note="", check="")
             try:
-                if time.time() > deadline:
+                if not samples and time.time() > deadline:
                     raise TimeoutError("skipped: time budget (--budget-s) spent")
-                if timing == "do_bench":
-                    tc = time.time()
-                    out = f(shared, sets[0])  # first call: compiles (triton JIT / torch.compile)
-                    _sync(ctx.dry_run)
-                    r["note"] = f"first call {time.time() - tc:.2f} s" + (
-                        f" (torch.compile {ctx.compile_backend}, mode {ctx.compile_mode})" if kind == "compile" else "")
-                    r["check"] = "" if kind == "copy" else _check(case.out_of(out), want)
-                    del out
-                    q = timer.eager(lambda: f(shared, sets[0]))
-                else:
-                    q = timer.graph(lambda i: f(shared, sets[i]), n_sets)
-                r.update(p50_us=q[0], p20_us=q[1], p80_us=q[2])
+                samples.append(timer.graph_sample(fn, n_sets))
             except Exception as e:  # noqa: BLE001 - record and go on
-                msg = f"{type(e).__name__}: {e}".replace("\n", " ")
-                r["error"] = re.sub(r"\s+", " ", msg)[:300]
-            r["bench_s"] = round(time.time() - t0, 2)
-            _derive(r)
-            rows.append(r)
-            print(f"{r['op']:17s} {r['provider']:22s} {r['shape']:28s} "
-                  + (f"{r['p50_us']:10.2f} us {r['pct_roofline']:6.1f}% {r['check']}" if r.get("p50_us") != ""
-                     else f"ERROR {r['error'][:120]}") + f"  [{r['bench_s']} s]", flush=True)
-            if r["error"] and timing == "do_bench":  # the graph timing would fail the same way
-                rows.append(dict(r, provider=name + "-graph", timing="cuda-graph", bench_s=0.0,
-                                 error="not timed: " + r["error"]))
-                break
-    del sets, shared, want
+                g["error"] = _error(e)
+            item[3] += time.time() - t0
+    for g, _, samples, spent in graphed:
+        if not g["error"]:
+            q = timer.quantiles(samples)
+            g.update(p50_us=q[0], p20_us=q[1], p80_us=q[2])
+        _finish(g, time.time() - spent)
+    del sets, shared, want, graphed
     if not ctx.dry_run:
         torch.cuda.empty_cache()
     return rows

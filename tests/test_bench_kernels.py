@@ -109,3 +109,63 @@ def test_shapes_from_8b_config():
     lg = by[("logits_confidence", "B32-M1024-V126464")]
     assert lg.nbytes == 2 * 1024 * 126464 + 12 * 1024 and lg.flops == 0
     assert {"torch", "torch-official", "torch-compile", "triton"} == set(lg.providers)
+
+
+class _FakeTimer:
+    """Records the order of graph samples; sample values grow with time (a drifting GPU)."""
+
+    def __init__(self, samples):
+        self.graph_samples, self.calls, self.t = samples, [], 0.0
+
+    @staticmethod
+    def quantiles(v):
+        return bk.Timer.quantiles(v)
+
+    def eager(self, fn):
+        fn()
+        return [1.0, 1.0, 1.0]
+
+    def graph_sample(self, fn_per_set, n_sets):
+        self.t += 1.0
+        self.calls.append(fn_per_set(0))
+        return self.t
+
+
+def test_graph_samples_round_robin():
+    """Graph samples are taken provider after provider within each round, so a drift hits all alike; a failing
+    provider gets error rows for both timings and does not stop the others."""
+    import torch
+
+    def boom(shared, s):
+        raise RuntimeError("no kernel")
+
+    case = bk.Case("op", "S", 1, 1, 0, 8, 0, 8, make=lambda n: (None, [torch.ones(2) for _ in range(n)]),
+                   out_of=lambda out: None)  # outputs are names here: no check
+    case.providers = {"torch": ("reference", lambda sh, s: "torch"), "triton": ("triton", lambda sh, s: "triton"),
+                      "bad": ("library", boom), "copy": ("copy", lambda sh, s: "copy")}
+    timer = _FakeTimer(3)
+    ctx = bk.Ctx(True, "cpu", torch.float32, None, "eager", "default")
+    base = dict(copy_gbps=1.0, matmul_tflops=1.0)
+    rows = bk.run_case(case, ["torch", "triton", "bad", "copy"], timer, ctx, base, deadline=float("inf"), l2_bytes=0)
+    assert timer.calls == ["torch", "triton", "copy"] * 3
+    by = {r["provider"]: r for r in rows}
+    assert set(by) == {"torch", "torch-graph", "triton", "triton-graph", "bad", "bad-graph", "copy", "copy-graph"}
+    # samples 1, 4, 7 (torch), 2, 5, 8 (triton), 3, 6, 9 (copy): each round adds the same drift to all
+    assert by["triton-graph"]["p50_us"] - by["torch-graph"]["p50_us"] == 1.0
+    assert by["copy-graph"]["p50_us"] == 6.0
+    assert "RuntimeError: no kernel" in by["bad"]["error"] and by["bad-graph"]["error"].startswith("not timed: ")
+    assert by["bad-graph"]["p50_us"] == "" and by["triton"]["error"] == ""
+
+
+def test_graph_samples_skip_after_deadline():
+    """Past the time budget, no graph row starts (rows say so); eager rows skip too."""
+    import torch
+
+    case = bk.Case("op", "S", 1, 1, 0, 8, 0, 8, make=lambda n: (None, [torch.ones(2) for _ in range(n)]),
+                   out_of=lambda out: None)
+    case.providers = {"torch": ("reference", lambda sh, s: "torch")}
+    timer = _FakeTimer(2)
+    rows = bk.run_case(case, ["torch"], timer, bk.Ctx(True, "cpu", torch.float32, None, "eager", "default"),
+                       dict(copy_gbps=1.0, matmul_tflops=1.0), deadline=0.0, l2_bytes=0)
+    assert timer.calls == []
+    assert all("time budget" in r["error"] for r in rows) and len(rows) == 2
