@@ -29,11 +29,10 @@ import csv
 import datetime
 import os
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _ROOT = os.path.dirname(_HERE)
@@ -272,14 +271,9 @@ def _rows(study: str, rc: RunConfig, results: List[Dict], meta: Dict) -> List[Di
 
 
 def git_sha() -> str:
-    """HEAD's sha, with ``+dirty`` when tracked files differ from it (the numbers then depend on edits)."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=_ROOT, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--"], cwd=_ROOT, capture_output=True).returncode
-        return sha + ("+dirty" if dirty == 1 else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    """HEAD's full sha, with ``+dirty`` when tracked files differ from it (scripts/provenance.py)."""
+    from provenance import git_sha as sha
+    return sha(short=False)
 
 
 def _version(pkg: str) -> str:

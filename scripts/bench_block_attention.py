@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import time
 
 import torch
@@ -143,11 +141,8 @@ def bench_block_attention(shapes, *, Tq=32, H=32, Hkv=32, D=128, dtype=torch.bfl
 
 def _env():
     import triton
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout.strip()
-    except Exception:
-        sha = "?"
+    from provenance import git_sha
+    sha = git_sha()
     return dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
                 git=sha, sms=torch.cuda.get_device_properties(0).multi_processor_count)
 

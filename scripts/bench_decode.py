@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import subprocess
 import sys
 import time
 
@@ -34,13 +33,9 @@ def env_info(sha=None):
     import triton
 
     if not sha:
-        try:
-            sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                 text=True).stdout.strip()
-        except OSError:
-            sha = ""
-    return dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-                sha=sha or "unknown")
+        from provenance import git_sha
+        sha = git_sha()
+    return dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__, sha=sha)
 
 
 def render(csv_path, md_path=None):

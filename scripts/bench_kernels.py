@@ -631,12 +631,8 @@ def main(out: str, sha: Optional[str] = None, dry_run: bool = False, ops=OPS, re
     dev = "cpu" if dry_run else "cuda"
     dtype = torch.float32 if dry_run else torch.bfloat16  # the interpreter computes bf16 wrongly
     if sha is None:
-        import subprocess
-        try:
-            sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                 text=True).stdout.strip()
-        except OSError:
-            sha = ""
+        from provenance import git_sha
+        sha = git_sha()
     gpu = "cpu (dry run)" if dry_run else torch.cuda.get_device_name()
     bw, mm = measure_roofline_any(dry_run)
     base = dict(dtype=str(dtype).replace("torch.", ""), copy_gbps=float(f"{bw / 1e9:.5g}"),
@@ -732,7 +728,7 @@ def render(csv_path: str, md_path: Optional[str] = None, png_path: Optional[str]
     md_path = md_path or stem + ".md"
     png_path = png_path or stem + ".png"
     r0 = rows[0]
-    lines = [f"# Kernel benchmark, LLaDA-8B decode shapes", "",
+    lines = ["# Kernel benchmark, LLaDA-8B decode shapes", "",
              f"{r0['gpu']}, torch {r0['torch']}, triton {r0['triton']}, git {r0['sha']}, {r0['dtype']}, "
              f"{r0['timestamp']}. Measured roofline in the same run: copy {r0['copy_gbps']} GB/s (bytes read + "
              f"written), bf16 8192^3 matmul {r0['matmul_tflops']} TFLOP/s. `% roof` = max(bytes / copy bandwidth, "

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import subprocess
 import sys
 import time
 
@@ -27,13 +26,8 @@ D_MODEL, HIDDEN, N_HEADS, HEAD_DIM, BLOCK = 4096, 12288, 32, 128, 32
 
 
 def _sha():
-    if os.environ.get("GIT_SHA"):
-        return os.environ["GIT_SHA"]
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except Exception:
-        return "unknown"
+    from provenance import git_sha
+    return git_sha()
 
 
 def main(sweep: bool, out: str, budget_s: float, dry_run: bool = False):

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import subprocess
 import sys
 import time
 
@@ -37,13 +36,8 @@ VOCAB, D_MODEL = 126464, 4096  # LLaDA-8B
 
 
 def _sha():
-    if os.environ.get("GIT_SHA"):
-        return os.environ["GIT_SHA"]
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except Exception:
-        return "unknown"
+    from provenance import git_sha
+    return git_sha()
 
 
 def _agreement(x0, rx, logits):

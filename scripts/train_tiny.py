@@ -26,7 +26,6 @@ import math
 import os
 import platform
 import random
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -225,11 +224,9 @@ def write_checkpoint(params: Params, cfg: LLaDAConfig, out: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- utils
 def git_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=_ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except Exception:
-        return "unknown"
+    """HEAD's full sha, with ``+dirty`` when tracked files differ from it (scripts/provenance.py)."""
+    from provenance import git_sha as sha
+    return sha(short=False)
 
 
 def device_name(device: str) -> str:
