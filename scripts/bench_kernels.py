@@ -500,8 +500,9 @@ def _error(e: Exception) -> str:
     return re.sub(r"\s+", " ", f"{type(e).__name__}: {e}".replace("\n", " "))[:300]
 
 
-def _finish(r: dict, t0: float):
-    r["bench_s"] = round(time.time() - t0, 2)
+def _finish(r: dict, seconds: float):
+    """Derived columns and the progress line of a finished row (``seconds``: time spent on it)."""
+    r["bench_s"] = round(seconds, 2)
     _derive(r)
     print(f"{r['op']:17s} {r['provider']:22s} {r['shape']:28s} "
           + (f"{r['p50_us']:10.2f} us {r['pct_roofline']:6.1f}% {r['check']}" if r.get("p50_us") != ""
@@ -546,7 +547,7 @@ def run_case(case: Case, providers, timer: Timer, ctx: Ctx, base: dict, deadline
         except Exception as e:  # noqa: BLE001 - record and go on
             r["error"] = _error(e)
             g.update(error="not timed: " + r["error"])  # the graph timing would fail the same way
-        _finish(r, t0)
+        _finish(r, time.time() - t0)
         rows += [r, g]
         if g["error"]:
             g["bench_s"] = 0.0
@@ -570,7 +571,7 @@ def run_case(case: Case, providers, timer: Timer, ctx: Ctx, base: dict, deadline
         if not g["error"]:
             q = timer.quantiles(samples)
             g.update(p50_us=q[0], p20_us=q[1], p80_us=q[2])
-        _finish(g, time.time() - spent)
+        _finish(g, spent)
     del sets, shared, want, graphed
     if not ctx.dry_run:
         torch.cuda.empty_cache()
