@@ -361,7 +361,9 @@ def _flags(dtype: torch.dtype) -> dict:
 # Bytes of each weight row a program pulls into L2 before gdc_wait (PDL). LLaDA-8B block decode, batch 1, H200
 # (ms per step, two runs each): 0 B 4.351 / 4.344, 128 B 4.312 / 4.310, 256 B 4.297 / 4.302, 512 B 4.316,
 # 1 KiB 4.375, 2 KiB 4.493, 4 KiB 4.813, 8 KiB 5.432 (deep prefetches compete with the running kernel). Absolute
-# values 3.1% low (bench_decode's window before be219a1), the same for every row.
+# values 3.1% low (bench_decode's window before be219a1), the same for every row. Measured with the plain L2
+# hint; with the evict_last hint used now (kernels._common.prefetch_l2) 512 B and 1 KiB are slower as well
+# (results/bench_decode/prefetch_hint_ab_h200_7a84c1f.txt).
 PREFETCH_BYTES = 256
 
 
