@@ -141,13 +141,6 @@ def with_defaults(kernel, signature: dict, constexprs: dict) -> dict:
     return out
 
 
-def check_eps(eps) -> float:
-    """An RMSNorm ``eps`` as a float, or a ValueError (a number >= 0; NaN, negatives, bools and strings are not)."""
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
-        raise ValueError(f"eps must be a float >= 0, got {eps!r}")
-    return float(eps)
-
-
 def as_rows(name: str, t: torch.Tensor, d: int) -> torch.Tensor:
     """``t`` viewed as ``[rows, d]`` without a copy, or a ValueError naming the argument."""
     try:

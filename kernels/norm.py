@@ -14,8 +14,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import (as_rows, cdiv, check_eps, check_tensor, gdc_options, gdc_wait_and_release,
+from kernels._common import (as_rows, cdiv, check_tensor, gdc_options, gdc_wait_and_release,
                              is_interpreter, memo_config, next_pow2)
+from kernels.reference import check_eps
 
 __all__ = ["rms_norm"]
 

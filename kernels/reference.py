@@ -37,6 +37,14 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------------------- norms
+def check_eps(eps) -> float:
+    """An RMSNorm ``eps`` as a float, or a ValueError (a number >= 0; NaN, negatives, bools and strings are not).
+    Shared by the reference and the Triton norms."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
+        raise ValueError(f"eps must be a float >= 0, got {eps!r}")
+    return float(eps)
+
+
 def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float,
                  residual: Optional[torch.Tensor] = None):
     """LLaDA's RMSNorm, optionally with the residual add fused in front.
@@ -46,8 +54,7 @@ def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float,
 
     Returns ``y`` when ``residual`` is None, else ``(y, h)``.
     """
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
-        raise ValueError(f"eps must be a float >= 0, got {eps!r}")
+    eps = check_eps(eps)
     h = x if residual is None else x + residual
     hf = h.float()
     y = (hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + eps)).to(h.dtype)
