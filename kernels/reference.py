@@ -45,6 +45,14 @@ def check_eps(eps) -> float:
     return float(eps)
 
 
+def check_not_nan(name: str, v) -> None:
+    """A ValueError naming ``name`` when the rule value ``v`` (a threshold or factor; None = unused) is NaN: it
+    compares false with every confidence, so the rule would silently commit something else than asked. Shared
+    by the reference and the Triton selection."""
+    if v is not None and math.isnan(float(v)):
+        raise ValueError(f"{name} must be a number (+-inf allowed), got {v}")
+
+
 def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float,
                  residual: Optional[torch.Tensor] = None):
     """LLaDA's RMSNorm, optionally with the residual add fused in front.
@@ -325,8 +333,7 @@ def select_transfer_ref(conf: torch.Tensor, masked: torch.Tensor, *,
     if sum(r is not None for r in (k, threshold, factor)) != 1:
         raise ValueError("select_transfer_ref: give exactly one of k, threshold, factor")
     for name, v in (("threshold", threshold), ("factor", factor)):
-        if v is not None and math.isnan(float(v)):
-            raise ValueError(f"select_transfer_ref: {name} must be a number, got {v}")
+        check_not_nan(name, v)
     B, L = conf.shape
     key = torch.where(masked, conf.float(), torch.full_like(conf, float("-inf"), dtype=torch.float))
     # stable descending order: lowest index first among equal keys; masked before unmasked

@@ -25,7 +25,6 @@ References: :func:`kernels.reference.head_confidence_ref`, :func:`kernels.refere
 """
 from __future__ import annotations
 
-import math
 import struct
 from typing import Optional, Sequence
 
@@ -34,6 +33,7 @@ import triton
 import triton.language as tl
 
 from kernels._common import cdiv, check_tensor, gdc_options, gdc_wait_and_release, is_interpreter, next_pow2
+from kernels.reference import check_not_nan
 
 __all__ = ["head_confidence", "logits_confidence", "select_transfer", "select_commit", "commit_step"]
 
@@ -686,8 +686,7 @@ def _rule_args(B: int, dev, k, threshold, factor):
             raise ValueError(f"k must be an int tensor [{B}] on {dev}, got {tuple(k.shape)} on {k.device}")
         return 0, k, 0.0, (0.0, 0.0, 0.0)
     if threshold is not None:
-        if math.isnan(float(threshold)):
-            raise ValueError(f"threshold must be a number (+-inf allowed: all / only the top position), got {threshold}")
+        check_not_nan("threshold", threshold)
         return 1, None, float(threshold), (0.0, 0.0, 0.0)
     factor = float(factor)
     if not (abs(factor) < 1e30 and (factor == 0.0 or abs(factor) > 1e-30)):
