@@ -49,11 +49,13 @@ def render(csv_path, md_path=None):
              f"{r0['gpu']}, torch {r0['torch']}, triton {r0['triton']}, git {r0['sha']}; measured copy bandwidth "
              f"{r0['copy_tbps']} TB/s, bf16 matmul {r0['matmul_tflops']} TFLOP/s. One token per step per row, "
              f"block {r0['block']}, temperature 0; `steps` = the steps timed, those after block 1's first, after a warm-up "
-             f"over the same steps. `floor` = max(weights + KV bytes / copy bandwidth, FLOPs / matmul peak) for one step.", "",
-             "| policy | batch | prompt x gen | provider | steps | ms/step | tokens/s | floor ms | % of floor | peak GiB | note |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"over the same steps; `NFE` = the forwards those steps spent per row (the driver's device counter; empty in "
+             f"tables from before the column). `floor` = max(weights + KV bytes / copy bandwidth, FLOPs / matmul peak) "
+             f"for one step.", "",
+             "| policy | batch | prompt x gen | provider | steps | NFE | ms/step | tokens/s | floor ms | % of floor | peak GiB | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['policy']} | {r['batch']} | {r['prompt']}x{r['gen']} | {r['provider']} | {r.get('timed_steps', '')} | {r['ms_per_step']} | "
+        lines.append(f"| {r['policy']} | {r['batch']} | {r['prompt']}x{r['gen']} | {r['provider']} | {r.get('timed_steps', '')} | {r.get('nfe', '')} | {r['ms_per_step']} | "
                      f"{r['tokens_per_s']} | {r['floor_ms']} | {r['pct_of_floor']} | {r['peak_gib']} | {r['error']} |")
     text = "\n".join(lines) + "\n"
     if md_path:
@@ -93,9 +95,10 @@ def step_floor(cfg, policy, B, P, G, Lb, bw, flops):
 
 
 def timed_window(stream, n_steps, sync, clock=time.perf_counter):
-    """``(seconds, steps)`` for the steps of ``stream`` (a :func:`decode.generate_stream`) that follow block 1's
+    """``(seconds, steps, nfe)`` for the steps of ``stream`` (a :func:`decode.generate_stream`) that follow block 1's
     first step, through the end of the block in which the ``n_steps``-th of them falls (``n_steps <= 0``, or
-    fewer steps in the stream: all of them).
+    fewer steps in the stream: all of them). ``nfe`` is the number of forwards those steps spent, read from the
+    driver's device counter (the events' ``nfe``; the most over the rows) once the clock has stopped.
 
     A step's work is enqueued before its event is yielded (with CUDA graphs and a fixed schedule, a block's
     later steps are enqueued together, before the first of their events); ``sync`` waits for the enqueued
@@ -104,7 +107,7 @@ def timed_window(stream, n_steps, sync, clock=time.perf_counter):
     the window (tests/test_bench_decode.py)."""
     from decode.generate import BlockEvent, StepEvent
 
-    t0, n = None, 0
+    t0, n, first, last = None, 0, None, None
     for ev in stream:
         if isinstance(ev, BlockEvent) and t0 is not None and 0 < n_steps <= n:
             break
@@ -113,16 +116,19 @@ def timed_window(stream, n_steps, sync, clock=time.perf_counter):
         if t0 is None:  # block 1's first step has been enqueued: wait for it, then start the clock
             sync()
             t0 = clock()
+            first = ev.nfe
             continue
         n += 1          # a step enqueued after t0
+        last = ev.nfe
     if t0 is None or n == 0:
         raise ValueError("the stream has no step after block 1's first: nothing to time")
     sync()
-    return clock() - t0, n
+    seconds = clock() - t0
+    return seconds, n, int((last - first).max())
 
 
 def time_decode(params, cfg, ops, *, policy, B, P, G, Lb, graphs, timed_steps):
-    """Seconds per step over the ``timed_steps`` steps that follow block 1's first step, rounded up to a block's
+    """``(seconds per step, steps, nfe)`` over the ``timed_steps`` steps that follow block 1's first step, rounded up to a block's
     end (0 or more than there are: all of them), after a warm-up call over the same steps that compiles kernels and captures
     the graphs (so no capture falls inside the timed window). Block 0 holds the prompt prefill and is not
     timed. The clock starts once block 1's first step has completed, so exactly the counted steps run
@@ -143,10 +149,10 @@ def time_decode(params, cfg, ops, *, policy, B, P, G, Lb, graphs, timed_steps):
     def run(n_steps):
         stream = generate_stream(params, cfg, prompts, **opts)
         try:
-            elapsed, n = timed_window(stream, n_steps, torch.cuda.synchronize)
+            elapsed, n, nfe = timed_window(stream, n_steps, torch.cuda.synchronize)
         finally:
             stream.close()
-        return elapsed / n, n
+        return elapsed / n, n, nfe
 
     most = G - Lb - 1  # every step after block 1's first
     n = most if timed_steps <= 0 else min(timed_steps, most)
@@ -195,17 +201,17 @@ def main(argv=None):
                     if provider == "torch-reference" and (args.no_reference or B > args.reference_max_batch):
                         continue
                     try:
-                        sec, n = time_decode(params, cfg, ops, policy=policy, B=B, P=P, G=G, Lb=args.block_length,
+                        sec, n, nfe = time_decode(params, cfg, ops, policy=policy, B=B, P=P, G=G, Lb=args.block_length,
                                              graphs=graphs, timed_steps=args.timed_steps)
                         err = ""
                     except Exception as e:  # report in the row, do not hide; go on with the sweep
-                        sec, n, err = float("nan"), 0, f"{type(e).__name__}: {str(e)[:160]}"
+                        sec, n, nfe, err = float("nan"), 0, 0, f"{type(e).__name__}: {str(e)[:160]}"
                         print(f"{policy} {provider} B={B} {P}x{G} failed: {err}", flush=True)
                         torch.cuda.empty_cache()
                     row = dict(policy=policy, provider=provider, batch=B, prompt=P, gen=G, block=args.block_length,
                                ms_per_step=round(sec * 1e3, 3), tokens_per_s=round(B / sec, 1),
                                floor_ms=round(floor * 1e3, 3), pct_of_floor=round(100 * floor / sec, 1),
-                               timed_steps=n, peak_gib=round(torch.cuda.max_memory_allocated() / 2 ** 30, 2),
+                               timed_steps=n, nfe=nfe, peak_gib=round(torch.cuda.max_memory_allocated() / 2 ** 30, 2),
                                weights_gb=round(weights_gb, 2), copy_tbps=round(bw / 1e12, 3),
                                matmul_tflops=round(flops / 1e12, 1), error=err, **info)
                     rows.append(row)

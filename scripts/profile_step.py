@@ -61,7 +61,7 @@ def main(argv=None):
                 prof_on.append(True)
         prof_on = []
         try:
-            elapsed, k = timed_window(stream, n, sync)
+            elapsed, k, _ = timed_window(stream, n, sync)
         finally:
             stream.close()
             if prof_on:

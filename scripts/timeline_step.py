@@ -171,7 +171,7 @@ def main(argv=None):
 
     run()                              # compiles the kernels and captures the graphs
     cnt.zero_()
-    seconds, n_steps = run()           # the recorded run
+    seconds, n_steps, _ = run()        # the recorded run
     n = int(cnt.item())
     if n > args.capacity:
         raise SystemExit(f"{n} CTA records exceed --capacity {args.capacity}; raise it")
