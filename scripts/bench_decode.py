@@ -5,9 +5,11 @@ For every (cache policy, batch, prompt, gen) it times decode steps of the fast p
 graphs where the step is static) and of the in-repo torch reference path (REFERENCE_OPS, eager) in the
 same run, and reports ms per step, tokens/s (one token per step per row), % of the step's floor
 (max of weight+KV bytes / measured copy bandwidth and FLOPs / measured matmul peak), NFE of the timed
-steps and peak GPU memory. The steps after block 1's first are timed (all of them by default), after a
-warm-up over the same steps (graph capture excluded); tokens/s assumes one committed token per step, as
-configured.
+steps and peak GPU memory (two measures: the most memory held by live tensors, and the most memory held by
+torch's allocator - which includes the CUDA graphs' private pools, whose intermediates the first does not
+count once the capture has freed them). The steps after block 1's first are timed (all of them by default),
+after a warm-up over the same steps (graph capture excluded); tokens/s assumes one committed token per step,
+as configured.
 
     python scripts/bench_decode.py --out results/bench_decode.csv            # full sweep
     python scripts/bench_decode.py --policies block --batches 1 --shapes 128x256
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gc
 import os
 import sys
 import time
@@ -49,14 +52,19 @@ def render(csv_path, md_path=None):
              f"{r0['gpu']}, torch {r0['torch']}, triton {r0['triton']}, git {r0['sha']}; measured copy bandwidth "
              f"{r0['copy_tbps']} TB/s, bf16 matmul {r0['matmul_tflops']} TFLOP/s. One token per step per row, "
              f"block {r0['block']}, temperature 0; `steps` = the steps timed, those after block 1's first, after a warm-up "
-             f"over the same steps; `NFE` = the forwards those steps spent per row (the driver's device counter; empty in "
-             f"tables from before the column). `floor` = max(weights + KV bytes / copy bandwidth, FLOPs / matmul peak) "
-             f"for one step.", "",
-             "| policy | batch | prompt x gen | provider | steps | NFE | ms/step | tokens/s | floor ms | % of floor | peak GiB | note |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"over the same steps; `NFE` = the forwards those steps spent per row (the driver's device counter). "
+             f"`peak GiB` = torch.cuda.max_memory_allocated (live tensors; under CUDA graphs it misses the graphs' "
+             f"intermediates), `peak held GiB` = torch.cuda.max_memory_reserved (all memory torch's allocator held, "
+             f"graph pools and cached blocks included), both over the timed run (prefill included) after the warm-up. "
+             f"Tables from before these three columns leave them empty. `floor` = max(weights + KV bytes / copy "
+             f"bandwidth, FLOPs / matmul peak) for one step.", "",
+             "| policy | batch | prompt x gen | provider | steps | NFE | ms/step | tokens/s | floor ms | % of floor | peak GiB | "
+             "peak held GiB | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['policy']} | {r['batch']} | {r['prompt']}x{r['gen']} | {r['provider']} | {r.get('timed_steps', '')} | {r.get('nfe', '')} | {r['ms_per_step']} | "
-                     f"{r['tokens_per_s']} | {r['floor_ms']} | {r['pct_of_floor']} | {r['peak_gib']} | {r['error']} |")
+                     f"{r['tokens_per_s']} | {r['floor_ms']} | {r['pct_of_floor']} | {r['peak_gib']} | "
+                     f"{r.get('peak_reserved_gib', '')} | {r['error']} |")
     text = "\n".join(lines) + "\n"
     if md_path:
         with open(md_path, "w") as f:
@@ -156,6 +164,8 @@ def time_decode(params, cfg, ops, *, policy, B, P, G, Lb, graphs, timed_steps):
 
     most = G - Lb - 1  # every step after block 1's first
     n = most if timed_steps <= 0 else min(timed_steps, most)
+    gc.collect()                    # the last configuration's buffers and graphs: free, and give back to the driver,
+    torch.cuda.empty_cache()        # so the allocator's peak below holds this configuration's memory only
     run(n)  # warm-up over the same steps: compiles every shape and captures every graph key (prefix: one a block)
     torch.cuda.reset_peak_memory_stats()
     return run(n)
@@ -212,6 +222,7 @@ def main(argv=None):
                                ms_per_step=round(sec * 1e3, 3), tokens_per_s=round(B / sec, 1),
                                floor_ms=round(floor * 1e3, 3), pct_of_floor=round(100 * floor / sec, 1),
                                timed_steps=n, nfe=nfe, peak_gib=round(torch.cuda.max_memory_allocated() / 2 ** 30, 2),
+                               peak_reserved_gib=round(torch.cuda.max_memory_reserved() / 2 ** 30, 2),
                                weights_gb=round(weights_gb, 2), copy_tbps=round(bw / 1e12, 3),
                                matmul_tflops=round(flops / 1e12, 1), error=err, **info)
                     rows.append(row)

@@ -78,17 +78,18 @@ def test_window_needs_a_step_after_block_1s_first():
         timed_window(gpu.stream(2, 1), 5, gpu.sync, gpu.clock)
 
 
-def test_render_has_the_nfe_column_and_reads_older_csvs(tmp_path):
+def test_render_has_the_nfe_and_memory_columns_and_reads_older_csvs(tmp_path):
     from bench_decode import render
 
     common = dict(policy="block", batch=1, prompt=128, gen=256, block=32, provider="triton+graphs", ms_per_step=4.3,
                   tokens_per_s=232.6, floor_ms=3.6, pct_of_floor=83.7, timed_steps=223, peak_gib=16.1, error="",
                   copy_tbps=4.2, matmul_tflops=770.0, gpu="GPU", torch="t", triton="tr", sha="abc1234")
-    for name, extra, cell in (("new.csv", dict(nfe=223), "| 223 | 223 | 4.3 |"), ("old.csv", {}, "| 223 |  | 4.3 |")):
+    for name, extra, cells in (("new.csv", dict(nfe=223, peak_reserved_gib=17.5), ("| 223 | 223 | 4.3 |", "| 16.1 | 17.5 |")),
+                               ("old.csv", {}, ("| 223 |  | 4.3 |", "| 16.1 |  |"))):
         path = tmp_path / name
         row = dict(common, **extra)
         path.write_text(",".join(row) + "\n" + ",".join(str(v) for v in row.values()) + "\n")
         text = render(str(path), str(tmp_path / (name + ".md")))
-        assert "| steps | NFE | ms/step |" in text
-        assert cell in text, text
+        assert "| steps | NFE | ms/step |" in text and "| peak GiB | peak held GiB | note |" in text
+        assert all(c in text for c in cells), text
         assert (tmp_path / (name + ".md")).read_text() == text
