@@ -90,6 +90,36 @@ def test_cuda_graph_replay_gives_the_eager_tokens():
 
 
 @pytest.mark.gpu
+def test_graphs_of_a_workspace_share_one_memory_pool():
+    """Every policy over 6 blocks (``prefix`` captures a graph per block): the graphs of one workspace draw on one
+    memory pool, and sharing it changes nothing in the tokens (each graph's intermediates may take memory another
+    graph's used)."""
+    import torch
+
+    from decode import Workspace
+    from llada import LLaDAConfig, init_params, triton_ops
+
+    cfg = LLaDAConfig(d_model=1024, n_heads=8, n_kv_heads=8, n_layers=4, mlp_hidden_size=3072, vocab_size=32768,
+                      mask_token_id=32760, eos_token_id=32759, pad_token_id=32759, eot_token_id=32761)
+    params = init_params(cfg, device="cuda", dtype=torch.bfloat16, std=0.5 / 1024 ** 0.5)
+    g = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(0, 32000, (n,), generator=g).tolist() for n in (40, 7, 64)]
+    opts = dict(gen_length=192, block_length=32, steps=192, ops=triton_ops())
+
+    def pools():
+        return {seg["segment_pool_id"] for seg in torch.cuda.memory_snapshot()}
+
+    for cache in ("prefix", "block", "dual", "none"):
+        eager = generate(params, cfg, prompts, cache=cache, device_positions=True, **opts)
+        before, ws = pools(), Workspace()
+        graphed = generate(params, cfg, prompts, cache=cache, cuda_graphs=True, workspace=ws, **opts)
+        assert torch.equal(eager.tokens, graphed.tokens), cache
+        assert len(pools() - before) == 1, (cache, pools() - before)
+        again = generate(params, cfg, prompts, cache=cache, cuda_graphs=True, workspace=ws, **opts)  # replays
+        assert torch.equal(eager.tokens, again.tokens), cache
+
+
+@pytest.mark.gpu
 def test_graphed_step_events_equal_eager():
     """With graphs and the linear schedule a block's later steps replay as one graph and their events are stacked
     after it: every step event (committed, tokens, conf, NFE) equals the eager graph code path's, for 1 and 2
