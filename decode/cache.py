@@ -35,7 +35,10 @@ __all__ = ["CachePolicy", "NoCache", "PrefixCache", "DualCache", "BlockCache", "
            "StepContext", "take_cols"]
 
 Pos = Union[int, torch.Tensor]
-PREFILL_TOKENS = 8192  # tokens per prefill forward (rows are chunked above this to bound activation memory)
+# tokens per prefill forward (rows are chunked above this to bound activation memory). LLaDA-8B shape, batch 32 x
+# (1024 + 1024) tokens, H200: 4096 holds weights + KV + 1.17 GiB at peak with a prefill of 818 ms; 8192 holds
+# + 1.86 GiB for 808 ms, 2048 + 0.79 GiB for 913 ms (results/bench_decode/prefill_chunk_memory_h200_32bda3c.txt)
+PREFILL_TOKENS = 4096
 
 
 _CONST = {}
