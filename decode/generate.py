@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import inspect
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, List, Optional, Union
 
@@ -344,13 +345,34 @@ class Workspace:
     Pass the same ``Workspace`` to repeated calls (an eval loop, a benchmark) so that the token buffer,
     the KV cache and the graphs are allocated and captured once per bucket (batch, prompt width,
     generation length, block length, policy and rule) and only refilled afterwards.
+
+    It keeps the ``max_entries`` buckets used most recently and drops the others (their memory goes back to
+    torch's allocator): each bucket holds a KV cache, so an eval loop over batches of many prompt widths would
+    otherwise keep one cache per width (LLaDA-8B, batch 32, 512-token sequences: 8.6 GB each).
     """
 
-    def __init__(self):
-        self.entries = {}
+    def __init__(self, max_entries: int = 4):
+        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
+            raise ValueError(f"max_entries must be an int >= 1, got {max_entries!r}")
+        self.max_entries = max_entries
+        self.entries = OrderedDict()
 
     def __len__(self):
         return len(self.entries)
+
+    def get(self, key):
+        """The bucket's buffers (now the most recently used), or None."""
+        buf = self.entries.get(key)
+        if buf is not None:
+            self.entries.move_to_end(key)
+        return buf
+
+    def put(self, key, buf):
+        """Keep ``buf`` for ``key``; drop the least recently used buckets beyond ``max_entries``."""
+        self.entries[key] = buf
+        self.entries.move_to_end(key)
+        while len(self.entries) > self.max_entries:
+            self.entries.popitem(last=False)
 
 
 @dataclass
@@ -410,7 +432,7 @@ def generate_stream(params: Params, cfg: LLaDAConfig, prompts, *, gen_length: in
     padded = bool((pad > 0).any())
     key = (B, P, L, Lb, cache, use_cfg, padded, threshold, factor, float(temperature), remasking,
            logits_eos_inf, confidence_eos_eot_inf, ops, id(params), graphable, dynamic)
-    buf = workspace.entries.get(key) if workspace is not None else None
+    buf = workspace.get(key) if workspace is not None else None
     if buf is None:
         kv_start = None
         if padded:
@@ -423,7 +445,7 @@ def generate_stream(params: Params, cfg: LLaDAConfig, prompts, *, gen_length: in
                        s_buf=torch.zeros((), dtype=torch.int64, device=device),  # this block's start
                        graphs=_Graphs(graphable))
         if workspace is not None:
-            workspace.entries[key] = buf
+            workspace.put(key, buf)
     elif padded:
         buf.kv_start.copy_(torch.cat([pad, pad]) if use_cfg else pad)
     x, policy, nfe, done, k_buf, s_buf, graphs = (buf.x, buf.policy, buf.nfe, buf.done, buf.k_buf, buf.s_buf,

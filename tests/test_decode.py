@@ -210,6 +210,29 @@ def test_workspace_reuses_buffers_and_gives_the_same_tokens():
     assert other.tokens.tolist() != first.tokens.tolist()
 
 
+def test_workspace_keeps_the_most_recently_used_buckets():
+    """A bucket per prompt width: with max_entries=2 the least recently used one is dropped, and a dropped bucket
+    comes back (new buffers) with the same tokens."""
+    from decode.generate import Workspace
+
+    params, cfg = tiny_model()
+    ws = Workspace(max_entries=2)
+    opts = dict(gen_length=16, block_length=8, steps=16, cache="block", workspace=ws)
+    widths = {w: [[7 + i for i in range(w)]] for w in (3, 5, 9)}
+    out = {w: generate(params, cfg, widths[w], **opts).tokens for w in (3, 5)}
+    first = ws.entries[next(iter(ws.entries))]   # width 3's buffers (reading them leaves the order as it is)
+    generate(params, cfg, widths[3], **opts)   # width 3 is now the most recently used
+    generate(params, cfg, widths[9], **opts)   # drops width 5
+    assert len(ws) == 2 and sorted(k[1] for k in ws.entries) == [3, 9]
+    assert any(b is first for b in ws.entries.values()), "width 3's bucket was kept, not rebuilt"
+    again = generate(params, cfg, widths[5], **opts)   # rebuilt; drops width 3
+    assert sorted(k[1] for k in ws.entries) == [5, 9]
+    assert torch.equal(again.tokens, out[5])
+    for bad in (0, -1, 1.5, True, None):
+        with pytest.raises(ValueError, match="max_entries"):
+            Workspace(max_entries=bad)
+
+
 def test_block_prefill_in_row_chunks_gives_the_same_tokens(monkeypatch):
     import decode.cache as cache_mod
 
