@@ -40,6 +40,8 @@ for _p in (_HERE, _ROOT):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
+from provenance import git_sha  # noqa: E402
+
 DEFAULT_MODEL = os.path.join(_ROOT, "checkpoints", "llada-tiny-tasks")
 STUDIES = ("steps", "remasking", "block_length", "temperature", "cfg", "cache")
 CSV_NAME = "ablation.csv"
@@ -270,12 +272,6 @@ def _rows(study: str, rc: RunConfig, results: List[Dict], meta: Dict) -> List[Di
     return rows
 
 
-def git_sha() -> str:
-    """HEAD's full sha, with ``+dirty`` when tracked files differ from it (scripts/provenance.py)."""
-    from provenance import git_sha as sha
-    return sha(short=False)
-
-
 def _version(pkg: str) -> str:
     from importlib import metadata
 
@@ -349,7 +345,7 @@ def _main(model, study, n, seed, tasks, jsonl, scorer, device, dtype, ops, batch
             "dtype": str(params.dtype).replace("torch.", ""),
             "ops": op_impl.name, "device": str(params.device), "device_name": device_name(str(params.device)),
             "torch": torch.__version__, "triton": _version("triton"), "python": platform.python_version(),
-            "git_sha": git_sha(), "timestamp": datetime.datetime.now().isoformat(timespec="seconds")}
+            "git_sha": git_sha(short=False), "timestamp": datetime.datetime.now().isoformat(timespec="seconds")}
     if not quiet:
         print(f"[ablate] {len(unique)} settings for studies {studies}; tasks "
               f"{ {k: len(v) for k, v in problems.items()} }; {meta['device_name']}, ops={ops}", flush=True)

@@ -25,11 +25,6 @@ sys.path.insert(0, ROOT)
 D_MODEL, HIDDEN, N_HEADS, HEAD_DIM, BLOCK = 4096, 12288, 32, 128, 32
 
 
-def _sha():
-    from provenance import git_sha
-    return git_sha()
-
-
 def main(sweep: bool, out: str, budget_s: float, dry_run: bool = False):
     global D_MODEL, HIDDEN, N_HEADS, HEAD_DIM
     if dry_run:  # exercise the script on a CPU under the interpreter, at toy sizes (numbers meaningless)
@@ -52,7 +47,8 @@ def main(sweep: bool, out: str, budget_s: float, dry_run: bool = False):
     dev = "cpu" if dry_run else "cuda"
     dt = torch.float16 if dry_run else torch.bfloat16
     gpu = "dry-run" if dry_run else torch.cuda.get_device_name()
-    meta = dict(gpu=gpu, torch=torch.__version__, triton=triton.__version__, sha=_sha())
+    from provenance import git_sha
+    meta = dict(gpu=gpu, torch=torch.__version__, triton=triton.__version__, sha=git_sha())
     print(meta, flush=True)
     t_start = time.time()
     bench = lambda f: do_bench(f, warmup=25, rep=100, return_mode="median")  # noqa: E731

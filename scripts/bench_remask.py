@@ -35,11 +35,6 @@ sys.path.insert(0, ROOT)
 VOCAB, D_MODEL = 126464, 4096  # LLaDA-8B
 
 
-def _sha():
-    from provenance import git_sha
-    return git_sha()
-
-
 def _agreement(x0, rx, logits):
     top2 = logits.topk(2, dim=1).values
     ulp = 2.0 ** (torch.floor(torch.log2(top2[:, 0].abs())) - 7)
@@ -251,8 +246,9 @@ def main(sweep: bool, out: str, budget_s: float, rows_list=(32, 256, 1024), case
 
     os.makedirs(out, exist_ok=True)
     dev, dt = ("cpu", torch.float32) if dry_run else ("cuda", torch.bfloat16)
+    from provenance import git_sha
     meta = dict(gpu="cpu (dry run)" if dry_run else torch.cuda.get_device_name(), torch=torch.__version__,
-                triton=triton.__version__, sha=sha or _sha())
+                triton=triton.__version__, sha=sha or git_sha())
     print(meta, flush=True)
     t0 = time.time()
     g = torch.Generator(device=dev).manual_seed(0)

@@ -109,10 +109,11 @@ def format_table(rows: Sequence[Dict]) -> str:
 
 
 def _env(device: str) -> Dict:
-    from train_tiny import device_name, git_sha
+    from provenance import git_sha
+    from train_tiny import device_name
 
     return {"device": device_name(device), "torch": torch.__version__, "python": platform.python_version(),
-            "git_sha": git_sha()}
+            "git_sha": git_sha(short=False)}
 
 
 def main(checkpoint: str = "checkpoints/llada-tiny-tasks", n: int = 500, seed: int = 0, device: str = "cpu",

@@ -41,6 +41,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import tasks as tasks_mod  # noqa: E402
+from provenance import git_sha  # noqa: E402
 import tiny_tokenizer as ttok  # noqa: E402
 from llada.config import LLaDAConfig  # noqa: E402
 from llada.model import forward  # noqa: E402
@@ -223,12 +224,6 @@ def write_checkpoint(params: Params, cfg: LLaDAConfig, out: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- utils
-def git_sha() -> str:
-    """HEAD's full sha, with ``+dirty`` when tracked files differ from it (scripts/provenance.py)."""
-    from provenance import git_sha as sha
-    return sha(short=False)
-
-
 def device_name(device: str) -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(device)
@@ -305,7 +300,7 @@ def main(config: str = "small", device: str = "cpu", out: str = "runs/llada-tiny
 
     log = {"config": config, "train_config": asdict(tc), "seed": seed, "tasks": list(task_names),
            "answer_length": ANSWER_LENGTH, "n_params": n_params, "device": device_name(device),
-           "torch": torch.__version__, "git_sha": git_sha(), "argv": sys.argv, "loss": [], "stopped_early": False}
+           "torch": torch.__version__, "git_sha": git_sha(short=False), "argv": sys.argv, "loss": [], "stopped_early": False}
     t0 = time.perf_counter()
     step = 0
     t_calib = None
