@@ -104,6 +104,8 @@ def _gate_up_silu_kernel(
     SWAP_AB: tl.constexpr,               # compute a.T tiles [BN, BM] = W @ x.T (weight rows fill the MMA's M)
     USE_TMA: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
     USE_GDC: tl.constexpr = False, PF_LINES: tl.constexpr = 1, LINE: tl.constexpr = 64,
+    ONE_DOT: tl.constexpr = False,       # USE_TMA, not SWAP_AB: w_src is a [2, H, K] descriptor (gate, up) with
+                                         # [2, BN, BK] boxes; one [BM, 2 BN] dot a step, split in the epilogue
 ):
     pid = tl.program_id(0)
     num_m = tl.cdiv(M, BM)
@@ -124,41 +126,53 @@ def _gate_up_silu_kernel(
     _prefetch_rows(w_pf, rows_pf, stride_wn, 0, K, PF_LINES, LINE, USE_GDC)
     _prefetch_rows(w_pf, rows_pf + H, stride_wn, 0, K, PF_LINES, LINE, USE_GDC)
     gdc_wait_and_release(USE_GDC)
-    if SWAP_AB:
-        acc_g = tl.zeros((BN, BM), dtype=tl.float32)
-        acc_u = tl.zeros((BN, BM), dtype=tl.float32)
-    else:
-        acc_g = tl.zeros((BM, BN), dtype=tl.float32)
-        acc_u = tl.zeros((BM, BN), dtype=tl.float32)
-    for k in range(0, K, BK):
-        if USE_TMA:                      # out-of-bounds rows/cols of a box read as zeros
+    if ONE_DOT:                          # the gate and up boxes land as one [2 BN, BK] tile
+        acc = tl.zeros((BM, 2 * BN), dtype=tl.float32)
+        for k in range(0, K, BK):
             xt = x_src.load([pid_m * BM, k])
-            g = w_src.load([pid_n * BN, k])
-            u = w_src.load([H + pid_n * BN, k])
-        elif EVEN_K:
-            xt = tl.load(x_ptrs)
-            g = tl.load(g_ptrs)
-            u = tl.load(u_ptrs)
-        else:
-            kmask = (offs_k < K - k)[None, :]
-            xt = tl.load(x_ptrs, mask=kmask, other=0.0)
-            g = tl.load(g_ptrs, mask=kmask, other=0.0)
-            u = tl.load(u_ptrs, mask=kmask, other=0.0)
-        if UPCAST:
-            xt = xt.to(tl.float32)
-            g = g.to(tl.float32)
-            u = u.to(tl.float32)
+            gu = w_src.load([0, pid_n * BN, k]).reshape(2 * BN, BK)
+            if UPCAST:
+                xt = xt.to(tl.float32)
+                gu = gu.to(tl.float32)
+            acc = _mma(xt, tl.trans(gu), acc, IEEE)
+        # columns [0, BN) are the gate's, [BN, 2 BN) the up's
+        acc_g, acc_u = tl.split(tl.permute(tl.reshape(acc, (BM, 2, BN)), (0, 2, 1)))
+    else:
         if SWAP_AB:
-            xtt = tl.trans(xt)
-            acc_g = _mma(g, xtt, acc_g, IEEE)
-            acc_u = _mma(u, xtt, acc_u, IEEE)
+            acc_g = tl.zeros((BN, BM), dtype=tl.float32)
+            acc_u = tl.zeros((BN, BM), dtype=tl.float32)
         else:
-            acc_g = _mma(xt, tl.trans(g), acc_g, IEEE)
-            acc_u = _mma(xt, tl.trans(u), acc_u, IEEE)
-        if not USE_TMA:
-            x_ptrs += BK
-            g_ptrs += BK
-            u_ptrs += BK
+            acc_g = tl.zeros((BM, BN), dtype=tl.float32)
+            acc_u = tl.zeros((BM, BN), dtype=tl.float32)
+        for k in range(0, K, BK):
+            if USE_TMA:                      # out-of-bounds rows/cols of a box read as zeros
+                xt = x_src.load([pid_m * BM, k])
+                g = w_src.load([pid_n * BN, k])
+                u = w_src.load([H + pid_n * BN, k])
+            elif EVEN_K:
+                xt = tl.load(x_ptrs)
+                g = tl.load(g_ptrs)
+                u = tl.load(u_ptrs)
+            else:
+                kmask = (offs_k < K - k)[None, :]
+                xt = tl.load(x_ptrs, mask=kmask, other=0.0)
+                g = tl.load(g_ptrs, mask=kmask, other=0.0)
+                u = tl.load(u_ptrs, mask=kmask, other=0.0)
+            if UPCAST:
+                xt = xt.to(tl.float32)
+                g = g.to(tl.float32)
+                u = u.to(tl.float32)
+            if SWAP_AB:
+                xtt = tl.trans(xt)
+                acc_g = _mma(g, xtt, acc_g, IEEE)
+                acc_u = _mma(u, xtt, acc_u, IEEE)
+            else:
+                acc_g = _mma(xt, tl.trans(g), acc_g, IEEE)
+                acc_u = _mma(xt, tl.trans(u), acc_u, IEEE)
+            if not USE_TMA:
+                x_ptrs += BK
+                g_ptrs += BK
+                u_ptrs += BK
     # epilogue, mirroring the reference's roundings: gate, up, silu(gate), product -> x.dtype
     dt = a_ptr.dtype.element_ty
     act = _silu_times(acc_g.to(dt), acc_u.to(dt), dt)
@@ -307,9 +321,12 @@ def _gate_up_config(M: int, N: int, K: int, dtype: torch.dtype, interpret: bool)
         return dict(BM=_clamp_pow2(M, 16, 32), BN=64, BK=128, SWAP_AB=True, TMA=True, num_warps=4, num_stages=5)
     if M <= 64:  # 192 KiB
         return dict(BM=64, BN=64, BK=128, SWAP_AB=True, TMA=False, num_warps=4, num_stages=4)
-    if M <= 256:  # results/gemm_sweep/sweep_gemm_h200_59689c6.csv: 92.6 us at M=256 (128x128 tiles: 96.0)
-        return dict(BM=64, BN=128, BK=64, SWAP_AB=False, TMA=True, num_warps=4, num_stages=5)
-    return dict(BM=128, BN=128, BK=64, SWAP_AB=False, TMA=True, num_warps=8, num_stages=4)
+    # above 64 rows: one [BM, 2 BN] dot a K-step over a [2, BN, BK] gate-up box (ONE_DOT), where the two-dot kernel
+    # ran two [BM, BN] dots. H200 (results/gemm_sweep/one_dot_h200_896a21d.txt), us per call: 128 rows 57.7 vs 66.2
+    # (two dots, 64 x 128 tiles), 256 rows 86.7 vs 94.8, 512 rows 156.4 vs 159.6, 1024 rows 312.7 vs 319.7
+    if 128 < M <= 256:
+        return dict(BM=128, BN=64, BK=64, SWAP_AB=False, TMA=True, ONE_DOT=True, num_warps=8, num_stages=6)
+    return dict(BM=128, BN=128, BK=64, SWAP_AB=False, TMA=True, ONE_DOT=True, num_warps=8, num_stages=4)
 
 
 def down_config(M: int, N: int, K: int, dtype: torch.dtype, interpret: Optional[bool] = None) -> dict:
@@ -394,13 +411,20 @@ def _launch_gate_up(x: torch.Tensor, w_gate_up: torch.Tensor, act: torch.Tensor,
     H = w_gate_up.shape[0] // 2
     cfg = gate_up_config(M, H, K, x.dtype) if config is None else dict(config)
     BM, BN, BK = cfg["BM"], cfg["BN"], cfg["BK"]
+    if cfg.get("ONE_DOT", False) and (cfg["SWAP_AB"] or not cfg.get("TMA", False)):
+        raise ValueError(f"config: ONE_DOT needs TMA=True and SWAP_AB=False, got {cfg}")
     use_tma, (x_src, w_src) = _sources(cfg, [(x, (BM, BK)), (w_gate_up, (BN, BK))])
+    one_dot = use_tma and cfg.get("ONE_DOT", False)
+    if one_dot:  # the weight as [2, H, K] (gate rows, up rows): one box holds a gate tile and its up tile
+        from triton.tools.tensor_descriptor import TensorDescriptor
+        sw = w_gate_up.stride(0)
+        w_src = TensorDescriptor(w_gate_up, [2, H, K], [H * sw, sw, 1], [2, BN, BK])
     grid = (cdiv(M, BM) * cdiv(H, BN),)
     _gate_up_silu_kernel[grid](
         x_src, w_src, act, w_gate_up, M, H, K,
         x.stride(0), w_gate_up.stride(0), act.stride(0),
         BM=BM, BN=BN, BK=BK, SWAP_AB=cfg["SWAP_AB"], USE_TMA=use_tma, EVEN_K=(K % BK == 0), **_flags(x.dtype),
-        **_pdl(x, K), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        ONE_DOT=one_dot, **_pdl(x, K), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return act
 

@@ -627,8 +627,12 @@ def _logits_config(M: int, V: int, interpret: bool, sample: bool) -> dict:
         bv = min(next_pow2(max(V, 16)), 16384)
         return dict(BLOCK_M=min(next_pow2(max(M, 1)), 64), BLOCK_V=bv, TILES=cdiv(V, bv), num_warps=4)
     if not sample:  # swept under CUDA graphs on an H200 (V = 126464, bf16): 2 rows x 2048 ids x 4 steps a program
-        # (M=1024: 126 us vs 153 us with 4 x 512 and ~2048 programs; M=256: 38 vs 43 us; M=32: 11.0 vs 11.2 us)
-        bv = 2048 if M >= 128 else 1024
+        # (M=1024: 126 us vs 153 us with 4 x 512 and ~2048 programs; M=256: 38 vs 43 us). Below 128 rows one row
+        # x 4096 ids a program, one step (M=32: 8.9 vs 11.0 us with 2 rows x 1024 ids x 4 steps; per-lane running
+        # stats reduced once per slice were no faster: results/remask/logits_small_m_h200_896a21d.txt)
+        if M < 128:
+            return dict(BLOCK_M=1, BLOCK_V=4096, TILES=max(1, cdiv(cdiv(V, 4096), 1024)), num_warps=8, num_stages=1)
+        bv = 2048
         tiles = max(4, cdiv(cdiv(V, bv), 1024))  # the merge holds a row's partials in one block
         return dict(BLOCK_M=2, BLOCK_V=bv, TILES=tiles, num_warps=4, num_stages=1)
     bm, bv = 2, 512

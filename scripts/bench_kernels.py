@@ -5,7 +5,8 @@ Shapes come from ``LLaDAConfig(**LLADA_8B)`` (scripts/bench_decode.py) and the d
 (batch x block 32 x KV length); nothing about the model is typed here. Ops and providers:
 
   block_attention    B x KV grid, Tq = block     torch (reference), torch-compile, triton, sdpa-flash, flex-attention
-  swiglu_mlp         rows = B * block (+residual) torch, torch-compile, triton, cublas (addmm epilogue + torch SiLU)
+  swiglu_mlp         rows = B * block (+residual) torch, torch-compile, triton, cublas (addmm epilogue + torch SiLU),
+                                                  cublas+silu_mul (the activation in one launch: kernels.mlp.silu_mul)
   rms_norm           rows = B * block            torch, torch-compile, triton, F.rms_norm
   rms_norm+residual  rows = B * block            torch, torch-compile, triton, F.rms_norm (after x + r)
   qkv_rope_cache     B x block tokens            torch, torch-compile, triton
@@ -73,6 +74,7 @@ PROVIDERS = {  # what each provider name calls (the markdown prints this)
     "sdpa-flash": "F.scaled_dot_product_attention under sdpa_kernel(FLASH_ATTENTION)",
     "flex-attention": "torch.compile(flex_attention), no mask, compiled per shape",
     "cublas": "F.linear (gate-up) + F.silu(gate) * up + torch.addmm(residual, act, w_down.T)",
+    "cublas+silu_mul": "the same GEMMs with the activation in one launch (kernels.mlp.silu_mul, Triton)",
     "F.rms_norm": "torch.nn.functional.rms_norm (after x + residual for +residual)",
     "torch-official": "the official LLaDA per-step confidence: F.softmax(logits.to(float64)), argmax, gather",
     "copy": "Tensor.copy_ of a buffer of half the op's bytes (as many bytes moved; a yardstick, not a competitor)",
@@ -233,6 +235,11 @@ def build_cases(cfg, reg: Regime, ctx) -> List[Case]:
         a = F.silu(gu[:, :h]).mul_(gu[:, h:])
         return torch.addmm(r, a, w_d.t())
 
+    def mlp_cublas_silu_mul(x, w_gu, w_d, r):
+        """cuBLAS matmuls + a separate one-launch activation kernel (the best unfused split)."""
+        from kernels.mlp import silu_mul
+        return torch.addmm(r, silu_mul(F.linear(x, w_gu)), w_d.t())
+
     for B in reg.batches:
         M = B * T
         nb, fl = mlp_cost(M, d, h, es)
@@ -244,6 +251,7 @@ def build_cases(cfg, reg: Regime, ctx) -> List[Case]:
                 s[0], sh[0], sh[1], s[1])),
             "triton": ("triton", lambda sh, s: k_mlp()(s[0], sh[0], sh[1], s[1])),
             "cublas": ("library", lambda sh, s: mlp_cublas(s[0], sh[0], sh[1], s[1])),
+            "cublas+silu_mul": ("library", lambda sh, s: mlp_cublas_silu_mul(s[0], sh[0], sh[1], s[1])),
         }
         cases.append(c)
 

@@ -105,7 +105,7 @@ def test_shapes_from_8b_config():
     assert head.flops == 2 * 256 * 126464 * 4096
     assert {"sdpa-flash", "flex-attention", "triton", "torch", "torch-compile"} == set(att.providers)
     assert {"torch", "torch-compile", "triton", "F.rms_norm", "copy"} == set(by[("rms_norm", "B1-R32-d4096")].providers)
-    assert {"cublas", "triton", "torch", "torch-compile"} == set(mlp.providers)
+    assert {"cublas", "cublas+silu_mul", "triton", "torch", "torch-compile"} == set(mlp.providers)
     lg = by[("logits_confidence", "B32-M1024-V126464")]
     assert lg.nbytes == 2 * 1024 * 126464 + 12 * 1024 and lg.flops == 0
     assert {"torch", "torch-official", "torch-compile", "triton"} == set(lg.providers)

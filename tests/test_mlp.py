@@ -90,6 +90,9 @@ CONFIGS = {
                         dict(BM=16, BN=32, BK=32, SWAP_AB=True, TMA=True, SPLIT_K=3, num_warps=4, num_stages=3)),
     "tma-noswap": (dict(BM=32, BN=64, BK=64, SWAP_AB=False, TMA=True, num_warps=4, num_stages=3),
                    dict(BM=32, BN=32, BK=64, SWAP_AB=False, TMA=True, SPLIT_K=1, num_warps=4, num_stages=3)),
+    # one dot over [2, BN, BK] gate-up boxes: the h edge (176 = 5.5 x 32) inside the box, the K tail (96 = 1.5 x 64)
+    "tma-one-dot": (dict(BM=16, BN=32, BK=64, SWAP_AB=False, TMA=True, ONE_DOT=True, num_warps=4, num_stages=3),
+                    dict(BM=32, BN=32, BK=64, SWAP_AB=False, TMA=True, SPLIT_K=1, num_warps=4, num_stages=3)),
 }
 
 
@@ -103,7 +106,8 @@ def test_configs(M, d, h, dtype, cfg, residual, device):
     cfg_gu, cfg_d = CONFIGS[cfg]
     act = torch.full((M, h), float("nan"), device=device, dtype=dtype)
     if cfg_gu.get("TMA"):
-        assert _tma_ok(x, w_gu, act, w_d), "this case must exercise the TMA path"
+        assert _tma_ok(x, w_gu, act, w_d) and (w_gu.shape[0] // 2 * w_gu.stride(0) * w_gu.element_size()) % 16 == 0, \
+            "this case must exercise the TMA path"
     _launch_gate_up(x, w_gu, act, config=cfg_gu)
     # the activation alone mirrors the reference's roundings: compare with torch at the same precision
     gu = x @ w_gu.t()
@@ -136,11 +140,32 @@ def test_tma_fallback_misaligned(dtype, device):
     M, d, h = 5, 66, 176
     x, w_gu, w_d, r = _inputs(M, d, h, dtype, device, seed=5)
     assert not _tma_ok(x)
+    for gate_up_cfg in ("tma-noswap", "tma-one-dot"):
+        act = torch.full((M, h), float("nan"), device=device, dtype=dtype)
+        _launch_gate_up(x, w_gu, act, config=CONFIGS[gate_up_cfg][0])
+        out = torch.full((M, d), float("nan"), device=device, dtype=dtype)
+        _launch_down(act, w_d, r, out, config=CONFIGS["tma-swap-split3"][1])
+        _check(out, (x, w_gu, w_d, r), True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_one_dot_strided_weight(dtype, device):
+    """The one-dot gate-up reads a gate-up weight whose rows are strided (a view of a wider matrix): the
+    [2, h, d] descriptor takes the row stride, so the up rows start h strided rows after the gate rows."""
+    M, d, h = 33, 64, 176
+    x, w_gu, w_d, r = _inputs(M, d, h, dtype, device, seed=6)
+    wide = torch.full((2 * h, d + 8), float("nan"), device=device, dtype=dtype)
+    wide[:, :d] = w_gu
+    w_view = wide[:, :d]
     act = torch.full((M, h), float("nan"), device=device, dtype=dtype)
-    _launch_gate_up(x, w_gu, act, config=CONFIGS["tma-noswap"][0])
-    out = torch.full((M, d), float("nan"), device=device, dtype=dtype)
-    _launch_down(act, w_d, r, out, config=CONFIGS["tma-swap-split3"][1])
-    _check(out, (x, w_gu, w_d, r), True)
+    _launch_gate_up(x, w_view, act, config=CONFIGS["tma-one-dot"][0])
+    want = torch.full((M, h), float("nan"), device=device, dtype=dtype)
+    _launch_gate_up(x, w_gu, want, config=CONFIGS["tma-one-dot"][0])
+    assert torch.equal(act, want) and not torch.isnan(act).any()
+    with pytest.raises(ValueError, match="ONE_DOT needs TMA=True and SWAP_AB=False"):
+        _launch_gate_up(x, w_gu, act, config=dict(CONFIGS["tma-one-dot"][0], SWAP_AB=True))
+    with pytest.raises(ValueError, match="ONE_DOT needs TMA=True and SWAP_AB=False"):
+        _launch_gate_up(x, w_gu, act, config=dict(CONFIGS["tma-one-dot"][0], TMA=False))
 
 
 def test_leading_dims_and_aliasing(device):
@@ -248,12 +273,14 @@ _COMPILE = textwrap.dedent("""
                                num_stages=4)))
         for M, c, cd in cands:
             tma = c.get("TMA", False)
+            one_dot = c.get("ONE_DOT", False)
             src = lambda r, c_: ("tensordesc<%s[%d, %d]>" % (dt, r, c_)) if tma else "*" + dt
+            w_src = "tensordesc<%s[2, %d, %d]>" % (dt, c["BN"], c["BK"]) if one_dot else src(c["BN"], c["BK"])
             build(mlp._gate_up_silu_kernel,
-                  dict(x_src=src(c["BM"], c["BK"]), w_src=src(c["BN"], c["BK"]), a_ptr="*" + dt, w_pf="*" + dt,
+                  dict(x_src=src(c["BM"], c["BK"]), w_src=w_src, a_ptr="*" + dt, w_pf="*" + dt,
                        M="i32", H="i32", K="i32", stride_xm="i32", stride_wn="i32", stride_am="i32"),
                   dict(BM=c["BM"], BN=c["BN"], BK=c["BK"], SWAP_AB=c["SWAP_AB"], USE_TMA=tma, EVEN_K=True,
-                       UPCAST=False, IEEE=False), c)
+                       UPCAST=False, IEEE=False, ONE_DOT=one_dot), c)
             c = cd
             for has_res in (True,):  # HAS_RES=False only drops the residual load
                 build(mlp._down_kernel,
