@@ -10,10 +10,12 @@ split-K partials, summed in a fixed order, so results are deterministic) and the
 ``ex2.approx``; the division is IEEE ``div_rn``). fp32 inputs use IEEE fp32 dots (no TF32), as torch's
 default matmul.
 
-Measured on one H200 (triton 3.6, torch 2.11, bf16, d=4096, h=12288, device copy 4247 GB/s; medians of
-do_bench with L2 flushed; scripts/bench_mlp_norm_rope.py): M=32: 93.6 us eager / 82.7 us CUDA graph
-(86.7% of the weights-once memory floor) vs torch 103.9 / 90.5 us; M=1024 (TMA configs): 494 / 508 us vs
-torch 526 / 536 us; M=256: 162-179 us vs torch 155-157 us (slower: 192 tiles of 128x128 on 132 SMs).
+Measured on one H200 (triton 3.6, torch 2.11, bf16, d=4096, h=12288, + residual; CUDA-graph replays;
+results/kernels/kernels_nvidia_h200_8d1e65f.md): M=32 80.7 us (88.8% of the weights-once memory floor) vs
+cuBLAS + one-launch activation 83.6; M=256 132.8 vs 123.1 (cuBLAS's gate-up GEMM alone: 75-76 us, ours with
+its epilogue 86-87); M=1024 459.4 vs 452.0. Above 64 rows the gate-up runs one ``[BM, 2 BN]`` dot per K-step
+over a ``[2, BN, BK]`` TMA box of the weight viewed as ``[2, h, d]`` (``ONE_DOT``): 8-13% faster than two
+``[BM, BN]`` dots at 128-256 rows.
 """
 from __future__ import annotations
 
@@ -304,7 +306,8 @@ def gate_up_config(M: int, N: int, K: int, dtype: torch.dtype, interpret: Option
     A deterministic function of the shape (no autotuning), chosen from two sweeps on an H200 at d=4096,
     h=12288 (scripts/bench_mlp_norm_rope.py --sweep; summary in the module docstring).
     ``M <= 64`` (decode): operands swapped so the weight rows fill the MMA's M dimension, plain loads
-    (TMA measured the same there). Larger ``M``: TMA-descriptor loads (12% faster at M=1024).
+    (TMA measured the same there). Larger ``M``: TMA-descriptor loads (12% faster at M=1024), one dot over
+    the gate and up tiles (``ONE_DOT``).
     Returns a new dict on every call (the values are memoised per shape).
     """
     return _gate_up_config(M, N, K, dtype, is_interpreter() if interpret is None else bool(interpret))
@@ -322,7 +325,7 @@ def _gate_up_config(M: int, N: int, K: int, dtype: torch.dtype, interpret: bool)
     if M <= 64:  # 192 KiB
         return dict(BM=64, BN=64, BK=128, SWAP_AB=True, TMA=False, num_warps=4, num_stages=4)
     # above 64 rows: one [BM, 2 BN] dot a K-step over a [2, BN, BK] gate-up box (ONE_DOT), where the two-dot kernel
-    # ran two [BM, BN] dots. H200 (results/gemm_sweep/one_dot_h200_896a21d.txt), us per call: 128 rows 57.7 vs 66.2
+    # ran two [BM, BN] dots. H200 (results/gemm_sweep/one_dot_h200_8d1e65f.txt), us per call: 128 rows 57.7 vs 66.2
     # (two dots, 64 x 128 tiles), 256 rows 86.7 vs 94.8, 512 rows 156.4 vs 159.6, 1024 rows 312.7 vs 319.7
     if 128 < M <= 256:
         return dict(BM=128, BN=64, BK=64, SWAP_AB=False, TMA=True, ONE_DOT=True, num_warps=8, num_stages=6)

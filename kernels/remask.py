@@ -629,7 +629,7 @@ def _logits_config(M: int, V: int, interpret: bool, sample: bool) -> dict:
     if not sample:  # swept under CUDA graphs on an H200 (V = 126464, bf16): 2 rows x 2048 ids x 4 steps a program
         # (M=1024: 126 us vs 153 us with 4 x 512 and ~2048 programs; M=256: 38 vs 43 us). Below 128 rows one row
         # x 4096 ids a program, one step (M=32: 8.9 vs 11.0 us with 2 rows x 1024 ids x 4 steps; per-lane running
-        # stats reduced once per slice were no faster: results/remask/logits_small_m_h200_896a21d.txt)
+        # stats reduced once per slice were no faster: results/remask/logits_small_m_h200_8d1e65f.txt)
         if M < 128:
             return dict(BLOCK_M=1, BLOCK_V=4096, TILES=max(1, cdiv(cdiv(V, 4096), 1024)), num_warps=8, num_stages=1)
         bv = 2048
