@@ -108,6 +108,7 @@ def _gate_up_silu_kernel(
     USE_GDC: tl.constexpr = False, PF_LINES: tl.constexpr = 1, LINE: tl.constexpr = 64,
     ONE_DOT: tl.constexpr = False,       # USE_TMA, not SWAP_AB: w_src is a [2, H, K] descriptor (gate, up) with
                                          # [2, BN, BK] boxes; one [BM, 2 BN] dot a step, split in the epilogue
+    X_TMA: tl.constexpr = True,          # ONE_DOT: x_src is a descriptor (else a pointer; rows past M wrap)
 ):
     pid = tl.program_id(0)
     num_m = tl.cdiv(M, BM)
@@ -129,14 +130,24 @@ def _gate_up_silu_kernel(
     _prefetch_rows(w_pf, rows_pf + H, stride_wn, 0, K, PF_LINES, LINE, USE_GDC)
     gdc_wait_and_release(USE_GDC)
     if ONE_DOT:                          # the gate and up boxes land as one [2 BN, BK] tile
+        if not X_TMA:
+            offs_k = tl.arange(0, BK)
+            x_ptrs = x_src + (offs_m % M).to(tl.int64)[:, None] * stride_xm + offs_k[None, :]     # [BM, BK]
         acc = tl.zeros((BM, 2 * BN), dtype=tl.float32)
         for k in range(0, K, BK):
-            xt = x_src.load([pid_m * BM, k])
+            if X_TMA:
+                xt = x_src.load([pid_m * BM, k])
+            elif EVEN_K:
+                xt = tl.load(x_ptrs)
+            else:
+                xt = tl.load(x_ptrs, mask=(offs_k < K - k)[None, :], other=0.0)
             gu = w_src.load([0, pid_n * BN, k]).reshape(2 * BN, BK)
             if UPCAST:
                 xt = xt.to(tl.float32)
                 gu = gu.to(tl.float32)
             acc = _mma(xt, tl.trans(gu), acc, IEEE)
+            if not X_TMA:
+                x_ptrs += BK
         # columns [0, BN) are the gate's, [BN, 2 BN) the up's
         acc_g, acc_u = tl.split(tl.permute(tl.reshape(acc, (BM, 2, BN)), (0, 2, 1)))
     else:
@@ -300,21 +311,32 @@ def _clamp_pow2(n: int, lo: int, hi: int) -> int:
     return max(lo, min(hi, next_pow2(n)))
 
 
-def gate_up_config(M: int, N: int, K: int, dtype: torch.dtype, interpret: Optional[bool] = None) -> dict:
+def gate_up_config(M: int, N: int, K: int, dtype: torch.dtype, interpret: Optional[bool] = None,
+                   num_sms: Optional[int] = None) -> dict:
     """Meta-parameters of the gate-up kernel for ``x [M, K]`` and ``N = h`` activation columns.
 
-    A deterministic function of the shape (no autotuning), chosen from two sweeps on an H200 at d=4096,
-    h=12288 (scripts/bench_mlp_norm_rope.py --sweep; summary in the module docstring).
+    A deterministic function of the shape and the GPU's SM count (no autotuning), chosen from sweeps on an
+    H200 at d=4096, h=12288 (scripts/bench_mlp_norm_rope.py --sweep; results/gemm_sweep/).
     ``M <= 64`` (decode): operands swapped so the weight rows fill the MMA's M dimension, plain loads
-    (TMA measured the same there). Larger ``M``: TMA-descriptor loads (12% faster at M=1024), one dot over
-    the gate and up tiles (``ONE_DOT``).
+    (TMA measured the same there). Larger ``M``: one dot over the gate and up tiles of a TMA box
+    (``ONE_DOT``), the tile shape that the fewest waves of programs make cheapest (:data:`_ONE_DOT_TILES`).
+    ``num_sms``: the GPU's multiprocessor count (None: 132, an H100 / H200).
     Returns a new dict on every call (the values are memoised per shape).
     """
-    return _gate_up_config(M, N, K, dtype, is_interpreter() if interpret is None else bool(interpret))
+    return _gate_up_config(M, N, K, dtype, is_interpreter() if interpret is None else bool(interpret),
+                           132 if num_sms is None else int(num_sms))
+
+
+# The one-dot tile shapes above 64 rows, (BM, BN, num_warps, num_stages, cost of one wave of programs): one
+# program per SM at a time (the pipeline's shared memory), so a launch of T programs takes ~ceil(T / SMs) waves.
+# The costs are us per wave at d=4096 measured on an H200 (128 x 128: 52, from 512 and 1024 rows; 128 x 64: 29;
+# 64 x 128 with 4 warps: 31); only their ratios matter. The model picks the fastest measured config at every
+# row count tried, 96-1024 (results/gemm_sweep/one_dot_ragged_h200_03e8f3f.txt).
+_ONE_DOT_TILES = ((128, 128, 8, 4, 52.0), (128, 64, 8, 6, 29.0), (64, 128, 4, 5, 31.0))
 
 
 @memo_config
-def _gate_up_config(M: int, N: int, K: int, dtype: torch.dtype, interpret: bool) -> dict:
+def _gate_up_config(M: int, N: int, K: int, dtype: torch.dtype, interpret: bool, num_sms: int) -> dict:
     if interpret:  # big blocks, small grids: the interpreter pays per program, not per element
         return dict(BM=_clamp_pow2(M, 16, 64), BN=_clamp_pow2(N, 16, 128), BK=_clamp_pow2(K, 16, 256),
                     SWAP_AB=False, TMA=False, num_warps=4, num_stages=1)
@@ -324,12 +346,10 @@ def _gate_up_config(M: int, N: int, K: int, dtype: torch.dtype, interpret: bool)
         return dict(BM=_clamp_pow2(M, 16, 32), BN=64, BK=128, SWAP_AB=True, TMA=True, num_warps=4, num_stages=5)
     if M <= 64:  # 192 KiB
         return dict(BM=64, BN=64, BK=128, SWAP_AB=True, TMA=False, num_warps=4, num_stages=4)
-    # above 64 rows: one [BM, 2 BN] dot a K-step over a [2, BN, BK] gate-up box (ONE_DOT), where the two-dot kernel
-    # ran two [BM, BN] dots. H200 (results/gemm_sweep/one_dot_h200_8d1e65f.txt), us per call: 128 rows 57.7 vs 66.2
-    # (two dots, 64 x 128 tiles), 256 rows 86.7 vs 94.8, 512 rows 156.4 vs 159.6, 1024 rows 312.7 vs 319.7
-    if 128 < M <= 256:
-        return dict(BM=128, BN=64, BK=64, SWAP_AB=False, TMA=True, ONE_DOT=True, num_warps=8, num_stages=6)
-    return dict(BM=128, BN=128, BK=64, SWAP_AB=False, TMA=True, ONE_DOT=True, num_warps=8, num_stages=4)
+    # One [BM, 2 BN] dot a K-step over a [2, BN, BK] gate-up box (ONE_DOT), where the two-dot kernel ran two [BM, BN]
+    # dots: H200, 256 rows 86.7 vs 94.8 us, 1024 rows 312.7 vs 319.7 (results/gemm_sweep/one_dot_h200_8d1e65f.txt)
+    BM, BN, nw, ns, _ = min(_ONE_DOT_TILES, key=lambda t: cdiv(cdiv(M, t[0]) * cdiv(N, t[1]), num_sms) * t[4])
+    return dict(BM=BM, BN=BN, BK=64, SWAP_AB=False, TMA=True, ONE_DOT=True, num_warps=nw, num_stages=ns)
 
 
 def down_config(M: int, N: int, K: int, dtype: torch.dtype, interpret: Optional[bool] = None) -> dict:
@@ -412,22 +432,34 @@ def _launch_gate_up(x: torch.Tensor, w_gate_up: torch.Tensor, act: torch.Tensor,
     """act[M, h] = silu(x @ Wg.T) * (x @ Wu.T) with the reference's roundings (inputs already validated)."""
     M, K = x.shape
     H = w_gate_up.shape[0] // 2
-    cfg = gate_up_config(M, H, K, x.dtype) if config is None else dict(config)
+    if config is None:
+        sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else None
+        cfg = gate_up_config(M, H, K, x.dtype, num_sms=sms)
+    else:
+        cfg = dict(config)
     BM, BN, BK = cfg["BM"], cfg["BN"], cfg["BK"]
     if cfg.get("ONE_DOT", False) and (cfg["SWAP_AB"] or not cfg.get("TMA", False)):
         raise ValueError(f"config: ONE_DOT needs TMA=True and SWAP_AB=False, got {cfg}")
     use_tma, (x_src, w_src) = _sources(cfg, [(x, (BM, BK)), (w_gate_up, (BN, BK))])
     one_dot = use_tma and cfg.get("ONE_DOT", False)
+    x_tma = True
     if one_dot:  # the weight as [2, H, K] (gate rows, up rows): one box holds a gate tile and its up tile
         from triton.tools.tensor_descriptor import TensorDescriptor
         sw = w_gate_up.stride(0)
         w_src = TensorDescriptor(w_gate_up, [2, H, K], [H * sw, sw, 1], [2, BN, BK])
+        # x through TMA only when every box is whole: boxes that run past the last row made the kernel up to 1.5x
+        # slower (H200, 160 rows: 136.5 vs 87.7 us with pointer loads; results/gemm_sweep/one_dot_ragged_h200_03e8f3f.txt)
+        x_tma = cfg.get("X_TMA", "auto")
+        if x_tma == "auto":
+            x_tma = M % BM == 0
+        if not x_tma:
+            x_src = x
     grid = (cdiv(M, BM) * cdiv(H, BN),)
     _gate_up_silu_kernel[grid](
         x_src, w_src, act, w_gate_up, M, H, K,
         x.stride(0), w_gate_up.stride(0), act.stride(0),
         BM=BM, BN=BN, BK=BK, SWAP_AB=cfg["SWAP_AB"], USE_TMA=use_tma, EVEN_K=(K % BK == 0), **_flags(x.dtype),
-        ONE_DOT=one_dot, **_pdl(x, K), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        ONE_DOT=one_dot, X_TMA=bool(x_tma), **_pdl(x, K), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return act
 
@@ -549,6 +581,10 @@ def swiglu_mlp(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor,
     Two launches (three when the down projection is split over K): the ``[M, 2h]`` gate-up product is
     never written, only the ``[M, h]`` activation. Deterministic. Returns ``[..., d]`` in ``x.dtype``.
     See :func:`kernels.reference.swiglu_mlp_ref` for the numerics.
+    Speed (H200, LLaDA-8B sizes, under CUDA graphs): faster than cuBLAS + :func:`silu_mul` up to 128 rows; at
+    160-384 rows cuBLAS + :func:`silu_mul` is up to 1.33x faster; at 512 and 1024 rows they are within 2%
+    (results/gemm_sweep/one_dot_ragged_h200_03e8f3f.txt). ``llada.ops`` runs cuBLAS + :func:`silu_mul` above 64
+    rows.
     """
     return _mlp(x, w_gate_up, w_down, residual, out)
 

@@ -91,8 +91,13 @@ CONFIGS = {
     "tma-noswap": (dict(BM=32, BN=64, BK=64, SWAP_AB=False, TMA=True, num_warps=4, num_stages=3),
                    dict(BM=32, BN=32, BK=64, SWAP_AB=False, TMA=True, SPLIT_K=1, num_warps=4, num_stages=3)),
     # one dot over [2, BN, BK] gate-up boxes: the h edge (176 = 5.5 x 32) inside the box, the K tail (96 = 1.5 x 64)
+    # (M = 7, 33: boxes of x would run past the last row, so x is read through pointers, rows wrapped)
     "tma-one-dot": (dict(BM=16, BN=32, BK=64, SWAP_AB=False, TMA=True, ONE_DOT=True, num_warps=4, num_stages=3),
                     dict(BM=32, BN=32, BK=64, SWAP_AB=False, TMA=True, SPLIT_K=1, num_warps=4, num_stages=3)),
+    # the same with x through TMA all the same: the rows past M read as zeros
+    "tma-one-dot-xtma": (dict(BM=16, BN=32, BK=64, SWAP_AB=False, TMA=True, ONE_DOT=True, X_TMA=True, num_warps=4,
+                              num_stages=3),
+                         dict(BM=32, BN=32, BK=64, SWAP_AB=False, TMA=True, SPLIT_K=2, num_warps=4, num_stages=3)),
 }
 
 
@@ -197,6 +202,17 @@ def test_validation(device):
         swiglu_mlp(x.t(), w_gu, w_d)
 
 
+def test_one_dot_tiles_by_waves():
+    """Above 64 rows the gate-up tile is the one whose waves of programs cost least (LLaDA-8B's h = 12288, 132
+    SMs): the configs measured fastest at 96-1024 rows; another SM count can pick another tile."""
+    want = {96: (128, 128), 128: (128, 128), 160: (128, 64), 256: (128, 64), 320: (64, 128), 384: (128, 64),
+            512: (128, 128), 1024: (128, 128)}
+    for M, tile in want.items():
+        c = gate_up_config(M, 12288, 4096, torch.bfloat16, interpret=False)
+        assert (c["BM"], c["BN"]) == tile and c["ONE_DOT"] and c["TMA"], (M, c)
+    assert gate_up_config(256, 12288, 4096, torch.bfloat16, interpret=False, num_sms=96)["BN"] == 128
+
+
 def test_configs_deterministic():
     """Meta-parameters are a pure function of the shape (no autotuning)."""
     for M in (1, 32, 33, 256, 1024):
@@ -264,7 +280,7 @@ _COMPILE = textwrap.dedent("""
     d, h = 4096, 12288
     for dt, tdt in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
         cands = [(M, mlp.gate_up_config(M, h, d, tdt, interpret=False), mlp.down_config(M, d, h, tdt, interpret=False))
-                 for M in ((16, 32, 64, 256, 1024) if dt == "bf16" else (32, 1024))]  # every distinct config
+                 for M in ((16, 32, 64, 96, 256, 320, 1024) if dt == "bf16" else (32, 1024))]  # every distinct config
         if dt == "bf16":  # the TMA variants once (the dtype changes nothing in their structure)
             cands.append((32, dict(BM=32, BN=64, BK=128, SWAP_AB=True, TMA=True, num_warps=4, num_stages=4),
                           dict(BM=32, BN=64, BK=128, SWAP_AB=True, TMA=True, SPLIT_K=4, num_warps=4, num_stages=4)))
@@ -274,13 +290,15 @@ _COMPILE = textwrap.dedent("""
         for M, c, cd in cands:
             tma = c.get("TMA", False)
             one_dot = c.get("ONE_DOT", False)
+            x_tma = tma and M % c["BM"] == 0  # the launcher's rule for one-dot configs
             src = lambda r, c_: ("tensordesc<%s[%d, %d]>" % (dt, r, c_)) if tma else "*" + dt
             w_src = "tensordesc<%s[2, %d, %d]>" % (dt, c["BN"], c["BK"]) if one_dot else src(c["BN"], c["BK"])
+            x_src = src(c["BM"], c["BK"]) if (x_tma or not one_dot) else "*" + dt
             build(mlp._gate_up_silu_kernel,
-                  dict(x_src=src(c["BM"], c["BK"]), w_src=w_src, a_ptr="*" + dt, w_pf="*" + dt,
+                  dict(x_src=x_src, w_src=w_src, a_ptr="*" + dt, w_pf="*" + dt,
                        M="i32", H="i32", K="i32", stride_xm="i32", stride_wn="i32", stride_am="i32"),
                   dict(BM=c["BM"], BN=c["BN"], BK=c["BK"], SWAP_AB=c["SWAP_AB"], USE_TMA=tma, EVEN_K=True,
-                       UPCAST=False, IEEE=False, ONE_DOT=one_dot), c)
+                       UPCAST=False, IEEE=False, ONE_DOT=one_dot, X_TMA=x_tma or not one_dot), c)
             c = cd
             for has_res in (True,):  # HAS_RES=False only drops the residual load
                 build(mlp._down_kernel,
