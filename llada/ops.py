@@ -86,9 +86,9 @@ def _head_ref(hidden, w, *, temperature=0.0, seed=0, offset=0, banned_ids=(), no
 # Up to this many rows the fused Triton MLP runs (weight-bound: it beats cuBLAS); above it, cuBLAS GEMMs around
 # the Triton silu_mul, faster at 384 and 1024 rows under the power cap where compute-bound decode steps run
 # (H200, 32-layer MLP chains replayed for 8 s: results/bench_decode/sustained_mlp_h200_7adef5d.csv). With the
-# one-dot gate-up (8d1e65f) the fused MLP wins at 128 rows (block batch 4: 5.478-5.488 vs 5.520-5.524 ms per step)
-# but loses at 96 (block batch 3: 5.612-5.620 vs 5.388-5.391) and 256 (batch 8: 8.146-8.167 vs 8.014-8.028), so
-# the switch stays at 64 (results/bench_decode/mlp_rows_ab_h200_8d1e65f.txt).
+# one-dot gate-up (8d1e65f, a58d151) the fused MLP wins at 128 rows (block batch 4, three machines: 0.5-1% per step)
+# but not at 96 (a tie on one machine, 2-4% slower on two) or 256 (batch 8: 8.146-8.167 vs 8.014-8.028 ms), so the
+# switch stays at 64 (results/bench_decode/mlp_rows_ab_h200_8d1e65f.txt).
 TRITON_MLP_MAX_ROWS = 64
 
 
