@@ -433,7 +433,8 @@ def _launch_gate_up(x: torch.Tensor, w_gate_up: torch.Tensor, act: torch.Tensor,
     M, K = x.shape
     H = w_gate_up.shape[0] // 2
     if config is None:
-        sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else None
+        # the SM count matters above 64 rows only (the decode path skips the query)
+        sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda and M > 64 else None
         cfg = gate_up_config(M, H, K, x.dtype, num_sms=sms)
     else:
         cfg = dict(config)
