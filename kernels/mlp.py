@@ -441,26 +441,24 @@ def _launch_gate_up(x: torch.Tensor, w_gate_up: torch.Tensor, act: torch.Tensor,
     BM, BN, BK = cfg["BM"], cfg["BN"], cfg["BK"]
     if cfg.get("ONE_DOT", False) and (cfg["SWAP_AB"] or not cfg.get("TMA", False)):
         raise ValueError(f"config: ONE_DOT needs TMA=True and SWAP_AB=False, got {cfg}")
-    use_tma, (x_src, w_src) = _sources(cfg, [(x, (BM, BK)), (w_gate_up, (BN, BK))])
-    one_dot = use_tma and cfg.get("ONE_DOT", False)
-    x_tma = True
+    one_dot = cfg.get("ONE_DOT", False) and _tma_ok(x, w_gate_up)
     if one_dot:  # the weight as [2, H, K] (gate rows, up rows): one box holds a gate tile and its up tile
         from triton.tools.tensor_descriptor import TensorDescriptor
         sw = w_gate_up.stride(0)
-        w_src = TensorDescriptor(w_gate_up, [2, H, K], [H * sw, sw, 1], [2, BN, BK])
+        use_tma, w_src = True, TensorDescriptor(w_gate_up, [2, H, K], [H * sw, sw, 1], [2, BN, BK])
         # x through TMA only when every box is whole: boxes that run past the last row made the kernel up to 1.5x
         # slower (H200, 160 rows: 136.5 vs 87.7 us with pointer loads; results/gemm_sweep/one_dot_ragged_h200_03e8f3f.txt)
-        x_tma = cfg.get("X_TMA", "auto")
-        if x_tma == "auto":
-            x_tma = M % BM == 0
-        if not x_tma:
-            x_src = x
+        x_tma = bool(cfg.get("X_TMA", M % BM == 0))
+        x_src = TensorDescriptor.from_tensor(x, [BM, BK]) if x_tma else x
+    else:
+        x_tma = True  # unused outside ONE_DOT
+        use_tma, (x_src, w_src) = _sources(cfg, [(x, (BM, BK)), (w_gate_up, (BN, BK))])
     grid = (cdiv(M, BM) * cdiv(H, BN),)
     _gate_up_silu_kernel[grid](
         x_src, w_src, act, w_gate_up, M, H, K,
         x.stride(0), w_gate_up.stride(0), act.stride(0),
         BM=BM, BN=BN, BK=BK, SWAP_AB=cfg["SWAP_AB"], USE_TMA=use_tma, EVEN_K=(K % BK == 0), **_flags(x.dtype),
-        ONE_DOT=one_dot, X_TMA=bool(x_tma), **_pdl(x, K), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        ONE_DOT=one_dot, X_TMA=x_tma, **_pdl(x, K), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return act
 
