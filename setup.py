@@ -4,7 +4,7 @@ setup(
     name="llada-triton",
     version="0.1.0",
     description="Fast, exact block decoding of LLaDA masked-diffusion LMs on Triton kernels",
-    packages=["kernels", "llada", "decode"],
+    packages=["llada_triton", "llada_triton.kernels", "llada_triton.models", "llada_triton.decode"],
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",

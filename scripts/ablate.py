@@ -169,7 +169,7 @@ class Tokenizer:
     project's character tokenizer (``scripts/tiny_tokenizer.py``), whose ids are checked to fit the vocab."""
 
     def __init__(self, path: str, cfg, chat_template: bool = True):
-        from llada import chat
+        from llada_triton.models import chat
 
         self._chat = chat
         self.fallback = not os.path.isfile(os.path.join(path, "tokenizer.json")) and \
@@ -217,7 +217,7 @@ def run_config(params, cfg, tok: Tokenizer, problems: Dict[str, list], rc: RunCo
     Prompts of a task are sorted by length and decoded in batches of ``batch_size`` (``generate`` left-pads
     each batch); ``warmup`` decodes the first batch once untimed (Triton compilation, CUDA-graph capture)."""
     import tasks as tasks_mod
-    from decode.generate import generate
+    from llada_triton.decode.generate import generate
 
     fn = tasks_mod.SCORERS[scorer]
     out = []
@@ -318,8 +318,8 @@ def _main(model, study, n, seed, tasks, jsonl, scorer, device, dtype, ops, batch
     import torch
 
     import tasks as tasks_mod
-    from decode.generate import Workspace
-    from llada import REFERENCE_OPS, load_model, triton_ops
+    from llada_triton.decode.generate import Workspace
+    from llada_triton.models import REFERENCE_OPS, load_model, triton_ops
 
     studies = list(STUDIES) if "all" in study else list(dict.fromkeys(study))
     for s in studies:
@@ -351,7 +351,7 @@ def _main(model, study, n, seed, tasks, jsonl, scorer, device, dtype, ops, batch
               f"{ {k: len(v) for k, v in problems.items()} }; {meta['device_name']}, ops={ops}", flush=True)
 
     if unique and not warmup:  # one-off library initialisation outside the timed calls (one prompt)
-        from decode.generate import generate
+        from llada_triton.decode.generate import generate
 
         first = next(iter(problems.values()))[:1]
         if first:

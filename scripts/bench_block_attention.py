@@ -71,7 +71,7 @@ def bench_block_attention(shapes, *, Tq=32, H=32, Hkv=32, D=128, dtype=torch.bfl
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from kernels.attention import _launch, _pick_config
+    from llada_triton.kernels.attention import _launch, _pick_config
 
     dev = torch.device("cuda")
     if l2_bytes is None:

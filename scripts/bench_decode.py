@@ -103,7 +103,7 @@ def step_floor(cfg, policy, B, P, G, Lb, bw, flops):
 
 
 def timed_window(stream, n_steps, sync, clock=time.perf_counter):
-    """``(seconds, steps, nfe)`` for the steps of ``stream`` (a :func:`decode.generate_stream`) that follow block 1's
+    """``(seconds, steps, nfe)`` for the steps of ``stream`` (a :func:`llada_triton.decode.generate_stream`) that follow block 1's
     first step, through the end of the block in which the ``n_steps``-th of them falls (``n_steps <= 0``, or
     fewer steps in the stream: all of them). ``nfe`` is the number of forwards those steps spent, read from the
     driver's device counter (the events' ``nfe``; the most over the rows) once the clock has stopped.
@@ -113,7 +113,7 @@ def timed_window(stream, n_steps, sync, clock=time.perf_counter):
     work. The clock starts once block 1's first step has completed (nothing after it is enqueued yet) and
     stops, at a block's end, once the last counted step has completed, so exactly the counted steps run inside
     the window (tests/test_bench_decode.py)."""
-    from decode.generate import BlockEvent, StepEvent
+    from llada_triton.decode.generate import BlockEvent, StepEvent
 
     t0, n, first, last = None, 0, None, None
     for ev in stream:
@@ -145,8 +145,8 @@ def time_decode(params, cfg, ops, *, policy, B, P, G, Lb, graphs, timed_steps):
     block 1's first steps, so prefix-cache runs over several blocks also timed graph captures.)"""
     import torch
 
-    from decode import generate_stream
-    from decode.generate import Workspace
+    from llada_triton.decode import generate_stream
+    from llada_triton.decode.generate import Workspace
 
     g = torch.Generator(device="cpu").manual_seed(0)
     prompts = torch.randint(0, 126000, (B, P), generator=g).tolist()
@@ -191,7 +191,7 @@ def main(argv=None):
         return []
     import torch
 
-    from llada import LLaDAConfig, REFERENCE_OPS, init_params, triton_ops
+    from llada_triton.models import LLaDAConfig, REFERENCE_OPS, init_params, triton_ops
 
     cfg = LLaDAConfig(**LLADA_8B)
     info = env_info(args.sha)

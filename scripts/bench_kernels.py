@@ -96,7 +96,7 @@ DRY_REGIME = Regime(batches=(1, 2), block=8, kv_lens=(16,))
 
 def model_config(dry_run: bool = False):
     """The LLaDA-8B config, or (dry run) the same config shrunk with ``replace`` to toy sizes."""
-    from llada import LLaDAConfig
+    from llada_triton.models import LLaDAConfig
 
     cfg = LLaDAConfig(**LLADA_8B)
     if dry_run:
@@ -171,7 +171,7 @@ def build_cases(cfg, reg: Regime, ctx) -> List[Case]:
     import torch
     import torch.nn.functional as F
 
-    from kernels import reference as ref
+    from llada_triton.kernels import reference as ref
 
     dev, dt, g = ctx.device, ctx.dtype, ctx.gen
     es = torch.tensor([], dtype=dt).element_size()
@@ -184,7 +184,7 @@ def build_cases(cfg, reg: Regime, ctx) -> List[Case]:
 
     # ---- block_attention: B x KV, Tq = block queries over a cache holding kv_len keys (its own included)
     def k_attention():
-        from kernels.attention import block_attention
+        from llada_triton.kernels.attention import block_attention
         return block_attention
 
     def flex():
@@ -226,7 +226,7 @@ def build_cases(cfg, reg: Regime, ctx) -> List[Case]:
         return mlp_w["w"]
 
     def k_mlp():
-        from kernels.mlp import swiglu_mlp
+        from llada_triton.kernels.mlp import swiglu_mlp
         return swiglu_mlp
 
     def mlp_cublas(x, w_gu, w_d, r):
@@ -237,7 +237,7 @@ def build_cases(cfg, reg: Regime, ctx) -> List[Case]:
 
     def mlp_cublas_silu_mul(x, w_gu, w_d, r):
         """cuBLAS matmuls + a separate one-launch activation kernel (the best unfused split)."""
-        from kernels.mlp import silu_mul
+        from llada_triton.kernels.mlp import silu_mul
         return torch.addmm(r, silu_mul(F.linear(x, w_gu)), w_d.t())
 
     for B in reg.batches:
@@ -257,7 +257,7 @@ def build_cases(cfg, reg: Regime, ctx) -> List[Case]:
 
     # ---- rms_norm, with and without the fused residual add: rows = B * block
     def k_norm():
-        from kernels.norm import rms_norm
+        from llada_triton.kernels.norm import rms_norm
         return rms_norm
 
     norm_w = {}
@@ -292,7 +292,7 @@ def build_cases(cfg, reg: Regime, ctx) -> List[Case]:
     # ---- qkv_rope_cache: RoPE on q, k of the fused projection + K/V into the cache (block at slots [T, 2T));
     # the cost does not depend on the position, so the cache holds just 2T slots per set
     def k_qkv():
-        from kernels.rotary import qkv_rope_cache
+        from llada_triton.kernels.rotary import qkv_rope_cache
         return qkv_rope_cache
 
     rope_t = {}
@@ -334,7 +334,7 @@ def build_cases(cfg, reg: Regime, ctx) -> List[Case]:
 
     # ---- head_confidence at temperature 0: rows = B * block
     def k_head():
-        from kernels.remask import head_confidence
+        from llada_triton.kernels.remask import head_confidence
         return head_confidence
 
     head_w = {}
@@ -359,7 +359,7 @@ def build_cases(cfg, reg: Regime, ctx) -> List[Case]:
 
     # ---- logits_confidence at temperature 0: the block's logits rows = B * block
     def k_logits():
-        from kernels.remask import logits_confidence
+        from llada_triton.kernels.remask import logits_confidence
         return logits_confidence
 
     def official_conf(lg):
@@ -384,7 +384,7 @@ def build_cases(cfg, reg: Regime, ctx) -> List[Case]:
 
     # ---- select_transfer, top-k rule (LLaDA's schedule): B rows of one block
     def k_select():
-        from kernels.remask import select_transfer
+        from llada_triton.kernels.remask import select_transfer
         return select_transfer
 
     for B in reg.batches:

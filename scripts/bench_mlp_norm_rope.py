@@ -40,8 +40,8 @@ def main(sweep: bool, out: str, budget_s: float, dry_run: bool = False):
             return (time.perf_counter() - t) * 1e3
         do_bench_cudagraph = do_bench  # noqa: F811
 
-    from kernels import mlp, norm, rotary as rope_mod
-    from kernels.reference import rms_norm_ref, rope_ref, rope_tables, swiglu_mlp_ref
+    from llada_triton.kernels import mlp, norm, rotary as rope_mod
+    from llada_triton.kernels.reference import rms_norm_ref, rope_ref, rope_tables, swiglu_mlp_ref
 
     os.makedirs(out, exist_ok=True)
     dev = "cpu" if dry_run else "cuda"

@@ -103,8 +103,8 @@ def bench_from_logits(rows_list, block, vocab, meta, copy_bw, dev, dt, g, dry_ru
     ``triton`` (``logits_confidence`` + ``select_transfer``); each timed with do_bench (median, L2 flushed)
     and under a CUDA graph (``-graph``: one graph of >= 32 calls rotating over input sets >= 3x L2).
     Bytes: the logits read once (+ x0, conf, masks: negligible)."""
-    from kernels import remask
-    from kernels.reference import logits_confidence_ref, select_transfer_ref
+    from llada_triton.kernels import remask
+    from llada_triton.kernels.reference import logits_confidence_ref, select_transfer_ref
 
     if dry_run:
         bench = _wall_ms
@@ -241,8 +241,8 @@ def main(sweep: bool, out: str, budget_s: float, rows_list=(32, 256, 1024), case
         cases, rows_list = ("logits",), (8, 16)
     import triton
 
-    from kernels import remask
-    from kernels.reference import head_confidence_ref, select_transfer_ref
+    from llada_triton.kernels import remask
+    from llada_triton.kernels.reference import head_confidence_ref, select_transfer_ref
 
     os.makedirs(out, exist_ok=True)
     dev, dt = ("cpu", torch.float32) if dry_run else ("cuda", torch.bfloat16)

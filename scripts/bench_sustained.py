@@ -97,7 +97,7 @@ def mlp_chain(rows: int, weights, device, provider: str):
     ``silu_mul`` (the decode path's MLP at 65-1023 rows), ``mlp-triton`` = ``kernels.mlp.swiglu_mlp``."""
     import torch
 
-    from kernels.mlp import silu_mul, swiglu_mlp
+    from llada_triton.kernels.mlp import silu_mul, swiglu_mlp
 
     d, h = weights[0][0].shape[1], weights[0][3].shape[1]
     x = torch.randn(rows, d, device=device, dtype=torch.bfloat16)

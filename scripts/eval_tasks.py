@@ -29,10 +29,10 @@ for _p in (_HERE, _ROOT):
 import torch  # noqa: E402
 
 import tasks as tasks_mod  # noqa: E402
-from decode.generate import generate  # noqa: E402
-from llada import chat  # noqa: E402
-from llada.config import LLaDAConfig  # noqa: E402
-from llada.weights import Params, load_params  # noqa: E402
+from llada_triton.decode.generate import generate  # noqa: E402
+from llada_triton.models import chat  # noqa: E402
+from llada_triton.models.config import LLaDAConfig  # noqa: E402
+from llada_triton.models.weights import Params, load_params  # noqa: E402
 
 __all__ = ["load_model", "load_tokenizer", "prompt_ids", "answer_text", "predict", "evaluate", "format_table", "main"]
 

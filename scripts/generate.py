@@ -51,7 +51,7 @@ def parse_args(argv=None):
 
 
 def _prompts(args, tokenizer, cfg):
-    from llada.chat import chat_prompt_ids
+    from llada_triton.models.chat import chat_prompt_ids
 
     if args.prompt_ids:
         return [[int(t) for t in s.split(",") if t.strip()] for s in args.prompt_ids], None
@@ -117,9 +117,9 @@ def main(argv=None):
     args = parse_args(argv)
     import torch
 
-    from decode import generate
-    from llada import load_model, triton_ops, REFERENCE_OPS
-    from llada.chat import decode_answer, load_tokenizer
+    from llada_triton.decode import generate
+    from llada_triton.models import load_model, triton_ops, REFERENCE_OPS
+    from llada_triton.models.chat import decode_answer, load_tokenizer
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype) if args.dtype else None

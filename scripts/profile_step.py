@@ -38,9 +38,9 @@ def main(argv=None):
     from torch.profiler import ProfilerActivity, profile
 
     from bench_decode import LLADA_8B, timed_window
-    from decode import generate_stream
-    from decode.generate import Workspace
-    from llada import LLaDAConfig, init_params, triton_ops
+    from llada_triton.decode import generate_stream
+    from llada_triton.decode.generate import Workspace
+    from llada_triton.models import LLaDAConfig, init_params, triton_ops
 
     cfg = LLaDAConfig(**LLADA_8B)
     params = init_params(cfg, device="cuda", dtype=torch.bfloat16)

@@ -47,7 +47,7 @@ def _sha(given):
 
 def candidates(op: str, M: int):
     """Candidate configs per op and row count (the kernel's default first)."""
-    from kernels import mlp
+    from llada_triton.kernels import mlp
     import torch
 
     N, K, kind = OPS[op]
@@ -106,8 +106,8 @@ def main(argv=None):
     import torch.nn.functional as F
     import triton
 
-    from kernels import mlp
-    from kernels.norm import rms_norm
+    from llada_triton.kernels import mlp
+    from llada_triton.kernels.norm import rms_norm
 
     dev = "cuda"
     dt = torch.bfloat16

@@ -143,7 +143,7 @@ def main(argv=None):
     import torch
     if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9:
         raise SystemExit("timeline_step.py needs a CUDA GPU with PDL (sm_90 or newer)")
-    import kernels._common as common
+    import llada_triton.kernels._common as common
     buf = torch.zeros(args.capacity * 4, device="cuda", dtype=torch.int64)
     cnt = torch.zeros(1, device="cuda", dtype=torch.int32)
     tmp = tempfile.mkdtemp(prefix="llada_timeline_")
@@ -156,9 +156,9 @@ def main(argv=None):
         tags[tag] = name
 
     from bench_decode import LLADA_8B, timed_window
-    from decode import generate_stream
-    from decode.generate import Workspace
-    from llada import LLaDAConfig, init_params, triton_ops
+    from llada_triton.decode import generate_stream
+    from llada_triton.decode.generate import Workspace
+    from llada_triton.models import LLaDAConfig, init_params, triton_ops
 
     cfg = LLaDAConfig(**LLADA_8B)
     params = init_params(cfg, device="cuda", dtype=torch.bfloat16)

@@ -43,10 +43,10 @@ import torch.nn.functional as F  # noqa: E402
 import tasks as tasks_mod  # noqa: E402
 from provenance import git_sha  # noqa: E402
 import tiny_tokenizer as ttok  # noqa: E402
-from llada.config import LLaDAConfig  # noqa: E402
-from llada.model import forward  # noqa: E402
-from llada.ops import REFERENCE_OPS  # noqa: E402
-from llada.weights import Params, init_params, save_checkpoint  # noqa: E402
+from llada_triton.models.config import LLaDAConfig  # noqa: E402
+from llada_triton.models.model import forward  # noqa: E402
+from llada_triton.models.ops import REFERENCE_OPS  # noqa: E402
+from llada_triton.models.weights import Params, init_params, save_checkpoint  # noqa: E402
 
 __all__ = ["TrainConfig", "CONFIGS", "model_config", "corrupt", "diffusion_loss", "batch_loss", "make_batch",
            "write_checkpoint", "hf_config_dict", "main"]

@@ -26,7 +26,7 @@ def block_golden():
 @functools.lru_cache(maxsize=None)
 def tiny_model(dtype=torch.float32):
     """The golden checkpoint (weights stored in bf16) upcast to ``dtype`` on the CPU."""
-    from llada import LLaDAConfig, load_params
+    from llada_triton.models import LLaDAConfig, load_params
 
     ids = golden()["ids"]
     cfg = LLaDAConfig.from_pretrained(CKPT, eot_token_id=ids["eot"])

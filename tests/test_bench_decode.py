@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from decode.generate import BlockEvent, StepEvent
+from llada_triton.decode.generate import BlockEvent, StepEvent
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
 from bench_decode import timed_window  # noqa: E402

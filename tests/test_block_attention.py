@@ -13,8 +13,8 @@ import torch
 
 from tests.helpers import run_without_interpreter
 
-from kernels.attention import _launch, block_attention
-from kernels.reference import block_attention_ref
+from llada_triton.kernels.attention import _launch, block_attention
+from llada_triton.kernels.reference import block_attention_ref
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -285,8 +285,8 @@ def test_input_validation(device):
 _COMPILE_SCRIPT = textwrap.dedent("""
     import os
     assert "TRITON_INTERPRET" not in os.environ
-    from kernels._common import compile_for
-    from kernels.attention import _block_attn_fwd_kernel, _block_attn_merge_kernel
+    from llada_triton.kernels._common import compile_for
+    from llada_triton.kernels.attention import _block_attn_fwd_kernel, _block_attn_merge_kernel
     INTS = ("Tq G Hkv kv_len n_splits n_m_tiles min_tiles stride_qb stride_qt stride_qh stride_kb stride_kt "
             "stride_kh stride_vb stride_vt stride_vh stride_ob stride_ot stride_oh stride_ksb "
             "stride_keb stride_ket").split()
@@ -322,7 +322,7 @@ def test_compile_sm90():
 
 def test_pick_config_fresh_dict():
     """The launch config is memoised per shape; each call hands out its own dict (``_launch`` updates it)."""
-    from kernels.attention import _pick_config
+    from llada_triton.kernels.attention import _pick_config
     a = _pick_config(1, 32, 4, 4, 16, 100, torch.device("cpu"))
     want = dict(a)
     a["n_splits"] = -1
@@ -336,7 +336,7 @@ def test_gpu_config_rule(monkeypatch):
     programs) over at most 256 keys gets 32-key tiles."""
     import types
 
-    from kernels.attention import _attention_config
+    from llada_triton.kernels.attention import _attention_config
 
     props = types.SimpleNamespace(multi_processor_count=132)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: props)

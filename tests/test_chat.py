@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from llada import LLaDAConfig
-from llada.chat import chat_prompt_ids, decode_answer, load_tokenizer, strip_answer
+from llada_triton.models import LLaDAConfig
+from llada_triton.models.chat import chat_prompt_ids, decode_answer, load_tokenizer, strip_answer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = os.path.join(ROOT, "checkpoints", "llada-tiny-tasks")
@@ -44,7 +44,7 @@ def test_raw_prompt_and_answer_stripping(tok, cfg):
 
 
 def test_loading_never_asks_to_run_remote_code():
-    code = f"import sys; sys.path.insert(0, {ROOT!r}); from llada.chat import load_tokenizer; load_tokenizer({MODEL!r})"
+    code = f"import sys; sys.path.insert(0, {ROOT!r}); from llada_triton.models.chat import load_tokenizer; load_tokenizer({MODEL!r})"
     out = subprocess.run([sys.executable, "-c", code], stdin=subprocess.DEVNULL, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr

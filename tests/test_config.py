@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from llada import ConfigError, LLaDAConfig
+from llada_triton.models import ConfigError, LLaDAConfig
 from tests.helpers import CKPT
 
 

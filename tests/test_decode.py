@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from decode import BlockEvent, StepEvent, generate, generate_stream, num_transfer_tokens
-from llada import forward
+from llada_triton.decode import BlockEvent, StepEvent, generate, generate_stream, num_transfer_tokens
+from llada_triton.models import forward
 from tests.helpers import tiny_model
 
 PROMPTS = [[5, 17, 90, 44, 23, 7, 11, 250, 3, 99, 100, 12], [43, 250, 114], [8, 9, 10, 11, 12, 13, 14]]
@@ -196,7 +196,7 @@ def test_early_stop_in_batch_only_stops_finished_rows():
 
 
 def test_workspace_reuses_buffers_and_gives_the_same_tokens():
-    from decode.generate import Workspace
+    from llada_triton.decode.generate import Workspace
 
     params, cfg = tiny_model()
     ws = Workspace()
@@ -213,7 +213,7 @@ def test_workspace_reuses_buffers_and_gives_the_same_tokens():
 def test_workspace_keeps_the_most_recently_used_buckets():
     """A bucket per prompt width: with max_entries=2 the least recently used one is dropped, and a dropped bucket
     comes back (new buffers) with the same tokens."""
-    from decode.generate import Workspace
+    from llada_triton.decode.generate import Workspace
 
     params, cfg = tiny_model()
     ws = Workspace(max_entries=2)
@@ -234,7 +234,7 @@ def test_workspace_keeps_the_most_recently_used_buckets():
 
 
 def test_block_prefill_in_row_chunks_gives_the_same_tokens(monkeypatch):
-    import decode.cache as cache_mod
+    import llada_triton.decode.cache as cache_mod
 
     params, cfg = tiny_model()
     whole = generate(params, cfg, PROMPTS, cache="block", **BASE)

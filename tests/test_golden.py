@@ -5,8 +5,8 @@ fp32 on the CPU with the torch reference ops; every case must match token for to
 import pytest
 import torch
 
-from decode import generate
-from llada import forward
+from llada_triton.decode import generate
+from llada_triton.models import forward
 from tests.helpers import block_golden, decode_options, golden, tiny_model
 
 CASES = golden()["cases"]

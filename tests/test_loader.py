@@ -11,8 +11,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from llada import LLaDAConfig, WeightError, init_params, load_params, save_checkpoint
-from llada.weights import PREFIX, param_name_map
+from llada_triton.models import LLaDAConfig, WeightError, init_params, load_params, save_checkpoint
+from llada_triton.models.weights import PREFIX, param_name_map
 from tests.helpers import CKPT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -156,7 +156,7 @@ def test_single_file_roundtrip_and_tied_weights(tmp_path):
 RSS_SCRIPT = textwrap.dedent("""
     import json, resource, sys, torch
     sys.path.insert(0, {root!r})
-    from llada import LLaDAConfig, load_params
+    from llada_triton.models import LLaDAConfig, load_params
     import safetensors.torch  # imports done before the baseline
     path = sys.argv[1]
     cfg = LLaDAConfig.from_pretrained(path)

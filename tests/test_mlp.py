@@ -13,8 +13,8 @@ import torch
 
 from tests.helpers import run_without_interpreter
 
-from kernels.mlp import _launch_down, _launch_gate_up, _tma_ok, down_config, gate_up_config, swiglu_mlp
-from kernels.reference import swiglu_mlp_ref
+from llada_triton.kernels.mlp import _launch_down, _launch_gate_up, _tma_ok, down_config, gate_up_config, swiglu_mlp
+from llada_triton.kernels.reference import swiglu_mlp_ref
 
 GPU = pytest.mark.gpu
 DTYPES = [
@@ -239,8 +239,8 @@ def test_down_split_rule():
 def test_configs_are_fresh_dicts():
     """The configs are memoised per shape; each call must still hand out its own dict (launchers and sweep
     scripts edit theirs)."""
-    from kernels.norm import norm_config
-    from kernels.qkv import qkv_config
+    from llada_triton.kernels.norm import norm_config
+    from llada_triton.kernels.qkv import qkv_config
     for fn, args in ((gate_up_config, (32, 12288, 4096, torch.bfloat16, False)),
                      (down_config, (32, 4096, 12288, torch.bfloat16, False)),
                      (norm_config, (32, 4096, False)), (qkv_config, (32, 4096, torch.bfloat16, False))):
@@ -255,8 +255,8 @@ _COMPILE = textwrap.dedent("""
     import os, sys
     sys.path.insert(0, {root!r})
     import torch
-    from kernels._common import compile_for, with_defaults
-    from kernels import mlp
+    from llada_triton.kernels._common import compile_for, with_defaults
+    from llada_triton.kernels import mlp
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     import triton
@@ -339,7 +339,7 @@ LINEAR_SHAPES = [(1, 64, 96), (7, 96, 64), (33, 64, 176), (32, 192, 128)]
 @pytest.mark.parametrize("with_residual", [False, True], ids=["plain", "residual"])
 def test_linear(shape, dtype, with_residual, device):
     """kernels.mlp.linear = residual + F.linear(x, w), the product rounded first (derived tolerance)."""
-    from kernels.mlp import linear
+    from llada_triton.kernels.mlp import linear
 
     M, N, K = shape
     g = torch.Generator().manual_seed(3)
@@ -360,7 +360,7 @@ def test_linear(shape, dtype, with_residual, device):
 def _check_norm(y, h, norm_w, eps):
     """y must be the RMSNorm of the h the kernel wrote: equal to the reference norm of that h up to one
     ulp of the output (the fp32 sum of squares is ordered differently)."""
-    from kernels.reference import rms_norm_ref
+    from llada_triton.kernels.reference import rms_norm_ref
 
     want = rms_norm_ref(h, norm_w, eps)
     assert y.dtype == want.dtype and not torch.isnan(y).any(), "unwritten (NaN) norm outputs"
@@ -396,7 +396,7 @@ def test_down_with_norm(dtype, residual, cfg, device):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_linear_and_mlp_rms_norm(dtype, device):
     """Public fused ops: same h as linear / swiglu_mlp, y = RMSNorm(h); leading dims kept."""
-    from kernels.mlp import linear, linear_rms_norm, swiglu_mlp_rms_norm
+    from llada_triton.kernels.mlp import linear, linear_rms_norm, swiglu_mlp_rms_norm
 
     B, T, d, h = 2, 9, 64, 176
     x, w_gu, w_d, r = _inputs(B * T, d, h, dtype, device, seed=8)
@@ -413,7 +413,7 @@ def test_linear_and_mlp_rms_norm(dtype, device):
 
 
 def test_norm_validation(device):
-    from kernels.mlp import linear_rms_norm
+    from llada_triton.kernels.mlp import linear_rms_norm
 
     x = torch.randn(4, 8, device=device)
     w = torch.randn(16, 8, device=device)
@@ -435,8 +435,8 @@ SILU_SHAPES = [(1, 2), (5, 2 * 176), (3, 4, 2 * 1000), (2, 2 * 4100)]
 def test_silu_mul(shape, dtype, device):
     """The standalone activation (cuBLAS-row MLP path) against torch's ``F.silu(g) * u`` and an fp64 gold:
     no worse than 2x torch's own error plus one ulp of the dtype (the same two roundings, a different exp)."""
-    from kernels.mlp import silu_mul
-    from kernels.reference import silu_mul_ref
+    from llada_triton.kernels.mlp import silu_mul
+    from llada_triton.kernels.reference import silu_mul_ref
 
     g = torch.Generator().manual_seed(1)
     gu = (3 * torch.randn(*shape, generator=g)).to(device=device, dtype=dtype)
@@ -452,7 +452,7 @@ def test_silu_mul(shape, dtype, device):
 
 
 def test_silu_mul_validation(device):
-    from kernels.mlp import silu_mul
+    from llada_triton.kernels.mlp import silu_mul
 
     with pytest.raises(ValueError, match="gate_up must be"):
         silu_mul(torch.zeros(3, 5, device=device))

@@ -9,8 +9,8 @@ import os
 import pytest
 import torch
 
-from decode import generate
-from llada import LLaDAConfig, REFERENCE_OPS, forward, init_params, triton_ops
+from llada_triton.decode import generate
+from llada_triton.models import LLaDAConfig, REFERENCE_OPS, forward, init_params, triton_ops
 from tests.helpers import block_golden, decode_options, golden, tiny_model
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -90,7 +90,7 @@ def test_bf16_triton_model_vs_reference(d, heads):
 def test_forward_rows_and_fused_norms(which):
     """``rows`` runs the last layer's queries, projections and MLP only on those rows: the returned hidden
     states equal the full forward's rows; the fused projection+norm ops equal the composed ones."""
-    from llada.model import forward_hidden
+    from llada_triton.models.model import forward_hidden
 
     params, cfg = tiny_model()
     ops = {"reference": REFERENCE_OPS, "triton": triton_ops(),

@@ -13,8 +13,8 @@ import torch
 
 from tests.helpers import run_without_interpreter
 
-from kernels.norm import _launch, norm_config, rms_norm
-from kernels.reference import rms_norm_ref
+from llada_triton.kernels.norm import _launch, norm_config, rms_norm
+from llada_triton.kernels.reference import rms_norm_ref
 
 GPU = pytest.mark.gpu
 DTYPES = [
@@ -142,8 +142,8 @@ def test_config_deterministic():
 _COMPILE = textwrap.dedent("""
     import sys
     sys.path.insert(0, {root!r})
-    from kernels._common import compile_for
-    from kernels import norm
+    from llada_triton.kernels._common import compile_for
+    from llada_triton.kernels import norm
     # bf16: single-chunk with/without residual, multi-row tiles, multi-chunk; fp16: the decode shape
     for dt, R, N, has_res in (("bf16", 32, 4096, False), ("bf16", 32, 4096, True), ("bf16", 1024, 64, True),
                               ("bf16", 8, 20000, True), ("fp16", 32, 4096, True)):

@@ -1,8 +1,13 @@
-"""Package boundaries: the public kernel API, import-time behaviour and dependency direction."""
+"""Package boundaries: one import namespace, the public kernel API, import-time behaviour, dependency direction."""
+import os
+import pathlib
 import subprocess
 import sys
 
-import kernels
+from llada_triton import kernels
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PKG = ROOT / "llada_triton"
 
 
 def test_kernels_all_is_pinned():
@@ -14,21 +19,38 @@ def test_kernels_all_is_pinned():
 
 
 def test_importing_the_model_does_not_import_triton():
-    code = "import sys, llada, decode, kernels.reference; print('triton' in sys.modules)"
+    code = ("import sys, llada_triton, llada_triton.models, llada_triton.decode, llada_triton.kernels.reference; "
+            "llada_triton.generate; print('triton' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
-def test_dependencies_point_one_way():
-    import pathlib
+def test_public_api_imports_outside_the_checkout_beside_hf_kernels(tmp_path):
+    """transformers >= 5.25 installs Hugging Face's top-level ``kernels``; ours lives under ``llada_triton``."""
+    code = ("import importlib.util, kernels as hf, llada_triton\n"
+            "from llada_triton.kernels import head_confidence, block_attention\n"
+            "from llada_triton.models import load_model\n"
+            "from llada_triton.decode import generate, run_many\n"
+            "print(importlib.util.find_spec('kernels') is not None, 'llada_triton' not in hf.__name__,\n"
+            "      llada_triton.load_model is load_model, callable(head_confidence))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", "True", "True", "True"]
 
-    root = pathlib.Path(__file__).resolve().parents[1]
-    for f in (root / "kernels").glob("*.py"):
+
+def test_dependencies_point_one_way():
+    for f in (PKG / "kernels").glob("*.py"):
         src = f.read_text()
-        for mod in ("llada", "decode"):
-            assert f"import {mod}" not in src and f"from {mod}" not in src, f
-    for f in (root / "llada").glob("*.py"):
-        src = f.read_text()
-        assert "from decode" not in src and "import decode" not in src, f
-    ref = (root / "kernels" / "reference.py").read_text()
+        for mod in ("models", "decode"):
+            assert f"llada_triton.{mod}" not in src, f
+    for f in (PKG / "models").glob("*.py"):
+        assert "llada_triton.decode" not in f.read_text(), f
+    ref = (PKG / "kernels" / "reference.py").read_text()
     assert "import triton" not in ref
+
+
+def test_no_top_level_generic_packages():
+    """The distribution installs one top-level package, so nothing shadows ``kernels``, ``decode`` or ``llada``."""
+    for name in ("kernels", "decode", "llada"):
+        assert not (ROOT / name / "__init__.py").exists(), name

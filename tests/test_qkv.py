@@ -5,8 +5,8 @@ import textwrap
 import pytest
 import torch
 
-from kernels.qkv import fused_supported, qkv_proj_rope
-from kernels.reference import qkv_proj_rope_ref, rope_tables
+from llada_triton.kernels.qkv import fused_supported, qkv_proj_rope
+from llada_triton.kernels.reference import qkv_proj_rope_ref, rope_tables
 from tests.helpers import run_without_interpreter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -100,8 +100,8 @@ def test_validation(device):
 _COMPILE = textwrap.dedent("""
     import sys
     sys.path.insert(0, {root!r})
-    from kernels._common import compile_for
-    from kernels import qkv
+    from llada_triton.kernels._common import compile_for
+    from llada_triton.kernels import qkv
     for dt in ("bf16", "fp16"):
         for dyn, cache in ((True, True), (False, False)):
             sig = dict(x_ptr="*" + dt, w_ptr="*" + dt, out_ptr="*" + dt, cos_ptr="*fp32", sin_ptr="*fp32",

@@ -17,8 +17,8 @@ from tests.helpers import run_without_interpreter
 import triton
 import triton.language as tl
 
-from kernels.reference import commit_step_ref, head_confidence_ref, logits_confidence_ref, select_transfer_ref
-from kernels.remask import (_head_confidence_launch, _logits_confidence_launch, _philox4x32_10, _select_launch,
+from llada_triton.kernels.reference import commit_step_ref, head_confidence_ref, logits_confidence_ref, select_transfer_ref
+from llada_triton.kernels.remask import (_head_confidence_launch, _logits_confidence_launch, _philox4x32_10, _select_launch,
                             commit_step, head_confidence, logits_confidence, select_commit, select_transfer)
 
 INTERP = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -929,8 +929,8 @@ _COMPILE_SCRIPT = textwrap.dedent(r"""
     import os, sys
     sys.path.insert(0, sys.argv[1])
     sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
-    from kernels import remask as R
-    from kernels._common import compile_for
+    from llada_triton.kernels import remask as R
+    from llada_triton.kernels._common import compile_for
     ids = ("seed_lo", "seed_hi", "off_lo", "off_hi", "ban0", "ban1", "ban2", "ban3", "nc0", "nc1", "nc2", "nc3")
     for dt in ("bf16", "fp16"):
         parts = {"pkey_ptr": "*fp32", "pidx_ptr": "*i32", "plx_ptr": "*fp32", "pm_ptr": "*fp32", "ps_ptr": "*fp32"}

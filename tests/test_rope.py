@@ -13,8 +13,8 @@ import torch
 
 from tests.helpers import run_without_interpreter
 
-from kernels.reference import rope_ref, rope_tables
-from kernels.rotary import _launch, qkv_rope_config, rope, rope_config, rope_qk_
+from llada_triton.kernels.reference import rope_ref, rope_tables
+from llada_triton.kernels.rotary import _launch, qkv_rope_config, rope, rope_config, rope_qk_
 
 GPU = pytest.mark.gpu
 DTYPES = [
@@ -189,8 +189,8 @@ def test_config_deterministic():
 _COMPILE = textwrap.dedent("""
     import sys
     sys.path.insert(0, {root!r})
-    from kernels._common import compile_for
-    from kernels import rotary as rope
+    from llada_triton.kernels._common import compile_for
+    from llada_triton.kernels import rotary as rope
     for dt, B in (("bf16", 1), ("bf16", 32), ("fp16", 32)):
         c = rope.rope_config(B, 32, 1, 32, 128, interpret=False)
         sig = dict(x_ptr="*" + dt, o_ptr="*" + dt, cos_ptr="*fp32", sin_ptr="*fp32", T="i32", H="i32")
@@ -229,8 +229,8 @@ QKV_SHAPES = [(1, 1, 2, 2, 32), (2, 7, 4, 2, 64), (3, 33, 2, 2, 32), (1, 32, 4, 
 def test_qkv_rope_cache(shape, dtype, dynamic, cached, device):
     """Fused RoPE + KV-cache write equals the reference bit for bit (same fp32 formula, one rounding);
     cache slots outside [start, start + T) are never touched."""
-    from kernels.reference import qkv_rope_cache_ref
-    from kernels.rotary import qkv_rope_cache
+    from llada_triton.kernels.reference import qkv_rope_cache_ref
+    from llada_triton.kernels.rotary import qkv_rope_cache
 
     B, T, H, Hkv, D = shape
     g = torch.Generator().manual_seed(1)
@@ -256,7 +256,7 @@ def test_qkv_rope_cache(shape, dtype, dynamic, cached, device):
 
 
 def test_qkv_rope_cache_validation():
-    from kernels.rotary import qkv_rope_cache
+    from llada_triton.kernels.rotary import qkv_rope_cache
 
     cos, sin = rope_tables(32, 500000.0, 16)
     qkv = torch.randn(1, 4, 6, 32)
@@ -271,8 +271,8 @@ def test_qkv_rope_cache_validation():
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_qkv_rope_cache_per_row_start_and_write_from(dtype, device):
     """Per-row starts ([B] tensor) and read-only slots below write_from[b]: equal to the reference."""
-    from kernels.reference import qkv_rope_cache_ref
-    from kernels.rotary import qkv_rope_cache
+    from llada_triton.kernels.reference import qkv_rope_cache_ref
+    from llada_triton.kernels.rotary import qkv_rope_cache
 
     B, T, H, Hkv, D = 3, 8, 4, 2, 64
     g = torch.Generator().manual_seed(2)

@@ -16,11 +16,11 @@ import os
 import pytest
 import torch
 
-from decode import generate, run_many
-from decode.generate import _Rule, head_skips_rows, masked_first
-from kernels.reference import select_transfer_ref
-from kernels.remask import commit_step, head_confidence, select_transfer
-from llada import REFERENCE_OPS
+from llada_triton.decode import generate, run_many
+from llada_triton.decode.generate import _Rule, head_skips_rows, masked_first
+from llada_triton.kernels.reference import select_transfer_ref
+from llada_triton.kernels.remask import commit_step, head_confidence, select_transfer
+from llada_triton.models import REFERENCE_OPS
 from tests.helpers import block_golden, decode_options, golden, tiny_model
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -38,7 +38,7 @@ def _compact_small_blocks(monkeypatch):
     """Decodes compact blocks of more than 64 rows only (decode.generate.COMPACT_ABOVE); these test sizes
     are smaller, so compact every block here."""
     import importlib
-    monkeypatch.setattr(importlib.import_module("decode.generate"), "COMPACT_ABOVE", 0)
+    monkeypatch.setattr(importlib.import_module("llada_triton.decode.generate"), "COMPACT_ABOVE", 0)
 
 
 def test_head_capability():
@@ -184,7 +184,7 @@ def test_run_many_same_tokens_with_and_without_compaction():
 def test_gpu_triton_ops_same_tokens_with_and_without_compaction():
     """bf16 random model on the Triton ops: compaction on / off give the same tokens, eagerly and replayed from
     CUDA graphs (argmax), and with Gumbel sampling (eager), for generate (block and none caches) and run_many."""
-    from llada import LLaDAConfig, init_params, triton_ops
+    from llada_triton.models import LLaDAConfig, init_params, triton_ops
 
     cfg = LLaDAConfig(d_model=1024, n_heads=8, n_kv_heads=8, n_layers=4, mlp_hidden_size=3072, vocab_size=32768,
                       mask_token_id=32760, eos_token_id=32759, pad_token_id=32759, eot_token_id=32761)

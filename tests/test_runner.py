@@ -1,8 +1,8 @@
 """run_many: a fixed number of slots, refilled as sequences finish; each prompt as if decoded alone."""
 import pytest
 
-from decode import generate
-from decode.runner import run_many
+from llada_triton.decode import generate
+from llada_triton.decode.runner import run_many
 from tests.helpers import tiny_model
 
 PROMPTS = [[5, 17, 90, 44, 23, 7, 11, 250, 3, 99, 100, 12], [43, 250, 114], [8, 9, 10, 11, 12, 13, 14],
@@ -68,7 +68,7 @@ def test_cuda_graph_replay_gives_the_eager_tokens():
     """Graph capture/replay (runner and generate) computes exactly what the same kernels compute eagerly."""
     import torch
 
-    from llada import LLaDAConfig, init_params, triton_ops
+    from llada_triton.models import LLaDAConfig, init_params, triton_ops
 
     cfg = LLaDAConfig(d_model=1024, n_heads=8, n_kv_heads=8, n_layers=4, mlp_hidden_size=3072, vocab_size=32768,
                       mask_token_id=32760, eos_token_id=32759, pad_token_id=32759, eot_token_id=32761)
@@ -96,8 +96,8 @@ def test_graphs_of_a_workspace_share_one_memory_pool():
     graph's used)."""
     import torch
 
-    from decode import Workspace
-    from llada import LLaDAConfig, init_params, triton_ops
+    from llada_triton.decode import Workspace
+    from llada_triton.models import LLaDAConfig, init_params, triton_ops
 
     cfg = LLaDAConfig(d_model=1024, n_heads=8, n_kv_heads=8, n_layers=4, mlp_hidden_size=3072, vocab_size=32768,
                       mask_token_id=32760, eos_token_id=32759, pad_token_id=32759, eot_token_id=32761)
@@ -126,8 +126,8 @@ def test_graphed_step_events_equal_eager():
     tokens per step, early stop on and off."""
     import torch
 
-    from decode import StepEvent, generate_stream
-    from llada import LLaDAConfig, init_params, triton_ops
+    from llada_triton.decode import StepEvent, generate_stream
+    from llada_triton.models import LLaDAConfig, init_params, triton_ops
 
     cfg = LLaDAConfig(d_model=1024, n_heads=8, n_kv_heads=8, n_layers=4, mlp_hidden_size=3072, vocab_size=32768,
                       mask_token_id=32760, eos_token_id=32759, pad_token_id=32759, eot_token_id=32761)

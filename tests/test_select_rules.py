@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from kernels.reference import select_transfer_ref
+from llada_triton.kernels.reference import select_transfer_ref
 
 
 def _literal_threshold(conf, masked, thr):

@@ -56,8 +56,8 @@ _COMPILE = textwrap.dedent("""
     assert "TRITON_INTERPRET" not in os.environ
     sys.path.insert(0, "scripts")
     import timeline_step
-    import kernels.norm as norm
-    from kernels._common import compile_for
+    import llada_triton.kernels.norm as norm
+    from llada_triton.kernels._common import compile_for
     norm.gdc_wait_and_release = timeline_step.make_recorder(1 << 40, (1 << 40) + 4096, 1024, 4, tempfile.mkdtemp())
     sig = dict(x_ptr="*bf16", r_ptr="*bf16", w_ptr="*bf16", y_ptr="*bf16", h_ptr="*bf16", R="i32", N="i32",
                eps="fp32", stride_x="i32", stride_r="i32", stride_y="i32", stride_h="i32")

@@ -17,8 +17,8 @@ import eval_tasks  # noqa: E402
 import tasks  # noqa: E402
 import tiny_tokenizer as ttok  # noqa: E402
 import train_tiny  # noqa: E402
-from llada.config import LLaDAConfig  # noqa: E402
-from llada.weights import load_params  # noqa: E402
+from llada_triton.models.config import LLaDAConfig  # noqa: E402
+from llada_triton.models.weights import load_params  # noqa: E402
 
 CKPT = os.path.join(ROOT, "checkpoints", "llada-tiny-tasks")
 REF_CONFIG = os.path.join(ROOT, "tests", "data", "llada-tiny", "checkpoint", "config.json")

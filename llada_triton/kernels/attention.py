@@ -3,7 +3,7 @@
 A block of ``Tq`` queries attends bidirectionally to the first ``kv_len`` slots of a preallocated KV
 cache (the block's own keys already written there), restricted per batch row by ``kv_start`` (left
 padding) and per query by ``key_end`` (block-causal masks). Torch meaning:
-:func:`kernels.reference.block_attention_ref`.
+:func:`llada_triton.kernels.reference.block_attention_ref`.
 
 Why split-KV: at batch 1 a 32-query block with 32 heads is only 32 (batch x head) tiles, far fewer than
 the SMs of an H100/H200, so a plain flash-attention grid leaves most of the GPU idle. Here the visible
@@ -39,7 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import cdiv, check_tensor, gdc_options, gdc_wait_and_release, is_interpreter, memo_config, next_pow2
+from llada_triton.kernels._common import cdiv, check_tensor, gdc_options, gdc_wait_and_release, is_interpreter, memo_config, next_pow2
 
 __all__ = ["block_attention"]
 

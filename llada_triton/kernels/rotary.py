@@ -1,6 +1,6 @@
 """Half-split (NeoX) rotary embedding over the full head dim, fp32 math, on strided views.
 
-Numerics mirror :func:`kernels.reference.rope_ref`: ``x`` is upcast to fp32, ``out = x * cos +
+Numerics mirror :func:`llada_triton.kernels.reference.rope_ref`: ``x`` is upcast to fp32, ``out = x * cos +
 rotate_half(x) * sin`` with ``rotate_half(x) = cat(-x[D/2:], x[:D/2])``, rounded to ``x.dtype`` once. The
 kernel takes the input's strides, so ``q = qkv[:, :, 0]`` of a fused ``[B, T, 3, H, D]`` projection is
 read in place (no copy), and the output may be the input itself (in-place rotation).
@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import (cdiv, check_tensor, gdc_options, gdc_wait_and_release, is_interpreter, memo_config,
+from llada_triton.kernels._common import (cdiv, check_tensor, gdc_options, gdc_wait_and_release, is_interpreter, memo_config,
                              next_pow2)
 
 __all__ = ["rope", "rope_qk_", "qkv_rope_cache"]
@@ -192,7 +192,7 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, out: Optional
     tensor; read in place, never copied); D even. cos, sin: fp32 ``[T, D]``, last dim contiguous.
     out: optional ``[B, T, H, D]`` of ``x.dtype`` (any strides); ``out=x`` rotates in place.
     Returns ``x * cos + rotate_half(x) * sin`` in ``x.dtype`` (a new contiguous tensor unless ``out``).
-    See :func:`kernels.reference.rope_ref`.
+    See :func:`llada_triton.kernels.reference.rope_ref`.
     """
     _check_x("x", x)
     _check_tables(x, cos, sin)
@@ -238,7 +238,7 @@ def rope_qk_(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Ten
 
 
 def _check_rope_args(qkv, cos_table, sin_table, start, k_cache, v_cache, n_heads, write_from):
-    """The argument checks of :func:`qkv_rope_cache` (also run by :func:`kernels.qkv.qkv_proj_rope` on its
+    """The argument checks of :func:`qkv_rope_cache` (also run by :func:`llada_triton.kernels.qkv.qkv_proj_rope` on its
     output buffer): ``(H, Hkv, dyn, start, has_cache)``, ``start`` an int unless it is a device tensor."""
     check_tensor("qkv", qkv, ndim=4, dtypes=_DTYPES)
     B, T, NH, D = qkv.shape
@@ -285,7 +285,7 @@ def qkv_rope_cache(qkv: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.
     in the kernel (CUDA-graph friendly). k_cache, v_cache: ``[B, T_max, Hkv, D]`` of qkv's dtype,
     written at ``[start, start+T)`` (the caller guarantees the slots exist). write_from: optional int
     ``[B]``: row b writes only slots ``>= write_from[b]`` (the others are left as they are). Returns ``(q, k_cache, v_cache)`` with a cache, else
-    ``(q, k, v)`` (views of ``qkv``). See :func:`kernels.reference.qkv_rope_cache_ref`.
+    ``(q, k, v)`` (views of ``qkv``). See :func:`llada_triton.kernels.reference.qkv_rope_cache_ref`.
     """
     H, Hkv, dyn, start, has_cache = _check_rope_args(qkv, cos_table, sin_table, start, k_cache, v_cache, n_heads,
                                                      write_from)

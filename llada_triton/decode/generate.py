@@ -36,10 +36,10 @@ from typing import Callable, Iterator, List, Optional, Union
 
 import torch
 
-from kernels.reference import commit_step_ref
-from llada.config import LLaDAConfig
-from llada.ops import REFERENCE_OPS, Ops
-from llada.weights import Params
+from llada_triton.kernels.reference import commit_step_ref
+from llada_triton.models.config import LLaDAConfig
+from llada_triton.models.ops import REFERENCE_OPS, Ops
+from llada_triton.models.weights import Params
 from .cache import POLICIES, StepContext, make_policy, take_cols
 from .schedule import num_transfer_tokens
 
@@ -253,7 +253,7 @@ class _Rule:
     def commit(self, ops, tokens, start, x0, conf, *, mask_id, done, k, nfe):
         """Select among the block's masked positions (``tokens[:, start:start + Lb] == mask_id`` in rows not
         ``done``) by the rule, write their ``x0`` into ``tokens`` and count a forward in ``nfe`` for every row
-        with a masked position: ``ops.commit`` (one launch), or :func:`kernels.reference.commit_step_ref`
+        with a masked position: ``ops.commit`` (one launch), or :func:`llada_triton.kernels.reference.commit_step_ref`
         around ``ops.select``. Returns (committed bool [B, Lb], conf [B, Lb] (-inf off the masked positions),
         the block's tokens after the step)."""
         if self.threshold is not None:

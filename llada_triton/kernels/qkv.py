@@ -1,12 +1,12 @@
 """The fused QKV projection with RoPE and the KV-cache write in its epilogue (decode sizes).
 
-One launch replaces ``linear(x, w_qkv)`` followed by :func:`kernels.rotary.qkv_rope_cache`: the
+One launch replaces ``linear(x, w_qkv)`` followed by :func:`llada_triton.kernels.rotary.qkv_rope_cache`: the
 weight-streaming GEMM (weight rows as the MMA's M dimension, as the decode GEMMs of
-:mod:`kernels.mlp`) computes a ``[2 HB, rows]`` tile whose weight rows are chosen so that the tile holds
+:mod:`llada_triton.kernels.mlp`) computes a ``[2 HB, rows]`` tile whose weight rows are chosen so that the tile holds
 ``HB`` rotation pairs ``(j, j + D/2)`` of one head; the epilogue rounds the projection to the input dtype
 (as the unfused ``F.linear`` output), rotates q and k in fp32 with the tables' values at each token's
 absolute position, and stores q into the output and k, v into the cache slots (or into the output
-without a cache). Numerics: exactly those of :func:`kernels.reference.qkv_proj_rope_ref` up to the fp32
+without a cache). Numerics: exactly those of :func:`llada_triton.kernels.reference.qkv_proj_rope_ref` up to the fp32
 accumulation order of the GEMM.
 """
 from __future__ import annotations
@@ -17,10 +17,10 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import (as_rows, cdiv, check_tensor, gdc_wait_and_release, is_interpreter, memo_config, next_pow2,
+from llada_triton.kernels._common import (as_rows, cdiv, check_tensor, gdc_wait_and_release, is_interpreter, memo_config, next_pow2,
                              pdl_prefetch)
-from kernels.mlp import PREFETCH_BYTES, _mma, _prefetch_rows
-from kernels.rotary import _check_rope_args, qkv_rope_cache, rotate_pair
+from llada_triton.kernels.mlp import PREFETCH_BYTES, _mma, _prefetch_rows
+from llada_triton.kernels.rotary import _check_rope_args, qkv_rope_cache, rotate_pair
 
 __all__ = ["qkv_proj_rope", "fused_supported"]
 
@@ -121,7 +121,7 @@ def _half_tile(D: int) -> int:
 
 def fused_supported(rows: int, D: int) -> bool:
     """Whether :func:`qkv_proj_rope` runs the fused kernel for ``rows`` tokens and head dim ``D``
-    (otherwise it runs ``F.linear`` + :func:`kernels.rotary.qkv_rope_cache`)."""
+    (otherwise it runs ``F.linear`` + :func:`llada_triton.kernels.rotary.qkv_rope_cache`)."""
     return 0 < rows <= MAX_ROWS and _half_tile(D) > 0
 
 
@@ -149,10 +149,10 @@ def qkv_proj_rope(x: torch.Tensor, w_qkv: torch.Tensor, cos_table: torch.Tensor,
 
     x: ``[B, T, d]`` fp16/bf16/fp32 (rows viewable); w_qkv: ``[NH * D, d]`` with ``NH = n_heads + 2 Hkv``
     (q heads, then k, then v), ``D = head_dim`` (default: the caches' head dim, else ``d // n_heads``); the
-    other arguments and the result are those of :func:`kernels.rotary.qkv_rope_cache`: ``(q, k_cache,
+    other arguments and the result are those of :func:`llada_triton.kernels.rotary.qkv_rope_cache`: ``(q, k_cache,
     v_cache)`` with a cache, else ``(q, k, v)``, where ``q`` (and ``k``, ``v``) are views of a new
     ``[B, T, NH, D]`` tensor. More than :data:`MAX_ROWS` rows (or an unsupported head dim) take the
-    unfused path. See :func:`kernels.reference.qkv_proj_rope_ref`.
+    unfused path. See :func:`llada_triton.kernels.reference.qkv_proj_rope_ref`.
     """
     check_tensor("x", x, ndim=3, dtypes=_DTYPES)
     check_tensor("w_qkv", w_qkv, ndim=2, dtypes=(x.dtype,))

@@ -1,6 +1,6 @@
 """RMSNorm with an optional fused residual add in front (LLaDA's pre-norm residual stream).
 
-Numerics mirror :func:`kernels.reference.rms_norm_ref`: ``h = x + residual`` is computed in fp32 and
+Numerics mirror :func:`llada_triton.kernels.reference.rms_norm_ref`: ``h = x + residual`` is computed in fp32 and
 rounded to ``x.dtype`` (exactly torch's 16-bit add); the statistics and the normalisation are fp32;
 the normalised row is rounded to ``x.dtype`` and then multiplied by ``weight`` in fp32 and rounded to
 ``promote_types(weight.dtype, x.dtype)`` (torch's ``weight * y``). Only the fp32 summation order and the
@@ -14,9 +14,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import (as_rows, cdiv, check_tensor, gdc_options, gdc_wait_and_release,
+from llada_triton.kernels._common import (as_rows, cdiv, check_tensor, gdc_options, gdc_wait_and_release,
                              is_interpreter, memo_config, next_pow2)
-from kernels.reference import check_eps
+from llada_triton.kernels.reference import check_eps
 
 __all__ = ["rms_norm"]
 
@@ -131,7 +131,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: Option
     with fp32 statistics. ``y`` has dtype ``promote_types(weight.dtype, x.dtype)``.
     out / residual_out: optional preallocated ``y`` / ``h`` (``residual_out`` may alias ``x`` or
     ``residual``: each element is read before it is written, by the same program).
-    Returns ``y`` when ``residual`` is None, else ``(y, h)``. See :func:`kernels.reference.rms_norm_ref`.
+    Returns ``y`` when ``residual`` is None, else ``(y, h)``. See :func:`llada_triton.kernels.reference.rms_norm_ref`.
     """
     check_tensor("x", x, dtypes=_DTYPES)
     eps = check_eps(eps)

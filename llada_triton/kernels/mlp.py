@@ -1,7 +1,7 @@
 """SwiGLU MLP: a gate-up GEMM with the ``silu(gate) * up`` epilogue, then the down GEMM with the
 residual add in its epilogue (split-K with a deterministic fp32 reduction at decode sizes).
 
-Numerics mirror :func:`kernels.reference.swiglu_mlp_ref`: each GEMM accumulates in fp32; the gate and up
+Numerics mirror :func:`llada_triton.kernels.reference.swiglu_mlp_ref`: each GEMM accumulates in fp32; the gate and up
 outputs are rounded to ``x.dtype`` before the activation, ``silu(gate)`` is computed in fp32 and rounded
 to ``x.dtype``, the product with ``up`` is rounded to ``x.dtype`` (that is what torch does for 16-bit
 tensors); the down GEMM output is rounded to ``x.dtype`` before ``residual + y`` (fp32 add, rounded).
@@ -25,9 +25,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import (as_rows, cdiv, check_tensor, gdc_options, gdc_wait_and_release,
+from llada_triton.kernels._common import (as_rows, cdiv, check_tensor, gdc_options, gdc_wait_and_release,
                              is_interpreter, memo_config, next_pow2, pdl_launch, pdl_prefetch, prefetch_l2)
-from kernels.reference import check_eps
+from llada_triton.kernels.reference import check_eps
 
 __all__ = ["swiglu_mlp", "linear", "swiglu_mlp_rms_norm", "linear_rms_norm", "silu_mul"]
 
@@ -516,7 +516,7 @@ def _launch_down(act: torch.Tensor, w_down: torch.Tensor, residual: Optional[tor
             S=split, BLOCK=block, HAS_RES=has_res, num_warps=4, USE_GDC=bool(pdl), **pdl,
         )
     if norm is not None:
-        from kernels.norm import _launch as _norm_launch
+        from llada_triton.kernels.norm import _launch as _norm_launch
         nw, eps, y = norm
         _norm_launch(out, None, nw, y, None, eps)
     return out
@@ -579,7 +579,7 @@ def swiglu_mlp(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor,
     out: optional preallocated ``[..., d]`` output (may alias ``residual``).
     Two launches (three when the down projection is split over K): the ``[M, 2h]`` gate-up product is
     never written, only the ``[M, h]`` activation. Deterministic. Returns ``[..., d]`` in ``x.dtype``.
-    See :func:`kernels.reference.swiglu_mlp_ref` for the numerics.
+    See :func:`llada_triton.kernels.reference.swiglu_mlp_ref` for the numerics.
     Speed (H200, LLaDA-8B sizes, under CUDA graphs): faster than cuBLAS + :func:`silu_mul` up to 128 rows; at
     160-384 rows cuBLAS + :func:`silu_mul` is up to 1.33x faster; at 512 and 1024 rows they are within 2%
     (results/gemm_sweep/one_dot_ragged_h200_03e8f3f.txt). ``llada.ops`` runs cuBLAS + :func:`silu_mul` above 64
@@ -595,7 +595,7 @@ def swiglu_mlp_rms_norm(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.
     norm, or the final norm). Returns ``(y, h)``: ``h`` the MLP output (``out``), ``y`` its norm with
     ``norm_weight`` ``[d]`` (dtype ``promote_types(norm_weight.dtype, x.dtype)``; ``norm_out``
     preallocates it). When the down projection is split over K, the norm runs inside the split-K
-    reduction (no launch of its own). See :func:`kernels.reference.swiglu_mlp_rms_norm_ref`.
+    reduction (no launch of its own). See :func:`llada_triton.kernels.reference.swiglu_mlp_rms_norm_ref`.
     """
     d, h = _validate(x, w_gate_up, w_down, residual, out)
     y = torch.empty_like(x, memory_format=torch.contiguous_format) if out is None else out
@@ -640,7 +640,7 @@ def linear_rms_norm(x: torch.Tensor, w: torch.Tensor, residual: Optional[torch.T
     """:func:`linear` followed by the RMSNorm of its output (in LLaDA: the attention output projection
     and the MLP's norm). Returns ``(y, h)``: ``h = residual + x @ w.T`` (``out``), ``y`` its norm with
     ``norm_weight`` ``[N]``. With a split-K GEMM the norm runs inside the reduction kernel (one launch
-    fewer). See :func:`kernels.reference.linear_rms_norm_ref`.
+    fewer). See :func:`llada_triton.kernels.reference.linear_rms_norm_ref`.
     """
     h, norm = _linear(x, w, residual, out, (norm_weight, eps, norm_out))
     return norm[2], h
@@ -689,7 +689,7 @@ def silu_mul(gate_up: torch.Tensor, *, out: Optional[torch.Tensor] = None) -> to
     One launch, one read of ``gate_up`` and one write of the result (torch's ``F.silu(g) * u`` takes two
     launches and reads ``[..., h]`` twice more). Numerics: torch's (``silu`` in fp32, rounded to the dtype;
     the product in fp32, rounded), as in :func:`swiglu_mlp`'s epilogue. See
-    :func:`kernels.reference.silu_mul_ref`.
+    :func:`llada_triton.kernels.reference.silu_mul_ref`.
     """
     check_tensor("gate_up", gate_up, dtypes=_DTYPES)
     if gate_up.ndim < 1 or gate_up.shape[-1] % 2 or gate_up.shape[-1] == 0:

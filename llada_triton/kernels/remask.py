@@ -20,8 +20,8 @@ factor transfer selection (LLaDA low-confidence remasking, Fast-dLLM parallel ru
   positions read from the tokens at a (device) block start, the selection, the write of ``x0``, the
   NFE count and the step's outputs (what the driver used to do with about a dozen torch kernels).
 
-References: :func:`kernels.reference.head_confidence_ref`, :func:`kernels.reference.logits_confidence_ref`,
-:func:`kernels.reference.select_transfer_ref`, :func:`kernels.reference.commit_step_ref`.
+References: :func:`llada_triton.kernels.reference.head_confidence_ref`, :func:`llada_triton.kernels.reference.logits_confidence_ref`,
+:func:`llada_triton.kernels.reference.select_transfer_ref`, :func:`llada_triton.kernels.reference.commit_step_ref`.
 """
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import cdiv, check_tensor, gdc_options, gdc_wait_and_release, is_interpreter, next_pow2
-from kernels.reference import check_not_nan
+from llada_triton.kernels._common import cdiv, check_tensor, gdc_options, gdc_wait_and_release, is_interpreter, next_pow2
+from llada_triton.kernels.reference import check_not_nan
 
 __all__ = ["head_confidence", "logits_confidence", "select_transfer", "select_commit", "commit_step"]
 
@@ -814,7 +814,7 @@ def head_confidence(hidden: torch.Tensor, w_head: torch.Tensor, *, temperature: 
     in ``[0, 2^31)``) are the Philox row counters instead of ``0..M-1``, so a gathered row keeps the noise
     of its original row.
     Returns ``(x0 int64 [M], conf fp32 [M])``. Memory: ``5 * M * ceil(V / BLOCK_V)`` partials.
-    See :func:`kernels.reference.head_confidence_ref` (same numerics; its RNG is a torch generator).
+    See :func:`llada_triton.kernels.reference.head_confidence_ref` (same numerics; its RNG is a torch generator).
     """
     M = hidden.shape[0] if isinstance(hidden, torch.Tensor) and hidden.ndim == 2 else 0
     dev = hidden.device if isinstance(hidden, torch.Tensor) else None
@@ -841,7 +841,7 @@ def logits_confidence(logits: torch.Tensor, *, temperature: float = 0.0, seed: i
     :func:`head_confidence`: ``logits_confidence((hidden @ w.T).to(hidden.dtype))`` gives the tokens of
     ``head_confidence(hidden, w)`` (conf equal up to fp32 summation order). ``n_rows`` / ``row_ids`` as
     there (rows ``>= n_rows`` unspecified). NaN logits are not supported.
-    Returns ``(x0 int64 [M], conf fp32 [M])``. See :func:`kernels.reference.logits_confidence_ref`.
+    Returns ``(x0 int64 [M], conf fp32 [M])``. See :func:`llada_triton.kernels.reference.logits_confidence_ref`.
     """
     M = logits.shape[0] if isinstance(logits, torch.Tensor) and logits.ndim == 2 else 0
     dev = logits.device if isinstance(logits, torch.Tensor) else None
@@ -865,7 +865,7 @@ def select_transfer(conf: torch.Tensor, masked: torch.Tensor, *, k: Optional[tor
       thresholds ``1 - factor / (n + 1)`` evaluated in fp64 as the reference does.
     Ranking: descending confidence, lowest index first on ties, ``-inf`` last among masked; NaN
     confidences are not supported. One program per row, no host synchronisation.
-    Returns bool ``[B, L]``. Same result as :func:`kernels.reference.select_transfer_ref`.
+    Returns bool ``[B, L]``. Same result as :func:`llada_triton.kernels.reference.select_transfer_ref`.
     """
     out = torch.empty(conf.shape, dtype=torch.bool, device=conf.device) \
         if isinstance(conf, torch.Tensor) else None
@@ -902,7 +902,7 @@ def commit_step(tokens: torch.Tensor, start, x0: torch.Tensor, conf: torch.Tenso
     A device ``start`` is not checked on the host: a row whose block ``[start_b, start_b + L)`` is not inside
     ``[0, T)`` commits nothing and reports the tokens -1.
     Returns ``(committed bool [B, L], conf fp32 [B, L] with -inf off the masked positions, the block's tokens
-    int64 [B, L] after the commit)``. Same results as :func:`kernels.reference.commit_step_ref`.
+    int64 [B, L] after the commit)``. Same results as :func:`llada_triton.kernels.reference.commit_step_ref`.
     """
     return _commit_step_launch(tokens, start, x0, conf, mask_id=mask_id, done=done, k=k, threshold=threshold,
                                factor=factor, nfe=nfe)

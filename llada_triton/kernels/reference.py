@@ -325,7 +325,7 @@ def select_transfer_ref(conf: torch.Tensor, masked: torch.Tensor, *,
       with ``conf >= threshold`` (Fast-dLLM);
     * ``factor``: sort the masked confidences descending ``c_1 >= c_2 >= ...``; commit the longest
       prefix ``n`` with ``(n + 1) * (1 - c_n) < factor``... as Fast-dLLM's ``get_transfer_index_dynamic``
-      (see :func:`decode.select.factor_count`), at least one position.
+      at least one position.
     Ranking is by descending confidence, ties to the lowest index; ``-inf`` confidences rank last but
     are still chosen if ``k`` asks for them (masked positions only).
     Returns bool ``[B, L]``.

@@ -14,7 +14,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 
-from kernels.reference import rope_tables
+from llada_triton.kernels.reference import rope_tables
 from .config import LLaDAConfig
 
 __all__ = ["LayerParams", "Params", "load_params", "param_name_map", "WeightError", "init_params",

@@ -1,7 +1,7 @@
 """Many prompts through a fixed number of slots, each slot refilled as soon as its sequence ends.
 
 ``run_many`` keeps ``slots`` sequences in flight with the exact block-causal cache (the ``block``
-policy of :mod:`decode.cache`). Every row has its own block and step, so a row that finishes (an end
+policy of :mod:`llada_triton.decode.cache`). Every row has its own block and step, so a row that finishes (an end
 token committed, or its last block done) hands its slot to the next prompt at once: an eval set does
 not wait on its slowest member batch by batch.
 
@@ -26,10 +26,10 @@ from typing import Callable, List, Optional, Sequence
 
 import torch
 
-from llada.config import LLaDAConfig
-from llada.model import KVCache, forward_hidden
-from llada.ops import REFERENCE_OPS, Ops
-from llada.weights import Params
+from llada_triton.models.config import LLaDAConfig
+from llada_triton.models.model import KVCache, forward_hidden
+from llada_triton.models.ops import REFERENCE_OPS, Ops
+from llada_triton.models.weights import Params
 from .generate import _Graphs, _make_rule, _validate, pad_prompts
 from .schedule import num_transfer_tokens
 
@@ -55,7 +55,7 @@ def run_many(params: Params, cfg: LLaDAConfig, prompts: Sequence[Sequence[int]],
              on_result: Optional[Callable[[int, List[int]], None]] = None) -> RunResult:
     """Decode ``prompts`` (token-id lists) with ``slots`` sequences in flight (block-causal cache).
 
-    Options as :func:`decode.generate`, ``cfg_scale`` included (the unconditional copies double the rows
+    Options as :func:`llada_triton.decode.generate`, ``cfg_scale`` included (the unconditional copies double the rows
     of every step). ``on_result(index, tokens)`` is called as each prompt finishes. Returns a
     :class:`RunResult` with results in input order.
     """

@@ -1,7 +1,7 @@
 """Cache policies: what to feed the model at each step of a block, and what to keep.
 
 Each policy turns the current tokens into the final hidden states of the current block's rows. They
-share one mechanism (:func:`llada.model.forward_hidden` writing into a static :class:`KVCache` by
+share one mechanism (:func:`llada_triton.models.model.forward_hidden` writing into a static :class:`KVCache` by
 position) and differ only in what they feed and which keys each query may see:
 
 * ``none``: the full sequence every step (official LLaDA ``generate``; future blocks are fed as masks).
@@ -29,7 +29,7 @@ from typing import Optional, Union
 
 import torch
 
-from llada.model import KVCache, forward_hidden
+from llada_triton.models.model import KVCache, forward_hidden
 
 __all__ = ["CachePolicy", "NoCache", "PrefixCache", "DualCache", "BlockCache", "make_policy", "POLICIES",
            "StepContext", "take_cols"]

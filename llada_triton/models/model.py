@@ -1,8 +1,8 @@
 """LLaDA as pure functions over plain tensors.
 
 ``forward_hidden`` runs the transformer and returns final *normed* hidden states; ``forward`` adds the
-LM head. There is no module hierarchy: params (:class:`llada.weights.Params`), the config and the op
-implementations (:class:`llada.ops.Ops`) are arguments.
+LM head. There is no module hierarchy: params (:class:`llada_triton.models.weights.Params`), the config and the op
+implementations (:class:`llada_triton.models.ops.Ops`) are arguments.
 
 Positions and the KV cache: the tokens of a call occupy absolute positions ``[start, start + T)``,
 which are also their slots in the cache. With a cache, each layer writes its (rotated) keys and its

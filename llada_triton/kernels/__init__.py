@@ -1,0 +1,50 @@
+"""Triton kernels for masked-diffusion LM decoding (LLaDA), importable on their own.
+
+Every public kernel has a torch reference of the same signature in :mod:`llada_triton.kernels.reference`
+(which never imports triton). Kernel modules are imported lazily, so ``import llada_triton.kernels.reference``
+(or this package) does not import triton; set ``TRITON_INTERPRET=1`` before the first kernel use to
+run them on a CPU. Module names differ from function names (``kernels.attention.block_attention``),
+so ``kernels.block_attention`` is always the function.
+"""
+import importlib
+
+__all__ = [
+    "block_attention",
+    "rms_norm",
+    "rope",
+    "swiglu_mlp",
+    "swiglu_mlp_rms_norm",
+    "linear_rms_norm",
+    "silu_mul",
+    "qkv_proj_rope",
+    "head_confidence",
+    "logits_confidence",
+    "select_transfer",
+    "select_commit",
+    "commit_step",
+    "reference",
+]
+
+_LAZY = {
+    "block_attention": "llada_triton.kernels.attention",
+    "rms_norm": "llada_triton.kernels.norm",
+    "rope": "llada_triton.kernels.rotary",
+    "swiglu_mlp": "llada_triton.kernels.mlp",
+    "swiglu_mlp_rms_norm": "llada_triton.kernels.mlp",
+    "linear_rms_norm": "llada_triton.kernels.mlp",
+    "silu_mul": "llada_triton.kernels.mlp",
+    "qkv_proj_rope": "llada_triton.kernels.qkv",
+    "head_confidence": "llada_triton.kernels.remask",
+    "logits_confidence": "llada_triton.kernels.remask",
+    "select_transfer": "llada_triton.kernels.remask",
+    "select_commit": "llada_triton.kernels.remask",
+    "commit_step": "llada_triton.kernels.remask",
+}
+
+
+def __getattr__(name):
+    if name == "reference":
+        return importlib.import_module("llada_triton.kernels.reference")
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'kernels' has no attribute {name!r}")
