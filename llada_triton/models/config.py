@@ -10,9 +10,9 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, ClassVar, Mapping, Optional
 
-__all__ = ["LLaDAConfig", "ConfigError"]
+__all__ = ["LLaDAConfig", "ConfigError", "read_config_files", "token_id_from_tokenizer_files"]
 
 
 class ConfigError(ValueError):
@@ -75,7 +75,10 @@ class LLaDAConfig:
     bos_token_id: Optional[int] = None
     eot_token_id: Optional[int] = None
     tokenizer_vocab_size: Optional[int] = None  # the config's ``vocab_size`` (<= vocab_size)
+    qkv_bias: bool = False    # q/k/v projections with biases (Qwen2 / Dream)
+    logit_shift: int = 0      # position i is predicted from the logits of position i - logit_shift (Dream: 1)
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    family: ClassVar[str] = "llada"  # the model family (models.FAMILIES key); never a dataclass field
 
     @property
     def head_dim(self) -> int:
@@ -157,26 +160,33 @@ class LLaDAConfig:
     def from_pretrained(cls, path: str, *, eot_token_id: Optional[int] = None,
                         allow_unknown: bool = False) -> "LLaDAConfig":
         """Read ``config.json``, ``generation_config.json`` and the tokenizer's ``<|eot_id|>`` from a folder."""
-        cfg_path = os.path.join(path, "config.json")
-        if not os.path.isfile(cfg_path):
-            raise FileNotFoundError(f"no config.json in {path!r}")
-        with open(cfg_path) as f:
-            cfg = json.load(f)
-        gen = {}
-        gen_path = os.path.join(path, "generation_config.json")
-        if os.path.isfile(gen_path):
-            with open(gen_path) as f:
-                gen = json.load(f)
+        cfg, gen = read_config_files(path)
         if eot_token_id is None:
-            eot_token_id = _eot_from_tokenizer_files(path)
+            eot_token_id = token_id_from_tokenizer_files(path, "<|eot_id|>")
         return cls.from_dict(cfg, generation=gen, eot_token_id=eot_token_id, allow_unknown=allow_unknown)
 
     def replace(self, **changes) -> "LLaDAConfig":
         return dataclasses.replace(self, **changes)
 
 
-def _eot_from_tokenizer_files(path: str) -> Optional[int]:
-    """The id of ``<|eot_id|>`` from ``tokenizer.json`` / ``tokenizer_config.json``, if present."""
+def read_config_files(path: str):
+    """``(config.json, generation_config.json or {})`` of a checkpoint folder, parsed."""
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise FileNotFoundError(f"no config.json in {path!r}")
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    gen = {}
+    gen_path = os.path.join(path, "generation_config.json")
+    if os.path.isfile(gen_path):
+        with open(gen_path) as f:
+            gen = json.load(f)
+    return cfg, gen
+
+
+def token_id_from_tokenizer_files(path: str, content: str) -> Optional[int]:
+    """The id of the added token ``content`` (e.g. ``<|eot_id|>``) from ``tokenizer.json`` /
+    ``tokenizer_config.json``, if present."""
     for name, getter in (("tokenizer.json", lambda d: d.get("added_tokens", [])),
                          ("tokenizer_config.json",
                           lambda d: [dict(v, id=int(k)) for k, v in d.get("added_tokens_decoder", {}).items()])):
@@ -185,6 +195,6 @@ def _eot_from_tokenizer_files(path: str) -> Optional[int]:
             with open(p) as f:
                 data = json.load(f)
             for tok in getter(data):
-                if tok.get("content") == "<|eot_id|>":
+                if tok.get("content") == content:
                     return int(tok["id"])
     return None

@@ -81,11 +81,14 @@ def forward_hidden(params: Params, cfg: LLaDAConfig, tokens: torch.Tensor, *,
         with record_function(f"layer{i}"):
             # the QKV projection, RoPE on q and k (fp32 math), rotated keys and values into the cache slots
             kci, vci = (None, None) if cache is None else (cache.k[i], cache.v[i])
-            if ops.qkv_proj_rope is not None:
+            if ops.qkv_proj_rope is not None and lp.b_qkv is None:
                 q, kc, vc = ops.qkv_proj_rope(a, lp.w_qkv, params.rope_cos, params.rope_sin, start, kci, vci,
                                               n_heads=H, write_from=write_from)
             else:
-                qkv = ops.linear(a, lp.w_qkv).view(B, T, H + 2 * Hkv, D)
+                qkv = ops.linear(a, lp.w_qkv)
+                if lp.b_qkv is not None:  # q/k/v biases (Qwen2 / Dream): added to the rounded product
+                    qkv = qkv + lp.b_qkv
+                qkv = qkv.view(B, T, H + 2 * Hkv, D)
                 q, kc, vc = ops.qkv_rope(qkv, params.rope_cos, params.rope_sin, start, kci, vci,
                                          n_heads=H, write_from=write_from)
             ke = key_end

@@ -35,6 +35,7 @@ class LayerParams:
     ff_norm: torch.Tensor     # [d]
     w_gate_up: torch.Tensor   # [2h, d]: rows [0, h) ff_proj (gate), [h, 2h) up_proj
     w_down: torch.Tensor      # [d, h]            (ff_out)
+    b_qkv: Optional[torch.Tensor] = None  # [(H + 2 Hkv) * D]: q, k, v biases (cfg.qkv_bias), else None
 
 
 @dataclass
@@ -59,14 +60,18 @@ class Params:
             yield f, getattr(self, f)
         for i, lp in enumerate(self.layers):
             for f in fields(LayerParams):
-                yield f"layers.{i}.{f.name}", getattr(lp, f.name)
+                if getattr(lp, f.name) is not None:
+                    yield f"layers.{i}.{f.name}", getattr(lp, f.name)
 
 
 def _shapes(cfg: LLaDAConfig) -> Dict[str, Tuple[int, ...]]:
     d, D, h, V = cfg.d_model, cfg.head_dim, cfg.mlp_hidden_size, cfg.vocab_size
-    return {"wte": (V, d), "ln_f": (d,), "lm_head": (V, d), "attn_norm": (d,),
-            "w_qkv": ((cfg.n_heads + 2 * cfg.n_kv_heads) * D, d), "w_o": (d, d), "ff_norm": (d,),
-            "w_gate_up": (2 * h, d), "w_down": (d, h)}
+    nqkv = (cfg.n_heads + 2 * cfg.n_kv_heads) * D
+    s = {"wte": (V, d), "ln_f": (d,), "lm_head": (V, d), "attn_norm": (d,), "w_qkv": (nqkv, d),
+         "w_o": (d, cfg.n_heads * D), "ff_norm": (d,), "w_gate_up": (2 * h, d), "w_down": (d, h)}
+    if cfg.qkv_bias:
+        s["b_qkv"] = (nqkv,)
+    return s
 
 
 def param_name_map(cfg: LLaDAConfig) -> Dict[str, Tuple[str, Optional[int], slice, Tuple[int, ...]]]:
@@ -98,7 +103,8 @@ def param_name_map(cfg: LLaDAConfig) -> Dict[str, Tuple[str, Optional[int], slic
 def _empty_params(cfg: LLaDAConfig, device, dtype) -> Params:
     s = _shapes(cfg)
     e = lambda k: torch.empty(s[k], device=device, dtype=dtype)  # noqa: E731
-    layers = [LayerParams(**{f.name: e(f.name) for f in fields(LayerParams)}) for _ in range(cfg.n_layers)]
+    layers = [LayerParams(**{f.name: e(f.name) for f in fields(LayerParams) if f.name in s})
+              for _ in range(cfg.n_layers)]
     cos, sin = rope_tables(cfg.head_dim, cfg.rope_theta, cfg.max_sequence_length, device)
     if not cfg.rope:  # identity rotation: x * 1 + rotate_half(x) * 0 == x exactly
         cos, sin = torch.ones_like(cos), torch.zeros_like(sin)
@@ -130,16 +136,18 @@ def _shard_plan(path: str) -> Dict[str, List[str]]:
 
 
 @torch.no_grad()
-def load_params(path: str, cfg: LLaDAConfig, *, device="cpu", dtype: torch.dtype = torch.bfloat16) -> Params:
+def load_params(path: str, cfg: LLaDAConfig, *, device="cpu", dtype: torch.dtype = torch.bfloat16,
+                name_map: Optional[Dict] = None) -> Params:
     """Load a checkpoint folder strictly, shard by shard, straight to ``device`` and ``dtype``.
 
     Every tensor of the checkpoint must be used and every parameter filled; a missing, extra or
     mis-shaped tensor, a tensor the index names but the file lacks, or an unreadable/truncated file
-    raises :class:`WeightError` naming the tensor and the file.
+    raises :class:`WeightError` naming the tensor and the file. ``name_map`` is the family's map in the form
+    of :func:`param_name_map` (default: LLaDA's).
     """
     from safetensors import safe_open
 
-    names = param_name_map(cfg)
+    names = param_name_map(cfg) if name_map is None else name_map
     params = _empty_params(cfg, device, dtype)
     seen: Dict[str, str] = {}
     for fname, wanted in _shard_plan(path).items():
@@ -199,17 +207,17 @@ def init_params(cfg: LLaDAConfig, *, device="cpu", dtype=torch.float32, seed: in
 
 
 def save_checkpoint(params: Params, cfg: LLaDAConfig, path: str, *, dtype=torch.bfloat16,
-                    max_shard_bytes: Optional[int] = None) -> List[str]:
+                    max_shard_bytes: Optional[int] = None, name_map: Optional[Dict] = None) -> List[str]:
     """Write ``params`` in the Hugging Face LLaDA layout (unfused names), sharded when asked.
 
     Writes only the safetensors files (and the index when sharded); the caller writes config.json.
-    Returns the shard file names.
+    Returns the shard file names. ``name_map``: the family's names (default: LLaDA's :func:`param_name_map`).
     """
     from safetensors.torch import save_file
 
     os.makedirs(path, exist_ok=True)
     tensors = {}
-    for name, (target, layer, rows, _) in param_name_map(cfg).items():
+    for name, (target, layer, rows, _) in (param_name_map(cfg) if name_map is None else name_map).items():
         tensors[name] = _target(params, target, layer)[rows].detach().to("cpu", dtype).contiguous()
     if not max_shard_bytes:
         save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})

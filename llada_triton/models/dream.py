@@ -1,0 +1,153 @@
+"""Dream (Dream-v0-7B, Dream-Coder-7B, DiffuCoder-7B): a Qwen2.5 layout run by the shared pure functions.
+
+The transformer is the dense one of :mod:`llada_triton.models.model` (RMSNorm, RoPE, SwiGLU, GQA) with
+biases on the q/k/v projections (``LayerParams.b_qkv``); what is Dream's own is data:
+
+* :class:`DreamConfig` parses Dream's ``config.json`` (``model_type: "Dream"``) and refuses what it does
+  not support by name (sliding-window attention, mrope, rope scaling);
+* :func:`dream_name_map` maps the Qwen2 tensor names onto the fused layout (q/k/v weights and biases into
+  ``w_qkv`` / ``b_qkv``, gate/up into ``w_gate_up``) for the strict streaming loader;
+* the head's **logit shift**: Dream predicts position ``i`` from the logits of position ``i - 1``
+  (``cfg.logit_shift = 1``); :func:`shift_logits` is that step on full logits, and the decoding policies
+  apply it by row indexing (``llada_triton.decode.cache.shifted_rows``) so the head reads the rows it needs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Dict, Mapping, Optional
+
+import torch
+
+from .config import ConfigError, LLaDAConfig, read_config_files, token_id_from_tokenizer_files
+from .model import forward as dense_forward
+from .weights import Params, load_params
+
+__all__ = ["DreamConfig", "dream_name_map", "load_dream", "forward", "shift_logits"]
+
+# Fields that do not change inference numerics here (init, bookkeeping, HF plumbing).
+_IGNORED = {
+    "architectures", "auto_map", "model_type", "transformers_version", "torch_dtype", "_name_or_path",
+    "initializer_range", "use_cache", "attention_dropout",  # checked to be 0 below
+    "sliding_window", "max_window_layers",  # only read with use_sliding_window, which is refused
+    "_from_model_config", "return_dict", "output_hidden_states", "output_attentions",
+}
+_USED = {"hidden_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers", "intermediate_size",
+         "vocab_size", "max_position_embeddings", "rope_theta", "rms_norm_eps", "tie_word_embeddings",
+         "mask_token_id", "bos_token_id", "eos_token_id", "pad_token_id"}
+# field -> (supported values, what the field means: named in the error)
+_SUPPORTED = {
+    "hidden_act": (("silu",), "the MLP activation"),
+    "use_sliding_window": ((False, None), "sliding-window attention"),
+    "use_mrope": ((False, None), "mrope (multimodal rotary position ids)"),
+    "rope_scaling": ((None,), "rope scaling (incl. mrope sections)"),
+}
+
+
+@dataclass(frozen=True)
+class DreamConfig(LLaDAConfig):
+    """A Dream checkpoint's config: the dense fields shared with LLaDA, with q/k/v biases and the logit shift.
+
+    ``eot_token_id`` is ``<|im_end|>`` (the end of a chat turn; from the tokenizer files or an override),
+    so answers stop at it as at eos (``<|endoftext|>``).
+    """
+    qkv_bias: bool = True
+    logit_shift: int = 1
+    family: ClassVar[str] = "dream"
+
+    @classmethod
+    def from_dict(cls, cfg: Mapping[str, Any], *, generation: Optional[Mapping[str, Any]] = None,
+                  eot_token_id: Optional[int] = None, allow_unknown: bool = False) -> "DreamConfig":
+        if cfg.get("model_type") != "Dream":
+            raise ConfigError(f"config field model_type={cfg.get('model_type')!r} is not Dream's ('Dream')")
+        unknown = sorted(set(cfg) - _IGNORED - _USED - set(_SUPPORTED))
+        if unknown and not allow_unknown:
+            raise ConfigError(f"config.json has fields this implementation does not know: {unknown} "
+                              "(pass allow_unknown=True to ignore them)")
+        for name, (allowed, what) in _SUPPORTED.items():
+            if name in cfg and cfg[name] not in allowed:
+                raise ConfigError(f"config field {name}={cfg[name]!r}: {what} is not supported "
+                                  f"(supported: {allowed})")
+        if cfg.get("attention_dropout", 0.0) not in (0, 0.0, None):
+            raise ConfigError(f"config field attention_dropout={cfg['attention_dropout']!r}: inference needs 0.0")
+        generation = generation or {}
+        eos = cfg.get("eos_token_id", generation.get("eos_token_id"))
+        if isinstance(eos, list):
+            eos = eos[0]
+        if eos is None:
+            raise ConfigError("config.json has no eos_token_id (Dream's <|endoftext|>)")
+        pad = cfg.get("pad_token_id", eos)
+        bos = cfg.get("bos_token_id", generation.get("bos_token_id"))
+        mask = cfg.get("mask_token_id", generation.get("mask_token_id"))
+        if mask is None:
+            raise ConfigError("config.json has no mask_token_id (Dream's <|mask|>)")
+        V = int(cfg["vocab_size"])
+        return cls(d_model=int(cfg["hidden_size"]), n_heads=int(cfg["num_attention_heads"]),
+                   n_kv_heads=int(cfg.get("num_key_value_heads") or cfg["num_attention_heads"]),
+                   n_layers=int(cfg["num_hidden_layers"]), mlp_hidden_size=int(cfg["intermediate_size"]),
+                   vocab_size=V, tokenizer_vocab_size=V,
+                   max_sequence_length=int(cfg.get("max_position_embeddings", 32768)),
+                   rope=True, rope_theta=float(cfg.get("rope_theta", 10000.0)),
+                   rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+                   weight_tying=bool(cfg.get("tie_word_embeddings", False)), mask_token_id=int(mask),
+                   eos_token_id=int(eos), pad_token_id=int(eos if pad is None else pad),
+                   bos_token_id=None if bos is None else int(bos),
+                   eot_token_id=None if eot_token_id is None else int(eot_token_id),
+                   extra={k: cfg[k] for k in cfg if k in _IGNORED})
+
+    @classmethod
+    def from_pretrained(cls, path: str, *, eot_token_id: Optional[int] = None,
+                        allow_unknown: bool = False) -> "DreamConfig":
+        """Read ``config.json``, ``generation_config.json`` and the tokenizer's ``<|im_end|>`` from a folder."""
+        cfg, gen = read_config_files(path)
+        if eot_token_id is None:
+            eot_token_id = token_id_from_tokenizer_files(path, "<|im_end|>")
+        return cls.from_dict(cfg, generation=gen, eot_token_id=eot_token_id, allow_unknown=allow_unknown)
+
+
+def dream_name_map(cfg: DreamConfig) -> Dict[str, tuple]:
+    """Checkpoint name -> (target param, layer or None, row slice, shape), as ``weights.param_name_map``."""
+    d, D, h, V = cfg.d_model, cfg.head_dim, cfg.mlp_hidden_size, cfg.vocab_size
+    nq, nkv = cfg.n_heads * D, cfg.n_kv_heads * D
+    m = {"model.embed_tokens.weight": ("wte", None, slice(None), (V, d)),
+         "model.norm.weight": ("ln_f", None, slice(None), (d,))}
+    if not cfg.weight_tying:
+        m["lm_head.weight"] = ("lm_head", None, slice(None), (V, d))
+    qkv_rows = {"q": slice(0, nq), "k": slice(nq, nq + nkv), "v": slice(nq + nkv, nq + 2 * nkv)}
+    for i in range(cfg.n_layers):
+        b = f"model.layers.{i}."
+        m.update({
+            b + "input_layernorm.weight": ("attn_norm", i, slice(None), (d,)),
+            b + "self_attn.o_proj.weight": ("w_o", i, slice(None), (d, nq)),
+            b + "post_attention_layernorm.weight": ("ff_norm", i, slice(None), (d,)),
+            b + "mlp.gate_proj.weight": ("w_gate_up", i, slice(0, h), (h, d)),
+            b + "mlp.up_proj.weight": ("w_gate_up", i, slice(h, 2 * h), (h, d)),
+            b + "mlp.down_proj.weight": ("w_down", i, slice(None), (d, h)),
+        })
+        for n, rows in qkv_rows.items():
+            size = rows.stop - rows.start
+            m[f"{b}self_attn.{n}_proj.weight"] = ("w_qkv", i, rows, (size, d))
+            m[f"{b}self_attn.{n}_proj.bias"] = ("b_qkv", i, rows, (size,))
+    return m
+
+
+def load_dream(path: str, *, device="cpu", dtype=None, eot_token_id=None):
+    """``(params, cfg)`` from a Hugging Face Dream folder, strictly and shard by shard (see ``load_params``)."""
+    cfg = DreamConfig.from_pretrained(path, eot_token_id=eot_token_id)
+    if dtype is None:
+        dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    return load_params(path, cfg, device=device, dtype=dtype, name_map=dream_name_map(cfg)), cfg
+
+
+def forward(params: Params, cfg: DreamConfig, tokens: torch.Tensor, **kwargs) -> torch.Tensor:
+    """Raw (unshifted) logits ``[B, T, V]``, as Dream's modeling returns them: row ``i`` predicts token
+    ``i + 1``. Same arguments as :func:`llada_triton.models.model.forward_hidden`."""
+    return dense_forward(params, cfg, tokens, **kwargs)
+
+
+def shift_logits(logits: torch.Tensor, shift: int = 1) -> torch.Tensor:
+    """The head's shift on ``[B, T, V]`` logits: position ``i`` takes row ``max(i - shift, 0)`` (Dream's
+    ``cat([l[:, :1], l[:, :-1]])`` for ``shift=1``: the first position keeps its own row)."""
+    if shift < 0:
+        raise ValueError(f"shift={shift} must be >= 0")
+    idx = (torch.arange(logits.shape[1], device=logits.device) - shift).clamp_min(0)
+    return logits.index_select(1, idx)
