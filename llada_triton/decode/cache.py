@@ -17,6 +17,13 @@ position) and differ only in what they feed and which keys each query may see:
   computed from final tokens and never stale, and no extra forward is spent (the prompt prefill is
   folded into block 0's first step the same way).
 
+With a logit shift (``cfg.logit_shift``, Dream: position ``i`` is predicted from row ``i - 1``) a policy
+returns the rows that predict the block's positions, by row indexing (:func:`shifted_rows`): rows
+``[s - shift, s - shift + Lb)`` where the fed window holds them. ``prefix`` and ``dual`` steady steps feed the
+window from ``s``, so its first position takes its own row, as the reference shifts the fed window's logits
+(``cat([l[:, :1], l[:, :-1]])``); ``block`` feeds ``shift`` more committed positions in front (they see the
+keys of the earlier blocks only and do not rewrite their cached K/V).
+
 A policy has two entry points, ``first(x, b, s)`` (a block's first step) and ``steady(x, b, s)``
 (its later steps). ``s`` is the block's start position: a Python int, or a 0-dim device tensor when
 the driver replays CUDA graphs (then every shape is static and positions live on the device).
@@ -32,7 +39,7 @@ import torch
 from llada_triton.models.model import KVCache, forward_hidden
 
 __all__ = ["CachePolicy", "NoCache", "PrefixCache", "DualCache", "BlockCache", "make_policy", "POLICIES",
-           "StepContext", "take_cols"]
+           "StepContext", "take_cols", "shifted_rows"]
 
 Pos = Union[int, torch.Tensor]
 # tokens per prefill forward (rows are chunked above this to bound activation memory). LLaDA-8B shape, batch 32 x
@@ -70,6 +77,15 @@ def take_cols(x: torch.Tensor, s: Pos, n: int) -> torch.Tensor:
     return x[:, s:s + n]
 
 
+def shifted_rows(hidden: torch.Tensor, shift: int) -> torch.Tensor:
+    """``[B, n, d]`` hidden states of a fed window -> the rows that predict its positions: position ``j`` takes row
+    ``max(j - shift, 0)`` (the window's first positions keep their own row; ``shift=0``: unchanged)."""
+    if shift == 0:
+        return hidden
+    idx = (const("arange", hidden.shape[1], hidden.device) - shift).clamp_min(0)
+    return hidden.index_select(1, idx)
+
+
 @dataclass
 class StepContext:
     params: object
@@ -87,6 +103,10 @@ class CachePolicy:
     def __init__(self, ctx: StepContext, batch: int):
         self.ctx = ctx
         self.batch = batch
+
+    @property
+    def shift(self) -> int:
+        return self.ctx.cfg.logit_shift
 
     def _fwd(self, tokens, **kw):
         c = self.ctx
@@ -106,6 +126,7 @@ class NoCache(CachePolicy):
     name = "none"
 
     def steady(self, x, b, s):
+        s = s - self.shift  # the rows that predict the block (s >= 1 with a shift: the prompt is never empty)
         if isinstance(s, int):
             return self._fwd(x, rows=slice(s, s + self.ctx.block_length))
         return take_cols(self._fwd(x), s, self.ctx.block_length)
@@ -123,6 +144,7 @@ class _CachedPolicy(CachePolicy):
     def _full_refresh(self, x, s):
         """One forward of the whole sequence that rewrites every cache slot (Fast-dLLM block start)."""
         L, Lb = self.ctx.total_len, self.ctx.block_length
+        s = s - self.shift
         if isinstance(s, int):
             return self._fwd(x, cache=self.cache, start=0, kv_len=L, rows=slice(s, s + Lb))
         return take_cols(self._fwd(x, cache=self.cache, start=0, kv_len=L), s, Lb)
@@ -138,8 +160,8 @@ class PrefixCache(_CachedPolicy):
         # the fed length (L - s) changes with the block: an int start from the block index, so each
         # block's steady steps have static shapes (one CUDA graph per block)
         s = self.ctx.prompt_len + b * self.ctx.block_length
-        return self._fwd(x[:, s:], cache=self.cache, start=s, kv_len=self.ctx.total_len,
-                         rows=slice(0, self.ctx.block_length))
+        return shifted_rows(self._fwd(x[:, s:], cache=self.cache, start=s, kv_len=self.ctx.total_len,
+                                      rows=slice(0, self.ctx.block_length)), self.shift)
 
     def graph_key(self, kind, b):
         return "first" if kind == "first" else ("steady", b)
@@ -152,8 +174,8 @@ class DualCache(_CachedPolicy):
         return self._full_refresh(x, s)
 
     def steady(self, x, b, s):
-        return self._fwd(take_cols(x, s, self.ctx.block_length), cache=self.cache, start=s,
-                         kv_len=self.ctx.total_len)
+        return shifted_rows(self._fwd(take_cols(x, s, self.ctx.block_length), cache=self.cache, start=s,
+                                      kv_len=self.ctx.total_len), self.shift)
 
     def graph_key(self, kind, b):
         return kind
@@ -163,7 +185,7 @@ class BlockCache(_CachedPolicy):
     name = "block"
 
     def first(self, x, b, s):
-        Lb = self.ctx.block_length
+        Lb, sh = self.ctx.block_length, self.shift
         if b == 0:  # prompt prefill folded into block 0's first step, in row chunks to bound activations
             P = self.ctx.prompt_len
             key_end = torch.cat([torch.full((P,), P, device=x.device), torch.full((Lb,), P + Lb, device=x.device)])
@@ -175,21 +197,34 @@ class BlockCache(_CachedPolicy):
                 cache = KVCache(self.cache.k[:, r0:r1], self.cache.v[:, r0:r1])
                 outs.append(forward_hidden(c.params, c.cfg, x[r0:r1, :P + Lb], start=0, cache=cache, kv_len=P + Lb,
                                            kv_start=None if c.kv_start is None else c.kv_start[r0:r1],
-                                           key_end=key_end, rows=slice(P, P + Lb), ops=c.ops))
+                                           key_end=key_end, rows=slice(P - sh, P + Lb - sh), ops=c.ops))
             return outs[0] if len(outs) == 1 else torch.cat(outs)
         # [committed block b-1 ; block b]: block b-1 sees keys < s, block b keys < s + Lb
         ends = const("ends", Lb, x.device) + s
         dynamic = isinstance(s, torch.Tensor)
         return self._fwd(take_cols(x, s - Lb, 2 * Lb), cache=self.cache, start=s - Lb,
-                         kv_len=self.ctx.total_len if dynamic else s + Lb, key_end=ends, rows=slice(Lb, 2 * Lb))
+                         kv_len=self.ctx.total_len if dynamic else s + Lb, key_end=ends, rows=slice(Lb - sh, 2 * Lb - sh))
 
     def steady(self, x, b, s):
         Lb = self.ctx.block_length
+        if self.shift:
+            return self._steady_shifted(x, s)
         if isinstance(s, torch.Tensor):  # static kv_len; the real limit s + Lb lives on the device
             key_end = const("full", Lb, x.device, Lb) + s
             return self._fwd(take_cols(x, s, Lb), cache=self.cache, start=s, kv_len=self.ctx.total_len,
                              key_end=key_end)
         return self._fwd(x[:, s:s + Lb], cache=self.cache, start=s, kv_len=s + Lb)
+
+    def _steady_shifted(self, x, s):
+        """Feed ``[s - shift, s + Lb)``: the committed rows in front see keys ``< s`` (as when their block
+        was committed) and leave their cached K/V as they are (``write_from = s``)."""
+        Lb, sh = self.ctx.block_length, self.shift
+        key_end = torch.cat([const("full", sh, x.device, 0), const("full", Lb, x.device, Lb)]) + s
+        write_from = const("full", x.shape[0], x.device, 0) + s
+        dynamic = isinstance(s, torch.Tensor)
+        return self._fwd(take_cols(x, s - sh, Lb + sh), cache=self.cache, start=s - sh,
+                         kv_len=self.ctx.total_len if dynamic else s + Lb, key_end=key_end,
+                         write_from=write_from, rows=slice(0, Lb))
 
     def graph_key(self, kind, b):
         return None if (kind == "first" and b == 0) else kind

@@ -40,13 +40,16 @@ from llada_triton.kernels.reference import commit_step_ref
 from llada_triton.models.config import LLaDAConfig
 from llada_triton.models.ops import REFERENCE_OPS, Ops
 from llada_triton.models.weights import Params
-from .cache import POLICIES, StepContext, make_policy, take_cols
-from .schedule import num_transfer_tokens
+from .cache import POLICIES, StepContext, const, make_policy, take_cols
+from .schedule import CarrySchedule, dream_step_fractions, dream_transfer_counts, num_transfer_tokens
 
 __all__ = ["generate", "generate_stream", "GenerateResult", "StepEvent", "BlockEvent", "pad_prompts",
            "REMASKING", "Workspace"]
 
-REMASKING = ("low_confidence", "random")
+REMASKING = ("low_confidence", "random", "maskgit_plus", "topk_margin", "entropy", "origin")
+# Dream's ``alg`` -> the confidence of its head (kernels.reference.dream_confidence_ref); origin samples by maskgit_plus
+DREAM_ALGS = {"maskgit_plus": "prob", "topk_margin": "margin", "entropy": "neg_entropy", "origin": "prob"}
+SCHEDULES = ("linear", "dream", "carry")
 
 
 @dataclass
@@ -217,6 +220,10 @@ class _Rule:
     banned: tuple
     no_conf: tuple
     compact_above: int = COMPACT_ABOVE
+    confidence: Optional[str] = None  # a Dream confidence (DREAM_ALGS values): the head's Dream semantics
+    top_p: Optional[float] = None
+    top_k: Optional[int] = None
+    alg_temp: Optional[float] = None
 
     def compacts(self, ops, n_rows: int) -> bool:
         """Whether :meth:`sample` gathers the masked rows (and so needs ``masked``) for ``n_rows`` block rows."""
@@ -236,6 +243,8 @@ class _Rule:
         N = B * Lb
         kw = dict(temperature=self.temperature, seed=self.seed, offset=offset, banned_ids=self.banned,
                   no_confidence_ids=self.no_conf, cfg_scale=self.cfg_scale)
+        if self.confidence is not None:
+            kw.update(confidence=self.confidence, top_p=self.top_p, top_k=self.top_k)
         h = hidden.reshape(N, d)
         hu = None if uncond is None else uncond.reshape(N, d)
         if self.compacts(ops, N):
@@ -248,15 +257,26 @@ class _Rule:
             x0, conf = ops.head(h, lm_head, uncond_hidden=hu, **kw)
         if self.remasking == "random":  # uniform confidences (only the masked positions' count)
             conf = torch.rand((B, Lb), generator=rand_gen, device=hidden.device)
+        elif self.alg_temp:  # positions drawn without replacement from softmax(conf / alg_temp): Gumbel-top-k
+            u = torch.rand((B, Lb), generator=rand_gen, device=hidden.device, dtype=torch.float64)
+            conf = (conf.view(B, Lb).double() / self.alg_temp - torch.log(-torch.log(u.clamp_min(1e-300)))).float()
         return x0.view(B, Lb), conf.view(B, Lb)
 
-    def commit(self, ops, tokens, start, x0, conf, *, mask_id, done, k, nfe):
+    def origin(self, masked, frac: float, *, rand_gen):
+        """Dream's ``alg='origin'``: each masked position is transferred with probability ``frac``. As the
+        k-rule: confidence ``-u`` (u uniform) and ``k`` = the masked positions with ``u < frac`` per row."""
+        u = torch.rand(masked.shape, generator=rand_gen, device=masked.device)
+        return -u, ((u < frac) & masked).sum(1)
+
+    def commit(self, ops, tokens, start, x0, conf, *, mask_id, done, k, nfe, k_only=False):
         """Select among the block's masked positions (``tokens[:, start:start + Lb] == mask_id`` in rows not
         ``done``) by the rule, write their ``x0`` into ``tokens`` and count a forward in ``nfe`` for every row
         with a masked position: ``ops.commit`` (one launch), or :func:`llada_triton.kernels.reference.commit_step_ref`
         around ``ops.select``. Returns (committed bool [B, Lb], conf [B, Lb] (-inf off the masked positions),
-        the block's tokens after the step)."""
-        if self.threshold is not None:
+        the block's tokens after the step). ``k_only``: the top-``k`` rule whatever the rule is."""
+        if k_only:
+            rule = dict(k=k)
+        elif self.threshold is not None:
             rule = dict(threshold=self.threshold)
         elif self.factor is not None:
             rule = dict(factor=self.factor)
@@ -267,12 +287,61 @@ class _Rule:
 
 
 def _make_rule(cfg, temperature, remasking, threshold, factor, cfg_scale, seed, logits_eos_inf,
-               confidence_eos_eot_inf) -> _Rule:
+               confidence_eos_eot_inf, top_p=None, top_k=None, alg_temp=None) -> _Rule:
     return _Rule(temperature=float(temperature), remasking=remasking,
                  threshold=None if threshold is None else float(threshold),
                  factor=None if factor is None else float(factor), cfg_scale=float(cfg_scale), seed=int(seed),
                  banned=(cfg.eos_token_id,) if logits_eos_inf else (),
-                 no_conf=cfg.end_token_ids if confidence_eos_eot_inf else (), compact_above=COMPACT_ABOVE)
+                 no_conf=cfg.end_token_ids if confidence_eos_eot_inf else (), compact_above=COMPACT_ABOVE,
+                 confidence=DREAM_ALGS.get(remasking), top_p=top_p, top_k=top_k,
+                 alg_temp=float(alg_temp) if alg_temp else None)
+
+
+def _block_counts(schedule: str, Lb: int, spb: int, eps: float, refresh_commits_first: bool) -> List[int]:
+    """A block's tokens per step (host ints; every block starts fully masked): LLaDA's linear schedule cut at
+    ``Lb`` steps, or Dream's float32 schedule over all ``spb`` steps (its 0-token steps are model calls too), after
+    the block-start commit of one position with ``refresh_commits_first``."""
+    if schedule == "dream":
+        if refresh_commits_first:
+            return [1] + dream_transfer_counts(Lb - 1, spb, eps, first=1)
+        return dream_transfer_counts(Lb, spb, eps)
+    return num_transfer_tokens(torch.ones(1, Lb, dtype=torch.bool), spb)[0].tolist()[:min(spb, Lb)]
+
+
+def top_candidates(conf: torch.Tensor, masked: torch.Tensor, k: int) -> torch.Tensor:
+    """``conf`` ``[B, L]`` with every masked position outside the ``k`` most confident ones (ties to the lower
+    position) set to ``-inf``: a threshold rule on the result chooses among those ``k`` only."""
+    key = torch.where(masked, conf.float(), float("-inf"))
+    order = torch.sort(key, dim=1, descending=True, stable=True).indices
+    keep = torch.zeros_like(masked).scatter_(1, order[:, :k], True)
+    return torch.where(keep, key, float("-inf"))
+
+
+def _validate_dream(remasking, schedule, eps, top_p, top_k, alg_temp, threshold, factor, cfg_scale,
+                    confidence_eos_eot_inf, refresh_commits_first, cache, batch):
+    """The options of Dream's decoders (Dream's algs, its schedule, Fast-dLLM's carry and block-start commit)."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule={schedule!r}; choose one of {SCHEDULES}")
+    dream = remasking in DREAM_ALGS
+    if not dream and (top_p is not None or top_k is not None or alg_temp):
+        raise ValueError(f"top_p / top_k / alg_temp need a Dream remasking {tuple(DREAM_ALGS)}, not {remasking!r}")
+    if dream and (cfg_scale or confidence_eos_eot_inf or factor is not None):
+        raise ValueError(f"remasking={remasking!r} takes no cfg_scale, confidence_eos_eot_inf or factor")
+    if top_p is not None and not 0.0 < float(top_p) <= 1.0:
+        raise ValueError(f"top_p={top_p} must be in (0, 1]")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k={top_k!r} must be an int >= 1")
+    if alg_temp is not None and not float(alg_temp) >= 0:
+        raise ValueError(f"alg_temp={alg_temp} must be >= 0")
+    if not 0.0 < float(eps) < 1.0:
+        raise ValueError(f"eps={eps} must be in (0, 1)")
+    if schedule == "carry" and (threshold is None or batch != 1):
+        raise ValueError(f"schedule='carry' (Fast-dLLM's Dream threshold) needs a threshold and batch 1, got "
+                         f"threshold={threshold}, batch {batch}")
+    if remasking == "origin" and (schedule != "dream" or threshold is not None or alg_temp):
+        raise ValueError("remasking='origin' needs schedule='dream' and no threshold or alg_temp")
+    if refresh_commits_first and cache not in ("prefix", "dual"):
+        raise ValueError(f"refresh_commits_first is Fast-dLLM's Dream prefix / dual cache rule, not cache={cache!r}")
 
 
 class _HostFlag:
@@ -403,6 +472,9 @@ def generate_stream(params: Params, cfg: LLaDAConfig, prompts, *, gen_length: in
                     early_stop: Optional[bool] = None, attention_mask: Optional[torch.Tensor] = None,
                     seed: int = 0, ops: Ops = REFERENCE_OPS, cuda_graphs: bool = False,
                     device_positions: Optional[bool] = None, workspace: Optional[Workspace] = None,
+                    schedule: str = "linear", eps: float = 1e-3, top_p: Optional[float] = None,
+                    top_k: Optional[int] = None, alg_temp: Optional[float] = None,
+                    refresh_commits_first: bool = False,
                     ) -> Iterator[Union[StepEvent, BlockEvent, GenerateResult]]:
     """Like :func:`generate`, but yields a :class:`StepEvent` after every step, a :class:`BlockEvent`
     after every block, and finally the :class:`GenerateResult`.
@@ -415,12 +487,17 @@ def generate_stream(params: Params, cfg: LLaDAConfig, prompts, *, gen_length: in
     tokens, pad = pad_prompts(prompts, cfg, attention_mask, device)
     _validate(cfg, tokens, pad, gen_length, block_length, steps, temperature, remasking, threshold, factor,
               cfg_scale, cache)
+    _validate_dream(remasking, schedule, eps, top_p, top_k, alg_temp, threshold, factor, cfg_scale,
+                    confidence_eos_eot_inf, refresh_commits_first, cache, tokens.shape[0])
+    if schedule == "carry" and block_length != gen_length:
+        raise ValueError(f"schedule='carry' decodes one block: block_length={block_length} must be gen_length")
     if confidence_eos_eot_inf and cfg.eot_token_id is None:
         raise ValueError("confidence_eos_eot_inf needs cfg.eot_token_id (from the tokenizer or an override)")
     if cuda_graphs and device.type != "cuda":
         raise ValueError(f"cuda_graphs=True needs params on a CUDA device, not {device}")
     # graphs replay fixed work: sampling noise, random remasking and the factor rule's host loop stay eager
-    graphable = cuda_graphs and temperature == 0 and remasking == "low_confidence" and factor is None
+    graphable = (cuda_graphs and temperature == 0 and remasking not in ("random", "origin") and not alg_temp
+                 and factor is None and schedule != "carry")
     dynamic = graphable if device_positions is None else device_positions
     early_stop = (cache == "block") if early_stop is None else early_stop
     B, P = tokens.shape
@@ -431,7 +508,8 @@ def generate_stream(params: Params, cfg: LLaDAConfig, prompts, *, gen_length: in
     use_cfg = cfg_scale > 0
     padded = bool((pad > 0).any())
     key = (B, P, L, Lb, cache, use_cfg, padded, threshold, factor, float(temperature), remasking,
-           logits_eos_inf, confidence_eos_eot_inf, ops, id(params), graphable, dynamic)
+           logits_eos_inf, confidence_eos_eot_inf, ops, id(params), graphable, dynamic, schedule, float(eps), top_p,
+           top_k, alg_temp, refresh_commits_first)
     buf = workspace.get(key) if workspace is not None else None
     if buf is None:
         kv_start = None
@@ -455,15 +533,18 @@ def generate_stream(params: Params, cfg: LLaDAConfig, prompts, *, gen_length: in
     nfe.zero_()
     done.zero_()
     rule = _make_rule(cfg, temperature, remasking, threshold, factor, cfg_scale, seed, logits_eos_inf,
-                      confidence_eos_eot_inf)
-    rand_gen = torch.Generator(device=device).manual_seed(int(seed)) if remasking == "random" else None
+                      confidence_eos_eot_inf, top_p, top_k, alg_temp)
+    rand_gen = torch.Generator(device=device).manual_seed(int(seed)) \
+        if remasking in ("random", "origin") or alg_temp else None
     calls = 0
     records: List[StepEvent] = []
     end_ids = torch.tensor(cfg.end_token_ids, device=device)
-    # with the linear schedule every block starts fully masked, so the useful steps are known up front
-    useful = min(spb, Lb)
+    origin_frac = dream_step_fractions(spb, eps).tolist() if remasking == "origin" else None
+    leftmost_conf = -const("arange", Lb, device).float().expand(B, Lb)  # the first position ranks first
 
-    def step(kind: str, b: int, s, k=None):
+    def step(kind: str, b: int, s, k=None, *, leftmost=False, cap=None, i=0):
+        """One model call and commit; ``leftmost``: commit exactly the block's first masked position (Fast-dLLM's
+        Dream block start); ``cap``: the threshold rule among the top-``cap`` candidates only (``carry``)."""
         x_in = x
         if use_cfg:  # unconditional branch: the whole prompt (pads included) masked
             un = x.clone()
@@ -473,18 +554,30 @@ def generate_stream(params: Params, cfg: LLaDAConfig, prompts, *, gen_length: in
         masked = (take_cols(x, s, Lb) == mask_id) & ~done[:, None] if rule.compacts(ops, B * Lb) else None
         x0, conf = rule.sample(ops, params.lm_head, hidden[:B], hidden[B:] if use_cfg else None, masked,
                                offset=calls, rand_gen=rand_gen)
-        committed, conf, blk = rule.commit(ops, x, s, x0, conf, mask_id=mask_id, done=done,
-                                           k=k_buf if k is None else k, nfe=nfe)
+        k = k_buf if k is None else k
+        if leftmost:
+            conf, k = leftmost_conf, buf.k_const(1)
+        elif origin_frac is not None or cap is not None:
+            blk_masked = (take_cols(x, s, Lb) == mask_id) & ~done[:, None]
+            if origin_frac is not None:
+                conf, k = rule.origin(blk_masked, origin_frac[i], rand_gen=rand_gen)
+            else:
+                conf = top_candidates(conf, blk_masked, cap)
+        committed, conf, blk = rule.commit(ops, x, s, x0, conf, mask_id=mask_id, done=done, k=k, nfe=nfe,
+                                           k_only=leftmost)
         return committed, blk, conf  # conf is -inf off the masked positions
 
     def later_steps(b: int):
         """Steps 1 .. useful - 1 of block b with the fixed schedule, for one CUDA graph: their outputs."""
         return [step("steady", b, s_buf, k=buf.k_const(schedule[i])) + (nfe.clone(),) for i in range(1, useful)]
 
-    # the linear schedule is the same for every block (each starts fully masked)
-    # (host ints: k_buf is refilled only when the count changes, not at every step)
-    schedule = num_transfer_tokens(torch.ones(1, Lb, dtype=torch.bool), spb)[0].tolist() \
+    # the schedule is the same for every block (each starts fully masked): host ints, the useful steps known up
+    # front (k_buf is refilled only when the count changes, not at every step)
+    counts = _block_counts(schedule, Lb, spb, eps, refresh_commits_first) \
         if threshold is None and factor is None else None
+    useful = None if counts is None else len(counts)
+    carry = CarrySchedule(Lb, spb) if schedule == "carry" else None
+    schedule = counts
     done_flag = _HostFlag(device) if early_stop and schedule is not None else None
     stop = False
     for b in range(nb):
@@ -512,8 +605,14 @@ def generate_stream(params: Params, cfg: LLaDAConfig, prompts, *, gen_length: in
                     k_buf.fill_(schedule[i])
             elif not bool(((take_cols(x, s_int, Lb) == mask_id) & ~done[:, None]).any()):
                 break  # a data-dependent rule: one host check per step
+            cap = None if carry is None else carry.next_k()
+            if carry is not None and cap is None:
+                break
             kind = "first" if i == 0 else "steady"
+            leftmost = refresh_commits_first and i == 0
             key = policy.graph_key(kind, b) if dynamic else None
+            if key is not None and leftmost:
+                key = ("leftmost", key)
             if i == 1 and key is not None and graphs.enabled and schedule is not None:
                 # the rest of the block in one graph (no per-step graph boundary, schedule counts baked in);
                 # its steps are all enqueued before the first of their events is yielded
@@ -525,9 +624,11 @@ def generate_stream(params: Params, cfg: LLaDAConfig, prompts, *, gen_length: in
                     yield ev
                 break
             if key is not None:
-                committed, blk, conf = graphs.run(key, lambda: step(kind, b, s_buf))
+                committed, blk, conf = graphs.run(key, lambda: step(kind, b, s_buf, leftmost=leftmost))
             else:
-                committed, blk, conf = step(kind, b, s_int)
+                committed, blk, conf = step(kind, b, s_int, leftmost=leftmost, cap=cap, i=i)
+            if carry is not None:
+                carry.update(cap, int(committed.sum()))
             if all_done is not None and i == 0 and all_done.get():
                 stop = True
                 break

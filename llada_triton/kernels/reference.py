@@ -33,6 +33,9 @@ __all__ = [
     "logits_confidence_ref",
     "select_transfer_ref",
     "commit_step_ref",
+    "filter_top_p_top_k_ref",
+    "dream_confidence_ref",
+    "head_dream_confidence_ref",
 ]
 
 
@@ -420,3 +423,68 @@ def _factor_count(ranked: torch.Tensor, n_masked: torch.Tensor, factor: float) -
             i += 1
         out[b] = min(i, n)
     return out
+
+
+# ------------------------------------------------------------------------- Dream's confidences
+DREAM_CONFIDENCES = ("prob", "margin", "neg_entropy")
+
+
+def filter_top_p_top_k_ref(logits: torch.Tensor, top_p: Optional[float] = None,
+                           top_k: Optional[int] = None) -> torch.Tensor:
+    """Dream's nucleus then top-k filter on fp32 logits ``[M, V]`` (a new tensor): a removed id gets
+    ``finfo.min``. top-p keeps the shortest prefix of the descending ids whose softmax mass exceeds ``top_p``
+    (the id that crosses it included; the top-1 always); top-k keeps ids with logits ``>=`` the k-th largest."""
+    out = logits.clone()
+    low = torch.finfo(out.dtype).min
+    if top_p is not None and top_p < 1:
+        sl, si = torch.sort(out, dim=-1, descending=True)
+        drop = torch.cumsum(torch.softmax(sl, dim=-1), dim=-1) > top_p
+        drop[..., 1:] = drop[..., :-1].clone()
+        drop[..., 0] = False
+        out = out.masked_fill(torch.zeros_like(drop).scatter_(-1, si, drop), low)
+    if top_k is not None:
+        kth = torch.topk(out, min(int(top_k), out.shape[-1]), dim=-1).values[..., -1:]
+        out = out.masked_fill(out < kth, low)
+    return out
+
+
+def dream_confidence_ref(logits: torch.Tensor, *, confidence: str = "prob", temperature: float = 0.0,
+                         top_p: Optional[float] = None, top_k: Optional[int] = None,
+                         generator: Optional[torch.Generator] = None, banned_ids: Sequence[int] = (),
+                         row_ids: Optional[torch.Tensor] = None):
+    """Dream's ``sample_tokens``: token and confidence per row from logits ``[M, V]``, in fp32.
+
+    ``p = softmax(filter_top_p_top_k(l / T))`` (``l`` itself at ``T = 0``; ``banned_ids`` get ``-inf`` first);
+    ``x0 = argmax(p)`` at ``T = 0``, else a Gumbel-max sample of ``p`` (noise as :func:`logits_confidence_ref`:
+    fp64 uniforms from ``generator``, rows by ``row_ids``; not Dream's ``Categorical`` stream). Confidence:
+    ``"prob"`` ``p[x0]`` (Dream's maskgit_plus), ``"margin"`` top-1 minus top-2 prob (topk_margin),
+    ``"neg_entropy"`` ``sum(p * log(p + 1e-10))`` (entropy; <= 0, higher is more certain).
+    Returns ``(x0 int64 [M], conf fp32 [M])``.
+    """
+    if confidence not in DREAM_CONFIDENCES:
+        raise ValueError(f"confidence={confidence!r}; choose one of {DREAM_CONFIDENCES}")
+    l = logits.float().clone()
+    if len(banned_ids):
+        l[:, list(banned_ids)] = float("-inf")
+    if temperature > 0:
+        l = l / temperature
+    l = filter_top_p_top_k_ref(l, top_p, top_k)
+    probs = torch.softmax(l, dim=-1)
+    if temperature > 0:
+        x0, _ = logits_confidence_ref(l, temperature=1.0, generator=generator, row_ids=row_ids)
+    else:
+        x0 = torch.argmax(probs, dim=-1)
+    if confidence == "prob":
+        conf = probs.gather(-1, x0[:, None])[:, 0]
+    elif confidence == "margin":
+        top2 = torch.topk(probs, min(2, probs.shape[-1]), dim=-1).values
+        conf = top2[:, 0] - (top2[:, 1] if top2.shape[-1] > 1 else 0)
+    else:
+        conf = torch.sum(probs * torch.log(probs + 1e-10), dim=-1)
+    return x0, conf
+
+
+def head_dream_confidence_ref(hidden: torch.Tensor, w_head: torch.Tensor, **kw):
+    """:func:`dream_confidence_ref` of ``hidden @ w_head.T`` (rounded to the hidden dtype): the LM head with
+    Dream's confidences. hidden ``[M, d]``, w_head ``[V, d]``; returns ``(x0 int64 [M], conf fp32 [M])``."""
+    return dream_confidence_ref(hidden @ w_head.t(), **kw)

@@ -24,7 +24,8 @@ class Ops:
     linear(x, w, residual=None) -> residual + x @ w.T; rms_norm -> rms_norm_ref; qkv_rope -> qkv_rope_cache_ref
     (RoPE on q/k of the fused projection + K/V into the cache); attention -> block_attention_ref;
     mlp -> swiglu_mlp_ref; head(hidden, w, *, temperature, seed, offset, banned_ids, no_confidence_ids,
-    uncond_hidden, cfg_scale) -> (x0, conf) as head_confidence_ref (noise from (seed, offset)); a head that
+    uncond_hidden, cfg_scale) -> (x0, conf) as head_confidence_ref (noise from (seed, offset)); with
+    ``confidence`` (and ``top_p``, ``top_k``) given, Dream's as head_dream_confidence_ref; a head that
     also takes ``n_rows`` and ``row_ids`` (the Triton one) lets the driver run it on the still-masked rows
     only (decode.generate.head_skips_rows); select -> select_transfer_ref.
 
@@ -74,10 +75,13 @@ def _mlp_ref(x, w_gate_up, w_down, residual=None):
 
 
 def _head_ref(hidden, w, *, temperature=0.0, seed=0, offset=0, banned_ids=(), no_confidence_ids=(),
-              uncond_hidden=None, cfg_scale=0.0):
+              uncond_hidden=None, cfg_scale=0.0, confidence=None, top_p=None, top_k=None):
     gen = None
     if temperature > 0:
         gen = torch.Generator(device=hidden.device).manual_seed((int(seed) * 1_000_003 + int(offset)) % (2 ** 63))
+    if confidence is not None:  # Dream's confidences (no guidance, no confidence-only bans)
+        return ref.head_dream_confidence_ref(hidden, w, confidence=confidence, temperature=temperature,
+                                             top_p=top_p, top_k=top_k, generator=gen, banned_ids=banned_ids)
     return ref.head_confidence_ref(hidden, w, temperature=temperature, generator=gen, banned_ids=banned_ids,
                                    no_confidence_ids=no_confidence_ids, uncond_hidden=uncond_hidden,
                                    cfg_scale=cfg_scale)
