@@ -1,8 +1,9 @@
-"""Prompts and answers with the checkpoint's own tokenizer and chat template.
+"""Prompts and answers with the checkpoint's own tokenizer and chat template (LLaDA's; Dream's Qwen one).
 
-Mirrors the official LLaDA chat code: the Instruct chat template (which always ends with the
-assistant header) rendered as text and tokenized without adding special tokens (the template
-already starts with the bos string), and answers cut at the first end token (eos or eot) and
+Mirrors the official chat code: the Instruct chat template with the assistant header at the end, rendered as
+text and tokenized without adding special tokens (LLaDA's template already starts with the bos string; Dream's
+Qwen tokenizer adds none, so its ``apply_chat_template(..., add_generation_prompt=True)`` gives the same ids),
+and answers cut at the first end token (eos or eot: LLaDA's ``<|eot_id|>``, Dream's ``<|im_end|>``) and
 decoded with special tokens skipped.
 """
 from __future__ import annotations
@@ -14,6 +15,8 @@ from .config import LLaDAConfig
 __all__ = ["load_tokenizer", "chat_prompt_ids", "strip_answer", "decode_answer"]
 
 Messages = Union[str, Sequence[dict]]
+# remote tokenizer classes -> the transformers class that tokenizes identically
+_SAME_TOKENIZER = {"DreamTokenizer": "Qwen2Tokenizer"}
 
 
 def load_tokenizer(path: str):
@@ -21,7 +24,9 @@ def load_tokenizer(path: str):
 
     LLaDA folders name ``PreTrainedTokenizerFast`` in ``tokenizer_config.json``; that class is loaded
     directly, so transformers does not look at the model's ``config.json`` (whose ``auto_map`` points
-    at remote modeling code). Other tokenizer classes go through ``AutoTokenizer``.
+    at remote modeling code). Dream folders name their remote ``DreamTokenizer``, a copy of Qwen2's
+    byte-level BPE (same pre-tokenizer regex, NFC, ``vocab.json`` + ``merges.txt``): ``Qwen2Tokenizer``
+    loads them. Other tokenizer classes go through ``AutoTokenizer``.
     """
     import json
     import os
@@ -33,6 +38,7 @@ def load_tokenizer(path: str):
     if os.path.isfile(cfg_path):
         with open(cfg_path) as f:
             cls_name = json.load(f).get("tokenizer_class")
+    cls_name = _SAME_TOKENIZER.get(cls_name, cls_name)
     cls = getattr(transformers, cls_name, None) if cls_name else None
     if cls is None:
         cls = transformers.AutoTokenizer
