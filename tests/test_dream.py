@@ -311,3 +311,61 @@ def test_options_errors():
     with pytest.raises(ValueError, match="block_length=2"):
         dream_options(max_new_tokens=4, steps=4, block_length=2)
     assert dream_options(max_new_tokens=64, steps=64, alg="maskgit_plus", cache="dual")["remasking"] == "entropy"
+
+
+# ------------------------------------------------------------------------------------------------- chat
+def _byte_level_chars():
+    """GPT-2 / Qwen byte-level alphabet: byte -> printable unicode character."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+QWEN_TEMPLATE = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+                 "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+                 "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
+                 "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def write_dream_tokenizer(path):
+    """A byte-level BPE in Dream's file layout (vocab.json, merges.txt, tokenizer_config.json naming the remote
+    DreamTokenizer) with the golden ids of the special tokens and Dream-Instruct's Qwen chat template."""
+    ids = golden()["ids"]
+    vocab = {c: b for b, c in _byte_level_chars().items()}
+    vocab.update({f"<unused{i}>": i for i in range(256, ids["eos"])})
+    names = {ids["eos"]: "<|endoftext|>", ids["im_start"]: "<|im_start|>", ids["im_end"]: "<|im_end|>",
+             ids["mask"]: "<|mask|>"}
+    added = {str(i): {"content": names.get(i, f"<|reserved_{i}|>"), "special": True, "lstrip": False,
+                      "rstrip": False, "normalized": False, "single_word": False} for i in range(ids["eos"], ids["mask"] + 1)}
+    with open(os.path.join(path, "vocab.json"), "w") as f:
+        json.dump(vocab, f)
+    with open(os.path.join(path, "merges.txt"), "w") as f:
+        f.write("#version: 0.2\n")
+    with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+        json.dump({"tokenizer_class": "DreamTokenizer", "added_tokens_decoder": added, "chat_template": QWEN_TEMPLATE,
+                   "auto_map": {"AutoTokenizer": ["tokenization_dream.DreamTokenizer", None]},
+                   "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "bos_token": None}, f)
+
+
+def test_chat_with_dreams_tokenizer_and_template(tmp_path):
+    from llada_triton.models.chat import chat_prompt_ids, decode_answer, load_tokenizer
+
+    path = str(tmp_path / "dream")
+    shutil.copytree(CKPT, path)
+    write_dream_tokenizer(path)
+    tok = load_tokenizer(path)  # the remote DreamTokenizer is never run: Qwen2's tokenizer reads its files
+    params, cfg = load_model(path)
+    ids = golden()["ids"]
+    assert cfg.eot_token_id == ids["im_end"]
+    prompt = chat_prompt_ids(tok, "hi")
+    assert tok.decode(prompt) == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+                                  "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+    assert prompt.count(ids["im_start"]) == 3 and prompt.count(ids["eos"]) == 0  # no special token added
+    out = diffusion_generate(params, cfg, [prompt], max_new_tokens=8, steps=8)
+    gen = [ord("o"), ord("k"), ids["im_end"], ids["eos"]] + out.tokens[0].tolist()
+    assert decode_answer(tok, gen, cfg) == "ok"
