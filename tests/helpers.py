@@ -12,9 +12,18 @@ CKPT = os.path.join(DATA, "checkpoint")
 
 
 @functools.lru_cache(maxsize=None)
-def golden():
-    with open(os.path.join(DATA, "cases.json")) as f:
+def golden(family: str = "llada-tiny"):
+    """``cases.json`` of a golden folder under ``tests/data``."""
+    with open(os.path.join(os.path.dirname(DATA), family, "cases.json")) as f:
         return json.load(f)
+
+
+def assert_forward_record(logits: torch.Tensor, rec: dict) -> None:
+    """Logits ``[T, V]`` of one sequence against a golden ``forward`` record (argmax, rows, sum)."""
+    assert logits.argmax(-1).tolist() == rec["logits_argmax"]
+    torch.testing.assert_close(logits[0], torch.tensor(rec["logits_first_row"]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(logits[-1], torch.tensor(rec["logits_last_row"]), atol=1e-4, rtol=0)
+    assert abs(logits.sum().item() - rec["logits_sum"]) < 1e-4 * logits.numel()
 
 
 @functools.lru_cache(maxsize=None)

@@ -19,15 +19,15 @@ from llada_triton.decode.schedule import CarrySchedule, dream_step_fractions, dr
 from llada_triton.kernels.reference import dream_confidence_ref, filter_top_p_top_k_ref
 from llada_triton.models import ConfigError, DreamConfig, WeightError, load_model, save_checkpoint
 from llada_triton.models.dream import dream_name_map, forward, shift_logits
+from tests import helpers
+from tests.helpers import assert_forward_record
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "dream-tiny")
 CKPT = os.path.join(DATA, "checkpoint")
 
 
-@functools.lru_cache(maxsize=None)
 def golden():
-    with open(os.path.join(DATA, "cases.json")) as f:
-        return json.load(f)
+    return helpers.golden("dream-tiny")
 
 
 @functools.lru_cache(maxsize=None)
@@ -135,11 +135,7 @@ def test_strict_loading_roundtrip_and_errors(tmp_path):
 def test_forward_matches_recorded_raw_logits(i):
     params, cfg = dream_model()
     rec = golden()["forward"][i]
-    logits = forward(params, cfg, torch.tensor([rec["input_ids"]]))[0]
-    assert logits.argmax(-1).tolist() == rec["logits_argmax"]
-    torch.testing.assert_close(logits[0], torch.tensor(rec["logits_first_row"]), atol=1e-4, rtol=0)
-    torch.testing.assert_close(logits[-1], torch.tensor(rec["logits_last_row"]), atol=1e-4, rtol=0)
-    assert abs(logits.sum().item() - rec["logits_sum"]) < 1e-4 * logits.numel()
+    assert_forward_record(forward(params, cfg, torch.tensor([rec["input_ids"]]))[0], rec)
 
 
 def test_shift_is_the_references_concatenation_and_row_indexing():

@@ -7,7 +7,7 @@ import torch
 
 from llada_triton.decode import generate
 from llada_triton.models import forward
-from tests.helpers import block_golden, decode_options, golden, tiny_model
+from tests.helpers import assert_forward_record, block_golden, decode_options, golden, tiny_model
 
 CASES = golden()["cases"]
 BLOCK_CASES = block_golden()["cases"]
@@ -24,11 +24,7 @@ def test_ids_match_config():
 def test_forward_matches_recorded_logits(i):
     params, cfg = tiny_model()
     rec = golden()["forward"][i]
-    logits = forward(params, cfg, torch.tensor([rec["input_ids"]]))[0]
-    assert logits.argmax(-1).tolist() == rec["logits_argmax"]
-    torch.testing.assert_close(logits[0], torch.tensor(rec["logits_first_row"]), atol=1e-4, rtol=0)
-    torch.testing.assert_close(logits[-1], torch.tensor(rec["logits_last_row"]), atol=1e-4, rtol=0)
-    assert abs(logits.sum().item() - rec["logits_sum"]) < 1e-4 * logits.numel()
+    assert_forward_record(forward(params, cfg, torch.tensor([rec["input_ids"]]))[0], rec)
 
 
 def _run(case, **extra):

@@ -78,7 +78,8 @@ class LLaDAConfig:
     qkv_bias: bool = False    # q/k/v projections with biases (Qwen2 / Dream)
     logit_shift: int = 0      # position i is predicted from the logits of position i - logit_shift (Dream: 1)
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
-    family: ClassVar[str] = "llada"  # the model family (models.FAMILIES key); never a dataclass field
+    family: ClassVar[str] = "llada"  # the model family (models.families.FAMILIES key); never a dataclass field
+    end_of_turn: ClassVar[str] = "<|eot_id|>"  # the chat template's end of a turn: ``eot_token_id``
 
     @property
     def head_dim(self) -> int:
@@ -159,10 +160,11 @@ class LLaDAConfig:
     @classmethod
     def from_pretrained(cls, path: str, *, eot_token_id: Optional[int] = None,
                         allow_unknown: bool = False) -> "LLaDAConfig":
-        """Read ``config.json``, ``generation_config.json`` and the tokenizer's ``<|eot_id|>`` from a folder."""
+        """Read ``config.json``, ``generation_config.json`` and the tokenizer's end of turn (``end_of_turn``)
+        from a folder."""
         cfg, gen = read_config_files(path)
         if eot_token_id is None:
-            eot_token_id = token_id_from_tokenizer_files(path, "<|eot_id|>")
+            eot_token_id = token_id_from_tokenizer_files(path, cls.end_of_turn)
         return cls.from_dict(cfg, generation=gen, eot_token_id=eot_token_id, allow_unknown=allow_unknown)
 
     def replace(self, **changes) -> "LLaDAConfig":

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Dict, Mapping, Optional
 
 import torch
 
-from .config import ConfigError, LLaDAConfig, read_config_files, token_id_from_tokenizer_files
+from .config import ConfigError, LLaDAConfig
 from .model import forward as dense_forward
 from .weights import Params, load_params
 
@@ -53,6 +53,7 @@ class DreamConfig(LLaDAConfig):
     qkv_bias: bool = True
     logit_shift: int = 1
     family: ClassVar[str] = "dream"
+    end_of_turn: ClassVar[str] = "<|im_end|>"
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any], *, generation: Optional[Mapping[str, Any]] = None,
@@ -93,15 +94,6 @@ class DreamConfig(LLaDAConfig):
                    bos_token_id=None if bos is None else int(bos),
                    eot_token_id=None if eot_token_id is None else int(eot_token_id),
                    extra={k: cfg[k] for k in cfg if k in _IGNORED})
-
-    @classmethod
-    def from_pretrained(cls, path: str, *, eot_token_id: Optional[int] = None,
-                        allow_unknown: bool = False) -> "DreamConfig":
-        """Read ``config.json``, ``generation_config.json`` and the tokenizer's ``<|im_end|>`` from a folder."""
-        cfg, gen = read_config_files(path)
-        if eot_token_id is None:
-            eot_token_id = token_id_from_tokenizer_files(path, "<|im_end|>")
-        return cls.from_dict(cfg, generation=gen, eot_token_id=eot_token_id, allow_unknown=allow_unknown)
 
 
 def dream_name_map(cfg: DreamConfig) -> Dict[str, tuple]:
