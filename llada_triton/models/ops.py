@@ -67,6 +67,22 @@ def _linear_decode(x, w, residual=None, *, max_rows: int = 64):
     return _linear_ref(x, w, residual)
 
 
+def _head_triton(hidden, w, *, temperature=0.0, seed=0, offset=0, banned_ids=(), no_confidence_ids=(),
+                 uncond_hidden=None, cfg_scale=0.0, n_rows=None, row_ids=None, confidence=None, top_p=None,
+                 top_k=None):
+    """The Triton head: LLaDA's (``kernels.remask.head_confidence``), or with ``confidence`` Dream's
+    (``kernels.dream_head.head_dream_confidence``; no guidance or confidence-only bans there)."""
+    if confidence is None:
+        from llada_triton.kernels.remask import head_confidence
+        return head_confidence(hidden, w, temperature=temperature, seed=seed, offset=offset, banned_ids=banned_ids,
+                               no_confidence_ids=no_confidence_ids, uncond_hidden=uncond_hidden,
+                               cfg_scale=cfg_scale, n_rows=n_rows, row_ids=row_ids)
+    from llada_triton.kernels.dream_head import head_dream_confidence
+    return head_dream_confidence(hidden, w, confidence=confidence, temperature=temperature, top_p=top_p,
+                                 top_k=top_k, seed=seed, offset=offset, banned_ids=banned_ids, n_rows=n_rows,
+                                 row_ids=row_ids)
+
+
 def _mlp_ref(x, w_gate_up, w_down, residual=None):
     # separate gate / up products, exactly as the reference modeling code (ff_proj, up_proj)
     h = w_down.shape[1]
@@ -162,11 +178,11 @@ def triton_ops(**overrides) -> Ops:
     from llada_triton.kernels.attention import block_attention
     from llada_triton.kernels.norm import rms_norm
     from llada_triton.kernels.qkv import qkv_proj_rope
-    from llada_triton.kernels.remask import commit_step, head_confidence, select_transfer
+    from llada_triton.kernels.remask import commit_step, select_transfer
     from llada_triton.kernels.rotary import qkv_rope_cache
 
     ops = Ops(name="triton", linear=_linear_decode, rms_norm=rms_norm, qkv_rope=qkv_rope_cache, attention=block_attention,
-              mlp=_mlp_decode, head=head_confidence, select=select_transfer, linear_norm=_linear_norm_decode,
+              mlp=_mlp_decode, head=_head_triton, select=select_transfer, linear_norm=_linear_norm_decode,
               mlp_norm=_mlp_norm_decode, qkv_proj_rope=qkv_proj_rope, commit=commit_step)
     if overrides:
         from dataclasses import replace
