@@ -30,7 +30,7 @@ MAX_ROWS = 64  # the fused path is the decode GEMM; more rows belong to a comput
 
 @triton.jit
 def _qkv_proj_rope_kernel(
-    x_ptr, w_ptr, out_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr,
+    x_ptr, w_ptr, b_ptr, out_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr,
     start_ptr, start_val, wf_ptr, s_start,
     M, T, H, HKV, K,
     stride_xm, stride_wn,
@@ -38,7 +38,7 @@ def _qkv_proj_rope_kernel(
     skb, skt, skh, svb, svt, svh,        # caches [B, T_max, HKV, D] (last dim contiguous)
     sct,                                 # row stride of the cos / sin tables [L, D]
     D: tl.constexpr, HB: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
-    DYN: tl.constexpr, HAS_CACHE: tl.constexpr, HAS_WF: tl.constexpr,
+    DYN: tl.constexpr, HAS_CACHE: tl.constexpr, HAS_WF: tl.constexpr, HAS_BIAS: tl.constexpr,
     EVEN_K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
     USE_GDC: tl.constexpr = False, PF_LINES: tl.constexpr = 1, LINE: tl.constexpr = 64,
 ):
@@ -77,7 +77,9 @@ def _qkv_proj_rope_kernel(
         x_ptrs += BK
         w_ptrs += BK
 
-    # epilogue: the projection rounded as F.linear's output, then RoPE in fp32 (q and k heads)
+    # epilogue: the projection (+ bias, in fp32) rounded once as F.linear's output, then RoPE in fp32 (q and k)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + rows_w).to(tl.float32)[:, None]
     dt = out_ptr.dtype.element_ty
     y = acc.to(dt).to(tl.float32)
     x1, x2 = tl.split(tl.permute(tl.reshape(y, (2, HB, BM)), (1, 2, 0)))   # [HB, BM]: feature j0+r, HALF+j0+r
@@ -144,15 +146,17 @@ def _qkv_config(M: int, K: int, dtype: torch.dtype, interpret: bool) -> dict:
 def qkv_proj_rope(x: torch.Tensor, w_qkv: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.Tensor, start,
                   k_cache: Optional[torch.Tensor] = None, v_cache: Optional[torch.Tensor] = None, *,
                   n_heads: int, write_from: Optional[torch.Tensor] = None, head_dim: Optional[int] = None,
-                  config: Optional[dict] = None):
-    """``qkv_rope_cache(linear(x, w_qkv).view(B, T, NH, D), ...)`` in one launch at decode sizes.
+                  config: Optional[dict] = None, bias: Optional[torch.Tensor] = None):
+    """``qkv_rope_cache(linear(x, w_qkv, bias).view(B, T, NH, D), ...)`` in one launch at decode sizes.
 
     x: ``[B, T, d]`` fp16/bf16/fp32 (rows viewable); w_qkv: ``[NH * D, d]`` with ``NH = n_heads + 2 Hkv``
     (q heads, then k, then v), ``D = head_dim`` (default: the caches' head dim, else ``d // n_heads``); the
     other arguments and the result are those of :func:`llada_triton.kernels.rotary.qkv_rope_cache`: ``(q, k_cache,
     v_cache)`` with a cache, else ``(q, k, v)``, where ``q`` (and ``k``, ``v``) are views of a new
     ``[B, T, NH, D]`` tensor. More than :data:`MAX_ROWS` rows (or an unsupported head dim) take the
-    unfused path. See :func:`llada_triton.kernels.reference.qkv_proj_rope_ref`.
+    unfused path. ``bias`` (``[NH * D]``, x's dtype; q/k/v biases of Qwen2 / Dream) is added to the fp32
+    product before its one rounding, as ``F.linear(x, w, bias)``. See
+    :func:`llada_triton.kernels.reference.qkv_proj_rope_ref`.
     """
     check_tensor("x", x, ndim=3, dtypes=_DTYPES)
     check_tensor("w_qkv", w_qkv, ndim=2, dtypes=(x.dtype,))
@@ -165,10 +169,17 @@ def qkv_proj_rope(x: torch.Tensor, w_qkv: torch.Tensor, cos_table: torch.Tensor,
         raise ValueError(f"w_qkv must be [(n_heads + 2 Hkv) * D, d={d}] on {x.device} with n_heads={H}, "
                          f"D={D}; got {tuple(w_qkv.shape)} on {w_qkv.device}")
     NH = w_qkv.shape[0] // D
+    if bias is not None:
+        check_tensor("bias", bias, ndim=1, dtypes=(x.dtype,))
+        if bias.shape[0] != NH * D or bias.device != x.device:
+            raise ValueError(f"bias must be [{NH * D}] on {x.device}, got {tuple(bias.shape)} on {bias.device}")
     out = torch.empty((B, T, NH, D), device=x.device, dtype=x.dtype)
     M = B * T
     if not fused_supported(M, D):
-        torch.matmul(x, w_qkv.t(), out=out.view(B, T, NH * D))
+        if bias is None:
+            torch.matmul(x, w_qkv.t(), out=out.view(B, T, NH * D))
+        else:
+            torch.addmm(bias, x.reshape(M, d), w_qkv.t(), out=out.view(M, NH * D))
         return qkv_rope_cache(out, cos_table, sin_table, start, k_cache, v_cache, n_heads=H, write_from=write_from)
     # validation of tables, caches (last dim contiguous), start and write_from: the unfused launcher's own checks
     _, Hkv, dyn, start, has_cache = _check_rope_args(out, cos_table, sin_table, start, k_cache, v_cache, H,
@@ -184,7 +195,7 @@ def qkv_proj_rope(x: torch.Tensor, w_qkv: torch.Tensor, cos_table: torch.Tensor,
     vst = vc.stride() if has_cache else (0, 0, 0, 1)
     grid = (cdiv(M, cfg["BM"]) * NH * (D // 2 // hb),)
     _qkv_proj_rope_kernel[grid](
-        x2, w_qkv, out, cos_table, sin_table, kc, vc,
+        x2, w_qkv, bias if bias is not None else out, out, cos_table, sin_table, kc, vc,
         start if dyn else out, 0 if dyn else start, write_from if write_from is not None else out,
         1 if dyn and start.dim() == 1 else 0,
         M, T, H, Hkv, d,
@@ -193,7 +204,7 @@ def qkv_proj_rope(x: torch.Tensor, w_qkv: torch.Tensor, cos_table: torch.Tensor,
         kst[0], kst[1], kst[2], vst[0], vst[1], vst[2],
         cos_table.stride(0),
         D=D, HB=hb, BM=cfg["BM"], BK=cfg["BK"], DYN=dyn, HAS_CACHE=has_cache, HAS_WF=write_from is not None,
-        EVEN_K=d % cfg["BK"] == 0, UPCAST=interp and x.dtype == torch.bfloat16,
+        HAS_BIAS=bias is not None, EVEN_K=d % cfg["BK"] == 0, UPCAST=interp and x.dtype == torch.bfloat16,
         IEEE=x.dtype == torch.float32 and not interp,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **gdc,
     )

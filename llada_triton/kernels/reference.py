@@ -159,13 +159,15 @@ def qkv_rope_cache_ref(qkv: torch.Tensor, cos_table: torch.Tensor, sin_table: to
 
 def qkv_proj_rope_ref(x: torch.Tensor, w_qkv: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.Tensor,
                       start, k_cache: Optional[torch.Tensor] = None, v_cache: Optional[torch.Tensor] = None, *,
-                      n_heads: int, write_from: Optional[torch.Tensor] = None, head_dim: Optional[int] = None):
-    """The fused QKV projection (``x @ w_qkv.T``, rounded to ``x.dtype``) followed by
+                      n_heads: int, write_from: Optional[torch.Tensor] = None, head_dim: Optional[int] = None,
+                      bias: Optional[torch.Tensor] = None):
+    """The fused QKV projection (``x @ w_qkv.T`` plus the optional ``bias`` ``[NH * D]``, rounded once to
+    ``x.dtype`` as ``F.linear``) followed by
     :func:`qkv_rope_cache_ref`. x: ``[B, T, d]``; w_qkv: ``[(n_heads + 2 Hkv) * D, d]`` with ``D = head_dim``
     (default: the caches' head dim, else ``d // n_heads``). Same result as :func:`qkv_rope_cache_ref`."""
     B, T, d = x.shape
     D = head_dim if head_dim is not None else k_cache.shape[-1] if k_cache is not None else d // n_heads
-    qkv = F.linear(x, w_qkv).view(B, T, w_qkv.shape[0] // D, D)
+    qkv = F.linear(x, w_qkv, bias).view(B, T, w_qkv.shape[0] // D, D)
     return qkv_rope_cache_ref(qkv, cos_table, sin_table, start, k_cache, v_cache, n_heads=n_heads,
                               write_from=write_from)
 

@@ -81,9 +81,10 @@ def forward_hidden(params: Params, cfg: LLaDAConfig, tokens: torch.Tensor, *,
         with record_function(f"layer{i}"):
             # the QKV projection, RoPE on q and k (fp32 math), rotated keys and values into the cache slots
             kci, vci = (None, None) if cache is None else (cache.k[i], cache.v[i])
-            if ops.qkv_proj_rope is not None and lp.b_qkv is None:
+            if ops.qkv_proj_rope is not None:
+                bias = {} if lp.b_qkv is None else dict(bias=lp.b_qkv)  # q/k/v biases (Qwen2 / Dream)
                 q, kc, vc = ops.qkv_proj_rope(a, lp.w_qkv, params.rope_cos, params.rope_sin, start, kci, vci,
-                                              n_heads=H, write_from=write_from)
+                                              n_heads=H, write_from=write_from, **bias)
             else:
                 qkv = ops.linear(a, lp.w_qkv)
                 if lp.b_qkv is not None:  # q/k/v biases (Qwen2 / Dream): added to the rounded product

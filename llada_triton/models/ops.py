@@ -33,8 +33,8 @@ class Ops:
     linear_norm(x, w, residual, norm_weight, eps) -> (y, h) as linear_rms_norm_ref (the output projection
     and the MLP's norm); mlp_norm(x, w_gate_up, w_down, residual, norm_weight, eps) -> (y, h) as
     swiglu_mlp_rms_norm_ref (the MLP and the next norm); qkv_proj_rope(x, w_qkv, cos, sin, start, k_cache,
-    v_cache, *, n_heads, write_from) -> (q, k, v) as qkv_proj_rope_ref (the QKV projection with RoPE and
-    the cache write); commit(tokens, start, x0, conf, *, mask_id, done, k, threshold, factor, nfe) ->
+    v_cache, *, n_heads, write_from, bias=None) -> (q, k, v) as qkv_proj_rope_ref (the QKV projection, with
+    q/k/v biases when the model has them, with RoPE and the cache write); commit(tokens, start, x0, conf, *, mask_id, done, k, threshold, factor, nfe) ->
     (committed, conf, block) as commit_step_ref (the selection, the commit into the token buffer and the NFE
     count of a decoding step in one launch). When set they take precedence over ``linear`` / ``mlp`` /
     ``qkv_rope`` + ``rms_norm`` / ``select`` at those places: set them to None when replacing ``linear``,

@@ -1,0 +1,147 @@
+"""Dream's kernels against their torch references (interpreter on the CPU, fp32 / fp16): the streamed LM head
+with Dream's confidences (kernels.dream_head), the QKV projection with q/k/v biases in its epilogue
+(kernels.qkv), and the Dream golden cases with the Triton ops."""
+import pytest
+import torch
+
+from llada_triton.kernels import head_dream_confidence
+from llada_triton.kernels.reference import head_dream_confidence_ref
+
+CONFS = ("prob", "margin", "neg_entropy")
+
+
+def _inputs(M, V, D, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(M, D, generator=g).to(dtype)
+    w = (torch.randn(V, D, generator=g) * 0.5).to(dtype)
+    return h, w
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("confidence", CONFS)
+@pytest.mark.parametrize("tiles", [None, dict(BLOCK_M=16, BLOCK_V=64, BLOCK_K=16)], ids=["one-tile", "tiled"])
+def test_matches_reference(dtype, confidence, tiles):
+    h, w = _inputs(37, 300, 48, dtype)  # ragged rows, ids and d: every edge mask
+    x0, conf = head_dream_confidence(h, w, confidence=confidence, banned_ids=(5, 299), config=tiles)
+    r0, rc = head_dream_confidence_ref(h, w, confidence=confidence, banned_ids=(5, 299))
+    assert torch.equal(x0, r0)
+    # neg_entropy: the streamed form leaves out Dream's 1e-10 inside the log (|change| < V * 1e-10)
+    torch.testing.assert_close(conf, rc, atol=2e-6 + 300 * 1e-10, rtol=1e-5)
+
+
+def test_ties_margin_zero_and_lowest_id():
+    h = torch.ones(2, 16)
+    w = torch.zeros(200, 16)
+    w[[7, 150]] = 1.0  # two equal maxima in different vocab tiles
+    x0, conf = head_dream_confidence(h, w, confidence="margin", config=dict(BLOCK_V=64))
+    assert x0.tolist() == [7, 7] and conf.abs().max() < 1e-7
+
+
+def test_n_rows_skips_tail_rows():
+    h, w = _inputs(40, 128, 32, torch.float32)
+    x0, conf = head_dream_confidence(h, w, confidence="neg_entropy", n_rows=torch.tensor([16]),
+                                     config=dict(BLOCK_M=16))
+    r0, rc = head_dream_confidence_ref(h[:16], w, confidence="neg_entropy")
+    assert torch.equal(x0[:16], r0)
+    torch.testing.assert_close(conf[:16], rc, atol=1e-5, rtol=1e-5)
+
+
+def test_sampling_and_filters_use_the_reference_path():
+    h, w = _inputs(8, 100, 16, torch.float32)
+    x0, conf = head_dream_confidence(h, w, confidence="prob", top_k=1)
+    assert torch.equal(x0, (h @ w.t()).argmax(-1)) and torch.allclose(conf, torch.ones(8))
+    a = head_dream_confidence(h, w, confidence="margin", temperature=0.8, top_p=0.9, seed=3, offset=1)
+    b = head_dream_confidence(h, w, confidence="margin", temperature=0.8, top_p=0.9, seed=3, offset=1)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_errors_name_the_argument():
+    h, w = _inputs(4, 32, 16, torch.float32)
+    with pytest.raises(ValueError, match="confidence='entropy'"):
+        head_dream_confidence(h, w, confidence="entropy")
+    with pytest.raises(ValueError, match="banned_ids"):
+        head_dream_confidence(h, w, banned_ids=(40,))
+    with pytest.raises(ValueError, match="w_head"):
+        head_dream_confidence(h, w.half())
+
+
+@pytest.mark.parametrize("rows", [7, 80], ids=["fused", "unfused"])  # above MAX_ROWS: addmm + the rotary kernel
+@pytest.mark.parametrize("cache", [True, False], ids=["cache", "nocache"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_qkv_projection_with_bias(dtype, cache, rows):
+    from llada_triton.kernels.qkv import qkv_proj_rope
+    from llada_triton.kernels.reference import qkv_proj_rope_ref, rope_tables
+    from tests.test_qkv import _close, _inputs as qkv_inputs
+
+    shape = (1, rows, 4, 2, 16, 64)  # Dream's GQA layout at the tiny golden's head dim
+    x, w, _, _, kc, vc = qkv_inputs(*shape, dtype, "cpu")
+    cos, sin = rope_tables(16, 1e6, 128)  # Dream's theta
+    kc, vc = torch.zeros(1, 96, 2, 16, dtype=dtype), torch.zeros(1, 96, 2, 16, dtype=dtype)
+    bias = torch.randn(w.shape[0], generator=torch.Generator().manual_seed(1)).to(dtype)
+    caches = lambda: (kc.clone(), vc.clone()) if cache else (None, None)  # noqa: E731
+    kw = dict(n_heads=4, head_dim=16, bias=bias)
+    got = qkv_proj_rope(x, w, cos, sin, 2, *caches(), **kw)
+    ref = qkv_proj_rope_ref(x, w, cos, sin, 2, *caches(), **kw)
+    gold = qkv_proj_rope_ref(x.double(), w.double(), cos.double(), sin.double(), 2,
+                             *(None if c is None else c.double() for c in caches()), n_heads=4, head_dim=16,
+                             bias=bias.double())
+    for g, r, o in zip(got, ref, gold):
+        _close(g, r, o, dtype)
+    nobias = qkv_proj_rope_ref(x, w, cos, sin, 2, *caches(), n_heads=4, head_dim=16)
+    assert not torch.equal(ref[0], nobias[0])  # the bias is applied
+
+
+def test_qkv_bias_errors():
+    from llada_triton.kernels.qkv import qkv_proj_rope
+
+    x = torch.randn(1, 3, 32)
+    w = torch.randn(8 * 8, 32)
+    cos, sin = torch.ones(16, 8), torch.zeros(16, 8)
+    with pytest.raises(ValueError, match="bias must be"):
+        qkv_proj_rope(x, w, cos, sin, 0, n_heads=4, head_dim=8, bias=torch.zeros(10))
+
+
+@pytest.mark.parametrize("name", ["dream_p6_g32_s8_topk_margin",
+                                  "fastdllm_dream_dual_p6_g32_b8_s32_entropy"])
+def test_golden_with_triton_ops(name):
+    """Every op a Triton kernel under the interpreter (fp32): the golden tokens and NFE."""
+    from llada_triton.decode.dream import diffusion_generate
+    from llada_triton.models import triton_ops
+    from tests.test_dream import CASES, case_options, dream_model
+
+    case = next(c for c in CASES if c["name"] == name)
+    params, cfg = dream_model()
+    out = diffusion_generate(params, cfg, case["prompt"], ops=triton_ops(), **case_options(case["params"]))
+    assert out.tokens.tolist() == case["expected"]
+    assert out.nfe == [case["params"]["nfe"]]
+
+
+_COMPILE = """
+import sys
+sys.path.insert(0, {root!r})
+from llada_triton.kernels._common import compile_for
+from llada_triton.kernels import dream_head as k
+for dt in ("bf16", "fp16"):
+    sig = dict(h_ptr="*" + dt, w_ptr="*" + dt, pf_ptr="*fp32", pidx_ptr="*i32", n_rows_ptr="*i64",
+               **{{n: "i32" for n in ("M", "V", "D", "NVT", "stride_hm", "stride_wv", "ban0", "ban1", "ban2",
+                                     "ban3")}})
+    for bm, bk in ((16, 128), (128, 64)):
+        compile_for(k._dream_partials_kernel, sig, dict(N_BAN=1, HAS_N_ROWS=True, UPCAST=False, DOT_PREC="tf32",
+                    EVEN_K=True, EVEN_V=False, BLOCK_M=bm, BLOCK_V=128, BLOCK_K=bk))
+msig = dict(pf_ptr="*fp32", pidx_ptr="*i32", x0_ptr="*i64", conf_ptr="*fp32", n_rows_ptr="*i64", M="i32",
+            NVT="i32")
+for conf in range(3):
+    compile_for(k._dream_merge_kernel, msig, dict(CONF=conf, HAS_N_ROWS=False, BLOCK_R=1, BLOCK_T=2048))
+print("ok")
+"""
+
+
+def test_head_kernels_compile_sm90():
+    """The GPU frontend and ptxas accept the Dream head kernels (bf16, fp16; the real vocab's merge width)."""
+    import os
+
+    from tests.helpers import run_without_interpreter
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    res = run_without_interpreter(_COMPILE.format(root=root))
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-4000:]
