@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Decode-speed benchmark at the LLaDA-8B shape (random bf16 weights made on the GPU; no file needed).
+"""Decode-speed benchmark at the LLaDA-8B or Dream-7B shape (random bf16 weights made on the GPU; no file needed).
 
 For every (cache policy, batch, prompt, gen) it times decode steps of the fast path (Triton ops + CUDA
 graphs where the step is static) and of the in-repo torch reference path (REFERENCE_OPS, eager) in the
@@ -13,6 +13,11 @@ as configured.
 
     python scripts/bench_decode.py --out results/bench_decode.csv            # full sweep
     python scripts/bench_decode.py --policies block --batches 1 --shapes 128x256
+    python scripts/bench_decode.py --model dream-7b --out results/bench_decode_dream.csv
+
+Dream-7B (Qwen2.5-7B layout: GQA 28/4, q/k/v biases, vocabulary 152,064) decodes with its logit shift, the
+negative-entropy confidence of Fast-dLLM's Dream caches and, for prefix / dual, the block-start commit; one
+token per step as for LLaDA.
 """
 from __future__ import annotations
 
@@ -29,6 +34,20 @@ sys.path.insert(0, ROOT)
 LLADA_8B = dict(d_model=4096, n_heads=32, n_kv_heads=32, n_layers=32, mlp_hidden_size=12288, vocab_size=126464,
                 max_sequence_length=4096, rope_theta=500000.0, mask_token_id=126336, eos_token_id=126081,
                 pad_token_id=126081, bos_token_id=126080, eot_token_id=126348)
+
+
+DREAM_7B = dict(d_model=3584, n_heads=28, n_kv_heads=4, n_layers=28, mlp_hidden_size=18944, vocab_size=152064,
+                tokenizer_vocab_size=152064, max_sequence_length=131072, rope_theta=1e6, rms_norm_eps=1e-6,
+                mask_token_id=151666, eos_token_id=151643, pad_token_id=151643, bos_token_id=151643,
+                eot_token_id=151645)
+MODELS = {"llada-8b": ("LLaDAConfig", LLADA_8B, "LLaDA-8B"), "dream-7b": ("DreamConfig", DREAM_7B, "Dream-7B")}
+
+
+def decode_options(cfg, policy: str) -> dict:
+    """The family's decoding options beside the shared ones (Dream: entropy confidence, block-start commit)."""
+    if cfg.family != "dream":
+        return {}
+    return dict(remasking="entropy", refresh_commits_first=policy in ("prefix", "dual"))
 
 
 def env_info(sha=None):
@@ -48,7 +67,8 @@ def render(csv_path, md_path=None):
     if not rows:
         raise SystemExit(f"{csv_path} has no rows")
     r0 = rows[0]
-    lines = ["# Decode speed, LLaDA-8B shape (random bf16 weights)", "",
+    model = MODELS[r0.get("model") or "llada-8b"][2]
+    lines = [f"# Decode speed, {model} shape (random bf16 weights)", "",
              f"{r0['gpu']}, torch {r0['torch']}, triton {r0['triton']}, git {r0['sha']}; measured copy bandwidth "
              f"{r0['copy_tbps']} TB/s, bf16 matmul {r0['matmul_tflops']} TFLOP/s. One token per step per row, "
              f"block {r0['block']}, temperature 0; `steps` = the steps timed, those after block 1's first, after a warm-up "
@@ -92,11 +112,12 @@ def measure_roofline():
 def step_floor(cfg, policy, B, P, G, Lb, bw, flops):
     """Floor of one steady step: weights + KV bytes over bandwidth vs FLOPs over peak (seconds)."""
     d, h, V, nl = cfg.d_model, cfg.mlp_hidden_size, cfg.vocab_size, cfg.n_layers
-    layer_params = nl * (4 * d * d + 3 * d * h)
+    dkv = cfg.n_kv_heads * cfg.head_dim  # GQA: K and V are narrower than d
+    layer_params = nl * (2 * d * d + 2 * d * dkv + 3 * d * h)
     L = P + G
     rows = {"none": L, "prefix": L - P - G // 2, "dual": Lb, "block": Lb}[policy] * B  # prefix: mid-sequence
     kv_len = {"none": L, "prefix": L, "dual": L, "block": P + G // 2}[policy]
-    kv_bytes = 2 * nl * B * kv_len * d * 2
+    kv_bytes = 2 * nl * B * kv_len * dkv * 2
     mem = (layer_params + V * d) * 2 + kv_bytes
     fl = 2 * layer_params * rows + 2 * V * d * B * Lb + 4 * nl * rows * kv_len * d
     return max(mem / bw, fl / flops)
@@ -152,7 +173,7 @@ def time_decode(params, cfg, ops, *, policy, B, P, G, Lb, graphs, timed_steps):
     prompts = torch.randint(0, 126000, (B, P), generator=g).tolist()
     ws = Workspace()
     opts = dict(gen_length=G, block_length=Lb, steps=G, cache=policy, ops=ops, cuda_graphs=graphs,
-                early_stop=False, workspace=ws)
+                early_stop=False, workspace=ws, **decode_options(cfg, policy))
 
     def run(n_steps):
         stream = generate_stream(params, cfg, prompts, **opts)
@@ -173,6 +194,7 @@ def time_decode(params, cfg, ops, *, policy, B, P, G, Lb, graphs, timed_steps):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="llada-8b", choices=sorted(MODELS), help="the shape (config) of the model")
     p.add_argument("--policies", default="none,prefix,dual,block")
     p.add_argument("--batches", default="1,8,32")
     p.add_argument("--shapes", default="128x256,1024x1024", help="PROMPTxGEN list")
@@ -191,9 +213,11 @@ def main(argv=None):
         return []
     import torch
 
-    from llada_triton.models import LLaDAConfig, REFERENCE_OPS, init_params, triton_ops
+    from llada_triton import models
+    from llada_triton.models import REFERENCE_OPS, init_params, triton_ops
 
-    cfg = LLaDAConfig(**LLADA_8B)
+    cls_name, fields, _ = MODELS[args.model]
+    cfg = getattr(models, cls_name)(**fields)
     info = env_info(args.sha)
     bw, flops = measure_roofline()
     print(f"{info} copy {bw / 1e12:.2f} TB/s, bf16 matmul {flops / 1e12:.0f} TFLOP/s", flush=True)
@@ -218,7 +242,7 @@ def main(argv=None):
                         sec, n, nfe, err = float("nan"), 0, 0, f"{type(e).__name__}: {str(e)[:160]}"
                         print(f"{policy} {provider} B={B} {P}x{G} failed: {err}", flush=True)
                         torch.cuda.empty_cache()
-                    row = dict(policy=policy, provider=provider, batch=B, prompt=P, gen=G, block=args.block_length,
+                    row = dict(model=args.model, policy=policy, provider=provider, batch=B, prompt=P, gen=G, block=args.block_length,
                                ms_per_step=round(sec * 1e3, 3), tokens_per_s=round(B / sec, 1),
                                floor_ms=round(floor * 1e3, 3), pct_of_floor=round(100 * floor / sec, 1),
                                timed_steps=n, nfe=nfe, peak_gib=round(torch.cuda.max_memory_allocated() / 2 ** 30, 2),
