@@ -146,19 +146,32 @@ def _block_attn_fwd_kernel(
 
 
 @triton.jit
-def _merge_store(m_part_ptr, l_part_ptr, acc_part_ptr, o_ptr, part0, n_splits, r, t, h, row_ok, b64,
-                 offs_d, d_ok, stride_ob, stride_ot, stride_oh,
-                 ROWS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
-                 SPLITS_P2: tl.constexpr):
-    """Merge the n_splits partials (m, l, acc) of rows r (inside the tile) and store o. Loads bypass
-    L1 (.cg): the partials were written by other programs of the same launch."""
+def _block_attn_merge_kernel(
+    m_part_ptr, l_part_ptr, acc_part_ptr, o_ptr,
+    Tq, G, Hkv, n_splits, n_m_tiles,
+    stride_ob, stride_ot, stride_oh,
+    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    MROWS: tl.constexpr, SPLITS_P2: tl.constexpr, USE_GDC: tl.constexpr = False,
+):
+    """Merge the ``n_splits`` partials ``(m, l, acc)`` of ``MROWS`` rows of a query-row tile in a fixed order
+    and store ``o``. Loads bypass L1 (.cg): the partials were written by the previous launch."""
+    gdc_wait_and_release(USE_GDC)
+    pid_m = tl.program_id(1)
+    pid_bh = tl.program_id(2)
+    kvh = pid_bh % Hkv
+    r = tl.program_id(0) * MROWS + tl.arange(0, MROWS)      # [R] row inside the tile
+    rows = pid_m * BLOCK_M + r
+    t = rows // G
+    h = kvh * G + rows % G
+    offs_d = tl.arange(0, BLOCK_D)
+    part0 = (pid_bh * n_m_tiles + pid_m) * n_splits
     s = tl.arange(0, SPLITS_P2)
     m_all = tl.load(m_part_ptr + (part0 + s[:, None]) * BLOCK_M + r[None, :],
                     mask=(s < n_splits)[:, None], other=float("-inf"), cache_modifier=".cg")   # [S, R]
     m_max = tl.max(m_all, axis=0)
     m_use = tl.where(m_max == float("-inf"), 0.0, m_max)       # rows no split saw: all weights 0
     l_tot = tl.zeros_like(m_use)
-    acc = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
+    acc = tl.zeros([MROWS, BLOCK_D], dtype=tl.float32)
     for i in range(n_splits):
         off = (part0 + i) * BLOCK_M + r
         m_s = tl.load(m_part_ptr + off, cache_modifier=".cg")
@@ -168,32 +181,9 @@ def _merge_store(m_part_ptr, l_part_ptr, acc_part_ptr, o_ptr, part0, n_splits, r
         l_tot += w * l_s
         acc += w[:, None] * a
     o = acc / tl.where(l_tot > 0.0, l_tot, 1.0)[:, None]
-    o_ptrs = o_ptr + b64 * stride_ob + t[:, None] * stride_ot + h[:, None] * stride_oh + offs_d[None, :]
-    tl.store(o_ptrs, o.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
-
-
-@triton.jit
-def _block_attn_merge_kernel(
-    m_part_ptr, l_part_ptr, acc_part_ptr, o_ptr,
-    Tq, G, Hkv, n_splits, n_m_tiles,
-    stride_ob, stride_ot, stride_oh,
-    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
-    MROWS: tl.constexpr, SPLITS_P2: tl.constexpr, USE_GDC: tl.constexpr = False,
-):
-    gdc_wait_and_release(USE_GDC)
-    pid_r = tl.program_id(0)     # chunk of MROWS rows inside the query-row tile
-    pid_m = tl.program_id(1)
-    pid_bh = tl.program_id(2)
-    b = pid_bh // Hkv
-    kvh = pid_bh % Hkv
-    r = pid_r * MROWS + tl.arange(0, MROWS)                  # [R] row inside the tile
-    rows = pid_m * BLOCK_M + r
-    t = rows // G
-    h = kvh * G + rows % G
-    offs_d = tl.arange(0, BLOCK_D)
-    _merge_store(m_part_ptr, l_part_ptr, acc_part_ptr, o_ptr, (pid_bh * n_m_tiles + pid_m) * n_splits,
-                 n_splits, r, t, h, t < Tq, b.to(tl.int64), offs_d, offs_d < D,
-                 stride_ob, stride_ot, stride_oh, MROWS, BLOCK_M, BLOCK_D, SPLITS_P2)
+    o_ptrs = (o_ptr + (pid_bh // Hkv).to(tl.int64) * stride_ob + t[:, None] * stride_ot + h[:, None] * stride_oh
+              + offs_d[None, :])
+    tl.store(o_ptrs, o.to(o_ptr.dtype.element_ty), mask=(t < Tq)[:, None] & (offs_d < D)[None, :])
 
 
 # ----------------------------------------------------------------------------------------- launcher

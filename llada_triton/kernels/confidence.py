@@ -396,6 +396,19 @@ def _merge_launch(parts, x0, conf, M, nvt, n_rows_ptr, has_n_rows, interpret, bl
     )
 
 
+def _prepare(M, V, x0, like_name, like, uncond_name, uncond, n_rows, row_ids, temperature, seed, offset, banned_ids,
+             no_confidence_ids):
+    """The checks both launchers share: ``(cfg, sampling args, n_rows pointer, row_ids pointer, row constexprs)``;
+    the CFG branch's input (``uncond``) must have the conditional input's shape, dtype and device."""
+    if uncond is not None:
+        check_tensor(uncond_name, uncond, ndim=2, dtypes=(like.dtype,))
+        if uncond.shape != like.shape or uncond.device != like.device:
+            raise ValueError(f"{uncond_name} must match {like_name} {tuple(like.shape)} on {like.device}, "
+                             f"got {tuple(uncond.shape)} on {uncond.device}")
+    sa = _sampling_args(V, temperature, seed, offset, banned_ids, no_confidence_ids)
+    return (uncond is not None, sa, *_rows_args(M, like.device, n_rows, row_ids, x0))
+
+
 def _head_confidence_launch(hidden, w_head, x0, conf, *, temperature, seed, offset, banned_ids,
                             no_confidence_ids, uncond_hidden, cfg_scale, config=None, n_rows=None, row_ids=None):
     check_tensor("hidden", hidden, ndim=2, dtypes=_LOGIT_DTYPES)
@@ -410,18 +423,13 @@ def _head_confidence_launch(hidden, w_head, x0, conf, *, temperature, seed, offs
         raise ValueError(f"w_head is on {w_head.device}, hidden on {hidden.device}")
     if V < 1 or V >= 2 ** 31 or D < 1:
         raise ValueError(f"need 1 <= V < 2^31 and d >= 1, got V={V}, d={D}")
-    cfg = uncond_hidden is not None
-    if cfg:
-        _check_uncond("uncond_hidden", uncond_hidden, "hidden", hidden)
-    sa = _sampling_args(V, temperature, seed, offset, banned_ids, no_confidence_ids)
-    nr_ptr, rid_ptr, rows_ce = _rows_args(M, hidden.device, n_rows, row_ids, x0)
+    cfg, sa, nr_ptr, rid_ptr, rows_ce = _prepare(M, V, x0, "hidden", hidden, "uncond_hidden", uncond_hidden,
+                                                 n_rows, row_ids, temperature, seed, offset, banned_ids,
+                                                 no_confidence_ids)
     if M == 0:
         return x0, conf
-
     interpret = is_interpreter()
-    c = dict(_head_config(M, V, D, hidden.dtype, cfg, interpret, sample=sa["constexprs"]["SAMPLE"]))
-    if config:
-        c.update(config)
+    c = dict(_head_config(M, V, D, hidden.dtype, cfg, interpret, sample=sa["constexprs"]["SAMPLE"]), **(config or {}))
     BM, BV, BK = c["BLOCK_M"], c["BLOCK_V"], c["BLOCK_K"]
     nvt = cdiv(V, BV)
     parts = _partials(M, nvt, hidden.device)
@@ -444,12 +452,6 @@ def _head_confidence_launch(hidden, w_head, x0, conf, *, temperature, seed, offs
     return x0, conf
 
 
-def _check_uncond(name: str, u: torch.Tensor, like_name: str, like: torch.Tensor):
-    """The CFG branch's input must have the conditional input's shape, dtype and device."""
-    check_tensor(name, u, ndim=2, dtypes=(like.dtype,))
-    if u.shape != like.shape or u.device != like.device:
-        raise ValueError(f"{name} must match {like_name} {tuple(like.shape)} on {like.device}, "
-                         f"got {tuple(u.shape)} on {u.device}")
 
 
 LOGITS_TARGET_PROGRAMS = 2048  # GPU: vocab slices per row tile are chosen to launch about this many programs
@@ -488,18 +490,13 @@ def _logits_confidence_launch(logits, x0, conf, *, temperature, seed, offset, ba
     M, V = logits.shape
     if V < 1 or V >= 2 ** 31:
         raise ValueError(f"logits must have 1 <= V < 2^31 columns, got shape {tuple(logits.shape)}")
-    cfg = uncond_logits is not None
-    if cfg:
-        _check_uncond("uncond_logits", uncond_logits, "logits", logits)
-    sa = _sampling_args(V, temperature, seed, offset, banned_ids, no_confidence_ids)
-    nr_ptr, rid_ptr, rows_ce = _rows_args(M, logits.device, n_rows, row_ids, x0)
+    cfg, sa, nr_ptr, rid_ptr, rows_ce = _prepare(M, V, x0, "logits", logits, "uncond_logits", uncond_logits,
+                                                 n_rows, row_ids, temperature, seed, offset, banned_ids,
+                                                 no_confidence_ids)
+    interpret = is_interpreter()
+    c = dict(_logits_config(M, V, interpret, sa["constexprs"]["SAMPLE"]), **(config or {}))
     if M == 0:
         return x0, conf
-
-    interpret = is_interpreter()
-    c = dict(_logits_config(M, V, interpret, sa["constexprs"]["SAMPLE"]))
-    if config:
-        c.update(config)
     BM, BV = c["BLOCK_M"], c["BLOCK_V"]
     chunk = BV * c["TILES"]
     nvt = cdiv(V, chunk)

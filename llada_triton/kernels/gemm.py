@@ -65,6 +65,29 @@ def dot_step(a, w, acc, SWAP_AB: tl.constexpr, IEEE: tl.constexpr):
 
 
 @triton.jit
+def tile_offsets(M, BM: tl.constexpr, BN: tl.constexpr):
+    """``(pid_m, pid_n, offs_m, offs_n)`` of this program's output tile; m varies fastest, so programs sharing
+    a weight tile run together (L2)."""
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BM)
+    pid_m = pid % num_m
+    pid_n = pid // num_m
+    return pid_m, pid_n, pid_m * BM + tl.arange(0, BM), pid_n * BN + tl.arange(0, BN)
+
+
+@triton.jit
+def out_offsets(offs_m, offs_n, M, N, SWAP_AB: tl.constexpr):
+    """``(rows, cols, mask)`` of an output tile laid out ``[BM, BN]``, or ``[BN, BM]`` with ``SWAP_AB``."""
+    if SWAP_AB:
+        om = offs_m.to(tl.int64)[None, :]
+        on = offs_n[:, None]
+    else:
+        om = offs_m.to(tl.int64)[:, None]
+        on = offs_n[None, :]
+    return om, on, (om < M) & (on < N)
+
+
+@triton.jit
 def round_add_residual(acc, r_ptrs, mask, dt: tl.constexpr, HAS_RES: tl.constexpr):
     """The projection ``acc`` (fp32) rounded to ``dt``, then ``residual + y`` in fp32, rounded (torch's
     16-bit ``residual + F.linear(...)``)."""
@@ -95,13 +118,8 @@ def _linear_kernel(
     SPLIT: tl.constexpr,                 # True: write fp32 partials (reduced by _splitk_reduce_kernel)
     HAS_RES: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr, USE_GDC: tl.constexpr = False,
 ):
-    pid = tl.program_id(0)
+    pid_m, pid_n, offs_m, offs_n = tile_offsets(M, BM, BN)
     pid_k = tl.program_id(1)
-    num_m = tl.cdiv(M, BM)
-    pid_m = pid % num_m                  # m fastest: programs sharing a weight tile run together (L2)
-    pid_n = pid // num_m
-    offs_m = pid_m * BM + tl.arange(0, BM)
-    offs_n = pid_n * BN + tl.arange(0, BN)
     k_start = pid_k * K_PER_SPLIT
     k_len = tl.minimum(K - k_start, K_PER_SPLIT)   # K_PER_SPLIT % BK == 0: only the last split has a tail
     if USE_TMA:
@@ -123,13 +141,7 @@ def _linear_kernel(
         if not USE_TMA:
             a_ptrs += BK
             w_ptrs += BK
-    if SWAP_AB:
-        om = offs_m.to(tl.int64)[None, :]
-        on = offs_n[:, None]
-    else:
-        om = offs_m.to(tl.int64)[:, None]
-        on = offs_n[None, :]
-    mask = (om < M) & (on < N)
+    om, on, mask = out_offsets(offs_m, offs_n, M, N, SWAP_AB)
     if SPLIT:
         tl.store(p_ptr + (pid_k * M + om) * N + on, acc, mask=mask)
     else:

@@ -24,7 +24,8 @@ import triton.language as tl
 
 from llada_triton.kernels._common import (DTYPES, as_rows, cdiv, check_tensor, clamp_pow2, dot_flags, gdc_options,
                                           gdc_wait_and_release, is_interpreter, memo_config, next_pow2)
-from llada_triton.kernels.gemm import dot_step, launch_linear, load_k, mma, norm_target, tma_ok, tma_sources
+from llada_triton.kernels.gemm import (dot_step, launch_linear, load_k, mma, norm_target, out_offsets, tile_offsets,
+                                        tma_ok, tma_sources)
 
 __all__ = ["swiglu_mlp", "swiglu_mlp_rms_norm", "silu_mul"]
 
@@ -67,12 +68,7 @@ def _gate_up_silu_kernel(
                                          # [2, BN, BK] boxes; one [BM, 2 BN] dot a step, split in the epilogue
     X_TMA: tl.constexpr = True,          # ONE_DOT: x_src is a descriptor (else a pointer; rows past M wrap)
 ):
-    pid = tl.program_id(0)
-    num_m = tl.cdiv(M, BM)
-    pid_m = pid % num_m                  # m fastest: programs sharing a weight tile run together (L2)
-    pid_n = pid // num_m
-    offs_m = pid_m * BM + tl.arange(0, BM)
-    offs_n = pid_n * BN + tl.arange(0, BN)
+    pid_m, pid_n, offs_m, offs_n = tile_offsets(M, BM, BN)
     offs_k = tl.arange(0, BK)
     # pointer operands wrap out-of-range rows instead of masking them: loads stay unpredicated; stores are masked
     if USE_TMA:
@@ -119,13 +115,8 @@ def _gate_up_silu_kernel(
     # epilogue, mirroring the reference's roundings: gate, up, silu(gate), product -> x.dtype
     dt = a_ptr.dtype.element_ty
     act = _silu_times(acc_g.to(dt), acc_u.to(dt), dt)
-    if SWAP_AB:
-        a_ptrs = a_ptr + offs_m.to(tl.int64)[None, :] * stride_am + offs_n[:, None]
-        mask = (offs_m[None, :] < M) & (offs_n[:, None] < H)
-    else:
-        a_ptrs = a_ptr + offs_m.to(tl.int64)[:, None] * stride_am + offs_n[None, :]
-        mask = (offs_m[:, None] < M) & (offs_n[None, :] < H)
-    tl.store(a_ptrs, act, mask=mask)
+    om, on, mask = out_offsets(offs_m, offs_n, M, H, SWAP_AB)
+    tl.store(a_ptr + om * stride_am + on, act, mask=mask)
 
 
 # ---------------------------------------------------------------------------------------- launchers

@@ -22,6 +22,20 @@ __all__ = ["rms_norm"]
 
 # ------------------------------------------------------------------------------------------ kernels
 @triton.jit
+def _load_h(x_ptrs, r_ptrs, h_ptrs, mask, hdt: tl.constexpr, HAS_RES: tl.constexpr, STORE_H: tl.constexpr,
+            EVICT: tl.constexpr):
+    """``h = x (+ r)`` in fp32, the sum rounded to ``hdt`` as torch's 16-bit add (and stored if ``STORE_H``)."""
+    h = tl.load(x_ptrs, mask=mask, other=0.0, eviction_policy=EVICT).to(tl.float32)
+    if HAS_RES:
+        r = tl.load(r_ptrs, mask=mask, other=0.0, eviction_policy=EVICT).to(tl.float32)
+        hr = (h + r).to(hdt)
+        if STORE_H:
+            tl.store(h_ptrs, hr, mask=mask)
+        h = hr.to(tl.float32)
+    return h
+
+
+@triton.jit
 def _rms_norm_kernel(
     x_ptr, r_ptr, w_ptr, y_ptr, h_ptr,   # x, residual, h = x + residual: [R, N] (row strides); w [N]; y [R, N]
     R, N, eps,
@@ -39,12 +53,8 @@ def _rms_norm_kernel(
     ydt = y_ptr.dtype.element_ty
     if NUM_CHUNKS == 1:                  # the whole row stays in registers
         mask = rmask & (cols < N)
-        h = tl.load(x_ptr + rows * stride_x + cols, mask=mask, other=0.0, eviction_policy=EVICT).to(tl.float32)
-        if HAS_RES:
-            r = tl.load(r_ptr + rows * stride_r + cols, mask=mask, other=0.0, eviction_policy=EVICT).to(tl.float32)
-            hr = (h + r).to(hdt)
-            tl.store(h_ptr + rows * stride_h + cols, hr, mask=mask)
-            h = hr.to(tl.float32)
+        h = _load_h(x_ptr + rows * stride_x + cols, r_ptr + rows * stride_r + cols, h_ptr + rows * stride_h + cols,
+                    mask, hdt, HAS_RES, True, EVICT)
         rstd = tl.rsqrt(tl.sum(h * h, axis=1) / N + eps)[:, None]
         w = tl.load(w_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)
         y = (h * rstd).to(hdt).to(tl.float32) * w
@@ -54,21 +64,15 @@ def _rms_norm_kernel(
         for c in range(0, NUM_CHUNKS):
             cc = c * BLOCK_N + cols
             mask = rmask & (cc < N)
-            h = tl.load(x_ptr + rows * stride_x + cc, mask=mask, other=0.0).to(tl.float32)
-            if HAS_RES:
-                r = tl.load(r_ptr + rows * stride_r + cc, mask=mask, other=0.0).to(tl.float32)
-                hr = (h + r).to(hdt)
-                tl.store(h_ptr + rows * stride_h + cc, hr, mask=mask)
-                h = hr.to(tl.float32)
+            h = _load_h(x_ptr + rows * stride_x + cc, r_ptr + rows * stride_r + cc, h_ptr + rows * stride_h + cc,
+                        mask, hdt, HAS_RES, True, "")
             ss += h * h
         rstd = tl.rsqrt(tl.sum(ss, axis=1) / N + eps)[:, None]
         for c in range(0, NUM_CHUNKS):
             cc = c * BLOCK_N + cols
             mask = rmask & (cc < N)
-            h = tl.load(x_ptr + rows * stride_x + cc, mask=mask, other=0.0).to(tl.float32)
-            if HAS_RES:
-                r = tl.load(r_ptr + rows * stride_r + cc, mask=mask, other=0.0).to(tl.float32)
-                h = (h + r).to(hdt).to(tl.float32)
+            h = _load_h(x_ptr + rows * stride_x + cc, r_ptr + rows * stride_r + cc, h_ptr + rows * stride_h + cc,
+                        mask, hdt, HAS_RES, False, "")
             w = tl.load(w_ptr + cc, mask=cc < N, other=0.0).to(tl.float32)
             y = (h * rstd).to(hdt).to(tl.float32) * w
             tl.store(y_ptr + rows * stride_y + cc, y.to(ydt), mask=mask)

@@ -16,7 +16,7 @@ import triton.language as tl
 from llada_triton.kernels._common import (DTYPES, cdiv, check_tensor, gdc_options, gdc_wait_and_release,
                                           is_interpreter, memo_config, next_pow2)
 
-__all__ = ["rope", "rope_qk_", "qkv_rope_cache"]
+__all__ = ["rope", "qkv_rope_cache"]
 
 
 
@@ -202,36 +202,6 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, out: Optional
     if x.numel():
         _launch(x.unsqueeze(2), out.unsqueeze(2), cos, sin)
     return out
-
-
-def rope_qk_(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-    """Rotate ``q`` and ``k`` in place (one launch when both are views of one tensor with equal strides,
-    e.g. ``rope_qk_(qkv[:, :, 0], qkv[:, :, 1], cos, sin)`` on a fused ``[B, T, 3, H, D]`` projection).
-
-    q, k: ``[B, T, H, D]`` (the same shape, dtype fp16/bf16/fp32 and device; any strides; they must not
-    overlap); cos, sin: fp32 ``[T, D]``. Returns ``(q, k)``, rotated in place.
-    """
-    _check_x("q", q)
-    _check_x("k", k)
-    if q.shape != k.shape or q.dtype != k.dtype or q.device != k.device:
-        raise ValueError(f"q and k must match in shape, dtype and device: {tuple(q.shape)} {q.dtype} {q.device} "
-                         f"vs {tuple(k.shape)} {k.dtype} {k.device}")
-    _check_tables(q, cos, sin)
-    if q.numel() == 0:
-        return q, k
-    esize = q.element_size()
-    diff = k.data_ptr() - q.data_ptr()
-    same_storage = q.untyped_storage().data_ptr() == k.untyped_storage().data_ptr()
-    if same_storage and q.stride() == k.stride() and diff % esize == 0 and diff != 0:
-        # one launch over a [B, T, 2, H, D] view: group g at q + g * (k - q)
-        base = q if diff > 0 else k      # as_strided takes no negative strides: start at the lower address
-        sb, st, sh, sd = q.stride()
-        qk = base.as_strided((q.shape[0], q.shape[1], 2, q.shape[2], q.shape[3]), (sb, st, abs(diff) // esize, sh, sd))
-        _launch(qk, qk, cos, sin)
-    else:
-        _launch(q.unsqueeze(2), q.unsqueeze(2), cos, sin)
-        _launch(k.unsqueeze(2), k.unsqueeze(2), cos, sin)
-    return q, k
 
 
 def check_rope_args(qkv, cos_table, sin_table, start, k_cache, v_cache, n_heads, write_from):
