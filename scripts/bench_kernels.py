@@ -334,7 +334,7 @@ def build_cases(cfg, reg: Regime, ctx) -> List[Case]:
 
     # ---- head_confidence at temperature 0: rows = B * block
     def k_head():
-        from llada_triton.kernels.remask import head_confidence
+        from llada_triton.kernels import head_confidence
         return head_confidence
 
     head_w = {}
@@ -359,7 +359,7 @@ def build_cases(cfg, reg: Regime, ctx) -> List[Case]:
 
     # ---- logits_confidence at temperature 0: the block's logits rows = B * block
     def k_logits():
-        from llada_triton.kernels.remask import logits_confidence
+        from llada_triton.kernels import logits_confidence
         return logits_confidence
 
     def official_conf(lg):
@@ -384,7 +384,7 @@ def build_cases(cfg, reg: Regime, ctx) -> List[Case]:
 
     # ---- select_transfer, top-k rule (LLaDA's schedule): B rows of one block
     def k_select():
-        from llada_triton.kernels.remask import select_transfer
+        from llada_triton.kernels import select_transfer
         return select_transfer
 
     for B in reg.batches:

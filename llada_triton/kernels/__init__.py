@@ -17,16 +17,16 @@ __all__ = [
     "rope",
     "swiglu_mlp",
     "swiglu_mlp_rms_norm",
-    "linear",
     "linear_rms_norm",
     "silu_mul",
     "qkv_proj_rope",
-    "qkv_rope_cache",
     "head_confidence",
     "logits_confidence",
     "select_transfer",
     "select_commit",
     "commit_step",
+    "linear",
+    "qkv_rope_cache",
     "reference",
 ]
 
