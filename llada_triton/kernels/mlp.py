@@ -243,8 +243,8 @@ def swiglu_mlp(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor,
     Two launches (three when the down projection is split over K): the ``[M, 2h]`` gate-up product is
     never written, only the ``[M, h]`` activation. Deterministic. Returns ``[..., d]`` in ``x.dtype``.
     See :func:`llada_triton.kernels.reference.swiglu_mlp_ref` for the numerics. Faster than cuBLAS +
-    :func:`silu_mul` at decode sizes (up to 64 rows, where ``llada_triton.models`` uses it); above that it
-    stays a complete public kernel for callers who want one deterministic fused launch pair.
+    :func:`silu_mul` at decode sizes (up to 64 rows, where the LLaDA model uses it); above that it stays a
+    complete public kernel for callers who want one deterministic fused launch pair.
     """
     return _mlp(x, w_gate_up, w_down, residual, out)[0]
 
