@@ -710,15 +710,15 @@ def _f(v, nd=1):
     return "" if v in ("", None) else f"{float(v):.{nd}f}"
 
 
+def _uniq(rows, *keys):
+    """The distinct values (tuples for several keys) of ``keys`` over ``rows``, in order of appearance."""
+    return list(dict.fromkeys(r[keys[0]] if len(keys) == 1 else tuple(r[k] for k in keys) for r in rows))
+
+
 def headline(rows) -> List[dict]:
     """Per (op, shape, timing): triton against the fastest other provider timed the same way."""
     out = []
-    keys = []
-    for r in rows:
-        k = (r["op"], r["shape"], r["timing"])
-        if k not in keys:
-            keys.append(k)
-    for k in keys:
+    for k in _uniq(rows, "op", "shape", "timing"):
         grp = [r for r in rows if (r["op"], r["shape"], r["timing"]) == k and r["p50_us"] not in ("", None)]
         tri = [r for r in grp if r["kind"] == "triton"]
         oth = [r for r in grp if r["kind"] not in ("triton", "yardstick")]
@@ -753,7 +753,7 @@ def render(csv_path: str, md_path: Optional[str] = None, png_path: Optional[str]
              f"(launch overhead included); `graph`: CUDA-graph replays of >= 32 calls rotating over up to 32 input "
              f"sets (KV caches and large activations cold in L2; weights are larger than L2), what a captured "
              f"decode step sees. Times are p50 in us; p20/p80 in the CSV. Bytes and FLOPs by formula "
-             f"(scripts/bench_kernels.py, `*_cost`); the copy reference moves as many bytes written as read, so "
+             f"(scripts/bench_kernels.py, `*_cost`); the roofline's copy moves as many bytes written as read, so "
              f"read-dominated kernels can pass 100%.", "",
              "Providers (`-graph`: the same call timed under a CUDA graph): "
              + "; ".join(f"`{k}` {v}" for k, v in PROVIDERS.items() if any(r["provider"] == k for r in rows)) + ".",
@@ -765,38 +765,22 @@ def render(csv_path: str, md_path: Optional[str] = None, png_path: Optional[str]
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     hl = headline(rows)
     by = {(h["op"], h["shape"], h["timing"]): h for h in hl}
-    seen = []
-    for h in hl:
-        if (h["op"], h["shape"]) in seen:
-            continue
-        seen.append((h["op"], h["shape"]))
-        g = by.get((h["op"], h["shape"], "cuda-graph"), {})
-        e = by.get((h["op"], h["shape"], "do_bench"), {})
+    for op, shape in _uniq(hl, "op", "shape"):
+        g, e = by.get((op, shape, "cuda-graph"), {}), by.get((op, shape, "do_bench"), {})
+        h = g or e
         lines.append(
-            f"| {h['op']} | {h['shape']} | {h['bound']} | {_f(h['roofline_us'], 2)} | {_f(g.get('triton_us'))} | "
+            f"| {op} | {shape} | {h['bound']} | {_f(h['roofline_us'], 2)} | {_f(g.get('triton_us'))} | "
             f"{_f(g.get('pct'))} | {_f(g.get('copy_us'))} | {g.get('best', '')} | {_f(g.get('best_us'))} | "
             f"{_f(g.get('speedup'), 2)}{'x' if g.get('speedup') else ''} | {_f(e.get('triton_us'))} | "
             f"{e.get('best', '')} | {_f(e.get('best_us'))} | {_f(e.get('speedup'), 2)}{'x' if e.get('speedup') else ''} |")
     lines += ["", "speedup = best other p50 / triton p50 (> 1: triton is faster).", ""]
-    wall = {}
-    for r in rows:
-        wall[r["op"]] = wall.get(r["op"], 0.0) + float(r["bench_s"] or 0)
+    wall = {op: sum(float(r["bench_s"] or 0) for r in rows if r["op"] == op) for op in _uniq(rows, "op")}
     lines += ["Benchmark wall time per op (compiles included): "
               + ", ".join(f"{op} {s:.0f} s" for op, s in wall.items()) + f"; total {sum(wall.values()):.0f} s.", ""]
-    ops = []
-    for r in rows:
-        if r["op"] not in ops:
-            ops.append(r["op"])
+    ops = _uniq(rows, "op")
     for op in ops:
         orows = [r for r in rows if r["op"] == op]
-        provs = []
-        for r in orows:
-            if r["provider"] not in provs:
-                provs.append(r["provider"])
-        shapes = []
-        for r in orows:
-            if r["shape"] not in shapes:
-                shapes.append(r["shape"])
+        provs, shapes = _uniq(orows, "provider"), _uniq(orows, "shape")
         cell = {(r["shape"], r["provider"]): r for r in orows}
         lines += [f"## {op}", "", "p50 us (% of roofline)", "",
                   "| shape | MB | GFLOP | roofline us | " + " | ".join(provs) + " |",
@@ -869,16 +853,9 @@ def _plot(rows, ops, png_path):
     cmap = plt.get_cmap("tab10")
     for ax, op in zip(axes.flat, ops):
         orows = [r for r in rows if r["op"] == op]
-        shapes = []
-        for r in orows:
-            if r["shape"] not in shapes:
-                shapes.append(r["shape"])
+        shapes = _uniq(orows, "shape")
         x = {s: i for i, s in enumerate(shapes)}
-        provs = []
-        for r in orows:
-            if r["provider"] not in provs:
-                provs.append(r["provider"])
-        for p in provs:
+        for p in _uniq(orows, "provider"):
             pr = [r for r in orows if r["provider"] == p and r["p50_us"] != ""]
             if not pr:
                 continue
@@ -890,9 +867,7 @@ def _plot(rows, ops, png_path):
             hi = [max(0.0, float(r["p80_us"]) - y) for y, r in zip(ys, pr)]
             ax.errorbar(xs, ys, yerr=[lo, hi], color=colors[base], marker="o" if p == base else "s",
                         linestyle="-" if p == base else "--", markersize=3, linewidth=1, capsize=2, label=p)
-        roof = {}
-        for r in orows:
-            roof[r["shape"]] = float(r["roofline_us"])
+        roof = {r["shape"]: float(r["roofline_us"]) for r in orows}
         times = [float(r["p20_us"]) for r in orows if r["p20_us"] != ""]
         floor = min(times) / 10 if times else 0.0  # a roofline far below every time would squash the axis
         ax.plot(range(len(shapes)), [roof[s] if roof[s] >= floor else float("nan") for s in shapes], color="black",
