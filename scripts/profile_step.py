@@ -7,7 +7,7 @@ the profiled steps (the rest is idle: launch gaps, host stalls), and writes a Ch
 profiles CUDA-graph replays (as the benchmark runs) instead of eager steps, and first times the same steps
 without the profiler.
 
-    python scripts/profile_step.py --policy block --batch 1 --trace results/step_trace.json
+    python scripts/profile_step.py --policy block --batch 1 --trace /tmp/step_trace.json
     python scripts/profile_step.py --policy none --batch 1 --graphs
 """
 from __future__ import annotations
