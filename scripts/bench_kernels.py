@@ -12,10 +12,13 @@ length); nothing about the model is typed here. Ops (rows = B * block) and provi
   swiglu_mlp_rms_norm  rows                      torch, torch-compile, triton, cublas+silu_mul (+ F.rms_norm)
   rms_norm(+residual)  rows                      torch, torch-compile, triton, F.rms_norm
   rope                 q of a fused qkv (view)   torch, torch-compile, triton
-  head_confidence      rows; T = 0, T = 1, CFG   torch, torch-compile, triton, cublas-matmul (the logits alone)
+  head_confidence      rows, T = 0               torch, torch-compile, triton, cublas-matmul (the logits alone)
+  head_confidence+T1   rows, T = 1 (sampled)     torch, triton, cublas-matmul (outputs not compared)
+  head_confidence+cfg  rows, CFG scale 1         torch, torch-compile, triton, cublas-matmul
   logits_confidence    rows, T = 0               torch, torch-compile, triton, torch-official (fp64 softmax),
                                                  torch-official-bf16 (softmax in the logits dtype)
-  select_transfer      B x block; top-k, threshold and factor rules   torch, torch-compile, triton
+  select_transfer      B x block, top-k rule     torch, torch-compile, triton
+  select_transfer+threshold, select_transfer+factor: the other two rules, same providers
 
 Yardsticks (kind ``yardstick``, never the "best other provider" of the headline): ``copy`` for the
 memory-bound ops (norms, RoPE), a ``Tensor.copy_`` of half the op's bytes (read once, written once: what the
@@ -36,7 +39,7 @@ weights once per call); % of roofline = max(bytes / copy bandwidth, FLOPs / matm
 other provider), with a time budget; a compile that fails or is skipped is a row with the error.
 
     python scripts/bench_kernels.py --out results/kernels                     # every op, B 1,8,32, KV 128,1024,4096
-    python scripts/bench_kernels.py --batches 1,32 --kv-lens 384 --no-compile --out /tmp/k   # quick decode A/B
+    python scripts/bench_kernels.py --ops decode --batches 1,32 --kv-lens 384 --no-compile --out /tmp/k  # quick A/B
     python scripts/bench_kernels.py --render results/kernels/kernels_x.csv    # md + png, CPU
     python scripts/bench_kernels.py --dry-run --out /tmp/bk   # tiny, CPU, TRITON_INTERPRET=1: checks the script
 """
@@ -63,7 +66,10 @@ from provenance import environment  # noqa: E402
 
 QUANTILES = (0.5, 0.2, 0.8)
 OPS = ("block_attention", "qkv_proj_rope", "linear_rms_norm", "swiglu_mlp", "swiglu_mlp_rms_norm", "rms_norm",
-       "rms_norm+residual", "rope", "head_confidence", "logits_confidence", "select_transfer")
+       "rms_norm+residual", "rope", "head_confidence", "head_confidence+T1", "head_confidence+cfg",
+       "logits_confidence", "select_transfer", "select_transfer+threshold", "select_transfer+factor")
+DECODE_OPS = ("block_attention", "qkv_proj_rope", "linear_rms_norm", "swiglu_mlp", "swiglu_mlp_rms_norm",
+              "rms_norm+residual", "head_confidence", "select_transfer")  # what a decode step runs (--ops decode)
 FIELDS = ["op", "provider", "kind", "timing", "shape", "batch", "rows", "kv_len", "dtype",
           "p50_us", "p20_us", "p80_us", "bytes", "flops", "gbps", "tflops", "roofline_us", "pct_roofline", "bound",
           "check", "error", "note", "n_sets", "bench_s", "extra_mib",
@@ -353,23 +359,23 @@ def build_cases(cfg, reg: Regime, ctx) -> List[Case]:
             _with_copy(c, dev, dt, g, es)
 
     # ---- head_confidence: rows = B * block, at temperature 0, 1 (sampled: outputs not compared) and with CFG
-    for variant, kw in (("", {}), ("-T1", dict(temperature=1.0)), ("-cfg", dict(cfg_scale=1.0))):
+    for variant, kw in (("", {}), ("+T1", dict(temperature=1.0)), ("+cfg", dict(cfg_scale=1.0))):
         for B in reg.batches:
             M = B * T
-            two = variant == "-cfg"
+            two = variant == "+cfg"
             kk = dict(kw, **({"seed": 1, "offset": 2} if kw.get("temperature") else {}))  # the kernel's RNG
 
             def call(fn, sh, s, kw=kw):
                 return fn(s[0], sh, **kw, **(dict(uncond_hidden=s[1]) if len(s) > 1 else {}))
 
-            c = case("head_confidence", f"B{B}-M{M}-V{V}-d{d}{variant}", B, M, 0, head_cost(M, V, d, es, two),
+            c = case("head_confidence" + variant, f"B{B}-M{M}-V{V}-d{d}", B, M, 0, head_cost(M, V, d, es, two),
                      (2 if two else 1) * M * d * es,
                      lambda n, M=M, two=two: (head_w(), [tuple(rn(M, d) for _ in range(1 + two)) for _ in range(n)]),
                      _standard(ctx, "head_confidence", ref.head_confidence_ref, kern("head_confidence"), call,
                                lambda fn, sh, s, kk=kk, call=call: call(fn, sh, s, kk)),
-                     out_of=(lambda out: None) if variant == "-T1" else _first)
+                     out_of=(lambda out: None) if variant == "+T1" else _first)
             c.providers["cublas-matmul"] = ("yardstick", lambda sh, s: F.linear(s[0], sh))
-            if variant == "-T1":  # the reference's fp64 noise does not trace (torch.rand); nothing to compare
+            if variant == "+T1":  # the reference's fp64 noise does not trace (torch.rand); nothing to compare
                 c.providers.pop("torch-compile")
 
     # ---- logits_confidence at temperature 0: the block's logits rows = B * block
@@ -400,7 +406,7 @@ def build_cases(cfg, reg: Regime, ctx) -> List[Case]:
                             torch.rand(B, T, device=dev, generator=g) > 0.3, rule_kw)
                 return None, [one() for _ in range(n)]
 
-            case("select_transfer", f"B{B}-L{T}-{rule}", B, B, 0, select_cost(B, T), select_cost(B, T)[0], make,
+            case("select_transfer" + ("" if rule == "topk" else "+" + rule), f"B{B}-L{T}", B, B, 0, select_cost(B, T), select_cost(B, T)[0], make,
                  _standard(ctx, f"select_transfer-{rule}", ref.select_transfer_ref, kern("select_transfer"),
                            lambda fn, sh, s: fn(s[0], s[1], **s[2])))
     return cases
@@ -909,7 +915,8 @@ def parse_args(argv=None):
     ap.add_argument("--sha", default=None, help="git sha to record (the GPU copy of the repo has no .git)")
     ap.add_argument("--render", metavar="CSV", help="only render CSV to markdown + PNG beside it (CPU), then exit")
     ap.add_argument("--dry-run", action="store_true", help="tiny config on the CPU under TRITON_INTERPRET=1")
-    ap.add_argument("--ops", default=",".join(OPS), help="comma-separated subset of " + ",".join(OPS))
+    ap.add_argument("--ops", default=",".join(OPS),
+                    help="comma-separated subset of " + ",".join(OPS) + "; 'decode': " + ",".join(DECODE_OPS))
     ap.add_argument("--batches", default=None, help="default 1,8,32 (dry run 1,2)")
     ap.add_argument("--block", type=int, default=None, help="block length, default 32 (dry run 8)")
     ap.add_argument("--kv-lens", default=None, help="default 128,1024,4096 (dry run 16)")
@@ -936,7 +943,7 @@ def cli(argv=None):
         dflt = DRY_REGIME if a.dry_run else Regime()
         reg = Regime(batches=ints(a.batches) if a.batches else dflt.batches, block=a.block or dflt.block,
                      kv_lens=ints(a.kv_lens) if a.kv_lens else dflt.kv_lens)
-    return main(a.out, sha=a.sha, dry_run=a.dry_run, ops=tuple(a.ops.split(",")), regime=reg, budget_s=a.budget_s,
+    return main(a.out, sha=a.sha, dry_run=a.dry_run, ops=DECODE_OPS if a.ops == "decode" else tuple(a.ops.split(",")), regime=reg, budget_s=a.budget_s,
                 warmup_ms=a.warmup_ms, rep_ms=a.rep_ms, graph_samples=a.graph_samples, graph_calls=a.graph_calls,
                 compile_backend=a.compile_backend, compile_mode=a.compile_mode, no_compile=a.no_compile,
                 render_too=not a.no_render)
