@@ -242,7 +242,8 @@ def build_cases(cfg, reg: Regime, ctx) -> List[Case]:
         cases.append(Case(op, shape, B, rows, kv, cost[0], cost[1], set_bytes, make, providers, out_of))
         return cases[-1]
 
-    kern = lambda name: (lambda: once("kernel " + name, lambda: getattr(kernels, name)))  # noqa: E731  (triton imported late)
+    # a kernel is looked up on first call (that imports triton), then memoised
+    kern = lambda name: (lambda: once("kernel " + name, lambda: getattr(kernels, name)))  # noqa: E731
     norm_w = lambda: once("norm", lambda: (1 + 0.1 * torch.randn(d, device=dev, generator=g)).to(dt))  # noqa: E731
     mlp_w = lambda: once("mlp", lambda: (rn(2 * h, d, scale=d ** -0.5), rn(d, h, scale=h ** -0.5)))  # noqa: E731
     head_w = lambda: once("head", lambda: rn(V, d, scale=d ** -0.5))  # noqa: E731
@@ -256,7 +257,8 @@ def build_cases(cfg, reg: Regime, ctx) -> List[Case]:
     def sdpa_flash(q, k, v):
         from torch.nn.attention import SDPBackend, sdpa_kernel
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-            return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+            o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return o.transpose(1, 2)
 
     for B in reg.batches:
         for kv in reg.kv_lens:
@@ -406,7 +408,8 @@ def build_cases(cfg, reg: Regime, ctx) -> List[Case]:
                             torch.rand(B, T, device=dev, generator=g) > 0.3, rule_kw)
                 return None, [one() for _ in range(n)]
 
-            case("select_transfer" + ("" if rule == "topk" else "+" + rule), f"B{B}-L{T}", B, B, 0, select_cost(B, T), select_cost(B, T)[0], make,
+            op = "select_transfer" + ("" if rule == "topk" else "+" + rule)
+            case(op, f"B{B}-L{T}", B, B, 0, select_cost(B, T), select_cost(B, T)[0], make,
                  _standard(ctx, f"select_transfer-{rule}", ref.select_transfer_ref, kern("select_transfer"),
                            lambda fn, sh, s: fn(s[0], s[1], **s[2])))
     return cases
@@ -943,7 +946,8 @@ def cli(argv=None):
         dflt = DRY_REGIME if a.dry_run else Regime()
         reg = Regime(batches=ints(a.batches) if a.batches else dflt.batches, block=a.block or dflt.block,
                      kv_lens=ints(a.kv_lens) if a.kv_lens else dflt.kv_lens)
-    return main(a.out, sha=a.sha, dry_run=a.dry_run, ops=DECODE_OPS if a.ops == "decode" else tuple(a.ops.split(",")), regime=reg, budget_s=a.budget_s,
+    ops = DECODE_OPS if a.ops == "decode" else tuple(a.ops.split(","))
+    return main(a.out, sha=a.sha, dry_run=a.dry_run, ops=ops, regime=reg, budget_s=a.budget_s,
                 warmup_ms=a.warmup_ms, rep_ms=a.rep_ms, graph_samples=a.graph_samples, graph_calls=a.graph_calls,
                 compile_backend=a.compile_backend, compile_mode=a.compile_mode, no_compile=a.no_compile,
                 render_too=not a.no_render)

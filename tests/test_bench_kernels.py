@@ -63,7 +63,8 @@ def test_dry_run_rows(dry_csv):
                 assert r["check"] == "", r
                 continue
             c = r["check"].split()
-            assert (c[0] == "maxdiff" and float(c[1]) < 1e-4) or (c[0] == "equal" and c[1].split("/")[0] == c[1].split("/")[1]), r
+            equal = c[0] == "equal" and c[1].split("/")[0] == c[1].split("/")[1]
+            assert (c[0] == "maxdiff" and float(c[1]) < 1e-4) or equal, r
 
 
 def test_render(dry_csv, tmp_path):
