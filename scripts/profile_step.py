@@ -39,6 +39,7 @@ def main(argv=None):
     from torch.profiler import ProfilerActivity, profile
 
     from _bench import llada_8b, timed_window
+    from provenance import environment
     from llada_triton.decode import Workspace, generate_stream
     from llada_triton.models import init_params, triton_ops
 
@@ -85,7 +86,7 @@ def main(argv=None):
     busy, span = _busy(spans)
     print(f"policy {args.policy} batch {args.batch} ({'graphs' if args.graphs else 'eager'}): GPU kernel time "
           f"{total / n / 1e3:.3f} ms per step, GPU busy {busy / n / 1e3:.3f} ms of a {span / n / 1e3:.3f} ms span "
-          f"per step ({torch.cuda.get_device_name()}); unprofiled: {wall * 1e3:.3f} ms per step")
+          f"per step ({environment()}); unprofiled: {wall * 1e3:.3f} ms per step")
     for name, t in sorted(per_kernel.items(), key=lambda kv: -kv[1])[:args.top]:
         print(f"{t / n:10.1f} us/step  {count[name] / n:6.1f} calls/step  {name[:110]}")
     if args.trace:
