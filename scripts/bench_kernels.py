@@ -5,6 +5,8 @@ Shapes come from the LLaDA-8B config (scripts/_bench.py) and the decode regime (
 length); nothing about the model is typed here. Ops (rows = B * block) and providers:
 
   block_attention      B x KV grid, Tq = block   torch (reference), torch-compile, triton, sdpa-flash, flex-attention
+  block_attention+key_end  the same KV lengths in a cache of the largest one, the limit in a device key_end (the
+                       graphed decode step's form)   torch, torch-compile, triton
   qkv_proj_rope        B x block tokens          torch, torch-compile, triton (QKV GEMM + RoPE + K/V into the cache)
   linear_rms_norm      rows                      torch, torch-compile, triton, cublas (addmm + F.rms_norm)
   swiglu_mlp           rows (+residual)          torch, torch-compile, triton, cublas (addmm epilogue + torch SiLU),
@@ -39,7 +41,7 @@ weights once per call); % of roofline = max(bytes / copy bandwidth, FLOPs / matm
 other provider), with a time budget; a compile that fails or is skipped is a row with the error.
 
     python scripts/bench_kernels.py --out results/kernels                     # every op, B 1,8,32, KV 128,1024,4096
-    python scripts/bench_kernels.py --ops decode --batches 1,32 --kv-lens 384 --no-compile --out /tmp/k  # quick A/B
+    python scripts/bench_kernels.py --ops decode --batches 1,32 --kv-lens 256,384 --no-compile --out /tmp/k  # A/B
     python scripts/bench_kernels.py --render results/kernels/kernels_x.csv    # md + png, CPU
     python scripts/bench_kernels.py --dry-run --out /tmp/bk   # tiny, CPU, TRITON_INTERPRET=1: checks the script
 """
@@ -65,10 +67,10 @@ from _bench import graph_time_us, llada_8b, measure_roofline  # noqa: E402  (no 
 from provenance import environment  # noqa: E402
 
 QUANTILES = (0.5, 0.2, 0.8)
-OPS = ("block_attention", "qkv_proj_rope", "linear_rms_norm", "swiglu_mlp", "swiglu_mlp_rms_norm", "rms_norm",
+OPS = ("block_attention", "block_attention+key_end", "qkv_proj_rope", "linear_rms_norm", "swiglu_mlp", "swiglu_mlp_rms_norm", "rms_norm",
        "rms_norm+residual", "rope", "head_confidence", "head_confidence+T1", "head_confidence+cfg",
        "logits_confidence", "select_transfer", "select_transfer+threshold", "select_transfer+factor")
-DECODE_OPS = ("block_attention", "qkv_proj_rope", "linear_rms_norm", "swiglu_mlp", "swiglu_mlp_rms_norm",
+DECODE_OPS = ("block_attention", "block_attention+key_end", "qkv_proj_rope", "linear_rms_norm", "swiglu_mlp", "swiglu_mlp_rms_norm",
               "rms_norm+residual", "head_confidence", "select_transfer")  # what a decode step runs (--ops decode)
 FIELDS = ["op", "provider", "kind", "timing", "shape", "batch", "rows", "kv_len", "dtype",
           "p50_us", "p20_us", "p80_us", "bytes", "flops", "gbps", "tflops", "roofline_us", "pct_roofline", "bound",
@@ -272,6 +274,19 @@ def build_cases(cfg, reg: Regime, ctx) -> List[Case]:
             c.providers["flex-attention"] = ("compile", lambda sh, s: flex(*s))
             if ctx.dry_run:  # the CPU has no flash backend
                 c.providers.pop("sdpa-flash")
+
+    # ---- the form a CUDA-graphed decode step calls: kv_len = the cache's T_max slots (the largest KV length),
+    # the real limit kv in a device key_end
+    t_max = max(reg.kv_lens)
+    for B in reg.batches:
+        for kv in reg.kv_lens:
+            case("block_attention+key_end", f"B{B}-Tq{T}-KV{kv}-Tmax{t_max}-H{H}-D{D}", B, B * T, kv,
+                 attention_cost(B, T, kv, H, Hkv, D, es), attention_cost(B, T, t_max, H, Hkv, D, es)[0],
+                 lambda n, B=B, kv=kv: (torch.full((T,), kv, dtype=torch.int32, device=dev),
+                                        [(rn(B, T, H, D), rn(B, t_max, Hkv, D), rn(B, t_max, Hkv, D))
+                                         for _ in range(n)]),
+                 _standard(ctx, "block_attention+key_end", ref.block_attention_ref, kern("block_attention"),
+                           lambda fn, key_end, s: fn(s[0], s[1], s[2], t_max, None, key_end)))
 
     # ---- qkv_proj_rope: x [B, T, d] -> q, and rotated K / V into a cache at slots [T, 2T) (the cost does not
     # depend on the position, so the cache holds 2T slots)

@@ -40,7 +40,7 @@ def test_dry_run_rows(dry_csv):
     assert [r for r in rows if r["error"]] == []
     assert {r["op"] for r in rows} == set(bk.OPS)
     reg = bk.DRY_REGIME
-    n_shapes = {"block_attention": len(reg.batches) * len(reg.kv_lens)}
+    n_shapes = {op: len(reg.batches) * len(reg.kv_lens) for op in ("block_attention", "block_attention+key_end")}
     for op in bk.OPS:
         orows = [r for r in rows if r["op"] == op]
         provs = {r["provider"] for r in orows}
@@ -101,7 +101,7 @@ def test_shapes_from_8b_config():
     ctx = bk.Ctx(False, "cpu", torch.bfloat16, torch.Generator().manual_seed(0), "eager", "default")
     cases = bk.build_cases(cfg, bk.Regime(), ctx)  # inputs are made lazily: nothing of 8B size is allocated
     count = {op: sum(c.op == op for c in cases) for op in bk.OPS}
-    assert count == {op: 9 if op == "block_attention" else 3 for op in bk.OPS}
+    assert count == {op: 9 if op.startswith("block_attention") else 3 for op in bk.OPS}
     assert set(bk.DECODE_OPS) <= set(bk.OPS)
     by = {(c.op, c.shape): c for c in cases}
     att = by[("block_attention", "B32-Tq32-KV4096-H32-D128")]
@@ -123,6 +123,8 @@ def test_shapes_from_8b_config():
         by[("swiglu_mlp_rms_norm", "B1-M32-d4096-h12288")].providers)
     assert {"torch", "torch-compile", "triton", "copy"} == set(by[("rope", "B1-T32-H32-D128")].providers)
     assert {"sdpa-flash", "flex-attention", "triton", "torch", "torch-compile"} == set(att.providers)
+    graphed = by[("block_attention+key_end", "B32-Tq32-KV1024-Tmax4096-H32-D128")]
+    assert graphed.nbytes == 2 * (2 * 32 * 1024 * 32 * 128 + 2 * 32 * 32 * 32 * 128) and graphed.kv_len == 1024
     assert {"torch", "torch-compile", "triton", "F.rms_norm", "copy"} == set(by[("rms_norm", "B1-R32-d4096")].providers)
     assert {"cublas", "cublas+silu_mul", "triton", "torch", "torch-compile"} == set(mlp.providers)
     lg = by[("logits_confidence", "B32-M1024-V126464")]
