@@ -33,7 +33,7 @@ before each call (provider ``NAME``), and replays of a CUDA graph holding >= 32 
 weights are shared and larger than L2 anyway (provider ``NAME-graph``; one replay per sample, 10 samples,
 taken round-robin over the case's providers so that a drift of the GPU's clocks falls on all of them alike).
 Decode kernels are launch-bound, so the graph numbers are what a captured decode step sees. ``extra_mib``:
-the memory the first call allocates (its output included).
+the memory one call allocates, its output included (a call after the first, so compiles do not count).
 
 Bytes and FLOPs are counted by formula (``*_cost`` below: every input read once, every output written once,
 weights once per call); % of roofline = max(bytes / copy bandwidth, FLOPs / matmul peak) / p50, against a
