@@ -11,13 +11,13 @@ count once the capture has freed them). The steps after block 1's first are time
 after a warm-up over the same steps (graph capture excluded); tokens/s assumes one committed token per step,
 as configured.
 
-    python scripts/bench_decode.py --out results/bench_decode.csv            # full sweep
-    python scripts/bench_decode.py --policies block --batches 1 --shapes 128x256
-    python scripts/bench_decode.py --model dream-7b --out results/bench_decode_dream.csv
+    python scripts/bench_decode.py --out results/bench_decode/decode.csv      # full sweep; decode.md beside it
+    python scripts/bench_decode.py --policies block --batches 1,32 --shapes 128x256 --no-reference --out /tmp/b.csv
+    python scripts/bench_decode.py --model dream-7b --out results/bench_decode/decode_dream.csv
 
-Dream-7B (Qwen2.5-7B layout: GQA 28/4, q/k/v biases, vocabulary 152,064) decodes with its logit shift, the
-negative-entropy confidence of Fast-dLLM's Dream caches and, for prefix / dual, the block-start commit; one
-token per step as for LLaDA.
+Dream-7B decodes with its logit shift (the head reads rows i - 1), the negative-entropy confidence of Fast-dLLM's
+Dream caches (Triton: the streamed Dream head) and, for prefix / dual, the block-start commit; one token per step
+as for LLaDA.
 """
 from __future__ import annotations
 
@@ -26,38 +26,14 @@ import csv
 import gc
 import os
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+for _p in (ROOT, os.path.join(ROOT, "scripts")):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
 
-LLADA_8B = dict(d_model=4096, n_heads=32, n_kv_heads=32, n_layers=32, mlp_hidden_size=12288, vocab_size=126464,
-                max_sequence_length=4096, rope_theta=500000.0, mask_token_id=126336, eos_token_id=126081,
-                pad_token_id=126081, bos_token_id=126080, eot_token_id=126348)
-
-
-DREAM_7B = dict(d_model=3584, n_heads=28, n_kv_heads=4, n_layers=28, mlp_hidden_size=18944, vocab_size=152064,
-                tokenizer_vocab_size=152064, max_sequence_length=131072, rope_theta=1e6, rms_norm_eps=1e-6,
-                mask_token_id=151666, eos_token_id=151643, pad_token_id=151643, bos_token_id=151643,
-                eot_token_id=151645)
-MODELS = {"llada-8b": ("LLaDAConfig", LLADA_8B, "LLaDA-8B"), "dream-7b": ("DreamConfig", DREAM_7B, "Dream-7B")}
-
-
-def decode_options(cfg, policy: str) -> dict:
-    """The family's decoding options beside the shared ones (Dream: entropy confidence, block-start commit)."""
-    if cfg.family != "dream":
-        return {}
-    return dict(remasking="entropy", refresh_commits_first=policy in ("prefix", "dual"))
-
-
-def env_info(sha=None):
-    import torch
-    import triton
-
-    if not sha:
-        from provenance import git_sha
-        sha = git_sha()
-    return dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__, sha=sha)
+from _bench import MODELS, measure_roofline, timed_window  # noqa: E402
+from provenance import environment  # noqa: E402
 
 
 def render(csv_path, md_path=None):
@@ -67,7 +43,7 @@ def render(csv_path, md_path=None):
     if not rows:
         raise SystemExit(f"{csv_path} has no rows")
     r0 = rows[0]
-    model = MODELS[r0.get("model") or "llada-8b"][2]
+    model = MODELS[r0.get("model") or "llada-8b"][1]
     lines = [f"# Decode speed, {model} shape (random bf16 weights)", "",
              f"{r0['gpu']}, torch {r0['torch']}, triton {r0['triton']}, git {r0['sha']}; measured copy bandwidth "
              f"{r0['copy_tbps']} TB/s, bf16 matmul {r0['matmul_tflops']} TFLOP/s. One token per step per row, "
@@ -92,23 +68,6 @@ def render(csv_path, md_path=None):
     return text
 
 
-def measure_roofline():
-    """Device-to-device copy bandwidth (bytes read + written per s) and bf16 matmul FLOP/s."""
-    import torch
-    from triton.testing import do_bench
-
-    n = 1 << 30
-    a = torch.empty(n, dtype=torch.uint8, device="cuda")
-    b = torch.empty_like(a)
-    ms = do_bench(lambda: b.copy_(a), warmup=10, rep=50)
-    bw = 2 * n / (ms * 1e-3)
-    x = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    ms = do_bench(lambda: x @ x, warmup=10, rep=50)
-    flops = 2 * 8192 ** 3 / (ms * 1e-3)
-    del a, b, x
-    return bw, flops
-
-
 def step_floor(cfg, policy, B, P, G, Lb, bw, flops):
     """Floor of one steady step: weights + KV bytes over bandwidth vs FLOPs over peak (seconds)."""
     d, h, V, nl = cfg.d_model, cfg.mlp_hidden_size, cfg.vocab_size, cfg.n_layers
@@ -123,37 +82,11 @@ def step_floor(cfg, policy, B, P, G, Lb, bw, flops):
     return max(mem / bw, fl / flops)
 
 
-def timed_window(stream, n_steps, sync, clock=time.perf_counter):
-    """``(seconds, steps, nfe)`` for the steps of ``stream`` (a :func:`llada_triton.decode.generate_stream`) that follow block 1's
-    first step, through the end of the block in which the ``n_steps``-th of them falls (``n_steps <= 0``, or
-    fewer steps in the stream: all of them). ``nfe`` is the number of forwards those steps spent, read from the
-    driver's device counter (the events' ``nfe``; the most over the rows) once the clock has stopped.
-
-    A step's work is enqueued before its event is yielded (with CUDA graphs and a fixed schedule, a block's
-    later steps are enqueued together, before the first of their events); ``sync`` waits for the enqueued
-    work. The clock starts once block 1's first step has completed (nothing after it is enqueued yet) and
-    stops, at a block's end, once the last counted step has completed, so exactly the counted steps run inside
-    the window (tests/test_bench_decode.py)."""
-    from llada_triton.decode.generate import BlockEvent, StepEvent
-
-    t0, n, first, last = None, 0, None, None
-    for ev in stream:
-        if isinstance(ev, BlockEvent) and t0 is not None and 0 < n_steps <= n:
-            break
-        if not isinstance(ev, StepEvent) or ev.block == 0:
-            continue
-        if t0 is None:  # block 1's first step has been enqueued: wait for it, then start the clock
-            sync()
-            t0 = clock()
-            first = ev.nfe
-            continue
-        n += 1          # a step enqueued after t0
-        last = ev.nfe
-    if t0 is None or n == 0:
-        raise ValueError("the stream has no step after block 1's first: nothing to time")
-    sync()
-    seconds = clock() - t0
-    return seconds, n, int((last - first).max())
+def decode_options(cfg, policy: str) -> dict:
+    """The family's decoding options beside the shared ones (Dream: entropy confidence, block-start commit)."""
+    if cfg.family != "dream":
+        return {}
+    return dict(remasking="entropy", refresh_commits_first=policy in ("prefix", "dual"))
 
 
 def time_decode(params, cfg, ops, *, policy, B, P, G, Lb, graphs, timed_steps):
@@ -161,13 +94,10 @@ def time_decode(params, cfg, ops, *, policy, B, P, G, Lb, graphs, timed_steps):
     end (0 or more than there are: all of them), after a warm-up call over the same steps that compiles kernels and captures
     the graphs (so no capture falls inside the timed window). Block 0 holds the prompt prefill and is not
     timed. The clock starts once block 1's first step has completed, so exactly the counted steps run
-    inside the window. (Until be219a1 the window held one step fewer than it counted, so earlier numbers
-    are 1/n too low, 3.1% at the then default n = 32; until the commit after it, the warm-up covered only
-    block 1's first steps, so prefix-cache runs over several blocks also timed graph captures.)"""
+    inside the window."""
     import torch
 
-    from llada_triton.decode import generate_stream
-    from llada_triton.decode.generate import Workspace
+    from llada_triton.decode import Workspace, generate_stream
 
     g = torch.Generator(device="cpu").manual_seed(0)
     prompts = torch.randint(0, 126000, (B, P), generator=g).tolist()
@@ -204,7 +134,8 @@ def main(argv=None):
                         "(0: all the remaining steps)")
     p.add_argument("--no-reference", action="store_true", help="skip the torch reference path")
     p.add_argument("--reference-max-batch", type=int, default=8)
-    p.add_argument("--out", default=os.path.join(ROOT, "results", "bench_decode.csv"))
+    p.add_argument("--out", default=os.path.join(ROOT, "results", "bench_decode", "decode.csv"),
+                   help="CSV path (the markdown table goes beside it)")
     p.add_argument("--sha", default=None, help="git sha to record (when the run has no .git)")
     p.add_argument("--render", metavar="CSV", help="only render CSV to markdown beside it, then exit")
     args = p.parse_args(argv)
@@ -213,19 +144,17 @@ def main(argv=None):
         return []
     import torch
 
-    from llada_triton import models
     from llada_triton.models import REFERENCE_OPS, init_params, triton_ops
 
-    cls_name, fields, _ = MODELS[args.model]
-    cfg = getattr(models, cls_name)(**fields)
-    info = env_info(args.sha)
+    cfg = MODELS[args.model][0]()
+    info = environment("cuda", args.sha)
     bw, flops = measure_roofline()
     print(f"{info} copy {bw / 1e12:.2f} TB/s, bf16 matmul {flops / 1e12:.0f} TFLOP/s", flush=True)
     params = init_params(cfg, device="cuda", dtype=torch.bfloat16)
     weights_gb = sum(t.numel() * t.element_size() for _, t in params.tensors()) / 1e9
     fast = triton_ops()
     rows = []
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     for shape in args.shapes.split(","):
         P, G = map(int, shape.split("x"))
         for policy in args.policies.split(","):
@@ -255,6 +184,8 @@ def main(argv=None):
                         w = csv.DictWriter(f, fieldnames=list(rows[0]))
                         w.writeheader()
                         w.writerows(rows)
+    if rows:
+        render(args.out, os.path.splitext(args.out)[0] + ".md")
     return rows
 
 

@@ -25,7 +25,7 @@ def test_schedule_matches_official_formula():
     (dict(gen_length=16, block_length=8, steps=16, threshold=1.5), r"threshold=1.5 must be in \(0, 1\]"),
     (dict(gen_length=16, block_length=8, steps=16, threshold=0.0), r"threshold=0.0 must be in \(0, 1\]"),
     (dict(gen_length=16, block_length=8, steps=16, cache="paged"), "cache='paged' is not a cache policy"),
-    (dict(gen_length=16, block_length=8, steps=16, remasking="entropy"), "remasking='entropy'"),
+    (dict(gen_length=16, block_length=8, steps=16, remasking="lowest"), "remasking='lowest'"),
     (dict(gen_length=16, block_length=8, steps=16, factor=-1.0), "factor=-1.0 must be > 0"),
     (dict(gen_length=16, block_length=8, steps=16, temperature=-0.5), "temperature=-0.5"),
     (dict(gen_length=4096, block_length=8, steps=512), "exceeds max_sequence_length=4096"),
