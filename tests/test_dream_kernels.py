@@ -19,7 +19,9 @@ def _inputs(M, V, D, dtype, seed=0):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("confidence", CONFS)
-@pytest.mark.parametrize("tiles", [None, dict(BLOCK_M=16, BLOCK_V=64, BLOCK_K=16)], ids=["one-tile", "tiled"])
+@pytest.mark.parametrize("tiles", [None, dict(BLOCK_M=16, BLOCK_V=64, BLOCK_K=16),
+                                   dict(BLOCK_M=16, BLOCK_V=64, BLOCK_K=32, SWAP_AB=True)],
+                         ids=["one-tile", "tiled", "swapped"])
 def test_matches_reference(dtype, confidence, tiles):
     h, w = _inputs(37, 300, 48, dtype)  # ragged rows, ids and d: every edge mask
     x0, conf = head_dream_confidence(h, w, confidence=confidence, banned_ids=(5, 299), config=tiles)
@@ -126,8 +128,8 @@ for dt in ("bf16", "fp16"):
                **{{n: "i32" for n in ("M", "V", "D", "NVT", "stride_hm", "stride_wv", "ban0", "ban1", "ban2",
                                      "ban3")}})
     for bm, bk in ((16, 128), (128, 64)):
-        compile_for(k._dream_partials_kernel, sig, dict(N_BAN=1, HAS_N_ROWS=True, UPCAST=False, DOT_PREC="tf32",
-                    EVEN_K=True, EVEN_V=False, BLOCK_M=bm, BLOCK_V=128, BLOCK_K=bk))
+        compile_for(k._dream_partials_kernel, sig, dict(N_BAN=1, HAS_N_ROWS=True, UPCAST=False, IEEE=False,
+                    SWAP_AB=bm == 16, EVEN_K=True, EVEN_V=False, BLOCK_M=bm, BLOCK_V=128, BLOCK_K=bk, USE_GDC=True))
 msig = dict(pf_ptr="*fp32", pidx_ptr="*i32", x0_ptr="*i64", conf_ptr="*fp32", n_rows_ptr="*i64", M="i32",
             NVT="i32")
 for conf in range(3):

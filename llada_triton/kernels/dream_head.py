@@ -2,7 +2,7 @@
 entropy per row, streaming the vocabulary (``[M, V]`` logits are never stored).
 
 Kernel 1 (``_dream_partials_kernel``, grid ``(row tiles, vocab tiles)``) computes a ``[BLOCK_M, BLOCK_V]`` logit
-tile with ``tl.dot``, rounds it to the hidden dtype (as the model's logits are) and reduces it to per-row
+tile with the K-steps of :mod:`llada_triton.kernels.gemm` (the tiles of LLaDA's head at temperature 0), rounds it to the hidden dtype (as the model's logits are) and reduces it to per-row
 partials: the tile's largest logit ``m`` and its lowest id, the second largest (the largest at another id), and
 ``s = sum exp(l - m)``, ``t = sum exp(l - m) * (l - m)``. Kernel 2 (``_dream_merge_kernel``) merges a row's
 partials (``S = sum s_i e^(m_i - M)``, ``T = sum e^(m_i - M) (t_i + (m_i - M) s_i)``) into
@@ -26,7 +26,10 @@ import torch
 import triton
 import triton.language as tl
 
-from llada_triton.kernels._common import cdiv, check_tensor, is_interpreter, next_pow2
+from llada_triton.kernels._common import (cdiv, check_tensor, dot_flags, gdc_options, gdc_wait_and_release,
+                                          is_interpreter, next_pow2)
+from llada_triton.kernels.confidence import _head_config
+from llada_triton.kernels.gemm import dot_loop
 from llada_triton.kernels.reference import DREAM_CONFIDENCES, dream_confidence_ref
 
 __all__ = ["head_dream_confidence"]
@@ -41,10 +44,11 @@ def _dream_partials_kernel(
     pf_ptr, pidx_ptr,  # fp32 partials [4, M, NVT] (top1, top2, s, t); int32 [M, NVT] (id of top1)
     n_rows_ptr, M, V, D, NVT, stride_hm, stride_wv,
     ban0, ban1, ban2, ban3,
-    N_BAN: tl.constexpr, HAS_N_ROWS: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
-    EVEN_K: tl.constexpr, EVEN_V: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
+    N_BAN: tl.constexpr, HAS_N_ROWS: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+    SWAP_AB: tl.constexpr, EVEN_K: tl.constexpr, EVEN_V: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, USE_GDC: tl.constexpr = False,
 ):
+    gdc_wait_and_release(USE_GDC)  # PDL: the hidden states come from the kernel before
     pid_m = tl.program_id(0)
     pid_v = tl.program_id(1)
     if HAS_N_ROWS:  # row tiles at or past n_rows do nothing (their outputs are unspecified)
@@ -56,21 +60,13 @@ def _dream_partials_kernel(
     # clamped M / V edges: the duplicated rows are not stored, the duplicated ids get -inf below
     a_ptrs = h_ptr + tl.minimum(rows, M - 1).to(tl.int64)[:, None] * stride_hm + offs_k[None, :]
     b_ptrs = w_ptr + tl.minimum(vids, V - 1).to(tl.int64)[:, None] * stride_wv + offs_k[None, :]
-    acc = tl.zeros([BLOCK_M, BLOCK_V], dtype=tl.float32)
-    for k0 in range(0, D, BLOCK_K):
-        if EVEN_K:
-            a = tl.load(a_ptrs)
-            b = tl.load(b_ptrs)
-        else:
-            kmask = (k0 + offs_k) < D
-            a = tl.load(a_ptrs, mask=kmask[None, :], other=0.0)
-            b = tl.load(b_ptrs, mask=kmask[None, :], other=0.0)
-        if UPCAST:  # the interpreter cannot compute on bf16
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
-        acc = tl.dot(a, tl.trans(b), acc, input_precision=DOT_PREC)
-        a_ptrs += BLOCK_K
-        b_ptrs += BLOCK_K
+    if SWAP_AB:
+        acc = tl.zeros([BLOCK_V, BLOCK_M], dtype=tl.float32)
+    else:
+        acc = tl.zeros([BLOCK_M, BLOCK_V], dtype=tl.float32)
+    acc = dot_loop(h_ptr, a_ptrs, w_ptr, b_ptrs, D, acc, BLOCK_K, EVEN_K, UPCAST, SWAP_AB, IEEE)
+    if SWAP_AB:
+        acc = tl.trans(acc)
     logit = acc.to(h_ptr.dtype.element_ty).to(tl.float32)  # the model's logits: rounded to the hidden dtype
     vcol = vids[None, :]
     if N_BAN > 0:
@@ -134,18 +130,6 @@ def _dream_merge_kernel(
     tl.store(conf_ptr + rows, conf, mask=rmask)
 
 
-def _config(M: int, V: int, D: int, dtype: torch.dtype, interpret: bool) -> dict:
-    """Fixed meta-parameters per case: a pure function of the shape (no autotune)."""
-    if interpret:  # big blocks, small grids: numpy vectorises inside a block
-        return dict(BLOCK_M=min(next_pow2(max(M, 16)), 128), BLOCK_V=min(next_pow2(max(V, 16)), 4096),
-                    BLOCK_K=min(next_pow2(max(D, 16)), 128), num_warps=4, num_stages=1)
-    if dtype == torch.float32:  # exact fp32 FMA path (tests), not a performance path
-        return dict(BLOCK_M=32, BLOCK_V=64, BLOCK_K=32, num_warps=4, num_stages=2)
-    if M <= 64:  # weight-streaming bound: one row tile reads each weight once
-        return dict(BLOCK_M=max(16, next_pow2(M)), BLOCK_V=128, BLOCK_K=128, num_warps=4, num_stages=4)
-    return dict(BLOCK_M=128, BLOCK_V=128, BLOCK_K=64, num_warps=8, num_stages=3)
-
-
 def _check(hidden, w_head, confidence, banned_ids, n_rows):
     check_tensor("hidden", hidden, ndim=2, dtypes=_DTYPES)
     check_tensor("w_head", w_head, ndim=2, dtypes=_DTYPES)
@@ -184,7 +168,7 @@ def head_dream_confidence(hidden: torch.Tensor, w_head: torch.Tensor, *, confide
     if M == 0:
         return x0, conf
     interpret = is_interpreter()
-    c = dict(_config(M, V, D, hidden.dtype, interpret), **(config or {}))
+    c = dict(_head_config(M, V, D, hidden.dtype, False, interpret), **(config or {}))  # LLaDA's T = 0 tiles
     BM, BV, BK = c["BLOCK_M"], c["BLOCK_V"], c["BLOCK_K"]
     nvt = cdiv(V, BV)
     pf = torch.empty(4, M, nvt, dtype=torch.float32, device=hidden.device)
@@ -194,9 +178,9 @@ def head_dream_confidence(hidden: torch.Tensor, w_head: torch.Tensor, *, confide
     extra = {} if interpret else dict(num_warps=c["num_warps"], num_stages=c["num_stages"])
     _dream_partials_kernel[(cdiv(M, BM), nvt)](
         hidden, w_head, pf, pidx, nr, M, V, D, nvt, hidden.stride(0), w_head.stride(0), *ban,
-        N_BAN=len(banned_ids), HAS_N_ROWS=n_rows is not None, UPCAST=interpret and hidden.dtype == torch.bfloat16,
-        DOT_PREC="ieee" if hidden.dtype == torch.float32 else "tf32", EVEN_K=D % BK == 0, EVEN_V=V % BV == 0,
-        BLOCK_M=BM, BLOCK_V=BV, BLOCK_K=BK, **extra)
+        N_BAN=len(banned_ids), HAS_N_ROWS=n_rows is not None, SWAP_AB=c.get("SWAP_AB", False),
+        EVEN_K=D % BK == 0, EVEN_V=V % BV == 0, BLOCK_M=BM, BLOCK_V=BV, BLOCK_K=BK, **dot_flags(hidden.dtype),
+        **extra, **gdc_options(hidden, M))
     BT = next_pow2(max(nvt, 2))
     BR = min(next_pow2(max(M, 2)), 64) if interpret else (1 if M <= 256 else max(1, min(16, 4096 // BT)))
     _dream_merge_kernel[(cdiv(M, BR),)](

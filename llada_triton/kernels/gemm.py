@@ -65,6 +65,20 @@ def dot_step(a, w, acc, SWAP_AB: tl.constexpr, IEEE: tl.constexpr):
 
 
 @triton.jit
+def dot_loop(a_ptr, a_ptrs, w_ptr, w_ptrs, K, acc, BK: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr,
+             SWAP_AB: tl.constexpr, IEEE: tl.constexpr):
+    """``acc`` plus every K-step of ``a @ w.T`` through pointer loads (``[rows, BK]`` tiles at ``a_ptrs`` /
+    ``w_ptrs``, advanced by ``BK``); ``SWAP_AB`` as :func:`dot_step`."""
+    for k in range(0, K, BK):
+        a = load_k(a_ptr, a_ptrs, 0, k, K - k, BK, False, EVEN_K, UPCAST)
+        w = load_k(w_ptr, w_ptrs, 0, k, K - k, BK, False, EVEN_K, UPCAST)
+        acc = dot_step(a, w, acc, SWAP_AB, IEEE)
+        a_ptrs += BK
+        w_ptrs += BK
+    return acc
+
+
+@triton.jit
 def tile_offsets(M, BM: tl.constexpr, BN: tl.constexpr):
     """``(pid_m, pid_n, offs_m, offs_n)`` of this program's output tile; m varies fastest, so programs sharing
     a weight tile run together (L2)."""

@@ -19,7 +19,7 @@ import triton.language as tl
 
 from llada_triton.kernels._common import (DTYPES, as_rows, cdiv, check_tensor, dot_flags, gdc_options,
                                           gdc_wait_and_release, is_interpreter, memo_config, next_pow2)
-from llada_triton.kernels.gemm import dot_step, load_k
+from llada_triton.kernels.gemm import dot_loop
 from llada_triton.kernels.rotary import check_rope_args, qkv_rope_cache, rotate_pair
 
 __all__ = ["qkv_proj_rope", "fused_supported"]
@@ -58,13 +58,8 @@ def _qkv_proj_rope_kernel(
     x_ptrs = x_ptr + rows_x[:, None] * stride_xm + offs_k[None, :]             # [BM, BK]
     w_ptrs = w_ptr + rows_w[:, None] * stride_wn + offs_k[None, :]             # [BN, BK]
     gdc_wait_and_release(USE_GDC)
-    acc = tl.zeros((BN, BM), dtype=tl.float32)
-    for k in range(0, K, BK):
-        xt = load_k(x_ptr, x_ptrs, 0, k, K - k, BK, False, EVEN_K, UPCAST)
-        wt = load_k(w_ptr, w_ptrs, 0, k, K - k, BK, False, EVEN_K, UPCAST)
-        acc = dot_step(xt, wt, acc, True, IEEE)
-        x_ptrs += BK
-        w_ptrs += BK
+    acc = dot_loop(x_ptr, x_ptrs, w_ptr, w_ptrs, K, tl.zeros((BN, BM), dtype=tl.float32), BK, EVEN_K, UPCAST, True,
+                   IEEE)
 
     # epilogue: the projection (+ bias, in fp32) rounded once as F.linear's output, then RoPE in fp32 (q and k)
     if HAS_BIAS:
