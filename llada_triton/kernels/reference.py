@@ -423,7 +423,7 @@ def _factor_count(ranked: torch.Tensor, n_masked: torch.Tensor, factor: float) -
 
 
 # ------------------------------------------------------------------------------------------- moe
-__all__ += ["moe_route_ref", "moe_experts_ref"]
+__all__ += ["moe_route_ref", "moe_align_ref", "moe_experts_ref"]
 
 _SCORE_FUNCS = ("sigmoid", "softmax")
 
@@ -523,3 +523,27 @@ def moe_experts_ref(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tens
         y = y + out[:, j] * w[:, j:j + 1]
     y = y.to(x.dtype)
     return y if residual is None else residual + y
+
+
+def moe_align_ref(ids: torch.Tensor, n_experts: int, block_m: int, *, chunk: Optional[int] = None):
+    """Token->expert alignment: the ``N = M * k`` (token, slot) pairs of ``ids [M, k]`` (flat index ``m * k + j``)
+    grouped by expert, each expert's segment padded to a multiple of ``block_m`` rows.
+
+    Returns ``(sorted_ids int32 [L], expert_end int32 [E], total int32 [1])``, ``L = cdiv(N + min(E, N) *
+    (block_m - 1), block_m) * block_m`` (every expert that can receive a pair, padded): segment ``e`` is rows
+    ``[expert_end[e-1], expert_end[e])``, its pairs in increasing flat index, then padding rows holding ``N``;
+    rows ``>= total = expert_end[E-1]`` hold ``N`` too. Pairs with an id outside ``[0, E)`` are dropped.
+    ``chunk`` (the kernel's pairs per program) is accepted and ignored.
+    """
+    N, E = ids.numel(), n_experts
+    flat = ids.reshape(-1).long()
+    L = -(-(N + min(E, N) * (block_m - 1)) // block_m) * block_m
+    ok = (flat >= 0) & (flat < E)
+    counts = torch.bincount(flat[ok], minlength=E)
+    end = torch.cumsum(-(-counts // block_m) * block_m, 0)
+    sorted_ids = torch.full((L,), N, dtype=torch.int32, device=ids.device)
+    order = torch.sort(torch.where(ok, flat, E), stable=True).indices[:int(ok.sum())]
+    start = (end - -(-counts // block_m) * block_m)
+    rank = torch.arange(order.numel(), device=ids.device) - (torch.cumsum(counts, 0) - counts)[flat[order]]
+    sorted_ids[start[flat[order]] + rank] = order.to(torch.int32)
+    return sorted_ids, end.to(torch.int32), end[-1:].to(torch.int32)
