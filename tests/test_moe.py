@@ -304,18 +304,18 @@ _COMPILE = textwrap.dedent("""
     for dt, tdt in (("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32)):
         for M in (32, 256, 1024):
             c = moe.moe_config(M * 8, E, inter, d, tdt, interpret=False)
-            ieee = tdt == torch.float32
+            prec = "ieee" if tdt == torch.float32 else None
             common = dict(sorted_ptr="*i32", end_ptr="*i32", total_ptr="*i32", N_PAIRS="i32", E="i32",
                           NUM_TILES="i32")
             build(moe._moe_gate_up_kernel,
                   dict(x_ptr="*" + dt, w_ptr="*" + dt, a_ptr="*" + dt, I="i32", K="i32", stride_xm="i32",
                        stride_we="i32", stride_wn="i32", stride_am="i32", **common),
                   dict(TOP_K=8, BM=c["BM"], BN=c["GU_BN"], BK=c["GU_BK"], E_P=E, EVEN_K=True, UPCAST=False,
-                       IEEE=ieee), c["num_warps"], c["num_stages"])
+                       PREC=prec), c["num_warps"], c["num_stages"])
             build(moe._moe_down_kernel,
                   dict(a_ptr="*" + dt, w_ptr="*" + dt, y_ptr="*" + dt, N="i32", K="i32", stride_am="i32",
                        stride_we="i32", stride_wn="i32", stride_ym="i32", **common),
-                  dict(BM=c["BM"], BN=c["DN_BN"], BK=c["DN_BK"], E_P=E, EVEN_K=True, UPCAST=False, IEEE=ieee),
+                  dict(BM=c["BM"], BN=c["DN_BN"], BK=c["DN_BK"], E_P=E, EVEN_K=True, UPCAST=False, PREC=prec),
                   c["num_warps"], c["num_stages"])
         for rw, e_p, k in (((dt, 256, 8)), (("fp32", 256, 8)), ((dt, 64, 8))):
             native = rw == dt and dt != "fp32"
@@ -323,7 +323,7 @@ _COMPILE = textwrap.dedent("""
                   dict(x_ptr="*" + dt, w_ptr="*" + rw, b_ptr="*" + dt, wts_ptr="*fp32", ids_ptr="*i32", M="i32",
                        E="i32", D="i32", stride_xm="i32", stride_wn="i32", scale="fp32"),
                   dict(TOP_K=k, N_GROUP=8, TOPK_GROUP=4, SIGMOID=True, HAS_BIAS=True, NORM=True, BM=16, E_P=e_p,
-                       G_P=8, K_P=8, BK=64, EVEN_K=True, UPCAST=not native, IEEE=not native), 8 if e_p > 128 else 4, 1)
+                       G_P=8, K_P=8, BK=64, EVEN_K=True, UPCAST=not native, PREC=None if native else "ieee"), 8 if e_p > 128 else 4, 1)
         build(moe._moe_combine_kernel,
               dict(y_ptr="*" + dt, w_ptr="*fp32", ids_ptr="*i32", r_ptr="*" + dt, out_ptr="*" + dt, E="i32",
                    D="i32", stride_wm="i32", stride_rm="i32", stride_om="i32"),
@@ -332,7 +332,7 @@ _COMPILE = textwrap.dedent("""
           dict(x_ptr="*bf16", w_ptr="*bf16", b_ptr="*bf16", wts_ptr="*fp32", ids_ptr="*i32", M="i32",
                E="i32", D="i32", stride_xm="i32", stride_wn="i32", scale="fp32"),
           dict(TOP_K=8, N_GROUP=1, TOPK_GROUP=1, SIGMOID=False, HAS_BIAS=False, NORM=False, BM=16, E_P=64,
-               G_P=1, K_P=8, BK=64, EVEN_K=True, UPCAST=False, IEEE=False), 4, 1)
+               G_P=1, K_P=8, BK=64, EVEN_K=True, UPCAST=False, PREC=None), 4, 1)
     build(moe._align_count_kernel, dict(ids_ptr="*i32", cnt_ptr="*i32", sorted_ptr="*i32", N="i32", E="i32",
                                         L="i32"), dict(CHUNK=256, E_P=256, FILL=1024))
     build(moe._align_scan_kernel, dict(cnt_ptr="*i32", base_ptr="*i32", end_ptr="*i32", total_ptr="*i32",

@@ -36,12 +36,16 @@ MAX_EXPERTS = 1024  # a router tile holds every expert's logit of its rows in re
 
 # ------------------------------------------------------------------------------------------ kernels
 @triton.jit
-def _dot(a, b, acc, IEEE: tl.constexpr):
-    if IEEE:
-        out = tl.dot(a, b, acc, input_precision="ieee")
+def _load_k(ptrs, k_left, offs_k, EVEN_K: tl.constexpr, UPCAST: tl.constexpr):
+    """A ``[rows, BK]`` operand tile at the K-step with ``k_left`` columns to go (masked tail unless EVEN_K),
+    upcast to fp32 when UPCAST (bf16 under the interpreter, or mixed dtypes)."""
+    if EVEN_K:
+        t = tl.load(ptrs)
     else:
-        out = tl.dot(a, b, acc)
-    return out
+        t = tl.load(ptrs, mask=(offs_k < k_left)[None, :], other=0.0)
+    if UPCAST:
+        t = t.to(tl.float32)
+    return t
 
 
 @triton.jit
@@ -59,7 +63,7 @@ def _route_kernel(
     TOP_K: tl.constexpr, N_GROUP: tl.constexpr, TOPK_GROUP: tl.constexpr,
     SIGMOID: tl.constexpr, HAS_BIAS: tl.constexpr, NORM: tl.constexpr,
     BM: tl.constexpr, E_P: tl.constexpr, G_P: tl.constexpr, K_P: tl.constexpr, BK: tl.constexpr,
-    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,   # PREC: "ieee" (fp32 dots) or None
 ):
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
     cols = tl.arange(0, E_P)
@@ -68,17 +72,9 @@ def _route_kernel(
     w_ptrs = w_ptr + (cols % E).to(tl.int64)[:, None] * stride_wn + offs_k[None, :]       # [E_P, BK]
     acc = tl.zeros((BM, E_P), dtype=tl.float32)
     for k in range(0, D, BK):
-        if EVEN_K:
-            xt = tl.load(x_ptrs)
-            wt = tl.load(w_ptrs)
-        else:
-            kmask = (offs_k < D - k)[None, :]
-            xt = tl.load(x_ptrs, mask=kmask, other=0.0)
-            wt = tl.load(w_ptrs, mask=kmask, other=0.0)
-        if UPCAST:
-            xt = xt.to(tl.float32)
-            wt = wt.to(tl.float32)
-        acc = _dot(xt, tl.trans(wt), acc, IEEE)
+        xt = _load_k(x_ptrs, D - k, offs_k, EVEN_K, UPCAST)
+        wt = _load_k(w_ptrs, D - k, offs_k, EVEN_K, UPCAST)
+        acc = tl.dot(xt, tl.trans(wt), acc, input_precision=PREC)
         x_ptrs += BK
         w_ptrs += BK
     valid = (cols < E)[None, :]
@@ -192,6 +188,14 @@ def _align_scatter_kernel(
 
 
 @triton.jit
+def _tile_of(NUM_TILES, BM: tl.constexpr):
+    """First sorted row and N-block of this program; tiles vary fastest, so the tiles of one expert run
+    together and share its weight tile in L2."""
+    pid = tl.program_id(0)
+    return (pid % NUM_TILES) * BM, pid // NUM_TILES
+
+
+@triton.jit
 def _tile_rows(sorted_ptr, end_ptr, row0, E, BM: tl.constexpr, E_P: tl.constexpr):
     """The expert of the tile starting at sorted row ``row0`` and its pair ids (the caller has checked that
     the tile is in use)."""
@@ -217,12 +221,9 @@ def _moe_gate_up_kernel(
     N_PAIRS, E, I, K, NUM_TILES,
     stride_xm, stride_we, stride_wn, stride_am,
     TOP_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, E_P: tl.constexpr,
-    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,   # PREC: "ieee" (fp32 dots) or None
 ):
-    pid = tl.program_id(0)
-    pid_m = pid % NUM_TILES              # tiles fastest: the tiles of one expert share its weight tile (L2)
-    pid_n = pid // NUM_TILES
-    row0 = pid_m * BM
+    row0, pid_n = _tile_of(NUM_TILES, BM)
     if row0 >= tl.load(total_ptr):
         return
     e, pair = _tile_rows(sorted_ptr, end_ptr, row0, E, BM, E_P)
@@ -236,21 +237,11 @@ def _moe_gate_up_kernel(
     acc_g = tl.zeros((BM, BN), dtype=tl.float32)
     acc_u = tl.zeros((BM, BN), dtype=tl.float32)
     for k in range(0, K, BK):
-        if EVEN_K:
-            xt = tl.load(x_ptrs)
-            g = tl.load(g_ptrs)
-            u = tl.load(u_ptrs)
-        else:
-            kmask = (offs_k < K - k)[None, :]
-            xt = tl.load(x_ptrs, mask=kmask, other=0.0)
-            g = tl.load(g_ptrs, mask=kmask, other=0.0)
-            u = tl.load(u_ptrs, mask=kmask, other=0.0)
-        if UPCAST:
-            xt = xt.to(tl.float32)
-            g = g.to(tl.float32)
-            u = u.to(tl.float32)
-        acc_g = _dot(xt, tl.trans(g), acc_g, IEEE)
-        acc_u = _dot(xt, tl.trans(u), acc_u, IEEE)
+        xt = _load_k(x_ptrs, K - k, offs_k, EVEN_K, UPCAST)
+        g = _load_k(g_ptrs, K - k, offs_k, EVEN_K, UPCAST)
+        u = _load_k(u_ptrs, K - k, offs_k, EVEN_K, UPCAST)
+        acc_g = tl.dot(xt, tl.trans(g), acc_g, input_precision=PREC)
+        acc_u = tl.dot(xt, tl.trans(u), acc_u, input_precision=PREC)
         x_ptrs += BK
         g_ptrs += BK
         u_ptrs += BK
@@ -266,12 +257,9 @@ def _moe_down_kernel(
     N_PAIRS, E, N, K, NUM_TILES,
     stride_am, stride_we, stride_wn, stride_ym,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, E_P: tl.constexpr,
-    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,   # PREC: "ieee" (fp32 dots) or None
 ):
-    pid = tl.program_id(0)
-    pid_m = pid % NUM_TILES
-    pid_n = pid // NUM_TILES
-    row0 = pid_m * BM
+    row0, pid_n = _tile_of(NUM_TILES, BM)
     if row0 >= tl.load(total_ptr):
         return
     e, pair = _tile_rows(sorted_ptr, end_ptr, row0, E, BM, E_P)
@@ -282,17 +270,9 @@ def _moe_down_kernel(
     w_ptrs = w_ptr + e * stride_we + (offs_n % N).to(tl.int64)[:, None] * stride_wn + offs_k[None, :]  # [BN, BK]
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     for k in range(0, K, BK):
-        if EVEN_K:
-            at = tl.load(a_ptrs)
-            wt = tl.load(w_ptrs)
-        else:
-            kmask = (offs_k < K - k)[None, :]
-            at = tl.load(a_ptrs, mask=kmask, other=0.0)
-            wt = tl.load(w_ptrs, mask=kmask, other=0.0)
-        if UPCAST:
-            at = at.to(tl.float32)
-            wt = wt.to(tl.float32)
-        acc = _dot(at, tl.trans(wt), acc, IEEE)
+        at = _load_k(a_ptrs, K - k, offs_k, EVEN_K, UPCAST)
+        wt = _load_k(w_ptrs, K - k, offs_k, EVEN_K, UPCAST)
+        acc = tl.dot(at, tl.trans(wt), acc, input_precision=PREC)
         a_ptrs += BK
         w_ptrs += BK
     ok = (pair < N_PAIRS)[:, None] & (offs_n < N)[None, :]
@@ -331,7 +311,7 @@ def _clamp_pow2(n: int, lo: int, hi: int) -> int:
 
 def _flags(dtype: torch.dtype) -> dict:
     interp = is_interpreter()
-    return dict(UPCAST=interp and dtype == torch.bfloat16, IEEE=dtype == torch.float32 and not interp)
+    return dict(UPCAST=interp and dtype == torch.bfloat16, PREC="ieee" if dtype == torch.float32 and not interp else None)
 
 
 def moe_align_size(n_pairs: int, n_experts: int, block_m: int) -> int:
@@ -428,7 +408,7 @@ def moe_route(x: torch.Tensor, router_w: torch.Tensor, expert_bias: Optional[tor
         TOP_K=top_k, N_GROUP=n_group, TOPK_GROUP=topk_group, SIGMOID=score_func == "sigmoid",
         HAS_BIAS=expert_bias is not None, NORM=bool(norm_topk_prob) and top_k > 1,
         BM=BM, E_P=E_P, G_P=next_pow2(n_group), K_P=next_pow2(top_k), BK=BK, EVEN_K=d % BK == 0,
-        UPCAST=(interp and x.dtype == torch.bfloat16) or not native, IEEE=not native and not interp,
+        UPCAST=(interp and x.dtype == torch.bfloat16) or not native, PREC=None if native or interp else "ieee",
         num_warps=4 if interp or E_P <= 128 else 8,
     )
     return weights, ids
