@@ -281,6 +281,49 @@ def test_llada2_mini_shapes_gpu(M, device):
     _check_experts(moe_experts(*args[:5], r, out=out), args, True)
 
 
+def test_shared_expert_folded(device):
+    """A shared expert of the routed experts' size can ride along as expert E with weight 1 for every token: the
+    result equals routed + shared computed apart, up to the roundings the fold removes (one fewer bf16/fp16 add)."""
+    M, d, E, inter, k = 7, 64, 8, 32, 2
+    x, w_gu, w_d, weights, ids, r = _experts_inputs(M, d, E, inter, k, torch.float32, device, seed=7)
+    g = torch.Generator().manual_seed(8)
+    s_gu = (torch.randn(1, 2 * inter, d, generator=g) / d ** 0.5).to(device)
+    s_d = (torch.randn(1, d, inter, generator=g) / inter ** 0.5).to(device)
+    fold_ids = torch.cat([ids, torch.full((M, 1), E, dtype=ids.dtype, device=device)], 1).contiguous()
+    fold_w = torch.cat([weights, torch.ones(M, 1, device=device)], 1)
+    got = moe_experts(x, torch.cat([w_gu, s_gu]), torch.cat([w_d, s_d]), fold_w, fold_ids, r)
+    from llada_triton.kernels.reference import swiglu_mlp_ref
+    want = moe_experts_ref(x, w_gu, w_d, weights, ids, r) + swiglu_mlp_ref(x, s_gu[0], s_d[0])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@GPU
+def test_cuda_graph_gpu(device):
+    """Route + experts captured in one CUDA graph (no host sync) and replayed on new inputs and new routing."""
+    M, d, E, inter = 32, 256, 64, 128
+    opts = dict(top_k=8, n_group=8, topk_group=4, routed_scaling_factor=2.5)
+    x, router, bias = _route_inputs(M, d, E, torch.bfloat16, device, True, seed=9)
+    g = torch.Generator().manual_seed(10)
+    w_gu = (torch.randn(E, 2 * inter, d, generator=g) / d ** 0.5).to(device=device, dtype=torch.bfloat16)
+    w_d = (torch.randn(E, d, inter, generator=g) / inter ** 0.5).to(device=device, dtype=torch.bfloat16)
+    r = torch.randn(M, d, generator=g).to(device=device, dtype=torch.bfloat16)
+    layer = lambda: moe_experts(x, w_gu, w_d, *moe_route(x, router, bias, **opts), r)  # noqa: E731
+    eager = layer()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        layer()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = layer()
+    graph.replay()
+    assert torch.equal(out, eager)
+    x.copy_(torch.randn(M, d, generator=g).to(device=device, dtype=torch.bfloat16))
+    graph.replay()
+    assert torch.equal(out, layer())
+
+
 _COMPILE = textwrap.dedent("""
     import sys
     sys.path.insert(0, {root!r})
