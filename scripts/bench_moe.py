@@ -38,7 +38,7 @@ for _p in (ROOT, os.path.join(ROOT, "scripts")):
 LLADA2_MINI = dict(d=2048, inter=512, E=256, top_k=8, n_group=8, topk_group=4, scale=2.5)
 TINY = dict(d=64, inter=32, E=16, top_k=4, n_group=4, topk_group=2, scale=2.5)
 # moe_experts meta-parameters tried by --sweep (each overrides kernels.moe.moe_config's choice)
-SWEEP = [dict(GU_BN=32), dict(GU_BN=128, GU_BK=64), dict(GU_BK=64), dict(DN_BN=128), dict(DN_BN=128, DN_BK=64),
+SWEEP = [dict(SWAP_AB=False), dict(SWAP_AB=True), dict(DN_BN=128), dict(GU_BN=32), dict(GU_BN=128, GU_BK=64), dict(GU_BK=64), dict(DN_BN=128), dict(DN_BN=128, DN_BK=64),
          dict(DN_BN=32), dict(num_stages=3), dict(num_stages=5), dict(num_warps=8), dict(BM=16), dict(BM=32),
          dict(BM=64, GU_BK=64, DN_BK=64)]
 FIELDS = ["provider", "timing", "tokens", "touched_experts", "us", "expert_bytes", "gbps", "pct_copy", "maxdiff",

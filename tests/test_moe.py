@@ -211,7 +211,7 @@ def test_experts(name, M, d, E, inter, k, rule, dtype, residual, device):
 
 
 # GPU-like tiles under the interpreter too: several K-steps with tails, several N-tiles, multi-chunk alignment
-SMALL_TILES = dict(BM=16, GU_BN=16, GU_BK=32, DN_BN=32, DN_BK=16, CHUNK=16, num_warps=4, num_stages=2)
+SMALL_TILES = dict(BM=16, GU_BN=16, GU_BK=32, DN_BN=32, DN_BK=16, CHUNK=16, SWAP_AB=False, num_warps=4, num_stages=2)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -221,6 +221,8 @@ def test_experts_small_tiles(dtype, device):
     _check_experts(y, args, True)
     again = moe_experts(*args, config=dict(SMALL_TILES, BM=32, CHUNK=32))
     assert torch.equal(y, again), "the result must not depend on the tile rows or the alignment chunk"
+    swapped = moe_experts(*args, config=dict(SMALL_TILES, SWAP_AB=True))
+    _check_experts(swapped, args, True)
 
 
 def test_experts_dropped_ids_and_alias(device):
@@ -345,8 +347,8 @@ _COMPILE = textwrap.dedent("""
 
     d, E, inter = 2048, 256, 512
     for dt, tdt in (("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32)):
-        for M in (32, 256, 1024):
-            c = moe.moe_config(M * 8, E, inter, d, tdt, interpret=False)
+        for M, swap in ((32, False), (32, True), (256, False), (256, True), (1024, False)):
+            c = dict(moe.moe_config(M * 8, E, inter, d, tdt, interpret=False), SWAP_AB=swap)
             prec = "ieee" if tdt == torch.float32 else None
             common = dict(sorted_ptr="*i32", end_ptr="*i32", total_ptr="*i32", N_PAIRS="i32", E="i32",
                           NUM_TILES="i32")
@@ -354,11 +356,12 @@ _COMPILE = textwrap.dedent("""
                   dict(x_ptr="*" + dt, w_ptr="*" + dt, a_ptr="*" + dt, I="i32", K="i32", stride_xm="i32",
                        stride_we="i32", stride_wn="i32", stride_am="i32", **common),
                   dict(TOP_K=8, BM=c["BM"], BN=c["GU_BN"], BK=c["GU_BK"], E_P=E, EVEN_K=True, UPCAST=False,
-                       PREC=prec), c["num_warps"], c["num_stages"])
+                       PREC=prec, SWAP_AB=swap), c["num_warps"], c["num_stages"])
             build(moe._moe_down_kernel,
                   dict(a_ptr="*" + dt, w_ptr="*" + dt, y_ptr="*" + dt, N="i32", K="i32", stride_am="i32",
                        stride_we="i32", stride_wn="i32", stride_ym="i32", **common),
-                  dict(BM=c["BM"], BN=c["DN_BN"], BK=c["DN_BK"], E_P=E, EVEN_K=True, UPCAST=False, PREC=prec),
+                  dict(BM=c["BM"], BN=c["DN_BN"], BK=c["DN_BK"], E_P=E, EVEN_K=True, UPCAST=False, PREC=prec,
+                       SWAP_AB=swap),
                   c["num_warps"], c["num_stages"])
         for rw, e_p, k in (((dt, 256, 8)), (("fp32", 256, 8)), ((dt, 64, 8))):
             native = rw == dt and dt != "fp32"

@@ -216,12 +216,43 @@ def _silu_mul_rounded(g, u, dt: tl.constexpr):
 
 
 @triton.jit
+def _mm(a, w, acc, SWAP_AB: tl.constexpr, PREC: tl.constexpr):
+    """``acc + a @ w.T`` (``[BM, BN]``) or, with SWAP_AB, ``acc + w @ a.T`` (``[BN, BM]``: the weight rows fill
+    the MMA's M dimension, the few token rows its N)."""
+    if SWAP_AB:
+        out = tl.dot(w, tl.trans(a), acc, input_precision=PREC)
+    else:
+        out = tl.dot(a, tl.trans(w), acc, input_precision=PREC)
+    return out
+
+
+@triton.jit
+def _acc_init(BM: tl.constexpr, BN: tl.constexpr, SWAP_AB: tl.constexpr):
+    if SWAP_AB:
+        acc = tl.zeros((BN, BM), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+    return acc
+
+
+@triton.jit
+def _acc_index(r, c, SWAP_AB: tl.constexpr):
+    """Row ids ``r [BM]`` and column ids ``c [BN]`` broadcast to the accumulator's layout."""
+    if SWAP_AB:
+        rr, cc = r[None, :], c[:, None]
+    else:
+        rr, cc = r[:, None], c[None, :]
+    return rr, cc
+
+
+@triton.jit
 def _moe_gate_up_kernel(
     x_ptr, w_ptr, a_ptr, sorted_ptr, end_ptr, total_ptr,   # x [M, K], w [E, 2I, K], act [L, I] (sorted rows)
     N_PAIRS, E, I, K, NUM_TILES,
     stride_xm, stride_we, stride_wn, stride_am,
     TOP_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, E_P: tl.constexpr,
     EVEN_K: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,   # PREC: "ieee" (fp32 dots) or None
+    SWAP_AB: tl.constexpr = False,
 ):
     row0, pid_n = _tile_of(NUM_TILES, BM)
     if row0 >= tl.load(total_ptr):
@@ -234,21 +265,21 @@ def _moe_gate_up_kernel(
     x_ptrs = x_ptr + tok[:, None] * stride_xm + offs_k[None, :]                         # [BM, BK]
     g_ptrs = w_ptr + e * stride_we + rows_w[:, None] * stride_wn + offs_k[None, :]      # [BN, BK]
     u_ptrs = g_ptrs + I * stride_wn
-    acc_g = tl.zeros((BM, BN), dtype=tl.float32)
-    acc_u = tl.zeros((BM, BN), dtype=tl.float32)
+    acc_g = _acc_init(BM, BN, SWAP_AB)
+    acc_u = _acc_init(BM, BN, SWAP_AB)
     for k in range(0, K, BK):
         xt = _load_k(x_ptrs, K - k, offs_k, EVEN_K, UPCAST)
         g = _load_k(g_ptrs, K - k, offs_k, EVEN_K, UPCAST)
         u = _load_k(u_ptrs, K - k, offs_k, EVEN_K, UPCAST)
-        acc_g = tl.dot(xt, tl.trans(g), acc_g, input_precision=PREC)
-        acc_u = tl.dot(xt, tl.trans(u), acc_u, input_precision=PREC)
+        acc_g = _mm(xt, g, acc_g, SWAP_AB, PREC)
+        acc_u = _mm(xt, u, acc_u, SWAP_AB, PREC)
         x_ptrs += BK
         g_ptrs += BK
         u_ptrs += BK
     dt = a_ptr.dtype.element_ty
     act = _silu_mul_rounded(acc_g, acc_u, dt)
-    rows = (row0 + tl.arange(0, BM)).to(tl.int64)
-    tl.store(a_ptr + rows[:, None] * stride_am + offs_n[None, :], act, mask=(offs_n < I)[None, :])
+    rr, cc = _acc_index((row0 + tl.arange(0, BM)).to(tl.int64), offs_n, SWAP_AB)
+    tl.store(a_ptr + rr * stride_am + cc, act, mask=cc < I)
 
 
 @triton.jit
@@ -258,6 +289,7 @@ def _moe_down_kernel(
     stride_am, stride_we, stride_wn, stride_ym,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, E_P: tl.constexpr,
     EVEN_K: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,   # PREC: "ieee" (fp32 dots) or None
+    SWAP_AB: tl.constexpr = False,
 ):
     row0, pid_n = _tile_of(NUM_TILES, BM)
     if row0 >= tl.load(total_ptr):
@@ -268,16 +300,15 @@ def _moe_down_kernel(
     rows = (row0 + tl.arange(0, BM)).to(tl.int64)
     a_ptrs = a_ptr + rows[:, None] * stride_am + offs_k[None, :]                                    # [BM, BK]
     w_ptrs = w_ptr + e * stride_we + (offs_n % N).to(tl.int64)[:, None] * stride_wn + offs_k[None, :]  # [BN, BK]
-    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    acc = _acc_init(BM, BN, SWAP_AB)
     for k in range(0, K, BK):
         at = _load_k(a_ptrs, K - k, offs_k, EVEN_K, UPCAST)
         wt = _load_k(w_ptrs, K - k, offs_k, EVEN_K, UPCAST)
-        acc = tl.dot(at, tl.trans(wt), acc, input_precision=PREC)
+        acc = _mm(at, wt, acc, SWAP_AB, PREC)
         a_ptrs += BK
         w_ptrs += BK
-    ok = (pair < N_PAIRS)[:, None] & (offs_n < N)[None, :]
-    y_ptrs = y_ptr + pair.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=ok)
+    rr, cc = _acc_index(pair.to(tl.int64), offs_n, SWAP_AB)
+    tl.store(y_ptr + rr * stride_ym + cc, acc.to(y_ptr.dtype.element_ty), mask=(rr < N_PAIRS) & (cc < N))
 
 
 @triton.jit
@@ -333,14 +364,16 @@ def _moe_config(n_pairs: int, n_experts: int, inter: int, d: int, dtype: torch.d
     if interpret:  # big blocks, small grids: the interpreter pays per program
         return dict(BM=16, GU_BN=_clamp_pow2(inter, 16, 128), GU_BK=_clamp_pow2(d, 16, 256),
                     DN_BN=_clamp_pow2(d, 16, 128), DN_BK=_clamp_pow2(inter, 16, 256), CHUNK=_clamp_pow2(n_pairs, 16, 256),
-                    num_warps=4, num_stages=1)
+                    SWAP_AB=False, num_warps=4, num_stages=1)
     per_expert = n_pairs / max(1, n_experts)
     BM = 16 if per_expert <= 16 else 32 if per_expert <= 48 else 64
     if dtype == torch.float32:  # correctness path (IEEE fp32 dots), not tuned
-        return dict(BM=BM, GU_BN=32, GU_BK=32, DN_BN=32, DN_BK=32, CHUNK=256, num_warps=4, num_stages=2)
-    # weight streaming: per stage the gate-up reads (BM + 2 BN) * BK and the down (BM + BN) * BK elements
+        return dict(BM=BM, GU_BN=32, GU_BK=32, DN_BN=32, DN_BK=32, CHUNK=256, SWAP_AB=False, num_warps=4,
+                    num_stages=2)
+    # weight streaming: per stage the gate-up reads (BM + 2 BN) * BK and the down (BM + BN) * BK elements; few
+    # token rows per tile: weight rows fill the MMA's M (SWAP_AB), as kernels.mlp's decode GEMMs (not yet swept here)
     return dict(BM=BM, GU_BN=64, GU_BK=128 if BM <= 32 else 64, DN_BN=64 if BM <= 32 else 128,
-                DN_BK=128 if BM <= 32 else 64, CHUNK=256, num_warps=4, num_stages=4)
+                DN_BK=128 if BM <= 32 else 64, CHUNK=256, SWAP_AB=BM <= 32, num_warps=4, num_stages=4)
 
 
 def _align_launch(ids: torch.Tensor, n_experts: int, block_m: int, chunk: int):
@@ -513,12 +546,12 @@ def moe_experts(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, 
     _moe_gate_up_kernel[(tiles * cdiv(inter, bn),)](
         x, w_gate_up, act, sorted_ids, ends, total, N, E, inter, d, tiles,
         x.stride(0), w_gate_up.stride(0), w_gate_up.stride(1), act.stride(0),
-        TOP_K=k, BM=BM, BN=bn, BK=bk, E_P=E_P, EVEN_K=d % bk == 0, **flags, **launch)
+        TOP_K=k, BM=BM, BN=bn, BK=bk, E_P=E_P, EVEN_K=d % bk == 0, SWAP_AB=cfg["SWAP_AB"], **flags, **launch)
     bn, bk = cfg["DN_BN"], cfg["DN_BK"]
     _moe_down_kernel[(tiles * cdiv(d, bn),)](
         act, w_down, pair_out, sorted_ids, ends, total, N, E, d, inter, tiles,
         act.stride(0), w_down.stride(0), w_down.stride(1), pair_out.stride(0),
-        BM=BM, BN=bn, BK=bk, E_P=E_P, EVEN_K=inter % bk == 0, **flags, **launch)
+        BM=BM, BN=bn, BK=bk, E_P=E_P, EVEN_K=inter % bk == 0, SWAP_AB=cfg["SWAP_AB"], **flags, **launch)
     block = _clamp_pow2(d, 16, 1 << 16) if is_interpreter() else min(1024, next_pow2(d))
     r = residual if residual is not None else y
     _moe_combine_kernel[(M, cdiv(d, block))](
