@@ -71,6 +71,18 @@ def test_route_mixed_dtypes(device):
     _check_weights(got[0], ref[0], 2.5)
 
 
+def test_router_logits_tiles(device):
+    """The GPU's logits tiling (several expert tiles, a K tail, rows past M) under the interpreter too."""
+    from llada_triton.kernels.moe import _router_logits_kernel
+
+    M, d, E = 19, 80, 40
+    x, w, _ = _route_inputs(M, d, E, torch.float32, device, False, seed=3)
+    logits = torch.full((M, E), float("nan"), device=device)
+    _router_logits_kernel[(2, 3)](x, w, logits, M, E, d, x.stride(0), w.stride(0), BM=16, BE=16, BK=32,
+                                  EVEN_K=False, UPCAST=False, PREC=None)
+    torch.testing.assert_close(logits, x @ w.t(), rtol=1e-5, atol=1e-5)
+
+
 # exact ties: a zero router makes every score 0.5; the bias decides, ties go to the lowest index
 TIES = [
     # all equal: groups 0 and 1 (lowest), then experts 0..3
@@ -363,22 +375,21 @@ _COMPILE = textwrap.dedent("""
                   dict(BM=c["BM"], BN=c["DN_BN"], BK=c["DN_BK"], E_P=E, EVEN_K=True, UPCAST=False, PREC=prec,
                        SWAP_AB=swap),
                   c["num_warps"], c["num_stages"])
-        for rw, e_p, k in (((dt, 256, 8)), (("fp32", 256, 8)), ((dt, 64, 8))):
+        for rw in (dt, "fp32"):  # a 16-bit router weight of x's dtype goes through the tensor cores
             native = rw == dt and dt != "fp32"
-            build(moe._route_kernel,
-                  dict(x_ptr="*" + dt, w_ptr="*" + rw, b_ptr="*" + dt, wts_ptr="*fp32", ids_ptr="*i32", M="i32",
-                       E="i32", D="i32", stride_xm="i32", stride_wn="i32", scale="fp32"),
-                  dict(TOP_K=k, N_GROUP=8, TOPK_GROUP=4, SIGMOID=True, HAS_BIAS=True, NORM=True, BM=16, E_P=e_p,
-                       G_P=8, K_P=8, BK=64, EVEN_K=True, UPCAST=not native, PREC=None if native else "ieee"), 8 if e_p > 128 else 4, 1)
+            build(moe._router_logits_kernel,
+                  dict(x_ptr="*" + dt, w_ptr="*" + rw, l_ptr="*fp32", M="i32", E="i32", D="i32", stride_xm="i32",
+                       stride_wn="i32"),
+                  dict(BM=16, BE=32, BK=128, EVEN_K=True, UPCAST=not native, PREC=None if native else "ieee"), 4, 4)
         build(moe._moe_combine_kernel,
               dict(y_ptr="*" + dt, w_ptr="*fp32", ids_ptr="*i32", r_ptr="*" + dt, out_ptr="*" + dt, E="i32",
                    D="i32", stride_wm="i32", stride_rm="i32", stride_om="i32"),
               dict(TOP_K=8, BLOCK=1024, HAS_RES=True))
-    build(moe._route_kernel,
-          dict(x_ptr="*bf16", w_ptr="*bf16", b_ptr="*bf16", wts_ptr="*fp32", ids_ptr="*i32", M="i32",
-               E="i32", D="i32", stride_xm="i32", stride_wn="i32", scale="fp32"),
-          dict(TOP_K=8, N_GROUP=1, TOPK_GROUP=1, SIGMOID=False, HAS_BIAS=False, NORM=False, BM=16, E_P=64,
-               G_P=1, K_P=8, BK=64, EVEN_K=True, UPCAST=False, PREC=None), 4, 1)
+    for e_p, groups, sigmoid in ((256, 8, True), (64, 1, False)):  # LLaDA2.0-mini; LLaDA-MoE's softmax top-8 of 64
+        build(moe._route_select_kernel,
+              dict(l_ptr="*fp32", b_ptr="*bf16", wts_ptr="*fp32", ids_ptr="*i32", M="i32", E="i32", scale="fp32"),
+              dict(TOP_K=8, N_GROUP=groups, TOPK_GROUP=groups // 2 or 1, SIGMOID=sigmoid, HAS_BIAS=sigmoid, NORM=sigmoid,
+                   BM=16, E_P=e_p, G_P=groups, K_P=8), 8 if e_p > 128 else 4, 1)
     build(moe._align_count_kernel, dict(ids_ptr="*i32", cnt_ptr="*i32", sorted_ptr="*i32", N="i32", E="i32",
                                         L="i32"), dict(CHUNK=256, E_P=256, FILL=1024))
     build(moe._align_scan_kernel, dict(cnt_ptr="*i32", base_ptr="*i32", end_ptr="*i32", total_ptr="*i32",

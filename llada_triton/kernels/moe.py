@@ -3,8 +3,9 @@
 No step syncs with the host; every grid is sized from ``M * top_k`` and ``E`` alone (programs past the real
 work exit at once), so the whole layer can be captured in a CUDA graph.
 
-* :func:`moe_route` (one launch): a ``[BM, E]`` tile of router logits per program (fp32 accumulation), the
-  scores (sigmoid or softmax), the group-limited top-k with ties to the lowest index, and the weights.
+* :func:`moe_route` (two launches): the fp32 router logits (programs over row and expert tiles, so the router
+  weight streams from many SMs at decode sizes), then one program per ``[BM, E]`` row tile: the scores (sigmoid
+  or softmax), the group-limited top-k with ties to the lowest index, and the weights.
 * :func:`moe_align` (three launches): the ``M * top_k`` (token, slot) pairs sorted by expert into segments padded
   to the GEMM tile ``BM``: per-chunk histograms, one scan program (segment ends, and each chunk's base in every
   segment), then a stable in-chunk sort that scatters each pair to its slot. Padding slots hold ``M * top_k``.
@@ -57,26 +58,40 @@ def _argmax_low(v, cols, E_P: tl.constexpr):
 
 
 @triton.jit
-def _route_kernel(
-    x_ptr, w_ptr, b_ptr, wts_ptr, ids_ptr,   # x [M, D], router_w [E, D], bias [E], weights fp32 [M, K], ids i32 [M, K]
-    M, E, D, stride_xm, stride_wn, scale,
-    TOP_K: tl.constexpr, N_GROUP: tl.constexpr, TOPK_GROUP: tl.constexpr,
-    SIGMOID: tl.constexpr, HAS_BIAS: tl.constexpr, NORM: tl.constexpr,
-    BM: tl.constexpr, E_P: tl.constexpr, G_P: tl.constexpr, K_P: tl.constexpr, BK: tl.constexpr,
+def _router_logits_kernel(
+    x_ptr, w_ptr, l_ptr,                     # x [M, D], router_w [E, D], logits fp32 [M, E]
+    M, E, D, stride_xm, stride_wn,
+    BM: tl.constexpr, BE: tl.constexpr, BK: tl.constexpr,
     EVEN_K: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,   # PREC: "ieee" (fp32 dots) or None
 ):
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
-    cols = tl.arange(0, E_P)
+    cols = tl.program_id(1) * BE + tl.arange(0, BE)
     offs_k = tl.arange(0, BK)
     x_ptrs = x_ptr + (rows % M).to(tl.int64)[:, None] * stride_xm + offs_k[None, :]       # [BM, BK]
-    w_ptrs = w_ptr + (cols % E).to(tl.int64)[:, None] * stride_wn + offs_k[None, :]       # [E_P, BK]
-    acc = tl.zeros((BM, E_P), dtype=tl.float32)
+    w_ptrs = w_ptr + (cols % E).to(tl.int64)[:, None] * stride_wn + offs_k[None, :]       # [BE, BK]
+    acc = tl.zeros((BM, BE), dtype=tl.float32)
     for k in range(0, D, BK):
         xt = _load_k(x_ptrs, D - k, offs_k, EVEN_K, UPCAST)
         wt = _load_k(w_ptrs, D - k, offs_k, EVEN_K, UPCAST)
         acc = tl.dot(xt, tl.trans(wt), acc, input_precision=PREC)
         x_ptrs += BK
         w_ptrs += BK
+    tl.store(l_ptr + rows.to(tl.int64)[:, None] * E + cols[None, :], acc,
+             mask=(rows < M)[:, None] & (cols < E)[None, :])
+
+
+@triton.jit
+def _route_select_kernel(
+    l_ptr, b_ptr, wts_ptr, ids_ptr,          # logits fp32 [M, E], bias [E], weights fp32 [M, K], ids i32 [M, K]
+    M, E, scale,
+    TOP_K: tl.constexpr, N_GROUP: tl.constexpr, TOPK_GROUP: tl.constexpr,
+    SIGMOID: tl.constexpr, HAS_BIAS: tl.constexpr, NORM: tl.constexpr,
+    BM: tl.constexpr, E_P: tl.constexpr, G_P: tl.constexpr, K_P: tl.constexpr,
+):
+    rows = tl.program_id(0) * BM + tl.arange(0, BM)
+    cols = tl.arange(0, E_P)
+    acc = tl.load(l_ptr + rows.to(tl.int64)[:, None] * E + cols[None, :],
+                  mask=(rows < M)[:, None] & (cols < E)[None, :], other=0.0)
     valid = (cols < E)[None, :]
     if SIGMOID:
         s = tl.math.div_rn(1.0, 1.0 + tl.exp(-acc))
@@ -403,7 +418,7 @@ def _align_launch(ids: torch.Tensor, n_experts: int, block_m: int, chunk: int):
 def moe_route(x: torch.Tensor, router_w: torch.Tensor, expert_bias: Optional[torch.Tensor] = None, *,
               top_k: int, n_group: int = 1, topk_group: int = 1, score_func: str = "sigmoid",
               norm_topk_prob: bool = True, routed_scaling_factor: float = 1.0):
-    """Router of a mixture-of-experts layer in one launch: ``(weights fp32 [M, top_k], ids int32 [M, top_k])``.
+    """Router of a mixture-of-experts layer in two launches: ``(weights fp32 [M, top_k], ids int32 [M, top_k])``.
 
     x: ``[M, d]``; router_w: ``[E, d]`` (``E <= 1024``); expert_bias: ``[E]`` or None (fp16/bf16/fp32, last dims
     contiguous). Logits accumulate in fp32: 16-bit ``x`` and ``router_w`` of one dtype go through the tensor
@@ -434,14 +449,18 @@ def moe_route(x: torch.Tensor, router_w: torch.Tensor, expert_bias: Optional[tor
     native = x.dtype == router_w.dtype and x.dtype != torch.float32
     E_P = next_pow2(E)
     BM = _clamp_pow2(M, 16, 64) if interp else 16
-    BK = _clamp_pow2(d, 16, 256) if interp else 64 if E_P <= 256 else 32
-    _route_kernel[(cdiv(M, BM),)](
-        x, router_w, router_w if expert_bias is None else expert_bias, weights, ids,
-        M, E, d, x.stride(0), router_w.stride(0), float(routed_scaling_factor),
+    BE = E_P if interp else min(E_P, 32)     # logits split over experts: enough programs to stream router_w
+    BK = _clamp_pow2(d, 16, 256) if interp else 128
+    logits = torch.empty((M, E), device=x.device, dtype=torch.float32)
+    _router_logits_kernel[(cdiv(M, BM), cdiv(E, BE))](
+        x, router_w, logits, M, E, d, x.stride(0), router_w.stride(0), BM=BM, BE=BE, BK=BK, EVEN_K=d % BK == 0,
+        UPCAST=(interp and x.dtype == torch.bfloat16) or not native, PREC=None if native or interp else "ieee",
+        num_warps=4, num_stages=1 if interp else 4)
+    _route_select_kernel[(cdiv(M, BM),)](
+        logits, router_w if expert_bias is None else expert_bias, weights, ids, M, E, float(routed_scaling_factor),
         TOP_K=top_k, N_GROUP=n_group, TOPK_GROUP=topk_group, SIGMOID=score_func == "sigmoid",
         HAS_BIAS=expert_bias is not None, NORM=bool(norm_topk_prob) and top_k > 1,
-        BM=BM, E_P=E_P, G_P=next_pow2(n_group), K_P=next_pow2(top_k), BK=BK, EVEN_K=d % BK == 0,
-        UPCAST=(interp and x.dtype == torch.bfloat16) or not native, PREC=None if native or interp else "ieee",
+        BM=BM, E_P=E_P, G_P=next_pow2(n_group), K_P=next_pow2(top_k),
         num_warps=4 if interp or E_P <= 128 else 8,
     )
     return weights, ids
