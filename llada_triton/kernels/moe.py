@@ -12,8 +12,8 @@ work exit at once), so the whole layer can be captured in a CUDA graph.
 * :func:`moe_experts` (+ three launches): the gate-up GEMM over the tiles of experts that received tokens
   (rows gathered from ``x``; ``silu(gate) * up`` epilogue), the down GEMM writing each pair's expert output
   (rounded to ``x.dtype``) to its (token, slot) row, and a per-token combine: the routing weights applied and
-  the slots summed in fp32 in slot order, then the residual added. No atomics: the result is deterministic and
-  does not depend on the tile sizes.
+  the slots summed in fp32 in slot order, then the residual added. No atomics: the result is the same from run
+  to run.
 
 The expert of a tile is found by counting the segment ends at or below its first row (``E`` compares).
 References: :func:`llada_triton.kernels.reference.moe_route_ref`, ``moe_align_ref``, ``moe_experts_ref``.
