@@ -11,6 +11,7 @@ distinct experts touched are counted from the routing and reported. Providers, o
   grouped_mm    torch._grouped_mm over tokens sorted by expert (no host sync), torch SiLU, weighted combine
   gather-bmm    tokens gathered into [E, max count, d] (one host sync), torch.bmm over all experts, combine
   loop          kernels.reference.moe_experts_ref: a per-expert loop (the reference model's way; host syncs)
+  route-triton, route-torch   the router alone: kernels.moe_route / kernels.reference.moe_route_ref (no GB/s)
 
 Graph-capturable providers are timed as replays of a CUDA graph (``_graph_time_us`` of bench_block_attention);
 the others (host syncs) eagerly with CUDA events. Bytes = the touched experts' weights (3 x I x d each);
@@ -108,7 +109,7 @@ def bench_tokens(M: int, shape: dict, dev: str, dry_run: bool, gen, sweep: bool 
     """Rows (without provenance) of every provider at ``M`` tokens."""
     import torch
     from llada_triton.kernels import moe_experts, moe_route
-    from llada_triton.kernels.reference import moe_experts_ref
+    from llada_triton.kernels.reference import moe_experts_ref, moe_route_ref
     d, inter, E = shape["d"], shape["inter"], shape["E"]
     dt = torch.float16 if dry_run else torch.bfloat16
     rnd = lambda *s, scale=1.0: (torch.randn(*s, generator=gen, device=dev) * scale).to(dt)  # noqa: E731
@@ -126,6 +127,8 @@ def bench_tokens(M: int, shape: dict, dev: str, dry_run: bool, gen, sweep: bool 
         "grouped_mm": (True, lambda: grouped_mm_moe(x, w_gu.transpose(1, 2), w_d.transpose(1, 2), weights, ids, r)),
         "gather-bmm": (False, lambda: gather_bmm_moe(x, w_gu, w_d, weights, ids, r)),
         "loop": (False, lambda: moe_experts_ref(x, w_gu, w_d, weights, ids, r)),
+        "route-triton": (True, lambda: moe_route(x, router, bias, **opts)[0]),
+        "route-torch": (True, lambda: moe_route_ref(x, router, bias, **opts)[0]),
     }
     for cfg in SWEEP if sweep else ():
         name = "triton[" + ",".join(f"{k}={v}" for k, v in cfg.items()) + "]"
@@ -135,14 +138,15 @@ def bench_tokens(M: int, shape: dict, dev: str, dry_run: bool, gen, sweep: bool 
     for name, (graph, fn) in providers.items():
         row = dict(provider=name, tokens=M, touched_experts=touched, expert_bytes=expert_bytes, error="")
         try:
-            diff = (fn().float() - want.float()).abs().max().item()
+            ref = weights if name.startswith("route") else want
+            diff = (fn().float() - ref.float()).abs().max().item()
             row["maxdiff"] = f"{diff:.3g}"
             if graph and not dry_run:
                 from bench_block_attention import _graph_time_us
                 row.update(timing="cuda-graph", us=_graph_time_us(lambda i: fn(), 1, min_calls=20, replays=10))
             else:
                 row.update(timing="wall" if dry_run else "eager-events", us=_eager_us(fn, dry_run))
-            row["gbps"] = expert_bytes / row["us"] / 1e3
+            row["gbps"] = "" if name.startswith("route") else expert_bytes / row["us"] / 1e3
         except Exception as e:  # a provider missing from this torch is a row with the error, not a gap
             row.update(timing="", us="", gbps="", error=f"{type(e).__name__}: {str(e).splitlines()[0][:160]}")
         rows.append(row)
@@ -156,7 +160,7 @@ def render(rows, path: str) -> None:
              "maxdiff | error |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ours = next(o for o in rows if o["tokens"] == r["tokens"] and o["provider"] == "triton")
-        ratio = f"{r['us'] / ours['us']:.2f}x" if r["us"] != "" and ours["us"] != "" else ""
+        ratio = f"{r['us'] / ours['us']:.2f}x" if "" not in (r["us"], ours["us"]) and r["gbps"] != "" else ""
         num = lambda v, f: "" if v == "" else format(v, f)  # noqa: E731
         lines.append(f"| {r['tokens']} | {r['touched_experts']} | {r['provider']} | {r['timing']} | {num(r['us'], '.1f')} "
                      f"| {num(r['gbps'], '.0f')} | {num(r['pct_copy'], '.1f')} | {ratio} | {r.get('maxdiff', '')} "
