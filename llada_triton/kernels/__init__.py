@@ -28,6 +28,9 @@ __all__ = [
     "commit_step",
     "linear",
     "qkv_rope_cache",
+    "moe_route",
+    "moe_align",
+    "moe_experts",
     "reference",
 ]
 
@@ -48,6 +51,9 @@ _LAZY = {
     "select_transfer": "llada_triton.kernels.selection",
     "select_commit": "llada_triton.kernels.selection",
     "commit_step": "llada_triton.kernels.selection",
+    "moe_route": "llada_triton.kernels.moe",
+    "moe_align": "llada_triton.kernels.moe",
+    "moe_experts": "llada_triton.kernels.moe",
 }
 
 
