@@ -365,3 +365,16 @@ def test_chat_with_dreams_tokenizer_and_template(tmp_path):
     out = diffusion_generate(params, cfg, [prompt], max_new_tokens=8, steps=8)
     gen = [ord("o"), ord("k"), ids["im_end"], ids["eos"]] + out.tokens[0].tolist()
     assert decode_answer(tok, gen, cfg) == "ok"
+
+
+def test_slot_runner_matches_the_block_cache():
+    """``run_many`` (slots refilled as rows end) reads the shifted rows too: Dream's entropy confidence with the
+    linear schedule gives ``generate(cache='block')``'s tokens per prompt."""
+    from llada_triton.decode import run_many
+
+    params, cfg = dream_model()
+    prompts = [c["prompt"][0] for c in CASES[:3]]
+    opts = dict(gen_length=16, block_length=8, steps=16, remasking="entropy")
+    res = run_many(params, cfg, prompts, slots=2, early_stop=False, **opts)
+    for p, toks in zip(prompts, res.tokens):
+        assert toks == generate(params, cfg, [p], cache="block", early_stop=False, **opts).tokens[0].tolist()

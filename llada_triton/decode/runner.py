@@ -93,6 +93,7 @@ def run_many(params: Params, cfg: LLaDAConfig, prompts: Sequence[Sequence[int]],
     cache = KVCache.empty(cfg, R, T, device=device, dtype=params.dtype)
     sched = num_transfer_tokens(torch.ones(1, Lb, dtype=torch.bool), spb)[0].to(device)  # [spb]
     sched = torch.cat([sched, torch.zeros(1, **i64)])  # steps past the schedule commit nothing
+    sh = cfg.logit_shift  # the head reads rows s - sh .. (Dream: 1): the fed window holds the previous block
     ar2 = torch.arange(2 * Lb, device=device)
     ar = torch.arange(Lb, device=device)
     gen_cols = torch.arange(G, device=device)
@@ -113,7 +114,7 @@ def run_many(params: Params, cfg: LLaDAConfig, prompts: Sequence[Sequence[int]],
             feed = torch.cat([feed, torch.where(pos < P, mask_id, feed)])
             start, key_end, write_from = (torch.cat([t, t]) for t in (start, key_end, write_from))
         hidden = forward_hidden(params, cfg, feed, start=start, cache=cache, kv_len=T, kv_start=kv_start,
-                                key_end=key_end, rows=slice(Lb, 2 * Lb), write_from=write_from, ops=ops)
+                                key_end=key_end, rows=slice(Lb - sh, 2 * Lb - sh), write_from=write_from, ops=ops)
         masked = None
         if rule.compacts(ops, S * Lb):  # the head runs on the masked rows only: it needs them now
             masked = (x.gather(1, s[:, None] + ar[None, :]) == mask_id) & active[:, None]
