@@ -21,7 +21,6 @@ __all__ = [
     "silu_mul",
     "qkv_proj_rope",
     "head_confidence",
-    "head_dream_confidence",
     "logits_confidence",
     "select_transfer",
     "select_commit",
@@ -31,6 +30,7 @@ __all__ = [
     "moe_route",
     "moe_align",
     "moe_experts",
+    "head_dream_confidence",
     "reference",
 ]
 

@@ -9,7 +9,8 @@ biases on the q/k/v projections (``LayerParams.b_qkv``); what is Dream's own is 
   ``w_qkv`` / ``b_qkv``, gate/up into ``w_gate_up``) for the strict streaming loader;
 * the head's **logit shift**: Dream predicts position ``i`` from the logits of position ``i - 1``
   (``cfg.logit_shift = 1``); :func:`shift_logits` is that step on full logits, and the decoding policies
-  apply it by row indexing (``llada_triton.decode.cache.shifted_rows``) so the head reads the rows it needs.
+  apply it by row indexing (``shifted_rows`` of the decode package's cache policies) so the head reads the rows
+  it needs.
 """
 from __future__ import annotations
 
