@@ -45,7 +45,7 @@ from llada_triton.models.family import family_of
 from llada_triton.models.ops import REFERENCE_OPS, Ops
 from .cache import StepContext, make_policy, policies_for, take_cols
 from .schedule import linear_schedule
-from .step import REMASKING, Graphs, HostFlag, TransferRule, check_options, prompt_rows
+from .step import REMASKING, Graphs, HostFlag, TransferRule, check_ops, check_options, prompt_rows
 
 __all__ = ["generate", "generate_stream", "GenerateResult", "StepEvent", "BlockEvent", "pad_prompts",
            "REMASKING", "Workspace"]
@@ -160,6 +160,7 @@ class Workspace:
         while len(self.entries) > self.max_entries:
             self.entries.popitem(last=False)
 
+
 @dataclass
 class _Buffers:
     """A workspace bucket: the static tensors, the cache policy and the graphs of one decode shape."""
@@ -183,8 +184,7 @@ class _Buffers:
 
 
 def _options(ops, cuda_graphs, device_positions, early_stop, workspace, device):
-    if not isinstance(ops, Ops):
-        raise TypeError(f"ops={ops!r:.60} must be an Ops (REFERENCE_OPS or triton_ops())")
+    check_ops(ops)
     for name, v in (("cuda_graphs", cuda_graphs), ("device_positions", device_positions), ("early_stop", early_stop)):
         if v is not None and not isinstance(v, bool):
             raise TypeError(f"{name}={v!r} must be True, False or None")

@@ -31,7 +31,7 @@ from llada_triton.models.ops import REFERENCE_OPS, Ops
 from .cache import policies_for
 from .generate import pad_prompts
 from .schedule import linear_schedule
-from .step import Graphs, TransferRule, check_options, prompt_rows
+from .step import Graphs, TransferRule, check_ops, check_options, prompt_rows
 
 __all__ = ["run_many", "RunResult"]
 
@@ -160,6 +160,7 @@ def run_many(params, cfg, prompts: Sequence[Sequence[int]], *, slots: int,
     t0 = time.perf_counter()
     if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
         raise ValueError(f"slots={slots!r} must be a positive int")
+    check_ops(ops)
     if hasattr(prompts, "__len__") and not isinstance(prompts, (str, bytes)) and len(prompts) == 0:
         return RunResult([], [], 0.0)  # an empty eval shard: nothing to decode
     rows = prompt_rows(prompts)

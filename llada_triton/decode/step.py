@@ -22,7 +22,8 @@ import torch
 
 from llada_triton.kernels.reference import commit_step_ref
 
-__all__ = ["REMASKING", "TransferRule", "masked_first", "check_options", "prompt_rows", "Graphs", "HostFlag"]
+__all__ = ["REMASKING", "TransferRule", "masked_first", "check_options", "check_ops", "prompt_rows", "Graphs",
+           "HostFlag"]
 
 REMASKING = ("low_confidence", "random")
 
@@ -38,6 +39,12 @@ def _real(name, v, ok, allowed):
     if isinstance(v, bool) or not isinstance(v, Real) or math.isnan(v) or not ok(float(v)):
         raise (ValueError if isinstance(v, Real) and not isinstance(v, bool) else TypeError)(
             f"{name}={v!r} must be {allowed}")
+
+
+def check_ops(ops):
+    from llada_triton.models.ops import Ops
+    if not isinstance(ops, Ops):
+        raise TypeError(f"ops={ops!r:.60} must be an Ops (REFERENCE_OPS or triton_ops())")
 
 
 def prompt_rows(prompts) -> list:
