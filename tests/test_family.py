@@ -15,7 +15,7 @@ import torch
 from llada_triton.decode import Workspace, generate, run_many
 from llada_triton.decode.cache import NoCache
 from llada_triton.models import (REGISTRY, REFERENCE_OPS, Family, LLaDAConfig, family_for_config_json, family_of,
-                                 init_params, load_model, load_params)
+                                 forward, init_params, load_model, load_params)
 from llada_triton.models import model as dense
 from tests.helpers import CKPT, tiny_model
 
@@ -75,6 +75,9 @@ def test_driver_reaches_the_model_through_the_family(toy):
     assert torch.equal(out.tokens, ref.tokens) and out.nfe == ref.nfe == [2, 2]
     many = run_many(params, cfg, PROMPTS, slots=1, early_stop=False, **BASE)
     assert many.tokens == ref.tokens.tolist() and many.nfe == [2, 2]
+    n = SEEN["forward"]
+    logits = forward(params, cfg, torch.tensor(PROMPTS[:1]))  # the logits too go through the family
+    assert SEEN["forward"] == n + 1 and torch.equal(logits, forward(params, tiny_model()[1], torch.tensor(PROMPTS[:1])))
 
 
 def test_family_policy_replaces_the_default(toy):

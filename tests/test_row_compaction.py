@@ -1,7 +1,8 @@
 """The LM head on the still-masked rows only (decode/step.py: ``masked_first``, ``TransferRule.sample``).
 
 The driver gathers the masked rows of the block to the front on the device, runs a head that takes
-``n_rows`` / ``row_ids`` (the Triton head, ``Ops.head_rows``) on those rows only, and scatters x0 / conf back. Checked here:
+``n_rows`` / ``row_ids`` (the Triton head; ``Ops.head_rows``) on those rows only, and scatters x0 / conf
+back. Checked here:
 the compaction itself; a step with and without compaction gives bit-identical x0 / conf at masked
 positions and the same selection and commit (argmax, Gumbel sampling, CFG, every rule); decoding the tiny golden
 checkpoint with the Triton head gives the recorded tokens, and the same tokens as without compaction

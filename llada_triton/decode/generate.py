@@ -310,6 +310,8 @@ class _Decode:
     def graphed_block(self, b: int, all_done: Optional[HostFlag]):
         """Block ``b`` with CUDA graphs and a fixed schedule: the first step, then the later steps as one graph
         (no per-step graph boundary, schedule counts baked in), whose events follow it stacked."""
+        if self.policy.graph_key("steady", b) is None:  # a policy that runs these steps eagerly
+            return (yield from self.stepwise_block(b, all_done))
         self.set_k(0)
         committed, blk, conf = self.run_step("first", b)
         if all_done is not None and all_done.get():

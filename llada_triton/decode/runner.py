@@ -108,8 +108,9 @@ class _Slots:
         self.step.copy_(torch.where(done_blk, torch.zeros_like(self.step), self.step + 1))
         self.blk.add_(done_blk.to(self.blk.dtype))
         # finished: every block done, or (early stop) an end token among the committed blocks
-        ended = (torch.isin(x[:, self.P:], self.end_ids) & (self.gen_cols[None, :] < (self.blk * Lb)[:, None])).any(1)
-        return self.active & done_blk & ((self.blk >= self.nb) | (ended if self.early_stop else torch.zeros_like(ended)))
+        ended = torch.isin(x[:, self.P:], self.end_ids) & (self.gen_cols[None, :] < (self.blk * Lb)[:, None])
+        ended = ended.any(1) if self.early_stop else torch.zeros_like(done_blk)
+        return self.active & done_blk & ((self.blk >= self.nb) | ended)
 
     def prefill(self, row: int, tokens: torch.Tensor):
         """The prompt ``tokens`` [P] into cache row ``row``: it sees itself; its K/V are final from now on."""

@@ -19,7 +19,7 @@ import torch
 from torch.profiler import record_function
 
 from .config import LLaDAConfig
-from .family import Family
+from .family import Family, forward_hidden as family_forward_hidden
 from .ops import REFERENCE_OPS, Ops
 from .weights import Params, load_params
 
@@ -136,10 +136,11 @@ def logits_from_hidden(params: Params, hidden: torch.Tensor, ops: Ops = REFERENC
     return ops.linear(hidden, params.lm_head)
 
 
-def forward(params: Params, cfg: LLaDAConfig, tokens: torch.Tensor, **kwargs) -> torch.Tensor:
-    """Logits ``[B, T, V]`` (or of ``rows``); same arguments as :func:`forward_hidden`."""
+def forward(params, cfg, tokens: torch.Tensor, **kwargs) -> torch.Tensor:
+    """Logits ``[B, T, V]`` (or of ``rows``) of any registered family (its ``forward_hidden``, dispatched on
+    ``cfg``, then ``params.lm_head``); same arguments as :func:`forward_hidden`."""
     ops = kwargs.get("ops", REFERENCE_OPS)
-    return logits_from_hidden(params, forward_hidden(params, cfg, tokens, **kwargs), ops)
+    return logits_from_hidden(params, family_forward_hidden(params, cfg, tokens, **kwargs), ops)
 
 
 FAMILY = Family(name="llada", config=LLaDAConfig, forward_hidden=forward_hidden, load_params=load_params)
