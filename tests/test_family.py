@@ -41,9 +41,9 @@ class _CountingNoCache(NoCache):
         return super().steady(x, b, s)
 
 
-def _one_shot(block_length, steps):
+def _one_shot(n_masked, steps):
     """Everything at the first step of a block (a family's own schedule)."""
-    return [block_length] + [0] * (steps - 1)
+    return [n_masked] + [0] * (steps - 1)
 
 
 FAMILY = Family(name="toy", config=ToyConfig, forward_hidden=_toy_forward, load_params=load_params,

@@ -206,8 +206,8 @@ class _Decode:
         self.use_cfg = rule.cfg_scale > 0
         fam = family_of(cfg)
         # every block starts fully masked, so a fixed schedule is known up front (host ints)
-        self.schedule = (fam.schedule or linear_schedule)(block_length, spb) if rule.scheduled else None
-        self.useful = min(spb, block_length)
+        self.schedule = list((fam.schedule or linear_schedule)(block_length, spb)) if rule.scheduled else None
+        self.useful = min(spb if self.schedule is None else len(self.schedule), block_length)  # steps that commit
         graphable = bool(cuda_graphs) and rule.fixed_work and policies_for(cfg)[cache].supports_graphs
         self.dynamic = graphable if device_positions is None else device_positions
         self.buf = self._buffers(tokens, pad, gen_length, cache, graphable and self.dynamic, workspace)

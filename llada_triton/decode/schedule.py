@@ -22,8 +22,8 @@ def num_transfer_tokens(block_masked: torch.Tensor, steps: int) -> torch.Tensor:
     return out.to(torch.int64)
 
 
-def linear_schedule(block_length: int, steps: int) -> list:
-    """Per-step counts for a fully masked block of ``block_length`` positions in ``steps`` steps (host ints;
-    the official schedule of a block that starts fully masked). A model family may replace it through
-    ``Family.schedule`` (same signature)."""
-    return num_transfer_tokens(torch.ones(1, block_length, dtype=torch.bool), steps)[0].tolist()
+def linear_schedule(n_masked: int, steps: int) -> list:
+    """Per-step counts (host ints) for a block with ``n_masked`` masked positions in ``steps`` steps: the official
+    schedule (the drivers call it with the block length: every block starts fully masked). A model family may
+    replace it through ``Family.schedule`` (same signature)."""
+    return num_transfer_tokens(torch.ones(1, n_masked, dtype=torch.bool), steps)[0].tolist()

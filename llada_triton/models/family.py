@@ -18,10 +18,16 @@ Adding a family (as ``llada_triton/models/dream.py``):
 5. one line in :data:`REGISTRY` (the module and the ``model_type`` / ``architectures`` values of its config.json),
    which is all :func:`llada_triton.models.load_model` needs to pick it.
 
+The KV cache: ``new_cache`` (default :meth:`llada_triton.models.model.KVCache.empty`, which needs ``n_layers``,
+``n_kv_heads`` and ``head_dim`` on the config) returns what the family's ``forward_hidden`` takes as ``cache``; the
+drivers only use its ``rows(r0, r1)`` (a view of batch rows) and ``t_max``.
+
 Decoding that differs by family plugs in through the same record, never an ``if family`` in the driver:
 ``policies`` replaces cache policies by name (:class:`llada_triton.decode.cache.CachePolicy` subclasses, e.g.
 Dream's shifted logits, where the hidden state at position ``i - 1`` predicts position ``i``) and ``schedule``
-replaces the linear per-block schedule (:func:`llada_triton.decode.schedule.linear_schedule`'s signature).
+replaces the linear schedule (``schedule(n_masked, steps) -> per-step counts``, as
+:func:`llada_triton.decode.schedule.linear_schedule`). Not yet a hook: block starts off the ``prompt + b * Lb``
+grid (LLaDA2's absolute grid, whose first block shares the prompt's last partial block).
 """
 from __future__ import annotations
 
@@ -53,15 +59,22 @@ class Family:
     load_params: Callable
     new_cache: Callable = _default_cache     # (cfg, batch, t_max, *, device, dtype) -> a KVCache
     policies: Mapping[str, type] = field(default_factory=dict)  # cache-policy name -> CachePolicy subclass
-    schedule: Optional[Callable] = None      # (block_length, steps_per_block) -> per-step counts; None: linear
+    schedule: Optional[Callable] = None      # (n_masked, steps) -> per-step counts of a block; None: linear
+
+
+_LOADED = {}  # (name, registry entry) -> Family: the dispatch runs once per forward, so no import per call
 
 
 def _load(name: str) -> Family:
-    if name not in REGISTRY:
+    entry = REGISTRY.get(name)
+    if entry is None:
         raise ValueError(f"model family {name!r} is not registered; registered: {sorted(REGISTRY)}")
-    fam = importlib.import_module(REGISTRY[name][0]).FAMILY
-    if fam.name != name:
-        raise ValueError(f"{REGISTRY[name][0]}.FAMILY is named {fam.name!r}, registered as {name!r}")
+    fam = _LOADED.get((name, entry))
+    if fam is None:
+        fam = importlib.import_module(entry[0]).FAMILY
+        if fam.name != name:
+            raise ValueError(f"{entry[0]}.FAMILY is named {fam.name!r}, registered as {name!r}")
+        _LOADED[(name, entry)] = fam
     return fam
 
 
