@@ -14,7 +14,7 @@ import platform
 from typing import Callable, List, Optional, Sequence
 
 __all__ = ["ROOT", "DEFAULT_MODEL", "ArgumentParser", "positive_int", "nonneg_int", "int_list", "float_list",
-           "name_list", "default_device", "triton_ops_problem", "check_device", "check_model", "load_checkpoint",
+           "name_list", "check_schedule", "default_device", "triton_ops_problem", "check_device", "check_model", "load_checkpoint",
            "device_name"]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,6 +97,16 @@ def name_list(choices: Sequence[str]) -> Callable[[str], tuple]:
             raise argparse.ArgumentTypeError(f"{bad[0]!r} in {s!r} is not one of {', '.join(choices)}")
         return tuple(dict.fromkeys(items))
     return parse
+
+
+def check_schedule(parser: ArgumentParser, gen_length: int, block_length: int, steps: int) -> None:
+    """The block length divides the gen length and the steps are a multiple of the block count."""
+    if gen_length % block_length:
+        parser.fail("--block-length", f"{block_length} does not divide --gen-length {gen_length}; give a divisor")
+    n_blocks = gen_length // block_length
+    if steps % n_blocks:
+        parser.fail("--steps", f"{steps} is not a multiple of the block count {n_blocks} "
+                               f"(--gen-length {gen_length} / --block-length {block_length})")
 
 
 # ------------------------------------------------------------------------------------ device and ops

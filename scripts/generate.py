@@ -67,14 +67,9 @@ def check_args(p: cliutil.ArgumentParser, args) -> None:
     gen = args.gen_length
     if args.block_length is None:
         args.block_length = MAX_DEFAULT_BLOCK if gen > MAX_DEFAULT_BLOCK and gen % MAX_DEFAULT_BLOCK == 0 else gen
-    if gen % args.block_length:
-        p.fail("--block-length", f"{args.block_length} does not divide --gen-length {gen}; give a divisor")
-    n_blocks = gen // args.block_length
     if args.steps is None:
         args.steps = gen
-    if args.steps % n_blocks:
-        p.fail("--steps", f"{args.steps} is not a multiple of the block count {n_blocks} "
-                          f"(--gen-length {gen} / --block-length {args.block_length})")
+    cliutil.check_schedule(p, gen, args.block_length, args.steps)
     if args.threshold is not None and args.factor is not None:
         p.fail("--threshold", "give --threshold or --factor, not both")
     if args.threshold is not None and not 0.0 < args.threshold <= 1.0:
