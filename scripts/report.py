@@ -22,7 +22,7 @@ import os
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence
 
-__all__ = ["load_rows", "findings", "pareto_front", "render", "main"]
+__all__ = ["load_rows", "findings", "pareto_front", "label_front", "render", "main"]
 
 NUMERIC = {"n": int, "correct": int, "accuracy": float, "nfe": float, "nfe_per_token": float, "seconds": float,
            "tokens_per_s": float, "gen_length": int, "block_length": int, "steps": int, "threshold": float,
@@ -402,6 +402,19 @@ def pareto_front(pts: Sequence[Dict]) -> List[Dict]:
     return front
 
 
+def label_front(ax, front: Sequence[Dict]) -> List:
+    """Number the front's points (above, below or right of the point in turn, so neighbours' numbers do not
+    collide) and list their labels beside the axes, where they cannot overlap; returns ``[number annotations..., the list]``."""
+    offsets = ((0, 7), (0, -13), (9, -3))  # above, below, right of the point
+    out = [ax.annotate(str(i), (r["tokens_per_s"], r["accuracy"]), textcoords="offset points",
+                       xytext=offsets[(i - 1) % 3], ha="center", fontsize=7, fontweight="bold")
+           for i, r in enumerate(front, 1)]
+    lines = [f"{i}: {label(r)}" for i, r in enumerate(front, 1)]
+    out.append(ax.text(1.02, 1.0, "Pareto front\n(fastest first)\n\n" + "\n".join(lines), transform=ax.transAxes,
+                       va="top", ha="left", fontsize=7, family="monospace"))
+    return out
+
+
 def plot_speed_vs_accuracy(rows, path) -> bool:
     plt = _plt()
     seen, pts = set(), []
@@ -423,15 +436,7 @@ def plot_speed_vs_accuracy(rows, path) -> bool:
         s = [r for r in pts if r["study"] == st]
         ax.scatter([r["tokens_per_s"] for r in s], [r["accuracy"] for r in s], color=f"C{k}", label=st, s=30,
                    marker=MARKERS[k % len(MARKERS)], alpha=0.85)
-    front = pareto_front(pts)
-    # number the front's points (alternately above and below, so neighbours' numbers do not collide) and list
-    # their labels beside the axes, where they cannot overlap
-    for i, r in enumerate(front, 1):
-        ax.annotate(str(i), (r["tokens_per_s"], r["accuracy"]), textcoords="offset points",
-                    xytext=(0, 7 if i % 2 else -12), ha="center", fontsize=7, fontweight="bold")
-    ax.text(1.02, 1.0, "Pareto front\n(fastest first)\n\n" + "\n".join(f"{i}: {label(r)}" for i, r in
-                                                                      enumerate(front, 1)),
-            transform=ax.transAxes, va="top", ha="left", fontsize=7, family="monospace")
+    label_front(ax, pareto_front(pts))
     ax.set_xscale("log")
     ax.set_xlabel("tokens/s (generated positions per second)")
     ax.set_ylabel("accuracy")
