@@ -48,8 +48,8 @@ DEFAULT_MODEL = cliutil.DEFAULT_MODEL
 STUDIES = ("steps", "remasking", "block_length", "temperature", "cfg", "cache")
 CSV_NAME = "ablation.csv"
 
-__all__ = ["RunConfig", "Grid", "GridError", "Tokenizer", "STUDIES", "study_configs", "plan", "load_problems", "run_config",
-           "main", "parse_args", "CSV_FIELDS"]
+__all__ = ["RunConfig", "Grid", "GridError", "Tokenizer", "STUDIES", "study_configs", "plan", "load_problems",
+           "run_config", "csv_conflict", "main", "cli", "build_parser", "parse_args", "CSV_FIELDS"]
 
 
 # ------------------------------------------------------------------------------------------ settings

@@ -14,8 +14,8 @@ import platform
 from typing import Callable, List, Optional, Sequence
 
 __all__ = ["ROOT", "DEFAULT_MODEL", "ArgumentParser", "positive_int", "nonneg_int", "int_list", "float_list",
-           "name_list", "check_schedule", "default_device", "triton_ops_problem", "check_device", "check_model", "load_checkpoint",
-           "device_name"]
+           "name_list", "check_schedule", "default_device", "triton_ops_problem", "check_device", "check_model",
+           "load_checkpoint", "device_name"]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_MODEL = os.path.join(ROOT, "checkpoints", "llada-tiny-tasks")

@@ -184,7 +184,8 @@ def main(model: str = cliutil.DEFAULT_MODEL, n: int = 500, seed: int = 0, device
 
 def build_parser() -> cliutil.ArgumentParser:
     ap = cliutil.ArgumentParser(description=__doc__)
-    ap.add_argument("--model", default=cliutil.DEFAULT_MODEL, help="checkpoint folder (default: the shipped tiny model)")
+    ap.add_argument("--model", default=cliutil.DEFAULT_MODEL,
+                    help="checkpoint folder (default: the shipped tiny model)")
     ap.add_argument("--checkpoint", help=argparse.SUPPRESS)  # the old name of --model
     ap.add_argument("--n", type=cliutil.nonneg_int, default=500,
                     help="held-out problems per task (JSONL: first n, 0 = all)")

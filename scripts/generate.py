@@ -29,7 +29,8 @@ DEFAULT_GEN_LENGTH, MAX_DEFAULT_BLOCK = 32, 32
 
 def build_parser() -> cliutil.ArgumentParser:
     p = cliutil.ArgumentParser(description=__doc__)
-    p.add_argument("--model", default=cliutil.DEFAULT_MODEL, help="Hugging Face LLaDA folder (default: shipped tiny model)")
+    p.add_argument("--model", default=cliutil.DEFAULT_MODEL,
+                   help="Hugging Face LLaDA folder (default: the shipped tiny model)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", action="append", help="a prompt (repeat for a batch)")
     src.add_argument("--prompts-file", help="text file, one prompt per line (or JSONL with a 'prompt' field)")

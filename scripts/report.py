@@ -1,8 +1,11 @@
 #!/usr/bin/env python
 """Render an ablation CSV (``scripts/ablate.py``) into ``report.md`` and PNG plots (matplotlib, Agg).
 
-    python scripts/report.py results/ablations/tiny/ablation.csv            # writes next to the CSV
-    python scripts/report.py runs/ablation.csv --out results/ablations/tiny --notes notes.md
+    python scripts/report.py ablations-tiny/ablation.csv        # ablate.py's example's CSV; writes next to it
+    python scripts/report.py ablations-tiny/ablation.csv --out report-tiny
+
+``--notes FILE`` adds a hand-written interpretation (markdown) after the findings. Plots keep tied series
+visible (each its own marker and line style, nudged a few points vertically).
 
 Plots: accuracy vs NFE per remasking policy, accuracy vs block length, accuracy vs temperature and
 CFG scale, speed of the cache policies, and speed vs accuracy of every setting. The report opens with
@@ -15,7 +18,6 @@ last row and, within it, the last row of each (study, setting, task).
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import os
@@ -404,7 +406,8 @@ def pareto_front(pts: Sequence[Dict]) -> List[Dict]:
 
 def label_front(ax, front: Sequence[Dict]) -> List:
     """Number the front's points (above, below or right of the point in turn, so neighbours' numbers do not
-    collide) and list their labels beside the axes, where they cannot overlap; returns ``[number annotations..., the list]``."""
+    collide) and list their labels beside the axes, where they cannot overlap.
+    Returns ``[number annotations..., the list]``."""
     offsets = ((0, 7), (0, -13), (9, -3))  # above, below, right of the point
     out = [ax.annotate(str(i), (r["tokens_per_s"], r["accuracy"]), textcoords="offset points",
                        xytext=offsets[(i - 1) % 3], ha="center", fontsize=7, fontweight="bold")
@@ -560,11 +563,24 @@ def main(csv_path: str, out: Optional[str] = None, notes: Optional[str] = None) 
 
 
 def parse_args(argv=None) -> Dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Keyword arguments of :func:`main`; a missing or unreadable CSV or notes file is a one-line error."""
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import cliutil
+
+    ap = cliutil.ArgumentParser(description=__doc__)
     ap.add_argument("csv_path", help="ablation.csv written by scripts/ablate.py")
     ap.add_argument("--out", help="folder for report.md and PNGs (default: next to the CSV)")
     ap.add_argument("--notes", help="markdown file to include after the findings (interpretation)")
     a = ap.parse_args(argv)
+    for arg, path in (("csv_path", a.csv_path), ("--notes", a.notes)):
+        if path is not None and not os.path.isfile(path):
+            ap.fail(arg, f"{path!r} is not a file")
+    try:
+        load_rows(a.csv_path)
+    except (ValueError, KeyError, UnicodeDecodeError) as e:
+        ap.fail("csv_path", f"{a.csv_path!r} is not an ablation CSV of scripts/ablate.py ({e!r})")
     return dict(csv_path=a.csv_path, out=a.out, notes=a.notes)
 
 

@@ -292,7 +292,8 @@ def main(config: str = "small", device: str = "cpu", out: str = "runs/llada-tiny
     n_params = sum(t.numel() for _, t in named)
     gen = torch.Generator().manual_seed(seed)
     print(f"[train_tiny] config={config} {asdict(tc)}", flush=True)
-    print(f"[train_tiny] {n_params:,} params, device={cliutil.device_name(device)}, tasks={list(task_names)}", flush=True)
+    print(f"[train_tiny] {n_params:,} params, device={cliutil.device_name(device)}, tasks={list(task_names)}",
+          flush=True)
 
     log = {"config": config, "train_config": asdict(tc), "seed": seed, "tasks": list(task_names),
            "answer_length": ANSWER_LENGTH, "n_params": n_params, "device": cliutil.device_name(device),
@@ -405,7 +406,8 @@ def parse_args(argv=None) -> Dict:
                          "train_log.json; rerun with --steps N to reproduce)")
     ap.add_argument("--eval-every", type=cliutil.nonneg_int, default=0,
                     help="quick held-out eval (64 per task) every N steps")
-    ap.add_argument("--threads", type=cliutil.positive_int, help="torch CPU threads (1 is often faster on a small shared CPU)")
+    ap.add_argument("--threads", type=cliutil.positive_int,
+                    help="torch CPU threads (1 is often faster on a small shared CPU)")
     a = ap.parse_args(argv)
     cliutil.check_device(ap, a.device)
     if a.lr is not None and not a.lr > 0:
