@@ -534,13 +534,13 @@ def parse_args(argv=None, ap: Optional[cliutil.ArgumentParser] = None) -> Dict:
         ap.fail(e.flag, e.message)
     if not a.jsonl and a.n == 0:
         ap.fail("--n", "0 is allowed only with --jsonl (all records); give a positive number of problems per task")
-    device = cliutil.check_device(ap, a.device, a.ops)
-    cliutil.check_model(ap, a.model)
     if a.jsonl:
         try:
             load_problems(a.jsonl, (), a.n, a.seed)
         except (OSError, ValueError) as e:
             ap.fail("--jsonl", str(e))
+    device = cliutil.check_device(ap, a.device, a.ops)
+    cliutil.check_model(ap, a.model)
     conflict = csv_conflict(a.out, a.append, a.force)
     if conflict:
         ap.fail("--force" if a.append and a.force else "--out", conflict)

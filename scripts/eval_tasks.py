@@ -223,13 +223,13 @@ def parse_args(argv=None) -> Dict:
     if not a.jsonl and a.n == 0:
         ap.fail("--n", "0 is allowed only with --jsonl (all records); give a positive number of problems per task")
     cliutil.check_schedule(ap, a.gen_length, min(a.block_length, a.gen_length), a.steps or a.gen_length)
-    device = cliutil.check_device(ap, a.device, a.ops)
-    cliutil.check_model(ap, a.model)
     if a.jsonl:
         try:
             load_problems(a.jsonl, (), a.n, a.seed)
         except (OSError, ValueError) as e:
             ap.fail("--jsonl", str(e))
+    device = cliutil.check_device(ap, a.device, a.ops)
+    cliutil.check_model(ap, a.model)
     return dict(model=a.model, n=a.n, seed=a.seed, device=device, dtype=a.dtype, batch_size=a.batch_size,
                 tasks=a.tasks, jsonl=a.jsonl, scorer=a.scorer, gen_length=a.gen_length, block_length=a.block_length,
                 steps=a.steps, write_json=a.write_json, results_csv=a.results_csv, threads=a.threads, ops=a.ops,
