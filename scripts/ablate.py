@@ -460,7 +460,7 @@ def _main(model, studies, unique, pairs, n, seed, tasks, jsonl, scorer, device, 
 def build_parser() -> cliutil.ArgumentParser:
     import tasks as tasks_mod
 
-    ap = cliutil.ArgumentParser(description=__doc__)
+    ap = cliutil.ArgumentParser(prog=os.path.basename(__file__), description=__doc__)
     ap.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint folder (default: the shipped tiny model)")
     ap.add_argument("--study", type=cliutil.name_list(STUDIES + ("all",)), default=("all",),
                     help=f"comma-separated studies: {'|'.join(STUDIES)}|all (default all)")

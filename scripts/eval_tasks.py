@@ -183,7 +183,7 @@ def main(model: str = cliutil.DEFAULT_MODEL, n: int = 500, seed: int = 0, device
 
 
 def build_parser() -> cliutil.ArgumentParser:
-    ap = cliutil.ArgumentParser(description=__doc__)
+    ap = cliutil.ArgumentParser(prog=os.path.basename(__file__), description=__doc__)
     ap.add_argument("--model", default=cliutil.DEFAULT_MODEL,
                     help="checkpoint folder (default: the shipped tiny model)")
     ap.add_argument("--checkpoint", help=argparse.SUPPRESS)  # the old name of --model

@@ -28,7 +28,7 @@ DEFAULT_GEN_LENGTH, MAX_DEFAULT_BLOCK = 32, 32
 
 
 def build_parser() -> cliutil.ArgumentParser:
-    p = cliutil.ArgumentParser(description=__doc__)
+    p = cliutil.ArgumentParser(prog=os.path.basename(__file__), description=__doc__)
     p.add_argument("--model", default=cliutil.DEFAULT_MODEL,
                    help="Hugging Face LLaDA folder (default: the shipped tiny model)")
     src = p.add_mutually_exclusive_group(required=True)

@@ -569,7 +569,7 @@ def parse_args(argv=None) -> Dict:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import cliutil
 
-    ap = cliutil.ArgumentParser(description=__doc__)
+    ap = cliutil.ArgumentParser(prog=os.path.basename(__file__), description=__doc__)
     ap.add_argument("csv_path", help="ablation.csv written by scripts/ablate.py")
     ap.add_argument("--out", help="folder for report.md and PNGs (default: next to the CSV)")
     ap.add_argument("--notes", help="markdown file to include after the findings (interpretation)")

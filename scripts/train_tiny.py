@@ -384,7 +384,7 @@ def main(config: str = "small", device: str = "cpu", out: str = "runs/llada-tiny
 
 def parse_args(argv=None) -> Dict:
     """Keyword arguments of :func:`main`, checked (one-line errors, exit status 2) before training starts."""
-    ap = cliutil.ArgumentParser(description=__doc__)
+    ap = cliutil.ArgumentParser(prog=os.path.basename(__file__), description=__doc__)
     ap.add_argument("--config", choices=sorted(CONFIGS), default="small")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     ap.add_argument("--out", required=True, help="checkpoint folder to write (the shipped one is "

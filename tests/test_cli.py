@@ -57,6 +57,18 @@ def one_line_error(p, script, flag, *fragments):
     return lines[0]
 
 
+def in_process_error(capsys, parse, argv, script, flag, *fragments):
+    """The same check as :func:`one_line_error` on the script's own parser, called in this process (the exit
+    path is argparse's; the subprocess tests cover the process boundary)."""
+    with pytest.raises(SystemExit) as e:
+        parse(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"{script}: error: argument {flag}: "), err
+    for f in fragments:
+        assert f in err, (f, err)
+
+
 # ---------------------------------------------------------------------- point 2: --ops triton, no GPU
 @pytest.mark.parametrize("script,extra", [("generate.py", ["--prompt", "1+1="]), ("eval_tasks.py", []),
                                           ("ablate.py", ["--study", "cfg"])])
@@ -79,22 +91,33 @@ def test_triton_ops_problem_follows_the_environment(monkeypatch):
 
 
 # ------------------------------------------------------------------------ point 4: generate.py errors
-GENERATE_ERRORS = [
+GENERATE_ERRORS = [  # the cases of issue 21, each in a subprocess
     (["--gen-length", "0", "--prompt", "x"], "--gen-length", ["'0'", "positive integer"]),
     (["--steps", "0", "--prompt", "x"], "--steps", ["'0'", "positive integer"]),
     (["--prompt-ids", "1,abc"], "--prompt-ids", ["'abc'", "'1,abc'", "integer"]),
-    (["--block-length", "5", "--prompt", "x"], "--block-length", ["5", "--gen-length 32"]),
-    (["--block-length", "8", "--steps", "6", "--prompt", "x"], "--steps", ["6", "block count 4"]),
-    (["--threshold", "1.5", "--prompt", "x"], "--threshold", ["1.5", "(0, 1]"]),
-    (["--temperature", "-1", "--prompt", "x"], "--temperature", ["-1", ">= 0"]),
     (["--model", "/nonexistent/ckpt", "--prompt", "x"], "--model", ["'/nonexistent/ckpt'", "checkpoint folder"]),
-    (["--device", "gpu", "--prompt", "x"], "--device", ["'gpu'", "cpu, cuda or cuda:N"]),
 ]
 
 
 @pytest.mark.parametrize("args,flag,fragments", GENERATE_ERRORS, ids=[a[0] + a[1] for a, _, _ in GENERATE_ERRORS])
 def test_generate_bad_arguments_are_one_line(outside, args, flag, fragments):
     one_line_error(run("generate.py", args, outside), "generate.py", flag, *fragments)
+
+
+GENERATE_CHECKS = [
+    (["--block-length", "5", "--prompt", "x"], "--block-length", ["5", "--gen-length 32"]),
+    (["--block-length", "8", "--steps", "6", "--prompt", "x"], "--steps", ["6", "block count 4"]),
+    (["--threshold", "1.5", "--prompt", "x"], "--threshold", ["1.5", "(0, 1]"]),
+    (["--threshold", "0.9", "--factor", "1", "--prompt", "x"], "--threshold", ["not both"]),
+    (["--temperature", "-1", "--prompt", "x"], "--temperature", ["-1", ">= 0"]),
+    (["--cfg-scale", "-0.5", "--prompt", "x"], "--cfg-scale", ["-0.5", ">= 0"]),
+    (["--device", "gpu", "--prompt", "x"], "--device", ["'gpu'", "cpu, cuda or cuda:N"]),
+]
+
+
+@pytest.mark.parametrize("args,flag,fragments", GENERATE_CHECKS, ids=[a[0] + a[1] for a, _, _ in GENERATE_CHECKS])
+def test_generate_argument_checks(capsys, args, flag, fragments):
+    in_process_error(capsys, generate.main, args, "generate.py", flag, *fragments)
 
 
 def test_generate_prompt_sources(outside):
@@ -139,25 +162,33 @@ def test_chat_prompt_ids_names_unknown_characters():
 
 
 # -------------------------------------------------------------------------- point 4: ablate.py errors
-ABLATE_ERRORS = [
-    (["--thresholds", "0.9,1.5"], "--thresholds", ["1.5", "(0, 1]"]),
+def test_ablate_bad_grid_fails_before_the_model_loads(outside):
+    # --model points nowhere: the grid is checked first, so the error is about the grid, not the model
+    p = run("ablate.py", ["--thresholds", "0.9,1.5", "--model", str(outside / "no-model"), "--out", "o"], outside)
+    one_line_error(p, "ablate.py", "--thresholds", "1.5", "(0, 1]")
+    assert not (outside / "o").exists()
+
+
+ABLATE_CHECKS = [
     (["--thresholds", "0.5,x"], "--thresholds", ["'x'", "number"]),
     (["--factors", "0"], "--factors", ["0", "> 0"]),
+    (["--temperatures", "0,-1"], "--temperatures", ["-1", ">= 0"]),
+    (["--cache-threshold", "2"], "--cache-threshold", ["2", "(0, 1]"]),
     (["--study", "steps,nope"], "--study", ["'nope'", "steps, remasking"]),
     (["--steps-list", "6", "--block-length", "8"], "--steps-list", ["6", "block count 4"]),
+    (["--block-lengths", "3,8"], "--block-lengths", ["3", "--gen-length 32"]),
     (["--caches", "none,fast"], "--caches", ["'fast'", "none, prefix, dual, block"]),
     (["--tasks", "add,mul"], "--tasks", ["'mul'", "add, reverse, sort"]),
     (["--n", "0"], "--n", ["--jsonl"]),
-    (["--jsonl", "missing.jsonl"], "--jsonl", ["missing.jsonl"]),
+    (["--jsonl", "/nonexistent/p.jsonl"], "--jsonl", ["/nonexistent/p.jsonl"]),
 ]
 
 
-@pytest.mark.parametrize("args,flag,fragments", ABLATE_ERRORS, ids=[a[0] + a[1] for a, _, _ in ABLATE_ERRORS])
-def test_ablate_bad_grid_fails_before_the_model_loads(outside, args, flag, fragments):
-    # --model points nowhere: the grid is checked first, so the error is about the grid, not the model
-    p = run("ablate.py", [*args, "--model", str(outside / "no-model"), "--out", "o"], outside)
-    one_line_error(p, "ablate.py", flag, *fragments)
-    assert not (outside / "o").exists()
+@pytest.mark.parametrize("args,flag,fragments", ABLATE_CHECKS, ids=[a[0] + a[1] for a, _, _ in ABLATE_CHECKS])
+def test_ablate_argument_checks(capsys, tmp_path, args, flag, fragments):
+    argv = [*args, "--model", str(tmp_path / "no-model"), "--out", str(tmp_path / "o")]
+    in_process_error(capsys, ablate.parse_args, argv, "ablate.py", flag, *fragments)
+    assert not (tmp_path / "o").exists()
 
 
 def test_ablate_grid_checked_before_loading_in_the_library(tmp_path):
@@ -188,13 +219,15 @@ def test_ablate_prompt_outside_the_vocabulary_is_one_line(outside):
 
 
 # ------------------------------------------------------------- point 4: eval_tasks / train_tiny / report
-def test_other_scripts_bad_arguments_are_one_line(outside):
+def test_other_scripts_bad_arguments_are_one_line(outside, capsys):
     one_line_error(run("eval_tasks.py", ["--model", "nowhere"], outside), "eval_tasks.py", "--model", "'nowhere'")
-    one_line_error(run("eval_tasks.py", ["--block-length", "5"], outside), "eval_tasks.py", "--block-length", "5")
-    one_line_error(run("train_tiny.py", ["--out", "x", "--steps", "0"], outside), "train_tiny.py", "--steps", "'0'")
-    one_line_error(run("train_tiny.py", ["--out", "x", "--tasks", "add,mul"], outside), "train_tiny.py", "--tasks",
-                   "'mul'")
     one_line_error(run("report.py", ["missing.csv"], outside), "report.py", "csv_path", "'missing.csv'")
+    in_process_error(capsys, eval_tasks.parse_args, ["--block-length", "5"], "eval_tasks.py", "--block-length", "5")
+    in_process_error(capsys, eval_tasks.parse_args, ["--tasks", "add,mul"], "eval_tasks.py", "--tasks", "'mul'")
+    import train_tiny
+
+    in_process_error(capsys, train_tiny.parse_args, ["--out", "x", "--steps", "0"], "train_tiny.py", "--steps", "'0'")
+    in_process_error(capsys, train_tiny.parse_args, ["--out", "x", "--lr", "-1"], "train_tiny.py", "--lr", "-1")
 
 
 # ------------------------------------------------------------------- point 5: consistency and progress
@@ -236,8 +269,8 @@ def test_ablate_progress_shows_time_left(outside):
     assert re.search(r"2/2 \[[0-9:]+<[0-9:]+", p.stderr), p.stderr
     assert TRANSFORMERS_WARNING not in p.stderr + p.stdout
     assert p.stdout.count("[ablate] ") >= 4 and os.path.isfile(outside / "o" / ablate.CSV_NAME)
-    # a second run appends with --append and overwrites with --force
-    for flag, rows in (("--append", 4), ("--force", 2)):
+    # a second run appends with --append (--force: test_ablate_keeps_an_existing_csv)
+    for flag, rows in (("--append", 4),):
         p = run("ablate.py", ["--study", "temperature", "--temperatures", "0,1", "--n", "1", "--tasks", "add",
                               "--gen-length", "8", "--threads", "1", "--out", "o", "--quiet", flag], outside)
         assert p.returncode == 0, p.stderr
@@ -298,7 +331,8 @@ def _examples(script):
 
 # smaller sizes appended to each example (argparse keeps the last value) so the test stays fast
 SHRINK = {"generate.py": ["--quiet"],
-          "ablate.py": ["--n", "1", "--tasks", "add", "--gen-length", "8", "--threads", "1", "--quiet"],
+          "ablate.py": ["--study", "temperature,cache", "--temperatures", "0", "--caches", "none", "--n", "1",
+                        "--tasks", "add", "--gen-length", "8", "--threads", "1", "--quiet"],
           "eval_tasks.py": ["--n", "1", "--tasks", "add", "--threads", "1", "--quiet"],
           "train_tiny.py": ["--steps", "2", "--eval-per-task", "1", "--threads", "1"], "report.py": []}
 
