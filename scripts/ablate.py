@@ -48,7 +48,7 @@ DEFAULT_MODEL = cliutil.DEFAULT_MODEL
 STUDIES = ("steps", "remasking", "block_length", "temperature", "cfg", "cache")
 CSV_NAME = "ablation.csv"
 
-__all__ = ["RunConfig", "Grid", "GridError", "Tokenizer", "STUDIES", "study_configs", "plan", "load_problems",
+__all__ = ["RunConfig", "Grid", "GridError", "Tokenizer", "STUDIES", "study_configs", "plan",
            "run_config", "csv_conflict", "main", "cli", "build_parser", "parse_args", "CSV_FIELDS"]
 
 
@@ -188,19 +188,7 @@ def plan(studies: Sequence[str], grid: Grid) -> Tuple[List[RunConfig], List[Tupl
     return unique, pairs
 
 
-# ------------------------------------------------------------------------------------------ problems
-def load_problems(jsonl: Optional[str], tasks: Sequence[str], n: int, seed: int) -> Dict[str, list]:
-    """``{task name: [Problem]}``: ``n`` held-out problems per built-in task, or the first ``n`` JSONL records
-    (``n <= 0``: all of them)."""
-    import tasks as tasks_mod
-
-    if jsonl:
-        recs = tasks_mod.load_jsonl(jsonl)
-        name = os.path.splitext(os.path.basename(jsonl))[0]
-        return {name: recs[:n] if n > 0 else recs}
-    return {t: tasks_mod.heldout_problems(t, n, seed) for t in tasks}
-
-
+# ----------------------------------------------------------------------------------------- tokenizer
 class Tokenizer:
     """Prompt ids and answer text for a checkpoint: its own tokenizer when it ships one, else the
     project's character tokenizer (``scripts/tiny_tokenizer.py``), whose ids are checked to fit the vocab.
@@ -401,7 +389,7 @@ def _main(model, studies, unique, pairs, n, seed, tasks, jsonl, scorer, device, 
     from llada_triton.decode.generate import Workspace
     from llada_triton.models import REFERENCE_OPS, LLaDAConfig, load_params, triton_ops
 
-    problems = load_problems(jsonl, tasks or tuple(tasks_mod.TASKS), n, seed)
+    problems = tasks_mod.load_problems(jsonl, tasks or tuple(tasks_mod.TASKS), n, seed)
     cfg = LLaDAConfig.from_pretrained(model)
     tok = Tokenizer(model, cfg, chat_template)
     _encode_all(tok, problems)
@@ -472,11 +460,7 @@ def build_parser() -> cliutil.ArgumentParser:
     ap.add_argument("--jsonl", help="{prompt, answer} records instead of the built-in tasks")
     ap.add_argument("--scorer", default="exact", choices=sorted(tasks_mod.SCORERS),
                     help="exact | numeric (last number, GSM8K style)")
-    ap.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
-    ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                    help="default: bfloat16 on CUDA, float32 on CPU")
-    ap.add_argument("--ops", default="reference", choices=["reference", "triton"],
-                    help="op implementations (triton: needs CUDA, or TRITON_INTERPRET=1 on CPU)")
+    cliutil.add_device_args(ap)
     ap.add_argument("--batch-size", type=cliutil.positive_int, default=128)
     ap.add_argument("--out", default=os.path.join("results", "ablations", "latest"),
                     help="results folder (relative to the current directory)")
@@ -532,13 +516,7 @@ def parse_args(argv=None, ap: Optional[cliutil.ArgumentParser] = None) -> Dict:
         plan(STUDIES if "all" in a.study else a.study, grid)
     except GridError as e:
         ap.fail(e.flag, e.message)
-    if not a.jsonl and a.n == 0:
-        ap.fail("--n", "0 is allowed only with --jsonl (all records); give a positive number of problems per task")
-    if a.jsonl:
-        try:
-            load_problems(a.jsonl, (), a.n, a.seed)
-        except (OSError, ValueError) as e:
-            ap.fail("--jsonl", str(e))
+    cliutil.check_problems(ap, a.jsonl, a.n, a.seed)
     device = cliutil.check_device(ap, a.device, a.ops)
     cliutil.check_model(ap, a.model)
     conflict = csv_conflict(a.out, a.append, a.force)

@@ -14,7 +14,8 @@ import platform
 from typing import Callable, List, Optional, Sequence
 
 __all__ = ["ROOT", "DEFAULT_MODEL", "ArgumentParser", "positive_int", "nonneg_int", "int_list", "float_list",
-           "name_list", "check_schedule", "default_device", "triton_ops_problem", "check_device", "check_model",
+           "name_list", "check_schedule", "add_device_args", "check_problems", "default_device",
+           "triton_ops_problem", "check_device", "check_model",
            "load_checkpoint", "device_name"]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,27 +66,22 @@ def _items(s: str) -> List[str]:
     return items
 
 
-def int_list(s: str) -> tuple:
-    """``'1,2,3'`` -> ``(1, 2, 3)``; names the first item that is not an integer."""
-    out = []
-    for x in _items(s):
-        try:
-            out.append(int(x))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{x!r} in {s!r} is not an integer; give comma-separated "
-                                             f"integers such as 1,2,3") from None
-    return tuple(out)
+def _typed_list(kind: Callable, what: str, example: str) -> Callable[[str], tuple]:
+    """Type of a comma-separated list of ``kind``; the error names the first item that does not parse."""
+    def parse(s: str) -> tuple:
+        out = []
+        for x in _items(s):
+            try:
+                out.append(kind(x))
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{x!r} in {s!r} is not {what}; give comma-separated "
+                                                 f"{what.split(' ', 1)[1]}s such as {example}") from None
+        return tuple(out)
+    return parse
 
 
-def float_list(s: str) -> tuple:
-    out = []
-    for x in _items(s):
-        try:
-            out.append(float(x))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{x!r} in {s!r} is not a number; give comma-separated "
-                                             f"numbers such as 0.5,0.9") from None
-    return tuple(out)
+int_list = _typed_list(int, "an integer", "1,2,3")            # '1,2,3' -> (1, 2, 3)
+float_list = _typed_list(float, "a number", "0.5,0.9")
 
 
 def name_list(choices: Sequence[str]) -> Callable[[str], tuple]:
@@ -110,6 +106,15 @@ def check_schedule(parser: ArgumentParser, gen_length: int, block_length: int, s
 
 
 # ------------------------------------------------------------------------------------ device and ops
+def add_device_args(parser: ArgumentParser) -> None:
+    """``--device``, ``--dtype`` and ``--ops``, the same in every script that decodes."""
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                        help="default: bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--ops", default="reference", choices=["reference", "triton"],
+                        help="op implementations (triton: needs CUDA, or TRITON_INTERPRET=1 on CPU)")
+
+
 def default_device() -> str:
     import torch
 
@@ -147,6 +152,20 @@ def check_device(parser: ArgumentParser, device: Optional[str], ops: str = "refe
     if problem:
         parser.fail("--ops", problem)
     return device
+
+
+def check_problems(parser: ArgumentParser, jsonl: Optional[str], n: int, seed: int) -> None:
+    """``--n 0`` only with ``--jsonl`` (all records), and the JSONL file readable (before any model loads)."""
+    import tasks
+
+    if not jsonl and n == 0:
+        parser.fail("--n", "0 is allowed only with --jsonl (all records); give a positive number of problems "
+                           "per task")
+    if jsonl:
+        try:
+            tasks.load_problems(jsonl, (), n, seed)
+        except (OSError, ValueError) as e:
+            parser.fail("--jsonl", str(e))
 
 
 # ---------------------------------------------------------------------------------------- checkpoints

@@ -120,15 +120,6 @@ def _env(device: str) -> Dict:
             "git_sha": git_sha(short=False)}
 
 
-def load_problems(jsonl: Optional[str], tasks: Sequence[str], n: int, seed: int) -> Dict[str, list]:
-    """``{name: [Problem]}``: ``n`` held-out problems per built-in task, or the first ``n`` JSONL records
-    (``n`` = 0: all of them)."""
-    if jsonl:
-        recs = tasks_mod.load_jsonl(jsonl)
-        return {os.path.basename(jsonl): recs[:n] if n else recs}
-    return {t: tasks_mod.heldout_problems(t, n, seed) for t in tasks}
-
-
 def append_csv(path: str, rows: List[Dict]) -> None:
     """Append ``rows`` to ``path`` under its existing header (a new file gets the rows' keys); columns the
     file lacks are dropped with a note on stderr."""
@@ -160,7 +151,7 @@ def main(model: str = cliutil.DEFAULT_MODEL, n: int = 500, seed: int = 0, device
         raise ValueError(f"ops='triton': {cliutil.triton_ops_problem(device)}")
     if threads:
         torch.set_num_threads(threads)
-    problems = load_problems(jsonl, tasks, n, seed)
+    problems = tasks_mod.load_problems(jsonl, tasks, n, seed)
     params, cfg, tok = load_model(model, device, getattr(torch, dtype) if dtype else None)
     steps = gen_length if steps is None else steps
     rows = evaluate(params, cfg, tok, problems, scorer=scorer, gen_length=gen_length, block_length=block_length,
@@ -190,11 +181,7 @@ def build_parser() -> cliutil.ArgumentParser:
     ap.add_argument("--n", type=cliutil.nonneg_int, default=500,
                     help="held-out problems per task (JSONL: first n, 0 = all)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
-    ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                    help="default: bfloat16 on CUDA, float32 on CPU")
-    ap.add_argument("--ops", default="reference", choices=["reference", "triton"],
-                    help="op implementations (triton: needs CUDA, or TRITON_INTERPRET=1 on CPU)")
+    cliutil.add_device_args(ap)
     ap.add_argument("--batch-size", type=cliutil.positive_int, default=256)
     ap.add_argument("--tasks", type=cliutil.name_list(tuple(tasks_mod.TASKS)), default=tuple(tasks_mod.TASKS),
                     help=f"comma-separated built-in tasks (default: {','.join(tasks_mod.TASKS)})")
@@ -220,14 +207,8 @@ def parse_args(argv=None) -> Dict:
             ap.fail("--checkpoint", "is the old name of --model; give only --model")
         print("eval_tasks.py: --checkpoint is deprecated; use --model", file=sys.stderr)
         a.model = a.checkpoint
-    if not a.jsonl and a.n == 0:
-        ap.fail("--n", "0 is allowed only with --jsonl (all records); give a positive number of problems per task")
+    cliutil.check_problems(ap, a.jsonl, a.n, a.seed)
     cliutil.check_schedule(ap, a.gen_length, min(a.block_length, a.gen_length), a.steps or a.gen_length)
-    if a.jsonl:
-        try:
-            load_problems(a.jsonl, (), a.n, a.seed)
-        except (OSError, ValueError) as e:
-            ap.fail("--jsonl", str(e))
     device = cliutil.check_device(ap, a.device, a.ops)
     cliutil.check_model(ap, a.model)
     return dict(model=a.model, n=a.n, seed=a.seed, device=device, dtype=a.dtype, batch_size=a.batch_size,

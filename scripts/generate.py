@@ -53,11 +53,7 @@ def build_parser() -> cliutil.ArgumentParser:
     p.add_argument("--logits-eos-inf", action="store_true")
     p.add_argument("--confidence-eos-eot-inf", action="store_true")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="default: bfloat16 on CUDA, float32 on CPU")
-    p.add_argument("--ops", default="reference", choices=["reference", "triton"],
-                   help="op implementations (triton: needs CUDA, or TRITON_INTERPRET=1 on CPU)")
+    cliutil.add_device_args(p)
     p.add_argument("--json", action="store_true", help="print JSON (ids, NFE, timings) instead of text")
     p.add_argument("--quiet", action="store_true", help="no streaming display")
     return p

@@ -223,7 +223,10 @@ def test_other_scripts_bad_arguments_are_one_line(outside, capsys):
     one_line_error(run("eval_tasks.py", ["--model", "nowhere"], outside), "eval_tasks.py", "--model", "'nowhere'")
     one_line_error(run("report.py", ["missing.csv"], outside), "report.py", "csv_path", "'missing.csv'")
     in_process_error(capsys, eval_tasks.parse_args, ["--block-length", "5"], "eval_tasks.py", "--block-length", "5")
+    in_process_error(capsys, eval_tasks.parse_args, ["--block-length", "8", "--steps", "6"], "eval_tasks.py",
+                     "--steps", "6", "block count 4")
     in_process_error(capsys, eval_tasks.parse_args, ["--tasks", "add,mul"], "eval_tasks.py", "--tasks", "'mul'")
+    in_process_error(capsys, eval_tasks.parse_args, ["--n", "0"], "eval_tasks.py", "--n", "--jsonl")
     import train_tiny
 
     in_process_error(capsys, train_tiny.parse_args, ["--out", "x", "--steps", "0"], "train_tiny.py", "--steps", "'0'")
