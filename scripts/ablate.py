@@ -42,7 +42,7 @@ for _p in (_HERE, _ROOT):
         sys.path.insert(0, _p)
 
 import cliutil  # noqa: E402
-from provenance import git_sha  # noqa: E402
+from provenance import device_name, git_sha  # noqa: E402
 
 DEFAULT_MODEL = cliutil.DEFAULT_MODEL
 STUDIES = ("steps", "remasking", "block_length", "temperature", "cfg", "cache")
@@ -402,7 +402,7 @@ def _main(model, studies, unique, pairs, n, seed, tasks, jsonl, scorer, device, 
     meta = {"seed": seed, "batch_size": batch_size, "scorer": scorer, "model": os.path.relpath(model, _ROOT)
             if os.path.abspath(model).startswith(_ROOT + os.sep) else model,
             "dtype": str(params.dtype).replace("torch.", ""),
-            "ops": op_impl.name, "device": str(params.device), "device_name": cliutil.device_name(str(params.device)),
+            "ops": op_impl.name, "device": str(params.device), "device_name": device_name(str(params.device)),
             "torch": torch.__version__, "triton": _version("triton"), "python": platform.python_version(),
             "git_sha": git_sha(short=False), "timestamp": datetime.datetime.now().isoformat(timespec="seconds")}
     if not quiet:

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 from typing import Callable, List, Optional, Sequence
 
 __all__ = ["ROOT", "DEFAULT_MODEL", "ArgumentParser", "positive_int", "nonneg_int", "int_list", "float_list",
            "name_list", "check_schedule", "add_device_args", "check_problems", "default_device",
            "triton_ops_problem", "check_device", "check_model",
-           "load_checkpoint", "device_name"]
+           "load_checkpoint"]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_MODEL = os.path.join(ROOT, "checkpoints", "llada-tiny-tasks")
@@ -199,12 +198,3 @@ def load_checkpoint(parser: ArgumentParser, path: str, device: str, dtype=None, 
         return load_params(path, cfg, device=device, dtype=dtype), cfg
     except (WeightError, FileNotFoundError) as e:
         parser.fail(arg, f"{path!r}: {e}")
-
-
-def device_name(device: str) -> str:
-    """The GPU's name, or the CPU's architecture and torch thread count."""
-    import torch
-
-    if torch.device(device).type == "cuda":
-        return torch.cuda.get_device_name(torch.device(device))
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"

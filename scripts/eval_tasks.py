@@ -114,9 +114,9 @@ def format_table(rows: Sequence[Dict]) -> str:
 
 
 def _env(device: str) -> Dict:
-    from provenance import git_sha
+    from provenance import device_name, git_sha
 
-    return {"device": cliutil.device_name(device), "torch": torch.__version__, "python": platform.python_version(),
+    return {"device": device_name(device), "torch": torch.__version__, "python": platform.python_version(),
             "git_sha": git_sha(short=False)}
 
 

@@ -26,7 +26,6 @@ import collections
 import json
 import math
 import os
-import platform
 import random
 import sys
 import time
@@ -45,7 +44,7 @@ import torch.nn.functional as F  # noqa: E402
 import cliutil  # noqa: E402
 import eval_tasks  # noqa: E402
 import tasks as tasks_mod  # noqa: E402
-from provenance import git_sha  # noqa: E402
+from provenance import device_name, git_sha  # noqa: E402
 import tiny_tokenizer as ttok  # noqa: E402
 from llada_triton.models.config import LLaDAConfig  # noqa: E402
 from llada_triton.models.model import forward  # noqa: E402
@@ -292,11 +291,11 @@ def main(config: str = "small", device: str = "cpu", out: str = "runs/llada-tiny
     n_params = sum(t.numel() for _, t in named)
     gen = torch.Generator().manual_seed(seed)
     print(f"[train_tiny] config={config} {asdict(tc)}", flush=True)
-    print(f"[train_tiny] {n_params:,} params, device={cliutil.device_name(device)}, tasks={list(task_names)}",
+    print(f"[train_tiny] {n_params:,} params, device={device_name(device)}, tasks={list(task_names)}",
           flush=True)
 
     log = {"config": config, "train_config": asdict(tc), "seed": seed, "tasks": list(task_names),
-           "answer_length": ANSWER_LENGTH, "n_params": n_params, "device": cliutil.device_name(device),
+           "answer_length": ANSWER_LENGTH, "n_params": n_params, "device": device_name(device),
            "torch": torch.__version__, "git_sha": git_sha(short=False), "argv": sys.argv, "loss": [], "stopped_early": False}
     t0 = time.perf_counter()
     step = 0
