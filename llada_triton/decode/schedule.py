@@ -1,9 +1,13 @@
-"""How many tokens to commit at each step of a block: LLaDA's linear schedule and Dream's float32 one."""
+"""How many tokens to commit at each step of a block: LLaDA's linear schedule, Dream's float32 one and
+Fast-dLLM's Dream threshold carry (a family may bring its own through ``Family.schedule``)."""
 from __future__ import annotations
 
 import torch
 
-__all__ = ["num_transfer_tokens", "dream_step_fractions", "dream_transfer_counts", "CarrySchedule"]
+from llada_triton.models.dream import dream_step_fractions, dream_transfer_counts  # Dream's schedule (its family's)
+
+__all__ = ["num_transfer_tokens", "linear_schedule", "dream_step_fractions", "dream_transfer_counts",
+           "CarrySchedule"]
 
 
 def num_transfer_tokens(block_masked: torch.Tensor, steps: int) -> torch.Tensor:
@@ -22,33 +26,11 @@ def num_transfer_tokens(block_masked: torch.Tensor, steps: int) -> torch.Tensor:
     return out.to(torch.int64)
 
 
-def dream_step_fractions(steps: int, eps: float) -> torch.Tensor:
-    """Dream's ``1 - s / t`` per step in float32 (``timesteps = linspace(1, eps, steps + 1)``; the last step is 1):
-    the fraction of the masked positions a step transfers (``alg='origin'``: each one's probability)."""
-    if steps < 1:
-        raise ValueError(f"steps={steps}: need at least one step")
-    if not 0.0 < float(eps) < 1.0:
-        raise ValueError(f"eps={eps} must be in (0, 1)")
-    t = torch.linspace(1, float(eps), steps + 1, dtype=torch.float32)
-    frac = 1 - t[1:] / t[:-1]
-    frac[-1] = 1.0
-    return frac
-
-
-def dream_transfer_counts(n_masked: int, steps: int, eps: float, first: int = 0) -> list:
-    """Dream's schedule: host ints, the tokens transferred at steps ``first .. steps - 1`` of a block that has
-    ``n_masked`` masked positions at step ``first``. Step ``i < steps - 1`` transfers ``int(n * (1 - s / t))``,
-    computed in float32 and truncated (so with ``steps == n_masked`` the first step transfers 0); the last step
-    transfers what is left. Fast-dLLM's Dream caches count from ``first = 1`` after the block-start commit."""
-    frac = dream_step_fractions(steps, eps)
-    n = torch.tensor(float(n_masked), dtype=torch.float32)
-    out = []
-    for i in range(first, steps):
-        c = int(n_masked) if i == steps - 1 else int(n * frac[i])
-        out.append(c)
-        n_masked -= c
-        n = torch.tensor(float(n_masked), dtype=torch.float32)
-    return out
+def linear_schedule(n_masked: int, steps: int) -> list:
+    """Per-step counts (host ints) for a block with ``n_masked`` masked positions in ``steps`` steps: the official
+    schedule (the drivers call it with the block length: every block starts fully masked). A model family may
+    replace it through ``Family.schedule`` (same signature)."""
+    return num_transfer_tokens(torch.ones(1, n_masked, dtype=torch.bool), steps)[0].tolist()
 
 
 class CarrySchedule:

@@ -20,10 +20,13 @@ from typing import Any, ClassVar, Dict, Mapping, Optional
 import torch
 
 from .config import ConfigError, LLaDAConfig
+from .family import Family
 from .model import forward as dense_forward
+from .model import forward_hidden
 from .weights import Params, load_params
 
-__all__ = ["DreamConfig", "dream_name_map", "load_dream", "forward", "shift_logits"]
+__all__ = ["DreamConfig", "dream_name_map", "load_dream_params", "load_dream", "forward", "shift_logits",
+           "dream_step_fractions", "dream_transfer_counts", "dream_schedule", "FAMILY"]
 
 # Fields that do not change inference numerics here (init, bookkeeping, HF plumbing).
 _IGNORED = {
@@ -123,12 +126,17 @@ def dream_name_map(cfg: DreamConfig) -> Dict[str, tuple]:
     return m
 
 
+def load_dream_params(path: str, cfg: DreamConfig, *, device="cpu", dtype=torch.bfloat16) -> Params:
+    """A Dream folder's weights, strictly and shard by shard (``weights.load_params`` with Dream's names)."""
+    return load_params(path, cfg, device=device, dtype=dtype, name_map=dream_name_map(cfg))
+
+
 def load_dream(path: str, *, device="cpu", dtype=None, eot_token_id=None):
-    """``(params, cfg)`` from a Hugging Face Dream folder, strictly and shard by shard (see ``load_params``)."""
+    """``(params, cfg)`` from a Hugging Face Dream folder (``load_model`` picks this for ``model_type: Dream``)."""
     cfg = DreamConfig.from_pretrained(path, eot_token_id=eot_token_id)
     if dtype is None:
         dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-    return load_params(path, cfg, device=device, dtype=dtype, name_map=dream_name_map(cfg)), cfg
+    return load_dream_params(path, cfg, device=device, dtype=dtype), cfg
 
 
 def forward(params: Params, cfg: DreamConfig, tokens: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -144,3 +152,42 @@ def shift_logits(logits: torch.Tensor, shift: int = 1) -> torch.Tensor:
         raise ValueError(f"shift={shift} must be >= 0")
     idx = (torch.arange(logits.shape[1], device=logits.device) - shift).clamp_min(0)
     return logits.index_select(1, idx)
+
+
+def dream_step_fractions(steps: int, eps: float) -> torch.Tensor:
+    """Dream's ``1 - s / t`` per step in float32 (``timesteps = linspace(1, eps, steps + 1)``; the last step is 1):
+    the fraction of the masked positions a step transfers (``alg='origin'``: each one's probability)."""
+    if steps < 1:
+        raise ValueError(f"steps={steps}: need at least one step")
+    if not 0.0 < float(eps) < 1.0:
+        raise ValueError(f"eps={eps} must be in (0, 1)")
+    t = torch.linspace(1, float(eps), steps + 1, dtype=torch.float32)
+    frac = 1 - t[1:] / t[:-1]
+    frac[-1] = 1.0
+    return frac
+
+
+def dream_transfer_counts(n_masked: int, steps: int, eps: float, first: int = 0) -> list:
+    """Dream's schedule: host ints, the tokens transferred at steps ``first .. steps - 1`` of a block that has
+    ``n_masked`` masked positions at step ``first``. Step ``i < steps - 1`` transfers ``int(n * (1 - s / t))``,
+    computed in float32 and truncated (so with ``steps == n_masked`` the first step transfers 0); the last step
+    transfers what is left. Fast-dLLM's Dream caches count from ``first = 1`` after the block-start commit."""
+    frac = dream_step_fractions(steps, eps)
+    n = torch.tensor(float(n_masked), dtype=torch.float32)
+    out = []
+    for i in range(first, steps):
+        c = int(n_masked) if i == steps - 1 else int(n * frac[i])
+        out.append(c)
+        n_masked -= c
+        n = torch.tensor(float(n_masked), dtype=torch.float32)
+    return out
+
+
+def dream_schedule(n_masked: int, steps: int) -> list:
+    """The family's schedule hook: :func:`dream_transfer_counts` with Dream's default ``eps`` (1e-3)."""
+    return dream_transfer_counts(n_masked, steps, 1e-3)
+
+
+# the dense forward (q/k/v biases from the params, GQA from the config); the shift is read from cfg.logit_shift
+FAMILY = Family(name="dream", config=DreamConfig, forward_hidden=forward_hidden, load_params=load_dream_params,
+                schedule=dream_schedule)
