@@ -171,7 +171,8 @@ def main(argv=None):
                         sec, n, nfe, err = float("nan"), 0, 0, f"{type(e).__name__}: {str(e)[:160]}"
                         print(f"{policy} {provider} B={B} {P}x{G} failed: {err}", flush=True)
                         torch.cuda.empty_cache()
-                    row = dict(model=args.model, policy=policy, provider=provider, batch=B, prompt=P, gen=G, block=args.block_length,
+                    row = dict(model=args.model, policy=policy, provider=provider, batch=B, prompt=P, gen=G,
+                               block=args.block_length,
                                ms_per_step=round(sec * 1e3, 3), tokens_per_s=round(B / sec, 1),
                                floor_ms=round(floor * 1e3, 3), pct_of_floor=round(100 * floor / sec, 1),
                                timed_steps=n, nfe=nfe, peak_gib=round(torch.cuda.max_memory_allocated() / 2 ** 30, 2),
