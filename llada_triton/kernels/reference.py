@@ -24,6 +24,7 @@ __all__ = [
     "rope_ref",
     "qkv_rope_cache_ref",
     "qkv_proj_rope_ref",
+    "qkv_norm_rope_cache_ref",
     "block_attention_ref",
     "swiglu_mlp_ref",
     "silu_mul_ref",
@@ -33,6 +34,8 @@ __all__ = [
     "logits_confidence_ref",
     "select_transfer_ref",
     "commit_step_ref",
+    "moe_route_ref",
+    "moe_experts_ref",
 ]
 
 
@@ -84,18 +87,25 @@ def rope_tables(head_dim: int, theta: float, length: int, device=None):
     return emb.cos().to(device), emb.sin().to(device)
 
 
-def rope_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Half-split (NeoX) rotary embedding over the full head dim, computed in fp32.
+def _rotate(xf: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Half-split rotation of the first ``R = cos.shape[-1]`` features of fp32 ``xf`` (partial RoPE when
+    ``R < xf.shape[-1]``: the other features pass through unchanged)."""
+    R = cos.shape[-1]
+    r = xf[..., :R]
+    half = R // 2
+    out = r * cos + torch.cat((-r[..., half:], r[..., :half]), dim=-1) * sin
+    return out if R == xf.shape[-1] else torch.cat((out, xf[..., R:]), dim=-1)
 
-    x: ``[B, T, H, D]``; cos, sin: fp32 ``[T, D]`` (the rows of the tables at the tokens' positions).
-    Returns ``x * cos + rotate_half(x) * sin`` cast back to ``x.dtype``.
+
+def rope_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Half-split (NeoX) rotary embedding, computed in fp32.
+
+    x: ``[B, T, H, D]``; cos, sin: fp32 ``[T, R]`` (the rows of the tables at the tokens' positions) with
+    ``R <= D`` even: the first ``R`` features of each head rotate (``R < D``: partial RoPE, as LLaDA2's
+    ``partial_rotary_factor``), the rest pass through. Returns ``x * cos + rotate_half(x) * sin`` cast back
+    to ``x.dtype``.
     """
-    xf = x.float()
-    half = xf.shape[-1] // 2
-    rot = torch.cat((-xf[..., half:], xf[..., :half]), dim=-1)
-    c = cos[None, :, None, :]
-    s = sin[None, :, None, :]
-    return ((xf * c) + (rot * s)).to(x.dtype)
+    return _rotate(x.float(), cos[None, :, None, :], sin[None, :, None, :]).to(x.dtype)
 
 
 def qkv_rope_cache_ref(qkv: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.Tensor, start,
@@ -103,8 +113,8 @@ def qkv_rope_cache_ref(qkv: torch.Tensor, cos_table: torch.Tensor, sin_table: to
                        n_heads: int, write_from: Optional[torch.Tensor] = None):
     """RoPE on the q and k heads of a fused projection, then the keys/values into the KV cache.
 
-    qkv: ``[B, T, H + 2 Hkv, D]`` (heads q, then k, then v); cos_table, sin_table: fp32 ``[L, D]``
-    for absolute positions; start: int, or an int64 device tensor, 0-dim (all rows) or ``[B]`` (per
+    qkv: ``[B, T, H + 2 Hkv, D]`` (heads q, then k, then v); cos_table, sin_table: fp32 ``[L, R]``
+    for absolute positions (``R < D``: partial RoPE over the first ``R`` features of each head); start: int, or an int64 device tensor, 0-dim (all rows) or ``[B]`` (per
     row): the position of token 0 (token t sits at ``start + t``). With caches (``[B, T_max, Hkv, D]``)
     the rotated keys and the values are written at slots ``[start, start + T)``, except slots below
     ``write_from[b]`` when given, and ``(q, k_cache, v_cache)`` is returned; without, the rotated
@@ -116,15 +126,8 @@ def qkv_rope_cache_ref(qkv: torch.Tensor, cos_table: torch.Tensor, sin_table: to
     per_row = isinstance(start, torch.Tensor) and start.dim() == 1
     if per_row:
         pos = start[:, None] + torch.arange(T, device=qkv.device)[None, :]            # [B, T]
-        cos, sin = cos_table[pos][:, :, None, :], sin_table[pos][:, :, None, :]       # [B, T, 1, D]
-        half = D // 2
-
-        def rot(x):
-            xf = x.float()
-            r = torch.cat((-xf[..., half:], xf[..., :half]), dim=-1)
-            return ((xf * cos) + (r * sin)).to(x.dtype)
-
-        q, k = rot(qkv[:, :, :H]), rot(qkv[:, :, H:H + Hkv])
+        cos, sin = cos_table[pos][:, :, None, :], sin_table[pos][:, :, None, :]       # [B, T, 1, R]
+        q, k = (_rotate(t.float(), cos, sin).to(t.dtype) for t in (qkv[:, :, :H], qkv[:, :, H:H + Hkv]))
     else:
         if isinstance(start, torch.Tensor):
             pos = start + torch.arange(T, device=qkv.device)
@@ -163,6 +166,28 @@ def qkv_proj_rope_ref(x: torch.Tensor, w_qkv: torch.Tensor, cos_table: torch.Ten
     B, T, d = x.shape
     D = head_dim if head_dim is not None else k_cache.shape[-1] if k_cache is not None else d // n_heads
     qkv = F.linear(x, w_qkv).view(B, T, w_qkv.shape[0] // D, D)
+    return qkv_rope_cache_ref(qkv, cos_table, sin_table, start, k_cache, v_cache, n_heads=n_heads,
+                              write_from=write_from)
+
+
+def qkv_norm_rope_cache_ref(qkv: torch.Tensor, q_norm: Optional[torch.Tensor], k_norm: Optional[torch.Tensor],
+                            eps: float, cos_table: torch.Tensor, sin_table: torch.Tensor, start,
+                            k_cache: Optional[torch.Tensor] = None, v_cache: Optional[torch.Tensor] = None, *,
+                            n_heads: int, write_from: Optional[torch.Tensor] = None):
+    """QK-norm, then :func:`qkv_rope_cache_ref` (RoPE, possibly partial, and the cache write).
+
+    q_norm, k_norm: ``[D]`` RMSNorm weights applied to every q head and every k head (per-head RMSNorm over
+    ``head_dim``, as :func:`rms_norm_ref`, before the rotation: LLaDA2.x and LLaDA-MoE), or both None (no
+    QK-norm). Values are not normed. Same outputs as :func:`qkv_rope_cache_ref`; the cache holds normed,
+    rotated keys.
+    """
+    if (q_norm is None) != (k_norm is None):
+        raise ValueError("q_norm and k_norm must both be given or both be None")
+    if q_norm is not None:
+        H = n_heads
+        Hkv = (qkv.shape[2] - H) // 2
+        qkv = torch.cat([rms_norm_ref(qkv[:, :, :H], q_norm, eps), rms_norm_ref(qkv[:, :, H:H + Hkv], k_norm, eps),
+                         qkv[:, :, H + Hkv:]], dim=2)
     return qkv_rope_cache_ref(qkv, cos_table, sin_table, start, k_cache, v_cache, n_heads=n_heads,
                               write_from=write_from)
 
@@ -420,3 +445,65 @@ def _factor_count(ranked: torch.Tensor, n_masked: torch.Tensor, factor: float) -
             i += 1
         out[b] = min(i, n)
     return out
+
+
+# ------------------------------------------------------------------------------------------- moe
+SCORE_FUNCS = ("sigmoid", "softmax")
+
+
+def moe_route_ref(x: torch.Tensor, router_w: torch.Tensor, expert_bias: Optional[torch.Tensor] = None, *,
+                  top_k: int, n_group: int = 1, topk_group: int = 1, score_func: str = "sigmoid",
+                  norm_topk_prob: bool = True, routed_scaling_factor: float = 1.0):
+    """Router of a mixture-of-experts layer: ``(weights fp32 [M, top_k], ids int32 [M, top_k])``.
+
+    x: ``[M, d]``; router_w: ``[E, d]``. Logits ``x @ router_w.T`` in fp32, scores ``sigmoid`` or ``softmax``
+    of them. ``expert_bias`` ``[E]`` (or None) is added to the scores for the *selection* only. With
+    ``n_group > 1`` the experts form ``n_group`` equal groups, each scored by the sum of its two best
+    (biased) scores; the best ``topk_group`` groups stay eligible. The ``top_k`` best eligible experts
+    are taken (``torch.topk`` order: descending); their weights are the unbiased scores, divided by
+    their sum when ``norm_topk_prob`` (and ``top_k > 1``), times ``routed_scaling_factor``.
+    LLaDA2.x: sigmoid, expert bias, groups, normalised, x 2.5; LLaDA-MoE: softmax, top-k, as they are.
+    """
+    if score_func not in SCORE_FUNCS:
+        raise ValueError(f"score_func={score_func!r}; choose one of {SCORE_FUNCS}")
+    M, E = x.shape[0], router_w.shape[0]
+    if not 1 <= top_k <= E:
+        raise ValueError(f"top_k={top_k} must be in [1, {E}] (the number of experts)")
+    if n_group < 1 or E % n_group or not 1 <= topk_group <= n_group:
+        raise ValueError(f"n_group={n_group}, topk_group={topk_group}: need E={E} % n_group == 0 and "
+                         "1 <= topk_group <= n_group")
+    logits = F.linear(x.float(), router_w.float())
+    scores = torch.sigmoid(logits) if score_func == "sigmoid" else torch.softmax(logits, dim=-1)
+    choice = scores if expert_bias is None else scores + expert_bias.float()
+    if n_group > 1:
+        group_scores = choice.view(M, n_group, -1).topk(2, dim=-1)[0].sum(dim=-1)
+        groups = torch.topk(group_scores, k=topk_group, dim=-1, sorted=False)[1]
+        keep = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, groups, True)
+        choice = choice.masked_fill(~keep.repeat_interleave(E // n_group, dim=1), float("-inf"))
+    ids = torch.topk(choice, k=top_k, dim=-1)[1]
+    weights = scores.gather(1, ids)
+    if norm_topk_prob and top_k > 1:
+        weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+    return weights * routed_scaling_factor, ids.to(torch.int32)
+
+
+def moe_experts_ref(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, weights: torch.Tensor,
+                    ids: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The routed experts of a mixture-of-experts layer, combined: ``[M, d]`` in ``x.dtype``.
+
+    x: ``[M, d]``; w_gate_up: ``[E, 2I, d]`` (rows ``[0, I)`` the gate, through SiLU, then the up
+    projection); w_down: ``[E, d, I]``; weights fp32 / ids int ``[M, k]`` (:func:`moe_route_ref`).
+    Each chosen expert's SwiGLU output (products rounded to ``x.dtype``, as the reference models) is
+    scaled by its weight and summed over ``k`` in fp32, rounded to ``x.dtype``, then added to
+    ``residual`` when given. Experts that receive no token are never read.
+    """
+    M, K = ids.shape
+    I = w_down.shape[2]  # noqa: E741
+    out = x.new_zeros(M, K, x.shape[1])
+    ids = ids.long()
+    for e in torch.unique(ids).tolist():
+        m, j = (ids == e).nonzero(as_tuple=True)
+        xe = x[m]
+        out[m, j] = F.linear(F.silu(F.linear(xe, w_gate_up[e, :I])) * F.linear(xe, w_gate_up[e, I:]), w_down[e])
+    y = (out.float() * weights.float()[..., None]).sum(dim=1).to(x.dtype)
+    return y if residual is None else residual + y

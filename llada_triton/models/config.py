@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
-__all__ = ["LLaDAConfig", "ConfigError"]
+__all__ = ["LLaDAConfig", "ConfigError", "token_id_from_tokenizer_files"]
 
 
 class ConfigError(ValueError):
@@ -177,6 +177,11 @@ class LLaDAConfig:
 
 def _eot_from_tokenizer_files(path: str) -> Optional[int]:
     """The id of ``<|eot_id|>`` from ``tokenizer.json`` / ``tokenizer_config.json``, if present."""
+    return token_id_from_tokenizer_files(path, "<|eot_id|>")
+
+
+def token_id_from_tokenizer_files(path: str, content: str) -> Optional[int]:
+    """The id of the added token ``content`` from ``tokenizer.json`` / ``tokenizer_config.json``, if present."""
     for name, getter in (("tokenizer.json", lambda d: d.get("added_tokens", [])),
                          ("tokenizer_config.json",
                           lambda d: [dict(v, id=int(k)) for k, v in d.get("added_tokens_decoder", {}).items()])):
@@ -185,6 +190,6 @@ def _eot_from_tokenizer_files(path: str) -> Optional[int]:
             with open(p) as f:
                 data = json.load(f)
             for tok in getter(data):
-                if tok.get("content") == "<|eot_id|>":
+                if tok.get("content") == content:
                     return int(tok["id"])
     return None

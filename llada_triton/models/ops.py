@@ -38,6 +38,14 @@ class Ops:
     count of a decoding step in one launch). When set they take precedence over ``linear`` / ``mlp`` /
     ``qkv_rope`` + ``rms_norm`` / ``select`` at those places: set them to None when replacing ``linear``,
     ``mlp``, ``qkv_rope`` or ``select`` in an ablation.
+
+    Fields the MoE families (LLaDA2.x, LLaDA-MoE; :mod:`llada_triton.models.moe_model`) need, None where an
+    ``Ops`` does not provide them (the model then names the missing field): qk_norm_rope(qkv, q_norm, k_norm,
+    eps, cos, sin, start, k_cache, v_cache, *, n_heads, write_from) -> (q, k, v) as qkv_norm_rope_cache_ref
+    (per-head QK-norm, then RoPE, partial when the tables are narrower than head_dim, and the cache write);
+    moe_route(x, router_w, expert_bias, *, top_k, n_group, topk_group, score_func, norm_topk_prob,
+    routed_scaling_factor) -> (weights, ids) as moe_route_ref; moe_experts(x, w_gate_up [E, 2I, d],
+    w_down [E, d, I], weights, ids, residual) -> y as moe_experts_ref.
     """
     name: str
     linear: Callable
@@ -51,6 +59,9 @@ class Ops:
     mlp_norm: Optional[Callable] = None
     qkv_proj_rope: Optional[Callable] = None
     commit: Optional[Callable] = None
+    qk_norm_rope: Optional[Callable] = None
+    moe_route: Optional[Callable] = None
+    moe_experts: Optional[Callable] = None
 
 
 def _linear_ref(x, w, residual=None):
@@ -148,13 +159,17 @@ REFERENCE_OPS = Ops(
     mlp=_mlp_ref,
     head=_head_ref,
     select=ref.select_transfer_ref,
+    qk_norm_rope=ref.qkv_norm_rope_cache_ref,
+    moe_route=ref.moe_route_ref,
+    moe_experts=ref.moe_experts_ref,
 )
 
 
 def triton_ops(**overrides) -> Ops:
     """The Triton implementations (imports ``kernels``' Triton modules now). The QKV and output
     projections use the Triton decode GEMM up to 64 rows and cuBLAS (``F.linear``) above, where it is
-    faster; ``overrides`` replace single fields."""
+    faster; ``overrides`` replace single fields. The MoE families' QK-norm + RoPE, router and experts have no
+    Triton kernel here yet: those fields are the torch references (they run on any device)."""
     from llada_triton.kernels.attention import block_attention
     from llada_triton.kernels.norm import rms_norm
     from llada_triton.kernels.qkv import qkv_proj_rope
@@ -163,7 +178,8 @@ def triton_ops(**overrides) -> Ops:
 
     ops = Ops(name="triton", linear=_linear_decode, rms_norm=rms_norm, qkv_rope=qkv_rope_cache, attention=block_attention,
               mlp=_mlp_decode, head=head_confidence, select=select_transfer, linear_norm=_linear_norm_decode,
-              mlp_norm=_mlp_norm_decode, qkv_proj_rope=qkv_proj_rope, commit=commit_step)
+              mlp_norm=_mlp_norm_decode, qkv_proj_rope=qkv_proj_rope, commit=commit_step,
+              qk_norm_rope=ref.qkv_norm_rope_cache_ref, moe_route=ref.moe_route_ref, moe_experts=ref.moe_experts_ref)
     if overrides:
         from dataclasses import replace
         ops = replace(ops, **overrides)

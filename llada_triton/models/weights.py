@@ -18,7 +18,7 @@ from llada_triton.kernels.reference import rope_tables
 from .config import LLaDAConfig
 
 __all__ = ["LayerParams", "Params", "load_params", "param_name_map", "WeightError", "init_params",
-           "save_checkpoint"]
+           "save_checkpoint", "stream_checkpoint"]
 
 PREFIX = "model.transformer."
 
@@ -137,10 +137,24 @@ def load_params(path: str, cfg: LLaDAConfig, *, device="cpu", dtype: torch.dtype
     mis-shaped tensor, a tensor the index names but the file lacks, or an unreadable/truncated file
     raises :class:`WeightError` naming the tensor and the file.
     """
-    from safetensors import safe_open
-
     names = param_name_map(cfg)
     params = _empty_params(cfg, device, dtype)
+
+    def write(name, t):
+        target, layer, rows, _ = names[name]
+        _target(params, target, layer)[rows].copy_(t)
+
+    stream_checkpoint(path, {n: v[3] for n, v in names.items()}, write)
+    return params
+
+
+def stream_checkpoint(path: str, shapes: Dict[str, Tuple[int, ...]], write, *, describe_missing=None) -> None:
+    """Read every tensor of a safetensors checkpoint folder once, shard by shard, and hand it to
+    ``write(name, tensor)`` (which copies it into its slot): strict both ways. ``shapes`` maps each expected
+    checkpoint name to its shape; an unexpected, duplicated, mis-shaped, unreadable or missing tensor raises
+    :class:`WeightError` naming it and the file (``describe_missing(names)`` may phrase the missing ones)."""
+    from safetensors import safe_open
+
     seen: Dict[str, str] = {}
     for fname, wanted in _shard_plan(path).items():
         fpath = os.path.join(path, fname)
@@ -156,29 +170,28 @@ def load_params(path: str, cfg: LLaDAConfig, *, device="cpu", dtype: torch.dtype
             for name in todo:
                 if name not in present:
                     raise WeightError(f"tensor {name!r} is named by the index for {fname!r} but the file lacks it")
-                if name not in names:
+                if name not in shapes:
                     raise WeightError(f"unexpected tensor {name!r} in {fname!r} (not part of this config)")
                 if name in seen:
                     raise WeightError(f"tensor {name!r} appears twice ({seen[name]!r} and {fname!r})")
-                target, layer, rows, shape = names[name]
                 shp = tuple(f.get_slice(name).get_shape())
-                if shp != shape:
-                    raise WeightError(f"tensor {name!r} in {fname!r} has shape {shp}, expected {shape}")
+                if shp != tuple(shapes[name]):
+                    raise WeightError(f"tensor {name!r} in {fname!r} has shape {shp}, expected {tuple(shapes[name])}")
                 try:
                     t = f.get_tensor(name)
                 except Exception as e:
                     raise WeightError(f"cannot read tensor {name!r} from {fpath!r} (truncated or corrupt?): {e}") from e
-                _target(params, target, layer)[rows].copy_(t)
+                write(name, t)
                 del t
                 seen[name] = fname
             if wanted is not None:
                 extra = sorted(present - set(wanted))
                 if extra:
                     raise WeightError(f"{fname!r} holds tensors the index does not list: {extra[:5]}")
-    missing = sorted(set(names) - set(seen))
+    missing = sorted(set(shapes) - set(seen))
     if missing:
-        raise WeightError(f"checkpoint {path!r} lacks {len(missing)} tensors, e.g. {missing[:5]}")
-    return params
+        what = describe_missing(missing) if describe_missing else f"e.g. {missing[:5]}"
+        raise WeightError(f"checkpoint {path!r} lacks {len(missing)} tensors, {what}")
 
 
 # ---------------------------------------------------------------------------- synthetic checkpoints
