@@ -29,7 +29,8 @@ from typing import Optional, Union
 
 import torch
 
-from llada_triton.models.model import KVCache, forward_hidden
+from llada_triton.models import forward_hidden_of
+from llada_triton.models.model import KVCache
 
 __all__ = ["CachePolicy", "NoCache", "PrefixCache", "DualCache", "BlockCache", "make_policy", "POLICIES",
            "StepContext", "take_cols"]
@@ -90,7 +91,7 @@ class CachePolicy:
 
     def _fwd(self, tokens, **kw):
         c = self.ctx
-        return forward_hidden(c.params, c.cfg, tokens, kv_start=c.kv_start, ops=c.ops, **kw)
+        return forward_hidden_of(c.cfg)(c.params, c.cfg, tokens, kv_start=c.kv_start, ops=c.ops, **kw)
 
     def first(self, x: torch.Tensor, b: int, s: Pos) -> torch.Tensor:
         return self.steady(x, b, s)
@@ -173,9 +174,10 @@ class BlockCache(_CachedPolicy):
                 r1 = min(x.shape[0], r0 + rows)
                 c = self.ctx
                 cache = KVCache(self.cache.k[:, r0:r1], self.cache.v[:, r0:r1])
-                outs.append(forward_hidden(c.params, c.cfg, x[r0:r1, :P + Lb], start=0, cache=cache, kv_len=P + Lb,
-                                           kv_start=None if c.kv_start is None else c.kv_start[r0:r1],
-                                           key_end=key_end, rows=slice(P, P + Lb), ops=c.ops))
+                fwd = forward_hidden_of(c.cfg)
+                outs.append(fwd(c.params, c.cfg, x[r0:r1, :P + Lb], start=0, cache=cache, kv_len=P + Lb,
+                                kv_start=None if c.kv_start is None else c.kv_start[r0:r1],
+                                key_end=key_end, rows=slice(P, P + Lb), ops=c.ops))
             return outs[0] if len(outs) == 1 else torch.cat(outs)
         # [committed block b-1 ; block b]: block b-1 sees keys < s, block b keys < s + Lb
         ends = const("ends", Lb, x.device) + s

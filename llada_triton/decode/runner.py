@@ -27,7 +27,8 @@ from typing import Callable, List, Optional, Sequence
 import torch
 
 from llada_triton.models.config import LLaDAConfig
-from llada_triton.models.model import KVCache, forward_hidden
+from llada_triton.models import forward_hidden_of
+from llada_triton.models.model import KVCache
 from llada_triton.models.ops import REFERENCE_OPS, Ops
 from llada_triton.models.weights import Params
 from .generate import _Graphs, _make_rule, _validate, pad_prompts
@@ -112,7 +113,7 @@ def run_many(params: Params, cfg: LLaDAConfig, prompts: Sequence[Sequence[int]],
         if use_cfg:  # rows S + r: the unconditional copies, prompt positions (pads included) masked
             feed = torch.cat([feed, torch.where(pos < P, mask_id, feed)])
             start, key_end, write_from = (torch.cat([t, t]) for t in (start, key_end, write_from))
-        hidden = forward_hidden(params, cfg, feed, start=start, cache=cache, kv_len=T, kv_start=kv_start,
+        hidden = forward_hidden_of(cfg)(params, cfg, feed, start=start, cache=cache, kv_len=T, kv_start=kv_start,
                                 key_end=key_end, rows=slice(Lb, 2 * Lb), write_from=write_from, ops=ops)
         masked = None
         if rule.compacts(ops, S * Lb):  # the head runs on the masked rows only: it needs them now
@@ -136,7 +137,7 @@ def run_many(params: Params, cfg: LLaDAConfig, prompts: Sequence[Sequence[int]],
 
     def prefill(row: int, tokens: torch.Tensor):
         """The prompt ``tokens`` [P] into cache row ``row``: it sees itself; its K/V are final from now on."""
-        forward_hidden(params, cfg, tokens[None], start=0,
+        forward_hidden_of(cfg)(params, cfg, tokens[None], start=0,
                        cache=KVCache(cache.k[:, row:row + 1], cache.v[:, row:row + 1]), kv_len=P,
                        kv_start=kv_start[row:row + 1], rows=slice(P - 1, P), ops=ops)
 

@@ -34,6 +34,7 @@ __all__ = [
     "logits_confidence_ref",
     "select_transfer_ref",
     "commit_step_ref",
+    "select_threshold_topk_ref",
     "moe_route_ref",
     "moe_experts_ref",
 ]
@@ -375,6 +376,29 @@ def select_transfer_ref(conf: torch.Tensor, masked: torch.Tensor, *,
     else:
         count = _factor_count(ranked, n_masked, factor)
     take_sorted = ranks < count[:, None]
+    out = torch.zeros(B, L, dtype=torch.bool, device=conf.device)
+    out.scatter_(1, order, take_sorted)
+    return out & masked
+
+
+def select_threshold_topk_ref(conf: torch.Tensor, masked: torch.Tensor, *, k: torch.Tensor,
+                              threshold: float) -> torch.Tensor:
+    """LLaDA2.x's rule: every masked position with ``conf > threshold`` (strict) when there are at least
+    ``k[b]`` of them, else the ``min(k[b], #masked)`` most confident masked positions. ``k = 0`` takes only
+    the positions above the threshold (possibly none); ``threshold >= 1`` is the pure top-k schedule.
+
+    conf: fp32 ``[B, L]``; masked: bool ``[B, L]``; k: int ``[B]``. Ranking as :func:`select_transfer_ref`
+    (descending, ties to the lowest index). Returns bool ``[B, L]``.
+    """
+    check_not_nan("threshold", threshold)
+    B, L = conf.shape
+    key = torch.where(masked, conf.float(), torch.full_like(conf, float("-inf"), dtype=torch.float))
+    order = _stable_desc_order(key, masked)
+    n_masked = masked.sum(1)
+    n_high = (masked & (key > threshold)).sum(1)
+    k = k.to(n_masked.device).long()
+    count = torch.where(n_high >= k, n_high, torch.minimum(k, n_masked))
+    take_sorted = torch.arange(L, device=conf.device)[None, :] < count[:, None]
     out = torch.zeros(B, L, dtype=torch.bool, device=conf.device)
     out.scatter_(1, order, take_sorted)
     return out & masked
