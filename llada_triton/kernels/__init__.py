@@ -22,6 +22,9 @@ __all__ = [
     "select_transfer",
     "select_commit",
     "commit_step",
+    "moe_route",
+    "moe_align",
+    "moe_experts",
     "reference",
 ]
 
@@ -39,6 +42,9 @@ _LAZY = {
     "select_transfer": "llada_triton.kernels.remask",
     "select_commit": "llada_triton.kernels.remask",
     "commit_step": "llada_triton.kernels.remask",
+    "moe_route": "llada_triton.kernels.moe",
+    "moe_align": "llada_triton.kernels.moe",
+    "moe_experts": "llada_triton.kernels.moe",
 }
 
 
