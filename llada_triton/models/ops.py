@@ -168,9 +168,11 @@ REFERENCE_OPS = Ops(
 def triton_ops(**overrides) -> Ops:
     """The Triton implementations (imports ``kernels``' Triton modules now). The QKV and output
     projections use the Triton decode GEMM up to 64 rows and cuBLAS (``F.linear``) above, where it is
-    faster; ``overrides`` replace single fields. The MoE families' QK-norm + RoPE, router and experts have no
-    Triton kernel here yet: those fields are the torch references (they run on any device)."""
+    faster; ``overrides`` replace single fields. The MoE families' router and experts are the fused MoE kernels
+    (``kernels.moe``); their QK-norm + partial RoPE has no Triton kernel yet: that field is the torch reference
+    (it runs on any device)."""
     from llada_triton.kernels.attention import block_attention
+    from llada_triton.kernels.moe import moe_experts, moe_route
     from llada_triton.kernels.norm import rms_norm
     from llada_triton.kernels.qkv import qkv_proj_rope
     from llada_triton.kernels.remask import commit_step, head_confidence, select_transfer
@@ -179,7 +181,7 @@ def triton_ops(**overrides) -> Ops:
     ops = Ops(name="triton", linear=_linear_decode, rms_norm=rms_norm, qkv_rope=qkv_rope_cache, attention=block_attention,
               mlp=_mlp_decode, head=head_confidence, select=select_transfer, linear_norm=_linear_norm_decode,
               mlp_norm=_mlp_norm_decode, qkv_proj_rope=qkv_proj_rope, commit=commit_step,
-              qk_norm_rope=ref.qkv_norm_rope_cache_ref, moe_route=ref.moe_route_ref, moe_experts=ref.moe_experts_ref)
+              qk_norm_rope=ref.qkv_norm_rope_cache_ref, moe_route=moe_route, moe_experts=moe_experts)
     if overrides:
         from dataclasses import replace
         ops = replace(ops, **overrides)
