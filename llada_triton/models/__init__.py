@@ -5,7 +5,7 @@ Families: the dense LLaDA (``config``, ``weights``, ``model``) and the MoE famil
 """
 from .config import ConfigError, LLaDAConfig
 from .family import forward_hidden_of
-from .moe_config import MoEConfig, detect_family
+from .moe_config import LLaDA2Config, LLaDAMoEConfig, MoEConfig, detect_family
 from .moe_weights import MoELayerParams, MoEParams, load_moe_params
 from .model import KVCache, forward, forward_hidden, logits_from_hidden
 from .ops import REFERENCE_OPS, Ops, triton_ops
@@ -13,7 +13,7 @@ from .weights import LayerParams, Params, WeightError, init_params, load_params,
 
 __all__ = ["LLaDAConfig", "ConfigError", "Params", "LayerParams", "WeightError", "load_params", "init_params",
            "save_checkpoint", "forward", "forward_hidden", "logits_from_hidden", "KVCache", "Ops",
-           "REFERENCE_OPS", "triton_ops", "load_model", "MoEConfig", "MoEParams", "MoELayerParams", "load_moe_params",
+           "REFERENCE_OPS", "triton_ops", "load_model", "MoEConfig", "LLaDA2Config", "LLaDAMoEConfig", "MoEParams", "MoELayerParams", "load_moe_params",
            "detect_family", "forward_hidden_of"]
 
 

@@ -10,11 +10,12 @@ from typing import Callable
 
 from . import model, moe_model
 from .config import LLaDAConfig
-from .moe_config import MoEConfig
+from .moe_config import LLaDA2Config, LLaDAMoEConfig
 
 __all__ = ["forward_hidden_of"]
 
-_FORWARD_HIDDEN = {LLaDAConfig: model.forward_hidden, MoEConfig: moe_model.forward_hidden}
+_FORWARD_HIDDEN = {LLaDAConfig: model.forward_hidden, LLaDA2Config: moe_model.forward_hidden,
+                   LLaDAMoEConfig: moe_model.forward_hidden}
 
 
 def forward_hidden_of(cfg) -> Callable:

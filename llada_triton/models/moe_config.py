@@ -19,11 +19,11 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Tuple
+from typing import Any, ClassVar, Mapping, Optional, Tuple
 
 from .config import ConfigError, token_id_from_tokenizer_files
 
-__all__ = ["MoEConfig", "detect_family", "FAMILIES"]
+__all__ = ["MoEConfig", "LLaDA2Config", "LLaDAMoEConfig", "detect_family", "FAMILIES"]
 
 FAMILIES = ("llada", "llada2", "lladamoe")
 # the real checkpoints' ids (Ling tokenizer): used when neither the tokenizer files nor an override give them
@@ -67,12 +67,13 @@ _LLADAMOE_USED = {"vocab_size", "hidden_size", "dense_intermediate_size", "exper
 @dataclass(frozen=True)
 class MoEConfig:
     """What the MoE model code needs; the field names the driver reads match :class:`LLaDAConfig`'s.
+    Instances are :class:`LLaDA2Config` or :class:`LLaDAMoEConfig` (class attribute ``family``).
 
     ``moe_layers[i]`` says whether layer i is MoE (else a dense SwiGLU MLP of ``intermediate_size``);
     ``rotary_dim`` features of each head rotate (partial RoPE when < head_dim); ``shared_intermediate_size``
     is the one shared expert's hidden size (None: no shared expert).
     """
-    family: str
+    family: ClassVar[str] = ""
     d_model: int
     n_heads: int
     n_kv_heads: int
@@ -111,7 +112,7 @@ class MoEConfig:
 
     def __post_init__(self):
         if self.family not in ("llada2", "lladamoe"):
-            raise ConfigError(f"family={self.family!r} is not an MoE family (llada2, lladamoe)")
+            raise ConfigError(f"{type(self).__name__} is not an MoE family config (use LLaDA2Config or LLaDAMoEConfig)")
         if self.rotary_dim is None:
             object.__setattr__(self, "rotary_dim", self.head_dim)
         if self.n_layers < 1 or len(self.moe_layers) != self.n_layers:
@@ -153,6 +154,9 @@ class MoEConfig:
         family = detect_family(cfg)
         if family == "llada":
             raise ConfigError("this config.json is the dense LLaDA (use LLaDAConfig / load_model)")
+        target = LLaDA2Config if family == "llada2" else LLaDAMoEConfig
+        if cls.family and cls is not target:
+            raise ConfigError(f"this config.json is the {family} family, not {cls.family} (use {target.__name__})")
         sup, ign, used = ((_LLADA2_SUPPORTED, _LLADA2_IGNORED, _LLADA2_USED) if family == "llada2" else
                           (_LLADAMOE_SUPPORTED, _LLADAMOE_IGNORED, _LLADAMOE_USED))
         unknown = sorted(set(cfg) - _COMMON_IGNORED - set(sup) - ign - used)
@@ -174,7 +178,7 @@ class MoEConfig:
         bos = cfg.get("bos_token_id", generation.get("bos_token_id"))
         mask = mask_token_id if mask_token_id is not None else cfg.get("mask_token_id", _MASK_ID)
         d, H = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
-        return cls(family=family, d_model=d, n_heads=H, n_layers=int(cfg["num_hidden_layers"]),
+        return target(d_model=d, n_heads=H, n_layers=int(cfg["num_hidden_layers"]),
                    n_kv_heads=int(cfg.get("num_key_value_heads") or H), vocab_size=int(cfg["vocab_size"]),
                    top_k=int(cfg["num_experts_per_tok"]), n_experts=int(cfg["num_experts"]),
                    rope_theta=float(cfg["rope_theta"]), rms_norm_eps=float(cfg["rms_norm_eps"]),
@@ -197,6 +201,18 @@ class MoEConfig:
             eot_token_id = token_id_from_tokenizer_files(path, "<|role_end|>")
         return cls.from_dict(cfg, generation=gen, mask_token_id=mask_token_id, eot_token_id=eot_token_id,
                              allow_unknown=allow_unknown)
+
+
+@dataclass(frozen=True)
+class LLaDA2Config(MoEConfig):
+    """LLaDA2.x (``llada2_moe``): see the module docstring."""
+    family: ClassVar[str] = "llada2"
+
+
+@dataclass(frozen=True)
+class LLaDAMoEConfig(MoEConfig):
+    """LLaDA-MoE (``llada`` + ``LLaDAMoEModelLM``): see the module docstring."""
+    family: ClassVar[str] = "lladamoe"
 
 
 def read_config_files(path: str):
