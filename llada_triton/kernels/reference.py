@@ -113,13 +113,14 @@ def qkv_rope_cache_ref(qkv: torch.Tensor, cos_table: torch.Tensor, sin_table: to
     """RoPE on the q and k heads of a fused projection, then the keys/values into the KV cache.
 
     qkv: ``[B, T, H + 2 Hkv, D]`` (heads q, then k, then v); cos_table, sin_table: fp32 ``[L, R]``
-    for absolute positions (``R < D``: partial RoPE over the first ``R`` features of each head); start: int, or an int64 device tensor, 0-dim (all rows) or ``[B]`` (per
+    for absolute positions (``R < D``: partial RoPE over the first ``R`` features of each head); start: int, or
+    an int64 device tensor, 0-dim (all rows) or ``[B]`` (per
     row): the position of token 0 (token t sits at ``start + t``). With caches (``[B, T_max, Hkv, D]``)
     the rotated keys and the values are written at slots ``[start, start + T)``, except slots below
     ``write_from[b]`` when given, and ``(q, k_cache, v_cache)`` is returned; without, the rotated
     ``(q, k, v)``. The Triton version rotates q (and k without a cache) in place in ``qkv``.
     """
-    B, T, NH, D = qkv.shape
+    B, T, NH, _ = qkv.shape
     H = n_heads
     Hkv = (NH - H) // 2
     per_row = isinstance(start, torch.Tensor) and start.dim() == 1

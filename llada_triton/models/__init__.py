@@ -6,14 +6,15 @@ Families: the dense LLaDA (``config``, ``weights``, ``model``) and the MoE famil
 from .config import ConfigError, LLaDAConfig
 from .family import forward_hidden_of
 from .moe_config import LLaDA2Config, LLaDAMoEConfig, MoEConfig, detect_family
-from .moe_weights import MoELayerParams, MoEParams, load_moe_params
+from .moe_weights import MoELayerParams, load_moe_params
 from .model import KVCache, forward, forward_hidden, logits_from_hidden
 from .ops import REFERENCE_OPS, Ops, triton_ops
 from .weights import LayerParams, Params, WeightError, init_params, load_params, save_checkpoint
 
 __all__ = ["LLaDAConfig", "ConfigError", "Params", "LayerParams", "WeightError", "load_params", "init_params",
            "save_checkpoint", "forward", "forward_hidden", "logits_from_hidden", "KVCache", "Ops",
-           "REFERENCE_OPS", "triton_ops", "load_model", "MoEConfig", "LLaDA2Config", "LLaDAMoEConfig", "MoEParams", "MoELayerParams", "load_moe_params",
+           "REFERENCE_OPS", "triton_ops", "load_model", "MoEConfig", "LLaDA2Config", "LLaDAMoEConfig", "MoELayerParams",
+           "load_moe_params",
            "detect_family", "forward_hidden_of"]
 
 
@@ -25,7 +26,7 @@ def load_model(path: str, *, device="cpu", dtype=None, eot_token_id=None, mask_t
     the config and tokenizer files."""
     import torch
 
-    from .moe_config import read_config_files
+    from .config import read_config_files
 
     if dtype is None:
         dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
-__all__ = ["LLaDAConfig", "ConfigError", "token_id_from_tokenizer_files"]
+__all__ = ["LLaDAConfig", "ConfigError", "token_id_from_tokenizer_files", "read_config_files"]
 
 
 class ConfigError(ValueError):
@@ -157,22 +157,28 @@ class LLaDAConfig:
     def from_pretrained(cls, path: str, *, eot_token_id: Optional[int] = None,
                         allow_unknown: bool = False) -> "LLaDAConfig":
         """Read ``config.json``, ``generation_config.json`` and the tokenizer's ``<|eot_id|>`` from a folder."""
-        cfg_path = os.path.join(path, "config.json")
-        if not os.path.isfile(cfg_path):
-            raise FileNotFoundError(f"no config.json in {path!r}")
-        with open(cfg_path) as f:
-            cfg = json.load(f)
-        gen = {}
-        gen_path = os.path.join(path, "generation_config.json")
-        if os.path.isfile(gen_path):
-            with open(gen_path) as f:
-                gen = json.load(f)
+        cfg, gen = read_config_files(path)
         if eot_token_id is None:
             eot_token_id = _eot_from_tokenizer_files(path)
         return cls.from_dict(cfg, generation=gen, eot_token_id=eot_token_id, allow_unknown=allow_unknown)
 
     def replace(self, **changes) -> "LLaDAConfig":
         return dataclasses.replace(self, **changes)
+
+
+def read_config_files(path: str):
+    """``(config.json, generation_config.json or {})`` of a checkpoint folder, parsed."""
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise FileNotFoundError(f"no config.json in {path!r}")
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    gen = {}
+    gen_path = os.path.join(path, "generation_config.json")
+    if os.path.isfile(gen_path):
+        with open(gen_path) as f:
+            gen = json.load(f)
+    return cfg, gen
 
 
 def _eot_from_tokenizer_files(path: str) -> Optional[int]:

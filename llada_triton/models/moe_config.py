@@ -16,12 +16,10 @@ config carries the differences as data.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Optional, Tuple
 
-from .config import ConfigError, token_id_from_tokenizer_files
+from .config import ConfigError, read_config_files, token_id_from_tokenizer_files
 
 __all__ = ["MoEConfig", "LLaDA2Config", "LLaDAMoEConfig", "detect_family", "FAMILIES"]
 
@@ -213,21 +211,6 @@ class LLaDA2Config(MoEConfig):
 class LLaDAMoEConfig(MoEConfig):
     """LLaDA-MoE (``llada`` + ``LLaDAMoEModelLM``): see the module docstring."""
     family: ClassVar[str] = "lladamoe"
-
-
-def read_config_files(path: str):
-    """``(config.json, generation_config.json or {})`` of a checkpoint folder, parsed."""
-    cfg_path = os.path.join(path, "config.json")
-    if not os.path.isfile(cfg_path):
-        raise FileNotFoundError(f"no config.json in {path!r}")
-    with open(cfg_path) as f:
-        cfg = json.load(f)
-    gen = {}
-    gen_path = os.path.join(path, "generation_config.json")
-    if os.path.isfile(gen_path):
-        with open(gen_path) as f:
-            gen = json.load(f)
-    return cfg, gen
 
 
 def detect_family(cfg: Mapping[str, Any]) -> str:

@@ -18,15 +18,16 @@ from torch.profiler import record_function
 
 from .model import KVCache, _linear_norm, _mlp_norm, check_call, logits_from_hidden
 from .moe_config import MoEConfig
-from .moe_weights import MoELayerParams, MoEParams
+from .moe_weights import MoELayerParams
 from .ops import REFERENCE_OPS, Ops
+from .weights import Params
 
 __all__ = ["forward_hidden", "forward", "moe_block"]
 
 _NEEDED = ("qk_norm_rope", "moe_route", "moe_experts")
 
 
-def forward_hidden(params: MoEParams, cfg: MoEConfig, tokens: torch.Tensor, *,
+def forward_hidden(params: Params, cfg: MoEConfig, tokens: torch.Tensor, *,
                    start: Union[int, torch.Tensor] = 0, cache: Optional[KVCache] = None,
                    kv_len: Optional[int] = None, kv_start: Optional[torch.Tensor] = None,
                    key_end: Optional[torch.Tensor] = None, rows: Optional[slice] = None,
@@ -76,7 +77,7 @@ def moe_block(ops: Ops, cfg: MoEConfig, lp: MoELayerParams, x: torch.Tensor) -> 
     return ops.moe_experts(x, lp.experts_gate_up, lp.experts_down, weights, ids, shared)
 
 
-def forward(params: MoEParams, cfg: MoEConfig, tokens: torch.Tensor, **kwargs) -> torch.Tensor:
+def forward(params: Params, cfg: MoEConfig, tokens: torch.Tensor, **kwargs) -> torch.Tensor:
     """Logits ``[B, T, V]`` (or of ``rows``); same arguments as :func:`forward_hidden`."""
     ops = kwargs.get("ops", REFERENCE_OPS)
     return logits_from_hidden(params, forward_hidden(params, cfg, tokens, **kwargs), ops)

@@ -1,5 +1,8 @@
 """Strict, streaming weight loading for the LLaDA MoE families (LLaDA2.x, LLaDA-MoE).
 
+Parameters are a :class:`llada_triton.models.weights.Params` whose layers are :class:`MoELayerParams`
+(``rope_cos`` / ``rope_sin`` ``[max_sequence_length, rotary_dim]``).
+
 Per-expert checkpoint tensors are stacked at load time into the layout the kernels want: ``[E, 2I, d]``
 gate-up (rows ``[0, I)`` the gate, then the up projection) and ``[E, d, I]`` down; LLaDA-MoE's separate
 q/k/v are fused into one ``[(H + 2 Hkv) D, d]`` QKV matrix (LLaDA2's is fused already). Every target is
@@ -10,16 +13,16 @@ filled. The router weight and expert bias are kept in fp32 (the reference routes
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields
-from typing import Dict, Iterator, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
 from llada_triton.kernels.reference import rope_tables
 from .moe_config import MoEConfig
-from .weights import WeightError, stream_checkpoint
+from .weights import Params, WeightError, stream_checkpoint
 
-__all__ = ["MoELayerParams", "MoEParams", "load_moe_params", "moe_param_name_map"]
+__all__ = ["MoELayerParams", "load_moe_params", "moe_param_name_map", "empty_moe_params"]
 
 
 @dataclass
@@ -44,33 +47,6 @@ class MoELayerParams:
         return self.router_w is not None
 
 
-@dataclass
-class MoEParams:
-    wte: torch.Tensor
-    layers: List[MoELayerParams]
-    ln_f: torch.Tensor
-    lm_head: torch.Tensor
-    rope_cos: torch.Tensor    # fp32 [max_sequence_length, rotary_dim]
-    rope_sin: torch.Tensor
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.wte.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.wte.device
-
-    def tensors(self) -> Iterator[Tuple[str, torch.Tensor]]:
-        for f in ("wte", "ln_f", "lm_head"):
-            yield f, getattr(self, f)
-        for i, lp in enumerate(self.layers):
-            for f in fields(MoELayerParams):
-                t = getattr(lp, f.name)
-                if t is not None:
-                    yield f"layers.{i}.{f.name}", t
-
-
 # checkpoint name -> (param field, layer or None, expert or None, row slice, shape)
 Entry = Tuple[str, Optional[int], Optional[int], slice, Tuple[int, ...]]
 _NAMES = {  # per family: embeddings, attention (fused qkv or separate q/k/v), q/k norms, output, shared expert
@@ -91,7 +67,7 @@ def _swiglu_entries(prefix: str, field_gu: str, field_down: str, layer: int, exp
 
 
 def moe_param_name_map(cfg: MoEConfig) -> Dict[str, Entry]:
-    """The one explicit map from checkpoint names to slots of :class:`MoEParams`."""
+    """The one explicit map from checkpoint names to slots of :class:`Params`."""
     names = _NAMES[cfg.family]
     d, D, V, E = cfg.d_model, cfg.head_dim, cfg.vocab_size, cfg.n_experts
     nq, nkv = cfg.n_heads * D, cfg.n_kv_heads * D
@@ -146,11 +122,11 @@ def _empty_layer(cfg: MoEConfig, i: int, device, dtype) -> MoELayerParams:
     return lp
 
 
-def empty_moe_params(cfg: MoEConfig, *, device="cpu", dtype=torch.bfloat16) -> MoEParams:
-    """Uninitialised :class:`MoEParams` of ``cfg``'s shapes (RoPE tables filled)."""
+def empty_moe_params(cfg: MoEConfig, *, device="cpu", dtype=torch.bfloat16) -> Params:
+    """Uninitialised :class:`Params` of ``cfg``'s shapes (RoPE tables filled)."""
     cos, sin = rope_tables(cfg.rotary_dim, cfg.rope_theta, cfg.max_sequence_length, device)
     wte = torch.empty((cfg.vocab_size, cfg.d_model), device=device, dtype=dtype)
-    return MoEParams(wte=wte, layers=[_empty_layer(cfg, i, device, dtype) for i in range(cfg.n_layers)],
+    return Params(wte=wte, layers=[_empty_layer(cfg, i, device, dtype) for i in range(cfg.n_layers)],
                      ln_f=torch.empty(cfg.d_model, device=device, dtype=dtype),
                      lm_head=wte if cfg.weight_tying else torch.empty_like(wte), rope_cos=cos, rope_sin=sin)
 
@@ -168,7 +144,7 @@ def _describe_missing(missing: List[str]) -> str:
 
 
 @torch.no_grad()
-def load_moe_params(path: str, cfg: MoEConfig, *, device="cpu", dtype: torch.dtype = torch.bfloat16) -> MoEParams:
+def load_moe_params(path: str, cfg: MoEConfig, *, device="cpu", dtype: torch.dtype = torch.bfloat16) -> Params:
     """Load a LLaDA2.x / LLaDA-MoE checkpoint folder strictly, shard by shard, to ``device`` and ``dtype``;
     a missing, extra or mis-shaped tensor raises :class:`WeightError` naming it (and, for an expert tensor,
     its layer and expert)."""

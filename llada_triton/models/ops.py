@@ -178,7 +178,8 @@ def triton_ops(**overrides) -> Ops:
     from llada_triton.kernels.remask import commit_step, head_confidence, select_transfer
     from llada_triton.kernels.rotary import qkv_rope_cache
 
-    ops = Ops(name="triton", linear=_linear_decode, rms_norm=rms_norm, qkv_rope=qkv_rope_cache, attention=block_attention,
+    ops = Ops(name="triton", linear=_linear_decode, rms_norm=rms_norm, qkv_rope=qkv_rope_cache,
+              attention=block_attention,
               mlp=_mlp_decode, head=head_confidence, select=select_transfer, linear_norm=_linear_norm_decode,
               mlp_norm=_mlp_norm_decode, qkv_proj_rope=qkv_proj_rope, commit=commit_step,
               qk_norm_rope=ref.qkv_norm_rope_cache_ref, moe_route=moe_route, moe_experts=moe_experts)

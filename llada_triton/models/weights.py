@@ -39,6 +39,7 @@ class LayerParams:
 
 @dataclass
 class Params:
+    """Every family's parameters (``layers`` hold the family's layer records, e.g. :class:`LayerParams`)."""
     wte: torch.Tensor         # [V, d]
     layers: List[LayerParams]
     ln_f: torch.Tensor        # [d]
@@ -57,9 +58,11 @@ class Params:
     def tensors(self) -> Iterator[Tuple[str, torch.Tensor]]:
         for f in ("wte", "ln_f", "lm_head"):
             yield f, getattr(self, f)
-        for i, lp in enumerate(self.layers):
-            for f in fields(LayerParams):
-                yield f"layers.{i}.{f.name}", getattr(lp, f.name)
+        for i, lp in enumerate(self.layers):  # LayerParams, or another family's layer record (None: absent)
+            for f in fields(lp):
+                t = getattr(lp, f.name)
+                if t is not None:
+                    yield f"layers.{i}.{f.name}", t
 
 
 def _shapes(cfg: LLaDAConfig) -> Dict[str, Tuple[int, ...]]:
