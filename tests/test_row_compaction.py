@@ -19,7 +19,7 @@ import torch
 from llada_triton.decode import generate, run_many
 from llada_triton.decode.generate import _Rule, head_skips_rows, masked_first
 from llada_triton.kernels.reference import select_transfer_ref
-from llada_triton.kernels.remask import commit_step, head_confidence, select_transfer
+from llada_triton.kernels import commit_step, head_confidence, select_transfer
 from llada_triton.models import REFERENCE_OPS
 from tests.helpers import block_golden, decode_options, golden, tiny_model
 

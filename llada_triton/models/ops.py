@@ -72,7 +72,7 @@ def _linear_ref(x, w, residual=None):
 def _linear_decode(x, w, residual=None, *, max_rows: int = 64):
     """Triton GEMM for decode-sized inputs (<= ``max_rows`` rows, weight-bandwidth bound), cuBLAS above."""
     if x.numel() // x.shape[-1] <= max_rows:
-        from llada_triton.kernels.mlp import linear
+        from llada_triton.kernels import linear
         return linear(x, w, residual)
     return _linear_ref(x, w, residual)
 
@@ -110,13 +110,13 @@ def _cublas_mlp_rows(rows: int) -> bool:
 def _mlp_cublas(x, w_gate_up, w_down):
     """The MLP without its residual: cuBLAS GEMMs (one over the fused gate-up weight) around the Triton
     ``silu_mul`` (one launch for the activation instead of torch's silu and mul)."""
-    from llada_triton.kernels.mlp import silu_mul
+    from llada_triton.kernels import silu_mul
     return F.linear(silu_mul(F.linear(x, w_gate_up)), w_down)
 
 
 def _add_norm(y, residual, norm_weight, eps):
     """``(rms_norm(h), h)`` with ``h = residual + y`` (one Triton launch: the add fused into the norm)."""
-    from llada_triton.kernels.norm import rms_norm
+    from llada_triton.kernels import rms_norm
     if residual is None:
         return rms_norm(y, norm_weight, eps), y
     return rms_norm(y, norm_weight, eps, residual)
@@ -128,7 +128,7 @@ def _mlp_decode(x, w_gate_up, w_down, residual=None):
     if _cublas_mlp_rows(x.numel() // x.shape[-1]):
         y = _mlp_cublas(x, w_gate_up, w_down)
         return y if residual is None else residual + y
-    from llada_triton.kernels.mlp import swiglu_mlp
+    from llada_triton.kernels import swiglu_mlp
     return swiglu_mlp(x, w_gate_up, w_down, residual)
 
 
@@ -136,7 +136,7 @@ def _linear_norm_decode(x, w, residual, norm_weight, eps, *, max_rows: int = 64)
     """Triton GEMM with the norm folded into its split-K reduction (<= ``max_rows`` rows), else cuBLAS +
     the Triton RMSNorm with the residual add fused."""
     if x.numel() // x.shape[-1] <= max_rows:
-        from llada_triton.kernels.mlp import linear_rms_norm
+        from llada_triton.kernels import linear_rms_norm
         return linear_rms_norm(x, w, residual, norm_weight, eps)
     return _add_norm(F.linear(x, w), residual, norm_weight, eps)
 
@@ -146,7 +146,7 @@ def _mlp_norm_decode(x, w_gate_up, w_down, residual, norm_weight, eps):
     or (cuBLAS rows) with the residual add fused into the norm."""
     if _cublas_mlp_rows(x.numel() // x.shape[-1]):
         return _add_norm(_mlp_cublas(x, w_gate_up, w_down), residual, norm_weight, eps)
-    from llada_triton.kernels.mlp import swiglu_mlp_rms_norm
+    from llada_triton.kernels import swiglu_mlp_rms_norm
     return swiglu_mlp_rms_norm(x, w_gate_up, w_down, residual, norm_weight, eps)
 
 
@@ -171,12 +171,12 @@ def triton_ops(**overrides) -> Ops:
     faster; ``overrides`` replace single fields. The MoE families' router and experts are the fused MoE kernels
     (``kernels.moe``); their QK-norm + partial RoPE has no Triton kernel yet: that field is the torch reference
     (it runs on any device)."""
-    from llada_triton.kernels.attention import block_attention
-    from llada_triton.kernels.moe import moe_experts, moe_route
-    from llada_triton.kernels.norm import rms_norm
-    from llada_triton.kernels.qkv import qkv_proj_rope
-    from llada_triton.kernels.remask import commit_step, head_confidence, select_transfer
-    from llada_triton.kernels.rotary import qkv_rope_cache
+    from llada_triton.kernels import block_attention
+    from llada_triton.kernels import rms_norm
+    from llada_triton.kernels import qkv_proj_rope
+    from llada_triton.kernels import commit_step, head_confidence, select_transfer
+    from llada_triton.kernels import qkv_rope_cache
+    from llada_triton.kernels import moe_experts, moe_route
 
     ops = Ops(name="triton", linear=_linear_decode, rms_norm=rms_norm, qkv_rope=qkv_rope_cache,
               attention=block_attention,
