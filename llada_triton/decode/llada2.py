@@ -33,8 +33,7 @@ from typing import List, Optional
 import torch
 
 from llada_triton.kernels.reference import select_threshold_topk_ref
-from llada_triton.models import forward_hidden_of
-from llada_triton.models.model import KVCache
+from llada_triton.models.family import forward_hidden, new_cache
 from llada_triton.models.ops import REFERENCE_OPS, Ops
 
 __all__ = ["BlockGrid", "llada2_schedule", "ThresholdTopK", "Editing", "generate_llada2", "Llada2Result",
@@ -243,8 +242,7 @@ class _Forward:
     def __init__(self, params, cfg, ops, grid: BlockGrid, cache: str, x: torch.Tensor, temperature: float,
                  seed: int):
         self.params, self.cfg, self.ops, self.grid, self.x = params, cfg, ops, grid, x
-        self.fwd = forward_hidden_of(cfg)
-        self.cache = KVCache.empty(cfg, 1, grid.total_length, device=params.device, dtype=params.dtype) \
+        self.cache = new_cache(cfg, 1, grid.total_length, device=params.device, dtype=params.dtype) \
             if cache == "block" else None
         self.final_end = 0  # cache slots below this hold the K/V of final tokens
         self.temperature, self.seed, self.nfe = temperature, seed, 0
@@ -254,9 +252,9 @@ class _Forward:
         s, end = j * B, (j + 1) * B
         lo = 0 if self.cache is None else (self.final_end if first else s)
         ke = self.grid.key_end(lo, end, self.x.device)
-        hidden = self.fwd(self.params, self.cfg, self.x[None, lo:end], start=lo, cache=self.cache,
-                          kv_len=None if self.cache is None else end, key_end=ke, rows=slice(s - lo, end - lo),
-                          ops=self.ops)
+        hidden = forward_hidden(self.params, self.cfg, self.x[None, lo:end], start=lo, cache=self.cache,
+                                kv_len=None if self.cache is None else end, key_end=ke,
+                                rows=slice(s - lo, end - lo), ops=self.ops)
         if self.cache is not None and first:
             self.final_end = s
         x0, conf = self.ops.head(hidden[0], self.params.lm_head, temperature=self.temperature, seed=self.seed,

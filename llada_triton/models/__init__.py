@@ -1,39 +1,38 @@
-"""LLaDA (masked-diffusion LM) as pure functions: config, strict weight loading, forward, chat helpers.
+"""Masked-diffusion LMs as pure functions: configs, strict weight loading, forwards, ``Ops``, chat helpers.
 
-Families: the dense LLaDA (``config``, ``weights``, ``model``) and the MoE families LLaDA2.x and LLaDA-MoE
-(``moe_config``, ``moe_weights``, ``moe_model``); :func:`load_model` recognises them from ``config.json``.
+* :mod:`.config` / :mod:`.weights` / :mod:`.model`: the dense LLaDA family (config, loader, forward).
+* :mod:`.moe_config` / :mod:`.moe_weights` / :mod:`.moe_model`: the LLaDA MoE families, LLaDA2.x
+  (:mod:`.llada2`) and LLaDA-MoE (:mod:`.lladamoe`): one config parser, loader and forward for both.
+* :mod:`.ops`: :class:`Ops`, which implementation (torch reference or Triton kernel) runs each op.
+* :mod:`.family`: the seam a model family plugs into (:class:`Family`, ``REGISTRY``); :func:`forward_hidden`
+  and :func:`new_cache` here dispatch on the config's family, and :func:`load_model` picks the family from a
+  checkpoint's config.json. A new family is one module with a ``FAMILY`` record and one ``REGISTRY`` line.
 """
 from .config import ConfigError, LLaDAConfig
-from .family import forward_hidden_of
+from .family import REGISTRY, Family, family_for_config_json, family_of, forward_hidden, new_cache
+from .model import KVCache, forward, logits_from_hidden
 from .moe_config import LLaDA2Config, LLaDAMoEConfig, MoEConfig, detect_family
 from .moe_weights import MoELayerParams, load_moe_params
-from .model import KVCache, forward, forward_hidden, logits_from_hidden
 from .ops import REFERENCE_OPS, Ops, triton_ops
 from .weights import LayerParams, Params, WeightError, init_params, load_params, save_checkpoint
 
 __all__ = ["LLaDAConfig", "ConfigError", "Params", "LayerParams", "WeightError", "load_params", "init_params",
            "save_checkpoint", "forward", "forward_hidden", "logits_from_hidden", "KVCache", "Ops",
-           "REFERENCE_OPS", "triton_ops", "load_model", "MoEConfig", "LLaDA2Config", "LLaDAMoEConfig", "MoELayerParams",
-           "load_moe_params",
-           "detect_family", "forward_hidden_of"]
+           "REFERENCE_OPS", "triton_ops", "load_model", "Family", "REGISTRY", "family_of",
+           "family_for_config_json", "new_cache", "MoEConfig", "LLaDA2Config", "LLaDAMoEConfig", "MoELayerParams",
+           "load_moe_params", "detect_family"]
 
 
 def load_model(path: str, *, device="cpu", dtype=None, eot_token_id=None, mask_token_id=None):
-    """``(params, cfg)`` from a Hugging Face checkpoint folder of any supported family, recognised from
-    ``config.json`` (``model_type`` / ``architectures``): the dense LLaDA, LLaDA2.x (``llada2_moe``) or
-    LLaDA-MoE (``llada`` with ``LLaDAMoEModelLM``); an unknown family raises :class:`ConfigError`. dtype
-    defaults to bf16 on CUDA, fp32 on CPU; ``eot_token_id`` / ``mask_token_id`` override the ids read from
-    the config and tokenizer files."""
+    """``(params, cfg)`` from a Hugging Face checkpoint folder of any registered family (chosen from config.json's
+    ``architectures``, else ``model_type``); dtype defaults to bf16 on CUDA, fp32 on CPU. ``eot_token_id`` /
+    ``mask_token_id`` override the ids read from the config and tokenizer files (a folder without a tokenizer,
+    such as a tiny test checkpoint, may need the mask id: LLaDA2's config.json does not hold it)."""
     import torch
 
-    from .config import read_config_files
-
+    fam = family_for_config_json(path)
+    ids = {} if mask_token_id is None else {"mask_token_id": int(mask_token_id)}
+    cfg = fam.config.from_pretrained(path, eot_token_id=eot_token_id, **ids)
     if dtype is None:
         dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-    if detect_family(read_config_files(path)[0]) != "llada":
-        cfg = MoEConfig.from_pretrained(path, mask_token_id=mask_token_id, eot_token_id=eot_token_id)
-        return load_moe_params(path, cfg, device=device, dtype=dtype), cfg
-    cfg = LLaDAConfig.from_pretrained(path, eot_token_id=eot_token_id)
-    if mask_token_id is not None:
-        cfg = cfg.replace(mask_token_id=int(mask_token_id))
-    return load_params(path, cfg, device=device, dtype=dtype), cfg
+    return fam.load_params(path, cfg, device=device, dtype=dtype), cfg

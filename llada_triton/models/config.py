@@ -10,7 +10,7 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, ClassVar, Mapping, Optional
 
 __all__ = ["LLaDAConfig", "ConfigError", "token_id_from_tokenizer_files", "read_config_files"]
 
@@ -57,7 +57,9 @@ class LLaDAConfig:
 
     ``vocab_size`` is the number of logits (the checkpoint's ``embedding_size``, which may pad the
     tokenizer's vocabulary); ``eot_token_id`` comes from the tokenizer (``<|eot_id|>``) or an override.
+    ``family`` names the model family (``llada_triton.models.family.REGISTRY``) whose forward runs this config.
     """
+    family: ClassVar[str] = "llada"
     d_model: int
     n_heads: int
     n_kv_heads: int
@@ -154,10 +156,13 @@ class LLaDAConfig:
         return cls(**kwargs)
 
     @classmethod
-    def from_pretrained(cls, path: str, *, eot_token_id: Optional[int] = None,
+    def from_pretrained(cls, path: str, *, eot_token_id: Optional[int] = None, mask_token_id: Optional[int] = None,
                         allow_unknown: bool = False) -> "LLaDAConfig":
-        """Read ``config.json``, ``generation_config.json`` and the tokenizer's ``<|eot_id|>`` from a folder."""
+        """Read ``config.json``, ``generation_config.json`` and the tokenizer's ``<|eot_id|>`` from a folder
+        (``mask_token_id`` overrides the config's)."""
         cfg, gen = read_config_files(path)
+        if mask_token_id is not None:
+            cfg = dict(cfg, mask_token_id=int(mask_token_id))
         if eot_token_id is None:
             eot_token_id = _eot_from_tokenizer_files(path)
         return cls.from_dict(cfg, generation=gen, eot_token_id=eot_token_id, allow_unknown=allow_unknown)
