@@ -71,6 +71,18 @@ def test_route_mixed_dtypes(device):
     _check_weights(got[0], ref[0], 2.5)
 
 
+def test_router_logits_tiles(device):
+    """The GPU's logits tiling (several expert tiles, a K tail, rows past M) under the interpreter too."""
+    from llada_triton.kernels.moe import _router_logits_kernel
+
+    M, d, E = 19, 80, 40
+    x, w, _ = _route_inputs(M, d, E, torch.float32, device, False, seed=3)
+    logits = torch.full((M, E), float("nan"), device=device)
+    _router_logits_kernel[(2, 3)](x, w, logits, M, E, d, x.stride(0), w.stride(0), BM=16, BE=16, BK=32,
+                                  EVEN_K=False, UPCAST=False, PREC=None)
+    torch.testing.assert_close(logits, x @ w.t(), rtol=1e-5, atol=1e-5)
+
+
 # exact ties: a zero router makes every score 0.5; the bias decides, ties go to the lowest index
 TIES = [
     # all equal: groups 0 and 1 (lowest), then experts 0..3
@@ -211,7 +223,7 @@ def test_experts(name, M, d, E, inter, k, rule, dtype, residual, device):
 
 
 # GPU-like tiles under the interpreter too: several K-steps with tails, several N-tiles, multi-chunk alignment
-SMALL_TILES = dict(BM=16, GU_BN=16, GU_BK=32, DN_BN=32, DN_BK=16, CHUNK=16, num_warps=4, num_stages=2)
+SMALL_TILES = dict(BM=16, GU_BN=16, GU_BK=32, DN_BN=32, DN_BK=16, CHUNK=16, SWAP_AB=False, num_warps=4, num_stages=2)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -219,8 +231,10 @@ def test_experts_small_tiles(dtype, device):
     args = _experts_inputs(11, 80, 8, 40, 3, dtype, device, seed=3)
     y = moe_experts(*args, config=SMALL_TILES)
     _check_experts(y, args, True)
-    again = moe_experts(*args, config=dict(SMALL_TILES, BM=32, CHUNK=32))
-    assert torch.equal(y, again), "the result must not depend on the tile rows or the alignment chunk"
+    assert torch.equal(y, moe_experts(*args, config=SMALL_TILES)), "run to run deterministic"
+    _check_experts(moe_experts(*args, config=dict(SMALL_TILES, BM=32, CHUNK=32)), args, True)
+    swapped = moe_experts(*args, config=dict(SMALL_TILES, SWAP_AB=True))
+    _check_experts(swapped, args, True)
 
 
 def test_experts_dropped_ids_and_alias(device):
@@ -281,6 +295,49 @@ def test_llada2_mini_shapes_gpu(M, device):
     _check_experts(moe_experts(*args[:5], r, out=out), args, True)
 
 
+def test_shared_expert_folded(device):
+    """A shared expert of the routed experts' size can ride along as expert E with weight 1 for every token: the
+    result equals routed + shared computed apart, up to the roundings the fold removes (one fewer bf16/fp16 add)."""
+    M, d, E, inter, k = 7, 64, 8, 32, 2
+    x, w_gu, w_d, weights, ids, r = _experts_inputs(M, d, E, inter, k, torch.float32, device, seed=7)
+    g = torch.Generator().manual_seed(8)
+    s_gu = (torch.randn(1, 2 * inter, d, generator=g) / d ** 0.5).to(device)
+    s_d = (torch.randn(1, d, inter, generator=g) / inter ** 0.5).to(device)
+    fold_ids = torch.cat([ids, torch.full((M, 1), E, dtype=ids.dtype, device=device)], 1).contiguous()
+    fold_w = torch.cat([weights, torch.ones(M, 1, device=device)], 1)
+    got = moe_experts(x, torch.cat([w_gu, s_gu]), torch.cat([w_d, s_d]), fold_w, fold_ids, r)
+    from llada_triton.kernels.reference import swiglu_mlp_ref
+    want = moe_experts_ref(x, w_gu, w_d, weights, ids, r) + swiglu_mlp_ref(x, s_gu[0], s_d[0])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@GPU
+def test_cuda_graph_gpu(device):
+    """Route + experts captured in one CUDA graph (no host sync) and replayed on new inputs and new routing."""
+    M, d, E, inter = 32, 256, 64, 128
+    opts = dict(top_k=8, n_group=8, topk_group=4, routed_scaling_factor=2.5)
+    x, router, bias = _route_inputs(M, d, E, torch.bfloat16, device, True, seed=9)
+    g = torch.Generator().manual_seed(10)
+    w_gu = (torch.randn(E, 2 * inter, d, generator=g) / d ** 0.5).to(device=device, dtype=torch.bfloat16)
+    w_d = (torch.randn(E, d, inter, generator=g) / inter ** 0.5).to(device=device, dtype=torch.bfloat16)
+    r = torch.randn(M, d, generator=g).to(device=device, dtype=torch.bfloat16)
+    layer = lambda: moe_experts(x, w_gu, w_d, *moe_route(x, router, bias, **opts), r)  # noqa: E731
+    eager = layer()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        layer()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = layer()
+    graph.replay()
+    assert torch.equal(out, eager)
+    x.copy_(torch.randn(M, d, generator=g).to(device=device, dtype=torch.bfloat16))
+    graph.replay()
+    assert torch.equal(out, layer())
+
+
 _COMPILE = textwrap.dedent("""
     import sys
     sys.path.insert(0, {root!r})
@@ -302,37 +359,37 @@ _COMPILE = textwrap.dedent("""
 
     d, E, inter = 2048, 256, 512
     for dt, tdt in (("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32)):
-        for M in (32, 256, 1024):
-            c = moe.moe_config(M * 8, E, inter, d, tdt, interpret=False)
-            ieee = tdt == torch.float32
+        for M, swap in ((32, False), (32, True), (256, False), (256, True), (1024, False)):
+            c = dict(moe.moe_config(M * 8, E, inter, d, tdt, interpret=False), SWAP_AB=swap)
+            prec = "ieee" if tdt == torch.float32 else None
             common = dict(sorted_ptr="*i32", end_ptr="*i32", total_ptr="*i32", N_PAIRS="i32", E="i32",
                           NUM_TILES="i32")
             build(moe._moe_gate_up_kernel,
                   dict(x_ptr="*" + dt, w_ptr="*" + dt, a_ptr="*" + dt, I="i32", K="i32", stride_xm="i32",
                        stride_we="i32", stride_wn="i32", stride_am="i32", **common),
                   dict(TOP_K=8, BM=c["BM"], BN=c["GU_BN"], BK=c["GU_BK"], E_P=E, EVEN_K=True, UPCAST=False,
-                       IEEE=ieee), c["num_warps"], c["num_stages"])
+                       PREC=prec, SWAP_AB=swap), c["num_warps"], c["num_stages"])
             build(moe._moe_down_kernel,
                   dict(a_ptr="*" + dt, w_ptr="*" + dt, y_ptr="*" + dt, N="i32", K="i32", stride_am="i32",
                        stride_we="i32", stride_wn="i32", stride_ym="i32", **common),
-                  dict(BM=c["BM"], BN=c["DN_BN"], BK=c["DN_BK"], E_P=E, EVEN_K=True, UPCAST=False, IEEE=ieee),
+                  dict(BM=c["BM"], BN=c["DN_BN"], BK=c["DN_BK"], E_P=E, EVEN_K=True, UPCAST=False, PREC=prec,
+                       SWAP_AB=swap),
                   c["num_warps"], c["num_stages"])
-        for rw, e_p, k in (((dt, 256, 8)), (("fp32", 256, 8)), ((dt, 64, 8))):
+        for rw in (dt, "fp32"):  # a 16-bit router weight of x's dtype goes through the tensor cores
             native = rw == dt and dt != "fp32"
-            build(moe._route_kernel,
-                  dict(x_ptr="*" + dt, w_ptr="*" + rw, b_ptr="*" + dt, wts_ptr="*fp32", ids_ptr="*i32", M="i32",
-                       E="i32", D="i32", stride_xm="i32", stride_wn="i32", scale="fp32"),
-                  dict(TOP_K=k, N_GROUP=8, TOPK_GROUP=4, SIGMOID=True, HAS_BIAS=True, NORM=True, BM=16, E_P=e_p,
-                       G_P=8, K_P=8, BK=64, EVEN_K=True, UPCAST=not native, IEEE=not native), 8 if e_p > 128 else 4, 1)
+            build(moe._router_logits_kernel,
+                  dict(x_ptr="*" + dt, w_ptr="*" + rw, l_ptr="*fp32", M="i32", E="i32", D="i32", stride_xm="i32",
+                       stride_wn="i32"),
+                  dict(BM=16, BE=32, BK=128, EVEN_K=True, UPCAST=not native, PREC=None if native else "ieee"), 4, 4)
         build(moe._moe_combine_kernel,
               dict(y_ptr="*" + dt, w_ptr="*fp32", ids_ptr="*i32", r_ptr="*" + dt, out_ptr="*" + dt, E="i32",
                    D="i32", stride_wm="i32", stride_rm="i32", stride_om="i32"),
               dict(TOP_K=8, BLOCK=1024, HAS_RES=True))
-    build(moe._route_kernel,
-          dict(x_ptr="*bf16", w_ptr="*bf16", b_ptr="*bf16", wts_ptr="*fp32", ids_ptr="*i32", M="i32",
-               E="i32", D="i32", stride_xm="i32", stride_wn="i32", scale="fp32"),
-          dict(TOP_K=8, N_GROUP=1, TOPK_GROUP=1, SIGMOID=False, HAS_BIAS=False, NORM=False, BM=16, E_P=64,
-               G_P=1, K_P=8, BK=64, EVEN_K=True, UPCAST=False, IEEE=False), 4, 1)
+    for e_p, groups, sigmoid in ((256, 8, True), (64, 1, False)):  # LLaDA2.0-mini; LLaDA-MoE's softmax top-8 of 64
+        build(moe._route_select_kernel,
+              dict(l_ptr="*fp32", b_ptr="*bf16", wts_ptr="*fp32", ids_ptr="*i32", M="i32", E="i32", scale="fp32"),
+              dict(TOP_K=8, N_GROUP=groups, TOPK_GROUP=groups // 2 or 1, SIGMOID=sigmoid, HAS_BIAS=sigmoid, NORM=sigmoid,
+                   BM=16, E_P=e_p, G_P=groups, K_P=8), 8 if e_p > 128 else 4, 1)
     build(moe._align_count_kernel, dict(ids_ptr="*i32", cnt_ptr="*i32", sorted_ptr="*i32", N="i32", E="i32",
                                         L="i32"), dict(CHUNK=256, E_P=256, FILL=1024))
     build(moe._align_scan_kernel, dict(cnt_ptr="*i32", base_ptr="*i32", end_ptr="*i32", total_ptr="*i32",

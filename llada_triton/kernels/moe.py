@@ -3,16 +3,17 @@
 No step syncs with the host; every grid is sized from ``M * top_k`` and ``E`` alone (programs past the real
 work exit at once), so the whole layer can be captured in a CUDA graph.
 
-* :func:`moe_route` (one launch): a ``[BM, E]`` tile of router logits per program (fp32 accumulation), the
-  scores (sigmoid or softmax), the group-limited top-k with ties to the lowest index, and the weights.
+* :func:`moe_route` (two launches): the fp32 router logits (programs over row and expert tiles, so the router
+  weight streams from many SMs at decode sizes), then one program per ``[BM, E]`` row tile: the scores (sigmoid
+  or softmax), the group-limited top-k with ties to the lowest index, and the weights.
 * :func:`moe_align` (three launches): the ``M * top_k`` (token, slot) pairs sorted by expert into segments padded
   to the GEMM tile ``BM``: per-chunk histograms, one scan program (segment ends, and each chunk's base in every
   segment), then a stable in-chunk sort that scatters each pair to its slot. Padding slots hold ``M * top_k``.
 * :func:`moe_experts` (+ three launches): the gate-up GEMM over the tiles of experts that received tokens
   (rows gathered from ``x``; ``silu(gate) * up`` epilogue), the down GEMM writing each pair's expert output
   (rounded to ``x.dtype``) to its (token, slot) row, and a per-token combine: the routing weights applied and
-  the slots summed in fp32 in slot order, then the residual added. No atomics: the result is deterministic and
-  does not depend on the tile sizes.
+  the slots summed in fp32 in slot order, then the residual added. No atomics: the result is the same from run
+  to run.
 
 The expert of a tile is found by counting the segment ends at or below its first row (``E`` compares).
 References: :func:`llada_triton.kernels.reference.moe_route_ref`, ``moe_align_ref``, ``moe_experts_ref``.
@@ -36,12 +37,16 @@ MAX_EXPERTS = 1024  # a router tile holds every expert's logit of its rows in re
 
 # ------------------------------------------------------------------------------------------ kernels
 @triton.jit
-def _dot(a, b, acc, IEEE: tl.constexpr):
-    if IEEE:
-        out = tl.dot(a, b, acc, input_precision="ieee")
+def _load_k(ptrs, k_left, offs_k, EVEN_K: tl.constexpr, UPCAST: tl.constexpr):
+    """A ``[rows, BK]`` operand tile at the K-step with ``k_left`` columns to go (masked tail unless EVEN_K),
+    upcast to fp32 when UPCAST (bf16 under the interpreter, or mixed dtypes)."""
+    if EVEN_K:
+        t = tl.load(ptrs)
     else:
-        out = tl.dot(a, b, acc)
-    return out
+        t = tl.load(ptrs, mask=(offs_k < k_left)[None, :], other=0.0)
+    if UPCAST:
+        t = t.to(tl.float32)
+    return t
 
 
 @triton.jit
@@ -53,34 +58,40 @@ def _argmax_low(v, cols, E_P: tl.constexpr):
 
 
 @triton.jit
-def _route_kernel(
-    x_ptr, w_ptr, b_ptr, wts_ptr, ids_ptr,   # x [M, D], router_w [E, D], bias [E], weights fp32 [M, K], ids i32 [M, K]
-    M, E, D, stride_xm, stride_wn, scale,
+def _router_logits_kernel(
+    x_ptr, w_ptr, l_ptr,                     # x [M, D], router_w [E, D], logits fp32 [M, E]
+    M, E, D, stride_xm, stride_wn,
+    BM: tl.constexpr, BE: tl.constexpr, BK: tl.constexpr,
+    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,   # PREC: "ieee" (fp32 dots) or None
+):
+    rows = tl.program_id(0) * BM + tl.arange(0, BM)
+    cols = tl.program_id(1) * BE + tl.arange(0, BE)
+    offs_k = tl.arange(0, BK)
+    x_ptrs = x_ptr + (rows % M).to(tl.int64)[:, None] * stride_xm + offs_k[None, :]       # [BM, BK]
+    w_ptrs = w_ptr + (cols % E).to(tl.int64)[:, None] * stride_wn + offs_k[None, :]       # [BE, BK]
+    acc = tl.zeros((BM, BE), dtype=tl.float32)
+    for k in range(0, D, BK):
+        xt = _load_k(x_ptrs, D - k, offs_k, EVEN_K, UPCAST)
+        wt = _load_k(w_ptrs, D - k, offs_k, EVEN_K, UPCAST)
+        acc = tl.dot(xt, tl.trans(wt), acc, input_precision=PREC)
+        x_ptrs += BK
+        w_ptrs += BK
+    tl.store(l_ptr + rows.to(tl.int64)[:, None] * E + cols[None, :], acc,
+             mask=(rows < M)[:, None] & (cols < E)[None, :])
+
+
+@triton.jit
+def _route_select_kernel(
+    l_ptr, b_ptr, wts_ptr, ids_ptr,          # logits fp32 [M, E], bias [E], weights fp32 [M, K], ids i32 [M, K]
+    M, E, scale,
     TOP_K: tl.constexpr, N_GROUP: tl.constexpr, TOPK_GROUP: tl.constexpr,
     SIGMOID: tl.constexpr, HAS_BIAS: tl.constexpr, NORM: tl.constexpr,
-    BM: tl.constexpr, E_P: tl.constexpr, G_P: tl.constexpr, K_P: tl.constexpr, BK: tl.constexpr,
-    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+    BM: tl.constexpr, E_P: tl.constexpr, G_P: tl.constexpr, K_P: tl.constexpr,
 ):
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
     cols = tl.arange(0, E_P)
-    offs_k = tl.arange(0, BK)
-    x_ptrs = x_ptr + (rows % M).to(tl.int64)[:, None] * stride_xm + offs_k[None, :]       # [BM, BK]
-    w_ptrs = w_ptr + (cols % E).to(tl.int64)[:, None] * stride_wn + offs_k[None, :]       # [E_P, BK]
-    acc = tl.zeros((BM, E_P), dtype=tl.float32)
-    for k in range(0, D, BK):
-        if EVEN_K:
-            xt = tl.load(x_ptrs)
-            wt = tl.load(w_ptrs)
-        else:
-            kmask = (offs_k < D - k)[None, :]
-            xt = tl.load(x_ptrs, mask=kmask, other=0.0)
-            wt = tl.load(w_ptrs, mask=kmask, other=0.0)
-        if UPCAST:
-            xt = xt.to(tl.float32)
-            wt = wt.to(tl.float32)
-        acc = _dot(xt, tl.trans(wt), acc, IEEE)
-        x_ptrs += BK
-        w_ptrs += BK
+    acc = tl.load(l_ptr + rows.to(tl.int64)[:, None] * E + cols[None, :],
+                  mask=(rows < M)[:, None] & (cols < E)[None, :], other=0.0)
     valid = (cols < E)[None, :]
     if SIGMOID:
         s = tl.math.div_rn(1.0, 1.0 + tl.exp(-acc))
@@ -192,6 +203,14 @@ def _align_scatter_kernel(
 
 
 @triton.jit
+def _tile_of(NUM_TILES, BM: tl.constexpr):
+    """First sorted row and N-block of this program; tiles vary fastest, so the tiles of one expert run
+    together and share its weight tile in L2."""
+    pid = tl.program_id(0)
+    return (pid % NUM_TILES) * BM, pid // NUM_TILES
+
+
+@triton.jit
 def _tile_rows(sorted_ptr, end_ptr, row0, E, BM: tl.constexpr, E_P: tl.constexpr):
     """The expert of the tile starting at sorted row ``row0`` and its pair ids (the caller has checked that
     the tile is in use)."""
@@ -212,17 +231,45 @@ def _silu_mul_rounded(g, u, dt: tl.constexpr):
 
 
 @triton.jit
+def _mm(a, w, acc, SWAP_AB: tl.constexpr, PREC: tl.constexpr):
+    """``acc + a @ w.T`` (``[BM, BN]``) or, with SWAP_AB, ``acc + w @ a.T`` (``[BN, BM]``: the weight rows fill
+    the MMA's M dimension, the few token rows its N)."""
+    if SWAP_AB:
+        out = tl.dot(w, tl.trans(a), acc, input_precision=PREC)
+    else:
+        out = tl.dot(a, tl.trans(w), acc, input_precision=PREC)
+    return out
+
+
+@triton.jit
+def _acc_init(BM: tl.constexpr, BN: tl.constexpr, SWAP_AB: tl.constexpr):
+    if SWAP_AB:
+        acc = tl.zeros((BN, BM), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+    return acc
+
+
+@triton.jit
+def _acc_index(r, c, SWAP_AB: tl.constexpr):
+    """Row ids ``r [BM]`` and column ids ``c [BN]`` broadcast to the accumulator's layout."""
+    if SWAP_AB:
+        rr, cc = r[None, :], c[:, None]
+    else:
+        rr, cc = r[:, None], c[None, :]
+    return rr, cc
+
+
+@triton.jit
 def _moe_gate_up_kernel(
     x_ptr, w_ptr, a_ptr, sorted_ptr, end_ptr, total_ptr,   # x [M, K], w [E, 2I, K], act [L, I] (sorted rows)
     N_PAIRS, E, I, K, NUM_TILES,
     stride_xm, stride_we, stride_wn, stride_am,
     TOP_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, E_P: tl.constexpr,
-    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,   # PREC: "ieee" (fp32 dots) or None
+    SWAP_AB: tl.constexpr = False,
 ):
-    pid = tl.program_id(0)
-    pid_m = pid % NUM_TILES              # tiles fastest: the tiles of one expert share its weight tile (L2)
-    pid_n = pid // NUM_TILES
-    row0 = pid_m * BM
+    row0, pid_n = _tile_of(NUM_TILES, BM)
     if row0 >= tl.load(total_ptr):
         return
     e, pair = _tile_rows(sorted_ptr, end_ptr, row0, E, BM, E_P)
@@ -233,31 +280,21 @@ def _moe_gate_up_kernel(
     x_ptrs = x_ptr + tok[:, None] * stride_xm + offs_k[None, :]                         # [BM, BK]
     g_ptrs = w_ptr + e * stride_we + rows_w[:, None] * stride_wn + offs_k[None, :]      # [BN, BK]
     u_ptrs = g_ptrs + I * stride_wn
-    acc_g = tl.zeros((BM, BN), dtype=tl.float32)
-    acc_u = tl.zeros((BM, BN), dtype=tl.float32)
+    acc_g = _acc_init(BM, BN, SWAP_AB)
+    acc_u = _acc_init(BM, BN, SWAP_AB)
     for k in range(0, K, BK):
-        if EVEN_K:
-            xt = tl.load(x_ptrs)
-            g = tl.load(g_ptrs)
-            u = tl.load(u_ptrs)
-        else:
-            kmask = (offs_k < K - k)[None, :]
-            xt = tl.load(x_ptrs, mask=kmask, other=0.0)
-            g = tl.load(g_ptrs, mask=kmask, other=0.0)
-            u = tl.load(u_ptrs, mask=kmask, other=0.0)
-        if UPCAST:
-            xt = xt.to(tl.float32)
-            g = g.to(tl.float32)
-            u = u.to(tl.float32)
-        acc_g = _dot(xt, tl.trans(g), acc_g, IEEE)
-        acc_u = _dot(xt, tl.trans(u), acc_u, IEEE)
+        xt = _load_k(x_ptrs, K - k, offs_k, EVEN_K, UPCAST)
+        g = _load_k(g_ptrs, K - k, offs_k, EVEN_K, UPCAST)
+        u = _load_k(u_ptrs, K - k, offs_k, EVEN_K, UPCAST)
+        acc_g = _mm(xt, g, acc_g, SWAP_AB, PREC)
+        acc_u = _mm(xt, u, acc_u, SWAP_AB, PREC)
         x_ptrs += BK
         g_ptrs += BK
         u_ptrs += BK
     dt = a_ptr.dtype.element_ty
     act = _silu_mul_rounded(acc_g, acc_u, dt)
-    rows = (row0 + tl.arange(0, BM)).to(tl.int64)
-    tl.store(a_ptr + rows[:, None] * stride_am + offs_n[None, :], act, mask=(offs_n < I)[None, :])
+    rr, cc = _acc_index((row0 + tl.arange(0, BM)).to(tl.int64), offs_n, SWAP_AB)
+    tl.store(a_ptr + rr * stride_am + cc, act, mask=cc < I)
 
 
 @triton.jit
@@ -266,12 +303,10 @@ def _moe_down_kernel(
     N_PAIRS, E, N, K, NUM_TILES,
     stride_am, stride_we, stride_wn, stride_ym,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, E_P: tl.constexpr,
-    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,   # PREC: "ieee" (fp32 dots) or None
+    SWAP_AB: tl.constexpr = False,
 ):
-    pid = tl.program_id(0)
-    pid_m = pid % NUM_TILES
-    pid_n = pid // NUM_TILES
-    row0 = pid_m * BM
+    row0, pid_n = _tile_of(NUM_TILES, BM)
     if row0 >= tl.load(total_ptr):
         return
     e, pair = _tile_rows(sorted_ptr, end_ptr, row0, E, BM, E_P)
@@ -280,24 +315,15 @@ def _moe_down_kernel(
     rows = (row0 + tl.arange(0, BM)).to(tl.int64)
     a_ptrs = a_ptr + rows[:, None] * stride_am + offs_k[None, :]                                    # [BM, BK]
     w_ptrs = w_ptr + e * stride_we + (offs_n % N).to(tl.int64)[:, None] * stride_wn + offs_k[None, :]  # [BN, BK]
-    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    acc = _acc_init(BM, BN, SWAP_AB)
     for k in range(0, K, BK):
-        if EVEN_K:
-            at = tl.load(a_ptrs)
-            wt = tl.load(w_ptrs)
-        else:
-            kmask = (offs_k < K - k)[None, :]
-            at = tl.load(a_ptrs, mask=kmask, other=0.0)
-            wt = tl.load(w_ptrs, mask=kmask, other=0.0)
-        if UPCAST:
-            at = at.to(tl.float32)
-            wt = wt.to(tl.float32)
-        acc = _dot(at, tl.trans(wt), acc, IEEE)
+        at = _load_k(a_ptrs, K - k, offs_k, EVEN_K, UPCAST)
+        wt = _load_k(w_ptrs, K - k, offs_k, EVEN_K, UPCAST)
+        acc = _mm(at, wt, acc, SWAP_AB, PREC)
         a_ptrs += BK
         w_ptrs += BK
-    ok = (pair < N_PAIRS)[:, None] & (offs_n < N)[None, :]
-    y_ptrs = y_ptr + pair.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=ok)
+    rr, cc = _acc_index(pair.to(tl.int64), offs_n, SWAP_AB)
+    tl.store(y_ptr + rr * stride_ym + cc, acc.to(y_ptr.dtype.element_ty), mask=(rr < N_PAIRS) & (cc < N))
 
 
 @triton.jit
@@ -331,7 +357,7 @@ def _clamp_pow2(n: int, lo: int, hi: int) -> int:
 
 def _flags(dtype: torch.dtype) -> dict:
     interp = is_interpreter()
-    return dict(UPCAST=interp and dtype == torch.bfloat16, IEEE=dtype == torch.float32 and not interp)
+    return dict(UPCAST=interp and dtype == torch.bfloat16, PREC="ieee" if dtype == torch.float32 and not interp else None)
 
 
 def moe_align_size(n_pairs: int, n_experts: int, block_m: int) -> int:
@@ -353,14 +379,16 @@ def _moe_config(n_pairs: int, n_experts: int, inter: int, d: int, dtype: torch.d
     if interpret:  # big blocks, small grids: the interpreter pays per program
         return dict(BM=16, GU_BN=_clamp_pow2(inter, 16, 128), GU_BK=_clamp_pow2(d, 16, 256),
                     DN_BN=_clamp_pow2(d, 16, 128), DN_BK=_clamp_pow2(inter, 16, 256), CHUNK=_clamp_pow2(n_pairs, 16, 256),
-                    num_warps=4, num_stages=1)
+                    SWAP_AB=False, num_warps=4, num_stages=1)
     per_expert = n_pairs / max(1, n_experts)
     BM = 16 if per_expert <= 16 else 32 if per_expert <= 48 else 64
     if dtype == torch.float32:  # correctness path (IEEE fp32 dots), not tuned
-        return dict(BM=BM, GU_BN=32, GU_BK=32, DN_BN=32, DN_BK=32, CHUNK=256, num_warps=4, num_stages=2)
-    # weight streaming: per stage the gate-up reads (BM + 2 BN) * BK and the down (BM + BN) * BK elements
+        return dict(BM=BM, GU_BN=32, GU_BK=32, DN_BN=32, DN_BK=32, CHUNK=256, SWAP_AB=False, num_warps=4,
+                    num_stages=2)
+    # weight streaming: per stage the gate-up reads (BM + 2 BN) * BK and the down (BM + BN) * BK elements; few
+    # token rows per tile: weight rows fill the MMA's M (SWAP_AB), as kernels.mlp's decode GEMMs (not yet swept here)
     return dict(BM=BM, GU_BN=64, GU_BK=128 if BM <= 32 else 64, DN_BN=64 if BM <= 32 else 128,
-                DN_BK=128 if BM <= 32 else 64, CHUNK=256, num_warps=4, num_stages=4)
+                DN_BK=128 if BM <= 32 else 64, CHUNK=256, SWAP_AB=BM <= 32, num_warps=4, num_stages=4)
 
 
 def _align_launch(ids: torch.Tensor, n_experts: int, block_m: int, chunk: int):
@@ -390,7 +418,7 @@ def _align_launch(ids: torch.Tensor, n_experts: int, block_m: int, chunk: int):
 def moe_route(x: torch.Tensor, router_w: torch.Tensor, expert_bias: Optional[torch.Tensor] = None, *,
               top_k: int, n_group: int = 1, topk_group: int = 1, score_func: str = "sigmoid",
               norm_topk_prob: bool = True, routed_scaling_factor: float = 1.0):
-    """Router of a mixture-of-experts layer in one launch: ``(weights fp32 [M, top_k], ids int32 [M, top_k])``.
+    """Router of a mixture-of-experts layer in two launches: ``(weights fp32 [M, top_k], ids int32 [M, top_k])``.
 
     x: ``[M, d]``; router_w: ``[E, d]`` (``E <= 1024``); expert_bias: ``[E]`` or None (fp16/bf16/fp32, last dims
     contiguous). Logits accumulate in fp32: 16-bit ``x`` and ``router_w`` of one dtype go through the tensor
@@ -421,14 +449,18 @@ def moe_route(x: torch.Tensor, router_w: torch.Tensor, expert_bias: Optional[tor
     native = x.dtype == router_w.dtype and x.dtype != torch.float32
     E_P = next_pow2(E)
     BM = _clamp_pow2(M, 16, 64) if interp else 16
-    BK = _clamp_pow2(d, 16, 256) if interp else 64 if E_P <= 256 else 32
-    _route_kernel[(cdiv(M, BM),)](
-        x, router_w, router_w if expert_bias is None else expert_bias, weights, ids,
-        M, E, d, x.stride(0), router_w.stride(0), float(routed_scaling_factor),
+    BE = E_P if interp else min(E_P, 32)     # logits split over experts: enough programs to stream router_w
+    BK = _clamp_pow2(d, 16, 256) if interp else 128
+    logits = torch.empty((M, E), device=x.device, dtype=torch.float32)
+    _router_logits_kernel[(cdiv(M, BM), cdiv(E, BE))](
+        x, router_w, logits, M, E, d, x.stride(0), router_w.stride(0), BM=BM, BE=BE, BK=BK, EVEN_K=d % BK == 0,
+        UPCAST=(interp and x.dtype == torch.bfloat16) or not native, PREC=None if native or interp else "ieee",
+        num_warps=4, num_stages=1 if interp else 4)
+    _route_select_kernel[(cdiv(M, BM),)](
+        logits, router_w if expert_bias is None else expert_bias, weights, ids, M, E, float(routed_scaling_factor),
         TOP_K=top_k, N_GROUP=n_group, TOPK_GROUP=topk_group, SIGMOID=score_func == "sigmoid",
         HAS_BIAS=expert_bias is not None, NORM=bool(norm_topk_prob) and top_k > 1,
-        BM=BM, E_P=E_P, G_P=next_pow2(n_group), K_P=next_pow2(top_k), BK=BK, EVEN_K=d % BK == 0,
-        UPCAST=(interp and x.dtype == torch.bfloat16) or not native, IEEE=not native and not interp,
+        BM=BM, E_P=E_P, G_P=next_pow2(n_group), K_P=next_pow2(top_k),
         num_warps=4 if interp or E_P <= 128 else 8,
     )
     return weights, ids
@@ -533,12 +565,12 @@ def moe_experts(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, 
     _moe_gate_up_kernel[(tiles * cdiv(inter, bn),)](
         x, w_gate_up, act, sorted_ids, ends, total, N, E, inter, d, tiles,
         x.stride(0), w_gate_up.stride(0), w_gate_up.stride(1), act.stride(0),
-        TOP_K=k, BM=BM, BN=bn, BK=bk, E_P=E_P, EVEN_K=d % bk == 0, **flags, **launch)
+        TOP_K=k, BM=BM, BN=bn, BK=bk, E_P=E_P, EVEN_K=d % bk == 0, SWAP_AB=cfg["SWAP_AB"], **flags, **launch)
     bn, bk = cfg["DN_BN"], cfg["DN_BK"]
     _moe_down_kernel[(tiles * cdiv(d, bn),)](
         act, w_down, pair_out, sorted_ids, ends, total, N, E, d, inter, tiles,
         act.stride(0), w_down.stride(0), w_down.stride(1), pair_out.stride(0),
-        BM=BM, BN=bn, BK=bk, E_P=E_P, EVEN_K=inter % bk == 0, **flags, **launch)
+        BM=BM, BN=bn, BK=bk, E_P=E_P, EVEN_K=inter % bk == 0, SWAP_AB=cfg["SWAP_AB"], **flags, **launch)
     block = _clamp_pow2(d, 16, 1 << 16) if is_interpreter() else min(1024, next_pow2(d))
     r = residual if residual is not None else y
     _moe_combine_kernel[(M, cdiv(d, block))](
