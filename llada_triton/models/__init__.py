@@ -6,7 +6,7 @@ Families: the dense LLaDA (``config``, ``weights``, ``model``) and the MoE famil
 from .config import ConfigError, LLaDAConfig
 from .family import forward_hidden_of
 from .moe_config import LLaDA2Config, LLaDAMoEConfig, MoEConfig, detect_family
-from .moe_weights import MoELayerParams, load_moe_params
+from .moe_weights import MoELayerParams, init_moe_params, load_moe_params
 from .model import KVCache, forward, forward_hidden, logits_from_hidden
 from .ops import REFERENCE_OPS, Ops, triton_ops
 from .weights import LayerParams, Params, WeightError, init_params, load_params, save_checkpoint
