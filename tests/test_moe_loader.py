@@ -126,3 +126,17 @@ def test_mask_and_eot_ids_from_tokenizer_files(tmp_path):
         json.dump({"added_tokens_decoder": {"303": {"content": "<|mask|>"}, "305": {"content": "<|role_end|>"}}}, f)
     _, cfg = load_model(str(dst))
     assert (cfg.mask_token_id, cfg.eot_token_id, cfg.end_token_ids) == (303, 305, (300, 305))
+
+
+def test_random_params_at_config_shapes_run_both_caches_alike():
+    """init_moe_params gives every slot (bf16 weights, fp32 router) and the model runs on them; the block-causal
+    cache and the full recompute agree on the random model too."""
+    from llada_triton.decode.llada2 import generate_llada2
+    from llada_triton.models import init_moe_params
+
+    _, cfg = family_model("llada2")
+    params = init_moe_params(cfg, dtype=torch.float32, seed=3, std=0.2)
+    assert params.layers[1].router_w.dtype == torch.float32 and params.layers[1].expert_bias.std() > 0
+    outs = [generate_llada2(params, cfg, [5, 6, 7, 8, 9], gen_length=12, block_length=4, steps=4, threshold=0.3,
+                            cache=c) for c in ("block", "none")]
+    assert outs[0].tokens == outs[1].tokens and outs[0].nfe == outs[1].nfe

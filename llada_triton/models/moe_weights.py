@@ -20,9 +20,9 @@ import torch
 
 from llada_triton.kernels.reference import rope_tables
 from .moe_config import MoEConfig
-from .weights import Params, WeightError, stream_checkpoint
+from .weights import Params, WeightError, fill_random, stream_checkpoint
 
-__all__ = ["MoELayerParams", "load_moe_params", "moe_param_name_map", "empty_moe_params"]
+__all__ = ["MoELayerParams", "load_moe_params", "moe_param_name_map", "empty_moe_params", "init_moe_params"]
 
 
 @dataclass
@@ -129,6 +129,13 @@ def empty_moe_params(cfg: MoEConfig, *, device="cpu", dtype=torch.bfloat16) -> P
     return Params(wte=wte, layers=[_empty_layer(cfg, i, device, dtype) for i in range(cfg.n_layers)],
                      ln_f=torch.empty(cfg.d_model, device=device, dtype=dtype),
                      lm_head=wte if cfg.weight_tying else torch.empty_like(wte), rope_cos=cos, rope_sin=sin)
+
+
+def init_moe_params(cfg: MoEConfig, *, device="cpu", dtype=torch.float32, seed: int = 0,
+                    std: float = 0.02) -> Params:
+    """Random :class:`Params` of ``cfg``'s shapes (norms near 1, expert bias ``std``-sized), made on ``device``:
+    for tests and benchmarks at the real shapes without a checkpoint."""
+    return fill_random(empty_moe_params(cfg, device=device, dtype=dtype), seed=seed, std=std)
 
 
 _EXPERT = re.compile(r"model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.")

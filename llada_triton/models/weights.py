@@ -18,7 +18,7 @@ from llada_triton.kernels.reference import rope_tables
 from .config import LLaDAConfig
 
 __all__ = ["LayerParams", "Params", "load_params", "param_name_map", "WeightError", "init_params",
-           "save_checkpoint", "stream_checkpoint"]
+           "save_checkpoint", "stream_checkpoint", "fill_random"]
 
 PREFIX = "model.transformer."
 
@@ -200,17 +200,22 @@ def stream_checkpoint(path: str, shapes: Dict[str, Tuple[int, ...]], write, *, d
 # ---------------------------------------------------------------------------- synthetic checkpoints
 def init_params(cfg: LLaDAConfig, *, device="cpu", dtype=torch.float32, seed: int = 0, std: float = 0.02) -> Params:
     """Random parameters (norm weights near 1) for tests, benchmarks and training from scratch."""
-    dev = torch.device(device)
-    g = torch.Generator(device=dev).manual_seed(seed)  # drawn on the target device: no host copy
-    params = _empty_params(cfg, device, dtype)
-    with torch.no_grad():
-        for name, t in params.tensors():
-            v = torch.randn(t.shape, generator=g, device=dev, dtype=torch.float32)
-            if name.endswith("norm") or name == "ln_f":
-                t.copy_(v.mul_(0.1).add_(1.0))
-            else:
-                t.copy_(v.mul_(std))
-            del v
+    return fill_random(_empty_params(cfg, device, dtype), seed=seed, std=std)
+
+
+@torch.no_grad()
+def fill_random(params: Params, *, seed: int = 0, std: float = 0.02) -> Params:
+    """Fill every tensor of ``params`` in place: norm weights ``1 + 0.1 N(0, 1)``, the rest ``std N(0, 1)``,
+    drawn on the params' device (no host copy). Any family's params (``Params.tensors``)."""
+    dev = params.device
+    g = torch.Generator(device=dev).manual_seed(seed)
+    for name, t in params.tensors():
+        v = torch.randn(t.shape, generator=g, device=dev, dtype=torch.float32)
+        if name.endswith("norm") or name == "ln_f":
+            t.copy_(v.mul_(0.1).add_(1.0))
+        else:
+            t.copy_(v.mul_(std))
+        del v
     return params
 
 
