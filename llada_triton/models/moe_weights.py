@@ -8,7 +8,8 @@ gate-up (rows ``[0, I)`` the gate, then the up projection) and ``[E, d, I]`` dow
 q/k/v are fused into one ``[(H + 2 Hkv) D, d]`` QKV matrix (LLaDA2's is fused already). Every target is
 allocated once on the target device and dtype and filled shard by shard
 (:func:`llada_triton.models.weights.stream_checkpoint`): every checkpoint tensor used, every parameter
-filled. The router weight and expert bias are kept in fp32 (the reference routes in fp32).
+filled. The router weight stays in the model dtype (the checkpoint's bf16 values are exact there; ``moe_route``
+computes the logits in fp32, as the reference), the expert bias in fp32.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ class MoELayerParams:
     k_norm: Optional[torch.Tensor] = None   # [D]
     w_gate_up: Optional[torch.Tensor] = None        # dense layer: [2h, d]
     w_down: Optional[torch.Tensor] = None           # dense layer: [d, h]
-    router_w: Optional[torch.Tensor] = None         # MoE layer: fp32 [E, d]
+    router_w: Optional[torch.Tensor] = None         # MoE layer: [E, d] (logits in fp32 by moe_route)
     expert_bias: Optional[torch.Tensor] = None      # fp32 [E] (selection only)
     experts_gate_up: Optional[torch.Tensor] = None  # [E, 2I, d]
     experts_down: Optional[torch.Tensor] = None     # [E, d, I]
@@ -113,7 +114,7 @@ def _empty_layer(cfg: MoEConfig, i: int, device, dtype) -> MoELayerParams:
     if not cfg.moe_layers[i]:
         lp.w_gate_up, lp.w_down = e(2 * cfg.intermediate_size, d), e(d, cfg.intermediate_size)
         return lp
-    lp.router_w = e(E, d, dt=torch.float32)
+    lp.router_w = e(E, d)
     lp.expert_bias = e(E, dt=torch.float32) if cfg.expert_bias else None
     lp.experts_gate_up, lp.experts_down = e(E, 2 * I, d), e(E, d, I)
     if cfg.shared_intermediate_size is not None:
