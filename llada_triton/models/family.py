@@ -1,6 +1,6 @@
 """Where a model family plugs in: one :class:`Family` record per family, found from the config.
 
-The decoding driver (:mod:`llada_triton.decode`) never imports a family's model code. It calls
+The decoding driver (the ``decode`` subpackage) never imports a family's model code. It calls
 :func:`forward_hidden` and :func:`new_cache`, which dispatch on the config's class (``cfg.family``), reads
 ``params.lm_head`` / ``params.device`` / ``params.dtype``, and these config fields: ``mask_token_id``,
 ``eos_token_id``, ``eot_token_id``, ``pad_token_id``, ``end_token_ids``, ``vocab_size``,
@@ -20,13 +20,13 @@ Adding a family (as ``llada_triton/models/dream.py``):
 
 The KV cache: ``new_cache`` (default :meth:`llada_triton.models.model.KVCache.empty`, which needs ``n_layers``,
 ``n_kv_heads`` and ``head_dim`` on the config) returns what the family's ``forward_hidden`` takes as ``cache``; the
-drivers only use its ``rows(r0, r1)`` (a view of batch rows) and ``t_max``.
+drivers only call its ``rows(r0, r1)`` (a view of batch rows).
 
 Decoding that differs by family plugs in through the same record, never an ``if family`` in the driver:
-``policies`` replaces cache policies by name (:class:`llada_triton.decode.cache.CachePolicy` subclasses, e.g.
+``policies`` replaces cache policies by name (``decode.cache.CachePolicy`` subclasses, e.g.
 Dream's shifted logits, where the hidden state at position ``i - 1`` predicts position ``i``) and ``schedule``
 replaces the linear schedule (``schedule(n_masked, steps) -> per-step counts``, as
-:func:`llada_triton.decode.schedule.linear_schedule`). Not yet a hook: block starts off the ``prompt + b * Lb``
+``decode.schedule.linear_schedule``). Not yet a hook: block starts off the ``prompt + b * Lb``
 grid (LLaDA2's absolute grid, whose first block shares the prompt's last partial block).
 """
 from __future__ import annotations
