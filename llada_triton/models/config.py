@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Optional
 
-__all__ = ["LLaDAConfig", "ConfigError", "read_config_files", "token_id_from_tokenizer_files"]
+__all__ = ["LLaDAConfig", "ConfigError", "token_id_from_tokenizer_files", "read_config_files"]
 
 
 class ConfigError(ValueError):
@@ -160,11 +160,13 @@ class LLaDAConfig:
         return cls(**kwargs)
 
     @classmethod
-    def from_pretrained(cls, path: str, *, eot_token_id: Optional[int] = None,
+    def from_pretrained(cls, path: str, *, eot_token_id: Optional[int] = None, mask_token_id: Optional[int] = None,
                         allow_unknown: bool = False) -> "LLaDAConfig":
         """Read ``config.json``, ``generation_config.json`` and the tokenizer's end of turn (``end_of_turn``)
-        from a folder."""
+        from a folder (``mask_token_id`` overrides the config's)."""
         cfg, gen = read_config_files(path)
+        if mask_token_id is not None:
+            cfg = dict(cfg, mask_token_id=int(mask_token_id))
         if eot_token_id is None:
             eot_token_id = token_id_from_tokenizer_files(path, cls.end_of_turn)
         return cls.from_dict(cfg, generation=gen, eot_token_id=eot_token_id, allow_unknown=allow_unknown)
@@ -188,9 +190,13 @@ def read_config_files(path: str):
     return cfg, gen
 
 
+def _eot_from_tokenizer_files(path: str) -> Optional[int]:
+    """The id of ``<|eot_id|>`` from ``tokenizer.json`` / ``tokenizer_config.json``, if present."""
+    return token_id_from_tokenizer_files(path, "<|eot_id|>")
+
+
 def token_id_from_tokenizer_files(path: str, content: str) -> Optional[int]:
-    """The id of the added token ``content`` (e.g. ``<|eot_id|>``) from ``tokenizer.json`` /
-    ``tokenizer_config.json``, if present."""
+    """The id of the added token ``content`` from ``tokenizer.json`` / ``tokenizer_config.json``, if present."""
     for name, getter in (("tokenizer.json", lambda d: d.get("added_tokens", [])),
                          ("tokenizer_config.json",
                           lambda d: [dict(v, id=int(k)) for k, v in d.get("added_tokens_decoder", {}).items()])):
