@@ -125,7 +125,8 @@ def test_strict_loading_roundtrip_and_errors(tmp_path):
     save_file({k: v for k, v in tensors.items() if k != bias}, str(out / "model.safetensors"))
     with pytest.raises(WeightError, match="lacks 1 tensors"):
         load_model(str(out))
-    save_file(dict(tensors, **{"model.layers.0.self_attn.o_proj.bias": tensors[bias].clone()}), str(out / "model.safetensors"))
+    extra = {"model.layers.0.self_attn.o_proj.bias": tensors[bias].clone()}
+    save_file(dict(tensors, **extra), str(out / "model.safetensors"))
     with pytest.raises(WeightError, match="o_proj.bias"):
         load_model(str(out))
 
@@ -336,7 +337,8 @@ def write_dream_tokenizer(path):
     names = {ids["eos"]: "<|endoftext|>", ids["im_start"]: "<|im_start|>", ids["im_end"]: "<|im_end|>",
              ids["mask"]: "<|mask|>"}
     added = {str(i): {"content": names.get(i, f"<|reserved_{i}|>"), "special": True, "lstrip": False,
-                      "rstrip": False, "normalized": False, "single_word": False} for i in range(ids["eos"], ids["mask"] + 1)}
+                      "rstrip": False, "normalized": False, "single_word": False}
+             for i in range(ids["eos"], ids["mask"] + 1)}
     with open(os.path.join(path, "vocab.json"), "w") as f:
         json.dump(vocab, f)
     with open(os.path.join(path, "merges.txt"), "w") as f:

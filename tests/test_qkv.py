@@ -105,7 +105,8 @@ _COMPILE = textwrap.dedent("""
     for dt in ("bf16", "fp16"):
         for dyn, cache in ((True, True), (False, False)):
             sig = dict(x_ptr="*" + dt, w_ptr="*" + dt, b_ptr="*" + dt, out_ptr="*" + dt, cos_ptr="*fp32",
-                       sin_ptr="*fp32", kc_ptr="*" + dt, vc_ptr="*" + dt, start_ptr="*i64", start_val="i32", wf_ptr="*i64",
+                       sin_ptr="*fp32", kc_ptr="*" + dt, vc_ptr="*" + dt, start_ptr="*i64", start_val="i32",
+                       wf_ptr="*i64",
                        s_start="i32")
             sig.update({{n: "i32" for n in ("M", "T", "H", "HKV", "K", "stride_xm", "stride_wn", "sob", "sot",
                                             "soh", "skb", "skt", "skh", "svb", "svt", "svh", "sct")}})

@@ -3,7 +3,8 @@ entropy per row, streaming the vocabulary (``[M, V]`` logits are never stored).
 
 Kernel 1 (``_dream_partials_kernel``, grid ``(row tiles, vocab tiles)``) computes a ``[BLOCK_M, BLOCK_V]`` logit
 tile with the K-steps of :mod:`llada_triton.kernels.gemm` (the tiles of LLaDA's head at temperature 0), rounds it
-to the hidden dtype (as the model's logits are) and reduces it to per-row partials: the tile's largest logit ``m`` and its lowest id, the second largest (the largest at another id), and
+to the hidden dtype (as the model's logits are) and reduces it to per-row partials: the tile's largest logit
+``m`` and its lowest id, the second largest (the largest at another id), and
 ``s = sum exp(l - m)``, ``t = sum exp(l - m) * (l - m)``. Kernel 2 (``_dream_merge_kernel``) merges a row's
 partials (``S = sum s_i e^(m_i - M)``, ``T = sum e^(m_i - M) (t_i + (m_i - M) s_i)``) into
 
