@@ -67,13 +67,20 @@ def _docs(tasks_dir, name):
         return [json.loads(line) for line in f]
 
 
-def test_generation_scores_equal_generate(runs):
-    from llada_triton.decode import generate
+@pytest.fixture(scope="module")
+def tiny():
+    """The shipped model in float32 on the CPU and its tokenizer."""
     from llada_triton.models import load_model
-    from llada_triton.models.chat import chat_prompt_ids, decode_answer, load_tokenizer
+    from llada_triton.models.chat import load_tokenizer
 
-    params, cfg = load_model(CKPT)
-    tok = load_tokenizer(CKPT)
+    return (*load_model(CKPT), load_tokenizer(CKPT))
+
+
+def test_generation_scores_equal_generate(runs, tiny):
+    from llada_triton.decode import generate
+    from llada_triton.models.chat import chat_prompt_ids, decode_answer
+
+    params, cfg, tok = tiny
     scores, samples, stats = runs["one"]
     hits, answers = [], []
     for d in _docs(runs["tasks"], "tiny_gen"):
@@ -89,13 +96,10 @@ def test_generation_scores_equal_generate(runs):
     assert row["requests"] == N_DOCS and row["tokens"] == sum(len(tok(a)["input_ids"]) for a in answers)
 
 
-def test_multiple_choice_scores_equal_estimator(runs):
+def test_multiple_choice_scores_equal_estimator(runs, tiny):
     from llada_triton.eval.likelihood import mc_loglikelihood
-    from llada_triton.models import load_model
-    from llada_triton.models.chat import load_tokenizer
 
-    params, cfg = load_model(CKPT)
-    tok = load_tokenizer(CKPT)
+    params, cfg, tok = tiny
     scores, samples, _ = runs["one"]
     hits, lls = [], []
     for d in _docs(runs["tasks"], "tiny_mc"):
