@@ -210,3 +210,11 @@ def test_loglikelihood_rolling_refused():
         lm.loglikelihood_rolling([])
     with pytest.raises(ValueError, match="either a runner or model_args"):
         LLaDATritonLM(runner=lm.runner, pretrained=CKPT)
+
+
+def test_eval_package_imports_neither_lm_eval_nor_triton():
+    code = ("import sys, llada_triton.eval; bad = [m for m in ('lm_eval', 'triton') if m in sys.modules]; "
+            "assert not bad, bad")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
