@@ -11,8 +11,8 @@ count once the capture has freed them). The steps after block 1's first are time
 after a warm-up over the same steps (graph capture excluded); tokens/s assumes one committed token per step,
 as configured.
 
-    python scripts/bench_decode.py --out results/bench_decode.csv            # full sweep
-    python scripts/bench_decode.py --policies block --batches 1 --shapes 128x256
+    python scripts/bench_decode.py --out results/bench_decode/decode.csv      # full sweep; decode.md beside it
+    python scripts/bench_decode.py --policies block --batches 1,32 --shapes 128x256 --no-reference --out /tmp/b.csv
 """
 from __future__ import annotations
 
@@ -21,24 +21,14 @@ import csv
 import gc
 import os
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+for _p in (ROOT, os.path.join(ROOT, "scripts")):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
 
-LLADA_8B = dict(d_model=4096, n_heads=32, n_kv_heads=32, n_layers=32, mlp_hidden_size=12288, vocab_size=126464,
-                max_sequence_length=4096, rope_theta=500000.0, mask_token_id=126336, eos_token_id=126081,
-                pad_token_id=126081, bos_token_id=126080, eot_token_id=126348)
-
-
-def env_info(sha=None):
-    import torch
-    import triton
-
-    if not sha:
-        from provenance import git_sha
-        sha = git_sha()
-    return dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__, sha=sha)
+from _bench import llada_8b, measure_roofline, timed_window  # noqa: E402
+from provenance import environment  # noqa: E402
 
 
 def render(csv_path, md_path=None):
@@ -72,23 +62,6 @@ def render(csv_path, md_path=None):
     return text
 
 
-def measure_roofline():
-    """Device-to-device copy bandwidth (bytes read + written per s) and bf16 matmul FLOP/s."""
-    import torch
-    from triton.testing import do_bench
-
-    n = 1 << 30
-    a = torch.empty(n, dtype=torch.uint8, device="cuda")
-    b = torch.empty_like(a)
-    ms = do_bench(lambda: b.copy_(a), warmup=10, rep=50)
-    bw = 2 * n / (ms * 1e-3)
-    x = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    ms = do_bench(lambda: x @ x, warmup=10, rep=50)
-    flops = 2 * 8192 ** 3 / (ms * 1e-3)
-    del a, b, x
-    return bw, flops
-
-
 def step_floor(cfg, policy, B, P, G, Lb, bw, flops):
     """Floor of one steady step: weights + KV bytes over bandwidth vs FLOPs over peak (seconds)."""
     d, h, V, nl = cfg.d_model, cfg.mlp_hidden_size, cfg.vocab_size, cfg.n_layers
@@ -102,51 +75,15 @@ def step_floor(cfg, policy, B, P, G, Lb, bw, flops):
     return max(mem / bw, fl / flops)
 
 
-def timed_window(stream, n_steps, sync, clock=time.perf_counter):
-    """``(seconds, steps, nfe)`` for the steps of ``stream`` (a :func:`llada_triton.decode.generate_stream`) that follow block 1's
-    first step, through the end of the block in which the ``n_steps``-th of them falls (``n_steps <= 0``, or
-    fewer steps in the stream: all of them). ``nfe`` is the number of forwards those steps spent, read from the
-    driver's device counter (the events' ``nfe``; the most over the rows) once the clock has stopped.
-
-    A step's work is enqueued before its event is yielded (with CUDA graphs and a fixed schedule, a block's
-    later steps are enqueued together, before the first of their events); ``sync`` waits for the enqueued
-    work. The clock starts once block 1's first step has completed (nothing after it is enqueued yet) and
-    stops, at a block's end, once the last counted step has completed, so exactly the counted steps run inside
-    the window (tests/test_bench_decode.py)."""
-    from llada_triton.decode.generate import BlockEvent, StepEvent
-
-    t0, n, first, last = None, 0, None, None
-    for ev in stream:
-        if isinstance(ev, BlockEvent) and t0 is not None and 0 < n_steps <= n:
-            break
-        if not isinstance(ev, StepEvent) or ev.block == 0:
-            continue
-        if t0 is None:  # block 1's first step has been enqueued: wait for it, then start the clock
-            sync()
-            t0 = clock()
-            first = ev.nfe
-            continue
-        n += 1          # a step enqueued after t0
-        last = ev.nfe
-    if t0 is None or n == 0:
-        raise ValueError("the stream has no step after block 1's first: nothing to time")
-    sync()
-    seconds = clock() - t0
-    return seconds, n, int((last - first).max())
-
-
 def time_decode(params, cfg, ops, *, policy, B, P, G, Lb, graphs, timed_steps):
     """``(seconds per step, steps, nfe)`` over the ``timed_steps`` steps that follow block 1's first step, rounded up to a block's
     end (0 or more than there are: all of them), after a warm-up call over the same steps that compiles kernels and captures
     the graphs (so no capture falls inside the timed window). Block 0 holds the prompt prefill and is not
     timed. The clock starts once block 1's first step has completed, so exactly the counted steps run
-    inside the window. (Until be219a1 the window held one step fewer than it counted, so earlier numbers
-    are 1/n too low, 3.1% at the then default n = 32; until the commit after it, the warm-up covered only
-    block 1's first steps, so prefix-cache runs over several blocks also timed graph captures.)"""
+    inside the window."""
     import torch
 
-    from llada_triton.decode import generate_stream
-    from llada_triton.decode.generate import Workspace
+    from llada_triton.decode import Workspace, generate_stream
 
     g = torch.Generator(device="cpu").manual_seed(0)
     prompts = torch.randint(0, 126000, (B, P), generator=g).tolist()
@@ -182,7 +119,8 @@ def main(argv=None):
                         "(0: all the remaining steps)")
     p.add_argument("--no-reference", action="store_true", help="skip the torch reference path")
     p.add_argument("--reference-max-batch", type=int, default=8)
-    p.add_argument("--out", default=os.path.join(ROOT, "results", "bench_decode.csv"))
+    p.add_argument("--out", default=os.path.join(ROOT, "results", "bench_decode", "decode.csv"),
+                   help="CSV path (the markdown table goes beside it)")
     p.add_argument("--sha", default=None, help="git sha to record (when the run has no .git)")
     p.add_argument("--render", metavar="CSV", help="only render CSV to markdown beside it, then exit")
     args = p.parse_args(argv)
@@ -191,17 +129,17 @@ def main(argv=None):
         return []
     import torch
 
-    from llada_triton.models import LLaDAConfig, REFERENCE_OPS, init_params, triton_ops
+    from llada_triton.models import REFERENCE_OPS, init_params, triton_ops
 
-    cfg = LLaDAConfig(**LLADA_8B)
-    info = env_info(args.sha)
+    cfg = llada_8b()
+    info = environment("cuda", args.sha)
     bw, flops = measure_roofline()
     print(f"{info} copy {bw / 1e12:.2f} TB/s, bf16 matmul {flops / 1e12:.0f} TFLOP/s", flush=True)
     params = init_params(cfg, device="cuda", dtype=torch.bfloat16)
     weights_gb = sum(t.numel() * t.element_size() for _, t in params.tensors()) / 1e9
     fast = triton_ops()
     rows = []
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     for shape in args.shapes.split(","):
         P, G = map(int, shape.split("x"))
         for policy in args.policies.split(","):
@@ -231,6 +169,8 @@ def main(argv=None):
                         w = csv.DictWriter(f, fieldnames=list(rows[0]))
                         w.writeheader()
                         w.writerows(rows)
+    if rows:
+        render(args.out, os.path.splitext(args.out)[0] + ".md")
     return rows
 
 

@@ -1,42 +1,48 @@
 #!/usr/bin/env python
-"""One benchmark for every kernel in kernels/, at LLaDA-8B decode shapes, in one long CSV.
+"""One benchmark for the public kernels (``llada_triton.kernels``) at LLaDA-8B decode shapes, in one long CSV.
 
-Shapes come from ``LLaDAConfig(**LLADA_8B)`` (scripts/bench_decode.py) and the decode regime
-(batch x block 32 x KV length); nothing about the model is typed here. Ops and providers:
+Shapes come from the LLaDA-8B config (scripts/_bench.py) and the decode regime (batch x block 32 x KV
+length); nothing about the model is typed here. Ops (rows = B * block) and providers:
 
-  block_attention    B x KV grid, Tq = block     torch (reference), torch-compile, triton, sdpa-flash, flex-attention
-  swiglu_mlp         rows = B * block (+residual) torch, torch-compile, triton, cublas (addmm epilogue + torch SiLU),
-                                                  cublas+silu_mul (the activation in one launch: kernels.mlp.silu_mul)
-  rms_norm           rows = B * block            torch, torch-compile, triton, F.rms_norm
-  rms_norm+residual  rows = B * block            torch, torch-compile, triton, F.rms_norm (after x + r)
-  qkv_rope_cache     B x block tokens            torch, torch-compile, triton
-  (the three memory-bound ops above also time ``copy``: a device copy of as many bytes, the yardstick)
-  head_confidence    rows = B * block, T = 0     torch, torch-compile, triton
-  logits_confidence  rows = B * block, T = 0     torch, torch-compile, triton, torch-official (fp64 softmax)
-  select_transfer    B x block, top-k rule       torch, torch-compile, triton
+  block_attention      B x KV grid, Tq = block   torch (reference), torch-compile, triton, sdpa-flash, flex-attention
+  block_attention+key_end  the same KV lengths in a cache of the largest one, the limit in a device key_end (the
+                       graphed decode step's form)   torch, torch-compile, triton
+  qkv_proj_rope        B x block tokens          torch, torch-compile, triton (QKV GEMM + RoPE + K/V into the cache)
+  linear_rms_norm      rows                      torch, torch-compile, triton, cublas (addmm + F.rms_norm)
+  swiglu_mlp           rows (+residual)          torch, torch-compile, triton, cublas (addmm epilogue + torch SiLU),
+                                                 cublas+silu_mul (the activation in one launch: kernels.silu_mul)
+  swiglu_mlp_rms_norm  rows                      torch, torch-compile, triton, cublas+silu_mul (+ F.rms_norm)
+  rms_norm(+residual)  rows                      torch, torch-compile, triton, F.rms_norm
+  rope                 q of a fused qkv (view)   torch, torch-compile, triton
+  head_confidence      rows, T = 0               torch, torch-compile, triton, cublas-matmul (the logits alone)
+  head_confidence+T1   rows, T = 1 (sampled)     torch, triton, cublas-matmul (outputs not compared)
+  head_confidence+cfg  rows, CFG scale 1         torch, torch-compile, triton, cublas-matmul
+  logits_confidence    rows, T = 0               torch, torch-compile, triton, torch-official (fp64 softmax),
+                                                 torch-official-bf16 (softmax in the logits dtype)
+  select_transfer      B x block, top-k rule     torch, torch-compile, triton
+  select_transfer+threshold, select_transfer+factor: the other two rules, same providers
 
-Every provider is timed twice: ``triton.testing.do_bench`` quantiles (0.5, 0.2, 0.8) with the L2
-flushed before each call (provider ``NAME``), and replays of a CUDA graph holding >= 32 calls that
-rotate over up to 32 input sets, enough to exceed the L2 cache wherever a set is >= 5 MB (KV caches,
-large activations); weights are shared and larger than L2 anyway; small activations stay L2-resident,
-as in a decode step where the previous kernel just wrote them (provider ``NAME-graph``; the timer is
-``_graph_time_us`` of scripts/bench_block_attention.py, one replay per sample, 10 samples, taken
-round-robin over the case's providers so that a drift of the GPU's clocks during the case falls on all of
-them alike). Decode kernels are launch-bound, so the graph numbers are what a captured decode step sees.
+Yardsticks (kind ``yardstick``, never the "best other provider" of the headline): ``copy`` for the
+memory-bound ops (norms, RoPE), a ``Tensor.copy_`` of half the op's bytes (read once, written once: what the
+op's size allows, launch and ramp-up included), and ``cublas-matmul`` for the LM head (the floor of any path
+that computes the logits).
 
-Bytes and FLOPs are counted by formula (``*_cost`` below: every input read once, every output
-written once, weights once per call); % of roofline = max(bytes / copy bandwidth, FLOPs / matmul
-peak) / p50, against a device-to-device copy and a bf16 8192^3 matmul measured in the same run.
-That copy moves 1 GiB; a small kernel cannot reach its rate (launch, ramp-up and tail are fixed costs), so
-the memory-bound ops (norms, RoPE) also time provider ``copy``: ``Tensor.copy_`` of a buffer holding half the
-op's bytes (read once, written once), timed the same way, which says what the op's size allows. It is a
-yardstick, never the "best other provider" of the headline.
-torch.compile runs last (after every other provider), with a time budget; a compile that fails or
-is skipped is a row with the error, never a silent gap. (So its graph samples are not interleaved with the
-others': they come from a second pass over the cases.)
+Every provider is timed twice: ``triton.testing.do_bench`` quantiles (0.5, 0.2, 0.8) with the L2 flushed
+before each call (provider ``NAME``), and replays of a CUDA graph holding >= 32 calls that rotate over up to
+32 input sets, enough to exceed the L2 cache wherever a set is >= 5 MB (KV caches, large activations);
+weights are shared and larger than L2 anyway (provider ``NAME-graph``; one replay per sample, 10 samples,
+taken round-robin over the case's providers so that a drift of the GPU's clocks falls on all of them alike).
+Decode kernels are launch-bound, so the graph numbers are what a captured decode step sees. ``extra_mib``:
+the memory one call allocates, its output included (a call after the first, so compiles do not count).
 
-    python scripts/bench_kernels.py --out results/kernels --sha $(git rev-parse --short HEAD)
-    python scripts/bench_kernels.py --render results/kernels/kernels_h100_abc1234.csv   # md + png, CPU
+Bytes and FLOPs are counted by formula (``*_cost`` below: every input read once, every output written once,
+weights once per call); % of roofline = max(bytes / copy bandwidth, FLOPs / matmul peak) / p50, against a
+1 GiB device copy and a bf16 8192^3 matmul measured in the same run. torch.compile runs last (after every
+other provider), with a time budget; a compile that fails or is skipped is a row with the error.
+
+    python scripts/bench_kernels.py --out results/kernels                     # every op, B 1,8,32, KV 128,1024,4096
+    python scripts/bench_kernels.py --ops decode --batches 1,32 --kv-lens 256,384 --no-compile --out /tmp/k  # A/B
+    python scripts/bench_kernels.py --render results/kernels/kernels_x.csv    # md + png, CPU
     python scripts/bench_kernels.py --dry-run --out /tmp/bk   # tiny, CPU, TRITON_INTERPRET=1: checks the script
 """
 from __future__ import annotations
@@ -57,30 +63,36 @@ for _p in (ROOT, os.path.join(ROOT, "scripts")):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from bench_decode import LLADA_8B  # noqa: E402  (no torch / triton import at module level)
+from _bench import graph_time_us, llada_8b, measure_roofline  # noqa: E402  (no torch / triton at module level)
+from provenance import environment  # noqa: E402
 
 QUANTILES = (0.5, 0.2, 0.8)
-OPS = ("block_attention", "swiglu_mlp", "rms_norm", "rms_norm+residual", "qkv_rope_cache", "head_confidence",
-       "logits_confidence", "select_transfer")
+OPS = ("block_attention", "block_attention+key_end", "qkv_proj_rope", "linear_rms_norm", "swiglu_mlp", "swiglu_mlp_rms_norm", "rms_norm",
+       "rms_norm+residual", "rope", "head_confidence", "head_confidence+T1", "head_confidence+cfg",
+       "logits_confidence", "select_transfer", "select_transfer+threshold", "select_transfer+factor")
+DECODE_OPS = ("block_attention", "block_attention+key_end", "qkv_proj_rope", "linear_rms_norm", "swiglu_mlp", "swiglu_mlp_rms_norm",
+              "rms_norm+residual", "head_confidence", "select_transfer")  # what a decode step runs (--ops decode)
 FIELDS = ["op", "provider", "kind", "timing", "shape", "batch", "rows", "kv_len", "dtype",
           "p50_us", "p20_us", "p80_us", "bytes", "flops", "gbps", "tflops", "roofline_us", "pct_roofline", "bound",
-          "check", "error", "note", "n_sets", "bench_s",
+          "check", "error", "note", "n_sets", "bench_s", "extra_mib",
           "copy_gbps", "matmul_tflops", "gpu", "torch", "cuda", "triton", "sha", "timestamp"]
 MAX_SETS = 32  # input sets a graph rotates over: 3x L2 for KV caches / activations >= 5 MB a set
 PROVIDERS = {  # what each provider name calls (the markdown prints this)
     "torch": "the same-signature reference in kernels/reference.py, eager (for attention: SDPA, default backend)",
     "torch-compile": "torch.compile of that reference (inductor, default mode; sizes dynamic after the 2nd shape)",
-    "triton": "the kernel in kernels/",
+    "triton": "the kernel (llada_triton.kernels.<op>)",
     "sdpa-flash": "F.scaled_dot_product_attention under sdpa_kernel(FLASH_ATTENTION)",
     "flex-attention": "torch.compile(flex_attention), no mask, compiled per shape",
-    "cublas": "F.linear (gate-up) + F.silu(gate) * up + torch.addmm(residual, act, w_down.T)",
-    "cublas+silu_mul": "the same GEMMs with the activation in one launch (kernels.mlp.silu_mul, Triton)",
+    "cublas": "cuBLAS GEMMs (F.linear / addmm with the residual as its epilogue) + torch ops for the rest",
+    "cublas+silu_mul": "the same GEMMs with the activation in one launch (kernels.silu_mul, Triton)",
     "F.rms_norm": "torch.nn.functional.rms_norm (after x + residual for +residual)",
     "torch-official": "the official LLaDA per-step confidence: F.softmax(logits.to(float64)), argmax, gather",
-    "copy": "Tensor.copy_ of a buffer of half the op's bytes (as many bytes moved; a yardstick, not a competitor)",
+    "torch-official-bf16": "the same with the softmax in the logits' dtype",
+    "copy": "yardstick: Tensor.copy_ of a buffer of half the op's bytes (as many bytes moved)",
+    "cublas-matmul": "yardstick: the head's logits matmul alone (hidden @ w_head.T)",
 }
-KINDS = ("triton", "reference", "library", "compile", "copy")  # column order of the tables
-COPY_OPS = ("rms_norm", "rms_norm+residual", "qkv_rope_cache")  # memory-bound ops that get the copy yardstick
+KINDS = ("triton", "reference", "library", "compile", "yardstick")  # column order of the tables
+COPY_OPS = ("rms_norm", "rms_norm+residual", "rope")  # memory-bound ops that get the copy yardstick
 
 
 @dataclass(frozen=True)
@@ -96,9 +108,7 @@ DRY_REGIME = Regime(batches=(1, 2), block=8, kv_lens=(16,))
 
 def model_config(dry_run: bool = False):
     """The LLaDA-8B config, or (dry run) the same config shrunk with ``replace`` to toy sizes."""
-    from llada_triton.models import LLaDAConfig
-
-    cfg = LLaDAConfig(**LLADA_8B)
+    cfg = llada_8b()
     if dry_run:
         v = 512
         cfg = cfg.replace(d_model=64, n_heads=2, n_kv_heads=2, mlp_hidden_size=96, vocab_size=v,
@@ -113,9 +123,20 @@ def attention_cost(B, Tq, kv, H, Hkv, D, es):
     return es * (2 * B * kv * Hkv * D + 2 * B * Tq * H * D), 4 * B * H * Tq * kv * D
 
 
-def mlp_cost(M, d, h, es):
-    """Weights (gate-up 2hd + down dh) once, x and residual read, y written; 2 M d 2h + 2 M h d FLOPs."""
-    return es * (3 * d * h + 3 * M * d), 6 * M * d * h
+def qkv_proj_cost(M, d, H, Hkv, D, T, es):
+    """The QKV weights once, x read, q, k and v written, fp32 cos/sin rows read; the GEMM's FLOPs."""
+    nh = H + 2 * Hkv
+    return es * (nh * D * d + M * d + M * nh * D) + 2 * 4 * T * D, 2 * M * nh * D * d
+
+
+def linear_norm_cost(M, d, es):
+    """The [d, d] weight once, x and residual read, h and its norm written; 2 M d d FLOPs."""
+    return es * (d * d + 4 * M * d + d), 2 * M * d * d
+
+
+def mlp_cost(M, d, h, es, norm=False):
+    """Weights (gate-up 2hd + down dh) once, x and residual read, y (and its norm) written; 6 M d h FLOPs."""
+    return es * (3 * d * h + (4 if norm else 3) * M * d), 6 * M * d * h
 
 
 def norm_cost(R, d, es, residual):
@@ -123,15 +144,15 @@ def norm_cost(R, d, es, residual):
     return es * ((4 if residual else 2) * R * d + d), (5 if residual else 4) * R * d
 
 
-def qkv_rope_cost(B, T, H, Hkv, D, es):
-    """qkv read (H + 2 Hkv heads), q written back, k and v written to the cache, fp32 cos/sin rows read;
-    6 FLOPs per rotated element."""
-    return es * B * T * D * (2 * H + 4 * Hkv) + 2 * 4 * T * D, 6 * B * T * (H + Hkv) * D
+def rope_cost(B, T, H, D, es):
+    """q read and written, fp32 cos/sin rows read; 3 FLOPs per element."""
+    return es * 2 * B * T * H * D + 2 * 4 * T * D, 3 * B * T * H * D
 
 
-def head_cost(M, V, d, es):
-    """The head weights once plus the hidden rows read, x0 (int64) and conf (fp32) written; 2 M V d FLOPs."""
-    return es * (V * d + M * d) + 12 * M, 2 * M * V * d
+def head_cost(M, V, d, es, cfg=False):
+    """The head weights once plus the hidden rows (twice with CFG), x0 (int64) and conf (fp32) written."""
+    n = 2 if cfg else 1
+    return es * (V * d + n * M * d) + 12 * M, 2 * n * M * V * d
 
 
 def logits_cost(M, V, es):
@@ -158,7 +179,11 @@ class Case:
     set_bytes: int                       # bytes of one input set (sizing the L2-busting rotation)
     make: Callable                       # make(n_sets) -> (shared, [set, ...])
     providers: Dict[str, Tuple[str, Callable]] = field(default_factory=dict)  # name -> (kind, fn(shared, s))
-    out_of: Callable = lambda out: out   # the output compared with the reference's
+    out_of: Callable = lambda out: out   # the output compared with the reference's (None: not compared)
+
+
+def _first(out):
+    return out[0]
 
 
 def _copy_last(shared, s):
@@ -166,241 +191,242 @@ def _copy_last(shared, s):
     s[-1][1].copy_(s[-1][0])
 
 
+def _with_copy(case, dev, dt, gen, es):
+    """Add the copy yardstick: each input set also carries a source and a destination of half the op's
+    bytes (appended last, so the op's providers see their set unchanged)."""
+    import torch
+
+    half = -(-case.nbytes // (2 * es))
+
+    def make(n, inner=case.make):
+        shared, sets = inner(n)
+        return shared, [tuple(s) + ((torch.empty(half, device=dev, dtype=dt).normal_(generator=gen),
+                                      torch.empty(half, device=dev, dtype=dt)),) for s in sets]
+
+    case.make = make
+    case.providers["copy"] = ("yardstick", _copy_last)
+
+
+def _standard(ctx, op, ref_fn, kernel_fn, call, kernel_call=None):
+    """torch / torch-compile / triton providers: ``call(fn, shared, set)`` with the reference and its
+    torch.compile, ``kernel_call`` (default ``call``) with the kernel."""
+    kc = kernel_call or call
+    return {"torch": ("reference", lambda sh, s: call(ref_fn, sh, s)),
+            "torch-compile": ("compile", lambda sh, s: call(ctx.compiled(op, ref_fn), sh, s)),
+            "triton": ("triton", lambda sh, s: kc(kernel_fn(), sh, s))}
+
+
 def build_cases(cfg, reg: Regime, ctx) -> List[Case]:
-    """Every (op, shape) of the sweep, in OPS order, with its providers."""
+    """Every (op, shape) of the sweep, in OPS order, with its providers. Inputs are made lazily."""
     import torch
     import torch.nn.functional as F
 
+    from llada_triton import kernels
     from llada_triton.kernels import reference as ref
 
     dev, dt, g = ctx.device, ctx.dtype, ctx.gen
     es = torch.tensor([], dtype=dt).element_size()
     d, H, Hkv, D, h, V = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.mlp_hidden_size, cfg.vocab_size
-    eps, T = cfg.rms_norm_eps, reg.block
+    eps, T, NH = cfg.rms_norm_eps, reg.block, cfg.n_heads + 2 * cfg.n_kv_heads
     cases: List[Case] = []
+    memo: Dict[str, object] = {}
 
     def rn(*shape, scale=1.0):
         return (torch.randn(*shape, device=dev, generator=g) * scale).to(dt)
 
-    # ---- block_attention: B x KV, Tq = block queries over a cache holding kv_len keys (its own included)
-    def k_attention():
-        from llada_triton.kernels.attention import block_attention
-        return block_attention
+    def once(key, fn):
+        """Weights shared by every shape of an op, made on first use."""
+        if key not in memo:
+            memo[key] = fn()
+        return memo[key]
 
-    def flex():
+    def case(op, shape, B, rows, kv, cost, set_bytes, make, providers, out_of=lambda out: out):
+        cases.append(Case(op, shape, B, rows, kv, cost[0], cost[1], set_bytes, make, providers, out_of))
+        return cases[-1]
+
+    # a kernel is looked up on first call (that imports triton), then memoised
+    kern = lambda name: (lambda: once("kernel " + name, lambda: getattr(kernels, name)))  # noqa: E731
+    norm_w = lambda: once("norm", lambda: (1 + 0.1 * torch.randn(d, device=dev, generator=g)).to(dt))  # noqa: E731
+    mlp_w = lambda: once("mlp", lambda: (rn(2 * h, d, scale=d ** -0.5), rn(d, h, scale=h ** -0.5)))  # noqa: E731
+    head_w = lambda: once("head", lambda: rn(V, d, scale=d ** -0.5))  # noqa: E731
+
+    # ---- block_attention: B x KV, Tq = block queries over a cache holding kv_len keys (its own included)
+    def flex(q, k, v):
         from torch.nn.attention.flex_attention import flex_attention
-        return flex_attention
+        fn = flex_attention if ctx.dry_run else ctx.compiled("flex_attention", flex_attention, dynamic=False)
+        return fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
 
     def sdpa_flash(q, k, v):
         from torch.nn.attention import SDPBackend, sdpa_kernel
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-            return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+            o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return o.transpose(1, 2)
 
     for B in reg.batches:
         for kv in reg.kv_lens:
-            nb, fl = attention_cost(B, T, kv, H, Hkv, D, es)
-            c = Case("block_attention", f"B{B}-Tq{T}-KV{kv}-H{H}-D{D}", B, B * T, kv, nb, fl, nb,
-                     make=lambda n, B=B, kv=kv: (None, [(rn(B, T, H, D), rn(B, kv, Hkv, D), rn(B, kv, Hkv, D))
-                                                      for _ in range(n)]))
-            c.providers = {
-                "torch": ("reference", lambda sh, s, kv=kv: ref.block_attention_ref(s[0], s[1], s[2], kv)),
-                "torch-compile": ("compile", lambda sh, s, kv=kv: ctx.compiled(
-                    "block_attention", ref.block_attention_ref)(s[0], s[1], s[2], kv)),
-                "triton": ("triton", lambda sh, s, kv=kv: k_attention()(s[0], s[1], s[2], kv)),
-                "sdpa-flash": ("library", lambda sh, s: sdpa_flash(*s)),
-                "flex-attention": ("compile", lambda sh, s: ctx.compiled("flex_attention", flex(), dynamic=False)(
-                    s[0].transpose(1, 2), s[1].transpose(1, 2), s[2].transpose(1, 2)).transpose(1, 2)),
-            }
-            if ctx.dry_run:  # the CPU has no flash backend; flex eager (its math path) keeps the test fast
+            c = case("block_attention", f"B{B}-Tq{T}-KV{kv}-H{H}-D{D}", B, B * T, kv,
+                     attention_cost(B, T, kv, H, Hkv, D, es), attention_cost(B, T, kv, H, Hkv, D, es)[0],
+                     lambda n, B=B, kv=kv: (kv, [(rn(B, T, H, D), rn(B, kv, Hkv, D), rn(B, kv, Hkv, D))
+                                                 for _ in range(n)]),
+                     _standard(ctx, "block_attention", ref.block_attention_ref, kern("block_attention"),
+                               lambda fn, kv, s: fn(s[0], s[1], s[2], kv)))
+            c.providers["sdpa-flash"] = ("library", lambda sh, s: sdpa_flash(*s))
+            c.providers["flex-attention"] = ("compile", lambda sh, s: flex(*s))
+            if ctx.dry_run:  # the CPU has no flash backend
                 c.providers.pop("sdpa-flash")
-                c.providers["flex-attention"] = ("compile", lambda sh, s: flex()(
-                    s[0].transpose(1, 2), s[1].transpose(1, 2), s[2].transpose(1, 2)).transpose(1, 2))
-            cases.append(c)
 
-    # ---- swiglu_mlp (+ residual): rows = B * block
-    mlp_w = {}
+    # ---- the form a CUDA-graphed decode step calls: kv_len = the cache's T_max slots (the largest KV length),
+    # the real limit kv in a device key_end
+    t_max = max(reg.kv_lens)
+    for B in reg.batches:
+        for kv in reg.kv_lens:
+            case("block_attention+key_end", f"B{B}-Tq{T}-KV{kv}-Tmax{t_max}-H{H}-D{D}", B, B * T, kv,
+                 attention_cost(B, T, kv, H, Hkv, D, es), attention_cost(B, T, t_max, H, Hkv, D, es)[0],
+                 lambda n, B=B, kv=kv: (torch.full((T,), kv, dtype=torch.int32, device=dev),
+                                        [(rn(B, T, H, D), rn(B, t_max, Hkv, D), rn(B, t_max, Hkv, D))
+                                         for _ in range(n)]),
+                 _standard(ctx, "block_attention+key_end", ref.block_attention_ref, kern("block_attention"),
+                           lambda fn, key_end, s: fn(s[0], s[1], s[2], t_max, None, key_end)))
 
-    def mlp_shared():
-        if not mlp_w:
-            mlp_w["w"] = (rn(2 * h, d, scale=d ** -0.5), rn(d, h, scale=h ** -0.5))
-        return mlp_w["w"]
+    # ---- qkv_proj_rope: x [B, T, d] -> q, and rotated K / V into a cache at slots [T, 2T) (the cost does not
+    # depend on the position, so the cache holds 2T slots)
+    def qkv_shared():
+        cos, sin = ref.rope_tables(D, cfg.rope_theta, 2 * T, device=dev)
+        return rn(NH * D, d, scale=d ** -0.5), cos, sin, torch.tensor(T, dtype=torch.int64, device=dev)
 
-    def k_mlp():
-        from llada_triton.kernels.mlp import swiglu_mlp
-        return swiglu_mlp
+    for B in reg.batches:
+        case("qkv_proj_rope", f"B{B}-T{T}-d{d}-NH{NH}-D{D}", B, B * T, 0, qkv_proj_cost(B * T, d, H, Hkv, D, T, es),
+             B * T * d * es,
+             lambda n, B=B: (once("qkv", qkv_shared), [(rn(B, T, d), rn(B, 2 * T, Hkv, D), rn(B, 2 * T, Hkv, D))
+                                                       for _ in range(n)]),
+             _standard(ctx, "qkv_proj_rope", ref.qkv_proj_rope_ref, kern("qkv_proj_rope"),
+                       lambda fn, sh, s: fn(s[0], sh[0], sh[1], sh[2], sh[3], s[1], s[2], n_heads=H)),
+             out_of=_first)
 
-    def mlp_cublas(x, w_gu, w_d, r):
-        """cuBLAS matmuls + torch activation, the residual add folded into the down GEMM (addmm, beta=1)."""
-        gu = F.linear(x, w_gu)
-        a = F.silu(gu[:, :h]).mul_(gu[:, h:])
-        return torch.addmm(r, a, w_d.t())
-
-    def mlp_cublas_silu_mul(x, w_gu, w_d, r):
-        """cuBLAS matmuls + a separate one-launch activation kernel (the best unfused split)."""
-        from llada_triton.kernels.mlp import silu_mul
-        return torch.addmm(r, silu_mul(F.linear(x, w_gu)), w_d.t())
+    # ---- linear_rms_norm: the attention output projection, its residual add and the MLP's norm
+    def linear_norm_cublas(x, w, r, nw):
+        hh = torch.addmm(r, x, w.t())
+        return F.rms_norm(hh, (d,), nw, eps), hh
 
     for B in reg.batches:
         M = B * T
-        nb, fl = mlp_cost(M, d, h, es)
-        c = Case("swiglu_mlp", f"B{B}-M{M}-d{d}-h{h}", B, M, 0, nb, fl, 2 * M * d * es,
-                 make=lambda n, M=M: (mlp_shared(), [(rn(M, d), rn(M, d)) for _ in range(n)]))
-        c.providers = {
-            "torch": ("reference", lambda sh, s: ref.swiglu_mlp_ref(s[0], sh[0], sh[1], s[1])),
-            "torch-compile": ("compile", lambda sh, s: ctx.compiled("swiglu_mlp", ref.swiglu_mlp_ref)(
-                s[0], sh[0], sh[1], s[1])),
-            "triton": ("triton", lambda sh, s: k_mlp()(s[0], sh[0], sh[1], s[1])),
-            "cublas": ("library", lambda sh, s: mlp_cublas(s[0], sh[0], sh[1], s[1])),
-            "cublas+silu_mul": ("library", lambda sh, s: mlp_cublas_silu_mul(s[0], sh[0], sh[1], s[1])),
-        }
-        cases.append(c)
+        c = case("linear_rms_norm", f"B{B}-M{M}-d{d}", B, M, 0, linear_norm_cost(M, d, es), 2 * M * d * es,
+                 lambda n, M=M: ((once("o", lambda: rn(d, d, scale=d ** -0.5)), norm_w()),
+                                 [(rn(M, d), rn(M, d)) for _ in range(n)]),
+                 _standard(ctx, "linear_rms_norm", ref.linear_rms_norm_ref, kern("linear_rms_norm"),
+                           lambda fn, sh, s: fn(s[0], sh[0], s[1], sh[1], eps)), out_of=_first)
+        c.providers["cublas"] = ("library", lambda sh, s: linear_norm_cublas(s[0], sh[0], s[1], sh[1]))
+
+    # ---- swiglu_mlp (+ residual), and swiglu_mlp_rms_norm (+ the next norm): rows = B * block
+    def mlp_cublas(x, w_gu, w_d, r):
+        gu = F.linear(x, w_gu)
+        return torch.addmm(r, F.silu(gu[:, :h]).mul_(gu[:, h:]), w_d.t())
+
+    def mlp_cublas_silu_mul(x, w_gu, w_d, r):
+        return torch.addmm(r, kern("silu_mul")()(F.linear(x, w_gu)), w_d.t())
+
+    def mlp_norm_cublas(x, w_gu, w_d, r, nw):
+        hh = mlp_cublas_silu_mul(x, w_gu, w_d, r)
+        return F.rms_norm(hh, (d,), nw, eps), hh
+
+    for norm in (False, True):
+        op = "swiglu_mlp_rms_norm" if norm else "swiglu_mlp"
+        for B in reg.batches:
+            M = B * T
+            make = lambda n, M=M: ((*mlp_w(), norm_w()), [(rn(M, d), rn(M, d)) for _ in range(n)])  # noqa: E731
+            if norm:
+                c = case(op, f"B{B}-M{M}-d{d}-h{h}", B, M, 0, mlp_cost(M, d, h, es, True), 2 * M * d * es, make,
+                         _standard(ctx, op, ref.swiglu_mlp_rms_norm_ref, kern(op),
+                                   lambda fn, sh, s: fn(s[0], sh[0], sh[1], s[1], sh[2], eps)), out_of=_first)
+                c.providers["cublas+silu_mul"] = ("library", lambda sh, s: mlp_norm_cublas(s[0], *sh[:2], s[1], sh[2]))
+            else:
+                c = case(op, f"B{B}-M{M}-d{d}-h{h}", B, M, 0, mlp_cost(M, d, h, es), 2 * M * d * es, make,
+                         _standard(ctx, op, ref.swiglu_mlp_ref, kern(op),
+                                   lambda fn, sh, s: fn(s[0], sh[0], sh[1], s[1])))
+                c.providers["cublas"] = ("library", lambda sh, s: mlp_cublas(s[0], sh[0], sh[1], s[1]))
+                c.providers["cublas+silu_mul"] = ("library", lambda sh, s: mlp_cublas_silu_mul(s[0], *sh[:2], s[1]))
 
     # ---- rms_norm, with and without the fused residual add: rows = B * block
-    def k_norm():
-        from llada_triton.kernels.norm import rms_norm
-        return rms_norm
-
-    norm_w = {}
-
-    def norm_shared():
-        if not norm_w:
-            norm_w["w"] = (1 + 0.1 * torch.randn(d, device=dev, generator=g)).to(dt)
-        return norm_w["w"]
-
     for res in (False, True):
         op = "rms_norm+residual" if res else "rms_norm"
         for B in reg.batches:
             R = B * T
-            nb, fl = norm_cost(R, d, es, res)
-            c = Case(op, f"B{B}-R{R}-d{d}", B, R, 0, nb, fl, (2 if res else 1) * R * d * es,
-                     make=lambda n, R=R, res=res: (norm_shared(), [(rn(R, d), rn(R, d) if res else None)
-                                                                  for _ in range(n)]),
-                     out_of=(lambda out: out[0]) if res else (lambda out: out))
+            c = case(op, f"B{B}-R{R}-d{d}", B, R, 0, norm_cost(R, d, es, res), (2 if res else 1) * R * d * es,
+                     lambda n, R=R, res=res: (norm_w(), [(rn(R, d), rn(R, d) if res else None) for _ in range(n)]),
+                     _standard(ctx, "rms_norm", ref.rms_norm_ref, kern("rms_norm"),
+                               lambda fn, sh, s: fn(s[0], sh, eps, s[1])),
+                     out_of=_first if res else (lambda out: out))
             if res:
-                lib = lambda sh, s: F.rms_norm(s[0] + s[1], (d,), sh, eps)  # noqa: E731
+                c.providers["F.rms_norm"] = ("library", lambda sh, s: (F.rms_norm(s[0] + s[1], (d,), sh, eps), None))
             else:
-                lib = lambda sh, s: F.rms_norm(s[0], (d,), sh, eps)  # noqa: E731
-            c.providers = {
-                "torch": ("reference", lambda sh, s: ref.rms_norm_ref(s[0], sh, eps, s[1])),
-                "torch-compile": ("compile", lambda sh, s: ctx.compiled("rms_norm", ref.rms_norm_ref)(
-                    s[0], sh, eps, s[1])),
-                "triton": ("triton", lambda sh, s: k_norm()(s[0], sh, eps, s[1])),
-                "F.rms_norm": ("library", (lambda sh, s, lib=lib: (lib(sh, s), None)) if res else lib),
-            }
-            cases.append(c)
+                c.providers["F.rms_norm"] = ("library", lambda sh, s: F.rms_norm(s[0], (d,), sh, eps))
 
-    # ---- qkv_rope_cache: RoPE on q, k of the fused projection + K/V into the cache (block at slots [T, 2T));
-    # the cost does not depend on the position, so the cache holds just 2T slots per set
-    def k_qkv():
-        from llada_triton.kernels.rotary import qkv_rope_cache
-        return qkv_rope_cache
-
-    rope_t = {}
-
+    # ---- rope: q of a fused [B, T, H + 2 Hkv, D] projection (a strided view, read in place), positions [T, 2T)
     def rope_shared():
-        if not rope_t:
-            cos, sin = ref.rope_tables(D, cfg.rope_theta, 2 * T, device=dev)
-            rope_t["t"] = (cos, sin, torch.tensor(T, dtype=torch.int64, device=dev))
-        return rope_t["t"]
+        cos, sin = ref.rope_tables(D, cfg.rope_theta, 2 * T, device=dev)
+        return cos[T:].contiguous(), sin[T:].contiguous()
 
     for B in reg.batches:
-        nb, fl = qkv_rope_cost(B, T, H, Hkv, D, es)
-        c = Case("qkv_rope_cache", f"B{B}-T{T}-H{H}-Hkv{Hkv}-D{D}", B, B * T, 0, nb, fl, B * T * (H + 2 * Hkv) * D * es,
-                 make=lambda n, B=B: (rope_shared(), [(rn(B, T, H + 2 * Hkv, D), rn(B, 2 * T, Hkv, D),
-                                                       rn(B, 2 * T, Hkv, D)) for _ in range(n)]),
-                 out_of=lambda out: out[0])
-        c.providers = {
-            "torch": ("reference", lambda sh, s: ref.qkv_rope_cache_ref(s[0], sh[0], sh[1], sh[2], s[1], s[2],
-                                                                         n_heads=H)),
-            "torch-compile": ("compile", lambda sh, s: ctx.compiled("qkv_rope_cache", ref.qkv_rope_cache_ref)(
-                s[0], sh[0], sh[1], sh[2], s[1], s[2], n_heads=H)),
-            "triton": ("triton", lambda sh, s: k_qkv()(s[0], sh[0], sh[1], sh[2], s[1], s[2], n_heads=H)),
-        }
-        cases.append(c)
+        case("rope", f"B{B}-T{T}-H{H}-D{D}", B, B * T, 0, rope_cost(B, T, H, D, es), B * T * NH * D * es,
+             lambda n, B=B: (once("rope", rope_shared), [(rn(B, T, NH, D)[:, :, :H],) for _ in range(n)]),
+             _standard(ctx, "rope", ref.rope_ref, kern("rope"), lambda fn, sh, s: fn(s[0], sh[0], sh[1])))
 
-    # ---- the copy yardstick of the memory-bound ops: each input set carries a source and a destination of
-    # half the op's bytes (appended last, so the op's providers see their set unchanged)
     for c in cases:
         if c.op in COPY_OPS:
-            half = -(-c.nbytes // (2 * es))
+            _with_copy(c, dev, dt, g, es)
 
-            def make(n, inner=c.make, half=half):
-                shared, sets = inner(n)
-                return shared, [tuple(s) + ((torch.empty(half, device=dev, dtype=dt).normal_(generator=g),
-                                              torch.empty(half, device=dev, dtype=dt)),) for s in sets]
+    # ---- head_confidence: rows = B * block, at temperature 0, 1 (sampled: outputs not compared) and with CFG
+    for variant, kw in (("", {}), ("+T1", dict(temperature=1.0)), ("+cfg", dict(cfg_scale=1.0))):
+        for B in reg.batches:
+            M = B * T
+            two = variant == "+cfg"
+            kk = dict(kw, **({"seed": 1, "offset": 2} if kw.get("temperature") else {}))  # the kernel's RNG
 
-            c.make = make
-            c.providers["copy"] = ("copy", _copy_last)
+            def call(fn, sh, s, kw=kw):
+                return fn(s[0], sh, **kw, **(dict(uncond_hidden=s[1]) if len(s) > 1 else {}))
 
-    # ---- head_confidence at temperature 0: rows = B * block
-    def k_head():
-        from llada_triton.kernels.remask import head_confidence
-        return head_confidence
-
-    head_w = {}
-
-    def head_shared():
-        if not head_w:
-            head_w["w"] = rn(V, d, scale=d ** -0.5)
-        return head_w["w"]
-
-    for B in reg.batches:
-        M = B * T
-        nb, fl = head_cost(M, V, d, es)
-        c = Case("head_confidence", f"B{B}-M{M}-V{V}-d{d}", B, M, 0, nb, fl, M * d * es,
-                 make=lambda n, M=M: (head_shared(), [(rn(M, d),) for _ in range(n)]), out_of=lambda out: out[0])
-        c.providers = {
-            "torch": ("reference", lambda sh, s: ref.head_confidence_ref(s[0], sh)),
-            "torch-compile": ("compile", lambda sh, s: ctx.compiled("head_confidence", ref.head_confidence_ref)(
-                s[0], sh)),
-            "triton": ("triton", lambda sh, s: k_head()(s[0], sh)),
-        }
-        cases.append(c)
+            c = case("head_confidence" + variant, f"B{B}-M{M}-V{V}-d{d}", B, M, 0, head_cost(M, V, d, es, two),
+                     (2 if two else 1) * M * d * es,
+                     lambda n, M=M, two=two: (head_w(), [tuple(rn(M, d) for _ in range(1 + two)) for _ in range(n)]),
+                     _standard(ctx, "head_confidence", ref.head_confidence_ref, kern("head_confidence"), call,
+                               lambda fn, sh, s, kk=kk, call=call: call(fn, sh, s, kk)),
+                     out_of=(lambda out: None) if variant == "+T1" else _first)
+            c.providers["cublas-matmul"] = ("yardstick", lambda sh, s: F.linear(s[0], sh))
+            if variant == "+T1":  # the reference's fp64 noise does not trace (torch.rand); nothing to compare
+                c.providers.pop("torch-compile")
 
     # ---- logits_confidence at temperature 0: the block's logits rows = B * block
-    def k_logits():
-        from llada_triton.kernels.remask import logits_confidence
-        return logits_confidence
-
-    def official_conf(lg):
-        """The official LLaDA code's confidence of the argmax token (fp64 softmax, as Fast-dLLM)."""
-        p = F.softmax(lg.to(torch.float64), dim=-1)
+    def official_conf(lg, dtype):
+        """The official LLaDA code's confidence of the argmax token (softmax in ``dtype``)."""
+        p = F.softmax(lg.to(dtype), dim=-1)
         x0 = torch.argmax(lg, dim=-1)
         return x0, torch.gather(p, -1, x0[:, None])[:, 0]
 
     for B in reg.batches:
         M = B * T
-        nb, fl = logits_cost(M, V, es)
-        c = Case("logits_confidence", f"B{B}-M{M}-V{V}", B, M, 0, nb, fl, M * V * es,
-                 make=lambda n, M=M: (None, [(rn(M, V, scale=3.0),) for _ in range(n)]), out_of=lambda out: out[0])
-        c.providers = {
-            "torch": ("reference", lambda sh, s: ref.logits_confidence_ref(s[0])),
-            "torch-official": ("reference", lambda sh, s: official_conf(s[0])),
-            "torch-compile": ("compile", lambda sh, s: ctx.compiled("logits_confidence", ref.logits_confidence_ref)(
-                s[0])),
-            "triton": ("triton", lambda sh, s: k_logits()(s[0])),
-        }
-        cases.append(c)
+        c = case("logits_confidence", f"B{B}-M{M}-V{V}", B, M, 0, logits_cost(M, V, es), M * V * es,
+                 lambda n, M=M: (None, [(rn(M, V, scale=3.0),) for _ in range(n)]),
+                 _standard(ctx, "logits_confidence", ref.logits_confidence_ref, kern("logits_confidence"),
+                           lambda fn, sh, s: fn(s[0])), out_of=_first)
+        c.providers["torch-official"] = ("reference", lambda sh, s: official_conf(s[0], torch.float64))
+        c.providers["torch-official-bf16"] = ("reference", lambda sh, s: official_conf(s[0], s[0].dtype))
 
-    # ---- select_transfer, top-k rule (LLaDA's schedule): B rows of one block
-    def k_select():
-        from llada_triton.kernels.remask import select_transfer
-        return select_transfer
+    # ---- select_transfer: B rows of one block, each selection rule
+    for rule in ("topk", "threshold", "factor"):
+        for B in reg.batches:
+            def make(n, B=B, rule=rule):
+                def one():
+                    k = torch.randint(1, 5, (B,), device=dev, generator=g)
+                    rule_kw = dict(k=k) if rule == "topk" else dict(threshold=0.9) if rule == "threshold" \
+                        else dict(factor=1.0)
+                    return (torch.rand(B, T, device=dev, generator=g),
+                            torch.rand(B, T, device=dev, generator=g) > 0.3, rule_kw)
+                return None, [one() for _ in range(n)]
 
-    for B in reg.batches:
-        nb, fl = select_cost(B, T)
-        c = Case("select_transfer", f"B{B}-L{T}-topk", B, B, 0, nb, fl, nb,
-                 make=lambda n, B=B: (None, [(torch.rand(B, T, device=dev, generator=g),
-                                              torch.rand(B, T, device=dev, generator=g) > 0.3,
-                                              torch.randint(1, 5, (B,), device=dev, generator=g))
-                                             for _ in range(n)]))
-        c.providers = {
-            "torch": ("reference", lambda sh, s: ref.select_transfer_ref(s[0], s[1], k=s[2])),
-            "torch-compile": ("compile", lambda sh, s: ctx.compiled("select_transfer", ref.select_transfer_ref)(
-                s[0], s[1], k=s[2])),
-            "triton": ("triton", lambda sh, s: k_select()(s[0], s[1], k=s[2])),
-        }
-        cases.append(c)
+            op = "select_transfer" + ("" if rule == "topk" else "+" + rule)
+            case(op, f"B{B}-L{T}", B, B, 0, select_cost(B, T), select_cost(B, T)[0], make,
+                 _standard(ctx, f"select_transfer-{rule}", ref.select_transfer_ref, kern("select_transfer"),
+                           lambda fn, sh, s: fn(s[0], s[1], **s[2])))
     return cases
 
 
@@ -432,8 +458,7 @@ class Timer:
         calls rotating over the ``n_sets`` input sets; ``graph_samples`` of them make a graph row."""
         if self.dry_run:
             return self._wall_us(lambda: [fn_per_set(i) for i in range(n_sets)]) / n_sets
-        from bench_block_attention import _graph_time_us
-        return _graph_time_us(fn_per_set, n_sets, min_calls=self.graph_calls, replays=1)
+        return graph_time_us(fn_per_set, n_sets, min_calls=self.graph_calls, replays=1)
 
     @staticmethod
     def _wall_us(fn):
@@ -442,25 +467,21 @@ class Timer:
         return (time.perf_counter() - t) * 1e6
 
 
-def measure_roofline_any(dry_run: bool):
-    """(copy bytes/s, bf16 matmul FLOP/s): bench_decode.measure_roofline (D2D copy + bf16 8192^3 matmul)
-    and bench_block_attention.copy_bandwidth_gbs (graph replays after a warm-up); the higher copy figure.
-    Dry run: a tiny CPU copy and matmul."""
+def roofline(dry_run: bool):
+    """(copy bytes/s, bf16 matmul FLOP/s): scripts/_bench.py's measure_roofline; dry run: a tiny CPU copy and
+    matmul."""
+    if not dry_run:
+        return measure_roofline()
     import torch
-    if dry_run:
-        a = torch.randn(1 << 20)
-        b = torch.empty_like(a)
-        t = time.perf_counter()
-        b.copy_(a)
-        bw = 2 * a.numel() * 4 / (time.perf_counter() - t)
-        x = torch.randn(256, 256)
-        t = time.perf_counter()
-        x @ x
-        return bw, 2 * 256 ** 3 / (time.perf_counter() - t)
-    from bench_block_attention import copy_bandwidth_gbs
-    from bench_decode import measure_roofline
-    bw, flops = measure_roofline()
-    return max(bw, copy_bandwidth_gbs() * 1e9), flops
+    a = torch.randn(1 << 20)
+    b = torch.empty_like(a)
+    t = time.perf_counter()
+    b.copy_(a)
+    bw = 2 * a.numel() * 4 / (time.perf_counter() - t)
+    x = torch.randn(256, 256)
+    t = time.perf_counter()
+    x @ x
+    return bw, 2 * 256 ** 3 / (time.perf_counter() - t)
 
 
 # ---------------------------------------------------------------------------------------- run
@@ -490,6 +511,20 @@ def _check(out, want) -> str:
     if out.dtype in (torch.bool, torch.int32, torch.int64):
         return f"equal {int((out == want).sum())}/{want.numel()}"
     return f"maxdiff {(out.float() - want.float()).abs().max().item():.3g}"
+
+
+def _extra_mib(dry_run, fn):
+    """MiB that one call allocates beyond what is held before it (its output included); empty on the CPU."""
+    if dry_run:
+        return ""
+    import torch
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    out = fn()
+    torch.cuda.synchronize()
+    del out
+    return round((torch.cuda.max_memory_allocated() - before) / 2 ** 20, 1)
 
 
 def _sync(dry_run):
@@ -548,8 +583,9 @@ def run_case(case: Case, providers, timer: Timer, ctx: Ctx, base: dict, deadline
             _sync(ctx.dry_run)
             r["note"] = f"first call {time.time() - tc:.2f} s" + (
                 f" (torch.compile {ctx.compile_backend}, mode {ctx.compile_mode})" if kind == "compile" else "")
-            r["check"] = "" if kind == "copy" else _check(case.out_of(out), want)
+            r["check"] = "" if kind == "yardstick" else _check(case.out_of(out), want)
             del out
+            r["extra_mib"] = _extra_mib(ctx.dry_run, lambda f=f: f(shared, sets[0]))
             q = timer.eager(lambda f=f: f(shared, sets[0]))
             r.update(p50_us=q[0], p20_us=q[1], p80_us=q[2])
         except Exception as e:  # noqa: BLE001 - record and go on
@@ -631,7 +667,6 @@ def main(out: str, sha: Optional[str] = None, dry_run: bool = False, ops=OPS, re
         regime = regime or DRY_REGIME
     regime = regime or Regime()
     import torch
-    import triton
 
     unknown = set(ops) - set(OPS)
     if unknown:
@@ -639,17 +674,14 @@ def main(out: str, sha: Optional[str] = None, dry_run: bool = False, ops=OPS, re
     cfg = model_config(dry_run)
     dev = "cpu" if dry_run else "cuda"
     dtype = torch.float32 if dry_run else torch.bfloat16  # the interpreter computes bf16 wrongly
-    if sha is None:
-        from provenance import git_sha
-        sha = git_sha()
-    gpu = "cpu (dry run)" if dry_run else torch.cuda.get_device_name()
-    bw, mm = measure_roofline_any(dry_run)
-    base = dict(dtype=str(dtype).replace("torch.", ""), copy_gbps=float(f"{bw / 1e9:.5g}"),
-                matmul_tflops=float(f"{mm / 1e12:.5g}"),
-                gpu=gpu, torch=torch.__version__, cuda=torch.version.cuda or "", triton=triton.__version__,
-                sha=sha or "unknown",
-                timestamp=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    print(f"{gpu} torch {torch.__version__} triton {triton.__version__} sha {base['sha']}: copy "
+    env = environment(dev, sha)
+    if dry_run:
+        env["gpu"] = "cpu (dry run)"
+    gpu = env["gpu"]
+    bw, mm = roofline(dry_run)
+    base = dict(env, dtype=str(dtype).replace("torch.", ""), copy_gbps=float(f"{bw / 1e9:.5g}"),
+                matmul_tflops=float(f"{mm / 1e12:.5g}"))
+    print(f"{gpu} torch {env['torch']} triton {env['triton']} sha {base['sha']}: copy "
           f"{base['copy_gbps']} GB/s, bf16 matmul {base['matmul_tflops']} TFLOP/s; config d={cfg.d_model} "
           f"H={cfg.n_heads}x{cfg.head_dim} h={cfg.mlp_hidden_size} V={cfg.vocab_size}; {regime}", flush=True)
     import torch._dynamo
@@ -667,7 +699,7 @@ def main(out: str, sha: Optional[str] = None, dry_run: bool = False, ops=OPS, re
     cases = [c for c in build_cases(cfg, regime, ctx) if c.op in ops]
     rows: List[dict] = []
     # pass 1: everything but torch.compile; pass 2: providers that need torch.compile (flex first)
-    for pass_kinds in (("reference", "triton", "library", "copy"), ("compile",)):
+    for pass_kinds in (("reference", "triton", "library", "yardstick"), ("compile",)):
         if pass_kinds == ("compile",) and no_compile:
             break
         order = sorted(range(len(cases)), key=lambda i: (cases[i].op != "block_attention", i))
@@ -702,19 +734,19 @@ def _f(v, nd=1):
     return "" if v in ("", None) else f"{float(v):.{nd}f}"
 
 
+def _uniq(rows, *keys):
+    """The distinct values (tuples for several keys) of ``keys`` over ``rows``, in order of appearance."""
+    return list(dict.fromkeys(r[keys[0]] if len(keys) == 1 else tuple(r[k] for k in keys) for r in rows))
+
+
 def headline(rows) -> List[dict]:
     """Per (op, shape, timing): triton against the fastest other provider timed the same way."""
     out = []
-    keys = []
-    for r in rows:
-        k = (r["op"], r["shape"], r["timing"])
-        if k not in keys:
-            keys.append(k)
-    for k in keys:
+    for k in _uniq(rows, "op", "shape", "timing"):
         grp = [r for r in rows if (r["op"], r["shape"], r["timing"]) == k and r["p50_us"] not in ("", None)]
         tri = [r for r in grp if r["kind"] == "triton"]
-        oth = [r for r in grp if r["kind"] not in ("triton", "copy")]
-        cp = [r for r in grp if r["kind"] == "copy"]
+        oth = [r for r in grp if r["kind"] not in ("triton", "yardstick")]
+        cp = [r for r in grp if r["provider"] in ("copy", "copy-graph")]
         if not tri:
             continue
         t = tri[0]
@@ -745,7 +777,7 @@ def render(csv_path: str, md_path: Optional[str] = None, png_path: Optional[str]
              f"(launch overhead included); `graph`: CUDA-graph replays of >= 32 calls rotating over up to 32 input "
              f"sets (KV caches and large activations cold in L2; weights are larger than L2), what a captured "
              f"decode step sees. Times are p50 in us; p20/p80 in the CSV. Bytes and FLOPs by formula "
-             f"(scripts/bench_kernels.py, `*_cost`); the copy reference moves as many bytes written as read, so "
+             f"(scripts/bench_kernels.py, `*_cost`); the roofline's copy moves as many bytes written as read, so "
              f"read-dominated kernels can pass 100%.", "",
              "Providers (`-graph`: the same call timed under a CUDA graph): "
              + "; ".join(f"`{k}` {v}" for k, v in PROVIDERS.items() if any(r["provider"] == k for r in rows)) + ".",
@@ -757,38 +789,22 @@ def render(csv_path: str, md_path: Optional[str] = None, png_path: Optional[str]
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     hl = headline(rows)
     by = {(h["op"], h["shape"], h["timing"]): h for h in hl}
-    seen = []
-    for h in hl:
-        if (h["op"], h["shape"]) in seen:
-            continue
-        seen.append((h["op"], h["shape"]))
-        g = by.get((h["op"], h["shape"], "cuda-graph"), {})
-        e = by.get((h["op"], h["shape"], "do_bench"), {})
+    for op, shape in _uniq(hl, "op", "shape"):
+        g, e = by.get((op, shape, "cuda-graph"), {}), by.get((op, shape, "do_bench"), {})
+        h = g or e
         lines.append(
-            f"| {h['op']} | {h['shape']} | {h['bound']} | {_f(h['roofline_us'], 2)} | {_f(g.get('triton_us'))} | "
+            f"| {op} | {shape} | {h['bound']} | {_f(h['roofline_us'], 2)} | {_f(g.get('triton_us'))} | "
             f"{_f(g.get('pct'))} | {_f(g.get('copy_us'))} | {g.get('best', '')} | {_f(g.get('best_us'))} | "
             f"{_f(g.get('speedup'), 2)}{'x' if g.get('speedup') else ''} | {_f(e.get('triton_us'))} | "
             f"{e.get('best', '')} | {_f(e.get('best_us'))} | {_f(e.get('speedup'), 2)}{'x' if e.get('speedup') else ''} |")
     lines += ["", "speedup = best other p50 / triton p50 (> 1: triton is faster).", ""]
-    wall = {}
-    for r in rows:
-        wall[r["op"]] = wall.get(r["op"], 0.0) + float(r["bench_s"] or 0)
+    wall = {op: sum(float(r["bench_s"] or 0) for r in rows if r["op"] == op) for op in _uniq(rows, "op")}
     lines += ["Benchmark wall time per op (compiles included): "
               + ", ".join(f"{op} {s:.0f} s" for op, s in wall.items()) + f"; total {sum(wall.values()):.0f} s.", ""]
-    ops = []
-    for r in rows:
-        if r["op"] not in ops:
-            ops.append(r["op"])
+    ops = _uniq(rows, "op")
     for op in ops:
         orows = [r for r in rows if r["op"] == op]
-        provs = []
-        for r in orows:
-            if r["provider"] not in provs:
-                provs.append(r["provider"])
-        shapes = []
-        for r in orows:
-            if r["shape"] not in shapes:
-                shapes.append(r["shape"])
+        provs, shapes = _uniq(orows, "provider"), _uniq(orows, "shape")
         cell = {(r["shape"], r["provider"]): r for r in orows}
         lines += [f"## {op}", "", "p50 us (% of roofline)", "",
                   "| shape | MB | GFLOP | roofline us | " + " | ".join(provs) + " |",
@@ -861,16 +877,9 @@ def _plot(rows, ops, png_path):
     cmap = plt.get_cmap("tab10")
     for ax, op in zip(axes.flat, ops):
         orows = [r for r in rows if r["op"] == op]
-        shapes = []
-        for r in orows:
-            if r["shape"] not in shapes:
-                shapes.append(r["shape"])
+        shapes = _uniq(orows, "shape")
         x = {s: i for i, s in enumerate(shapes)}
-        provs = []
-        for r in orows:
-            if r["provider"] not in provs:
-                provs.append(r["provider"])
-        for p in provs:
+        for p in _uniq(orows, "provider"):
             pr = [r for r in orows if r["provider"] == p and r["p50_us"] != ""]
             if not pr:
                 continue
@@ -882,9 +891,7 @@ def _plot(rows, ops, png_path):
             hi = [max(0.0, float(r["p80_us"]) - y) for y, r in zip(ys, pr)]
             ax.errorbar(xs, ys, yerr=[lo, hi], color=colors[base], marker="o" if p == base else "s",
                         linestyle="-" if p == base else "--", markersize=3, linewidth=1, capsize=2, label=p)
-        roof = {}
-        for r in orows:
-            roof[r["shape"]] = float(r["roofline_us"])
+        roof = {r["shape"]: float(r["roofline_us"]) for r in orows}
         times = [float(r["p20_us"]) for r in orows if r["p20_us"] != ""]
         floor = min(times) / 10 if times else 0.0  # a roofline far below every time would squash the axis
         ax.plot(range(len(shapes)), [roof[s] if roof[s] >= floor else float("nan") for s in shapes], color="black",
@@ -926,7 +933,8 @@ def parse_args(argv=None):
     ap.add_argument("--sha", default=None, help="git sha to record (the GPU copy of the repo has no .git)")
     ap.add_argument("--render", metavar="CSV", help="only render CSV to markdown + PNG beside it (CPU), then exit")
     ap.add_argument("--dry-run", action="store_true", help="tiny config on the CPU under TRITON_INTERPRET=1")
-    ap.add_argument("--ops", default=",".join(OPS), help="comma-separated subset of " + ",".join(OPS))
+    ap.add_argument("--ops", default=",".join(OPS),
+                    help="comma-separated subset of " + ",".join(OPS) + "; 'decode': " + ",".join(DECODE_OPS))
     ap.add_argument("--batches", default=None, help="default 1,8,32 (dry run 1,2)")
     ap.add_argument("--block", type=int, default=None, help="block length, default 32 (dry run 8)")
     ap.add_argument("--kv-lens", default=None, help="default 128,1024,4096 (dry run 16)")
@@ -953,7 +961,8 @@ def cli(argv=None):
         dflt = DRY_REGIME if a.dry_run else Regime()
         reg = Regime(batches=ints(a.batches) if a.batches else dflt.batches, block=a.block or dflt.block,
                      kv_lens=ints(a.kv_lens) if a.kv_lens else dflt.kv_lens)
-    return main(a.out, sha=a.sha, dry_run=a.dry_run, ops=tuple(a.ops.split(",")), regime=reg, budget_s=a.budget_s,
+    ops = DECODE_OPS if a.ops == "decode" else tuple(a.ops.split(","))
+    return main(a.out, sha=a.sha, dry_run=a.dry_run, ops=ops, regime=reg, budget_s=a.budget_s,
                 warmup_ms=a.warmup_ms, rep_ms=a.rep_ms, graph_samples=a.graph_samples, graph_calls=a.graph_calls,
                 compile_backend=a.compile_backend, compile_mode=a.compile_mode, no_compile=a.no_compile,
                 render_too=not a.no_render)

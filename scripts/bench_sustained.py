@@ -30,8 +30,9 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
+for _p in (ROOT, os.path.join(ROOT, "scripts")):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
 
 
 class Sampler:
@@ -94,10 +95,10 @@ def step_matmuls(rows: int, weights, device):
 
 def mlp_chain(rows: int, weights, device, provider: str):
     """n_layers MLPs (no residual) for ``rows`` rows: ``mlp-cublas`` = two cuBLAS GEMMs around the Triton
-    ``silu_mul`` (the decode path's MLP at 65-1023 rows), ``mlp-triton`` = ``kernels.mlp.swiglu_mlp``."""
+    ``silu_mul`` (the decode path's MLP at 65-1023 rows), ``mlp-triton`` = ``kernels.swiglu_mlp``."""
     import torch
 
-    from llada_triton.kernels.mlp import silu_mul, swiglu_mlp
+    from llada_triton.kernels import silu_mul, swiglu_mlp
 
     d, h = weights[0][0].shape[1], weights[0][3].shape[1]
     x = torch.randn(rows, d, device=device, dtype=torch.bfloat16)
@@ -151,9 +152,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     import torch
 
-    from bench_decode import LLADA_8B, env_info
+    from _bench import LLADA_8B
+    from provenance import environment
 
-    info = env_info(args.sha)
+    info = environment("cuda", args.sha)
     d, h, nl = LLADA_8B["d_model"], LLADA_8B["mlp_hidden_size"], LLADA_8B["n_layers"]
     dev = torch.device("cuda")
 

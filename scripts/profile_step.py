@@ -7,7 +7,7 @@ the profiled steps (the rest is idle: launch gaps, host stalls), and writes a Ch
 profiles CUDA-graph replays (as the benchmark runs) instead of eager steps, and first times the same steps
 without the profiler.
 
-    python scripts/profile_step.py --policy block --batch 1 --trace results/step_trace.json
+    python scripts/profile_step.py --policy block --batch 1 --trace /tmp/step_trace.json
     python scripts/profile_step.py --policy none --batch 1 --graphs
 """
 from __future__ import annotations
@@ -18,8 +18,9 @@ import sys
 from collections import defaultdict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
+for _p in (ROOT, os.path.join(ROOT, "scripts")):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
 
 
 def main(argv=None):
@@ -37,17 +38,17 @@ def main(argv=None):
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from bench_decode import LLADA_8B, timed_window
-    from llada_triton.decode import generate_stream
-    from llada_triton.decode.generate import Workspace
-    from llada_triton.models import LLaDAConfig, init_params, triton_ops
+    from _bench import llada_8b, timed_window
+    from provenance import environment
+    from llada_triton.decode import Workspace, generate_stream
+    from llada_triton.models import init_params, triton_ops
 
-    cfg = LLaDAConfig(**LLADA_8B)
+    cfg = llada_8b()
     params = init_params(cfg, device="cuda", dtype=torch.bfloat16)
     ops = triton_ops()
     prompts = torch.randint(0, 126000, (args.batch, args.prompt), generator=torch.Generator().manual_seed(0)).tolist()
     opts = dict(gen_length=args.gen, block_length=args.block_length, steps=args.gen, cache=args.policy, ops=ops,
-                early_stop=False, device_positions=True, workspace=Workspace(), cuda_graphs=args.graphs)
+                early_stop=False, workspace=Workspace(), cuda_graphs=args.graphs)
 
     def run(n, prof=None):
         """Run the ``n`` steps after block 1's first (bench_decode's window); profile exactly those when
@@ -85,7 +86,7 @@ def main(argv=None):
     busy, span = _busy(spans)
     print(f"policy {args.policy} batch {args.batch} ({'graphs' if args.graphs else 'eager'}): GPU kernel time "
           f"{total / n / 1e3:.3f} ms per step, GPU busy {busy / n / 1e3:.3f} ms of a {span / n / 1e3:.3f} ms span "
-          f"per step ({torch.cuda.get_device_name()}); unprofiled: {wall * 1e3:.3f} ms per step")
+          f"per step ({environment()}); unprofiled: {wall * 1e3:.3f} ms per step")
     for name, t in sorted(per_kernel.items(), key=lambda kv: -kv[1])[:args.top]:
         print(f"{t / n:10.1f} us/step  {count[name] / n:6.1f} calls/step  {name[:110]}")
     if args.trace:

@@ -1,9 +1,11 @@
-"""Provenance of a benchmark or experiment row: the git sha of the code that produced it (one helper for
-every script)."""
+"""Provenance of a benchmark or experiment row: the git sha of the code, the device and the library versions
+(one module for every script that records results)."""
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,3 +34,27 @@ def git_sha(short: bool = True) -> str:
     except OSError:  # no git executable
         return "unknown"
     return sha.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def device_name(device="cuda") -> str:
+    """The GPU's name for a CUDA device, else ``cpu (<processor>, <n> threads)``."""
+    import torch
+
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def environment(device="cuda", sha: str | None = None) -> dict:
+    """The columns every result row carries: ``gpu`` (:func:`device_name`), ``torch``, ``cuda``, ``triton``
+    (empty when not installed), ``python``, ``sha`` (``sha`` if given, else :func:`git_sha`) and ``timestamp``."""
+    import torch
+
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = ""
+    return dict(gpu=device_name(device), torch=torch.__version__, cuda=torch.version.cuda or "",
+                triton=triton_version, python=platform.python_version(), sha=sha or git_sha(),
+                timestamp=time.strftime("%Y-%m-%dT%H:%M:%S"))

@@ -1,4 +1,5 @@
-"""scripts/bench_decode.py's timing window: exactly the counted steps run inside it (CPU, no model).
+"""The timing window of decode steps (scripts/_bench.py, used by bench_decode and profile_step): exactly the
+counted steps run inside it (CPU, no model); and bench_decode's markdown table.
 
 A fake stream enqueues each step's work before yielding its event, like ``decode.generate_stream``; the
 fake ``sync`` marks the enqueued work done and the fake clock reads how many steps are done, so the
@@ -12,10 +13,10 @@ import sys
 import pytest
 import torch
 
-from llada_triton.decode.generate import BlockEvent, StepEvent
+from llada_triton.decode import BlockEvent, StepEvent
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
-from bench_decode import timed_window  # noqa: E402
+from _bench import timed_window  # noqa: E402
 
 
 class FakeGPU:

@@ -1,5 +1,6 @@
 """scripts/bench_kernels.py: the dry run (tiny config, CPU, TRITON_INTERPRET=1) end to end in a subprocess,
-the renderer on its CSV, and the 8B shapes derived from the config. Numbers are not checked, only plumbing."""
+the renderer on its CSV, and the 8B shapes derived from the config. Numbers are not checked, only plumbing
+(and that every kernel's output matches its reference's)."""
 import csv
 import os
 import subprocess
@@ -39,24 +40,31 @@ def test_dry_run_rows(dry_csv):
     assert [r for r in rows if r["error"]] == []
     assert {r["op"] for r in rows} == set(bk.OPS)
     reg = bk.DRY_REGIME
-    n_shapes = {"block_attention": len(reg.batches) * len(reg.kv_lens)}
+    n_shapes = {op: len(reg.batches) * len(reg.kv_lens) for op in ("block_attention", "block_attention+key_end")}
     for op in bk.OPS:
         orows = [r for r in rows if r["op"] == op]
         provs = {r["provider"] for r in orows}
-        for p in ("torch", "torch-compile", "triton"):
+        for p in ("torch", "triton") + (() if op == "head_confidence+T1" else ("torch-compile",)):
             assert {p, p + "-graph"} <= provs, (op, provs)
         assert len({r["shape"] for r in orows}) == n_shapes.get(op, len(reg.batches)), op
         # the same-bytes copy yardstick: the memory-bound ops only, timed both ways, never checked
         assert ({"copy", "copy-graph"} <= provs) == (op in bk.COPY_OPS), (op, provs)
-        assert all(r["kind"] == "copy" and r["check"] == "" for r in orows if r["provider"].startswith("copy"))
+    assert all(r["kind"] == "yardstick" and r["check"] == "" for r in rows
+               if r["provider"].split("-graph")[0] in ("copy", "cublas-matmul"))
+    for op in ("head_confidence", "head_confidence+T1", "head_confidence+cfg"):
+        assert {r["provider"] for r in rows if r["op"] == op} >= {"cublas-matmul", "cublas-matmul-graph"}, op
     for r in rows:
         assert float(r["p20_us"]) <= float(r["p50_us"]) <= float(r["p80_us"])
         assert float(r["pct_roofline"]) >= 0 and int(r["bytes"]) > 0
         assert r["sha"] == "abc1234" and r["gpu"] == "cpu (dry run)" and r["torch"] and r["triton"]
         assert r["timing"] == ("cuda-graph" if r["provider"].endswith("-graph") else "do_bench")
-        if r["timing"] == "do_bench" and r["kind"] not in ("reference", "copy"):  # all compute the same thing
+        if r["timing"] == "do_bench" and r["kind"] not in ("reference", "yardstick"):  # all compute the same thing
+            if r["op"] == "head_confidence+T1":  # sampled at temperature 1: nothing to compare
+                assert r["check"] == "", r
+                continue
             c = r["check"].split()
-            assert (c[0] == "maxdiff" and float(c[1]) < 1e-4) or (c[0] == "equal" and c[1].split("/")[0] == c[1].split("/")[1]), r
+            equal = c[0] == "equal" and c[1].split("/")[0] == c[1].split("/")[1]
+            assert (c[0] == "maxdiff" and float(c[1]) < 1e-4) or equal, r
 
 
 def test_render(dry_csv, tmp_path):
@@ -79,7 +87,7 @@ def test_render(dry_csv, tmp_path):
     hl = bk.headline(rows)
     assert {h["op"] for h in hl} == set(bk.OPS)
     assert all(h["speedup"] > 0 for h in hl)
-    assert all(h["best"] not in ("copy", "copy-graph") for h in hl)  # a yardstick, never the competitor
+    assert all(h["best"].split("-graph")[0] not in ("copy", "cublas-matmul") for h in hl)  # never the competitor
     assert all((h["copy_us"] is not None) == (h["op"] in bk.COPY_OPS) for h in hl)
     assert "same-bytes copy (graph) us" in text
 
@@ -93,8 +101,8 @@ def test_shapes_from_8b_config():
     ctx = bk.Ctx(False, "cpu", torch.bfloat16, torch.Generator().manual_seed(0), "eager", "default")
     cases = bk.build_cases(cfg, bk.Regime(), ctx)  # inputs are made lazily: nothing of 8B size is allocated
     count = {op: sum(c.op == op for c in cases) for op in bk.OPS}
-    assert count == {"block_attention": 9, "swiglu_mlp": 3, "rms_norm": 3, "rms_norm+residual": 3,
-                     "qkv_rope_cache": 3, "head_confidence": 3, "logits_confidence": 3, "select_transfer": 3}
+    assert count == {op: 9 if op.startswith("block_attention") else 3 for op in bk.OPS}
+    assert set(bk.DECODE_OPS) <= set(bk.OPS)
     by = {(c.op, c.shape): c for c in cases}
     att = by[("block_attention", "B32-Tq32-KV4096-H32-D128")]
     assert att.nbytes == 2 * (2 * 32 * 4096 * 32 * 128 + 2 * 32 * 32 * 32 * 128)
@@ -103,12 +111,26 @@ def test_shapes_from_8b_config():
     assert mlp.nbytes == 2 * (3 * 4096 * 12288 + 3 * 32 * 4096) and mlp.flops == 6 * 32 * 4096 * 12288
     head = by[("head_confidence", "B8-M256-V126464-d4096")]
     assert head.flops == 2 * 256 * 126464 * 4096
+    assert by[("head_confidence+cfg", "B8-M256-V126464-d4096")].flops == 2 * head.flops
+    assert "torch-compile" not in by[("head_confidence+T1", "B8-M256-V126464-d4096")].providers
+    assert {"torch", "torch-compile", "triton", "cublas-matmul"} == set(head.providers)
+    qkv = by[("qkv_proj_rope", "B1-T32-d4096-NH96-D128")]
+    assert qkv.flops == 2 * 32 * 96 * 128 * 4096
+    assert qkv.nbytes == 2 * (96 * 128 * 4096 + 32 * 4096 + 32 * 96 * 128) + 2 * 4 * 32 * 128
+    lin = by[("linear_rms_norm", "B32-M1024-d4096")]
+    assert lin.flops == 2 * 1024 * 4096 * 4096 and {"cublas", "triton", "torch", "torch-compile"} == set(lin.providers)
+    assert {"cublas+silu_mul", "triton", "torch", "torch-compile"} == set(
+        by[("swiglu_mlp_rms_norm", "B1-M32-d4096-h12288")].providers)
+    assert {"torch", "torch-compile", "triton", "copy"} == set(by[("rope", "B1-T32-H32-D128")].providers)
     assert {"sdpa-flash", "flex-attention", "triton", "torch", "torch-compile"} == set(att.providers)
+    graphed = by[("block_attention+key_end", "B32-Tq32-KV1024-Tmax4096-H32-D128")]
+    assert graphed.nbytes == 2 * (2 * 32 * 1024 * 32 * 128 + 2 * 32 * 32 * 32 * 128) and graphed.kv_len == 1024
     assert {"torch", "torch-compile", "triton", "F.rms_norm", "copy"} == set(by[("rms_norm", "B1-R32-d4096")].providers)
     assert {"cublas", "cublas+silu_mul", "triton", "torch", "torch-compile"} == set(mlp.providers)
     lg = by[("logits_confidence", "B32-M1024-V126464")]
     assert lg.nbytes == 2 * 1024 * 126464 + 12 * 1024 and lg.flops == 0
-    assert {"torch", "torch-official", "torch-compile", "triton"} == set(lg.providers)
+    assert {"torch", "torch-official", "torch-official-bf16", "torch-compile", "triton"} == set(lg.providers)
+    assert {"torch", "torch-compile", "triton"} == set(by[("select_transfer+factor", "B1-L32")].providers)
 
 
 class _FakeTimer:
@@ -142,7 +164,7 @@ def test_graph_samples_round_robin():
     case = bk.Case("op", "S", 1, 1, 0, 8, 0, 8, make=lambda n: (None, [torch.ones(2) for _ in range(n)]),
                    out_of=lambda out: None)  # outputs are names here: no check
     case.providers = {"torch": ("reference", lambda sh, s: "torch"), "triton": ("triton", lambda sh, s: "triton"),
-                      "bad": ("library", boom), "copy": ("copy", lambda sh, s: "copy")}
+                      "bad": ("library", boom), "copy": ("yardstick", lambda sh, s: "copy")}
     timer = _FakeTimer(3)
     ctx = bk.Ctx(True, "cpu", torch.float32, None, "eager", "default")
     base = dict(copy_gbps=1.0, matmul_tflops=1.0)

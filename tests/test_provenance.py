@@ -1,4 +1,4 @@
-"""scripts/provenance.py: the sha every benchmark and experiment row records."""
+"""scripts/provenance.py: the sha, device and versions every benchmark and experiment row records."""
 import os
 import re
 import shutil
@@ -69,3 +69,15 @@ def test_this_tree():
         assert full.split("+")[0] == head and head.startswith(short.split("+")[0])
     else:
         assert (short, full) == ("unknown", "unknown")
+
+
+def test_environment_columns():
+    """The columns every result row carries; the sha given wins over git's, the CPU is named with its threads."""
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    from provenance import device_name, environment
+
+    env = environment("cpu", sha="abc1234")
+    assert set(env) == {"gpu", "torch", "cuda", "triton", "python", "sha", "timestamp"}
+    assert env["sha"] == "abc1234" and env["gpu"] == device_name("cpu")
+    assert re.fullmatch(r"cpu \(.+, \d+ threads\)", env["gpu"]) and env["torch"] and env["python"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", env["timestamp"])
