@@ -99,15 +99,21 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"eval_lm.py: error: {e}", file=sys.stderr)
         return 2
-    if main_rank:
-        parser.execute(args)
+    try:
+        if main_rank:
+            parser.execute(args)
+            return 0
+        # other ranks: the same evaluation (their model shares the work), nothing written or printed
+        args.output_path, args.log_samples, args.wandb_args, args.trackio_args = None, False, None, None
+        args.verbosity = "ERROR"
+        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+            parser.execute(args)
         return 0
-    # other ranks: the same evaluation (their model shares the work), nothing written or printed
-    args.output_path, args.log_samples, args.wandb_args, args.trackio_args = None, False, None, None
-    args.verbosity = "ERROR"
-    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
-        parser.execute(args)
-    return 0
+    finally:
+        import torch.distributed
+
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from llada_triton.eval.likelihood import greedy_suffix_match, mc_draws, mc_loglikelihood, request_seed
 from llada_triton.models import forward
-from tests.helpers import tiny_model
+from tests.helpers import CKPT, tiny_model
 
 PREFIX = [5, 17, 90, 44, 23, 7, 11]
 TARGET = [43, 250, 114, 183, 9]
@@ -103,3 +103,17 @@ def test_greedy_suffix_match():
     wrong = list(greedy)
     wrong[0] = (wrong[0] + 1) % cfg.vocab_size
     assert not greedy_suffix_match(params, cfg, PREFIX, wrong)
+
+
+@pytest.mark.gpu
+def test_triton_ops_match_reference_on_gpu():
+    from llada_triton.models import load_params, triton_ops
+
+    _, cfg = tiny_model()
+    params = load_params(CKPT, cfg, device="cuda", dtype=torch.float32)
+    kw = dict(mc_num=4, batch_size=2, seed=1, cfg_scale=0.5)
+    ref = mc_loglikelihood(params, cfg, PREFIX, TARGET, **kw)[0]
+    fast = mc_loglikelihood(params, cfg, PREFIX, TARGET, ops=triton_ops(), **kw)[0]
+    assert fast == pytest.approx(ref, rel=1e-3)
+    greedy = _official_greedy(*tiny_model(), PREFIX, TARGET)
+    assert greedy_suffix_match(params, cfg, PREFIX, greedy, ops=triton_ops())

@@ -26,8 +26,6 @@ from .runner import EvalRunner
 __all__ = ["LLaDATritonLM", "format_stats"]
 
 log = logging.getLogger(__name__)
-# gen_kwargs the decoder does not take from the task (its model_args decide); reported once, not obeyed
-_IGNORED_GEN_KWARGS = ("max_gen_toks", "do_sample", "temperature", "top_p", "top_k")
 
 
 def format_stats(kind: str, stats: Dict[str, Dict]) -> str:
@@ -87,7 +85,8 @@ class LLaDATritonLM(LM):
             kwargs = dict(req.args[1]) if len(req.args) > 1 and req.args[1] else {}
             until = kwargs.pop("until", None) or []
             until = [until] if isinstance(until, str) else list(until)
-            ignored = sorted(set(kwargs) & set(_IGNORED_GEN_KWARGS) - self._warned_gen_kwargs)
+            # the decoder takes its settings from model_args only; say once which task settings it did not use
+            ignored = sorted(set(kwargs) - self._warned_gen_kwargs)
             if ignored and self.runner.dist.is_main:
                 log.warning("gen_kwargs %s of task %s are not used: decoding follows model_args "
                             "(gen_length, temperature, ...)", ignored, req.task_name)
