@@ -76,7 +76,7 @@ def bench_8b(args, tok):
     """Alternate run_many and the harness on the same prompts; returns the report dict."""
     import torch
 
-    from bench_decode import LLADA_8B
+    from _bench import LLADA_8B
     from llada_triton.decode import run_many
     from llada_triton.eval import Dist, EvalRunner, parse_model_args
     from llada_triton.eval.lm_eval_model import LLaDATritonLM
@@ -124,7 +124,8 @@ def bench_8b(args, tok):
 
 
 def tiny_through_harness(args, folder):
-    """The shipped model (float32, Triton kernels) on the local tiny tasks through the harness."""
+    """The shipped model (float32, Triton kernels; torch reference ops with --small) on the local tiny tasks
+    through the harness."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
@@ -132,8 +133,9 @@ def tiny_through_harness(args, folder):
     from llada_triton.eval.lm_eval_model import LLaDATritonLM
 
     write_tasks(folder, n=args.tiny_docs)
-    lm = LLaDATritonLM(pretrained=TINY, dtype="float32", ops="triton", gen_length=32, block_length=32,
-                       batch_size=32, mc_num=32)
+    lm = LLaDATritonLM(pretrained=TINY, dtype="float32", ops="reference" if args.small else "triton",
+                       device="cpu" if args.small else "cuda", gen_length=32, block_length=32, batch_size=32,
+                       mc_num=32)
     res = simple_evaluate(model=lm, tasks=["tiny_gen", "tiny_mc"], apply_chat_template=True,
                           task_manager=TaskManager(include_path=folder, include_defaults=False))
     return dict(scores={t: {k: v for k, v in r.items() if k != "alias"} for t, r in res["results"].items()},
@@ -172,11 +174,11 @@ def main(argv=None):
     p.add_argument("--tiny-docs", type=int, default=300, help="documents per tiny task (0: skip that part)")
     p.add_argument("--small", action="store_true", help="a 2-layer random model on the CPU (a smoke test)")
     args = p.parse_args(argv)
-    from bench_decode import env_info
     from llada_triton.models.chat import load_tokenizer
+    from provenance import environment
 
     os.makedirs(args.out, exist_ok=True)
-    report = dict(env=env_info() if not args.small else dict(gpu="cpu", torch="-", triton="-", sha="-"))
+    report = dict(env=environment("cpu" if args.small else "cuda"))
     if args.tiny_docs:
         report["tiny"] = tiny_through_harness(args, tempfile.mkdtemp())
     report["llada_8b"] = bench_8b(args, load_tokenizer(TINY))

@@ -2,8 +2,8 @@
 
 Generation: each task's prompts are sorted by length (longest first) and cut into *chunks* of
 ``chunk_size`` prompts (``batch_size`` for the caches other than ``block``); a chunk is decoded by one call,
-``run_many`` with ``batch_size`` slots for the ``block`` cache (slots refilled as sequences end, early stop),
-``generate`` on the left-padded chunk otherwise, seeded from the chunk's own tokens. Chunks are the units
+``run_many`` with ``min(batch_size, chunk)`` slots for the ``block`` cache (slots refilled as sequences end,
+early stop), ``generate`` on the left-padded chunk otherwise, seeded from the chunk's own tokens. Chunks are the units
 sharded across ranks, so every prompt is decoded in exactly the same call whatever the world size:
 ``torchrun`` with N processes gives the tokens of one process with the same options.
 
@@ -138,7 +138,8 @@ class EvalRunner:
         seed = request_seed(self.opts.seed, prompts[0], [len(prompts)])
         kw = self._decode_kwargs()
         if self.opts.cache == "block":
-            res = run_many(self.params, self.cfg, prompts, slots=self.opts.batch_size, seed=seed,
+            slots = min(self.opts.batch_size, len(prompts))  # fixed by the chunk: the same on every world size
+            res = run_many(self.params, self.cfg, prompts, slots=slots, seed=seed,
                            on_result=lambda i, toks: on_done(1), **kw)
             return res.tokens, res.nfe, res.steps
         if self._workspace is None:
