@@ -190,7 +190,7 @@ def _runner(world_size, **kw):
     from llada_triton.models.chat import load_tokenizer
 
     params, cfg = load_model(CKPT)
-    opts = parse_model_args(dict(pretrained=CKPT, gen_length=32, block_length=32, **kw))
+    opts = parse_model_args(dict(dict(pretrained=CKPT, gen_length=32, block_length=32), **kw))
     return EvalRunner(opts, params, cfg, load_tokenizer(CKPT), Dist(rank=0, world_size=world_size), REFERENCE_OPS)
 
 
@@ -218,3 +218,25 @@ def test_eval_package_imports_neither_lm_eval_nor_triton():
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def test_other_caches_decode_length_sorted_chunks_with_their_own_seed(tiny):
+    """cache != block: chunks of batch_size prompts (longest first) through generate, each seeded from its own
+    tokens, so sampling does not depend on which rank runs the chunk."""
+    from llada_triton.decode import generate
+    from llada_triton.eval.likelihood import request_seed
+    from llada_triton.models.chat import decode_answer
+
+    params, cfg, tok = tiny
+    runner = _runner(1, cache="dual", batch_size=2, block_length=8, temperature=0.7)
+    texts = ["1+2=", "12+5=", "3+4="]
+    got, stats = runner.generate(texts, [[], [], []], ["t"] * 3)
+    ids = [runner.encode(t) for t in texts]
+    want = [None] * 3
+    for chunk in ([1, 0], [2]):
+        out = generate(params, cfg, [ids[i] for i in chunk], gen_length=32, block_length=8, steps=32, cache="dual",
+                       temperature=0.7, seed=request_seed(0, ids[chunk[0]], [len(chunk)]))
+        for row, i in enumerate(chunk):
+            want[i] = decode_answer(tok, out.tokens[row].tolist(), cfg)
+    assert got == want
+    assert stats["t"]["requests"] == 3
