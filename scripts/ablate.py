@@ -21,6 +21,10 @@ sha; a row with task ``all`` pools the tasks. ``--render`` (or ``scripts/report.
     python scripts/ablate.py --study all --n 100 --out results/ablations/tiny --render
     python scripts/ablate.py --model /path/to/LLaDA-8B-Instruct --device cuda --ops triton \\
         --jsonl gsm8k.jsonl --scorer numeric --gen-length 256 --block-length 32 --study steps
+    torchrun --nproc_per_node=8 scripts/ablate.py ...same arguments, --problems for --n...   # 8 GPUs (NCCL)
+
+Under ``torchrun`` each rank decodes its share of every setting's batches on ``cuda:LOCAL_RANK`` (gloo on
+the CPU) and rank 0 writes the CSV: the same rows as one process, ``seconds`` being the slowest rank's.
 """
 from __future__ import annotations
 
@@ -211,13 +215,19 @@ def _sync(device) -> None:
 
 def run_config(params, cfg, tok: Tokenizer, problems: Dict[str, list], rc: RunConfig, *, scorer: str,
                batch_size: int, ops, seed: int, workspace=None, cuda_graphs: bool = False,
-               warmup: bool = False) -> List[Dict]:
+               warmup: bool = False, dist=None) -> List[Dict]:
     """Decode every problem with ``rc``; one result dict per task (accuracy, NFE, seconds, tokens/s).
 
     Prompts of a task are sorted by length and decoded in batches of ``batch_size`` (``generate`` left-pads
-    each batch); ``warmup`` decodes the first batch once untimed (Triton compilation, CUDA-graph capture)."""
+    each batch); ``warmup`` decodes the first batch once untimed (Triton compilation, CUDA-graph capture).
+    With ``dist`` (a :class:`llada_triton.eval.Dist` of several ranks) each rank decodes its share of the
+    batches and every rank gets all results (the same as one process: a batch's tokens do not depend on the
+    rank); ``seconds`` is then the slowest rank's."""
     import tasks as tasks_mod
     from llada_triton.decode.generate import generate
+    from llada_triton.eval.distributed import Dist, gather_results, shard_indices
+
+    dist = dist or Dist()
 
     fn = tasks_mod.SCORERS[scorer]
     out = []
@@ -225,6 +235,8 @@ def run_config(params, cfg, tok: Tokenizer, problems: Dict[str, list], rc: RunCo
         ids = [tok.encode(p.prompt) for p in probs]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+        costs = [sum(len(ids[i]) for i in b) for b in batches]
+        batches = [batches[j] for j in shard_indices(len(batches), dist, costs, allow_idle=True)]
         kw = dict(rc.options(), ops=ops, seed=seed, workspace=workspace, cuda_graphs=cuda_graphs)
         if warmup and batches:
             generate(params, cfg, [ids[i] for i in batches[0]], **kw)
@@ -241,6 +253,14 @@ def run_config(params, cfg, tok: Tokenizer, problems: Dict[str, list], rc: RunCo
             for row, i in enumerate(idx):
                 preds[i] = tok.decode(toks[row])
                 nfe[i] = int(res.nfe[row])
+        if dist.world_size > 1:  # one unit per rank: its predictions, NFE and time
+            done = [i for b in batches for i in b]
+            parts = gather_results([dist.rank], [([(i, preds[i], nfe[i]) for i in done], seconds)],
+                                   dist.world_size, dist)
+            seconds = max(sec for _, sec in parts)
+            for rows, _ in parts:
+                for i, pr, nf in rows:
+                    preds[i], nfe[i] = pr, nf
         ok = [bool(fn(pr, p.answer)) for pr, p in zip(preds, probs)]
         out.append({"task": name, "n": len(probs), "correct": sum(ok), "nfe_sum": sum(nfe), "seconds": seconds,
                     "examples": [(p.prompt, p.answer, pr) for p, pr in zip(probs[:3], preds[:3])]})
@@ -311,6 +331,8 @@ def main(model: str = DEFAULT_MODEL, study: Sequence[str] = ("all",), n: int = 1
                      grid, chat_template, cuda_graphs, warmup, quiet)
     finally:
         torch.set_num_threads(old_threads)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():  # joined under torchrun
+            torch.distributed.destroy_process_group()
 
 
 def _main(model, study, n, seed, tasks, jsonl, scorer, device, dtype, ops, batch_size, out, append, render, grid,
@@ -333,7 +355,11 @@ def _main(model, study, n, seed, tasks, jsonl, scorer, device, dtype, ops, batch
     if not os.path.isdir(model):
         raise SystemExit(f"no checkpoint folder at {model}")
     tdtype = getattr(torch, dtype) if dtype else None
-    params, cfg = load_model(model, device=device, dtype=tdtype)
+    from llada_triton.eval.distributed import init_distributed
+
+    dist = init_distributed(device)  # under torchrun: this rank's device and process group
+    quiet = quiet or not dist.is_main
+    params, cfg = load_model(model, device=dist.device, dtype=tdtype)
     tok = Tokenizer(model, cfg, chat_template)
     problems = load_problems(jsonl, tasks or tuple(tasks_mod.TASKS), n, seed)
     op_impl = triton_ops() if ops == "triton" else REFERENCE_OPS
@@ -361,7 +387,7 @@ def _main(model, study, n, seed, tasks, jsonl, scorer, device, dtype, ops, batch
     for k, rc in enumerate(unique):
         ws = Workspace()  # buffers (and CUDA graphs) shared by the batches of one setting
         res = run_config(params, cfg, tok, problems, rc, scorer=scorer, batch_size=batch_size, ops=op_impl,
-                         seed=seed, workspace=ws, cuda_graphs=cuda_graphs, warmup=warmup)
+                         seed=seed, workspace=ws, cuda_graphs=cuda_graphs, warmup=warmup, dist=dist)
         results[rc] = res
         if not quiet:
             n_all = sum(r["n"] for r in res)
@@ -372,7 +398,8 @@ def _main(model, study, n, seed, tasks, jsonl, scorer, device, dtype, ops, batch
                   f"T={rc.temperature:g} cfg={rc.cfg_scale:g} cache={rc.cache:<6} acc={acc:.3f} nfe={nfe:.1f} "
                   f"{sec:.1f}s ({time.perf_counter() - t_all:.0f}s total)", flush=True)
     rows = [r for s, rc in pairs for r in _rows(s, rc, results[rc], meta)]
-
+    if not dist.is_main:  # rank 0 writes (every rank holds the same rows)
+        return rows
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, CSV_NAME)
     new = not (append and os.path.isfile(path))
@@ -405,7 +432,9 @@ def parse_args(argv=None) -> Dict:
     ap.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint folder (default: the shipped tiny model)")
     ap.add_argument("--study", default="all",
                     help=f"comma-separated studies: {'|'.join(STUDIES)}|all (default all)")
-    ap.add_argument("--n", type=int, default=100, help="held-out problems per task (JSONL: first n; 0 = all)")
+    ap.add_argument("--n", "--problems", dest="n", type=int, default=100,
+                    help="held-out problems per task (JSONL: first n; 0 = all); under torchrun write --problems "
+                         "(torchrun takes --n for an abbreviation of its own options)")
     ap.add_argument("--seed", type=int, default=0, help="problem set, random remasking and sampling seed")
     ap.add_argument("--tasks", help="comma-separated built-in tasks (default: all)")
     ap.add_argument("--jsonl", help="{prompt, answer} records instead of the built-in tasks")

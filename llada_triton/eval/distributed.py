@@ -72,11 +72,13 @@ def check_world_size(n_units: int, dist: Dist, what: str = "requests") -> None:
                          f"launch at most {n_units} processes")
 
 
-def shard_indices(n_units: int, dist: Dist, costs: Optional[Sequence[float]] = None) -> List[int]:
+def shard_indices(n_units: int, dist: Dist, costs: Optional[Sequence[float]] = None,
+                  allow_idle: bool = False) -> List[int]:
     """The unit indices this rank runs, ascending. Units are ordered by decreasing cost (ties by index)
     and dealt round-robin, so every rank gets a similar mix; the split depends only on ``n_units``,
-    ``costs`` and the world size."""
-    check_world_size(n_units, dist)
+    ``costs`` and the world size. Fewer units than ranks is an error unless ``allow_idle``."""
+    if not allow_idle:
+        check_world_size(n_units, dist)
     if costs is not None and len(costs) != n_units:
         raise ValueError(f"costs has {len(costs)} entries for {n_units} units")
     order = sorted(range(n_units), key=lambda i: (-costs[i], i)) if costs is not None else list(range(n_units))
