@@ -29,30 +29,12 @@ for _p in (_HERE, ROOT):
         sys.path.insert(0, _p)
 
 TINY = os.path.join(ROOT, "checkpoints", "llada-tiny-tasks")
-_TASK_YAML = """task: {name}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {jsonl}
-test_split: test
-output_type: generate_until
-doc_to_text: "{{{{prompt}}}}"
-doc_to_target: "{{{{answer}}}}"
-generation_kwargs:
-  until: []
-metric_list:
-  - metric: exact_match
-    aggregation: mean
-    higher_is_better: true
-"""
 
 
 def _write_task(folder: str, texts) -> str:
-    jsonl = os.path.join(folder, "bench_prompts.jsonl")
-    with open(jsonl, "w") as f:
-        f.writelines(json.dumps(dict(prompt=t, answer="")) + "\n" for t in texts)
-    with open(os.path.join(folder, "bench_prompts.yaml"), "w") as f:
-        f.write(_TASK_YAML.format(name="bench_prompts", jsonl=json.dumps(jsonl)))
+    from lm_eval_tasks import write_task
+
+    write_task(folder, "bench_prompts", [dict(prompt=t, answer="") for t in texts], "gen", until=())
     return "bench_prompts"
 
 

@@ -22,7 +22,7 @@ if _HERE not in sys.path:
 
 import tasks as tasks_mod  # noqa: E402
 
-__all__ = ["write_tasks", "GEN_TASK", "MC_TASK"]
+__all__ = ["write_tasks", "write_task", "GEN_TASK", "MC_TASK"]
 
 GEN_TASK, MC_TASK = "tiny_gen", "tiny_mc"
 
@@ -36,7 +36,7 @@ output_type: generate_until
 doc_to_text: "{{{{prompt}}}}"
 doc_to_target: "{{{{answer}}}}"
 generation_kwargs:
-  until: ["\\n"]
+  until: {until}
 metric_list:
   - metric: exact_match
     aggregation: mean
@@ -72,21 +72,27 @@ def _mc_docs(n: int, seed: int) -> List[Dict]:
     return docs
 
 
+def write_task(out_dir: str, name: str, docs: List[Dict], kind: str = "gen", until=("\n",)) -> str:
+    """``docs`` as ``<out_dir>/<name>.jsonl`` and a task YAML beside it: ``kind`` 'gen' (prompt -> answer,
+    exact match, stop strings ``until``) or 'mc' (prompt, choices, label; accuracy). Returns the YAML path."""
+    os.makedirs(out_dir, exist_ok=True)
+    jsonl = os.path.abspath(os.path.join(out_dir, f"{name}.jsonl"))
+    with open(jsonl, "w") as f:
+        f.writelines(json.dumps(d) + "\n" for d in docs)
+    template = {"gen": _GEN_YAML, "mc": _MC_YAML}[kind]
+    path = os.path.join(out_dir, f"{name}.yaml")
+    with open(path, "w") as f:
+        f.write(template.format(name=name, jsonl=json.dumps(jsonl), until=json.dumps(list(until))))
+    return path
+
+
 def write_tasks(out_dir: str, n: int = 20, seed: int = 0) -> Dict[str, str]:
     """Write ``tiny_gen`` and ``tiny_mc`` (``n`` documents each) into ``out_dir``; returns name -> YAML path."""
-    os.makedirs(out_dir, exist_ok=True)
     per_task = -(-n // len(tasks_mod.TASKS))
     gen = [dict(prompt=p.prompt, answer=p.answer, task=t)
            for t in tasks_mod.TASKS for p in tasks_mod.heldout_problems(t, per_task, seed)][:n]
-    paths = {}
-    for name, docs, template in ((GEN_TASK, gen, _GEN_YAML), (MC_TASK, _mc_docs(n, seed), _MC_YAML)):
-        jsonl = os.path.abspath(os.path.join(out_dir, f"{name}.jsonl"))
-        with open(jsonl, "w") as f:
-            f.writelines(json.dumps(d) + "\n" for d in docs)
-        paths[name] = os.path.join(out_dir, f"{name}.yaml")
-        with open(paths[name], "w") as f:
-            f.write(template.format(name=name, jsonl=json.dumps(jsonl)))
-    return paths
+    return {GEN_TASK: write_task(out_dir, GEN_TASK, gen, "gen"),
+            MC_TASK: write_task(out_dir, MC_TASK, _mc_docs(n, seed), "mc")}
 
 
 def main(argv=None):
