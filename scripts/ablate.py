@@ -16,9 +16,11 @@ A setting shared by several studies (e.g. the baseline) is decoded once and repo
 Every (study, setting, task) gives one CSV row with the full setting, accuracy, mean NFE per problem,
 tokens/s (``gen_length`` positions per problem / wall time of ``generate``), device, versions and git
 sha; a row with task ``all`` pools the tasks. ``--render`` (or ``scripts/report.py``) turns the CSV into
-``report.md`` and PNG plots.
+``report.md`` and PNG plots. The whole grid is checked before the model loads; an existing CSV is kept
+unless ``--append`` (add rows) or ``--force`` (overwrite) is given. A progress bar (stderr) shows the
+settings done and the time left.
 
-    python scripts/ablate.py --study all --n 100 --out results/ablations/tiny --render
+    python scripts/ablate.py --study all --n 100 --out ablations-tiny --render
     python scripts/ablate.py --model /path/to/LLaDA-8B-Instruct --device cuda --ops triton \\
         --jsonl gsm8k.jsonl --scorer numeric --gen-length 256 --block-length 32 --study steps
     torchrun --nproc_per_node=8 scripts/ablate.py ...same arguments, --problems for --n...   # 8 GPUs (NCCL)
@@ -28,7 +30,6 @@ the CPU) and rank 0 writes the CSV: the same rows as one process, ``seconds`` be
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import datetime
 import os
@@ -44,14 +45,15 @@ for _p in (_HERE, _ROOT):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from provenance import git_sha  # noqa: E402
+import cliutil  # noqa: E402
+from provenance import device_name, git_sha  # noqa: E402
 
-DEFAULT_MODEL = os.path.join(_ROOT, "checkpoints", "llada-tiny-tasks")
+DEFAULT_MODEL = cliutil.DEFAULT_MODEL
 STUDIES = ("steps", "remasking", "block_length", "temperature", "cfg", "cache")
 CSV_NAME = "ablation.csv"
 
-__all__ = ["RunConfig", "Grid", "Tokenizer", "STUDIES", "study_configs", "plan", "load_problems", "run_config",
-           "main", "parse_args", "CSV_FIELDS"]
+__all__ = ["RunConfig", "Grid", "GridError", "Tokenizer", "STUDIES", "study_configs", "plan",
+           "run_config", "csv_conflict", "main", "cli", "build_parser", "parse_args", "CSV_FIELDS"]
 
 
 # ------------------------------------------------------------------------------------------ settings
@@ -99,6 +101,39 @@ class Grid:
     cache_block_length: Optional[int] = None      # default: G/4 (several blocks, so caches matter)
     cache_threshold: Optional[float] = 0.9        # cache study also runs this threshold (None: skip)
 
+    def check(self) -> None:
+        """Every value in the range ``decode.generate`` accepts; a ``GridError`` names the flag otherwise."""
+        from llada_triton.decode import POLICIES
+
+        G = self.gen_length
+        ints = [("--gen-length", [G]), ("--block-length", [self.block_length]), ("--steps-list", self.steps),
+                ("--block-lengths", self.block_lengths), ("--cache-block-length", [self.cache_block_length])]
+        for flag, vals in ints:
+            for v in vals or ():
+                if v is not None and (not isinstance(v, int) or v < 1):
+                    raise GridError(flag, f"{v!r} is not a positive integer")
+        for flag, vals, ok, allowed in (
+                ("--thresholds", self.thresholds, lambda v: 0 < v <= 1, "in (0, 1]"),
+                ("--cache-threshold", [self.cache_threshold] if self.cache_threshold is not None else [],
+                 lambda v: 0 < v <= 1, "in (0, 1]"),
+                ("--factors", self.factors, lambda v: v > 0, "> 0"),
+                ("--temperatures", self.temperatures, lambda v: v >= 0, ">= 0"),
+                ("--cfg-scales", self.cfg_scales, lambda v: v >= 0, ">= 0")):
+            bad = [v for v in vals if not ok(float(v))]
+            if bad:
+                raise GridError(flag, f"{bad[0]:g} is not {allowed}")
+        bad = [c for c in self.caches if c not in POLICIES]
+        if bad:
+            raise GridError("--caches", f"{bad[0]!r} is not a cache policy; choose from {', '.join(POLICIES)}")
+
+
+class GridError(ValueError):
+    """A grid value outside what ``decode.generate`` accepts, naming the command-line flag."""
+
+    def __init__(self, flag: str, message: str):
+        super().__init__(f"{flag}: {message}")
+        self.flag, self.message = flag, message
+
 
 def _divisors_pow2(g: int, lo: int = 4) -> List[int]:
     out = [b for b in (2 ** i for i in range(0, 16)) if lo <= b <= g and g % b == 0]
@@ -110,7 +145,7 @@ def study_configs(study: str, grid: Grid) -> List[RunConfig]:
     G = grid.gen_length
     Lb = grid.block_length or G
     if G % Lb:
-        raise ValueError(f"block_length={Lb} does not divide gen_length={G}")
+        raise GridError("--block-length", f"{Lb} does not divide --gen-length {G}")
     nb = G // Lb
     base = RunConfig(gen_length=G, block_length=Lb, steps=G)
     if study == "steps":
@@ -118,7 +153,8 @@ def study_configs(study: str, grid: Grid) -> List[RunConfig]:
         steps = grid.steps or list(dict.fromkeys(s for s in halvings if s >= nb and s % nb == 0))
         bad = [s for s in steps if s < 1 or s % nb]
         if bad:
-            raise ValueError(f"steps {bad} are not positive multiples of the block count {nb}")
+            raise GridError("--steps-list", f"{bad[0]} is not a multiple of the block count {nb} "
+                                            f"(--gen-length {G} / --block-length {Lb})")
         return [RunConfig(G, Lb, s, remasking=r) for r in ("low_confidence", "random") for s in steps]
     if study == "remasking":
         return ([base, RunConfig(G, Lb, G, remasking="random")]
@@ -128,7 +164,7 @@ def study_configs(study: str, grid: Grid) -> List[RunConfig]:
         bls = grid.block_lengths or _divisors_pow2(G)
         bad = [b for b in bls if G % b]
         if bad:
-            raise ValueError(f"block lengths {bad} do not divide gen_length={G}")
+            raise GridError("--block-lengths", f"{bad[0]} does not divide --gen-length {G}")
         return [RunConfig(G, int(b), G) for b in bls]
     if study == "temperature":
         return [RunConfig(G, Lb, G, temperature=float(t)) for t in grid.temperatures]
@@ -137,7 +173,7 @@ def study_configs(study: str, grid: Grid) -> List[RunConfig]:
     if study == "cache":
         cb = grid.cache_block_length or max(1, G // 4)
         if G % cb:
-            raise ValueError(f"cache_block_length={cb} does not divide gen_length={G}")
+            raise GridError("--cache-block-length", f"{cb} does not divide --gen-length {G}")
         out = [RunConfig(G, cb, G, cache=c) for c in grid.caches]
         if grid.cache_threshold is not None:
             out += [RunConfig(G, cb, G, threshold=float(grid.cache_threshold), cache=c) for c in grid.caches]
@@ -146,7 +182,8 @@ def study_configs(study: str, grid: Grid) -> List[RunConfig]:
 
 
 def plan(studies: Sequence[str], grid: Grid) -> Tuple[List[RunConfig], List[Tuple[str, RunConfig]]]:
-    """``(unique settings in run order, [(study, setting)] in report order)``."""
+    """``(unique settings in run order, [(study, setting)] in report order)``; checks the whole grid first."""
+    grid.check()
     pairs = [(s, c) for s in studies for c in study_configs(s, grid)]
     unique: List[RunConfig] = []
     for _, c in pairs:
@@ -155,22 +192,11 @@ def plan(studies: Sequence[str], grid: Grid) -> Tuple[List[RunConfig], List[Tupl
     return unique, pairs
 
 
-# ------------------------------------------------------------------------------------------ problems
-def load_problems(jsonl: Optional[str], tasks: Sequence[str], n: int, seed: int) -> Dict[str, list]:
-    """``{task name: [Problem]}``: ``n`` held-out problems per built-in task, or the first ``n`` JSONL records
-    (``n <= 0``: all of them)."""
-    import tasks as tasks_mod
-
-    if jsonl:
-        recs = tasks_mod.load_jsonl(jsonl)
-        name = os.path.splitext(os.path.basename(jsonl))[0]
-        return {name: recs[:n] if n > 0 else recs}
-    return {t: tasks_mod.heldout_problems(t, n, seed) for t in tasks}
-
-
+# ----------------------------------------------------------------------------------------- tokenizer
 class Tokenizer:
     """Prompt ids and answer text for a checkpoint: its own tokenizer when it ships one, else the
-    project's character tokenizer (``scripts/tiny_tokenizer.py``), whose ids are checked to fit the vocab."""
+    project's character tokenizer (``scripts/tiny_tokenizer.py``), whose ids are checked to fit the vocab.
+    Encodings are memoised (every setting of an ablation decodes the same prompts)."""
 
     def __init__(self, path: str, cfg, chat_template: bool = True):
         from llada_triton.models import chat
@@ -182,20 +208,21 @@ class Tokenizer:
             import tiny_tokenizer
 
             self.tok = tiny_tokenizer.build_tokenizer()
-        else:
-            from transformers import AutoTokenizer
-
-            # trust_remote_code=False: LLaDA configs carry an auto_map to code that is not shipped
-            self.tok = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        else:  # by the class tokenizer_config.json names: transformers then never reads the model's config.json
+            self.tok = chat.load_tokenizer(path)
         self.chat_template = chat_template and getattr(self.tok, "chat_template", None) is not None
         self.cfg = cfg
+        self._ids: Dict[str, List[int]] = {}
 
     def encode(self, text: str) -> List[int]:
+        if text in self._ids:
+            return self._ids[text]
         ids = self._chat.chat_prompt_ids(self.tok, text, chat_template=self.chat_template)
         if self.fallback:  # keep the character ids inside the model vocabulary and off the mask id
             bad = [i for i in ids if i >= self.cfg.vocab_size or i == self.cfg.mask_token_id]
             if bad:
                 raise ValueError(f"fallback tokenizer ids {bad[:4]} do not fit this checkpoint's vocabulary")
+        self._ids[text] = ids
         return ids
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -301,47 +328,33 @@ def _version(pkg: str) -> str:
         return ""
 
 
-def device_name(device: str) -> str:
-    import torch
-
-    if torch.device(device).type == "cuda":
-        return torch.cuda.get_device_name(torch.device(device))
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
 # --------------------------------------------------------------------------------------------- main
+class PromptError(ValueError):
+    """A problem's prompt that the checkpoint's tokenizer cannot encode."""
+
+
+def csv_conflict(out: str, append: bool, force: bool) -> Optional[str]:
+    """Why writing ``<out>/ablation.csv`` would destroy results (None when it would not)."""
+    path = os.path.join(out, CSV_NAME)
+    if os.path.exists(path) and not (append or force):
+        return f"{path!r} exists; give --append to add rows to it or --force to overwrite it"
+    if append and force:
+        return "give --append or --force, not both"
+    return None
+
+
 def main(model: str = DEFAULT_MODEL, study: Sequence[str] = ("all",), n: int = 100, seed: int = 0,
          tasks: Optional[Sequence[str]] = None, jsonl: Optional[str] = None, scorer: str = "exact",
          device: str = "cpu", dtype: Optional[str] = None, ops: str = "reference", batch_size: int = 128,
          out: str = os.path.join("results", "ablations", "latest"), append: bool = False, render: bool = False,
          grid: Optional[Grid] = None, chat_template: bool = True, cuda_graphs: Optional[bool] = None,
-         warmup: Optional[bool] = None, threads: Optional[int] = None, quiet: bool = False) -> List[Dict]:
-    """Run the selected studies and write ``<out>/ablation.csv``; returns the rows."""
-    import torch
-
-    if ops == "triton" and not torch.cuda.is_available():
-        os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first triton import
-    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {device} but no CUDA device is visible")
-    old_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        return _main(model, study, n, seed, tasks, jsonl, scorer, device, dtype, ops, batch_size, out, append, render,
-                     grid, chat_template, cuda_graphs, warmup, quiet)
-    finally:
-        torch.set_num_threads(old_threads)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():  # joined under torchrun
-            torch.distributed.destroy_process_group()
-
-
-def _main(model, study, n, seed, tasks, jsonl, scorer, device, dtype, ops, batch_size, out, append, render, grid,
-          chat_template, cuda_graphs, warmup, quiet) -> List[Dict]:
+         warmup: Optional[bool] = None, threads: Optional[int] = None, quiet: bool = False,
+         force: bool = False) -> List[Dict]:
+    """Run the selected studies and write ``<out>/ablation.csv``; returns the rows. Everything that can be
+    checked without the model (studies, grid, scorer, ops, the CSV) is checked before it loads."""
     import torch
 
     import tasks as tasks_mod
-    from llada_triton.decode.generate import Workspace
-    from llada_triton.models import REFERENCE_OPS, load_model, triton_ops
 
     studies = list(STUDIES) if "all" in study else list(dict.fromkeys(study))
     for s in studies:
@@ -349,19 +362,65 @@ def _main(model, study, n, seed, tasks, jsonl, scorer, device, dtype, ops, batch
             raise ValueError(f"unknown study {s!r}; choose from {STUDIES} or 'all'")
     if scorer not in tasks_mod.SCORERS:
         raise ValueError(f"unknown scorer {scorer!r}; choose from {sorted(tasks_mod.SCORERS)}")
-    grid = grid or Grid()
-    unique, pairs = plan(studies, grid)
+    unique, pairs = plan(studies, grid or Grid())
+    problem = cliutil.triton_ops_problem(device) if ops == "triton" else None
+    if problem:
+        raise ValueError(f"ops='triton': {problem}")
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but no CUDA device is visible")
+    conflict = csv_conflict(out, append, force)
+    if conflict:
+        raise FileExistsError(conflict)
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _main(model, studies, unique, pairs, n, seed, tasks, jsonl, scorer, device, dtype, ops, batch_size,
+                     out, append, render, chat_template, cuda_graphs, warmup, quiet)
+    finally:
+        torch.set_num_threads(old_threads)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():  # joined under torchrun
+            torch.distributed.destroy_process_group()
 
-    if not os.path.isdir(model):
-        raise SystemExit(f"no checkpoint folder at {model}")
-    tdtype = getattr(torch, dtype) if dtype else None
+
+def _encode_all(tok: Tokenizer, problems: Dict[str, list]) -> None:
+    """Encode every prompt once before the first forward (memoised), so a bad prompt fails early."""
+    for name, probs in problems.items():
+        for k, p in enumerate(probs):
+            try:
+                tok.encode(p.prompt)
+            except ValueError as e:
+                raise PromptError(f"problem {k} of {name!r} ({p.prompt!r}): {e}") from None
+
+
+def _progress_line(k: int, total: int, rc: RunConfig, res: List[Dict]) -> str:
+    n_all = sum(r["n"] for r in res)
+    acc = sum(r["correct"] for r in res) / max(1, n_all)
+    nfe = sum(r["nfe_sum"] for r in res) / max(1, n_all)
+    sec = sum(r["seconds"] for r in res)
+    return (f"[ablate] {k + 1}/{total} {rc.policy:>16} steps={rc.steps:<4} block={rc.block_length:<4} "
+            f"T={rc.temperature:g} cfg={rc.cfg_scale:g} cache={rc.cache:<6} acc={acc:.3f} nfe={nfe:.1f} {sec:.1f}s")
+
+
+def _main(model, studies, unique, pairs, n, seed, tasks, jsonl, scorer, device, dtype, ops, batch_size, out, append,
+          render, chat_template, cuda_graphs, warmup, quiet) -> List[Dict]:
+    import torch
+    from tqdm.auto import tqdm
+
+    import tasks as tasks_mod
+    from llada_triton.decode.generate import Workspace
+    from llada_triton.models import REFERENCE_OPS, LLaDAConfig, load_params, triton_ops
+
+    problems = tasks_mod.load_problems(jsonl, tasks or tuple(tasks_mod.TASKS), n, seed)
+    cfg = LLaDAConfig.from_pretrained(model)
+    tok = Tokenizer(model, cfg, chat_template)
+    _encode_all(tok, problems)
     from llada_triton.eval.distributed import init_distributed
 
     dist = init_distributed(device)  # under torchrun: this rank's device and process group
     quiet = quiet or not dist.is_main
-    params, cfg = load_model(model, device=dist.device, dtype=tdtype)
-    tok = Tokenizer(model, cfg, chat_template)
-    problems = load_problems(jsonl, tasks or tuple(tasks_mod.TASKS), n, seed)
+    tdtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    params = load_params(model, cfg, device=dist.device, dtype=tdtype)
     op_impl = triton_ops() if ops == "triton" else REFERENCE_OPS
     cuda = params.device.type == "cuda"
     cuda_graphs = cuda if cuda_graphs is None else cuda_graphs
@@ -383,20 +442,14 @@ def _main(model, study, n, seed, tasks, jsonl, scorer, device, dtype, ops, batch
         if first:
             generate(params, cfg, [tok.encode(first[0].prompt)], **unique[0].options(), ops=op_impl, seed=seed)
     results: Dict[RunConfig, List[Dict]] = {}
-    t_all = time.perf_counter()
-    for k, rc in enumerate(unique):
+    bar = tqdm(unique, desc="[ablate] settings", unit="setting", disable=quiet, file=sys.stderr, dynamic_ncols=True)
+    for k, rc in enumerate(bar):
         ws = Workspace()  # buffers (and CUDA graphs) shared by the batches of one setting
-        res = run_config(params, cfg, tok, problems, rc, scorer=scorer, batch_size=batch_size, ops=op_impl,
-                         seed=seed, workspace=ws, cuda_graphs=cuda_graphs, warmup=warmup, dist=dist)
-        results[rc] = res
+        results[rc] = run_config(params, cfg, tok, problems, rc, scorer=scorer, batch_size=batch_size, ops=op_impl,
+                                 seed=seed, workspace=ws, cuda_graphs=cuda_graphs, warmup=warmup, dist=dist)
         if not quiet:
-            n_all = sum(r["n"] for r in res)
-            acc = sum(r["correct"] for r in res) / max(1, n_all)
-            nfe = sum(r["nfe_sum"] for r in res) / max(1, n_all)
-            sec = sum(r["seconds"] for r in res)
-            print(f"[ablate] {k + 1}/{len(unique)} {rc.policy:>16} steps={rc.steps:<4} block={rc.block_length:<4} "
-                  f"T={rc.temperature:g} cfg={rc.cfg_scale:g} cache={rc.cache:<6} acc={acc:.3f} nfe={nfe:.1f} "
-                  f"{sec:.1f}s ({time.perf_counter() - t_all:.0f}s total)", flush=True)
+            bar.write(_progress_line(k, len(unique), rc, results[rc]), file=sys.stdout)
+    bar.close()
     rows = [r for s, rc in pairs for r in _rows(s, rc, results[rc], meta)]
     if not dist.is_main:  # rank 0 writes (every rank holds the same rows)
         return rows
@@ -419,33 +472,28 @@ def _main(model, study, n, seed, tasks, jsonl, scorer, device, dtype, ops, batch
     return rows
 
 
-def _floats(s: Optional[str]) -> Optional[Tuple[float, ...]]:
-    return None if s is None else tuple(float(x) for x in s.split(",") if x.strip())
+def build_parser() -> cliutil.ArgumentParser:
+    import tasks as tasks_mod
 
-
-def _ints(s: Optional[str]) -> Optional[Tuple[int, ...]]:
-    return None if s is None else tuple(int(x) for x in s.split(",") if x.strip())
-
-
-def parse_args(argv=None) -> Dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cliutil.ArgumentParser(prog=os.path.basename(__file__), description=__doc__)
     ap.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint folder (default: the shipped tiny model)")
-    ap.add_argument("--study", default="all",
+    ap.add_argument("--study", type=cliutil.name_list(STUDIES + ("all",)), default=("all",),
                     help=f"comma-separated studies: {'|'.join(STUDIES)}|all (default all)")
-    ap.add_argument("--n", "--problems", dest="n", type=int, default=100,
+    ap.add_argument("--n", "--problems", dest="n", type=cliutil.nonneg_int, default=100,
                     help="held-out problems per task (JSONL: first n; 0 = all); under torchrun write --problems "
                          "(torchrun takes --n for an abbreviation of its own options)")
     ap.add_argument("--seed", type=int, default=0, help="problem set, random remasking and sampling seed")
-    ap.add_argument("--tasks", help="comma-separated built-in tasks (default: all)")
+    ap.add_argument("--tasks", type=cliutil.name_list(tuple(tasks_mod.TASKS)),
+                    help="comma-separated built-in tasks (default: all)")
     ap.add_argument("--jsonl", help="{prompt, answer} records instead of the built-in tasks")
-    ap.add_argument("--scorer", default="exact", help="exact | numeric (last number, GSM8K style)")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                    help="default: bfloat16 on CUDA, float32 on CPU")
-    ap.add_argument("--ops", default="reference", choices=["reference", "triton"])
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--out", default=os.path.join("results", "ablations", "latest"), help="results folder")
+    ap.add_argument("--scorer", default="exact", choices=sorted(tasks_mod.SCORERS),
+                    help="exact | numeric (last number, GSM8K style)")
+    cliutil.add_device_args(ap)
+    ap.add_argument("--batch-size", type=cliutil.positive_int, default=128)
+    ap.add_argument("--out", default=os.path.join("results", "ablations", "latest"),
+                    help="results folder (relative to the current directory)")
     ap.add_argument("--append", action="store_true", help="append to an existing ablation.csv")
+    ap.add_argument("--force", action="store_true", help="overwrite an existing ablation.csv")
     ap.add_argument("--render", action="store_true", help="also write report.md and PNGs (scripts/report.py)")
     ap.add_argument("--no-chat-template", action="store_true", help="feed raw prompt text")
     ap.add_argument("--cuda-graphs", dest="cuda_graphs", action="store_true", default=None)
@@ -454,33 +502,74 @@ def parse_args(argv=None) -> Dict:
     ap.add_argument("--warmup", dest="warmup", action="store_true", default=None,
                     help="decode the first batch once untimed (default: on CUDA or with --ops triton)")
     ap.add_argument("--no-warmup", dest="warmup", action="store_false")
-    ap.add_argument("--threads", type=int, help="torch CPU threads")
-    ap.add_argument("--quiet", action="store_true")
-    g = ap.add_argument_group("grid (comma-separated values; defaults derive from --gen-length)")
-    g.add_argument("--gen-length", type=int, default=32)
-    g.add_argument("--block-length", type=int, help="baseline block length (default: gen length)")
-    g.add_argument("--steps-list", help="steps study: total steps (default G,G/2,G/4,G/8,G/16)")
-    g.add_argument("--block-lengths", help="block_length study (default 4..G, powers of two)")
-    g.add_argument("--thresholds", default="0.5,0.7,0.8,0.9,0.95,0.99")
-    g.add_argument("--factors", default="0.5,1,2")
-    g.add_argument("--temperatures", default="0,0.5,1")
-    g.add_argument("--cfg-scales", default="0,0.5,1")
-    g.add_argument("--caches", default="none,prefix,dual,block")
-    g.add_argument("--cache-block-length", type=int, help="block length of the cache study (default G/4)")
+    ap.add_argument("--threads", type=cliutil.positive_int, help="torch CPU threads")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar or per-setting lines")
+    g = ap.add_argument_group("grid (comma-separated values, '' for none; defaults derive from --gen-length)")
+    g.add_argument("--gen-length", type=cliutil.positive_int, default=32)
+    g.add_argument("--block-length", type=cliutil.positive_int, help="baseline block length (default: gen length)")
+    g.add_argument("--steps-list", type=_or_empty(cliutil.int_list),
+                   help="steps study: total steps (default G,G/2,G/4,G/8,G/16)")
+    g.add_argument("--block-lengths", type=_or_empty(cliutil.int_list),
+                   help="block_length study (default 4..G, powers of two)")
+    g.add_argument("--thresholds", type=_or_empty(cliutil.float_list), default=Grid.thresholds, help="in (0, 1]")
+    g.add_argument("--factors", type=_or_empty(cliutil.float_list), default=Grid.factors, help="> 0")
+    g.add_argument("--temperatures", type=_or_empty(cliutil.float_list), default=Grid.temperatures, help=">= 0")
+    g.add_argument("--cfg-scales", type=_or_empty(cliutil.float_list), default=Grid.cfg_scales, help=">= 0")
+    g.add_argument("--caches", type=_or_empty(cliutil.name_list(("none", "prefix", "dual", "block"))),
+                   default=Grid.caches, help="cache policies of the cache study")
+    g.add_argument("--cache-block-length", type=cliutil.positive_int,
+                   help="block length of the cache study (default G/4)")
     g.add_argument("--cache-threshold", type=float, default=0.9,
-                   help="the cache study also runs this threshold rule (<= 0: skip)")
+                   help="the cache study also runs this threshold rule, in (0, 1] (<= 0: skip)")
+    return ap
+
+
+def _or_empty(parse):
+    def f(s: str) -> tuple:
+        return () if not s.strip() else parse(s)
+    return f
+
+
+def parse_args(argv=None, ap: Optional[cliutil.ArgumentParser] = None) -> Dict:
+    """Keyword arguments of :func:`main`. Every check that needs no model weights runs here (one-line errors,
+    exit status 2): device and ops, the checkpoint's config, the whole grid, the JSONL file, the CSV."""
+    ap = ap or build_parser()
     a = ap.parse_args(argv)
-    grid = Grid(gen_length=a.gen_length, block_length=a.block_length, steps=_ints(a.steps_list),
-                block_lengths=_ints(a.block_lengths), thresholds=_floats(a.thresholds), factors=_floats(a.factors),
-                temperatures=_floats(a.temperatures), cfg_scales=_floats(a.cfg_scales),
-                caches=tuple(c for c in a.caches.split(",") if c), cache_block_length=a.cache_block_length,
-                cache_threshold=a.cache_threshold if a.cache_threshold and a.cache_threshold > 0 else None)
-    return dict(model=a.model, study=tuple(s for s in a.study.split(",") if s), n=a.n, seed=a.seed,
-                tasks=tuple(t for t in a.tasks.split(",") if t) if a.tasks else None, jsonl=a.jsonl,
-                scorer=a.scorer, device=a.device, dtype=a.dtype, ops=a.ops, batch_size=a.batch_size, out=a.out,
-                append=a.append, render=a.render, grid=grid, chat_template=not a.no_chat_template,
+    grid = Grid(gen_length=a.gen_length, block_length=a.block_length, steps=a.steps_list or None,
+                block_lengths=a.block_lengths or None, thresholds=a.thresholds, factors=a.factors,
+                temperatures=a.temperatures, cfg_scales=a.cfg_scales, caches=a.caches,
+                cache_block_length=a.cache_block_length,
+                cache_threshold=a.cache_threshold if a.cache_threshold > 0 else None)
+    try:
+        plan(STUDIES if "all" in a.study else a.study, grid)
+    except GridError as e:
+        ap.fail(e.flag, e.message)
+    cliutil.check_problems(ap, a.jsonl, a.n, a.seed)
+    device = cliutil.check_device(ap, a.device, a.ops)
+    cliutil.check_model(ap, a.model)
+    conflict = csv_conflict(a.out, a.append, a.force)
+    if conflict:
+        ap.fail("--force" if a.append and a.force else "--out", conflict)
+    return dict(model=a.model, study=a.study, n=a.n, seed=a.seed, tasks=a.tasks, jsonl=a.jsonl,
+                scorer=a.scorer, device=device, dtype=a.dtype, ops=a.ops, batch_size=a.batch_size, out=a.out,
+                append=a.append, force=a.force, render=a.render, grid=grid, chat_template=not a.no_chat_template,
                 cuda_graphs=a.cuda_graphs, warmup=a.warmup, threads=a.threads, quiet=a.quiet)
 
 
+def cli(argv=None) -> List[Dict]:
+    """The command line: checks, then :func:`main`; prompts the tokenizer cannot encode and unreadable
+    weights are one-line errors too."""
+    from llada_triton.models import WeightError
+
+    ap = build_parser()
+    kw = parse_args(argv, ap)
+    try:
+        return main(**kw)
+    except PromptError as e:
+        ap.fail("--jsonl" if kw["jsonl"] else "--tasks", str(e))
+    except WeightError as e:
+        ap.fail("--model", f"{kw['model']!r}: {e}")
+
+
 if __name__ == "__main__":
-    main(**parse_args())
+    cli()

@@ -1,13 +1,14 @@
 """Held-out accuracy of a checkpoint on the synthetic tasks (or a JSONL file), decoded with
-``decode.generate.generate``.
+``llada_triton.decode.generate``.
 
 Defaults follow the LLaDA evaluation recipe for short answers: ``gen_length`` = the training answer
 length (32), one block of 32, ``steps = gen_length`` (one token per step), low-confidence remasking,
 temperature 0. Prompts go through the checkpoint's own tokenizer and chat template; an answer is the
-generated text up to the first eos / ``<|eot_id|>``, special tokens dropped.
+generated text up to the first eos / ``<|eot_id|>``, special tokens dropped. A progress bar (stderr)
+shows problems done and the time left; ``--quiet`` hides it.
 
-    python scripts/eval_tasks.py --checkpoint checkpoints/llada-tiny-tasks --n 500
-    python scripts/eval_tasks.py --checkpoint DIR --jsonl problems.jsonl --scorer numeric
+    python scripts/eval_tasks.py --n 100                    # the shipped tiny model, 100 problems per task
+    python scripts/eval_tasks.py --model /path/to/checkpoint --jsonl problems.jsonl --scorer numeric
 """
 from __future__ import annotations
 
@@ -28,30 +29,23 @@ for _p in (_HERE, _ROOT):
 
 import torch  # noqa: E402
 
+import cliutil  # noqa: E402
 import tasks as tasks_mod  # noqa: E402
-from llada_triton.decode.generate import generate  # noqa: E402
+from llada_triton.decode import generate  # noqa: E402
+from llada_triton.models import REFERENCE_OPS, LLaDAConfig, Params, load_model as _load, triton_ops  # noqa: E402
 from llada_triton.models import chat  # noqa: E402
-from llada_triton.models.config import LLaDAConfig  # noqa: E402
-from llada_triton.models.weights import Params, load_params  # noqa: E402
+from llada_triton.models.chat import load_tokenizer  # noqa: E402
 
 __all__ = ["load_model", "load_tokenizer", "prompt_ids", "answer_text", "predict", "evaluate", "format_table", "main"]
 
 GEN_LENGTH = 32
 
 
-def load_model(checkpoint: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
-    """``(params, cfg, tokenizer)`` from a checkpoint folder (strict load)."""
-    cfg = LLaDAConfig.from_pretrained(checkpoint)
-    params = load_params(checkpoint, cfg, device=device, dtype=dtype)
-    return params, cfg, load_tokenizer(checkpoint)
-
-
-def load_tokenizer(checkpoint: str):
-    """``AutoTokenizer`` offline. ``trust_remote_code=False`` because config.json carries LLaDA's
-    ``auto_map`` (remote code that is not shipped): without it transformers asks on stdin."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(checkpoint, local_files_only=True, trust_remote_code=False)
+def load_model(model: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """``(params, cfg, tokenizer)`` from a checkpoint folder (strict load; the tokenizer is loaded by the class
+    its ``tokenizer_config.json`` names, so transformers never reads the model's config.json)."""
+    params, cfg = _load(model, device=device, dtype=dtype)
+    return params, cfg, load_tokenizer(model)
 
 
 def prompt_ids(tokenizer, text: str) -> List[int]:
@@ -65,8 +59,10 @@ def answer_text(tokenizer, ids: Sequence[int], cfg: LLaDAConfig) -> str:
 
 
 def predict(params: Params, cfg: LLaDAConfig, tokenizer, prompts: Sequence[str], *, gen_length: int = GEN_LENGTH,
-            block_length: int = 32, steps: Optional[int] = None, batch_size: int = 256, **options) -> List[str]:
-    """Decoded answers for ``prompts`` (batched; prompts are sorted by length to limit padding)."""
+            block_length: int = 32, steps: Optional[int] = None, batch_size: int = 256, progress=None,
+            **options) -> List[str]:
+    """Decoded answers for ``prompts`` (batched; prompts are sorted by length to limit padding).
+    ``progress``: a tqdm bar advanced by the problems of each batch."""
     steps = gen_length if steps is None else steps
     block_length = min(block_length, gen_length)
     ids = [prompt_ids(tokenizer, p) for p in prompts]
@@ -80,17 +76,25 @@ def predict(params: Params, cfg: LLaDAConfig, tokenizer, prompts: Sequence[str],
                        steps=steps, **options)
         for row, i in enumerate(idx):
             out[i] = answer_text(tokenizer, res.tokens[row].tolist(), cfg)
+        if progress is not None:
+            progress.update(len(idx))
     return out  # type: ignore[return-value]
 
 
 def evaluate(params: Params, cfg: LLaDAConfig, tokenizer, problems: Dict[str, Sequence[tasks_mod.Problem]], *,
-             scorer: str = "exact", **kwargs) -> List[Dict]:
-    """One row per task: n, correct, accuracy, seconds, and up to 5 failures."""
+             scorer: str = "exact", progress: bool = False, **kwargs) -> List[Dict]:
+    """One row per task: n, correct, accuracy, seconds, and up to 5 failures. ``progress``: a tqdm bar on
+    stderr over all problems (with the time left)."""
+    from tqdm.auto import tqdm
+
     fn = tasks_mod.SCORERS[scorer]
     rows = []
+    bar = tqdm(total=sum(len(v) for v in problems.values()), unit="problem", disable=not progress,
+               file=sys.stderr, dynamic_ncols=True)
     for name, probs in problems.items():
+        bar.set_description(name)
         t0 = time.perf_counter()
-        preds = predict(params, cfg, tokenizer, [p.prompt for p in probs], **kwargs)
+        preds = predict(params, cfg, tokenizer, [p.prompt for p in probs], progress=bar, **kwargs)
         if params.device.type == "cuda":
             torch.cuda.synchronize()
         ok = [fn(pr, p.answer) for pr, p in zip(preds, probs)]
@@ -98,6 +102,7 @@ def evaluate(params: Params, cfg: LLaDAConfig, tokenizer, problems: Dict[str, Se
                      "seconds": round(time.perf_counter() - t0, 2),
                      "failures": [{"prompt": p.prompt, "answer": p.answer, "prediction": pr}
                                   for pr, p, k in zip(preds, probs, ok) if not k][:5]})
+    bar.close()
     return rows
 
 
@@ -109,32 +114,53 @@ def format_table(rows: Sequence[Dict]) -> str:
 
 
 def _env(device: str) -> Dict:
-    from provenance import git_sha
-    from train_tiny import device_name
+    from provenance import device_name, git_sha
 
     return {"device": device_name(device), "torch": torch.__version__, "python": platform.python_version(),
             "git_sha": git_sha(short=False)}
 
 
-def main(checkpoint: str = "checkpoints/llada-tiny-tasks", n: int = 500, seed: int = 0, device: str = "cpu",
-         dtype: str = "float32", batch_size: int = 256, tasks: Sequence[str] = tuple(tasks_mod.TASKS),
+def append_csv(path: str, rows: List[Dict]) -> None:
+    """Append ``rows`` to ``path`` under its existing header (a new file gets the rows' keys); columns the
+    file lacks are dropped with a note on stderr."""
+    fields = [k for k in rows[0] if k != "failures"]
+    if os.path.isfile(path) and os.path.getsize(path):
+        with open(path, newline="") as f:
+            header = next(csv.reader(f))
+        dropped = [k for k in fields if k not in header]
+        if dropped:
+            print(f"[eval_tasks] {path} has no columns {dropped}; not recorded there", file=sys.stderr)
+        fields, new = header, False
+    else:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        new = True
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore", restval="")
+        if new:
+            w.writeheader()
+        w.writerows(rows)
+
+
+def main(model: str = cliutil.DEFAULT_MODEL, n: int = 500, seed: int = 0, device: str = "cpu",
+         dtype: Optional[str] = None, batch_size: int = 256, tasks: Sequence[str] = tuple(tasks_mod.TASKS),
          jsonl: Optional[str] = None, scorer: str = "exact", gen_length: int = GEN_LENGTH, block_length: int = 32,
          steps: Optional[int] = None, write_json: Optional[str] = None, results_csv: Optional[str] = None,
-         threads: Optional[int] = None) -> Dict:
+         threads: Optional[int] = None, ops: str = "reference", progress: bool = False) -> Dict:
+    """Evaluate ``model`` and print the table; ``dtype`` None: bfloat16 on CUDA, float32 on CPU."""
+    if ops == "triton" and cliutil.triton_ops_problem(device):
+        raise ValueError(f"ops='triton': {cliutil.triton_ops_problem(device)}")
     if threads:
         torch.set_num_threads(threads)
-    params, cfg, tok = load_model(checkpoint, device, getattr(torch, dtype))
-    if jsonl:
-        problems = {os.path.basename(jsonl): tasks_mod.load_jsonl(jsonl)[:n] if n else tasks_mod.load_jsonl(jsonl)}
-    else:
-        problems = {t: tasks_mod.heldout_problems(t, n, seed) for t in tasks}
+    problems = tasks_mod.load_problems(jsonl, tasks, n, seed)
+    params, cfg, tok = load_model(model, device, getattr(torch, dtype) if dtype else None)
     steps = gen_length if steps is None else steps
     rows = evaluate(params, cfg, tok, problems, scorer=scorer, gen_length=gen_length, block_length=block_length,
-                    steps=steps, batch_size=batch_size)
-    setting = {"checkpoint": checkpoint, "dtype": dtype, "gen_length": gen_length,
-               "block_length": min(block_length, gen_length), "steps": steps, "remasking": "low_confidence",
-               "temperature": 0.0, "scorer": scorer, "split": "heldout" if not jsonl else jsonl, "seed": seed,
-               **_env(device)}
+                    steps=steps, batch_size=batch_size, progress=progress,
+                    ops=triton_ops() if ops == "triton" else REFERENCE_OPS)
+    setting = {"checkpoint": model, "dtype": str(params.dtype).replace("torch.", ""), "ops": ops,
+               "gen_length": gen_length, "block_length": min(block_length, gen_length), "steps": steps,
+               "remasking": "low_confidence", "temperature": 0.0, "scorer": scorer,
+               "split": "heldout" if not jsonl else jsonl, "seed": seed, **_env(device)}
     print(f"[eval_tasks] {json.dumps(setting)}")
     print(format_table(rows), flush=True)
     result = {"setting": setting, "rows": rows}
@@ -143,40 +169,52 @@ def main(checkpoint: str = "checkpoints/llada-tiny-tasks", n: int = 500, seed: i
             json.dump(result, f, indent=1)
             f.write("\n")
     if results_csv:
-        new = not os.path.isfile(results_csv)
-        os.makedirs(os.path.dirname(os.path.abspath(results_csv)), exist_ok=True)
-        fields = ["task", "n", "correct", "accuracy", "seconds"] + list(setting)
-        with open(results_csv, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-            if new:
-                w.writeheader()
-            for r in rows:
-                w.writerow({**r, **setting})
+        append_csv(results_csv, [{**r, **setting} for r in rows])
     return result
 
 
-def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", default="checkpoints/llada-tiny-tasks")
-    ap.add_argument("--n", type=int, default=500, help="held-out problems per task (JSONL: first n, 0 = all)")
+def build_parser() -> cliutil.ArgumentParser:
+    ap = cliutil.ArgumentParser(prog=os.path.basename(__file__), description=__doc__)
+    ap.add_argument("--model", default=cliutil.DEFAULT_MODEL,
+                    help="checkpoint folder (default: the shipped tiny model)")
+    ap.add_argument("--checkpoint", help=argparse.SUPPRESS)  # the old name of --model
+    ap.add_argument("--n", type=cliutil.nonneg_int, default=500,
+                    help="held-out problems per task (JSONL: first n, 0 = all)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--tasks", default=",".join(tasks_mod.TASKS))
+    cliutil.add_device_args(ap)
+    ap.add_argument("--batch-size", type=cliutil.positive_int, default=256)
+    ap.add_argument("--tasks", type=cliutil.name_list(tuple(tasks_mod.TASKS)), default=tuple(tasks_mod.TASKS),
+                    help=f"comma-separated built-in tasks (default: {','.join(tasks_mod.TASKS)})")
     ap.add_argument("--jsonl", help="evaluate {prompt, answer} records instead of the built-in tasks")
     ap.add_argument("--scorer", default="exact", choices=sorted(tasks_mod.SCORERS))
-    ap.add_argument("--gen-length", type=int, default=GEN_LENGTH)
-    ap.add_argument("--block-length", type=int, default=32)
-    ap.add_argument("--steps", type=int, help="default: gen_length (one token per step)")
-    ap.add_argument("--json", dest="write_json", help="write the table and setting as JSON here")
+    ap.add_argument("--gen-length", type=cliutil.positive_int, default=GEN_LENGTH)
+    ap.add_argument("--block-length", type=cliutil.positive_int, default=32,
+                    help="block length (capped at --gen-length; must divide it)")
+    ap.add_argument("--steps", type=cliutil.positive_int, help="default: gen_length (one token per step)")
+    ap.add_argument("--json-out", dest="write_json", help="write the table and setting as JSON here")
     ap.add_argument("--csv", dest="results_csv", help="append one row per task to this CSV")
-    ap.add_argument("--threads", type=int)
+    ap.add_argument("--threads", type=cliutil.positive_int, help="torch CPU threads")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    return ap
+
+
+def parse_args(argv=None) -> Dict:
+    """Keyword arguments of :func:`main`, checked (one-line errors, exit status 2) before anything loads."""
+    ap = build_parser()
     a = ap.parse_args(argv)
-    return dict(checkpoint=a.checkpoint, n=a.n, seed=a.seed, device=a.device, dtype=a.dtype,
-                batch_size=a.batch_size, tasks=tuple(t for t in a.tasks.split(",") if t), jsonl=a.jsonl,
-                scorer=a.scorer, gen_length=a.gen_length, block_length=a.block_length, steps=a.steps,
-                write_json=a.write_json, results_csv=a.results_csv, threads=a.threads)
+    if a.checkpoint is not None:
+        if a.model != cliutil.DEFAULT_MODEL:
+            ap.fail("--checkpoint", "is the old name of --model; give only --model")
+        print("eval_tasks.py: --checkpoint is deprecated; use --model", file=sys.stderr)
+        a.model = a.checkpoint
+    cliutil.check_problems(ap, a.jsonl, a.n, a.seed)
+    cliutil.check_schedule(ap, a.gen_length, min(a.block_length, a.gen_length), a.steps or a.gen_length)
+    device = cliutil.check_device(ap, a.device, a.ops)
+    cliutil.check_model(ap, a.model)
+    return dict(model=a.model, n=a.n, seed=a.seed, device=device, dtype=a.dtype, batch_size=a.batch_size,
+                tasks=a.tasks, jsonl=a.jsonl, scorer=a.scorer, gen_length=a.gen_length, block_length=a.block_length,
+                steps=a.steps, write_json=a.write_json, results_csv=a.results_csv, threads=a.threads, ops=a.ops,
+                progress=not a.quiet)
 
 
 if __name__ == "__main__":

@@ -2,74 +2,130 @@
 """Generate with a LLaDA checkpoint, streaming each block as it is committed.
 
     python scripts/generate.py --prompt "12+34="                        # the shipped tiny model
-    python scripts/generate.py --model /path/to/LLaDA-8B-Instruct --device cuda --prompt "Hi" \\
+    python scripts/generate.py --prompt "sort: qwerty123" --gen-length 32 --block-length 8 --cache block
+    python scripts/generate.py --model /path/to/LLaDA-8B-Instruct --device cuda --ops triton --prompt "Hi" \\
         --gen-length 128 --block-length 32 --steps 128 --cache block
 
-Chat template on by default when the tokenizer has one (Instruct); ``--no-chat`` feeds raw text.
+Chat template on by default when the tokenizer has one (Instruct); ``--no-chat-template`` feeds raw text.
 ``--prompt-ids 1,2,3`` feeds token ids directly (for checkpoints shipped without a tokenizer).
 ``--json`` prints token ids, NFE and timings as one JSON object per prompt instead of text.
+Bad arguments and unusable checkpoints are reported in one line (exit status 2) before the model loads;
+``--ops triton`` needs a CUDA GPU (or TRITON_INTERPRET=1 in the environment: the CPU interpreter, ~100x slower).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-DEFAULT_MODEL = os.path.join(ROOT, "checkpoints", "llada-tiny-tasks")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cliutil  # noqa: E402
+
+sys.path.insert(0, cliutil.ROOT)
+
+DEFAULT_GEN_LENGTH, MAX_DEFAULT_BLOCK = 32, 32
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=DEFAULT_MODEL, help="Hugging Face LLaDA folder (default: shipped tiny model)")
-    src = p.add_mutually_exclusive_group()
+def build_parser() -> cliutil.ArgumentParser:
+    p = cliutil.ArgumentParser(prog=os.path.basename(__file__), description=__doc__)
+    p.add_argument("--model", default=cliutil.DEFAULT_MODEL,
+                   help="Hugging Face LLaDA folder (default: the shipped tiny model)")
+    src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", action="append", help="a prompt (repeat for a batch)")
     src.add_argument("--prompts-file", help="text file, one prompt per line (or JSONL with a 'prompt' field)")
-    src.add_argument("--prompt-ids", action="append", help="comma-separated token ids (repeatable)")
-    p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
-    p.add_argument("--gen-length", type=int, default=None, help="tokens to generate (default 32)")
-    p.add_argument("--block-length", type=int, default=None, help="block length (default: gen length, max 32)")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps in total (default: gen length)")
-    p.add_argument("--temperature", type=float, default=0.0)
+    src.add_argument("--prompt-ids", action="append", type=cliutil.int_list,
+                     help="comma-separated token ids (repeatable)")
+    p.add_argument("--no-chat-template", action="store_true", help="do not apply the chat template")
+    p.add_argument("--gen-length", type=cliutil.positive_int, default=DEFAULT_GEN_LENGTH,
+                   help=f"tokens to generate (default {DEFAULT_GEN_LENGTH})")
+    p.add_argument("--block-length", type=cliutil.positive_int, default=None,
+                   help=f"block length, dividing --gen-length (default: the gen length, or {MAX_DEFAULT_BLOCK} "
+                        f"when the gen length is a larger multiple of {MAX_DEFAULT_BLOCK})")
+    p.add_argument("--steps", type=cliutil.positive_int, default=None,
+                   help="denoising steps in total, a multiple of the block count (default: gen length)")
+    p.add_argument("--temperature", type=float, default=0.0, help=">= 0 (0: greedy)")
     p.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"])
-    p.add_argument("--threshold", type=float, default=None, help="Fast-dLLM parallel decoding threshold")
-    p.add_argument("--factor", type=float, default=None, help="Fast-dLLM factor rule")
-    p.add_argument("--cfg-scale", type=float, default=0.0, help="classifier-free guidance scale")
+    p.add_argument("--threshold", type=float, default=None, help="Fast-dLLM parallel decoding threshold, in (0, 1]")
+    p.add_argument("--factor", type=float, default=None, help="Fast-dLLM factor rule, > 0")
+    p.add_argument("--cfg-scale", type=float, default=0.0, help="classifier-free guidance scale, >= 0")
     p.add_argument("--cache", default="none", choices=["none", "prefix", "dual", "block"])
     p.add_argument("--logits-eos-inf", action="store_true")
     p.add_argument("--confidence-eos-eot-inf", action="store_true")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--ops", default="reference", choices=["reference", "triton"], help="op implementations")
+    cliutil.add_device_args(p)
     p.add_argument("--json", action="store_true", help="print JSON (ids, NFE, timings) instead of text")
     p.add_argument("--quiet", action="store_true", help="no streaming display")
-    return p.parse_args(argv)
+    return p
 
 
-def _prompts(args, tokenizer, cfg):
+def check_args(p: cliutil.ArgumentParser, args) -> None:
+    """Schedule and rule values, with the defaults filled in (gen length, block length, steps)."""
+    gen = args.gen_length
+    if args.block_length is None:
+        args.block_length = MAX_DEFAULT_BLOCK if gen > MAX_DEFAULT_BLOCK and gen % MAX_DEFAULT_BLOCK == 0 else gen
+    if args.steps is None:
+        args.steps = gen
+    cliutil.check_schedule(p, gen, args.block_length, args.steps)
+    if args.threshold is not None and args.factor is not None:
+        p.fail("--threshold", "give --threshold or --factor, not both")
+    if args.threshold is not None and not 0.0 < args.threshold <= 1.0:
+        p.fail("--threshold", f"{args.threshold:g} is not in (0, 1]")
+    if args.factor is not None and not args.factor > 0:
+        p.fail("--factor", f"{args.factor:g} is not > 0")
+    for arg, v in (("--temperature", args.temperature), ("--cfg-scale", args.cfg_scale)):
+        if not v >= 0:
+            p.fail(arg, f"{v:g} is not >= 0")
+
+
+def read_prompts_file(p: cliutil.ArgumentParser, path: str) -> list:
+    """Non-blank lines of ``path`` (a line starting with ``{`` is JSON with a 'prompt' field)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        p.fail("--prompts-file", f"cannot read {path!r}: {e}")
+    texts = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if not line.lstrip().startswith("{"):
+            texts.append(line)
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            p.fail("--prompts-file", f"{path!r} line {n} starts with '{{' but is not JSON ({e})")
+        if not isinstance(rec.get("prompt"), str):
+            p.fail("--prompts-file", f"{path!r} line {n} has no string 'prompt' field")
+        texts.append(rec["prompt"])
+    if not texts:
+        p.fail("--prompts-file", f"{path!r} has no prompts (it is empty or has only blank lines)")
+    return texts
+
+
+def check_prompt_ids(p: cliutil.ArgumentParser, rows, cfg) -> None:
+    for row in rows:
+        bad = [t for t in row if not 0 <= t < cfg.vocab_size or t == cfg.mask_token_id]
+        if bad:
+            p.fail("--prompt-ids", f"id {bad[0]} is not allowed: ids must be in [0, {cfg.vocab_size}) and "
+                                   f"not the mask id {cfg.mask_token_id}")
+
+
+def encode_prompts(p: cliutil.ArgumentParser, args, texts, tokenizer) -> list:
     from llada_triton.models.chat import chat_prompt_ids
 
-    if args.prompt_ids:
-        return [[int(t) for t in s.split(",") if t.strip()] for s in args.prompt_ids], None
-    texts = args.prompt
-    if args.prompts_file:
-        texts = []
-        with open(args.prompts_file) as f:
-            for line in f:
-                line = line.rstrip("\n")
-                if not line.strip():
-                    continue
-                texts.append(json.loads(line)["prompt"] if line.lstrip().startswith("{") else line)
-    if not texts:
-        raise SystemExit("give --prompt, --prompts-file or --prompt-ids")
+    arg = "--prompts-file" if args.prompts_file else "--prompt"
     if tokenizer is None:
-        raise SystemExit(f"{args.model} has no tokenizer; use --prompt-ids")
-    chat = not args.no_chat and getattr(tokenizer, "chat_template", None) is not None
-    return [chat_prompt_ids(tokenizer, t, chat_template=chat) for t in texts], texts
+        p.fail(arg, f"{args.model!r} has no tokenizer files; give token ids with --prompt-ids")
+    chat = not args.no_chat_template and getattr(tokenizer, "chat_template", None) is not None
+    out = []
+    for t in texts:
+        try:
+            out.append(chat_prompt_ids(tokenizer, t, chat_template=chat))
+        except ValueError as e:  # characters the tokenizer cannot represent
+            p.fail(arg, f"{t!r}: {e}")
+    return out
 
 
 class Display:
@@ -114,23 +170,26 @@ class Display:
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    p = build_parser()
+    args = p.parse_args(argv)
+    check_args(p, args)
+    texts = read_prompts_file(p, args.prompts_file) if args.prompts_file else args.prompt
+    device = cliutil.check_device(p, args.device, args.ops)  # before triton is imported
+    cfg = cliutil.check_model(p, args.model)
+    if args.prompt_ids:
+        check_prompt_ids(p, args.prompt_ids, cfg)
     import torch
 
     from llada_triton.decode import generate
-    from llada_triton.models import load_model, triton_ops, REFERENCE_OPS
+    from llada_triton.models import REFERENCE_OPS, triton_ops
     from llada_triton.models.chat import decode_answer, load_tokenizer
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = getattr(torch, args.dtype) if args.dtype else None
-    params, cfg = load_model(args.model, device=device, dtype=dtype)
     tokenizer = None
     if any(os.path.isfile(os.path.join(args.model, f)) for f in ("tokenizer.json", "tokenizer_config.json")):
         tokenizer = load_tokenizer(args.model)
-    prompts, texts = _prompts(args, tokenizer, cfg)
-    gen = args.gen_length or 32
-    block = args.block_length or min(gen, 32)
-    steps = args.steps or gen
+    prompts = [list(r) for r in args.prompt_ids] if args.prompt_ids else encode_prompts(p, args, texts, tokenizer)
+    params, cfg = cliutil.load_checkpoint(p, args.model, device, getattr(torch, args.dtype) if args.dtype else None)
+    gen, block, steps = args.gen_length, args.block_length, args.steps
     ops = triton_ops() if args.ops == "triton" else REFERENCE_OPS
     disp = Display(tokenizer, cfg, gen // block, sys.stderr, args.quiet or args.json)
     res = generate(params, cfg, prompts, gen_length=gen, block_length=block, steps=steps,

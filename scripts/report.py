@@ -1,8 +1,11 @@
 #!/usr/bin/env python
 """Render an ablation CSV (``scripts/ablate.py``) into ``report.md`` and PNG plots (matplotlib, Agg).
 
-    python scripts/report.py results/ablations/tiny/ablation.csv            # writes next to the CSV
-    python scripts/report.py runs/ablation.csv --out results/ablations/tiny --notes notes.md
+    python scripts/report.py ablations-tiny/ablation.csv        # ablate.py's example's CSV; writes next to it
+    python scripts/report.py ablations-tiny/ablation.csv --out report-tiny
+
+``--notes FILE`` adds a hand-written interpretation (markdown) after the findings. Plots keep tied series
+visible (each its own marker and line style, nudged a few points vertically).
 
 Plots: accuracy vs NFE per remasking policy, accuracy vs block length, accuracy vs temperature and
 CFG scale, speed of the cache policies, and speed vs accuracy of every setting. The report opens with
@@ -15,14 +18,13 @@ last row and, within it, the last row of each (study, setting, task).
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import os
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence
 
-__all__ = ["load_rows", "findings", "render", "main"]
+__all__ = ["load_rows", "findings", "pareto_front", "label_front", "render", "main"]
 
 NUMERIC = {"n": int, "correct": int, "accuracy": float, "nfe": float, "nfe_per_token": float, "seconds": float,
            "tokens_per_s": float, "gen_length": int, "block_length": int, "steps": int, "threshold": float,
@@ -254,26 +256,54 @@ def _panels(plt, tasks, title):
     return fig, list(axes.flat[:n])
 
 
+MARKERS = "osD^vP*X"
+LINESTYLES = ("-", "--", ":", "-.")
+NUDGE_PT = 2.5   # vertical display offset between series, in points
+
+
+def _series_style(ax, k: int, n: int) -> Dict:
+    """Plot keywords that keep series ``k`` of ``n`` visible where values coincide: its own marker, line style
+    and marker size, alternately hollow, and a small vertical display offset (points, not data units)."""
+    from matplotlib.transforms import offset_copy
+
+    dy = (k - (n - 1) / 2) * NUDGE_PT
+    return dict(marker=MARKERS[k % len(MARKERS)], linestyle=LINESTYLES[k % len(LINESTYLES)],
+                markersize=max(3.5, 7.5 - 1.2 * k), markerfacecolor="none" if k % 2 else None,
+                transform=offset_copy(ax.transData, fig=ax.figure, x=0, y=dy, units="points"))
+
+
+def _nudged_plot(ax, xs, ys, k: int, n: int, **kw) -> None:
+    """``ax.plot`` with :func:`_series_style`; the data limits are added by hand because matplotlib's
+    autoscaling does not follow a line drawn with an offset transform."""
+    ax.plot(xs, ys, **_series_style(ax, k, n), **kw)
+    ax.update_datalim(list(zip(xs, ys)))
+    ax.autoscale_view()
+
+
+NUDGE_NOTE = "series nudged a few points vertically so equal values stay visible"
+
+
 def plot_acc_vs_nfe(rows, path) -> bool:
     plt = _plt()
     tasks = _tasks([r for r in rows if r["study"] in ("steps", "remasking")])
     if not tasks:
         return False
-    fig, axes = _panels(plt, tasks, "Accuracy vs NFE per remasking policy")
+    fig, axes = _panels(plt, tasks, f"Accuracy vs NFE per remasking policy ({NUDGE_NOTE})")
     for ax, task in zip(axes, tasks):
-        accs = []
+        ax.set_xscale("log", base=2)
+        accs, series = [], []
         for rem, color in (("low_confidence", "C0"), ("random", "C3")):
             s = sorted(_select(rows, "steps", task, remasking=rem), key=lambda r: r["nfe"])
             if s:
-                ax.plot([r["nfe"] for r in s], [r["accuracy"] for r in s], "o-", color=color, label=f"{rem} (steps)")
-                accs += [r["accuracy"] for r in s]
-        for key, color, marker in (("threshold", "C2", "s"), ("factor", "C4", "^")):
+                series.append((s, color, f"{rem} (steps)"))
+        for key, color in (("threshold", "C2"), ("factor", "C4")):
             s = sorted((r for r in _select(rows, "remasking", task) if r[key] is not None), key=lambda r: r["nfe"])
             if s:
-                ax.plot([r["nfe"] for r in s], [r["accuracy"] for r in s], marker + "--", color=color,
-                        label=f"{key} " + ", ".join(f"{r[key]:g}" for r in s))
-                accs += [r["accuracy"] for r in s]
-        ax.set_xscale("log", base=2)
+                series.append((s, color, f"{key} " + ", ".join(f"{r[key]:g}" for r in s)))
+        for k, (s, color, name) in enumerate(series):
+            _nudged_plot(ax, [r["nfe"] for r in s], [r["accuracy"] for r in s], k, len(series), color=color,
+                         label=name)
+            accs += [r["accuracy"] for r in s]
         ax.set_xlabel("NFE per problem (mean)")
         ax.set_ylabel("accuracy")
         _ylim(ax, accs)
@@ -292,15 +322,16 @@ def plot_acc_vs_block_length(rows, path) -> bool:
     if not tasks:
         return False
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.set_xscale("log", base=2)
     for k, task in enumerate(tasks):
         s = sorted(_select(rows, "block_length", task), key=lambda r: r["block_length"])
-        ax.plot([r["block_length"] for r in s], [r["accuracy"] for r in s], "o-", label=task,
-                lw=2.5 if task == "all" else 1.2, color="k" if task == "all" else f"C{k}")
-    ax.set_xscale("log", base=2)
+        _nudged_plot(ax, [r["block_length"] for r in s], [r["accuracy"] for r in s], k, len(tasks), label=task,
+                     lw=2.5 if task == "all" else 1.2, color="k" if task == "all" else f"C{k}")
     ax.set_xlabel("block length (one token per step)")
     ax.set_ylabel("accuracy")
     _ylim(ax, [r["accuracy"] for r in _select(rows, "block_length", None)])
     ax.set_title("Accuracy vs block length")
+    ax.text(0.01, 0.01, NUDGE_NOTE, transform=ax.transAxes, fontsize=6, color="gray")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -316,10 +347,12 @@ def plot_knobs(rows, path) -> bool:
         return False
     fig, axes = plt.subplots(1, len(studies), figsize=(5.2 * len(studies), 3.8), squeeze=False)
     for ax, (st, key) in zip(axes.flat, studies):
-        for k, task in enumerate(_tasks(_select(rows, st, None))):
+        ts = _tasks(_select(rows, st, None))
+        for k, task in enumerate(ts):
             s = sorted(_select(rows, st, task), key=lambda r: r[key])
-            ax.plot([r[key] for r in s], [r["accuracy"] for r in s], "o-", label=task,
-                    lw=2.5 if task == "all" else 1.2, color="k" if task == "all" else f"C{k}")
+            _nudged_plot(ax, [r[key] for r in s], [r["accuracy"] for r in s], k, len(ts), label=task,
+                         lw=2.5 if task == "all" else 1.2, color="k" if task == "all" else f"C{k}")
+        ax.text(0.01, 0.01, NUDGE_NOTE, transform=ax.transAxes, fontsize=6, color="gray")
         ax.set_xlabel(key)
         ax.set_ylabel("accuracy")
         _ylim(ax, [r["accuracy"] for r in _select(rows, st, None)])
@@ -361,6 +394,30 @@ def plot_cache(rows, path) -> bool:
     return True
 
 
+def pareto_front(pts: Sequence[Dict]) -> List[Dict]:
+    """Settings no faster setting beats or ties in accuracy, fastest first."""
+    front, best = [], -1.0
+    for r in sorted(pts, key=lambda r: -r["tokens_per_s"]):
+        if r["accuracy"] > best:
+            best = r["accuracy"]
+            front.append(r)
+    return front
+
+
+def label_front(ax, front: Sequence[Dict]) -> List:
+    """Number the front's points (above, below or right of the point in turn, so neighbours' numbers do not
+    collide) and list their labels beside the axes, where they cannot overlap.
+    Returns ``[number annotations..., the list]``."""
+    offsets = ((0, 7), (0, -13), (9, -3))  # above, below, right of the point
+    out = [ax.annotate(str(i), (r["tokens_per_s"], r["accuracy"]), textcoords="offset points",
+                       xytext=offsets[(i - 1) % 3], ha="center", fontsize=7, fontweight="bold")
+           for i, r in enumerate(front, 1)]
+    lines = [f"{i}: {label(r)}" for i, r in enumerate(front, 1)]
+    out.append(ax.text(1.02, 1.0, "Pareto front\n(fastest first)\n\n" + "\n".join(lines), transform=ax.transAxes,
+                       va="top", ha="left", fontsize=7, family="monospace"))
+    return out
+
+
 def plot_speed_vs_accuracy(rows, path) -> bool:
     plt = _plt()
     seen, pts = set(), []
@@ -376,27 +433,18 @@ def plot_speed_vs_accuracy(rows, path) -> bool:
         pts.append(r)
     if not pts:
         return False
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    fig, ax = plt.subplots(figsize=(10, 5))
     studies = list(OrderedDict.fromkeys(r["study"] for r in pts))
-    markers = "osD^vP*X"
     for k, st in enumerate(studies):
         s = [r for r in pts if r["study"] == st]
         ax.scatter([r["tokens_per_s"] for r in s], [r["accuracy"] for r in s], color=f"C{k}", label=st, s=30,
-                   marker=markers[k % len(markers)], alpha=0.85)
-    # label the Pareto front only (no faster setting is at least as accurate), staggered to limit overlap
-    best, k = -1.0, 0
-    for r in sorted(pts, key=lambda r: -r["tokens_per_s"]):
-        if r["accuracy"] > best:
-            best = r["accuracy"]
-            ax.annotate(label(r), (r["tokens_per_s"], r["accuracy"]), textcoords="offset points",
-                        xytext=(-4, -11 - 9 * (k % 3)), ha="right", fontsize=7,
-                        arrowprops=dict(arrowstyle="-", lw=0.4, color="gray"))
-            k += 1
+                   marker=MARKERS[k % len(MARKERS)], alpha=0.85)
+    label_front(ax, pareto_front(pts))
     ax.set_xscale("log")
     ax.set_xlabel("tokens/s (generated positions per second)")
     ax.set_ylabel("accuracy")
     _ylim(ax, [r["accuracy"] for r in pts])
-    ax.set_title("Speed vs accuracy (each setting once; labels: Pareto front)")
+    ax.set_title("Speed vs accuracy (each setting once; numbered: Pareto front)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
@@ -515,11 +563,24 @@ def main(csv_path: str, out: Optional[str] = None, notes: Optional[str] = None) 
 
 
 def parse_args(argv=None) -> Dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Keyword arguments of :func:`main`; a missing or unreadable CSV or notes file is a one-line error."""
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import cliutil
+
+    ap = cliutil.ArgumentParser(prog=os.path.basename(__file__), description=__doc__)
     ap.add_argument("csv_path", help="ablation.csv written by scripts/ablate.py")
     ap.add_argument("--out", help="folder for report.md and PNGs (default: next to the CSV)")
     ap.add_argument("--notes", help="markdown file to include after the findings (interpretation)")
     a = ap.parse_args(argv)
+    for arg, path in (("csv_path", a.csv_path), ("--notes", a.notes)):
+        if path is not None and not os.path.isfile(path):
+            ap.fail(arg, f"{path!r} is not a file")
+    try:
+        load_rows(a.csv_path)
+    except (ValueError, KeyError, UnicodeDecodeError) as e:
+        ap.fail("csv_path", f"{a.csv_path!r} is not an ablation CSV of scripts/ablate.py ({e!r})")
     return dict(csv_path=a.csv_path, out=a.out, notes=a.notes)
 
 

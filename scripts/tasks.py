@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import re
 import string
@@ -21,7 +22,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 __all__ = [
     "Problem", "Task", "TASKS", "get_task", "split_of", "HELDOUT_PERCENT",
     "sample_problems", "heldout_problems", "exact_match", "numeric_match", "last_number", "load_jsonl",
-    "score", "SCORERS", "MAX_ANSWER_CHARS",
+    "score", "SCORERS", "MAX_ANSWER_CHARS", "load_problems",
 ]
 
 HELDOUT_PERCENT = 10          # share of the problem space (by prompt hash) reserved for evaluation
@@ -189,3 +190,12 @@ def load_jsonl(path: str, *, prompt_key: str = "prompt", answer_key: str = "answ
                 raise ValueError(f"{path}:{n}: needs keys {prompt_key!r} and {answer_key!r}, has {sorted(rec)}")
             out.append(Problem(str(rec[prompt_key]), str(rec[answer_key]), task or rec.get("task", "")))
     return out
+
+
+def load_problems(jsonl: Optional[str], tasks: Sequence[str], n: int, seed: int) -> Dict[str, List[Problem]]:
+    """``{name: [Problem]}``: ``n`` held-out problems per built-in task, or the first ``n`` records of ``jsonl``
+    (``n`` = 0: all of them) under the file's name without extension."""
+    if jsonl:
+        recs = load_jsonl(jsonl)
+        return {os.path.splitext(os.path.basename(jsonl))[0]: recs[:n] if n > 0 else recs}
+    return {t: heldout_problems(t, n, seed) for t in tasks}

@@ -1,7 +1,9 @@
 """A character-level tokenizer in the LLaDA layout, built with the ``tokenizers`` library.
 
-Ordinary tokens are the 96 characters ``\\n`` and printable ASCII (ids 0..95; any other character is
-normalised to ``?``). The special tokens follow at the top of the vocabulary in LLaDA-8B-Instruct's
+Ordinary tokens are the 96 characters ``\\n`` and printable ASCII (ids 0..95). The saved tokenizer
+normalises any other character to ``?`` (the shipped checkpoint's ``tokenizer.json`` does), so callers
+check prompts first: ``llada_triton.models.chat.chat_prompt_ids`` and ``ChatEncoder`` raise an error
+naming such characters instead. The special tokens follow at the top of the vocabulary in LLaDA-8B-Instruct's
 relative order (bos, eos = pad, ``[CLS]``, ``[gMASK]``, reserved tokens with ``<|mdm_mask|>`` in one
 reserved slot, role / arithmetic / number markers, then the header tokens and ``<|eot_id|>`` last).
 The model's embedding is padded to a multiple of 64 (ids past the tokenizer are unused rows, as in
@@ -121,15 +123,19 @@ class ChatEncoder:
     def __init__(self):
         v = vocab()
         self.char_ids = {c: v[c] for c in CHARS}
-        self.unknown = v[UNKNOWN_CHAR]
         self.bos, self.eos, self.mask, self.eot = v[BOS], v[EOS], v[MASK], v[EOT]
         sh, eh = v[START_HEADER], v[END_HEADER]
         self._prefix = [self.bos, sh] + self.encode("user") + [eh] + self.encode("\n\n")
         self._suffix = [self.eot, sh] + self.encode("assistant") + [eh] + self.encode("\n\n")
 
     def encode(self, text: str) -> List[int]:
-        get, unk = self.char_ids.get, self.unknown
-        return [get(c, unk) for c in text]
+        get = self.char_ids.get
+        ids = [get(c) for c in text]
+        if None in ids:
+            bad = "".join(dict.fromkeys(c for c, i in zip(text, ids) if i is None))
+            raise ValueError(f"{text!r} has characters outside the tokenizer's alphabet "
+                             f"(newline and printable ASCII): {bad!r}")
+        return ids
 
     def prompt(self, content: str, role: str = "user") -> List[int]:
         if role != "user":

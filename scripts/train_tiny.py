@@ -14,17 +14,18 @@ Writes a checkpoint in the LLaDA Hugging Face layout to ``--out``: ``model.safet
 ``llada.weights.save_checkpoint``), ``config.json`` (every field of the LLaDA config), ``generation_config.json``,
 the tokenizer files, ``train_log.json`` and, after the held-out evaluation, ``eval_results.json``.
 
-    python scripts/train_tiny.py --config small --device cpu --out /tmp/llada-small
-    python scripts/train_tiny.py --config default --device cuda --out checkpoints/llada-tiny-tasks
+    python scripts/train_tiny.py --config small --device cpu --out llada-small --steps 20 --eval-per-task 5
+    python scripts/train_tiny.py --config default --device cuda --out /path/to/llada-tiny-tasks
+
+Relative ``--out`` paths are relative to the current directory; the shipped checkpoint is
+``checkpoints/llada-tiny-tasks`` in the checkout.
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import math
 import os
-import platform
 import random
 import sys
 import time
@@ -40,8 +41,10 @@ for _p in (_HERE, _ROOT):
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+import cliutil  # noqa: E402
+import eval_tasks  # noqa: E402
 import tasks as tasks_mod  # noqa: E402
-from provenance import git_sha  # noqa: E402
+from provenance import device_name, git_sha  # noqa: E402
 import tiny_tokenizer as ttok  # noqa: E402
 from llada_triton.models.config import LLaDAConfig  # noqa: E402
 from llada_triton.models.model import forward  # noqa: E402
@@ -224,12 +227,6 @@ def write_checkpoint(params: Params, cfg: LLaDAConfig, out: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- utils
-def device_name(device: str) -> str:
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
 def lr_at(step: int, tc: TrainConfig) -> float:
     """Linear warmup to ``lr``, then cosine to ``min_lr_ratio * lr`` at the last step."""
     if step < tc.warmup:
@@ -252,8 +249,6 @@ def _quick_eval_setup(task_names: Sequence[str], seed: int, n: int = 64):
 
 @torch.no_grad()
 def _quick_eval(params: Params, cfg: LLaDAConfig, quick: Dict) -> Dict[str, float]:
-    import eval_tasks
-
     rows = eval_tasks.evaluate(params, cfg, quick["tok"], quick["problems"], gen_length=ANSWER_LENGTH,
                                block_length=32, steps=ANSWER_LENGTH, batch_size=256)
     return {r["task"]: round(r["accuracy"], 3) for r in rows}
@@ -274,8 +269,8 @@ def main(config: str = "small", device: str = "cpu", out: str = "runs/llada-tiny
         raise ValueError("--time-budget measures speed during warmup: needs warmup > 20 steps")
     if threads:
         torch.set_num_threads(threads)
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda but no CUDA device is visible")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but no CUDA device is visible")
     pool = None
     if workers > 0:  # spawned (not forked) workers: safe whatever the CUDA state of this process
         import multiprocessing as mp
@@ -296,7 +291,8 @@ def main(config: str = "small", device: str = "cpu", out: str = "runs/llada-tiny
     n_params = sum(t.numel() for _, t in named)
     gen = torch.Generator().manual_seed(seed)
     print(f"[train_tiny] config={config} {asdict(tc)}", flush=True)
-    print(f"[train_tiny] {n_params:,} params, device={device_name(device)}, tasks={list(task_names)}", flush=True)
+    print(f"[train_tiny] {n_params:,} params, device={device_name(device)}, tasks={list(task_names)}",
+          flush=True)
 
     log = {"config": config, "train_config": asdict(tc), "seed": seed, "tasks": list(task_names),
            "answer_length": ANSWER_LENGTH, "n_params": n_params, "device": device_name(device),
@@ -379,39 +375,49 @@ def main(config: str = "small", device: str = "cpu", out: str = "runs/llada-tiny
 
     result = {"log": log}
     if tc.eval_per_task > 0:
-        import eval_tasks
-
-        result["eval"] = eval_tasks.main(checkpoint=out, n=tc.eval_per_task, device=device,
+        result["eval"] = eval_tasks.main(model=out, n=tc.eval_per_task, device=device,
                                          dtype="bfloat16" if cuda else "float32", batch_size=eval_batch,
                                          tasks=task_names, write_json=os.path.join(out, "eval_results.json"))
     return result
 
 
-def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv=None) -> Dict:
+    """Keyword arguments of :func:`main`, checked (one-line errors, exit status 2) before training starts."""
+    ap = cliutil.ArgumentParser(prog=os.path.basename(__file__), description=__doc__)
     ap.add_argument("--config", choices=sorted(CONFIGS), default="small")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     ap.add_argument("--out", required=True, help="checkpoint folder to write (the shipped one is "
                                                   "checkpoints/llada-tiny-tasks)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int)
-    ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--steps", type=cliutil.positive_int, help="training steps (default: the config's)")
+    ap.add_argument("--batch-size", type=cliutil.positive_int)
     ap.add_argument("--lr", type=float)
-    ap.add_argument("--tasks", default=",".join(tasks_mod.TASKS), help="comma-separated task names")
-    ap.add_argument("--workers", type=int, default=0, help="data worker processes (0 = in-process)")
+    ap.add_argument("--tasks", type=cliutil.name_list(tuple(tasks_mod.TASKS)), default=tuple(tasks_mod.TASKS),
+                    help="comma-separated task names")
+    ap.add_argument("--workers", type=cliutil.nonneg_int, default=0, help="data worker processes (0 = in-process)")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast on CPU too (always on for CUDA)")
-    ap.add_argument("--eval-per-task", type=int, help="held-out problems per task at the end (0 = skip)")
-    ap.add_argument("--eval-batch", type=int, default=256)
-    ap.add_argument("--log-every", type=int, default=100)
+    ap.add_argument("--eval-per-task", type=cliutil.nonneg_int, help="held-out problems per task at the end (0 = skip)")
+    ap.add_argument("--eval-batch", type=cliutil.positive_int, default=256)
+    ap.add_argument("--log-every", type=cliutil.positive_int, default=100)
     ap.add_argument("--time-limit", type=float, help="stop training after this many seconds (then save + eval)")
     ap.add_argument("--time-budget", type=float,
                     help="seconds of training: after warmup the step count is cut to what fits (recorded in "
                          "train_log.json; rerun with --steps N to reproduce)")
-    ap.add_argument("--eval-every", type=int, default=0, help="quick held-out eval (64 per task) every N steps")
-    ap.add_argument("--threads", type=int, help="torch CPU threads (1 is often faster on a small shared CPU)")
+    ap.add_argument("--eval-every", type=cliutil.nonneg_int, default=0,
+                    help="quick held-out eval (64 per task) every N steps")
+    ap.add_argument("--threads", type=cliutil.positive_int,
+                    help="torch CPU threads (1 is often faster on a small shared CPU)")
     a = ap.parse_args(argv)
+    cliutil.check_device(ap, a.device)
+    if a.lr is not None and not a.lr > 0:
+        ap.fail("--lr", f"{a.lr:g} is not > 0")
+    if a.time_budget is not None and CONFIGS[a.config].warmup <= 20:
+        ap.fail("--time-budget", f"measures speed during warmup, which config {a.config!r} makes too short "
+                                 f"({CONFIGS[a.config].warmup} <= 20 steps)")
+    if os.path.isfile(a.out):
+        ap.fail("--out", f"{a.out!r} is a file; give a folder to write the checkpoint into")
     return dict(config=a.config, device=a.device, out=a.out, seed=a.seed, steps=a.steps, batch_size=a.batch_size,
-                lr=a.lr, task_names=tuple(t for t in a.tasks.split(",") if t), workers=a.workers,
+                lr=a.lr, task_names=a.tasks, workers=a.workers,
                 eval_per_task=a.eval_per_task, eval_batch=a.eval_batch, log_every=a.log_every,
                 time_limit=a.time_limit, time_budget=a.time_budget, eval_every=a.eval_every, threads=a.threads,
                 bf16=a.bf16)

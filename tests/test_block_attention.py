@@ -2,9 +2,9 @@
 
 Tolerance (flash-attention style, derived, not tuned): the kernel's max error against an fp64 reference
 may be at most 2x the error of the torch reference run at the same precision, plus a small floor.
-Every cache slot no query may see is NaN-poisoned, as are the output and the split workspaces.
+Every cache slot no query may see is NaN-poisoned, as are the output and the split workspaces (``torch.empty``
+NaN-filled during the launch).
 """
-import math
 import os
 import textwrap
 
@@ -60,11 +60,21 @@ def _make_case(B, Tq, H, Hkv, D, cache, dtype, device, *, kv_start=None, key_end
         kv_start=None if ks is None else ks.to(device), key_end=None if ke is None else ke.to(device))
 
 
-def _run(c, config=None, **kw):
+def _nan_empty(real):
+    """``torch.empty`` whose float tensors come NaN-filled (the split workspaces: a read before a write shows)."""
+    def empty(*args, **kw):
+        t = real(*args, **kw)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+    return empty
+
+
+def _run(c, config=None):
     """The kernel on the poisoned cache, NaN-filled output and workspaces."""
     out = torch.full_like(c["q"], float("nan"))
-    return _launch(c["q"], c["k_bad"], c["v_bad"], c["kv_len"], c["kv_start"], c["key_end"],
-                   config=config, out=out, poison_workspace=True, **kw)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(torch, "empty", _nan_empty(torch.empty))
+        return _launch(c["q"], c["k_bad"], c["v_bad"], c["kv_len"], c["kv_start"], c["key_end"],
+                       config=config, out=out)
 
 
 def _check(c, o, dtype, rows_ok=None):
@@ -141,20 +151,18 @@ def test_public_function(dtype, device):
 # GPU-like tiles under the interpreter too: several query-row tiles, several KV tiles per split,
 # more splits than tiles (empty splits), single split (no merge kernel).
 GPU_LIKE = [
-    dict(block_m=16, block_n=32, n_splits=3, min_tiles=1, merge_in_kernel=True, num_warps=4, num_stages=2),
-    dict(block_m=64, block_n=16, n_splits=4, min_tiles=2, merge_in_kernel=True, num_warps=4, num_stages=2),
-    dict(block_m=64, block_n=16, n_splits=4, min_tiles=1, merge_in_kernel=False, num_warps=4, num_stages=2),
-    dict(block_m=32, block_n=64, n_splits=1, min_tiles=1, merge_in_kernel=True, num_warps=4, num_stages=2),
+    dict(block_m=16, block_n=32, n_splits=3, num_warps=4, num_stages=2),
+    dict(block_m=64, block_n=16, n_splits=4, num_warps=4, num_stages=2),
+    dict(block_m=32, block_n=64, n_splits=1, num_warps=4, num_stages=2),
     # the batch-1 decode tiles (16 query rows, 128 keys, no split)
-    dict(block_m=16, block_n=128, n_splits=1, min_tiles=1, merge_in_kernel=False, num_warps=4, num_stages=3),
+    dict(block_m=16, block_n=128, n_splits=1, num_warps=4, num_stages=3),
     # large batches over short ranges (32 query rows, 32 keys, no split)
-    dict(block_m=32, block_n=32, n_splits=1, min_tiles=1, merge_in_kernel=False, num_warps=4, num_stages=3),
+    dict(block_m=32, block_n=32, n_splits=1, num_warps=4, num_stages=3),
 ]
 
 
 def _cfg_id(d):
-    merge = ("-mk" if d["merge_in_kernel"] else "-mkernel") if d["n_splits"] > 1 else ""
-    return f"bm{d['block_m']}-bn{d['block_n']}-s{d['n_splits']}-mt{d['min_tiles']}{merge}"
+    return f"bm{d['block_m']}-bn{d['block_n']}-s{d['n_splits']}"
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -174,10 +182,9 @@ def test_gpu_like_configs(cfg, dtype, device):
 # ---------------------------------------------------------------------------------------- skipping
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_graph_style_skips_tiles(dtype, device):
-    """kv_len = T_max, real limits only in kv_start / key_end: tiles outside are never visited.
+    """kv_len = T_max, real limits only in kv_start / key_end: slots outside are never read.
 
-    Slots below kv_start[b] and from max(key_end[b]) on are NaN, so a load there would show up; the
-    per-program tile counts prove the visited tiles are exactly those intersecting the range.
+    Slots below kv_start[b] and from max(key_end[b]) on are NaN, so a load there would show up.
     """
     B, Tq, H, Hkv, D, cache, slack = 2, 32, 4, 2, 64, 150, 700
     kv_len_real = cache + Tq
@@ -187,64 +194,33 @@ def test_graph_style_skips_tiles(dtype, device):
     T_max = kv_len_real + slack
     c = _make_case(B, Tq, H, Hkv, D, cache, dtype, device, kv_start=ks, key_end=ke, slack=slack,
                    kv_len=T_max)
-    cfg = dict(block_m=32, block_n=64, n_splits=3, min_tiles=1, num_warps=4, num_stages=2)
-    n_m = math.ceil(Tq * (H // Hkv) / cfg["block_m"])
-    counts = torch.full((B * Hkv * n_m * cfg["n_splits"],), -1, dtype=torch.int32, device=device)
-    o = _run(c, config=cfg, tile_counts=counts)
-    _check(c, o, dtype)
-    counts = counts.view(B, Hkv, n_m, cfg["n_splits"]).cpu()
-    G = H // Hkv
-    for b in range(B):
-        for m in range(n_m):   # a query-row tile only scans up to the largest key_end of its rows
-            queries = torch.arange(m * cfg["block_m"], (m + 1) * cfg["block_m"]) // G
-            lo, hi = ks[b], int(ke[b, queries[queries < Tq]].max())
-            n_tiles = math.ceil(hi / 64) - lo // 64
-            per = math.ceil(n_tiles / min(n_tiles, cfg["n_splits"]))
-            assert (counts[b, :, m].sum(-1) == n_tiles).all(), (b, m, counts[b], n_tiles)
-            assert (counts[b, :, m] <= per).all(), (b, m, counts[b], per)
+    for cfg in (dict(block_m=32, block_n=64, n_splits=3, num_warps=4, num_stages=2), None):
+        _check(c, _run(c, config=cfg), dtype)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("merge_in_kernel", [True, False], ids=["mk", "mkernel"])
-def test_split_merge_is_race_free_and_deterministic(merge_in_kernel, device):
-    """Many groups x splits on the GPU: the last-arriving program must see every partial. The merge
-    order is fixed, so repeated launches are bitwise identical and match the reference."""
+def test_split_merge_is_deterministic(device):
+    """Many groups x splits on the GPU: the merge order is fixed, so repeated launches are bitwise identical
+    and match the reference."""
     dtype = torch.bfloat16
     B, Tq, H, D, cache = 4, 32, 32, 128, 2000
     c = _make_case(B, Tq, H, H, D, cache, dtype, device, kv_start=[0, 7, 500, 1999])
-    cfg = dict(n_splits=16, min_tiles=1, merge_in_kernel=merge_in_kernel)
+    cfg = dict(n_splits=16)
     first = _run(c, config=cfg)
     _check(c, first, dtype)
     for _ in range(20):
         assert torch.equal(_run(c, config=cfg), first)
 
 
-@pytest.mark.parametrize("min_tiles", [1, 2, 5])
-def test_effective_splits(min_tiles, device):
-    """The kernel gives each working split >= min_tiles tiles; idle splits visit none."""
-    B, Tq, H, D, cache = 1, 7, 2, 64, 150
-    c = _make_case(B, Tq, H, H, D, cache, torch.float32, device, kv_start=[20])
-    cfg = dict(block_m=16, block_n=16, n_splits=6, min_tiles=min_tiles, num_warps=4, num_stages=2)
-    counts = torch.full((H * cfg["n_splits"],), -1, dtype=torch.int32, device=device)
-    _check(c, _run(c, config=cfg, tile_counts=counts), torch.float32)
-    n_tiles = math.ceil((cache + Tq) / 16) - 20 // 16            # 10 tiles intersect [20, 157)
-    eff = min(max(n_tiles // min_tiles, 1), cfg["n_splits"])
-    per = math.ceil(n_tiles / eff)
-    expect = [min(per, max(0, n_tiles - i * per)) for i in range(cfg["n_splits"])]
-    assert counts.view(H, -1).cpu().tolist() == [expect] * H
-
-
-@pytest.mark.parametrize("n_splits,merge_in_kernel", [(1, True), (3, True), (3, False)],
-                         ids=["s1", "s3-mk", "s3-mkernel"])
-def test_fully_masked_rows_give_zero(n_splits, merge_in_kernel, device):
+@pytest.mark.parametrize("n_splits", [1, 3], ids=["s1", "s3"])
+def test_fully_masked_rows_give_zero(n_splits, device):
     """Outside the contract (a query sees no key): the output row is 0, never NaN."""
     dtype = torch.float32
     B, Tq, H, D, cache = 2, 7, 4, 64, 40
     ke = torch.stack([_block_causal_key_end(Tq, cache, cache + Tq, 1),
                       torch.tensor([5, 5, 47, 47, 3, 47, 47])])   # row 1: queries 0,1,4 see nothing
     c = _make_case(B, Tq, H, H, D, cache, dtype, device, kv_start=[0, 10], key_end=ke)
-    o = _run(c, config=dict(block_m=16, block_n=16, n_splits=n_splits, min_tiles=1,
-                            merge_in_kernel=merge_in_kernel, num_warps=4, num_stages=2))
+    o = _run(c, config=dict(block_m=16, block_n=16, n_splits=n_splits, num_warps=4, num_stages=2))
     assert torch.isfinite(o).all()
     assert (o[1, [0, 1, 4]] == 0).all()
     alive = [2, 3, 5, 6]
@@ -287,23 +263,21 @@ _COMPILE_SCRIPT = textwrap.dedent("""
     assert "TRITON_INTERPRET" not in os.environ
     from llada_triton.kernels._common import compile_for
     from llada_triton.kernels.attention import _block_attn_fwd_kernel, _block_attn_merge_kernel
-    INTS = ("Tq G Hkv kv_len n_splits n_m_tiles min_tiles stride_qb stride_qt stride_qh stride_kb stride_kt "
+    INTS = ("Tq G Hkv kv_len n_splits n_m_tiles stride_qb stride_qt stride_qh stride_kb stride_kt "
             "stride_kh stride_vb stride_vt stride_vh stride_ob stride_ot stride_oh stride_ksb "
             "stride_keb stride_ket").split()
     for dt in ("fp16", "bf16"):
         for D in (64, 128):
-            # every (dtype, D) with the split path (in-kernel merge); the direct path twice
+            # every (dtype, D) with the split path; the direct path twice
             for split in ((True, False) if (dt, D) in (("fp16", 64), ("bf16", 128)) else (True,)):
                 sig = dict(q_ptr="*" + dt, k_ptr="*" + dt, v_ptr="*" + dt, o_ptr="*" + dt,
                            m_part_ptr="*fp32", l_part_ptr="*fp32", acc_part_ptr="*fp32",
-                           counter_ptr="*i32", kv_start_ptr="*i32", key_end_ptr="*i64",
-                           tile_count_ptr="*i32")
+                           kv_start_ptr="*i32", key_end_ptr="*i64")
                 sig.update({n: "i32" for n in INTS})
                 sig["qk_scale"] = "fp32"
                 k = compile_for(_block_attn_fwd_kernel, sig, dict(
                     D=D, BLOCK_M=32, BLOCK_N=64, BLOCK_D=D, HAS_KV_START=True, HAS_KEY_END=True,
-                    SPLIT=split, UPCAST=False, DOT_PREC="tf32", COUNT_TILES=False,
-                    MERGE_IN_KERNEL=split, SPLITS_P2=8, USE_GDC=True))
+                    SPLIT=split, UPCAST=False, DOT_PREC="tf32", USE_GDC=True))
                 assert "mma" in k.asm["ptx"]
                 print("ok fwd", dt, D, split, k.metadata.shared)
         sig = dict(m_part_ptr="*fp32", l_part_ptr="*fp32", acc_part_ptr="*fp32", o_ptr="*" + dt)

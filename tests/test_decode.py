@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from llada_triton.decode import BlockEvent, StepEvent, generate, generate_stream, num_transfer_tokens
-from llada_triton.models import forward
+from llada_triton.models import REFERENCE_OPS, forward
 from tests.helpers import tiny_model
 
 PROMPTS = [[5, 17, 90, 44, 23, 7, 11, 250, 3, 99, 100, 12], [43, 250, 114], [8, 9, 10, 11, 12, 13, 14]]
@@ -233,11 +233,19 @@ def test_workspace_keeps_the_most_recently_used_buckets():
             Workspace(max_entries=bad)
 
 
-def test_block_prefill_in_row_chunks_gives_the_same_tokens(monkeypatch):
-    import llada_triton.decode.cache as cache_mod
+def test_block_prefill_in_row_chunks_gives_the_same_tokens():
+    """Block 0's prefill in row chunks (BlockCache.prefill_tokens, here one row per forward) gives the hidden
+    states and the cache of one whole-batch forward."""
+    from llada_triton.decode.cache import BlockCache, StepContext
+    from llada_triton.decode.generate import pad_prompts
 
     params, cfg = tiny_model()
-    whole = generate(params, cfg, PROMPTS, cache="block", **BASE)
-    monkeypatch.setattr(cache_mod, "PREFILL_TOKENS", 15)  # one row per prefill forward
-    chunked = generate(params, cfg, PROMPTS, cache="block", **BASE)
-    assert torch.equal(whole.tokens, chunked.tokens) and whole.nfe == chunked.nfe
+    x, pad = pad_prompts(PROMPTS, cfg)
+    P, Lb = x.shape[1], 8
+    x = torch.cat([x, torch.full((len(PROMPTS), Lb), cfg.mask_token_id)], 1)
+    ctx = StepContext(params, cfg, REFERENCE_OPS, P, Lb, P + Lb, pad)
+    whole, chunked = BlockCache(ctx, len(PROMPTS)), BlockCache(ctx, len(PROMPTS))
+    chunked.prefill_tokens = P + Lb  # one row per prefill forward
+    a, b = whole.first(x, 0, P), chunked.first(x, 0, P)
+    assert torch.equal(a, b) and torch.equal(whole.cache.k, chunked.cache.k)
+    assert torch.equal(whole.cache.v, chunked.cache.v) and whole.cache.k.abs().sum() > 0

@@ -13,7 +13,8 @@ import torch
 
 from tests.helpers import run_without_interpreter
 
-from llada_triton.kernels.mlp import _launch_down, _launch_gate_up, _tma_ok, down_config, gate_up_config, swiglu_mlp
+from llada_triton.kernels.gemm import launch_linear, linear_config, tma_ok
+from llada_triton.kernels.mlp import gate_up_config, launch_gate_up, swiglu_mlp
 from llada_triton.kernels.reference import swiglu_mlp_ref
 
 GPU = pytest.mark.gpu
@@ -111,9 +112,9 @@ def test_configs(M, d, h, dtype, cfg, residual, device):
     cfg_gu, cfg_d = CONFIGS[cfg]
     act = torch.full((M, h), float("nan"), device=device, dtype=dtype)
     if cfg_gu.get("TMA"):
-        assert _tma_ok(x, w_gu, act, w_d) and (w_gu.shape[0] // 2 * w_gu.stride(0) * w_gu.element_size()) % 16 == 0, \
+        assert tma_ok(x, w_gu, act, w_d) and (w_gu.shape[0] // 2 * w_gu.stride(0) * w_gu.element_size()) % 16 == 0, \
             "this case must exercise the TMA path"
-    _launch_gate_up(x, w_gu, act, config=cfg_gu)
+    launch_gate_up(x, w_gu, act, config=cfg_gu)
     # the activation alone mirrors the reference's roundings: compare with torch at the same precision
     gu = x @ w_gu.t()
     act_ref = torch.nn.functional.silu(gu[:, :h]) * gu[:, h:]
@@ -125,7 +126,7 @@ def test_configs(M, d, h, dtype, cfg, residual, device):
     out = torch.full((M, d), float("nan"), device=device, dtype=dtype)
     split = cfg_d["SPLIT_K"]
     partials = torch.full((split, M, d), float("nan"), device=device) if split > 1 else None
-    _launch_down(act, w_d, r if residual else None, out, config=cfg_d, partials=partials)
+    launch_linear(act, w_d, r if residual else None, out, config=cfg_d, partials=partials)
     _check(out, args, residual)
 
 
@@ -135,7 +136,7 @@ def test_deterministic_split_k(dtype, device):
     x, w_gu, w_d, r = _inputs(M, d, h, dtype, device, seed=3)
     act = torch.randn(M, h, device=device).to(dtype)
     cfg = dict(BM=16, BN=32, BK=16, SWAP_AB=True, SPLIT_K=4, num_warps=4, num_stages=2)
-    outs = [_launch_down(act, w_d, r, torch.empty(M, d, device=device, dtype=dtype), config=cfg) for _ in range(3)]
+    outs = [launch_linear(act, w_d, r, torch.empty(M, d, device=device, dtype=dtype), config=cfg) for _ in range(3)]
     assert all(torch.equal(outs[0], o) for o in outs[1:])
 
 
@@ -144,12 +145,12 @@ def test_tma_fallback_misaligned(dtype, device):
     """A TMA config on tensors TMA cannot describe (row stride not 16-byte aligned) uses plain loads."""
     M, d, h = 5, 66, 176
     x, w_gu, w_d, r = _inputs(M, d, h, dtype, device, seed=5)
-    assert not _tma_ok(x)
+    assert not tma_ok(x)
     for gate_up_cfg in ("tma-noswap", "tma-one-dot"):
         act = torch.full((M, h), float("nan"), device=device, dtype=dtype)
-        _launch_gate_up(x, w_gu, act, config=CONFIGS[gate_up_cfg][0])
+        launch_gate_up(x, w_gu, act, config=CONFIGS[gate_up_cfg][0])
         out = torch.full((M, d), float("nan"), device=device, dtype=dtype)
-        _launch_down(act, w_d, r, out, config=CONFIGS["tma-swap-split3"][1])
+        launch_linear(act, w_d, r, out, config=CONFIGS["tma-swap-split3"][1])
         _check(out, (x, w_gu, w_d, r), True)
 
 
@@ -163,14 +164,14 @@ def test_one_dot_strided_weight(dtype, device):
     wide[:, :d] = w_gu
     w_view = wide[:, :d]
     act = torch.full((M, h), float("nan"), device=device, dtype=dtype)
-    _launch_gate_up(x, w_view, act, config=CONFIGS["tma-one-dot"][0])
+    launch_gate_up(x, w_view, act, config=CONFIGS["tma-one-dot"][0])
     want = torch.full((M, h), float("nan"), device=device, dtype=dtype)
-    _launch_gate_up(x, w_gu, want, config=CONFIGS["tma-one-dot"][0])
+    launch_gate_up(x, w_gu, want, config=CONFIGS["tma-one-dot"][0])
     assert torch.equal(act, want) and not torch.isnan(act).any()
     with pytest.raises(ValueError, match="ONE_DOT needs TMA=True and SWAP_AB=False"):
-        _launch_gate_up(x, w_gu, act, config=dict(CONFIGS["tma-one-dot"][0], SWAP_AB=True))
+        launch_gate_up(x, w_gu, act, config=dict(CONFIGS["tma-one-dot"][0], SWAP_AB=True))
     with pytest.raises(ValueError, match="ONE_DOT needs TMA=True and SWAP_AB=False"):
-        _launch_gate_up(x, w_gu, act, config=dict(CONFIGS["tma-one-dot"][0], TMA=False))
+        launch_gate_up(x, w_gu, act, config=dict(CONFIGS["tma-one-dot"][0], TMA=False))
 
 
 def test_leading_dims_and_aliasing(device):
@@ -219,8 +220,8 @@ def test_configs_deterministic():
         for dt in (torch.bfloat16, torch.float16, torch.float32):
             for interp in (False, True):
                 assert gate_up_config(M, 12288, 4096, dt, interp) == gate_up_config(M, 12288, 4096, dt, interp)
-                c = down_config(M, 4096, 12288, dt, interp)
-                assert c == down_config(M, 4096, 12288, dt, interp) and c["SPLIT_K"] >= 1
+                c = linear_config(M, 4096, 12288, dt, interp)
+                assert c == linear_config(M, 4096, 12288, dt, interp) and c["SPLIT_K"] >= 1
 
 
 def test_down_split_rule():
@@ -230,7 +231,7 @@ def test_down_split_rule():
     want = {(1, 12288): 4, (32, 12288): 4, (33, 12288): 2, (64, 12288): 2, (32, 4096): 2, (256, 12288): 2,
             (1024, 12288): 1}
     for (M, K), split in want.items():
-        c = down_config(M, 4096, K, torch.bfloat16, False)
+        c = linear_config(M, 4096, K, torch.bfloat16, False)
         k_blocks = -(-K // c["BK"])
         assert c["SPLIT_K"] == split, (M, K, c)
         assert -(-k_blocks // split) >= 8  # every split keeps at least 8 K-blocks
@@ -242,7 +243,7 @@ def test_configs_are_fresh_dicts():
     from llada_triton.kernels.norm import norm_config
     from llada_triton.kernels.qkv import qkv_config
     for fn, args in ((gate_up_config, (32, 12288, 4096, torch.bfloat16, False)),
-                     (down_config, (32, 4096, 12288, torch.bfloat16, False)),
+                     (linear_config, (32, 4096, 12288, torch.bfloat16, False)),
                      (norm_config, (32, 4096, False)), (qkv_config, (32, 4096, torch.bfloat16, False))):
         a = fn(*args)
         want = dict(a)
@@ -256,7 +257,7 @@ _COMPILE = textwrap.dedent("""
     sys.path.insert(0, {root!r})
     import torch
     from llada_triton.kernels._common import compile_for, with_defaults
-    from llada_triton.kernels import mlp
+    from llada_triton.kernels import gemm, mlp
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     import triton
@@ -264,7 +265,7 @@ _COMPILE = textwrap.dedent("""
     def build(kernel, sig, cx, cfg):
         # like kernels._common.compile_for, plus the launch's num_warps/num_stages and the 16-divisibility
         # that a real launch specialises (without it the loads are not pipelined and smem is not checked)
-        cx = dict(cx, USE_GDC=True, PF_LINES=8, LINE=64)  # what sm_90 launches (PDL, weight prefetch)
+        cx = dict(cx, USE_GDC=True)  # what sm_90 launches (PDL)
         cx = with_defaults(kernel, sig, cx)
         sig = dict(sig)
         attrs = {{(kernel.arg_names.index(n),): [["tt.divisibility", 16]] for n in sig
@@ -279,7 +280,7 @@ _COMPILE = textwrap.dedent("""
 
     d, h = 4096, 12288
     for dt, tdt in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
-        cands = [(M, mlp.gate_up_config(M, h, d, tdt, interpret=False), mlp.down_config(M, d, h, tdt, interpret=False))
+        cands = [(M, mlp.gate_up_config(M, h, d, tdt, interpret=False), gemm.linear_config(M, d, h, tdt, interpret=False))
                  for M in ((16, 32, 64, 96, 256, 320, 1024) if dt == "bf16" else (32, 1024))]  # every distinct config
         if dt == "bf16":  # the TMA variants once (the dtype changes nothing in their structure)
             cands.append((32, dict(BM=32, BN=64, BK=128, SWAP_AB=True, TMA=True, num_warps=4, num_stages=4),
@@ -295,25 +296,25 @@ _COMPILE = textwrap.dedent("""
             w_src = "tensordesc<%s[2, %d, %d]>" % (dt, c["BN"], c["BK"]) if one_dot else src(c["BN"], c["BK"])
             x_src = src(c["BM"], c["BK"]) if (x_tma or not one_dot) else "*" + dt
             build(mlp._gate_up_silu_kernel,
-                  dict(x_src=x_src, w_src=w_src, a_ptr="*" + dt, w_pf="*" + dt,
+                  dict(x_src=x_src, w_src=w_src, a_ptr="*" + dt,
                        M="i32", H="i32", K="i32", stride_xm="i32", stride_wn="i32", stride_am="i32"),
                   dict(BM=c["BM"], BN=c["BN"], BK=c["BK"], SWAP_AB=c["SWAP_AB"], USE_TMA=tma, EVEN_K=True,
                        UPCAST=False, IEEE=False, ONE_DOT=one_dot, X_TMA=x_tma or not one_dot), c)
             c = cd
             for has_res in (True,):  # HAS_RES=False only drops the residual load
-                build(mlp._down_kernel,
+                build(gemm._linear_kernel,
                       dict(a_src=src(c["BM"], c["BK"]), w_src=src(c["BN"], c["BK"]), r_ptr="*" + dt, y_ptr="*" + dt,
-                           w_pf="*" + dt, p_ptr="*fp32", M="i32", N="i32", K="i32", K_PER_SPLIT="i32", stride_am="i32",
+                           p_ptr="*fp32", M="i32", N="i32", K="i32", K_PER_SPLIT="i32", stride_am="i32",
                            stride_wn="i32", stride_rm="i32", stride_ym="i32"),
                       dict(BM=c["BM"], BN=c["BN"], BK=c["BK"], SWAP_AB=c["SWAP_AB"], USE_TMA=tma, EVEN_K=True,
                            SPLIT=c["SPLIT_K"] > 1, HAS_RES=has_res, UPCAST=False, IEEE=False), c)
         for has_res in ((False, True) if dt == "bf16" else (True,)):
-            compile_for(mlp._splitk_reduce_kernel,
+            compile_for(gemm._splitk_reduce_kernel,
                         dict(p_ptr="*fp32", r_ptr="*" + dt, y_ptr="*" + dt, M="i32", N="i32",
                              stride_rm="i32", stride_ym="i32"),
                         dict(S=4, BLOCK=1024, HAS_RES=has_res, USE_GDC=True))
             for S in (2, 4):  # the O and down projections' splits at 32 rows
-                compile_for(mlp._splitk_reduce_norm_kernel,
+                compile_for(gemm._splitk_reduce_norm_kernel,
                             dict(p_ptr="*fp32", r_ptr="*" + dt, h_ptr="*" + dt, w_ptr="*" + dt, y_ptr="*" + dt,
                                  M="i32", N="i32", eps="fp32", stride_rm="i32", stride_hm="i32",
                                  stride_ym="i32"),
@@ -338,8 +339,8 @@ LINEAR_SHAPES = [(1, 64, 96), (7, 96, 64), (33, 64, 176), (32, 192, 128)]
                                    pytest.param(torch.bfloat16, id="bf16", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("with_residual", [False, True], ids=["plain", "residual"])
 def test_linear(shape, dtype, with_residual, device):
-    """kernels.mlp.linear = residual + F.linear(x, w), the product rounded first (derived tolerance)."""
-    from llada_triton.kernels.mlp import linear
+    """kernels.gemm.linear = residual + F.linear(x, w), the product rounded first (derived tolerance)."""
+    from llada_triton.kernels.gemm import linear
 
     M, N, K = shape
     g = torch.Generator().manual_seed(3)
@@ -387,8 +388,8 @@ def test_down_with_norm(dtype, residual, cfg, device):
     y = torch.full((M, d), float("nan"), device=device, dtype=dtype)
     c = NORM_CONFIGS[cfg]
     partials = torch.full((c["SPLIT_K"], M, d), float("nan"), device=device) if c["SPLIT_K"] > 1 else None
-    _launch_down(act, w_d, r if residual else None, out, config=c, partials=partials, norm=(norm_w, 1e-5, y))
-    plain = _launch_down(act, w_d, r if residual else None, torch.empty_like(out), config=c)
+    launch_linear(act, w_d, r if residual else None, out, config=c, partials=partials, norm=(norm_w, 1e-5, y))
+    plain = launch_linear(act, w_d, r if residual else None, torch.empty_like(out), config=c)
     assert torch.equal(out, plain), "the fused norm must not change the GEMM's output"
     _check_norm(y, out, norm_w, 1e-5)
 
@@ -396,7 +397,7 @@ def test_down_with_norm(dtype, residual, cfg, device):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_linear_and_mlp_rms_norm(dtype, device):
     """Public fused ops: same h as linear / swiglu_mlp, y = RMSNorm(h); leading dims kept."""
-    from llada_triton.kernels.mlp import linear, linear_rms_norm, swiglu_mlp_rms_norm
+    from llada_triton.kernels import linear, linear_rms_norm, swiglu_mlp_rms_norm
 
     B, T, d, h = 2, 9, 64, 176
     x, w_gu, w_d, r = _inputs(B * T, d, h, dtype, device, seed=8)
@@ -413,7 +414,7 @@ def test_linear_and_mlp_rms_norm(dtype, device):
 
 
 def test_norm_validation(device):
-    from llada_triton.kernels.mlp import linear_rms_norm
+    from llada_triton.kernels.gemm import linear_rms_norm
 
     x = torch.randn(4, 8, device=device)
     w = torch.randn(16, 8, device=device)

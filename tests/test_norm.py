@@ -13,7 +13,7 @@ import torch
 
 from tests.helpers import run_without_interpreter
 
-from llada_triton.kernels.norm import _launch, norm_config, rms_norm
+from llada_triton.kernels.norm import launch_rms_norm, norm_config, rms_norm
 from llada_triton.kernels.reference import rms_norm_ref
 
 GPU = pytest.mark.gpu
@@ -91,7 +91,7 @@ def test_configs(dtype, cfg, residual, device):
     x, r, w = _inputs((R, N), dtype, dtype, device, seed=2)
     y = torch.full((R, N), float("nan"), device=device, dtype=dtype)
     h = torch.full((R, N), float("nan"), device=device, dtype=dtype) if residual else None
-    _launch(x, r if residual else None, w, y, h, EPS, config=CONFIGS[cfg])
+    launch_rms_norm(x, r if residual else None, w, y, h, EPS, config=CONFIGS[cfg])
     if residual:
         ref_y, ref_h = rms_norm_ref(x, w, EPS, r)
         assert torch.equal(h, ref_h)

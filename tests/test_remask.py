@@ -1,4 +1,5 @@
-"""kernels.remask (head_confidence, select_transfer, select_commit) against kernels.reference.
+"""kernels.confidence (head_confidence, logits_confidence) and kernels.selection (select_transfer, select_commit,
+commit_step) against kernels.reference.
 
 Exactness strategy for head_confidence: hidden states and head weights are small multiples of 1/4, so
 every logit's fp32 dot product is exact whatever the summation order; the kernel and torch then round the
@@ -18,8 +19,9 @@ import triton
 import triton.language as tl
 
 from llada_triton.kernels.reference import commit_step_ref, head_confidence_ref, logits_confidence_ref, select_transfer_ref
-from llada_triton.kernels.remask import (_head_confidence_launch, _logits_confidence_launch, _philox4x32_10, _select_launch,
-                            commit_step, head_confidence, logits_confidence, select_commit, select_transfer)
+from llada_triton.kernels.confidence import (_head_confidence_launch, _logits_confidence_launch, _philox4x32_10,
+                                             head_confidence, logits_confidence)
+from llada_triton.kernels.selection import _select_launch, commit_step, select_commit, select_transfer
 
 INTERP = os.environ.get("TRITON_INTERPRET", "0") == "1"
 CPU_DTYPES = [torch.float32, torch.float16]
@@ -929,7 +931,7 @@ _COMPILE_SCRIPT = textwrap.dedent(r"""
     import os, sys
     sys.path.insert(0, sys.argv[1])
     sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
-    from llada_triton.kernels import remask as R
+    from llada_triton.kernels import confidence as R, selection as S
     from llada_triton.kernels._common import compile_for
     ids = ("seed_lo", "seed_hi", "off_lo", "off_hi", "ban0", "ban1", "ban2", "ban3", "nc0", "nc1", "nc2", "nc3")
     for dt in ("bf16", "fp16"):
@@ -941,7 +943,7 @@ _COMPILE_SCRIPT = textwrap.dedent(r"""
         for cfg, sample, nb, swap, bm, bv, bk in ((False, False, 0, False, 64, 64, 32),
                                                   (True, True, 2, True, 16, 64, 32)):
             ce = dict(N_BAN=nb, N_NC=nb, SAMPLE=sample, CFG=cfg, HAS_N_ROWS=sample, HAS_ROW_IDS=sample, UPCAST=False,
-                      DOT_PREC="tf32", SWAP_AB=swap, EVEN_K=not cfg, EVEN_V=not cfg, BLOCK_M=bm, BLOCK_V=bv,
+                      IEEE=False, SWAP_AB=swap, EVEN_K=not cfg, EVEN_V=not cfg, BLOCK_M=bm, BLOCK_V=bv,
                       BLOCK_K=bk, USE_GDC=not cfg)
             k = compile_for(R._head_partials_kernel, sig, ce)
             assert "mma" in k.asm["ptx"], "no tensor-core instructions"
@@ -962,14 +964,14 @@ _COMPILE_SCRIPT = textwrap.dedent(r"""
                    "out_ptr": "*u8", "L": "i32", "stride_cb": "i32", "stride_mb": "i32", "stride_xb": "i32",
                    "stride_tb": "i32", "stride_ob": "i32", "threshold": "fp32", "f_hi": "fp32", "f_mid": "fp32",
                    "f_lo": "fp32"}
-            compile_for(R._select_kernel, sig, dict(RULE=rule, COMMIT=rule == 2, BLOCK_L=1024, BLOCK_J=4))
+            compile_for(S._select_kernel, sig, dict(RULE=rule, COMMIT=rule == 2, BLOCK_L=1024, BLOCK_J=4))
             sig = {"tok_ptr": "*i64", "start_ptr": "*i64", "x0_ptr": "*i64", "conf_ptr": f"*{dt}", "done_ptr": "*u8",
                    "k_ptr": "*i64", "nfe_ptr": "*i64", "sel_ptr": "*u8", "conf_out_ptr": "*fp32", "blk_ptr": "*i64",
                    "L": "i32", "T": "i32", "start": "i32", "mask_id": "i32", "stride_tb": "i32", "stride_sb": "i32",
                    "stride_xb": "i32", "stride_cb": "i32", "threshold": "fp32", "f_hi": "fp32", "f_mid": "fp32",
                    "f_lo": "fp32"}
             for sp, bl, bj in ((True, 32, 32), (False, 1024, 4)):  # the decode block (PDL), a long block
-                compile_for(R._commit_step_kernel, sig, dict(RULE=rule, START_PTR=sp, HAS_DONE=sp, HAS_NFE=sp,
+                compile_for(S._commit_step_kernel, sig, dict(RULE=rule, START_PTR=sp, HAS_DONE=sp, HAS_NFE=sp,
                                                              BLOCK_L=bl, BLOCK_J=bj, USE_GDC=sp))
     sig = {n: "*fp32" for n in ("pkey_ptr", "plx_ptr", "pm_ptr", "ps_ptr", "conf_ptr")}
     sig.update({"pidx_ptr": "*i32", "x0_ptr": "*i64", "n_rows_ptr": "*i64", "M": "i32", "NVT": "i32"})

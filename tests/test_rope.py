@@ -1,4 +1,4 @@
-"""kernels.rotary.rope / rope_qk_ against kernels.reference.rope_ref.
+"""kernels.rotary.rope / qkv_rope_cache against kernels.reference.rope_ref.
 
 Tolerance (derived): the kernel's max error against an fp64 evaluation (fp64 x, fp64 tables built from
 the same fp32 values) may be at most 2x the torch reference's error at the same precision plus one ulp
@@ -14,7 +14,7 @@ import torch
 from tests.helpers import run_without_interpreter
 
 from llada_triton.kernels.reference import rope_ref, rope_tables
-from llada_triton.kernels.rotary import _launch, qkv_rope_config, rope, rope_config, rope_qk_
+from llada_triton.kernels.rotary import _launch, qkv_rope_config, rope, rope_config
 
 GPU = pytest.mark.gpu
 DTYPES = [
@@ -111,38 +111,6 @@ def test_rope_in_place(dtype, device):
     assert torch.equal(qkv[:, :, 1:], rest), "k or v modified"
 
 
-@pytest.mark.parametrize("order", ["qk", "kq"])
-@pytest.mark.parametrize("shape", SHAPES[1:4], ids=["B{}-T{}-H{}-D{}".format(*s) for s in SHAPES[1:4]])
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_rope_qk_fused(shape, dtype, order, device):
-    B, T, H, D = shape
-    qkv = _qkv(B, T, H, D, dtype, device, seed=2)
-    cos, sin = _tables(T, D, device)
-    q0, k0, v0 = (qkv[:, :, i].clone() for i in range(3))
-    q, k = qkv[:, :, 0], qkv[:, :, 1]
-    if order == "qk":
-        rope_qk_(q, k, cos, sin)
-    else:  # k below q in memory: the single launch starts from the lower address
-        rope_qk_(k, q, cos, sin)
-    _check(qkv[:, :, 0], q0, cos, sin)
-    _check(qkv[:, :, 1], k0, cos, sin)
-    assert torch.equal(qkv[:, :, 2], v0), "v modified"
-    # the same as two separate out-of-place launches, bit for bit
-    assert torch.equal(qkv[:, :, 0], rope(q0, cos, sin)) and torch.equal(qkv[:, :, 1], rope(k0, cos, sin))
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_rope_qk_separate_tensors(dtype, device):
-    B, T, H, D = 2, 5, 3, 64
-    q = torch.randn(B, T, H, D).to(device=device, dtype=dtype)
-    k = torch.randn(B, H, T, D).to(device=device, dtype=dtype).transpose(1, 2)
-    cos, sin = _tables(T, D, device)
-    q0, k0 = q.clone(), k.clone()
-    rope_qk_(q, k, cos, sin)
-    _check(q, q0, cos, sin)
-    _check(k, k0, cos, sin)
-
-
 # GPU-like tiles under the interpreter too: several head blocks, masked heads, padded half dim
 @pytest.mark.parametrize("cfg", [dict(BLOCK_H=2, BLOCK_D2=64, num_warps=1), dict(BLOCK_H=1, BLOCK_D2=64, num_warps=2)],
                          ids=["h2", "h1"])
@@ -168,8 +136,6 @@ def test_validation(device):
         rope(torch.randn(2, 4, 3, 63, device=device), cos[:, :63], sin[:, :63])
     with pytest.raises(ValueError, match="x"):
         rope(x[0], cos, sin)
-    with pytest.raises(ValueError, match="q and k"):
-        rope_qk_(x, x.half(), cos, sin)
 
 
 def test_config_deterministic():

@@ -1,7 +1,8 @@
-"""The LM head on the still-masked rows only (decode/generate.py: ``masked_first``, ``_Rule.sample``).
+"""The LM head on the still-masked rows only (decode/step.py: ``masked_first``, ``TransferRule.sample``).
 
 The driver gathers the masked rows of the block to the front on the device, runs a head that takes
-``n_rows`` / ``row_ids`` (the Triton head) on those rows only, and scatters x0 / conf back. Checked here:
+``n_rows`` / ``row_ids`` (the Triton head; ``Ops.head_rows``) on those rows only, and scatters x0 / conf
+back. Checked here:
 the compaction itself; a step with and without compaction gives bit-identical x0 / conf at masked
 positions and the same selection and commit (argmax, Gumbel sampling, CFG, every rule); decoding the tiny golden
 checkpoint with the Triton head gives the recorded tokens, and the same tokens as without compaction
@@ -10,40 +11,38 @@ exactness is checked under the interpreter, as in tests/test_model_triton.py, wh
 decodes also go through the compaction). GPU (marked ``gpu``): a bf16 random model on the Triton ops,
 compaction on and off, eager and CUDA graphs, argmax and sampling.
 """
-import dataclasses
 import os
 
 import pytest
 import torch
 
 from llada_triton.decode import generate, run_many
-from llada_triton.decode.generate import _Rule, head_skips_rows, masked_first
+from llada_triton.decode.step import TransferRule, masked_first
 from llada_triton.kernels.reference import select_transfer_ref
-from llada_triton.kernels.remask import commit_step, head_confidence, select_transfer
+from llada_triton.kernels import commit_step, head_confidence, select_transfer
 from llada_triton.models import REFERENCE_OPS
 from tests.helpers import block_golden, decode_options, golden, tiny_model
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 CPU_EXACT = pytest.mark.skipif(not INTERPRET, reason="fp32 golden exactness is checked under the interpreter")
-HEAD_OPS = dataclasses.replace(REFERENCE_OPS, name="ref+triton-head", head=head_confidence, select=select_transfer)
-# the same Triton head behind a signature without n_rows / row_ids: the driver runs it on every row
-NOCOMPACT_OPS = dataclasses.replace(HEAD_OPS, name="ref+triton-head-all-rows",
-                                    head=lambda hidden, w, **kw: head_confidence(hidden, w, **kw))
+# decodes compact blocks of more than Ops.compact_above (64) rows only; these test sizes are smaller, so 0 here
+HEAD_OPS = REFERENCE_OPS.replace(name="ref+triton-head", head=head_confidence, head_rows=True, compact_above=0,
+                                 select=select_transfer)
+# the same Triton head declared without row skipping: the driver runs it on every row
+NOCOMPACT_OPS = HEAD_OPS.replace(name="ref+triton-head-all-rows", head_rows=False)
 # the fused Triton commit (selection + commit + NFE in one launch) instead of the composed one around select
-COMMIT_OPS = dataclasses.replace(HEAD_OPS, name="ref+triton-head+commit", commit=commit_step)
+COMMIT_OPS = HEAD_OPS.replace(name="ref+triton-head+commit", commit=commit_step)
 
 
-@pytest.fixture(autouse=True)
-def _compact_small_blocks(monkeypatch):
-    """Decodes compact blocks of more than 64 rows only (decode.generate.COMPACT_ABOVE); these test sizes
-    are smaller, so compact every block here."""
-    import importlib
-    monkeypatch.setattr(importlib.import_module("llada_triton.decode.generate"), "COMPACT_ABOVE", 0)
-
-
-def test_head_capability():
-    assert head_skips_rows(head_confidence) and head_skips_rows(HEAD_OPS.head)
-    assert not head_skips_rows(NOCOMPACT_OPS.head) and not head_skips_rows(REFERENCE_OPS.head)
+def test_head_capability_is_an_ops_field():
+    """Compaction follows ``Ops.head_rows`` and ``Ops.compact_above`` only; replacing the head resets head_rows."""
+    assert HEAD_OPS.compacts(1) and not NOCOMPACT_OPS.compacts(1000) and not REFERENCE_OPS.compacts(1000)
+    default = HEAD_OPS.replace(compact_above=64)
+    assert not default.compacts(64) and default.compacts(65)
+    assert not HEAD_OPS.replace(head=head_confidence).head_rows
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="compact_above"):
+            REFERENCE_OPS.replace(compact_above=bad)
 
 
 @pytest.mark.parametrize("kind", ["random", "none", "all", "one"])
@@ -79,7 +78,7 @@ MASK = 1000  # outside the test vocabulary
 
 def _step(r, ops, w, hidden, uncond, masked, k):
     """One step of the driver's rule on a token buffer whose block (columns 3..) is ``masked``:
-    (x0, conf) of :meth:`_Rule.sample`, then (committed, conf, block, tokens) of :meth:`_Rule.commit`."""
+    (x0, conf) of :meth:`TransferRule.sample`, then (committed, conf, block, tokens) of :meth:`TransferRule.commit`."""
     x0, conf = r.sample(ops, w, hidden, uncond, masked, offset=3, rand_gen=None)
     B = masked.shape[0]
     tokens = torch.cat([torch.zeros(B, 3, dtype=torch.long, device=masked.device),
@@ -97,8 +96,8 @@ def test_commit_with_and_without_compaction(device, T, cfg, rule):
     gen = torch.Generator().manual_seed(int(T * 10) + 2 * cfg)
     B, Lb, d, V = 4, 9, 32, 320
     hidden, uncond, w, masked = _setup(B, Lb, d, V, gen, device)
-    r = _Rule(temperature=T, remasking="low_confidence", cfg_scale=1.5 if cfg else 0.0, seed=7,
-              banned=(5,), no_conf=(6, 7), compact_above=0, **RULES[rule])
+    r = TransferRule(temperature=T, remasking="low_confidence", cfg_scale=1.5 if cfg else 0.0, seed=7,
+                     banned=(5,), no_conf=(6, 7), **RULES[rule])
     k = torch.tensor([3, 2, 0, 9], device=device)
     out = {}
     for ops in (HEAD_OPS, NOCOMPACT_OPS, COMMIT_OPS, REFERENCE_OPS):
@@ -122,8 +121,8 @@ def test_commit_nothing_masked(device):
     gen = torch.Generator().manual_seed(1)
     hidden, _, w, masked = _setup(2, 8, 32, 320, gen, device)
     masked[:] = False
-    r = _Rule(temperature=0.0, remasking="low_confidence", threshold=None, factor=None, cfg_scale=0.0, seed=0,
-              banned=(), no_conf=(), compact_above=0)
+    r = TransferRule(temperature=0.0, remasking="low_confidence", threshold=None, factor=None, cfg_scale=0.0,
+                     seed=0)
     for ops in (HEAD_OPS, COMMIT_OPS):
         _, _, sel, conf_m, blk, tokens = _step(r, ops, w, hidden, None, masked, torch.tensor([1, 1], device=device))
         assert not sel.any() and (conf_m == float("-inf")).all() and (blk == 4).all() and (tokens[:, 3:] == 4).all()
@@ -192,8 +191,8 @@ def test_gpu_triton_ops_same_tokens_with_and_without_compaction():
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(0, 32000, (n,), generator=g).tolist() for n in (40, 7, 64, 33, 12)]
     ops = triton_ops()
-    plain = dataclasses.replace(ops, head=lambda hidden, w, **kw: ops.head(hidden, w, **kw))
-    assert head_skips_rows(ops.head) and not head_skips_rows(plain.head)
+    plain = ops.replace(head_rows=False)
+    assert ops.head_rows and ops.compacts(65) and not plain.compacts(65)
     opts = dict(gen_length=64, block_length=32, steps=64)
     for extra in (dict(cuda_graphs=True), dict(temperature=0.8, seed=3)):
         for cache in ("block", "none"):

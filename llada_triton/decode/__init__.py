@@ -1,8 +1,29 @@
-"""Block decoding of LLaDA: one functional driver, schedules, remasking rules and cache policies."""
-from .cache import POLICIES
+"""Block decoding of masked-diffusion LMs: one functional driver, schedules, transfer rules, cache policies.
+
+Module map (where a decoding step goes):
+
+* :mod:`.generate`: ``generate`` / ``generate_stream``, the block loop over one batch (``Workspace`` keeps its
+  buffers and CUDA graphs across calls); ``run_many`` in :mod:`.runner` keeps a fixed number of slots in flight.
+* :mod:`.cache`: the cache policies (``none | prefix | dual | block``): what a step feeds the model and what it
+  keeps; each says whether it supports CUDA graphs and whether early stop is on by default.
+* :mod:`.step`: the step machinery both drivers share: :class:`TransferRule` (LM head via ``Ops.head``,
+  then selection and commit via ``Ops.commit`` / ``Ops.select``), the option checks, :class:`Graphs`.
+* :mod:`.schedule`: how many tokens each step commits (the linear schedule).
+
+Which kernel runs each op is the ``Ops`` record passed as ``ops=`` (:mod:`llada_triton.models.ops`).
+
+Where a new model family plugs in: the driver calls the model only through
+:func:`llada_triton.models.forward_hidden` and :func:`llada_triton.models.new_cache`, which dispatch on the
+config's family (:mod:`llada_triton.models.family`). A family's own decoding plugs into the same record:
+``Family.policies`` (a :class:`~.cache.CachePolicy` subclass by name, e.g. shifted logits) and
+``Family.schedule`` (per-step counts); a new selection rule is a :class:`TransferRule` field.
+"""
+from .cache import POLICIES, CachePolicy, StepContext, policies_for
 from .generate import BlockEvent, GenerateResult, StepEvent, Workspace, generate, generate_stream, pad_prompts
 from .runner import RunResult, run_many
-from .schedule import num_transfer_tokens
+from .schedule import linear_schedule, num_transfer_tokens
+from .step import Graphs, TransferRule
 
 __all__ = ["generate", "generate_stream", "GenerateResult", "StepEvent", "BlockEvent", "Workspace", "pad_prompts",
-           "num_transfer_tokens", "POLICIES", "run_many", "RunResult"]
+           "num_transfer_tokens", "linear_schedule", "POLICIES", "CachePolicy", "StepContext", "policies_for",
+           "run_many", "RunResult", "TransferRule", "Graphs"]

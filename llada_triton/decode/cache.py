@@ -1,8 +1,8 @@
 """Cache policies: what to feed the model at each step of a block, and what to keep.
 
 Each policy turns the current tokens into the final hidden states of the current block's rows. They
-share one mechanism (:func:`llada_triton.models.model.forward_hidden` writing into a static :class:`KVCache` by
-position) and differ only in what they feed and which keys each query may see:
+share one mechanism (the family's ``forward_hidden`` through :func:`llada_triton.models.forward_hidden`, writing
+into a static KV cache by position) and differ only in what they feed and which keys each query may see:
 
 * ``none``: the full sequence every step (official LLaDA ``generate``; future blocks are fed as masks).
 * ``prefix`` (Fast-dLLM v1): at a block start one full forward whose K/V are kept; later steps feed
@@ -20,7 +20,13 @@ position) and differ only in what they feed and which keys each query may see:
 A policy has two entry points, ``first(x, b, s)`` (a block's first step) and ``steady(x, b, s)``
 (its later steps). ``s`` is the block's start position: a Python int, or a 0-dim device tensor when
 the driver replays CUDA graphs (then every shape is static and positions live on the device).
-``graph_key(kind, b)`` names the graph a step can be captured into (None: run eagerly).
+``graph_key(kind, b)`` names the graph a step can be captured into (None: run eagerly). Two class
+attributes tell the driver what the policy allows: ``supports_graphs`` (its steps have static shapes given a
+device-tensor ``s``: CUDA graphs may capture them) and ``early_stop_by_default`` (the default of ``generate``'s
+``early_stop``: on where future blocks never influence earlier ones, i.e. ``block``).
+
+A model family replaces a policy by name through ``Family.policies`` (:func:`policies_for` merges them over
+:data:`POLICIES`): e.g. a family whose hidden state at ``i - 1`` predicts position ``i`` returns those rows.
 """
 from __future__ import annotations
 
@@ -29,15 +35,13 @@ from typing import Optional, Union
 
 import torch
 
-from llada_triton.models.model import KVCache, forward_hidden
+from llada_triton.models.family import family_of, forward_hidden, new_cache
 
 __all__ = ["CachePolicy", "NoCache", "PrefixCache", "DualCache", "BlockCache", "make_policy", "POLICIES",
-           "StepContext", "take_cols"]
+           "policies_for", "StepContext", "take_cols"]
 
 Pos = Union[int, torch.Tensor]
-# tokens per prefill forward (rows are chunked above this to bound activation memory). LLaDA-8B shape, batch 32 x
-# (1024 + 1024) tokens, H200: 4096 holds weights + KV + 1.17 GiB at peak with a prefill of 818 ms; 8192 holds
-# + 1.86 GiB for 808 ms, 2048 + 0.79 GiB for 913 ms (results/bench_decode/prefill_chunk_memory_h200_32bda3c.txt)
+# tokens per prefill forward: rows are chunked above this to bound activation memory (results/decisions.md)
 PREFILL_TOKENS = 4096
 
 
@@ -83,6 +87,8 @@ class StepContext:
 
 class CachePolicy:
     name = "base"
+    supports_graphs = False
+    early_stop_by_default = False
 
     def __init__(self, ctx: StepContext, batch: int):
         self.ctx = ctx
@@ -104,6 +110,7 @@ class CachePolicy:
 
 class NoCache(CachePolicy):
     name = "none"
+    supports_graphs = True
 
     def steady(self, x, b, s):
         if isinstance(s, int):
@@ -115,10 +122,12 @@ class NoCache(CachePolicy):
 
 
 class _CachedPolicy(CachePolicy):
+    supports_graphs = True
+
     def __init__(self, ctx, batch):
         super().__init__(ctx, batch)
         p = ctx.params
-        self.cache = KVCache.empty(ctx.cfg, batch, ctx.total_len, device=p.device, dtype=p.dtype)
+        self.cache = new_cache(ctx.cfg, batch, ctx.total_len, device=p.device, dtype=p.dtype)
 
     def _full_refresh(self, x, s):
         """One forward of the whole sequence that rewrites every cache slot (Fast-dLLM block start)."""
@@ -161,18 +170,20 @@ class DualCache(_CachedPolicy):
 
 class BlockCache(_CachedPolicy):
     name = "block"
+    early_stop_by_default = True
+    prefill_tokens = PREFILL_TOKENS  # block 0's prefill runs in row chunks of at most this many tokens
 
     def first(self, x, b, s):
         Lb = self.ctx.block_length
         if b == 0:  # prompt prefill folded into block 0's first step, in row chunks to bound activations
             P = self.ctx.prompt_len
             key_end = torch.cat([torch.full((P,), P, device=x.device), torch.full((Lb,), P + Lb, device=x.device)])
-            rows = max(1, PREFILL_TOKENS // (P + Lb))
+            rows = max(1, self.prefill_tokens // (P + Lb))
             outs = []
             for r0 in range(0, x.shape[0], rows):
                 r1 = min(x.shape[0], r0 + rows)
                 c = self.ctx
-                cache = KVCache(self.cache.k[:, r0:r1], self.cache.v[:, r0:r1])
+                cache = self.cache.rows(r0, r1)
                 outs.append(forward_hidden(c.params, c.cfg, x[r0:r1, :P + Lb], start=0, cache=cache, kv_len=P + Lb,
                                            kv_start=None if c.kv_start is None else c.kv_start[r0:r1],
                                            key_end=key_end, rows=slice(P, P + Lb), ops=c.ops))
@@ -198,7 +209,13 @@ class BlockCache(_CachedPolicy):
 POLICIES = {p.name: p for p in (NoCache, PrefixCache, DualCache, BlockCache)}
 
 
+def policies_for(cfg) -> dict:
+    """Cache-policy name -> class for the model family of ``cfg``: :data:`POLICIES` with the family's own."""
+    return {**POLICIES, **family_of(cfg).policies}
+
+
 def make_policy(name: str, ctx: StepContext, batch: int) -> CachePolicy:
-    if name not in POLICIES:
-        raise ValueError(f"cache={name!r} is not a cache policy; choose one of {sorted(POLICIES)}")
-    return POLICIES[name](ctx, batch)
+    policies = policies_for(ctx.cfg)
+    if name not in policies:
+        raise ValueError(f"cache={name!r} is not a cache policy; choose one of {sorted(policies)}")
+    return policies[name](ctx, batch)

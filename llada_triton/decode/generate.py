@@ -4,7 +4,14 @@
 prompts block by block (semi-autoregressive masked diffusion). The schedule, the remasking rule and
 the cache policy are arguments; ``generate_stream`` yields each step and block as it is committed.
 
-Semantics follow the official LLaDA ``generate`` and Fast-dLLM v1 (see ``docs/decoding.md``); where
+How it reads: :func:`generate_stream` validates, builds a :class:`_Decode` (buffers from the
+:class:`Workspace`, the cache policy, the :class:`~llada_triton.decode.step.TransferRule`) and loops over
+blocks. A block's steps run either step by step (:meth:`_Decode.stepwise_block`: eager, or each step replayed
+from its own CUDA graph) or, with CUDA graphs and a fixed schedule, as the first step plus one graph of all the
+later steps (:meth:`_Decode.graphed_block`). One step is :meth:`_Decode.step`: the policy's forward, then the
+rule's ``sample`` (LM head) and ``commit`` (selection) from :mod:`llada_triton.decode.step`.
+
+Semantics follow the official LLaDA ``generate`` and Fast-dLLM v1; where
 they disagree or have quirks the choice is stated here:
 
 * A block ends as soon as it has no masked position. The official code always runs ``steps`` forwards
@@ -19,16 +26,14 @@ they disagree or have quirks the choice is stated here:
   temperature 0; at T > 0 it suppresses only eot.
 * Ties in confidence go to the lowest position; masked positions with ``-inf`` confidence are still
   committed if the schedule asks for them.
-* The LM head runs only on the block's still-masked rows when ``ops.head`` can skip rows (the Triton
-  head: the rows are gathered on the device, the count stays on the device, the sampling noise is keyed
-  by the original row), so finished rows and committed positions cost nothing; tokens are unchanged.
-  Blocks of at most 64 rows (batch x block length) skip the compaction: their head is one weight-bound
-  row tile either way.
+* The LM head runs only on the block's still-masked rows when ``ops.head_rows`` (the Triton head: the
+  rows are gathered on the device, the count stays on the device, the sampling noise is keyed by the
+  original row), so finished rows and committed positions cost nothing; tokens are unchanged. Blocks of
+  at most ``ops.compact_above`` rows (batch x block length) skip the compaction.
 """
 from __future__ import annotations
 
-import functools
-import inspect
+import dataclasses
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -36,17 +41,14 @@ from typing import Callable, Iterator, List, Optional, Union
 
 import torch
 
-from llada_triton.kernels.reference import commit_step_ref
-from llada_triton.models.config import LLaDAConfig
+from llada_triton.models.family import family_of
 from llada_triton.models.ops import REFERENCE_OPS, Ops
-from llada_triton.models.weights import Params
-from .cache import POLICIES, StepContext, make_policy, take_cols
-from .schedule import num_transfer_tokens
+from .cache import StepContext, make_policy, policies_for, take_cols
+from .schedule import linear_schedule
+from .step import REMASKING, Graphs, HostFlag, TransferRule, check_ops, check_options, prompt_rows
 
 __all__ = ["generate", "generate_stream", "GenerateResult", "StepEvent", "BlockEvent", "pad_prompts",
            "REMASKING", "Workspace"]
-
-REMASKING = ("low_confidence", "random")
 
 
 @dataclass
@@ -90,15 +92,16 @@ class GenerateResult:
         return out
 
 
-def pad_prompts(prompts, cfg: LLaDAConfig, attention_mask=None, device=None):
+def pad_prompts(prompts, cfg, attention_mask=None, device=None):
     """Left-pad prompts with ``cfg.pad_token_id``. Returns ``(tokens [B, P], pad [B] int64)``.
 
     ``prompts`` is a list of token-id lists (any lengths) or an int tensor ``[B, P]``; with a tensor,
     ``attention_mask`` ``[B, P]`` (1 = token, 0 = left padding) marks padding already there.
     """
     if isinstance(prompts, torch.Tensor):
-        if prompts.ndim != 2:
-            raise ValueError(f"prompts tensor must be [B, P], got shape {tuple(prompts.shape)}")
+        if prompts.ndim != 2 or prompts.is_floating_point() or prompts.dtype == torch.bool:
+            raise ValueError(f"prompts tensor must be an int tensor [B, P], got {prompts.dtype} of shape "
+                             f"{tuple(prompts.shape)}")
         tokens = prompts.to(device=device, dtype=torch.int64)
         if attention_mask is None:
             return tokens, torch.zeros(tokens.shape[0], dtype=torch.int64, device=tokens.device)
@@ -112,9 +115,7 @@ def pad_prompts(prompts, cfg: LLaDAConfig, attention_mask=None, device=None):
         return tokens, pad.to(torch.int64)
     if attention_mask is not None:
         raise ValueError("attention_mask is only for a prompts tensor; lists are padded here")
-    rows = [list(map(int, p)) for p in prompts]
-    if not rows:
-        raise ValueError("prompts is empty")
+    rows = prompt_rows(prompts)
     P = max(len(r) for r in rows)
     tokens = torch.full((len(rows), P), cfg.pad_token_id, dtype=torch.int64)
     pad = torch.zeros(len(rows), dtype=torch.int64)
@@ -122,221 +123,6 @@ def pad_prompts(prompts, cfg: LLaDAConfig, attention_mask=None, device=None):
         tokens[i, P - len(r):] = torch.tensor(r, dtype=torch.int64)
         pad[i] = P - len(r)
     return tokens.to(device), pad.to(device)
-
-
-def _validate(cfg, tokens, pad, gen_length, block_length, steps, temperature, remasking, threshold, factor,
-              cfg_scale, cache):
-    if not isinstance(gen_length, int) or gen_length < 1:
-        raise ValueError(f"gen_length={gen_length!r} must be a positive int")
-    if not isinstance(block_length, int) or block_length < 1:
-        raise ValueError(f"block_length={block_length!r} must be a positive int")
-    if gen_length % block_length:
-        raise ValueError(f"gen_length={gen_length} is not a multiple of block_length={block_length}")
-    nb = gen_length // block_length
-    if not isinstance(steps, int) or steps < 1 or steps % nb:
-        raise ValueError(f"steps={steps!r} must be a positive multiple of the number of blocks "
-                         f"({gen_length}/{block_length} = {nb})")
-    P = tokens.shape[1]
-    if P + gen_length > cfg.max_sequence_length:
-        raise ValueError(f"prompt width {P} + gen_length {gen_length} = {P + gen_length} exceeds "
-                         f"max_sequence_length={cfg.max_sequence_length}")
-    if (pad >= P).any():
-        raise ValueError("every prompt needs at least one token")
-    real = torch.arange(P, device=tokens.device)[None, :] >= pad[:, None]
-    bad = real & ((tokens < 0) | (tokens >= cfg.vocab_size))
-    if bad.any():
-        r, c = bad.nonzero()[0].tolist()
-        raise ValueError(f"prompt row {r} has token id {int(tokens[r, c])} outside the vocabulary "
-                         f"[0, {cfg.vocab_size})")
-    if (real & (tokens == cfg.mask_token_id)).any():
-        r, c = (real & (tokens == cfg.mask_token_id)).nonzero()[0].tolist()
-        raise ValueError(f"prompt row {r} position {c} holds the mask id {cfg.mask_token_id}")
-    if remasking not in REMASKING:
-        raise ValueError(f"remasking={remasking!r}; choose one of {REMASKING}")
-    if cache not in POLICIES:
-        raise ValueError(f"cache={cache!r} is not a cache policy; choose one of {sorted(POLICIES)}")
-    if threshold is not None and factor is not None:
-        raise ValueError("give threshold or factor, not both")
-    if threshold is not None and not (0.0 < float(threshold) <= 1.0):
-        raise ValueError(f"threshold={threshold} must be in (0, 1]")
-    if factor is not None and not float(factor) > 0:
-        raise ValueError(f"factor={factor} must be > 0")
-    if not float(temperature) >= 0:
-        raise ValueError(f"temperature={temperature} must be >= 0")
-    if not float(cfg_scale) >= 0:
-        raise ValueError(f"cfg_scale={cfg_scale} must be >= 0")
-
-
-def masked_first(masked: torch.Tensor):
-    """Stable compaction of a bool ``[N]`` mask on the device (no host synchronisation, static shapes):
-    ``(order, dest, n)`` with ``order`` int64 ``[N]`` the masked indices first, then the others, each
-    group in increasing order; ``dest`` its inverse (``order[dest[i]] == i``); ``n`` the masked count as
-    a 0-dim int64 device tensor."""
-    N = masked.shape[0]
-    cm = torch.cumsum(masked.to(torch.int64), 0)  # masked at or before i
-    ar = torch.arange(N, device=masked.device)
-    n = cm[-1] if N else torch.zeros((), dtype=torch.int64, device=masked.device)
-    dest = torch.where(masked, cm - 1, n + ar - cm)  # unmasked i: n + #unmasked before i
-    order = torch.empty_like(dest).scatter_(0, dest, ar)
-    return order, dest, n
-
-
-def head_skips_rows(head) -> bool:
-    """Whether an ``Ops.head`` takes ``n_rows`` and ``row_ids`` (as ``kernels.remask.head_confidence``): then
-    the LM head runs on the still-masked rows only (see :meth:`_Rule.commit`); otherwise on every row."""
-    try:
-        return _takes_rows(head)
-    except TypeError:  # an unhashable callable
-        return _takes_rows.__wrapped__(head)
-
-
-@functools.lru_cache(maxsize=None)
-def _takes_rows(head) -> bool:
-    try:
-        params = inspect.signature(head).parameters
-    except (TypeError, ValueError):
-        return False
-    return "n_rows" in params and "row_ids" in params
-
-
-# Up to this many block rows (B * Lb) the LM head is one row tile that streams the weights once (weight-bound;
-# kernels.remask configs): skipping unmasked rows saves nothing there and the compaction's small kernels cost
-# ~15 us a step (H200, batch 1), so the head runs on every row. Read when a decode starts (tests set it to 0).
-COMPACT_ABOVE = 64
-
-
-@dataclass(frozen=True)
-class _Rule:
-    """How a step turns the block's hidden states into committed tokens (shared by generate and run_many)."""
-    temperature: float
-    remasking: str
-    threshold: Optional[float]
-    factor: Optional[float]
-    cfg_scale: float
-    seed: int
-    banned: tuple
-    no_conf: tuple
-    compact_above: int = COMPACT_ABOVE
-
-    def compacts(self, ops, n_rows: int) -> bool:
-        """Whether :meth:`sample` gathers the masked rows (and so needs ``masked``) for ``n_rows`` block rows."""
-        return n_rows > self.compact_above and head_skips_rows(ops.head)
-
-    def sample(self, ops, lm_head, hidden, uncond, masked, *, offset, rand_gen):
-        """``hidden`` / ``uncond`` [B, Lb, d] -> (x0 int64 [B, Lb], conf [B, Lb]): the sampled token and its
-        confidence (uniform noise with ``remasking='random'``) at every position; values at positions that are
-        not masked are unspecified (:meth:`commit` ignores them).
-
-        When :meth:`compacts`, the masked rows (bool ``masked`` [B, Lb]) are gathered to the front on the
-        device (:func:`masked_first`) and the head runs on those only (``n_rows`` = their count; ``row_ids`` =
-        their row in ``[B * Lb]``, so the sampling noise of a position does not depend on the compaction): no
-        host synchronisation, static shapes (one CUDA graph serves every step). ``masked`` is unused otherwise.
-        """
-        B, Lb, d = hidden.shape
-        N = B * Lb
-        kw = dict(temperature=self.temperature, seed=self.seed, offset=offset, banned_ids=self.banned,
-                  no_confidence_ids=self.no_conf, cfg_scale=self.cfg_scale)
-        h = hidden.reshape(N, d)
-        hu = None if uncond is None else uncond.reshape(N, d)
-        if self.compacts(ops, N):
-            order, dest, n = masked_first(masked.reshape(N))
-            x0, conf = ops.head(h.index_select(0, order), lm_head,
-                                uncond_hidden=None if hu is None else hu.index_select(0, order), n_rows=n,
-                                row_ids=order if self.temperature > 0 else None, **kw)
-            x0, conf = x0.index_select(0, dest), conf.index_select(0, dest)  # rows >= n: unspecified
-        else:
-            x0, conf = ops.head(h, lm_head, uncond_hidden=hu, **kw)
-        if self.remasking == "random":  # uniform confidences (only the masked positions' count)
-            conf = torch.rand((B, Lb), generator=rand_gen, device=hidden.device)
-        return x0.view(B, Lb), conf.view(B, Lb)
-
-    def commit(self, ops, tokens, start, x0, conf, *, mask_id, done, k, nfe):
-        """Select among the block's masked positions (``tokens[:, start:start + Lb] == mask_id`` in rows not
-        ``done``) by the rule, write their ``x0`` into ``tokens`` and count a forward in ``nfe`` for every row
-        with a masked position: ``ops.commit`` (one launch), or :func:`llada_triton.kernels.reference.commit_step_ref`
-        around ``ops.select``. Returns (committed bool [B, Lb], conf [B, Lb] (-inf off the masked positions),
-        the block's tokens after the step)."""
-        if self.threshold is not None:
-            rule = dict(threshold=self.threshold)
-        elif self.factor is not None:
-            rule = dict(factor=self.factor)
-        else:
-            rule = dict(k=k)
-        fn = ops.commit if ops.commit is not None else functools.partial(commit_step_ref, select=ops.select)
-        return fn(tokens, start, x0, conf, mask_id=mask_id, done=done, nfe=nfe, **rule)
-
-
-def _make_rule(cfg, temperature, remasking, threshold, factor, cfg_scale, seed, logits_eos_inf,
-               confidence_eos_eot_inf) -> _Rule:
-    return _Rule(temperature=float(temperature), remasking=remasking,
-                 threshold=None if threshold is None else float(threshold),
-                 factor=None if factor is None else float(factor), cfg_scale=float(cfg_scale), seed=int(seed),
-                 banned=(cfg.eos_token_id,) if logits_eos_inf else (),
-                 no_conf=cfg.end_token_ids if confidence_eos_eot_inf else (), compact_above=COMPACT_ABOVE)
-
-
-class _HostFlag:
-    """A device bool read on the host without blocking the queue: on CUDA, :meth:`put` copies it into one
-    pinned buffer behind the work already queued and records an event, which :meth:`get` waits on. One
-    value in flight at a time (each ``put`` is read before the next)."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.host = torch.empty((), dtype=torch.bool, pin_memory=True) if self.cuda else None
-        self.event = torch.cuda.Event() if self.cuda else None
-
-    def put(self, flag: torch.Tensor) -> "_HostFlag":
-        if self.cuda:
-            self.host.copy_(flag, non_blocking=True)
-            self.event.record()
-        else:
-            self.host = flag
-        return self
-
-    def get(self) -> bool:
-        if self.cuda:
-            self.event.synchronize()
-        return bool(self.host)
-
-
-class _Graphs:
-    """CUDA graphs of whole decode steps, keyed by the policy's ``graph_key`` (replayed when seen again), or of
-    a block's steps after its first (key ``("later", graph_key, steps)``: one graph, no boundary between them).
-
-    The first call of a key runs the step eagerly on a side stream (a real step, which also warms up
-    the libraries) and then captures it (capture executes nothing); later calls replay the graph.
-
-    All the graphs share one memory pool: they replay one at a time on one stream, and each keeps its outputs
-    (and anything else it must keep) alive as tensors, so a graph's intermediates may take the memory another
-    graph's intermediates used. With a pool per graph, the ``prefix`` policy (a graph per block) held a pool
-    per block: 28 GiB more than its tensors at batch 8 with 1,024 + 1,024 tokens (results/README.md).
-    """
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.graphs = {}
-        self.pool = None  # the first capture's memory pool, shared by the later captures
-
-    def run(self, key, fn):
-        if not self.enabled or key is None:
-            return fn()
-        entry = self.graphs.get(key)
-        if entry is None:
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                out = fn()  # the real step, eager (also warms up cuBLAS / Triton)
-            torch.cuda.current_stream().wait_stream(stream)
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g, pool=self.pool):
-                graph_out = fn()  # recorded, not executed
-            if self.pool is None:
-                self.pool = g.pool()
-            self.graphs[key] = (g, graph_out)
-            return out
-        g, out = entry
-        g.replay()
-        return out
 
 
 class Workspace:
@@ -377,14 +163,16 @@ class Workspace:
 
 @dataclass
 class _Buffers:
+    """A workspace bucket: the static tensors, the cache policy and the graphs of one decode shape."""
+    params: object            # the params the policy and the graphs were built for
     x: torch.Tensor           # int64 [B, L] tokens
     kv_start: Optional[torch.Tensor]
     policy: object
     nfe: torch.Tensor
     done: torch.Tensor
-    k_buf: torch.Tensor
-    s_buf: torch.Tensor
-    graphs: "_Graphs"
+    k_buf: torch.Tensor       # this step's schedule count, [B]
+    s_buf: torch.Tensor       # this block's start, 0-dim (the graphed steps read it)
+    graphs: Graphs
     k_consts: dict = field(default_factory=dict)
 
     def k_const(self, k: int) -> torch.Tensor:
@@ -395,8 +183,183 @@ class _Buffers:
         return t
 
 
+def _options(ops, cuda_graphs, device_positions, early_stop, workspace, device):
+    check_ops(ops)
+    for name, v in (("cuda_graphs", cuda_graphs), ("device_positions", device_positions), ("early_stop", early_stop)):
+        if v is not None and not isinstance(v, bool):
+            raise TypeError(f"{name}={v!r} must be True, False or None")
+    if workspace is not None and not isinstance(workspace, Workspace):
+        raise TypeError(f"workspace={workspace!r:.60} must be a Workspace or None")
+    if cuda_graphs and device.type != "cuda":
+        raise ValueError(f"cuda_graphs=True needs params on a CUDA device, not {device}")
+
+
+class _Decode:
+    """One decode in flight: the buffers, the policy, the rule, the schedule and the step counter."""
+
+    def __init__(self, params, cfg, tokens, pad, *, gen_length, block_length, steps, rule, cache, ops,
+                 early_stop, cuda_graphs, device_positions, workspace):
+        self.params, self.cfg, self.ops, self.rule, self.pad = params, cfg, ops, rule, pad
+        self.B, self.P = tokens.shape
+        self.Lb, self.n_blocks = block_length, gen_length // block_length
+        spb = steps // self.n_blocks
+        self.use_cfg = rule.cfg_scale > 0
+        fam = family_of(cfg)
+        # every block starts fully masked, so a fixed schedule is known up front (host ints)
+        self.schedule = list((fam.schedule or linear_schedule)(block_length, spb)) if rule.scheduled else None
+        self.useful = min(spb if self.schedule is None else len(self.schedule), block_length)  # steps that commit
+        graphable = bool(cuda_graphs) and rule.fixed_work and policies_for(cfg)[cache].supports_graphs
+        self.dynamic = graphable if device_positions is None else device_positions
+        self.buf = self._buffers(tokens, pad, gen_length, cache, graphable and self.dynamic, workspace)
+        self.policy, self.graphs = self.buf.policy, self.buf.graphs
+        if early_stop is None:
+            early_stop = self.policy.early_stop_by_default
+        self.early_stop = early_stop
+        self.flag = HostFlag(params.device) if early_stop and self.schedule is not None else None
+        self.rand_gen = (torch.Generator(device=params.device).manual_seed(rule.seed)
+                         if rule.remasking == "random" else None)
+        self.end_ids = torch.tensor(cfg.end_token_ids, device=params.device)
+        self.calls = 0
+        self.records: List[StepEvent] = []
+
+    def _buffers(self, tokens, pad, gen_length, cache, graphed, workspace) -> _Buffers:
+        """The workspace bucket of this shape (made on a miss), refilled with ``tokens``."""
+        B, P, device = self.B, self.P, self.params.device
+        padded = bool((pad > 0).any())
+        key = (B, P, P + gen_length, self.Lb, cache, padded, dataclasses.replace(self.rule, seed=0), self.ops,
+               self.cfg, graphed, self.dynamic)
+        buf = workspace.get(key) if workspace is not None else None
+        if buf is not None and buf.params is not self.params:
+            buf = None  # other weights: the policy and the graphs hold the old ones
+        if buf is None:
+            kv_start = (torch.cat([pad, pad]) if self.use_cfg else pad.clone()) if padded else None
+            ctx = StepContext(self.params, self.cfg, self.ops, P, self.Lb, P + gen_length, kv_start)
+            i64 = dict(dtype=torch.int64, device=device)
+            buf = _Buffers(params=self.params, x=torch.empty((B, P + gen_length), **i64), kv_start=kv_start,
+                           policy=make_policy(cache, ctx, 2 * B if self.use_cfg else B), nfe=torch.zeros(B, **i64),
+                           done=torch.zeros(B, dtype=torch.bool, device=device), k_buf=torch.zeros(B, **i64),
+                           s_buf=torch.zeros((), **i64), graphs=Graphs(graphed))
+            if workspace is not None:
+                workspace.put(key, buf)
+        elif padded:
+            buf.kv_start.copy_(torch.cat([pad, pad]) if self.use_cfg else pad)
+        buf.x.fill_(self.cfg.mask_token_id)
+        buf.x[:, :P] = tokens
+        buf.nfe.zero_()
+        buf.done.zero_()
+        return buf
+
+    def step(self, kind: str, b: int, s, k=None):
+        """One denoising step of block ``b`` at start ``s`` (int, or the device ``s_buf``): the policy's
+        forward, the LM head and the commit. Returns (committed, block tokens, conf), device tensors."""
+        buf, rule, ops, B, mask_id = self.buf, self.rule, self.ops, self.B, self.cfg.mask_token_id
+        x_in = buf.x
+        if self.use_cfg:  # unconditional branch: the whole prompt (pads included) masked
+            un = buf.x.clone()
+            un[:, :self.P] = mask_id
+            x_in = torch.cat([buf.x, un])
+        hidden = self.policy.first(x_in, b, s) if kind == "first" else self.policy.steady(x_in, b, s)
+        masked = ((take_cols(buf.x, s, self.Lb) == mask_id) & ~buf.done[:, None]) if ops.compacts(B * self.Lb) \
+            else None
+        x0, conf = rule.sample(ops, self.params.lm_head, hidden[:B], hidden[B:] if self.use_cfg else None, masked,
+                               offset=self.calls, rand_gen=self.rand_gen)
+        committed, conf, blk = rule.commit(ops, buf.x, s, x0, conf, mask_id=mask_id, done=buf.done,
+                                           k=buf.k_buf if k is None else k, nfe=buf.nfe)
+        return committed, blk, conf  # conf is -inf off the masked positions
+
+    def run_step(self, kind: str, b: int):
+        """:meth:`step`, replayed from a CUDA graph where the policy names one (device positions)."""
+        key = self.policy.graph_key(kind, b) if self.dynamic else None
+        if key is None:
+            return self.step(kind, b, self.start(b))
+        return self.graphs.run(key, lambda: self.step(kind, b, self.buf.s_buf))
+
+    def start(self, b: int) -> int:
+        return self.P + b * self.Lb
+
+    def event(self, b: int, i: int, committed, blk, conf, nfe) -> "StepEvent":
+        self.calls += 1
+        ev = StepEvent(b, i, committed, blk, conf, nfe)
+        self.records.append(ev)
+        return ev
+
+    def set_k(self, i: int):
+        """The schedule's count for step ``i`` into ``k_buf`` (refilled only when it changes)."""
+        if i == 0 or self.schedule[i] != self.schedule[i - 1]:
+            self.buf.k_buf.fill_(self.schedule[i])
+
+    def block_has_masks(self, b: int) -> bool:
+        """Host check for the data-dependent rules: is a position of block ``b`` still masked in a live row?"""
+        x, done = self.buf.x, self.buf.done
+        return bool(((take_cols(x, self.start(b), self.Lb) == self.cfg.mask_token_id) & ~done[:, None]).any())
+
+    def stepwise_block(self, b: int, all_done: Optional[HostFlag]):
+        """Block ``b`` step by step (each step eager or replayed from its own graph). Yields its
+        :class:`StepEvent` s; returns True when early stop found every row finished before this block."""
+        i = 0
+        while (i < self.useful) if self.schedule is not None else self.block_has_masks(b):
+            if self.schedule is not None:
+                self.set_k(i)
+            committed, blk, conf = self.run_step("first" if i == 0 else "steady", b)
+            if i == 0 and all_done is not None and all_done.get():
+                return True  # every row had finished: this step committed nothing and is not reported
+            yield self.event(b, i, committed.clone(), blk.clone(), conf.clone(), self.buf.nfe.clone())
+            i += 1
+        return False
+
+    def graphed_block(self, b: int, all_done: Optional[HostFlag]):
+        """Block ``b`` with CUDA graphs and a fixed schedule: the first step, then the later steps as one graph
+        (no per-step graph boundary, schedule counts baked in), whose events follow it stacked."""
+        if self.policy.graph_key("steady", b) is None:  # a policy that runs these steps eagerly
+            return (yield from self.stepwise_block(b, all_done))
+        self.set_k(0)
+        committed, blk, conf = self.run_step("first", b)
+        if all_done is not None and all_done.get():
+            return True
+        yield self.event(b, 0, committed.clone(), blk.clone(), conf.clone(), self.buf.nfe.clone())
+        if self.useful > 1:
+            later = lambda: [self.step("steady", b, self.buf.s_buf, k=self.buf.k_const(self.schedule[i]))  # noqa: E731
+                             + (self.buf.nfe.clone(),) for i in range(1, self.useful)]
+            outs = self.graphs.run(("later", self.policy.graph_key("steady", b), self.useful), later)
+            for j, ev in enumerate(zip(*(torch.stack(t) for t in zip(*outs)))):
+                yield self.event(b, j + 1, *ev)
+        return False
+
+    def before_block(self, b: int):
+        """(stop now, the flag to read after the block's first step): early stop's check of the batch."""
+        stop, all_done = False, None
+        if self.early_stop and b > 0:  # (done changes only with early stop)
+            if self.schedule is None:
+                stop = bool(self.buf.done.all())  # the data-dependent rules sync every step anyway
+            else:
+                # read behind the queued work, once this block's first step is queued too: a host sync here
+                # would let the GPU drain before the next launch
+                all_done = self.flag.put(self.buf.done.all())
+        if self.dynamic:
+            self.buf.s_buf.fill_(self.start(b))  # the block start the graphed steps read (once per block)
+        return stop, all_done
+
+    def after_block(self, b: int) -> "BlockEvent":
+        """Early stop: a row is finished once an end token is committed (every earlier position is, blockwise);
+        its later positions become eos."""
+        x, done, s = self.buf.x, self.buf.done, self.start(b)
+        if self.early_stop:
+            finished = torch.isin(x[:, self.P:s + self.Lb], self.end_ids).any(1) & ~done
+            rest = x[:, s + self.Lb:]
+            x[:, s + self.Lb:] = torch.where(finished[:, None] | done[:, None],
+                                             torch.full_like(rest, self.cfg.eos_token_id), rest)
+            done |= finished
+        return BlockEvent(b, s, x[:, s:s + self.Lb].clone())
+
+    def result(self, t0: float) -> "GenerateResult":
+        x = self.buf.x
+        return GenerateResult(tokens=x[:, self.P:].clone(), sequences=x.clone(),
+                              prompt_lengths=(self.P - self.pad).tolist(), nfe=self.buf.nfe.tolist(),
+                              steps=self.records, seconds=time.perf_counter() - t0)
+
+
 @torch.no_grad()
-def generate_stream(params: Params, cfg: LLaDAConfig, prompts, *, gen_length: int, block_length: int,
+def generate_stream(params, cfg, prompts, *, gen_length: int, block_length: int,
                     steps: int, temperature: float = 0.0, remasking: str = "low_confidence",
                     threshold: Optional[float] = None, factor: Optional[float] = None, cfg_scale: float = 0.0,
                     cache: str = "none", logits_eos_inf: bool = False, confidence_eos_eot_inf: bool = False,
@@ -411,147 +374,30 @@ def generate_stream(params: Params, cfg: LLaDAConfig, prompts, *, gen_length: in
     its event is yielded; with CUDA graphs and the linear schedule, a block's steps after its first run as one
     graph, so all of them are enqueued before the first of their events is yielded."""
     t0 = time.perf_counter()
-    device = params.device
-    tokens, pad = pad_prompts(prompts, cfg, attention_mask, device)
-    _validate(cfg, tokens, pad, gen_length, block_length, steps, temperature, remasking, threshold, factor,
-              cfg_scale, cache)
-    if confidence_eos_eot_inf and cfg.eot_token_id is None:
-        raise ValueError("confidence_eos_eot_inf needs cfg.eot_token_id (from the tokenizer or an override)")
-    if cuda_graphs and device.type != "cuda":
-        raise ValueError(f"cuda_graphs=True needs params on a CUDA device, not {device}")
-    # graphs replay fixed work: sampling noise, random remasking and the factor rule's host loop stay eager
-    graphable = cuda_graphs and temperature == 0 and remasking == "low_confidence" and factor is None
-    dynamic = graphable if device_positions is None else device_positions
-    early_stop = (cache == "block") if early_stop is None else early_stop
-    B, P = tokens.shape
-    L = P + gen_length
-    Lb = block_length
-    nb, spb = gen_length // Lb, steps // (gen_length // Lb)
-    mask_id = cfg.mask_token_id
-    use_cfg = cfg_scale > 0
-    padded = bool((pad > 0).any())
-    key = (B, P, L, Lb, cache, use_cfg, padded, threshold, factor, float(temperature), remasking,
-           logits_eos_inf, confidence_eos_eot_inf, ops, id(params), graphable, dynamic)
-    buf = workspace.get(key) if workspace is not None else None
-    if buf is None:
-        kv_start = None
-        if padded:
-            kv_start = torch.cat([pad, pad]) if use_cfg else pad.clone()
-        policy = make_policy(cache, StepContext(params, cfg, ops, P, Lb, L, kv_start), 2 * B if use_cfg else B)
-        buf = _Buffers(x=torch.empty((B, L), dtype=torch.int64, device=device), kv_start=kv_start, policy=policy,
-                       nfe=torch.zeros(B, dtype=torch.int64, device=device),
-                       done=torch.zeros(B, dtype=torch.bool, device=device),
-                       k_buf=torch.zeros(B, dtype=torch.int64, device=device),   # this step's schedule count
-                       s_buf=torch.zeros((), dtype=torch.int64, device=device),  # this block's start
-                       graphs=_Graphs(graphable))
-        if workspace is not None:
-            workspace.put(key, buf)
-    elif padded:
-        buf.kv_start.copy_(torch.cat([pad, pad]) if use_cfg else pad)
-    x, policy, nfe, done, k_buf, s_buf, graphs = (buf.x, buf.policy, buf.nfe, buf.done, buf.k_buf, buf.s_buf,
-                                                  buf.graphs)
-    x.fill_(mask_id)
-    x[:, :P] = tokens
-    nfe.zero_()
-    done.zero_()
-    rule = _make_rule(cfg, temperature, remasking, threshold, factor, cfg_scale, seed, logits_eos_inf,
-                      confidence_eos_eot_inf)
-    rand_gen = torch.Generator(device=device).manual_seed(int(seed)) if remasking == "random" else None
-    calls = 0
-    records: List[StepEvent] = []
-    end_ids = torch.tensor(cfg.end_token_ids, device=device)
-    # with the linear schedule every block starts fully masked, so the useful steps are known up front
-    useful = min(spb, Lb)
-
-    def step(kind: str, b: int, s, k=None):
-        x_in = x
-        if use_cfg:  # unconditional branch: the whole prompt (pads included) masked
-            un = x.clone()
-            un[:, :P] = mask_id
-            x_in = torch.cat([x, un])
-        hidden = policy.first(x_in, b, s) if kind == "first" else policy.steady(x_in, b, s)
-        masked = (take_cols(x, s, Lb) == mask_id) & ~done[:, None] if rule.compacts(ops, B * Lb) else None
-        x0, conf = rule.sample(ops, params.lm_head, hidden[:B], hidden[B:] if use_cfg else None, masked,
-                               offset=calls, rand_gen=rand_gen)
-        committed, conf, blk = rule.commit(ops, x, s, x0, conf, mask_id=mask_id, done=done,
-                                           k=k_buf if k is None else k, nfe=nfe)
-        return committed, blk, conf  # conf is -inf off the masked positions
-
-    def later_steps(b: int):
-        """Steps 1 .. useful - 1 of block b with the fixed schedule, for one CUDA graph: their outputs."""
-        return [step("steady", b, s_buf, k=buf.k_const(schedule[i])) + (nfe.clone(),) for i in range(1, useful)]
-
-    # the linear schedule is the same for every block (each starts fully masked)
-    # (host ints: k_buf is refilled only when the count changes, not at every step)
-    schedule = num_transfer_tokens(torch.ones(1, Lb, dtype=torch.bool), spb)[0].tolist() \
-        if threshold is None and factor is None else None
-    done_flag = _HostFlag(device) if early_stop and schedule is not None else None
-    stop = False
-    for b in range(nb):
-        s_int = P + b * Lb
-        all_done = None
-        if early_stop and b > 0:  # (done changes only with early stop)
-            if schedule is None:
-                if bool(done.all()):  # the data-dependent rules sync every step anyway
-                    break
-            else:
-                # every row finished? Read without stalling the GPU: the flag is copied to the host behind the
-                # queued work and checked once this block's first step is queued too (a host sync here would let
-                # the GPU drain and then wait for the next graph launch: ~0.67 ms per block on an H200). If every
-                # row had finished, that step commits nothing (only masked positions of unfinished rows can be
-                # committed) and is not reported.
-                all_done = done_flag.put(done.all())
-        if dynamic:
-            s_buf.fill_(s_int)  # the block start the graphed steps read (once per block)
-        i = 0
-        while True:
-            if schedule is not None:
-                if i >= useful:
-                    break
-                if i == 0 or schedule[i] != schedule[i - 1]:
-                    k_buf.fill_(schedule[i])
-            elif not bool(((take_cols(x, s_int, Lb) == mask_id) & ~done[:, None]).any()):
-                break  # a data-dependent rule: one host check per step
-            kind = "first" if i == 0 else "steady"
-            key = policy.graph_key(kind, b) if dynamic else None
-            if i == 1 and key is not None and graphs.enabled and schedule is not None:
-                # the rest of the block in one graph (no per-step graph boundary, schedule counts baked in);
-                # its steps are all enqueued before the first of their events is yielded
-                outs = graphs.run(("later", key, useful), lambda: later_steps(b))
-                for j, ev_t in enumerate(zip(*(torch.stack(t) for t in zip(*outs)))):
-                    calls += 1
-                    ev = StepEvent(b, j + 1, *ev_t)
-                    records.append(ev)
-                    yield ev
-                break
-            if key is not None:
-                committed, blk, conf = graphs.run(key, lambda: step(kind, b, s_buf))
-            else:
-                committed, blk, conf = step(kind, b, s_int)
-            if all_done is not None and i == 0 and all_done.get():
-                stop = True
-                break
-            calls += 1
-            ev = StepEvent(b, i, committed.clone(), blk.clone(), conf.clone(), nfe.clone())
-            records.append(ev)
-            yield ev
-            i += 1
+    _options(ops, cuda_graphs, device_positions, early_stop, workspace, params.device)
+    tokens, pad = pad_prompts(prompts, cfg, attention_mask, params.device)
+    check_options(cfg, tokens, pad, gen_length=gen_length, block_length=block_length, steps=steps,
+                  temperature=temperature, remasking=remasking, threshold=threshold, factor=factor,
+                  cfg_scale=cfg_scale, cache=cache, seed=seed, policies=policies_for(cfg))
+    rule = TransferRule.from_options(cfg, temperature=temperature, remasking=remasking, threshold=threshold,
+                                     factor=factor, cfg_scale=cfg_scale, seed=seed, logits_eos_inf=logits_eos_inf,
+                                     confidence_eos_eot_inf=confidence_eos_eot_inf)
+    run = _Decode(params, cfg, tokens, pad, gen_length=gen_length, block_length=block_length, steps=steps,
+                  rule=rule, cache=cache, ops=ops, early_stop=early_stop, cuda_graphs=cuda_graphs,
+                  device_positions=device_positions, workspace=workspace)
+    graphed = run.graphs.enabled and run.schedule is not None
+    for b in range(run.n_blocks):
+        stop, all_done = run.before_block(b)
         if stop:
             break
-        if early_stop:
-            # a row is finished once an end token is committed (every earlier position is, blockwise)
-            gen = x[:, P:s_int + Lb]
-            finished = torch.isin(gen, end_ids).any(1) & ~done
-            x[:, s_int + Lb:] = torch.where(finished[:, None] | done[:, None],
-                                            torch.full_like(x[:, s_int + Lb:], cfg.eos_token_id), x[:, s_int + Lb:])
-            done |= finished
-        yield BlockEvent(b, s_int, x[:, s_int:s_int + Lb].clone())
-
-    yield GenerateResult(tokens=x[:, P:].clone(), sequences=x.clone(), prompt_lengths=(P - pad).tolist(),
-                         nfe=nfe.tolist(), steps=records, seconds=time.perf_counter() - t0)
+        blocks = run.graphed_block if graphed else run.stepwise_block
+        if (yield from blocks(b, all_done)):
+            break
+        yield run.after_block(b)
+    yield run.result(t0)
 
 
-def generate(params: Params, cfg: LLaDAConfig, prompts, *, gen_length: int, block_length: int, steps: int,
+def generate(params, cfg, prompts, *, gen_length: int, block_length: int, steps: int,
              record_steps: bool = False, on_step: Optional[Callable[[StepEvent], None]] = None,
              on_block: Optional[Callable[[BlockEvent], None]] = None, **options) -> GenerateResult:
     """Decode ``prompts`` (list of id lists, or a ``[B, P]`` tensor with optional ``attention_mask``).

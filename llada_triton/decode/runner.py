@@ -26,12 +26,12 @@ from typing import Callable, List, Optional, Sequence
 
 import torch
 
-from llada_triton.models.config import LLaDAConfig
-from llada_triton.models.model import KVCache, forward_hidden
+from llada_triton.models.family import family_of, forward_hidden, new_cache
 from llada_triton.models.ops import REFERENCE_OPS, Ops
-from llada_triton.models.weights import Params
-from .generate import _Graphs, _make_rule, _validate, pad_prompts
-from .schedule import num_transfer_tokens
+from .cache import policies_for
+from .generate import pad_prompts
+from .schedule import linear_schedule
+from .step import Graphs, TransferRule, check_ops, check_options, prompt_rows
 
 __all__ = ["run_many", "RunResult"]
 
@@ -45,8 +45,107 @@ class RunResult:
     order: List[int] = field(default_factory=list)  # prompt indices in the order they finished
 
 
+class _Slots:
+    """``S`` sequences in flight: their tokens, blocks, steps and cache rows (see the module docstring)."""
+
+    def __init__(self, params, cfg, rule: TransferRule, ops, *, slots, width, gen_length, block_length, steps,
+                 early_stop):
+        self.params, self.cfg, self.rule, self.ops, self.early_stop = params, cfg, rule, ops, early_stop
+        device = params.device
+        self.S, self.P, self.G, self.Lb = slots, width, gen_length, block_length
+        self.use_cfg = rule.cfg_scale > 0
+        R = 2 * slots if self.use_cfg else slots  # cache rows: slot r at row r, its unconditional copy at S + r
+        self.T = width + gen_length
+        self.nb = gen_length // block_length
+        self.spb = steps // self.nb
+        self.mask_id = cfg.mask_token_id
+        self.i64 = i64 = dict(dtype=torch.int64, device=device)
+        self.x = torch.full((slots, self.T), self.mask_id, **i64)
+        self.kv_start = torch.zeros(R, **i64)
+        self.blk, self.step, self.nfe = (torch.zeros(slots, **i64) for _ in range(3))
+        self.active = torch.zeros(slots, dtype=torch.bool, device=device)
+        self.cache = new_cache(cfg, R, self.T, device=device, dtype=params.dtype)
+        sched = (family_of(cfg).schedule or linear_schedule)(block_length, self.spb)
+        self.sched = torch.tensor(list(sched) + [0], **i64)  # steps past the schedule commit nothing
+        self.ar2 = torch.arange(2 * block_length, device=device)
+        self.ar = torch.arange(block_length, device=device)
+        self.gen_cols = torch.arange(gen_length, device=device)
+        self.end_ids = torch.tensor(cfg.end_token_ids, device=device)
+        self.rand_gen = (torch.Generator(device=device).manual_seed(rule.seed)
+                         if rule.remasking == "random" else None)
+        self.calls = 0
+
+    def forward_step(self):
+        """Every slot's ``[block - 1 ; block]`` window through the model (block-causal, static shapes): the current
+        block's hidden states and starts."""
+        S, Lb, P, x, blk = self.S, self.Lb, self.P, self.x, self.blk
+        s = P + blk * Lb                                            # [S] current block start
+        start = s - Lb                                              # the fed window: previous block + current
+        pos = start[:, None] + self.ar2[None, :]                    # [S, 2Lb]
+        feed = x.gather(1, pos)
+        key_end = torch.cat([s[:, None].expand(S, Lb), (s + Lb)[:, None].expand(S, Lb)], 1)
+        write_from = torch.where((self.step == 0) & (blk > 0), start, s)
+        if self.use_cfg:  # rows S + r: the unconditional copies, prompt positions (pads included) masked
+            feed = torch.cat([feed, torch.where(pos < P, self.mask_id, feed)])
+            start, key_end, write_from = (torch.cat([t, t]) for t in (start, key_end, write_from))
+        hidden = forward_hidden(self.params, self.cfg, feed, start=start, cache=self.cache, kv_len=self.T,
+                                kv_start=self.kv_start, key_end=key_end, rows=slice(Lb, 2 * Lb),
+                                write_from=write_from, ops=self.ops)
+        return hidden, s
+
+    def batched_step(self):
+        """One step for every slot; returns bool ``[S]``: the slots whose sequence finished at this step."""
+        S, Lb, x, rule = self.S, self.Lb, self.x, self.rule
+        hidden, s = self.forward_step()
+        masked = None
+        if self.ops.compacts(S * Lb):  # the head runs on the masked rows only: it needs them now
+            masked = (x.gather(1, s[:, None] + self.ar[None, :]) == self.mask_id) & self.active[:, None]
+        x0, conf = rule.sample(self.ops, self.params.lm_head, hidden[:S], hidden[S:] if self.use_cfg else None,
+                               masked, offset=self.calls, rand_gen=self.rand_gen)
+        _, _, new = rule.commit(self.ops, x, s, x0, conf, mask_id=self.mask_id, done=~self.active,
+                                k=self.sched[self.step.clamp(max=self.spb)], nfe=self.nfe)
+        done_blk = self.active & ~(new == self.mask_id).any(1)
+        self.step.copy_(torch.where(done_blk, torch.zeros_like(self.step), self.step + 1))
+        self.blk.add_(done_blk.to(self.blk.dtype))
+        # finished: every block done, or (early stop) an end token among the committed blocks
+        ended = torch.isin(x[:, self.P:], self.end_ids) & (self.gen_cols[None, :] < (self.blk * Lb)[:, None])
+        ended = ended.any(1) if self.early_stop else torch.zeros_like(done_blk)
+        return self.active & done_blk & ((self.blk >= self.nb) | ended)
+
+    def prefill(self, row: int, tokens: torch.Tensor):
+        """The prompt ``tokens`` [P] into cache row ``row``: it sees itself; its K/V are final from now on."""
+        P = self.P
+        forward_hidden(self.params, self.cfg, tokens[None], start=0, cache=self.cache.rows(row, row + 1), kv_len=P,
+                       kv_start=self.kv_start[row:row + 1], rows=slice(P - 1, P), ops=self.ops)
+
+    def load(self, r: int, prompt: Optional[torch.Tensor], pad: int = 0):
+        """Slot ``r`` takes ``prompt`` [P] (left-padded by ``pad``) and prefills it; None: the slot idles at block
+        0 (its writes land in its own, unused cache rows)."""
+        self.blk[r] = 0
+        self.step[r] = 0
+        self.active[r] = prompt is not None
+        if prompt is None:
+            return
+        self.x[r].fill_(self.mask_id)
+        self.x[r, :self.P] = prompt.to(self.x.device)
+        self.kv_start[r] = pad
+        self.nfe[r] = 0
+        self.prefill(r, self.x[r, :self.P])
+        if self.use_cfg:  # the unconditional copy: the same pads left out of attention, the prompt all masks
+            self.kv_start[self.S + r] = pad
+            self.prefill(self.S + r, torch.full((self.P,), self.mask_id, **self.i64))
+
+    def take(self, r: int) -> List[int]:
+        """Slot ``r``'s generated tokens (eos after its last block when early stop ended it)."""
+        toks = self.x[r, self.P:].clone()
+        end_at = int(self.blk[r]) * self.Lb
+        if self.early_stop:
+            toks[end_at:] = self.cfg.eos_token_id
+        return toks.tolist()
+
+
 @torch.no_grad()
-def run_many(params: Params, cfg: LLaDAConfig, prompts: Sequence[Sequence[int]], *, slots: int,
+def run_many(params, cfg, prompts: Sequence[Sequence[int]], *, slots: int,
              gen_length: int, block_length: int, steps: int, threshold: Optional[float] = None,
              factor: Optional[float] = None, cfg_scale: float = 0.0, temperature: float = 0.0,
              remasking: str = "low_confidence", logits_eos_inf: bool = False,
@@ -57,127 +156,51 @@ def run_many(params: Params, cfg: LLaDAConfig, prompts: Sequence[Sequence[int]],
 
     Options as :func:`llada_triton.decode.generate`, ``cfg_scale`` included (the unconditional copies double the rows
     of every step). ``on_result(index, tokens)`` is called as each prompt finishes. Returns a
-    :class:`RunResult` with results in input order.
+    :class:`RunResult` with results in input order (empty for an empty ``prompts``).
     """
     t0 = time.perf_counter()
-    if not isinstance(slots, int) or slots < 1:
+    if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
         raise ValueError(f"slots={slots!r} must be a positive int")
-    prompts = [list(map(int, p)) for p in prompts]
-    if not prompts:
-        return RunResult([], [], 0.0)
-    device = params.device
-    Lb = block_length
+    check_ops(ops)
+    if hasattr(prompts, "__len__") and not isinstance(prompts, (str, bytes)) and len(prompts) == 0:
+        return RunResult([], [], 0.0)  # an empty eval shard: nothing to decode
+    rows = prompt_rows(prompts)
     # a common prompt width P >= Lb, so that block 0's "previous block" is the prompt's tail
-    width = max(Lb, max(len(p) for p in prompts))
-    all_tokens, all_pad = pad_prompts([[cfg.pad_token_id] * (width - len(p)) + p for p in prompts], cfg,
-                                      device="cpu")
-    pads = torch.tensor([width - len(p) for p in prompts])
-    _validate(cfg, all_tokens, pads, gen_length, block_length, steps, temperature, remasking, threshold, factor,
-              cfg_scale, "block")
-    if cuda_graphs and device.type != "cuda":
-        raise ValueError(f"cuda_graphs=True needs params on a CUDA device, not {device}")
-    graphs = _Graphs(cuda_graphs and temperature == 0 and remasking == "low_confidence" and factor is None)
-    P, G, S = width, gen_length, slots
-    use_cfg = cfg_scale > 0
-    R = 2 * S if use_cfg else S  # cache rows: slot r at row r, its unconditional copy (CFG) at row S + r
-    T = P + G
-    nb, spb = G // Lb, steps // (G // Lb)
-    mask_id = cfg.mask_token_id
-    i64 = dict(dtype=torch.int64, device=device)
-    x = torch.full((S, T), mask_id, **i64)
-    kv_start = torch.zeros(R, **i64)
-    blk = torch.zeros(S, **i64)
-    step = torch.zeros(S, **i64)
-    nfe = torch.zeros(S, **i64)
-    active = torch.zeros(S, dtype=torch.bool, device=device)
-    cache = KVCache.empty(cfg, R, T, device=device, dtype=params.dtype)
-    sched = num_transfer_tokens(torch.ones(1, Lb, dtype=torch.bool), spb)[0].to(device)  # [spb]
-    sched = torch.cat([sched, torch.zeros(1, **i64)])  # steps past the schedule commit nothing
-    ar2 = torch.arange(2 * Lb, device=device)
-    ar = torch.arange(Lb, device=device)
-    gen_cols = torch.arange(G, device=device)
-    end_ids = torch.tensor(cfg.end_token_ids, device=device)
-    rule = _make_rule(cfg, temperature, remasking, threshold, factor, cfg_scale, seed, logits_eos_inf,
-                      confidence_eos_eot_inf)
-    rand_gen = torch.Generator(device=device).manual_seed(int(seed)) if remasking == "random" else None
-    n_calls = [0]
-
-    def batched_step():
-        s = P + blk * Lb                                            # [S] current block start
-        start = s - Lb                                              # the fed window: previous block + current
-        pos = start[:, None] + ar2[None, :]                         # [S, 2Lb]
-        feed = x.gather(1, pos)
-        key_end = torch.cat([s[:, None].expand(S, Lb), (s + Lb)[:, None].expand(S, Lb)], 1)
-        write_from = torch.where((step == 0) & (blk > 0), start, s)
-        if use_cfg:  # rows S + r: the unconditional copies, prompt positions (pads included) masked
-            feed = torch.cat([feed, torch.where(pos < P, mask_id, feed)])
-            start, key_end, write_from = (torch.cat([t, t]) for t in (start, key_end, write_from))
-        hidden = forward_hidden(params, cfg, feed, start=start, cache=cache, kv_len=T, kv_start=kv_start,
-                                key_end=key_end, rows=slice(Lb, 2 * Lb), write_from=write_from, ops=ops)
-        masked = None
-        if rule.compacts(ops, S * Lb):  # the head runs on the masked rows only: it needs them now
-            masked = (x.gather(1, s[:, None] + ar[None, :]) == mask_id) & active[:, None]
-        x0, conf = rule.sample(ops, params.lm_head, hidden[:S], hidden[S:] if use_cfg else None, masked,
-                               offset=n_calls[0], rand_gen=rand_gen)
-        _, _, new = rule.commit(ops, x, s, x0, conf, mask_id=mask_id, done=~active, k=sched[step.clamp(max=spb)],
-                                nfe=nfe)
-        done_blk = active & ~(new == mask_id).any(1)
-        step.copy_(torch.where(done_blk, torch.zeros_like(step), step + 1))
-        blk.add_(done_blk.to(blk.dtype))
-        # finished: every block done, or (early stop) an end token among the committed blocks
-        ended = (torch.isin(x[:, P:], end_ids) & (gen_cols[None, :] < (blk * Lb)[:, None])).any(1)
-        return active & done_blk & ((blk >= nb) | (ended if early_stop else torch.zeros_like(ended)))
-
-    results: List[Optional[List[int]]] = [None] * len(prompts)
-    row_nfe = [0] * len(prompts)
-    owner = [-1] * S
-    order: List[int] = []
-    pending = list(range(len(prompts)))[::-1]
-
-    def prefill(row: int, tokens: torch.Tensor):
-        """The prompt ``tokens`` [P] into cache row ``row``: it sees itself; its K/V are final from now on."""
-        forward_hidden(params, cfg, tokens[None], start=0,
-                       cache=KVCache(cache.k[:, row:row + 1], cache.v[:, row:row + 1]), kv_len=P,
-                       kv_start=kv_start[row:row + 1], rows=slice(P - 1, P), ops=ops)
+    width = max([block_length if isinstance(block_length, int) else 1] + [len(p) for p in rows])
+    tokens, _ = pad_prompts([[cfg.pad_token_id] * (width - len(p)) + p for p in rows], cfg, device="cpu")
+    pads = [width - len(p) for p in rows]
+    check_options(cfg, tokens, torch.tensor(pads), gen_length=gen_length, block_length=block_length, steps=steps,
+                  temperature=temperature, remasking=remasking, threshold=threshold, factor=factor,
+                  cfg_scale=cfg_scale, cache="block", seed=seed, policies=policies_for(cfg))
+    if cuda_graphs and params.device.type != "cuda":
+        raise ValueError(f"cuda_graphs=True needs params on a CUDA device, not {params.device}")
+    rule = TransferRule.from_options(cfg, temperature=temperature, remasking=remasking, threshold=threshold,
+                                     factor=factor, cfg_scale=cfg_scale, seed=seed, logits_eos_inf=logits_eos_inf,
+                                     confidence_eos_eot_inf=confidence_eos_eot_inf)
+    graphs = Graphs(bool(cuda_graphs) and rule.fixed_work)
+    st = _Slots(params, cfg, rule, ops, slots=slots, width=width, gen_length=gen_length, block_length=block_length,
+                steps=steps, early_stop=early_stop)
+    out = RunResult(tokens=[None] * len(rows), nfe=[0] * len(rows))
+    owner = [-1] * slots
+    pending = list(range(len(rows)))[::-1]
 
     def refill(r: int):
-        if not pending:  # the slot idles at block 0 (its writes land in its own, unused cache rows)
-            owner[r] = -1
-            active[r] = False
-            blk[r] = 0
-            step[r] = 0
-            return
-        i = pending.pop()
-        owner[r] = i
-        x[r].fill_(mask_id)
-        x[r, :P] = all_tokens[i].to(device)
-        kv_start[r] = int(pads[i])
-        blk[r] = 0
-        step[r] = 0
-        nfe[r] = 0
-        active[r] = True
-        prefill(r, x[r, :P])
-        if use_cfg:  # the unconditional copy: the same pads left out of attention, the prompt all masks
-            kv_start[S + r] = int(pads[i])
-            prefill(S + r, torch.full((P,), mask_id, **i64))
+        owner[r] = pending.pop() if pending else -1
+        st.load(r, tokens[owner[r]] if owner[r] >= 0 else None, pads[owner[r]] if owner[r] >= 0 else 0)
 
-    for r in range(S):
+    for r in range(slots):
         refill(r)
-    n_steps = 0
-    while bool(active.any()):
-        finished = graphs.run("runner-step", batched_step)
-        n_calls[0] += 1
-        n_steps += 1
+    while bool(st.active.any()):
+        finished = graphs.run("runner-step", st.batched_step)
+        st.calls += 1
+        out.steps += 1
         if bool(finished.any()):  # one host check per step; rare refills happen outside the graph
             for r in finished.nonzero().flatten().tolist():
                 i = owner[r]
-                toks = x[r, P:].clone()
-                end_at = int(blk[r]) * Lb
-                toks[end_at:] = cfg.eos_token_id if early_stop else toks[end_at:]
-                results[i] = toks.tolist()
-                row_nfe[i] = int(nfe[r])
-                order.append(i)
+                out.tokens[i], out.nfe[i] = st.take(r), int(st.nfe[r])
+                out.order.append(i)
                 if on_result is not None:
-                    on_result(i, results[i])
+                    on_result(i, out.tokens[i])
                 refill(r)
-    return RunResult(tokens=results, nfe=row_nfe, seconds=time.perf_counter() - t0, steps=n_steps, order=order)
+    out.seconds = time.perf_counter() - t0
+    return out

@@ -1,7 +1,10 @@
 """Triton kernels for masked-diffusion LM decoding (LLaDA), importable on their own.
 
 Every public kernel has a torch reference of the same signature in :mod:`llada_triton.kernels.reference`
-(which never imports triton). Kernel modules are imported lazily, so ``import llada_triton.kernels.reference``
+(which never imports triton). One op family per module: ``gemm`` (decode GEMM ``linear``, split-K, the shared
+K-step), ``mlp`` (SwiGLU), ``attention``, ``norm``, ``rotary``, ``qkv`` (QKV GEMM + RoPE + cache write),
+``confidence`` (LM head / logits -> token and confidence), ``selection`` (which positions to commit);
+``_common`` holds launch helpers (PDL, validation, CPU compile checks). Kernel modules are imported lazily, so ``import llada_triton.kernels.reference``
 (or this package) does not import triton; set ``TRITON_INTERPRET=1`` before the first kernel use to
 run them on a CPU. Module names differ from function names (``kernels.attention.block_attention``),
 so ``kernels.block_attention`` is always the function.
@@ -22,6 +25,11 @@ __all__ = [
     "select_transfer",
     "select_commit",
     "commit_step",
+    "linear",
+    "qkv_rope_cache",
+    "moe_route",
+    "moe_align",
+    "moe_experts",
     "reference",
 ]
 
@@ -31,14 +39,19 @@ _LAZY = {
     "rope": "llada_triton.kernels.rotary",
     "swiglu_mlp": "llada_triton.kernels.mlp",
     "swiglu_mlp_rms_norm": "llada_triton.kernels.mlp",
-    "linear_rms_norm": "llada_triton.kernels.mlp",
+    "linear": "llada_triton.kernels.gemm",
+    "linear_rms_norm": "llada_triton.kernels.gemm",
     "silu_mul": "llada_triton.kernels.mlp",
     "qkv_proj_rope": "llada_triton.kernels.qkv",
-    "head_confidence": "llada_triton.kernels.remask",
-    "logits_confidence": "llada_triton.kernels.remask",
-    "select_transfer": "llada_triton.kernels.remask",
-    "select_commit": "llada_triton.kernels.remask",
-    "commit_step": "llada_triton.kernels.remask",
+    "qkv_rope_cache": "llada_triton.kernels.rotary",
+    "head_confidence": "llada_triton.kernels.confidence",
+    "logits_confidence": "llada_triton.kernels.confidence",
+    "select_transfer": "llada_triton.kernels.selection",
+    "select_commit": "llada_triton.kernels.selection",
+    "commit_step": "llada_triton.kernels.selection",
+    "moe_route": "llada_triton.kernels.moe",
+    "moe_align": "llada_triton.kernels.moe",
+    "moe_experts": "llada_triton.kernels.moe",
 }
 
 

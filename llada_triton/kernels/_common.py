@@ -22,10 +22,8 @@ def _sm90_or_newer(index: int) -> bool:
     return torch.cuda.get_device_capability(index)[0] >= 9
 
 
-# PDL only for decode-sized launches (token rows): LLaDA-8B on an H200, batch 1 block decode (32 rows) 4.24 ms
-# per step with PDL vs 4.34 without; batch 32 (1024 rows) 25.9 vs 25.3 ms and `none` at batch 1 (384 rows)
-# 10.36 vs 10.20 ms, where cuBLAS GEMMs sit between the Triton kernels. (bench_decode's window before be219a1:
-# absolute values 3.1% low, the same for both sides of each comparison.)
+# PDL only for decode-sized launches: it pays at batch 1 and costs time where cuBLAS GEMMs sit between the
+# Triton kernels (results/decisions.md).
 PDL_MAX_ROWS = 64
 
 
@@ -35,12 +33,9 @@ def pdl_launch(t: torch.Tensor, rows: int) -> dict:
 
     On sm_90+ GPUs a kernel launched with PDL may start while the previous kernel of the stream is
     finishing; every kernel of this package that takes ``USE_GDC`` waits (``gdc_wait``) for the previous
-    kernel to complete before it reads or writes any activation, and only prefetches weights (which no
-    kernel writes) before that. Since each such kernel lets its successor launch only after that wait, a
-    kernel may also read, before its own wait, inputs that the kernel just before it does not write: block
-    attention reads its key range (``kv_start`` / ``key_end``) that way. Returns ``{}`` (plain launch)
-    under the interpreter, on the CPU, on older GPUs, with a triton without PDL, or when the environment
-    sets ``LLADA_PDL=0`` (debugging switch).
+    kernel to complete before it reads or writes anything, and lets its successor launch only after that
+    wait. Returns ``{}`` (plain launch) under the interpreter, on the CPU, on older GPUs, with a triton
+    without PDL, or when the environment sets ``LLADA_PDL=0`` (the switch for A/B timings).
     Pass the result as ``**pdl_launch(t, rows)`` together with ``USE_GDC=bool(...)``.
     """
     if (rows > PDL_MAX_ROWS or is_interpreter() or t.device.type != "cuda"
@@ -54,18 +49,6 @@ def gdc_options(t: torch.Tensor, rows: int) -> dict:
     """Keyword arguments of a launch whose kernel takes ``USE_GDC``: PDL on (see :func:`pdl_launch`) or ``{}``."""
     pdl = pdl_launch(t, rows)
     return dict(USE_GDC=True, **pdl) if pdl else {}
-
-
-def pdl_prefetch(t: torch.Tensor, rows: int, k_len: int, max_bytes: int) -> dict:
-    """:func:`gdc_options` plus ``PF_LINES`` / ``LINE`` for a GEMM whose programs each stream ``k_len``
-    elements of their weight rows: prefetch ``min(k_len, max_bytes)`` bytes a row (128-byte lines, a power
-    of two of them) into L2 before waiting on the previous kernel."""
-    opts = gdc_options(t, rows)
-    if opts:
-        line = 128 // t.element_size()
-        lines = min(int(k_len), max_bytes // t.element_size()) // line
-        opts.update(PF_LINES=1 << (lines.bit_length() - 1) if lines else 0, LINE=line)
-    return opts
 
 
 def _has_gdc() -> bool:
@@ -91,8 +74,7 @@ def memo_config(fn):
 
 
 def cdiv(a: int, b: int) -> int:
-    """``ceil(a / b)`` for host-side ints. (``triton.cdiv`` is a constexpr function: about 5 us per call from
-    Python with triton 3.9, and a launcher makes a dozen such calls.)"""
+    """``ceil(a / b)`` for host-side ints (``triton.cdiv`` is a slow constexpr function when called from Python)."""
     return -(-a // b)
 
 
@@ -117,7 +99,7 @@ def compile_for(kernel, signature: dict, constexprs: dict, arch: int = 90):
     """Compile a ``@triton.jit`` kernel for ``sm_<arch>`` without a GPU (ptxas ships with triton).
 
     Used by the CPU test suite to catch GPU-frontend errors the interpreter accepts. Must run in a
-    process where ``TRITON_INTERPRET`` is not set (see ``tests/compile_check.py``).
+    process where ``TRITON_INTERPRET`` is not set.
     """
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -141,6 +123,21 @@ def with_defaults(kernel, signature: dict, constexprs: dict) -> dict:
     return out
 
 
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def clamp_pow2(n: int, lo: int, hi: int) -> int:
+    """The power of two >= ``n``, clamped to ``[lo, hi]``."""
+    return max(lo, min(hi, next_pow2(n)))
+
+
+def dot_flags(dtype: torch.dtype) -> dict:
+    """``UPCAST`` (bf16 operands to fp32: the interpreter cannot compute on bf16) and ``IEEE`` (fp32 dots without
+    TF32, as torch's default matmul) for GEMM kernels on ``dtype``."""
+    interp = is_interpreter()
+    return dict(UPCAST=interp and dtype == torch.bfloat16, IEEE=dtype == torch.float32 and not interp)
+
+
 def as_rows(name: str, t: torch.Tensor, d: int) -> torch.Tensor:
     """``t`` viewed as ``[rows, d]`` without a copy, or a ValueError naming the argument."""
     try:
@@ -157,17 +154,3 @@ def gdc_wait_and_release(USE_GDC: tl.constexpr):
     if USE_GDC:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
-
-
-@triton.jit
-def prefetch_l2(ptrs, USE_GDC: tl.constexpr):
-    """Ask for the lines at ``ptrs`` to be brought into L2 (weights, before ``gdc_wait``); no-op without PDL.
-
-    The lines are marked ``evict_last`` so that the previous kernel's streaming does not push them out before
-    this kernel reads them: LLaDA-8B block decode batch 1 at 4.346-4.351 ms per step vs 4.352-4.358 with the
-    plain hint, two H200 machines, four timings each, separate processes alternating. Deeper prefetches stay
-    slower with either hint, and so is one bulk (``cp.async.bulk.prefetch``) request per row
-    (results/bench_decode/prefetch_hint_ab_h200_7a84c1f.txt)."""
-    if USE_GDC:
-        tl.inline_asm_elementwise("prefetch.global.L2::evict_last [$1];", "=r,l", [ptrs], dtype=tl.int32,
-                                  is_pure=False, pack=1)

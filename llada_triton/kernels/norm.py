@@ -14,16 +14,27 @@ import torch
 import triton
 import triton.language as tl
 
-from llada_triton.kernels._common import (as_rows, cdiv, check_tensor, gdc_options, gdc_wait_and_release,
-                             is_interpreter, memo_config, next_pow2)
+from llada_triton.kernels._common import (DTYPES, as_rows, cdiv, check_tensor, gdc_options, gdc_wait_and_release,
+                                          is_interpreter, memo_config, next_pow2)
 from llada_triton.kernels.reference import check_eps
 
 __all__ = ["rms_norm"]
 
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-
 # ------------------------------------------------------------------------------------------ kernels
+@triton.jit
+def _load_h(x_ptrs, r_ptrs, h_ptrs, mask, hdt: tl.constexpr, HAS_RES: tl.constexpr, STORE_H: tl.constexpr,
+            EVICT: tl.constexpr):
+    """``h = x (+ r)`` in fp32, the sum rounded to ``hdt`` as torch's 16-bit add (and stored if ``STORE_H``)."""
+    h = tl.load(x_ptrs, mask=mask, other=0.0, eviction_policy=EVICT).to(tl.float32)
+    if HAS_RES:
+        r = tl.load(r_ptrs, mask=mask, other=0.0, eviction_policy=EVICT).to(tl.float32)
+        hr = (h + r).to(hdt)
+        if STORE_H:
+            tl.store(h_ptrs, hr, mask=mask)
+        h = hr.to(tl.float32)
+    return h
+
+
 @triton.jit
 def _rms_norm_kernel(
     x_ptr, r_ptr, w_ptr, y_ptr, h_ptr,   # x, residual, h = x + residual: [R, N] (row strides); w [N]; y [R, N]
@@ -42,12 +53,8 @@ def _rms_norm_kernel(
     ydt = y_ptr.dtype.element_ty
     if NUM_CHUNKS == 1:                  # the whole row stays in registers
         mask = rmask & (cols < N)
-        h = tl.load(x_ptr + rows * stride_x + cols, mask=mask, other=0.0, eviction_policy=EVICT).to(tl.float32)
-        if HAS_RES:
-            r = tl.load(r_ptr + rows * stride_r + cols, mask=mask, other=0.0, eviction_policy=EVICT).to(tl.float32)
-            hr = (h + r).to(hdt)
-            tl.store(h_ptr + rows * stride_h + cols, hr, mask=mask)
-            h = hr.to(tl.float32)
+        h = _load_h(x_ptr + rows * stride_x + cols, r_ptr + rows * stride_r + cols, h_ptr + rows * stride_h + cols,
+                    mask, hdt, HAS_RES, True, EVICT)
         rstd = tl.rsqrt(tl.sum(h * h, axis=1) / N + eps)[:, None]
         w = tl.load(w_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)
         y = (h * rstd).to(hdt).to(tl.float32) * w
@@ -57,21 +64,15 @@ def _rms_norm_kernel(
         for c in range(0, NUM_CHUNKS):
             cc = c * BLOCK_N + cols
             mask = rmask & (cc < N)
-            h = tl.load(x_ptr + rows * stride_x + cc, mask=mask, other=0.0).to(tl.float32)
-            if HAS_RES:
-                r = tl.load(r_ptr + rows * stride_r + cc, mask=mask, other=0.0).to(tl.float32)
-                hr = (h + r).to(hdt)
-                tl.store(h_ptr + rows * stride_h + cc, hr, mask=mask)
-                h = hr.to(tl.float32)
+            h = _load_h(x_ptr + rows * stride_x + cc, r_ptr + rows * stride_r + cc, h_ptr + rows * stride_h + cc,
+                        mask, hdt, HAS_RES, True, "")
             ss += h * h
         rstd = tl.rsqrt(tl.sum(ss, axis=1) / N + eps)[:, None]
         for c in range(0, NUM_CHUNKS):
             cc = c * BLOCK_N + cols
             mask = rmask & (cc < N)
-            h = tl.load(x_ptr + rows * stride_x + cc, mask=mask, other=0.0).to(tl.float32)
-            if HAS_RES:
-                r = tl.load(r_ptr + rows * stride_r + cc, mask=mask, other=0.0).to(tl.float32)
-                h = (h + r).to(hdt).to(tl.float32)
+            h = _load_h(x_ptr + rows * stride_x + cc, r_ptr + rows * stride_r + cc, h_ptr + rows * stride_h + cc,
+                        mask, hdt, HAS_RES, False, "")
             w = tl.load(w_ptr + cc, mask=cc < N, other=0.0).to(tl.float32)
             y = (h * rstd).to(hdt).to(tl.float32) * w
             tl.store(y_ptr + rows * stride_y + cc, y.to(ydt), mask=mask)
@@ -96,13 +97,15 @@ def _norm_config(R: int, N: int, interpret: bool) -> dict:
     block_r = max(1, min(next_pow2(max(R, 1)), 2048 // block_n))
     elems = block_r * block_n
     num_warps = 1 if elems <= 256 else 2 if elems <= 512 else 4 if elems <= 2048 else 8 if elems <= 4096 else 16
-    # the inputs are dead after the norm (a GEMM's output, the old residual): evict them from L2 first. H200, 256 /
-    # 1024 rows: 3-7% faster calls, decode steps the same or faster (results/kernels/norm_evict_ab_h200_445c2ee.txt)
+    # the inputs are dead after the norm (a GEMM's output, the old residual): evict them from L2 first
+    # (results/decisions.md)
     return dict(BLOCK_R=block_r, BLOCK_N=block_n, NUM_CHUNKS=cdiv(N, block_n), num_warps=num_warps,
                 EVICT="evict_first")
 
 
-def _launch(x2, r2, weight, y2, h2, eps, config=None):
+def launch_rms_norm(x2, r2, weight, y2, h2, eps, config=None):
+    """The norm on validated ``[R, N]`` row views: ``y2`` (and ``h2 = x2 + r2`` when ``r2`` is given);
+    ``config``: a :func:`norm_config` dict."""
     R, N = x2.shape
     cfg = norm_config(R, N) if config is None else dict(config)
     has_res = r2 is not None
@@ -115,9 +118,6 @@ def _launch(x2, r2, weight, y2, h2, eps, config=None):
         BLOCK_R=cfg["BLOCK_R"], BLOCK_N=cfg["BLOCK_N"], NUM_CHUNKS=cfg["NUM_CHUNKS"], HAS_RES=has_res,
         EVICT=cfg.get("EVICT", ""), num_warps=cfg["num_warps"], **gdc_options(x2, R),
     )
-
-
-_rows = as_rows
 
 
 # ------------------------------------------------------------------------------------------- public
@@ -133,12 +133,12 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: Option
     ``residual``: each element is read before it is written, by the same program).
     Returns ``y`` when ``residual`` is None, else ``(y, h)``. See :func:`llada_triton.kernels.reference.rms_norm_ref`.
     """
-    check_tensor("x", x, dtypes=_DTYPES)
+    check_tensor("x", x, dtypes=DTYPES)
     eps = check_eps(eps)
     if x.ndim < 1 or x.shape[-1] == 0:
         raise ValueError(f"x must be [..., d] with d >= 1, got shape {tuple(x.shape)}")
     d = x.shape[-1]
-    check_tensor("weight", weight, ndim=1, dtypes=_DTYPES)
+    check_tensor("weight", weight, ndim=1, dtypes=DTYPES)
     if weight.shape[0] != d or weight.device != x.device:
         raise ValueError(f"weight must be [{d}] on {x.device}, got {tuple(weight.shape)} on {weight.device}")
     y_dtype = torch.promote_types(weight.dtype, x.dtype)
@@ -155,7 +155,6 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: Option
     if residual is not None:
         h = torch.empty_like(x, memory_format=torch.contiguous_format) if residual_out is None else residual_out
     if x.numel():
-        _launch(_rows("x", x, d), None if residual is None else _rows("residual", residual, d),
-                weight, _rows("out", y, d),
-                None if h is None else _rows("residual_out", h, d), eps)
+        launch_rms_norm(as_rows("x", x, d), None if residual is None else as_rows("residual", residual, d),
+                        weight, as_rows("out", y, d), None if h is None else as_rows("residual_out", h, d), eps)
     return y if residual is None else (y, h)

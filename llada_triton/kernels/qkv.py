@@ -1,8 +1,8 @@
 """The fused QKV projection with RoPE and the KV-cache write in its epilogue (decode sizes).
 
 One launch replaces ``linear(x, w_qkv)`` followed by :func:`llada_triton.kernels.rotary.qkv_rope_cache`: the
-weight-streaming GEMM (weight rows as the MMA's M dimension, as the decode GEMMs of
-:mod:`llada_triton.kernels.mlp`) computes a ``[2 HB, rows]`` tile whose weight rows are chosen so that the tile holds
+weight-streaming GEMM (weight rows as the MMA's M dimension, the K-steps of
+:mod:`llada_triton.kernels.gemm`) computes a ``[2 HB, rows]`` tile whose weight rows are chosen so that the tile holds
 ``HB`` rotation pairs ``(j, j + D/2)`` of one head; the epilogue rounds the projection to the input dtype
 (as the unfused ``F.linear`` output), rotates q and k in fp32 with the tables' values at each token's
 absolute position, and stores q into the output and k, v into the cache slots (or into the output
@@ -17,14 +17,13 @@ import torch
 import triton
 import triton.language as tl
 
-from llada_triton.kernels._common import (as_rows, cdiv, check_tensor, gdc_wait_and_release, is_interpreter, memo_config, next_pow2,
-                             pdl_prefetch)
-from llada_triton.kernels.mlp import PREFETCH_BYTES, _mma, _prefetch_rows
-from llada_triton.kernels.rotary import _check_rope_args, qkv_rope_cache, rotate_pair
+from llada_triton.kernels._common import (DTYPES, as_rows, cdiv, check_tensor, dot_flags, gdc_options,
+                                          gdc_wait_and_release, is_interpreter, memo_config, next_pow2)
+from llada_triton.kernels.gemm import dot_step, load_k
+from llada_triton.kernels.rotary import check_rope_args, qkv_rope_cache, rotate_pair
 
 __all__ = ["qkv_proj_rope", "fused_supported"]
 
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_ROWS = 64  # the fused path is the decode GEMM; more rows belong to a compute-bound GEMM
 
 
@@ -39,8 +38,7 @@ def _qkv_proj_rope_kernel(
     sct,                                 # row stride of the cos / sin tables [L, D]
     D: tl.constexpr, HB: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
     DYN: tl.constexpr, HAS_CACHE: tl.constexpr, HAS_WF: tl.constexpr,
-    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
-    USE_GDC: tl.constexpr = False, PF_LINES: tl.constexpr = 1, LINE: tl.constexpr = 64,
+    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr, USE_GDC: tl.constexpr = False,
 ):
     HALF: tl.constexpr = D // 2
     TPH: tl.constexpr = HALF // HB       # tiles per head
@@ -59,21 +57,12 @@ def _qkv_proj_rope_kernel(
     offs_k = tl.arange(0, BK)
     x_ptrs = x_ptr + rows_x[:, None] * stride_xm + offs_k[None, :]             # [BM, BK]
     w_ptrs = w_ptr + rows_w[:, None] * stride_wn + offs_k[None, :]             # [BN, BK]
-    _prefetch_rows(w_ptr, rows_w, stride_wn, 0, K, PF_LINES, LINE, USE_GDC)
     gdc_wait_and_release(USE_GDC)
     acc = tl.zeros((BN, BM), dtype=tl.float32)
     for k in range(0, K, BK):
-        if EVEN_K:
-            xt = tl.load(x_ptrs)
-            wt = tl.load(w_ptrs)
-        else:
-            kmask = (offs_k < K - k)[None, :]
-            xt = tl.load(x_ptrs, mask=kmask, other=0.0)
-            wt = tl.load(w_ptrs, mask=kmask, other=0.0)
-        if UPCAST:
-            xt = xt.to(tl.float32)
-            wt = wt.to(tl.float32)
-        acc = _mma(wt, tl.trans(xt), acc, IEEE)
+        xt = load_k(x_ptr, x_ptrs, 0, k, K - k, BK, False, EVEN_K, UPCAST)
+        wt = load_k(w_ptr, w_ptrs, 0, k, K - k, BK, False, EVEN_K, UPCAST)
+        acc = dot_step(xt, wt, acc, True, IEEE)
         x_ptrs += BK
         w_ptrs += BK
 
@@ -126,8 +115,8 @@ def fused_supported(rows: int, D: int) -> bool:
 
 
 def qkv_config(M: int, K: int, dtype: torch.dtype, interpret: Optional[bool] = None) -> dict:
-    """Block sizes (a pure function of the shape): the QKV row of scripts/sweep_gemm.py (H200, PDL on).
-    A new dict on every call (the values are memoised per shape)."""
+    """Block sizes (a pure function of the shape, from scripts/sweep_gemm.py's QKV row). A new dict on every
+    call (the values are memoised per shape)."""
     return _qkv_config(M, K, dtype, is_interpreter() if interpret is None else bool(interpret))
 
 
@@ -154,7 +143,7 @@ def qkv_proj_rope(x: torch.Tensor, w_qkv: torch.Tensor, cos_table: torch.Tensor,
     ``[B, T, NH, D]`` tensor. More than :data:`MAX_ROWS` rows (or an unsupported head dim) take the
     unfused path. See :func:`llada_triton.kernels.reference.qkv_proj_rope_ref`.
     """
-    check_tensor("x", x, ndim=3, dtypes=_DTYPES)
+    check_tensor("x", x, ndim=3, dtypes=DTYPES)
     check_tensor("w_qkv", w_qkv, ndim=2, dtypes=(x.dtype,))
     B, T, d = x.shape
     H = int(n_heads)
@@ -171,13 +160,11 @@ def qkv_proj_rope(x: torch.Tensor, w_qkv: torch.Tensor, cos_table: torch.Tensor,
         torch.matmul(x, w_qkv.t(), out=out.view(B, T, NH * D))
         return qkv_rope_cache(out, cos_table, sin_table, start, k_cache, v_cache, n_heads=H, write_from=write_from)
     # validation of tables, caches (last dim contiguous), start and write_from: the unfused launcher's own checks
-    _, Hkv, dyn, start, has_cache = _check_rope_args(out, cos_table, sin_table, start, k_cache, v_cache, H,
+    _, Hkv, dyn, start, has_cache = check_rope_args(out, cos_table, sin_table, start, k_cache, v_cache, H,
                                                      write_from)
     x2 = as_rows("x", x, d)
     cfg = qkv_config(M, d, x.dtype) if config is None else dict(config)
     hb = _half_tile(D)
-    interp = is_interpreter()
-    gdc = pdl_prefetch(x, M, d, PREFETCH_BYTES)
     kc = k_cache if has_cache else out
     vc = v_cache if has_cache else out
     kst = kc.stride() if has_cache else (0, 0, 0, 1)
@@ -193,9 +180,8 @@ def qkv_proj_rope(x: torch.Tensor, w_qkv: torch.Tensor, cos_table: torch.Tensor,
         kst[0], kst[1], kst[2], vst[0], vst[1], vst[2],
         cos_table.stride(0),
         D=D, HB=hb, BM=cfg["BM"], BK=cfg["BK"], DYN=dyn, HAS_CACHE=has_cache, HAS_WF=write_from is not None,
-        EVEN_K=d % cfg["BK"] == 0, UPCAST=interp and x.dtype == torch.bfloat16,
-        IEEE=x.dtype == torch.float32 and not interp,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **gdc,
+        EVEN_K=d % cfg["BK"] == 0, **dot_flags(x.dtype),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **gdc_options(x, M),
     )
     q = out[:, :, :H]
     if has_cache:

@@ -420,3 +420,130 @@ def _factor_count(ranked: torch.Tensor, n_masked: torch.Tensor, factor: float) -
             i += 1
         out[b] = min(i, n)
     return out
+
+
+# ------------------------------------------------------------------------------------------- moe
+__all__ += ["moe_route_ref", "moe_align_ref", "moe_experts_ref"]
+
+_SCORE_FUNCS = ("sigmoid", "softmax")
+
+
+def check_moe_route_args(n_experts: int, top_k, n_group, topk_group, score_func, expert_bias=None,
+                         routed_scaling_factor=1.0) -> None:
+    """ValueErrors (argument, value, what is allowed) for the routing options of :func:`moe_route_ref`.
+    Shared by the reference and the Triton router."""
+    E = n_experts
+    for name, v in (("top_k", top_k), ("n_group", n_group), ("topk_group", topk_group)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    if score_func not in _SCORE_FUNCS:
+        raise ValueError(f"score_func must be one of {_SCORE_FUNCS}, got {score_func!r}")
+    if E % n_group:
+        raise ValueError(f"n_group={n_group} must divide the number of experts {E}")
+    if topk_group > n_group:
+        raise ValueError(f"topk_group={topk_group} must be <= n_group={n_group}")
+    if n_group > 1 and E // n_group < 2:
+        raise ValueError(f"n_group={n_group} leaves groups of {E // n_group} expert; groups are scored by their "
+                         f"top-2 experts, so each needs >= 2")
+    if top_k > topk_group * (E // n_group):
+        raise ValueError(f"top_k={top_k} must be <= the experts of the kept groups, "
+                         f"topk_group * experts per group = {topk_group * (E // n_group)}")
+    if expert_bias is not None and score_func != "sigmoid":
+        raise ValueError(f"expert_bias is supported with score_func='sigmoid' only, got score_func={score_func!r}")
+    if isinstance(routed_scaling_factor, bool) or not isinstance(routed_scaling_factor, (int, float)) \
+            or math.isnan(routed_scaling_factor):
+        raise ValueError(f"routed_scaling_factor must be a number, got {routed_scaling_factor!r}")
+
+
+def _topk_lowest_index(v: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` largest entries of each row, in descending order; equal values go to the lowest
+    index first (``torch.topk`` leaves that order unspecified)."""
+    return torch.sort(v, dim=-1, descending=True, stable=True).indices[..., :k]
+
+
+def moe_route_ref(x: torch.Tensor, router_w: torch.Tensor, expert_bias: Optional[torch.Tensor] = None, *,
+                  top_k: int, n_group: int = 1, topk_group: int = 1, score_func: str = "sigmoid",
+                  norm_topk_prob: bool = True, routed_scaling_factor: float = 1.0):
+    """Router of a mixture-of-experts layer: which ``top_k`` experts each token uses, and their weights.
+
+    x: ``[M, d]``; router_w: ``[E, d]``; expert_bias: ``[E]`` or None. The router logits ``x @ router_w.T``
+    are computed in fp32 (inputs upcast).
+      * ``score_func="sigmoid"`` (LLaDA2.x, DeepSeek-V3): ``s = sigmoid(logits)``; ``expert_bias`` is added for
+        the *selection* only. With ``n_group > 1`` the experts form ``n_group`` contiguous groups, each scored
+        by the sum of its two largest biased scores; the ``topk_group`` best groups are kept and the
+        ``top_k`` experts are chosen among them.
+      * ``score_func="softmax"`` (LLaDA-MoE, OLMoE): ``s = softmax(logits)`` over all experts, then the same
+        selection (``expert_bias`` not allowed: LLaDA-MoE adds it to the weights too).
+    Ties in any ranking go to the lowest index (the reference model's ``torch.topk`` leaves it unspecified).
+    ``ids`` are in descending order of the (biased) selection score. ``weights`` are the unbiased scores of
+    the chosen experts, divided by their sum (+ 1e-20) when ``norm_topk_prob and top_k > 1`` (LLaDA2 skips it at
+    ``top_k = 1``), times ``routed_scaling_factor``.
+    Returns ``(weights fp32 [M, top_k], ids int32 [M, top_k])``.
+    """
+    E = router_w.shape[0]
+    check_moe_route_args(E, top_k, n_group, topk_group, score_func, expert_bias, routed_scaling_factor)
+    logits = x.float() @ router_w.float().t()
+    s = torch.sigmoid(logits) if score_func == "sigmoid" else torch.softmax(logits, dim=-1)
+    sel = s if expert_bias is None else s + expert_bias.float()
+    M = x.shape[0]
+    if n_group > 1:
+        group_scores = sel.view(M, n_group, -1).topk(2, dim=-1).values.sum(-1)
+        groups = _topk_lowest_index(group_scores, topk_group)
+        keep = torch.zeros(M, n_group, dtype=torch.bool, device=x.device)
+        keep.scatter_(1, groups, True)
+        sel = sel.masked_fill(~keep.repeat_interleave(E // n_group, dim=1), float("-inf"))
+    ids = _topk_lowest_index(sel, top_k)
+    w = s.gather(1, ids)
+    if norm_topk_prob and top_k > 1:
+        w = w / (w.sum(-1, keepdim=True) + 1e-20)
+    return w * routed_scaling_factor, ids.to(torch.int32)
+
+
+def moe_experts_ref(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, weights: torch.Tensor,
+                    ids: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The routed experts of a mixture-of-experts layer: ``residual + sum_j weights[:, j] * expert_{ids[:, j]}(x)``.
+
+    x: ``[M, d]``; w_gate_up: ``[E, 2I, d]`` (each expert's gate rows, then its up rows); w_down: ``[E, d, I]``;
+    weights: ``[M, k]`` (fp32, as :func:`moe_route_ref` gives); ids: int ``[M, k]`` in ``[0, E)``; residual:
+    ``[M, d]`` or None. Each expert is :func:`swiglu_mlp_ref` (its output rounded to ``x.dtype``); the weighted sum
+    over the k slots is taken in fp32, slot 0 first, and rounded to ``x.dtype`` (LLaDA2's ``moe_infer``), then
+    ``residual + y``. A per-expert loop over the tokens that chose it (the reference model's). Returns ``[M, d]``.
+    """
+    M, d = x.shape
+    k = ids.shape[1]
+    flat = ids.reshape(-1).long()
+    out = torch.zeros(M * k, d, dtype=x.dtype, device=x.device)
+    for e in torch.unique(flat).tolist():
+        rows = (flat == e).nonzero()[:, 0]
+        out[rows] = swiglu_mlp_ref(x[rows // k], w_gate_up[e], w_down[e])
+    out = out.view(M, k, d).float()
+    w = weights.float()
+    y = out[:, 0] * w[:, :1]
+    for j in range(1, k):
+        y = y + out[:, j] * w[:, j:j + 1]
+    y = y.to(x.dtype)
+    return y if residual is None else residual + y
+
+
+def moe_align_ref(ids: torch.Tensor, n_experts: int, block_m: int, *, chunk: Optional[int] = None):
+    """Token->expert alignment: the ``N = M * k`` (token, slot) pairs of ``ids [M, k]`` (flat index ``m * k + j``)
+    grouped by expert, each expert's segment padded to a multiple of ``block_m`` rows.
+
+    Returns ``(sorted_ids int32 [L], expert_end int32 [E], total int32 [1])``, ``L = cdiv(N + min(E, N) *
+    (block_m - 1), block_m) * block_m`` (every expert that can receive a pair, padded): segment ``e`` is rows
+    ``[expert_end[e-1], expert_end[e])``, its pairs in increasing flat index, then padding rows holding ``N``;
+    rows ``>= total = expert_end[E-1]`` hold ``N`` too. Pairs with an id outside ``[0, E)`` are dropped.
+    ``chunk`` (the kernel's pairs per program) is accepted and ignored.
+    """
+    N, E = ids.numel(), n_experts
+    flat = ids.reshape(-1).long()
+    L = -(-(N + min(E, N) * (block_m - 1)) // block_m) * block_m
+    ok = (flat >= 0) & (flat < E)
+    counts = torch.bincount(flat[ok], minlength=E)
+    end = torch.cumsum(-(-counts // block_m) * block_m, 0)
+    sorted_ids = torch.full((L,), N, dtype=torch.int32, device=ids.device)
+    order = torch.sort(torch.where(ok, flat, E), stable=True).indices[:int(ok.sum())]
+    start = (end - -(-counts // block_m) * block_m)
+    rank = torch.arange(order.numel(), device=ids.device) - (torch.cumsum(counts, 0) - counts)[flat[order]]
+    sorted_ids[start[flat[order]] + rank] = order.to(torch.int32)
+    return sorted_ids, end.to(torch.int32), end[-1:].to(torch.int32)

@@ -13,12 +13,11 @@ import torch
 import triton
 import triton.language as tl
 
-from llada_triton.kernels._common import (cdiv, check_tensor, gdc_options, gdc_wait_and_release, is_interpreter, memo_config,
-                             next_pow2)
+from llada_triton.kernels._common import (DTYPES, cdiv, check_tensor, gdc_options, gdc_wait_and_release,
+                                          is_interpreter, memo_config, next_pow2)
 
-__all__ = ["rope", "rope_qk_", "qkv_rope_cache"]
+__all__ = ["rope", "qkv_rope_cache"]
 
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 # ------------------------------------------------------------------------------------------ kernels
@@ -132,7 +131,7 @@ def rope_config(B: int, T: int, G: int, H: int, D: int, interpret: Optional[bool
     # halve the heads per program until there are >= ~4 programs per SM (132 SMs) or one head each
     while block_h > 1 and B * T * G * cdiv(H, block_h) < 528:
         block_h //= 2
-    # <= 16 heads x 64 per program: among the best at B=32 in two H200 sweeps (8.6-10 us, noise ~1 us)
+    # <= 16 heads x 64 per program: among the best at B=32 in the sweeps
     while block_h > 1 and block_h * block_d2 > 1024:
         block_h //= 2
     elems = block_h * block_d2
@@ -151,9 +150,7 @@ def _qkv_rope_config(n_rows: int, D: int, interpret: bool) -> dict:
     block_d2 = next_pow2(max(D // 2, 1))
     if interpret:  # few, large programs: the interpreter pays per program
         block_r = min(next_pow2(n_rows), max(1, 16384 // block_d2))
-    else:  # ~1K elements per program (16 rows at D=128): LLaDA-8B shapes, H200, CUDA graphs, us per call:
-        # batch 32 15.05 vs 16.05 with 32 rows, batch 8 5.28 vs 5.75 (results/kernels/rope_rows_h200_b08f254.txt);
-        # 8 rows no faster (rope_rows8_h200_1f14cdc.txt), nor one token's heads a program (rope_per_token_h200_183d48e.txt)
+    else:  # ~1K elements per program (16 rows at D=128; results/decisions.md)
         block_r = max(1, min(next_pow2(n_rows), 1024 // block_d2))
     return dict(BLOCK_R=block_r, BLOCK_D2=block_d2, num_warps=4 if block_r * block_d2 >= 1024 else 2)
 
@@ -179,7 +176,7 @@ def _check_tables(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
 
 
 def _check_x(name: str, x: torch.Tensor):
-    check_tensor(name, x, ndim=4, dtypes=_DTYPES, contiguous_last=False)
+    check_tensor(name, x, ndim=4, dtypes=DTYPES, contiguous_last=False)
     if x.shape[3] % 2:
         raise ValueError(f"{name} head dim must be even for the half-split rotation, got D={x.shape[3]}")
 
@@ -207,40 +204,10 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, out: Optional
     return out
 
 
-def rope_qk_(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-    """Rotate ``q`` and ``k`` in place (one launch when both are views of one tensor with equal strides,
-    e.g. ``rope_qk_(qkv[:, :, 0], qkv[:, :, 1], cos, sin)`` on a fused ``[B, T, 3, H, D]`` projection).
-
-    q, k: ``[B, T, H, D]`` (the same shape, dtype fp16/bf16/fp32 and device; any strides; they must not
-    overlap); cos, sin: fp32 ``[T, D]``. Returns ``(q, k)``, rotated in place.
-    """
-    _check_x("q", q)
-    _check_x("k", k)
-    if q.shape != k.shape or q.dtype != k.dtype or q.device != k.device:
-        raise ValueError(f"q and k must match in shape, dtype and device: {tuple(q.shape)} {q.dtype} {q.device} "
-                         f"vs {tuple(k.shape)} {k.dtype} {k.device}")
-    _check_tables(q, cos, sin)
-    if q.numel() == 0:
-        return q, k
-    esize = q.element_size()
-    diff = k.data_ptr() - q.data_ptr()
-    same_storage = q.untyped_storage().data_ptr() == k.untyped_storage().data_ptr()
-    if same_storage and q.stride() == k.stride() and diff % esize == 0 and diff != 0:
-        # one launch over a [B, T, 2, H, D] view: group g at q + g * (k - q)
-        base = q if diff > 0 else k      # as_strided takes no negative strides: start at the lower address
-        sb, st, sh, sd = q.stride()
-        qk = base.as_strided((q.shape[0], q.shape[1], 2, q.shape[2], q.shape[3]), (sb, st, abs(diff) // esize, sh, sd))
-        _launch(qk, qk, cos, sin)
-    else:
-        _launch(q.unsqueeze(2), q.unsqueeze(2), cos, sin)
-        _launch(k.unsqueeze(2), k.unsqueeze(2), cos, sin)
-    return q, k
-
-
-def _check_rope_args(qkv, cos_table, sin_table, start, k_cache, v_cache, n_heads, write_from):
+def check_rope_args(qkv, cos_table, sin_table, start, k_cache, v_cache, n_heads, write_from):
     """The argument checks of :func:`qkv_rope_cache` (also run by :func:`llada_triton.kernels.qkv.qkv_proj_rope` on its
     output buffer): ``(H, Hkv, dyn, start, has_cache)``, ``start`` an int unless it is a device tensor."""
-    check_tensor("qkv", qkv, ndim=4, dtypes=_DTYPES)
+    check_tensor("qkv", qkv, ndim=4, dtypes=DTYPES)
     B, T, NH, D = qkv.shape
     H = int(n_heads)
     if H < 1 or (NH - H) < 2 or (NH - H) % 2 or D % 2:
@@ -287,7 +254,7 @@ def qkv_rope_cache(qkv: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.
     ``[B]``: row b writes only slots ``>= write_from[b]`` (the others are left as they are). Returns ``(q, k_cache, v_cache)`` with a cache, else
     ``(q, k, v)`` (views of ``qkv``). See :func:`llada_triton.kernels.reference.qkv_rope_cache_ref`.
     """
-    H, Hkv, dyn, start, has_cache = _check_rope_args(qkv, cos_table, sin_table, start, k_cache, v_cache, n_heads,
+    H, Hkv, dyn, start, has_cache = check_rope_args(qkv, cos_table, sin_table, start, k_cache, v_cache, n_heads,
                                                      write_from)
     B, T = qkv.shape[:2]
     D = qkv.shape[3]

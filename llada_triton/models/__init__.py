@@ -1,19 +1,30 @@
-"""LLaDA (masked-diffusion LM) as pure functions: config, strict weight loading, forward, chat helpers."""
+"""Masked-diffusion LMs as pure functions: configs, strict weight loading, forwards, ``Ops``, chat helpers.
+
+* :mod:`.config` / :mod:`.weights` / :mod:`.model`: the dense LLaDA family (config, loader, forward).
+* :mod:`.ops`: :class:`Ops`, which implementation (torch reference or Triton kernel) runs each op.
+* :mod:`.family`: the seam a model family plugs into (:class:`Family`, ``REGISTRY``); :func:`forward_hidden`
+  and :func:`new_cache` here dispatch on the config's family, and :func:`load_model` picks the family from a
+  checkpoint's config.json. A new family is one module with a ``FAMILY`` record and one ``REGISTRY`` line.
+"""
 from .config import ConfigError, LLaDAConfig
-from .model import KVCache, forward, forward_hidden, logits_from_hidden
+from .family import REGISTRY, Family, family_for_config_json, family_of, forward_hidden, new_cache
+from .model import KVCache, forward, logits_from_hidden
 from .ops import REFERENCE_OPS, Ops, triton_ops
 from .weights import LayerParams, Params, WeightError, init_params, load_params, save_checkpoint
 
 __all__ = ["LLaDAConfig", "ConfigError", "Params", "LayerParams", "WeightError", "load_params", "init_params",
            "save_checkpoint", "forward", "forward_hidden", "logits_from_hidden", "KVCache", "Ops",
-           "REFERENCE_OPS", "triton_ops", "load_model"]
+           "REFERENCE_OPS", "triton_ops", "load_model", "Family", "REGISTRY", "family_of",
+           "family_for_config_json", "new_cache"]
 
 
 def load_model(path: str, *, device="cpu", dtype=None, eot_token_id=None):
-    """``(params, cfg)`` from a Hugging Face LLaDA folder (dtype defaults to bf16 on CUDA, fp32 on CPU)."""
+    """``(params, cfg)`` from a Hugging Face checkpoint folder of any registered family (chosen from config.json's
+    ``model_type`` / ``architectures``); dtype defaults to bf16 on CUDA, fp32 on CPU."""
     import torch
 
-    cfg = LLaDAConfig.from_pretrained(path, eot_token_id=eot_token_id)
+    fam = family_for_config_json(path)
+    cfg = fam.config.from_pretrained(path, eot_token_id=eot_token_id)
     if dtype is None:
         dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-    return load_params(path, cfg, device=device, dtype=dtype), cfg
+    return fam.load_params(path, cfg, device=device, dtype=dtype), cfg

@@ -4,6 +4,10 @@ Mirrors the official LLaDA chat code: the Instruct chat template (which always e
 assistant header) rendered as text and tokenized without adding special tokens (the template
 already starts with the bos string), and answers cut at the first end token (eos or eot) and
 decoded with special tokens skipped.
+
+A prompt character the tokenizer cannot represent (the shipped character tokenizer would turn it into
+``?``; a SentencePiece one into its unknown token) is an error naming the characters, unless the caller
+passes ``allow_unknown=True``.
 """
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from typing import List, Sequence, Union
 
 from .config import LLaDAConfig
 
-__all__ = ["load_tokenizer", "chat_prompt_ids", "strip_answer", "decode_answer"]
+__all__ = ["load_tokenizer", "chat_prompt_ids", "unknown_chars", "strip_answer", "decode_answer"]
 
 Messages = Union[str, Sequence[dict]]
 
@@ -39,14 +43,35 @@ def load_tokenizer(path: str):
     return cls.from_pretrained(path, local_files_only=True, trust_remote_code=False)
 
 
-def chat_prompt_ids(tokenizer, messages: Messages, *, chat_template: bool = True) -> List[int]:
+def unknown_chars(tokenizer, text: str) -> List[str]:
+    """The distinct characters of ``text`` the tokenizer cannot represent: encoded alone, a character
+    gives the unknown token or does not come back when decoded (whitespace that decodes to whitespace
+    or nothing counts as represented, since SentencePiece folds it into the next piece)."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    bad = []
+    for c in dict.fromkeys(text):
+        ids = tokenizer(c, add_special_tokens=False)["input_ids"]
+        back = tokenizer.decode(ids)
+        if (unk is not None and unk in ids) or (c not in back and not (c.isspace() and not back.strip())):
+            bad.append(c)
+    return bad
+
+
+def chat_prompt_ids(tokenizer, messages: Messages, *, chat_template: bool = True,
+                    allow_unknown: bool = False) -> List[int]:
     """Token ids of a prompt. ``messages`` is a user string or a list of ``{"role", "content"}``.
 
     With ``chat_template`` (Instruct checkpoints) the tokenizer's template is rendered to text and
-    tokenized with ``add_special_tokens=False``; otherwise the raw text is tokenized.
+    tokenized with ``add_special_tokens=False``; otherwise the raw text is tokenized. Characters the
+    tokenizer cannot represent raise ``ValueError`` naming them, unless ``allow_unknown``.
     """
     if isinstance(messages, str):
         messages = [{"role": "user", "content": messages}]
+    if not allow_unknown:
+        bad = unknown_chars(tokenizer, "".join(m["content"] for m in messages))
+        if bad:
+            names = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in bad)
+            raise ValueError(f"the prompt has characters this tokenizer cannot represent: {names}")
     if not chat_template:
         text = "".join(m["content"] for m in messages)
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -10,7 +10,7 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, ClassVar, Mapping, Optional
 
 __all__ = ["LLaDAConfig", "ConfigError"]
 
@@ -57,7 +57,9 @@ class LLaDAConfig:
 
     ``vocab_size`` is the number of logits (the checkpoint's ``embedding_size``, which may pad the
     tokenizer's vocabulary); ``eot_token_id`` comes from the tokenizer (``<|eot_id|>``) or an override.
+    ``family`` names the model family (``llada_triton.models.family.REGISTRY``) whose forward runs this config.
     """
+    family: ClassVar[str] = "llada"
     d_model: int
     n_heads: int
     n_kv_heads: int

@@ -1,4 +1,4 @@
-"""LLaDA as pure functions over plain tensors.
+"""LLaDA (dense) as pure functions over plain tensors; the ``llada`` entry of ``models.family.REGISTRY``.
 
 ``forward_hidden`` runs the transformer and returns final *normed* hidden states; ``forward`` adds the
 LM head. There is no module hierarchy: params (:class:`llada_triton.models.weights.Params`), the config and the op
@@ -19,10 +19,11 @@ import torch
 from torch.profiler import record_function
 
 from .config import LLaDAConfig
+from .family import Family, forward_hidden as family_forward_hidden
 from .ops import REFERENCE_OPS, Ops
-from .weights import Params
+from .weights import Params, load_params
 
-__all__ = ["KVCache", "forward_hidden", "forward", "logits_from_hidden"]
+__all__ = ["KVCache", "forward_hidden", "forward", "logits_from_hidden", "FAMILY"]
 
 
 @dataclass
@@ -39,6 +40,10 @@ class KVCache:
     @property
     def t_max(self) -> int:
         return self.k.shape[2]
+
+    def rows(self, r0: int, r1: int) -> "KVCache":
+        """A view of batch rows ``[r0, r1)`` (writes go to this cache)."""
+        return KVCache(self.k[:, r0:r1], self.v[:, r0:r1])
 
 
 def forward_hidden(params: Params, cfg: LLaDAConfig, tokens: torch.Tensor, *,
@@ -131,7 +136,11 @@ def logits_from_hidden(params: Params, hidden: torch.Tensor, ops: Ops = REFERENC
     return ops.linear(hidden, params.lm_head)
 
 
-def forward(params: Params, cfg: LLaDAConfig, tokens: torch.Tensor, **kwargs) -> torch.Tensor:
-    """Logits ``[B, T, V]`` (or of ``rows``); same arguments as :func:`forward_hidden`."""
+def forward(params, cfg, tokens: torch.Tensor, **kwargs) -> torch.Tensor:
+    """Logits ``[B, T, V]`` (or of ``rows``) of any registered family (its ``forward_hidden``, dispatched on
+    ``cfg``, then ``params.lm_head``); same arguments as :func:`forward_hidden`."""
     ops = kwargs.get("ops", REFERENCE_OPS)
-    return logits_from_hidden(params, forward_hidden(params, cfg, tokens, **kwargs), ops)
+    return logits_from_hidden(params, family_forward_hidden(params, cfg, tokens, **kwargs), ops)
+
+
+FAMILY = Family(name="llada", config=LLaDAConfig, forward_hidden=forward_hidden, load_params=load_params)

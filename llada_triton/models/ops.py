@@ -1,12 +1,20 @@
 """Which implementation runs each op: an explicit record passed to the model and the driver.
 
 ``REFERENCE_OPS`` is plain torch (runs anywhere, defines the numerics). ``triton_ops()`` returns the
-Triton kernels (imports triton on call, never at import). Mix them for ablations, e.g.
-``dataclasses.replace(REFERENCE_OPS, attention=triton_ops().attention)``.
+Triton kernels (imports triton on call, never at import). Mix them for ablations with :meth:`Ops.replace`, e.g.
+``triton_ops().replace(select=REFERENCE_OPS.select)`` (which also clears the fused ``commit``, so the
+reference selection really runs).
+
+Which kernel runs each op of a decoding step (``triton_ops()``): the QKV projection with RoPE and the
+cache write ``kernels.qkv_proj_rope``; attention ``kernels.block_attention``; the output projection with the
+MLP's norm ``kernels.linear_rms_norm``; the MLP with the next norm ``kernels.swiglu_mlp_rms_norm`` (up to 64
+rows; cuBLAS GEMMs around ``kernels.silu_mul`` above); the LM head with sampling and confidence
+``kernels.head_confidence``; the selection and commit ``kernels.commit_step``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, fields
 from typing import Callable, Optional
 
 import torch
@@ -17,6 +25,17 @@ from llada_triton.kernels import reference as ref
 __all__ = ["Ops", "REFERENCE_OPS", "triton_ops"]
 
 
+# plain field -> the fused fields built on it (replacing the plain op clears them, see Ops.replace)
+FUSED_WITH = {
+    "linear": ("linear_norm", "qkv_proj_rope"),
+    "rms_norm": ("linear_norm", "mlp_norm"),
+    "qkv_rope": ("qkv_proj_rope",),
+    "mlp": ("mlp_norm",),
+    "select": ("commit",),
+    "head": ("head_rows",),
+}
+
+
 @dataclass(frozen=True)
 class Ops:
     """Op implementations; each field has the signature of the ``kernels.reference`` function named.
@@ -24,20 +43,26 @@ class Ops:
     linear(x, w, residual=None) -> residual + x @ w.T; rms_norm -> rms_norm_ref; qkv_rope -> qkv_rope_cache_ref
     (RoPE on q/k of the fused projection + K/V into the cache); attention -> block_attention_ref;
     mlp -> swiglu_mlp_ref; head(hidden, w, *, temperature, seed, offset, banned_ids, no_confidence_ids,
-    uncond_hidden, cfg_scale) -> (x0, conf) as head_confidence_ref (noise from (seed, offset)); a head that
-    also takes ``n_rows`` and ``row_ids`` (the Triton one) lets the driver run it on the still-masked rows
-    only (decode.generate.head_skips_rows); select -> select_transfer_ref.
+    uncond_hidden, cfg_scale) -> (x0, conf) as head_confidence_ref (noise from (seed, offset));
+    select -> select_transfer_ref.
 
-    Optional fused fields (None: the model composes them from the fields above):
+    Optional fused fields (None: the model composes them from the plain fields above):
     linear_norm(x, w, residual, norm_weight, eps) -> (y, h) as linear_rms_norm_ref (the output projection
     and the MLP's norm); mlp_norm(x, w_gate_up, w_down, residual, norm_weight, eps) -> (y, h) as
     swiglu_mlp_rms_norm_ref (the MLP and the next norm); qkv_proj_rope(x, w_qkv, cos, sin, start, k_cache,
     v_cache, *, n_heads, write_from) -> (q, k, v) as qkv_proj_rope_ref (the QKV projection with RoPE and
     the cache write); commit(tokens, start, x0, conf, *, mask_id, done, k, threshold, factor, nfe) ->
     (committed, conf, block) as commit_step_ref (the selection, the commit into the token buffer and the NFE
-    count of a decoding step in one launch). When set they take precedence over ``linear`` / ``mlp`` /
-    ``qkv_rope`` + ``rms_norm`` / ``select`` at those places: set them to None when replacing ``linear``,
-    ``mlp``, ``qkv_rope`` or ``select`` in an ablation.
+    count of a decoding step in one launch). When set they run instead of the plain fields at those places.
+
+    head_rows: ``head`` also takes ``n_rows`` (a 0-dim device count) and ``row_ids`` (as
+    ``kernels.head_confidence``): the driver then runs it on the block's still-masked rows only, for blocks of
+    more than ``compact_above`` rows (batch x block length; smaller blocks are one weight-bound row tile of the
+    head either way, so gathering them saves nothing).
+
+    Change fields with :meth:`replace`: replacing a plain field clears the fused fields built on it
+    (``FUSED_WITH``), so an ablation of ``linear`` or ``select`` really runs the new op, unless the same call sets
+    the fused field too. (``dataclasses.replace`` keeps the fused fields as they are.)
     """
     name: str
     linear: Callable
@@ -51,6 +76,29 @@ class Ops:
     mlp_norm: Optional[Callable] = None
     qkv_proj_rope: Optional[Callable] = None
     commit: Optional[Callable] = None
+    head_rows: bool = False
+    compact_above: int = 64
+
+    def __post_init__(self):
+        if isinstance(self.compact_above, bool) or not isinstance(self.compact_above, int) or self.compact_above < 0:
+            raise ValueError(f"Ops.compact_above={self.compact_above!r} must be an int >= 0")
+
+    def replace(self, **changes) -> "Ops":
+        """A copy with ``changes``; a replaced plain field clears its fused fields (``FUSED_WITH``) unless
+        ``changes`` names them too (``head`` resets ``head_rows`` to False: the new head runs on every row)."""
+        unknown = sorted(set(changes) - {f.name for f in fields(self)})
+        if unknown:
+            raise TypeError(f"Ops has no field(s) {unknown}; fields: {[f.name for f in fields(self)]}")
+        cleared = {}
+        for plain, fused in FUSED_WITH.items():
+            if plain in changes:
+                for f in fused:
+                    cleared[f] = False if f == "head_rows" else None
+        return dataclasses.replace(self, **{**cleared, **changes})
+
+    def compacts(self, n_rows: int) -> bool:
+        """Whether the LM head runs on the masked rows only for a block of ``n_rows`` rows."""
+        return self.head_rows and n_rows > self.compact_above
 
 
 def _linear_ref(x, w, residual=None):
@@ -61,7 +109,7 @@ def _linear_ref(x, w, residual=None):
 def _linear_decode(x, w, residual=None, *, max_rows: int = 64):
     """Triton GEMM for decode-sized inputs (<= ``max_rows`` rows, weight-bandwidth bound), cuBLAS above."""
     if x.numel() // x.shape[-1] <= max_rows:
-        from llada_triton.kernels.mlp import linear
+        from llada_triton.kernels import linear
         return linear(x, w, residual)
     return _linear_ref(x, w, residual)
 
@@ -83,12 +131,8 @@ def _head_ref(hidden, w, *, temperature=0.0, seed=0, offset=0, banned_ids=(), no
                                    cfg_scale=cfg_scale)
 
 
-# Up to this many rows the fused Triton MLP runs (weight-bound: it beats cuBLAS); above it, cuBLAS GEMMs around
-# the Triton silu_mul, faster at 384 and 1024 rows under the power cap where compute-bound decode steps run
-# (H200, 32-layer MLP chains replayed for 8 s: results/bench_decode/sustained_mlp_h200_7adef5d.csv). With the
-# one-dot gate-up (8d1e65f, a58d151) the fused MLP wins at 128 rows (block batch 4, three machines: 0.5-1% per step)
-# but not at 96 (a tie on one machine, 2-4% slower on two) or 256 (batch 8: 8.146-8.167 vs 8.014-8.028 ms), so the
-# switch stays at 64 (results/bench_decode/mlp_rows_ab_h200_8d1e65f.txt).
+# Up to this many rows (weight-bound) the fused Triton MLP beats cuBLAS; above it cuBLAS GEMMs around the Triton
+# silu_mul are faster (results/decisions.md)
 TRITON_MLP_MAX_ROWS = 64
 
 
@@ -99,13 +143,13 @@ def _cublas_mlp_rows(rows: int) -> bool:
 def _mlp_cublas(x, w_gate_up, w_down):
     """The MLP without its residual: cuBLAS GEMMs (one over the fused gate-up weight) around the Triton
     ``silu_mul`` (one launch for the activation instead of torch's silu and mul)."""
-    from llada_triton.kernels.mlp import silu_mul
+    from llada_triton.kernels import silu_mul
     return F.linear(silu_mul(F.linear(x, w_gate_up)), w_down)
 
 
 def _add_norm(y, residual, norm_weight, eps):
     """``(rms_norm(h), h)`` with ``h = residual + y`` (one Triton launch: the add fused into the norm)."""
-    from llada_triton.kernels.norm import rms_norm
+    from llada_triton.kernels import rms_norm
     if residual is None:
         return rms_norm(y, norm_weight, eps), y
     return rms_norm(y, norm_weight, eps, residual)
@@ -117,7 +161,7 @@ def _mlp_decode(x, w_gate_up, w_down, residual=None):
     if _cublas_mlp_rows(x.numel() // x.shape[-1]):
         y = _mlp_cublas(x, w_gate_up, w_down)
         return y if residual is None else residual + y
-    from llada_triton.kernels.mlp import swiglu_mlp
+    from llada_triton.kernels import swiglu_mlp
     return swiglu_mlp(x, w_gate_up, w_down, residual)
 
 
@@ -125,7 +169,7 @@ def _linear_norm_decode(x, w, residual, norm_weight, eps, *, max_rows: int = 64)
     """Triton GEMM with the norm folded into its split-K reduction (<= ``max_rows`` rows), else cuBLAS +
     the Triton RMSNorm with the residual add fused."""
     if x.numel() // x.shape[-1] <= max_rows:
-        from llada_triton.kernels.mlp import linear_rms_norm
+        from llada_triton.kernels import linear_rms_norm
         return linear_rms_norm(x, w, residual, norm_weight, eps)
     return _add_norm(F.linear(x, w), residual, norm_weight, eps)
 
@@ -135,7 +179,7 @@ def _mlp_norm_decode(x, w_gate_up, w_down, residual, norm_weight, eps):
     or (cuBLAS rows) with the residual add fused into the norm."""
     if _cublas_mlp_rows(x.numel() // x.shape[-1]):
         return _add_norm(_mlp_cublas(x, w_gate_up, w_down), residual, norm_weight, eps)
-    from llada_triton.kernels.mlp import swiglu_mlp_rms_norm
+    from llada_triton.kernels import swiglu_mlp_rms_norm
     return swiglu_mlp_rms_norm(x, w_gate_up, w_down, residual, norm_weight, eps)
 
 
@@ -154,17 +198,15 @@ REFERENCE_OPS = Ops(
 def triton_ops(**overrides) -> Ops:
     """The Triton implementations (imports ``kernels``' Triton modules now). The QKV and output
     projections use the Triton decode GEMM up to 64 rows and cuBLAS (``F.linear``) above, where it is
-    faster; ``overrides`` replace single fields."""
-    from llada_triton.kernels.attention import block_attention
-    from llada_triton.kernels.norm import rms_norm
-    from llada_triton.kernels.qkv import qkv_proj_rope
-    from llada_triton.kernels.remask import commit_step, head_confidence, select_transfer
-    from llada_triton.kernels.rotary import qkv_rope_cache
+    faster; ``overrides`` replace single fields through :meth:`Ops.replace` (a replaced plain op clears its
+    fused fields)."""
+    from llada_triton.kernels import block_attention
+    from llada_triton.kernels import rms_norm
+    from llada_triton.kernels import qkv_proj_rope
+    from llada_triton.kernels import commit_step, head_confidence, select_transfer
+    from llada_triton.kernels import qkv_rope_cache
 
     ops = Ops(name="triton", linear=_linear_decode, rms_norm=rms_norm, qkv_rope=qkv_rope_cache, attention=block_attention,
               mlp=_mlp_decode, head=head_confidence, select=select_transfer, linear_norm=_linear_norm_decode,
-              mlp_norm=_mlp_norm_decode, qkv_proj_rope=qkv_proj_rope, commit=commit_step)
-    if overrides:
-        from dataclasses import replace
-        ops = replace(ops, **overrides)
-    return ops
+              mlp_norm=_mlp_norm_decode, qkv_proj_rope=qkv_proj_rope, commit=commit_step, head_rows=True)
+    return ops.replace(**overrides) if overrides else ops

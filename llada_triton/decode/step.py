@@ -1,0 +1,270 @@
+"""The step machinery shared by :func:`llada_triton.decode.generate` and :func:`llada_triton.decode.run_many`.
+
+A decoding step is: the cache policy's forward (:mod:`.cache`) -> the block's final hidden states ->
+:meth:`TransferRule.sample` (the LM head: sampled token and confidence per position, ``Ops.head``) ->
+:meth:`TransferRule.commit` (which masked positions to commit and the write into the token buffer,
+``Ops.commit`` or ``Ops.select``). Also here: the option checks both entry points run before any compute
+(:func:`check_options`, :func:`prompt_rows`), the CUDA-graph cache (:class:`Graphs`) and the host flag
+that reads early stop without stalling the GPU (:class:`HostFlag`).
+
+A new transfer rule (e.g. a family's own confidence or selection) is a :class:`TransferRule` field plus a
+branch in :meth:`TransferRule.commit`'s rule choice and the ``Ops.select`` / ``Ops.commit`` kernels.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from numbers import Integral, Real
+from typing import Optional
+
+import torch
+
+from llada_triton.kernels.reference import commit_step_ref
+
+__all__ = ["REMASKING", "TransferRule", "masked_first", "check_options", "check_ops", "prompt_rows", "Graphs",
+           "HostFlag"]
+
+REMASKING = ("low_confidence", "random")
+
+
+def _int(name, v, low=1):
+    if isinstance(v, bool) or not isinstance(v, Integral):
+        raise TypeError(f"{name}={v!r} must be an int" + ("" if low is None else f" >= {low}"))
+    if low is not None and v < low:
+        raise ValueError(f"{name}={v!r} must be an int >= {low}")
+
+
+def _real(name, v, ok, allowed):
+    if isinstance(v, bool) or not isinstance(v, Real) or math.isnan(v) or not ok(float(v)):
+        raise (ValueError if isinstance(v, Real) and not isinstance(v, bool) else TypeError)(
+            f"{name}={v!r} must be {allowed}")
+
+
+def check_ops(ops):
+    from llada_triton.models.ops import Ops
+    if not isinstance(ops, Ops):
+        raise TypeError(f"ops={ops!r:.60} must be an Ops (REFERENCE_OPS or triton_ops())")
+
+
+def prompt_rows(prompts) -> list:
+    """``prompts`` (a list of token-id lists) as lists of Python ints, or a one-line TypeError / ValueError naming
+    what is wrong (a string, a flat id list, an empty prompt, a non-integer id)."""
+    if isinstance(prompts, (str, bytes)) or not hasattr(prompts, "__len__"):
+        raise TypeError(f"prompts={prompts!r:.60} must be a list of token-id lists (tokenize text first) "
+                        "or an int tensor [B, P]")
+    if len(prompts) == 0:
+        raise ValueError("prompts=[] is empty: give at least one prompt (a list of token ids)")
+    rows = []
+    for i, p in enumerate(prompts):
+        if isinstance(p, (str, bytes)):
+            raise TypeError(f"prompts[{i}]={p!r:.40} is text: give token ids (tokenize the prompt first)")
+        if isinstance(p, Integral) or not hasattr(p, "__len__"):
+            raise TypeError(f"prompts[{i}]={p!r:.40} is not a list of token ids (for one prompt pass [[id, ...]])")
+        if len(p) == 0:
+            raise ValueError(f"prompts[{i}] is empty: every prompt needs at least one token")
+        bad = next((t for t in p if isinstance(t, bool) or not isinstance(t, Integral)), None)
+        if bad is not None or (isinstance(p, torch.Tensor) and p.is_floating_point()):
+            raise TypeError(f"prompts[{i}] holds {bad!r:.20}: token ids must be ints")
+        rows.append([int(t) for t in p])
+    return rows
+
+
+def check_options(cfg, tokens, pad, *, gen_length, block_length, steps, temperature, remasking, threshold,
+                  factor, cfg_scale, cache, seed, policies):
+    """Every decoding option and the padded prompts ``tokens`` / ``pad`` against ``cfg``: a one-line error that
+    names the argument, its value and what is allowed, before any compute."""
+    for name, v in (("gen_length", gen_length), ("block_length", block_length), ("steps", steps)):
+        _int(name, v)
+    _int("seed", seed, low=None)
+    if gen_length % block_length:
+        raise ValueError(f"gen_length={gen_length} is not a multiple of block_length={block_length}")
+    nb = gen_length // block_length
+    if steps % nb:
+        raise ValueError(f"steps={steps!r} must be a positive multiple of the number of blocks "
+                         f"({gen_length}/{block_length} = {nb})")
+    P = tokens.shape[1]
+    if P + gen_length > cfg.max_sequence_length:
+        raise ValueError(f"prompt width {P} + gen_length {gen_length} = {P + gen_length} exceeds "
+                         f"max_sequence_length={cfg.max_sequence_length}")
+    if (pad >= P).any():
+        raise ValueError("every prompt needs at least one token")
+    real = torch.arange(P, device=tokens.device)[None, :] >= pad[:, None]
+    bad = real & ((tokens < 0) | (tokens >= cfg.vocab_size))
+    if bad.any():
+        r, c = bad.nonzero()[0].tolist()
+        raise ValueError(f"prompt row {r} has token id {int(tokens[r, c])} outside the vocabulary "
+                         f"[0, {cfg.vocab_size})")
+    if (real & (tokens == cfg.mask_token_id)).any():
+        r, c = (real & (tokens == cfg.mask_token_id)).nonzero()[0].tolist()
+        raise ValueError(f"prompt row {r} position {c} holds the mask id {cfg.mask_token_id}")
+    if remasking not in REMASKING:
+        raise ValueError(f"remasking={remasking!r}; choose one of {REMASKING}")
+    if cache not in policies:
+        raise ValueError(f"cache={cache!r} is not a cache policy; choose one of {sorted(policies)}")
+    if threshold is not None and factor is not None:
+        raise ValueError(f"give threshold or factor, not both (threshold={threshold!r}, factor={factor!r})")
+    if threshold is not None:
+        _real("threshold", threshold, lambda v: 0.0 < v <= 1.0, "in (0, 1]")
+    if factor is not None:
+        _real("factor", factor, lambda v: v > 0, "> 0")
+    _real("temperature", temperature, lambda v: v >= 0, ">= 0")
+    _real("cfg_scale", cfg_scale, lambda v: v >= 0, ">= 0")
+
+
+def masked_first(masked: torch.Tensor):
+    """Stable compaction of a bool ``[N]`` mask on the device (no host synchronisation, static shapes):
+    ``(order, dest, n)`` with ``order`` int64 ``[N]`` the masked indices first, then the others, each
+    group in increasing order; ``dest`` its inverse (``order[dest[i]] == i``); ``n`` the masked count as
+    a 0-dim int64 device tensor."""
+    N = masked.shape[0]
+    cm = torch.cumsum(masked.to(torch.int64), 0)  # masked at or before i
+    ar = torch.arange(N, device=masked.device)
+    n = cm[-1] if N else torch.zeros((), dtype=torch.int64, device=masked.device)
+    dest = torch.where(masked, cm - 1, n + ar - cm)  # unmasked i: n + #unmasked before i
+    order = torch.empty_like(dest).scatter_(0, dest, ar)
+    return order, dest, n
+
+
+@dataclass(frozen=True)
+class TransferRule:
+    """How a step turns the block's hidden states into committed tokens: sampling (temperature, the head's
+    banned and no-confidence ids, classifier-free guidance) and the selection (``threshold``, ``factor``, or the
+    schedule's count ``k`` per step)."""
+    temperature: float
+    remasking: str
+    threshold: Optional[float]
+    factor: Optional[float]
+    cfg_scale: float
+    seed: int
+    banned: tuple = ()
+    no_conf: tuple = ()
+
+    @classmethod
+    def from_options(cls, cfg, *, temperature, remasking, threshold, factor, cfg_scale, seed, logits_eos_inf,
+                     confidence_eos_eot_inf) -> "TransferRule":
+        if confidence_eos_eot_inf and cfg.eot_token_id is None:
+            raise ValueError("confidence_eos_eot_inf=True needs cfg.eot_token_id (from the tokenizer or an override)")
+        return cls(temperature=float(temperature), remasking=remasking,
+                   threshold=None if threshold is None else float(threshold),
+                   factor=None if factor is None else float(factor), cfg_scale=float(cfg_scale), seed=int(seed),
+                   banned=(cfg.eos_token_id,) if logits_eos_inf else (),
+                   no_conf=cfg.end_token_ids if confidence_eos_eot_inf else ())
+
+    @property
+    def fixed_work(self) -> bool:
+        """Whether a step does the same device work every time (what a CUDA graph replays): no sampling noise,
+        no random remasking, no host loop of the factor rule."""
+        return self.temperature == 0 and self.remasking == "low_confidence" and self.factor is None
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether the per-step count comes from the schedule (else threshold / factor decide, data-dependent)."""
+        return self.threshold is None and self.factor is None
+
+    def sample(self, ops, lm_head, hidden, uncond, masked, *, offset, rand_gen):
+        """``hidden`` / ``uncond`` [B, Lb, d] -> (x0 int64 [B, Lb], conf [B, Lb]): the sampled token and its
+        confidence (uniform noise with ``remasking='random'``) at every position; values at positions that are
+        not masked are unspecified (:meth:`commit` ignores them).
+
+        When ``ops.compacts(B * Lb)``, the masked rows (bool ``masked`` [B, Lb]) are gathered to the front on the
+        device (:func:`masked_first`) and the head runs on those only (``n_rows`` = their count; ``row_ids`` =
+        their row in ``[B * Lb]``, so the sampling noise of a position does not depend on the compaction): no
+        host synchronisation, static shapes (one CUDA graph serves every step). ``masked`` is unused otherwise.
+        """
+        B, Lb, d = hidden.shape
+        N = B * Lb
+        kw = dict(temperature=self.temperature, seed=self.seed, offset=offset, banned_ids=self.banned,
+                  no_confidence_ids=self.no_conf, cfg_scale=self.cfg_scale)
+        h = hidden.reshape(N, d)
+        hu = None if uncond is None else uncond.reshape(N, d)
+        if ops.compacts(N):
+            order, dest, n = masked_first(masked.reshape(N))
+            x0, conf = ops.head(h.index_select(0, order), lm_head,
+                                uncond_hidden=None if hu is None else hu.index_select(0, order), n_rows=n,
+                                row_ids=order if self.temperature > 0 else None, **kw)
+            x0, conf = x0.index_select(0, dest), conf.index_select(0, dest)  # rows >= n: unspecified
+        else:
+            x0, conf = ops.head(h, lm_head, uncond_hidden=hu, **kw)
+        if self.remasking == "random":  # uniform confidences (only the masked positions' count)
+            conf = torch.rand((B, Lb), generator=rand_gen, device=hidden.device)
+        return x0.view(B, Lb), conf.view(B, Lb)
+
+    def commit(self, ops, tokens, start, x0, conf, *, mask_id, done, k, nfe):
+        """Select among the block's masked positions (``tokens[:, start:start + Lb] == mask_id`` in rows not
+        ``done``) by the rule, write their ``x0`` into ``tokens`` and count a forward in ``nfe`` for every row
+        with a masked position: ``ops.commit`` (one launch), or :func:`llada_triton.kernels.reference.commit_step_ref`
+        around ``ops.select``. Returns (committed bool [B, Lb], conf [B, Lb] (-inf off the masked positions),
+        the block's tokens after the step)."""
+        if self.threshold is not None:
+            rule = dict(threshold=self.threshold)
+        elif self.factor is not None:
+            rule = dict(factor=self.factor)
+        else:
+            rule = dict(k=k)
+        fn = ops.commit if ops.commit is not None else functools.partial(commit_step_ref, select=ops.select)
+        return fn(tokens, start, x0, conf, mask_id=mask_id, done=done, nfe=nfe, **rule)
+
+
+class HostFlag:
+    """A device bool read on the host without blocking the queue: on CUDA, :meth:`put` copies it into one
+    pinned buffer behind the work already queued and records an event, which :meth:`get` waits on. One
+    value in flight at a time (each ``put`` is read before the next)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.host = torch.empty((), dtype=torch.bool, pin_memory=True) if self.cuda else None
+        self.event = torch.cuda.Event() if self.cuda else None
+
+    def put(self, flag: torch.Tensor) -> "HostFlag":
+        if self.cuda:
+            self.host.copy_(flag, non_blocking=True)
+            self.event.record()
+        else:
+            self.host = flag
+        return self
+
+    def get(self) -> bool:
+        if self.cuda:
+            self.event.synchronize()
+        return bool(self.host)
+
+
+class Graphs:
+    """CUDA graphs of decode steps by key (a policy's ``graph_key``, or any hashable), replayed when seen again.
+
+    The first call of a key runs the step eagerly on a side stream (a real step, which also warms up
+    the libraries) and then captures it (capture executes nothing); later calls replay the graph and return
+    the captured outputs (static tensors, overwritten by each replay). Disabled, or with key None, a call just
+    runs the step.
+
+    All the graphs share one memory pool: they replay one at a time on one stream and keep their outputs alive,
+    so a graph's intermediates may reuse another's (a pool per graph would hold one pool per block for the
+    ``prefix`` policy).
+    """
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.graphs = {}
+        self.pool = None  # the first capture's memory pool, shared by the later captures
+
+    def run(self, key, fn):
+        if not self.enabled or key is None:
+            return fn()
+        entry = self.graphs.get(key)
+        if entry is None:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                out = fn()  # the real step, eager (also warms up cuBLAS / Triton)
+            torch.cuda.current_stream().wait_stream(stream)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, pool=self.pool):
+                graph_out = fn()  # recorded, not executed
+            if self.pool is None:
+                self.pool = g.pool()
+            self.graphs[key] = (g, graph_out)
+            return out
+        g, out = entry
+        g.replay()
+        return out

@@ -1,0 +1,367 @@
+"""The decode-shaped GEMM: ``residual + x @ w.T`` (:func:`linear`), split over K when the output has few
+tiles, with a deterministic fp32 reduction that can also apply the next RMSNorm (:func:`linear_rms_norm`).
+
+Also the pieces every weight-streaming GEMM of this package shares (the MLP's gate-up, the fused QKV, the
+LM head): :func:`load_k` and :func:`dot_step` (one K-step of a tile, pointer or TMA loads, optionally with
+the weight rows as the MMA's M dimension), :func:`tma_ok` / :func:`tma_sources`.
+
+Numerics: fp32 accumulation; the product is rounded to ``x.dtype`` before the residual add (torch's 16-bit
+``residual + F.linear(x, w)``); split-K partials are summed in a fixed order (deterministic). fp32 inputs use
+IEEE fp32 dots (no TF32), as torch's default matmul.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from llada_triton.kernels._common import (DTYPES, as_rows, cdiv, check_tensor, clamp_pow2, dot_flags,
+                                          gdc_wait_and_release, is_interpreter, memo_config, next_pow2, pdl_launch,
+                                          gdc_options)
+from llada_triton.kernels.norm import launch_rms_norm
+from llada_triton.kernels.reference import check_eps
+
+__all__ = ["linear", "linear_rms_norm"]
+
+
+# ------------------------------------------------------------------------------------------ kernels
+@triton.jit
+def load_k(src, ptrs, row0, k, k_left, BK: tl.constexpr, USE_TMA: tl.constexpr, EVEN_K: tl.constexpr,
+           UPCAST: tl.constexpr):
+    """One ``[rows, BK]`` K-tile: the TMA box of descriptor ``src`` at ``(row0, k)`` (out-of-bounds parts read
+    as zeros), or the loads at ``ptrs`` (columns ``>= k_left`` masked unless ``EVEN_K``); fp32 if ``UPCAST``."""
+    if USE_TMA:
+        t = src.load([row0, k])
+    elif EVEN_K:
+        t = tl.load(ptrs)
+    else:
+        t = tl.load(ptrs, mask=(tl.arange(0, BK) < k_left)[None, :], other=0.0)
+    if UPCAST:
+        t = t.to(tl.float32)
+    return t
+
+
+@triton.jit
+def mma(a, b, acc, IEEE: tl.constexpr):
+    """``acc + a @ b`` (IEEE fp32 products when ``IEEE``, else the dtype's default)."""
+    if IEEE:
+        out = tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        out = tl.dot(a, b, acc)
+    return out
+
+
+@triton.jit
+def dot_step(a, w, acc, SWAP_AB: tl.constexpr, IEEE: tl.constexpr):
+    """``acc += a @ w.T`` (``[BM, BN]``), or with ``SWAP_AB`` ``acc += w @ a.T`` (``[BN, BM]``: the weight rows
+    fill the MMA's M dimension, which decode-sized ``a`` cannot)."""
+    if SWAP_AB:
+        out = mma(w, tl.trans(a), acc, IEEE)
+    else:
+        out = mma(a, tl.trans(w), acc, IEEE)
+    return out
+
+
+@triton.jit
+def tile_offsets(M, BM: tl.constexpr, BN: tl.constexpr):
+    """``(pid_m, pid_n, offs_m, offs_n)`` of this program's output tile; m varies fastest, so programs sharing
+    a weight tile run together (L2)."""
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BM)
+    pid_m = pid % num_m
+    pid_n = pid // num_m
+    return pid_m, pid_n, pid_m * BM + tl.arange(0, BM), pid_n * BN + tl.arange(0, BN)
+
+
+@triton.jit
+def out_offsets(offs_m, offs_n, M, N, SWAP_AB: tl.constexpr):
+    """``(rows, cols, mask)`` of an output tile laid out ``[BM, BN]``, or ``[BN, BM]`` with ``SWAP_AB``."""
+    if SWAP_AB:
+        om = offs_m.to(tl.int64)[None, :]
+        on = offs_n[:, None]
+    else:
+        om = offs_m.to(tl.int64)[:, None]
+        on = offs_n[None, :]
+    return om, on, (om < M) & (on < N)
+
+
+@triton.jit
+def round_add_residual(acc, r_ptrs, mask, dt: tl.constexpr, HAS_RES: tl.constexpr):
+    """The projection ``acc`` (fp32) rounded to ``dt``, then ``residual + y`` in fp32, rounded (torch's
+    16-bit ``residual + F.linear(...)``)."""
+    y = acc.to(dt)
+    if HAS_RES:
+        r = tl.load(r_ptrs, mask=mask, other=0.0)
+        y = (r.to(tl.float32) + y.to(tl.float32)).to(dt)
+    return y
+
+
+@triton.jit
+def _sum_partials(p_ptr, m, M, N, offs, mask, S: tl.constexpr, BLOCK: tl.constexpr):
+    """Row ``m`` of the split-K partials ``[S, M, N]`` summed in a fixed order (deterministic; unrolled,
+    so the loads overlap)."""
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s in tl.static_range(S):
+        acc += tl.load(p_ptr + (s * M + m) * N + offs, mask=mask, other=0.0)
+    return acc
+
+
+@triton.jit
+def _linear_kernel(
+    a_src, w_src, r_ptr, y_ptr, p_ptr,   # a [M, K], w [N, K] (pointers or TMA descriptors), residual [M, N],
+    M, N, K, K_PER_SPLIT,                # y [M, N], partials [S, M, N] fp32
+    stride_am, stride_wn, stride_rm, stride_ym,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    SWAP_AB: tl.constexpr, USE_TMA: tl.constexpr, EVEN_K: tl.constexpr,
+    SPLIT: tl.constexpr,                 # True: write fp32 partials (reduced by _splitk_reduce_kernel)
+    HAS_RES: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr, USE_GDC: tl.constexpr = False,
+):
+    pid_m, pid_n, offs_m, offs_n = tile_offsets(M, BM, BN)
+    pid_k = tl.program_id(1)
+    k_start = pid_k * K_PER_SPLIT
+    k_len = tl.minimum(K - k_start, K_PER_SPLIT)   # K_PER_SPLIT % BK == 0: only the last split has a tail
+    if USE_TMA:
+        a_ptrs = None
+        w_ptrs = None
+    else:  # wrap out-of-range rows instead of masking them: loads stay unpredicated; stores are masked
+        offs_k = k_start + tl.arange(0, BK)
+        a_ptrs = a_src + (offs_m % M).to(tl.int64)[:, None] * stride_am + offs_k[None, :]   # [BM, BK]
+        w_ptrs = w_src + (offs_n % N).to(tl.int64)[:, None] * stride_wn + offs_k[None, :]   # [BN, BK]
+    gdc_wait_and_release(USE_GDC)
+    if SWAP_AB:
+        acc = tl.zeros((BN, BM), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k in range(0, k_len, BK):
+        at = load_k(a_src, a_ptrs, pid_m * BM, k_start + k, k_len - k, BK, USE_TMA, EVEN_K, UPCAST)
+        wt = load_k(w_src, w_ptrs, pid_n * BN, k_start + k, k_len - k, BK, USE_TMA, EVEN_K, UPCAST)
+        acc = dot_step(at, wt, acc, SWAP_AB, IEEE)
+        if not USE_TMA:
+            a_ptrs += BK
+            w_ptrs += BK
+    om, on, mask = out_offsets(offs_m, offs_n, M, N, SWAP_AB)
+    if SPLIT:
+        tl.store(p_ptr + (pid_k * M + om) * N + on, acc, mask=mask)
+    else:
+        y = round_add_residual(acc, r_ptr + om * stride_rm + on, mask, y_ptr.dtype.element_ty, HAS_RES)
+        tl.store(y_ptr + om * stride_ym + on, y, mask=mask)
+
+
+@triton.jit
+def _splitk_reduce_kernel(
+    p_ptr, r_ptr, y_ptr,                 # partials [S, M, N] fp32, residual [M, N], y [M, N]
+    M, N, stride_rm, stride_ym,
+    S: tl.constexpr, BLOCK: tl.constexpr, HAS_RES: tl.constexpr, USE_GDC: tl.constexpr = False,
+):
+    gdc_wait_and_release(USE_GDC)
+    m = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    acc = _sum_partials(p_ptr, m, M, N, offs, mask, S, BLOCK)
+    y = round_add_residual(acc, r_ptr + m * stride_rm + offs, mask, y_ptr.dtype.element_ty, HAS_RES)
+    tl.store(y_ptr + m * stride_ym + offs, y, mask=mask)
+
+
+@triton.jit
+def _splitk_reduce_norm_kernel(
+    p_ptr, r_ptr, h_ptr, w_ptr, y_ptr,   # partials [S, M, N] fp32, residual [M, N], h [M, N], norm weight [N],
+    M, N, eps,                           # y = rms_norm(h) [M, N]
+    stride_rm, stride_hm, stride_ym,
+    S: tl.constexpr, BLOCK: tl.constexpr, HAS_RES: tl.constexpr, USE_GDC: tl.constexpr = False,
+):
+    """The split-K reduction of one output row, the residual add, and the RMSNorm of the result: the
+    reduce of ``_splitk_reduce_kernel`` followed by ``norm._rms_norm_kernel``, in one launch."""
+    gdc_wait_and_release(USE_GDC)
+    m = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    mask = offs < N
+    acc = _sum_partials(p_ptr, m, M, N, offs, mask, S, BLOCK)       # the same sums as the reduce kernel
+    dt = h_ptr.dtype.element_ty
+    h = round_add_residual(acc, r_ptr + m * stride_rm + offs, mask, dt, HAS_RES)
+    tl.store(h_ptr + m * stride_hm + offs, h, mask=mask)
+    hf = h.to(tl.float32)
+    rstd = tl.rsqrt(tl.sum(hf * hf, axis=0) / N + eps)
+    w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    y = (hf * rstd).to(dt).to(tl.float32) * w
+    tl.store(y_ptr + m * stride_ym + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+# ---------------------------------------------------------------------------------------- launchers
+def linear_config(M: int, N: int, K: int, dtype: torch.dtype, interpret: Optional[bool] = None) -> dict:
+    """Meta-parameters of the GEMM ``a [M, K] @ w[N, K].T`` (``SPLIT_K`` > 1: fp32 partials), a deterministic
+    function of the shape (sweeps of scripts/sweep_gemm.py; results/decisions.md).
+
+    ``SPLIT_K`` brings the program count to about 128 (decode rows; 256 above 64 rows) when the output has
+    few tiles and each split keeps at least 8 K-blocks; at up to 32 rows a split also holds at most 32
+    K-blocks (power-of-two splits). Returns a new dict on every call (the values are memoised per shape).
+    """
+    return _linear_config(M, N, K, dtype, is_interpreter() if interpret is None else bool(interpret))
+
+
+@memo_config
+def _linear_config(M: int, N: int, K: int, dtype: torch.dtype, interpret: bool) -> dict:
+    if interpret:  # big blocks, small grids: the interpreter pays per program, not per element
+        return dict(BM=clamp_pow2(M, 16, 64), BN=clamp_pow2(N, 16, 128), BK=clamp_pow2(K, 16, 256),
+                    SWAP_AB=False, TMA=False, SPLIT_K=1, num_warps=4, num_stages=1)
+    if dtype == torch.float32:  # correctness path (IEEE fp32 dots), not tuned
+        return dict(BM=clamp_pow2(M, 16, 32), BN=32, BK=32, SWAP_AB=False, TMA=False, SPLIT_K=1, num_warps=4,
+                    num_stages=2)
+    if M <= 64:
+        cfg = dict(BM=clamp_pow2(M, 16, 64), BN=64, BK=128, SWAP_AB=True, TMA=False, num_warps=4, num_stages=4)
+    elif M <= 256:
+        cfg = dict(BM=64, BN=128, BK=64, SWAP_AB=False, TMA=True, num_warps=4, num_stages=4)
+    else:
+        cfg = dict(BM=128, BN=128, BK=64, SWAP_AB=False, TMA=True, num_warps=8, num_stages=3)
+    tiles = cdiv(M, cfg["BM"]) * cdiv(N, cfg["BN"])
+    target = 128 if M <= 64 else 256     # about one program per SM at decode sizes, two above
+    k_blocks = cdiv(K, cfg["BK"])
+    max_split = cdiv(k_blocks, 8)        # every split keeps at least 8 K-blocks
+    cfg["SPLIT_K"] = max(1, min(max_split, target // tiles))
+    if M <= 32:  # long K at 32 rows: at most 32 K-blocks a split (results/decisions.md)
+        cfg["SPLIT_K"] = max(cfg["SPLIT_K"], min(max_split, next_pow2(cdiv(k_blocks, 32))))
+    return cfg
+
+
+def tma_ok(*ts: torch.Tensor) -> bool:
+    """TMA descriptors need 16-byte aligned bases and row strides and a contiguous last dim."""
+    return all(t.data_ptr() % 16 == 0 and t.stride(-1) == 1 and (t.stride(0) * t.element_size()) % 16 == 0
+               for t in ts)
+
+
+def tma_sources(cfg: dict, pairs):
+    """Kernel operands ``(use_tma, [src, ...])``: TMA descriptors of the given boxes when ``cfg["TMA"]`` and
+    every tensor allows one, else the tensors themselves."""
+    if cfg.get("TMA", False) and tma_ok(*(t for t, _ in pairs)):
+        from triton.tools.tensor_descriptor import TensorDescriptor
+        return True, [TensorDescriptor.from_tensor(t, list(box)) for t, box in pairs]
+    return False, [t for t, _ in pairs]
+
+
+_FUSED_NORM_MAX = 8192  # widest row the reduce + norm kernel holds in registers
+
+
+def _split_partials(M: int, N: int, K: int, BK: int, split_k: int, partials, device):
+    """``(k_per_split, split, partials)``: no empty splits; the fp32 ``[split, M, N]`` buffer when split."""
+    k_per_split = cdiv(cdiv(K, BK), max(1, split_k)) * BK
+    split = cdiv(K, k_per_split)
+    if split > 1:
+        if partials is None:
+            partials = torch.empty((split, M, N), device=device, dtype=torch.float32)
+        elif partials.shape[0] < split or tuple(partials.shape[1:]) != (M, N) or not partials.is_contiguous():
+            raise ValueError(f"partials must be a contiguous fp32 [>= {split}, {M}, {N}] tensor, "
+                             f"got {tuple(partials.shape)}")
+    return k_per_split, split, partials
+
+
+def launch_linear(act: torch.Tensor, w: torch.Tensor, residual: Optional[torch.Tensor], out: torch.Tensor,
+                  config: Optional[dict] = None, partials: Optional[torch.Tensor] = None, norm=None):
+    """``out[M, N] = (residual +) act @ w.T`` on validated 2D row views, split over K when the config says so.
+
+    norm: optional ``(weight, eps, y)``: also ``y = rms_norm(out)`` (rows of ``y`` as ``out``). With a split-K
+    GEMM the norm is folded into the reduction kernel (no extra launch); otherwise it is one ``rms_norm``
+    launch after the GEMM. ``config`` / ``partials``: a :func:`linear_config` dict and the split-K buffer."""
+    M, K = act.shape
+    N = w.shape[0]
+    cfg = linear_config(M, N, K, act.dtype) if config is None else dict(config)
+    BM, BN, BK = cfg["BM"], cfg["BN"], cfg["BK"]
+    k_per_split, split, partials = _split_partials(M, N, K, BK, cfg["SPLIT_K"], partials, act.device)
+    has_res = residual is not None
+    r = residual if has_res else out
+    use_tma, (a_src, w_src) = tma_sources(cfg, [(act, (BM, BK)), (w, (BN, BK))])
+    _linear_kernel[(cdiv(M, BM) * cdiv(N, BN), split)](
+        a_src, w_src, r, out, partials if split > 1 else out, M, N, K, k_per_split,
+        act.stride(0), w.stride(0), r.stride(0), out.stride(0),
+        BM=BM, BN=BN, BK=BK, SWAP_AB=cfg["SWAP_AB"], USE_TMA=use_tma, EVEN_K=(K % BK == 0), SPLIT=split > 1,
+        HAS_RES=has_res, **dot_flags(act.dtype), **gdc_options(act, M),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    pdl = pdl_launch(act, M)
+    if split > 1 and norm is not None and N <= _FUSED_NORM_MAX:
+        nw, eps, y = norm
+        block = next_pow2(N)
+        _splitk_reduce_norm_kernel[(M,)](  # one program per row, latency-bound
+            partials, r, out, nw, y, M, N, float(eps), r.stride(0), out.stride(0), y.stride(0),
+            S=split, BLOCK=block, HAS_RES=has_res, num_warps=1 if is_interpreter() else min(8, max(4, block // 256)),
+            USE_GDC=bool(pdl), **pdl,
+        )
+        return out
+    if split > 1:
+        block = min(1024, next_pow2(N)) if not is_interpreter() else clamp_pow2(N, 16, 1 << 16)
+        _splitk_reduce_kernel[(M, cdiv(N, block))](
+            partials, r, out, M, N, r.stride(0), out.stride(0),
+            S=split, BLOCK=block, HAS_RES=has_res, num_warps=4, USE_GDC=bool(pdl), **pdl,
+        )
+    if norm is not None:
+        launch_rms_norm(out, None, norm[0], norm[2], None, norm[1])
+    return out
+
+
+def norm_target(norm_weight, eps, like: torch.Tensor, norm_out):
+    """Validate a fused RMSNorm's arguments; return ``(weight, eps, y)`` with ``y`` shaped like ``like``."""
+    d = like.shape[-1]
+    check_tensor("norm_weight", norm_weight, ndim=1, dtypes=DTYPES)
+    if norm_weight.shape[0] != d or norm_weight.device != like.device:
+        raise ValueError(f"norm_weight must be [{d}] on {like.device}, got {tuple(norm_weight.shape)} "
+                         f"on {norm_weight.device}")
+    eps = check_eps(eps)
+    y_dtype = torch.promote_types(norm_weight.dtype, like.dtype)
+    if norm_out is None:
+        norm_out = torch.empty(like.shape, device=like.device, dtype=y_dtype)
+    else:
+        check_tensor("norm_out", norm_out, dtypes=(y_dtype,))
+        if norm_out.shape != like.shape or norm_out.device != like.device:
+            raise ValueError(f"norm_out must be {tuple(like.shape)} on {like.device}, got "
+                             f"{tuple(norm_out.shape)} on {norm_out.device}")
+    return norm_weight, eps, norm_out
+
+
+def _linear(x, w, residual, out, norm_args=None):
+    """Validate, allocate and launch; ``norm_args``: ``(norm_weight, eps, norm_out)`` of a fused RMSNorm.
+    Returns ``(out, norm)`` with ``norm`` the validated ``(weight, eps, y)`` or None."""
+    check_tensor("x", x, dtypes=DTYPES)
+    check_tensor("w", w, ndim=2, dtypes=(x.dtype,))
+    K = x.shape[-1]
+    if w.shape[1] != K or w.device != x.device:
+        raise ValueError(f"w must be [N, K={K}] on {x.device}, got {tuple(w.shape)} on {w.device}")
+    N = w.shape[0]
+    shape = (*x.shape[:-1], N)
+    for name, t in (("residual", residual), ("out", out)):
+        if t is not None:
+            check_tensor(name, t, dtypes=(x.dtype,))
+            if t.shape != shape or t.device != x.device:
+                raise ValueError(f"{name} must be {shape} on {x.device}, got {tuple(t.shape)} on {t.device}")
+    if out is None:
+        out = torch.empty(shape, device=x.device, dtype=x.dtype)
+    norm = None if norm_args is None else norm_target(norm_args[0], norm_args[1], out, norm_args[2])
+    x2 = as_rows("x", x, K)
+    if x2.shape[0]:
+        launch_linear(x2, w, None if residual is None else as_rows("residual", residual, N), as_rows("out", out, N),
+                      norm=None if norm is None else (norm[0], norm[1], as_rows("norm_out", norm[2], N)))
+    return out, norm
+
+
+# ------------------------------------------------------------------------------------------- public
+def linear(x: torch.Tensor, w: torch.Tensor, residual: Optional[torch.Tensor] = None, *,
+           out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``residual + x @ w.T`` (or ``x @ w.T``) with the decode-shaped GEMM.
+
+    x: ``[..., K]`` (fp16/bf16/fp32, rows viewable); w: ``[N, K]`` in ``x.dtype``; residual: ``[..., N]``
+    or None; out: optional preallocated ``[..., N]``. The product is rounded to ``x.dtype`` before the
+    residual add (as ``residual + F.linear``). Split over K when the output has few tiles, with a fixed-order
+    reduction (deterministic). See :func:`llada_triton.kernels.reference.linear_rms_norm_ref` (its ``h``).
+    """
+    return _linear(x, w, residual, out)[0]
+
+
+def linear_rms_norm(x: torch.Tensor, w: torch.Tensor, residual: Optional[torch.Tensor],
+                    norm_weight: torch.Tensor, eps: float, *, out: Optional[torch.Tensor] = None,
+                    norm_out: Optional[torch.Tensor] = None):
+    """:func:`linear` followed by the RMSNorm of its output (in LLaDA: the attention output projection
+    and the MLP's norm). Returns ``(y, h)``: ``h = residual + x @ w.T`` (``out``), ``y`` its norm with
+    ``norm_weight`` ``[N]``. With a split-K GEMM the norm runs inside the reduction kernel (one launch
+    fewer). See :func:`llada_triton.kernels.reference.linear_rms_norm_ref`.
+    """
+    h, norm = _linear(x, w, residual, out, (norm_weight, eps, norm_out))
+    return norm[2], h

@@ -1,0 +1,114 @@
+"""Where a model family plugs in: one :class:`Family` record per family, found from the config.
+
+The decoding driver (the ``decode`` subpackage) never imports a family's model code. It calls
+:func:`forward_hidden` and :func:`new_cache`, which dispatch on the config's class (``cfg.family``), reads
+``params.lm_head`` / ``params.device`` / ``params.dtype``, and these config fields: ``mask_token_id``,
+``eos_token_id``, ``eot_token_id``, ``pad_token_id``, ``end_token_ids``, ``vocab_size``,
+``max_sequence_length`` (and ``n_layers`` / ``n_kv_heads`` / ``head_dim`` for the default cache).
+
+Adding a family (as ``llada_triton/models/dream.py``):
+
+1. a frozen config class with the fields above, a class attribute ``family = "dream"`` and
+   ``from_pretrained(path, *, eot_token_id=None)``;
+2. ``forward_hidden(params, cfg, tokens, *, start=0, cache=None, kv_len=None, kv_start=None, key_end=None,
+   rows=None, write_from=None, ops=REFERENCE_OPS) -> [B, T or len(rows), d]`` with the semantics of
+   :func:`llada_triton.models.model.forward_hidden` (final normed hidden states; the cache written by position);
+3. ``load_params(path, cfg, *, device, dtype)`` returning params with ``lm_head`` ``[V, d]``, ``device``, ``dtype``;
+4. a module-level ``FAMILY = Family(name="dream", config=DreamConfig, forward_hidden=..., load_params=...)``;
+5. one line in :data:`REGISTRY` (the module and the ``model_type`` / ``architectures`` values of its config.json),
+   which is all :func:`llada_triton.models.load_model` needs to pick it.
+
+The KV cache: ``new_cache`` (default :meth:`llada_triton.models.model.KVCache.empty`, which needs ``n_layers``,
+``n_kv_heads`` and ``head_dim`` on the config) returns what the family's ``forward_hidden`` takes as ``cache``; the
+drivers only call its ``rows(r0, r1)`` (a view of batch rows).
+
+Decoding that differs by family plugs in through the same record, never an ``if family`` in the driver:
+``policies`` replaces cache policies by name (``decode.cache.CachePolicy`` subclasses, e.g.
+Dream's shifted logits, where the hidden state at position ``i - 1`` predicts position ``i``) and ``schedule``
+replaces the linear schedule (``schedule(n_masked, steps) -> per-step counts``, as
+``decode.schedule.linear_schedule``). Not yet a hook: block starts off the ``prompt + b * Lb``
+grid (LLaDA2's absolute grid, whose first block shares the prompt's last partial block).
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Optional
+
+__all__ = ["Family", "REGISTRY", "family_of", "family_for_config_json", "forward_hidden", "new_cache"]
+
+# family name -> (module defining FAMILY, config.json model_type values, architectures values): one line a family
+REGISTRY = {
+    "llada": ("llada_triton.models.model", ("llada",), ("LLaDAModelLM",)),
+}
+
+
+def _default_cache(cfg, batch, t_max, *, device, dtype):
+    from .model import KVCache
+    return KVCache.empty(cfg, batch, t_max, device=device, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family: its config class, forward and loader, and its decoding hooks (see the module docstring)."""
+    name: str
+    config: type
+    forward_hidden: Callable
+    load_params: Callable
+    new_cache: Callable = _default_cache     # (cfg, batch, t_max, *, device, dtype) -> a KVCache
+    policies: Mapping[str, type] = field(default_factory=dict)  # cache-policy name -> CachePolicy subclass
+    schedule: Optional[Callable] = None      # (n_masked, steps) -> per-step counts of a block; None: linear
+
+
+_LOADED = {}  # (name, registry entry) -> Family: the dispatch runs once per forward, so no import per call
+
+
+def _load(name: str) -> Family:
+    entry = REGISTRY.get(name)
+    if entry is None:
+        raise ValueError(f"model family {name!r} is not registered; registered: {sorted(REGISTRY)}")
+    fam = _LOADED.get((name, entry))
+    if fam is None:
+        fam = importlib.import_module(entry[0]).FAMILY
+        if fam.name != name:
+            raise ValueError(f"{entry[0]}.FAMILY is named {fam.name!r}, registered as {name!r}")
+        _LOADED[(name, entry)] = fam
+    return fam
+
+
+def family_of(cfg) -> Family:
+    """The :class:`Family` of a config object (its class attribute ``family``)."""
+    name = getattr(type(cfg), "family", None)
+    if name is None:
+        raise TypeError(f"cfg of type {type(cfg).__name__} names no model family (class attribute 'family')")
+    return _load(name)
+
+
+def family_for_config_json(path: str) -> Family:
+    """The :class:`Family` a checkpoint folder's config.json selects (``model_type``, else ``architectures``)."""
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise FileNotFoundError(f"no config.json in {path!r}")
+    with open(cfg_path) as f:
+        raw = json.load(f)
+    model_type, archs = raw.get("model_type"), raw.get("architectures") or []
+    for name, (_, types, arch_names) in REGISTRY.items():
+        if model_type in types or (model_type is None and any(a in arch_names for a in archs)):
+            return _load(name)
+    if model_type is None and not archs:  # the original LLaDA release names neither
+        return _load("llada")
+    known = sorted(t for _, types, _ in REGISTRY.values() for t in types)
+    raise ValueError(f"{cfg_path}: model_type={model_type!r} (architectures={archs}) is not a supported model "
+                     f"family; supported model_type values: {known}")
+
+
+def forward_hidden(params, cfg, tokens, **kwargs):
+    """The family's ``forward_hidden`` (dispatch on ``cfg``): the one call the decoding driver makes per forward."""
+    return family_of(cfg).forward_hidden(params, cfg, tokens, **kwargs)
+
+
+def new_cache(cfg, batch: int, t_max: int, *, device, dtype):
+    """An empty KV cache of ``batch`` rows and ``t_max`` slots for the family of ``cfg``."""
+    return family_of(cfg).new_cache(cfg, batch, t_max, device=device, dtype=dtype)

@@ -1,0 +1,216 @@
+#!/usr/bin/env python
+"""The routed experts of one LLaDA2.0-mini MoE layer: kernels.moe against what a user could call instead.
+
+Shape (``LLADA2_MINI``): hidden 2048, moe_intermediate 512, 256 experts, top-8 of ``topk_group`` 4 of ``n_group``
+8 groups, scaling 2.5 (the real config; see /work/shared/golden/llada2-tiny/README.md and
+/work/shared/docs/performance.md). Random bf16 weights made on the GPU, so routing is roughly uniform; the
+distinct experts touched are counted from the routing and reported. Providers, on the same routing:
+
+  triton        kernels.moe_experts (alignment + grouped gate-up + grouped down + combine)
+  triton-layer  kernels.moe_route + kernels.moe_experts (the router included)
+  grouped_mm    torch._grouped_mm over tokens sorted by expert (no host sync), torch SiLU, weighted combine
+  gather-bmm    tokens gathered into [E, max count, d] (one host sync), torch.bmm over all experts, combine
+  loop          kernels.reference.moe_experts_ref: a per-expert loop (the reference model's way; host syncs)
+  route-triton, route-torch   the router alone: kernels.moe_route / kernels.reference.moe_route_ref (no GB/s)
+
+Graph-capturable providers are timed as replays of a CUDA graph (``_graph_time_us`` of bench_block_attention);
+the others (host syncs) eagerly with CUDA events. Bytes = the touched experts' weights (3 x I x d each);
+GB/s and % of a device-to-device copy measured in the same run. Rows go to ``<out>/bench_moe_<gpu>_<sha>.csv``
+and a markdown table beside it.
+
+    python scripts/bench_moe.py --out results/bench_moe
+    python scripts/bench_moe.py --out results/bench_moe --sweep   # + moe_experts under the SWEEP configs
+    python scripts/bench_moe.py --dry-run --out /tmp/bm    # CPU, TRITON_INTERPRET=1, tiny shape: checks the script
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+for _p in (ROOT, os.path.join(ROOT, "scripts")):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+LLADA2_MINI = dict(d=2048, inter=512, E=256, top_k=8, n_group=8, topk_group=4, scale=2.5)
+TINY = dict(d=64, inter=32, E=16, top_k=4, n_group=4, topk_group=2, scale=2.5)
+# moe_experts meta-parameters tried by --sweep (each overrides kernels.moe.moe_config's choice)
+SWEEP = [dict(SWAP_AB=False), dict(SWAP_AB=True), dict(DN_BN=128), dict(GU_BN=32), dict(GU_BN=128, GU_BK=64), dict(GU_BK=64), dict(DN_BN=128), dict(DN_BN=128, DN_BK=64),
+         dict(DN_BN=32), dict(num_stages=3), dict(num_stages=5), dict(num_warps=8), dict(BM=16), dict(BM=32),
+         dict(BM=64, GU_BK=64, DN_BK=64)]
+FIELDS = ["provider", "timing", "tokens", "touched_experts", "us", "expert_bytes", "gbps", "pct_copy", "maxdiff",
+          "error", "copy_gbps", "gpu", "torch", "triton", "sha"]
+
+
+def grouped_mm_moe(x, w_gu_t, w_d_t, weights, ids, residual):
+    """torch._grouped_mm over the pairs sorted by expert; w_*_t: the weights as [E, K, N] views."""
+    import torch
+    M, k = ids.shape
+    E, inter = w_d_t.shape[0], w_d_t.shape[1]
+    flat = ids.reshape(-1).long()
+    order = torch.argsort(flat, stable=True)
+    counts = torch.zeros(E, dtype=torch.int32, device=x.device).index_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
+    offs = torch.cumsum(counts, 0, dtype=torch.int32)
+    gu = torch._grouped_mm(x[order // k], w_gu_t, offs=offs)
+    y_sorted = torch._grouped_mm(torch.nn.functional.silu(gu[:, :inter]) * gu[:, inter:], w_d_t, offs=offs)
+    return _combine(torch.empty_like(y_sorted).index_copy_(0, order, y_sorted), weights, residual)
+
+
+def gather_bmm_moe(x, w_gu, w_d, weights, ids, residual):
+    """Tokens gathered per expert into [E, max count, d] (capacity read back to the host), bmm over all experts."""
+    import torch
+    M, k = ids.shape
+    E, d, inter = w_d.shape
+    flat = ids.reshape(-1).long()
+    counts = torch.bincount(flat, minlength=E)
+    cap = int(counts.max())
+    order = torch.argsort(flat, stable=True)
+    e_sorted = flat[order]
+    slot = torch.arange(M * k, device=x.device) - (torch.cumsum(counts, 0) - counts)[e_sorted]
+    xp = x.new_zeros(E, cap, d)
+    xp[e_sorted, slot] = x[order // k]
+    gu = torch.bmm(xp, w_gu.transpose(1, 2))
+    yp = torch.bmm(torch.nn.functional.silu(gu[..., :inter]) * gu[..., inter:], w_d.transpose(1, 2))
+    y = torch.empty(M * k, d, device=x.device, dtype=x.dtype)
+    y[order] = yp[e_sorted, slot]
+    return _combine(y, weights, residual)
+
+
+def _combine(y_pairs, weights, residual):
+    M, k = weights.shape
+    y = (y_pairs.view(M, k, -1).float() * weights[:, :, None]).sum(1).to(y_pairs.dtype)
+    return residual + y
+
+
+def _eager_us(fn, dry_run: bool, reps: int = 10) -> float:
+    import torch
+    fn()
+    times = []
+    for _ in range(reps):
+        if dry_run:
+            t = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t) * 1e6)
+            continue
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) * 1e3)
+    return statistics.median(times)
+
+
+def bench_tokens(M: int, shape: dict, dev: str, dry_run: bool, gen, sweep: bool = False):
+    """Rows (without provenance) of every provider at ``M`` tokens."""
+    import torch
+    from llada_triton.kernels import moe_experts, moe_route
+    from llada_triton.kernels.reference import moe_experts_ref, moe_route_ref
+    d, inter, E = shape["d"], shape["inter"], shape["E"]
+    dt = torch.float16 if dry_run else torch.bfloat16
+    rnd = lambda *s, scale=1.0: (torch.randn(*s, generator=gen, device=dev) * scale).to(dt)  # noqa: E731
+    x, r = rnd(M, d), rnd(M, d)
+    router, bias = rnd(E, d, scale=d ** -0.5), rnd(E, scale=0.1)
+    w_gu, w_d = rnd(E, 2 * inter, d, scale=d ** -0.5), rnd(E, d, inter, scale=inter ** -0.5)
+    opts = dict(top_k=shape["top_k"], n_group=shape["n_group"], topk_group=shape["topk_group"],
+                routed_scaling_factor=shape["scale"])
+    weights, ids = moe_route(x, router, bias, **opts)
+    touched = int(torch.unique(ids).numel())
+    want = moe_experts_ref(x, w_gu, w_d, weights, ids, r)
+    providers = {
+        "triton": (True, lambda: moe_experts(x, w_gu, w_d, weights, ids, r)),
+        "triton-layer": (True, lambda: moe_experts(x, w_gu, w_d, *moe_route(x, router, bias, **opts), r)),
+        "grouped_mm": (True, lambda: grouped_mm_moe(x, w_gu.transpose(1, 2), w_d.transpose(1, 2), weights, ids, r)),
+        "gather-bmm": (False, lambda: gather_bmm_moe(x, w_gu, w_d, weights, ids, r)),
+        "loop": (False, lambda: moe_experts_ref(x, w_gu, w_d, weights, ids, r)),
+        "route-triton": (True, lambda: moe_route(x, router, bias, **opts)[0]),
+        "route-torch": (True, lambda: moe_route_ref(x, router, bias, **opts)[0]),
+    }
+    for cfg in SWEEP if sweep else ():
+        name = "triton[" + ",".join(f"{k}={v}" for k, v in cfg.items()) + "]"
+        providers[name] = (True, lambda cfg=cfg: moe_experts(x, w_gu, w_d, weights, ids, r, config=cfg))
+    expert_bytes = touched * 3 * inter * d * x.element_size()
+    rows = []
+    for name, (graph, fn) in providers.items():
+        row = dict(provider=name, tokens=M, touched_experts=touched, expert_bytes=expert_bytes, error="")
+        try:
+            ref = weights if name.startswith("route") else want
+            diff = (fn().float() - ref.float()).abs().max().item()
+            row["maxdiff"] = f"{diff:.3g}"
+            if graph and not dry_run:
+                from bench_block_attention import _graph_time_us
+                row.update(timing="cuda-graph", us=_graph_time_us(lambda i: fn(), 1, min_calls=20, replays=10))
+            else:
+                row.update(timing="wall" if dry_run else "eager-events", us=_eager_us(fn, dry_run))
+            row["gbps"] = "" if name.startswith("route") else expert_bytes / row["us"] / 1e3
+        except Exception as e:  # a provider missing from this torch is a row with the error, not a gap
+            row.update(timing="", us="", gbps="", error=f"{type(e).__name__}: {str(e).splitlines()[0][:160]}")
+        rows.append(row)
+    return rows
+
+
+def render(rows, path: str) -> None:
+    lines = [f"# Routed experts of one LLaDA2.0-mini MoE layer ({rows[0]['gpu']}, torch {rows[0]['torch']}, "
+             f"triton {rows[0]['triton']}, {rows[0]['sha']}; copy {float(rows[0]['copy_gbps']):.0f} GB/s)", "",
+             "| tokens | experts touched | provider | timing | us | GB/s (touched experts) | % copy | vs triton | "
+             "maxdiff | error |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ours = next(o for o in rows if o["tokens"] == r["tokens"] and o["provider"] == "triton")
+        ratio = f"{r['us'] / ours['us']:.2f}x" if "" not in (r["us"], ours["us"]) and r["gbps"] != "" else ""
+        num = lambda v, f: "" if v == "" else format(v, f)  # noqa: E731
+        lines.append(f"| {r['tokens']} | {r['touched_experts']} | {r['provider']} | {r['timing']} | {num(r['us'], '.1f')} "
+                     f"| {num(r['gbps'], '.0f')} | {num(r['pct_copy'], '.1f')} | {ratio} | {r.get('maxdiff', '')} "
+                     f"| {r['error']} |")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def main(out: str, tokens=(32, 256, 1024), dry_run: bool = False, seed: int = 0, sweep: bool = False) -> str:
+    if dry_run:
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    import torch
+    import triton
+    from provenance import git_sha
+    dev = "cpu" if dry_run else "cuda"
+    shape = TINY if dry_run else LLADA2_MINI
+    if dry_run:
+        copy_gbps = 1.0
+    else:
+        from bench_block_attention import copy_bandwidth_gbs
+        copy_gbps = copy_bandwidth_gbs()
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    gpu = "cpu-interpreter" if dry_run else torch.cuda.get_device_name()
+    prov = dict(copy_gbps=copy_gbps, gpu=gpu, torch=torch.__version__, triton=triton.__version__, sha=git_sha())
+    rows = []
+    for M in tokens:
+        for r in bench_tokens(M, shape, dev, dry_run, gen, sweep):
+            r.update(prov, pct_copy=100 * r["gbps"] / copy_gbps if r["gbps"] != "" else "")
+            rows.append(r)
+    os.makedirs(out, exist_ok=True)
+    stem = os.path.join(out, f"bench_moe_{gpu.replace(' ', '_').lower()}_{prov['sha']}")
+    with open(stem + ".csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    render(rows, stem + ".md")
+    print(open(stem + ".md").read())
+    return stem
+
+
+def cli(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, help="output folder (CSV + markdown)")
+    p.add_argument("--tokens", type=int, nargs="+", default=[32, 256, 1024])
+    p.add_argument("--dry-run", action="store_true", help="tiny shape on the CPU under the Triton interpreter")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sweep", action="store_true", help="also time moe_experts under each SWEEP config")
+    a = p.parse_args(argv)
+    main(a.out, tuple(a.tokens), a.dry_run, a.seed, a.sweep)
+
+
+if __name__ == "__main__":
+    cli()
