@@ -72,6 +72,9 @@ def prepare(args) -> None:
 
 
 def main(argv=None) -> int:
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    if not main_rank:  # progress bars on rank 0 only (tqdm reads this when it is first imported)
+        os.environ["TQDM_DISABLE"] = "1"
     from lm_eval._cli import HarnessCLI
     from lm_eval.utils import setup_logging
 
@@ -79,7 +82,6 @@ def main(argv=None) -> int:
 
     argv = _argv(sys.argv[1:] if argv is None else argv)
     device_given = any(a == "--device" or a.startswith("--device=") for a in argv)
-    main_rank = int(os.environ.get("RANK", "0")) == 0
     setup_logging("INFO" if main_rank else "ERROR")
     parser = HarnessCLI()
     old_argv, sys.argv = sys.argv, [sys.argv[0]] + argv
@@ -103,7 +105,8 @@ def main(argv=None) -> int:
         if main_rank:
             parser.execute(args)
             return 0
-        # other ranks: the same evaluation (their model shares the work), nothing written or printed
+        # other ranks: the same evaluation (their model shares the work), nothing written or printed; errors
+        # still reach stderr
         args.output_path, args.log_samples, args.wandb_args, args.trackio_args = None, False, None, None
         args.verbosity = "ERROR"
         with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
