@@ -51,3 +51,24 @@ def run_without_interpreter(code: str, *args: str, timeout: int = 300) -> subpro
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     return subprocess.run([sys.executable, "-c", code, *args], cwd=root, env=env, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def family_dir(family: str) -> str:
+    """``tests/data/<family>-tiny``: a golden folder copied from ``../shared/golden`` (checkpoint + cases.json)."""
+    return os.path.join(os.path.dirname(__file__), "data", f"{family}-tiny")
+
+
+@functools.lru_cache(maxsize=None)
+def family_golden(family: str):
+    with open(os.path.join(family_dir(family), "cases.json")) as f:
+        return json.load(f)
+
+
+@functools.lru_cache(maxsize=None)
+def family_model(family: str, dtype=torch.float32):
+    """A golden family checkpoint through ``load_model`` (ids the checkpoint folder lacks from cases.json)."""
+    from llada_triton.models import load_model
+
+    ids = family_golden(family)["ids"]
+    return load_model(os.path.join(family_dir(family), "checkpoint"), dtype=dtype, mask_token_id=ids["mask"],
+                      eot_token_id=ids.get("eot"))

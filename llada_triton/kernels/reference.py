@@ -24,6 +24,7 @@ __all__ = [
     "rope_ref",
     "qkv_rope_cache_ref",
     "qkv_proj_rope_ref",
+    "qkv_norm_rope_cache_ref",
     "block_attention_ref",
     "swiglu_mlp_ref",
     "silu_mul_ref",
@@ -33,6 +34,7 @@ __all__ = [
     "logits_confidence_ref",
     "select_transfer_ref",
     "commit_step_ref",
+    "select_threshold_topk_ref",
 ]
 
 
@@ -84,18 +86,25 @@ def rope_tables(head_dim: int, theta: float, length: int, device=None):
     return emb.cos().to(device), emb.sin().to(device)
 
 
-def rope_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Half-split (NeoX) rotary embedding over the full head dim, computed in fp32.
+def _rotate(xf: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Half-split rotation of the first ``R = cos.shape[-1]`` features of fp32 ``xf`` (partial RoPE when
+    ``R < xf.shape[-1]``: the other features pass through unchanged)."""
+    R = cos.shape[-1]
+    r = xf[..., :R]
+    half = R // 2
+    out = r * cos + torch.cat((-r[..., half:], r[..., :half]), dim=-1) * sin
+    return out if R == xf.shape[-1] else torch.cat((out, xf[..., R:]), dim=-1)
 
-    x: ``[B, T, H, D]``; cos, sin: fp32 ``[T, D]`` (the rows of the tables at the tokens' positions).
-    Returns ``x * cos + rotate_half(x) * sin`` cast back to ``x.dtype``.
+
+def rope_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Half-split (NeoX) rotary embedding, computed in fp32.
+
+    x: ``[B, T, H, D]``; cos, sin: fp32 ``[T, R]`` (the rows of the tables at the tokens' positions) with
+    ``R <= D`` even: the first ``R`` features of each head rotate (``R < D``: partial RoPE, as LLaDA2's
+    ``partial_rotary_factor``), the rest pass through. Returns ``x * cos + rotate_half(x) * sin`` cast back
+    to ``x.dtype``.
     """
-    xf = x.float()
-    half = xf.shape[-1] // 2
-    rot = torch.cat((-xf[..., half:], xf[..., :half]), dim=-1)
-    c = cos[None, :, None, :]
-    s = sin[None, :, None, :]
-    return ((xf * c) + (rot * s)).to(x.dtype)
+    return _rotate(x.float(), cos[None, :, None, :], sin[None, :, None, :]).to(x.dtype)
 
 
 def qkv_rope_cache_ref(qkv: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.Tensor, start,
@@ -103,28 +112,22 @@ def qkv_rope_cache_ref(qkv: torch.Tensor, cos_table: torch.Tensor, sin_table: to
                        n_heads: int, write_from: Optional[torch.Tensor] = None):
     """RoPE on the q and k heads of a fused projection, then the keys/values into the KV cache.
 
-    qkv: ``[B, T, H + 2 Hkv, D]`` (heads q, then k, then v); cos_table, sin_table: fp32 ``[L, D]``
-    for absolute positions; start: int, or an int64 device tensor, 0-dim (all rows) or ``[B]`` (per
+    qkv: ``[B, T, H + 2 Hkv, D]`` (heads q, then k, then v); cos_table, sin_table: fp32 ``[L, R]``
+    for absolute positions (``R < D``: partial RoPE over the first ``R`` features of each head); start: int, or
+    an int64 device tensor, 0-dim (all rows) or ``[B]`` (per
     row): the position of token 0 (token t sits at ``start + t``). With caches (``[B, T_max, Hkv, D]``)
     the rotated keys and the values are written at slots ``[start, start + T)``, except slots below
     ``write_from[b]`` when given, and ``(q, k_cache, v_cache)`` is returned; without, the rotated
     ``(q, k, v)``. The Triton version rotates q (and k without a cache) in place in ``qkv``.
     """
-    B, T, NH, D = qkv.shape
+    B, T, NH, _ = qkv.shape
     H = n_heads
     Hkv = (NH - H) // 2
     per_row = isinstance(start, torch.Tensor) and start.dim() == 1
     if per_row:
         pos = start[:, None] + torch.arange(T, device=qkv.device)[None, :]            # [B, T]
-        cos, sin = cos_table[pos][:, :, None, :], sin_table[pos][:, :, None, :]       # [B, T, 1, D]
-        half = D // 2
-
-        def rot(x):
-            xf = x.float()
-            r = torch.cat((-xf[..., half:], xf[..., :half]), dim=-1)
-            return ((xf * cos) + (r * sin)).to(x.dtype)
-
-        q, k = rot(qkv[:, :, :H]), rot(qkv[:, :, H:H + Hkv])
+        cos, sin = cos_table[pos][:, :, None, :], sin_table[pos][:, :, None, :]       # [B, T, 1, R]
+        q, k = (_rotate(t.float(), cos, sin).to(t.dtype) for t in (qkv[:, :, :H], qkv[:, :, H:H + Hkv]))
     else:
         if isinstance(start, torch.Tensor):
             pos = start + torch.arange(T, device=qkv.device)
@@ -163,6 +166,28 @@ def qkv_proj_rope_ref(x: torch.Tensor, w_qkv: torch.Tensor, cos_table: torch.Ten
     B, T, d = x.shape
     D = head_dim if head_dim is not None else k_cache.shape[-1] if k_cache is not None else d // n_heads
     qkv = F.linear(x, w_qkv).view(B, T, w_qkv.shape[0] // D, D)
+    return qkv_rope_cache_ref(qkv, cos_table, sin_table, start, k_cache, v_cache, n_heads=n_heads,
+                              write_from=write_from)
+
+
+def qkv_norm_rope_cache_ref(qkv: torch.Tensor, q_norm: Optional[torch.Tensor], k_norm: Optional[torch.Tensor],
+                            eps: float, cos_table: torch.Tensor, sin_table: torch.Tensor, start,
+                            k_cache: Optional[torch.Tensor] = None, v_cache: Optional[torch.Tensor] = None, *,
+                            n_heads: int, write_from: Optional[torch.Tensor] = None):
+    """QK-norm, then :func:`qkv_rope_cache_ref` (RoPE, possibly partial, and the cache write).
+
+    q_norm, k_norm: ``[D]`` RMSNorm weights applied to every q head and every k head (per-head RMSNorm over
+    ``head_dim``, as :func:`rms_norm_ref`, before the rotation: LLaDA2.x and LLaDA-MoE), or both None (no
+    QK-norm). Values are not normed. Same outputs as :func:`qkv_rope_cache_ref`; the cache holds normed,
+    rotated keys.
+    """
+    if (q_norm is None) != (k_norm is None):
+        raise ValueError("q_norm and k_norm must both be given or both be None")
+    if q_norm is not None:
+        H = n_heads
+        Hkv = (qkv.shape[2] - H) // 2
+        qkv = torch.cat([rms_norm_ref(qkv[:, :, :H], q_norm, eps), rms_norm_ref(qkv[:, :, H:H + Hkv], k_norm, eps),
+                         qkv[:, :, H + Hkv:]], dim=2)
     return qkv_rope_cache_ref(qkv, cos_table, sin_table, start, k_cache, v_cache, n_heads=n_heads,
                               write_from=write_from)
 
@@ -350,6 +375,29 @@ def select_transfer_ref(conf: torch.Tensor, masked: torch.Tensor, *,
     else:
         count = _factor_count(ranked, n_masked, factor)
     take_sorted = ranks < count[:, None]
+    out = torch.zeros(B, L, dtype=torch.bool, device=conf.device)
+    out.scatter_(1, order, take_sorted)
+    return out & masked
+
+
+def select_threshold_topk_ref(conf: torch.Tensor, masked: torch.Tensor, *, k: torch.Tensor,
+                              threshold: float) -> torch.Tensor:
+    """LLaDA2.x's rule: every masked position with ``conf > threshold`` (strict) when there are at least
+    ``k[b]`` of them, else the ``min(k[b], #masked)`` most confident masked positions. ``k = 0`` takes only
+    the positions above the threshold (possibly none); ``threshold >= 1`` is the pure top-k schedule.
+
+    conf: fp32 ``[B, L]``; masked: bool ``[B, L]``; k: int ``[B]``. Ranking as :func:`select_transfer_ref`
+    (descending, ties to the lowest index). Returns bool ``[B, L]``.
+    """
+    check_not_nan("threshold", threshold)
+    B, L = conf.shape
+    key = torch.where(masked, conf.float(), torch.full_like(conf, float("-inf"), dtype=torch.float))
+    order = _stable_desc_order(key, masked)
+    n_masked = masked.sum(1)
+    n_high = (masked & (key > threshold)).sum(1)
+    k = k.to(n_masked.device).long()
+    count = torch.where(n_high >= k, n_high, torch.minimum(k, n_masked))
+    take_sorted = torch.arange(L, device=conf.device)[None, :] < count[:, None]
     out = torch.zeros(B, L, dtype=torch.bool, device=conf.device)
     out.scatter_(1, order, take_sorted)
     return out & masked

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Optional
 
-__all__ = ["LLaDAConfig", "ConfigError"]
+__all__ = ["LLaDAConfig", "ConfigError", "token_id_from_tokenizer_files", "read_config_files"]
 
 
 class ConfigError(ValueError):
@@ -156,19 +156,13 @@ class LLaDAConfig:
         return cls(**kwargs)
 
     @classmethod
-    def from_pretrained(cls, path: str, *, eot_token_id: Optional[int] = None,
+    def from_pretrained(cls, path: str, *, eot_token_id: Optional[int] = None, mask_token_id: Optional[int] = None,
                         allow_unknown: bool = False) -> "LLaDAConfig":
-        """Read ``config.json``, ``generation_config.json`` and the tokenizer's ``<|eot_id|>`` from a folder."""
-        cfg_path = os.path.join(path, "config.json")
-        if not os.path.isfile(cfg_path):
-            raise FileNotFoundError(f"no config.json in {path!r}")
-        with open(cfg_path) as f:
-            cfg = json.load(f)
-        gen = {}
-        gen_path = os.path.join(path, "generation_config.json")
-        if os.path.isfile(gen_path):
-            with open(gen_path) as f:
-                gen = json.load(f)
+        """Read ``config.json``, ``generation_config.json`` and the tokenizer's ``<|eot_id|>`` from a folder
+        (``mask_token_id`` overrides the config's)."""
+        cfg, gen = read_config_files(path)
+        if mask_token_id is not None:
+            cfg = dict(cfg, mask_token_id=int(mask_token_id))
         if eot_token_id is None:
             eot_token_id = _eot_from_tokenizer_files(path)
         return cls.from_dict(cfg, generation=gen, eot_token_id=eot_token_id, allow_unknown=allow_unknown)
@@ -177,8 +171,28 @@ class LLaDAConfig:
         return dataclasses.replace(self, **changes)
 
 
+def read_config_files(path: str):
+    """``(config.json, generation_config.json or {})`` of a checkpoint folder, parsed."""
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise FileNotFoundError(f"no config.json in {path!r}")
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    gen = {}
+    gen_path = os.path.join(path, "generation_config.json")
+    if os.path.isfile(gen_path):
+        with open(gen_path) as f:
+            gen = json.load(f)
+    return cfg, gen
+
+
 def _eot_from_tokenizer_files(path: str) -> Optional[int]:
     """The id of ``<|eot_id|>`` from ``tokenizer.json`` / ``tokenizer_config.json``, if present."""
+    return token_id_from_tokenizer_files(path, "<|eot_id|>")
+
+
+def token_id_from_tokenizer_files(path: str, content: str) -> Optional[int]:
+    """The id of the added token ``content`` from ``tokenizer.json`` / ``tokenizer_config.json``, if present."""
     for name, getter in (("tokenizer.json", lambda d: d.get("added_tokens", [])),
                          ("tokenizer_config.json",
                           lambda d: [dict(v, id=int(k)) for k, v in d.get("added_tokens_decoder", {}).items()])):
@@ -187,6 +201,6 @@ def _eot_from_tokenizer_files(path: str) -> Optional[int]:
             with open(p) as f:
                 data = json.load(f)
             for tok in getter(data):
-                if tok.get("content") == "<|eot_id|>":
+                if tok.get("content") == content:
                     return int(tok["id"])
     return None

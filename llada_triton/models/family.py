@@ -42,6 +42,8 @@ __all__ = ["Family", "REGISTRY", "family_of", "family_for_config_json", "forward
 # family name -> (module defining FAMILY, config.json model_type values, architectures values): one line a family
 REGISTRY = {
     "llada": ("llada_triton.models.model", ("llada",), ("LLaDAModelLM",)),
+    "llada2": ("llada_triton.models.llada2", ("llada2_moe",), ("LLaDA2MoeModelLM",)),
+    "lladamoe": ("llada_triton.models.lladamoe", ("lladamoe",), ("LLaDAMoEModelLM",)),
 }
 
 
@@ -87,15 +89,19 @@ def family_of(cfg) -> Family:
 
 
 def family_for_config_json(path: str) -> Family:
-    """The :class:`Family` a checkpoint folder's config.json selects (``model_type``, else ``architectures``)."""
+    """The :class:`Family` a checkpoint folder's config.json selects (``architectures``, else ``model_type``)."""
     cfg_path = os.path.join(path, "config.json")
     if not os.path.isfile(cfg_path):
         raise FileNotFoundError(f"no config.json in {path!r}")
     with open(cfg_path) as f:
         raw = json.load(f)
     model_type, archs = raw.get("model_type"), raw.get("architectures") or []
+    # architectures first: LLaDA-MoE's config.json says model_type 'llada' too, its architecture tells it apart
     for name, (_, types, arch_names) in REGISTRY.items():
-        if model_type in types or (model_type is None and any(a in arch_names for a in archs)):
+        if any(a in arch_names for a in archs):
+            return _load(name)
+    for name, (_, types, arch_names) in REGISTRY.items():
+        if model_type in types:
             return _load(name)
     if model_type is None and not archs:  # the original LLaDA release names neither
         return _load("llada")

@@ -65,20 +65,7 @@ def forward_hidden(params: Params, cfg: LLaDAConfig, tokens: torch.Tensor, *,
     """
     B, T = tokens.shape
     H, Hkv, D, eps = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.rms_norm_eps
-    dynamic = isinstance(start, torch.Tensor)
-    if dynamic:
-        if cache is None or kv_len is None:
-            raise ValueError("a tensor start needs a cache and an explicit kv_len")
-    elif start < 0 or start + T > params.rope_cos.shape[0]:
-        raise ValueError(f"positions [{start}, {start + T}) exceed max_sequence_length={params.rope_cos.shape[0]}")
-    if cache is not None:
-        kv_len = start + T if kv_len is None else kv_len
-        if kv_len > cache.t_max or (not dynamic and start + T > cache.t_max):
-            raise ValueError(f"cache has {cache.t_max} slots; the call needs {kv_len} (start {start}, {T} tokens)")
-    else:
-        if kv_len not in (None, T):
-            raise ValueError(f"kv_len={kv_len} needs a cache (without one the tokens see only themselves)")
-        kv_len = T
+    kv_len = check_call(params, T, start, cache, kv_len)
     h = params.wte[tokens]
     n_layers = len(params.layers)
     a = ops.rms_norm(h, params.layers[0].attn_norm, eps) if n_layers else None
@@ -113,6 +100,24 @@ def forward_hidden(params: Params, cfg: LLaDAConfig, tokens: torch.Tensor, *,
             h = h[:, rows].contiguous()
         a = ops.rms_norm(h, params.ln_f, eps)
     return a
+
+
+def check_call(params, T: int, start, cache: Optional[KVCache], kv_len: Optional[int]) -> int:
+    """Validate a forward call's positions and cache use (see :func:`forward_hidden`); returns the
+    ``kv_len`` to attend over. Shared by every model family."""
+    dynamic = isinstance(start, torch.Tensor)
+    if dynamic:
+        if cache is None or kv_len is None:
+            raise ValueError("a tensor start needs a cache and an explicit kv_len")
+    elif start < 0 or start + T > params.rope_cos.shape[0]:
+        raise ValueError(f"positions [{start}, {start + T}) exceed max_sequence_length={params.rope_cos.shape[0]}")
+    if cache is not None:
+        kv_len = start + T if kv_len is None else kv_len
+        if kv_len > cache.t_max or (not dynamic and start + T > cache.t_max):
+            raise ValueError(f"cache has {cache.t_max} slots; the call needs {kv_len} (start {start}, {T} tokens)")
+    elif kv_len not in (None, T):
+        raise ValueError(f"kv_len={kv_len} needs a cache (without one the tokens see only themselves)")
+    return T if cache is None else kv_len
 
 
 def _linear_norm(ops: Ops, x, w, residual, norm_weight, eps):

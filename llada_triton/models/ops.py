@@ -63,6 +63,14 @@ class Ops:
     Change fields with :meth:`replace`: replacing a plain field clears the fused fields built on it
     (``FUSED_WITH``), so an ablation of ``linear`` or ``select`` really runs the new op, unless the same call sets
     the fused field too. (``dataclasses.replace`` keeps the fused fields as they are.)
+
+    Fields the MoE families (LLaDA2.x, LLaDA-MoE; :mod:`llada_triton.models.moe_model`) need, None where an
+    ``Ops`` does not provide them (the model then names the missing field): qk_norm_rope(qkv, q_norm, k_norm,
+    eps, cos, sin, start, k_cache, v_cache, *, n_heads, write_from) -> (q, k, v) as qkv_norm_rope_cache_ref
+    (per-head QK-norm, then RoPE, partial when the tables are narrower than head_dim, and the cache write);
+    moe_route(x, router_w, expert_bias, *, top_k, n_group, topk_group, score_func, norm_topk_prob,
+    routed_scaling_factor) -> (weights, ids) as moe_route_ref; moe_experts(x, w_gate_up [E, 2I, d],
+    w_down [E, d, I], weights, ids, residual) -> y as moe_experts_ref.
     """
     name: str
     linear: Callable
@@ -76,6 +84,9 @@ class Ops:
     mlp_norm: Optional[Callable] = None
     qkv_proj_rope: Optional[Callable] = None
     commit: Optional[Callable] = None
+    qk_norm_rope: Optional[Callable] = None
+    moe_route: Optional[Callable] = None
+    moe_experts: Optional[Callable] = None
     head_rows: bool = False
     compact_above: int = 64
 
@@ -192,6 +203,9 @@ REFERENCE_OPS = Ops(
     mlp=_mlp_ref,
     head=_head_ref,
     select=ref.select_transfer_ref,
+    qk_norm_rope=ref.qkv_norm_rope_cache_ref,
+    moe_route=ref.moe_route_ref,
+    moe_experts=ref.moe_experts_ref,
 )
 
 
@@ -199,14 +213,18 @@ def triton_ops(**overrides) -> Ops:
     """The Triton implementations (imports ``kernels``' Triton modules now). The QKV and output
     projections use the Triton decode GEMM up to 64 rows and cuBLAS (``F.linear``) above, where it is
     faster; ``overrides`` replace single fields through :meth:`Ops.replace` (a replaced plain op clears its
-    fused fields)."""
+    fused fields). The MoE families' router and experts are the fused MoE kernels (``kernels.moe``); their
+    QK-norm + partial RoPE has no Triton kernel yet: that field is the torch reference (it runs on any device)."""
     from llada_triton.kernels import block_attention
     from llada_triton.kernels import rms_norm
     from llada_triton.kernels import qkv_proj_rope
     from llada_triton.kernels import commit_step, head_confidence, select_transfer
     from llada_triton.kernels import qkv_rope_cache
+    from llada_triton.kernels import moe_experts, moe_route
 
-    ops = Ops(name="triton", linear=_linear_decode, rms_norm=rms_norm, qkv_rope=qkv_rope_cache, attention=block_attention,
+    ops = Ops(name="triton", linear=_linear_decode, rms_norm=rms_norm, qkv_rope=qkv_rope_cache,
+              attention=block_attention,
               mlp=_mlp_decode, head=head_confidence, select=select_transfer, linear_norm=_linear_norm_decode,
-              mlp_norm=_mlp_norm_decode, qkv_proj_rope=qkv_proj_rope, commit=commit_step, head_rows=True)
+              mlp_norm=_mlp_norm_decode, qkv_proj_rope=qkv_proj_rope, commit=commit_step, head_rows=True,
+              qk_norm_rope=ref.qkv_norm_rope_cache_ref, moe_route=moe_route, moe_experts=moe_experts)
     return ops.replace(**overrides) if overrides else ops

@@ -18,7 +18,7 @@ from llada_triton.kernels.reference import rope_tables
 from .config import LLaDAConfig
 
 __all__ = ["LayerParams", "Params", "load_params", "param_name_map", "WeightError", "init_params",
-           "save_checkpoint"]
+           "save_checkpoint", "stream_checkpoint", "fill_random"]
 
 PREFIX = "model.transformer."
 
@@ -39,6 +39,7 @@ class LayerParams:
 
 @dataclass
 class Params:
+    """Every family's parameters (``layers`` hold the family's layer records, e.g. :class:`LayerParams`)."""
     wte: torch.Tensor         # [V, d]
     layers: List[LayerParams]
     ln_f: torch.Tensor        # [d]
@@ -57,9 +58,11 @@ class Params:
     def tensors(self) -> Iterator[Tuple[str, torch.Tensor]]:
         for f in ("wte", "ln_f", "lm_head"):
             yield f, getattr(self, f)
-        for i, lp in enumerate(self.layers):
-            for f in fields(LayerParams):
-                yield f"layers.{i}.{f.name}", getattr(lp, f.name)
+        for i, lp in enumerate(self.layers):  # LayerParams, or another family's layer record (None: absent)
+            for f in fields(lp):
+                t = getattr(lp, f.name)
+                if t is not None:
+                    yield f"layers.{i}.{f.name}", t
 
 
 def _shapes(cfg: LLaDAConfig) -> Dict[str, Tuple[int, ...]]:
@@ -137,10 +140,24 @@ def load_params(path: str, cfg: LLaDAConfig, *, device="cpu", dtype: torch.dtype
     mis-shaped tensor, a tensor the index names but the file lacks, or an unreadable/truncated file
     raises :class:`WeightError` naming the tensor and the file.
     """
-    from safetensors import safe_open
-
     names = param_name_map(cfg)
     params = _empty_params(cfg, device, dtype)
+
+    def write(name, t):
+        target, layer, rows, _ = names[name]
+        _target(params, target, layer)[rows].copy_(t)
+
+    stream_checkpoint(path, {n: v[3] for n, v in names.items()}, write)
+    return params
+
+
+def stream_checkpoint(path: str, shapes: Dict[str, Tuple[int, ...]], write, *, describe_missing=None) -> None:
+    """Read every tensor of a safetensors checkpoint folder once, shard by shard, and hand it to
+    ``write(name, tensor)`` (which copies it into its slot): strict both ways. ``shapes`` maps each expected
+    checkpoint name to its shape; an unexpected, duplicated, mis-shaped, unreadable or missing tensor raises
+    :class:`WeightError` naming it and the file (``describe_missing(names)`` may phrase the missing ones)."""
+    from safetensors import safe_open
+
     seen: Dict[str, str] = {}
     for fname, wanted in _shard_plan(path).items():
         fpath = os.path.join(path, fname)
@@ -156,45 +173,49 @@ def load_params(path: str, cfg: LLaDAConfig, *, device="cpu", dtype: torch.dtype
             for name in todo:
                 if name not in present:
                     raise WeightError(f"tensor {name!r} is named by the index for {fname!r} but the file lacks it")
-                if name not in names:
+                if name not in shapes:
                     raise WeightError(f"unexpected tensor {name!r} in {fname!r} (not part of this config)")
                 if name in seen:
                     raise WeightError(f"tensor {name!r} appears twice ({seen[name]!r} and {fname!r})")
-                target, layer, rows, shape = names[name]
                 shp = tuple(f.get_slice(name).get_shape())
-                if shp != shape:
-                    raise WeightError(f"tensor {name!r} in {fname!r} has shape {shp}, expected {shape}")
+                if shp != tuple(shapes[name]):
+                    raise WeightError(f"tensor {name!r} in {fname!r} has shape {shp}, expected {tuple(shapes[name])}")
                 try:
                     t = f.get_tensor(name)
                 except Exception as e:
                     raise WeightError(f"cannot read tensor {name!r} from {fpath!r} (truncated or corrupt?): {e}") from e
-                _target(params, target, layer)[rows].copy_(t)
+                write(name, t)
                 del t
                 seen[name] = fname
             if wanted is not None:
                 extra = sorted(present - set(wanted))
                 if extra:
                     raise WeightError(f"{fname!r} holds tensors the index does not list: {extra[:5]}")
-    missing = sorted(set(names) - set(seen))
+    missing = sorted(set(shapes) - set(seen))
     if missing:
-        raise WeightError(f"checkpoint {path!r} lacks {len(missing)} tensors, e.g. {missing[:5]}")
-    return params
+        what = describe_missing(missing) if describe_missing else f"e.g. {missing[:5]}"
+        raise WeightError(f"checkpoint {path!r} lacks {len(missing)} tensors, {what}")
 
 
 # ---------------------------------------------------------------------------- synthetic checkpoints
 def init_params(cfg: LLaDAConfig, *, device="cpu", dtype=torch.float32, seed: int = 0, std: float = 0.02) -> Params:
     """Random parameters (norm weights near 1) for tests, benchmarks and training from scratch."""
-    dev = torch.device(device)
-    g = torch.Generator(device=dev).manual_seed(seed)  # drawn on the target device: no host copy
-    params = _empty_params(cfg, device, dtype)
-    with torch.no_grad():
-        for name, t in params.tensors():
-            v = torch.randn(t.shape, generator=g, device=dev, dtype=torch.float32)
-            if name.endswith("norm") or name == "ln_f":
-                t.copy_(v.mul_(0.1).add_(1.0))
-            else:
-                t.copy_(v.mul_(std))
-            del v
+    return fill_random(_empty_params(cfg, device, dtype), seed=seed, std=std)
+
+
+@torch.no_grad()
+def fill_random(params: Params, *, seed: int = 0, std: float = 0.02) -> Params:
+    """Fill every tensor of ``params`` in place: norm weights ``1 + 0.1 N(0, 1)``, the rest ``std N(0, 1)``,
+    drawn on the params' device (no host copy). Any family's params (``Params.tensors``)."""
+    dev = params.device
+    g = torch.Generator(device=dev).manual_seed(seed)
+    for name, t in params.tensors():
+        v = torch.randn(t.shape, generator=g, device=dev, dtype=torch.float32)
+        if name.endswith("norm") or name == "ln_f":
+            t.copy_(v.mul_(0.1).add_(1.0))
+        else:
+            t.copy_(v.mul_(std))
+        del v
     return params
 
 
