@@ -10,7 +10,9 @@ is minus the mean over ``mc_num / b`` mini-batches. With ``cfg_scale > 0`` the l
 
 Draws come from a CPU ``torch.Generator`` seeded per request (:func:`request_seed`: the seed and the
 token ids), so an estimate does not depend on the device, the order of requests or how they are sharded.
-Only the masked positions go through the LM head, and the cross-entropy is computed in float32.
+Only the masked positions go through the LM head, and the cross-entropy is computed in float32. The
+forward is the family's (``llada_triton.models.forward_hidden`` dispatches on the config), with LLaDA's
+bidirectional definition of the estimate for every family.
 """
 from __future__ import annotations
 
@@ -20,10 +22,7 @@ from typing import List, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from llada_triton.models.config import LLaDAConfig
-from llada_triton.models.model import forward_hidden, logits_from_hidden
-from llada_triton.models.ops import REFERENCE_OPS, Ops
-from llada_triton.models.weights import Params
+from llada_triton.models import REFERENCE_OPS, Ops, forward_hidden, logits_from_hidden
 
 __all__ = ["request_seed", "mc_draws", "mc_loglikelihood", "greedy_suffix_match", "check_mc"]
 
@@ -78,7 +77,7 @@ def _masked_logits(params, cfg, noisy, sel, n_prompt, cfg_scale, ops):
 
 
 @torch.no_grad()
-def mc_loglikelihood(params: Params, cfg: LLaDAConfig, prefix: Sequence[int], target: Sequence[int], *,
+def mc_loglikelihood(params, cfg, prefix: Sequence[int], target: Sequence[int], *,
                      mc_num: int = 128, batch_size: int = 32, cfg_scale: float = 0.0, seed: int = 0,
                      ops: Ops = REFERENCE_OPS) -> Tuple[float, int]:
     """``(estimate of log p(target | prefix), forwards run)``; see the module docstring."""
@@ -106,7 +105,7 @@ def mc_loglikelihood(params: Params, cfg: LLaDAConfig, prefix: Sequence[int], ta
 
 
 @torch.no_grad()
-def greedy_suffix_match(params: Params, cfg: LLaDAConfig, prefix: Sequence[int], target: Sequence[int], *,
+def greedy_suffix_match(params, cfg, prefix: Sequence[int], target: Sequence[int], *,
                         cfg_scale: float = 0.0, ops: Ops = REFERENCE_OPS) -> bool:
     """Whether decoding the target positions one token per step (the most confident argmax first, as
     ``eval_llada.py``'s ``suffix_greedy_prediction``) reproduces ``target`` exactly."""
