@@ -23,6 +23,10 @@ settings done and the time left.
     python scripts/ablate.py --study all --n 100 --out ablations-tiny --render
     python scripts/ablate.py --model /path/to/LLaDA-8B-Instruct --device cuda --ops triton \\
         --jsonl gsm8k.jsonl --scorer numeric --gen-length 256 --block-length 32 --study steps
+    torchrun --nproc_per_node=8 scripts/ablate.py ...same arguments, --problems for --n...   # 8 GPUs (NCCL)
+
+Under ``torchrun`` each rank decodes its share of every setting's batches on ``cuda:LOCAL_RANK`` (gloo on
+the CPU) and rank 0 writes the CSV: the same rows as one process, ``seconds`` being the slowest rank's.
 """
 from __future__ import annotations
 
@@ -238,13 +242,19 @@ def _sync(device) -> None:
 
 def run_config(params, cfg, tok: Tokenizer, problems: Dict[str, list], rc: RunConfig, *, scorer: str,
                batch_size: int, ops, seed: int, workspace=None, cuda_graphs: bool = False,
-               warmup: bool = False) -> List[Dict]:
+               warmup: bool = False, dist=None) -> List[Dict]:
     """Decode every problem with ``rc``; one result dict per task (accuracy, NFE, seconds, tokens/s).
 
     Prompts of a task are sorted by length and decoded in batches of ``batch_size`` (``generate`` left-pads
-    each batch); ``warmup`` decodes the first batch once untimed (Triton compilation, CUDA-graph capture)."""
+    each batch); ``warmup`` decodes the first batch once untimed (Triton compilation, CUDA-graph capture).
+    With ``dist`` (a :class:`llada_triton.eval.Dist` of several ranks) each rank decodes its share of the
+    batches and every rank gets all results (the same as one process: a batch's tokens do not depend on the
+    rank); ``seconds`` is then the slowest rank's."""
     import tasks as tasks_mod
     from llada_triton.decode.generate import generate
+    from llada_triton.eval.distributed import Dist, gather_results, shard_indices
+
+    dist = dist or Dist()
 
     fn = tasks_mod.SCORERS[scorer]
     out = []
@@ -252,6 +262,8 @@ def run_config(params, cfg, tok: Tokenizer, problems: Dict[str, list], rc: RunCo
         ids = [tok.encode(p.prompt) for p in probs]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+        costs = [sum(len(ids[i]) for i in b) for b in batches]
+        batches = [batches[j] for j in shard_indices(len(batches), dist, costs, allow_idle=True)]
         kw = dict(rc.options(), ops=ops, seed=seed, workspace=workspace, cuda_graphs=cuda_graphs)
         if warmup and batches:
             generate(params, cfg, [ids[i] for i in batches[0]], **kw)
@@ -268,6 +280,14 @@ def run_config(params, cfg, tok: Tokenizer, problems: Dict[str, list], rc: RunCo
             for row, i in enumerate(idx):
                 preds[i] = tok.decode(toks[row])
                 nfe[i] = int(res.nfe[row])
+        if dist.world_size > 1:  # one unit per rank: its predictions, NFE and time
+            done = [i for b in batches for i in b]
+            parts = gather_results([dist.rank], [([(i, preds[i], nfe[i]) for i in done], seconds)],
+                                   dist.world_size, dist)
+            seconds = max(sec for _, sec in parts)
+            for rows, _ in parts:
+                for i, pr, nf in rows:
+                    preds[i], nfe[i] = pr, nf
         ok = [bool(fn(pr, p.answer)) for pr, p in zip(preds, probs)]
         out.append({"task": name, "n": len(probs), "correct": sum(ok), "nfe_sum": sum(nfe), "seconds": seconds,
                     "examples": [(p.prompt, p.answer, pr) for p, pr in zip(probs[:3], preds[:3])]})
@@ -359,6 +379,8 @@ def main(model: str = DEFAULT_MODEL, study: Sequence[str] = ("all",), n: int = 1
                      out, append, render, chat_template, cuda_graphs, warmup, quiet)
     finally:
         torch.set_num_threads(old_threads)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():  # joined under torchrun
+            torch.distributed.destroy_process_group()
 
 
 def _encode_all(tok: Tokenizer, problems: Dict[str, list]) -> None:
@@ -393,8 +415,12 @@ def _main(model, studies, unique, pairs, n, seed, tasks, jsonl, scorer, device, 
     cfg = LLaDAConfig.from_pretrained(model)
     tok = Tokenizer(model, cfg, chat_template)
     _encode_all(tok, problems)
+    from llada_triton.eval.distributed import init_distributed
+
+    dist = init_distributed(device)  # under torchrun: this rank's device and process group
+    quiet = quiet or not dist.is_main
     tdtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
-    params = load_params(model, cfg, device=device, dtype=tdtype)
+    params = load_params(model, cfg, device=dist.device, dtype=tdtype)
     op_impl = triton_ops() if ops == "triton" else REFERENCE_OPS
     cuda = params.device.type == "cuda"
     cuda_graphs = cuda if cuda_graphs is None else cuda_graphs
@@ -420,12 +446,13 @@ def _main(model, studies, unique, pairs, n, seed, tasks, jsonl, scorer, device, 
     for k, rc in enumerate(bar):
         ws = Workspace()  # buffers (and CUDA graphs) shared by the batches of one setting
         results[rc] = run_config(params, cfg, tok, problems, rc, scorer=scorer, batch_size=batch_size, ops=op_impl,
-                                 seed=seed, workspace=ws, cuda_graphs=cuda_graphs, warmup=warmup)
+                                 seed=seed, workspace=ws, cuda_graphs=cuda_graphs, warmup=warmup, dist=dist)
         if not quiet:
             bar.write(_progress_line(k, len(unique), rc, results[rc]), file=sys.stdout)
     bar.close()
     rows = [r for s, rc in pairs for r in _rows(s, rc, results[rc], meta)]
-
+    if not dist.is_main:  # rank 0 writes (every rank holds the same rows)
+        return rows
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, CSV_NAME)
     new = not (append and os.path.isfile(path))
@@ -452,8 +479,9 @@ def build_parser() -> cliutil.ArgumentParser:
     ap.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint folder (default: the shipped tiny model)")
     ap.add_argument("--study", type=cliutil.name_list(STUDIES + ("all",)), default=("all",),
                     help=f"comma-separated studies: {'|'.join(STUDIES)}|all (default all)")
-    ap.add_argument("--n", type=cliutil.nonneg_int, default=100,
-                    help="held-out problems per task (JSONL: first n; 0 = all)")
+    ap.add_argument("--n", "--problems", dest="n", type=cliutil.nonneg_int, default=100,
+                    help="held-out problems per task (JSONL: first n; 0 = all); under torchrun write --problems "
+                         "(torchrun takes --n for an abbreviation of its own options)")
     ap.add_argument("--seed", type=int, default=0, help="problem set, random remasking and sampling seed")
     ap.add_argument("--tasks", type=cliutil.name_list(tuple(tasks_mod.TASKS)),
                     help="comma-separated built-in tasks (default: all)")

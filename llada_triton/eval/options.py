@@ -1,0 +1,145 @@
+"""The evaluation model's options (lm-eval ``--model_args``), checked before anything is loaded."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+__all__ = ["EvalOptions", "parse_model_args", "MODEL_ARGS"]
+
+_DTYPES = ("float32", "bfloat16", "float16")
+_OPS = ("reference", "triton")
+_CACHES = ("none", "prefix", "dual", "block")
+_REMASKING = ("low_confidence", "random")
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    pretrained: str
+    device: Optional[str] = None          # None: cuda when available (cuda:LOCAL_RANK under torchrun), else cpu
+    dtype: Optional[str] = None           # None: bfloat16 on CUDA, float32 on the CPU
+    ops: Optional[str] = None             # None: triton on CUDA, reference on the CPU
+    batch_size: int = 32                  # run_many slots / generate batch; the MC mini-batch unless mc_batch_size
+    chunk_size: Optional[int] = None      # prompts per decoding unit (None: 4 * batch_size); see runner
+    gen_length: int = 256
+    block_length: int = 32
+    steps: Optional[int] = None           # None: gen_length (one token per step)
+    cache: str = "block"
+    threshold: Optional[float] = None
+    factor: Optional[float] = None
+    temperature: float = 0.0
+    remasking: str = "low_confidence"
+    cfg_scale: float = 0.0
+    logits_eos_inf: bool = False
+    confidence_eos_eot_inf: bool = False
+    early_stop: Optional[bool] = None     # None: the driver's default (on for the block cache)
+    cuda_graphs: Optional[bool] = None    # None: on for CUDA
+    seed: int = 0
+    mc_num: int = 128
+    mc_batch_size: Optional[int] = None   # None: batch_size
+    check_greedy: bool = False
+    stats_path: Optional[str] = None
+
+    @property
+    def decode_steps(self) -> int:
+        return self.gen_length if self.steps is None else self.steps
+
+    @property
+    def chunk(self) -> int:
+        return 4 * self.batch_size if self.chunk_size is None else self.chunk_size
+
+    @property
+    def mc_batch(self) -> int:
+        return self.batch_size if self.mc_batch_size is None else self.mc_batch_size
+
+
+MODEL_ARGS = tuple(f.name for f in dataclasses.fields(EvalOptions))
+# names used by LLaDA's eval_llada.py, accepted so its command lines carry over
+_ALIASES = {"model_path": "pretrained", "cfg": "cfg_scale"}
+# keys the harness itself may add (--device, --batch_size's sibling, --trust_remote_code); no remote code runs
+_IGNORED = ("max_batch_size", "trust_remote_code")
+_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def _coerce(name: str, value: Any, kind: str) -> Any:
+    if value is None or (isinstance(value, str) and value.lower() == "none"):
+        return None
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+            return value.lower() in ("true", "1")
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+    elif kind == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+    elif kind == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    else:
+        return str(value)
+    raise ValueError(f"model_args {name}={value!r} must be {'an' if kind == 'int' else 'a'} {kind}")
+
+
+def _kind(field: dataclasses.Field) -> str:
+    t = str(field.type)
+    return next(k for k in ("bool", "int", "float", "str") if k in t)
+
+
+def _check_choices(o: EvalOptions) -> None:
+    for name, allowed in (("dtype", _DTYPES), ("ops", _OPS), ("cache", _CACHES), ("remasking", _REMASKING)):
+        value = getattr(o, name)
+        if value is not None and value not in allowed:
+            raise ValueError(f"model_args {name}={value!r}: choose one of {', '.join(allowed)}")
+    for name, value in (("batch_size", o.batch_size), ("gen_length", o.gen_length), ("block_length", o.block_length),
+                        ("mc_num", o.mc_num), ("chunk_size", o.chunk), ("mc_batch_size", o.mc_batch)):
+        if value < 1:
+            raise ValueError(f"model_args {name}={value} must be >= 1")
+    if o.gen_length % o.block_length:
+        raise ValueError(f"model_args gen_length={o.gen_length} must be a multiple of block_length={o.block_length}")
+    n_blocks = o.gen_length // o.block_length
+    if o.decode_steps < n_blocks or o.decode_steps % n_blocks:
+        raise ValueError(f"model_args steps={o.decode_steps} must be a positive multiple of the {n_blocks} blocks")
+    if o.threshold is not None and o.factor is not None:
+        raise ValueError("model_args threshold and factor are exclusive: set one")
+    if o.mc_num % o.mc_batch:
+        raise ValueError(f"model_args mc_batch_size={o.mc_batch} must divide mc_num={o.mc_num} "
+                         "(the MC mini-batch defaults to batch_size)")
+    if not os.path.isdir(o.pretrained):
+        raise ValueError(f"model_args pretrained={o.pretrained!r} is not a directory (a local model folder)")
+
+
+def parse_model_args(args: Mapping[str, Any]) -> EvalOptions:
+    """:class:`EvalOptions` from lm-eval's parsed ``--model_args`` (plus the harness's ``batch_size`` and
+    ``device``), with one-line errors for unknown keys, bad types and impossible combinations."""
+    fields = {f.name: f for f in dataclasses.fields(EvalOptions)}
+    out = {}
+    for key, value in args.items():
+        name = _ALIASES.get(key, key)
+        if key in _IGNORED:
+            continue
+        if name not in fields:
+            raise ValueError(f"unknown model_args key {key!r}; known: {', '.join(MODEL_ARGS)}")
+        if name in out:
+            raise ValueError(f"model_args {key!r} given twice (also as {name!r})")
+        if name in ("batch_size",) and isinstance(value, str) and value.startswith("auto"):
+            raise ValueError(f"batch_size={value!r}: give an int (slots of the decoder, MC mini-batch)")
+        if name == "device" and value is None:
+            continue
+        out[name] = _coerce(key, value, _kind(fields[name]))
+    if out.get("pretrained") is None:
+        raise ValueError("model_args needs pretrained=DIR (a local LLaDA folder)")
+    for name in ("batch_size",):
+        if out.get(name) is None:
+            out.pop(name, None)
+    opts = EvalOptions(**out)
+    _check_choices(opts)
+    return opts
