@@ -169,19 +169,20 @@ def check_problems(parser: ArgumentParser, jsonl: Optional[str], n: int, seed: i
 
 # ---------------------------------------------------------------------------------------- checkpoints
 def check_model(parser: ArgumentParser, path: str, arg: str = "--model"):
-    """The ``LLaDAConfig`` of the checkpoint folder ``path``, or a one-line error (before any weights load)."""
+    """The config of the checkpoint folder ``path`` (any registered family), or a one-line error (before any
+    weights load)."""
     import json
 
-    from llada_triton.models import ConfigError, LLaDAConfig
+    from llada_triton.models import ConfigError, family_for_config_json
 
     if not os.path.isdir(path):
-        parser.fail(arg, f"{path!r} is not a folder; give a Hugging Face LLaDA checkpoint folder "
+        parser.fail(arg, f"{path!r} is not a folder; give a Hugging Face checkpoint folder "
                          f"(config.json + safetensors)")
     if not os.path.isfile(os.path.join(path, "config.json")):
-        parser.fail(arg, f"{path!r} has no config.json; give a Hugging Face LLaDA checkpoint folder")
+        parser.fail(arg, f"{path!r} has no config.json; give a Hugging Face checkpoint folder")
     try:
-        return LLaDAConfig.from_pretrained(path)
-    except (ConfigError, json.JSONDecodeError, KeyError, TypeError) as e:
+        return family_for_config_json(path).config.from_pretrained(path)
+    except (ConfigError, ValueError, json.JSONDecodeError, KeyError, TypeError) as e:
         parser.fail(arg, f"{path!r} has a config this implementation does not support: {e}")
 
 
@@ -189,12 +190,12 @@ def load_checkpoint(parser: ArgumentParser, path: str, device: str, dtype=None, 
     """``(params, cfg)``; a missing or mis-shaped weight is a one-line error."""
     import torch
 
-    from llada_triton.models import WeightError, load_params
+    from llada_triton.models import WeightError, load_model
 
-    cfg = check_model(parser, path, arg)
+    check_model(parser, path, arg)
     if dtype is None:
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     try:
-        return load_params(path, cfg, device=device, dtype=dtype), cfg
+        return load_model(path, device=device, dtype=dtype)
     except (WeightError, FileNotFoundError) as e:
         parser.fail(arg, f"{path!r}: {e}")

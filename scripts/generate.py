@@ -169,6 +169,30 @@ class Display:
         self.stream.flush()
 
 
+def _generate_llada2(p, args, params, cfg, prompts, ops):
+    """LLaDA2.x checkpoints decode with their official semantics (``generate_llada2``: absolute block grid,
+    threshold rule, eos cut), one prompt at a time, as the reference; answers are cut after their first eos."""
+    import time
+    from types import SimpleNamespace
+
+    import torch
+
+    from llada_triton.decode import generate_llada2
+
+    if args.cache not in ("block", "none"):
+        p.fail("--cache", f"{args.cache!r} with an LLaDA2 checkpoint; allowed: block (native), none")
+    t0, outs = time.perf_counter(), []
+    for ids in prompts:
+        outs.append(generate_llada2(params, cfg, ids, gen_length=args.gen_length, block_length=args.block_length,
+                                    steps=args.steps, threshold=0.95 if args.threshold is None else args.threshold,
+                                    temperature=args.temperature, seed=args.seed, cache=args.cache, ops=ops))
+    width = max(len(o.tokens) for o in outs)
+    tokens = torch.full((len(outs), width), cfg.eos_token_id, dtype=torch.long)
+    for i, o in enumerate(outs):
+        tokens[i, :len(o.tokens)] = torch.tensor(o.tokens, dtype=torch.long)
+    return SimpleNamespace(tokens=tokens, nfe=[o.nfe for o in outs], seconds=time.perf_counter() - t0)
+
+
 def main(argv=None):
     p = build_parser()
     args = p.parse_args(argv)
@@ -192,11 +216,14 @@ def main(argv=None):
     gen, block, steps = args.gen_length, args.block_length, args.steps
     ops = triton_ops() if args.ops == "triton" else REFERENCE_OPS
     disp = Display(tokenizer, cfg, gen // block, sys.stderr, args.quiet or args.json)
-    res = generate(params, cfg, prompts, gen_length=gen, block_length=block, steps=steps,
-                   temperature=args.temperature, remasking=args.remasking, threshold=args.threshold,
-                   factor=args.factor, cfg_scale=args.cfg_scale, cache=args.cache,
-                   logits_eos_inf=args.logits_eos_inf, confidence_eos_eot_inf=args.confidence_eos_eot_inf,
-                   seed=args.seed, ops=ops, on_step=disp.step, on_block=disp.block)
+    if getattr(cfg, "family", "llada") == "llada2":
+        res = _generate_llada2(p, args, params, cfg, prompts, ops)
+    else:
+        res = generate(params, cfg, prompts, gen_length=gen, block_length=block, steps=steps,
+                       temperature=args.temperature, remasking=args.remasking, threshold=args.threshold,
+                       factor=args.factor, cfg_scale=args.cfg_scale, cache=args.cache,
+                       logits_eos_inf=args.logits_eos_inf, confidence_eos_eot_inf=args.confidence_eos_eot_inf,
+                       seed=args.seed, ops=ops, on_step=disp.step, on_block=disp.block)
     for i, ids in enumerate(res.tokens.tolist()):
         answer = decode_answer(tokenizer, ids, cfg) if tokenizer is not None else None
         if args.json:

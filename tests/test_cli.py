@@ -352,3 +352,25 @@ def test_help_examples_run_outside_the_checkout(outside):
             assert p.returncode == 0, (script, args, p.stderr[-2000:])
             ran.append(script)
     assert set(ran) == set(SHRINK), ran
+
+
+def test_generate_script_decodes_llada2_with_its_official_semantics():
+    """An LLaDA2 checkpoint goes through generate_llada2 (absolute block grid, threshold rule), not LLaDA's loop."""
+    import json
+    from types import SimpleNamespace
+
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import generate as script
+    from llada_triton.models import REFERENCE_OPS, load_model
+
+    data = os.path.join(ROOT, "tests", "data", "llada2-tiny")
+    with open(os.path.join(data, "cases.json")) as f:
+        gold = json.load(f)
+    case = next(c for c in gold["cases"] if c["name"] == "llada2_p5_g32_b8_s8_thr0.95")
+    params, cfg = load_model(os.path.join(data, "checkpoint"), mask_token_id=gold["ids"]["mask"])
+    kw = case["params"]
+    args = SimpleNamespace(cache="block", gen_length=kw["gen_length"], block_length=kw["block_length"],
+                           steps=kw["steps"], threshold=kw["threshold"], temperature=0.0, seed=0)
+    res = script._generate_llada2(None, args, params, cfg, case["prompt"], REFERENCE_OPS)
+    assert res.tokens[0, :len(case["expected"][0])].tolist() == case["expected"][0]
+    assert res.nfe == [kw["nfe"]]
