@@ -97,11 +97,15 @@ def test_generation_scores_equal_generate(runs, tiny):
 
 
 def test_multiple_choice_scores_equal_estimator(runs, tiny):
+    import torch
+
     from llada_triton.eval.likelihood import mc_loglikelihood
 
     params, cfg, tok = tiny
     scores, samples, _ = runs["one"]
     hits, lls = [], []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the harness processes (OMP_NUM_THREADS=1): CPU GEMMs round by thread count
     for d in _docs(runs["tasks"], "tiny_mc"):
         # eval_llada.py's split: the context's trailing whitespace (the template's "\n\n") joins the continuation
         text = tok.apply_chat_template([{"role": "user", "content": d["prompt"]}], tokenize=False,
@@ -112,6 +116,7 @@ def test_multiple_choice_scores_equal_estimator(runs, tiny):
                                batch_size=BATCH, seed=5)[0] for c in d["choices"]]
         lls.append(ll)
         hits.append(float(max(range(len(ll)), key=ll.__getitem__) == d["label"]))
+    torch.set_num_threads(threads)
     logged = [[float(r[0][0]) for r in json.loads(resps)] for _, resps in samples["tiny_mc"]]
     assert [x for row in logged for x in row] == pytest.approx([x for row in lls for x in row], rel=1e-12)
     assert scores["tiny_mc"]["acc,none"] == pytest.approx(sum(hits) / len(hits), abs=1e-12)

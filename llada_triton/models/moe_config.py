@@ -72,6 +72,7 @@ class MoEConfig:
     is the one shared expert's hidden size (None: no shared expert).
     """
     family: ClassVar[str] = ""
+    logit_shift: ClassVar[int] = 0  # position i is predicted from its own row (no Dream-style shift)
     d_model: int
     n_heads: int
     n_kv_heads: int
