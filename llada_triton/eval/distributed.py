@@ -43,7 +43,7 @@ def _env_int(name: str, default: int) -> int:
 def init_distributed(device: Optional[str] = None) -> Dist:
     """This process's :class:`Dist` from the ``torchrun`` environment, joining the default process group
     when ``WORLD_SIZE > 1`` (NCCL for CUDA devices, gloo otherwise). ``device``: ``cpu``, ``cuda`` or
-    ``cuda:N``; under ``torchrun`` a bare ``cuda`` becomes ``cuda:LOCAL_RANK``. None: CUDA when available."""
+    ``cuda:N``; under ``torchrun`` a bare ``cuda`` becomes ``cuda:LOCAL_RANK`` (else the current device). None: CUDA when available."""
     world = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local = _env_int("LOCAL_RANK", rank)
@@ -54,8 +54,8 @@ def init_distributed(device: Optional[str] = None) -> Dist:
         raise ValueError(f"device={device!r}: use 'cpu', 'cuda' or 'cuda:N'")
     if dev.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} but no CUDA device is available")
-    if world > 1 and dev == "cuda":
-        dev = f"cuda:{local}"
+    if dev == "cuda":  # one process: the current device; under torchrun: this rank's (set_device needs an index)
+        dev = f"cuda:{local if world > 1 else torch.cuda.current_device()}"
     if dev.startswith("cuda"):
         torch.cuda.set_device(torch.device(dev))
     if world > 1 and not torch.distributed.is_initialized():
