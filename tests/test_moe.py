@@ -79,7 +79,7 @@ def test_router_logits_tiles(device):
     x, w, _ = _route_inputs(M, d, E, torch.float32, device, False, seed=3)
     logits = torch.full((M, E), float("nan"), device=device)
     _router_logits_kernel[(2, 3)](x, w, logits, M, E, d, x.stride(0), w.stride(0), BM=16, BE=16, BK=32,
-                                  EVEN_K=False, UPCAST=False, PREC=None)
+                                  EVEN_K=False, UPCAST=False, IEEE=False)
     torch.testing.assert_close(logits, x @ w.t(), rtol=1e-5, atol=1e-5)
 
 
@@ -361,18 +361,18 @@ _COMPILE = textwrap.dedent("""
     for dt, tdt in (("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32)):
         for M, swap in ((32, False), (32, True), (256, False), (256, True), (1024, False)):
             c = dict(moe.moe_config(M * 8, E, inter, d, tdt, interpret=False), SWAP_AB=swap)
-            prec = "ieee" if tdt == torch.float32 else None
+            ieee = tdt == torch.float32
             common = dict(sorted_ptr="*i32", end_ptr="*i32", total_ptr="*i32", N_PAIRS="i32", E="i32",
                           NUM_TILES="i32")
             build(moe._moe_gate_up_kernel,
                   dict(x_ptr="*" + dt, w_ptr="*" + dt, a_ptr="*" + dt, I="i32", K="i32", stride_xm="i32",
                        stride_we="i32", stride_wn="i32", stride_am="i32", **common),
                   dict(TOP_K=8, BM=c["BM"], BN=c["GU_BN"], BK=c["GU_BK"], E_P=E, EVEN_K=True, UPCAST=False,
-                       PREC=prec, SWAP_AB=swap), c["num_warps"], c["num_stages"])
+                       IEEE=ieee, SWAP_AB=swap), c["num_warps"], c["num_stages"])
             build(moe._moe_down_kernel,
                   dict(a_ptr="*" + dt, w_ptr="*" + dt, y_ptr="*" + dt, N="i32", K="i32", stride_am="i32",
                        stride_we="i32", stride_wn="i32", stride_ym="i32", **common),
-                  dict(BM=c["BM"], BN=c["DN_BN"], BK=c["DN_BK"], E_P=E, EVEN_K=True, UPCAST=False, PREC=prec,
+                  dict(BM=c["BM"], BN=c["DN_BN"], BK=c["DN_BK"], E_P=E, EVEN_K=True, UPCAST=False, IEEE=ieee,
                        SWAP_AB=swap),
                   c["num_warps"], c["num_stages"])
         for rw in (dt, "fp32"):  # a 16-bit router weight of x's dtype goes through the tensor cores
@@ -380,7 +380,7 @@ _COMPILE = textwrap.dedent("""
             build(moe._router_logits_kernel,
                   dict(x_ptr="*" + dt, w_ptr="*" + rw, l_ptr="*fp32", M="i32", E="i32", D="i32", stride_xm="i32",
                        stride_wn="i32"),
-                  dict(BM=16, BE=32, BK=128, EVEN_K=True, UPCAST=not native, PREC=None if native else "ieee"), 4, 4)
+                  dict(BM=16, BE=32, BK=128, EVEN_K=True, UPCAST=not native, IEEE=not native), 4, 4)
         build(moe._moe_combine_kernel,
               dict(y_ptr="*" + dt, w_ptr="*fp32", ids_ptr="*i32", r_ptr="*" + dt, out_ptr="*" + dt, E="i32",
                    D="i32", stride_wm="i32", stride_rm="i32", stride_om="i32"),

@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 
 from llada_triton.kernels._common import cdiv, check_tensor, is_interpreter, memo_config, next_pow2
+from llada_triton.kernels.gemm import dot_loop, dot_step, load_k
 from llada_triton.kernels.reference import check_moe_route_args
 
 __all__ = ["moe_route", "moe_align", "moe_experts", "moe_align_size"]
@@ -36,19 +37,6 @@ MAX_EXPERTS = 1024  # a router tile holds every expert's logit of its rows in re
 
 
 # ------------------------------------------------------------------------------------------ kernels
-@triton.jit
-def _load_k(ptrs, k_left, offs_k, EVEN_K: tl.constexpr, UPCAST: tl.constexpr):
-    """A ``[rows, BK]`` operand tile at the K-step with ``k_left`` columns to go (masked tail unless EVEN_K),
-    upcast to fp32 when UPCAST (bf16 under the interpreter, or mixed dtypes)."""
-    if EVEN_K:
-        t = tl.load(ptrs)
-    else:
-        t = tl.load(ptrs, mask=(offs_k < k_left)[None, :], other=0.0)
-    if UPCAST:
-        t = t.to(tl.float32)
-    return t
-
-
 @triton.jit
 def _argmax_low(v, cols, E_P: tl.constexpr):
     """Per row of ``v [R, C]``: the max and the lowest column holding it."""
@@ -62,7 +50,7 @@ def _router_logits_kernel(
     x_ptr, w_ptr, l_ptr,                     # x [M, D], router_w [E, D], logits fp32 [M, E]
     M, E, D, stride_xm, stride_wn,
     BM: tl.constexpr, BE: tl.constexpr, BK: tl.constexpr,
-    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,   # PREC: "ieee" (fp32 dots) or None
+    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,   # IEEE: fp32 products (fp32 inputs)
 ):
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
     cols = tl.program_id(1) * BE + tl.arange(0, BE)
@@ -70,12 +58,7 @@ def _router_logits_kernel(
     x_ptrs = x_ptr + (rows % M).to(tl.int64)[:, None] * stride_xm + offs_k[None, :]       # [BM, BK]
     w_ptrs = w_ptr + (cols % E).to(tl.int64)[:, None] * stride_wn + offs_k[None, :]       # [BE, BK]
     acc = tl.zeros((BM, BE), dtype=tl.float32)
-    for k in range(0, D, BK):
-        xt = _load_k(x_ptrs, D - k, offs_k, EVEN_K, UPCAST)
-        wt = _load_k(w_ptrs, D - k, offs_k, EVEN_K, UPCAST)
-        acc = tl.dot(xt, tl.trans(wt), acc, input_precision=PREC)
-        x_ptrs += BK
-        w_ptrs += BK
+    acc = dot_loop(x_ptr, x_ptrs, w_ptr, w_ptrs, D, acc, BK, EVEN_K, UPCAST, False, IEEE)
     tl.store(l_ptr + rows.to(tl.int64)[:, None] * E + cols[None, :], acc,
              mask=(rows < M)[:, None] & (cols < E)[None, :])
 
@@ -231,17 +214,6 @@ def _silu_mul_rounded(g, u, dt: tl.constexpr):
 
 
 @triton.jit
-def _mm(a, w, acc, SWAP_AB: tl.constexpr, PREC: tl.constexpr):
-    """``acc + a @ w.T`` (``[BM, BN]``) or, with SWAP_AB, ``acc + w @ a.T`` (``[BN, BM]``: the weight rows fill
-    the MMA's M dimension, the few token rows its N)."""
-    if SWAP_AB:
-        out = tl.dot(w, tl.trans(a), acc, input_precision=PREC)
-    else:
-        out = tl.dot(a, tl.trans(w), acc, input_precision=PREC)
-    return out
-
-
-@triton.jit
 def _acc_init(BM: tl.constexpr, BN: tl.constexpr, SWAP_AB: tl.constexpr):
     if SWAP_AB:
         acc = tl.zeros((BN, BM), dtype=tl.float32)
@@ -266,7 +238,7 @@ def _moe_gate_up_kernel(
     N_PAIRS, E, I, K, NUM_TILES,
     stride_xm, stride_we, stride_wn, stride_am,
     TOP_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, E_P: tl.constexpr,
-    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,   # PREC: "ieee" (fp32 dots) or None
+    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,   # IEEE: fp32 products (fp32 inputs)
     SWAP_AB: tl.constexpr = False,
 ):
     row0, pid_n = _tile_of(NUM_TILES, BM)
@@ -283,11 +255,11 @@ def _moe_gate_up_kernel(
     acc_g = _acc_init(BM, BN, SWAP_AB)
     acc_u = _acc_init(BM, BN, SWAP_AB)
     for k in range(0, K, BK):
-        xt = _load_k(x_ptrs, K - k, offs_k, EVEN_K, UPCAST)
-        g = _load_k(g_ptrs, K - k, offs_k, EVEN_K, UPCAST)
-        u = _load_k(u_ptrs, K - k, offs_k, EVEN_K, UPCAST)
-        acc_g = _mm(xt, g, acc_g, SWAP_AB, PREC)
-        acc_u = _mm(xt, u, acc_u, SWAP_AB, PREC)
+        xt = load_k(x_ptr, x_ptrs, 0, k, K - k, BK, False, EVEN_K, UPCAST)
+        g = load_k(w_ptr, g_ptrs, 0, k, K - k, BK, False, EVEN_K, UPCAST)
+        u = load_k(w_ptr, u_ptrs, 0, k, K - k, BK, False, EVEN_K, UPCAST)
+        acc_g = dot_step(xt, g, acc_g, SWAP_AB, IEEE)
+        acc_u = dot_step(xt, u, acc_u, SWAP_AB, IEEE)
         x_ptrs += BK
         g_ptrs += BK
         u_ptrs += BK
@@ -303,7 +275,7 @@ def _moe_down_kernel(
     N_PAIRS, E, N, K, NUM_TILES,
     stride_am, stride_we, stride_wn, stride_ym,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, E_P: tl.constexpr,
-    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,   # PREC: "ieee" (fp32 dots) or None
+    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,   # IEEE: fp32 products (fp32 inputs)
     SWAP_AB: tl.constexpr = False,
 ):
     row0, pid_n = _tile_of(NUM_TILES, BM)
@@ -316,12 +288,7 @@ def _moe_down_kernel(
     a_ptrs = a_ptr + rows[:, None] * stride_am + offs_k[None, :]                                    # [BM, BK]
     w_ptrs = w_ptr + e * stride_we + (offs_n % N).to(tl.int64)[:, None] * stride_wn + offs_k[None, :]  # [BN, BK]
     acc = _acc_init(BM, BN, SWAP_AB)
-    for k in range(0, K, BK):
-        at = _load_k(a_ptrs, K - k, offs_k, EVEN_K, UPCAST)
-        wt = _load_k(w_ptrs, K - k, offs_k, EVEN_K, UPCAST)
-        acc = _mm(at, wt, acc, SWAP_AB, PREC)
-        a_ptrs += BK
-        w_ptrs += BK
+    acc = dot_loop(a_ptr, a_ptrs, w_ptr, w_ptrs, K, acc, BK, EVEN_K, UPCAST, SWAP_AB, IEEE)
     rr, cc = _acc_index(pair.to(tl.int64), offs_n, SWAP_AB)
     tl.store(y_ptr + rr * stride_ym + cc, acc.to(y_ptr.dtype.element_ty), mask=(rr < N_PAIRS) & (cc < N))
 
@@ -357,7 +324,7 @@ def _clamp_pow2(n: int, lo: int, hi: int) -> int:
 
 def _flags(dtype: torch.dtype) -> dict:
     interp = is_interpreter()
-    return dict(UPCAST=interp and dtype == torch.bfloat16, PREC="ieee" if dtype == torch.float32 and not interp else None)
+    return dict(UPCAST=interp and dtype == torch.bfloat16, IEEE=dtype == torch.float32 and not interp)
 
 
 def moe_align_size(n_pairs: int, n_experts: int, block_m: int) -> int:
@@ -454,7 +421,7 @@ def moe_route(x: torch.Tensor, router_w: torch.Tensor, expert_bias: Optional[tor
     logits = torch.empty((M, E), device=x.device, dtype=torch.float32)
     _router_logits_kernel[(cdiv(M, BM), cdiv(E, BE))](
         x, router_w, logits, M, E, d, x.stride(0), router_w.stride(0), BM=BM, BE=BE, BK=BK, EVEN_K=d % BK == 0,
-        UPCAST=(interp and x.dtype == torch.bfloat16) or not native, PREC=None if native or interp else "ieee",
+        UPCAST=(interp and x.dtype == torch.bfloat16) or not native, IEEE=not (native or interp),
         num_warps=4, num_stages=1 if interp else 4)
     _route_select_kernel[(cdiv(M, BM),)](
         logits, router_w if expert_bias is None else expert_bias, weights, ids, M, E, float(routed_scaling_factor),
