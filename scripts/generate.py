@@ -216,7 +216,7 @@ def main(argv=None):
     gen, block, steps = args.gen_length, args.block_length, args.steps
     ops = triton_ops() if args.ops == "triton" else REFERENCE_OPS
     disp = Display(tokenizer, cfg, gen // block, sys.stderr, args.quiet or args.json)
-    if getattr(cfg, "family", "llada") == "llada2":
+    if cfg.family == "llada2":
         res = _generate_llada2(p, args, params, cfg, prompts, ops)
     else:
         res = generate(params, cfg, prompts, gen_length=gen, block_length=block, steps=steps,

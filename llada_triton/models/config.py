@@ -80,7 +80,6 @@ class LLaDAConfig:
     qkv_bias: bool = False    # q/k/v projections with biases (Qwen2 / Dream)
     logit_shift: int = 0      # position i is predicted from the logits of position i - logit_shift (Dream: 1)
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
-    family: ClassVar[str] = "llada"  # the model family (models.families.FAMILIES key); never a dataclass field
     end_of_turn: ClassVar[str] = "<|eot_id|>"  # the chat template's end of a turn: ``eot_token_id``
 
     @property
