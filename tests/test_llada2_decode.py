@@ -3,10 +3,11 @@ partial RoPE); the golden cases are in test_golden_moe.py."""
 import pytest
 import torch
 
-from llada_triton.decode.llada2 import BlockGrid, eos_cut, generate_llada2, llada2_schedule
+from llada_triton.decode import BlockEvent, StepEvent, generate, generate_stream
+from llada_triton.decode.llada2 import BlockGrid, Llada2Decoding, eos_cut, generate_llada2, llada2_schedule
 from llada_triton.kernels.reference import qkv_norm_rope_cache_ref, rms_norm_ref, rope_tables, \
     select_threshold_topk_ref
-from tests.helpers import family_model
+from tests.helpers import family_golden, family_model
 
 
 def test_grid_starts_at_the_prompts_block_and_overhangs():
@@ -74,3 +75,85 @@ def test_generate_llada2_refuses_the_mask_id_in_the_prompt():
     params, cfg = family_model("llada2")
     with pytest.raises(ValueError, match="mask id 303"):
         generate_llada2(params, cfg, [1, cfg.mask_token_id], gen_length=8, block_length=8, steps=8)
+
+
+# --- LLaDA2.0 through the one driver (generate(..., decoding=Llada2Decoding(...))) ---------------------------------
+L2_CASES = [c for c in family_golden("llada2")["cases"] if c["reference"] == "llada2_generate"]
+
+
+def _golden_groups():
+    """Golden 2.0 cases that share every option but the prompt: each group decodes as one batch."""
+    groups = {}
+    for c in L2_CASES:
+        p = c["params"]
+        key = tuple(p[k] for k in ("gen_length", "block_length", "steps", "threshold", "eos_early_stop",
+                                   "minimal_topk"))
+        groups.setdefault(key, []).append(c)
+    return [(k, cs) for k, cs in groups.items() if len(cs) > 1]
+
+
+@pytest.mark.parametrize("key,cases", _golden_groups(), ids=lambda v: "-".join(map(str, v)) if isinstance(v, tuple)
+                         else None)
+def test_varlen_batch_gives_each_golden_case(key, cases):
+    """Prompts of different lengths in one batch (pads congruent mod the block length): every row is its
+    golden case, tokens and forwards."""
+    params, cfg = family_model("llada2")
+    G, B, steps, thr, es, mt = key
+    res = generate(params, cfg, [c["prompt"][0] for c in cases], gen_length=G, block_length=B, steps=steps,
+                   cache="block", decoding=Llada2Decoding(thr, mt, es))
+    assert res.answers == [c["expected"][0] for c in cases]
+    assert res.nfe == [c["params"]["nfe"] for c in cases]
+
+
+@pytest.mark.parametrize("es", [False, True], ids=["stop", "early_stop"])
+@pytest.mark.parametrize("cache,device_positions", [("block", False), ("block", True), ("none", True)],
+                         ids=["block", "block-device-positions", "none-device-positions"])
+def test_varlen_batch_rows_equal_batch_one(es, cache, device_positions):
+    """Rows whose grids end at different blocks (the overhang case, whose early-stop answer is longer than
+    gen_length, among them): each row equals its batch-1 decode; ``device_positions`` runs the CUDA-graph code
+    path (device block starts) eagerly."""
+    params, cfg = family_model("llada2")
+    names = ("llada2_overhang_p10_g9_b8_s8_thr0.5", "llada2_p13_g32_b8_s8_thr1.0", "llada2_p5_g32_b8_s8_thr0.95",
+             "llada2_p16_g32_b8_s8_thr0.5", "llada2_p8_g32_b8_s8_thr0.95")
+    prompts = [next(c for c in L2_CASES if c["name"] == n)["prompt"][0] for n in names]
+    kw = dict(gen_length=9, block_length=8, steps=8, cache=cache, device_positions=device_positions,
+              decoding=Llada2Decoding(0.5, 1, es))
+    res = generate(params, cfg, prompts, **kw)
+    alone = [generate(params, cfg, [p], **kw) for p in prompts]
+    assert res.answers == [a.answers[0] for a in alone]
+    assert res.nfe == [a.nfe[0] for a in alone]
+    assert res.prompt_lengths == [len(p) for p in prompts]
+    assert [r.tolist() for r in res.tokens] == [a.tokens[0].tolist() for a in alone]
+    if es:
+        assert len(res.answers[0]) == 11  # the golden overhang case: an eos in the overhang, past gen_length
+
+
+def test_stream_yields_llada2_steps_and_blocks():
+    params, cfg = family_model("llada2")
+    case = next(c for c in L2_CASES if c["name"] == "llada2_p5_g32_b8_s8_thr0.5")
+    evs = list(generate_stream(params, cfg, case["prompt"], gen_length=32, block_length=8, steps=8, cache="block",
+                               decoding=Llada2Decoding(0.5)))
+    res = evs[-1]
+    assert res.answers == case["expected"]
+    steps = [e for e in evs if isinstance(e, StepEvent)]
+    assert sum(int(e.committed.sum()) for e in steps) == 40 - 5  # every masked position of the grid, once
+    assert [e.start for e in evs if isinstance(e, BlockEvent)] == [0, 8, 16, 24, 32]
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(cache="dual"), "cache='dual' with LLaDA2 decoding"),
+    (dict(threshold=0.9), "threshold=0.9 is not an option of LLaDA2 decoding"),
+    (dict(remasking="random"), "remasking='random'"),
+    (dict(cfg_scale=1.0), "cfg_scale=1.0"),
+    (dict(logits_eos_inf=True), "logits_eos_inf=True"),
+    (dict(decoding=Llada2Decoding(threshold=1.5)), r"threshold=1.5 must be a number in \[0, 1\]"),
+    (dict(decoding=Llada2Decoding(minimal_topk=0)), "minimal_topk=0"),
+    (dict(block_length=0), "block_length=0"),
+    (dict(gen_length=16382), "the block grid needs 16392 positions"),
+])
+def test_driver_llada2_option_errors(kw, match):
+    params, cfg = family_model("llada2")
+    args = dict(gen_length=16, block_length=8, steps=8, cache="block", decoding=Llada2Decoding())
+    args.update(kw)
+    with pytest.raises(ValueError, match=match):
+        generate(params, cfg, [[1, 2, 3]], **args)

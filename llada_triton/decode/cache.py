@@ -43,6 +43,7 @@ from typing import Optional, Union
 import torch
 
 from llada_triton.models.family import family_of, forward_hidden, new_cache
+from .layout import grid_key_end
 
 __all__ = ["CachePolicy", "NoCache", "PrefixCache", "DualCache", "BlockCache", "make_policy", "POLICIES",
            "policies_for", "StepContext", "take_cols", "shifted_rows"]
@@ -99,6 +100,16 @@ class StepContext:
     block_length: int
     total_len: int       # P + gen_length
     kv_start: Optional[torch.Tensor]  # [B'] left-padding widths, or None
+    first_block: Optional[int] = None  # column of block 0's start (None: prompt_len)
+    block_causal: bool = False  # the prompt attends block-causally on the grid (LLaDA2), not to all of itself
+
+    @property
+    def block0(self) -> int:
+        return self.prompt_len if self.first_block is None else self.first_block
+
+    def grid_ends(self, lo: int, hi: int, device) -> torch.Tensor:
+        """Key ends of columns ``[lo, hi)`` on the block grid (block-causal from block 0's start)."""
+        return grid_key_end(lo, hi, self.block0, self.block_length, device)
 
 
 class CachePolicy:
@@ -134,9 +145,14 @@ class NoCache(CachePolicy):
 
     def steady(self, x, b, s):
         s = s - self.shift  # the rows that predict the block (s >= 1 with a shift: the prompt is never empty)
+        Lb = self.ctx.block_length
+        if self.ctx.block_causal:  # later blocks are invisible: feed up to the block's end (the whole buffer
+            if isinstance(s, int):  # with a device start, for static shapes)
+                return self._fwd(x[:, :s + Lb], key_end=self.ctx.grid_ends(0, s + Lb, x.device), rows=slice(s, s + Lb))
+            return take_cols(self._fwd(x, key_end=self.ctx.grid_ends(0, x.shape[1], x.device)), s, Lb)
         if isinstance(s, int):
-            return self._fwd(x, rows=slice(s, s + self.ctx.block_length))
-        return take_cols(self._fwd(x), s, self.ctx.block_length)
+            return self._fwd(x, rows=slice(s, s + Lb))
+        return take_cols(self._fwd(x), s, Lb)
 
     def graph_key(self, kind, b):
         return "step"
@@ -198,8 +214,9 @@ class BlockCache(_CachedPolicy):
     def first(self, x, b, s):
         Lb, sh = self.ctx.block_length, self.shift
         if b == 0:  # prompt prefill folded into block 0's first step, in row chunks to bound activations
-            P = self.ctx.prompt_len
-            key_end = torch.cat([torch.full((P,), P, device=x.device), torch.full((Lb,), P + Lb, device=x.device)])
+            P = self.ctx.block0
+            key_end = self.ctx.grid_ends(0, P + Lb, x.device) if self.ctx.block_causal else \
+                torch.cat([torch.full((P,), P, device=x.device), torch.full((Lb,), P + Lb, device=x.device)])
             rows = max(1, self.prefill_tokens // (P + Lb))
             outs = []
             for r0 in range(0, x.shape[0], rows):

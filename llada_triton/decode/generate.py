@@ -44,6 +44,7 @@ import torch
 from llada_triton.models.family import family_of
 from llada_triton.models.ops import REFERENCE_OPS, Ops
 from .cache import StepContext, const, make_policy, policies_for, take_cols
+from .layout import Layout, prompt_layout
 from .schedule import CarrySchedule, dream_step_fractions, dream_transfer_counts, linear_schedule
 from .step import (REMASKING, Graphs, HostFlag, TransferRule, check_dream_options, check_ops, check_options,
                    prompt_rows, top_candidates)
@@ -79,6 +80,7 @@ class GenerateResult:
     nfe: List[int]                # forwards spent per row (a forward counts for the rows still decoding)
     steps: List[StepEvent] = field(default_factory=list)  # when record_steps=True
     seconds: float = 0.0
+    answers: Optional[List[List[int]]] = None  # LLaDA2: each row's answer, cut after its first eos
 
     def commit_order(self) -> torch.Tensor:
         """int64 [B, gen_length]: global step index at which each generated position was committed
@@ -174,6 +176,7 @@ class _Buffers:
     k_buf: torch.Tensor       # this step's schedule count, [B]
     s_buf: torch.Tensor       # this block's start, 0-dim (the graphed steps read it)
     graphs: Graphs
+    state: Optional[dict] = None  # a decoding option's device state (LLaDA2: where early stop cut each row)
     k_consts: dict = field(default_factory=dict)
 
     def k_const(self, k: int) -> torch.Tensor:
@@ -200,6 +203,13 @@ def _block_counts(fam, schedule: Optional[str], Lb: int, spb: int, eps: float, r
     return [1] * first + rest
 
 
+def _grid_layout(cfg, tokens, pad, gen_length, block_length, steps, decoding) -> Layout:
+    """Where a decoding option puts the prompts and blocks (its own block grid; the ints checked first)."""
+    decoding.check(gen_length=gen_length, block_length=block_length, steps=steps)
+    rows = [tokens[i, int(p):].tolist() for i, p in enumerate(pad.tolist())]
+    return decoding.layout(rows, cfg, gen_length, block_length, tokens.device)
+
+
 def _options(ops, cuda_graphs, device_positions, early_stop, workspace, device):
     check_ops(ops)
     for name, v in (("cuda_graphs", cuda_graphs), ("device_positions", device_positions), ("early_stop", early_stop)):
@@ -214,24 +224,29 @@ def _options(ops, cuda_graphs, device_positions, early_stop, workspace, device):
 class _Decode:
     """One decode in flight: the buffers, the policy, the rule, the schedule and the step counter."""
 
-    def __init__(self, params, cfg, tokens, pad, *, gen_length, block_length, steps, rule, cache, ops,
+    def __init__(self, params, cfg, layout: Layout, *, block_length, steps, rule, cache, ops,
                  early_stop, cuda_graphs, device_positions, workspace, schedule=None, eps=1e-3,
-                 refresh_commits_first=False):
-        self.params, self.cfg, self.ops, self.rule, self.pad = params, cfg, ops, rule, pad
-        self.B, self.P = tokens.shape
-        self.Lb, self.n_blocks = block_length, gen_length // block_length
+                 refresh_commits_first=False, decoding=None):
+        self.params, self.cfg, self.ops, self.rule, self.pad = params, cfg, ops, rule, layout.pad
+        self.layout, self.decoding = layout, decoding
+        self.B, self.P = layout.tokens.shape
+        self.Lb, self.n_blocks = block_length, layout.n_blocks
         spb = steps // self.n_blocks
         self.use_cfg = rule.cfg_scale > 0
-        # every block starts fully masked, so a fixed schedule is known up front (host ints)
-        self.schedule = _block_counts(family_of(cfg), schedule, block_length, spb, eps, refresh_commits_first) \
-            if rule.scheduled else None
+        # every block starts fully masked (LLaDA2: its budget splits block_length whatever the block holds), so a
+        # fixed schedule is known up front (host ints)
+        if decoding is not None:
+            self.schedule = decoding.schedule(block_length, steps, layout.gen_length)
+        else:
+            self.schedule = _block_counts(family_of(cfg), schedule, block_length, spb, eps, refresh_commits_first) \
+                if rule.scheduled else None
         self.useful = None if self.schedule is None else len(self.schedule)  # the steps a block runs
         self.carry = CarrySchedule(block_length, spb) if schedule == "carry" else None
         self.leftmost = refresh_commits_first  # a block's first step commits its first position (Fast-dLLM Dream)
         self.origin_frac = dream_step_fractions(spb, eps).tolist() if rule.remasking == "origin" else None
         graphable = bool(cuda_graphs) and rule.fixed_work and policies_for(cfg)[cache].supports_graphs
         self.dynamic = graphable if device_positions is None else device_positions
-        self.buf = self._buffers(tokens, pad, gen_length, cache, graphable and self.dynamic, workspace)
+        self.buf = self._buffers(layout, cache, graphable and self.dynamic, workspace)
         self.policy, self.graphs = self.buf.policy, self.buf.graphs
         if early_stop is None:
             early_stop = self.policy.early_stop_by_default
@@ -239,35 +254,43 @@ class _Decode:
         self.flag = HostFlag(params.device) if early_stop and self.schedule is not None else None
         self.rand_gen = (torch.Generator(device=params.device).manual_seed(rule.seed)
                          if rule.remasking in ("random", "origin") or rule.alg_temp else None)
-        self.end_ids = torch.tensor(cfg.end_token_ids, device=params.device)
+        self.end_ids = torch.tensor(cfg.end_token_ids if decoding is None else decoding.end_ids(cfg),
+                                    device=params.device)
+        # a block also ends once no live row has a mask left (read one step late on CUDA, so the GPU never waits)
+        self.block_flags = decoding is not None and decoding.ends_blocks_early
+        self.flags = [HostFlag(params.device), HostFlag(params.device)] if self.block_flags else []
         self.calls = 0
         self.records: List[StepEvent] = []
 
-    def _buffers(self, tokens, pad, gen_length, cache, graphed, workspace) -> _Buffers:
-        """The workspace bucket of this shape (made on a miss), refilled with ``tokens``."""
-        B, P, device = self.B, self.P, self.params.device
+    def _buffers(self, layout: Layout, cache, graphed, workspace) -> _Buffers:
+        """The workspace bucket of this shape (made on a miss), refilled with the layout's tokens."""
+        B, P, device, pad, W = self.B, self.P, self.params.device, layout.pad, layout.width
         padded = bool((pad > 0).any())
-        key = (B, P, P + gen_length, self.Lb, cache, padded, dataclasses.replace(self.rule, seed=0), self.ops,
-               self.cfg, graphed, self.dynamic)
+        key = (B, P, W, layout.first, self.Lb, cache, padded, dataclasses.replace(self.rule, seed=0), self.ops,
+               self.cfg, graphed, self.dynamic, self.decoding)
         buf = workspace.get(key) if workspace is not None else None
         if buf is not None and buf.params is not self.params:
             buf = None  # other weights: the policy and the graphs hold the old ones
         if buf is None:
             kv_start = (torch.cat([pad, pad]) if self.use_cfg else pad.clone()) if padded else None
-            ctx = StepContext(self.params, self.cfg, self.ops, P, self.Lb, P + gen_length, kv_start)
+            ctx = StepContext(self.params, self.cfg, self.ops, P, self.Lb, W, kv_start, layout.first,
+                              layout.block_causal)
             i64 = dict(dtype=torch.int64, device=device)
-            buf = _Buffers(params=self.params, x=torch.empty((B, P + gen_length), **i64), kv_start=kv_start,
+            buf = _Buffers(params=self.params, x=torch.empty((B, W), **i64), kv_start=kv_start,
                            policy=make_policy(cache, ctx, 2 * B if self.use_cfg else B), nfe=torch.zeros(B, **i64),
                            done=torch.zeros(B, dtype=torch.bool, device=device), k_buf=torch.zeros(B, **i64),
-                           s_buf=torch.zeros((), **i64), graphs=Graphs(graphed))
+                           s_buf=torch.zeros((), **i64), graphs=Graphs(graphed),
+                           state=None if self.decoding is None else self.decoding.new_state(B, device))
             if workspace is not None:
                 workspace.put(key, buf)
         elif padded:
             buf.kv_start.copy_(torch.cat([pad, pad]) if self.use_cfg else pad)
         buf.x.fill_(self.cfg.mask_token_id)
-        buf.x[:, :P] = tokens
+        buf.x[:, :P] = layout.tokens
         buf.nfe.zero_()
         buf.done.zero_()
+        if self.decoding is not None:
+            self.decoding.reset_state(buf.state, layout)
         return buf
 
     def step(self, kind: str, b: int, s, k=None, *, leftmost=False, cap=None, i=0):
@@ -298,6 +321,8 @@ class _Decode:
                 conf = top_candidates(conf, blk_masked, cap)
         committed, conf, blk = rule.commit(ops, buf.x, s, x0, conf, mask_id=mask_id, done=buf.done, k=k,
                                            nfe=buf.nfe, k_only=leftmost)
+        if self.decoding is not None:  # e.g. LLaDA2's eos_early_stop, decided on the device
+            self.decoding.after_step(self.cfg, buf.x, committed, blk, buf.done, buf.state)
         return committed, blk, conf  # conf is -inf off the masked positions
 
     def run_step(self, kind: str, b: int, i: int = 0, cap=None):
@@ -311,7 +336,7 @@ class _Decode:
         return self.graphs.run(key, lambda: self.step(kind, b, self.buf.s_buf, leftmost=leftmost))
 
     def start(self, b: int) -> int:
-        return self.P + b * self.Lb
+        return self.layout.first + b * self.Lb
 
     def event(self, b: int, i: int, committed, blk, conf, nfe) -> "StepEvent":
         self.calls += 1
@@ -324,16 +349,20 @@ class _Decode:
         if i == 0 or self.schedule[i] != self.schedule[i - 1]:
             self.buf.k_buf.fill_(self.schedule[i])
 
+    def live_masks(self, b: int) -> torch.Tensor:
+        """bool ``[B, Lb]``: the positions of block ``b`` still masked in a live row (on the device)."""
+        x, done = self.buf.x, self.buf.done
+        return (take_cols(x, self.start(b), self.Lb) == self.cfg.mask_token_id) & ~done[:, None]
+
     def block_has_masks(self, b: int) -> bool:
         """Host check for the data-dependent rules: is a position of block ``b`` still masked in a live row?"""
-        x, done = self.buf.x, self.buf.done
-        return bool(((take_cols(x, self.start(b), self.Lb) == self.cfg.mask_token_id) & ~done[:, None]).any())
+        return bool(self.live_masks(b).any())
 
     def stepwise_block(self, b: int, all_done: Optional[HostFlag]):
         """Block ``b`` step by step (each step eager or replayed from its own graph). Yields its
         :class:`StepEvent` s; returns True when early stop found every row finished before this block."""
         i = 0
-        while (i < self.useful) if self.schedule is not None else self.block_has_masks(b):
+        while self.more_steps(b, i):
             if self.schedule is not None:
                 self.set_k(i)
             cap = None if self.carry is None else self.carry.next_k()
@@ -346,7 +375,22 @@ class _Decode:
                 return True  # every row had finished: this step committed nothing and is not reported
             yield self.event(b, i, committed.clone(), blk.clone(), conf.clone(), self.buf.nfe.clone())
             i += 1
+            if self.block_flags:
+                self.flags[i % 2].put(~self.live_masks(b).any())
         return False
+
+    def more_steps(self, b: int, i: int) -> bool:
+        """Whether block ``b`` runs step ``i``: the data-dependent rules while a live row has a mask; a schedule
+        for its length, and (``block_flags``) while the block was incomplete after step ``i - 1`` (on CUDA after
+        ``i - 2``: the flag is read behind the queued step, so at most one step per block commits nothing)."""
+        if self.schedule is None:
+            return self.block_has_masks(b)
+        if i >= self.useful:
+            return False
+        if not self.block_flags or i == 0:
+            return True
+        lag = 1 if self.flags[0].cuda and i >= 2 else 0
+        return not self.flags[(i - lag) % 2].get()
 
     def graphed_block(self, b: int, all_done: Optional[HostFlag]):
         """Block ``b`` with CUDA graphs and a fixed schedule: the first step, then the later steps as one graph
@@ -383,20 +427,25 @@ class _Decode:
     def after_block(self, b: int) -> "BlockEvent":
         """Early stop: a row is finished once an end token is committed (every earlier position is, blockwise);
         its later positions become eos."""
-        x, done, s = self.buf.x, self.buf.done, self.start(b)
+        x, done, s, Lb = self.buf.x, self.buf.done, self.start(b), self.Lb
         if self.early_stop:
-            finished = torch.isin(x[:, self.P:s + self.Lb], self.end_ids).any(1) & ~done
-            rest = x[:, s + self.Lb:]
-            x[:, s + self.Lb:] = torch.where(finished[:, None] | done[:, None],
-                                             torch.full_like(rest, self.cfg.eos_token_id), rest)
+            cols = const("arange", s + Lb, x.device)
+            window = torch.isin(x[:, :s + Lb], self.end_ids) & (cols >= self.layout.gen_start[:, None])
+            finished = window.any(1) & ~done
+            rest = x[:, s + Lb:]
+            x[:, s + Lb:] = torch.where(finished[:, None] | done[:, None],
+                                        torch.full_like(rest, self.cfg.eos_token_id), rest)
             done |= finished
-        return BlockEvent(b, s, x[:, s:s + self.Lb].clone())
+        done |= self.layout.row_end <= s + Lb  # a row whose grid ends here (absolute grid: one block earlier)
+        return BlockEvent(b, s, x[:, s:s + Lb].clone())
 
     def result(self, t0: float) -> "GenerateResult":
-        x = self.buf.x
-        return GenerateResult(tokens=x[:, self.P:].clone(), sequences=x.clone(),
-                              prompt_lengths=(self.P - self.pad).tolist(), nfe=self.buf.nfe.tolist(),
-                              steps=self.records, seconds=time.perf_counter() - t0)
+        x, lay = self.buf.x, self.layout
+        cols = lay.gen_start[:, None] + const("arange", lay.gen_length, x.device)[None, :]
+        answers = None if self.decoding is None else self.decoding.answers(self.cfg, x, lay, self.buf.state)
+        return GenerateResult(tokens=x.gather(1, cols), sequences=x.clone(), prompt_lengths=lay.prompt_lengths,
+                              nfe=self.buf.nfe.tolist(), steps=self.records, seconds=time.perf_counter() - t0,
+                              answers=answers)
 
 
 @torch.no_grad()
@@ -409,7 +458,7 @@ def generate_stream(params, cfg, prompts, *, gen_length: int, block_length: int,
                     device_positions: Optional[bool] = None, workspace: Optional[Workspace] = None,
                     schedule: Optional[str] = None, eps: float = 1e-3, top_p: Optional[float] = None,
                     top_k: Optional[int] = None, alg_temp: Optional[float] = None,
-                    refresh_commits_first: bool = False,
+                    refresh_commits_first: bool = False, decoding=None,
                     ) -> Iterator[Union[StepEvent, BlockEvent, GenerateResult]]:
     """Like :func:`generate`, but yields a :class:`StepEvent` after every step, a :class:`BlockEvent`
     after every block, and finally the :class:`GenerateResult`.
@@ -420,9 +469,18 @@ def generate_stream(params, cfg, prompts, *, gen_length: int, block_length: int,
     t0 = time.perf_counter()
     _options(ops, cuda_graphs, device_positions, early_stop, workspace, params.device)
     tokens, pad = pad_prompts(prompts, cfg, attention_mask, params.device)
+    layout = None if decoding is None else _grid_layout(cfg, tokens, pad, gen_length, block_length, steps, decoding)
     check_options(cfg, tokens, pad, gen_length=gen_length, block_length=block_length, steps=steps,
                   temperature=temperature, remasking=remasking, threshold=threshold, factor=factor,
-                  cfg_scale=cfg_scale, cache=cache, seed=seed, policies=policies_for(cfg))
+                  cfg_scale=cfg_scale, cache=cache, seed=seed, policies=policies_for(cfg),
+                  width=None if layout is None else layout.width)
+    layout = layout or prompt_layout(tokens, pad, gen_length, block_length)
+    if decoding is not None:
+        decoding.check_driver_options(cache=cache, remasking=remasking, threshold=threshold, factor=factor,
+                                      cfg_scale=cfg_scale, schedule=schedule, logits_eos_inf=logits_eos_inf,
+                                      confidence_eos_eot_inf=confidence_eos_eot_inf,
+                                      refresh_commits_first=refresh_commits_first)
+        early_stop = True if early_stop is None else early_stop
     check_dream_options(remasking=remasking, schedule=schedule, eps=eps, top_p=top_p, top_k=top_k, alg_temp=alg_temp,
                         threshold=threshold, factor=factor, cfg_scale=cfg_scale,
                         confidence_eos_eot_inf=confidence_eos_eot_inf, refresh_commits_first=refresh_commits_first,
@@ -431,11 +489,13 @@ def generate_stream(params, cfg, prompts, *, gen_length: int, block_length: int,
                                      factor=factor, cfg_scale=cfg_scale, seed=seed, logits_eos_inf=logits_eos_inf,
                                      confidence_eos_eot_inf=confidence_eos_eot_inf, top_p=top_p, top_k=top_k,
                                      alg_temp=alg_temp)
-    run = _Decode(params, cfg, tokens, pad, gen_length=gen_length, block_length=block_length, steps=steps,
+    if decoding is not None:
+        rule = dataclasses.replace(rule, **decoding.rule_fields())
+    run = _Decode(params, cfg, layout, block_length=block_length, steps=steps,
                   rule=rule, cache=cache, ops=ops, early_stop=early_stop, cuda_graphs=cuda_graphs,
                   device_positions=device_positions, workspace=workspace, schedule=schedule, eps=eps,
-                  refresh_commits_first=refresh_commits_first)
-    graphed = run.graphs.enabled and run.schedule is not None
+                  refresh_commits_first=refresh_commits_first, decoding=decoding)
+    graphed = run.graphs.enabled and run.schedule is not None and not run.block_flags
     for b in range(run.n_blocks):
         stop, all_done = run.before_block(b)
         if stop:

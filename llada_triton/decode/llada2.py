@@ -35,6 +35,8 @@ import torch
 from llada_triton.kernels.reference import select_threshold_topk_ref
 from llada_triton.models.family import forward_hidden, new_cache
 from llada_triton.models.ops import REFERENCE_OPS, Ops
+from .generate import generate
+from .layout import absolute_layout
 
 __all__ = ["BlockGrid", "llada2_schedule", "ThresholdTopK", "Editing", "generate_llada2", "Llada2Result",
            "eos_cut"]
@@ -89,37 +91,96 @@ class _Block:
     conf: torch.Tensor        # fp32 [B]: its probability
 
 
-@dataclass
-class ThresholdTopK:
-    """LLaDA2.0's rule and stopping (see the module docstring)."""
-    schedule: List[int]
-    threshold: float
+def _check_int(name, v, low=1):
+    if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        raise ValueError(f"{name}={v!r} must be an int >= {low}")
+
+
+def _check_unit(name, v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
+        raise ValueError(f"{name}={v!r} must be a number in [0, 1]")
+
+
+@dataclass(frozen=True)
+class Llada2Decoding:
+    """LLaDA2.0's official ``generate`` as an option of :func:`llada_triton.decode.generate` (``decoding=``): the
+    absolute block grid (:func:`llada_triton.decode.layout.absolute_layout`), the threshold-or-top-k rule
+    (``TransferRule.threshold_topk``) over :func:`llada2_schedule`, the eos stop after a block, the cut after
+    the first eos (``GenerateResult.answers``) and ``eos_early_stop`` (on the device after every step). The
+    driver calls the hooks below; none syncs the host inside a block except the block-complete flag."""
+    threshold: float = 0.95
+    minimal_topk: int = 1
     eos_early_stop: bool = False
+    caches = CACHES
+    ends_blocks_early = True  # a block ends once no live row has a mask (the reference's loop condition)
 
-    def start_block(self):
-        pass
+    def check(self, *, gen_length, block_length, steps):
+        for name, v in (("gen_length", gen_length), ("block_length", block_length), ("steps", steps),
+                        ("minimal_topk", self.minimal_topk)):
+            _check_int(name, v)
+        _check_unit("threshold", self.threshold)
+        if self.minimal_topk > gen_length:
+            raise ValueError(f"minimal_topk={self.minimal_topk} exceeds gen_length={gen_length} (no step would run)")
+        if not isinstance(self.eos_early_stop, bool):
+            raise ValueError(f"eos_early_stop={self.eos_early_stop!r} must be True or False")
 
-    def wants_step(self, step: int, any_masked: bool) -> bool:
-        return step < len(self.schedule) and any_masked
+    def check_driver_options(self, *, cache, remasking, threshold, factor, cfg_scale, schedule, **flags):
+        """The driver options this decoder replaces or cannot take, refused by name."""
+        if cache not in self.caches:
+            raise ValueError(f"cache={cache!r} with LLaDA2 decoding; choose one of {self.caches}")
+        for name, v, ok in (("remasking", remasking, "low_confidence"), ("threshold", threshold, None),
+                            ("factor", factor, None), ("cfg_scale", cfg_scale, 0.0), ("schedule", schedule, None)):
+            if v != ok:
+                raise ValueError(f"{name}={v!r} is not an option of LLaDA2 decoding (allowed: {ok!r}; its "
+                                 f"threshold is {type(self).__name__}.threshold)")
+        bad = [k for k, v in flags.items() if v]
+        if bad:
+            raise ValueError(f"{bad[0]}=True is not an option of LLaDA2 decoding (allowed: False)")
 
-    def transfer(self, blk: _Block, step: int):
-        """``(positions to write x0 into, edits, block finished)``."""
-        k = torch.tensor([self.schedule[step]], device=blk.conf.device)
-        take = select_threshold_topk_ref(blk.conf[None], blk.masked[None], k=k, threshold=self.threshold)[0]
-        return take, 0, False
+    def layout(self, rows, cfg, gen_length, block_length, device):
+        return absolute_layout(rows, gen_length, block_length, pad_id=cfg.pad_token_id,
+                               mask_id=cfg.mask_token_id, device=device)
 
-    def early_answer(self, x: torch.Tensor, P: int, mask_id: int, eos_id: int, wrote_eos: bool):
-        """The answer to return now (``eos_early_stop``), or None."""
-        if not (self.eos_early_stop and wrote_eos):
-            return None
-        eos = (x == eos_id).nonzero()
-        if len(eos) == 0:
-            return None
-        e = int(eos[0])
-        return x[P:e + 1].tolist() if not bool((x[P:e] == mask_id).any()) else None
+    def schedule(self, block_length, steps, gen_length) -> List[int]:
+        return llada2_schedule(block_length, min(steps, gen_length // self.minimal_topk))
 
-    def stop_after_block(self, window: torch.Tensor, mask_id: int, eos_id: int) -> bool:
-        return bool((window == eos_id).any())
+    def rule_fields(self) -> dict:
+        return dict(threshold_topk=float(self.threshold))
+
+    def end_ids(self, cfg) -> tuple:
+        return (cfg.eos_token_id,)
+
+    def new_state(self, batch, device) -> dict:
+        i64 = dict(dtype=torch.int64, device=device)
+        return dict(stop_end=torch.full((batch,), -1, **i64), first_real=torch.zeros(batch, **i64),
+                    gen_start=torch.zeros(batch, **i64))
+
+    def reset_state(self, state, layout):
+        state["stop_end"].fill_(-1)
+        state["first_real"].copy_(layout.pad)
+        state["gen_start"].copy_(layout.gen_start)
+
+    def after_step(self, cfg, x, committed, blk, done, state):
+        """``eos_early_stop``: a row that committed an eos at this step, whose first eos (from its first real
+        token) has no mask between its answer's start and it, is finished; its answer ends after that eos."""
+        if not self.eos_early_stop:
+            return
+        eos = cfg.eos_token_id
+        cols = torch.arange(x.shape[1], device=x.device)[None, :]
+        is_eos = (x == eos) & (cols >= state["first_real"][:, None])
+        e = torch.where(is_eos.any(1), is_eos.to(torch.int32).argmax(1), x.shape[1])
+        gap = ((x == cfg.mask_token_id) & (cols >= state["gen_start"][:, None]) & (cols < e[:, None])).any(1)
+        stop = (committed & (blk == eos)).any(1) & ~gap & ~done
+        state["stop_end"].copy_(torch.where(stop, e + 1, state["stop_end"]))
+        done.logical_or_(stop)
+
+    def answers(self, cfg, x, layout, state) -> List[List[int]]:
+        """Each row's answer: up to its early stop's eos, else its ``gen_length`` tokens cut after the first eos."""
+        out = []
+        for r, (g, se) in enumerate(zip(layout.gen_start.tolist(), state["stop_end"].tolist())):
+            out.append(x[r, g:max(g, se)].tolist() if se >= 0 else
+                       eos_cut(x[r, g:g + layout.gen_length].tolist(), cfg.eos_token_id))
+        return out
 
 
 @dataclass
@@ -197,6 +258,12 @@ def generate_llada2(params, cfg, prompt, *, gen_length: int, block_length: int =
     ``generate`` (``editing_threshold=None``) or LLaDA2.1's (``editing_threshold`` set: token editing,
     ``num_to_transfer`` and ``max_post_steps``; ``steps`` is accepted and unused there, as in the reference).
     Temperature 0 is argmax; above 0 the head's Gumbel-max sampling (not the reference's RNG stream)."""
+    if editing_threshold is None:
+        ids = torch.as_tensor(prompt, dtype=torch.int64).reshape(-1).tolist()
+        res = generate(params, cfg, [ids], gen_length=gen_length, block_length=block_length, steps=steps,
+                       temperature=temperature, seed=seed, cache=cache, ops=ops,
+                       decoding=Llada2Decoding(threshold, minimal_topk, eos_early_stop))
+        return Llada2Result(res.answers[0], res.sequences[0], res.nfe[0])
     device = params.device
     prompt = torch.as_tensor(prompt, dtype=torch.int64).to(device).reshape(-1)
     _validate(cfg, prompt, gen_length, block_length, steps, minimal_topk, temperature, cache)

@@ -20,7 +20,7 @@ from typing import Optional
 
 import torch
 
-from llada_triton.kernels.reference import commit_step_ref
+from llada_triton.kernels.reference import commit_step_ref, select_threshold_topk_ref
 
 __all__ = ["REMASKING", "DREAM_ALGS", "SCHEDULES", "TransferRule", "masked_first", "top_candidates", "check_options",
            "check_dream_options", "check_ops", "prompt_rows", "Graphs", "HostFlag"]
@@ -74,22 +74,27 @@ def prompt_rows(prompts) -> list:
 
 
 def check_options(cfg, tokens, pad, *, gen_length, block_length, steps, temperature, remasking, threshold,
-                  factor, cfg_scale, cache, seed, policies):
+                  factor, cfg_scale, cache, seed, policies, width=None):
     """Every decoding option and the padded prompts ``tokens`` / ``pad`` against ``cfg``: a one-line error that
-    names the argument, its value and what is allowed, before any compute."""
+    names the argument, its value and what is allowed, before any compute. ``width``: the token buffer's columns
+    on an absolute block grid (then ``gen_length`` and ``steps`` need not divide into blocks); None: LLaDA's."""
     for name, v in (("gen_length", gen_length), ("block_length", block_length), ("steps", steps)):
         _int(name, v)
     _int("seed", seed, low=None)
-    if gen_length % block_length:
-        raise ValueError(f"gen_length={gen_length} is not a multiple of block_length={block_length}")
-    nb = gen_length // block_length
-    if steps % nb:
-        raise ValueError(f"steps={steps!r} must be a positive multiple of the number of blocks "
-                         f"({gen_length}/{block_length} = {nb})")
     P = tokens.shape[1]
-    if P + gen_length > cfg.max_sequence_length:
-        raise ValueError(f"prompt width {P} + gen_length {gen_length} = {P + gen_length} exceeds "
-                         f"max_sequence_length={cfg.max_sequence_length}")
+    if width is None:
+        if gen_length % block_length:
+            raise ValueError(f"gen_length={gen_length} is not a multiple of block_length={block_length}")
+        nb = gen_length // block_length
+        if steps % nb:
+            raise ValueError(f"steps={steps!r} must be a positive multiple of the number of blocks "
+                             f"({gen_length}/{block_length} = {nb})")
+        if P + gen_length > cfg.max_sequence_length:
+            raise ValueError(f"prompt width {P} + gen_length {gen_length} = {P + gen_length} exceeds "
+                             f"max_sequence_length={cfg.max_sequence_length}")
+    elif width > cfg.max_sequence_length:
+        raise ValueError(f"the block grid needs {width} positions (gen_length={gen_length}, block_length="
+                         f"{block_length}); max_sequence_length={cfg.max_sequence_length}")
     if (pad >= P).any():
         raise ValueError("every prompt needs at least one token")
     real = torch.arange(P, device=tokens.device)[None, :] >= pad[:, None]
@@ -141,6 +146,12 @@ def check_dream_options(*, remasking, schedule, eps, top_p, top_k, alg_temp, thr
         raise ValueError(f"refresh_commits_first is Fast-dLLM's Dream prefix / dual cache rule, not cache={cache!r}")
 
 
+def select_threshold_topk(conf, masked, *, k, above, threshold=None, factor=None):
+    """LLaDA2.x's selection in :func:`commit_step_ref`'s ``select`` signature: masked positions with ``conf > above``
+    when at least ``k`` pass, else the top-``k`` (:func:`llada_triton.kernels.reference.select_threshold_topk_ref`)."""
+    return select_threshold_topk_ref(conf, masked, k=k, threshold=above)
+
+
 def top_candidates(conf: torch.Tensor, masked: torch.Tensor, k: int) -> torch.Tensor:
     """``conf`` ``[B, L]`` with every masked position outside the ``k`` most confident ones (ties to the lower
     position) set to ``-inf``: a threshold rule on the result chooses among those ``k`` only."""
@@ -181,6 +192,7 @@ class TransferRule:
     top_p: Optional[float] = None
     top_k: Optional[int] = None
     alg_temp: Optional[float] = None
+    threshold_topk: Optional[float] = None  # LLaDA2's rule: conf > this if the step's k pass, else its top-k
 
     @classmethod
     def from_options(cls, cfg, *, temperature, remasking, threshold, factor, cfg_scale, seed, logits_eos_inf,
@@ -252,7 +264,12 @@ class TransferRule:
         with a masked position: ``ops.commit`` (one launch), or :func:`llada_triton.kernels.reference.commit_step_ref`
         around ``ops.select``. Returns (committed bool [B, Lb], conf [B, Lb] (-inf off the masked positions),
         the block's tokens after the step). ``k_only``: the top-``k`` rule whatever the rule is."""
+        fn = ops.commit if ops.commit is not None else functools.partial(commit_step_ref, select=ops.select)
         if k_only:
+            rule = dict(k=k)
+        elif self.threshold_topk is not None:  # no Triton kernel for this rule yet: the torch one, on the device
+            fn = functools.partial(commit_step_ref, select=functools.partial(select_threshold_topk,
+                                                                             above=self.threshold_topk))
             rule = dict(k=k)
         elif self.threshold is not None:
             rule = dict(threshold=self.threshold)
@@ -260,7 +277,6 @@ class TransferRule:
             rule = dict(factor=self.factor)
         else:
             rule = dict(k=k)
-        fn = ops.commit if ops.commit is not None else functools.partial(commit_step_ref, select=ops.select)
         return fn(tokens, start, x0, conf, mask_id=mask_id, done=done, nfe=nfe, **rule)
 
 

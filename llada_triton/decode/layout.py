@@ -1,0 +1,74 @@
+"""Where the prompts and the blocks sit in the driver's token buffer (the block-grid hook of :func:`generate`).
+
+A :class:`Layout` places a batch of prompts in one ``[B, width]`` buffer: the prompt of row r in columns
+``[pad[r], pad[r] + P_r)`` (left padding, hidden from attention by ``kv_start = pad``), block b in columns
+``[first + b * Lb, first + (b + 1) * Lb)`` for every row, row r's answer from column ``gen_start[r]``.
+
+* :func:`prompt_layout` (LLaDA's ``generate``): prompts left-padded to a common width P, blocks from P, ``gen_length /
+  Lb`` blocks; a prompt sees itself only.
+* :func:`absolute_layout` (LLaDA2.x): blocks on the absolute grid ``[jB, (j+1)B)`` of each row's own positions
+  (counted from its first real token); decoding starts at the block holding the prompt's end, so the prompt's
+  tail shares the first block, and runs to ``ceil((P + G) / B)`` blocks (the overhang past ``P + G`` is decoded
+  too). Every row's pad is a multiple of B chosen so that the rows' first blocks share columns: the grids
+  coincide, and a row whose grid ends one block earlier is finished there (``row_end``). The model sees the
+  prompt block-causally on the grid (``block_causal``), as LLaDA2 is trained.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["Layout", "prompt_layout", "absolute_layout", "grid_key_end"]
+
+
+@dataclass
+class Layout:
+    tokens: torch.Tensor      # int64 [B, P]: prompt columns (pads before each prompt, masks after it)
+    pad: torch.Tensor         # int64 [B]: left pads (columns hidden from attention)
+    first: int                # column of block 0's start
+    n_blocks: int
+    width: int                # columns of the token buffer: first + n_blocks * Lb
+    gen_start: torch.Tensor   # int64 [B]: column of each row's first generated position
+    row_end: torch.Tensor     # int64 [B]: column where each row's blocks end (a row is finished there)
+    gen_length: int
+    block_causal: bool        # the prompt attends block-causally on the grid (else it sees itself)
+
+    @property
+    def prompt_lengths(self) -> list:
+        return (self.gen_start - self.pad).tolist()
+
+
+def prompt_layout(tokens: torch.Tensor, pad: torch.Tensor, gen_length: int, block_length: int) -> Layout:
+    """LLaDA's layout of left-padded prompts ``tokens`` ``[B, P]`` (``pad`` ``[B]``)."""
+    B, P = tokens.shape
+    full = torch.full((B,), P, dtype=torch.int64, device=tokens.device)
+    return Layout(tokens, pad, P, gen_length // block_length, P + gen_length, full, full + gen_length, gen_length,
+                  False)
+
+
+def absolute_layout(rows: list, gen_length: int, block_length: int, *, pad_id: int, mask_id: int,
+                    device=None) -> Layout:
+    """The absolute block grid (module docstring) of prompts ``rows`` (lists of ids)."""
+    B_ = block_length
+    j0 = [len(r) // B_ for r in rows]                     # each row's first block on its own grid
+    first = max(j0) * B_
+    pads = [first - j * B_ for j in j0]
+    ends = [p + -(-(len(r) + gen_length) // B_) * B_ for p, r in zip(pads, rows)]
+    width = max(ends)
+    P = max(p + len(r) for p, r in zip(pads, rows))
+    tokens = torch.full((len(rows), P), mask_id, dtype=torch.int64)
+    for i, (p, r) in enumerate(zip(pads, rows)):
+        tokens[i, :p] = pad_id
+        tokens[i, p:p + len(r)] = torch.tensor(r, dtype=torch.int64)
+    i64 = dict(dtype=torch.int64, device=device)
+    return Layout(tokens.to(device), torch.tensor(pads, **i64), first, (width - first) // B_, width,
+                  torch.tensor([p + len(r) for p, r in zip(pads, rows)], **i64), torch.tensor(ends, **i64),
+                  gen_length, True)
+
+
+def grid_key_end(lo: int, hi: int, first: int, block_length: int, device) -> torch.Tensor:
+    """int64 ``[hi - lo]``: column c of ``[lo, hi)`` sees keys ``<`` the end of its block on the grid whose
+    boundaries are ``first + j * block_length`` (block-causal; columns below ``first`` included)."""
+    c = torch.arange(lo, hi, device=device)
+    return torch.div(c - first, block_length, rounding_mode="floor") * block_length + first + block_length
