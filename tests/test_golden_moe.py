@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from llada_triton.decode import generate
-from llada_triton.decode.llada2 import BlockGrid, generate_llada2
+from llada_triton.decode.layout import grid_key_end
+from llada_triton.decode.llada2 import generate_llada2
 from llada_triton.models import triton_ops
 from llada_triton.models.moe_model import forward
 from tests.helpers import family_golden, family_model
@@ -29,7 +30,7 @@ def _forward_logits(family, rec, ops=None):
     ids = torch.tensor([rec["input_ids"]])
     key_end = None
     if rec.get("block_length"):  # generate()'s block-causal mask over the absolute grid
-        key_end = BlockGrid(0, ids.shape[1], rec["block_length"]).key_end(0, ids.shape[1], ids.device)
+        key_end = grid_key_end(0, ids.shape[1], 0, rec["block_length"], ids.device)
     kw = {} if ops is None else {"ops": ops}
     return forward(params, cfg, ids, key_end=key_end, **kw)[0]
 

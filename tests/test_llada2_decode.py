@@ -4,16 +4,28 @@ import pytest
 import torch
 
 from llada_triton.decode import BlockEvent, StepEvent, generate, generate_stream
-from llada_triton.decode.llada2 import BlockGrid, Llada2Decoding, eos_cut, generate_llada2, llada2_schedule
+from llada_triton.decode.layout import absolute_layout, grid_key_end
+from llada_triton.decode.llada2 import Llada2Decoding, eos_cut, generate_llada2, llada2_schedule
 from llada_triton.kernels.reference import qkv_norm_rope_cache_ref, rms_norm_ref, rope_tables, \
     select_threshold_topk_ref
 from tests.helpers import family_golden, family_model
 
 
 def test_grid_starts_at_the_prompts_block_and_overhangs():
-    g = BlockGrid(prompt_len=10, gen_length=9, block_length=8)
-    assert (g.first_block, g.num_blocks, g.total_length) == (1, 3, 24)
-    assert g.key_end(6, 10, "cpu").tolist() == [8, 8, 16, 16]
+    lay = absolute_layout([list(range(1, 11))], 9, 8, pad_id=0, mask_id=99)
+    assert (lay.first, lay.n_blocks, lay.width) == (8, 2, 24)
+    assert lay.tokens.tolist() == [list(range(1, 11))] and lay.gen_start.tolist() == [10]
+    assert grid_key_end(6, 10, 0, 8, "cpu").tolist() == [8, 8, 16, 16]
+
+
+def test_varlen_grids_share_columns():
+    """Pads are multiples of the block length chosen so that every row's first block is at the same columns;
+    a row whose grid needs one block less ends there (row_end)."""
+    lay = absolute_layout([[5] * 3, [5] * 13, [5] * 16], 12, 8, pad_id=0, mask_id=99)
+    assert lay.pad.tolist() == [16, 8, 0] and lay.first == 16
+    assert lay.gen_start.tolist() == [19, 21, 16]
+    assert lay.row_end.tolist() == [32, 40, 32] and lay.width == 40
+    assert lay.tokens[0].tolist() == [0] * 16 + [5] * 3 + [99] * 2  # masks after a prompt, in the prompt width
 
 
 def test_schedule_splits_block_length():
@@ -109,14 +121,15 @@ def test_varlen_batch_gives_each_golden_case(key, cases):
 @pytest.mark.parametrize("cache,device_positions", [("block", False), ("block", True), ("none", True)],
                          ids=["block", "block-device-positions", "none-device-positions"])
 def test_varlen_batch_rows_equal_batch_one(es, cache, device_positions):
-    """Rows whose grids end at different blocks (the overhang case, whose early-stop answer is longer than
-    gen_length, among them): each row equals its batch-1 decode; ``device_positions`` runs the CUDA-graph code
+    """Varlen rows (the overhang case, whose early-stop answer is longer than gen_length, among them; with
+    gen_length 12 their grids end at different blocks): each row equals its batch-1 decode; ``device_positions`` runs the CUDA-graph code
     path (device block starts) eagerly."""
     params, cfg = family_model("llada2")
     names = ("llada2_overhang_p10_g9_b8_s8_thr0.5", "llada2_p13_g32_b8_s8_thr1.0", "llada2_p5_g32_b8_s8_thr0.95",
              "llada2_p16_g32_b8_s8_thr0.5", "llada2_p8_g32_b8_s8_thr0.95")
     prompts = [next(c for c in L2_CASES if c["name"] == n)["prompt"][0] for n in names]
-    kw = dict(gen_length=9, block_length=8, steps=8, cache=cache, device_positions=device_positions,
+    G = 12 if device_positions else 9  # 12: the rows' grids end at different blocks
+    kw = dict(gen_length=G, block_length=8, steps=8, cache=cache, device_positions=device_positions,
               decoding=Llada2Decoding(0.5, 1, es))
     res = generate(params, cfg, prompts, **kw)
     alone = [generate(params, cfg, [p], **kw) for p in prompts]
@@ -124,7 +137,7 @@ def test_varlen_batch_rows_equal_batch_one(es, cache, device_positions):
     assert res.nfe == [a.nfe[0] for a in alone]
     assert res.prompt_lengths == [len(p) for p in prompts]
     assert [r.tolist() for r in res.tokens] == [a.tokens[0].tolist() for a in alone]
-    if es:
+    if es and G == 9:
         assert len(res.answers[0]) == 11  # the golden overhang case: an eos in the overhang, past gen_length
 
 

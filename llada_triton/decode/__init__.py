@@ -10,7 +10,9 @@ Module map (where a decoding step goes):
   then selection and commit via ``Ops.commit`` / ``Ops.select``), the option checks, :class:`Graphs`.
 * :mod:`.schedule`: how many tokens each step commits (the linear schedule; Dream's float32 one; Fast-dLLM's
   Dream threshold carry).
-* :mod:`.llada2`: LLaDA2.0 / 2.1's official decoders (``generate_llada2``), batch 1, in a loop of their own.
+* :mod:`.llada2`: LLaDA2.0 / 2.1's official decoders as ``generate`` options (``decoding=Llada2Decoding(...)`` /
+  ``Llada21Decoding(...)``: block grid, rule, eos stop and cut; ``generate_llada2`` is the batch-1 wrapper).
+* :mod:`.layout`: where prompts and blocks sit in the token buffer (LLaDA's layout; the absolute grid).
 * :mod:`.dream`: Dream's ``diffusion_generate`` and Fast-dLLM's Dream decoders as options of ``generate``.
 
 Which kernel runs each op is the ``Ops`` record passed as ``ops=`` (:mod:`llada_triton.models.ops`).
@@ -27,9 +29,9 @@ from .runner import RunResult, run_many
 from .schedule import linear_schedule, num_transfer_tokens
 from .step import Graphs, TransferRule
 from .dream import diffusion_generate, dream_options
-from .llada2 import generate_llada2
+from .llada2 import Llada21Decoding, Llada2Decoding, generate_llada2
 
 __all__ = ["generate", "generate_stream", "GenerateResult", "StepEvent", "BlockEvent", "Workspace", "pad_prompts",
            "num_transfer_tokens", "linear_schedule", "POLICIES", "CachePolicy", "StepContext", "policies_for",
            "run_many", "RunResult", "TransferRule", "Graphs", "diffusion_generate", "dream_options",
-           "generate_llada2"]
+           "generate_llada2", "Llada2Decoding", "Llada21Decoding"]

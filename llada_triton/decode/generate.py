@@ -34,6 +34,7 @@ they disagree or have quirks the choice is stated here:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -81,6 +82,7 @@ class GenerateResult:
     steps: List[StepEvent] = field(default_factory=list)  # when record_steps=True
     seconds: float = 0.0
     answers: Optional[List[List[int]]] = None  # LLaDA2: each row's answer, cut after its first eos
+    edits: Optional[List[int]] = None  # LLaDA2.1: tokens rewritten by editing per row
 
     def commit_order(self) -> torch.Tensor:
         """int64 [B, gen_length]: global step index at which each generated position was committed
@@ -258,6 +260,7 @@ class _Decode:
                                     device=params.device)
         # a block also ends once no live row has a mask left (read one step late on CUDA, so the GPU never waits)
         self.block_flags = decoding is not None and decoding.ends_blocks_early
+        self.edits = decoding is not None and decoding.edits  # the decoding's own commit (LLaDA2.1's editing)
         self.flags = [HostFlag(params.device), HostFlag(params.device)] if self.block_flags else []
         self.calls = 0
         self.records: List[StepEvent] = []
@@ -306,8 +309,8 @@ class _Decode:
             un[:, :self.P] = mask_id
             x_in = torch.cat([buf.x, un])
         hidden = self.policy.first(x_in, b, s) if kind == "first" else self.policy.steady(x_in, b, s)
-        masked = ((take_cols(buf.x, s, self.Lb) == mask_id) & ~buf.done[:, None]) if ops.compacts(B * self.Lb) \
-            else None
+        masked = ((take_cols(buf.x, s, self.Lb) == mask_id) & ~buf.done[:, None]) \
+            if ops.compacts(B * self.Lb) and not self.edits else None  # editing reads every row's argmax
         x0, conf = rule.sample(ops, self.params.lm_head, hidden[:B], hidden[B:] if self.use_cfg else None, masked,
                                offset=self.calls, rand_gen=self.rand_gen)
         k = buf.k_buf if k is None else k
@@ -319,8 +322,10 @@ class _Decode:
                 conf, k = rule.origin(blk_masked, self.origin_frac[i], rand_gen=self.rand_gen)
             else:
                 conf = top_candidates(conf, blk_masked, cap)
-        committed, conf, blk = rule.commit(ops, buf.x, s, x0, conf, mask_id=mask_id, done=buf.done, k=k,
-                                           nfe=buf.nfe, k_only=leftmost)
+        commit = rule.commit if not self.edits else functools.partial(self.decoding.commit, cfg=self.cfg,
+                                                                       state=buf.state)
+        committed, conf, blk = commit(ops, buf.x, s, x0, conf, mask_id=mask_id, done=buf.done, k=k, nfe=buf.nfe,
+                                      k_only=leftmost)
         if self.decoding is not None:  # e.g. LLaDA2's eos_early_stop, decided on the device
             self.decoding.after_step(self.cfg, buf.x, committed, blk, buf.done, buf.state)
         return committed, blk, conf  # conf is -inf off the masked positions
@@ -376,21 +381,19 @@ class _Decode:
             yield self.event(b, i, committed.clone(), blk.clone(), conf.clone(), self.buf.nfe.clone())
             i += 1
             if self.block_flags:
-                self.flags[i % 2].put(~self.live_masks(b).any())
+                self.flags[i % 2].put(self.decoding.block_complete(self.live_masks(b), self.buf.done, self.buf.state))
         return False
 
     def more_steps(self, b: int, i: int) -> bool:
         """Whether block ``b`` runs step ``i``: the data-dependent rules while a live row has a mask; a schedule
         for its length, and (``block_flags``) while the block was incomplete after step ``i - 1`` (on CUDA after
         ``i - 2``: the flag is read behind the queued step, so at most one step per block commits nothing)."""
-        if self.schedule is None:
-            return self.block_has_masks(b)
-        if i >= self.useful:
-            return False
-        if not self.block_flags or i == 0:
-            return True
-        lag = 1 if self.flags[0].cuda and i >= 2 else 0
-        return not self.flags[(i - lag) % 2].get()
+        if self.block_flags:
+            if self.schedule is not None and i >= self.useful:
+                return False
+            lag = 1 if self.flags[0].cuda and i >= 2 else 0
+            return i == 0 or not self.flags[(i - lag) % 2].get()
+        return self.block_has_masks(b) if self.schedule is None else i < self.useful
 
     def graphed_block(self, b: int, all_done: Optional[HostFlag]):
         """Block ``b`` with CUDA graphs and a fixed schedule: the first step, then the later steps as one graph
@@ -422,6 +425,8 @@ class _Decode:
                 all_done = self.flag.put(self.buf.done.all())
         if self.dynamic:
             self.buf.s_buf.fill_(self.start(b))  # the block start the graphed steps read (once per block)
+        if self.decoding is not None:
+            self.decoding.start_block(self.buf.state)
         return stop, all_done
 
     def after_block(self, b: int) -> "BlockEvent":
@@ -445,7 +450,7 @@ class _Decode:
         answers = None if self.decoding is None else self.decoding.answers(self.cfg, x, lay, self.buf.state)
         return GenerateResult(tokens=x.gather(1, cols), sequences=x.clone(), prompt_lengths=lay.prompt_lengths,
                               nfe=self.buf.nfe.tolist(), steps=self.records, seconds=time.perf_counter() - t0,
-                              answers=answers)
+                              answers=answers, edits=self.buf.state["edits"].tolist() if self.edits else None)
 
 
 @torch.no_grad()
@@ -480,7 +485,7 @@ def generate_stream(params, cfg, prompts, *, gen_length: int, block_length: int,
                                       cfg_scale=cfg_scale, schedule=schedule, logits_eos_inf=logits_eos_inf,
                                       confidence_eos_eot_inf=confidence_eos_eot_inf,
                                       refresh_commits_first=refresh_commits_first)
-        early_stop = True if early_stop is None else early_stop
+        early_stop = decoding.stops_at_eos if early_stop is None else early_stop
     check_dream_options(remasking=remasking, schedule=schedule, eps=eps, top_p=top_p, top_k=top_k, alg_temp=alg_temp,
                         threshold=threshold, factor=factor, cfg_scale=cfg_scale,
                         confidence_eos_eot_inf=confidence_eos_eot_inf, refresh_commits_first=refresh_commits_first,

@@ -1,72 +1,46 @@
-"""LLaDA2.x decoding (the official ``generate`` of LLaDA2.0 and of LLaDA2.1) as a grid, a schedule and rules.
+"""LLaDA2.x's official decoders (the ``generate`` of LLaDA2.0 and of LLaDA2.1) as options of the one driver:
+``generate(params, cfg, prompts, ..., decoding=Llada2Decoding(...))`` (or :class:`Llada21Decoding`), whose hooks
+the driver calls (:mod:`llada_triton.decode.generate`). LLaDA2.x is trained as block diffusion, so the
+block-causal cache is its exact decoding mode. Where its decoders differ from LLaDA's (each changes tokens):
 
-LLaDA2.x is trained as block diffusion, so the block-causal cache is its exact decoding mode. Its official
-decoders differ from LLaDA's in ways that change tokens; each is one small piece here:
-
-* :class:`BlockGrid`: blocks are ``[jB, (j+1)B)`` from position 0; decoding starts at the block holding
-  position P (the prompt's tail shares it) and runs to ``ceil((P+G)/B)`` blocks, so positions past P+G (the
-  overhang) are decoded too and dropped from the answer. Every forward sees the prefix with a block-causal
-  mask; later blocks are never fed.
+* the absolute block grid (:func:`llada_triton.decode.layout.absolute_layout`): blocks are ``[jB, (j+1)B)`` from
+  position 0; decoding starts at the block holding position P (the prompt's tail shares it) and runs to
+  ``ceil((P+G)/B)`` blocks, so positions past P+G (the overhang) are decoded too and dropped from the answer.
+  Every forward sees the prefix with a block-causal mask (the prompt included); later blocks are never fed.
 * :func:`llada2_schedule`: ``steps = min(steps, G // minimal_topk)``; the per-step budget splits
   ``block_length`` (not the block's masks) over the steps, trailing steps get 0 when steps > B.
-* :class:`ThresholdTopK` (2.0): at most ``steps`` forwards per block, each commits the masked positions
-  with confidence ``> threshold`` if there are at least the step's budget of them, else the budget's top-k
-  (:func:`llada_triton.kernels.reference.select_threshold_topk_ref`); decoding stops after a block whose
-  window ``x[P:end]`` holds an eos; ``eos_early_stop`` returns ``x[P:eos+1]`` as soon as the first eos (from
-  position 0) has no mask before it, which can be longer than G when the eos is in the overhang.
-* :class:`Editing` (2.1): the same rule with a fixed ``num_to_transfer`` budget and no step limit, plus token
-  editing: non-prompt, non-mask block tokens whose argmax changed with confidence ``> editing_threshold``
+* 2.0's rule (``TransferRule.threshold_topk``): at most ``steps`` forwards per block, each commits the masked
+  positions with confidence ``> threshold`` if there are at least the step's budget of them, else the budget's
+  top-k (:func:`llada_triton.kernels.reference.select_threshold_topk_ref`); a row stops after a block whose window
+  ``x[P:end]`` holds an eos; ``eos_early_stop`` ends a row (on the device) as soon as the first eos (from its
+  first token) has no mask before it, answering ``x[P:eos+1]``, longer than G when the eos is in the overhang.
+* 2.1 (:class:`Llada21Decoding`): the same rule with a fixed ``num_to_transfer`` budget and no step limit, plus
+  token editing: non-prompt, non-mask block tokens whose argmax changed with confidence ``> editing_threshold``
   are rewritten; once the block has no mask, at most ``max_post_steps`` more forwards run, stopping early
-  when nothing is edited. ``eos_early_stop`` stops after a mask-free block holding an eos.
-* The answer is ``x[P:P+G]`` cut after its first eos (inclusive), so its length varies.
+  when nothing is edited. ``eos_early_stop`` stops after a block whose window holds an eos.
+* The answer (``GenerateResult.answers``) is ``x[P:P+G]`` cut after its first eos (inclusive): its length varies.
 
-The reference decoders are batch 1; so is :func:`generate_llada2`. Cache ``'block'`` keeps the K/V of the
-final tokens of every finished block (each block joins the cache when the next block's first step re-feeds
-it with its final tokens, as :class:`llada_triton.decode.cache.BlockCache`); ``'none'`` recomputes the
-whole prefix every step, as the reference does. Both give the same tokens.
+The reference decoders are batch 1; the driver decodes varlen batches whose rows each equal their batch-1
+decode (the layout pads every row by a multiple of B so the rows' grids share columns). Cache ``'block'``
+keeps the K/V of the final tokens of every finished block (each block joins the cache when the next block's
+first step re-feeds it with its final tokens); ``'none'`` recomputes the prefix every step, as the reference
+does. Both give the same tokens. :func:`generate_llada2` is the batch-1 convenience wrapper.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
 
 from llada_triton.kernels.reference import select_threshold_topk_ref
-from llada_triton.models.family import forward_hidden, new_cache
-from llada_triton.models.ops import REFERENCE_OPS, Ops
+from .cache import take_cols
 from .generate import generate
 from .layout import absolute_layout
 
-__all__ = ["BlockGrid", "llada2_schedule", "ThresholdTopK", "Editing", "generate_llada2", "Llada2Result",
-           "eos_cut"]
+__all__ = ["Llada2Decoding", "Llada21Decoding", "llada2_schedule", "generate_llada2", "Llada2Result", "eos_cut"]
 
 CACHES = ("block", "none")
-
-
-@dataclass(frozen=True)
-class BlockGrid:
-    """The absolute block grid of a prompt of ``prompt_len`` tokens and ``gen_length`` new ones."""
-    prompt_len: int
-    gen_length: int
-    block_length: int
-
-    @property
-    def num_blocks(self) -> int:
-        return -(-(self.prompt_len + self.gen_length) // self.block_length)
-
-    @property
-    def total_length(self) -> int:
-        return self.num_blocks * self.block_length
-
-    @property
-    def first_block(self) -> int:
-        return self.prompt_len // self.block_length
-
-    def key_end(self, lo: int, hi: int, device) -> torch.Tensor:
-        """int64 ``[hi - lo]``: position i (of ``[lo, hi)``) sees keys ``< (i // B + 1) B`` (block-causal)."""
-        B = self.block_length
-        return (torch.arange(lo, hi, device=device) // B + 1) * B
 
 
 def llada2_schedule(block_length: int, steps: int) -> List[int]:
@@ -79,16 +53,6 @@ def llada2_schedule(block_length: int, steps: int) -> List[int]:
 def eos_cut(tokens: List[int], eos_id: int) -> List[int]:
     """``tokens`` up to and including the first ``eos_id`` (all of them when there is none)."""
     return tokens[:tokens.index(eos_id) + 1] if eos_id in tokens else tokens
-
-
-@dataclass
-class _Block:
-    """What a rule sees of the current block at a step (row 0; the reference is batch 1)."""
-    tokens: torch.Tensor      # int64 [B] before the step
-    masked: torch.Tensor      # bool [B]
-    prompt: torch.Tensor      # bool [B]: prompt positions inside the block
-    x0: torch.Tensor          # int64 [B]: the argmax (or sample) at every position
-    conf: torch.Tensor        # fp32 [B]: its probability
 
 
 def _check_int(name, v, low=1):
@@ -112,7 +76,20 @@ class Llada2Decoding:
     minimal_topk: int = 1
     eos_early_stop: bool = False
     caches = CACHES
-    ends_blocks_early = True  # a block ends once no live row has a mask (the reference's loop condition)
+    ends_blocks_early = True  # a block ends at a device-decided point (:meth:`block_complete`), read by the host
+    edits = False  # whether :meth:`commit` replaces the rule's commit
+
+    @property
+    def stops_at_eos(self) -> bool:
+        """The default of ``generate``'s ``early_stop``: a row whose answer window holds an eos after a block stops."""
+        return True
+
+    def start_block(self, state):
+        pass
+
+    def block_complete(self, live_masks, done, state) -> torch.Tensor:
+        """0-dim bool on the device: no live row has a mask left in the block."""
+        return ~live_masks.any()
 
     def check(self, *, gen_length, block_length, steps):
         for name, v in (("gen_length", gen_length), ("block_length", block_length), ("steps", steps),
@@ -153,10 +130,12 @@ class Llada2Decoding:
     def new_state(self, batch, device) -> dict:
         i64 = dict(dtype=torch.int64, device=device)
         return dict(stop_end=torch.full((batch,), -1, **i64), first_real=torch.zeros(batch, **i64),
-                    gen_start=torch.zeros(batch, **i64))
+                    gen_start=torch.zeros(batch, **i64), post=torch.zeros(batch, **i64), edits=torch.zeros(batch, **i64),
+                    block_over=torch.zeros(batch, dtype=torch.bool, device=device))
 
     def reset_state(self, state, layout):
         state["stop_end"].fill_(-1)
+        state["edits"].zero_()
         state["first_real"].copy_(layout.pad)
         state["gen_start"].copy_(layout.gen_start)
 
@@ -183,39 +162,70 @@ class Llada2Decoding:
         return out
 
 
-@dataclass
-class Editing:
-    """LLaDA2.1's rule with token editing and its stopping (see the module docstring)."""
-    threshold: float
+@dataclass(frozen=True, kw_only=True)
+class Llada21Decoding(Llada2Decoding):
+    """LLaDA2.1's official ``generate`` as an option of :func:`llada_triton.decode.generate`: 2.0's grid, layout,
+    cut and answers; each step commits by the threshold rule with the fixed budget ``num_to_transfer`` (no step
+    schedule: ``steps`` is unused, as in the reference) and edits the block's generated tokens whose argmax
+    changed with confidence ``> editing_threshold``; once a row's block has no mask, at most ``max_post_steps``
+    more steps, ending early at a step that edits nothing. Per-row state on the device (``post``,
+    ``block_over``, ``edits``); with ``eos_early_stop`` a row stops after a block whose window holds an eos."""
     editing_threshold: float
     max_post_steps: int = 16
     num_to_transfer: int = 1
-    eos_early_stop: bool = False
-    post_steps: int = field(default=0, init=False)
+    edits = True
 
-    def start_block(self):
-        self.post_steps = 0
+    @property
+    def stops_at_eos(self) -> bool:
+        return self.eos_early_stop
 
-    def wants_step(self, step: int, any_masked: bool) -> bool:
-        if not any_masked:
-            self.post_steps += 1
-        return self.post_steps <= self.max_post_steps
+    def check(self, *, gen_length, block_length, steps):
+        super().check(gen_length=gen_length, block_length=block_length, steps=steps)
+        _check_unit("editing_threshold", self.editing_threshold)
+        _check_int("max_post_steps", self.max_post_steps, low=0)
+        _check_int("num_to_transfer", self.num_to_transfer)
 
-    def transfer(self, blk: _Block, step: int):
-        any_masked = bool(blk.masked.any())
-        take = torch.zeros_like(blk.masked)
-        if any_masked:
-            k = torch.tensor([self.num_to_transfer], device=blk.conf.device)
-            take = select_threshold_topk_ref(blk.conf[None], blk.masked[None], k=k, threshold=self.threshold)[0]
-        edit = ~blk.masked & ~blk.prompt & (blk.conf > self.editing_threshold) & (blk.x0 != blk.tokens)
-        n_edits = int(edit.sum())
-        return take | edit, n_edits, not any_masked and n_edits == 0
-
-    def early_answer(self, x, P, mask_id, eos_id, wrote_eos):
+    def schedule(self, block_length, steps, gen_length):
         return None
 
-    def stop_after_block(self, window: torch.Tensor, mask_id: int, eos_id: int) -> bool:
-        return self.eos_early_stop and not bool((window == mask_id).any()) and bool((window == eos_id).any())
+    def rule_fields(self) -> dict:
+        return {}
+
+    def after_step(self, cfg, x, committed, blk, done, state):
+        pass
+
+    def start_block(self, state):
+        state["post"].zero_()
+        state["block_over"].zero_()
+
+    def block_complete(self, live_masks, done, state) -> torch.Tensor:
+        return (done | state["block_over"]).all()
+
+    def commit(self, ops, tokens, start, x0, conf, *, mask_id, done, k, nfe, k_only, cfg, state):
+        """The step's transfer and edits in the block at ``start`` (driver ``commit`` signature); a row takes
+        part while it is live and its block is not over (a post step past ``max_post_steps`` ends it first)."""
+        L = x0.shape[1]
+        cols = take_cols(torch.arange(tokens.shape[1], device=tokens.device)[None, :], start, L)
+        blk = tokens.gather(1, cols.expand(tokens.shape[0], L))
+        live = ~done & ~state["block_over"]
+        masked = blk == mask_id
+        post = state["post"] + (live & ~masked.any(1)).long()
+        act = live & (post <= self.max_post_steps)
+        state["post"].copy_(post)
+        state["block_over"].logical_or_(live & ~act)
+        masked = masked & act[:, None]
+        c = torch.where(masked, conf.float(), float("-inf"))
+        take = select_threshold_topk_ref(c, masked, k=torch.full_like(nfe, self.num_to_transfer),
+                                         threshold=float(self.threshold))
+        edit = (act[:, None] & (blk != mask_id) & (cols >= state["gen_start"][:, None])
+                & (conf.float() > self.editing_threshold) & (x0 != blk))
+        new = torch.where(take | edit, x0, blk)
+        tokens.scatter_(1, cols.expand_as(new), new)
+        n_edits = edit.sum(1)
+        state["edits"].add_(n_edits)
+        nfe.add_(act.long())
+        state["block_over"].logical_or_(act & ~masked.any(1) & (n_edits == 0))
+        return take | edit, c, new
 
 
 @dataclass
@@ -226,105 +236,26 @@ class Llada2Result:
     edits: int = 0             # LLaDA2.1: tokens rewritten by editing
 
 
-def _validate(cfg, prompt, gen_length, block_length, steps, minimal_topk, temperature, cache):
-    for name, v in (("gen_length", gen_length), ("block_length", block_length), ("steps", steps),
-                    ("minimal_topk", minimal_topk)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name}={v!r} must be a positive int")
-    if minimal_topk > gen_length:
-        raise ValueError(f"minimal_topk={minimal_topk} exceeds gen_length={gen_length} (no step would run)")
-    if cache not in CACHES:
-        raise ValueError(f"cache={cache!r}; choose one of {CACHES}")
-    if not float(temperature) >= 0:
-        raise ValueError(f"temperature={temperature} must be >= 0")
-    if prompt.ndim != 1 or prompt.numel() < 1:
-        raise ValueError(f"prompt must be one non-empty row of ids (the reference is batch 1), got shape "
-                         f"{tuple(prompt.shape)}")
-    if bool(((prompt < 0) | (prompt >= cfg.vocab_size)).any()) or bool((prompt == cfg.mask_token_id).any()):
-        raise ValueError(f"prompt ids must be in [0, {cfg.vocab_size}) and differ from the mask id "
-                         f"{cfg.mask_token_id}")
-    total = BlockGrid(prompt.numel(), gen_length, block_length).total_length
-    if total > cfg.max_sequence_length:
-        raise ValueError(f"the block grid needs {total} positions; max_sequence_length={cfg.max_sequence_length}")
-
-
 @torch.no_grad()
 def generate_llada2(params, cfg, prompt, *, gen_length: int, block_length: int = 32, steps: int = 32,
                     threshold: float = 0.95, minimal_topk: int = 1, eos_early_stop: bool = False,
                     editing_threshold: Optional[float] = None, max_post_steps: int = 16, num_to_transfer: int = 1,
-                    temperature: float = 0.0, seed: int = 0, cache: str = "block",
-                    ops: Ops = REFERENCE_OPS) -> Llada2Result:
+                    **options) -> Llada2Result:
     """Decode one prompt (a list of ids or an int tensor ``[P]`` / ``[1, P]``) as LLaDA2.0's official
     ``generate`` (``editing_threshold=None``) or LLaDA2.1's (``editing_threshold`` set: token editing,
-    ``num_to_transfer`` and ``max_post_steps``; ``steps`` is accepted and unused there, as in the reference).
-    Temperature 0 is argmax; above 0 the head's Gumbel-max sampling (not the reference's RNG stream)."""
+    ``num_to_transfer`` and ``max_post_steps``; ``steps`` is accepted and unused there, as in the reference):
+    :func:`llada_triton.decode.generate` with :class:`Llada2Decoding` / :class:`Llada21Decoding`, batch 1 as the
+    reference. ``options``: ``generate``'s (``cache`` 'block' (default) or 'none', ``temperature`` (0 is argmax;
+    above 0 the head's Gumbel-max sampling, not the reference's RNG stream), ``seed``, ``ops``, ``cuda_graphs``,
+    ``workspace``, ...)."""
     if editing_threshold is None:
-        ids = torch.as_tensor(prompt, dtype=torch.int64).reshape(-1).tolist()
-        res = generate(params, cfg, [ids], gen_length=gen_length, block_length=block_length, steps=steps,
-                       temperature=temperature, seed=seed, cache=cache, ops=ops,
-                       decoding=Llada2Decoding(threshold, minimal_topk, eos_early_stop))
-        return Llada2Result(res.answers[0], res.sequences[0], res.nfe[0])
-    device = params.device
-    prompt = torch.as_tensor(prompt, dtype=torch.int64).to(device).reshape(-1)
-    _validate(cfg, prompt, gen_length, block_length, steps, minimal_topk, temperature, cache)
-    if editing_threshold is None:
-        rule = ThresholdTopK(llada2_schedule(block_length, min(steps, gen_length // minimal_topk)),
-                             float(threshold), eos_early_stop)
+        decoding = Llada2Decoding(threshold, minimal_topk, eos_early_stop)
     else:
-        rule = Editing(float(threshold), float(editing_threshold), int(max_post_steps), int(num_to_transfer),
-                       eos_early_stop)
-    P, B, mask_id, eos_id = prompt.numel(), block_length, cfg.mask_token_id, cfg.eos_token_id
-    grid = BlockGrid(P, gen_length, B)
-    x = torch.full((grid.total_length,), mask_id, dtype=torch.int64, device=device)
-    x[:P] = prompt
-    run = _Forward(params, cfg, ops, grid, cache, x, float(temperature), int(seed))
-    edits = 0
-    for j in range(grid.first_block, grid.num_blocks):
-        s, end = j * B, (j + 1) * B
-        prompt_in_block = torch.arange(s, end, device=device) < P
-        rule.start_block()
-        step = 0
-        while rule.wants_step(step, bool((x[s:end] == mask_id).any())):
-            x0, conf = run.block(j, first=step == 0)
-            blk = _Block(x[s:end].clone(), x[s:end] == mask_id, prompt_in_block, x0, conf)
-            take, n_edits, finished = rule.transfer(blk, step)
-            x[s:end] = torch.where(take, x0, blk.tokens)
-            edits += n_edits
-            answer = rule.early_answer(x[:end], P, mask_id, eos_id, bool((x0[take] == eos_id).any()))
-            if answer is not None:
-                return Llada2Result(answer, x.clone(), run.nfe, edits)
-            step += 1
-            if finished:
-                break
-        if rule.stop_after_block(x[P:end], mask_id, eos_id):
-            break
-    return Llada2Result(eos_cut(x[P:P + gen_length].tolist(), eos_id), x.clone(), run.nfe, edits)
-
-
-class _Forward:
-    """The block's hidden states -> (x0, conf) through the cache policy of the grid (``block``: a block's
-    first step re-feeds every position since the last finished block's start, so the cache holds the K/V of
-    final tokens below the current block; ``none``: the whole prefix every step)."""
-
-    def __init__(self, params, cfg, ops, grid: BlockGrid, cache: str, x: torch.Tensor, temperature: float,
-                 seed: int):
-        self.params, self.cfg, self.ops, self.grid, self.x = params, cfg, ops, grid, x
-        self.cache = new_cache(cfg, 1, grid.total_length, device=params.device, dtype=params.dtype) \
-            if cache == "block" else None
-        self.final_end = 0  # cache slots below this hold the K/V of final tokens
-        self.temperature, self.seed, self.nfe = temperature, seed, 0
-
-    def block(self, j: int, *, first: bool):
-        B = self.grid.block_length
-        s, end = j * B, (j + 1) * B
-        lo = 0 if self.cache is None else (self.final_end if first else s)
-        ke = self.grid.key_end(lo, end, self.x.device)
-        hidden = forward_hidden(self.params, self.cfg, self.x[None, lo:end], start=lo, cache=self.cache,
-                                kv_len=None if self.cache is None else end, key_end=ke,
-                                rows=slice(s - lo, end - lo), ops=self.ops)
-        if self.cache is not None and first:
-            self.final_end = s
-        x0, conf = self.ops.head(hidden[0], self.params.lm_head, temperature=self.temperature, seed=self.seed,
-                                 offset=self.nfe)
-        self.nfe += 1
-        return x0.long(), conf.float()
+        decoding = Llada21Decoding(threshold=threshold, minimal_topk=minimal_topk, eos_early_stop=eos_early_stop,
+                                   editing_threshold=editing_threshold, max_post_steps=max_post_steps,
+                                   num_to_transfer=num_to_transfer)
+    options.setdefault("cache", "block")
+    ids = torch.as_tensor(prompt, dtype=torch.int64).reshape(-1).tolist()
+    res = generate(params, cfg, [ids], gen_length=gen_length, block_length=block_length, steps=steps,
+                   decoding=decoding, **options)
+    return Llada2Result(res.answers[0], res.sequences[0], res.nfe[0], res.edits[0] if res.edits else 0)

@@ -237,7 +237,7 @@ class TransferRule:
             kw.update(confidence=self.confidence, top_p=self.top_p, top_k=self.top_k)
         h = hidden.reshape(N, d)
         hu = None if uncond is None else uncond.reshape(N, d)
-        if ops.compacts(N):
+        if ops.compacts(N) and masked is not None:
             order, dest, n = masked_first(masked.reshape(N))
             x0, conf = ops.head(h.index_select(0, order), lm_head,
                                 uncond_hidden=None if hu is None else hu.index_select(0, order), n_rows=n,
