@@ -3,9 +3,9 @@ partial RoPE); the golden cases are in test_golden_moe.py."""
 import pytest
 import torch
 
-from llada_triton.decode import BlockEvent, StepEvent, generate, generate_stream
+from llada_triton.decode import BlockEvent, StepEvent, generate, generate_stream, run_many
 from llada_triton.decode.layout import absolute_layout, grid_key_end
-from llada_triton.decode.llada2 import Llada2Decoding, eos_cut, generate_llada2, llada2_schedule
+from llada_triton.decode.llada2 import Llada21Decoding, Llada2Decoding, eos_cut, generate_llada2, llada2_schedule
 from llada_triton.kernels.reference import qkv_norm_rope_cache_ref, rms_norm_ref, rope_tables, \
     select_threshold_topk_ref
 from tests.helpers import family_golden, family_model
@@ -170,3 +170,63 @@ def test_driver_llada2_option_errors(kw, match):
     args.update(kw)
     with pytest.raises(ValueError, match=match):
         generate(params, cfg, [[1, 2, 3]], **args)
+
+
+def _mixed_prompts():
+    names = ("llada2_overhang_p10_g9_b8_s8_thr0.5", "llada2_p13_g32_b8_s8_thr1.0", "llada2_p5_g32_b8_s8_thr0.95",
+             "llada2_p16_g32_b8_s8_thr0.5", "llada2_p8_g32_b8_s8_thr0.95")
+    return [next(c for c in L2_CASES if c["name"] == n)["prompt"][0] for n in names]
+
+
+def test_run_many_llada2_equals_generate():
+    """The slot runner (2 slots refilled as prompts finish, each on its own block of the shared grid) gives
+    every prompt its driver answer and forwards, eos_early_stop included."""
+    params, cfg = family_model("llada2")
+    prompts, dec = _mixed_prompts(), Llada2Decoding(0.5, 1, True)
+    kw = dict(gen_length=12, block_length=8, steps=8, decoding=dec)
+    many = run_many(params, cfg, prompts, slots=2, **kw)
+    ref = generate(params, cfg, prompts, cache="block", **kw)
+    assert many.tokens == ref.answers
+    assert many.nfe == ref.nfe
+
+
+def test_run_many_refuses_editing():
+    params, cfg = family_model("llada2")
+    with pytest.raises(ValueError, match="Llada21Decoding .* not an option of run_many"):
+        run_many(params, cfg, [[1, 2]], slots=1, gen_length=8, block_length=8, steps=8,
+                 decoding=Llada21Decoding(editing_threshold=0.5))
+
+
+@pytest.mark.parametrize("es", [False, True], ids=["stop", "early_stop"])
+def test_llada21_varlen_batch_rows_equal_batch_one(es):
+    """LLaDA2.1's editing, per-row post steps and block ends on the device: each row of a varlen batch equals its
+    batch-1 decode (answers, forwards, edits)."""
+    params, cfg = family_model("llada2")
+    prompts = _mixed_prompts()[:3]
+    kw = dict(gen_length=12, block_length=8, steps=8, cache="block",
+              decoding=Llada21Decoding(threshold=0.7, editing_threshold=0.5, max_post_steps=3, eos_early_stop=es))
+    res = generate(params, cfg, prompts, **kw)
+    alone = [generate(params, cfg, [p], **kw) for p in prompts]
+    assert res.answers == [a.answers[0] for a in alone]
+    assert res.nfe == [a.nfe[0] for a in alone]
+    assert res.edits == [a.edits[0] for a in alone] and sum(res.edits) > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("edit", [False, True], ids=["llada2.0", "llada2.1"])
+def test_llada2_cuda_graphs_equal_eager(edit):
+    """CUDA graphs (each step replayed from its graph; the block-complete flag read one step late) give the
+    eager tokens and forwards, Triton ops, varlen batch; a second call reuses the workspace's graphs."""
+    from llada_triton.decode import Workspace
+    from llada_triton.models import load_model, triton_ops
+    from tests.helpers import family_dir
+
+    ids = family_golden("llada2")["ids"]
+    params, cfg = load_model(f"{family_dir('llada2')}/checkpoint", device="cuda", mask_token_id=ids["mask"])
+    dec = Llada21Decoding(threshold=0.7, editing_threshold=0.5, max_post_steps=3) if edit else Llada2Decoding(0.5)
+    kw = dict(gen_length=12, block_length=8, steps=8, cache="block", decoding=dec, ops=triton_ops())
+    eager = generate(params, cfg, _mixed_prompts(), **kw)
+    ws = Workspace()
+    for _ in range(2):
+        graphed = generate(params, cfg, _mixed_prompts(), cuda_graphs=True, workspace=ws, **kw)
+        assert graphed.answers == eager.answers and graphed.nfe == eager.nfe

@@ -48,11 +48,12 @@ def prompt_layout(tokens: torch.Tensor, pad: torch.Tensor, gen_length: int, bloc
 
 
 def absolute_layout(rows: list, gen_length: int, block_length: int, *, pad_id: int, mask_id: int,
-                    device=None) -> Layout:
-    """The absolute block grid (module docstring) of prompts ``rows`` (lists of ids)."""
+                    device=None, min_first: int = 0) -> Layout:
+    """The absolute block grid (module docstring) of prompts ``rows`` (lists of ids); block 0 starts at column
+    ``min_first`` or later (the slot runner wants a whole block before it)."""
     B_ = block_length
     j0 = [len(r) // B_ for r in rows]                     # each row's first block on its own grid
-    first = max(j0) * B_
+    first = max(max(j0) * B_, -(-min_first // B_) * B_)
     pads = [first - j * B_ for j in j0]
     ends = [p + -(-(len(r) + gen_length) // B_) * B_ for p, r in zip(pads, rows)]
     width = max(ends)

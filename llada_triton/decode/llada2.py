@@ -114,9 +114,9 @@ class Llada2Decoding:
         if bad:
             raise ValueError(f"{bad[0]}=True is not an option of LLaDA2 decoding (allowed: False)")
 
-    def layout(self, rows, cfg, gen_length, block_length, device):
+    def layout(self, rows, cfg, gen_length, block_length, device, min_first: int = 0):
         return absolute_layout(rows, gen_length, block_length, pad_id=cfg.pad_token_id,
-                               mask_id=cfg.mask_token_id, device=device)
+                               mask_id=cfg.mask_token_id, device=device, min_first=min_first)
 
     def schedule(self, block_length, steps, gen_length) -> List[int]:
         return llada2_schedule(block_length, min(steps, gen_length // self.minimal_topk))
@@ -155,11 +155,14 @@ class Llada2Decoding:
 
     def answers(self, cfg, x, layout, state) -> List[List[int]]:
         """Each row's answer: up to its early stop's eos, else its ``gen_length`` tokens cut after the first eos."""
-        out = []
-        for r, (g, se) in enumerate(zip(layout.gen_start.tolist(), state["stop_end"].tolist())):
-            out.append(x[r, g:max(g, se)].tolist() if se >= 0 else
-                       eos_cut(x[r, g:g + layout.gen_length].tolist(), cfg.eos_token_id))
-        return out
+        return [self.answer(cfg, x[r], g, layout.gen_length, se)
+                for r, (g, se) in enumerate(zip(layout.gen_start.tolist(), state["stop_end"].tolist()))]
+
+    @staticmethod
+    def answer(cfg, row: torch.Tensor, gen_start: int, gen_length: int, stop_end: int) -> List[int]:
+        if stop_end >= 0:
+            return row[gen_start:max(gen_start, stop_end)].tolist()
+        return eos_cut(row[gen_start:gen_start + gen_length].tolist(), cfg.eos_token_id)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,6 +20,7 @@ the unconditional feed is the conditional one with positions < P masked) and the
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence
@@ -29,6 +30,7 @@ import torch
 from llada_triton.models.family import family_of, forward_hidden, new_cache
 from llada_triton.models.ops import REFERENCE_OPS, Ops
 from .cache import policies_for
+from .layout import Layout, grid_key_end
 from .generate import pad_prompts
 from .schedule import linear_schedule
 from .step import Graphs, TransferRule, check_ops, check_options, prompt_rows
@@ -49,27 +51,33 @@ class _Slots:
     """``S`` sequences in flight: their tokens, blocks, steps and cache rows (see the module docstring)."""
 
     def __init__(self, params, cfg, rule: TransferRule, ops, *, slots, width, gen_length, block_length, steps,
-                 early_stop):
+                 early_stop, layout: Optional[Layout] = None, decoding=None):
         self.params, self.cfg, self.rule, self.ops, self.early_stop = params, cfg, rule, ops, early_stop
+        self.layout, self.decoding = layout, decoding  # a decoding option's grid (LLaDA2), or LLaDA's layout
         device = params.device
         self.S, self.P, self.G, self.Lb = slots, width, gen_length, block_length
         self.use_cfg = rule.cfg_scale > 0
         R = 2 * slots if self.use_cfg else slots  # cache rows: slot r at row r, its unconditional copy at S + r
-        self.T = width + gen_length
-        self.nb = gen_length // block_length
-        self.spb = steps // self.nb
-        self.mask_id = cfg.mask_token_id
+        self.T = width + gen_length if layout is None else layout.width
         self.i64 = i64 = dict(dtype=torch.int64, device=device)
+        self.nb = torch.full((slots,), gen_length // block_length, **i64)  # each slot's blocks
+        self.gen_start = torch.full((slots,), width, **i64)
+        self.mask_id = cfg.mask_token_id
         self.x = torch.full((slots, self.T), self.mask_id, **i64)
         self.kv_start = torch.zeros(R, **i64)
         self.blk, self.step, self.nfe = (torch.zeros(slots, **i64) for _ in range(3))
         self.active = torch.zeros(slots, dtype=torch.bool, device=device)
         self.cache = new_cache(cfg, R, self.T, device=device, dtype=params.dtype)
-        sched = (family_of(cfg).schedule or linear_schedule)(block_length, self.spb)
+        if decoding is None:
+            sched = (family_of(cfg).schedule or linear_schedule)(block_length, steps // (gen_length // block_length))
+        else:
+            sched = decoding.schedule(block_length, steps, gen_length)
+            self.state = decoding.new_state(slots, device)
+        self.spb = len(sched)
         self.sched = torch.tensor(list(sched) + [0], **i64)  # steps past the schedule commit nothing
         self.ar2 = torch.arange(2 * block_length, device=device)
         self.ar = torch.arange(block_length, device=device)
-        self.gen_cols = torch.arange(gen_length, device=device)
+        self.cols = torch.arange(self.T, device=device)
         self.end_ids = torch.tensor(cfg.end_token_ids, device=device)
         self.rand_gen = (torch.Generator(device=device).manual_seed(rule.seed)
                          if rule.remasking == "random" else None)
@@ -103,46 +111,76 @@ class _Slots:
             masked = (x.gather(1, s[:, None] + self.ar[None, :]) == self.mask_id) & self.active[:, None]
         x0, conf = rule.sample(self.ops, self.params.lm_head, hidden[:S], hidden[S:] if self.use_cfg else None,
                                masked, offset=self.calls, rand_gen=self.rand_gen)
-        _, _, new = rule.commit(self.ops, x, s, x0, conf, mask_id=self.mask_id, done=~self.active,
-                                k=self.sched[self.step.clamp(max=self.spb)], nfe=self.nfe)
+        done = ~self.active
+        committed, _, new = rule.commit(self.ops, x, s, x0, conf, mask_id=self.mask_id, done=done,
+                                        k=self.sched[self.step.clamp(max=self.spb)], nfe=self.nfe)
+        if self.decoding is not None:  # LLaDA2's eos_early_stop ends a row mid-block (on the device)
+            self.decoding.after_step(self.cfg, x, committed, new, done, self.state)
         done_blk = self.active & ~(new == self.mask_id).any(1)
         self.step.copy_(torch.where(done_blk, torch.zeros_like(self.step), self.step + 1))
         self.blk.add_(done_blk.to(self.blk.dtype))
         # finished: every block done, or (early stop) an end token among the committed blocks
-        ended = torch.isin(x[:, self.P:], self.end_ids) & (self.gen_cols[None, :] < (self.blk * Lb)[:, None])
-        ended = ended.any(1) if self.early_stop else torch.zeros_like(done_blk)
-        return self.active & done_blk & ((self.blk >= self.nb) | ended)
+        window = (self.cols[None, :] >= self.gen_start[:, None]) & (self.cols[None, :] < (s + Lb)[:, None])
+        ended = (torch.isin(x, self.end_ids) & window & done_blk[:, None]).any(1) if self.early_stop \
+            else torch.zeros_like(done_blk)
+        return (self.active & done_blk & ((self.blk >= self.nb) | ended)) | (done & self.active)
 
     def prefill(self, row: int, tokens: torch.Tensor):
-        """The prompt ``tokens`` [P] into cache row ``row``: it sees itself; its K/V are final from now on."""
+        """The prompt ``tokens`` [P] into cache row ``row``: it sees itself (on an absolute grid: block-causally);
+        its K/V are final from now on."""
         P = self.P
+        key_end = None
+        if self.layout is not None and self.layout.block_causal:
+            key_end = grid_key_end(0, P, P, self.Lb, tokens.device)
         forward_hidden(self.params, self.cfg, tokens[None], start=0, cache=self.cache.rows(row, row + 1), kv_len=P,
-                       kv_start=self.kv_start[row:row + 1], rows=slice(P - 1, P), ops=self.ops)
+                       kv_start=self.kv_start[row:row + 1], key_end=key_end, rows=slice(P - 1, P), ops=self.ops)
 
-    def load(self, r: int, prompt: Optional[torch.Tensor], pad: int = 0):
-        """Slot ``r`` takes ``prompt`` [P] (left-padded by ``pad``) and prefills it; None: the slot idles at block
-        0 (its writes land in its own, unused cache rows)."""
+    def load(self, r: int, prompt: Optional[torch.Tensor], pad: int = 0, i: int = 0):
+        """Slot ``r`` takes ``prompt`` [P] (left-padded by ``pad``; prompt ``i`` of the layout on an absolute grid,
+        whose prompt columns reach into block 0) and prefills it; None: the slot idles at block 0 (its writes land
+        in its own, unused cache rows)."""
         self.blk[r] = 0
         self.step[r] = 0
         self.active[r] = prompt is not None
         if prompt is None:
             return
         self.x[r].fill_(self.mask_id)
-        self.x[r, :self.P] = prompt.to(self.x.device)
+        self.x[r, :prompt.numel()] = prompt.to(self.x.device)
         self.kv_start[r] = pad
         self.nfe[r] = 0
+        if self.layout is not None:
+            lay = self.layout
+            self.gen_start[r], self.nb[r] = lay.gen_start[i], (lay.row_end[i] - lay.first) // self.Lb
+            self.state["stop_end"][r], self.state["first_real"][r] = -1, pad
+            self.state["gen_start"][r] = lay.gen_start[i]
         self.prefill(r, self.x[r, :self.P])
         if self.use_cfg:  # the unconditional copy: the same pads left out of attention, the prompt all masks
             self.kv_start[self.S + r] = pad
             self.prefill(self.S + r, torch.full((self.P,), self.mask_id, **self.i64))
 
     def take(self, r: int) -> List[int]:
-        """Slot ``r``'s generated tokens (eos after its last block when early stop ended it)."""
+        """Slot ``r``'s generated tokens (eos after its last block when early stop ended it); with a decoding
+        option its answer (LLaDA2: cut after the first eos)."""
+        if self.decoding is not None:
+            return self.decoding.answer(self.cfg, self.x[r], int(self.gen_start[r]), self.G,
+                                        int(self.state["stop_end"][r]))
         toks = self.x[r, self.P:].clone()
         end_at = int(self.blk[r]) * self.Lb
         if self.early_stop:
             toks[end_at:] = self.cfg.eos_token_id
         return toks.tolist()
+
+
+def _grid(decoding, rows, cfg, gen_length, block_length, steps) -> Optional[Layout]:
+    """A decoding option's absolute grid over every prompt (block 0 at column >= Lb: its previous block is
+    prompt), or None (LLaDA's layout); a decoding whose commit is its own (LLaDA2.1's editing) is refused."""
+    if decoding is None:
+        return None
+    if decoding.edits:
+        raise ValueError(f"decoding={type(decoding).__name__} (token editing) is not an option of run_many; "
+                         "use generate")
+    decoding.check(gen_length=gen_length, block_length=block_length, steps=steps)
+    return decoding.layout(rows, cfg, gen_length, block_length, "cpu", min_first=block_length)
 
 
 @torch.no_grad()
@@ -152,12 +190,13 @@ def run_many(params, cfg, prompts: Sequence[Sequence[int]], *, slots: int,
              remasking: str = "low_confidence", logits_eos_inf: bool = False,
              confidence_eos_eot_inf: bool = False, early_stop: bool = True, seed: int = 0,
              ops: Ops = REFERENCE_OPS, cuda_graphs: bool = False,
-             on_result: Optional[Callable[[int, List[int]], None]] = None) -> RunResult:
+             on_result: Optional[Callable[[int, List[int]], None]] = None, decoding=None) -> RunResult:
     """Decode ``prompts`` (token-id lists) with ``slots`` sequences in flight (block-causal cache).
 
-    Options as :func:`llada_triton.decode.generate`, ``cfg_scale`` included (the unconditional copies double the rows
-    of every step). ``on_result(index, tokens)`` is called as each prompt finishes. Returns a
-    :class:`RunResult` with results in input order (empty for an empty ``prompts``).
+    Options as :func:`llada_triton.decode.generate`, ``cfg_scale`` and ``decoding`` (LLaDA2.0's
+    :class:`~llada_triton.decode.Llada2Decoding`: each prompt's tokens are its answer, cut after its first eos)
+    included (the unconditional copies double the rows of every step). ``on_result(index, tokens)`` is called as
+    each prompt finishes. Returns a :class:`RunResult` with results in input order (empty for an empty ``prompts``).
     """
     t0 = time.perf_counter()
     if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
@@ -170,24 +209,33 @@ def run_many(params, cfg, prompts: Sequence[Sequence[int]], *, slots: int,
     width = max([block_length if isinstance(block_length, int) else 1] + [len(p) for p in rows])
     tokens, _ = pad_prompts([[cfg.pad_token_id] * (width - len(p)) + p for p in rows], cfg, device="cpu")
     pads = [width - len(p) for p in rows]
+    layout = _grid(decoding, rows, cfg, gen_length, block_length, steps)
     check_options(cfg, tokens, torch.tensor(pads), gen_length=gen_length, block_length=block_length, steps=steps,
                   temperature=temperature, remasking=remasking, threshold=threshold, factor=factor,
-                  cfg_scale=cfg_scale, cache="block", seed=seed, policies=policies_for(cfg))
+                  cfg_scale=cfg_scale, cache="block", seed=seed, policies=policies_for(cfg),
+                  width=None if layout is None else layout.width)
+    if layout is not None:
+        decoding.check_driver_options(cache="block", remasking=remasking, threshold=threshold, factor=factor,
+                                      cfg_scale=cfg_scale, schedule=None, logits_eos_inf=logits_eos_inf,
+                                      confidence_eos_eot_inf=confidence_eos_eot_inf)
+        tokens, pads, width = layout.tokens, layout.pad.tolist(), layout.first
     if cuda_graphs and params.device.type != "cuda":
         raise ValueError(f"cuda_graphs=True needs params on a CUDA device, not {params.device}")
     rule = TransferRule.from_options(cfg, temperature=temperature, remasking=remasking, threshold=threshold,
                                      factor=factor, cfg_scale=cfg_scale, seed=seed, logits_eos_inf=logits_eos_inf,
                                      confidence_eos_eot_inf=confidence_eos_eot_inf)
+    if decoding is not None:
+        rule = dataclasses.replace(rule, **decoding.rule_fields())
     graphs = Graphs(bool(cuda_graphs) and rule.fixed_work)
     st = _Slots(params, cfg, rule, ops, slots=slots, width=width, gen_length=gen_length, block_length=block_length,
-                steps=steps, early_stop=early_stop)
+                steps=steps, early_stop=early_stop, layout=layout, decoding=decoding)
     out = RunResult(tokens=[None] * len(rows), nfe=[0] * len(rows))
     owner = [-1] * slots
     pending = list(range(len(rows)))[::-1]
 
     def refill(r: int):
         owner[r] = pending.pop() if pending else -1
-        st.load(r, tokens[owner[r]] if owner[r] >= 0 else None, pads[owner[r]] if owner[r] >= 0 else 0)
+        st.load(r, tokens[owner[r]] if owner[r] >= 0 else None, pads[owner[r]] if owner[r] >= 0 else 0, owner[r])
 
     for r in range(slots):
         refill(r)
