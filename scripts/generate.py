@@ -170,27 +170,24 @@ class Display:
 
 
 def _generate_llada2(p, args, params, cfg, prompts, ops):
-    """LLaDA2.x checkpoints decode with their official semantics (``generate_llada2``: absolute block grid,
-    threshold rule, eos cut), one prompt at a time, as the reference; answers are cut after their first eos."""
-    import time
-    from types import SimpleNamespace
-
+    """LLaDA2.x checkpoints decode with their official semantics (``decoding=Llada2Decoding``: absolute block grid,
+    threshold rule, eos stop), all prompts in one varlen batch (each row as the batch-1 reference); answers are cut
+    after their first eos and padded with eos to the longest."""
     import torch
 
-    from llada_triton.decode import generate_llada2
+    from llada_triton.decode import Llada2Decoding, generate
 
     if args.cache not in ("block", "none"):
         p.fail("--cache", f"{args.cache!r} with an LLaDA2 checkpoint; allowed: block (native), none")
-    t0, outs = time.perf_counter(), []
-    for ids in prompts:
-        outs.append(generate_llada2(params, cfg, ids, gen_length=args.gen_length, block_length=args.block_length,
-                                    steps=args.steps, threshold=0.95 if args.threshold is None else args.threshold,
-                                    temperature=args.temperature, seed=args.seed, cache=args.cache, ops=ops))
-    width = max(len(o.tokens) for o in outs)
-    tokens = torch.full((len(outs), width), cfg.eos_token_id, dtype=torch.long)
-    for i, o in enumerate(outs):
-        tokens[i, :len(o.tokens)] = torch.tensor(o.tokens, dtype=torch.long)
-    return SimpleNamespace(tokens=tokens, nfe=[o.nfe for o in outs], seconds=time.perf_counter() - t0)
+    dec = Llada2Decoding(threshold=0.95 if args.threshold is None else args.threshold)
+    res = generate(params, cfg, prompts, gen_length=args.gen_length, block_length=args.block_length,
+                   steps=args.steps, temperature=args.temperature, seed=args.seed, cache=args.cache, ops=ops,
+                   decoding=dec)
+    width = max(len(a) for a in res.answers)
+    res.tokens = torch.full((len(res.answers), width), cfg.eos_token_id, dtype=torch.long)
+    for i, a in enumerate(res.answers):
+        res.tokens[i, :len(a)] = torch.tensor(a, dtype=torch.long)
+    return res
 
 
 def main(argv=None):
