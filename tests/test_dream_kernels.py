@@ -27,8 +27,9 @@ def test_matches_reference(dtype, confidence, tiles):
     x0, conf = head_dream_confidence(h, w, confidence=confidence, banned_ids=(5, 299), config=tiles)
     r0, rc = head_dream_confidence_ref(h, w, confidence=confidence, banned_ids=(5, 299))
     assert torch.equal(x0, r0)
-    # neg_entropy: the streamed form leaves out Dream's 1e-10 inside the log (|change| < V * 1e-10)
-    torch.testing.assert_close(conf, rc, atol=2e-6 + 300 * 1e-10, rtol=1e-5)
+    # neg_entropy over several vocab tiles leaves out Dream's 1e-10 inside the log (|change| < V * 1e-10)
+    gap = 300 * 1e-10 if tiles is not None and confidence == "neg_entropy" else 0.0
+    torch.testing.assert_close(conf, rc, atol=2e-6 + gap, rtol=1e-5)
 
 
 def test_ties_margin_zero_and_lowest_id():
@@ -46,15 +47,6 @@ def test_n_rows_skips_tail_rows():
     r0, rc = head_dream_confidence_ref(h[:16], w, confidence="neg_entropy")
     assert torch.equal(x0[:16], r0)
     torch.testing.assert_close(conf[:16], rc, atol=1e-5, rtol=1e-5)
-
-
-def test_sampling_and_filters_use_the_reference_path():
-    h, w = _inputs(8, 100, 16, torch.float32)
-    x0, conf = head_dream_confidence(h, w, confidence="prob", top_k=1)
-    assert torch.equal(x0, (h @ w.t()).argmax(-1)) and torch.allclose(conf, torch.ones(8))
-    a = head_dream_confidence(h, w, confidence="margin", temperature=0.8, top_p=0.9, seed=3, offset=1)
-    b = head_dream_confidence(h, w, confidence="margin", temperature=0.8, top_p=0.9, seed=3, offset=1)
-    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
 def test_errors_name_the_argument():
