@@ -18,9 +18,11 @@ the Gumbel-max trick) and the confidence on ``p = softmax(z)``, the tempered dis
 * ``prob``: ``p[x0]`` = ``e^(z[x0] - M) / S`` (maskgit_plus; ``1 / S`` at ``T = 0``);
 * ``margin``: ``(1 - e^(top2 - M)) / S`` (topk_margin);
 * ``neg_entropy``: ``sum p log(p + 1e-10)`` (entropy). When a row's vocabulary is one tile (``BLOCK_V >= V``,
-  the interpreter's default) the tile knows ``p`` and sums Dream's formula itself; across several tiles ``p``
-  is unknown until the merge and the streamed ``T / S - log S`` = ``sum p log p`` leaves the ``1e-10`` out,
-  which changes the value by less than ``V * 1e-10`` (1.5e-5 at Dream's 152,064 ids).
+  the interpreter's default) the tile knows ``p`` and sums Dream's formula itself. Across several tiles ``p`` is
+  known only after the merge: in fp32 (the exactness path) a second partials pass, given each row's
+  log-sum-exp, sums Dream's formula (one more head GEMM); in bf16 / fp16 the streamed ``T / S - log S`` =
+  ``sum p log p`` leaves the ``1e-10`` out, which changes the value by less than ``V * 1e-10`` (1.5e-5 at
+  Dream's 152,064 ids; far below the rounding of bf16 logits).
 
 top-p / top-k need a row's sorted distribution: those calls compute the logits of the rows given (only the first
 ``n_rows`` when given and not capturing a CUDA graph: the still-masked rows when the driver compacts), filter
@@ -52,10 +54,10 @@ _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 def _dream_partials_kernel(
     h_ptr, w_ptr,  # [M, D], [V, D]
     pf_ptr, pidx_ptr,  # fp32 partials [NP, M, NVT] (top1, top2, s, t[, key, z at key]); int32 [M, NVT] (x0 id)
-    n_rows_ptr, row_ids_ptr, M, V, D, NVT, stride_hm, stride_wv,
+    n_rows_ptr, row_ids_ptr, lse_ptr, M, V, D, NVT, stride_hm, stride_wv,  # lse [M] fp32 (HAS_LSE)
     temp, seed_lo, seed_hi, off_lo, off_hi, ban0, ban1, ban2, ban3,
     N_BAN: tl.constexpr, HAS_N_ROWS: tl.constexpr, HAS_ROW_IDS: tl.constexpr, SAMPLE: tl.constexpr,
-    ENT_EPS: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+    ENT_EPS: tl.constexpr, HAS_LSE: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
     SWAP_AB: tl.constexpr, EVEN_K: tl.constexpr, EVEN_V: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, USE_GDC: tl.constexpr = False,
 ):
@@ -95,8 +97,11 @@ def _dream_partials_kernel(
     z = logit - m_safe[:, None]
     e = tl.exp(z)
     s = tl.sum(e, axis=1)
-    if ENT_EPS:  # the whole row is this tile: Dream's sum p log(p + 1e-10) itself
-        p = e / s[:, None]
+    if ENT_EPS:  # p known: the whole row is this tile, or its log-sum-exp comes from a first pass
+        if HAS_LSE:
+            p = tl.exp(logit - tl.load(lse_ptr + rows_c)[:, None])
+        else:
+            p = e / s[:, None]
         t = tl.sum(tl.where(e > 0, p * tl.log(p + 1e-10), 0.0), axis=1)
     else:
         t = tl.sum(tl.where(e > 0, e * z, 0.0), axis=1)  # 0 * -inf at -inf logits: dropped
@@ -122,8 +127,8 @@ def _dream_partials_kernel(
 
 @triton.jit
 def _dream_merge_kernel(
-    pf_ptr, pidx_ptr, x0_ptr, conf_ptr, n_rows_ptr, M, NVT,
-    CONF: tl.constexpr, SAMPLE: tl.constexpr, ENT_EPS: tl.constexpr, HAS_N_ROWS: tl.constexpr,
+    pf_ptr, pidx_ptr, x0_ptr, conf_ptr, lse_ptr, n_rows_ptr, M, NVT,
+    CONF: tl.constexpr, SAMPLE: tl.constexpr, ENT_EPS: tl.constexpr, LSE_OUT: tl.constexpr, HAS_N_ROWS: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     if HAS_N_ROWS:
@@ -164,12 +169,14 @@ def _dream_merge_kernel(
         conf = (1.0 - tl.exp(second - big_safe)) / S
     else:
         t = tl.load(pf_ptr + 3 * plane + po, mask=valid, other=0.0)
-        if ENT_EPS:  # one vocab tile: its partial is the row's sum p log(p + 1e-10)
+        if ENT_EPS:  # the tiles' partials are sums of p log(p + 1e-10)
             conf = tl.sum(t, axis=1)
         else:
             dm = tl.where(scale > 0, top1 - big_safe[:, None], 0.0)
             T = tl.sum(scale * (t + dm * s), axis=1)
             conf = T / S - tl.log(S)
+    if LSE_OUT:
+        tl.store(lse_ptr + rows, big_safe + tl.log(S), mask=rmask)
     tl.store(x0_ptr + rows, x0.to(tl.int64), mask=rmask)
     tl.store(conf_ptr + rows, conf, mask=rmask)
 
@@ -234,25 +241,37 @@ def head_dream_confidence(hidden: torch.Tensor, w_head: torch.Tensor, *, confide
                          n_rows=n_rows, row_ids=row_ids)
     if M == 0:
         return x0, conf
+    return _launch(hidden, w_head, x0, conf, nr, rid, rows_ce, sa, confidence, float(temperature), config)
+
+
+def _launch(hidden, w_head, x0, conf, nr, rid, rows_ce, sa, confidence, temperature, config):
+    """The partials and merge launches. Entropy over several vocab tiles in fp32 (the exactness path) runs them
+    twice: the second partials pass knows each row's log-sum-exp, so its tiles sum Dream's p log(p + 1e-10)."""
+    M, D = hidden.shape
+    V = w_head.shape[0]
     sample = sa["constexprs"]["SAMPLE"]
     interpret = is_interpreter()
     c = dict(_head_config(M, V, D, hidden.dtype, False, interpret, sample=sample), **(config or {}))
     BM, BV, BK = c["BLOCK_M"], c["BLOCK_V"], c["BLOCK_K"]
     nvt = cdiv(V, BV)
-    ent_eps = nvt == 1 and confidence == "neg_entropy"
+    entropy = confidence == "neg_entropy"
+    two_pass = entropy and nvt > 1 and hidden.dtype == torch.float32
+    lse = torch.empty(M, dtype=torch.float32, device=hidden.device) if two_pass else conf  # conf: never read
     pf = torch.empty(6 if sample else 4, M, nvt, dtype=torch.float32, device=hidden.device)
     pidx = torch.empty(M, nvt, dtype=torch.int32, device=hidden.device)
     extra = {} if interpret else dict(num_warps=c["num_warps"], num_stages=c["num_stages"])
-    _dream_partials_kernel[(cdiv(M, BM), nvt)](
-        hidden, w_head, pf, pidx, nr, rid, M, V, D, nvt, hidden.stride(0), w_head.stride(0),
-        float(temperature) if sample else 1.0, *sa["rng"][:8],
-        N_BAN=sa["constexprs"]["N_BAN"], **rows_ce, SAMPLE=sample, ENT_EPS=ent_eps, SWAP_AB=c.get("SWAP_AB", False),
-        EVEN_K=D % BK == 0, EVEN_V=V % BV == 0, BLOCK_M=BM, BLOCK_V=BV, BLOCK_K=BK, **dot_flags(hidden.dtype),
-        **extra, **gdc_options(hidden, M))
     BT = next_pow2(max(nvt, 2))
     BR = min(next_pow2(max(M, 2)), 64) if interpret else (1 if M <= 256 else max(1, min(16, 4096 // BT)))
-    _dream_merge_kernel[(cdiv(M, BR),)](
-        pf, pidx, x0, conf, nr, M, nvt, CONF=DREAM_CONFIDENCES.index(confidence), SAMPLE=sample,
-        ENT_EPS=ent_eps, HAS_N_ROWS=n_rows is not None, BLOCK_R=BR, BLOCK_T=BT,
-        **({} if interpret else dict(num_warps=8 if BR == 1 else 4)))
+    for second in ((False, True) if two_pass else (False,)):
+        ent_eps = entropy and (nvt == 1 or second)
+        _dream_partials_kernel[(cdiv(M, BM), nvt)](
+            hidden, w_head, pf, pidx, nr, rid, lse, M, V, D, nvt, hidden.stride(0), w_head.stride(0),
+            temperature if sample else 1.0, *sa["rng"][:8],
+            N_BAN=sa["constexprs"]["N_BAN"], **rows_ce, SAMPLE=sample, ENT_EPS=ent_eps, HAS_LSE=second,
+            SWAP_AB=c.get("SWAP_AB", False), EVEN_K=D % BK == 0, EVEN_V=V % BV == 0, BLOCK_M=BM, BLOCK_V=BV,
+            BLOCK_K=BK, **dot_flags(hidden.dtype), **extra, **gdc_options(hidden, M))
+        _dream_merge_kernel[(cdiv(M, BR),)](
+            pf, pidx, x0, conf, lse, nr, M, nvt, CONF=DREAM_CONFIDENCES.index(confidence), SAMPLE=sample,
+            ENT_EPS=ent_eps, LSE_OUT=two_pass and not second, HAS_N_ROWS=rows_ce["HAS_N_ROWS"], BLOCK_R=BR,
+            BLOCK_T=BT, **({} if interpret else dict(num_warps=8 if BR == 1 else 4)))
     return x0, conf
