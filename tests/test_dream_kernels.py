@@ -123,17 +123,18 @@ for dt in ("bf16", "fp16"):
     sampled = ((16, 128, 128, True), (128, 64, 64, True)) if dt == "bf16" else ()  # the epilogue is dtype-free
     for bm, bv, bk, sample in ((16, 128, 128, False), (128, 128, 64, False)) + sampled:
         compile_for(k._dream_partials_kernel, sig, dict(N_BAN=1, HAS_N_ROWS=True, HAS_ROW_IDS=sample,
-                    SAMPLE=sample, ENT_EPS=False, HAS_LSE=False, UPCAST=False, IEEE=False, SWAP_AB=bm == 16, EVEN_K=True,
-                    EVEN_V=False, BLOCK_M=bm, BLOCK_V=bv, BLOCK_K=bk, USE_GDC=True))
+                    SAMPLE=sample, ENT_EPS=False, HAS_LSE=False, UPCAST=False, IEEE=False, SWAP_AB=bm == 16,
+                    EVEN_K=True, EVEN_V=False, BLOCK_M=bm, BLOCK_V=bv, BLOCK_K=bk, USE_GDC=True))
 compile_for(k._dream_partials_kernel, sig, dict(N_BAN=0, HAS_N_ROWS=False, HAS_ROW_IDS=False, SAMPLE=True,
-                ENT_EPS=True, HAS_LSE=True, UPCAST=False, IEEE=False, SWAP_AB=True, EVEN_K=True, EVEN_V=True, BLOCK_M=16,
-                BLOCK_V=512, BLOCK_K=64))
-msig = dict(pf_ptr="*fp32", pidx_ptr="*i32", x0_ptr="*i64", conf_ptr="*fp32", lse_ptr="*fp32", n_rows_ptr="*i64", M="i32",
-            NVT="i32")
+                ENT_EPS=True, HAS_LSE=True, UPCAST=False, IEEE=False, SWAP_AB=True, EVEN_K=True, EVEN_V=True,
+                BLOCK_M=16, BLOCK_V=512, BLOCK_K=64))
+msig = dict(pf_ptr="*fp32", pidx_ptr="*i32", x0_ptr="*i64", conf_ptr="*fp32", lse_ptr="*fp32",
+            n_rows_ptr="*i64", M="i32", NVT="i32")
 for conf in range(3):
     for sample in (False, True):
         compile_for(k._dream_merge_kernel, msig, dict(CONF=conf, SAMPLE=sample, ENT_EPS=conf == 2 and sample,
-                                                      LSE_OUT=conf == 2 and not sample, HAS_N_ROWS=False, BLOCK_R=1, BLOCK_T=2048))
+                                                      LSE_OUT=conf == 2 and not sample, HAS_N_ROWS=False,
+                                                      BLOCK_R=1, BLOCK_T=2048))
 print("ok")
 """
 
