@@ -50,9 +50,8 @@ def make_block_step(params, cfg, ops, *, batch: int, prompt: int, gen: int, bloc
     g = torch.Generator(device=dev).manual_seed(seed)
     for t in (cache.k, cache.v):
         t.normal_(generator=g)
-    init = torch.randint(0, cfg.vocab_size, (batch, block), generator=g, device=dev)
-    init[:, block // 2:] = cfg.mask_token_id
-    init[init == cfg.pad_token_id] = 0  # committed tokens are ordinary ids
+    init = torch.randint(0, min(cfg.mask_token_id, cfg.pad_token_id), (batch, block), generator=g, device=dev)
+    init[:, block // 2:] = cfg.mask_token_id  # committed ordinary ids, then masks
     blk = init.clone()
     one = torch.ones(batch, dtype=torch.int64, device=dev)
     commit = ops.commit or (lambda *a, **k: commit_step_ref(*a, select=ops.select, **k))

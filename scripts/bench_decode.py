@@ -209,6 +209,7 @@ def time_block_step(params, cfg, ops, *, B, P, G, Lb, at, graphs, calls):
             _fresh_memory(params.device)
             st = make_block_step(params, cfg, ops, batch=B, prompt=P, gen=G, block=Lb, at=at)
             return _eager_seconds(st.run, params.device, calls), calls, "eager", note, st
+    calls = min(calls, 3)  # the reference's per-expert loops: thousands of launches a step
     return _eager_seconds(st.run, params.device, calls), calls, "eager", "", st
 
 
@@ -238,7 +239,8 @@ def parse_args(argv=None):
                         "(0: all the remaining steps)")
     p.add_argument("--at", default="mid", choices=("mid", "last"),
                    help="MoE: the timed step's block: mid-sequence, or the last block (the whole KV cache in use)")
-    p.add_argument("--calls", type=int, default=8, help="MoE: steps per timing sample (the reference: eager calls)")
+    p.add_argument("--calls", type=int, default=8,
+                   help="MoE: steps per graph replay (5 replays, the median); eager: this many calls, at most 3")
     p.add_argument("--providers", default="fast,reference",
                    help="fast (Triton ops, CUDA graphs on a GPU) and / or reference (the torch reference ops, eager)")
     p.add_argument("--no-reference", action="store_true", help="skip the torch reference path (--providers fast)")
