@@ -220,17 +220,17 @@ def main(out: str, tokens=(32, 256, 1024), dry_run: bool = False, seed: int = 0,
         env["gpu"] = "cpu-interpreter"
     prov = dict(env, copy_gbps=copy_gbps)
     rows = []
+    os.makedirs(out, exist_ok=True)
+    stem = os.path.join(out, f"bench_moe_{env['gpu'].replace(' ', '_').lower()}_{env['sha']}")
     for M in tokens:
         for r in bench_tokens(M, shape, dev, dry_run, gen, sweep):
             r.update(prov, pct_copy=100 * r["gbps"] / copy_gbps if r["gbps"] != "" else "")
             rows.append(r)
-    os.makedirs(out, exist_ok=True)
-    stem = os.path.join(out, f"bench_moe_{env['gpu'].replace(' ', '_').lower()}_{env['sha']}")
-    with open(stem + ".csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    render(rows, stem + ".md")
+        with open(stem + ".csv", "w", newline="") as f:  # after every token count: a cut-off run keeps its rows
+            w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+        render(rows, stem + ".md")
     print(open(stem + ".md").read())
     return stem
 
