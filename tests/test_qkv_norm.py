@@ -94,10 +94,23 @@ def test_bias_and_no_norm(shape, norm, bias, device):
     _run(shape, torch.float16, device, "scalar-nocache", bias=bias, norm=norm)
 
 
-def test_gpu_like_blocks(device):
-    """GPU-sized tiles under the interpreter: several K-steps (one partial) and row tiles."""
+@pytest.mark.parametrize("split", [1, 3], ids=["one-pass", "split-k"])
+def test_gpu_like_blocks(split, device):
+    """GPU-sized tiles under the interpreter: several K-steps (one partial) and row tiles; split over K (the
+    partials summed by the second launch) with a short last split."""
     _run((2, 21, 2, 1, 128, 64, 72), torch.float32, device, "per_row-cache",
-         config=dict(HP=64, BM=16, BK=32, num_warps=4, num_stages=1))
+         config=dict(HP=64, BM=16, BK=16, SPLIT_K=split, num_warps=4, num_stages=1))
+    _run((1, 5, 3, 1, 16, 8, 40), torch.float16, device, "scalar-nocache", bias=True,
+         config=dict(HP=8, BM=16, BK=16, SPLIT_K=split, num_warps=4, num_stages=1))
+
+
+def test_decode_config_splits_k():
+    """At decode sizes the GPU config splits K to about 128 programs (LLaDA2.0-mini: 24 heads, d 2048), not above."""
+    from llada_triton.kernels.qkv_norm import qkv_norm_config
+
+    assert qkv_norm_config(32, 2048, 128, 24, torch.bfloat16, interpret=False)["SPLIT_K"] == 4
+    assert qkv_norm_config(1024, 2048, 128, 24, torch.bfloat16, interpret=False)["SPLIT_K"] == 1
+    assert qkv_norm_config(32, 2048, 128, 24, torch.bfloat16, interpret=True)["SPLIT_K"] == 1
 
 
 def test_validation(device):
@@ -150,24 +163,28 @@ _COMPILE = textwrap.dedent("""
     from llada_triton.kernels._common import compile_for
     from llada_triton.kernels import qkv_norm
     ptrs = ("x_ptr", "w_ptr", "b_ptr", "qn_ptr", "kn_ptr", "out_ptr", "kc_ptr", "vc_ptr")
-    ints = ("s_start", "start_val", "M", "T", "H", "HKV", "K", "stride_xm", "stride_wn", "sob", "sot", "soh", "skb",
-            "skt", "skh", "svb", "svt", "svh", "sct")
-    for dt in ("bf16", "fp16"):
-        for D, R, dyn, cache in ((128, 64, True, True), (16, 8, False, False)):
-            sig = {{n: "*" + dt for n in ptrs}}
-            sig.update({{n: "i32" for n in ints}})
-            sig.update(cos_ptr="*fp32", sin_ptr="*fp32", start_ptr="*i64", wf_ptr="*i64", eps="fp32")
-            cfg = qkv_norm.qkv_norm_config(32 if cache else 1024, 2048, D, torch.bfloat16, interpret=False)
-            k = compile_for(qkv_norm._qkv_norm_rope_kernel, sig,
-                            dict(D=D, R=R, HP=cfg["HP"], BM=cfg["BM"], BK=cfg["BK"], DYN=dyn,
-                                 HAS_CACHE=cache, HAS_WF=cache, HAS_BIAS=not cache, HAS_NORM=True,
-                                 EVEN_K=True, UPCAST=False, IEEE=False, USE_GDC=cache))
-            assert ("griddepcontrol" in k.asm["ptx"]) == cache
+    ints = ("s_start", "start_val", "M", "T", "H", "HKV", "K", "K_PER_SPLIT", "sps", "stride_xm", "stride_wn", "sob",
+            "sot", "soh", "skb", "skt", "skh", "svb", "svt", "svh", "sct")
+    # LLaDA2's head at decode size (split over K: both phases, PDL on), the tiny head at prefill size (one pass)
+    cases = [("bf16", 128, 64, True, True, 1), ("bf16", 128, 64, True, True, 2), ("bf16", 16, 8, False, False, 0),
+             ("fp16", 128, 128, False, False, 0)]
+    for dt, D, R, dyn, cache, phase in cases:
+        sig = {{n: "*" + dt for n in ptrs}}
+        sig.update({{n: "i32" for n in ints}})
+        sig.update(cos_ptr="*fp32", sin_ptr="*fp32", p_ptr="*fp32", start_ptr="*i64", wf_ptr="*i64", eps="fp32")
+        cfg = qkv_norm.qkv_norm_config(32 if cache else 1024, 2048, D, 24, torch.bfloat16, interpret=False)
+        assert (cfg["SPLIT_K"] > 1) == cache
+        k = compile_for(qkv_norm._qkv_norm_rope_kernel, sig,
+                        dict(D=D, R=R, HP=cfg["HP"], BM=cfg["BM"], BK=cfg["BK"], PHASE=phase, S=cfg["SPLIT_K"],
+                             DYN=dyn, HAS_CACHE=cache, HAS_WF=cache, HAS_BIAS=not cache, HAS_NORM=True,
+                             EVEN_K=True, UPCAST=False, IEEE=False, USE_GDC=cache))
+        assert ("griddepcontrol" in k.asm["ptx"]) == cache
     print("ok")
 """)
 
 
 def test_compile_sm90():
-    """The GPU frontend and ptxas accept the kernel (bf16, fp16; LLaDA2's and the tiny head; PDL on and off)."""
+    """The GPU frontend and ptxas accept the kernel (bf16, fp16; LLaDA2's and the tiny head; split-K phases and the
+    one-pass kernel; PDL on and off)."""
     res = run_without_interpreter(_COMPILE.format(root=ROOT))
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-4000:]
