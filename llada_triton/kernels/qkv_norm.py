@@ -81,7 +81,8 @@ def _qkv_norm_rope_kernel(
     if PHASE == 2:  # the splits' partials summed in a fixed order (deterministic)
         acc = tl.zeros((2 * HP, BM), dtype=tl.float32)
         for s in tl.static_range(S):
-            acc += tl.load(p_tile + s * sps, mask=(offs_m < M)[None, :], other=0.0)
+            acc += tl.load(p_tile, mask=(offs_m < M)[None, :], other=0.0)
+            p_tile += sps                # pointer steps: no int32 product of split and stride
     else:
         k0 = tl.program_id(1) * K_PER_SPLIT
         rows_x = (offs_m % M).to(tl.int64)   # wrapped rows: unpredicated loads, masked stores
@@ -91,7 +92,7 @@ def _qkv_norm_rope_kernel(
         acc = dot_loop(x_ptr, x_ptrs, w_ptr, w_ptrs, tl.minimum(K - k0, K_PER_SPLIT),
                        tl.zeros((2 * HP, BM), dtype=tl.float32), BK, EVEN_K, UPCAST, True, IEEE)
     if PHASE == 1:
-        tl.store(p_tile + tl.program_id(1) * sps, acc, mask=(offs_m < M)[None, :])
+        tl.store(p_tile + tl.program_id(1).to(tl.int64) * sps, acc, mask=(offs_m < M)[None, :])
     else:
         # epilogue: the projection (+ bias) rounded once as F.linear's output; QK-norm, then RoPE on the first R dims
         if HAS_BIAS:
