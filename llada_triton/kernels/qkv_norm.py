@@ -1,14 +1,14 @@
 """The QKV projection of LLaDA2.x / LLaDA-MoE with per-head QK-norm, partial RoPE and the KV-cache write in its
 epilogue (:func:`qkv_proj_norm_rope`).
 
-One launch replaces ``linear(x, w_qkv)`` followed by ``qkv_norm_rope_cache``. A program computes one whole head
-(RMSNorm needs every feature of it) for ``BM`` tokens with the weight-streaming K-loop of
-:mod:`llada_triton.kernels.gemm` (weight rows as the MMA's M dimension); at decode sizes, where that gives few
-programs, K is split and a second launch of the same kernel sums the fp32 partials in a fixed order and runs
-the epilogue. The tile's ``2 HP`` weight rows are
-ordered as two halves that pair each feature with its rotation partner: row ``j`` of the first half holds
-feature ``j`` (``j < R/2``, rotated) or ``R + j - R/2`` (passed through), row ``j`` of the second half its partner
-``R/2`` further (rotated) or ``(D - R)/2`` further (passed through); rows ``j >= D/2`` are padding.
+One launch replaces ``linear(x, w_qkv)`` followed by ``qkv_norm_rope_cache_ref``'s norm, rotation and cache write.
+A program computes one whole head (RMSNorm needs every feature of it) for ``BM`` tokens with the weight-streaming
+K-loop of :mod:`llada_triton.kernels.gemm` (weight rows as the MMA's M dimension); at decode sizes, where that gives
+few programs, K is split and a second launch of the same kernel sums the fp32 partials in a fixed order and runs
+the epilogue. The tile's ``2 HP`` weight rows are ordered as two halves that pair each feature with its rotation
+partner: row ``j`` of the first half holds feature ``j`` (``j < R/2``, rotated) or ``R + j - R/2`` (passed
+through), row ``j`` of the second half its partner ``R/2`` further (rotated) or ``(D - R)/2`` further (passed
+through); rows ``j >= D/2`` are padding.
 The epilogue rounds the projection (+ bias) to ``x.dtype`` as ``F.linear``, RMS-normalises q and k heads as
 :func:`llada_triton.kernels.reference.rms_norm_ref` (fp32 statistics, rounded, times the weight, rounded), rotates
 their first ``R`` features in fp32 at each token's absolute position (half-split, the tables' width ``R``), and
