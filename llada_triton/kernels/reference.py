@@ -25,6 +25,7 @@ __all__ = [
     "qkv_rope_cache_ref",
     "qkv_proj_rope_ref",
     "qkv_norm_rope_cache_ref",
+    "qkv_proj_norm_rope_ref",
     "block_attention_ref",
     "swiglu_mlp_ref",
     "silu_mul_ref",
@@ -196,6 +197,22 @@ def qkv_norm_rope_cache_ref(qkv: torch.Tensor, q_norm: Optional[torch.Tensor], k
                          qkv[:, :, H + Hkv:]], dim=2)
     return qkv_rope_cache_ref(qkv, cos_table, sin_table, start, k_cache, v_cache, n_heads=n_heads,
                               write_from=write_from)
+
+
+def qkv_proj_norm_rope_ref(x: torch.Tensor, w_qkv: torch.Tensor, q_norm: Optional[torch.Tensor],
+                           k_norm: Optional[torch.Tensor], eps: float, cos_table: torch.Tensor, sin_table: torch.Tensor,
+                           start, k_cache: Optional[torch.Tensor] = None, v_cache: Optional[torch.Tensor] = None, *,
+                           n_heads: int, write_from: Optional[torch.Tensor] = None, head_dim: Optional[int] = None,
+                           bias: Optional[torch.Tensor] = None):
+    """The fused QKV projection (``F.linear(x, w_qkv, bias)``, rounded once to ``x.dtype``) followed by
+    :func:`qkv_norm_rope_cache_ref` (per-head QK-norm, RoPE over the first ``R = cos_table.shape[1]`` features
+    of each head, the cache write): LLaDA2.x / LLaDA-MoE attention's input. Arguments as
+    :func:`qkv_proj_rope_ref` plus ``q_norm``, ``k_norm`` (``[D]``, or both None) and ``eps``."""
+    B, T, d = x.shape
+    D = head_dim if head_dim is not None else k_cache.shape[-1] if k_cache is not None else d // n_heads
+    qkv = F.linear(x, w_qkv, bias).view(B, T, w_qkv.shape[0] // D, D)
+    return qkv_norm_rope_cache_ref(qkv, q_norm, k_norm, eps, cos_table, sin_table, start, k_cache, v_cache,
+                                   n_heads=n_heads, write_from=write_from)
 
 
 # ------------------------------------------------------------------------------------- attention
