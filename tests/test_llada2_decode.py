@@ -151,6 +151,8 @@ def test_stream_yields_llada2_steps_and_blocks():
     steps = [e for e in evs if isinstance(e, StepEvent)]
     assert sum(int(e.committed.sum()) for e in steps) == 40 - 5  # every masked position of the grid, once
     assert [e.start for e in evs if isinstance(e, BlockEvent)] == [0, 8, 16, 24, 32]
+    with pytest.raises(ValueError, match="commit_order is for LLaDA's layout"):
+        res.commit_order()
 
 
 @pytest.mark.parametrize("kw,match", [

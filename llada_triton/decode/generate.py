@@ -89,6 +89,9 @@ class GenerateResult:
         (needs ``record_steps=True``)."""
         if not self.steps:
             raise ValueError("commit_order needs generate(..., record_steps=True)")
+        if self.answers is not None:
+            raise ValueError("commit_order is for LLaDA's layout; with decoding= read each StepEvent's committed "
+                             "(block-relative; block b starts at BlockEvent.start)")
         B, G = self.tokens.shape
         out = torch.full((B, G), -1, dtype=torch.int64)
         for n, ev in enumerate(self.steps):
@@ -527,12 +530,16 @@ def generate(params, cfg, prompts, *, gen_length: int, block_length: int, steps:
     has), cuda_graphs (capture each step kind into a CUDA graph and replay it; only where the step's
     work is fixed: temperature 0, low_confidence, schedule or threshold; other settings run eagerly),
     device_positions (run the graph code path, block starts as device tensors, without graphs),
-    workspace (a :class:`Workspace` that keeps buffers and graphs across calls of the same shape).
+    workspace (a :class:`Workspace` that keeps buffers and graphs across calls of the same shape), decoding (a
+    model family's official decoder as hooks: :class:`~llada_triton.decode.Llada2Decoding` (LLaDA2.0) or
+    :class:`~llada_triton.decode.Llada21Decoding` (LLaDA2.1's editing): its block grid, rule, schedule and eos
+    stop; ``answers`` then holds each row's answer cut after its first eos; cache 'block' or 'none').
     ``on_step`` / ``on_block`` are called as steps and blocks are committed (with graphs and the linear
     schedule, a block's later steps are enqueued together and their callbacks follow).
 
     Host synchronisation: one check per block (early stop); with threshold or factor, also one per
-    step (is the block complete?). With the linear schedule a block's steps never sync.
+    step (is the block complete?). With the linear schedule a block's steps never sync. With ``decoding``, the
+    rule decides on the device; the host reads a block-complete flag per step, on CUDA one step late (no stall).
     Returns a :class:`GenerateResult` (``steps`` filled when ``record_steps``).
     """
     result = None

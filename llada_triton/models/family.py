@@ -27,8 +27,8 @@ Decoding that differs by family plugs in through the same record, never an ``if 
 ``policies`` replaces cache policies by name (``decode.cache.CachePolicy`` subclasses, e.g.
 Dream's shifted logits, where the hidden state at position ``i - 1`` predicts position ``i``) and ``schedule``
 replaces the linear schedule (``schedule(n_masked, steps) -> per-step counts``, as
-``decode.schedule.linear_schedule``). Not yet a hook: block starts off the ``prompt + b * Lb``
-grid (LLaDA2's absolute grid, whose first block shares the prompt's last partial block).
+``decode.schedule.linear_schedule``). A family's own official decoder (LLaDA2's absolute block grid, rule and eos
+stop) is an option object passed as ``generate(..., decoding=...)`` (``decode.llada2.Llada2Decoding``).
 """
 from __future__ import annotations
 
