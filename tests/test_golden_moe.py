@@ -77,6 +77,16 @@ def test_llada2_full_recompute_token_for_token(case):
     assert out.nfe == case["params"]["nfe"]
 
 
+@pytest.mark.parametrize("case", L2_CASES[1::4] + L2_CASES[-2:], ids=[c["name"] for c in L2_CASES[1::4] + L2_CASES[-2:]])
+def test_llada2_device_positions_token_for_token(case):
+    """The CUDA-graph code path (device block starts, static shapes), run eagerly: the same tokens, forwards and
+    edits (2.0 and 2.1)."""
+    out = _llada2(case, cache="block", device_positions=True)
+    assert [out.tokens] == case["expected"]
+    assert out.nfe == case["params"]["nfe"]
+    assert out.edits == case["params"].get("edits", 0)
+
+
 @pytest.mark.parametrize("case", MOE_CASES, ids=[c["name"] for c in MOE_CASES])
 def test_lladamoe_official_generate_token_for_token(case):
     params, cfg = family_model("lladamoe")

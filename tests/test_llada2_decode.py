@@ -83,6 +83,12 @@ def test_generate_llada2_errors(kw, match):
         generate_llada2(params, cfg, [1, 2, 3], **args)
 
 
+def test_generate_llada2_refuses_a_batch():
+    params, cfg = family_model("llada2")
+    with pytest.raises(ValueError, match=r"prompt must be one row of ids .* got shape \(2, 2\)"):
+        generate_llada2(params, cfg, [[1, 2], [3, 4]], gen_length=8, block_length=8, steps=8)
+
+
 def test_generate_llada2_refuses_the_mask_id_in_the_prompt():
     params, cfg = family_model("llada2")
     with pytest.raises(ValueError, match="mask id 303"):

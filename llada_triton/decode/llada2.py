@@ -258,7 +258,11 @@ def generate_llada2(params, cfg, prompt, *, gen_length: int, block_length: int =
                                    editing_threshold=editing_threshold, max_post_steps=max_post_steps,
                                    num_to_transfer=num_to_transfer)
     options.setdefault("cache", "block")
-    ids = torch.as_tensor(prompt, dtype=torch.int64).reshape(-1).tolist()
+    ids = torch.as_tensor(prompt, dtype=torch.int64)
+    if ids.ndim > 2 or (ids.ndim == 2 and ids.shape[0] != 1):
+        raise ValueError(f"prompt must be one row of ids (shape [P] or [1, P]; for a batch use generate(..., "
+                         f"decoding=...)), got shape {tuple(ids.shape)}")
+    ids = ids.reshape(-1).tolist()
     res = generate(params, cfg, [ids], gen_length=gen_length, block_length=block_length, steps=steps,
                    decoding=decoding, **options)
     return Llada2Result(res.answers[0], res.sequences[0], res.nfe[0], res.edits[0] if res.edits else 0)
