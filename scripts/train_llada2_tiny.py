@@ -10,14 +10,16 @@ Objective: block diffusion on LLaDA2's absolute block grid, in the simpler of th
 block per sequence**. A row is ``chat prompt (P tokens) + answer + <|role_end|> + eos``, the eos padding running to
 the end of the grid block that holds position ``P + G - 1`` (``G`` = 32, the decode's ``gen_length``), so a row
 is a whole number of blocks, as the decoder's grid with its overhang. Per row: ``t ~ U(eps, 1]``; one block ``b`` is
-drawn uniformly among the blocks holding answer positions; its answer positions (never the prompt tail sharing it)
-are masked with probability ``t``; blocks before ``b`` stay clean; the attention is block-causal (query ``i`` sees
+drawn among the blocks holding answer positions (an eos-only block at a quarter of the weight of one holding
+answer text: the decoder stops after the block where eos appears, so it rarely decodes those); its answer
+positions (never the prompt tail sharing it) are masked with probability ``t``; blocks before ``b`` stay clean; the attention is block-causal (query ``i`` sees
 keys ``< (i // B + 1) B``: its own block and the clean blocks before it; later blocks, invisible to block ``b``,
 are never looked at). The loss is the cross-entropy on the masked tokens weighted by ``1 / t``, summed, divided by
 the row's answer positions in block ``b`` and averaged over the batch. (The other form concatenates ``[x_t ; x_0]``
 and trains every block at once; per token fed it trains about as many answer tokens here, because a row is
-only 2-3 blocks.) Routing is balanced as LLaDA2's: the expert bias, which only selects experts, gets no gradient
-and moves by ``bias_rate * sign(mean load - load)`` after each step (auxiliary-loss-free balancing).
+only 2-3 blocks.) Routing is balanced without an auxiliary loss, as in Ling 2.0 / DeepSeek-V3 (whose router LLaDA2
+has): the expert bias, which only selects experts, gets no gradient and moves by ``bias_rate * sign(mean load -
+load)`` after each step.
 
 Evaluation: ``llada_triton.decode.generate_llada2`` (LLaDA2.0's official ``generate``: absolute grid, threshold
 rule, eos cut, ``block`` cache), gen_length 32, block_length 32, steps 32, threshold 0.95, temperature 0, on the
@@ -83,6 +85,7 @@ class TrainConfig:
     lr: float
     warmup: int
     block_length: int = 32
+    pad_block_weight: float = 0.25   # how often an eos-only block is the noisy one, relative to a content block
     routed_scaling_factor: float = 2.5
     min_lr_ratio: float = 0.05
     weight_decay: float = 0.1
@@ -103,7 +106,7 @@ CONFIGS: Dict[str, TrainConfig] = {
     # the shipped model: 2.7M params (5.5 MB bf16), 1 dense + 4 MoE layers of 16 experts (top 4 in 2 of 4 groups)
     # and a shared expert; GQA 6/2 heads of 32, partial RoPE over 16
     "default": TrainConfig(d_model=192, n_heads=6, n_kv_heads=2, n_layers=5, first_dense=1, intermediate_size=512,
-                           n_experts=16, top_k=4, n_group=4, topk_group=2, moe_intermediate_size=48, batch_size=512,
+                           n_experts=16, top_k=4, n_group=4, topk_group=2, moe_intermediate_size=48, batch_size=768,
                            steps=8000, lr=1e-3, warmup=300, eval_per_task=500),
 }
 
@@ -129,10 +132,10 @@ _ENCODER: Optional[ttok.ChatEncoder] = None
 
 def make_batch(seed: int, index: int, batch_size: int, task_names: Sequence[str], block_length: int,
                gen_length: int = GEN_LENGTH):
-    """Batch ``index`` of the training stream: numpy ``(tokens [N, T], prompt_len [N], row_len [N])``. Row n is
-    its chat prompt from position 0, the answer, ``<|role_end|>`` and eos up to ``row_len[n]`` (the end of the
-    grid block holding position ``prompt_len + gen_length - 1``); eos fills the rest (whole later blocks, which
-    block-causal attention hides from the row's blocks)."""
+    """Batch ``index`` of the training stream: numpy ``(tokens [N, T], prompt_len [N], content_end [N],
+    row_len [N])``. Row n is its chat prompt from position 0, the answer and ``<|role_end|>`` (ending at
+    ``content_end``), then eos up to ``row_len`` (the end of the grid block holding position
+    ``prompt_len + gen_length - 1``); eos fills the rest (whole later blocks, which block-causal attention hides)."""
     import numpy as np
 
     global _ENCODER
@@ -142,29 +145,35 @@ def make_batch(seed: int, index: int, batch_size: int, task_names: Sequence[str]
     probs = tasks_mod.sample_problems(rng, batch_size, task_names, split="train")
     prompts = [_ENCODER.prompt(p.prompt) for p in probs]
     plen = np.array([len(p) for p in prompts], dtype=np.int64)
+    cend = plen + np.array([len(p.answer) + 1 for p in probs], dtype=np.int64)
     rlen = -(-(plen + gen_length) // block_length) * block_length
     tokens = np.full((batch_size, int(rlen.max())), _ENCODER.eos, dtype=np.int64)
     for n, (p, prob) in enumerate(zip(prompts, probs)):
         tokens[n, :len(p)] = p
         tokens[n, len(p):rlen[n]] = _ENCODER.answer(prob.answer, int(rlen[n]) - len(p))
-    return tokens, plen, rlen
+    return tokens, plen, cend, rlen
 
 
 # ------------------------------------------------------------------------------------------- objective
-def corrupt_block(tokens: torch.Tensor, prompt_len: torch.Tensor, row_len: torch.Tensor, block_length: int,
-                  mask_id: int, *, eps: float = 1e-3, generator: Optional[torch.Generator] = None):
-    """The one-noisy-block forward process. Per row: ``t ~ U(eps, 1]``, a block ``b`` uniform over the blocks
-    holding answer positions (``prompt_len // B .. row_len / B - 1``), and each answer position of block ``b``
-    masked with probability ``t``. Returns ``(noisy [N, T], masked bool [N, T], target bool [N, T] (the answer
-    positions of block b), t fp32 [N], b int64 [N])``; random numbers come from the CPU ``generator``."""
+def corrupt_block(tokens: torch.Tensor, prompt_len: torch.Tensor, content_end: torch.Tensor, row_len: torch.Tensor,
+                  block_length: int, mask_id: int, *, eps: float = 1e-3, pad_block_weight: float = 0.25,
+                  generator: Optional[torch.Generator] = None):
+    """The one-noisy-block forward process. Per row: ``t ~ U(eps, 1]``; a block ``b`` among the blocks holding
+    answer positions (``prompt_len // B .. row_len / B - 1``), drawn with weight 1 for a block holding answer text
+    or ``<|role_end|>`` (positions below ``content_end``) and ``pad_block_weight`` for a block of eos padding only
+    (the decoder rarely reaches those: it stops after the block where eos appears); each answer position of block
+    ``b`` masked with probability ``t``. Returns ``(noisy [N, T], masked bool [N, T], target bool [N, T] (the
+    answer positions of block b), t fp32 [N], b int64 [N])``; random numbers come from the CPU ``generator``."""
     N, T = tokens.shape
     B = block_length
-    lo, hi = prompt_len.cpu() // B, row_len.cpu() // B
-    u = torch.rand(N, generator=generator)
-    t = (1.0 - eps) * u + eps
-    b = lo + (torch.rand(N, generator=generator) * (hi - lo)).long().clamp(max=hi - lo - 1)
+    plen, cend, rlen = prompt_len.cpu(), content_end.cpu(), row_len.cpu()
+    t = (1.0 - eps) * torch.rand(N, generator=generator) + eps
+    j = torch.arange(-(-T // B))[None, :]
+    w = torch.where(j * B < cend[:, None], 1.0, pad_block_weight)
+    w = w * ((j >= (plen // B)[:, None]) & (j < (rlen // B)[:, None]))
+    b = torch.multinomial(w, 1, generator=generator)[:, 0]
     pos = torch.arange(T)[None, :]
-    target = (pos // B == b[:, None]) & (pos >= prompt_len.cpu()[:, None])
+    target = (pos // B == b[:, None]) & (pos >= plen[:, None])
     masked = target & (torch.rand(N, T, generator=generator) < t[:, None])
     dev = tokens.device
     masked, target, t, b = masked.to(dev), target.to(dev), t.to(dev), b.to(dev)
@@ -227,9 +236,10 @@ def balance_experts(params: Params, ids: Sequence[torch.Tensor], rate: float) ->
 def train_step(params: Params, cfg: LLaDA2Config, batch, tc: TrainConfig, generator: torch.Generator,
                autocast: bool):
     """Loss of one batch (numpy arrays from :func:`make_batch`) and the router's ids of its forward."""
-    tokens, plen, rlen = (torch.from_numpy(a).to(params.device) for a in batch)
-    noisy, masked, target, t, _ = corrupt_block(tokens, plen, rlen, tc.block_length, cfg.mask_token_id,
-                                                eps=tc.eps, generator=generator)
+    tokens, plen, cend, rlen = (torch.from_numpy(a).to(params.device) for a in batch)
+    noisy, masked, target, t, _ = corrupt_block(tokens, plen, cend, rlen, tc.block_length, cfg.mask_token_id,
+                                                eps=tc.eps, pad_block_weight=tc.pad_block_weight,
+                                                generator=generator)
     T = tokens.shape[1]
     key_end = (torch.arange(T, device=params.device) // tc.block_length + 1) * tc.block_length
     rec = RouteRecorder()
