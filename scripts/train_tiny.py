@@ -283,13 +283,9 @@ def main(config: str = "small", device: str = "cpu", out: str = "runs/llada-tiny
             log["loss"].append(rec)
             print(f"[train_tiny] step {step + 1}/{tc.steps} loss {rec['loss']:.4f} gnorm {rec['grad_norm']:.3f} "
                   f"lr {lr_now:.2e} {el:.0f}s ({(step + 1) / el:.1f} it/s)", flush=True)
-        plan = planner.after_step(step + 1, tc.steps)
-        if plan is not None:
-            print(f"[train_tiny] {plan['rate_it_s']:.1f} it/s: {plan['planned']} steps fit the "
-                  f"{time_budget:.0f}s budget (config: {tc.steps})", flush=True)
-            tc = replace(tc, steps=plan["planned"])
-            log["train_config"]["steps"] = plan["planned"]
-            log["steps_from_time_budget"] = plan
+        new_tc = planner.replan("train_tiny", step + 1, tc, log)
+        if new_tc is not None:
+            tc = new_tc
             stream.close()
             stream = _stream(seed, tc, task_names, pool, start=step + 1)
         if quick is not None and ((step + 1) % eval_every == 0):
@@ -303,23 +299,8 @@ def main(config: str = "small", device: str = "cpu", out: str = "runs/llada-tiny
             print(f"[train_tiny] time limit {time_limit}s reached at step {step + 1}", flush=True)
             break
         step += 1
-    stream.close()
-    if pool is not None:
-        pool.terminate()
-    if cuda:
-        torch.cuda.synchronize()
-    log["steps_done"] = step + 1
-    log["train_seconds"] = round(time.perf_counter() - t0, 1)
-    print(f"[train_tiny] trained {step + 1} steps in {log['train_seconds']}s", flush=True)
-
-    with torch.no_grad():
-        for _, t in named:
-            t.requires_grad_(False)
-    write_checkpoint(params, cfg, out)
-    with open(os.path.join(out, "train_log.json"), "w") as f:
-        json.dump(log, f, indent=1)
-        f.write("\n")
-    print(f"[train_tiny] wrote {out}", flush=True)
+    trainutil.finish("train_tiny", stream, pool, cuda, log, t0, step + 1, named,
+                     lambda: write_checkpoint(params, cfg, out), out)
 
     result = {"log": log}
     if tc.eval_per_task > 0:
@@ -332,38 +313,14 @@ def main(config: str = "small", device: str = "cpu", out: str = "runs/llada-tiny
 def parse_args(argv=None) -> Dict:
     """Keyword arguments of :func:`main`, checked (one-line errors, exit status 2) before training starts."""
     ap = cliutil.ArgumentParser(prog=os.path.basename(__file__), description=__doc__)
-    ap.add_argument("--config", choices=sorted(CONFIGS), default="small")
-    ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    ap.add_argument("--out", required=True, help="checkpoint folder to write (the shipped one is "
-                                                  "checkpoints/llada-tiny-tasks)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=cliutil.positive_int, help="training steps (default: the config's)")
-    ap.add_argument("--batch-size", type=cliutil.positive_int)
-    ap.add_argument("--lr", type=float)
-    ap.add_argument("--tasks", type=cliutil.name_list(tuple(tasks_mod.TASKS)), default=tuple(tasks_mod.TASKS),
-                    help="comma-separated task names")
-    ap.add_argument("--workers", type=cliutil.nonneg_int, default=0, help="data worker processes (0 = in-process)")
+    trainutil.add_common_args(ap, CONFIGS, "small", tuple(tasks_mod.TASKS), tuple(tasks_mod.TASKS))
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast on CPU too (always on for CUDA)")
-    ap.add_argument("--eval-per-task", type=cliutil.nonneg_int, help="held-out problems per task at the end (0 = skip)")
     ap.add_argument("--eval-batch", type=cliutil.positive_int, default=256)
-    ap.add_argument("--log-every", type=cliutil.positive_int, default=100)
     ap.add_argument("--time-limit", type=float, help="stop training after this many seconds (then save + eval)")
-    ap.add_argument("--time-budget", type=float,
-                    help="seconds of training: after warmup the step count is cut to what fits (recorded in "
-                         "train_log.json; rerun with --steps N to reproduce)")
     ap.add_argument("--eval-every", type=cliutil.nonneg_int, default=0,
                     help="quick held-out eval (64 per task) every N steps")
-    ap.add_argument("--threads", type=cliutil.positive_int,
-                    help="torch CPU threads (1 is often faster on a small shared CPU)")
     a = ap.parse_args(argv)
-    cliutil.check_device(ap, a.device)
-    if a.lr is not None and not a.lr > 0:
-        ap.fail("--lr", f"{a.lr:g} is not > 0")
-    if a.time_budget is not None and CONFIGS[a.config].warmup <= 20:
-        ap.fail("--time-budget", f"measures speed during warmup, which config {a.config!r} makes too short "
-                                 f"({CONFIGS[a.config].warmup} <= 20 steps)")
-    if os.path.isfile(a.out):
-        ap.fail("--out", f"{a.out!r} is a file; give a folder to write the checkpoint into")
+    trainutil.check_common_args(ap, a, CONFIGS)
     return dict(config=a.config, device=a.device, out=a.out, seed=a.seed, steps=a.steps, batch_size=a.batch_size,
                 lr=a.lr, task_names=a.tasks, workers=a.workers,
                 eval_per_task=a.eval_per_task, eval_batch=a.eval_batch, log_every=a.log_every,

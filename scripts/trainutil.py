@@ -7,13 +7,17 @@ The learning-rate schedule, the AdamW setup over a :class:`llada_triton.models.P
 from __future__ import annotations
 
 import collections
+import dataclasses
+import json
 import math
+import os
 import time
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["lr_at", "trainable", "make_optimizer", "batch_stream", "StepPlanner"]
+__all__ = ["lr_at", "trainable", "make_optimizer", "batch_stream", "StepPlanner", "add_common_args",
+           "check_common_args", "finish"]
 
 
 def lr_at(step: int, tc) -> float:
@@ -94,3 +98,73 @@ class StepPlanner:
         rate = (done - 10) / (self._now() - self.t_calib)
         planned = max(done, min(configured, int((self.budget - (self.t_calib - self.t0)) * rate)))
         return {"budget_s": self.budget, "rate_it_s": round(rate, 2), "planned": planned}
+
+    def replan(self, tag: str, done: int, tc, log: dict):
+        """After ``done`` steps: ``tc`` with the planned step count (recorded in ``log``) once the plan is made,
+        else None."""
+        plan = self.after_step(done, tc.steps)
+        if plan is None:
+            return None
+        print(f"[{tag}] {plan['rate_it_s']:.1f} it/s: {plan['planned']} steps fit the {self.budget:.0f}s budget "
+              f"(config: {tc.steps})", flush=True)
+        log["train_config"]["steps"] = plan["planned"]
+        log["steps_from_time_budget"] = plan
+        return dataclasses.replace(tc, steps=plan["planned"])
+
+
+def add_common_args(ap, configs, default_config: str, task_choices: Sequence[str], default_tasks: Sequence[str]):
+    """The command-line options both training scripts have (``ap``: a ``cliutil.ArgumentParser``)."""
+    import cliutil
+
+    ap.add_argument("--config", choices=sorted(configs), default=default_config)
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    ap.add_argument("--out", required=True, help="checkpoint folder to write")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=cliutil.positive_int, help="training steps (default: the config's)")
+    ap.add_argument("--batch-size", type=cliutil.positive_int)
+    ap.add_argument("--lr", type=float)
+    ap.add_argument("--tasks", type=cliutil.name_list(tuple(task_choices)), default=tuple(default_tasks),
+                    help=f"comma-separated task names (default: {','.join(default_tasks)})")
+    ap.add_argument("--workers", type=cliutil.nonneg_int, default=0, help="data worker processes (0 = in-process)")
+    ap.add_argument("--eval-per-task", type=cliutil.nonneg_int, help="held-out problems per task at the end (0 = skip)")
+    ap.add_argument("--log-every", type=cliutil.positive_int, default=100)
+    ap.add_argument("--time-budget", type=float,
+                    help="seconds of training: after warmup the step count is cut to what fits (recorded in "
+                         "train_log.json; rerun with --steps N to reproduce)")
+    ap.add_argument("--threads", type=cliutil.positive_int,
+                    help="torch CPU threads (1 is often faster on a small shared CPU)")
+
+
+def check_common_args(ap, a, configs) -> None:
+    """One-line errors (exit status 2) for the options of :func:`add_common_args`, before anything trains."""
+    import cliutil
+
+    cliutil.check_device(ap, a.device)
+    if a.lr is not None and not a.lr > 0:
+        ap.fail("--lr", f"{a.lr:g} is not > 0")
+    if a.time_budget is not None and configs[a.config].warmup <= 20:
+        ap.fail("--time-budget", f"measures speed during warmup, which config {a.config!r} makes too short "
+                                 f"({configs[a.config].warmup} <= 20 steps)")
+    if os.path.isfile(a.out):
+        ap.fail("--out", f"{a.out!r} is a file; give a folder to write the checkpoint into")
+
+
+def finish(tag: str, stream, pool, cuda: bool, log: dict, t0: float, steps_done: int, named, write: Callable[[], None],
+           out: str) -> None:
+    """End a training run: stop the batch stream and workers, record steps and seconds in ``log``, freeze the
+    parameters, ``write()`` the checkpoint and add ``train_log.json`` to ``out``."""
+    stream.close()
+    if pool is not None:
+        pool.terminate()
+    if cuda:
+        torch.cuda.synchronize()
+    log["steps_done"] = steps_done
+    log["train_seconds"] = round(time.perf_counter() - t0, 1)
+    print(f"[{tag}] trained {steps_done} steps in {log['train_seconds']}s", flush=True)
+    for _, t in named:
+        t.requires_grad_(False)
+    write()
+    with open(os.path.join(out, "train_log.json"), "w") as f:
+        json.dump(log, f, indent=1)
+        f.write("\n")
+    print(f"[{tag}] wrote {out}", flush=True)

@@ -232,3 +232,17 @@ def test_shipped_llada2_model_answers_heldout_problems(one_thread):
                                   steps=32, threshold=0.95)
             ok += tasks.exact_match(decode_answer(tok, res.tokens, cfg), p.answer)
         assert ok >= 9, (name, ok)
+
+
+def test_step_planner_cuts_the_steps_to_the_budget():
+    import trainutil
+
+    tc = tl2.CONFIGS["smoke"]
+    tc = tl2.replace(tc, warmup=30, steps=10_000)
+    planner = trainutil.StepPlanner(1e-6, tc.warmup, False, 0.0)  # a budget long past: plan the warmup only
+    log = {"train_config": {}}
+    got = [planner.replan("t", k, tc, log) for k in range(1, 31)]
+    assert all(g is None for g in got[:-1]) and got[-1].steps == 30 and log["train_config"]["steps"] == 30
+    assert log["steps_from_time_budget"]["planned"] == 30
+    with pytest.raises(ValueError, match="warmup > 20"):
+        trainutil.StepPlanner(10.0, 5, False, 0.0)
