@@ -187,6 +187,9 @@ def test_smoke_training_writes_a_loadable_llada2_checkpoint(tmp_path, one_thread
     rows = _json(os.path.join(out, "eval_results.json"))["rows"]
     assert [r["task"] for r in rows] == ["add", "mul"]
     assert all(r["tokens_per_forward"] >= 1.0 and r["nfe_per_problem"] >= 1 for r in rows)
+    with open(os.path.join(out, "README.md")) as f:
+        card = f.read()
+    assert "| add | 1 |" in card and "| mul | 1 |" in card and "threshold 0.95" in card
     res2 = tl2.main(config="smoke", out=str(tmp_path / "again"), steps=2, eval_per_task=0, log_every=1,
                     task_names=("add", "mul"))
     assert [r["loss"] for r in res2["log"]["loss"]] == [r["loss"] for r in res["log"]["loss"]]
