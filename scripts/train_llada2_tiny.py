@@ -28,6 +28,8 @@ saved checkpoint in fp32; ``eval_results.json`` gets per-task exact match, forwa
     python scripts/train_llada2_tiny.py --config smoke --out /tmp/l2smoke            # CPU, seconds
     python scripts/train_llada2_tiny.py --config default --device cuda --out checkpoints/llada2-tiny-tasks \\
         --time-budget 230 --workers 6
+    python scripts/train_llada2_tiny.py --out checkpoints/llada2-tiny-tasks --eval-only --eval-threshold 1.0 \\
+        --tasks mul --eval-per-task 100 --eval-json /tmp/mul_full_steps.json    # the pure schedule (full steps)
 """
 from __future__ import annotations
 
@@ -103,6 +105,10 @@ CONFIGS: Dict[str, TrainConfig] = {
     "smoke": TrainConfig(d_model=32, n_heads=2, n_kv_heads=1, n_layers=2, first_dense=1, intermediate_size=64,
                          n_experts=8, top_k=2, n_group=2, topk_group=1, moe_intermediate_size=16, batch_size=8,
                          steps=4, lr=3e-3, warmup=2, eval_per_task=2),
+    # a CPU check that the objective and LLaDA2's decoder agree: learns one easy task in minutes
+    "small": TrainConfig(d_model=64, n_heads=2, n_kv_heads=1, n_layers=3, first_dense=1, intermediate_size=128,
+                         n_experts=8, top_k=2, n_group=2, topk_group=1, moe_intermediate_size=32, batch_size=32,
+                         steps=1500, lr=3e-3, warmup=50, eval_per_task=50),
     # the shipped model: 2.9M params (5.5 MiB bf16), 1 dense + 5 MoE layers of 16 experts (top 4 within the best 2 of
     # 4 groups) and a shared expert; GQA 6/2 heads of 32, partial RoPE over 16. Batch 1024: on a GPU the step is
     # bound by launches, not FLOPs, so more rows per step cost little
@@ -340,7 +346,16 @@ def _stream(seed: int, tc: TrainConfig, task_names: Sequence[str], pool, start: 
 def main(config: str = "smoke", device: str = "cpu", out: str = "runs/llada2-tiny", seed: int = 0,
          steps: Optional[int] = None, batch_size: Optional[int] = None, lr: Optional[float] = None,
          task_names: Sequence[str] = DEFAULT_TASKS, workers: int = 0, eval_per_task: Optional[int] = None,
-         log_every: int = 100, time_budget: Optional[float] = None, threads: Optional[int] = None) -> Dict:
+         log_every: int = 100, time_budget: Optional[float] = None, threads: Optional[int] = None,
+         eval_only: bool = False, eval_threshold: float = 0.95, eval_steps: int = 32,
+         eval_json: Optional[str] = None) -> Dict:
+    """Train, save to ``out`` and evaluate; ``eval_only``: evaluate the checkpoint already at ``out`` (``eval_per_task``
+    problems per task, default 500) and write ``eval_json`` when given."""
+    if eval_only:
+        if threads:
+            torch.set_num_threads(threads)
+        return {"eval": evaluate(out, task_names, 500 if eval_per_task is None else eval_per_task, device=device,
+                                 seed=seed, steps=eval_steps, threshold=eval_threshold, write_json=eval_json)}
     tc = CONFIGS[config]
     tc = replace(tc, **{k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr,
                                                eval_per_task=eval_per_task).items() if v is not None})
@@ -412,8 +427,9 @@ def main(config: str = "smoke", device: str = "cpu", out: str = "runs/llada2-tin
     result = {"log": log}
     torch.backends.cuda.matmul.allow_tf32 = False  # the evaluation runs in true fp32
     if tc.eval_per_task > 0:
-        result["eval"] = evaluate(out, task_names, tc.eval_per_task, device=device,
-                                  write_json=os.path.join(out, "eval_results.json"))
+        result["eval"] = evaluate(out, task_names, tc.eval_per_task, device=device, steps=eval_steps,
+                                  threshold=eval_threshold,
+                                  write_json=eval_json or os.path.join(out, "eval_results.json"))
     with open(os.path.join(out, "README.md"), "w") as f:
         f.write(model_card(cfg, log, result.get("eval")))
     return result
@@ -423,11 +439,22 @@ def parse_args(argv=None) -> Dict:
     """Keyword arguments of :func:`main`, checked (one-line errors, exit status 2) before training starts."""
     ap = cliutil.ArgumentParser(prog=os.path.basename(__file__), description=__doc__)
     trainutil.add_common_args(ap, CONFIGS, "smoke", tuple(tasks_mod.ALL_TASKS), DEFAULT_TASKS)
+    ap.add_argument("--eval-only", action="store_true",
+                    help="no training: evaluate the checkpoint at --out (--eval-per-task problems, default 500)")
+    ap.add_argument("--eval-threshold", type=float, default=0.95,
+                    help="generate_llada2's threshold (1.0: the pure schedule, one token per step at --eval-steps 32)")
+    ap.add_argument("--eval-steps", type=cliutil.positive_int, default=32, help="generate_llada2's steps per block")
+    ap.add_argument("--eval-json", help="write the evaluation here (default after training: OUT/eval_results.json)")
     a = ap.parse_args(argv)
     trainutil.check_common_args(ap, a, CONFIGS)
+    if not 0.0 <= a.eval_threshold <= 1.0:
+        ap.fail("--eval-threshold", f"{a.eval_threshold:g} is not in [0, 1]")
+    if a.eval_only:
+        cliutil.check_model(ap, a.out, "--out")
     return dict(config=a.config, device=a.device, out=a.out, seed=a.seed, steps=a.steps, batch_size=a.batch_size,
                 lr=a.lr, task_names=a.tasks, workers=a.workers, eval_per_task=a.eval_per_task,
-                log_every=a.log_every, time_budget=a.time_budget, threads=a.threads)
+                log_every=a.log_every, time_budget=a.time_budget, threads=a.threads, eval_only=a.eval_only,
+                eval_threshold=a.eval_threshold, eval_steps=a.eval_steps, eval_json=a.eval_json)
 
 
 if __name__ == "__main__":

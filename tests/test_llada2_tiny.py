@@ -190,6 +190,10 @@ def test_smoke_training_writes_a_loadable_llada2_checkpoint(tmp_path, one_thread
     with open(os.path.join(out, "README.md")) as f:
         card = f.read()
     assert "| add | 1 |" in card and "| mul | 1 |" in card and "threshold 0.95" in card
+    again = tl2.main(out=out, eval_only=True, eval_per_task=1, task_names=("add",), eval_threshold=1.0,
+                     eval_json=str(tmp_path / "full.json"))
+    assert _json(tmp_path / "full.json")["setting"]["threshold"] == 1.0
+    assert again["eval"]["rows"][0]["tokens_per_forward"] == 1.0  # the pure schedule: one token per forward
     res2 = tl2.main(config="smoke", out=str(tmp_path / "again"), steps=2, eval_per_task=0, log_every=1,
                     task_names=("add", "mul"))
     assert [r["loss"] for r in res2["log"]["loss"]] == [r["loss"] for r in res["log"]["loss"]]
@@ -197,7 +201,9 @@ def test_smoke_training_writes_a_loadable_llada2_checkpoint(tmp_path, one_thread
 
 def test_cli_refuses_bad_arguments(capsys):
     for argv, what in ((["--out", "x", "--tasks", "add,nope"], "--tasks"),
-                       (["--out", "x", "--config", "smoke", "--time-budget", "9"], "--time-budget")):
+                       (["--out", "x", "--config", "smoke", "--time-budget", "9"], "--time-budget"),
+                       (["--out", "nowhere", "--eval-only"], "--out"),
+                       (["--out", "x", "--eval-threshold", "2"], "--eval-threshold")):
         with pytest.raises(SystemExit) as e:
             tl2.parse_args(argv)
         assert e.value.code == 2 and what in capsys.readouterr().err
