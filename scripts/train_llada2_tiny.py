@@ -256,6 +256,27 @@ def train_step(params: Params, cfg: LLaDA2Config, batch, tc: TrainConfig, genera
     return block_loss(logits, tokens, masked, target, t), rec.ids
 
 
+def init_model(tc: TrainConfig, device: str, seed: int):
+    """``(cfg, params fp32 with zero expert bias, trainable (name, tensor) list: all but the expert bias)``."""
+    cfg = model_config(tc)
+    params = init_moe_params(cfg, device=device, dtype=torch.float32, seed=seed, std=tc.init_std)
+    with torch.no_grad():
+        for lp in params.layers:
+            if lp.is_moe:
+                lp.expert_bias.zero_()
+    return cfg, params, trainutil.trainable(params, skip=("expert_bias",))
+
+
+def update(params: Params, named, opt, loss: torch.Tensor, ids, tc: TrainConfig):
+    """Backward, clip, AdamW step, then the expert-bias balancing; returns ``(grad norm, load imbalance)``
+    as device tensors."""
+    loss.backward()
+    gnorm = torch.nn.utils.clip_grad_norm_([t for _, t in named], tc.grad_clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return gnorm, balance_experts(params, ids, tc.bias_rate)
+
+
 # ------------------------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def evaluate(model: str, tasks: Sequence[str], n: int, *, device: str = "cpu", seed: int = 0,
@@ -372,13 +393,7 @@ def main(config: str = "smoke", device: str = "cpu", out: str = "runs/llada2-tin
 
         pool = mp.get_context("spawn").Pool(workers)
     torch.manual_seed(seed)
-    cfg = model_config(tc)
-    params = init_moe_params(cfg, device=device, dtype=torch.float32, seed=seed, std=tc.init_std)
-    with torch.no_grad():
-        for lp in params.layers:
-            if lp.is_moe:
-                lp.expert_bias.zero_()
-    named = trainutil.trainable(params, skip=("expert_bias",))
+    cfg, params, named = init_model(tc, device, seed)
     opt = trainutil.make_optimizer(named, tc, cuda)
     gen = torch.Generator().manual_seed(seed)
     n_params = sum(t.numel() for _, t in params.tensors())
@@ -402,11 +417,7 @@ def main(config: str = "smoke", device: str = "cpu", out: str = "runs/llada2-tin
         for g in opt.param_groups:
             g["lr"] = lr_now
         loss, ids = train_step(params, cfg, batch, tc, gen, autocast=cuda)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_([t for _, t in named], tc.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        imbalance = balance_experts(params, ids, tc.bias_rate)
+        gnorm, imbalance = update(params, named, opt, loss, ids, tc)
         step += 1
         if step % log_every == 0 or step == 1:
             el = time.perf_counter() - t0
@@ -415,8 +426,7 @@ def main(config: str = "smoke", device: str = "cpu", out: str = "runs/llada2-tin
                    "seconds": round(el, 1)}
             log["loss"].append(rec)
             print(f"[train_llada2_tiny] step {step}/{tc.steps} loss {rec['loss']:.4f} gnorm {rec['grad_norm']:.3f} "
-                  f"lr {lr_now:.2e} load max/mean {rec['expert_load_max_over_mean']} {el:.0f}s "
-                  f"({step / el:.1f} it/s)", flush=True)
+                  f"lr {lr_now:.2e} load max/mean {rec['expert_load_max_over_mean']} {el:.0f}s", flush=True)
         new_tc = planner.replan("train_llada2_tiny", step, tc, log)
         if new_tc is not None:
             tc = new_tc
