@@ -4,6 +4,9 @@ Each :class:`Task` turns a ``random.Random`` into one ``(prompt, answer)`` pair,
 are split into ``train`` and ``heldout`` by a stable hash of the prompt text (the answer is a function of
 the prompt), so the two splits never share a problem, whatever the seed or the sampling order.
 
+``TASKS`` (add, reverse, sort) is every script's default mix; ``EXTRA_TASKS`` holds harder families (``mul``)
+that a run asks for by name (``ALL_TASKS`` is both; ``get_task`` finds either).
+
 Also here: exact-match and numeric (GSM8K-style, last number in the text) scorers and a JSONL loader of
 ``{"prompt": ..., "answer": ...}`` records. Importable as ``from tasks import ...`` when ``scripts/`` is
 the script directory or on ``sys.path``; nothing happens at import.
