@@ -86,6 +86,7 @@ class TrainConfig:
     steps: int
     lr: float
     warmup: int
+    head_dim: int = 0                # 0: d_model // n_heads (LLaDA2's config names it separately)
     block_length: int = 32
     pad_block_weight: float = 0.25   # how often an eos-only block is the noisy one, relative to a content block
     routed_scaling_factor: float = 2.5
@@ -96,7 +97,7 @@ class TrainConfig:
     eps: float = 1e-3
     init_std: float = 0.02
     bias_rate: float = 1e-3
-    rope_theta: float = 600000.0
+    rope_theta: float = 10000.0      # LLaDA2 uses 600000 for 32K contexts; rows here are < 100 positions
     eval_per_task: int = 500
 
 
@@ -109,19 +110,20 @@ CONFIGS: Dict[str, TrainConfig] = {
     "small": TrainConfig(d_model=64, n_heads=2, n_kv_heads=1, n_layers=3, first_dense=1, intermediate_size=128,
                          n_experts=8, top_k=2, n_group=2, topk_group=1, moe_intermediate_size=32, batch_size=32,
                          steps=1500, lr=3e-3, warmup=50, eval_per_task=50),
-    # the shipped model: 2.9M params (5.5 MiB bf16), 1 dense + 5 MoE layers of 16 experts (top 4 within the best 2 of
-    # 4 groups) and a shared expert; GQA 6/2 heads of 32, partial RoPE over 16. Batch 1024: on a GPU the step is
-    # bound by launches, not FLOPs, so more rows per step cost little
-    "default": TrainConfig(d_model=192, n_heads=6, n_kv_heads=2, n_layers=6, first_dense=1, intermediate_size=512,
-                           n_experts=16, top_k=4, n_group=4, topk_group=2, moe_intermediate_size=40, batch_size=1024,
-                           steps=8000, lr=1e-3, warmup=300, eval_per_task=500),
+    # the shipped model: 3.2M params (6.1 MiB bf16), 1 dense + 5 MoE layers of 16 experts (top 4 within the best 2 of
+    # 4 groups) and a shared expert; GQA 4/2 heads of 64 with partial RoPE over 32 (LLaDA2-mini's proportions:
+    # 128 / 64). Batch 1024: on a GPU the step is bound by launches, not FLOPs, so more rows per step cost little
+    "default": TrainConfig(d_model=192, n_heads=4, n_kv_heads=2, head_dim=64, n_layers=6, first_dense=1,
+                           intermediate_size=512, n_experts=16, top_k=4, n_group=4, topk_group=2,
+                           moe_intermediate_size=40, batch_size=1024, steps=8000, lr=1e-3, warmup=300,
+                           eval_per_task=500),
 }
 
 
 def model_config(tc: TrainConfig) -> LLaDA2Config:
     ids = ttok.special_ids(LAYOUT)
     lay = ttok.LAYOUTS[LAYOUT]
-    D = tc.d_model // tc.n_heads
+    D = tc.head_dim or tc.d_model // tc.n_heads
     return LLaDA2Config(
         d_model=tc.d_model, n_heads=tc.n_heads, n_kv_heads=tc.n_kv_heads, head_dim=D, n_layers=tc.n_layers,
         vocab_size=ttok.padded_vocab_size(layout=LAYOUT), intermediate_size=tc.intermediate_size,
