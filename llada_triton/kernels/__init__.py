@@ -2,7 +2,8 @@
 
 Every public kernel has a torch reference of the same signature in :mod:`llada_triton.kernels.reference`
 (which never imports triton). One op family per module: ``gemm`` (decode GEMM ``linear``, split-K, the shared
-K-step), ``mlp`` (SwiGLU), ``attention``, ``norm``, ``rotary``, ``qkv`` (QKV GEMM + RoPE + cache write),
+K-step), ``mlp`` (SwiGLU), ``attention``, ``norm``, ``rotary``, ``qkv`` (QKV GEMM + RoPE + cache write), ``qkv_norm``
+(the same with per-head QK-norm and partial RoPE: LLaDA2.x / LLaDA-MoE),
 ``confidence`` (LM head / logits -> token and confidence), ``selection`` (which positions to commit);
 ``_common`` holds launch helpers (PDL, validation, CPU compile checks). Kernel modules are imported lazily, so ``import llada_triton.kernels.reference``
 (or this package) does not import triton; set ``TRITON_INTERPRET=1`` before the first kernel use to
@@ -20,6 +21,7 @@ __all__ = [
     "linear_rms_norm",
     "silu_mul",
     "qkv_proj_rope",
+    "qkv_proj_norm_rope",
     "head_confidence",
     "logits_confidence",
     "select_transfer",
@@ -44,6 +46,7 @@ _LAZY = {
     "linear_rms_norm": "llada_triton.kernels.gemm",
     "silu_mul": "llada_triton.kernels.mlp",
     "qkv_proj_rope": "llada_triton.kernels.qkv",
+    "qkv_proj_norm_rope": "llada_triton.kernels.qkv_norm",
     "qkv_rope_cache": "llada_triton.kernels.rotary",
     "head_confidence": "llada_triton.kernels.confidence",
     "head_dream_confidence": "llada_triton.kernels.dream_head",
