@@ -255,3 +255,13 @@ def test_step_planner_cuts_the_steps_to_the_budget():
     assert log["steps_from_time_budget"]["planned"] == 30
     with pytest.raises(ValueError, match="warmup > 20"):
         trainutil.StepPlanner(10.0, 5, False, 0.0)
+
+
+@pytest.mark.gpu
+def test_smoke_training_on_cuda_with_workers(tmp_path):
+    """The GPU path of the shipped run: bf16 autocast, fused AdamW, spawned data workers, fp32 evaluation."""
+    out = str(tmp_path / "ckpt")
+    res = tl2.main(config="smoke", device="cuda", out=out, steps=3, eval_per_task=1, log_every=1, workers=1,
+                   task_names=("add", "mul"))
+    assert res["log"]["steps_done"] == 3 and all(torch.isfinite(torch.tensor(r["loss"])) for r in res["log"]["loss"])
+    assert [r["task"] for r in _json(os.path.join(out, "eval_results.json"))["rows"]] == ["add", "mul"]
