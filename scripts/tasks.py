@@ -4,6 +4,9 @@ Each :class:`Task` turns a ``random.Random`` into one ``(prompt, answer)`` pair,
 are split into ``train`` and ``heldout`` by a stable hash of the prompt text (the answer is a function of
 the prompt), so the two splits never share a problem, whatever the seed or the sampling order.
 
+``TASKS`` (add, reverse, sort) is every script's default mix; ``EXTRA_TASKS`` holds harder families (``mul``)
+that a run asks for by name (``ALL_TASKS`` is both; ``get_task`` finds either).
+
 Also here: exact-match and numeric (GSM8K-style, last number in the text) scorers and a JSONL loader of
 ``{"prompt": ..., "answer": ...}`` records. Importable as ``from tasks import ...`` when ``scripts/`` is
 the script directory or on ``sys.path``; nothing happens at import.
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 __all__ = [
-    "Problem", "Task", "TASKS", "get_task", "split_of", "HELDOUT_PERCENT",
+    "Problem", "Task", "TASKS", "EXTRA_TASKS", "ALL_TASKS", "get_task", "split_of", "HELDOUT_PERCENT",
     "sample_problems", "heldout_problems", "exact_match", "numeric_match", "last_number", "load_jsonl",
     "score", "SCORERS", "MAX_ANSWER_CHARS", "load_problems",
 ]
@@ -52,6 +55,11 @@ def _number(rng: random.Random, max_digits: int) -> int:
 def _gen_add(rng: random.Random, max_digits: int = 5) -> Tuple[str, str]:
     a, b = _number(rng, max_digits), _number(rng, max_digits)
     return f"{a}+{b}=", str(a + b)
+
+
+def _gen_mul(rng: random.Random, max_a: int = 3, max_b: int = 2) -> Tuple[str, str]:
+    a, b = _number(rng, max_a), _number(rng, max_b)
+    return f"{a}*{b}=", str(a * b)
 
 
 def _gen_reverse(rng: random.Random, max_len: int = 16) -> Tuple[str, str]:
@@ -110,11 +118,20 @@ TASKS: Dict[str, Task] = {
 }
 
 
+# harder families, outside TASKS so that the dense shipped model's default training and evaluation mix (every
+# script's default task list) stays the three above
+EXTRA_TASKS: Dict[str, Task] = {
+    "mul": Task("mul", _gen_mul, "a*b= for a with 1-3 digits and b with 1-2 digits (digit counts uniform); "
+                                 "answer the decimal product"),
+}
+ALL_TASKS: Dict[str, Task] = {**TASKS, **EXTRA_TASKS}
+
+
 def get_task(name: str) -> Task:
     try:
-        return TASKS[name]
+        return ALL_TASKS[name]
     except KeyError:
-        raise ValueError(f"unknown task {name!r}; choose from {sorted(TASKS)}") from None
+        raise ValueError(f"unknown task {name!r}; choose from {sorted(ALL_TASKS)}") from None
 
 
 def sample_problems(rng: random.Random, n: int, tasks: Sequence[str] = tuple(TASKS),

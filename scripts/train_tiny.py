@@ -22,15 +22,13 @@ Relative ``--out`` paths are relative to the current directory; the shipped chec
 """
 from __future__ import annotations
 
-import collections
 import json
-import math
 import os
 import random
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _ROOT = os.path.dirname(_HERE)
@@ -43,6 +41,8 @@ import torch.nn.functional as F  # noqa: E402
 
 import cliutil  # noqa: E402
 import eval_tasks  # noqa: E402
+import trainutil  # noqa: E402
+from trainutil import batch_stream, lr_at, trainable  # noqa: E402
 import tasks as tasks_mod  # noqa: E402
 from provenance import device_name, git_sha  # noqa: E402
 import tiny_tokenizer as ttok  # noqa: E402
@@ -161,30 +161,9 @@ def make_batch(seed: int, index: int, batch_size: int, task_names: Sequence[str]
     return _ENCODER.batch([p.prompt for p in probs], [p.answer for p in probs], answer_length)
 
 
-def _make_batch_star(args):
-    return make_batch(*args)
-
-
-def batch_stream(seed: int, batch_size: int, task_names: Sequence[str], steps: int, pool=None,
-                 answer_length: int = ANSWER_LENGTH, start: int = 0, ahead: int = 32) -> Iterator:
-    """Batches ``start..steps-1`` in order. With a ``multiprocessing`` ``pool`` they are built up to
-    ``ahead`` batches in advance by its workers; a batch depends only on (seed, index), never on the worker."""
-    args = lambda k: (seed, k, batch_size, tuple(task_names), answer_length)  # noqa: E731
-    if pool is None:
-        for k in range(start, steps):
-            yield make_batch(*args(k))
-        return
-    pending = collections.deque()
-    nxt = start
-    while nxt < min(steps, start + ahead):
-        pending.append(pool.apply_async(_make_batch_star, (args(nxt),)))
-        nxt += 1
-    for _ in range(start, steps):
-        res = pending.popleft().get()
-        if nxt < steps:
-            pending.append(pool.apply_async(_make_batch_star, (args(nxt),)))
-            nxt += 1
-        yield res
+def _stream(seed: int, tc: TrainConfig, task_names: Sequence[str], pool, start: int = 0):
+    return batch_stream(make_batch, lambda k: (seed, k, tc.batch_size, tuple(task_names), ANSWER_LENGTH),
+                        tc.steps, pool, start=start)
 
 
 # ---------------------------------------------------------------------------------------- checkpoint
@@ -227,21 +206,6 @@ def write_checkpoint(params: Params, cfg: LLaDAConfig, out: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- utils
-def lr_at(step: int, tc: TrainConfig) -> float:
-    """Linear warmup to ``lr``, then cosine to ``min_lr_ratio * lr`` at the last step."""
-    if step < tc.warmup:
-        return tc.lr * (step + 1) / tc.warmup
-    p = (step - tc.warmup) / max(1, tc.steps - tc.warmup)
-    return tc.lr * (tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
-
-
-def trainable(params: Params) -> List[Tuple[str, torch.Tensor]]:
-    named = list(params.tensors())
-    for _, t in named:
-        t.requires_grad_(True)
-    return named
-
-
 def _quick_eval_setup(task_names: Sequence[str], seed: int, n: int = 64):
     return {"tok": ttok.build_tokenizer(),
             "problems": {t: tasks_mod.heldout_problems(t, n, seed + 1) for t in task_names}}
@@ -265,8 +229,6 @@ def main(config: str = "small", device: str = "cpu", out: str = "runs/llada-tiny
     over = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr, eval_per_task=eval_per_task).items()
             if v is not None}
     tc = replace(tc, **over)
-    if time_budget is not None and tc.warmup <= 20:
-        raise ValueError("--time-budget measures speed during warmup: needs warmup > 20 steps")
     if threads:
         torch.set_num_threads(threads)
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -283,11 +245,7 @@ def main(config: str = "small", device: str = "cpu", out: str = "runs/llada-tiny
     cfg = model_config(tc)
     params = init_params(cfg, device=device, dtype=torch.float32, seed=seed, std=tc.init_std)
     named = trainable(params)
-    decay = [t for n, t in named if t.dim() >= 2]
-    no_decay = [t for n, t in named if t.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=tc.betas,
-                            **({"fused": True} if cuda else {}))
+    opt = trainutil.make_optimizer(named, tc, cuda)
     n_params = sum(t.numel() for _, t in named)
     gen = torch.Generator().manual_seed(seed)
     print(f"[train_tiny] config={config} {asdict(tc)}", flush=True)
@@ -299,9 +257,9 @@ def main(config: str = "small", device: str = "cpu", out: str = "runs/llada-tiny
            "torch": torch.__version__, "git_sha": git_sha(short=False), "argv": sys.argv, "loss": [], "stopped_early": False}
     t0 = time.perf_counter()
     step = 0
-    t_calib = None
+    planner = trainutil.StepPlanner(time_budget, tc.warmup, cuda, t0)
     quick = _quick_eval_setup(task_names, seed) if eval_every else None
-    stream = batch_stream(seed, tc.batch_size, task_names, tc.steps, pool)
+    stream = _stream(seed, tc, task_names, pool)
     while True:
         try:
             pt, pad, ans = next(stream)
@@ -325,25 +283,11 @@ def main(config: str = "small", device: str = "cpu", out: str = "runs/llada-tiny
             log["loss"].append(rec)
             print(f"[train_tiny] step {step + 1}/{tc.steps} loss {rec['loss']:.4f} gnorm {rec['grad_norm']:.3f} "
                   f"lr {lr_now:.2e} {el:.0f}s ({(step + 1) / el:.1f} it/s)", flush=True)
-        if time_budget is not None and step + 1 == 10:
-            if cuda:
-                torch.cuda.synchronize()
-            t_calib = time.perf_counter()
-        if time_budget is not None and step + 1 == tc.warmup:
-            # fix the step count from the measured speed; warmup does not depend on it, so rerunning with
-            # --steps log["steps"] reproduces this run
-            if cuda:
-                torch.cuda.synchronize()
-            rate = (step + 1 - 10) / (time.perf_counter() - t_calib)
-            planned = max(step + 1, min(tc.steps, int((time_budget - (t_calib - t0)) * rate)))
-            print(f"[train_tiny] {rate:.1f} it/s: {planned} steps fit the {time_budget:.0f}s budget "
-                  f"(config: {tc.steps})", flush=True)
-            tc = replace(tc, steps=planned)
-            log["train_config"]["steps"] = planned
-            log["steps_from_time_budget"] = {"budget_s": time_budget, "rate_it_s": round(rate, 2),
-                                             "planned": planned}
+        new_tc = planner.replan("train_tiny", step + 1, tc, log)
+        if new_tc is not None:
+            tc = new_tc
             stream.close()
-            stream = batch_stream(seed, tc.batch_size, task_names, tc.steps, pool, start=step + 1)
+            stream = _stream(seed, tc, task_names, pool, start=step + 1)
         if quick is not None and ((step + 1) % eval_every == 0):
             acc = _quick_eval(params, cfg, quick)
             log.setdefault("quick_eval", []).append({"step": step + 1, **acc})
@@ -355,23 +299,8 @@ def main(config: str = "small", device: str = "cpu", out: str = "runs/llada-tiny
             print(f"[train_tiny] time limit {time_limit}s reached at step {step + 1}", flush=True)
             break
         step += 1
-    stream.close()
-    if pool is not None:
-        pool.terminate()
-    if cuda:
-        torch.cuda.synchronize()
-    log["steps_done"] = step + 1
-    log["train_seconds"] = round(time.perf_counter() - t0, 1)
-    print(f"[train_tiny] trained {step + 1} steps in {log['train_seconds']}s", flush=True)
-
-    with torch.no_grad():
-        for _, t in named:
-            t.requires_grad_(False)
-    write_checkpoint(params, cfg, out)
-    with open(os.path.join(out, "train_log.json"), "w") as f:
-        json.dump(log, f, indent=1)
-        f.write("\n")
-    print(f"[train_tiny] wrote {out}", flush=True)
+    trainutil.finish("train_tiny", stream, pool, cuda, log, t0, step + 1, named,
+                     lambda: write_checkpoint(params, cfg, out), out)
 
     result = {"log": log}
     if tc.eval_per_task > 0:
@@ -384,38 +313,14 @@ def main(config: str = "small", device: str = "cpu", out: str = "runs/llada-tiny
 def parse_args(argv=None) -> Dict:
     """Keyword arguments of :func:`main`, checked (one-line errors, exit status 2) before training starts."""
     ap = cliutil.ArgumentParser(prog=os.path.basename(__file__), description=__doc__)
-    ap.add_argument("--config", choices=sorted(CONFIGS), default="small")
-    ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    ap.add_argument("--out", required=True, help="checkpoint folder to write (the shipped one is "
-                                                  "checkpoints/llada-tiny-tasks)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=cliutil.positive_int, help="training steps (default: the config's)")
-    ap.add_argument("--batch-size", type=cliutil.positive_int)
-    ap.add_argument("--lr", type=float)
-    ap.add_argument("--tasks", type=cliutil.name_list(tuple(tasks_mod.TASKS)), default=tuple(tasks_mod.TASKS),
-                    help="comma-separated task names")
-    ap.add_argument("--workers", type=cliutil.nonneg_int, default=0, help="data worker processes (0 = in-process)")
+    trainutil.add_common_args(ap, CONFIGS, "small", tuple(tasks_mod.TASKS), tuple(tasks_mod.TASKS))
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast on CPU too (always on for CUDA)")
-    ap.add_argument("--eval-per-task", type=cliutil.nonneg_int, help="held-out problems per task at the end (0 = skip)")
     ap.add_argument("--eval-batch", type=cliutil.positive_int, default=256)
-    ap.add_argument("--log-every", type=cliutil.positive_int, default=100)
     ap.add_argument("--time-limit", type=float, help="stop training after this many seconds (then save + eval)")
-    ap.add_argument("--time-budget", type=float,
-                    help="seconds of training: after warmup the step count is cut to what fits (recorded in "
-                         "train_log.json; rerun with --steps N to reproduce)")
     ap.add_argument("--eval-every", type=cliutil.nonneg_int, default=0,
                     help="quick held-out eval (64 per task) every N steps")
-    ap.add_argument("--threads", type=cliutil.positive_int,
-                    help="torch CPU threads (1 is often faster on a small shared CPU)")
     a = ap.parse_args(argv)
-    cliutil.check_device(ap, a.device)
-    if a.lr is not None and not a.lr > 0:
-        ap.fail("--lr", f"{a.lr:g} is not > 0")
-    if a.time_budget is not None and CONFIGS[a.config].warmup <= 20:
-        ap.fail("--time-budget", f"measures speed during warmup, which config {a.config!r} makes too short "
-                                 f"({CONFIGS[a.config].warmup} <= 20 steps)")
-    if os.path.isfile(a.out):
-        ap.fail("--out", f"{a.out!r} is a file; give a folder to write the checkpoint into")
+    trainutil.check_common_args(ap, a, CONFIGS)
     return dict(config=a.config, device=a.device, out=a.out, seed=a.seed, steps=a.steps, batch_size=a.batch_size,
                 lr=a.lr, task_names=a.tasks, workers=a.workers,
                 eval_per_task=a.eval_per_task, eval_batch=a.eval_batch, log_every=a.log_every,

@@ -14,7 +14,7 @@ from .dream import DreamConfig
 from .family import REGISTRY, Family, family_for_config_json, family_of, forward_hidden, new_cache
 from .model import KVCache, forward, logits_from_hidden
 from .moe_config import LLaDA2Config, LLaDAMoEConfig, MoEConfig, detect_family
-from .moe_weights import MoELayerParams, init_moe_params, load_moe_params
+from .moe_weights import MoELayerParams, init_moe_params, load_moe_params, save_moe_checkpoint
 from .ops import REFERENCE_OPS, Ops, triton_ops
 from .weights import LayerParams, Params, WeightError, init_params, load_params, save_checkpoint
 
@@ -23,7 +23,7 @@ __all__ = ["LLaDAConfig", "DreamConfig", "ConfigError", "Params", "LayerParams",
            "save_checkpoint", "forward", "forward_hidden", "logits_from_hidden", "KVCache", "Ops",
            "REFERENCE_OPS", "triton_ops", "load_model", "Family", "REGISTRY", "family_of",
            "family_for_config_json", "new_cache", "MoEConfig", "LLaDA2Config", "LLaDAMoEConfig", "MoELayerParams",
-           "load_moe_params", "init_moe_params", "detect_family"]
+           "load_moe_params", "init_moe_params", "save_moe_checkpoint", "detect_family"]
 
 
 def load_model(path: str, *, device="cpu", dtype=None, eot_token_id=None, mask_token_id=None):

@@ -21,7 +21,8 @@ from typing import Any, ClassVar, Mapping, Optional, Tuple
 
 from .config import ConfigError, read_config_files, token_id_from_tokenizer_files
 
-__all__ = ["MoEConfig", "LLaDA2Config", "LLaDAMoEConfig", "detect_family", "FAMILIES"]
+__all__ = ["MoEConfig", "LLaDA2Config", "LLaDAMoEConfig", "detect_family", "FAMILIES", "llada2_config_dict",
+           "llada2_generation_config"]
 
 FAMILIES = ("llada", "llada2", "lladamoe")
 # the real checkpoints' ids (Ling tokenizer): used when neither the tokenizer files nor an override give them
@@ -268,3 +269,45 @@ def _lladamoe_fields(cfg) -> dict:
                 shared_intermediate_size=None if shared is None else int(shared), n_group=1, topk_group=1,
                 score_func="softmax", norm_topk_prob=False, routed_scaling_factor=1.0, expert_bias=False,
                 qk_norm=bool(cfg.get("qk_layernorm")), rotary_dim=_rotary_dim(cfg, d // H))
+
+
+def llada2_config_dict(cfg: MoEConfig) -> dict:
+    """``config.json`` of ``cfg`` with exactly the key set of LLaDA2.0-mini's (the golden ``llada2-tiny`` folder's),
+    sorted; fixed fields take the real model's values. Inverse of :meth:`MoEConfig.from_dict` for llada2."""
+    if cfg.family != "llada2":
+        raise ConfigError(f"llada2_config_dict needs a LLaDA2 config, got family {cfg.family!r}")
+    n_dense = cfg.moe_layers.index(True) if any(cfg.moe_layers) else cfg.n_layers
+    if any(not m for m in cfg.moe_layers[n_dense:]):
+        raise ConfigError(f"LLaDA2 has dense layers first, then MoE layers; moe_layers={cfg.moe_layers}")
+    shared = cfg.shared_intermediate_size
+    if shared is not None and shared % cfg.moe_intermediate_size:
+        raise ConfigError(f"shared_intermediate_size={shared} is not a multiple of moe_intermediate_size="
+                          f"{cfg.moe_intermediate_size} (LLaDA2 stores num_shared_experts)")
+    d = {
+        "architectures": ["LLaDA2MoeModelLM"], "attention_dropout": 0.0,
+        "auto_map": {"AutoConfig": "configuration_llada2_moe.LLaDA2MoeConfig",
+                     "AutoModel": "modeling_llada2_moe.LLaDA2MoeModel",
+                     "AutoModelForCausalLM": "modeling_llada2_moe.LLaDA2MoeModelLM"},
+        "dtype": "bfloat16", "embedding_dropout": 0.0, "first_k_dense_replace": n_dense, "head_dim": cfg.head_dim,
+        "hidden_act": "silu", "hidden_size": cfg.d_model, "initializer_range": 0.02,
+        "intermediate_size": cfg.intermediate_size, "max_position_embeddings": cfg.max_sequence_length,
+        "max_window_layers": 28, "model_type": "llada2_moe", "moe_intermediate_size": cfg.moe_intermediate_size,
+        "moe_router_enable_expert_bias": True, "n_group": cfg.n_group, "norm_head": False, "norm_softmax": False,
+        "norm_topk_prob": True, "num_attention_heads": cfg.n_heads, "num_experts": cfg.n_experts,
+        "num_experts_per_tok": cfg.top_k, "num_hidden_layers": cfg.n_layers, "num_key_value_heads": cfg.n_kv_heads,
+        "num_shared_experts": None if shared is None else shared // cfg.moe_intermediate_size,
+        "output_dropout": 0.0, "output_router_logits": False, "pad_token_id": cfg.pad_token_id,
+        "partial_rotary_factor": cfg.rotary_dim / cfg.head_dim, "rms_norm_eps": cfg.rms_norm_eps,
+        "rope_scaling": None, "rope_theta": cfg.rope_theta, "rotary_dim": cfg.rotary_dim,
+        "routed_scaling_factor": cfg.routed_scaling_factor, "router_dtype": "fp32", "score_function": "sigmoid",
+        "sliding_window": 4096, "tie_word_embeddings": cfg.weight_tying, "topk_group": cfg.topk_group,
+        "transformers_version": "4.56.0", "use_bias": False, "use_cache": False, "use_qkv_bias": False,
+        "use_rmsnorm": True, "use_sliding_window": False, "vocab_size": cfg.vocab_size,
+    }
+    return dict(sorted(d.items()))
+
+
+def llada2_generation_config(cfg: MoEConfig) -> dict:
+    """``generation_config.json`` as LLaDA2's: eos and pad (LLaDA2's config.json holds neither eos nor mask)."""
+    return {"_from_model_config": True, "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id,
+            "transformers_version": "4.56.0"}

@@ -20,10 +20,11 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from llada_triton.kernels.reference import rope_tables
-from .moe_config import MoEConfig
-from .weights import Params, WeightError, fill_random, stream_checkpoint
+from .moe_config import MoEConfig, llada2_config_dict, llada2_generation_config
+from .weights import Params, WeightError, fill_random, stream_checkpoint, write_safetensors
 
-__all__ = ["MoELayerParams", "load_moe_params", "moe_param_name_map", "empty_moe_params", "init_moe_params"]
+__all__ = ["MoELayerParams", "load_moe_params", "moe_param_name_map", "empty_moe_params", "init_moe_params",
+           "save_moe_checkpoint"]
 
 
 @dataclass
@@ -168,3 +169,29 @@ def load_moe_params(path: str, cfg: MoEConfig, *, device="cpu", dtype: torch.dty
 
     stream_checkpoint(path, {n: v[4] for n, v in names.items()}, write, describe_missing=_describe_missing)
     return params
+
+
+@torch.no_grad()
+def save_moe_checkpoint(params: Params, cfg: MoEConfig, path: str, *, dtype: torch.dtype = torch.bfloat16,
+                        max_shard_bytes: Optional[int] = None) -> List[str]:
+    """Write ``params`` in the family's Hugging Face layout: per-expert and (LLaDA-MoE) separate q/k/v tensors
+    under the checkpoint names of :func:`moe_param_name_map`, in ``dtype`` except the expert bias (fp32, so
+    the saved routing is the trained one), sharded when asked. For LLaDA2 also ``config.json`` and
+    ``generation_config.json`` (:func:`llada2_config_dict`); the caller adds the tokenizer files.
+    Returns the safetensors file names; :func:`load_moe_params` reads them back."""
+    import json
+    import os
+
+    tensors = {}
+    for name, (fld, layer, expert, rows, _) in moe_param_name_map(cfg).items():
+        t = getattr(params if layer is None else params.layers[layer], fld)
+        t = (t if expert is None else t[expert])[rows]
+        tensors[name] = t.detach().to("cpu", torch.float32 if fld == "expert_bias" else dtype).contiguous()
+    files = write_safetensors(tensors, path, max_shard_bytes=max_shard_bytes)
+    if cfg.family == "llada2":
+        for fname, d in (("config.json", llada2_config_dict(cfg)),
+                         ("generation_config.json", llada2_generation_config(cfg))):
+            with open(os.path.join(path, fname), "w") as f:
+                json.dump(d, f, indent=2)
+                f.write("\n")
+    return files

@@ -18,7 +18,7 @@ from llada_triton.kernels.reference import rope_tables
 from .config import LLaDAConfig
 
 __all__ = ["LayerParams", "Params", "load_params", "param_name_map", "WeightError", "init_params",
-           "save_checkpoint", "stream_checkpoint", "fill_random"]
+           "save_checkpoint", "write_safetensors", "stream_checkpoint", "fill_random"]
 
 PREFIX = "model.transformer."
 
@@ -233,12 +233,19 @@ def save_checkpoint(params: Params, cfg: LLaDAConfig, path: str, *, dtype=torch.
     Writes only the safetensors files (and the index when sharded); the caller writes config.json.
     Returns the shard file names. ``name_map``: the family's names (default: LLaDA's :func:`param_name_map`).
     """
-    from safetensors.torch import save_file
-
-    os.makedirs(path, exist_ok=True)
     tensors = {}
     for name, (target, layer, rows, _) in (param_name_map(cfg) if name_map is None else name_map).items():
         tensors[name] = _target(params, target, layer)[rows].detach().to("cpu", dtype).contiguous()
+    return write_safetensors(tensors, path, max_shard_bytes=max_shard_bytes)
+
+
+def write_safetensors(tensors: Dict[str, torch.Tensor], path: str, *,
+                      max_shard_bytes: Optional[int] = None) -> List[str]:
+    """Write named CPU tensors as ``model.safetensors``, or as shards of at most ``max_shard_bytes`` (a tensor
+    never split) plus ``model.safetensors.index.json``; returns the file names."""
+    from safetensors.torch import save_file
+
+    os.makedirs(path, exist_ok=True)
     if not max_shard_bytes:
         save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
         return ["model.safetensors"]
