@@ -281,6 +281,14 @@ def update(params: Params, named, opt, loss: torch.Tensor, ids, tc: TrainConfig)
 
 # ------------------------------------------------------------------------------------------- evaluation
 @torch.no_grad()
+def _decoded_positions(seq: torch.Tensor, prompt_len: int, block_length: int, cfg) -> int:
+    """Positions the decoder committed: non-mask ids from the prompt's end to the end of the block where it
+    stopped (the block of the first eos; the driver fills the blocks after a stop with eos unread)."""
+    eos = (seq[prompt_len:] == cfg.eos_token_id).nonzero()
+    end = len(seq) if len(eos) == 0 else (prompt_len + int(eos[0])) // block_length * block_length + block_length
+    return int((seq[prompt_len:end] != cfg.mask_token_id).sum())
+
+
 def evaluate(model: str, tasks: Sequence[str], n: int, *, device: str = "cpu", seed: int = 0,
              gen_length: int = GEN_LENGTH, block_length: int = 32, steps: int = 32, threshold: float = 0.95,
              write_json: Optional[str] = None) -> Dict:
@@ -301,7 +309,7 @@ def evaluate(model: str, tasks: Sequence[str], n: int, *, device: str = "cpu", s
             good = tasks_mod.exact_match(pred, p.answer)
             ok += good
             nfe += res.nfe
-            decoded += int((res.sequence[len(ids):] != cfg.mask_token_id).sum())
+            decoded += _decoded_positions(res.sequence, len(ids), block_length, cfg)
             if not good and len(fails) < 5:
                 fails.append({"prompt": p.prompt, "answer": p.answer, "prediction": pred})
         rows.append({"task": name, "n": len(probs), "correct": ok, "accuracy": ok / max(1, len(probs)),
