@@ -95,6 +95,14 @@ def check_tensor(name: str, t: torch.Tensor, *, ndim=None, dtypes=None, contiguo
         raise ValueError(f"{name} must be contiguous in its last dim (stride {t.stride()})")
 
 
+def check_like(name: str, t, shape, dtype: torch.dtype, device: torch.device):
+    """Raise a ValueError naming the argument unless ``t`` is None or a ``shape`` tensor of ``dtype`` on ``device``."""
+    if t is not None:
+        check_tensor(name, t, dtypes=(dtype,))
+        if tuple(t.shape) != tuple(shape) or t.device != device:
+            raise ValueError(f"{name} must be {tuple(shape)} on {device}, got {tuple(t.shape)} on {t.device}")
+
+
 def compile_for(kernel, signature: dict, constexprs: dict, arch: int = 90):
     """Compile a ``@triton.jit`` kernel for ``sm_<arch>`` without a GPU (ptxas ships with triton).
 

@@ -33,7 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
-from llada_triton.kernels._common import cdiv, check_tensor, gdc_options, gdc_wait_and_release, is_interpreter, memo_config, next_pow2
+from llada_triton.kernels._common import (DTYPES, cdiv, check_like, check_tensor, gdc_options, gdc_wait_and_release,
+                                          is_interpreter, memo_config, next_pow2)
 
 __all__ = ["block_attention"]
 
@@ -187,13 +188,7 @@ def _block_attn_merge_kernel(
 
 
 # ----------------------------------------------------------------------------------------- launcher
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _INT_DTYPES = (torch.int32, torch.int64)
-
-
-def _pick_config(B: int, Tq: int, H: int, Hkv: int, D: int, kv_len: int, device: torch.device) -> dict:
-    """:func:`_attention_config` for the current mode (a new dict per call, memoised per shape and device)."""
-    return _attention_config(B, Tq, H, Hkv, D, kv_len, device, is_interpreter())
 
 
 @memo_config
@@ -234,9 +229,9 @@ def _attention_config(B: int, Tq: int, H: int, Hkv: int, D: int, kv_len: int, de
 def _check_inputs(q, k_cache, v_cache, kv_len, kv_start, key_end, scale):
     """Validate the arguments of :func:`block_attention`; return ``(key strides (kv_start b, key_end b, key_end
     t), scale)``."""
-    check_tensor("q", q, ndim=4, dtypes=_DTYPES)
-    check_tensor("k_cache", k_cache, ndim=4, dtypes=_DTYPES)
-    check_tensor("v_cache", v_cache, ndim=4, dtypes=_DTYPES)
+    check_tensor("q", q, ndim=4, dtypes=DTYPES)
+    check_tensor("k_cache", k_cache, ndim=4, dtypes=DTYPES)
+    check_tensor("v_cache", v_cache, ndim=4, dtypes=DTYPES)
     B, Tq, H, D = q.shape
     Bk, T_max, Hkv, Dk = k_cache.shape
     if k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
@@ -292,16 +287,13 @@ def _launch(q, k_cache, v_cache, kv_len, kv_start=None, key_end=None, scale=None
     key_strides, scale = _check_inputs(q, k_cache, v_cache, kv_len, kv_start, key_end, scale)
     B, Tq, H, D = q.shape
     Hkv = k_cache.shape[2]
+    check_like("out", out, q.shape, q.dtype, q.device)
     if out is None:
         out = torch.empty(B, Tq, H, D, dtype=q.dtype, device=q.device)
-    else:
-        check_tensor("out", out, ndim=4, dtypes=(q.dtype,))
-        if tuple(out.shape) != (B, Tq, H, D) or out.device != q.device:
-            raise ValueError(f"out must be [{B}, {Tq}, {H}, {D}] on {q.device}, got {tuple(out.shape)}")
     if out.numel() == 0:
         return out
 
-    cfg = _pick_config(B, Tq, H, Hkv, D, kv_len, q.device)
+    cfg = _attention_config(B, Tq, H, Hkv, D, kv_len, q.device, is_interpreter())
     if config:
         unknown = set(config) - set(cfg)
         if unknown:

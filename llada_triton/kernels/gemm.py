@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from llada_triton.kernels._common import (DTYPES, as_rows, cdiv, check_tensor, clamp_pow2, dot_flags,
+from llada_triton.kernels._common import (DTYPES, as_rows, cdiv, check_like, check_tensor, clamp_pow2, dot_flags,
                                           gdc_wait_and_release, is_interpreter, memo_config, next_pow2, pdl_launch,
                                           gdc_options)
 from llada_triton.kernels.norm import launch_rms_norm
@@ -321,13 +321,9 @@ def norm_target(norm_weight, eps, like: torch.Tensor, norm_out):
                          f"on {norm_weight.device}")
     eps = check_eps(eps)
     y_dtype = torch.promote_types(norm_weight.dtype, like.dtype)
+    check_like("norm_out", norm_out, like.shape, y_dtype, like.device)
     if norm_out is None:
         norm_out = torch.empty(like.shape, device=like.device, dtype=y_dtype)
-    else:
-        check_tensor("norm_out", norm_out, dtypes=(y_dtype,))
-        if norm_out.shape != like.shape or norm_out.device != like.device:
-            raise ValueError(f"norm_out must be {tuple(like.shape)} on {like.device}, got "
-                             f"{tuple(norm_out.shape)} on {norm_out.device}")
     return norm_weight, eps, norm_out
 
 
@@ -342,10 +338,7 @@ def _linear(x, w, residual, out, norm_args=None):
     N = w.shape[0]
     shape = (*x.shape[:-1], N)
     for name, t in (("residual", residual), ("out", out)):
-        if t is not None:
-            check_tensor(name, t, dtypes=(x.dtype,))
-            if t.shape != shape or t.device != x.device:
-                raise ValueError(f"{name} must be {shape} on {x.device}, got {tuple(t.shape)} on {t.device}")
+        check_like(name, t, shape, x.dtype, x.device)
     if out is None:
         out = torch.empty(shape, device=x.device, dtype=x.dtype)
     norm = None if norm_args is None else norm_target(norm_args[0], norm_args[1], out, norm_args[2])

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from llada_triton.kernels._common import (DTYPES, as_rows, cdiv, check_tensor, clamp_pow2, dot_flags, gdc_options,
+from llada_triton.kernels._common import (DTYPES, as_rows, cdiv, check_like, check_tensor, clamp_pow2, dot_flags, gdc_options,
                                           gdc_wait_and_release, is_interpreter, memo_config, next_pow2)
 from llada_triton.kernels.gemm import (dot_step, launch_linear, load_k, mma, norm_target, out_offsets, tile_offsets,
                                         tma_ok, tma_sources)
@@ -32,9 +32,9 @@ __all__ = ["swiglu_mlp", "swiglu_mlp_rms_norm", "silu_mul"]
 
 # ------------------------------------------------------------------------------------------ kernels
 @triton.jit
-def _silu_times(g, u, dt: tl.constexpr):
-    """``silu(g) * u`` with torch's 16-bit roundings: ``g`` / ``u`` hold ``dt`` values; ``silu(g)`` is computed
-    in fp32 and rounded to ``dt``, the product is computed in fp32 and rounded to ``dt``."""
+def silu_times(g, u, dt: tl.constexpr):
+    """``silu(g) * u`` with torch's roundings for ``dt`` tensors (``g`` / ``u`` hold ``dt`` values): ``silu(g)``
+    in fp32 rounded to ``dt``, then the product in fp32 rounded to ``dt``. Shared with :mod:`.moe`."""
     gf = g.to(tl.float32)
     s = tl.math.div_rn(gf, 1.0 + tl.exp(-gf)).to(dt).to(tl.float32)
     return (s * u.to(tl.float32)).to(dt)
@@ -52,7 +52,7 @@ def _silu_mul_kernel(
     mask = offs < H
     g = tl.load(gu_ptr + m * stride_gm + offs, mask=mask, other=0.0)
     u = tl.load(gu_ptr + m * stride_gm + H + offs, mask=mask, other=0.0)
-    tl.store(a_ptr + m * stride_am + offs, _silu_times(g, u, a_ptr.dtype.element_ty), mask=mask)
+    tl.store(a_ptr + m * stride_am + offs, silu_times(g, u, a_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -114,7 +114,7 @@ def _gate_up_silu_kernel(
                 u_ptrs += BK
     # epilogue, mirroring the reference's roundings: gate, up, silu(gate), product -> x.dtype
     dt = a_ptr.dtype.element_ty
-    act = _silu_times(acc_g.to(dt), acc_u.to(dt), dt)
+    act = silu_times(acc_g.to(dt), acc_u.to(dt), dt)
     om, on, mask = out_offsets(offs_m, offs_n, M, H, SWAP_AB)
     tl.store(a_ptr + om * stride_am + on, act, mask=mask)
 
@@ -207,11 +207,7 @@ def _validate(x, w_gate_up, w_down, residual, out):
         if t.device != x.device:
             raise ValueError(f"{name} is on {t.device}, x on {x.device}")
     for name, t in (("residual", residual), ("out", out)):
-        if t is None:
-            continue
-        check_tensor(name, t, dtypes=(x.dtype,))
-        if t.shape != x.shape or t.device != x.device:
-            raise ValueError(f"{name} must be {tuple(x.shape)} on {x.device}, got {tuple(t.shape)} on {t.device}")
+        check_like(name, t, x.shape, x.dtype, x.device)
     return d, h
 
 
@@ -277,12 +273,9 @@ def silu_mul(gate_up: torch.Tensor, *, out: Optional[torch.Tensor] = None) -> to
         raise ValueError(f"gate_up must be [..., 2h] with h >= 1, got shape {tuple(gate_up.shape)}")
     h = gate_up.shape[-1] // 2
     shape = (*gate_up.shape[:-1], h)
+    check_like("out", out, shape, gate_up.dtype, gate_up.device)
     if out is None:
         out = torch.empty(shape, device=gate_up.device, dtype=gate_up.dtype)
-    else:
-        check_tensor("out", out, dtypes=(gate_up.dtype,))
-        if tuple(out.shape) != shape or out.device != gate_up.device:
-            raise ValueError(f"out must be {shape} on {gate_up.device}, got {tuple(out.shape)} on {out.device}")
     g2, a2 = as_rows("gate_up", gate_up, 2 * h), as_rows("out", out, h)
     M = g2.shape[0]
     if M:
