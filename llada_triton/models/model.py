@@ -84,13 +84,7 @@ def forward_hidden(params: Params, cfg: LLaDAConfig, tokens: torch.Tensor, *,
                 qkv = qkv.view(B, T, H + 2 * Hkv, D)
                 q, kc, vc = ops.qkv_rope(qkv, params.rope_cos, params.rope_sin, start, kci, vci,
                                          n_heads=H, write_from=write_from)
-            ke = key_end
-            if rows is not None and i == n_layers - 1:
-                # the last layer's keys and values cover every fed token (they are attended to and
-                # cached), but only the returned rows need queries, the output projection and the MLP
-                q = q[:, rows].contiguous()
-                h = h[:, rows].contiguous()
-                ke = None if key_end is None else key_end[..., rows].contiguous()
+            q, h, ke = last_rows(q, h, key_end, rows if i == n_layers - 1 else None)
             Tq = q.shape[1]
             o = ops.attention(q, kc, vc, kv_len, kv_start, ke)
             nxt = params.layers[i + 1].attn_norm if i + 1 < n_layers else params.ln_f
@@ -122,6 +116,14 @@ def check_call(params, T: int, start, cache: Optional[KVCache], kv_len: Optional
     elif kv_len not in (None, T):
         raise ValueError(f"kv_len={kv_len} needs a cache (without one the tokens see only themselves)")
     return T if cache is None else kv_len
+
+
+def last_rows(q, h, key_end, rows: Optional[slice]):
+    """The last layer's queries, residual and key limits at the returned ``rows`` only (its keys and values
+    still cover every fed token: they are attended to and cached). Shared by every model family."""
+    if rows is None:
+        return q, h, key_end
+    return q[:, rows].contiguous(), h[:, rows].contiguous(), None if key_end is None else key_end[..., rows].contiguous()
 
 
 def _linear_norm(ops: Ops, x, w, residual, norm_weight, eps):
