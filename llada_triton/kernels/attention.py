@@ -5,24 +5,19 @@ cache (the block's own keys already written there), restricted per batch row by 
 padding) and per query by ``key_end`` (block-causal masks). Torch meaning:
 :func:`llada_triton.kernels.reference.block_attention_ref`.
 
-Why split-KV: at batch 1 a 32-query block with 32 heads is only 32 (batch x head) tiles, far fewer than
-the SMs of an H100/H200, so a plain flash-attention grid leaves most of the GPU idle. Here the visible
-KV range of every (batch, kv-head, query-tile) is cut into ``n_splits`` chunks, one program each; each
-program writes a partial softmax state ``(m, l, acc)`` for all its query rows; a small second kernel
-merges the partials in a fixed order (deterministic results) and writes the output. With ``n_splits == 1``
-the kernel normalises and writes the output directly: when batch x heads fill the GPU, and for short ranges
-at small batch, where smaller query tiles beat splitting the keys (see :func:`_attention_config`).
+Split-KV, because at batch 1 the (batch x head) tiles are far fewer than the SMs: the visible KV range of
+every (batch, kv-head, query-tile) is cut into ``n_splits`` chunks, one program each writing a partial softmax
+state ``(m, l, acc)``; a second kernel merges the partials in a fixed order (deterministic) and writes the
+output. With ``n_splits == 1`` the first kernel writes the output itself (:func:`_attention_config` chooses).
 
-GQA: the ``H // Hkv`` query heads that share a kv head are packed as extra query rows of one tile
-(row ``r`` = query ``r // G``, head ``kvh * G + r % G``), so every K/V tile is loaded once per kv head.
+GQA: the ``H // Hkv`` query heads of a kv head are packed as extra query rows of one tile (row ``r`` = query
+``r // G``, head ``kvh * G + r % G``), so every K/V tile is loaded once per kv head.
 
-CUDA graphs: every bound the kernel loops over is read from device memory (``kv_start``, ``key_end``);
-a caller can pass ``kv_len = T_max`` and the kernel visits only the KV tiles that intersect
-``[kv_start[b], max_i key_end[b, i])``; the chunking across splits is computed from that range on the
-device, so the work stays spread over all split programs. No host synchronisation happens.
+CUDA graphs: the bounds are read from device memory (``kv_start``, ``key_end``), so a caller can pass
+``kv_len = T_max``; the kernel visits only the KV tiles intersecting ``[kv_start[b], max_i key_end[b, i])``,
+spread over the split programs on the device. No host synchronisation.
 
-Layout: ``[batch, tokens, heads, head_dim]``; the last dim of every tensor must be contiguous, other
-strides are free.
+Layout: ``[batch, tokens, heads, head_dim]``, last dim contiguous, other strides free.
 """
 from __future__ import annotations
 

@@ -2,13 +2,10 @@
 (:func:`llada_triton.kernels.gemm.launch_linear`) with the residual add in its epilogue; :func:`silu_mul`, the
 activation alone on a gate-up product computed elsewhere (e.g. by cuBLAS).
 
-Numerics mirror :func:`llada_triton.kernels.reference.swiglu_mlp_ref`: each GEMM accumulates in fp32; the gate and up
-outputs are rounded to ``x.dtype`` before the activation, ``silu(gate)`` is computed in fp32 and rounded
-to ``x.dtype``, the product with ``up`` is rounded to ``x.dtype`` (that is what torch does for 16-bit
-tensors); the down GEMM output is rounded to ``x.dtype`` before ``residual + y`` (fp32 add, rounded).
-The only differences from the reference are the fp32 accumulation order inside the GEMMs (and across
-split-K partials, summed in a fixed order, so results are deterministic) and the SiLU's ``exp`` (the GPU's
-``ex2.approx``; the division is IEEE ``div_rn``). fp32 inputs use IEEE fp32 dots (no TF32).
+Numerics: torch's roundings of :func:`llada_triton.kernels.reference.swiglu_mlp_ref` (gate, up, ``silu(gate)``
+and the product each rounded to ``x.dtype``; the down output rounded before ``residual + y``). Only the fp32
+accumulation order of the GEMMs (split-K partials summed in a fixed order: deterministic) and the SiLU's
+``exp`` (``ex2.approx``; the division is IEEE) differ. fp32 inputs use IEEE fp32 dots (no TF32).
 
 Up to 64 rows the gate-up runs two swapped ``[BN, BM]`` dots a K-step (weight rows fill the MMA's M); above,
 one ``[BM, 2 BN]`` dot over a ``[2, BN, BK]`` TMA box of the weight viewed as ``[2, h, d]`` (``ONE_DOT``,
@@ -24,7 +21,7 @@ import triton.language as tl
 
 from llada_triton.kernels._common import (DTYPES, as_rows, cdiv, check_like, check_tensor, clamp_pow2, dot_flags, gdc_options,
                                           gdc_wait_and_release, is_interpreter, memo_config, next_pow2)
-from llada_triton.kernels.gemm import (dot_step, launch_linear, load_k, mma, norm_target, out_offsets, tile_offsets,
+from llada_triton.kernels.gemm import (acc_zeros, dot_step, launch_linear, load_k, mma, norm_target, out_offsets, tile_offsets,
                                         tma_ok, tma_sources)
 
 __all__ = ["swiglu_mlp", "swiglu_mlp_rms_norm", "silu_mul"]
@@ -97,10 +94,7 @@ def _gate_up_silu_kernel(
         # columns [0, BN) are the gate's, [BN, 2 BN) the up's
         acc_g, acc_u = tl.split(tl.permute(tl.reshape(acc, (BM, 2, BN)), (0, 2, 1)))
     else:
-        if SWAP_AB:
-            acc_g = tl.zeros((BN, BM), dtype=tl.float32)
-        else:
-            acc_g = tl.zeros((BM, BN), dtype=tl.float32)
+        acc_g = acc_zeros(BM, BN, SWAP_AB)
         acc_u = tl.zeros_like(acc_g)
         for k in range(0, K, BK):
             xt = load_k(x_src, x_ptrs, pid_m * BM, k, K - k, BK, USE_TMA, EVEN_K, UPCAST)
@@ -236,11 +230,9 @@ def swiglu_mlp(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor,
     w_gate_up: ``[2h, d]``, rows ``[0, h)`` the gate and ``[h, 2h)`` the up projection; w_down: ``[d, h]``
     (both in ``x.dtype``, last dim contiguous); residual: ``[..., d]`` like ``x`` or None;
     out: optional preallocated ``[..., d]`` output (may alias ``residual``).
-    Two launches (three when the down projection is split over K): the ``[M, 2h]`` gate-up product is
-    never written, only the ``[M, h]`` activation. Deterministic. Returns ``[..., d]`` in ``x.dtype``.
-    See :func:`llada_triton.kernels.reference.swiglu_mlp_ref` for the numerics. Faster than cuBLAS +
-    :func:`silu_mul` at decode sizes (up to 64 rows, where the LLaDA model uses it); above that it stays a
-    complete public kernel for callers who want one deterministic fused launch pair.
+    Two launches (three with split-K); only the ``[M, h]`` activation is written. Deterministic. Numerics:
+    :func:`llada_triton.kernels.reference.swiglu_mlp_ref`. The model uses it up to 64 rows (faster than
+    cuBLAS + :func:`silu_mul` there); above, it is a public kernel for importers wanting one fused pair.
     """
     return _mlp(x, w_gate_up, w_down, residual, out)[0]
 

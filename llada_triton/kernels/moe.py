@@ -28,7 +28,7 @@ import triton.language as tl
 
 from llada_triton.kernels._common import (DTYPES, cdiv, check_like, check_tensor, clamp_pow2, dot_flags, is_interpreter,
                                           memo_config, next_pow2)
-from llada_triton.kernels.gemm import dot_loop, dot_step, load_k
+from llada_triton.kernels.gemm import acc_zeros, dot_loop, dot_step, load_k
 from llada_triton.kernels.mlp import silu_times
 from llada_triton.kernels.reference import check_moe_route_args
 
@@ -206,15 +206,6 @@ def _tile_rows(sorted_ptr, end_ptr, row0, E, BM: tl.constexpr, E_P: tl.constexpr
 
 
 @triton.jit
-def _acc_init(BM: tl.constexpr, BN: tl.constexpr, SWAP_AB: tl.constexpr):
-    if SWAP_AB:
-        acc = tl.zeros((BN, BM), dtype=tl.float32)
-    else:
-        acc = tl.zeros((BM, BN), dtype=tl.float32)
-    return acc
-
-
-@triton.jit
 def _acc_index(r, c, SWAP_AB: tl.constexpr):
     """Row ids ``r [BM]`` and column ids ``c [BN]`` broadcast to the accumulator's layout."""
     if SWAP_AB:
@@ -242,8 +233,8 @@ def _moe_gate_up_kernel(
     x_ptrs = x_ptr + tok[:, None] * stride_xm + offs_k[None, :]                         # [BM, BK]
     g_ptrs = w_ptr + e * stride_we + rows_w[:, None] * stride_wn + offs_k[None, :]      # [BN, BK]
     u_ptrs = g_ptrs + I * stride_wn
-    acc_g = _acc_init(BM, BN, SWAP_AB)
-    acc_u = _acc_init(BM, BN, SWAP_AB)
+    acc_g = acc_zeros(BM, BN, SWAP_AB)
+    acc_u = acc_zeros(BM, BN, SWAP_AB)
     for k in range(0, K, BK):
         xt = load_k(x_ptr, x_ptrs, 0, k, K - k, BK, False, EVEN_K, UPCAST)
         g = load_k(w_ptr, g_ptrs, 0, k, K - k, BK, False, EVEN_K, UPCAST)
@@ -275,7 +266,7 @@ def _moe_down_kernel(
     offs_k = tl.arange(0, BK)
     a_ptrs = a_ptr + rows[:, None] * stride_am + offs_k[None, :]                                    # [BM, BK]
     w_ptrs = w_ptr + e * stride_we + (offs_n % N).to(tl.int64)[:, None] * stride_wn + offs_k[None, :]  # [BN, BK]
-    acc = _acc_init(BM, BN, SWAP_AB)
+    acc = acc_zeros(BM, BN, SWAP_AB)
     acc = dot_loop(a_ptr, a_ptrs, w_ptr, w_ptrs, K, acc, BK, EVEN_K, UPCAST, SWAP_AB, IEEE)
     rr, cc = _acc_index(pair.to(tl.int64), offs_n, SWAP_AB)
     tl.store(y_ptr + rr * stride_ym + cc, acc.to(y_ptr.dtype.element_ty), mask=(rr < N_PAIRS) & (cc < N))
