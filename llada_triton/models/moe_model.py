@@ -16,7 +16,7 @@ from typing import Optional, Union
 import torch
 from torch.profiler import record_function
 
-from .model import KVCache, _linear_norm, _mlp_norm, check_call, forward, last_rows
+from .model import KVCache, check_call, forward, last_rows, linear_norm, mlp_norm
 from .moe_config import MoEConfig
 from .moe_weights import MoELayerParams
 from .ops import REFERENCE_OPS, Ops
@@ -54,12 +54,12 @@ def forward_hidden(params: Params, cfg: MoEConfig, tokens: torch.Tensor, *,
             Tq = q.shape[1]
             o = ops.attention(q, kc, vc, kv_len, kv_start, ke)
             nxt = params.layers[i + 1].attn_norm if i + 1 < n_layers else params.ln_f
-            f, h = _linear_norm(ops, o.reshape(B, Tq, H * D), lp.w_o, h, lp.ff_norm, eps)
+            f, h = linear_norm(ops, o.reshape(B, Tq, H * D), lp.w_o, h, lp.ff_norm, eps)
             f, h = f.reshape(B * Tq, -1), h.reshape(B * Tq, -1)
             if lp.is_moe:
                 a, h = ops.rms_norm(moe_block(ops, cfg, lp, f), nxt, eps, h)
             else:
-                a, h = _mlp_norm(ops, f, lp.w_gate_up, lp.w_down, h, nxt, eps)
+                a, h = mlp_norm(ops, f, lp.w_gate_up, lp.w_down, h, nxt, eps)
             a, h = a.view(B, Tq, -1), h.view(B, Tq, -1)
     return a
 
