@@ -21,6 +21,9 @@ length); nothing about the model is typed here. Ops (rows = B * block) and provi
                                                  torch-official-bf16 (softmax in the logits dtype)
   select_transfer      B x block, top-k rule     torch, torch-compile, triton
   select_transfer+threshold, select_transfer+factor: the other two rules, same providers
+  dream_head           rows, Dream-7B's head (V 152,064, d 3,584), greedy, negative-entropy confidence
+                                                 torch, torch-compile, triton (kernels.head_dream_confidence),
+                                                 cublas-matmul (the logits alone)
 
 Yardsticks (kind ``yardstick``, never the "best other provider" of the headline): ``copy`` for the
 memory-bound ops (norms, RoPE), a ``Tensor.copy_`` of half the op's bytes (read once, written once: what the
@@ -42,6 +45,7 @@ other provider), with a time budget; a compile that fails or is skipped is a row
 
     python scripts/bench_kernels.py --out results/kernels                     # every op, B 1,8,32, KV 128,1024,4096
     python scripts/bench_kernels.py --ops decode --batches 1,32 --kv-lens 256,384 --no-compile --out /tmp/k  # A/B
+    python scripts/bench_kernels.py --ops dream_head --batches 1,32 --no-compile --out /tmp/k  # 32 and 1,024 rows
     python scripts/bench_kernels.py --render results/kernels/kernels_x.csv    # md + png, CPU
     python scripts/bench_kernels.py --dry-run --out /tmp/bk   # tiny, CPU, TRITON_INTERPRET=1: checks the script
 """
@@ -63,13 +67,13 @@ for _p in (ROOT, os.path.join(ROOT, "scripts")):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from _bench import graph_time_us, llada_8b, measure_roofline  # noqa: E402  (no torch / triton at module level)
+from _bench import dream_7b, graph_time_us, llada_8b, measure_roofline, small_config  # noqa: E402  (no torch / triton at module level)
 from provenance import environment  # noqa: E402
 
 QUANTILES = (0.5, 0.2, 0.8)
 OPS = ("block_attention", "block_attention+key_end", "qkv_proj_rope", "linear_rms_norm", "swiglu_mlp", "swiglu_mlp_rms_norm", "rms_norm",
        "rms_norm+residual", "rope", "head_confidence", "head_confidence+T1", "head_confidence+cfg",
-       "logits_confidence", "select_transfer", "select_transfer+threshold", "select_transfer+factor")
+       "logits_confidence", "select_transfer", "select_transfer+threshold", "select_transfer+factor", "dream_head")
 DECODE_OPS = ("block_attention", "block_attention+key_end", "qkv_proj_rope", "linear_rms_norm", "swiglu_mlp", "swiglu_mlp_rms_norm",
               "rms_norm+residual", "head_confidence", "select_transfer")  # what a decode step runs (--ops decode)
 FIELDS = ["op", "provider", "kind", "timing", "shape", "batch", "rows", "kv_len", "dtype",
@@ -427,6 +431,19 @@ def build_cases(cfg, reg: Regime, ctx) -> List[Case]:
             case(op, f"B{B}-L{T}", B, B, 0, select_cost(B, T), select_cost(B, T)[0], make,
                  _standard(ctx, f"select_transfer-{rule}", ref.select_transfer_ref, kern("select_transfer"),
                            lambda fn, sh, s: fn(s[0], s[1], **s[2])))
+
+    # ---- dream_head: Dream-7B's LM head at temperature 0 with the negative-entropy confidence (Fast-dLLM's Dream
+    # caches), rows = B * block; the check compares the confidences
+    dcfg = small_config(dream_7b()) if ctx.dry_run else dream_7b()
+    dd, dV = dcfg.d_model, dcfg.vocab_size
+    for B in reg.batches:
+        M = B * T
+        c = case("dream_head", f"B{B}-M{M}-V{dV}-d{dd}", B, M, 0, head_cost(M, dV, dd, es), M * dd * es,
+                 lambda n, M=M: (once("dream head", lambda: rn(dV, dd, scale=dd ** -0.5)),
+                                 [(rn(M, dd),) for _ in range(n)]),
+                 _standard(ctx, "dream_head", ref.head_dream_confidence_ref, kern("head_dream_confidence"),
+                           lambda fn, sh, s: fn(s[0], sh, confidence="neg_entropy")), out_of=lambda out: out[1])
+        c.providers["cublas-matmul"] = ("yardstick", lambda sh, s: F.linear(s[0], sh))
     return cases
 
 
@@ -468,20 +485,8 @@ class Timer:
 
 
 def roofline(dry_run: bool):
-    """(copy bytes/s, bf16 matmul FLOP/s): scripts/_bench.py's measure_roofline; dry run: a tiny CPU copy and
-    matmul."""
-    if not dry_run:
-        return measure_roofline()
-    import torch
-    a = torch.randn(1 << 20)
-    b = torch.empty_like(a)
-    t = time.perf_counter()
-    b.copy_(a)
-    bw = 2 * a.numel() * 4 / (time.perf_counter() - t)
-    x = torch.randn(256, 256)
-    t = time.perf_counter()
-    x @ x
-    return bw, 2 * 256 ** 3 / (time.perf_counter() - t)
+    """(copy bytes/s, bf16 matmul FLOP/s): scripts/_bench.py's measure_roofline (dry run: its tiny CPU version)."""
+    return measure_roofline(device="cpu" if dry_run else "cuda")
 
 
 # ---------------------------------------------------------------------------------------- run
@@ -713,6 +718,11 @@ def main(out: str, sha: Optional[str] = None, dry_run: bool = False, ops=OPS, re
             write_csv(_ordered(rows, cases), path)
     write_csv(_ordered(rows, cases), path)
     print(f"wrote {path} ({len(rows)} rows) in {time.time() - t_start:.0f} s", flush=True)
+    for h in headline(_ordered(rows, cases)):
+        if h["timing"] == "cuda-graph" or dry_run:
+            print(f"{h['op']} {h['shape']} ({h['timing']}): triton {h['triton_us']:.1f} us; best other {h['best']} "
+                  + (f"{h['speedup']:.2f}x" if h["speedup"] else "-") + "; vs torch "
+                  + (f"{h['vs_torch']:.2f}x" if h["vs_torch"] else "-"), flush=True)
     if render_too:
         try:
             render(path)
@@ -751,11 +761,13 @@ def headline(rows) -> List[dict]:
             continue
         t = tri[0]
         best = min(oth, key=lambda r: float(r["p50_us"])) if oth else None
+        ref = [r for r in grp if r["provider"] in ("torch", "torch-graph")]
         out.append(dict(op=k[0], shape=k[1], timing=k[2], triton_us=float(t["p50_us"]),
                         pct=t["pct_roofline"], roofline_us=t["roofline_us"], bound=t["bound"],
                         best=best["provider"] if best else "", best_us=float(best["p50_us"]) if best else None,
                         speedup=float(best["p50_us"]) / float(t["p50_us"]) if best else None,
-                        copy_us=float(cp[0]["p50_us"]) if cp else None))
+                        copy_us=float(cp[0]["p50_us"]) if cp else None,
+                        vs_torch=float(ref[0]["p50_us"]) / float(t["p50_us"]) if ref else None))
     return out
 
 
@@ -785,8 +797,9 @@ def render(csv_path: str, md_path: Optional[str] = None, png_path: Optional[str]
              f"![p50 per provider]({os.path.basename(png_path)})", "",
              "## Headline: triton vs the fastest other provider, same timing", "",
              "| op | shape | bound | roofline us | triton graph us | % roof | same-bytes copy (graph) us "
-             "| best other (graph) | us | speedup | triton do_bench us | best other (do_bench) | us | speedup |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| best other (graph) | us | speedup | triton do_bench us | best other (do_bench) | us | speedup "
+             "| vs torch (graph) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     hl = headline(rows)
     by = {(h["op"], h["shape"], h["timing"]): h for h in hl}
     for op, shape in _uniq(hl, "op", "shape"):
@@ -796,8 +809,10 @@ def render(csv_path: str, md_path: Optional[str] = None, png_path: Optional[str]
             f"| {op} | {shape} | {h['bound']} | {_f(h['roofline_us'], 2)} | {_f(g.get('triton_us'))} | "
             f"{_f(g.get('pct'))} | {_f(g.get('copy_us'))} | {g.get('best', '')} | {_f(g.get('best_us'))} | "
             f"{_f(g.get('speedup'), 2)}{'x' if g.get('speedup') else ''} | {_f(e.get('triton_us'))} | "
-            f"{e.get('best', '')} | {_f(e.get('best_us'))} | {_f(e.get('speedup'), 2)}{'x' if e.get('speedup') else ''} |")
-    lines += ["", "speedup = best other p50 / triton p50 (> 1: triton is faster).", ""]
+            f"{e.get('best', '')} | {_f(e.get('best_us'))} | {_f(e.get('speedup'), 2)}{'x' if e.get('speedup') else ''} | "
+            f"{_f(g.get('vs_torch'), 2)}{'x' if g.get('vs_torch') else ''} |")
+    lines += ["", "speedup = best other p50 / triton p50 (> 1: triton is faster); vs torch = the torch reference's "
+              "p50 / triton's, both graphed (issue 23's confidence-kernel target reads this column for dream_head).", ""]
     wall = {op: sum(float(r["bench_s"] or 0) for r in rows if r["op"] == op) for op in _uniq(rows, "op")}
     lines += ["Benchmark wall time per op (compiles included): "
               + ", ".join(f"{op} {s:.0f} s" for op, s in wall.items()) + f"; total {sum(wall.values()):.0f} s.", ""]

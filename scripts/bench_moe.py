@@ -1,9 +1,8 @@
 #!/usr/bin/env python
 """The routed experts of one LLaDA2.0-mini MoE layer: kernels.moe against what a user could call instead.
 
-Shape (``LLADA2_MINI``): hidden 2048, moe_intermediate 512, 256 experts, top-8 of ``topk_group`` 4 of ``n_group``
-8 groups, scaling 2.5 (the real config; see /work/shared/golden/llada2-tiny/README.md and
-/work/shared/docs/performance.md). Random bf16 weights made on the GPU, so routing is roughly uniform; the
+Shape: LLaDA2.0-mini's MoE layer from its real config (scripts/_bench.py ``LLADA2_MINI``: hidden 2048,
+moe_intermediate 512, 256 experts, top-8 of ``topk_group`` 4 of ``n_group`` 8 groups, scaling 2.5). Random bf16 weights made on the GPU, so routing is roughly uniform; the
 distinct experts touched are counted from the routing and reported. Providers, on the same routing:
 
   triton        kernels.moe_experts (alignment + grouped gate-up + grouped down + combine)
@@ -13,10 +12,13 @@ distinct experts touched are counted from the routing and reported. Providers, o
   loop          kernels.reference.moe_experts_ref: a per-expert loop (the reference model's way; host syncs)
   route-triton, route-torch   the router alone: kernels.moe_route / kernels.reference.moe_route_ref (no GB/s)
 
-Graph-capturable providers are timed as replays of a CUDA graph (``_graph_time_us`` of bench_block_attention);
-the others (host syncs) eagerly with CUDA events. Bytes = the touched experts' weights (3 x I x d each);
-GB/s and % of a device-to-device copy measured in the same run. Rows go to ``<out>/bench_moe_<gpu>_<sha>.csv``
-and a markdown table beside it.
+Graph-capturable providers are timed as replays of a CUDA graph (``_bench.graph_time_us``); the others (host
+syncs) eagerly with CUDA events. Bytes = the touched experts' weights (3 x I x d each); GB/s and % of a
+device-to-device copy measured in the same run (``_bench.measure_roofline``). The summary table gives, per token
+count, ``triton`` against the best alternative a user could call (the fastest of grouped_mm, gather-bmm and loop
+that ran) and its fraction of copy bandwidth (issue 22's fused-MoE targets: >= 1.5x and >= 80%). Rows go to
+``<out>/bench_moe_<gpu>_<sha>.csv`` with provenance (GPU, torch / triton / CUDA versions, sha) and a markdown
+table beside it.
 
     python scripts/bench_moe.py --out results/bench_moe
     python scripts/bench_moe.py --out results/bench_moe --sweep   # + moe_experts under the SWEEP configs
@@ -36,14 +38,22 @@ for _p in (ROOT, os.path.join(ROOT, "scripts")):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-LLADA2_MINI = dict(d=2048, inter=512, E=256, top_k=8, n_group=8, topk_group=4, scale=2.5)
+ALTERNATIVES = ("grouped_mm", "gather-bmm", "loop")  # what a user could call instead of kernels.moe_experts
 TINY = dict(d=64, inter=32, E=16, top_k=4, n_group=4, topk_group=2, scale=2.5)
 # moe_experts meta-parameters tried by --sweep (each overrides kernels.moe.moe_config's choice)
 SWEEP = [dict(SWAP_AB=False), dict(SWAP_AB=True), dict(DN_BN=128), dict(GU_BN=32), dict(GU_BN=128, GU_BK=64), dict(GU_BK=64), dict(DN_BN=128), dict(DN_BN=128, DN_BK=64),
          dict(DN_BN=32), dict(num_stages=3), dict(num_stages=5), dict(num_warps=8), dict(BM=16), dict(BM=32),
          dict(BM=64, GU_BK=64, DN_BK=64)]
 FIELDS = ["provider", "timing", "tokens", "touched_experts", "us", "expert_bytes", "gbps", "pct_copy", "maxdiff",
-          "error", "copy_gbps", "gpu", "torch", "triton", "sha"]
+          "error", "copy_gbps", "gpu", "torch", "cuda", "triton", "python", "sha", "timestamp"]
+
+
+def llada2_mini_layer() -> dict:
+    """LLaDA2.0-mini's MoE-layer shape, from its config (scripts/_bench.py)."""
+    from _bench import llada2_mini
+    c = llada2_mini()
+    return dict(d=c.d_model, inter=c.moe_intermediate_size, E=c.n_experts, top_k=c.top_k, n_group=c.n_group,
+                topk_group=c.topk_group, scale=c.routed_scaling_factor)
 
 
 def grouped_mm_moe(x, w_gu_t, w_d_t, weights, ids, residual):
@@ -86,11 +96,12 @@ def _combine(y_pairs, weights, residual):
     return residual + y
 
 
-def _eager_us(fn, dry_run: bool, reps: int = 10) -> float:
+def _eager_us(fn, dry_run: bool) -> float:
+    """Median us of eager calls after one warm-up (10 on the GPU with CUDA events; 2 wall-clock in a dry run)."""
     import torch
     fn()
     times = []
-    for _ in range(reps):
+    for _ in range(2 if dry_run else 10):
         if dry_run:
             t = time.perf_counter()
             fn()
@@ -142,8 +153,8 @@ def bench_tokens(M: int, shape: dict, dev: str, dry_run: bool, gen, sweep: bool 
             diff = (fn().float() - ref.float()).abs().max().item()
             row["maxdiff"] = f"{diff:.3g}"
             if graph and not dry_run:
-                from bench_block_attention import _graph_time_us
-                row.update(timing="cuda-graph", us=_graph_time_us(lambda i: fn(), 1, min_calls=20, replays=10))
+                from _bench import graph_time_us
+                row.update(timing="cuda-graph", us=graph_time_us(lambda i: fn(), 1, min_calls=20, replays=10))
             else:
                 row.update(timing="wall" if dry_run else "eager-events", us=_eager_us(fn, dry_run))
             row["gbps"] = "" if name.startswith("route") else expert_bytes / row["us"] / 1e3
@@ -153,15 +164,39 @@ def bench_tokens(M: int, shape: dict, dev: str, dry_run: bool, gen, sweep: bool 
     return rows
 
 
+def summary(rows) -> list:
+    """Per token count: triton (experts only) against the fastest alternative that ran, and its % of copy."""
+    out = []
+    for M in dict.fromkeys(r["tokens"] for r in rows):
+        ours = next((r for r in rows if r["tokens"] == M and r["provider"] == "triton" and r["us"] != ""), None)
+        alts = [r for r in rows if r["tokens"] == M and r["provider"] in ALTERNATIVES and r["us"] != ""]
+        best = min(alts, key=lambda r: float(r["us"])) if alts else None
+        out.append(dict(tokens=M, touched=rows[0]["touched_experts"] if ours is None else ours["touched_experts"],
+                        triton_us=None if ours is None else float(ours["us"]),
+                        best=best["provider"] if best else "", best_us=float(best["us"]) if best else None,
+                        speedup=float(best["us"]) / float(ours["us"]) if best and ours else None,
+                        pct_copy=None if ours is None else float(ours["pct_copy"])))
+    return out
+
+
 def render(rows, path: str) -> None:
-    lines = [f"# Routed experts of one LLaDA2.0-mini MoE layer ({rows[0]['gpu']}, torch {rows[0]['torch']}, "
-             f"triton {rows[0]['triton']}, {rows[0]['sha']}; copy {float(rows[0]['copy_gbps']):.0f} GB/s)", "",
-             "| tokens | experts touched | provider | timing | us | GB/s (touched experts) | % copy | vs triton | "
-             "maxdiff | error |", "|---|---|---|---|---|---|---|---|---|---|"]
+    r0 = rows[0]
+    num = lambda v, f: "" if v in ("", None) else format(float(v), f)  # noqa: E731
+    lines = [f"# Routed experts of one LLaDA2.0-mini MoE layer ({r0['gpu']}, torch {r0['torch']}, "
+             f"triton {r0['triton']}, {r0['sha']}; copy {float(r0['copy_gbps']):.0f} GB/s)", "",
+             "## Fused MoE vs the best alternative (issue 22: >= 1.5x, >= 80% of copy over the touched experts)", "",
+             "| tokens | experts touched | triton us | best alternative | its us | speedup | triton % copy |",
+             "|---|---|---|---|---|---|---|"]
+    for h in summary(rows):
+        lines.append(f"| {h['tokens']} | {h['touched']} | {num(h['triton_us'], '.1f')} | {h['best']} | "
+                     f"{num(h['best_us'], '.1f')} | {num(h['speedup'], '.2f')}{'x' if h['speedup'] else ''} | "
+                     f"{num(h['pct_copy'], '.1f')} |")
+    lines += ["", "## Every provider", "",
+              "| tokens | experts touched | provider | timing | us | GB/s (touched experts) | % copy | vs triton | "
+              "maxdiff | error |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ours = next(o for o in rows if o["tokens"] == r["tokens"] and o["provider"] == "triton")
         ratio = f"{r['us'] / ours['us']:.2f}x" if "" not in (r["us"], ours["us"]) and r["gbps"] != "" else ""
-        num = lambda v, f: "" if v == "" else format(v, f)  # noqa: E731
         lines.append(f"| {r['tokens']} | {r['touched_experts']} | {r['provider']} | {r['timing']} | {num(r['us'], '.1f')} "
                      f"| {num(r['gbps'], '.0f')} | {num(r['pct_copy'], '.1f')} | {ratio} | {r.get('maxdiff', '')} "
                      f"| {r['error']} |")
@@ -169,34 +204,33 @@ def render(rows, path: str) -> None:
         f.write("\n".join(lines) + "\n")
 
 
-def main(out: str, tokens=(32, 256, 1024), dry_run: bool = False, seed: int = 0, sweep: bool = False) -> str:
+def main(out: str, tokens=(32, 256, 1024), dry_run: bool = False, seed: int = 0, sweep: bool = False,
+         sha=None) -> str:
     if dry_run:
         os.environ.setdefault("TRITON_INTERPRET", "1")
     import torch
-    import triton
-    from provenance import git_sha
+    from _bench import measure_roofline
+    from provenance import environment
     dev = "cpu" if dry_run else "cuda"
-    shape = TINY if dry_run else LLADA2_MINI
-    if dry_run:
-        copy_gbps = 1.0
-    else:
-        from bench_block_attention import copy_bandwidth_gbs
-        copy_gbps = copy_bandwidth_gbs()
+    shape = TINY if dry_run else llada2_mini_layer()
+    copy_gbps = 1.0 if dry_run else measure_roofline(device=dev)[0] / 1e9
     gen = torch.Generator(device=dev).manual_seed(seed)
-    gpu = "cpu-interpreter" if dry_run else torch.cuda.get_device_name()
-    prov = dict(copy_gbps=copy_gbps, gpu=gpu, torch=torch.__version__, triton=triton.__version__, sha=git_sha())
+    env = environment(dev, sha)
+    if dry_run:
+        env["gpu"] = "cpu-interpreter"
+    prov = dict(env, copy_gbps=copy_gbps)
     rows = []
+    os.makedirs(out, exist_ok=True)
+    stem = os.path.join(out, f"bench_moe_{env['gpu'].replace(' ', '_').lower()}_{env['sha']}")
     for M in tokens:
         for r in bench_tokens(M, shape, dev, dry_run, gen, sweep):
             r.update(prov, pct_copy=100 * r["gbps"] / copy_gbps if r["gbps"] != "" else "")
             rows.append(r)
-    os.makedirs(out, exist_ok=True)
-    stem = os.path.join(out, f"bench_moe_{gpu.replace(' ', '_').lower()}_{prov['sha']}")
-    with open(stem + ".csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-    render(rows, stem + ".md")
+        with open(stem + ".csv", "w", newline="") as f:  # after every token count: a cut-off run keeps its rows
+            w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+        render(rows, stem + ".md")
     print(open(stem + ".md").read())
     return stem
 
@@ -208,8 +242,9 @@ def cli(argv=None):
     p.add_argument("--dry-run", action="store_true", help="tiny shape on the CPU under the Triton interpreter")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sweep", action="store_true", help="also time moe_experts under each SWEEP config")
+    p.add_argument("--sha", default=None, help="git sha to record (when the run has no .git)")
     a = p.parse_args(argv)
-    main(a.out, tuple(a.tokens), a.dry_run, a.seed, a.sweep)
+    return main(a.out, tuple(a.tokens), a.dry_run, a.seed, a.sweep, a.sha)
 
 
 if __name__ == "__main__":

@@ -191,3 +191,16 @@ def test_graph_samples_skip_after_deadline():
                        dict(copy_gbps=1.0, matmul_tflops=1.0), deadline=0.0, l2_bytes=0)
     assert timer.calls == []
     assert all("time budget" in r["error"] for r in rows) and len(rows) == 2
+
+
+def test_dream_head_at_dream_7b_shapes():
+    import torch
+
+    ctx = bk.Ctx(False, "cpu", torch.bfloat16, torch.Generator().manual_seed(0), "eager", "default")
+    by = {c.shape: c for c in bk.build_cases(bk.model_config(), bk.Regime(batches=(1, 32)), ctx)
+          if c.op == "dream_head"}  # inputs are made lazily: nothing of 7B size is allocated
+    assert set(by) == {"B1-M32-V152064-d3584", "B32-M1024-V152064-d3584"}
+    c = by["B32-M1024-V152064-d3584"]
+    assert c.flops == 2 * 1024 * 152064 * 3584 and c.nbytes == 2 * (152064 * 3584 + 1024 * 3584) + 12 * 1024
+    assert {"torch", "torch-compile", "triton", "cublas-matmul"} == set(c.providers)
+    assert "dream_head" in bk.OPS and "dream_head" not in bk.DECODE_OPS

@@ -27,8 +27,9 @@ def test_matches_reference(dtype, confidence, tiles):
     x0, conf = head_dream_confidence(h, w, confidence=confidence, banned_ids=(5, 299), config=tiles)
     r0, rc = head_dream_confidence_ref(h, w, confidence=confidence, banned_ids=(5, 299))
     assert torch.equal(x0, r0)
-    # neg_entropy: the streamed form leaves out Dream's 1e-10 inside the log (|change| < V * 1e-10)
-    torch.testing.assert_close(conf, rc, atol=2e-6 + 300 * 1e-10, rtol=1e-5)
+    # neg_entropy over several fp16 vocab tiles leaves out Dream's 1e-10 inside the log (|change| < V * 1e-10)
+    gap = 300 * 1e-10 if tiles is not None and confidence == "neg_entropy" and dtype != torch.float32 else 0.0
+    torch.testing.assert_close(conf, rc, atol=2e-6 + gap, rtol=1e-5)
 
 
 def test_ties_margin_zero_and_lowest_id():
@@ -46,15 +47,6 @@ def test_n_rows_skips_tail_rows():
     r0, rc = head_dream_confidence_ref(h[:16], w, confidence="neg_entropy")
     assert torch.equal(x0[:16], r0)
     torch.testing.assert_close(conf[:16], rc, atol=1e-5, rtol=1e-5)
-
-
-def test_sampling_and_filters_use_the_reference_path():
-    h, w = _inputs(8, 100, 16, torch.float32)
-    x0, conf = head_dream_confidence(h, w, confidence="prob", top_k=1)
-    assert torch.equal(x0, (h @ w.t()).argmax(-1)) and torch.allclose(conf, torch.ones(8))
-    a = head_dream_confidence(h, w, confidence="margin", temperature=0.8, top_p=0.9, seed=3, offset=1)
-    b = head_dream_confidence(h, w, confidence="margin", temperature=0.8, top_p=0.9, seed=3, offset=1)
-    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
 def test_errors_name_the_argument():
@@ -125,15 +117,24 @@ from llada_triton.kernels._common import compile_for
 from llada_triton.kernels import dream_head as k
 for dt in ("bf16", "fp16"):
     sig = dict(h_ptr="*" + dt, w_ptr="*" + dt, pf_ptr="*fp32", pidx_ptr="*i32", n_rows_ptr="*i64",
-               **{{n: "i32" for n in ("M", "V", "D", "NVT", "stride_hm", "stride_wv", "ban0", "ban1", "ban2",
-                                     "ban3")}})
-    for bm, bk in ((16, 128), (128, 64)):
-        compile_for(k._dream_partials_kernel, sig, dict(N_BAN=1, HAS_N_ROWS=True, UPCAST=False, IEEE=False,
-                    SWAP_AB=bm == 16, EVEN_K=True, EVEN_V=False, BLOCK_M=bm, BLOCK_V=128, BLOCK_K=bk, USE_GDC=True))
-msig = dict(pf_ptr="*fp32", pidx_ptr="*i32", x0_ptr="*i64", conf_ptr="*fp32", n_rows_ptr="*i64", M="i32",
-            NVT="i32")
+               row_ids_ptr="*i64", lse_ptr="*fp32", temp="fp32",
+               **{{n: "i32" for n in ("M", "V", "D", "NVT", "stride_hm", "stride_wv", "seed_lo", "seed_hi",
+                                     "off_lo", "off_hi", "ban0", "ban1", "ban2", "ban3")}})
+    sampled = ((16, 128, 128, True), (128, 64, 64, True)) if dt == "bf16" else ()  # the epilogue is dtype-free
+    for bm, bv, bk, sample in ((16, 128, 128, False), (128, 128, 64, False)) + sampled:
+        compile_for(k._dream_partials_kernel, sig, dict(N_BAN=1, HAS_N_ROWS=True, HAS_ROW_IDS=sample,
+                    SAMPLE=sample, ENT_EPS=False, HAS_LSE=False, UPCAST=False, IEEE=False, SWAP_AB=bm == 16,
+                    EVEN_K=True, EVEN_V=False, BLOCK_M=bm, BLOCK_V=bv, BLOCK_K=bk, USE_GDC=True))
+compile_for(k._dream_partials_kernel, sig, dict(N_BAN=0, HAS_N_ROWS=False, HAS_ROW_IDS=False, SAMPLE=True,
+                ENT_EPS=True, HAS_LSE=True, UPCAST=False, IEEE=False, SWAP_AB=True, EVEN_K=True, EVEN_V=True,
+                BLOCK_M=16, BLOCK_V=512, BLOCK_K=64))
+msig = dict(pf_ptr="*fp32", pidx_ptr="*i32", x0_ptr="*i64", conf_ptr="*fp32", lse_ptr="*fp32",
+            n_rows_ptr="*i64", M="i32", NVT="i32")
 for conf in range(3):
-    compile_for(k._dream_merge_kernel, msig, dict(CONF=conf, HAS_N_ROWS=False, BLOCK_R=1, BLOCK_T=2048))
+    for sample in (False, True):
+        compile_for(k._dream_merge_kernel, msig, dict(CONF=conf, SAMPLE=sample, ENT_EPS=conf == 2 and sample,
+                                                      LSE_OUT=conf == 2 and not sample, HAS_N_ROWS=False,
+                                                      BLOCK_R=1, BLOCK_T=2048))
 print("ok")
 """
 

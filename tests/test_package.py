@@ -12,7 +12,8 @@ PKG = ROOT / "llada_triton"
 
 def test_kernels_all_is_pinned():
     assert kernels.__all__ == ["block_attention", "rms_norm", "rope", "swiglu_mlp", "swiglu_mlp_rms_norm",
-                               "linear_rms_norm", "silu_mul", "qkv_proj_rope", "head_confidence", "logits_confidence",
+                               "linear_rms_norm", "silu_mul", "qkv_proj_rope", "qkv_proj_norm_rope", "head_confidence",
+                               "logits_confidence",
                                "select_transfer", "select_commit", "commit_step", "linear", "qkv_rope_cache",
                                "moe_route", "moe_align", "moe_experts", "head_dream_confidence", "reference"]
     for name in kernels.__all__[:-1]:

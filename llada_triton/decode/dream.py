@@ -7,7 +7,10 @@ exact against (fp32, golden cases in ``tests/data/dream-tiny``):
 * ``cache='none'`` without threshold: Dream's ``diffusion_generate`` (``alg`` maskgit_plus / topk_margin /
   entropy, ``alg_temp``; all ``steps`` over one block of ``max_new_tokens`` masks, Dream's float32 truncating
   schedule, ``steps`` model calls). ``alg='origin'`` and ``alg_temp > 0`` draw from a seeded torch generator:
-  the same distribution as Dream's, not its random stream.
+  the same distribution as Dream's, not its random stream. ``temperature > 0`` (and ``top_p`` / ``top_k``)
+  samples by Gumbel-max: in the Triton head with Philox noise keyed by (seed, model call, row, vocab id)
+  (``kernels.head_dream_confidence``; top-p / top-k materialise the masked rows' logits), in the reference ops
+  with a torch generator; both have the distribution of Dream's ``Categorical`` sampler, neither its stream.
 * ``cache='none'`` with ``threshold``: Fast-dLLM's ``alg='confidence_threshold'`` (top-``n/steps + carry``
   candidates, the first kept, the others if ``>= threshold``; the rejected carried; steps added at the end).
 * ``cache='prefix'`` / ``'dual'``: Fast-dLLM's Dream block decoders (``generation_utils_block.py``): a refresh

@@ -4,20 +4,22 @@ One op family per module, every public kernel with a torch reference of the same
 :mod:`llada_triton.kernels.reference` (which never imports triton): ``gemm`` (decode GEMM ``linear`` /
 ``linear_rms_norm``, split-K, the shared K-loop), ``mlp`` (SwiGLU), ``attention`` (block attention over the KV
 cache), ``norm`` (RMSNorm), ``rotary`` (RoPE + cache write), ``qkv`` (QKV GEMM + RoPE + cache write),
-``confidence`` (LM head / logits -> token and confidence), ``dream_head`` (Dream's head), ``selection`` (which
-positions to commit), ``moe`` (router, token alignment, grouped experts); ``_common`` holds launch helpers
-(PDL, validation, CPU compile checks). Modules load lazily: importing this package or ``reference`` does not
-import triton; set ``TRITON_INTERPRET=1`` before the first kernel use to run them on a CPU.
-``kernels.block_attention`` is always the function (module names differ from function names).
+``qkv_norm`` (the same with per-head QK-norm and partial RoPE: LLaDA2.x / LLaDA-MoE), ``confidence`` (LM head /
+logits -> token and confidence), ``dream_head`` (Dream's head), ``selection`` (which positions to commit),
+``moe`` (router, token alignment, grouped experts); ``_common`` holds launch helpers (PDL, validation, CPU
+compile checks). Modules load lazily: importing this package or ``reference`` does not import triton; set
+``TRITON_INTERPRET=1`` before the first kernel use to run them on a CPU. ``kernels.block_attention`` is always
+the function (module names differ from function names).
 """
 import importlib
 
 _LAZY = {  # public kernel -> its module, in __all__'s order
     "block_attention": "attention", "rms_norm": "norm", "rope": "rotary", "swiglu_mlp": "mlp",
     "swiglu_mlp_rms_norm": "mlp", "linear_rms_norm": "gemm", "silu_mul": "mlp", "qkv_proj_rope": "qkv",
-    "head_confidence": "confidence", "logits_confidence": "confidence", "select_transfer": "selection",
-    "select_commit": "selection", "commit_step": "selection", "linear": "gemm", "qkv_rope_cache": "rotary",
-    "moe_route": "moe", "moe_align": "moe", "moe_experts": "moe", "head_dream_confidence": "dream_head",
+    "qkv_proj_norm_rope": "qkv_norm", "head_confidence": "confidence", "logits_confidence": "confidence",
+    "select_transfer": "selection", "select_commit": "selection", "commit_step": "selection", "linear": "gemm",
+    "qkv_rope_cache": "rotary", "moe_route": "moe", "moe_align": "moe", "moe_experts": "moe",
+    "head_dream_confidence": "dream_head",
 }
 __all__ = [*_LAZY, "reference"]
 

@@ -1,22 +1,34 @@
-"""Fused LM head with Dream's confidences: argmax token and max prob / top-1 minus top-2 margin / negative
-entropy per row, streaming the vocabulary (``[M, V]`` logits are never stored).
+"""Fused LM head with Dream's sampling and confidences: token and max prob / top-1 minus top-2 margin / negative
+entropy per row, streaming the vocabulary (``[M, V]`` logits are never stored, except for top-p / top-k below).
 
 Kernel 1 (``_dream_partials_kernel``, grid ``(row tiles, vocab tiles)``) computes a ``[BLOCK_M, BLOCK_V]`` logit
-tile with the K-steps of :mod:`llada_triton.kernels.gemm` (the tiles of LLaDA's head at temperature 0), rounds it
-to the hidden dtype (as the model's logits are) and reduces it to per-row partials: the tile's largest logit
-``m`` and its lowest id, the second largest (the largest at another id), and
-``s = sum exp(l - m)``, ``t = sum exp(l - m) * (l - m)``. Kernel 2 (``_dream_merge_kernel``) merges a row's
-partials (``S = sum s_i e^(m_i - M)``, ``T = sum e^(m_i - M) (t_i + (m_i - M) s_i)``) into
+tile with the K-steps of :mod:`llada_triton.kernels.gemm` (the tiles of LLaDA's head), rounds it to the hidden
+dtype (as the model's logits are), divides by the temperature when sampling (``z = l / T``, IEEE division as
+Dream's ``logits / temperature``; ``z = l`` at ``T = 0``) and reduces it to per-row partials: the tile's largest
+``z`` ``m`` and its lowest id, the second largest (the largest at another id), ``s = sum exp(z - m)``,
+``t = sum exp(z - m) * (z - m)``; when sampling also the largest Gumbel key ``z + g`` with its lowest id and the
+``z`` there. ``g`` is the Philox Gumbel noise of :func:`llada_triton.kernels.head_confidence` (key ``seed``,
+counters ``(vocab id, row or row_ids[row], offset)``): deterministic given the seed and independent of the
+tiling; recomputed in torch by :func:`llada_triton.kernels.reference.philox_gumbel_ref`. It is not the stream of
+Dream's ``Categorical`` sampler (a torch generator), so sampled tokens match the reference in distribution only.
+Kernel 2 (``_dream_merge_kernel``) merges a row's partials (``S = sum s_i e^(m_i - M)``,
+``T = sum e^(m_i - M) (t_i + (m_i - M) s_i)``) into the token (argmax of ``z``, or of the keys when sampling:
+the Gumbel-max trick) and the confidence on ``p = softmax(z)``, the tempered distribution as Dream computes it:
 
-* ``prob``: ``1 / S`` (the max prob, Dream's maskgit_plus at temperature 0);
+* ``prob``: ``p[x0]`` = ``e^(z[x0] - M) / S`` (maskgit_plus; ``1 / S`` at ``T = 0``);
 * ``margin``: ``(1 - e^(top2 - M)) / S`` (topk_margin);
-* ``neg_entropy``: ``T / S - log S`` = ``sum p log p``. Dream adds ``1e-10`` inside the log; the streamed form
-  leaves it out, which changes the value by less than ``V * 1e-10`` (1.5e-5 at Dream's 152,064 ids).
+* ``neg_entropy``: ``sum p log(p + 1e-10)`` (entropy). When a row's vocabulary is one tile (``BLOCK_V >= V``,
+  the interpreter's default) the tile knows ``p`` and sums Dream's formula itself. Across several tiles ``p`` is
+  known only after the merge: in fp32 (the exactness path) a second partials pass, given each row's
+  log-sum-exp, sums Dream's formula (one more head GEMM); in bf16 / fp16 the streamed ``T / S - log S`` =
+  ``sum p log p`` leaves the ``1e-10`` out, which changes the value by less than ``V * 1e-10`` (1.5e-5 at
+  Dream's 152,064 ids; far below the rounding of bf16 logits).
 
+top-p / top-k need a row's sorted distribution: those calls compute the logits of the rows given (only the first
+``n_rows`` when given and not capturing a CUDA graph: the still-masked rows when the driver compacts), filter
+them with :func:`llada_triton.kernels.reference.filter_top_p_top_k_ref` and sample with the same Philox noise
+(``dream_confidence_ref(..., gumbel=philox_gumbel_ref(...))``).
 Dream's logit shift is row indexing before the head (the decoding policies hand it the rows ``i - 1``).
-Temperature > 0 and top-p / top-k need the whole distribution of a row (a sort for top-p): those calls compute
-the ``[rows, V]`` logits of the rows given (the still-masked rows when the driver compacts) and run
-:func:`llada_triton.kernels.reference.dream_confidence_ref` (a torch generator keyed by ``(seed, offset)``).
 Reference: :func:`llada_triton.kernels.reference.head_dream_confidence_ref`.
 """
 from __future__ import annotations
@@ -29,23 +41,23 @@ import triton.language as tl
 
 from llada_triton.kernels._common import (cdiv, check_tensor, dot_flags, gdc_options, gdc_wait_and_release,
                                           is_interpreter, next_pow2)
-from llada_triton.kernels.confidence import _head_config
+from llada_triton.kernels.confidence import _gumbel, _head_config, _rows_args, _sampling_args
 from llada_triton.kernels.gemm import dot_loop
-from llada_triton.kernels.reference import DREAM_CONFIDENCES, dream_confidence_ref
+from llada_triton.kernels.reference import DREAM_CONFIDENCES, dream_confidence_ref, philox_gumbel_ref
 
 __all__ = ["head_dream_confidence"]
 
-MAX_BANNED = 4
 _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
 def _dream_partials_kernel(
     h_ptr, w_ptr,  # [M, D], [V, D]
-    pf_ptr, pidx_ptr,  # fp32 partials [4, M, NVT] (top1, top2, s, t); int32 [M, NVT] (id of top1)
-    n_rows_ptr, M, V, D, NVT, stride_hm, stride_wv,
-    ban0, ban1, ban2, ban3,
-    N_BAN: tl.constexpr, HAS_N_ROWS: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+    pf_ptr, pidx_ptr,  # fp32 partials [NP, M, NVT] (top1, top2, s, t[, key, z at key]); int32 [M, NVT] (x0 id)
+    n_rows_ptr, row_ids_ptr, lse_ptr, M, V, D, NVT, stride_hm, stride_wv,  # lse [M] fp32 (HAS_LSE)
+    temp, seed_lo, seed_hi, off_lo, off_hi, ban0, ban1, ban2, ban3,
+    N_BAN: tl.constexpr, HAS_N_ROWS: tl.constexpr, HAS_ROW_IDS: tl.constexpr, SAMPLE: tl.constexpr,
+    ENT_EPS: tl.constexpr, HAS_LSE: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
     SWAP_AB: tl.constexpr, EVEN_K: tl.constexpr, EVEN_V: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, USE_GDC: tl.constexpr = False,
 ):
@@ -59,7 +71,8 @@ def _dream_partials_kernel(
     vids = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
     offs_k = tl.arange(0, BLOCK_K)
     # clamped M / V edges: the duplicated rows are not stored, the duplicated ids get -inf below
-    a_ptrs = h_ptr + tl.minimum(rows, M - 1).to(tl.int64)[:, None] * stride_hm + offs_k[None, :]
+    rows_c = tl.minimum(rows, M - 1).to(tl.int64)
+    a_ptrs = h_ptr + rows_c[:, None] * stride_hm + offs_k[None, :]
     b_ptrs = w_ptr + tl.minimum(vids, V - 1).to(tl.int64)[:, None] * stride_wv + offs_k[None, :]
     if SWAP_AB:
         acc = tl.zeros([BLOCK_V, BLOCK_M], dtype=tl.float32)
@@ -75,6 +88,8 @@ def _dream_partials_kernel(
         logit = tl.where(ban, float("-inf"), logit)
     if not EVEN_V:
         logit = tl.where(vcol < V, logit, float("-inf"))
+    if SAMPLE:
+        logit = tl.math.div_rn(logit, temp)  # Dream's logits / T, rounded as torch divides
     top1, loc = tl.max(logit, axis=1, return_indices=True, return_indices_tie_break_left=True)
     cols = tl.arange(0, BLOCK_V)[None, :]
     top2 = tl.max(tl.where(cols == loc[:, None], float("-inf"), logit), axis=1)
@@ -82,7 +97,14 @@ def _dream_partials_kernel(
     z = logit - m_safe[:, None]
     e = tl.exp(z)
     s = tl.sum(e, axis=1)
-    t = tl.sum(tl.where(e > 0, e * z, 0.0), axis=1)  # 0 * -inf at -inf logits: dropped
+    if ENT_EPS:  # p known: the whole row is this tile, or its log-sum-exp comes from a first pass
+        if HAS_LSE:
+            p = tl.exp(logit - tl.load(lse_ptr + rows_c)[:, None])
+        else:
+            p = e / s[:, None]
+        t = tl.sum(tl.where(e > 0, p * tl.log(p + 1e-10), 0.0), axis=1)
+    else:
+        t = tl.sum(tl.where(e > 0, e * z, 0.0), axis=1)  # 0 * -inf at -inf logits: dropped
     po = rows.to(tl.int64) * NVT + pid_v
     rmask = rows < M
     plane = M.to(tl.int64) * NVT
@@ -90,13 +112,24 @@ def _dream_partials_kernel(
     tl.store(pf_ptr + plane + po, top2, mask=rmask)
     tl.store(pf_ptr + 2 * plane + po, s, mask=rmask)
     tl.store(pf_ptr + 3 * plane + po, t, mask=rmask)
+    if SAMPLE:  # Gumbel-max: the sample is the argmax of z + g over the whole row
+        if HAS_ROW_IDS:
+            prow = tl.load(row_ids_ptr + rows_c).to(tl.int32)
+        else:
+            prow = rows
+        key = logit + _gumbel(vcol, prow[:, None], seed_lo, seed_hi, off_lo, off_hi)
+        kmax, loc = tl.max(key, axis=1, return_indices=True, return_indices_tie_break_left=True)
+        zx = tl.max(tl.where(cols == loc[:, None], logit, float("-inf")), axis=1)
+        tl.store(pf_ptr + 4 * plane + po, kmax, mask=rmask)
+        tl.store(pf_ptr + 5 * plane + po, zx, mask=rmask)
     tl.store(pidx_ptr + po, pid_v * BLOCK_V + loc.to(tl.int32), mask=rmask)
 
 
 @triton.jit
 def _dream_merge_kernel(
-    pf_ptr, pidx_ptr, x0_ptr, conf_ptr, n_rows_ptr, M, NVT,
-    CONF: tl.constexpr, HAS_N_ROWS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr,
+    pf_ptr, pidx_ptr, x0_ptr, conf_ptr, lse_ptr, n_rows_ptr, M, NVT,
+    CONF: tl.constexpr, SAMPLE: tl.constexpr, ENT_EPS: tl.constexpr, LSE_OUT: tl.constexpr, HAS_N_ROWS: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     if HAS_N_ROWS:
         if tl.program_id(0) * BLOCK_R >= tl.load(n_rows_ptr):
@@ -110,28 +143,45 @@ def _dream_merge_kernel(
     top1 = tl.load(pf_ptr + po, mask=valid, other=float("-inf"))
     big = tl.max(top1, axis=1)
     tsel = tl.min(tl.where(valid & (top1 == big[:, None]), tt[None, :], BLOCK_T), axis=1)  # lowest id on ties
-    at = tt[None, :] == tsel[:, None]
-    x0 = tl.max(tl.where(at, tl.load(pidx_ptr + po, mask=valid, other=0), -1), axis=1)
+    at = tt[None, :] == tsel[:, None]  # the tile of the largest z
+    if SAMPLE:  # x0 from the tile of the largest Gumbel key (lowest tile on ties: lowest id)
+        key = tl.load(pf_ptr + 4 * plane + po, mask=valid, other=float("-inf"))
+        kbig = tl.max(key, axis=1)
+        ksel = tl.min(tl.where(valid & (key == kbig[:, None]), tt[None, :], BLOCK_T), axis=1)
+        at_x = tt[None, :] == ksel[:, None]
+    else:
+        at_x = at
+    x0 = tl.max(tl.where(at_x, tl.load(pidx_ptr + po, mask=valid, other=0), -1), axis=1)
     big_safe = tl.where(big == float("-inf"), 0.0, big)
     scale = tl.where(valid & (top1 > float("-inf")), tl.exp(top1 - big_safe[:, None]), 0.0)
     s = tl.load(pf_ptr + 2 * plane + po, mask=valid, other=0.0)
     S = tl.sum(scale * s, axis=1)
     if CONF == 0:
-        conf = 1.0 / S
+        if SAMPLE:
+            zx = tl.max(tl.where(at_x, tl.load(pf_ptr + 5 * plane + po, mask=valid, other=float("-inf")),
+                                 float("-inf")), axis=1)
+            conf = tl.exp(zx - big_safe) / S
+        else:
+            conf = 1.0 / S
     elif CONF == 1:
         top2 = tl.load(pf_ptr + plane + po, mask=valid, other=float("-inf"))
         second = tl.maximum(tl.max(top2, axis=1), tl.max(tl.where(at, float("-inf"), top1), axis=1))
         conf = (1.0 - tl.exp(second - big_safe)) / S
     else:
         t = tl.load(pf_ptr + 3 * plane + po, mask=valid, other=0.0)
-        dm = tl.where(scale > 0, top1 - big_safe[:, None], 0.0)
-        T = tl.sum(scale * (t + dm * s), axis=1)
-        conf = T / S - tl.log(S)
+        if ENT_EPS:  # the tiles' partials are sums of p log(p + 1e-10)
+            conf = tl.sum(t, axis=1)
+        else:
+            dm = tl.where(scale > 0, top1 - big_safe[:, None], 0.0)
+            T = tl.sum(scale * (t + dm * s), axis=1)
+            conf = T / S - tl.log(S)
+    if LSE_OUT:
+        tl.store(lse_ptr + rows, big_safe + tl.log(S), mask=rmask)
     tl.store(x0_ptr + rows, x0.to(tl.int64), mask=rmask)
     tl.store(conf_ptr + rows, conf, mask=rmask)
 
 
-def _check(hidden, w_head, confidence, banned_ids, n_rows):
+def _check(hidden, w_head, confidence, top_p, top_k):
     check_tensor("hidden", hidden, ndim=2, dtypes=_DTYPES)
     check_tensor("w_head", w_head, ndim=2, dtypes=_DTYPES)
     if w_head.dtype != hidden.dtype or w_head.shape[1] != hidden.shape[1] or w_head.device != hidden.device:
@@ -139,12 +189,31 @@ def _check(hidden, w_head, confidence, banned_ids, n_rows):
                          f"got {tuple(w_head.shape)} {w_head.dtype} on {w_head.device}")
     if confidence not in DREAM_CONFIDENCES:
         raise ValueError(f"confidence={confidence!r}; choose one of {DREAM_CONFIDENCES}")
-    V = w_head.shape[0]
-    if len(banned_ids) > MAX_BANNED or any(not 0 <= int(i) < V for i in banned_ids):
-        raise ValueError(f"banned_ids={list(banned_ids)}: at most {MAX_BANNED} ids in [0, {V})")
-    if n_rows is not None and (n_rows.numel() != 1 or n_rows.device != hidden.device):
-        raise ValueError(f"n_rows must be a one-element int tensor on {hidden.device}, got shape "
-                         f"{tuple(n_rows.shape)} on {n_rows.device}")
+    if top_p is not None and (isinstance(top_p, bool) or not 0.0 < float(top_p) <= 1.0):
+        raise ValueError(f"top_p={top_p!r} must be in (0, 1]")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k={top_k!r} must be an int >= 1")
+
+
+def _filtered(hidden, w_head, x0, conf, *, confidence, temperature, top_p, top_k, seed, offset, banned_ids,
+              n_rows, row_ids):
+    """top-p / top-k: the logits of the first ``n`` rows (``n_rows`` when given, read on the host unless a CUDA
+    graph is being captured), filtered and sampled as the reference with the kernel's Philox noise."""
+    n = hidden.shape[0]
+    if n_rows is not None and not (hidden.is_cuda and torch.cuda.is_current_stream_capturing()):
+        n = min(n, int(n_rows.reshape(())))
+    x0.zero_()  # rows >= n: unspecified (zeros here)
+    conf.zero_()
+    if n == 0:
+        return x0, conf
+    logits = hidden[:n] @ w_head.t()  # the model's logits of those rows, in the hidden dtype
+    g = None
+    if temperature > 0:
+        rows = row_ids[:n] if row_ids is not None else torch.arange(n, device=hidden.device)
+        g = philox_gumbel_ref(seed, offset, rows, w_head.shape[0])
+    x0[:n], conf[:n] = dream_confidence_ref(logits, confidence=confidence, temperature=temperature, top_p=top_p,
+                                            top_k=top_k, banned_ids=banned_ids, gumbel=g)
+    return x0, conf
 
 
 def head_dream_confidence(hidden: torch.Tensor, w_head: torch.Tensor, *, confidence: str = "prob",
@@ -154,38 +223,55 @@ def head_dream_confidence(hidden: torch.Tensor, w_head: torch.Tensor, *, confide
                           config: Optional[dict] = None):
     """``(x0 int64 [M], conf fp32 [M])`` from final hidden states ``[M, d]`` and the LM head ``[V, d]`` (same
     dtype): Dream's ``sample_tokens`` with ``confidence`` ``"prob"`` / ``"margin"`` / ``"neg_entropy"`` (see the
-    module docstring). ``n_rows`` (one-element device tensor): only the first ``n_rows`` rows are computed, the
-    others' outputs are unspecified; ``row_ids``: the rows' noise rows when sampling. ``config`` overrides the
+    module docstring): argmax at ``temperature`` 0, else a Gumbel-max sample with Philox noise keyed by ``seed``
+    (use a new ``offset`` per step). ``n_rows`` (one-element device tensor): only the first ``n_rows`` rows are
+    computed, the others' outputs are unspecified; ``row_ids``: the rows' Philox row counters (a gathered row keeps
+    its noise). ``top_p < 1`` / ``top_k`` materialise the rows' logits (module docstring). ``config`` overrides the
     block sizes (tests)."""
-    _check(hidden, w_head, confidence, banned_ids, n_rows)
-    if temperature > 0 or top_p is not None or top_k is not None:  # the row's whole distribution is needed
-        gen = torch.Generator(device=hidden.device).manual_seed((int(seed) * 1_000_003 + int(offset)) % (2 ** 63))
-        return dream_confidence_ref(hidden @ w_head.t(), confidence=confidence, temperature=temperature,
-                                    top_p=top_p, top_k=top_k, generator=gen, banned_ids=banned_ids, row_ids=row_ids)
+    _check(hidden, w_head, confidence, top_p, top_k)
     M, D = hidden.shape
     V = w_head.shape[0]
+    sa = _sampling_args(V, temperature, seed, offset, banned_ids, ())  # validates T, seed, offset, banned_ids
     x0 = torch.empty(M, dtype=torch.int64, device=hidden.device)
     conf = torch.empty(M, dtype=torch.float32, device=hidden.device)
+    nr, rid, rows_ce = _rows_args(M, hidden.device, n_rows, row_ids, x0)
+    if (top_p is not None and top_p < 1) or top_k is not None:
+        return _filtered(hidden, w_head, x0, conf, confidence=confidence, temperature=float(temperature),
+                         top_p=top_p, top_k=top_k, seed=seed, offset=offset, banned_ids=banned_ids,
+                         n_rows=n_rows, row_ids=row_ids)
     if M == 0:
         return x0, conf
+    return _launch(hidden, w_head, x0, conf, nr, rid, rows_ce, sa, confidence, float(temperature), config)
+
+
+def _launch(hidden, w_head, x0, conf, nr, rid, rows_ce, sa, confidence, temperature, config):
+    """The partials and merge launches. Entropy over several vocab tiles in fp32 (the exactness path) runs them
+    twice: the second partials pass knows each row's log-sum-exp, so its tiles sum Dream's p log(p + 1e-10)."""
+    M, D = hidden.shape
+    V = w_head.shape[0]
+    sample = sa["constexprs"]["SAMPLE"]
     interpret = is_interpreter()
-    c = dict(_head_config(M, V, D, hidden.dtype, False, interpret), **(config or {}))  # LLaDA's T = 0 tiles
+    c = dict(_head_config(M, V, D, hidden.dtype, False, interpret, sample=sample), **(config or {}))
     BM, BV, BK = c["BLOCK_M"], c["BLOCK_V"], c["BLOCK_K"]
     nvt = cdiv(V, BV)
-    pf = torch.empty(4, M, nvt, dtype=torch.float32, device=hidden.device)
+    entropy = confidence == "neg_entropy"
+    two_pass = entropy and nvt > 1 and hidden.dtype == torch.float32
+    lse = torch.empty(M, dtype=torch.float32, device=hidden.device) if two_pass else conf  # conf: never read
+    pf = torch.empty(6 if sample else 4, M, nvt, dtype=torch.float32, device=hidden.device)
     pidx = torch.empty(M, nvt, dtype=torch.int32, device=hidden.device)
-    ban = [int(i) for i in banned_ids] + [-1] * (MAX_BANNED - len(banned_ids))
-    nr = x0 if n_rows is None else n_rows  # a placeholder pointer when absent (never read)
     extra = {} if interpret else dict(num_warps=c["num_warps"], num_stages=c["num_stages"])
-    _dream_partials_kernel[(cdiv(M, BM), nvt)](
-        hidden, w_head, pf, pidx, nr, M, V, D, nvt, hidden.stride(0), w_head.stride(0), *ban,
-        N_BAN=len(banned_ids), HAS_N_ROWS=n_rows is not None, SWAP_AB=c.get("SWAP_AB", False),
-        EVEN_K=D % BK == 0, EVEN_V=V % BV == 0, BLOCK_M=BM, BLOCK_V=BV, BLOCK_K=BK, **dot_flags(hidden.dtype),
-        **extra, **gdc_options(hidden, M))
     BT = next_pow2(max(nvt, 2))
     BR = min(next_pow2(max(M, 2)), 64) if interpret else (1 if M <= 256 else max(1, min(16, 4096 // BT)))
-    _dream_merge_kernel[(cdiv(M, BR),)](
-        pf, pidx, x0, conf, nr, M, nvt, CONF=DREAM_CONFIDENCES.index(confidence),
-        HAS_N_ROWS=n_rows is not None, BLOCK_R=BR, BLOCK_T=BT,
-        **({} if interpret else dict(num_warps=8 if BR == 1 else 4)))
+    for second in ((False, True) if two_pass else (False,)):
+        ent_eps = entropy and (nvt == 1 or second)
+        _dream_partials_kernel[(cdiv(M, BM), nvt)](
+            hidden, w_head, pf, pidx, nr, rid, lse, M, V, D, nvt, hidden.stride(0), w_head.stride(0),
+            temperature if sample else 1.0, *sa["rng"][:8],
+            N_BAN=sa["constexprs"]["N_BAN"], **rows_ce, SAMPLE=sample, ENT_EPS=ent_eps, HAS_LSE=second,
+            SWAP_AB=c.get("SWAP_AB", False), EVEN_K=D % BK == 0, EVEN_V=V % BV == 0, BLOCK_M=BM, BLOCK_V=BV,
+            BLOCK_K=BK, **dot_flags(hidden.dtype), **extra, **gdc_options(hidden, M))
+        _dream_merge_kernel[(cdiv(M, BR),)](
+            pf, pidx, x0, conf, lse, nr, M, nvt, CONF=DREAM_CONFIDENCES.index(confidence), SAMPLE=sample,
+            ENT_EPS=ent_eps, LSE_OUT=two_pass and not second, HAS_N_ROWS=rows_ce["HAS_N_ROWS"], BLOCK_R=BR,
+            BLOCK_T=BT, **({} if interpret else dict(num_warps=8 if BR == 1 else 4)))
     return x0, conf

@@ -28,6 +28,40 @@ MAX_ROWS = 64  # the fused path is the decode GEMM; more rows belong to a comput
 
 
 @triton.jit
+def token_positions(offs_m, M, T, start_ptr, start_val, s_start, DYN: tl.constexpr):
+    """``(m_ok, b, t, pos)`` of a tile's token rows ``offs_m`` (row ``m`` is token ``t`` of batch row ``b``, at
+    absolute position ``pos = start + t``); ``start`` is read on the device when ``DYN``: per batch row
+    (``s_start = 1``) or one shared value (``s_start = 0``)."""
+    m_ok = offs_m < M
+    b = (offs_m // T).to(tl.int64)
+    t = (offs_m % T).to(tl.int64)
+    if DYN:
+        start = tl.load(start_ptr + b * s_start, mask=m_ok, other=0)
+    else:
+        start = start_val
+    return m_ok, b, t, (start + t).to(tl.int64)
+
+
+@triton.jit
+def head_dest(slot, H, HKV, b, t, pos, m_ok, out_ptr, kc_ptr, vc_ptr, wf_ptr, sob, sot, soh,
+              skb, skt, skh, svb, svt, svh, HAS_CACHE: tl.constexpr, HAS_WF: tl.constexpr):
+    """``(base, mask)``: ``[1, BM]`` pointers to feature 0 of head ``slot`` (q heads, then k, then v) of the
+    tile's tokens, in the cache for k / v when there is one (slots below ``write_from[b]`` masked off: they are
+    read-only), else in the output ``[B, T, H + 2 HKV, D]``."""
+    mask = m_ok[None, :]
+    if HAS_CACHE and slot >= H:
+        if HAS_WF:
+            mask = mask & (pos >= tl.load(wf_ptr + b, mask=m_ok, other=0))[None, :]
+        if slot < H + HKV:
+            base = kc_ptr + (b * skb + pos * skt + (slot - H) * skh)[None, :]
+        else:
+            base = vc_ptr + (b * svb + pos * svt + (slot - H - HKV) * svh)[None, :]
+    else:
+        base = out_ptr + (b * sob + t * sot + slot * soh)[None, :]
+    return base, mask
+
+
+@triton.jit
 def _qkv_proj_rope_kernel(
     x_ptr, w_ptr, b_ptr, out_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr,
     start_ptr, start_val, wf_ptr, s_start,
@@ -67,31 +101,16 @@ def _qkv_proj_rope_kernel(
     dt = out_ptr.dtype.element_ty
     y = acc.to(dt).to(tl.float32)
     x1, x2 = tl.split(tl.permute(tl.reshape(y, (2, HB, BM)), (1, 2, 0)))   # [HB, BM]: feature j0+r, HALF+j0+r
-    m_ok = offs_m < M
-    b = (offs_m // T).to(tl.int64)
-    t = (offs_m % T).to(tl.int64)
-    if DYN:  # per-row start (s_start = 1) or one shared start (s_start = 0), read on the device
-        start = tl.load(start_ptr + b * s_start, mask=m_ok, other=0)
-    else:
-        start = start_val
-    pos = (start + t).to(tl.int64)                                          # [BM]
+    m_ok, b, t, pos = token_positions(offs_m, M, T, start_ptr, start_val, s_start, DYN)
     c = (j0 + tl.arange(0, HB))[:, None]                                    # [HB, 1]
-    mask = m_ok[None, :]
     if slot < H + HKV:
         crow = (pos * sct)[None, :]
-        o1, o2 = rotate_pair(x1, x2, cos_ptr + crow + c, sin_ptr + crow + c, mask, HALF)
+        o1, o2 = rotate_pair(x1, x2, cos_ptr + crow + c, sin_ptr + crow + c, m_ok[None, :], HALF)
     else:
         o1 = x1
         o2 = x2
-    if HAS_CACHE and slot >= H:
-        if HAS_WF:  # slots < write_from[b] are read-only
-            mask = mask & (pos >= tl.load(wf_ptr + b, mask=m_ok, other=0))[None, :]
-        if slot < H + HKV:
-            base = kc_ptr + (b * skb + pos * skt + (slot - H) * skh)[None, :]
-        else:
-            base = vc_ptr + (b * svb + pos * svt + (slot - H - HKV) * svh)[None, :]
-    else:
-        base = out_ptr + (b * sob + t * sot + slot * soh)[None, :]
+    base, mask = head_dest(slot, H, HKV, b, t, pos, m_ok, out_ptr, kc_ptr, vc_ptr, wf_ptr,
+                           sob, sot, soh, skb, skt, skh, svb, svt, svh, HAS_CACHE, HAS_WF)
     tl.store(base + c, o1.to(dt), mask=mask)
     tl.store(base + HALF + c, o2.to(dt), mask=mask)
 
@@ -127,21 +146,10 @@ def _qkv_config(M: int, K: int, dtype: torch.dtype, interpret: bool) -> dict:
     return dict(BM=bm, BK=64, num_warps=4, num_stages=6)
 
 
-def qkv_proj_rope(x: torch.Tensor, w_qkv: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.Tensor, start,
-                  k_cache: Optional[torch.Tensor] = None, v_cache: Optional[torch.Tensor] = None, *,
-                  n_heads: int, write_from: Optional[torch.Tensor] = None, head_dim: Optional[int] = None,
-                  config: Optional[dict] = None, bias: Optional[torch.Tensor] = None):
-    """``qkv_rope_cache(linear(x, w_qkv, bias).view(B, T, NH, D), ...)`` in one launch at decode sizes.
-
-    x: ``[B, T, d]`` fp16/bf16/fp32 (rows viewable); w_qkv: ``[NH * D, d]`` with ``NH = n_heads + 2 Hkv``
-    (q heads, then k, then v), ``D = head_dim`` (default: the caches' head dim, else ``d // n_heads``); the
-    other arguments and the result are those of :func:`llada_triton.kernels.rotary.qkv_rope_cache`: ``(q, k_cache,
-    v_cache)`` with a cache, else ``(q, k, v)``, where ``q`` (and ``k``, ``v``) are views of a new
-    ``[B, T, NH, D]`` tensor. More than :data:`MAX_ROWS` rows (or an unsupported head dim) take the
-    unfused path. ``bias`` (``[NH * D]``, x's dtype; q/k/v biases of Qwen2 / Dream) is added to the fp32
-    product before its one rounding, as ``F.linear(x, w, bias)``. See
-    :func:`llada_triton.kernels.reference.qkv_proj_rope_ref`.
-    """
+def check_proj_args(x, w_qkv, n_heads, head_dim, k_cache, bias):
+    """The checks of a fused QKV projection's ``x`` ``[B, T, d]``, ``w_qkv`` ``[(n_heads + 2 Hkv) * D, d]`` and
+    ``bias`` (``[NH * D]`` or None): ``(B, T, d, H, D, NH)``; ``D = head_dim`` (default: the cache's head dim, else
+    ``d // n_heads``)."""
     check_tensor("x", x, ndim=3, dtypes=DTYPES)
     check_tensor("w_qkv", w_qkv, ndim=2, dtypes=(x.dtype,))
     B, T, d = x.shape
@@ -157,6 +165,40 @@ def qkv_proj_rope(x: torch.Tensor, w_qkv: torch.Tensor, cos_table: torch.Tensor,
         check_tensor("bias", bias, ndim=1, dtypes=(x.dtype,))
         if bias.shape[0] != NH * D or bias.device != x.device:
             raise ValueError(f"bias must be [{NH * D}] on {x.device}, got {tuple(bias.shape)} on {bias.device}")
+    return B, T, d, H, D, NH
+
+
+def cache_strides(out, k_cache, v_cache, has_cache: bool):
+    """``(kc, vc, k strides, v strides)`` for a launch: the caches, or ``out`` with zero strides without them."""
+    if not has_cache:
+        return out, out, (0, 0, 0, 1), (0, 0, 0, 1)
+    return k_cache, v_cache, k_cache.stride(), v_cache.stride()
+
+
+def split_out(out, H: int, Hkv: int, k_cache, v_cache, has_cache: bool):
+    """``(q, k_cache, v_cache)`` with a cache, else ``(q, k, v)``: views of the ``[B, T, H + 2 Hkv, D]`` output."""
+    q = out[:, :, :H]
+    if has_cache:
+        return q, k_cache, v_cache
+    return q, out[:, :, H:H + Hkv], out[:, :, H + Hkv:]
+
+
+def qkv_proj_rope(x: torch.Tensor, w_qkv: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.Tensor, start,
+                  k_cache: Optional[torch.Tensor] = None, v_cache: Optional[torch.Tensor] = None, *,
+                  n_heads: int, write_from: Optional[torch.Tensor] = None, head_dim: Optional[int] = None,
+                  config: Optional[dict] = None, bias: Optional[torch.Tensor] = None):
+    """``qkv_rope_cache(linear(x, w_qkv, bias).view(B, T, NH, D), ...)`` in one launch at decode sizes.
+
+    x: ``[B, T, d]`` fp16/bf16/fp32 (rows viewable); w_qkv: ``[NH * D, d]`` with ``NH = n_heads + 2 Hkv``
+    (q heads, then k, then v), ``D = head_dim`` (default: the caches' head dim, else ``d // n_heads``); the
+    other arguments and the result are those of :func:`llada_triton.kernels.rotary.qkv_rope_cache`: ``(q, k_cache,
+    v_cache)`` with a cache, else ``(q, k, v)``, where ``q`` (and ``k``, ``v``) are views of a new
+    ``[B, T, NH, D]`` tensor. More than :data:`MAX_ROWS` rows (or an unsupported head dim) take the
+    unfused path. ``bias`` (``[NH * D]``, x's dtype; q/k/v biases of Qwen2 / Dream) is added to the fp32
+    product before its one rounding, as ``F.linear(x, w, bias)``. See
+    :func:`llada_triton.kernels.reference.qkv_proj_rope_ref`.
+    """
+    B, T, d, H, D, NH = check_proj_args(x, w_qkv, n_heads, head_dim, k_cache, bias)
     out = torch.empty((B, T, NH, D), device=x.device, dtype=x.dtype)
     M = B * T
     if not fused_supported(M, D):
@@ -171,10 +213,7 @@ def qkv_proj_rope(x: torch.Tensor, w_qkv: torch.Tensor, cos_table: torch.Tensor,
     x2 = as_rows("x", x, d)
     cfg = qkv_config(M, d, x.dtype) if config is None else dict(config)
     hb = _half_tile(D)
-    kc = k_cache if has_cache else out
-    vc = v_cache if has_cache else out
-    kst = kc.stride() if has_cache else (0, 0, 0, 1)
-    vst = vc.stride() if has_cache else (0, 0, 0, 1)
+    kc, vc, kst, vst = cache_strides(out, k_cache, v_cache, has_cache)
     grid = (cdiv(M, cfg["BM"]) * NH * (D // 2 // hb),)
     _qkv_proj_rope_kernel[grid](
         x2, w_qkv, bias if bias is not None else out, out, cos_table, sin_table, kc, vc,
@@ -189,7 +228,4 @@ def qkv_proj_rope(x: torch.Tensor, w_qkv: torch.Tensor, cos_table: torch.Tensor,
         HAS_BIAS=bias is not None, EVEN_K=d % cfg["BK"] == 0, **dot_flags(x.dtype),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **gdc_options(x, M),
     )
-    q = out[:, :, :H]
-    if has_cache:
-        return q, k_cache, v_cache
-    return q, out[:, :, H:H + Hkv], out[:, :, H + Hkv:]
+    return split_out(out, H, Hkv, k_cache, v_cache, has_cache)

@@ -25,6 +25,7 @@ __all__ = [
     "qkv_rope_cache_ref",
     "qkv_proj_rope_ref",
     "qkv_norm_rope_cache_ref",
+    "qkv_proj_norm_rope_ref",
     "block_attention_ref",
     "swiglu_mlp_ref",
     "silu_mul_ref",
@@ -38,6 +39,7 @@ __all__ = [
     "filter_top_p_top_k_ref",
     "dream_confidence_ref",
     "head_dream_confidence_ref",
+    "philox_gumbel_ref",
 ]
 
 
@@ -195,6 +197,22 @@ def qkv_norm_rope_cache_ref(qkv: torch.Tensor, q_norm: Optional[torch.Tensor], k
                          qkv[:, :, H + Hkv:]], dim=2)
     return qkv_rope_cache_ref(qkv, cos_table, sin_table, start, k_cache, v_cache, n_heads=n_heads,
                               write_from=write_from)
+
+
+def qkv_proj_norm_rope_ref(x: torch.Tensor, w_qkv: torch.Tensor, q_norm: Optional[torch.Tensor],
+                           k_norm: Optional[torch.Tensor], eps: float, cos_table: torch.Tensor, sin_table: torch.Tensor,
+                           start, k_cache: Optional[torch.Tensor] = None, v_cache: Optional[torch.Tensor] = None, *,
+                           n_heads: int, write_from: Optional[torch.Tensor] = None, head_dim: Optional[int] = None,
+                           bias: Optional[torch.Tensor] = None):
+    """The fused QKV projection (``F.linear(x, w_qkv, bias)``, rounded once to ``x.dtype``) followed by
+    :func:`qkv_norm_rope_cache_ref` (per-head QK-norm, RoPE over the first ``R = cos_table.shape[1]`` features
+    of each head, the cache write): LLaDA2.x / LLaDA-MoE attention's input. Arguments as
+    :func:`qkv_proj_rope_ref` plus ``q_norm``, ``k_norm`` (``[D]``, or both None) and ``eps``."""
+    B, T, d = x.shape
+    D = head_dim if head_dim is not None else k_cache.shape[-1] if k_cache is not None else d // n_heads
+    qkv = F.linear(x, w_qkv, bias).view(B, T, w_qkv.shape[0] // D, D)
+    return qkv_norm_rope_cache_ref(qkv, q_norm, k_norm, eps, cos_table, sin_table, start, k_cache, v_cache,
+                                   n_heads=n_heads, write_from=write_from)
 
 
 # ------------------------------------------------------------------------------------- attention
@@ -498,15 +516,51 @@ def filter_top_p_top_k_ref(logits: torch.Tensor, top_p: Optional[float] = None,
     return out
 
 
+_U32 = 0xFFFFFFFF
+
+
+def _mulhilo32(a: torch.Tensor, b: int):
+    """(high, low) 32-bit words of ``a * b`` for int64 ``a`` in ``[0, 2^32)`` and a 32-bit constant ``b``, in
+    16-bit halves of ``b`` so that no int64 product overflows."""
+    x, y = a * (b & 0xFFFF), a * (b >> 16)  # < 2^48 each
+    return (y + (x >> 16)) >> 16, (x + ((y & 0xFFFF) << 16)) & _U32
+
+
+def philox_gumbel_ref(seed: int, offset: int, rows: torch.Tensor, V: int) -> torch.Tensor:
+    """The Gumbel(0, 1) noise of the Triton heads (``kernels.confidence._gumbel``) recomputed in torch: fp32
+    ``[len(rows), V]``, entry ``(i, v)`` from Philox4x32-10 with key ``(seed_lo, seed_hi)`` and counter
+    ``(v, rows[i], offset_lo, offset_hi)``; first word ``r`` -> ``w = (r + 1/2) / 2^32`` -> ``E = -log1p(-w)``
+    (Kahan's form) -> ``-log(E)``, each step in fp32 as the kernel. The integer stream is bit-exact; the logs may
+    differ from the device's in the last ulp."""
+    c1 = rows.to(torch.int64).reshape(-1, 1) & _U32
+    c0 = torch.arange(V, dtype=torch.int64, device=c1.device).reshape(1, -1) + c1 * 0
+    c1 = c1 + c0 * 0
+    c2 = torch.full_like(c0, offset & _U32)
+    c3 = torch.full_like(c0, (offset >> 32) & _U32)
+    k0, k1 = seed & _U32, (seed >> 32) & _U32
+    for _ in range(10):
+        hi0, lo0 = _mulhilo32(c0, 0xD2511F53)
+        hi2, lo2 = _mulhilo32(c2, 0xCD9E8D57)
+        c0, c1, c2, c3 = hi2 ^ c1 ^ k0, lo2, hi0 ^ c3 ^ k1, lo0
+        k0, k1 = (k0 + 0x9E3779B9) & _U32, (k1 + 0xBB67AE85) & _U32
+    w = ((c0.to(torch.float32) + 0.5) * 2.3283064365386963e-10).clamp_max(0.99999994)
+    u = 1.0 - w
+    den = torch.where(u == 1.0, 1.0, 1.0 - u)
+    e = torch.where(u == 1.0, w, -torch.log(u) * (w / den))
+    return -torch.log(e)
+
+
 def dream_confidence_ref(logits: torch.Tensor, *, confidence: str = "prob", temperature: float = 0.0,
                          top_p: Optional[float] = None, top_k: Optional[int] = None,
                          generator: Optional[torch.Generator] = None, banned_ids: Sequence[int] = (),
-                         row_ids: Optional[torch.Tensor] = None):
+                         row_ids: Optional[torch.Tensor] = None, gumbel: Optional[torch.Tensor] = None):
     """Dream's ``sample_tokens``: token and confidence per row from logits ``[M, V]``, in fp32.
 
     ``p = softmax(filter_top_p_top_k(l / T))`` (``l`` itself at ``T = 0``; ``banned_ids`` get ``-inf`` first);
-    ``x0 = argmax(p)`` at ``T = 0``, else a Gumbel-max sample of ``p`` (noise as :func:`logits_confidence_ref`:
-    fp64 uniforms from ``generator``, rows by ``row_ids``; not Dream's ``Categorical`` stream). Confidence:
+    ``x0 = argmax(p)`` at ``T = 0``, else a Gumbel-max sample of ``p``: ``argmax(filtered l / T + g)`` in fp32
+    with ``gumbel`` ``g`` ``[M, V]`` when given (the Triton head's noise: :func:`philox_gumbel_ref`), else noise
+    as :func:`logits_confidence_ref` (fp64 uniforms from ``generator``, rows by ``row_ids``); neither is Dream's
+    ``Categorical`` stream. The confidence is computed on ``p`` (the tempered, filtered distribution, as Dream):
     ``"prob"`` ``p[x0]`` (Dream's maskgit_plus), ``"margin"`` top-1 minus top-2 prob (topk_margin),
     ``"neg_entropy"`` ``sum(p * log(p + 1e-10))`` (entropy; <= 0, higher is more certain).
     Returns ``(x0 int64 [M], conf fp32 [M])``.
@@ -520,7 +574,11 @@ def dream_confidence_ref(logits: torch.Tensor, *, confidence: str = "prob", temp
         l = l / temperature
     l = filter_top_p_top_k_ref(l, top_p, top_k)
     probs = torch.softmax(l, dim=-1)
-    if temperature > 0:
+    if temperature > 0 and gumbel is not None:
+        if gumbel.shape != l.shape:
+            raise ValueError(f"gumbel must be {tuple(l.shape)} like the logits, got {tuple(gumbel.shape)}")
+        x0 = torch.argmax(l + gumbel.to(l.device, torch.float32), dim=-1)
+    elif temperature > 0:
         x0, _ = logits_confidence_ref(l, temperature=1.0, generator=generator, row_ids=row_ids)
     else:
         x0 = torch.argmax(probs, dim=-1)

@@ -204,9 +204,10 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, out: Optional
     return out
 
 
-def check_rope_args(qkv, cos_table, sin_table, start, k_cache, v_cache, n_heads, write_from):
+def check_rope_args(qkv, cos_table, sin_table, start, k_cache, v_cache, n_heads, write_from, partial: bool = False):
     """The argument checks of :func:`qkv_rope_cache` (also run by :func:`llada_triton.kernels.qkv.qkv_proj_rope` on its
-    output buffer): ``(H, Hkv, dyn, start, has_cache)``, ``start`` an int unless it is a device tensor."""
+    output buffer): ``(H, Hkv, dyn, start, has_cache)``, ``start`` an int unless it is a device tensor. With
+    ``partial`` the tables may be narrower than the head (any even width ``R <= D``: partial RoPE)."""
     check_tensor("qkv", qkv, ndim=4, dtypes=DTYPES)
     B, T, NH, D = qkv.shape
     H = int(n_heads)
@@ -215,8 +216,11 @@ def check_rope_args(qkv, cos_table, sin_table, start, k_cache, v_cache, n_heads,
     Hkv = (NH - H) // 2
     for name, t in (("cos_table", cos_table), ("sin_table", sin_table)):
         check_tensor(name, t, ndim=2, dtypes=(torch.float32,))
-        if t.shape[1] != D or t.device != qkv.device or t.stride() != cos_table.stride():
-            raise ValueError(f"{name} must be fp32 [L, {D}] on {qkv.device} like cos_table, got {tuple(t.shape)}")
+        R = t.shape[1]
+        if (not (0 < R <= D and R % 2 == 0) if partial else R != D) or t.device != qkv.device \
+                or t.shape != cos_table.shape or t.stride() != cos_table.stride():
+            width = f"R (even, <= {D})" if partial else D
+            raise ValueError(f"{name} must be fp32 [L, {width}] on {qkv.device} like cos_table, got {tuple(t.shape)}")
     has_cache = k_cache is not None
     if has_cache != (v_cache is not None):
         raise ValueError("give both k_cache and v_cache, or neither")

@@ -47,9 +47,14 @@ def forward_hidden(params: Params, cfg: MoEConfig, tokens: torch.Tensor, *,
     for i, lp in enumerate(params.layers):
         with record_function(f"layer{i}"):
             kci, vci = (None, None) if cache is None else (cache.k[i], cache.v[i])
-            qkv = ops.linear(a, lp.w_qkv).view(B, T, H + 2 * Hkv, D)
-            q, kc, vc = ops.qk_norm_rope(qkv, lp.q_norm, lp.k_norm, eps, params.rope_cos, params.rope_sin, start,
-                                         kci, vci, n_heads=H, write_from=write_from)
+            if ops.qkv_proj_norm_rope is not None:  # the projection with QK-norm, RoPE and the cache write fused
+                q, kc, vc = ops.qkv_proj_norm_rope(a, lp.w_qkv, lp.q_norm, lp.k_norm, eps, params.rope_cos,
+                                                   params.rope_sin, start, kci, vci, n_heads=H,
+                                                   write_from=write_from, head_dim=D)
+            else:
+                qkv = ops.linear(a, lp.w_qkv).view(B, T, H + 2 * Hkv, D)
+                q, kc, vc = ops.qk_norm_rope(qkv, lp.q_norm, lp.k_norm, eps, params.rope_cos, params.rope_sin,
+                                             start, kci, vci, n_heads=H, write_from=write_from)
             q, h, ke = last_rows(q, h, key_end, rows if i == n_layers - 1 else None)
             Tq = q.shape[1]
             o = ops.attention(q, kc, vc, kv_len, kv_start, ke)

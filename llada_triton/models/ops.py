@@ -6,7 +6,8 @@ Triton kernels (imports triton on call, never at import). Mix them for ablations
 reference selection really runs).
 
 Which kernel runs each op of a decoding step (``triton_ops()``): the QKV projection with RoPE and the
-cache write ``kernels.qkv_proj_rope``; attention ``kernels.block_attention``; the output projection with the
+cache write ``kernels.qkv_proj_rope`` (LLaDA2.x / LLaDA-MoE: ``kernels.qkv_proj_norm_rope``, with QK-norm and
+partial RoPE); attention ``kernels.block_attention``; the output projection with the
 MLP's norm ``kernels.linear_rms_norm``; the MLP with the next norm ``kernels.swiglu_mlp_rms_norm`` (up to 64
 rows; cuBLAS GEMMs around ``kernels.silu_mul`` above); the LM head with sampling and confidence
 ``kernels.head_confidence``; the selection and commit ``kernels.commit_step``.
@@ -27,9 +28,10 @@ __all__ = ["Ops", "REFERENCE_OPS", "triton_ops"]
 
 # plain field -> the fused fields built on it (replacing the plain op clears them, see Ops.replace)
 FUSED_WITH = {
-    "linear": ("linear_norm", "qkv_proj_rope"),
+    "linear": ("linear_norm", "qkv_proj_rope", "qkv_proj_norm_rope"),
     "rms_norm": ("linear_norm", "mlp_norm"),
     "qkv_rope": ("qkv_proj_rope",),
+    "qk_norm_rope": ("qkv_proj_norm_rope",),
     "mlp": ("mlp_norm",),
     "select": ("commit",),
     "head": ("head_rows",),
@@ -72,7 +74,10 @@ class Ops:
     (per-head QK-norm, then RoPE, partial when the tables are narrower than head_dim, and the cache write);
     moe_route(x, router_w, expert_bias, *, top_k, n_group, topk_group, score_func, norm_topk_prob,
     routed_scaling_factor) -> (weights, ids) as moe_route_ref; moe_experts(x, w_gate_up [E, 2I, d],
-    w_down [E, d, I], weights, ids, residual) -> y as moe_experts_ref.
+    w_down [E, d, I], weights, ids, residual) -> y as moe_experts_ref. Optional fused field:
+    qkv_proj_norm_rope(x, w_qkv, q_norm, k_norm, eps, cos, sin, start, k_cache, v_cache, *, n_heads, write_from,
+    head_dim) -> (q, k, v) as qkv_proj_norm_rope_ref (the QKV projection with ``qk_norm_rope`` in its epilogue;
+    None: ``linear`` then ``qk_norm_rope``).
     """
     name: str
     linear: Callable
@@ -87,6 +92,7 @@ class Ops:
     qkv_proj_rope: Optional[Callable] = None
     commit: Optional[Callable] = None
     qk_norm_rope: Optional[Callable] = None
+    qkv_proj_norm_rope: Optional[Callable] = None
     moe_route: Optional[Callable] = None
     moe_experts: Optional[Callable] = None
     head_rows: bool = False
@@ -234,18 +240,22 @@ def triton_ops(**overrides) -> Ops:
     """The Triton implementations (imports ``kernels``' Triton modules now). The QKV and output
     projections use the Triton decode GEMM up to 64 rows and cuBLAS (``F.linear``) above, where it is
     faster; ``overrides`` replace single fields through :meth:`Ops.replace` (a replaced plain op clears its
-    fused fields). The MoE families' router and experts are the fused MoE kernels (``kernels.moe``); their
-    QK-norm + partial RoPE has no Triton kernel yet: that field is the torch reference (it runs on any device)."""
+    fused fields). The MoE families' router and experts are the fused MoE kernels (``kernels.moe``); their QKV
+    projection runs ``kernels.qkv_proj_norm_rope`` (QK-norm, partial RoPE and the cache write in the GEMM's
+    epilogue). The unfused ``qk_norm_rope`` field (used only where ``qkv_proj_norm_rope`` is replaced or cleared)
+    stays the torch reference."""
     from llada_triton.kernels import block_attention
     from llada_triton.kernels import rms_norm
     from llada_triton.kernels import qkv_proj_rope
     from llada_triton.kernels import commit_step, select_transfer
     from llada_triton.kernels import qkv_rope_cache
     from llada_triton.kernels import moe_experts, moe_route
+    from llada_triton.kernels import qkv_proj_norm_rope
 
     ops = Ops(name="triton", linear=_linear_decode, rms_norm=rms_norm, qkv_rope=qkv_rope_cache,
               attention=block_attention,
               mlp=_mlp_decode, head=_head_triton, select=select_transfer, linear_norm=_linear_norm_decode,
               mlp_norm=_mlp_norm_decode, qkv_proj_rope=qkv_proj_rope, commit=commit_step, head_rows=True,
-              qk_norm_rope=ref.qkv_norm_rope_cache_ref, moe_route=moe_route, moe_experts=moe_experts)
+              qk_norm_rope=ref.qkv_norm_rope_cache_ref, qkv_proj_norm_rope=qkv_proj_norm_rope, moe_route=moe_route,
+              moe_experts=moe_experts)
     return ops.replace(**overrides) if overrides else ops
