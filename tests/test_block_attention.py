@@ -294,13 +294,13 @@ def test_compile_sm90():
     assert r.stdout.count("ok fwd") == 6 and r.stdout.count("ok merge") == 2, r.stdout
 
 
-def test_pick_config_fresh_dict():
+def test_attention_config_fresh_dict():
     """The launch config is memoised per shape; each call hands out its own dict (``_launch`` updates it)."""
-    from llada_triton.kernels.attention import _pick_config
-    a = _pick_config(1, 32, 4, 4, 16, 100, torch.device("cpu"))
+    from llada_triton.kernels.attention import _attention_config
+    a = _attention_config(1, 32, 4, 4, 16, 100, torch.device("cpu"), True)
     want = dict(a)
     a["n_splits"] = -1
-    assert _pick_config(1, 32, 4, 4, 16, 100, torch.device("cpu")) == want
+    assert _attention_config(1, 32, 4, 4, 16, 100, torch.device("cpu"), True) == want
 
 
 def test_gpu_config_rule(monkeypatch):

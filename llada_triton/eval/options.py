@@ -59,7 +59,6 @@ MODEL_ARGS = tuple(f.name for f in dataclasses.fields(EvalOptions))
 _ALIASES = {"model_path": "pretrained", "cfg": "cfg_scale"}
 # keys the harness itself may add (--device, --batch_size's sibling, --trust_remote_code); no remote code runs
 _IGNORED = ("max_batch_size", "trust_remote_code")
-_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 
 
 def _coerce(name: str, value: Any, kind: str) -> Any:

@@ -27,28 +27,20 @@ def _sm90_or_newer(index: int) -> bool:
 PDL_MAX_ROWS = 64
 
 
-def pdl_launch(t: torch.Tensor, rows: int) -> dict:
-    """Launch options for programmatic dependent launch (PDL) of a kernel working on ``t``'s device over
-    ``rows`` token rows (PDL only up to :data:`PDL_MAX_ROWS`).
+def gdc_options(t: torch.Tensor, rows: int) -> dict:
+    """Keyword arguments of a launch, on ``t``'s device over ``rows`` token rows, of a kernel that takes
+    ``USE_GDC``: programmatic dependent launch (PDL) on, or ``{}`` (a plain launch).
 
-    On sm_90+ GPUs a kernel launched with PDL may start while the previous kernel of the stream is
-    finishing; every kernel of this package that takes ``USE_GDC`` waits (``gdc_wait``) for the previous
-    kernel to complete before it reads or writes anything, and lets its successor launch only after that
-    wait. Returns ``{}`` (plain launch) under the interpreter, on the CPU, on older GPUs, with a triton
-    without PDL, or when the environment sets ``LLADA_PDL=0`` (the switch for A/B timings).
-    Pass the result as ``**pdl_launch(t, rows)`` together with ``USE_GDC=bool(...)``.
+    With PDL (sm_90+) a kernel may start while its predecessor is finishing; every kernel taking ``USE_GDC``
+    waits for the predecessor to complete before touching memory (:func:`gdc_wait_and_release`). Off above
+    :data:`PDL_MAX_ROWS` rows, under the interpreter, on the CPU or older GPUs, with a triton without PDL,
+    or when the environment sets ``LLADA_PDL=0`` (the switch for A/B timings).
     """
     if (rows > PDL_MAX_ROWS or is_interpreter() or t.device.type != "cuda"
             or os.environ.get("LLADA_PDL", "1") == "0" or not _HAS_GDC
             or not _sm90_or_newer(t.device.index if t.device.index is not None else torch.cuda.current_device())):
         return {}
-    return {"launch_pdl": True}
-
-
-def gdc_options(t: torch.Tensor, rows: int) -> dict:
-    """Keyword arguments of a launch whose kernel takes ``USE_GDC``: PDL on (see :func:`pdl_launch`) or ``{}``."""
-    pdl = pdl_launch(t, rows)
-    return dict(USE_GDC=True, **pdl) if pdl else {}
+    return {"USE_GDC": True, "launch_pdl": True}
 
 
 def _has_gdc() -> bool:
@@ -93,6 +85,14 @@ def check_tensor(name: str, t: torch.Tensor, *, ndim=None, dtypes=None, contiguo
         raise ValueError(f"{name} has dtype {t.dtype}; allowed: {', '.join(map(str, dtypes))}")
     if contiguous_last and t.numel() and t.stride(-1) != 1:
         raise ValueError(f"{name} must be contiguous in its last dim (stride {t.stride()})")
+
+
+def check_like(name: str, t, shape, dtype: torch.dtype, device: torch.device):
+    """Raise a ValueError naming the argument unless ``t`` is None or a ``shape`` tensor of ``dtype`` on ``device``."""
+    if t is not None:
+        check_tensor(name, t, dtypes=(dtype,))
+        if tuple(t.shape) != tuple(shape) or t.device != device:
+            raise ValueError(f"{name} must be {tuple(shape)} on {device}, got {tuple(t.shape)} on {t.device}")
 
 
 def compile_for(kernel, signature: dict, constexprs: dict, arch: int = 90):

@@ -5,24 +5,19 @@ cache (the block's own keys already written there), restricted per batch row by 
 padding) and per query by ``key_end`` (block-causal masks). Torch meaning:
 :func:`llada_triton.kernels.reference.block_attention_ref`.
 
-Why split-KV: at batch 1 a 32-query block with 32 heads is only 32 (batch x head) tiles, far fewer than
-the SMs of an H100/H200, so a plain flash-attention grid leaves most of the GPU idle. Here the visible
-KV range of every (batch, kv-head, query-tile) is cut into ``n_splits`` chunks, one program each; each
-program writes a partial softmax state ``(m, l, acc)`` for all its query rows; a small second kernel
-merges the partials in a fixed order (deterministic results) and writes the output. With ``n_splits == 1``
-the kernel normalises and writes the output directly: when batch x heads fill the GPU, and for short ranges
-at small batch, where smaller query tiles beat splitting the keys (see :func:`_attention_config`).
+Split-KV, because at batch 1 the (batch x head) tiles are far fewer than the SMs: the visible KV range of
+every (batch, kv-head, query-tile) is cut into ``n_splits`` chunks, one program each writing a partial softmax
+state ``(m, l, acc)``; a second kernel merges the partials in a fixed order (deterministic) and writes the
+output. With ``n_splits == 1`` the first kernel writes the output itself (:func:`_attention_config` chooses).
 
-GQA: the ``H // Hkv`` query heads that share a kv head are packed as extra query rows of one tile
-(row ``r`` = query ``r // G``, head ``kvh * G + r % G``), so every K/V tile is loaded once per kv head.
+GQA: the ``H // Hkv`` query heads of a kv head are packed as extra query rows of one tile (row ``r`` = query
+``r // G``, head ``kvh * G + r % G``), so every K/V tile is loaded once per kv head.
 
-CUDA graphs: every bound the kernel loops over is read from device memory (``kv_start``, ``key_end``);
-a caller can pass ``kv_len = T_max`` and the kernel visits only the KV tiles that intersect
-``[kv_start[b], max_i key_end[b, i])``; the chunking across splits is computed from that range on the
-device, so the work stays spread over all split programs. No host synchronisation happens.
+CUDA graphs: the bounds are read from device memory (``kv_start``, ``key_end``), so a caller can pass
+``kv_len = T_max``; the kernel visits only the KV tiles intersecting ``[kv_start[b], max_i key_end[b, i])``,
+spread over the split programs on the device. No host synchronisation.
 
-Layout: ``[batch, tokens, heads, head_dim]``; the last dim of every tensor must be contiguous, other
-strides are free.
+Layout: ``[batch, tokens, heads, head_dim]``, last dim contiguous, other strides free.
 """
 from __future__ import annotations
 
@@ -33,7 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
-from llada_triton.kernels._common import cdiv, check_tensor, gdc_options, gdc_wait_and_release, is_interpreter, memo_config, next_pow2
+from llada_triton.kernels._common import (DTYPES, cdiv, check_like, check_tensor, gdc_options, gdc_wait_and_release,
+                                          is_interpreter, memo_config, next_pow2)
 
 __all__ = ["block_attention"]
 
@@ -187,13 +183,7 @@ def _block_attn_merge_kernel(
 
 
 # ----------------------------------------------------------------------------------------- launcher
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _INT_DTYPES = (torch.int32, torch.int64)
-
-
-def _pick_config(B: int, Tq: int, H: int, Hkv: int, D: int, kv_len: int, device: torch.device) -> dict:
-    """:func:`_attention_config` for the current mode (a new dict per call, memoised per shape and device)."""
-    return _attention_config(B, Tq, H, Hkv, D, kv_len, device, is_interpreter())
 
 
 @memo_config
@@ -234,9 +224,9 @@ def _attention_config(B: int, Tq: int, H: int, Hkv: int, D: int, kv_len: int, de
 def _check_inputs(q, k_cache, v_cache, kv_len, kv_start, key_end, scale):
     """Validate the arguments of :func:`block_attention`; return ``(key strides (kv_start b, key_end b, key_end
     t), scale)``."""
-    check_tensor("q", q, ndim=4, dtypes=_DTYPES)
-    check_tensor("k_cache", k_cache, ndim=4, dtypes=_DTYPES)
-    check_tensor("v_cache", v_cache, ndim=4, dtypes=_DTYPES)
+    check_tensor("q", q, ndim=4, dtypes=DTYPES)
+    check_tensor("k_cache", k_cache, ndim=4, dtypes=DTYPES)
+    check_tensor("v_cache", v_cache, ndim=4, dtypes=DTYPES)
     B, Tq, H, D = q.shape
     Bk, T_max, Hkv, Dk = k_cache.shape
     if k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
@@ -292,16 +282,13 @@ def _launch(q, k_cache, v_cache, kv_len, kv_start=None, key_end=None, scale=None
     key_strides, scale = _check_inputs(q, k_cache, v_cache, kv_len, kv_start, key_end, scale)
     B, Tq, H, D = q.shape
     Hkv = k_cache.shape[2]
+    check_like("out", out, q.shape, q.dtype, q.device)
     if out is None:
         out = torch.empty(B, Tq, H, D, dtype=q.dtype, device=q.device)
-    else:
-        check_tensor("out", out, ndim=4, dtypes=(q.dtype,))
-        if tuple(out.shape) != (B, Tq, H, D) or out.device != q.device:
-            raise ValueError(f"out must be [{B}, {Tq}, {H}, {D}] on {q.device}, got {tuple(out.shape)}")
     if out.numel() == 0:
         return out
 
-    cfg = _pick_config(B, Tq, H, Hkv, D, kv_len, q.device)
+    cfg = _attention_config(B, Tq, H, Hkv, D, kv_len, q.device, is_interpreter())
     if config:
         unknown = set(config) - set(cfg)
         if unknown:

@@ -2,8 +2,9 @@
 tiles, with a deterministic fp32 reduction that can also apply the next RMSNorm (:func:`linear_rms_norm`).
 
 Also the pieces every weight-streaming GEMM of this package shares (the MLP's gate-up, the fused QKV, the
-LM head): :func:`load_k` and :func:`dot_step` (one K-step of a tile, pointer or TMA loads, optionally with
-the weight rows as the MMA's M dimension), :func:`tma_ok` / :func:`tma_sources`.
+LM heads, the MoE experts): :func:`load_k` and :func:`dot_step` (one K-step of a tile, pointer or TMA loads,
+optionally with the weight rows as the MMA's M dimension), :func:`dot_loop`, :func:`acc_zeros`,
+:func:`tma_ok` / :func:`tma_sources`.
 
 Numerics: fp32 accumulation; the product is rounded to ``x.dtype`` before the residual add (torch's 16-bit
 ``residual + F.linear(x, w)``); split-K partials are summed in a fixed order (deterministic). fp32 inputs use
@@ -17,9 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
-from llada_triton.kernels._common import (DTYPES, as_rows, cdiv, check_tensor, clamp_pow2, dot_flags,
-                                          gdc_wait_and_release, is_interpreter, memo_config, next_pow2, pdl_launch,
-                                          gdc_options)
+from llada_triton.kernels._common import (DTYPES, as_rows, cdiv, check_like, check_tensor, clamp_pow2, dot_flags,
+                                          gdc_wait_and_release, is_interpreter, memo_config, next_pow2, gdc_options)
 from llada_triton.kernels.norm import launch_rms_norm
 from llada_triton.kernels.reference import check_eps
 
@@ -62,6 +62,16 @@ def dot_step(a, w, acc, SWAP_AB: tl.constexpr, IEEE: tl.constexpr):
     else:
         out = mma(a, tl.trans(w), acc, IEEE)
     return out
+
+
+@triton.jit
+def acc_zeros(BM: tl.constexpr, BN: tl.constexpr, SWAP_AB: tl.constexpr):
+    """The fp32 accumulator of a ``[BM, BN]`` output tile, laid out ``[BN, BM]`` with ``SWAP_AB``."""
+    if SWAP_AB:
+        acc = tl.zeros((BN, BM), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+    return acc
 
 
 @triton.jit
@@ -144,10 +154,7 @@ def _linear_kernel(
         a_ptrs = a_src + (offs_m % M).to(tl.int64)[:, None] * stride_am + offs_k[None, :]   # [BM, BK]
         w_ptrs = w_src + (offs_n % N).to(tl.int64)[:, None] * stride_wn + offs_k[None, :]   # [BN, BK]
     gdc_wait_and_release(USE_GDC)
-    if SWAP_AB:
-        acc = tl.zeros((BN, BM), dtype=tl.float32)
-    else:
-        acc = tl.zeros((BM, BN), dtype=tl.float32)
+    acc = acc_zeros(BM, BN, SWAP_AB)
     for k in range(0, k_len, BK):
         at = load_k(a_src, a_ptrs, pid_m * BM, k_start + k, k_len - k, BK, USE_TMA, EVEN_K, UPCAST)
         wt = load_k(w_src, w_ptrs, pid_n * BN, k_start + k, k_len - k, BK, USE_TMA, EVEN_K, UPCAST)
@@ -291,21 +298,21 @@ def launch_linear(act: torch.Tensor, w: torch.Tensor, residual: Optional[torch.T
         HAS_RES=has_res, **dot_flags(act.dtype), **gdc_options(act, M),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
-    pdl = pdl_launch(act, M)
+    pdl = gdc_options(act, M)
     if split > 1 and norm is not None and N <= _FUSED_NORM_MAX:
         nw, eps, y = norm
         block = next_pow2(N)
         _splitk_reduce_norm_kernel[(M,)](  # one program per row, latency-bound
             partials, r, out, nw, y, M, N, float(eps), r.stride(0), out.stride(0), y.stride(0),
             S=split, BLOCK=block, HAS_RES=has_res, num_warps=1 if is_interpreter() else min(8, max(4, block // 256)),
-            USE_GDC=bool(pdl), **pdl,
+            **pdl,
         )
         return out
     if split > 1:
         block = min(1024, next_pow2(N)) if not is_interpreter() else clamp_pow2(N, 16, 1 << 16)
         _splitk_reduce_kernel[(M, cdiv(N, block))](
             partials, r, out, M, N, r.stride(0), out.stride(0),
-            S=split, BLOCK=block, HAS_RES=has_res, num_warps=4, USE_GDC=bool(pdl), **pdl,
+            S=split, BLOCK=block, HAS_RES=has_res, num_warps=4, **pdl,
         )
     if norm is not None:
         launch_rms_norm(out, None, norm[0], norm[2], None, norm[1])
@@ -321,13 +328,9 @@ def norm_target(norm_weight, eps, like: torch.Tensor, norm_out):
                          f"on {norm_weight.device}")
     eps = check_eps(eps)
     y_dtype = torch.promote_types(norm_weight.dtype, like.dtype)
+    check_like("norm_out", norm_out, like.shape, y_dtype, like.device)
     if norm_out is None:
         norm_out = torch.empty(like.shape, device=like.device, dtype=y_dtype)
-    else:
-        check_tensor("norm_out", norm_out, dtypes=(y_dtype,))
-        if norm_out.shape != like.shape or norm_out.device != like.device:
-            raise ValueError(f"norm_out must be {tuple(like.shape)} on {like.device}, got "
-                             f"{tuple(norm_out.shape)} on {norm_out.device}")
     return norm_weight, eps, norm_out
 
 
@@ -342,10 +345,7 @@ def _linear(x, w, residual, out, norm_args=None):
     N = w.shape[0]
     shape = (*x.shape[:-1], N)
     for name, t in (("residual", residual), ("out", out)):
-        if t is not None:
-            check_tensor(name, t, dtypes=(x.dtype,))
-            if t.shape != shape or t.device != x.device:
-                raise ValueError(f"{name} must be {shape} on {x.device}, got {tuple(t.shape)} on {t.device}")
+        check_like(name, t, shape, x.dtype, x.device)
     if out is None:
         out = torch.empty(shape, device=x.device, dtype=x.dtype)
     norm = None if norm_args is None else norm_target(norm_args[0], norm_args[1], out, norm_args[2])

@@ -2,13 +2,10 @@
 (:func:`llada_triton.kernels.gemm.launch_linear`) with the residual add in its epilogue; :func:`silu_mul`, the
 activation alone on a gate-up product computed elsewhere (e.g. by cuBLAS).
 
-Numerics mirror :func:`llada_triton.kernels.reference.swiglu_mlp_ref`: each GEMM accumulates in fp32; the gate and up
-outputs are rounded to ``x.dtype`` before the activation, ``silu(gate)`` is computed in fp32 and rounded
-to ``x.dtype``, the product with ``up`` is rounded to ``x.dtype`` (that is what torch does for 16-bit
-tensors); the down GEMM output is rounded to ``x.dtype`` before ``residual + y`` (fp32 add, rounded).
-The only differences from the reference are the fp32 accumulation order inside the GEMMs (and across
-split-K partials, summed in a fixed order, so results are deterministic) and the SiLU's ``exp`` (the GPU's
-``ex2.approx``; the division is IEEE ``div_rn``). fp32 inputs use IEEE fp32 dots (no TF32).
+Numerics: torch's roundings of :func:`llada_triton.kernels.reference.swiglu_mlp_ref` (gate, up, ``silu(gate)``
+and the product each rounded to ``x.dtype``; the down output rounded before ``residual + y``). Only the fp32
+accumulation order of the GEMMs (split-K partials summed in a fixed order: deterministic) and the SiLU's
+``exp`` (``ex2.approx``; the division is IEEE) differ. fp32 inputs use IEEE fp32 dots (no TF32).
 
 Up to 64 rows the gate-up runs two swapped ``[BN, BM]`` dots a K-step (weight rows fill the MMA's M); above,
 one ``[BM, 2 BN]`` dot over a ``[2, BN, BK]`` TMA box of the weight viewed as ``[2, h, d]`` (``ONE_DOT``,
@@ -22,9 +19,9 @@ import torch
 import triton
 import triton.language as tl
 
-from llada_triton.kernels._common import (DTYPES, as_rows, cdiv, check_tensor, clamp_pow2, dot_flags, gdc_options,
+from llada_triton.kernels._common import (DTYPES, as_rows, cdiv, check_like, check_tensor, clamp_pow2, dot_flags, gdc_options,
                                           gdc_wait_and_release, is_interpreter, memo_config, next_pow2)
-from llada_triton.kernels.gemm import (dot_step, launch_linear, load_k, mma, norm_target, out_offsets, tile_offsets,
+from llada_triton.kernels.gemm import (acc_zeros, dot_step, launch_linear, load_k, mma, norm_target, out_offsets, tile_offsets,
                                         tma_ok, tma_sources)
 
 __all__ = ["swiglu_mlp", "swiglu_mlp_rms_norm", "silu_mul"]
@@ -32,9 +29,9 @@ __all__ = ["swiglu_mlp", "swiglu_mlp_rms_norm", "silu_mul"]
 
 # ------------------------------------------------------------------------------------------ kernels
 @triton.jit
-def _silu_times(g, u, dt: tl.constexpr):
-    """``silu(g) * u`` with torch's 16-bit roundings: ``g`` / ``u`` hold ``dt`` values; ``silu(g)`` is computed
-    in fp32 and rounded to ``dt``, the product is computed in fp32 and rounded to ``dt``."""
+def silu_times(g, u, dt: tl.constexpr):
+    """``silu(g) * u`` with torch's roundings for ``dt`` tensors (``g`` / ``u`` hold ``dt`` values): ``silu(g)``
+    in fp32 rounded to ``dt``, then the product in fp32 rounded to ``dt``. Shared with :mod:`.moe`."""
     gf = g.to(tl.float32)
     s = tl.math.div_rn(gf, 1.0 + tl.exp(-gf)).to(dt).to(tl.float32)
     return (s * u.to(tl.float32)).to(dt)
@@ -52,7 +49,7 @@ def _silu_mul_kernel(
     mask = offs < H
     g = tl.load(gu_ptr + m * stride_gm + offs, mask=mask, other=0.0)
     u = tl.load(gu_ptr + m * stride_gm + H + offs, mask=mask, other=0.0)
-    tl.store(a_ptr + m * stride_am + offs, _silu_times(g, u, a_ptr.dtype.element_ty), mask=mask)
+    tl.store(a_ptr + m * stride_am + offs, silu_times(g, u, a_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -97,10 +94,7 @@ def _gate_up_silu_kernel(
         # columns [0, BN) are the gate's, [BN, 2 BN) the up's
         acc_g, acc_u = tl.split(tl.permute(tl.reshape(acc, (BM, 2, BN)), (0, 2, 1)))
     else:
-        if SWAP_AB:
-            acc_g = tl.zeros((BN, BM), dtype=tl.float32)
-        else:
-            acc_g = tl.zeros((BM, BN), dtype=tl.float32)
+        acc_g = acc_zeros(BM, BN, SWAP_AB)
         acc_u = tl.zeros_like(acc_g)
         for k in range(0, K, BK):
             xt = load_k(x_src, x_ptrs, pid_m * BM, k, K - k, BK, USE_TMA, EVEN_K, UPCAST)
@@ -114,7 +108,7 @@ def _gate_up_silu_kernel(
                 u_ptrs += BK
     # epilogue, mirroring the reference's roundings: gate, up, silu(gate), product -> x.dtype
     dt = a_ptr.dtype.element_ty
-    act = _silu_times(acc_g.to(dt), acc_u.to(dt), dt)
+    act = silu_times(acc_g.to(dt), acc_u.to(dt), dt)
     om, on, mask = out_offsets(offs_m, offs_n, M, H, SWAP_AB)
     tl.store(a_ptr + om * stride_am + on, act, mask=mask)
 
@@ -207,11 +201,7 @@ def _validate(x, w_gate_up, w_down, residual, out):
         if t.device != x.device:
             raise ValueError(f"{name} is on {t.device}, x on {x.device}")
     for name, t in (("residual", residual), ("out", out)):
-        if t is None:
-            continue
-        check_tensor(name, t, dtypes=(x.dtype,))
-        if t.shape != x.shape or t.device != x.device:
-            raise ValueError(f"{name} must be {tuple(x.shape)} on {x.device}, got {tuple(t.shape)} on {t.device}")
+        check_like(name, t, x.shape, x.dtype, x.device)
     return d, h
 
 
@@ -240,11 +230,9 @@ def swiglu_mlp(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor,
     w_gate_up: ``[2h, d]``, rows ``[0, h)`` the gate and ``[h, 2h)`` the up projection; w_down: ``[d, h]``
     (both in ``x.dtype``, last dim contiguous); residual: ``[..., d]`` like ``x`` or None;
     out: optional preallocated ``[..., d]`` output (may alias ``residual``).
-    Two launches (three when the down projection is split over K): the ``[M, 2h]`` gate-up product is
-    never written, only the ``[M, h]`` activation. Deterministic. Returns ``[..., d]`` in ``x.dtype``.
-    See :func:`llada_triton.kernels.reference.swiglu_mlp_ref` for the numerics. Faster than cuBLAS +
-    :func:`silu_mul` at decode sizes (up to 64 rows, where the LLaDA model uses it); above that it stays a
-    complete public kernel for callers who want one deterministic fused launch pair.
+    Two launches (three with split-K); only the ``[M, h]`` activation is written. Deterministic. Numerics:
+    :func:`llada_triton.kernels.reference.swiglu_mlp_ref`. The model uses it up to 64 rows (faster than
+    cuBLAS + :func:`silu_mul` there); above, it is a public kernel for importers wanting one fused pair.
     """
     return _mlp(x, w_gate_up, w_down, residual, out)[0]
 
@@ -277,12 +265,9 @@ def silu_mul(gate_up: torch.Tensor, *, out: Optional[torch.Tensor] = None) -> to
         raise ValueError(f"gate_up must be [..., 2h] with h >= 1, got shape {tuple(gate_up.shape)}")
     h = gate_up.shape[-1] // 2
     shape = (*gate_up.shape[:-1], h)
+    check_like("out", out, shape, gate_up.dtype, gate_up.device)
     if out is None:
         out = torch.empty(shape, device=gate_up.device, dtype=gate_up.dtype)
-    else:
-        check_tensor("out", out, dtypes=(gate_up.dtype,))
-        if tuple(out.shape) != shape or out.device != gate_up.device:
-            raise ValueError(f"out must be {shape} on {gate_up.device}, got {tuple(out.shape)} on {out.device}")
     g2, a2 = as_rows("gate_up", gate_up, 2 * h), as_rows("out", out, h)
     M = g2.shape[0]
     if M:

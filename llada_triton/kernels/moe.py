@@ -26,13 +26,14 @@ import torch
 import triton
 import triton.language as tl
 
-from llada_triton.kernels._common import cdiv, check_tensor, is_interpreter, memo_config, next_pow2
-from llada_triton.kernels.gemm import dot_loop, dot_step, load_k
+from llada_triton.kernels._common import (DTYPES, cdiv, check_like, check_tensor, clamp_pow2, dot_flags, is_interpreter,
+                                          memo_config, next_pow2)
+from llada_triton.kernels.gemm import acc_zeros, dot_loop, dot_step, load_k
+from llada_triton.kernels.mlp import silu_times
 from llada_triton.kernels.reference import check_moe_route_args
 
 __all__ = ["moe_route", "moe_align", "moe_experts", "moe_align_size"]
 
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_EXPERTS = 1024  # a router tile holds every expert's logit of its rows in registers
 
 
@@ -186,11 +187,11 @@ def _align_scatter_kernel(
 
 
 @triton.jit
-def _tile_of(NUM_TILES, BM: tl.constexpr):
-    """First sorted row and N-block of this program; tiles vary fastest, so the tiles of one expert run
+def _tile_of(NUM_TILES, BM: tl.constexpr, BN: tl.constexpr):
+    """First sorted row and output columns of this program; tiles vary fastest, so the tiles of one expert run
     together and share its weight tile in L2."""
     pid = tl.program_id(0)
-    return (pid % NUM_TILES) * BM, pid // NUM_TILES
+    return (pid % NUM_TILES) * BM, (pid // NUM_TILES) * BN + tl.arange(0, BN)
 
 
 @triton.jit
@@ -202,24 +203,6 @@ def _tile_rows(sorted_ptr, end_ptr, row0, E, BM: tl.constexpr, E_P: tl.constexpr
     e = tl.sum((ends <= row0).to(tl.int32), axis=0)
     pair = tl.load(sorted_ptr + row0 + tl.arange(0, BM))
     return e.to(tl.int64), pair
-
-
-@triton.jit
-def _silu_mul_rounded(g, u, dt: tl.constexpr):
-    """``silu(g) * u`` with torch's roundings for ``dt`` tensors: silu in fp32 rounded to ``dt``, then the
-    product in fp32 rounded to ``dt``."""
-    gf = g.to(dt).to(tl.float32)
-    s = tl.math.div_rn(gf, 1.0 + tl.exp(-gf)).to(dt).to(tl.float32)
-    return (s * u.to(dt).to(tl.float32)).to(dt)
-
-
-@triton.jit
-def _acc_init(BM: tl.constexpr, BN: tl.constexpr, SWAP_AB: tl.constexpr):
-    if SWAP_AB:
-        acc = tl.zeros((BN, BM), dtype=tl.float32)
-    else:
-        acc = tl.zeros((BM, BN), dtype=tl.float32)
-    return acc
 
 
 @triton.jit
@@ -238,22 +221,20 @@ def _moe_gate_up_kernel(
     N_PAIRS, E, I, K, NUM_TILES,
     stride_xm, stride_we, stride_wn, stride_am,
     TOP_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, E_P: tl.constexpr,
-    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,   # IEEE: fp32 products (fp32 inputs)
-    SWAP_AB: tl.constexpr = False,
+    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr, SWAP_AB: tl.constexpr,  # IEEE: fp32 dots
 ):
-    row0, pid_n = _tile_of(NUM_TILES, BM)
+    row0, offs_n = _tile_of(NUM_TILES, BM, BN)
     if row0 >= tl.load(total_ptr):
         return
     e, pair = _tile_rows(sorted_ptr, end_ptr, row0, E, BM, E_P)
     tok = tl.where(pair < N_PAIRS, pair // TOP_K, 0).to(tl.int64)   # padding rows compute token 0, unused
-    offs_n = pid_n * BN + tl.arange(0, BN)
     offs_k = tl.arange(0, BK)
     rows_w = (offs_n % I).to(tl.int64)   # wrapped: loads stay unmasked, stores are masked
     x_ptrs = x_ptr + tok[:, None] * stride_xm + offs_k[None, :]                         # [BM, BK]
     g_ptrs = w_ptr + e * stride_we + rows_w[:, None] * stride_wn + offs_k[None, :]      # [BN, BK]
     u_ptrs = g_ptrs + I * stride_wn
-    acc_g = _acc_init(BM, BN, SWAP_AB)
-    acc_u = _acc_init(BM, BN, SWAP_AB)
+    acc_g = acc_zeros(BM, BN, SWAP_AB)
+    acc_u = acc_zeros(BM, BN, SWAP_AB)
     for k in range(0, K, BK):
         xt = load_k(x_ptr, x_ptrs, 0, k, K - k, BK, False, EVEN_K, UPCAST)
         g = load_k(w_ptr, g_ptrs, 0, k, K - k, BK, False, EVEN_K, UPCAST)
@@ -264,7 +245,7 @@ def _moe_gate_up_kernel(
         g_ptrs += BK
         u_ptrs += BK
     dt = a_ptr.dtype.element_ty
-    act = _silu_mul_rounded(acc_g, acc_u, dt)
+    act = silu_times(acc_g.to(dt), acc_u.to(dt), dt)
     rr, cc = _acc_index((row0 + tl.arange(0, BM)).to(tl.int64), offs_n, SWAP_AB)
     tl.store(a_ptr + rr * stride_am + cc, act, mask=cc < I)
 
@@ -275,19 +256,17 @@ def _moe_down_kernel(
     N_PAIRS, E, N, K, NUM_TILES,
     stride_am, stride_we, stride_wn, stride_ym,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, E_P: tl.constexpr,
-    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,   # IEEE: fp32 products (fp32 inputs)
-    SWAP_AB: tl.constexpr = False,
+    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr, SWAP_AB: tl.constexpr,  # IEEE: fp32 dots
 ):
-    row0, pid_n = _tile_of(NUM_TILES, BM)
+    row0, offs_n = _tile_of(NUM_TILES, BM, BN)
+    rows = (row0 + tl.arange(0, BM)).to(tl.int64)
     if row0 >= tl.load(total_ptr):
         return
     e, pair = _tile_rows(sorted_ptr, end_ptr, row0, E, BM, E_P)
-    offs_n = pid_n * BN + tl.arange(0, BN)
     offs_k = tl.arange(0, BK)
-    rows = (row0 + tl.arange(0, BM)).to(tl.int64)
     a_ptrs = a_ptr + rows[:, None] * stride_am + offs_k[None, :]                                    # [BM, BK]
     w_ptrs = w_ptr + e * stride_we + (offs_n % N).to(tl.int64)[:, None] * stride_wn + offs_k[None, :]  # [BN, BK]
-    acc = _acc_init(BM, BN, SWAP_AB)
+    acc = acc_zeros(BM, BN, SWAP_AB)
     acc = dot_loop(a_ptr, a_ptrs, w_ptr, w_ptrs, K, acc, BK, EVEN_K, UPCAST, SWAP_AB, IEEE)
     rr, cc = _acc_index(pair.to(tl.int64), offs_n, SWAP_AB)
     tl.store(y_ptr + rr * stride_ym + cc, acc.to(y_ptr.dtype.element_ty), mask=(rr < N_PAIRS) & (cc < N))
@@ -318,15 +297,6 @@ def _moe_combine_kernel(
 
 
 # ---------------------------------------------------------------------------------------- launchers
-def _clamp_pow2(n: int, lo: int, hi: int) -> int:
-    return max(lo, min(hi, next_pow2(n)))
-
-
-def _flags(dtype: torch.dtype) -> dict:
-    interp = is_interpreter()
-    return dict(UPCAST=interp and dtype == torch.bfloat16, IEEE=dtype == torch.float32 and not interp)
-
-
 def moe_align_size(n_pairs: int, n_experts: int, block_m: int) -> int:
     """Rows of :func:`moe_align`'s sorted ids: every expert that can receive a pair padded to ``block_m``."""
     return cdiv(n_pairs + min(n_experts, n_pairs) * (block_m - 1), block_m) * block_m
@@ -344,8 +314,8 @@ def moe_config(n_pairs: int, n_experts: int, inter: int, d: int, dtype: torch.dt
 @memo_config
 def _moe_config(n_pairs: int, n_experts: int, inter: int, d: int, dtype: torch.dtype, interpret: bool) -> dict:
     if interpret:  # big blocks, small grids: the interpreter pays per program
-        return dict(BM=16, GU_BN=_clamp_pow2(inter, 16, 128), GU_BK=_clamp_pow2(d, 16, 256),
-                    DN_BN=_clamp_pow2(d, 16, 128), DN_BK=_clamp_pow2(inter, 16, 256), CHUNK=_clamp_pow2(n_pairs, 16, 256),
+        return dict(BM=16, GU_BN=clamp_pow2(inter, 16, 128), GU_BK=clamp_pow2(d, 16, 256),
+                    DN_BN=clamp_pow2(d, 16, 128), DN_BK=clamp_pow2(inter, 16, 256), CHUNK=clamp_pow2(n_pairs, 16, 256),
                     SWAP_AB=False, num_warps=4, num_stages=1)
     per_expert = n_pairs / max(1, n_experts)
     BM = 16 if per_expert <= 16 else 32 if per_expert <= 48 else 64
@@ -373,7 +343,7 @@ def _align_launch(ids: torch.Tensor, n_experts: int, block_m: int, chunk: int):
     base = torch.empty((P, E_P), device=dev, dtype=torch.int32)
     interp = is_interpreter()
     _align_count_kernel[(P,)](ids, cnt, sorted_ids, N, E, L, CHUNK=chunk, E_P=E_P,
-                              FILL=_clamp_pow2(cdiv(L, P), 16, 1 << 16) if interp else 1024, num_warps=4)
+                              FILL=clamp_pow2(cdiv(L, P), 16, 1 << 16) if interp else 1024, num_warps=4)
     p_b = max(1, min(next_pow2(P), 8192 // E_P))
     _align_scan_kernel[(1,)](cnt, base, ends, total, P, E, BM=block_m, E_P=E_P, P_B=p_b,
                              num_warps=1 if interp else 8)
@@ -393,8 +363,8 @@ def moe_route(x: torch.Tensor, router_w: torch.Tensor, expert_bias: Optional[tor
     (lowest index) and the output order: :func:`llada_triton.kernels.reference.moe_route_ref`. The weights
     may differ from the reference's in the last bits (summation order of the logits and of the normaliser).
     """
-    check_tensor("x", x, ndim=2, dtypes=_DTYPES)
-    check_tensor("router_w", router_w, ndim=2, dtypes=_DTYPES)
+    check_tensor("x", x, ndim=2, dtypes=DTYPES)
+    check_tensor("router_w", router_w, ndim=2, dtypes=DTYPES)
     M, d = x.shape
     E = router_w.shape[0]
     if router_w.shape[1] != d or router_w.device != x.device or E == 0:
@@ -403,7 +373,7 @@ def moe_route(x: torch.Tensor, router_w: torch.Tensor, expert_bias: Optional[tor
     if E > MAX_EXPERTS:
         raise ValueError(f"router_w has {E} experts; at most {MAX_EXPERTS} are supported")
     if expert_bias is not None:
-        check_tensor("expert_bias", expert_bias, ndim=1, dtypes=_DTYPES)
+        check_tensor("expert_bias", expert_bias, ndim=1, dtypes=DTYPES)
         if expert_bias.shape[0] != E or expert_bias.device != x.device:
             raise ValueError(f"expert_bias must be [{E}] on {x.device}, got {tuple(expert_bias.shape)} "
                              f"on {expert_bias.device}")
@@ -415,9 +385,9 @@ def moe_route(x: torch.Tensor, router_w: torch.Tensor, expert_bias: Optional[tor
     interp = is_interpreter()
     native = x.dtype == router_w.dtype and x.dtype != torch.float32
     E_P = next_pow2(E)
-    BM = _clamp_pow2(M, 16, 64) if interp else 16
+    BM = clamp_pow2(M, 16, 64) if interp else 16
     BE = E_P if interp else min(E_P, 32)     # logits split over experts: enough programs to stream router_w
-    BK = _clamp_pow2(d, 16, 256) if interp else 128
+    BK = clamp_pow2(d, 16, 256) if interp else 128
     logits = torch.empty((M, E), device=x.device, dtype=torch.float32)
     _router_logits_kernel[(cdiv(M, BM), cdiv(E, BE))](
         x, router_w, logits, M, E, d, x.stride(0), router_w.stride(0), BM=BM, BE=BE, BK=BK, EVEN_K=d % BK == 0,
@@ -433,10 +403,10 @@ def moe_route(x: torch.Tensor, router_w: torch.Tensor, expert_bias: Optional[tor
     return weights, ids
 
 
-def _check_ids(ids: torch.Tensor, name: str = "ids"):
-    check_tensor(name, ids, ndim=2, dtypes=(torch.int32, torch.int64))
+def _check_ids(ids: torch.Tensor):
+    check_tensor("ids", ids, ndim=2, dtypes=(torch.int32, torch.int64))
     if not ids.is_contiguous():
-        raise ValueError(f"{name} must be contiguous, got strides {ids.stride()}")
+        raise ValueError(f"ids must be contiguous, got strides {ids.stride()}")
 
 
 def moe_align(ids: torch.Tensor, n_experts: int, block_m: int, *, chunk: Optional[int] = None):
@@ -453,7 +423,7 @@ def moe_align(ids: torch.Tensor, n_experts: int, block_m: int, *, chunk: Optiona
     E = _check_count("n_experts", n_experts, MAX_EXPERTS)
     block_m = _check_count("block_m", block_m, 1 << 12)
     if chunk is None:
-        chunk = _clamp_pow2(ids.numel(), 16, 256) if is_interpreter() else 256
+        chunk = clamp_pow2(ids.numel(), 16, 256) if is_interpreter() else 256
     elif _check_count("chunk", chunk, 1 << 14) & (chunk - 1):
         raise ValueError(f"chunk must be a power of two, got {chunk}")
     if ids.numel() == 0:
@@ -470,7 +440,7 @@ def _check_count(name: str, v, hi: int) -> int:
 
 
 def _validate_experts(x, w_gate_up, w_down, weights, ids, residual, out):
-    check_tensor("x", x, ndim=2, dtypes=_DTYPES)
+    check_tensor("x", x, ndim=2, dtypes=DTYPES)
     M, d = x.shape
     check_tensor("w_gate_up", w_gate_up, ndim=3, dtypes=(x.dtype,))
     check_tensor("w_down", w_down, ndim=3, dtypes=(x.dtype,))
@@ -485,7 +455,7 @@ def _validate_experts(x, w_gate_up, w_down, weights, ids, residual, out):
         if t.stride(1) != t.shape[2] and t.shape[1] > 1:
             raise ValueError(f"{name} rows must be contiguous within an expert, got strides {t.stride()}")
     _check_ids(ids)
-    check_tensor("weights", weights, ndim=2, dtypes=_DTYPES)
+    check_tensor("weights", weights, ndim=2, dtypes=DTYPES)
     if ids.shape[0] != M or ids.shape[1] == 0 or weights.shape != ids.shape:
         raise ValueError(f"ids and weights must both be [M={M}, k >= 1], got {tuple(ids.shape)} and "
                          f"{tuple(weights.shape)}")
@@ -493,10 +463,7 @@ def _validate_experts(x, w_gate_up, w_down, weights, ids, residual, out):
         if t.device != x.device:
             raise ValueError(f"{name} is on {t.device}, x on {x.device}")
     for name, t in (("residual", residual), ("out", out)):
-        if t is not None:
-            check_tensor(name, t, ndim=2, dtypes=(x.dtype,))
-            if t.shape != x.shape or t.device != x.device:
-                raise ValueError(f"{name} must be {tuple(x.shape)} on {x.device}, got {tuple(t.shape)} on {t.device}")
+        check_like(name, t, x.shape, x.dtype, x.device)
     return M, d, E, inter, ids.shape[1]
 
 
@@ -526,7 +493,7 @@ def moe_experts(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, 
     tiles = L // BM
     act = torch.empty((L, inter), device=x.device, dtype=x.dtype)
     pair_out = torch.empty((N, d), device=x.device, dtype=x.dtype)
-    E_P, flags = next_pow2(E), _flags(x.dtype)
+    E_P, flags = next_pow2(E), dot_flags(x.dtype)
     launch = dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     bn, bk = cfg["GU_BN"], cfg["GU_BK"]
     _moe_gate_up_kernel[(tiles * cdiv(inter, bn),)](
@@ -538,7 +505,7 @@ def moe_experts(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, 
         act, w_down, pair_out, sorted_ids, ends, total, N, E, d, inter, tiles,
         act.stride(0), w_down.stride(0), w_down.stride(1), pair_out.stride(0),
         BM=BM, BN=bn, BK=bk, E_P=E_P, EVEN_K=inter % bk == 0, SWAP_AB=cfg["SWAP_AB"], **flags, **launch)
-    block = _clamp_pow2(d, 16, 1 << 16) if is_interpreter() else min(1024, next_pow2(d))
+    block = clamp_pow2(d, 16, 1 << 16) if is_interpreter() else min(1024, next_pow2(d))
     r = residual if residual is not None else y
     _moe_combine_kernel[(M, cdiv(d, block))](
         pair_out, weights, ids, r, y, E, d, weights.stride(0), r.stride(0), y.stride(0),

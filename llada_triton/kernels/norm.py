@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from llada_triton.kernels._common import (DTYPES, as_rows, cdiv, check_tensor, gdc_options, gdc_wait_and_release,
+from llada_triton.kernels._common import (DTYPES, as_rows, cdiv, check_like, check_tensor, gdc_options, gdc_wait_and_release,
                                           is_interpreter, memo_config, next_pow2)
 from llada_triton.kernels.reference import check_eps
 
@@ -143,11 +143,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: Option
         raise ValueError(f"weight must be [{d}] on {x.device}, got {tuple(weight.shape)} on {weight.device}")
     y_dtype = torch.promote_types(weight.dtype, x.dtype)
     for name, t, dt in (("residual", residual, x.dtype), ("out", out, y_dtype), ("residual_out", residual_out, x.dtype)):
-        if t is None:
-            continue
-        check_tensor(name, t, dtypes=(dt,))
-        if t.shape != x.shape or t.device != x.device:
-            raise ValueError(f"{name} must be {tuple(x.shape)} on {x.device}, got {tuple(t.shape)} on {t.device}")
+        check_like(name, t, x.shape, dt, x.device)
     if residual_out is not None and residual is None:
         raise ValueError("residual_out given without residual")
     y = torch.empty(x.shape, device=x.device, dtype=y_dtype) if out is None else out

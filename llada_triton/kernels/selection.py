@@ -180,9 +180,10 @@ def _select_tiles(L: int, interpret: bool):
     return BL, BJ, ({} if interpret else dict(num_warps=4 if BL <= 1024 else 8))
 
 
-def _select_launch(conf, masked, out, *, k=None, threshold=None, factor=None, tokens=None, x0=None):
+def _select_launch(conf, masked, out=None, *, k=None, threshold=None, factor=None, tokens=None, x0=None):
     check_tensor("conf", conf, ndim=2, dtypes=_LOGIT_DTYPES)
     B, L = conf.shape
+    out = torch.empty((B, L), dtype=torch.bool, device=conf.device) if out is None else out
     check_tensor("masked", masked, ndim=2, dtypes=(torch.bool,))
     if masked.shape != (B, L) or masked.device != conf.device:
         raise ValueError(f"masked must be bool [{B}, {L}] on {conf.device}, got {tuple(masked.shape)} "
@@ -214,7 +215,53 @@ def _select_launch(conf, masked, out, *, k=None, threshold=None, factor=None, to
     return out
 
 
-def _commit_step_launch(tokens, start, x0, conf, *, mask_id, done, k, threshold, factor, nfe):
+# ---------------------------------------------------------------------------------- public API
+def select_transfer(conf: torch.Tensor, masked: torch.Tensor, *, k: Optional[torch.Tensor] = None,
+                    threshold: Optional[float] = None, factor: Optional[float] = None) -> torch.Tensor:
+    """Which masked positions of each row to commit this step; exactly one rule must be given.
+
+    conf: ``[B, L]`` fp32 (bf16/fp16 accepted) confidences; masked: bool ``[B, L]``; ``L <= 4096``.
+    * ``k``: int32/int64 tensor ``[B]`` on the same device: the ``k[b]`` most confident masked positions;
+    * ``threshold``: the top-1 masked position plus every masked position with ``conf >= threshold``
+      (compared in fp32, as torch compares an fp32 tensor with a Python float);
+    * ``factor``: Fast-dLLM's dynamic rule with its off-by-one quirk (``reference._factor_count``),
+      thresholds ``1 - factor / (n + 1)`` evaluated in fp64 as the reference does.
+    Ranking: descending confidence, lowest index first on ties, ``-inf`` last among masked; NaN
+    confidences are not supported. One program per row, no host synchronisation.
+    Returns bool ``[B, L]``. Same result as :func:`llada_triton.kernels.reference.select_transfer_ref`.
+    """
+    return _select_launch(conf, masked, k=k, threshold=threshold, factor=factor)
+
+
+def select_commit(tokens_block: torch.Tensor, x0: torch.Tensor, conf: torch.Tensor, masked: torch.Tensor, *,
+                  k: Optional[torch.Tensor] = None, threshold: Optional[float] = None,
+                  factor: Optional[float] = None) -> torch.Tensor:
+    """:func:`select_transfer` fused with the commit: ``tokens_block[b, i] = x0[b, i]`` wherever
+    position ``(b, i)`` is selected, in place (``tokens_block`` may be a strided int64 view ``[B, L]``,
+    e.g. ``x[:, start:end]``; x0 int64 ``[B, L]``). Returns the bool transfer mask ``[B, L]``."""
+    return _select_launch(conf, masked, k=k, threshold=threshold, factor=factor, tokens=tokens_block, x0=x0)
+
+
+def commit_step(tokens: torch.Tensor, start, x0: torch.Tensor, conf: torch.Tensor, *, mask_id: int,
+                done: Optional[torch.Tensor] = None, k: Optional[torch.Tensor] = None,
+                threshold: Optional[float] = None, factor: Optional[float] = None,
+                nfe: Optional[torch.Tensor] = None):
+    """One denoising step's selection and commit into the token buffer, in one launch (no host sync).
+
+    tokens: int64 ``[B, T]``, updated in place; start: the block's first column, an int or an int32/int64
+    device tensor of shape ``()`` or ``[B]`` (a start per row); x0: int64 ``[B, L]`` sampled tokens and conf:
+    ``[B, L]`` confidences (fp32; bf16/fp16 accepted) of the block's positions, any values off the masked
+    ones; done: optional bool ``[B]``, rows that take no part (nothing of theirs counts as masked).
+
+    With ``masked[b, i] = tokens[b, start_b + i] == mask_id and not done[b]``: the positions
+    ``committed = select_transfer(where(masked, conf, -inf), masked, k= | threshold= | factor=)`` (exactly one
+    rule, as :func:`select_transfer`) get ``tokens[b, start_b + i] = x0[b, i]``, and ``nfe[b] += 1`` for every
+    row with a masked position (when ``nfe``, int64 ``[B]``, is given; updated in place).
+    A device ``start`` is not checked on the host: a row whose block ``[start_b, start_b + L)`` is not inside
+    ``[0, T)`` commits nothing and reports the tokens -1.
+    Returns ``(committed bool [B, L], conf fp32 [B, L] with -inf off the masked positions, the block's tokens
+    int64 [B, L] after the commit)``. Same results as :func:`llada_triton.kernels.reference.commit_step_ref`.
+    """
     check_tensor("tokens", tokens, ndim=2, dtypes=(torch.int64,))
     check_tensor("x0", x0, ndim=2, dtypes=(torch.int64,))
     check_tensor("conf", conf, ndim=2, dtypes=_LOGIT_DTYPES)
@@ -263,59 +310,3 @@ def _commit_step_launch(tokens, start, x0, conf, *, mask_id, done, k, threshold,
         BLOCK_L=BL, BLOCK_J=BJ, **extra, **gdc_options(conf, B * L),
     )
     return sel, conf_out, blk
-
-
-# ---------------------------------------------------------------------------------- public API
-def select_transfer(conf: torch.Tensor, masked: torch.Tensor, *, k: Optional[torch.Tensor] = None,
-                    threshold: Optional[float] = None, factor: Optional[float] = None) -> torch.Tensor:
-    """Which masked positions of each row to commit this step; exactly one rule must be given.
-
-    conf: ``[B, L]`` fp32 (bf16/fp16 accepted) confidences; masked: bool ``[B, L]``; ``L <= 4096``.
-    * ``k``: int32/int64 tensor ``[B]`` on the same device: the ``k[b]`` most confident masked positions;
-    * ``threshold``: the top-1 masked position plus every masked position with ``conf >= threshold``
-      (compared in fp32, as torch compares an fp32 tensor with a Python float);
-    * ``factor``: Fast-dLLM's dynamic rule with its off-by-one quirk (``reference._factor_count``),
-      thresholds ``1 - factor / (n + 1)`` evaluated in fp64 as the reference does.
-    Ranking: descending confidence, lowest index first on ties, ``-inf`` last among masked; NaN
-    confidences are not supported. One program per row, no host synchronisation.
-    Returns bool ``[B, L]``. Same result as :func:`llada_triton.kernels.reference.select_transfer_ref`.
-    """
-    out = torch.empty(conf.shape, dtype=torch.bool, device=conf.device) \
-        if isinstance(conf, torch.Tensor) else None
-    return _select_launch(conf, masked, out, k=k, threshold=threshold, factor=factor)
-
-
-def select_commit(tokens_block: torch.Tensor, x0: torch.Tensor, conf: torch.Tensor, masked: torch.Tensor, *,
-                  k: Optional[torch.Tensor] = None, threshold: Optional[float] = None,
-                  factor: Optional[float] = None) -> torch.Tensor:
-    """:func:`select_transfer` fused with the commit: ``tokens_block[b, i] = x0[b, i]`` wherever
-    position ``(b, i)`` is selected, in place (``tokens_block`` may be a strided int64 view ``[B, L]``,
-    e.g. ``x[:, start:end]``; x0 int64 ``[B, L]``). Returns the bool transfer mask ``[B, L]``."""
-    out = torch.empty(conf.shape, dtype=torch.bool, device=conf.device) \
-        if isinstance(conf, torch.Tensor) else None
-    return _select_launch(conf, masked, out, k=k, threshold=threshold, factor=factor,
-                          tokens=tokens_block, x0=x0)
-
-
-def commit_step(tokens: torch.Tensor, start, x0: torch.Tensor, conf: torch.Tensor, *, mask_id: int,
-                done: Optional[torch.Tensor] = None, k: Optional[torch.Tensor] = None,
-                threshold: Optional[float] = None, factor: Optional[float] = None,
-                nfe: Optional[torch.Tensor] = None):
-    """One denoising step's selection and commit into the token buffer, in one launch (no host sync).
-
-    tokens: int64 ``[B, T]``, updated in place; start: the block's first column, an int or an int32/int64
-    device tensor of shape ``()`` or ``[B]`` (a start per row); x0: int64 ``[B, L]`` sampled tokens and conf:
-    ``[B, L]`` confidences (fp32; bf16/fp16 accepted) of the block's positions, any values off the masked
-    ones; done: optional bool ``[B]``, rows that take no part (nothing of theirs counts as masked).
-
-    With ``masked[b, i] = tokens[b, start_b + i] == mask_id and not done[b]``: the positions
-    ``committed = select_transfer(where(masked, conf, -inf), masked, k= | threshold= | factor=)`` (exactly one
-    rule, as :func:`select_transfer`) get ``tokens[b, start_b + i] = x0[b, i]``, and ``nfe[b] += 1`` for every
-    row with a masked position (when ``nfe``, int64 ``[B]``, is given; updated in place).
-    A device ``start`` is not checked on the host: a row whose block ``[start_b, start_b + L)`` is not inside
-    ``[0, T)`` commits nothing and reports the tokens -1.
-    Returns ``(committed bool [B, L], conf fp32 [B, L] with -inf off the masked positions, the block's tokens
-    int64 [B, L] after the commit)``. Same results as :func:`llada_triton.kernels.reference.commit_step_ref`.
-    """
-    return _commit_step_launch(tokens, start, x0, conf, mask_id=mask_id, done=done, k=k, threshold=threshold,
-                               factor=factor, nfe=nfe)

@@ -86,10 +86,7 @@ class LLaDAConfig:
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
 
-    @property
-    def end_token_ids(self) -> tuple:
-        """Ids that end an answer: eos and, when known, eot."""
-        return tuple(i for i in (self.eos_token_id, self.eot_token_id) if i is not None)
+    end_token_ids = property(lambda self: end_token_ids(self), doc="Ids that end an answer: eos and, when known, eot.")
 
     def __post_init__(self):
         if self.d_model % self.n_heads:
@@ -98,12 +95,7 @@ class LLaDAConfig:
             raise ConfigError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
         if self.head_dim % 2:
             raise ConfigError(f"head_dim={self.head_dim} must be even for RoPE")
-        for name in ("mask_token_id", "eos_token_id", "pad_token_id", "bos_token_id", "eot_token_id"):
-            v = getattr(self, name)
-            if v is not None and not 0 <= v < self.vocab_size:
-                raise ConfigError(f"{name}={v} is outside the vocabulary [0, {self.vocab_size})")
-        if self.pad_token_id == self.mask_token_id:
-            raise ConfigError(f"pad_token_id={self.pad_token_id} must differ from mask_token_id")
+        check_token_ids(self)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -174,6 +166,22 @@ class LLaDAConfig:
         return dataclasses.replace(self, **changes)
 
 
+def end_token_ids(cfg) -> tuple:
+    """Ids that end an answer: eos and, when known, eot (any family's config)."""
+    return tuple(i for i in (cfg.eos_token_id, cfg.eot_token_id) if i is not None)
+
+
+def check_token_ids(cfg) -> None:
+    """Every special id of a config (any family's) lies in the vocabulary, and pad differs from mask."""
+    for name in ("mask_token_id", "eos_token_id", "pad_token_id", "bos_token_id", "eot_token_id"):
+        v = getattr(cfg, name)
+        if v is not None and not 0 <= v < cfg.vocab_size:
+            hint = " (pass mask_token_id= to load_model)" if name == "mask_token_id" else ""
+            raise ConfigError(f"{name}={v} is outside the vocabulary [0, {cfg.vocab_size}){hint}")
+    if cfg.pad_token_id == cfg.mask_token_id:
+        raise ConfigError(f"pad_token_id={cfg.pad_token_id} must differ from mask_token_id")
+
+
 def read_config_files(path: str):
     """``(config.json, generation_config.json or {})`` of a checkpoint folder, parsed."""
     cfg_path = os.path.join(path, "config.json")
@@ -187,11 +195,6 @@ def read_config_files(path: str):
         with open(gen_path) as f:
             gen = json.load(f)
     return cfg, gen
-
-
-def _eot_from_tokenizer_files(path: str) -> Optional[int]:
-    """The id of ``<|eot_id|>`` from ``tokenizer.json`` / ``tokenizer_config.json``, if present."""
-    return token_id_from_tokenizer_files(path, "<|eot_id|>")
 
 
 def token_id_from_tokenizer_files(path: str, content: str) -> Optional[int]:

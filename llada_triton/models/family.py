@@ -33,10 +33,11 @@ stop) is an option object passed as ``generate(..., decoding=...)`` (``decode.ll
 from __future__ import annotations
 
 import importlib
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional
+
+from .config import read_config_files
 
 __all__ = ["Family", "REGISTRY", "family_of", "family_for_config_json", "forward_hidden", "new_cache"]
 
@@ -92,11 +93,7 @@ def family_of(cfg) -> Family:
 
 def family_for_config_json(path: str) -> Family:
     """The :class:`Family` a checkpoint folder's config.json selects (``architectures``, else ``model_type``)."""
-    cfg_path = os.path.join(path, "config.json")
-    if not os.path.isfile(cfg_path):
-        raise FileNotFoundError(f"no config.json in {path!r}")
-    with open(cfg_path) as f:
-        raw = json.load(f)
+    raw = read_config_files(path)[0]
     model_type, archs = raw.get("model_type"), raw.get("architectures") or []
     # architectures first: LLaDA-MoE's config.json says model_type 'llada' too, its architecture tells it apart
     for name, (_, types, arch_names) in REGISTRY.items():
@@ -108,7 +105,7 @@ def family_for_config_json(path: str) -> Family:
     if model_type is None and not archs:  # the original LLaDA release names neither
         return _load("llada")
     known = sorted(t for _, types, _ in REGISTRY.values() for t in types)
-    raise ValueError(f"{cfg_path}: model_type={model_type!r} (architectures={archs}) is not a supported model "
+    raise ValueError(f"{os.path.join(path, 'config.json')}: model_type={model_type!r} (architectures={archs}) is not a supported model "
                      f"family; supported model_type values: {known}")
 
 

@@ -84,20 +84,14 @@ def forward_hidden(params: Params, cfg: LLaDAConfig, tokens: torch.Tensor, *,
                 qkv = qkv.view(B, T, H + 2 * Hkv, D)
                 q, kc, vc = ops.qkv_rope(qkv, params.rope_cos, params.rope_sin, start, kci, vci,
                                          n_heads=H, write_from=write_from)
-            ke = key_end
-            if rows is not None and i == n_layers - 1:
-                # the last layer's keys and values cover every fed token (they are attended to and
-                # cached), but only the returned rows need queries, the output projection and the MLP
-                q = q[:, rows].contiguous()
-                h = h[:, rows].contiguous()
-                ke = None if key_end is None else key_end[..., rows].contiguous()
+            q, h, ke = last_rows(q, h, key_end, rows if i == n_layers - 1 else None)
             Tq = q.shape[1]
             o = ops.attention(q, kc, vc, kv_len, kv_start, ke)
             nxt = params.layers[i + 1].attn_norm if i + 1 < n_layers else params.ln_f
             # h + attn_out(o) (the residual add fused), then the MLP's norm
-            f, h = _linear_norm(ops, o.reshape(B, Tq, H * D), lp.w_o, h, lp.ff_norm, eps)
+            f, h = linear_norm(ops, o.reshape(B, Tq, H * D), lp.w_o, h, lp.ff_norm, eps)
             # h + down(silu(gate) * up), then the next layer's attention norm (the final norm after the last)
-            a, h = _mlp_norm(ops, f.reshape(B * Tq, -1), lp.w_gate_up, lp.w_down, h.reshape(B * Tq, -1), nxt, eps)
+            a, h = mlp_norm(ops, f.reshape(B * Tq, -1), lp.w_gate_up, lp.w_down, h.reshape(B * Tq, -1), nxt, eps)
             a, h = a.view(B, Tq, -1), h.view(B, Tq, -1)
     if not n_layers:
         if rows is not None:
@@ -124,7 +118,15 @@ def check_call(params, T: int, start, cache: Optional[KVCache], kv_len: Optional
     return T if cache is None else kv_len
 
 
-def _linear_norm(ops: Ops, x, w, residual, norm_weight, eps):
+def last_rows(q, h, key_end, rows: Optional[slice]):
+    """The last layer's queries, residual and key limits at the returned ``rows`` only (its keys and values
+    still cover every fed token: they are attended to and cached). Shared by every model family."""
+    if rows is None:
+        return q, h, key_end
+    return q[:, rows].contiguous(), h[:, rows].contiguous(), None if key_end is None else key_end[..., rows].contiguous()
+
+
+def linear_norm(ops: Ops, x, w, residual, norm_weight, eps):
     """``(rms_norm(h), h)`` with ``h = residual + x @ w.T``: the fused op when ``ops`` has one."""
     if ops.linear_norm is not None:
         return ops.linear_norm(x, w, residual, norm_weight, eps)
@@ -132,7 +134,7 @@ def _linear_norm(ops: Ops, x, w, residual, norm_weight, eps):
     return ops.rms_norm(h, norm_weight, eps), h
 
 
-def _mlp_norm(ops: Ops, x, w_gate_up, w_down, residual, norm_weight, eps):
+def mlp_norm(ops: Ops, x, w_gate_up, w_down, residual, norm_weight, eps):
     """``(rms_norm(h), h)`` with ``h = residual + mlp(x)``: the fused op when ``ops`` has one."""
     if ops.mlp_norm is not None:
         return ops.mlp_norm(x, w_gate_up, w_down, residual, norm_weight, eps)

@@ -19,7 +19,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Optional, Tuple
 
-from .config import ConfigError, read_config_files, token_id_from_tokenizer_files
+from .config import ConfigError, check_token_ids, end_token_ids, read_config_files, token_id_from_tokenizer_files
 
 __all__ = ["MoEConfig", "LLaDA2Config", "LLaDAMoEConfig", "detect_family", "FAMILIES", "llada2_config_dict",
            "llada2_generation_config"]
@@ -105,10 +105,7 @@ class MoEConfig:
     eot_token_id: Optional[int] = None
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
-    @property
-    def end_token_ids(self) -> tuple:
-        """Ids that end an answer: eos and, when known, eot."""
-        return tuple(i for i in (self.eos_token_id, self.eot_token_id) if i is not None)
+    end_token_ids = property(lambda self: end_token_ids(self), doc="Ids that end an answer: eos and, when known, eot.")
 
     def __post_init__(self):
         if self.family not in ("llada2", "lladamoe"):
@@ -134,13 +131,7 @@ class MoEConfig:
         if not 1 <= self.top_k <= self.topk_group * (self.n_experts // self.n_group):
             raise ConfigError(f"num_experts_per_tok={self.top_k} must be in [1, {self.topk_group} groups x "
                               f"{self.n_experts // self.n_group} experts]")
-        for name in ("mask_token_id", "eos_token_id", "pad_token_id", "bos_token_id", "eot_token_id"):
-            v = getattr(self, name)
-            if v is not None and not 0 <= v < self.vocab_size:
-                hint = " (pass mask_token_id= to load_model)" if name == "mask_token_id" else ""
-                raise ConfigError(f"{name}={v} is outside the vocabulary [0, {self.vocab_size}){hint}")
-        if self.pad_token_id == self.mask_token_id:
-            raise ConfigError(f"pad_token_id={self.pad_token_id} must differ from mask_token_id")
+        check_token_ids(self)
 
     def replace(self, **changes) -> "MoEConfig":
         return dataclasses.replace(self, **changes)

@@ -16,13 +16,13 @@ from typing import Optional, Union
 import torch
 from torch.profiler import record_function
 
-from .model import KVCache, _linear_norm, _mlp_norm, check_call, logits_from_hidden
+from .model import KVCache, check_call, forward, last_rows, linear_norm, mlp_norm
 from .moe_config import MoEConfig
 from .moe_weights import MoELayerParams
 from .ops import REFERENCE_OPS, Ops
 from .weights import Params
 
-__all__ = ["forward_hidden", "forward", "moe_block"]
+__all__ = ["forward_hidden", "forward", "moe_block"]  # forward: any family's, from .model
 
 _NEEDED = ("qk_norm_rope", "moe_route", "moe_experts")
 
@@ -55,19 +55,16 @@ def forward_hidden(params: Params, cfg: MoEConfig, tokens: torch.Tensor, *,
                 qkv = ops.linear(a, lp.w_qkv).view(B, T, H + 2 * Hkv, D)
                 q, kc, vc = ops.qk_norm_rope(qkv, lp.q_norm, lp.k_norm, eps, params.rope_cos, params.rope_sin,
                                              start, kci, vci, n_heads=H, write_from=write_from)
-            ke = key_end
-            if rows is not None and i == n_layers - 1:  # keys/values cover every token; queries only the rows
-                q, h = q[:, rows].contiguous(), h[:, rows].contiguous()
-                ke = None if key_end is None else key_end[..., rows].contiguous()
+            q, h, ke = last_rows(q, h, key_end, rows if i == n_layers - 1 else None)
             Tq = q.shape[1]
             o = ops.attention(q, kc, vc, kv_len, kv_start, ke)
             nxt = params.layers[i + 1].attn_norm if i + 1 < n_layers else params.ln_f
-            f, h = _linear_norm(ops, o.reshape(B, Tq, H * D), lp.w_o, h, lp.ff_norm, eps)
+            f, h = linear_norm(ops, o.reshape(B, Tq, H * D), lp.w_o, h, lp.ff_norm, eps)
             f, h = f.reshape(B * Tq, -1), h.reshape(B * Tq, -1)
             if lp.is_moe:
                 a, h = ops.rms_norm(moe_block(ops, cfg, lp, f), nxt, eps, h)
             else:
-                a, h = _mlp_norm(ops, f, lp.w_gate_up, lp.w_down, h, nxt, eps)
+                a, h = mlp_norm(ops, f, lp.w_gate_up, lp.w_down, h, nxt, eps)
             a, h = a.view(B, Tq, -1), h.view(B, Tq, -1)
     return a
 
@@ -81,8 +78,3 @@ def moe_block(ops: Ops, cfg: MoEConfig, lp: MoELayerParams, x: torch.Tensor) -> 
     shared = None if lp.shared_gate_up is None else ops.mlp(x, lp.shared_gate_up, lp.shared_down)
     return ops.moe_experts(x, lp.experts_gate_up, lp.experts_down, weights, ids, shared)
 
-
-def forward(params: Params, cfg: MoEConfig, tokens: torch.Tensor, **kwargs) -> torch.Tensor:
-    """Logits ``[B, T, V]`` (or of ``rows``); same arguments as :func:`forward_hidden`."""
-    ops = kwargs.get("ops", REFERENCE_OPS)
-    return logits_from_hidden(params, forward_hidden(params, cfg, tokens, **kwargs), ops)
