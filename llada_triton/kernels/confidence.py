@@ -11,6 +11,8 @@
 * ``_head_merge_kernel`` merges the partials of each row into ``x0`` and ``conf`` (both paths).
 * Both take an optional device ``n_rows`` (programs past it exit at once: the head on the still-masked rows
   gathered to the front) and ``row_ids`` (the Philox row counters of gathered rows).
+* Shared with the Dream head (:mod:`llada_triton.kernels.dream_head`): ``gumbel_noise``, ``head_config``,
+  ``sampling_args``, ``rows_args``.
 
 References: :func:`llada_triton.kernels.reference.head_confidence_ref`,
 :func:`llada_triton.kernels.reference.logits_confidence_ref`.
@@ -51,7 +53,7 @@ def _philox4x32_10(c0, c1, c2, c3, k0, k1):
 
 
 @triton.jit
-def _gumbel(vid, row, seed_lo, seed_hi, off_lo, off_hi):
+def gumbel_noise(vid, row, seed_lo, seed_hi, off_lo, off_hi):
     """Gumbel(0, 1) noise for every (row, vocab id) pair: Philox4x32-10 with key (seed_lo, seed_hi) and
     counter (vid, row, off_lo, off_hi); first output word -> w in (0, 1) -> E = -log1p(-w) ~ Exp(1)
     (accurate for small w, where the winners are) -> g = -log(E)."""
@@ -103,7 +105,7 @@ def _tile_stats(logit, v0, prow, m_ref, V, inv_temp, seed_lo, seed_hi, off_lo, o
         logit_c = logit
 
     if SAMPLE:
-        g = _gumbel(vcol, prow[:, None], seed_lo, seed_hi, off_lo, off_hi)
+        g = gumbel_noise(vcol, prow[:, None], seed_lo, seed_hi, off_lo, off_hi)
         key = logit * inv_temp + g
         kmax, kloc = tl.max(key, axis=1, return_indices=True, return_indices_tie_break_left=True)
         lsel = tl.arange(0, BLOCK_V)[None, :] == kloc[:, None]
@@ -314,7 +316,7 @@ def _id_args(name: str, ids: Sequence[int], lo: int, hi: int):
     return ids + [-1] * (MAX_SPECIAL_IDS - len(ids)), len(ids)
 
 
-def _head_config(M: int, V: int, D: int, dtype: torch.dtype, cfg: bool, interpret: bool,
+def head_config(M: int, V: int, D: int, dtype: torch.dtype, cfg: bool, interpret: bool,
                  sample: bool = False) -> dict:
     """Fixed meta-parameters per case (no autotune): a pure function of the shape and mode.
 
@@ -341,7 +343,7 @@ def _head_config(M: int, V: int, D: int, dtype: torch.dtype, cfg: bool, interpre
     return dict(BLOCK_M=128, BLOCK_V=256, BLOCK_K=64, SWAP_AB=False, num_warps=8, num_stages=3)
 
 
-def _sampling_args(V, temperature, seed, offset, banned_ids, no_confidence_ids) -> dict:
+def sampling_args(V, temperature, seed, offset, banned_ids, no_confidence_ids) -> dict:
     """Validated scalar kernel arguments shared by both partials kernels (Philox key / counter words,
     special ids, 1 / T)."""
     temperature = float(temperature)
@@ -358,7 +360,7 @@ def _sampling_args(V, temperature, seed, offset, banned_ids, no_confidence_ids) 
         constexprs=dict(N_BAN=n_ban, N_NC=n_nc, SAMPLE=temperature > 0))
 
 
-def _rows_args(M, device, n_rows, row_ids, placeholder):
+def rows_args(M, device, n_rows, row_ids, placeholder):
     """(n_rows pointer, row_ids pointer, HAS_N_ROWS, HAS_ROW_IDS) after validation; ``placeholder`` stands in
     for an absent pointer (never read)."""
     if n_rows is not None:
@@ -405,8 +407,8 @@ def _prepare(M, V, x0, like_name, like, uncond_name, uncond, n_rows, row_ids, te
         if uncond.shape != like.shape or uncond.device != like.device:
             raise ValueError(f"{uncond_name} must match {like_name} {tuple(like.shape)} on {like.device}, "
                              f"got {tuple(uncond.shape)} on {uncond.device}")
-    sa = _sampling_args(V, temperature, seed, offset, banned_ids, no_confidence_ids)
-    return (uncond is not None, sa, *_rows_args(M, like.device, n_rows, row_ids, x0))
+    sa = sampling_args(V, temperature, seed, offset, banned_ids, no_confidence_ids)
+    return (uncond is not None, sa, *rows_args(M, like.device, n_rows, row_ids, x0))
 
 
 def _head_confidence_launch(hidden, w_head, x0, conf, *, temperature, seed, offset, banned_ids,
@@ -429,7 +431,7 @@ def _head_confidence_launch(hidden, w_head, x0, conf, *, temperature, seed, offs
     if M == 0:
         return x0, conf
     interpret = is_interpreter()
-    c = dict(_head_config(M, V, D, hidden.dtype, cfg, interpret, sample=sa["constexprs"]["SAMPLE"]), **(config or {}))
+    c = dict(head_config(M, V, D, hidden.dtype, cfg, interpret, sample=sa["constexprs"]["SAMPLE"]), **(config or {}))
     BM, BV, BK = c["BLOCK_M"], c["BLOCK_V"], c["BLOCK_K"]
     nvt = cdiv(V, BV)
     parts = _partials(M, nvt, hidden.device)

@@ -41,7 +41,7 @@ import triton.language as tl
 
 from llada_triton.kernels._common import (cdiv, check_tensor, dot_flags, gdc_options, gdc_wait_and_release,
                                           is_interpreter, next_pow2)
-from llada_triton.kernels.confidence import _gumbel, _head_config, _rows_args, _sampling_args
+from llada_triton.kernels.confidence import gumbel_noise, head_config, rows_args, sampling_args
 from llada_triton.kernels.gemm import dot_loop
 from llada_triton.kernels.reference import DREAM_CONFIDENCES, dream_confidence_ref, philox_gumbel_ref
 
@@ -117,7 +117,7 @@ def _dream_partials_kernel(
             prow = tl.load(row_ids_ptr + rows_c).to(tl.int32)
         else:
             prow = rows
-        key = logit + _gumbel(vcol, prow[:, None], seed_lo, seed_hi, off_lo, off_hi)
+        key = logit + gumbel_noise(vcol, prow[:, None], seed_lo, seed_hi, off_lo, off_hi)
         kmax, loc = tl.max(key, axis=1, return_indices=True, return_indices_tie_break_left=True)
         zx = tl.max(tl.where(cols == loc[:, None], logit, float("-inf")), axis=1)
         tl.store(pf_ptr + 4 * plane + po, kmax, mask=rmask)
@@ -231,10 +231,10 @@ def head_dream_confidence(hidden: torch.Tensor, w_head: torch.Tensor, *, confide
     _check(hidden, w_head, confidence, top_p, top_k)
     M, D = hidden.shape
     V = w_head.shape[0]
-    sa = _sampling_args(V, temperature, seed, offset, banned_ids, ())  # validates T, seed, offset, banned_ids
+    sa = sampling_args(V, temperature, seed, offset, banned_ids, ())  # validates T, seed, offset, banned_ids
     x0 = torch.empty(M, dtype=torch.int64, device=hidden.device)
     conf = torch.empty(M, dtype=torch.float32, device=hidden.device)
-    nr, rid, rows_ce = _rows_args(M, hidden.device, n_rows, row_ids, x0)
+    nr, rid, rows_ce = rows_args(M, hidden.device, n_rows, row_ids, x0)
     if (top_p is not None and top_p < 1) or top_k is not None:
         return _filtered(hidden, w_head, x0, conf, confidence=confidence, temperature=float(temperature),
                          top_p=top_p, top_k=top_k, seed=seed, offset=offset, banned_ids=banned_ids,
@@ -251,7 +251,7 @@ def _launch(hidden, w_head, x0, conf, nr, rid, rows_ce, sa, confidence, temperat
     V = w_head.shape[0]
     sample = sa["constexprs"]["SAMPLE"]
     interpret = is_interpreter()
-    c = dict(_head_config(M, V, D, hidden.dtype, False, interpret, sample=sample), **(config or {}))
+    c = dict(head_config(M, V, D, hidden.dtype, False, interpret, sample=sample), **(config or {}))
     BM, BV, BK = c["BLOCK_M"], c["BLOCK_V"], c["BLOCK_K"]
     nvt = cdiv(V, BV)
     entropy = confidence == "neg_entropy"

@@ -527,7 +527,7 @@ def _mulhilo32(a: torch.Tensor, b: int):
 
 
 def philox_gumbel_ref(seed: int, offset: int, rows: torch.Tensor, V: int) -> torch.Tensor:
-    """The Gumbel(0, 1) noise of the Triton heads (``kernels.confidence._gumbel``) recomputed in torch: fp32
+    """The Gumbel(0, 1) noise of the Triton heads (``kernels.confidence.gumbel_noise``) recomputed in torch: fp32
     ``[len(rows), V]``, entry ``(i, v)`` from Philox4x32-10 with key ``(seed_lo, seed_hi)`` and counter
     ``(v, rows[i], offset_lo, offset_hi)``; first word ``r`` -> ``w = (r + 1/2) / 2^32`` -> ``E = -log1p(-w)``
     (Kahan's form) -> ``-log(E)``, each step in fp32 as the kernel. The integer stream is bit-exact; the logs may
