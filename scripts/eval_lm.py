@@ -13,6 +13,11 @@ mini-batch). ``--model_args`` keys: ``llada_triton.eval.options.EvalOptions`` (`
 ``remasking``, ``cfg_scale``, ``logits_eos_inf``, ``confidence_eos_eot_inf``, ``early_stop``, ``cuda_graphs``,
 ``seed``, ``mc_num``, ``mc_batch_size``, ``check_greedy``, ``chunk_size``, ``stats_path``; ``model_path``
 and ``cfg`` as in LLaDA's ``eval_llada.py``). Checked before the model loads; unknown keys are errors.
+Per family (read from config.json): ``decoding=llada2`` (the default for LLaDA2 checkpoints; ``llada`` for
+LLaDA's rules) is LLaDA2.0's official decoder (``threshold`` default 0.95, ``minimal_topk``, ``eos_early_stop``;
+``steps`` per block, default ``block_length``); Dream checkpoints default to ``remasking=maskgit_plus``
+(also ``topk_margin``, ``entropy``, ``origin``; ``top_p``, ``top_k``, ``alg_temp``) with ``cache=none`` (one block
+of ``gen_length``, Dream's ``diffusion_generate``); ``prefix`` / ``dual`` are Fast-dLLM's Dream decoders.
 
 Under ``torchrun`` each process loads the model on ``cuda:LOCAL_RANK`` (gloo on CPU); every process runs the
 harness on all requests, the model shards the work and gathers it, and only rank 0 prints and writes.

@@ -6,12 +6,14 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
-__all__ = ["EvalOptions", "parse_model_args", "MODEL_ARGS"]
+__all__ = ["EvalOptions", "parse_model_args", "MODEL_ARGS", "DREAM_ALGS"]
 
 _DTYPES = ("float32", "bfloat16", "float16")
 _OPS = ("reference", "triton")
 _CACHES = ("none", "prefix", "dual", "block")
-_REMASKING = ("low_confidence", "random")
+_REMASKING = ("low_confidence", "random", "maskgit_plus", "topk_margin", "entropy", "origin")
+DREAM_ALGS = ("maskgit_plus", "topk_margin", "entropy", "origin")  # Dream's ``alg``: decoded by dream_options
+_DECODINGS = ("llada", "llada2")
 
 
 @dataclass(frozen=True)
@@ -23,13 +25,19 @@ class EvalOptions:
     batch_size: int = 32                  # run_many slots / generate batch; the MC mini-batch unless mc_batch_size
     chunk_size: Optional[int] = None      # prompts per decoding unit (None: 4 * batch_size); see runner
     gen_length: int = 256
-    block_length: int = 32
-    steps: Optional[int] = None           # None: gen_length (one token per step)
-    cache: str = "block"
+    block_length: Optional[int] = None    # None: gen_length for Dream's cache 'none' (one block), else 32
+    steps: Optional[int] = None           # None: gen_length (one token per step); block_length for llada2 (per block)
+    cache: Optional[str] = None           # None: 'none' (exact) for a Dream remasking, else 'block'
+    decoding: Optional[str] = None        # None: 'llada2' for LLaDA2 checkpoints, else 'llada'
+    minimal_topk: Optional[int] = None    # llada2 decoding only (None: 1)
+    eos_early_stop: Optional[bool] = None  # llada2 decoding only (None: False)
+    top_p: Optional[float] = None         # Dream remasking only
+    top_k: Optional[int] = None           # Dream remasking only
+    alg_temp: Optional[float] = None      # Dream remasking only
     threshold: Optional[float] = None
     factor: Optional[float] = None
     temperature: float = 0.0
-    remasking: str = "low_confidence"
+    remasking: Optional[str] = None       # None: maskgit_plus for Dream checkpoints, else low_confidence
     cfg_scale: float = 0.0
     logits_eos_inf: bool = False
     confidence_eos_eot_inf: bool = False
@@ -43,7 +51,19 @@ class EvalOptions:
 
     @property
     def decode_steps(self) -> int:
-        return self.gen_length if self.steps is None else self.steps
+        if self.steps is not None:
+            return self.steps
+        return self.block_length if self.decoding == "llada2" else self.gen_length
+
+    @property
+    def dream(self) -> bool:
+        """Whether generation runs Dream's decoders (:func:`llada_triton.decode.dream_options`)."""
+        return self.remasking in DREAM_ALGS
+
+    @property
+    def slots(self) -> bool:
+        """Whether a chunk decodes with ``run_many`` (the block cache; Dream's options need ``generate``)."""
+        return self.cache == "block" and not self.dream
 
     @property
     def chunk(self) -> int:
@@ -94,26 +114,74 @@ def _kind(field: dataclasses.Field) -> str:
 
 
 def _check_choices(o: EvalOptions) -> None:
-    for name, allowed in (("dtype", _DTYPES), ("ops", _OPS), ("cache", _CACHES), ("remasking", _REMASKING)):
+    for name, allowed in (("dtype", _DTYPES), ("ops", _OPS), ("cache", _CACHES), ("remasking", _REMASKING),
+                          ("decoding", _DECODINGS)):
         value = getattr(o, name)
         if value is not None and value not in allowed:
             raise ValueError(f"model_args {name}={value!r}: choose one of {', '.join(allowed)}")
     for name, value in (("batch_size", o.batch_size), ("gen_length", o.gen_length), ("block_length", o.block_length),
-                        ("mc_num", o.mc_num), ("chunk_size", o.chunk), ("mc_batch_size", o.mc_batch)):
+                        ("mc_num", o.mc_num), ("chunk_size", o.chunk), ("mc_batch_size", o.mc_batch),
+                        ("steps", o.decode_steps)):
         if value < 1:
             raise ValueError(f"model_args {name}={value} must be >= 1")
-    if o.gen_length % o.block_length:
-        raise ValueError(f"model_args gen_length={o.gen_length} must be a multiple of block_length={o.block_length}")
-    n_blocks = o.gen_length // o.block_length
-    if o.decode_steps < n_blocks or o.decode_steps % n_blocks:
-        raise ValueError(f"model_args steps={o.decode_steps} must be a positive multiple of the {n_blocks} blocks")
+    if o.decoding != "llada2":  # LLaDA2's absolute grid takes any gen_length and per-block steps
+        if o.gen_length % o.block_length:
+            raise ValueError(f"model_args gen_length={o.gen_length} must be a multiple of block_length={o.block_length}")
+        n_blocks = o.gen_length // o.block_length
+        if o.decode_steps < n_blocks or o.decode_steps % n_blocks:
+            raise ValueError(f"model_args steps={o.decode_steps} must be a positive multiple of the {n_blocks} blocks")
     if o.threshold is not None and o.factor is not None:
         raise ValueError("model_args threshold and factor are exclusive: set one")
     if o.mc_num % o.mc_batch:
         raise ValueError(f"model_args mc_batch_size={o.mc_batch} must divide mc_num={o.mc_num} "
                          "(the MC mini-batch defaults to batch_size)")
-    if not os.path.isdir(o.pretrained):
-        raise ValueError(f"model_args pretrained={o.pretrained!r} is not a directory (a local model folder)")
+
+
+def _refuse(decoder: str, o: EvalOptions, names, allowed: str) -> None:
+    """A one-line error for the first of ``names`` set on ``o`` (truthy) that ``decoder`` does not take."""
+    bad = next((n for n in names if getattr(o, n) not in (None, False, 0.0)), None)
+    if bad is not None:
+        raise ValueError(f"model_args {bad}={getattr(o, bad)!r} is not an option of {decoder}; {allowed}")
+
+
+def _check_family(o: EvalOptions, family: str) -> None:
+    """The options against the checkpoint's model family (read from config.json before loading)."""
+    dream_only = ("top_p", "top_k", "alg_temp")
+    llada2_only = ("minimal_topk", "eos_early_stop")
+    if o.decoding == "llada2":
+        if family != "llada2":
+            raise ValueError(f"model_args decoding='llada2' needs a LLaDA2 checkpoint, not family {family!r}; "
+                             "use decoding=llada")
+        if o.remasking != "low_confidence":
+            raise ValueError(f"model_args remasking={o.remasking!r} is not an option of decoding=llada2 "
+                             "(allowed: low_confidence)")
+        if o.cache not in ("block", "none"):
+            raise ValueError(f"model_args cache={o.cache!r} with decoding=llada2: choose one of block, none")
+        _refuse("decoding=llada2", o, ("factor", "cfg_scale", "logits_eos_inf", "confidence_eos_eot_inf")
+                + dream_only, "its threshold is threshold=, its top-k floor minimal_topk=")
+        return
+    _refuse("decoding=llada", o, llada2_only, "use decoding=llada2 (LLaDA2 checkpoints)")
+    if not o.dream:
+        _refuse(f"remasking={o.remasking}", o, dream_only,
+                f"top_p / top_k / alg_temp need a Dream remasking ({', '.join(DREAM_ALGS)})")
+        return
+    _refuse(f"remasking={o.remasking} (Dream)", o, ("factor", "cfg_scale", "confidence_eos_eot_inf"),
+            "Dream's decoders take threshold, temperature, top_p, top_k, alg_temp")
+    if o.cache == "none" and o.block_length != o.gen_length:
+        raise ValueError(f"model_args block_length={o.block_length} with Dream's cache='none' (one block): "
+                         f"leave it unset or set it to gen_length={o.gen_length}")
+    if o.cache == "none" and o.threshold is not None and o.batch_size != 1:
+        raise ValueError(f"model_args threshold with Dream's cache='none' (Fast-dLLM's carry schedule) decodes one "
+                         f"prompt at a time: set batch_size=1, not {o.batch_size}")
+
+
+def _with_family_defaults(o: EvalOptions, family: str) -> EvalOptions:
+    """``o`` with the family-dependent defaults (the ``None`` fields) filled in."""
+    decoding = o.decoding or ("llada2" if family == "llada2" else "llada")
+    remasking = o.remasking or ("maskgit_plus" if family == "dream" and decoding == "llada" else "low_confidence")
+    cache = o.cache or ("none" if remasking in DREAM_ALGS else "block")
+    block = o.block_length if o.block_length is not None else (o.gen_length if remasking in DREAM_ALGS and cache == "none" else 32)
+    return dataclasses.replace(o, decoding=decoding, remasking=remasking, cache=cache, block_length=block)
 
 
 def parse_model_args(args: Mapping[str, Any]) -> EvalOptions:
@@ -140,5 +208,12 @@ def parse_model_args(args: Mapping[str, Any]) -> EvalOptions:
         if out.get(name) is None:
             out.pop(name, None)
     opts = EvalOptions(**out)
+    if not os.path.isdir(opts.pretrained):
+        raise ValueError(f"model_args pretrained={opts.pretrained!r} is not a directory (a local model folder)")
+    from llada_triton.models import family_for_config_json
+
+    family = family_for_config_json(opts.pretrained).name
+    opts = _with_family_defaults(opts, family)
     _check_choices(opts)
+    _check_family(opts, family)
     return opts

@@ -1,9 +1,11 @@
 """Evaluation requests on one model, sharded over ``torch.distributed`` ranks (no lm_eval import here).
 
 Generation: each task's prompts are sorted by length (longest first) and cut into *chunks* of
-``chunk_size`` prompts (``batch_size`` for the caches other than ``block``); a chunk is decoded by one call,
-``run_many`` with ``min(batch_size, chunk)`` slots for the ``block`` cache (slots refilled as sequences end,
-early stop), ``generate`` on the left-padded chunk otherwise, seeded from the chunk's own tokens. Chunks are the units
+``chunk_size`` prompts (``batch_size`` for the caches other than ``block`` and for Dream's decoders); a chunk is
+decoded by one call, ``run_many`` with ``min(batch_size, chunk)`` slots for the ``block`` cache (slots refilled as
+sequences end, early stop), ``generate`` on the left-padded chunk otherwise, seeded from the chunk's own tokens.
+The decoder is the options': LLaDA's rules, LLaDA2.0's official decoding (``decoding=llada2``: its answers, cut
+after the first eos) or Dream's (a Dream ``remasking``, through :func:`llada_triton.decode.dream_options`). Chunks are the units
 sharded across ranks, so every prompt is decoded in exactly the same call whatever the world size:
 ``torchrun`` with N processes gives the tokens of one process with the same options.
 
@@ -110,7 +112,7 @@ class EvalRunner:
 
     # ------------------------------------------------------------------ generation
     def _chunks(self, prompts: Sequence[List[int]], tasks: Sequence[str]) -> List[List[int]]:
-        size = self.opts.chunk if self.opts.cache == "block" else self.opts.batch_size
+        size = self.opts.chunk if self.opts.slots else self.opts.batch_size
         by_task: Dict[str, List[int]] = defaultdict(list)
         for i, t in enumerate(tasks):
             by_task[t].append(i)
@@ -121,12 +123,26 @@ class EvalRunner:
         return chunks
 
     def _decode_kwargs(self) -> Dict:
+        """The driver's keyword arguments for the options' decoder: LLaDA's, LLaDA2.0's (``decoding=``) or
+        Dream's (:func:`llada_triton.decode.dream_options`)."""
+        from llada_triton.decode import Llada2Decoding, dream_options
+
         o = self.opts
         graphs = self.dist.device.startswith("cuda") if o.cuda_graphs is None else o.cuda_graphs
-        kw = dict(gen_length=o.gen_length, block_length=o.block_length, steps=o.decode_steps,
-                  threshold=o.threshold, factor=o.factor, cfg_scale=o.cfg_scale, temperature=o.temperature,
-                  remasking=o.remasking, logits_eos_inf=o.logits_eos_inf,
-                  confidence_eos_eot_inf=o.confidence_eos_eot_inf, ops=self.ops, cuda_graphs=graphs)
+        if o.dream:
+            kw = dream_options(max_new_tokens=o.gen_length, steps=o.decode_steps, alg=o.remasking,
+                               alg_temp=o.alg_temp, temperature=o.temperature, top_p=o.top_p, top_k=o.top_k,
+                               threshold=o.threshold, cache=o.cache, block_length=o.block_length)
+        else:
+            kw = dict(gen_length=o.gen_length, block_length=o.block_length, steps=o.decode_steps,
+                      threshold=o.threshold, factor=o.factor, cfg_scale=o.cfg_scale, temperature=o.temperature,
+                      remasking=o.remasking, logits_eos_inf=o.logits_eos_inf,
+                      confidence_eos_eot_inf=o.confidence_eos_eot_inf, cache=o.cache)
+        if o.decoding == "llada2":  # the threshold belongs to LLaDA2.0's rule, not to the driver's
+            kw.update(threshold=None, decoding=Llada2Decoding(
+                threshold=0.95 if o.threshold is None else o.threshold, minimal_topk=o.minimal_topk or 1,
+                eos_early_stop=bool(o.eos_early_stop)))
+        kw.update(ops=self.ops, cuda_graphs=graphs)
         if o.early_stop is not None:
             kw["early_stop"] = o.early_stop
         return kw
@@ -137,17 +153,18 @@ class EvalRunner:
 
         seed = request_seed(self.opts.seed, prompts[0], [len(prompts)])
         kw = self._decode_kwargs()
-        if self.opts.cache == "block":
+        if self.opts.slots:
+            kw.pop("cache")
             slots = min(self.opts.batch_size, len(prompts))  # fixed by the chunk: the same on every world size
             res = run_many(self.params, self.cfg, prompts, slots=slots, seed=seed,
                            on_result=lambda i, toks: on_done(1), **kw)
             return res.tokens, res.nfe, res.steps
         if self._workspace is None:
             self._workspace = Workspace()
-        res = generate(self.params, self.cfg, prompts, cache=self.opts.cache, seed=seed, workspace=self._workspace,
-                       **kw)
+        res = generate(self.params, self.cfg, prompts, seed=seed, workspace=self._workspace, **kw)
         on_done(len(prompts))
-        return res.tokens.tolist(), list(res.nfe), max(res.nfe)
+        toks = res.tokens.tolist() if res.answers is None else res.answers  # LLaDA2: answers cut after the eos
+        return toks, list(res.nfe), max(res.nfe)
 
     def generate(self, contexts: Sequence[str], untils: Sequence[Sequence[str]],
                  tasks: Sequence[str]) -> Tuple[List[str], Dict[str, Dict]]:
