@@ -62,6 +62,8 @@ def test_dream_tokens_equal_diffusion_generate(args, alg):
     (LLADA2, dict(remasking="random"), r"remasking='random' is not an option of decoding=llada2 \(allowed: "),
     (LLADA2, dict(cache="dual"), r"cache='dual' with decoding=llada2: choose one of block, none"),
     (LLADA2, dict(cfg_scale="1"), r"cfg_scale=1.0 is not an option of decoding=llada2; "),
+    (LLADA2, dict(minimal_topk="0"), r"minimal_topk=0 must be an int >= 1"),
+    (LLADA2, dict(threshold="1.5"), r"threshold=1.5 must be a number in \[0, 1\]"),
     (LLADA2, dict(decoding="bogus"), r"decoding='bogus': choose one of llada, llada2"),
     (DREAM, dict(decoding="llada2"), r"decoding='llada2' needs a LLaDA2 checkpoint, not family 'dream'"),
     (DREAM, dict(minimal_topk="2"), r"minimal_topk=2 is not an option of decoding=llada; "),

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
-__all__ = ["EvalOptions", "parse_model_args", "MODEL_ARGS", "DREAM_ALGS"]
+__all__ = ["EvalOptions", "parse_model_args", "MODEL_ARGS", "DREAM_ALGS", "llada2_decoding"]
 
 _DTYPES = ("float32", "bfloat16", "float16")
 _OPS = ("reference", "triton")
@@ -137,6 +137,15 @@ def _check_choices(o: EvalOptions) -> None:
                          "(the MC mini-batch defaults to batch_size)")
 
 
+def llada2_decoding(o: EvalOptions):
+    """The :class:`~llada_triton.decode.Llada2Decoding` of ``o`` (``threshold`` is its threshold, default 0.95)."""
+    from llada_triton.decode import Llada2Decoding
+
+    return Llada2Decoding(threshold=0.95 if o.threshold is None else o.threshold,
+                          minimal_topk=1 if o.minimal_topk is None else o.minimal_topk,
+                          eos_early_stop=bool(o.eos_early_stop))
+
+
 def _refuse(decoder: str, o: EvalOptions, names, allowed: str) -> None:
     """A one-line error for the first of ``names`` set on ``o`` (truthy) that ``decoder`` does not take."""
     bad = next((n for n in names if getattr(o, n) not in (None, False, 0.0)), None)
@@ -159,6 +168,7 @@ def _check_family(o: EvalOptions, family: str) -> None:
             raise ValueError(f"model_args cache={o.cache!r} with decoding=llada2: choose one of block, none")
         _refuse("decoding=llada2", o, ("factor", "cfg_scale", "logits_eos_inf", "confidence_eos_eot_inf")
                 + dream_only, "its threshold is threshold=, its top-k floor minimal_topk=")
+        llada2_decoding(o).check(gen_length=o.gen_length, block_length=o.block_length, steps=o.decode_steps)
         return
     _refuse("decoding=llada", o, llada2_only, "use decoding=llada2 (LLaDA2 checkpoints)")
     if not o.dream:

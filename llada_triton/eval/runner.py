@@ -27,7 +27,7 @@ import torch
 from llada_triton.models.chat import strip_answer
 from .distributed import Dist, check_world_size, gather_results, init_distributed, shard_indices
 from .likelihood import greedy_suffix_match, mc_loglikelihood, request_seed
-from .options import EvalOptions
+from .options import EvalOptions, llada2_decoding
 
 __all__ = ["EvalRunner", "cut_at_stops", "combine_stats"]
 
@@ -125,7 +125,7 @@ class EvalRunner:
     def _decode_kwargs(self) -> Dict:
         """The driver's keyword arguments for the options' decoder: LLaDA's, LLaDA2.0's (``decoding=``) or
         Dream's (:func:`llada_triton.decode.dream_options`)."""
-        from llada_triton.decode import Llada2Decoding, dream_options
+        from llada_triton.decode import dream_options
 
         o = self.opts
         graphs = self.dist.device.startswith("cuda") if o.cuda_graphs is None else o.cuda_graphs
@@ -139,9 +139,7 @@ class EvalRunner:
                       remasking=o.remasking, logits_eos_inf=o.logits_eos_inf,
                       confidence_eos_eot_inf=o.confidence_eos_eot_inf, cache=o.cache)
         if o.decoding == "llada2":  # the threshold belongs to LLaDA2.0's rule, not to the driver's
-            kw.update(threshold=None, decoding=Llada2Decoding(
-                threshold=0.95 if o.threshold is None else o.threshold, minimal_topk=o.minimal_topk or 1,
-                eos_early_stop=bool(o.eos_early_stop)))
+            kw.update(threshold=None, decoding=llada2_decoding(o))
         kw.update(ops=self.ops, cuda_graphs=graphs)
         if o.early_stop is not None:
             kw["early_stop"] = o.early_stop
