@@ -198,11 +198,19 @@ def test_run_many_llada2_equals_generate():
     assert many.nfe == ref.nfe
 
 
-def test_run_many_refuses_editing():
+@pytest.mark.parametrize("es", [False, True], ids=["stop", "early_stop"])
+def test_run_many_llada21_equals_generate(es):
+    """LLaDA2.1 in the slot runner (2 slots; each row's post steps, block end and edit count carried per slot)
+    gives every prompt its batch-1 driver answer, forwards and edits."""
     params, cfg = family_model("llada2")
-    with pytest.raises(ValueError, match="Llada21Decoding .* not an option of run_many"):
-        run_many(params, cfg, [[1, 2]], slots=1, gen_length=8, block_length=8, steps=8,
-                 decoding=Llada21Decoding(editing_threshold=0.5))
+    prompts = _mixed_prompts()
+    dec = Llada21Decoding(threshold=0.7, editing_threshold=0.5, max_post_steps=3, eos_early_stop=es)
+    kw = dict(gen_length=12, block_length=8, steps=8, decoding=dec)
+    many = run_many(params, cfg, prompts, slots=2, **kw)
+    alone = [generate(params, cfg, [p], cache="block", **kw) for p in prompts]
+    assert many.tokens == [a.answers[0] for a in alone]
+    assert many.nfe == [a.nfe[0] for a in alone]
+    assert many.edits == [a.edits[0] for a in alone] and sum(many.edits) > 0
 
 
 @pytest.mark.parametrize("es", [False, True], ids=["stop", "early_stop"])

@@ -34,7 +34,6 @@ from typing import List, Optional
 import torch
 
 from llada_triton.kernels.reference import select_threshold_topk_ref
-from .cache import take_cols
 from .generate import generate
 from .layout import absolute_layout
 
@@ -207,9 +206,10 @@ class Llada21Decoding(Llada2Decoding):
     def commit(self, ops, tokens, start, x0, conf, *, mask_id, done, k, nfe, k_only, cfg, state):
         """The step's transfer and edits in the block at ``start`` (driver ``commit`` signature); a row takes
         part while it is live and its block is not over (a post step past ``max_post_steps`` ends it first)."""
-        L = x0.shape[1]
-        cols = take_cols(torch.arange(tokens.shape[1], device=tokens.device)[None, :], start, L)
-        blk = tokens.gather(1, cols.expand(tokens.shape[0], L))
+        L = x0.shape[1]  # ``start``: an int, a 0-dim tensor, or one start per row (the slot runner)
+        cols = ((start.reshape(-1, 1) if isinstance(start, torch.Tensor) else start)
+                + torch.arange(L, device=tokens.device)).expand(tokens.shape[0], L)
+        blk = tokens.gather(1, cols)
         live = ~done & ~state["block_over"]
         masked = blk == mask_id
         post = state["post"] + (live & ~masked.any(1)).long()
@@ -223,7 +223,7 @@ class Llada21Decoding(Llada2Decoding):
         edit = (act[:, None] & (blk != mask_id) & (cols >= state["gen_start"][:, None])
                 & (conf.float() > self.editing_threshold) & (x0 != blk))
         new = torch.where(take | edit, x0, blk)
-        tokens.scatter_(1, cols.expand_as(new), new)
+        tokens.scatter_(1, cols, new)
         n_edits = edit.sum(1)
         state["edits"].add_(n_edits)
         nfe.add_(act.long())

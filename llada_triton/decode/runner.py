@@ -21,6 +21,7 @@ the unconditional feed is the conditional one with positions < P masked) and the
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence
@@ -45,6 +46,7 @@ class RunResult:
     seconds: float = 0.0
     steps: int = 0               # batched steps run
     order: List[int] = field(default_factory=list)  # prompt indices in the order they finished
+    edits: Optional[List[int]] = None  # LLaDA2.1: tokens rewritten by editing per prompt
 
 
 class _Slots:
@@ -54,6 +56,7 @@ class _Slots:
                  early_stop, layout: Optional[Layout] = None, decoding=None):
         self.params, self.cfg, self.rule, self.ops, self.early_stop = params, cfg, rule, ops, early_stop
         self.layout, self.decoding = layout, decoding  # a decoding option's grid (LLaDA2), or LLaDA's layout
+        self.edits = decoding is not None and decoding.edits  # LLaDA2.1: the decoding's own commit (editing)
         device = params.device
         self.S, self.P, self.G, self.Lb = slots, width, gen_length, block_length
         self.use_cfg = rule.cfg_scale > 0
@@ -73,12 +76,13 @@ class _Slots:
         else:
             sched = decoding.schedule(block_length, steps, gen_length)
             self.state = decoding.new_state(slots, device)
+        sched = [] if sched is None else list(sched)  # LLaDA2.1: a fixed budget, no schedule
         self.spb = len(sched)
-        self.sched = torch.tensor(list(sched) + [0], **i64)  # steps past the schedule commit nothing
+        self.sched = torch.tensor(sched + [0], **i64)  # steps past the schedule commit nothing
         self.ar2 = torch.arange(2 * block_length, device=device)
         self.ar = torch.arange(block_length, device=device)
         self.cols = torch.arange(self.T, device=device)
-        self.end_ids = torch.tensor(cfg.end_token_ids, device=device)
+        self.end_ids = torch.tensor(cfg.end_token_ids if decoding is None else decoding.end_ids(cfg), device=device)
         self.rand_gen = (torch.Generator(device=device).manual_seed(rule.seed)
                          if rule.remasking == "random" else None)
         self.calls = 0
@@ -107,16 +111,23 @@ class _Slots:
         S, Lb, x, rule = self.S, self.Lb, self.x, self.rule
         hidden, s = self.forward_step()
         masked = None
-        if self.ops.compacts(S * Lb):  # the head runs on the masked rows only: it needs them now
+        if self.ops.compacts(S * Lb) and not self.edits:  # the head on the masked rows only (editing reads all)
             masked = (x.gather(1, s[:, None] + self.ar[None, :]) == self.mask_id) & self.active[:, None]
         x0, conf = rule.sample(self.ops, self.params.lm_head, hidden[:S], hidden[S:] if self.use_cfg else None,
                                masked, offset=self.calls, rand_gen=self.rand_gen)
         done = ~self.active
-        committed, _, new = rule.commit(self.ops, x, s, x0, conf, mask_id=self.mask_id, done=done,
-                                        k=self.sched[self.step.clamp(max=self.spb)], nfe=self.nfe)
+        commit = rule.commit if not self.edits else functools.partial(self.decoding.commit, cfg=self.cfg,
+                                                                       state=self.state)
+        committed, _, new = commit(self.ops, x, s, x0, conf, mask_id=self.mask_id, done=done,
+                                   k=self.sched[self.step.clamp(max=self.spb)], nfe=self.nfe, k_only=False)
         if self.decoding is not None:  # LLaDA2's eos_early_stop ends a row mid-block (on the device)
             self.decoding.after_step(self.cfg, x, committed, new, done, self.state)
-        done_blk = self.active & ~(new == self.mask_id).any(1)
+        if self.edits:  # a row's block ends after its post steps (per row on the device); the next one starts fresh
+            done_blk = self.active & self.state["block_over"]
+            self.state["post"].masked_fill_(done_blk, 0)
+            self.state["block_over"].logical_and_(~done_blk)
+        else:
+            done_blk = self.active & ~(new == self.mask_id).any(1)
         self.step.copy_(torch.where(done_blk, torch.zeros_like(self.step), self.step + 1))
         self.blk.add_(done_blk.to(self.blk.dtype))
         # finished: every block done, or (early stop) an end token among the committed blocks
@@ -153,6 +164,7 @@ class _Slots:
             self.gen_start[r], self.nb[r] = lay.gen_start[i], (lay.row_end[i] - lay.first) // self.Lb
             self.state["stop_end"][r], self.state["first_real"][r] = -1, pad
             self.state["gen_start"][r] = lay.gen_start[i]
+            self.state["post"][r], self.state["edits"][r], self.state["block_over"][r] = 0, 0, False
         self.prefill(r, self.x[r, :self.P])
         if self.use_cfg:  # the unconditional copy: the same pads left out of attention, the prompt all masks
             self.kv_start[self.S + r] = pad
@@ -173,12 +185,9 @@ class _Slots:
 
 def _grid(decoding, rows, cfg, gen_length, block_length, steps) -> Optional[Layout]:
     """A decoding option's absolute grid over every prompt (block 0 at column >= Lb: its previous block is
-    prompt), or None (LLaDA's layout); a decoding whose commit is its own (LLaDA2.1's editing) is refused."""
+    prompt), or None (LLaDA's layout)."""
     if decoding is None:
         return None
-    if decoding.edits:
-        raise ValueError(f"decoding={type(decoding).__name__} (token editing) is not an option of run_many; "
-                         "use generate")
     decoding.check(gen_length=gen_length, block_length=block_length, steps=steps)
     return decoding.layout(rows, cfg, gen_length, block_length, "cpu", min_first=block_length)
 
@@ -188,15 +197,17 @@ def run_many(params, cfg, prompts: Sequence[Sequence[int]], *, slots: int,
              gen_length: int, block_length: int, steps: int, threshold: Optional[float] = None,
              factor: Optional[float] = None, cfg_scale: float = 0.0, temperature: float = 0.0,
              remasking: str = "low_confidence", logits_eos_inf: bool = False,
-             confidence_eos_eot_inf: bool = False, early_stop: bool = True, seed: int = 0,
+             confidence_eos_eot_inf: bool = False, early_stop: Optional[bool] = None, seed: int = 0,
              ops: Ops = REFERENCE_OPS, cuda_graphs: bool = False,
              on_result: Optional[Callable[[int, List[int]], None]] = None, decoding=None) -> RunResult:
     """Decode ``prompts`` (token-id lists) with ``slots`` sequences in flight (block-causal cache).
 
     Options as :func:`llada_triton.decode.generate`, ``cfg_scale`` and ``decoding`` (LLaDA2.0's
-    :class:`~llada_triton.decode.Llada2Decoding`: each prompt's tokens are its answer, cut after its first eos)
-    included (the unconditional copies double the rows of every step). ``on_result(index, tokens)`` is called as
-    each prompt finishes. Returns a :class:`RunResult` with results in input order (empty for an empty ``prompts``).
+    :class:`~llada_triton.decode.Llada2Decoding` or LLaDA2.1's :class:`~llada_triton.decode.Llada21Decoding`: each
+    prompt's tokens are its answer, cut after its first eos; 2.1's edits per prompt in ``RunResult.edits``)
+    included (the unconditional copies double the rows of every step); ``early_stop`` defaults as ``generate``'s.
+    ``on_result(index, tokens)`` is called as each prompt finishes. Returns a :class:`RunResult` with results in
+    input order (empty for an empty ``prompts``).
     """
     t0 = time.perf_counter()
     if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
@@ -219,6 +230,8 @@ def run_many(params, cfg, prompts: Sequence[Sequence[int]], *, slots: int,
                                       cfg_scale=cfg_scale, schedule=None, logits_eos_inf=logits_eos_inf,
                                       confidence_eos_eot_inf=confidence_eos_eot_inf)
         tokens, pads, width = layout.tokens, layout.pad.tolist(), layout.first
+    if early_stop is None:
+        early_stop = True if decoding is None else decoding.stops_at_eos
     if cuda_graphs and params.device.type != "cuda":
         raise ValueError(f"cuda_graphs=True needs params on a CUDA device, not {params.device}")
     rule = TransferRule.from_options(cfg, temperature=temperature, remasking=remasking, threshold=threshold,
@@ -229,7 +242,7 @@ def run_many(params, cfg, prompts: Sequence[Sequence[int]], *, slots: int,
     graphs = Graphs(bool(cuda_graphs) and rule.fixed_work)
     st = _Slots(params, cfg, rule, ops, slots=slots, width=width, gen_length=gen_length, block_length=block_length,
                 steps=steps, early_stop=early_stop, layout=layout, decoding=decoding)
-    out = RunResult(tokens=[None] * len(rows), nfe=[0] * len(rows))
+    out = RunResult(tokens=[None] * len(rows), nfe=[0] * len(rows), edits=[0] * len(rows) if st.edits else None)
     owner = [-1] * slots
     pending = list(range(len(rows)))[::-1]
 
@@ -247,6 +260,8 @@ def run_many(params, cfg, prompts: Sequence[Sequence[int]], *, slots: int,
             for r in finished.nonzero().flatten().tolist():
                 i = owner[r]
                 out.tokens[i], out.nfe[i] = st.take(r), int(st.nfe[r])
+                if st.edits:
+                    out.edits[i] = int(st.state["edits"][r])
                 out.order.append(i)
                 if on_result is not None:
                     on_result(i, out.tokens[i])
