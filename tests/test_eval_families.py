@@ -75,3 +75,38 @@ def test_dream_tokens_equal_diffusion_generate(args, alg):
 def test_family_options_are_refused_in_one_line(path, args, message):
     with pytest.raises(ValueError, match=message):
         parse_model_args(dict(pretrained=path, gen_length="16", **args))
+
+
+class _IdsTokenizer:
+    """Text is space-separated ids (the golden folders ship no tokenizer)."""
+    bos_token = None
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": [int(w) for w in text.split()]}
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(map(str, ids))
+
+
+@pytest.mark.parametrize("cache", ["block", "none"])  # run_many's slots / generate on the padded chunk
+def test_llada2_prompts_trimmed_to_fit_the_grid(cache):
+    """With ``decoding=llada2`` a prompt is trimmed so that its block grid (overhang included, in any batch) fits
+    ``max_sequence_length``: B=8, G=12, M=48 leave 31 prompt tokens (3 whole blocks + 7; the tail spans up to 3
+    blocks); one more can overflow a batch whose other prompt ends a block's last column."""
+    from llada_triton.models.chat import strip_answer
+
+    params, cfg = family_model("llada2")
+    cfg = cfg.replace(max_sequence_length=48)
+    opts = parse_model_args(dict(pretrained=LLADA2, gen_length=12, block_length=8, threshold=0.5, batch_size=2,
+                                 cache=cache))
+    runner = EvalRunner(opts, params, cfg, _IdsTokenizer(), Dist(), REFERENCE_OPS)
+    assert runner._prompt_room() == 31
+    base = _llada2_prompts()[1]
+    long, short = (base * 4)[:40], (base * 2)[:23]
+    texts, _ = runner.generate([" ".join(map(str, p)) for p in (long, short)], [[], []], ["t", "t"])
+    assert runner.truncated == 1
+    ref = [generate_llada2(params, cfg, p, gen_length=12, block_length=8, steps=8, threshold=0.5, cache=cache)
+           for p in (long[-31:], short)]
+    assert texts == [" ".join(map(str, strip_answer(r.tokens, cfg))) for r in ref]
+    with pytest.raises(ValueError, match="the block grid needs 56 positions"):
+        runner._run_chunk([long[-32:], short], lambda n: None)

@@ -89,6 +89,17 @@ class EvalRunner:
         add = not (bos and text.startswith(bos))
         return list(self.tokenizer(text, add_special_tokens=add)["input_ids"])
 
+    def _prompt_room(self) -> int:
+        """The longest prompt that fits ``max_sequence_length`` with ``gen_length``. LLaDA2's absolute grid
+        (``decoding=llada2``) needs the prompt's whole blocks plus up to ``ceil((B - 1 + G) / B)`` blocks, whatever
+        the prompts it is batched with (their grids share columns); the slot runner puts block 0 at column >= B."""
+        o, M = self.opts, self.cfg.max_sequence_length
+        if o.decoding != "llada2":
+            return M - o.gen_length
+        B = o.block_length
+        whole = (M - -(-(o.gen_length + B - 1) // B) * B) // B  # whole prompt blocks that fit before the tail
+        return whole * B + B - 1 if whole >= (1 if o.slots else 0) else 0
+
     def _fit(self, ids: List[int], room: int) -> List[int]:
         """``ids`` cut from the left to ``room`` tokens (counted in ``truncated``)."""
         if room < 1:
@@ -167,7 +178,7 @@ class EvalRunner:
     def generate(self, contexts: Sequence[str], untils: Sequence[Sequence[str]],
                  tasks: Sequence[str]) -> Tuple[List[str], Dict[str, Dict]]:
         """Answers (cut at the stop strings) in input order, and per-task stats, on every rank."""
-        room = self.cfg.max_sequence_length - self.opts.gen_length
+        room = self._prompt_room()
         prompts = [self._fit(self.encode(c), room) for c in contexts]
         chunks = self._chunks(prompts, tasks)
         check_world_size(len(chunks), self.dist, f"decoding chunks ({len(prompts)} prompts; lower chunk_size)")
