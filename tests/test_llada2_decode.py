@@ -246,3 +246,20 @@ def test_llada2_cuda_graphs_equal_eager(edit):
     for _ in range(2):
         graphed = generate(params, cfg, _mixed_prompts(), cuda_graphs=True, workspace=ws, **kw)
         assert graphed.answers == eager.answers and graphed.nfe == eager.nfe
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("edit", [False, True], ids=["llada2.0", "llada2.1"])
+def test_run_many_llada2_cuda_graphs_equal_eager(edit):
+    """The slot runner under CUDA graphs (per-slot grid, post steps and edit counts in persistent device tensors)
+    gives the eager runner's answers, forwards and edits, Triton ops."""
+    from llada_triton.models import load_model, triton_ops
+    from tests.helpers import family_dir
+
+    ids = family_golden("llada2")["ids"]
+    params, cfg = load_model(f"{family_dir('llada2')}/checkpoint", device="cuda", mask_token_id=ids["mask"])
+    dec = Llada21Decoding(threshold=0.7, editing_threshold=0.5, max_post_steps=3) if edit else Llada2Decoding(0.5)
+    kw = dict(slots=2, gen_length=12, block_length=8, steps=8, decoding=dec, ops=triton_ops())
+    eager = run_many(params, cfg, _mixed_prompts(), **kw)
+    graphed = run_many(params, cfg, _mixed_prompts(), cuda_graphs=True, **kw)
+    assert graphed.tokens == eager.tokens and graphed.nfe == eager.nfe and graphed.edits == eager.edits
