@@ -35,7 +35,9 @@ import torch
 
 from llada_triton.kernels.reference import select_threshold_topk_ref
 from .generate import generate
+from .cache import const
 from .layout import absolute_layout
+from .step import check_int, check_real
 
 __all__ = ["Llada2Decoding", "Llada21Decoding", "llada2_schedule", "generate_llada2", "Llada2Result", "eos_cut"]
 
@@ -54,14 +56,8 @@ def eos_cut(tokens: List[int], eos_id: int) -> List[int]:
     return tokens[:tokens.index(eos_id) + 1] if eos_id in tokens else tokens
 
 
-def _check_int(name, v, low=1):
-    if isinstance(v, bool) or not isinstance(v, int) or v < low:
-        raise ValueError(f"{name}={v!r} must be an int >= {low}")
-
-
 def _check_unit(name, v):
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
-        raise ValueError(f"{name}={v!r} must be a number in [0, 1]")
+    check_real(name, v, lambda u: 0.0 <= u <= 1.0, "a number in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -93,7 +89,7 @@ class Llada2Decoding:
     def check(self, *, gen_length, block_length, steps):
         for name, v in (("gen_length", gen_length), ("block_length", block_length), ("steps", steps),
                         ("minimal_topk", self.minimal_topk)):
-            _check_int(name, v)
+            check_int(name, v)
         _check_unit("threshold", self.threshold)
         if self.minimal_topk > gen_length:
             raise ValueError(f"minimal_topk={self.minimal_topk} exceeds gen_length={gen_length} (no step would run)")
@@ -129,8 +125,8 @@ class Llada2Decoding:
     def new_state(self, batch, device) -> dict:
         i64 = dict(dtype=torch.int64, device=device)
         return dict(stop_end=torch.full((batch,), -1, **i64), first_real=torch.zeros(batch, **i64),
-                    gen_start=torch.zeros(batch, **i64), post=torch.zeros(batch, **i64), edits=torch.zeros(batch, **i64),
-                    block_over=torch.zeros(batch, dtype=torch.bool, device=device))
+                    gen_start=torch.zeros(batch, **i64), post=torch.zeros(batch, **i64),
+                    edits=torch.zeros(batch, **i64), block_over=torch.zeros(batch, dtype=torch.bool, device=device))
 
     def reset_state(self, state, layout):
         state["stop_end"].fill_(-1)
@@ -138,13 +134,18 @@ class Llada2Decoding:
         state["first_real"].copy_(layout.pad)
         state["gen_start"].copy_(layout.gen_start)
 
+    def reset_row(self, state, r: int, first_real: int, gen_start):
+        """Row ``r`` starts a new sequence (the slot runner's refill)."""
+        state["stop_end"][r], state["first_real"][r], state["gen_start"][r] = -1, first_real, gen_start
+        state["post"][r], state["edits"][r], state["block_over"][r] = 0, 0, False
+
     def after_step(self, cfg, x, committed, blk, done, state):
         """``eos_early_stop``: a row that committed an eos at this step, whose first eos (from its first real
         token) has no mask between its answer's start and it, is finished; its answer ends after that eos."""
         if not self.eos_early_stop:
             return
         eos = cfg.eos_token_id
-        cols = torch.arange(x.shape[1], device=x.device)[None, :]
+        cols = const("arange", x.shape[1], x.device)[None, :]
         is_eos = (x == eos) & (cols >= state["first_real"][:, None])
         e = torch.where(is_eos.any(1), is_eos.to(torch.int32).argmax(1), x.shape[1])
         gap = ((x == cfg.mask_token_id) & (cols >= state["gen_start"][:, None]) & (cols < e[:, None])).any(1)
@@ -184,8 +185,8 @@ class Llada21Decoding(Llada2Decoding):
     def check(self, *, gen_length, block_length, steps):
         super().check(gen_length=gen_length, block_length=block_length, steps=steps)
         _check_unit("editing_threshold", self.editing_threshold)
-        _check_int("max_post_steps", self.max_post_steps, low=0)
-        _check_int("num_to_transfer", self.num_to_transfer)
+        check_int("max_post_steps", self.max_post_steps, low=0)
+        check_int("num_to_transfer", self.num_to_transfer)
 
     def schedule(self, block_length, steps, gen_length):
         return None
@@ -208,7 +209,7 @@ class Llada21Decoding(Llada2Decoding):
         part while it is live and its block is not over (a post step past ``max_post_steps`` ends it first)."""
         L = x0.shape[1]  # ``start``: an int, a 0-dim tensor, or one start per row (the slot runner)
         cols = ((start.reshape(-1, 1) if isinstance(start, torch.Tensor) else start)
-                + torch.arange(L, device=tokens.device)).expand(tokens.shape[0], L)
+                + const("arange", L, tokens.device)).expand(tokens.shape[0], L)
         blk = tokens.gather(1, cols)
         live = ~done & ~state["block_over"]
         masked = blk == mask_id
@@ -218,7 +219,7 @@ class Llada21Decoding(Llada2Decoding):
         state["block_over"].logical_or_(live & ~act)
         masked = masked & act[:, None]
         c = torch.where(masked, conf.float(), float("-inf"))
-        take = select_threshold_topk_ref(c, masked, k=torch.full_like(nfe, self.num_to_transfer),
+        take = select_threshold_topk_ref(c, masked, k=const("full", nfe.shape[0], nfe.device, self.num_to_transfer),
                                          threshold=float(self.threshold))
         edit = (act[:, None] & (blk != mask_id) & (cols >= state["gen_start"][:, None])
                 & (conf.float() > self.editing_threshold) & (x0 != blk))

@@ -162,9 +162,7 @@ class _Slots:
         if self.layout is not None:
             lay = self.layout
             self.gen_start[r], self.nb[r] = lay.gen_start[i], (lay.row_end[i] - lay.first) // self.Lb
-            self.state["stop_end"][r], self.state["first_real"][r] = -1, pad
-            self.state["gen_start"][r] = lay.gen_start[i]
-            self.state["post"][r], self.state["edits"][r], self.state["block_over"][r] = 0, 0, False
+            self.decoding.reset_row(self.state, r, pad, lay.gen_start[i])
         self.prefill(r, self.x[r, :self.P])
         if self.use_cfg:  # the unconditional copy: the same pads left out of attention, the prompt all masks
             self.kv_start[self.S + r] = pad

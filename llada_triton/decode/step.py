@@ -31,14 +31,14 @@ DREAM_ALGS = {"maskgit_plus": "prob", "topk_margin": "margin", "entropy": "neg_e
 SCHEDULES = ("linear", "dream", "carry")
 
 
-def _int(name, v, low=1):
+def check_int(name, v, low=1):
     if isinstance(v, bool) or not isinstance(v, Integral):
         raise TypeError(f"{name}={v!r} must be an int" + ("" if low is None else f" >= {low}"))
     if low is not None and v < low:
         raise ValueError(f"{name}={v!r} must be an int >= {low}")
 
 
-def _real(name, v, ok, allowed):
+def check_real(name, v, ok, allowed):
     if isinstance(v, bool) or not isinstance(v, Real) or math.isnan(v) or not ok(float(v)):
         raise (ValueError if isinstance(v, Real) and not isinstance(v, bool) else TypeError)(
             f"{name}={v!r} must be {allowed}")
@@ -79,8 +79,8 @@ def check_options(cfg, tokens, pad, *, gen_length, block_length, steps, temperat
     names the argument, its value and what is allowed, before any compute. ``width``: the token buffer's columns
     on an absolute block grid (then ``gen_length`` and ``steps`` need not divide into blocks); None: LLaDA's."""
     for name, v in (("gen_length", gen_length), ("block_length", block_length), ("steps", steps)):
-        _int(name, v)
-    _int("seed", seed, low=None)
+        check_int(name, v)
+    check_int("seed", seed, low=None)
     P = tokens.shape[1]
     if width is None:
         if gen_length % block_length:
@@ -113,11 +113,11 @@ def check_options(cfg, tokens, pad, *, gen_length, block_length, steps, temperat
     if threshold is not None and factor is not None:
         raise ValueError(f"give threshold or factor, not both (threshold={threshold!r}, factor={factor!r})")
     if threshold is not None:
-        _real("threshold", threshold, lambda v: 0.0 < v <= 1.0, "in (0, 1]")
+        check_real("threshold", threshold, lambda v: 0.0 < v <= 1.0, "in (0, 1]")
     if factor is not None:
-        _real("factor", factor, lambda v: v > 0, "> 0")
-    _real("temperature", temperature, lambda v: v >= 0, ">= 0")
-    _real("cfg_scale", cfg_scale, lambda v: v >= 0, ">= 0")
+        check_real("factor", factor, lambda v: v > 0, "> 0")
+    check_real("temperature", temperature, lambda v: v >= 0, ">= 0")
+    check_real("cfg_scale", cfg_scale, lambda v: v >= 0, ">= 0")
 
 
 def check_dream_options(*, remasking, schedule, eps, top_p, top_k, alg_temp, threshold, factor, cfg_scale,
@@ -131,12 +131,12 @@ def check_dream_options(*, remasking, schedule, eps, top_p, top_k, alg_temp, thr
     if dream and (cfg_scale or confidence_eos_eot_inf or factor is not None):
         raise ValueError(f"remasking={remasking!r} takes no cfg_scale, confidence_eos_eot_inf or factor")
     if top_p is not None:
-        _real("top_p", top_p, lambda v: 0.0 < v <= 1.0, "in (0, 1]")
+        check_real("top_p", top_p, lambda v: 0.0 < v <= 1.0, "in (0, 1]")
     if top_k is not None:
-        _int("top_k", top_k)
+        check_int("top_k", top_k)
     if alg_temp is not None:
-        _real("alg_temp", alg_temp, lambda v: v >= 0, ">= 0")
-    _real("eps", eps, lambda v: 0.0 < v < 1.0, "in (0, 1)")
+        check_real("alg_temp", alg_temp, lambda v: v >= 0, ">= 0")
+    check_real("eps", eps, lambda v: 0.0 < v < 1.0, "in (0, 1)")
     if schedule == "carry" and (threshold is None or batch != 1 or block_length != gen_length):
         raise ValueError(f"schedule='carry' (Fast-dLLM's Dream threshold) needs a threshold, batch 1 and one block, "
                          f"got threshold={threshold}, batch {batch}, block_length={block_length}")
