@@ -194,6 +194,10 @@ def test_smoke_training_writes_a_loadable_llada2_checkpoint(tmp_path, one_thread
                      eval_json=str(tmp_path / "full.json"))
     assert _json(tmp_path / "full.json")["setting"]["threshold"] == 1.0
     assert again["eval"]["rows"][0]["tokens_per_forward"] == 1.0  # the pure schedule: one token per forward
+    one, many = (tl2.evaluate(out, ("add", "mul"), 5, batch=b) for b in (1, 3))  # batches: each row as batch 1
+    for r1, rb in zip(one["rows"], many["rows"]):
+        r1.pop("seconds"), rb.pop("seconds")
+        assert r1 == rb
     res2 = tl2.main(config="smoke", out=str(tmp_path / "again"), steps=2, eval_per_task=0, log_every=1,
                     task_names=("add", "mul"))
     assert [r["loss"] for r in res2["log"]["loss"]] == [r["loss"] for r in res["log"]["loss"]]
