@@ -12,7 +12,8 @@ run() {  # name, timeout (s), command...
   timeout "$t" "$@" > "$OUT/logs/$name.txt" 2>&1; echo "$name rc $?"; tail -12 "$OUT/logs/$name.txt"
 }
 for part in $PARTS; do case $part in
-  tests)  run gpu_tests 560 python -m pytest -q -m gpu -p no:cacheprovider --durations=10 ;;
+  tests)  XD=$(python -c "import xdist" 2>/dev/null && echo "-n 4")  # 4 workers: ~2 min instead of ~5 on an H100
+          run gpu_tests 560 python -m pytest -q -m gpu $XD -p no:cacheprovider --durations=10 ;;
   eval)   run eval_lm 200 python scripts/bench_eval_lm.py --out "$OUT/eval_lm" --tiny-docs 100 --repeats 2 ;;
   dream)  run dream 200 python scripts/bench_decode.py --shape dream-7b --policies dual,block,prefix,none \
             --batches 1,8,32 --shapes 128x128 --timed-steps 31 --sha "$SHA" --out "$OUT/decode_dream_7b.csv" ;;
@@ -25,7 +26,10 @@ for part in $PARTS; do case $part in
             --at last --no-reference --sha "$SHA" --out "$OUT/decode_llada2_mini_b32x2048.csv"
           run llada_moe_7b 80 python scripts/bench_decode.py --shape llada-moe-7b --batches 1,32 --shapes 128x256 \
             --no-reference --sha "$SHA" --out "$OUT/decode_llada_moe_7b.csv" ;;
-  train)  run train_llada2_tiny 420 python scripts/train_llada2_tiny.py --config default --device cuda \
-            --out "$OUT/llada2-tiny-tasks" --time-budget 230 --workers 6 ;;
+  train)  run train_llada2_tiny 500 python scripts/train_llada2_tiny.py --config default --device cuda \
+            --out "$OUT/llada2-tiny-tasks" --time-budget 400 --workers 6
+          run mul_full_steps 60 python scripts/train_llada2_tiny.py --device cuda --out "$OUT/llada2-tiny-tasks" \
+            --eval-only --eval-threshold 1.0 --tasks mul --eval-per-task 200 \
+            --eval-json "$OUT/llada2-tiny-tasks/eval_mul_full_steps.json" ;;
   *) echo "unknown part '$part' (allowed: tests eval dream head moe llada2 train)"; exit 2 ;;
 esac; done

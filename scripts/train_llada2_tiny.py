@@ -27,7 +27,7 @@ saved checkpoint in fp32; ``eval_results.json`` gets per-task exact match, forwa
 
     python scripts/train_llada2_tiny.py --config smoke --out /tmp/l2smoke            # CPU, seconds
     python scripts/train_llada2_tiny.py --config default --device cuda --out checkpoints/llada2-tiny-tasks \\
-        --time-budget 230 --workers 6
+        --time-budget 400 --workers 6
     python scripts/train_llada2_tiny.py --out checkpoints/llada2-tiny-tasks --eval-only --eval-threshold 1.0 \\
         --tasks mul --eval-per-task 100 --eval-json /tmp/mul_full_steps.json    # the pure schedule (full steps)
 """
@@ -113,7 +113,7 @@ CONFIGS: Dict[str, TrainConfig] = {
                          steps=1500, lr=3e-3, warmup=50, eval_per_task=50),
     # the shipped model: 3.2M params (6.1 MiB bf16), 1 dense + 5 MoE layers of 16 experts (top 4 within the best 2 of
     # 4 groups) and a shared expert; GQA 4/2 heads of 64 with partial RoPE over 32 (LLaDA2-mini's proportions:
-    # 128 / 64). Batch 1024: on a GPU the step is bound by launches, not FLOPs, so more rows per step cost little
+    # 128 / 64). Steps are planned to fit --time-budget (one device call); 8000 is the cap, not the expectation
     "default": TrainConfig(d_model=192, n_heads=4, n_kv_heads=2, head_dim=64, n_layers=6, first_dense=1,
                            intermediate_size=512, n_experts=16, top_k=4, n_group=4, topk_group=2,
                            moe_intermediate_size=40, batch_size=1024, steps=8000, lr=1e-3, warmup=300,
