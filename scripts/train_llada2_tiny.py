@@ -22,8 +22,9 @@ has): the expert bias, which only selects experts, gets no gradient and moves by
 load)`` after each step.
 
 Evaluation: ``generate`` with ``Llada2Decoding`` (LLaDA2.0's official ``generate``: absolute grid, threshold rule,
-eos cut, ``block`` cache; batches of varlen rows, each equal to its batch-1 result), gen_length 32, block_length 32, steps 32, threshold 0.95, temperature 0, on the
-saved checkpoint in fp32; ``eval_results.json`` gets per-task exact match, forwards (NFE) and tokens per forward.
+eos cut, ``block`` cache; batches of varlen rows, each equal to its batch-1 result), gen_length 32, block_length 32,
+steps 32, threshold 0.95, temperature 0, on the saved checkpoint in fp32; ``eval_results.json`` gets per-task
+exact match, forwards (NFE) and tokens per forward.
 
     python scripts/train_llada2_tiny.py --config smoke --out /tmp/l2smoke            # CPU, seconds
     python scripts/train_llada2_tiny.py --config default --device cuda --out checkpoints/llada2-tiny-tasks \\
@@ -327,7 +328,8 @@ def evaluate(model: str, tasks: Sequence[str], n: int, *, device: str = "cpu", s
                      "seconds": round(time.perf_counter() - t0, 2), "failures": fails})
         print(f"[train_llada2_tiny] {name}: {ok}/{len(probs)} = {100 * ok / max(1, len(probs)):.1f}% "
               f"({rows[-1]['tokens_per_forward']} tokens/forward)", flush=True)
-    setting = {"checkpoint": model, "decoder": "llada_triton.decode.generate + Llada2Decoding", "batch": batch, "cache": "block",
+    setting = {"checkpoint": model, "decoder": "llada_triton.decode.generate + Llada2Decoding", "batch": batch,
+               "cache": "block",
                "dtype": "float32", "gen_length": gen_length, "block_length": block_length, "steps": steps,
                "threshold": threshold, "temperature": 0.0, "scorer": "exact", "split": "heldout", "seed": seed,
                "device": device_name(device), "torch": torch.__version__, "git_sha": git_sha(short=False)}

@@ -56,7 +56,8 @@ def _run(shape, dtype, device, mode, *, bias=False, norm=True, config=None):
     if not norm:
         qn = kn = None
     b = (0.5 * torch.randn((H + 2 * Hkv) * D)).to(device=device, dtype=dtype) if bias else None
-    start = {"int-cache": 3, "per_row-cache": torch.tensor([(2 + 7 * i) % (T_MAX - T + 1) for i in range(B)], device=device),
+    rows = [(2 + 7 * i) % (T_MAX - T + 1) for i in range(B)]  # per-row starts that keep [start, start + T) in the cache
+    start = {"int-cache": 3, "per_row-cache": torch.tensor(rows, device=device),
              "scalar-nocache": torch.tensor(5, device=device)}[mode]
     wf = torch.tensor([4 + i for i in range(B)], device=device) if mode == "per_row-cache" else None
     kw = dict(n_heads=H, write_from=wf, head_dim=D, bias=b)
