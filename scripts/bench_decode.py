@@ -213,7 +213,7 @@ def time_block_step(params, cfg, ops, *, B, P, G, Lb, at, graphs, calls):
     return _eager_seconds(st.run, params.device, calls), calls, "eager", "", st
 
 
-def moe_row(params, cfg, st, sec, *, B, Lb, bw, flops):
+def moe_row(params, cfg, st, *, B, Lb, bw, flops):
     """The MoE-only columns and the floor (seconds) of a timed step."""
     nbytes, fl = step_cost(params, cfg, st.touched, batch=B, block=Lb, kv_len=st.kv_len)
     floor = max(nbytes / bw, fl / flops)
@@ -322,7 +322,7 @@ def run_config(params, cfg, ops, args, *, policy, B, P, G, graphed, bw, flops, m
         if moe:
             sec, n, timing, note, st = time_block_step(params, cfg, ops, B=B, P=P, G=G, Lb=Lb, at=args.at,
                                                        graphs=graphed, calls=args.calls)
-            floor, extra = moe_row(params, cfg, st, sec, B=B, Lb=Lb, bw=bw, flops=flops)
+            floor, extra = moe_row(params, cfg, st, B=B, Lb=Lb, bw=bw, flops=flops)
             nfe = ""
             del st
         else:

@@ -57,7 +57,6 @@ import tiny_tokenizer as ttok  # noqa: E402
 import trainutil  # noqa: E402
 from provenance import device_name, git_sha  # noqa: E402
 from llada_triton.decode import Llada2Decoding, generate  # noqa: E402
-from llada_triton.decode.layout import absolute_layout  # noqa: E402
 from llada_triton.kernels.reference import silu_mul_ref  # noqa: E402
 from llada_triton.models import (REFERENCE_OPS, LLaDA2Config, Params, forward, init_moe_params,  # noqa: E402
                                  load_model, save_moe_checkpoint)
@@ -285,7 +284,6 @@ def update(params: Params, named, opt, loss: torch.Tensor, ids, tc: TrainConfig)
 
 
 # ------------------------------------------------------------------------------------------- evaluation
-@torch.no_grad()
 def _decoded_positions(seq: torch.Tensor, prompt_len: int, block_length: int, cfg) -> int:
     """Positions the decoder committed: non-mask ids from the prompt's end to the end of the block where it
     stopped (the block of the first eos; the driver fills the blocks after a stop with eos unread)."""
@@ -294,6 +292,7 @@ def _decoded_positions(seq: torch.Tensor, prompt_len: int, block_length: int, cf
     return int((seq[prompt_len:end] != cfg.mask_token_id).sum())
 
 
+@torch.no_grad()
 def evaluate(model: str, tasks: Sequence[str], n: int, *, device: str = "cpu", seed: int = 0,
              gen_length: int = GEN_LENGTH, block_length: int = 32, steps: int = 32, threshold: float = 0.95,
              write_json: Optional[str] = None, batch: int = 128) -> Dict:
@@ -303,6 +302,7 @@ def evaluate(model: str, tasks: Sequence[str], n: int, *, device: str = "cpu", s
     overhang included, over forwards)."""
     params, cfg = load_model(model, device=device, dtype=torch.float32)
     tok = load_tokenizer(model)
+    decoding = Llada2Decoding(threshold=threshold)
     rows = []
     for name in tasks:
         probs = tasks_mod.heldout_problems(name, n, seed)
@@ -311,8 +311,8 @@ def evaluate(model: str, tasks: Sequence[str], n: int, *, device: str = "cpu", s
             chunk = probs[i:i + batch]
             ids = [chat_prompt_ids(tok, p.prompt) for p in chunk]
             res = generate(params, cfg, ids, gen_length=gen_length, block_length=block_length, steps=steps,
-                           cache="block", decoding=Llada2Decoding(threshold=threshold))
-            lay = absolute_layout(ids, gen_length, block_length, pad_id=cfg.eos_token_id, mask_id=cfg.mask_token_id)
+                           cache="block", decoding=decoding)
+            lay = decoding.layout(ids, cfg, gen_length, block_length, "cpu")  # the grid generate laid the rows on
             for r, p in enumerate(chunk):
                 pred = decode_answer(tok, res.answers[r], cfg)
                 good = tasks_mod.exact_match(pred, p.answer)

@@ -208,11 +208,11 @@ def _block_counts(fam, schedule: Optional[str], Lb: int, spb: int, eps: float, r
     return [1] * first + rest
 
 
-def _grid_layout(cfg, tokens, pad, gen_length, block_length, steps, decoding) -> Layout:
-    """Where a decoding option puts the prompts and blocks (its own block grid; the ints checked first)."""
+def grid_layout(decoding, rows, cfg, gen_length, block_length, steps, device, min_first: int = 0) -> Layout:
+    """Where a decoding option puts the prompts ``rows`` (lists of ids) and blocks: its own block grid, block 0 at
+    column ``>= min_first`` (the ints checked first). Used by ``generate`` and the slot runner."""
     decoding.check(gen_length=gen_length, block_length=block_length, steps=steps)
-    rows = [tokens[i, int(p):].tolist() for i, p in enumerate(pad.tolist())]
-    return decoding.layout(rows, cfg, gen_length, block_length, tokens.device)
+    return decoding.layout(rows, cfg, gen_length, block_length, device, min_first=min_first)
 
 
 def _options(ops, cuda_graphs, device_positions, early_stop, workspace, device):
@@ -232,7 +232,7 @@ class _Decode:
     def __init__(self, params, cfg, layout: Layout, *, block_length, steps, rule, cache, ops,
                  early_stop, cuda_graphs, device_positions, workspace, schedule=None, eps=1e-3,
                  refresh_commits_first=False, decoding=None):
-        self.params, self.cfg, self.ops, self.rule, self.pad = params, cfg, ops, rule, layout.pad
+        self.params, self.cfg, self.ops, self.rule = params, cfg, ops, rule
         self.layout, self.decoding = layout, decoding
         self.B, self.P = layout.tokens.shape
         self.Lb, self.n_blocks = block_length, layout.n_blocks
@@ -262,7 +262,7 @@ class _Decode:
         self.end_ids = torch.tensor(cfg.end_token_ids if decoding is None else decoding.end_ids(cfg),
                                     device=params.device)
         # a block also ends once no live row has a mask left (read one step late on CUDA, so the GPU never waits)
-        self.block_flags = decoding is not None and decoding.ends_blocks_early
+        self.block_flags = decoding is not None
         self.edits = decoding is not None and decoding.edits  # the decoding's own commit (LLaDA2.1's editing)
         self.flags = [HostFlag(params.device), HostFlag(params.device)] if self.block_flags else []
         self.calls = 0
@@ -477,7 +477,10 @@ def generate_stream(params, cfg, prompts, *, gen_length: int, block_length: int,
     t0 = time.perf_counter()
     _options(ops, cuda_graphs, device_positions, early_stop, workspace, params.device)
     tokens, pad = pad_prompts(prompts, cfg, attention_mask, params.device)
-    layout = None if decoding is None else _grid_layout(cfg, tokens, pad, gen_length, block_length, steps, decoding)
+    layout = None
+    if decoding is not None:
+        rows = [r[int(p):] for r, p in zip(tokens.tolist(), pad.tolist())]
+        layout = grid_layout(decoding, rows, cfg, gen_length, block_length, steps, tokens.device)
     check_options(cfg, tokens, pad, gen_length=gen_length, block_length=block_length, steps=steps,
                   temperature=temperature, remasking=remasking, threshold=threshold, factor=factor,
                   cfg_scale=cfg_scale, cache=cache, seed=seed, policies=policies_for(cfg),

@@ -71,7 +71,6 @@ class Llada2Decoding:
     minimal_topk: int = 1
     eos_early_stop: bool = False
     caches = CACHES
-    ends_blocks_early = True  # a block ends at a device-decided point (:meth:`block_complete`), read by the host
     edits = False  # whether :meth:`commit` replaces the rule's commit
 
     @property
@@ -218,11 +217,12 @@ class Llada21Decoding(Llada2Decoding):
         state["post"].copy_(post)
         state["block_over"].logical_or_(live & ~act)
         masked = masked & act[:, None]
-        c = torch.where(masked, conf.float(), float("-inf"))
+        conf = conf.float()
+        c = torch.where(masked, conf, float("-inf"))
         take = select_threshold_topk_ref(c, masked, k=const("full", nfe.shape[0], nfe.device, self.num_to_transfer),
                                          threshold=float(self.threshold))
         edit = (act[:, None] & (blk != mask_id) & (cols >= state["gen_start"][:, None])
-                & (conf.float() > self.editing_threshold) & (x0 != blk))
+                & (conf > self.editing_threshold) & (x0 != blk))
         new = torch.where(take | edit, x0, blk)
         tokens.scatter_(1, cols, new)
         n_edits = edit.sum(1)

@@ -32,7 +32,7 @@ from llada_triton.models.family import family_of, forward_hidden, new_cache
 from llada_triton.models.ops import REFERENCE_OPS, Ops
 from .cache import policies_for
 from .layout import Layout, grid_key_end
-from .generate import pad_prompts
+from .generate import grid_layout, pad_prompts
 from .schedule import linear_schedule
 from .step import Graphs, TransferRule, check_ops, check_options, prompt_rows
 
@@ -181,15 +181,6 @@ class _Slots:
         return toks.tolist()
 
 
-def _grid(decoding, rows, cfg, gen_length, block_length, steps) -> Optional[Layout]:
-    """A decoding option's absolute grid over every prompt (block 0 at column >= Lb: its previous block is
-    prompt), or None (LLaDA's layout)."""
-    if decoding is None:
-        return None
-    decoding.check(gen_length=gen_length, block_length=block_length, steps=steps)
-    return decoding.layout(rows, cfg, gen_length, block_length, "cpu", min_first=block_length)
-
-
 @torch.no_grad()
 def run_many(params, cfg, prompts: Sequence[Sequence[int]], *, slots: int,
              gen_length: int, block_length: int, steps: int, threshold: Optional[float] = None,
@@ -218,7 +209,9 @@ def run_many(params, cfg, prompts: Sequence[Sequence[int]], *, slots: int,
     width = max([block_length if isinstance(block_length, int) else 1] + [len(p) for p in rows])
     tokens, _ = pad_prompts([[cfg.pad_token_id] * (width - len(p)) + p for p in rows], cfg, device="cpu")
     pads = [width - len(p) for p in rows]
-    layout = _grid(decoding, rows, cfg, gen_length, block_length, steps)
+    # block 0 at column >= Lb: its previous block is prompt
+    layout = None if decoding is None else grid_layout(decoding, rows, cfg, gen_length, block_length, steps, "cpu",
+                                                       min_first=block_length)
     check_options(cfg, tokens, torch.tensor(pads), gen_length=gen_length, block_length=block_length, steps=steps,
                   temperature=temperature, remasking=remasking, threshold=threshold, factor=factor,
                   cfg_scale=cfg_scale, cache="block", seed=seed, policies=policies_for(cfg),

@@ -6,13 +6,15 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
+from llada_triton.decode.step import DREAM_ALGS as _DREAM_CONFIDENCE, REMASKING
+
 __all__ = ["EvalOptions", "parse_model_args", "MODEL_ARGS", "DREAM_ALGS", "llada2_decoding"]
 
 _DTYPES = ("float32", "bfloat16", "float16")
 _OPS = ("reference", "triton")
 _CACHES = ("none", "prefix", "dual", "block")
-_REMASKING = ("low_confidence", "random", "maskgit_plus", "topk_margin", "entropy", "origin")
-DREAM_ALGS = ("maskgit_plus", "topk_margin", "entropy", "origin")  # Dream's ``alg``: decoded by dream_options
+_REMASKING = REMASKING
+DREAM_ALGS = tuple(_DREAM_CONFIDENCE)  # Dream's ``alg``: decoded by dream_options
 _DECODINGS = ("llada", "llada2")
 
 

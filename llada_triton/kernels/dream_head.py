@@ -39,7 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
-from llada_triton.kernels._common import (cdiv, check_tensor, dot_flags, gdc_options, gdc_wait_and_release,
+from llada_triton.kernels._common import (DTYPES, cdiv, check_tensor, dot_flags, gdc_options, gdc_wait_and_release,
                                           is_interpreter, next_pow2)
 from llada_triton.kernels.confidence import gumbel_noise, head_config, rows_args, sampling_args
 from llada_triton.kernels.gemm import dot_loop
@@ -47,7 +47,6 @@ from llada_triton.kernels.reference import DREAM_CONFIDENCES, dream_confidence_r
 
 __all__ = ["head_dream_confidence"]
 
-_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
@@ -182,8 +181,8 @@ def _dream_merge_kernel(
 
 
 def _check(hidden, w_head, confidence, top_p, top_k):
-    check_tensor("hidden", hidden, ndim=2, dtypes=_DTYPES)
-    check_tensor("w_head", w_head, ndim=2, dtypes=_DTYPES)
+    check_tensor("hidden", hidden, ndim=2, dtypes=DTYPES)
+    check_tensor("w_head", w_head, ndim=2, dtypes=DTYPES)
     if w_head.dtype != hidden.dtype or w_head.shape[1] != hidden.shape[1] or w_head.device != hidden.device:
         raise ValueError(f"w_head must be [V, {hidden.shape[1]}] {hidden.dtype} on {hidden.device} like hidden, "
                          f"got {tuple(w_head.shape)} {w_head.dtype} on {w_head.device}")
@@ -262,6 +261,7 @@ def _launch(hidden, w_head, x0, conf, nr, rid, rows_ce, sa, confidence, temperat
     extra = {} if interpret else dict(num_warps=c["num_warps"], num_stages=c["num_stages"])
     BT = next_pow2(max(nvt, 2))
     BR = min(next_pow2(max(M, 2)), 64) if interpret else (1 if M <= 256 else max(1, min(16, 4096 // BT)))
+    pdl = gdc_options(hidden, M)
     for second in ((False, True) if two_pass else (False,)):
         ent_eps = entropy and (nvt == 1 or second)
         _dream_partials_kernel[(cdiv(M, BM), nvt)](
@@ -269,7 +269,7 @@ def _launch(hidden, w_head, x0, conf, nr, rid, rows_ce, sa, confidence, temperat
             temperature if sample else 1.0, *sa["rng"][:8],
             N_BAN=sa["constexprs"]["N_BAN"], **rows_ce, SAMPLE=sample, ENT_EPS=ent_eps, HAS_LSE=second,
             SWAP_AB=c.get("SWAP_AB", False), EVEN_K=D % BK == 0, EVEN_V=V % BV == 0, BLOCK_M=BM, BLOCK_V=BV,
-            BLOCK_K=BK, **dot_flags(hidden.dtype), **extra, **gdc_options(hidden, M))
+            BLOCK_K=BK, **dot_flags(hidden.dtype), **extra, **pdl)
         _dream_merge_kernel[(cdiv(M, BR),)](
             pf, pidx, x0, conf, lse, nr, M, nvt, CONF=DREAM_CONFIDENCES.index(confidence), SAMPLE=sample,
             ENT_EPS=ent_eps, LSE_OUT=two_pass and not second, HAS_N_ROWS=rows_ce["HAS_N_ROWS"], BLOCK_R=BR,

@@ -291,14 +291,13 @@ def launch_linear(act: torch.Tensor, w: torch.Tensor, residual: Optional[torch.T
     has_res = residual is not None
     r = residual if has_res else out
     use_tma, (a_src, w_src) = tma_sources(cfg, [(act, (BM, BK)), (w, (BN, BK))])
+    pdl = gdc_options(act, M)
     _linear_kernel[(cdiv(M, BM) * cdiv(N, BN), split)](
         a_src, w_src, r, out, partials if split > 1 else out, M, N, K, k_per_split,
         act.stride(0), w.stride(0), r.stride(0), out.stride(0),
         BM=BM, BN=BN, BK=BK, SWAP_AB=cfg["SWAP_AB"], USE_TMA=use_tma, EVEN_K=(K % BK == 0), SPLIT=split > 1,
-        HAS_RES=has_res, **dot_flags(act.dtype), **gdc_options(act, M),
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        HAS_RES=has_res, **dot_flags(act.dtype), **pdl, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
-    pdl = gdc_options(act, M)
     if split > 1 and norm is not None and N <= _FUSED_NORM_MAX:
         nw, eps, y = norm
         block = next_pow2(N)

@@ -197,6 +197,7 @@ def qkv_proj_norm_rope(x: torch.Tensor, w_qkv: torch.Tensor, q_norm: Optional[to
     partials = torch.empty((split, NH, 2 * cfg["HP"], M), device=x.device, dtype=torch.float32) if split > 1 else out
     kc, vc, kst, vst = cache_strides(out, k_cache, v_cache, has_cache)
     tiles = cdiv(M, cfg["BM"]) * NH
+    pdl = gdc_options(x, M)
     for phase, grid in (((1, (tiles, split)), (2, (tiles,))) if split > 1 else ((0, (tiles,)),)):
         _qkv_norm_rope_kernel[grid](
             x2, w_qkv, bias if bias is not None else out, q_norm if has_norm else out, k_norm if has_norm else out,
@@ -211,6 +212,6 @@ def qkv_proj_norm_rope(x: torch.Tensor, w_qkv: torch.Tensor, q_norm: Optional[to
             D=D, R=cos_table.shape[1], HP=cfg["HP"], BM=cfg["BM"], BK=cfg["BK"], PHASE=phase, S=split,
             DYN=dyn, HAS_CACHE=has_cache, HAS_WF=write_from is not None, HAS_BIAS=bias is not None,
             HAS_NORM=has_norm, EVEN_K=d % cfg["BK"] == 0, **dot_flags(x.dtype), num_warps=cfg["num_warps"],
-            num_stages=cfg["num_stages"], **gdc_options(x, M),
+            num_stages=cfg["num_stages"], **pdl,
         )
     return split_out(out, H, Hkv, k_cache, v_cache, has_cache)
