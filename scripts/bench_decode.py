@@ -49,6 +49,7 @@ for _p in (ROOT, os.path.join(ROOT, "scripts")):
 
 from _bench import (SHAPES, device_sync, graph_time_us, measure_roofline, random_params, small_config,  # noqa: E402
                     timed_window)
+import cliutil  # noqa: E402
 from _block_step import make_block_step, step_cost, uniform_touched  # noqa: E402
 from provenance import environment  # noqa: E402
 
@@ -233,15 +234,15 @@ def parse_args(argv=None):
     p.add_argument("--policies", default=None, help="default none,prefix,dual,block (MoE shapes: block only)")
     p.add_argument("--batches", default=None, help="default 1,8,32 (small 1,2)")
     p.add_argument("--shapes", default=None, help="PROMPTxGEN list (default 128x256,1024x1024; small 8x32)")
-    p.add_argument("--block-length", type=int, default=None, help="default 32 (small 8)")
+    p.add_argument("--block-length", type=cliutil.positive_int, default=None, help="default 32 (small 8)")
     p.add_argument("--timed-steps", type=int, default=0,
                    help="dense: steps timed per configuration, after block 1's first step, rounded up to a block's end "
                         "(0: all the remaining steps)")
     p.add_argument("--at", default="mid", choices=("mid", "last"),
                    help="MoE: the timed step's block: mid-sequence, or the last block (the whole KV cache in use)")
-    p.add_argument("--calls", type=int, default=8,
+    p.add_argument("--calls", type=cliutil.positive_int, default=8,
                    help="MoE: steps per graph replay (5 replays, the median); eager: this many calls, at most 3")
-    p.add_argument("--providers", default="fast,reference",
+    p.add_argument("--providers", type=cliutil.name_list(("fast", "reference")), default="fast,reference",
                    help="fast (Triton ops, CUDA graphs on a GPU) and / or reference (the torch reference ops, eager)")
     p.add_argument("--no-reference", action="store_true", help="skip the torch reference path (--providers fast)")
     p.add_argument("--reference-max-batch", type=int, default=8)
@@ -251,13 +252,12 @@ def parse_args(argv=None):
     p.add_argument("--render", metavar="CSV", help="only render CSV to markdown beside it, then exit")
     args = p.parse_args(argv)
     args.policies = args.policies or ("block" if args.shape in ("llada2-mini", "llada-moe-7b") else "none,prefix,dual,block")
-    args.providers = [v for v in args.providers.split(",") if not (args.no_reference and v == "reference")]
-    bad = sorted(set(args.providers) - {"fast", "reference"})
-    if bad or not args.providers:
-        p.error(f"--providers {bad or 'empty'}: choose fast and / or reference")
+    args.providers = [v for v in args.providers if not (args.no_reference and v == "reference")]
+    if not args.providers:
+        p.error("--providers: choose fast and / or reference (--no-reference leaves none)")
     args.batches = args.batches or ("1,2" if args.small else "1,8,32")
     args.shapes = args.shapes or ("8x32" if args.small else "128x256,1024x1024")
-    args.block_length = args.block_length or (8 if args.small else 32)
+    args.block_length = args.block_length if args.block_length is not None else (8 if args.small else 32)
     return args
 
 
