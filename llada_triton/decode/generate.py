@@ -34,7 +34,6 @@ they disagree or have quirks the choice is stated here:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -263,7 +262,7 @@ class _Decode:
                                     device=params.device)
         # a block also ends once no live row has a mask left (read one step late on CUDA, so the GPU never waits)
         self.block_flags = decoding is not None
-        self.edits = decoding is not None and decoding.edits  # the decoding's own commit (LLaDA2.1's editing)
+        self.edits = decoding is not None and decoding.edits  # LLaDA2.1 rewrites committed tokens
         self.flags = [HostFlag(params.device), HostFlag(params.device)] if self.block_flags else []
         self.calls = 0
         self.records: List[StepEvent] = []
@@ -325,12 +324,12 @@ class _Decode:
                 conf, k = rule.origin(blk_masked, self.origin_frac[i], rand_gen=self.rand_gen)
             else:
                 conf = top_candidates(conf, blk_masked, cap)
-        commit = rule.commit if not self.edits else functools.partial(self.decoding.commit, cfg=self.cfg,
-                                                                       state=buf.state)
-        committed, conf, blk = commit(ops, buf.x, s, x0, conf, mask_id=mask_id, done=buf.done, k=k, nfe=buf.nfe,
-                                      k_only=leftmost)
-        if self.decoding is not None:  # e.g. LLaDA2's eos_early_stop, decided on the device
-            self.decoding.after_step(self.cfg, buf.x, committed, blk, buf.done, buf.state)
+        if self.decoding is None:
+            committed, conf, blk = rule.commit(ops, buf.x, s, x0, conf, mask_id=mask_id, done=buf.done, k=k,
+                                               nfe=buf.nfe, k_only=leftmost)
+        else:
+            committed, conf, blk = self.decoding.commit(self.cfg, buf.state, buf.x, s, x0, conf, done=buf.done, k=k,
+                                                        nfe=buf.nfe)
         return committed, blk, conf  # conf is -inf off the masked positions
 
     def run_step(self, kind: str, b: int, i: int = 0, cap=None):
@@ -357,14 +356,10 @@ class _Decode:
         if i == 0 or self.schedule[i] != self.schedule[i - 1]:
             self.buf.k_buf.fill_(self.schedule[i])
 
-    def live_masks(self, b: int) -> torch.Tensor:
-        """bool ``[B, Lb]``: the positions of block ``b`` still masked in a live row (on the device)."""
-        x, done = self.buf.x, self.buf.done
-        return (take_cols(x, self.start(b), self.Lb) == self.cfg.mask_token_id) & ~done[:, None]
-
     def block_has_masks(self, b: int) -> bool:
         """Host check for the data-dependent rules: is a position of block ``b`` still masked in a live row?"""
-        return bool(self.live_masks(b).any())
+        x, done = self.buf.x, self.buf.done
+        return bool(((take_cols(x, self.start(b), self.Lb) == self.cfg.mask_token_id) & ~done[:, None]).any())
 
     def stepwise_block(self, b: int, all_done: Optional[HostFlag]):
         """Block ``b`` step by step (each step eager or replayed from its own graph). Yields its
@@ -383,8 +378,8 @@ class _Decode:
                 return True  # every row had finished: this step committed nothing and is not reported
             yield self.event(b, i, committed.clone(), blk.clone(), conf.clone(), self.buf.nfe.clone())
             i += 1
-            if self.block_flags:
-                self.flags[i % 2].put(self.decoding.block_complete(self.live_masks(b), self.buf.done, self.buf.state))
+            if self.block_flags:  # every row done or its block over
+                self.flags[i % 2].put((self.buf.done | self.decoding.block_over(self.cfg, self.buf.state, blk)).all())
         return False
 
     def more_steps(self, b: int, i: int) -> bool:
@@ -429,7 +424,7 @@ class _Decode:
         if self.dynamic:
             self.buf.s_buf.fill_(self.start(b))  # the block start the graphed steps read (once per block)
         if self.decoding is not None:
-            self.decoding.start_block(self.buf.state)
+            self.decoding.new_block(self.buf.state)
         return stop, all_done
 
     def after_block(self, b: int) -> "BlockEvent":
@@ -450,10 +445,12 @@ class _Decode:
     def result(self, t0: float) -> "GenerateResult":
         x, lay = self.buf.x, self.layout
         cols = lay.gen_start[:, None] + const("arange", lay.gen_length, x.device)[None, :]
-        answers = None if self.decoding is None else self.decoding.answers(self.cfg, x, lay, self.buf.state)
+        answers = None if self.decoding is None else \
+            self.decoding.answers(self.cfg, x, lay.gen_start, lay.gen_length, self.buf.state)
+        edits = self.decoding.edit_counts(self.buf.state).tolist() if self.edits else None
         return GenerateResult(tokens=x.gather(1, cols), sequences=x.clone(), prompt_lengths=lay.prompt_lengths,
                               nfe=self.buf.nfe.tolist(), steps=self.records, seconds=time.perf_counter() - t0,
-                              answers=answers, edits=self.buf.state["edits"].tolist() if self.edits else None)
+                              answers=answers, edits=edits)
 
 
 @torch.no_grad()
@@ -500,8 +497,6 @@ def generate_stream(params, cfg, prompts, *, gen_length: int, block_length: int,
                                      factor=factor, cfg_scale=cfg_scale, seed=seed, logits_eos_inf=logits_eos_inf,
                                      confidence_eos_eot_inf=confidence_eos_eot_inf, top_p=top_p, top_k=top_k,
                                      alg_temp=alg_temp)
-    if decoding is not None:
-        rule = dataclasses.replace(rule, **decoding.rule_fields())
     run = _Decode(params, cfg, layout, block_length=block_length, steps=steps,
                   rule=rule, cache=cache, ops=ops, early_stop=early_stop, cuda_graphs=cuda_graphs,
                   device_positions=device_positions, workspace=workspace, schedule=schedule, eps=eps,

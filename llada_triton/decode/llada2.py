@@ -9,7 +9,7 @@ block-causal cache is its exact decoding mode. Where its decoders differ from LL
   Every forward sees the prefix with a block-causal mask (the prompt included); later blocks are never fed.
 * :func:`llada2_schedule`: ``steps = min(steps, G // minimal_topk)``; the per-step budget splits
   ``block_length`` (not the block's masks) over the steps, trailing steps get 0 when steps > B.
-* 2.0's rule (``TransferRule.threshold_topk``): at most ``steps`` forwards per block, each commits the masked
+* 2.0's rule (:meth:`Llada2Decoding.commit`): at most ``steps`` forwards per block, each commits the masked
   positions with confidence ``> threshold`` if there are at least the step's budget of them, else the budget's
   top-k (:func:`llada_triton.kernels.reference.select_threshold_topk_ref`); a row stops after a block whose window
   ``x[P:end]`` holds an eos; ``eos_early_stop`` ends a row (on the device) as soon as the first eos (from its
@@ -33,7 +33,7 @@ from typing import List, Optional
 
 import torch
 
-from llada_triton.kernels.reference import select_threshold_topk_ref
+from llada_triton.kernels.reference import commit_step_ref, select_threshold_topk_ref
 from .generate import generate
 from .cache import const
 from .layout import absolute_layout
@@ -60,30 +60,35 @@ def _check_unit(name, v):
     check_real(name, v, lambda u: 0.0 <= u <= 1.0, "a number in [0, 1]")
 
 
+def _threshold_topk(conf, masked, *, k, threshold, factor=None):
+    """:func:`select_threshold_topk_ref` in :func:`commit_step_ref`'s ``select`` signature."""
+    return select_threshold_topk_ref(conf, masked, k=k, threshold=threshold)
+
+
 @dataclass(frozen=True)
 class Llada2Decoding:
     """LLaDA2.0's official ``generate`` as an option of :func:`llada_triton.decode.generate` (``decoding=``): the
-    absolute block grid (:func:`llada_triton.decode.layout.absolute_layout`), the threshold-or-top-k rule
-    (``TransferRule.threshold_topk``) over :func:`llada2_schedule`, the eos stop after a block, the cut after
-    the first eos (``GenerateResult.answers``) and ``eos_early_stop`` (on the device after every step). The
-    driver calls the hooks below; none syncs the host inside a block except the block-complete flag."""
+    absolute block grid (:func:`llada_triton.decode.layout.absolute_layout`), the threshold-or-top-k rule over
+    :func:`llada2_schedule`, the eos stop after a block, the cut after the first eos (``GenerateResult.answers``)
+    and ``eos_early_stop`` (on the device after every step).
+
+    The hooks ``generate`` and ``run_many`` call (and nothing else; ``state`` is this object's own, from
+    :meth:`new_state`): the option checks :meth:`check` / :meth:`check_driver_options`; the grid and budgets
+    :meth:`layout`, :meth:`schedule`, :meth:`end_ids`, ``stops_at_eos`` (``early_stop``'s default) and ``edits``
+    (it rewrites committed tokens: the head runs on every row and the results count edits); the per-row device
+    state :meth:`new_state`, :meth:`reset_state` (a batch), :meth:`reset_row` (a refilled slot),
+    :meth:`new_block`; each step :meth:`commit`, then :meth:`block_over`; the results :meth:`answers`,
+    :meth:`edit_counts`. None syncs the host."""
     threshold: float = 0.95
     minimal_topk: int = 1
     eos_early_stop: bool = False
     caches = CACHES
-    edits = False  # whether :meth:`commit` replaces the rule's commit
+    edits = False
 
     @property
     def stops_at_eos(self) -> bool:
         """The default of ``generate``'s ``early_stop``: a row whose answer window holds an eos after a block stops."""
         return True
-
-    def start_block(self, state):
-        pass
-
-    def block_complete(self, live_masks, done, state) -> torch.Tensor:
-        """0-dim bool on the device: no live row has a mask left in the block."""
-        return ~live_masks.any()
 
     def check(self, *, gen_length, block_length, steps):
         for name, v in (("gen_length", gen_length), ("block_length", block_length), ("steps", steps),
@@ -112,11 +117,9 @@ class Llada2Decoding:
         return absolute_layout(rows, gen_length, block_length, pad_id=cfg.pad_token_id,
                                mask_id=cfg.mask_token_id, device=device, min_first=min_first)
 
-    def schedule(self, block_length, steps, gen_length) -> List[int]:
+    def schedule(self, block_length, steps, gen_length) -> Optional[List[int]]:
+        """The step budgets of a block (host ints; their count is the block's step limit); None: no schedule."""
         return llada2_schedule(block_length, min(steps, gen_length // self.minimal_topk))
-
-    def rule_fields(self) -> dict:
-        return dict(threshold_topk=float(self.threshold))
 
     def end_ids(self, cfg) -> tuple:
         return (cfg.eos_token_id,)
@@ -128,6 +131,7 @@ class Llada2Decoding:
                     edits=torch.zeros(batch, **i64), block_over=torch.zeros(batch, dtype=torch.bool, device=device))
 
     def reset_state(self, state, layout):
+        """Every row starts a sequence laid out by ``layout``."""
         state["stop_end"].fill_(-1)
         state["edits"].zero_()
         state["first_real"].copy_(layout.pad)
@@ -138,11 +142,24 @@ class Llada2Decoding:
         state["stop_end"][r], state["first_real"][r], state["gen_start"][r] = -1, first_real, gen_start
         state["post"][r], state["edits"][r], state["block_over"][r] = 0, 0, False
 
-    def after_step(self, cfg, x, committed, blk, done, state):
-        """``eos_early_stop``: a row that committed an eos at this step, whose first eos (from its first real
-        token) has no mask between its answer's start and it, is finished; its answer ends after that eos."""
-        if not self.eos_early_stop:
-            return
+    def new_block(self, state, rows: Optional[torch.Tensor] = None):
+        """Rows ``rows`` (bool ``[B]``; None: every row) start a new block."""
+
+    def commit(self, cfg, state, tokens, start, x0, conf, *, done, k, nfe):
+        """One step in the block at ``start`` (an int, a 0-dim tensor, or one start per row) of the rows not
+        ``done``: commit by the threshold rule with the step's budget ``k`` ``[B]``, count a forward in ``nfe``,
+        then ``eos_early_stop``. Returns (committed bool ``[B, L]``, conf fp32 (-inf off the masked positions),
+        the block's tokens after the step)."""
+        committed, c, blk = commit_step_ref(tokens, start, x0, conf, mask_id=cfg.mask_token_id, done=done, k=k,
+                                            threshold=float(self.threshold), nfe=nfe, select=_threshold_topk)
+        if self.eos_early_stop:
+            self._stop_at_eos(cfg, state, tokens, committed, blk, done)
+        return committed, c, blk
+
+    @staticmethod
+    def _stop_at_eos(cfg, state, x, committed, blk, done):
+        """A row that committed an eos at this step, whose first eos (from its first real token) has no mask
+        between its answer's start and it, is finished; its answer ends after that eos."""
         eos = cfg.eos_token_id
         cols = const("arange", x.shape[1], x.device)[None, :]
         is_eos = (x == eos) & (cols >= state["first_real"][:, None])
@@ -152,16 +169,23 @@ class Llada2Decoding:
         state["stop_end"].copy_(torch.where(stop, e + 1, state["stop_end"]))
         done.logical_or_(stop)
 
-    def answers(self, cfg, x, layout, state) -> List[List[int]]:
-        """Each row's answer: up to its early stop's eos, else its ``gen_length`` tokens cut after the first eos."""
-        return [self.answer(cfg, x[r], g, layout.gen_length, se)
-                for r, (g, se) in enumerate(zip(layout.gen_start.tolist(), state["stop_end"].tolist()))]
+    def block_over(self, cfg, state, blk) -> torch.Tensor:
+        """bool ``[B]`` on the device: the rows whose block is finished after this step (``blk``: its tokens)."""
+        return ~(blk == cfg.mask_token_id).any(1)
 
-    @staticmethod
-    def answer(cfg, row: torch.Tensor, gen_start: int, gen_length: int, stop_end: int) -> List[int]:
-        if stop_end >= 0:
-            return row[gen_start:max(gen_start, stop_end)].tolist()
-        return eos_cut(row[gen_start:gen_start + gen_length].tolist(), cfg.eos_token_id)
+    def answers(self, cfg, x, gen_start, gen_length, state, rows=None) -> List[List[int]]:
+        """The answers of rows ``rows`` (None: all) of the token buffer ``x`` (their starts ``gen_start`` ``[B]``):
+        up to the early stop's eos, else the row's ``gen_length`` tokens cut after the first eos."""
+        out, starts, stop_ends = [], gen_start.tolist(), state["stop_end"].tolist()
+        for r in range(x.shape[0]) if rows is None else rows:
+            g, stop_end = starts[r], stop_ends[r]
+            out.append(x[r, g:max(g, stop_end)].tolist() if stop_end >= 0
+                       else eos_cut(x[r, g:g + gen_length].tolist(), cfg.eos_token_id))
+        return out
+
+    def edit_counts(self, state) -> torch.Tensor:
+        """int64 ``[B]``: the tokens each row's editing rewrote (always 0 here)."""
+        return state["edits"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -170,8 +194,8 @@ class Llada21Decoding(Llada2Decoding):
     cut and answers; each step commits by the threshold rule with the fixed budget ``num_to_transfer`` (no step
     schedule: ``steps`` is unused, as in the reference) and edits the block's generated tokens whose argmax
     changed with confidence ``> editing_threshold``; once a row's block has no mask, at most ``max_post_steps``
-    more steps, ending early at a step that edits nothing. Per-row state on the device (``post``,
-    ``block_over``, ``edits``); with ``eos_early_stop`` a row stops after a block whose window holds an eos."""
+    more steps, ending early at a step that edits nothing. With ``eos_early_stop`` a row stops after a block
+    whose window holds an eos."""
     editing_threshold: float
     max_post_steps: int = 16
     num_to_transfer: int = 1
@@ -190,23 +214,17 @@ class Llada21Decoding(Llada2Decoding):
     def schedule(self, block_length, steps, gen_length):
         return None
 
-    def rule_fields(self) -> dict:
-        return {}
+    def new_block(self, state, rows: Optional[torch.Tensor] = None):
+        for t in (state["post"], state["block_over"]):
+            t.zero_() if rows is None else t.masked_fill_(rows, 0)
 
-    def after_step(self, cfg, x, committed, blk, done, state):
-        pass
+    def block_over(self, cfg, state, blk) -> torch.Tensor:
+        return state["block_over"]
 
-    def start_block(self, state):
-        state["post"].zero_()
-        state["block_over"].zero_()
-
-    def block_complete(self, live_masks, done, state) -> torch.Tensor:
-        return (done | state["block_over"]).all()
-
-    def commit(self, ops, tokens, start, x0, conf, *, mask_id, done, k, nfe, k_only, cfg, state):
-        """The step's transfer and edits in the block at ``start`` (driver ``commit`` signature); a row takes
-        part while it is live and its block is not over (a post step past ``max_post_steps`` ends it first)."""
-        L = x0.shape[1]  # ``start``: an int, a 0-dim tensor, or one start per row (the slot runner)
+    def commit(self, cfg, state, tokens, start, x0, conf, *, done, k, nfe):
+        """The step's transfer and edits (``k`` unused: the budget is ``num_to_transfer``); a row takes part while
+        it is live and its block is not over (a post step past ``max_post_steps`` ends it first)."""
+        L, mask_id = x0.shape[1], cfg.mask_token_id
         cols = ((start.reshape(-1, 1) if isinstance(start, torch.Tensor) else start)
                 + const("arange", L, tokens.device)).expand(tokens.shape[0], L)
         blk = tokens.gather(1, cols)

@@ -20,8 +20,6 @@ the unconditional feed is the conditional one with positions < P masked) and the
 """
 from __future__ import annotations
 
-import dataclasses
-import functools
 import time
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence
@@ -56,7 +54,7 @@ class _Slots:
                  early_stop, layout: Optional[Layout] = None, decoding=None):
         self.params, self.cfg, self.rule, self.ops, self.early_stop = params, cfg, rule, ops, early_stop
         self.layout, self.decoding = layout, decoding  # a decoding option's grid (LLaDA2), or LLaDA's layout
-        self.edits = decoding is not None and decoding.edits  # LLaDA2.1: the decoding's own commit (editing)
+        self.edits = decoding is not None and decoding.edits  # LLaDA2.1 rewrites committed tokens
         device = params.device
         self.S, self.P, self.G, self.Lb = slots, width, gen_length, block_length
         self.use_cfg = rule.cfg_scale > 0
@@ -115,19 +113,14 @@ class _Slots:
             masked = (x.gather(1, s[:, None] + self.ar[None, :]) == self.mask_id) & self.active[:, None]
         x0, conf = rule.sample(self.ops, self.params.lm_head, hidden[:S], hidden[S:] if self.use_cfg else None,
                                masked, offset=self.calls, rand_gen=self.rand_gen)
-        done = ~self.active
-        commit = rule.commit if not self.edits else functools.partial(self.decoding.commit, cfg=self.cfg,
-                                                                       state=self.state)
-        committed, _, new = commit(self.ops, x, s, x0, conf, mask_id=self.mask_id, done=done,
-                                   k=self.sched[self.step.clamp(max=self.spb)], nfe=self.nfe, k_only=False)
-        if self.decoding is not None:  # LLaDA2's eos_early_stop ends a row mid-block (on the device)
-            self.decoding.after_step(self.cfg, x, committed, new, done, self.state)
-        if self.edits:  # a row's block ends after its post steps (per row on the device); the next one starts fresh
-            done_blk = self.active & self.state["block_over"]
-            self.state["post"].masked_fill_(done_blk, 0)
-            self.state["block_over"].logical_and_(~done_blk)
-        else:
+        done, k = ~self.active, self.sched[self.step.clamp(max=self.spb)]
+        if self.decoding is None:
+            _, _, new = rule.commit(self.ops, x, s, x0, conf, mask_id=self.mask_id, done=done, k=k, nfe=self.nfe)
             done_blk = self.active & ~(new == self.mask_id).any(1)
+        else:  # may end a row mid-block (LLaDA2's eos_early_stop); a row's next block starts fresh
+            _, _, new = self.decoding.commit(self.cfg, self.state, x, s, x0, conf, done=done, k=k, nfe=self.nfe)
+            done_blk = self.active & self.decoding.block_over(self.cfg, self.state, new)
+            self.decoding.new_block(self.state, done_blk)
         self.step.copy_(torch.where(done_blk, torch.zeros_like(self.step), self.step + 1))
         self.blk.add_(done_blk.to(self.blk.dtype))
         # finished: every block done, or (early stop) an end token among the committed blocks
@@ -172,8 +165,7 @@ class _Slots:
         """Slot ``r``'s generated tokens (eos after its last block when early stop ended it); with a decoding
         option its answer (LLaDA2: cut after the first eos)."""
         if self.decoding is not None:
-            return self.decoding.answer(self.cfg, self.x[r], int(self.gen_start[r]), self.G,
-                                        int(self.state["stop_end"][r]))
+            return self.decoding.answers(self.cfg, self.x, self.gen_start, self.G, self.state, rows=[r])[0]
         toks = self.x[r, self.P:].clone()
         end_at = int(self.blk[r]) * self.Lb
         if self.early_stop:
@@ -228,8 +220,6 @@ def run_many(params, cfg, prompts: Sequence[Sequence[int]], *, slots: int,
     rule = TransferRule.from_options(cfg, temperature=temperature, remasking=remasking, threshold=threshold,
                                      factor=factor, cfg_scale=cfg_scale, seed=seed, logits_eos_inf=logits_eos_inf,
                                      confidence_eos_eot_inf=confidence_eos_eot_inf)
-    if decoding is not None:
-        rule = dataclasses.replace(rule, **decoding.rule_fields())
     graphs = Graphs(bool(cuda_graphs) and rule.fixed_work)
     st = _Slots(params, cfg, rule, ops, slots=slots, width=width, gen_length=gen_length, block_length=block_length,
                 steps=steps, early_stop=early_stop, layout=layout, decoding=decoding)
@@ -252,7 +242,7 @@ def run_many(params, cfg, prompts: Sequence[Sequence[int]], *, slots: int,
                 i = owner[r]
                 out.tokens[i], out.nfe[i] = st.take(r), int(st.nfe[r])
                 if st.edits:
-                    out.edits[i] = int(st.state["edits"][r])
+                    out.edits[i] = int(st.decoding.edit_counts(st.state)[r])
                 out.order.append(i)
                 if on_result is not None:
                     on_result(i, out.tokens[i])

@@ -20,7 +20,7 @@ from typing import Optional
 
 import torch
 
-from llada_triton.kernels.reference import commit_step_ref, select_threshold_topk_ref
+from llada_triton.kernels.reference import commit_step_ref
 
 __all__ = ["REMASKING", "DREAM_ALGS", "SCHEDULES", "TransferRule", "masked_first", "top_candidates", "check_options",
            "check_dream_options", "check_ops", "prompt_rows", "Graphs", "HostFlag"]
@@ -146,12 +146,6 @@ def check_dream_options(*, remasking, schedule, eps, top_p, top_k, alg_temp, thr
         raise ValueError(f"refresh_commits_first is Fast-dLLM's Dream prefix / dual cache rule, not cache={cache!r}")
 
 
-def select_threshold_topk(conf, masked, *, k, above, threshold=None, factor=None):
-    """LLaDA2.x's selection in :func:`commit_step_ref`'s ``select`` signature: masked positions with ``conf > above``
-    when at least ``k`` pass, else the top-``k`` (:func:`llada_triton.kernels.reference.select_threshold_topk_ref`)."""
-    return select_threshold_topk_ref(conf, masked, k=k, threshold=above)
-
-
 def top_candidates(conf: torch.Tensor, masked: torch.Tensor, k: int) -> torch.Tensor:
     """``conf`` ``[B, L]`` with every masked position outside the ``k`` most confident ones (ties to the lower
     position) set to ``-inf``: a threshold rule on the result chooses among those ``k`` only."""
@@ -192,7 +186,6 @@ class TransferRule:
     top_p: Optional[float] = None
     top_k: Optional[int] = None
     alg_temp: Optional[float] = None
-    threshold_topk: Optional[float] = None  # LLaDA2's rule: conf > this if the step's k pass, else its top-k
 
     @classmethod
     def from_options(cls, cfg, *, temperature, remasking, threshold, factor, cfg_scale, seed, logits_eos_inf,
@@ -266,10 +259,6 @@ class TransferRule:
         the block's tokens after the step). ``k_only``: the top-``k`` rule whatever the rule is."""
         fn = ops.commit if ops.commit is not None else functools.partial(commit_step_ref, select=ops.select)
         if k_only:
-            rule = dict(k=k)
-        elif self.threshold_topk is not None:  # no Triton kernel for this rule yet: the torch one, on the device
-            fn = functools.partial(commit_step_ref, select=functools.partial(select_threshold_topk,
-                                                                             above=self.threshold_topk))
             rule = dict(k=k)
         elif self.threshold is not None:
             rule = dict(threshold=self.threshold)
