@@ -41,13 +41,11 @@ from typing import Callable, Iterator, List, Optional, Union
 
 import torch
 
-from llada_triton.models.family import family_of
 from llada_triton.models.ops import REFERENCE_OPS, Ops
 from .cache import StepContext, const, make_policy, policies_for, take_cols
 from .layout import Layout, prompt_layout
-from .schedule import CarrySchedule, dream_step_fractions, dream_transfer_counts, linear_schedule
-from .step import (REMASKING, Graphs, HostFlag, TransferRule, check_dream_options, check_ops, check_options,
-                   prompt_rows, top_candidates)
+from .schedule import CarrySchedule, dream_step_fractions
+from .step import REMASKING, Graphs, HostFlag, check_ops, prompt_rows, setup_decode, top_candidates
 
 __all__ = ["generate", "generate_stream", "GenerateResult", "StepEvent", "BlockEvent", "pad_prompts",
            "REMASKING", "Workspace"]
@@ -191,29 +189,6 @@ class _Buffers:
         return t
 
 
-def _block_counts(fam, schedule: Optional[str], Lb: int, spb: int, eps: float, refresh_commits_first: bool) -> list:
-    """A block's tokens per step (host ints; every block starts fully masked): ``schedule`` None is the model
-    family's (``Family.schedule``, else LLaDA's linear one cut at ``Lb`` steps), ``"linear"`` LLaDA's, ``"dream"``
-    Dream's float32 one over all ``spb`` steps (its 0-token steps are model calls too) with ``eps``. With
-    ``refresh_commits_first`` the first step commits one position and the rest follow from step 1."""
-    first = 1 if refresh_commits_first else 0
-    if schedule == "dream":
-        rest = dream_transfer_counts(Lb - first, spb, eps, first=first)
-    else:
-        hook = linear_schedule if schedule == "linear" or fam.schedule is None else fam.schedule
-        rest = list(hook(Lb - first, spb - first))
-        if hook is linear_schedule:
-            rest = rest[:Lb - first]
-    return [1] * first + rest
-
-
-def grid_layout(decoding, rows, cfg, gen_length, block_length, steps, device, min_first: int = 0) -> Layout:
-    """Where a decoding option puts the prompts ``rows`` (lists of ids) and blocks: its own block grid, block 0 at
-    column ``>= min_first`` (the ints checked first). Used by ``generate`` and the slot runner."""
-    decoding.check(gen_length=gen_length, block_length=block_length, steps=steps)
-    return decoding.layout(rows, cfg, gen_length, block_length, device, min_first=min_first)
-
-
 def _options(ops, cuda_graphs, device_positions, early_stop, workspace, device):
     check_ops(ops)
     for name, v in (("cuda_graphs", cuda_graphs), ("device_positions", device_positions), ("early_stop", early_stop)):
@@ -228,7 +203,7 @@ def _options(ops, cuda_graphs, device_positions, early_stop, workspace, device):
 class _Decode:
     """One decode in flight: the buffers, the policy, the rule, the schedule and the step counter."""
 
-    def __init__(self, params, cfg, layout: Layout, *, block_length, steps, rule, cache, ops,
+    def __init__(self, params, cfg, layout: Layout, counts: Optional[list], *, block_length, steps, rule, cache, ops,
                  early_stop, cuda_graphs, device_positions, workspace, schedule=None, eps=1e-3,
                  refresh_commits_first=False, decoding=None):
         self.params, self.cfg, self.ops, self.rule = params, cfg, ops, rule
@@ -238,12 +213,8 @@ class _Decode:
         spb = steps // self.n_blocks
         self.use_cfg = rule.cfg_scale > 0
         # every block starts fully masked (LLaDA2: its budget splits block_length whatever the block holds), so a
-        # fixed schedule is known up front (host ints)
-        if decoding is not None:
-            self.schedule = decoding.schedule(block_length, steps, layout.gen_length)
-        else:
-            self.schedule = _block_counts(family_of(cfg), schedule, block_length, spb, eps, refresh_commits_first) \
-                if rule.scheduled else None
+        # fixed schedule is known up front (host ints; None where the rule decides)
+        self.schedule = counts
         self.useful = None if self.schedule is None else len(self.schedule)  # the steps a block runs
         self.carry = CarrySchedule(block_length, spb) if schedule == "carry" else None
         self.leftmost = refresh_commits_first  # a block's first step commits its first position (Fast-dLLM Dream)
@@ -474,33 +445,16 @@ def generate_stream(params, cfg, prompts, *, gen_length: int, block_length: int,
     t0 = time.perf_counter()
     _options(ops, cuda_graphs, device_positions, early_stop, workspace, params.device)
     tokens, pad = pad_prompts(prompts, cfg, attention_mask, params.device)
-    layout = None
-    if decoding is not None:
-        rows = [r[int(p):] for r, p in zip(tokens.tolist(), pad.tolist())]
-        layout = grid_layout(decoding, rows, cfg, gen_length, block_length, steps, tokens.device)
-    check_options(cfg, tokens, pad, gen_length=gen_length, block_length=block_length, steps=steps,
-                  temperature=temperature, remasking=remasking, threshold=threshold, factor=factor,
-                  cfg_scale=cfg_scale, cache=cache, seed=seed, policies=policies_for(cfg),
-                  width=None if layout is None else layout.width)
-    layout = layout or prompt_layout(tokens, pad, gen_length, block_length)
-    if decoding is not None:
-        decoding.check_driver_options(cache=cache, remasking=remasking, threshold=threshold, factor=factor,
-                                      cfg_scale=cfg_scale, schedule=schedule, logits_eos_inf=logits_eos_inf,
-                                      confidence_eos_eot_inf=confidence_eos_eot_inf,
-                                      refresh_commits_first=refresh_commits_first)
-        early_stop = decoding.stops_at_eos if early_stop is None else early_stop
-    check_dream_options(remasking=remasking, schedule=schedule, eps=eps, top_p=top_p, top_k=top_k, alg_temp=alg_temp,
-                        threshold=threshold, factor=factor, cfg_scale=cfg_scale,
-                        confidence_eos_eot_inf=confidence_eos_eot_inf, refresh_commits_first=refresh_commits_first,
-                        cache=cache, batch=tokens.shape[0], block_length=block_length, gen_length=gen_length)
-    rule = TransferRule.from_options(cfg, temperature=temperature, remasking=remasking, threshold=threshold,
-                                     factor=factor, cfg_scale=cfg_scale, seed=seed, logits_eos_inf=logits_eos_inf,
-                                     confidence_eos_eot_inf=confidence_eos_eot_inf, top_p=top_p, top_k=top_k,
-                                     alg_temp=alg_temp)
-    run = _Decode(params, cfg, layout, block_length=block_length, steps=steps,
-                  rule=rule, cache=cache, ops=ops, early_stop=early_stop, cuda_graphs=cuda_graphs,
-                  device_positions=device_positions, workspace=workspace, schedule=schedule, eps=eps,
-                  refresh_commits_first=refresh_commits_first, decoding=decoding)
+    layout, rule, counts, early_stop = setup_decode(
+        cfg, tokens, pad, decoding=decoding, gen_length=gen_length, block_length=block_length, steps=steps,
+        cache=cache, early_stop=early_stop, temperature=temperature, remasking=remasking, threshold=threshold,
+        factor=factor, cfg_scale=cfg_scale, seed=seed, logits_eos_inf=logits_eos_inf,
+        confidence_eos_eot_inf=confidence_eos_eot_inf, schedule=schedule, eps=eps, top_p=top_p, top_k=top_k,
+        alg_temp=alg_temp, refresh_commits_first=refresh_commits_first)
+    run = _Decode(params, cfg, layout or prompt_layout(tokens, pad, gen_length, block_length), counts,
+                  block_length=block_length, steps=steps, rule=rule, cache=cache, ops=ops, early_stop=early_stop,
+                  cuda_graphs=cuda_graphs, device_positions=device_positions, workspace=workspace, schedule=schedule,
+                  eps=eps, refresh_commits_first=refresh_commits_first, decoding=decoding)
     graphed = run.graphs.enabled and run.schedule is not None and not run.block_flags
     for b in range(run.n_blocks):
         stop, all_done = run.before_block(b)

@@ -26,13 +26,11 @@ from typing import Callable, List, Optional, Sequence
 
 import torch
 
-from llada_triton.models.family import family_of, forward_hidden, new_cache
+from llada_triton.models.family import forward_hidden, new_cache
 from llada_triton.models.ops import REFERENCE_OPS, Ops
-from .cache import policies_for
 from .layout import Layout, grid_key_end
-from .generate import grid_layout, pad_prompts
-from .schedule import linear_schedule
-from .step import Graphs, TransferRule, check_ops, check_options, prompt_rows
+from .generate import pad_prompts
+from .step import Graphs, TransferRule, check_ops, prompt_rows, setup_decode
 
 __all__ = ["run_many", "RunResult"]
 
@@ -50,8 +48,8 @@ class RunResult:
 class _Slots:
     """``S`` sequences in flight: their tokens, blocks, steps and cache rows (see the module docstring)."""
 
-    def __init__(self, params, cfg, rule: TransferRule, ops, *, slots, width, gen_length, block_length, steps,
-                 early_stop, layout: Optional[Layout] = None, decoding=None):
+    def __init__(self, params, cfg, rule: TransferRule, ops, counts: Optional[list], *, slots, width, gen_length,
+                 block_length, early_stop, layout: Optional[Layout] = None, decoding=None):
         self.params, self.cfg, self.rule, self.ops, self.early_stop = params, cfg, rule, ops, early_stop
         self.layout, self.decoding = layout, decoding  # a decoding option's grid (LLaDA2), or LLaDA's layout
         self.edits = decoding is not None and decoding.edits  # LLaDA2.1 rewrites committed tokens
@@ -69,12 +67,9 @@ class _Slots:
         self.blk, self.step, self.nfe = (torch.zeros(slots, **i64) for _ in range(3))
         self.active = torch.zeros(slots, dtype=torch.bool, device=device)
         self.cache = new_cache(cfg, R, self.T, device=device, dtype=params.dtype)
-        if decoding is None:
-            sched = (family_of(cfg).schedule or linear_schedule)(block_length, steps // (gen_length // block_length))
-        else:
-            sched = decoding.schedule(block_length, steps, gen_length)
+        if decoding is not None:
             self.state = decoding.new_state(slots, device)
-        sched = [] if sched is None else list(sched)  # LLaDA2.1: a fixed budget, no schedule
+        sched = [] if counts is None else list(counts)  # no schedule: the rule decides (threshold, LLaDA2.1, ...)
         self.spb = len(sched)
         self.sched = torch.tensor(sched + [0], **i64)  # steps past the schedule commit nothing
         self.ar2 = torch.arange(2 * block_length, device=device)
@@ -201,28 +196,20 @@ def run_many(params, cfg, prompts: Sequence[Sequence[int]], *, slots: int,
     width = max([block_length if isinstance(block_length, int) else 1] + [len(p) for p in rows])
     tokens, _ = pad_prompts([[cfg.pad_token_id] * (width - len(p)) + p for p in rows], cfg, device="cpu")
     pads = [width - len(p) for p in rows]
-    # block 0 at column >= Lb: its previous block is prompt
-    layout = None if decoding is None else grid_layout(decoding, rows, cfg, gen_length, block_length, steps, "cpu",
-                                                       min_first=block_length)
-    check_options(cfg, tokens, torch.tensor(pads), gen_length=gen_length, block_length=block_length, steps=steps,
-                  temperature=temperature, remasking=remasking, threshold=threshold, factor=factor,
-                  cfg_scale=cfg_scale, cache="block", seed=seed, policies=policies_for(cfg),
-                  width=None if layout is None else layout.width)
+    # a decoding's grid puts block 0 at column >= Lb: its previous block is prompt
+    layout, rule, counts, early_stop = setup_decode(
+        cfg, tokens, torch.tensor(pads), decoding=decoding, gen_length=gen_length, block_length=block_length,
+        steps=steps, cache="block", early_stop=early_stop, temperature=temperature, remasking=remasking,
+        threshold=threshold, factor=factor, cfg_scale=cfg_scale, seed=seed, logits_eos_inf=logits_eos_inf,
+        confidence_eos_eot_inf=confidence_eos_eot_inf, min_first=block_length)
     if layout is not None:
-        decoding.check_driver_options(cache="block", remasking=remasking, threshold=threshold, factor=factor,
-                                      cfg_scale=cfg_scale, schedule=None, logits_eos_inf=logits_eos_inf,
-                                      confidence_eos_eot_inf=confidence_eos_eot_inf)
         tokens, pads, width = layout.tokens, layout.pad.tolist(), layout.first
-    if early_stop is None:
-        early_stop = True if decoding is None else decoding.stops_at_eos
     if cuda_graphs and params.device.type != "cuda":
         raise ValueError(f"cuda_graphs=True needs params on a CUDA device, not {params.device}")
-    rule = TransferRule.from_options(cfg, temperature=temperature, remasking=remasking, threshold=threshold,
-                                     factor=factor, cfg_scale=cfg_scale, seed=seed, logits_eos_inf=logits_eos_inf,
-                                     confidence_eos_eot_inf=confidence_eos_eot_inf)
     graphs = Graphs(bool(cuda_graphs) and rule.fixed_work)
-    st = _Slots(params, cfg, rule, ops, slots=slots, width=width, gen_length=gen_length, block_length=block_length,
-                steps=steps, early_stop=early_stop, layout=layout, decoding=decoding)
+    st = _Slots(params, cfg, rule, ops, counts, slots=slots, width=width, gen_length=gen_length,
+                block_length=block_length, early_stop=True if early_stop is None else early_stop, layout=layout,
+                decoding=decoding)
     out = RunResult(tokens=[None] * len(rows), nfe=[0] * len(rows), edits=[0] * len(rows) if st.edits else None)
     owner = [-1] * slots
     pending = list(range(len(rows)))[::-1]

@@ -2,12 +2,14 @@
 Fast-dLLM's Dream threshold carry (a family may bring its own through ``Family.schedule``)."""
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 import torch
 
 from llada_triton.models.dream import dream_step_fractions, dream_transfer_counts  # Dream's schedule (its family's)
 
 __all__ = ["num_transfer_tokens", "linear_schedule", "dream_step_fractions", "dream_transfer_counts",
-           "CarrySchedule"]
+           "block_counts", "CarrySchedule"]
 
 
 def num_transfer_tokens(block_masked: torch.Tensor, steps: int) -> torch.Tensor:
@@ -31,6 +33,23 @@ def linear_schedule(n_masked: int, steps: int) -> list:
     schedule (the drivers call it with the block length: every block starts fully masked). A model family may
     replace it through ``Family.schedule`` (same signature)."""
     return num_transfer_tokens(torch.ones(1, n_masked, dtype=torch.bool), steps)[0].tolist()
+
+
+def block_counts(schedule: Optional[str], family_schedule: Optional[Callable], Lb: int, spb: int, eps: float,
+                 refresh_commits_first: bool) -> list:
+    """A block's tokens per step (host ints; every block starts fully masked): ``schedule`` None is the model
+    family's (``family_schedule``, else LLaDA's linear one cut at ``Lb`` steps), ``"linear"`` LLaDA's, ``"dream"``
+    Dream's float32 one over all ``spb`` steps (its 0-token steps are model calls too) with ``eps``. With
+    ``refresh_commits_first`` the first step commits one position and the rest follow from step 1."""
+    first = 1 if refresh_commits_first else 0
+    if schedule == "dream":
+        rest = dream_transfer_counts(Lb - first, spb, eps, first=first)
+    else:
+        hook = linear_schedule if schedule == "linear" or family_schedule is None else family_schedule
+        rest = list(hook(Lb - first, spb - first))
+        if hook is linear_schedule:
+            rest = rest[:Lb - first]
+    return [1] * first + rest
 
 
 class CarrySchedule:

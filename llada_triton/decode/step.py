@@ -3,8 +3,8 @@
 A decoding step is: the cache policy's forward (:mod:`.cache`) -> the block's final hidden states ->
 :meth:`TransferRule.sample` (the LM head: sampled token and confidence per position, ``Ops.head``) ->
 :meth:`TransferRule.commit` (which masked positions to commit and the write into the token buffer,
-``Ops.commit`` or ``Ops.select``). Also here: the option checks both entry points run before any compute
-(:func:`check_options`, :func:`prompt_rows`), the CUDA-graph cache (:class:`Graphs`) and the host flag
+``Ops.commit`` or ``Ops.select``). Also here: the setup both entry points run before any compute
+(:func:`setup_decode`: the option checks, the rule and a block's schedule; :func:`prompt_rows`), the CUDA-graph cache (:class:`Graphs`) and the host flag
 that reads early stop without stalling the GPU (:class:`HostFlag`).
 
 A new transfer rule (e.g. a family's own confidence or selection) is a :class:`TransferRule` field plus a
@@ -21,9 +21,12 @@ from typing import Optional
 import torch
 
 from llada_triton.kernels.reference import commit_step_ref
+from llada_triton.models.family import family_of
+from .cache import policies_for
+from .schedule import block_counts
 
 __all__ = ["REMASKING", "DREAM_ALGS", "SCHEDULES", "TransferRule", "masked_first", "top_candidates", "check_options",
-           "check_dream_options", "check_ops", "prompt_rows", "Graphs", "HostFlag"]
+           "check_dream_options", "setup_decode", "check_ops", "prompt_rows", "Graphs", "HostFlag"]
 
 REMASKING = ("low_confidence", "random", "maskgit_plus", "topk_margin", "entropy", "origin")
 # Dream's ``alg`` -> the confidence of its head (kernels.reference.dream_confidence_ref); origin samples by maskgit_plus
@@ -144,6 +147,45 @@ def check_dream_options(*, remasking, schedule, eps, top_p, top_k, alg_temp, thr
         raise ValueError("remasking='origin' needs schedule='dream' and no threshold or alg_temp")
     if refresh_commits_first and cache not in ("prefix", "dual"):
         raise ValueError(f"refresh_commits_first is Fast-dLLM's Dream prefix / dual cache rule, not cache={cache!r}")
+
+
+def setup_decode(cfg, tokens, pad, *, decoding, gen_length, block_length, steps, cache, early_stop, temperature,
+                 remasking, threshold, factor, cfg_scale, seed, logits_eos_inf, confidence_eos_eot_inf, schedule=None,
+                 eps=1e-3, top_p=None, top_k=None, alg_temp=None, refresh_commits_first=False, min_first=0):
+    """What ``generate`` and ``run_many`` set up before any compute, from their options and the left-padded prompts
+    ``tokens`` / ``pad``: every option checked (a one-line error naming the argument), then ``(layout, rule,
+    counts, early_stop)``: a ``decoding``'s block grid (block 0 at column ``>= min_first``; None without a
+    decoding), the :class:`TransferRule`, a block's per-step counts (host ints; None where the rule decides:
+    threshold, factor, LLaDA2.1) and ``early_stop`` defaulted by the decoding (else left None)."""
+    layout = None
+    if decoding is not None:  # its own ints and block grid first: the grid's width bounds the sequence
+        decoding.check(gen_length=gen_length, block_length=block_length, steps=steps)
+        rows = [r[p:] for r, p in zip(tokens.tolist(), pad.tolist())]
+        layout = decoding.layout(rows, cfg, gen_length, block_length, tokens.device, min_first=min_first)
+    check_options(cfg, tokens, pad, gen_length=gen_length, block_length=block_length, steps=steps,
+                  temperature=temperature, remasking=remasking, threshold=threshold, factor=factor,
+                  cfg_scale=cfg_scale, cache=cache, seed=seed, policies=policies_for(cfg),
+                  width=None if layout is None else layout.width)
+    if decoding is not None:
+        decoding.check_driver_options(cache=cache, remasking=remasking, threshold=threshold, factor=factor,
+                                      cfg_scale=cfg_scale, schedule=schedule, logits_eos_inf=logits_eos_inf,
+                                      confidence_eos_eot_inf=confidence_eos_eot_inf,
+                                      refresh_commits_first=refresh_commits_first)
+        early_stop = decoding.stops_at_eos if early_stop is None else early_stop
+    check_dream_options(remasking=remasking, schedule=schedule, eps=eps, top_p=top_p, top_k=top_k, alg_temp=alg_temp,
+                        threshold=threshold, factor=factor, cfg_scale=cfg_scale,
+                        confidence_eos_eot_inf=confidence_eos_eot_inf, refresh_commits_first=refresh_commits_first,
+                        cache=cache, batch=tokens.shape[0], block_length=block_length, gen_length=gen_length)
+    rule = TransferRule.from_options(cfg, temperature=temperature, remasking=remasking, threshold=threshold,
+                                     factor=factor, cfg_scale=cfg_scale, seed=seed, logits_eos_inf=logits_eos_inf,
+                                     confidence_eos_eot_inf=confidence_eos_eot_inf, top_p=top_p, top_k=top_k,
+                                     alg_temp=alg_temp)
+    if decoding is not None:
+        counts = decoding.schedule(block_length, steps, gen_length)
+    else:
+        counts = block_counts(schedule, family_of(cfg).schedule, block_length, steps // (gen_length // block_length),
+                              eps, refresh_commits_first) if rule.scheduled else None
+    return layout, rule, counts, early_stop
 
 
 def top_candidates(conf: torch.Tensor, masked: torch.Tensor, k: int) -> torch.Tensor:
