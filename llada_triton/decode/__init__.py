@@ -7,7 +7,8 @@ Module map (where a decoding step goes):
 * :mod:`.cache`: the cache policies (``none | prefix | dual | block``): what a step feeds the model and what it
   keeps; each says whether it supports CUDA graphs and whether early stop is on by default.
 * :mod:`.step`: the step machinery both drivers share: :class:`TransferRule` (LM head via ``Ops.head``,
-  then selection and commit via ``Ops.commit`` / ``Ops.select``), the option checks, :class:`Graphs`.
+  then selection and commit via ``Ops.commit`` / ``Ops.select``), their setup (``setup_decode``: option
+  checks, rule, schedule), :class:`Graphs`.
 * :mod:`.schedule`: how many tokens each step commits (the linear schedule; Dream's float32 one; Fast-dLLM's
   Dream threshold carry).
 * :mod:`.llada2`: LLaDA2.0 / 2.1's official decoders as ``generate`` options (``decoding=Llada2Decoding(...)`` /
@@ -21,7 +22,9 @@ Where a new model family plugs in: the driver calls the model only through
 :func:`llada_triton.models.forward_hidden` and :func:`llada_triton.models.new_cache`, which dispatch on the
 config's family (:mod:`llada_triton.models.family`). A family's own decoding plugs into the same record:
 ``Family.policies`` (a :class:`~.cache.CachePolicy` subclass by name, e.g. shifted logits) and
-``Family.schedule`` (per-step counts); a new selection rule is a :class:`TransferRule` field.
+``Family.schedule`` (per-step counts); a new selection rule is a :class:`TransferRule` field; a family's own
+official decoder is a ``decoding=`` object with the hooks of :class:`Llada2Decoding` (grid, schedule, commit,
+block end, answers).
 """
 from .cache import POLICIES, CachePolicy, StepContext, policies_for
 from .generate import BlockEvent, GenerateResult, StepEvent, Workspace, generate, generate_stream, pad_prompts

@@ -349,8 +349,9 @@ class _Decode:
                 return True  # every row had finished: this step committed nothing and is not reported
             yield self.event(b, i, committed.clone(), blk.clone(), conf.clone(), self.buf.nfe.clone())
             i += 1
-            if self.block_flags:  # every row done or its block over
-                self.flags[i % 2].put((self.buf.done | self.decoding.block_over(self.cfg, self.buf.state, blk)).all())
+            if self.block_flags:  # the block ends once every row is done or over with it
+                over = self.decoding.block_over(self.cfg, self.buf.state, blk)
+                self.flags[i % 2].put((self.buf.done | over).all())
         return False
 
     def more_steps(self, b: int, i: int) -> bool:

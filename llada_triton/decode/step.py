@@ -3,9 +3,11 @@
 A decoding step is: the cache policy's forward (:mod:`.cache`) -> the block's final hidden states ->
 :meth:`TransferRule.sample` (the LM head: sampled token and confidence per position, ``Ops.head``) ->
 :meth:`TransferRule.commit` (which masked positions to commit and the write into the token buffer,
-``Ops.commit`` or ``Ops.select``). Also here: the setup both entry points run before any compute
-(:func:`setup_decode`: the option checks, the rule and a block's schedule; :func:`prompt_rows`), the CUDA-graph cache (:class:`Graphs`) and the host flag
-that reads early stop without stalling the GPU (:class:`HostFlag`).
+``Ops.commit`` or ``Ops.select``), or a ``decoding=`` option's own ``commit`` (LLaDA2.x: the hooks listed in
+:class:`llada_triton.decode.llada2.Llada2Decoding`). Also here: the setup both entry points run before any
+compute (:func:`setup_decode`: the option checks, a decoding's grid, the rule and a block's schedule;
+:func:`prompt_rows`), the CUDA-graph cache (:class:`Graphs`) and the host flag that reads early stop without
+stalling the GPU (:class:`HostFlag`).
 
 A new transfer rule (e.g. a family's own confidence or selection) is a :class:`TransferRule` field plus a
 branch in :meth:`TransferRule.commit`'s rule choice and the ``Ops.select`` / ``Ops.commit`` kernels.
