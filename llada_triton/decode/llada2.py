@@ -78,7 +78,7 @@ class Llada2Decoding:
     (it rewrites committed tokens: the head runs on every row and the results count edits); the per-row device
     state :meth:`new_state`, :meth:`reset_state` (a batch), :meth:`reset_row` (a refilled slot),
     :meth:`new_block`; each step :meth:`commit`, then :meth:`block_over`; the results :meth:`answers`,
-    :meth:`edit_counts`. None syncs the host."""
+    :meth:`edit_counts`. No per-step hook syncs the host."""
     threshold: float = 0.95
     minimal_topk: int = 1
     eos_early_stop: bool = False
