@@ -61,6 +61,11 @@ def test_bad_input():
     for bad in (-0.5, float("nan")):
         with pytest.raises(ValueError, match="cfg_scale"):
             run_many(params, cfg, PROMPTS, slots=2, cfg_scale=bad, **OPTS)
+    # the Dream option checks are generate's (setup_decode): origin needs Dream's schedule, which run_many lacks
+    with pytest.raises(ValueError, match="remasking='origin' needs schedule='dream'"):
+        run_many(params, cfg, PROMPTS, slots=2, remasking="origin", **OPTS)
+    with pytest.raises(ValueError, match="remasking='entropy' takes no cfg_scale"):
+        run_many(params, cfg, PROMPTS, slots=2, remasking="entropy", cfg_scale=1.0, **OPTS)
 
 
 @pytest.mark.gpu
