@@ -4,6 +4,7 @@ measured roofline, the CUDA-graph timer and the timing window of decode steps. I
 module level."""
 from __future__ import annotations
 
+import statistics
 import time
 
 LLADA_8B = dict(d_model=4096, n_heads=32, n_kv_heads=32, n_layers=32, mlp_hidden_size=12288, vocab_size=126464,
@@ -139,10 +140,32 @@ def graph_time_us(fn_per_set, n_sets: int, min_calls: int = 32, replays: int = 1
     return sorted(times)[len(times) // 2]
 
 
-def measure_roofline(copy_bytes: int = 1 << 30, device="cuda"):
-    """``(copy bytes/s, bf16 matmul FLOP/s)``: a device-to-device copy of ``copy_bytes`` (bytes read + written;
-    graph replays after 0.5 s of copies, since memory clocks idle low) and a bf16 8192^3 matmul (do_bench).
-    On the CPU (script checks): a 4 MB copy and a 256^3 fp32 matmul, wall clock (numbers meaningless)."""
+def eager_time_us(fn, device, calls: int) -> float:
+    """Median us of ``calls`` eager calls of ``fn`` after one warm-up call: CUDA events on a GPU, the wall clock
+    else (for work a CUDA graph cannot hold, such as host syncs)."""
+    import torch
+
+    fn()
+    device_sync(device)
+    times = []
+    for _ in range(calls):
+        if str(device).startswith("cuda"):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b) * 1e3)
+        else:
+            t = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t) * 1e6)
+    return statistics.median(times)
+
+
+def measure_copy_bandwidth(copy_bytes: int = 1 << 30, device="cuda") -> float:
+    """Bytes/s (read + written) of a device-to-device copy of ``copy_bytes``: graph replays after 0.5 s of copies,
+    since memory clocks idle low. On the CPU (script checks): a 4 MB copy, wall clock (meaningless)."""
     import torch
 
     if not str(device).startswith("cuda"):
@@ -150,24 +173,31 @@ def measure_roofline(copy_bytes: int = 1 << 30, device="cuda"):
         b = torch.empty_like(a)
         t = time.perf_counter()
         b.copy_(a)
-        bw = 2 * a.numel() * 4 / (time.perf_counter() - t)
-        x = torch.randn(256, 256)
-        t = time.perf_counter()
-        x @ x
-        return bw, 2 * 256 ** 3 / (time.perf_counter() - t)
-    from triton.testing import do_bench
-
+        return 2 * a.numel() * 4 / (time.perf_counter() - t)
     x = torch.empty(copy_bytes // 2, dtype=torch.bfloat16, device="cuda").normal_()
     y = torch.empty_like(x)
     t0 = time.time()
     while time.time() - t0 < 0.5:
         y.copy_(x)
         torch.cuda.synchronize()
-    bw = 2 * copy_bytes / (graph_time_us(lambda i: y.copy_(x), 1, min_calls=8, replays=15) * 1e-6)
-    del x, y
+    return 2 * copy_bytes / (graph_time_us(lambda i: y.copy_(x), 1, min_calls=8, replays=15) * 1e-6)
+
+
+def measure_roofline(copy_bytes: int = 1 << 30, device="cuda"):
+    """``(copy bytes/s, bf16 matmul FLOP/s)``: :func:`measure_copy_bandwidth` and a bf16 8192^3 matmul (do_bench).
+    On the CPU (script checks): a 256^3 fp32 matmul, wall clock (meaningless)."""
+    import torch
+
+    bw = measure_copy_bandwidth(copy_bytes, device)
+    if not str(device).startswith("cuda"):
+        x = torch.randn(256, 256)
+        t = time.perf_counter()
+        x @ x
+        return bw, 2 * 256 ** 3 / (time.perf_counter() - t)
+    from triton.testing import do_bench
+
     m = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    flops = 2 * 8192 ** 3 / (do_bench(lambda: m @ m, warmup=10, rep=50) * 1e-3)
-    return bw, flops
+    return bw, 2 * 8192 ** 3 / (do_bench(lambda: m @ m, warmup=10, rep=50) * 1e-3)
 
 
 def timed_window(stream, n_steps, sync, clock=time.perf_counter):

@@ -38,17 +38,15 @@ import argparse
 import csv
 import gc
 import os
-import statistics
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 for _p in (ROOT, os.path.join(ROOT, "scripts")):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from _bench import (SHAPES, device_sync, graph_time_us, measure_roofline, random_params, small_config,  # noqa: E402
-                    timed_window)
+from _bench import (SHAPES, device_sync, eager_time_us, graph_time_us, measure_roofline, random_params,  # noqa: E402
+                    small_config, timed_window)
 import cliutil  # noqa: E402
 from _block_step import make_block_step, step_cost, uniform_touched  # noqa: E402
 from provenance import environment  # noqa: E402
@@ -172,28 +170,6 @@ def time_decode(params, cfg, ops, *, policy, B, P, G, Lb, graphs, timed_steps):
     return run(n)
 
 
-def _eager_seconds(fn, device, calls: int) -> float:
-    """Median seconds of ``calls`` eager calls after one warm-up call (CUDA events on a GPU, wall clock else)."""
-    import torch
-
-    fn()
-    device_sync(device)
-    times = []
-    for _ in range(calls):
-        if str(device).startswith("cuda"):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b) * 1e-3)
-        else:
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def time_block_step(params, cfg, ops, *, B, P, G, Lb, at, graphs, calls):
     """One MoE configuration: ``(seconds per step, calls timed, timing, note, step)`` of the block-cache step
     (scripts/_block_step.py). ``graphs``: replays of a CUDA graph of ``calls`` steps (median of 5 replays); a
@@ -209,9 +185,9 @@ def time_block_step(params, cfg, ops, *, B, P, G, Lb, at, graphs, calls):
             print(note, flush=True)
             _fresh_memory(params.device)
             st = make_block_step(params, cfg, ops, batch=B, prompt=P, gen=G, block=Lb, at=at)
-            return _eager_seconds(st.run, params.device, calls), calls, "eager", note, st
+            return eager_time_us(st.run, params.device, calls) * 1e-6, calls, "eager", note, st
     calls = min(calls, 3)  # the reference's per-expert loops: thousands of launches a step
-    return _eager_seconds(st.run, params.device, calls), calls, "eager", "", st
+    return eager_time_us(st.run, params.device, calls) * 1e-6, calls, "eager", "", st
 
 
 def moe_row(params, cfg, st, *, B, Lb, bw, flops):

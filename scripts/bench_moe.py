@@ -14,7 +14,7 @@ distinct experts touched are counted from the routing and reported. Providers, o
 
 Graph-capturable providers are timed as replays of a CUDA graph (``_bench.graph_time_us``); the others (host
 syncs) eagerly with CUDA events. Bytes = the touched experts' weights (3 x I x d each); GB/s and % of a
-device-to-device copy measured in the same run (``_bench.measure_roofline``). The summary table gives, per token
+device-to-device copy measured in the same run (``_bench.measure_copy_bandwidth``). The summary table gives, per token
 count, ``triton`` against the best alternative a user could call (the fastest of grouped_mm, gather-bmm and loop
 that ran) and its fraction of copy bandwidth (issue 22's fused-MoE targets: >= 1.5x and >= 80%). Rows go to
 ``<out>/bench_moe_<gpu>_<sha>.csv`` with provenance (GPU, torch / triton / CUDA versions, sha) and a markdown
@@ -29,9 +29,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import statistics
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 for _p in (ROOT, os.path.join(ROOT, "scripts")):
@@ -96,31 +94,12 @@ def _combine(y_pairs, weights, residual):
     return residual + y
 
 
-def _eager_us(fn, dry_run: bool) -> float:
-    """Median us of eager calls after one warm-up (10 on the GPU with CUDA events; 2 wall-clock in a dry run)."""
-    import torch
-    fn()
-    times = []
-    for _ in range(2 if dry_run else 10):
-        if dry_run:
-            t = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t) * 1e6)
-            continue
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) * 1e3)
-    return statistics.median(times)
-
-
 def bench_tokens(M: int, shape: dict, dev: str, dry_run: bool, gen, sweep: bool = False):
     """Rows (without provenance) of every provider at ``M`` tokens."""
     import torch
     from llada_triton.kernels import moe_experts, moe_route
     from llada_triton.kernels.reference import moe_experts_ref, moe_route_ref
+    from _bench import eager_time_us, graph_time_us
     d, inter, E = shape["d"], shape["inter"], shape["E"]
     dt = torch.float16 if dry_run else torch.bfloat16
     rnd = lambda *s, scale=1.0: (torch.randn(*s, generator=gen, device=dev) * scale).to(dt)  # noqa: E731
@@ -153,10 +132,10 @@ def bench_tokens(M: int, shape: dict, dev: str, dry_run: bool, gen, sweep: bool 
             diff = (fn().float() - ref.float()).abs().max().item()
             row["maxdiff"] = f"{diff:.3g}"
             if graph and not dry_run:
-                from _bench import graph_time_us
                 row.update(timing="cuda-graph", us=graph_time_us(lambda i: fn(), 1, min_calls=20, replays=10))
             else:
-                row.update(timing="wall" if dry_run else "eager-events", us=_eager_us(fn, dry_run))
+                us = eager_time_us(fn, dev, 2 if dry_run else 10)  # 10 calls with CUDA events; 2 wall-clock dry
+                row.update(timing="wall" if dry_run else "eager-events", us=us)
             row["gbps"] = "" if name.startswith("route") else expert_bytes / row["us"] / 1e3
         except Exception as e:  # a provider missing from this torch is a row with the error, not a gap
             row.update(timing="", us="", gbps="", error=f"{type(e).__name__}: {str(e).splitlines()[0][:160]}")
@@ -209,11 +188,11 @@ def main(out: str, tokens=(32, 256, 1024), dry_run: bool = False, seed: int = 0,
     if dry_run:
         os.environ.setdefault("TRITON_INTERPRET", "1")
     import torch
-    from _bench import measure_roofline
+    from _bench import measure_copy_bandwidth
     from provenance import environment
     dev = "cpu" if dry_run else "cuda"
     shape = TINY if dry_run else llada2_mini_layer()
-    copy_gbps = 1.0 if dry_run else measure_roofline(device=dev)[0] / 1e9
+    copy_gbps = 1.0 if dry_run else measure_copy_bandwidth(device=dev) / 1e9
     gen = torch.Generator(device=dev).manual_seed(seed)
     env = environment(dev, sha)
     if dry_run:

@@ -134,7 +134,7 @@ def test_samples_follow_the_tempered_softmax(device, T):
 @pytest.mark.parametrize("T", [0.0, 0.8])
 def test_top_p_top_k_rows(device, confidence, filt, T):
     """top-p / top-k: the rows' logits filtered as Dream (p then k), sampled with the kernel's noise; with
-    ``n_rows`` only those rows are computed."""
+    ``n_rows`` the first rows equal the reference (the rest are unspecified)."""
     M, V, D = 24, 160, 32
     h, w = _exact(M, V, D, torch.float32, device, seed=4, scale=0.5)
     kw = dict(confidence=confidence, temperature=T, seed=5, offset=3, banned_ids=(0,), **filt)

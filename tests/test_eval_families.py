@@ -59,9 +59,11 @@ def test_dream_tokens_equal_diffusion_generate(args, alg):
 
 
 @pytest.mark.parametrize("path, args, message", [
-    (LLADA2, dict(remasking="random"), r"remasking='random' is not an option of decoding=llada2 \(allowed: "),
-    (LLADA2, dict(cache="dual"), r"cache='dual' with decoding=llada2: choose one of block, none"),
-    (LLADA2, dict(cfg_scale="1"), r"cfg_scale=1.0 is not an option of decoding=llada2; "),
+    (LLADA2, dict(remasking="random"),
+     r"remasking='random' is not an option of LLaDA2 decoding \(allowed: 'low_confidence'"),
+    (LLADA2, dict(logits_eos_inf="1"), r"logits_eos_inf=True is not an option of LLaDA2 decoding \(allowed: False\)"),
+    (LLADA2, dict(cache="dual"), r"cache='dual' with LLaDA2 decoding; choose one of \('block', 'none'\)"),
+    (LLADA2, dict(cfg_scale="1"), r"cfg_scale=1.0 is not an option of LLaDA2 decoding \(allowed: 0.0"),
     (LLADA2, dict(minimal_topk="0"), r"minimal_topk=0 must be an int >= 1"),
     (LLADA2, dict(threshold="1.5"), r"threshold=1.5 must be a number in \[0, 1\]"),
     (LLADA2, dict(decoding="bogus"), r"decoding='bogus': choose one of llada, llada2"),
@@ -69,8 +71,9 @@ def test_dream_tokens_equal_diffusion_generate(args, alg):
     (DREAM, dict(minimal_topk="2"), r"minimal_topk=2 is not an option of decoding=llada; "),
     (DREAM, dict(remasking="low_confidence", block_length="16", top_k="5"), r"top_k=5 is not an option of remasking=low_confidence"),
     (DREAM, dict(cfg_scale="2"), r"cfg_scale=2.0 is not an option of remasking=maskgit_plus \(Dream\)"),
-    (DREAM, dict(block_length="8"), r"block_length=8 with Dream's cache='none' \(one block\)"),
+    (DREAM, dict(block_length="8"), r"cache='none' decodes one block: block_length=8 must be None or 16"),
     (DREAM, dict(threshold="0.9", batch_size="2"), r"set batch_size=1, not 2"),
+    (DREAM, dict(top_p="1.5"), r"top_p=1.5 must be in \(0, 1\]"),
 ], ids=lambda v: os.path.basename(os.path.dirname(v)) if isinstance(v, str) and os.sep in v else None)
 def test_family_options_are_refused_in_one_line(path, args, message):
     with pytest.raises(ValueError, match=message):

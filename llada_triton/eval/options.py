@@ -2,18 +2,19 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
+from llada_triton.decode import POLICIES
 from llada_triton.decode.step import DREAM_ALGS as _DREAM_CONFIDENCE, REMASKING
 
-__all__ = ["EvalOptions", "parse_model_args", "MODEL_ARGS", "DREAM_ALGS", "llada2_decoding"]
+__all__ = ["EvalOptions", "parse_model_args", "MODEL_ARGS", "DREAM_ALGS", "llada2_decoding", "decode_kwargs"]
 
 _DTYPES = ("float32", "bfloat16", "float16")
 _OPS = ("reference", "triton")
-_CACHES = ("none", "prefix", "dual", "block")
-_REMASKING = REMASKING
+_CACHES = tuple(POLICIES)
 DREAM_ALGS = tuple(_DREAM_CONFIDENCE)  # Dream's ``alg``: decoded by dream_options
 _DECODINGS = ("llada", "llada2")
 
@@ -116,7 +117,9 @@ def _kind(field: dataclasses.Field) -> str:
 
 
 def _check_choices(o: EvalOptions) -> None:
-    for name, allowed in (("dtype", _DTYPES), ("ops", _OPS), ("cache", _CACHES), ("remasking", _REMASKING),
+    """The eval's own options, and the driver's choices and block arithmetic that its ``check_options`` checks
+    only once the model config and the prompts are there (here: before anything is loaded)."""
+    for name, allowed in (("dtype", _DTYPES), ("ops", _OPS), ("cache", _CACHES), ("remasking", REMASKING),
                           ("decoding", _DECODINGS)):
         value = getattr(o, name)
         if value is not None and value not in allowed:
@@ -148,6 +151,44 @@ def llada2_decoding(o: EvalOptions):
                           eos_early_stop=bool(o.eos_early_stop))
 
 
+def decode_kwargs(o: EvalOptions) -> dict:
+    """``generate`` / ``run_many`` keyword arguments of ``o``'s decoder, less ``ops`` and ``cuda_graphs``: LLaDA's
+    rules, LLaDA2.0's decoding object (``decoding=``) or Dream's (:func:`llada_triton.decode.dream_options`)."""
+    from llada_triton.decode import dream_options
+
+    if o.dream:
+        kw = dream_options(max_new_tokens=o.gen_length, steps=o.decode_steps, alg=o.remasking, alg_temp=o.alg_temp,
+                           temperature=o.temperature, top_p=o.top_p, top_k=o.top_k, threshold=o.threshold,
+                           cache=o.cache, block_length=o.block_length)
+    else:
+        kw = dict(gen_length=o.gen_length, block_length=o.block_length, steps=o.decode_steps, threshold=o.threshold,
+                  factor=o.factor, cfg_scale=o.cfg_scale, temperature=o.temperature, remasking=o.remasking,
+                  logits_eos_inf=o.logits_eos_inf, confidence_eos_eot_inf=o.confidence_eos_eot_inf, cache=o.cache)
+    if o.decoding == "llada2":  # the threshold belongs to LLaDA2.0's rule, not to the driver's
+        kw.update(threshold=None, decoding=llada2_decoding(o))
+    if o.early_stop is not None:
+        kw["early_stop"] = o.early_stop
+    return kw
+
+
+def _check_decoder(kw: dict, batch: int) -> None:
+    """The decoder's own checks of its keyword arguments ``kw`` (those that need no model), on ``batch`` rows."""
+    from llada_triton.decode import generate_stream
+    from llada_triton.decode.step import check_dream_options
+
+    # generate's own defaults for the options decode_kwargs leaves out
+    k = {n: p.default for n, p in inspect.signature(generate_stream).parameters.items() if p.default is not p.empty}
+    k.update(kw)
+    dec = k.pop("decoding", None)
+    if dec is not None:
+        dec.check(gen_length=k["gen_length"], block_length=k["block_length"], steps=k["steps"])
+        dec.check_driver_options(**{n: k[n] for n in ("cache", "remasking", "threshold", "factor", "cfg_scale",
+                                                      "schedule", "logits_eos_inf", "confidence_eos_eot_inf")})
+    check_dream_options(batch=batch, **{n: k[n] for n in (
+        "remasking", "schedule", "eps", "top_p", "top_k", "alg_temp", "threshold", "factor", "cfg_scale",
+        "confidence_eos_eot_inf", "refresh_commits_first", "cache", "block_length", "gen_length")})
+
+
 def _refuse(decoder: str, o: EvalOptions, names, allowed: str) -> None:
     """A one-line error for the first of ``names`` set on ``o`` (truthy) that ``decoder`` does not take."""
     bad = next((n for n in names if getattr(o, n) not in (None, False, 0.0)), None)
@@ -156,35 +197,27 @@ def _refuse(decoder: str, o: EvalOptions, names, allowed: str) -> None:
 
 
 def _check_family(o: EvalOptions, family: str) -> None:
-    """The options against the checkpoint's model family (read from config.json before loading)."""
-    dream_only = ("top_p", "top_k", "alg_temp")
-    llada2_only = ("minimal_topk", "eos_early_stop")
-    if o.decoding == "llada2":
-        if family != "llada2":
-            raise ValueError(f"model_args decoding='llada2' needs a LLaDA2 checkpoint, not family {family!r}; "
-                             "use decoding=llada")
-        if o.remasking != "low_confidence":
-            raise ValueError(f"model_args remasking={o.remasking!r} is not an option of decoding=llada2 "
-                             "(allowed: low_confidence)")
-        if o.cache not in ("block", "none"):
-            raise ValueError(f"model_args cache={o.cache!r} with decoding=llada2: choose one of block, none")
-        _refuse("decoding=llada2", o, ("factor", "cfg_scale", "logits_eos_inf", "confidence_eos_eot_inf")
-                + dream_only, "its threshold is threshold=, its top-k floor minimal_topk=")
-        llada2_decoding(o).check(gen_length=o.gen_length, block_length=o.block_length, steps=o.decode_steps)
-        return
-    _refuse("decoding=llada", o, llada2_only, "use decoding=llada2 (LLaDA2 checkpoints)")
+    """The options against the checkpoint's model family (read from config.json before loading), then the
+    decoder's own checks (:func:`_check_decoder`) with their messages. Refused here: what only the flat
+    ``model_args`` namespace can get wrong, and the options the driver's grouped messages would not name."""
+    if o.decoding == "llada2" and family != "llada2":
+        raise ValueError(f"model_args decoding='llada2' needs a LLaDA2 checkpoint, not family {family!r}; "
+                         "use decoding=llada")
+    if o.decoding != "llada2":  # Llada2Decoding's fields: no driver option to check them
+        _refuse("decoding=llada", o, ("minimal_topk", "eos_early_stop"), "use decoding=llada2 (LLaDA2 checkpoints)")
     if not o.dream:
-        _refuse(f"remasking={o.remasking}", o, dream_only,
+        _refuse(f"remasking={o.remasking}", o, ("top_p", "top_k", "alg_temp"),
                 f"top_p / top_k / alg_temp need a Dream remasking ({', '.join(DREAM_ALGS)})")
-        return
-    _refuse(f"remasking={o.remasking} (Dream)", o, ("factor", "cfg_scale", "confidence_eos_eot_inf"),
-            "Dream's decoders take threshold, temperature, top_p, top_k, alg_temp")
-    if o.cache == "none" and o.block_length != o.gen_length:
-        raise ValueError(f"model_args block_length={o.block_length} with Dream's cache='none' (one block): "
-                         f"leave it unset or set it to gen_length={o.gen_length}")
-    if o.cache == "none" and o.threshold is not None and o.batch_size != 1:
-        raise ValueError(f"model_args threshold with Dream's cache='none' (Fast-dLLM's carry schedule) decodes one "
-                         f"prompt at a time: set batch_size=1, not {o.batch_size}")
+    else:
+        _refuse(f"remasking={o.remasking} (Dream)", o, ("factor", "cfg_scale", "confidence_eos_eot_inf"),
+                "Dream's decoders take threshold, temperature, top_p, top_k, alg_temp")
+        if o.cache == "none" and o.threshold is not None and o.batch_size != 1:  # the decoder's batch is a chunk
+            raise ValueError(f"model_args threshold with Dream's cache='none' (Fast-dLLM's carry schedule) decodes "
+                             f"one prompt at a time: set batch_size=1, not {o.batch_size}")
+    try:
+        _check_decoder(decode_kwargs(o), o.batch_size)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"model_args {e}") from None
 
 
 def _with_family_defaults(o: EvalOptions, family: str) -> EvalOptions:

@@ -17,6 +17,7 @@ skipped, then cut before the earliest ``until`` stop string (what lm-eval's mode
 """
 from __future__ import annotations
 
+import bisect
 import logging
 import time
 from collections import defaultdict
@@ -27,7 +28,7 @@ import torch
 from llada_triton.models.chat import strip_answer
 from .distributed import Dist, check_world_size, gather_results, init_distributed, shard_indices
 from .likelihood import greedy_suffix_match, mc_loglikelihood, request_seed
-from .options import EvalOptions, llada2_decoding
+from .options import EvalOptions, decode_kwargs
 
 __all__ = ["EvalRunner", "cut_at_stops", "combine_stats"]
 
@@ -90,15 +91,20 @@ class EvalRunner:
         return list(self.tokenizer(text, add_special_tokens=add)["input_ids"])
 
     def _prompt_room(self) -> int:
-        """The longest prompt that fits ``max_sequence_length`` with ``gen_length``. LLaDA2's absolute grid
-        (``decoding=llada2``) needs the prompt's whole blocks plus up to ``ceil((B - 1 + G) / B)`` blocks, whatever
-        the prompts it is batched with (their grids share columns); the slot runner puts block 0 at column >= B."""
+        """The longest prompt that fits ``max_sequence_length`` with ``gen_length``. On a decoding's own block grid
+        (``decoding=llada2``) the widest batch it can be in decides: its layout beside a prompt that ends one token
+        short of a block (the longest overhang), block 0 at column >= B in the slot runner (as ``run_many``)."""
         o, M = self.opts, self.cfg.max_sequence_length
-        if o.decoding != "llada2":
+        dec = decode_kwargs(o).get("decoding")
+        if dec is None:
             return M - o.gen_length
-        B = o.block_length
-        whole = (M - -(-(o.gen_length + B - 1) // B) * B) // B  # whole prompt blocks that fit before the tail
-        return whole * B + B - 1 if whole >= (1 if o.slots else 0) else 0
+        B, tok = o.block_length, self.cfg.pad_token_id
+
+        def too_wide(p: int) -> bool:  # nondecreasing in p
+            lay = dec.layout([[tok] * p, [tok] * (B - 1)], self.cfg, o.gen_length, B, "cpu",
+                             min_first=B if o.slots else 0)
+            return lay.width > M
+        return max(0, bisect.bisect_left(range(M + 1), True, key=too_wide) - 1)
 
     def _fit(self, ids: List[int], room: int) -> List[int]:
         """``ids`` cut from the left to ``room`` tokens (counted in ``truncated``)."""
@@ -134,27 +140,10 @@ class EvalRunner:
         return chunks
 
     def _decode_kwargs(self) -> Dict:
-        """The driver's keyword arguments for the options' decoder: LLaDA's, LLaDA2.0's (``decoding=``) or
-        Dream's (:func:`llada_triton.decode.dream_options`)."""
-        from llada_triton.decode import dream_options
-
-        o = self.opts
-        graphs = self.dist.device.startswith("cuda") if o.cuda_graphs is None else o.cuda_graphs
-        if o.dream:
-            kw = dream_options(max_new_tokens=o.gen_length, steps=o.decode_steps, alg=o.remasking,
-                               alg_temp=o.alg_temp, temperature=o.temperature, top_p=o.top_p, top_k=o.top_k,
-                               threshold=o.threshold, cache=o.cache, block_length=o.block_length)
-        else:
-            kw = dict(gen_length=o.gen_length, block_length=o.block_length, steps=o.decode_steps,
-                      threshold=o.threshold, factor=o.factor, cfg_scale=o.cfg_scale, temperature=o.temperature,
-                      remasking=o.remasking, logits_eos_inf=o.logits_eos_inf,
-                      confidence_eos_eot_inf=o.confidence_eos_eot_inf, cache=o.cache)
-        if o.decoding == "llada2":  # the threshold belongs to LLaDA2.0's rule, not to the driver's
-            kw.update(threshold=None, decoding=llada2_decoding(o))
-        kw.update(ops=self.ops, cuda_graphs=graphs)
-        if o.early_stop is not None:
-            kw["early_stop"] = o.early_stop
-        return kw
+        """The driver's keyword arguments: the options' decoder (:func:`~llada_triton.eval.options.decode_kwargs`),
+        the ops and CUDA graphs."""
+        graphs = self.dist.device.startswith("cuda") if self.opts.cuda_graphs is None else self.opts.cuda_graphs
+        return dict(decode_kwargs(self.opts), ops=self.ops, cuda_graphs=graphs)
 
     def _run_chunk(self, prompts: List[List[int]], on_done) -> Tuple[List[List[int]], List[int], int]:
         """One chunk: (generated tokens per prompt, NFE per prompt, batched forwards)."""

@@ -95,6 +95,14 @@ def check_like(name: str, t, shape, dtype: torch.dtype, device: torch.device):
             raise ValueError(f"{name} must be {tuple(shape)} on {device}, got {tuple(t.shape)} on {t.device}")
 
 
+def check_vector(name: str, t, n: int, dtypes, device: torch.device):
+    """Raise naming the argument unless ``t`` is a ``[n]`` tensor of one of ``dtypes`` on ``device`` (norm weights,
+    biases)."""
+    check_tensor(name, t, ndim=1, dtypes=dtypes)
+    if t.shape[0] != n or t.device != device:
+        raise ValueError(f"{name} must be [{n}] on {device}, got {tuple(t.shape)} on {t.device}")
+
+
 def compile_for(kernel, signature: dict, constexprs: dict, arch: int = 90):
     """Compile a ``@triton.jit`` kernel for ``sm_<arch>`` without a GPU (ptxas ships with triton).
 

@@ -24,9 +24,8 @@ the Gumbel-max trick) and the confidence on ``p = softmax(z)``, the tempered dis
   ``sum p log p`` leaves the ``1e-10`` out, which changes the value by less than ``V * 1e-10`` (1.5e-5 at
   Dream's 152,064 ids; far below the rounding of bf16 logits).
 
-top-p / top-k need a row's sorted distribution: those calls compute the logits of the rows given (only the first
-``n_rows`` when given and not capturing a CUDA graph: the still-masked rows when the driver compacts), filter
-them with :func:`llada_triton.kernels.reference.filter_top_p_top_k_ref` and sample with the same Philox noise
+top-p / top-k need a row's sorted distribution: those calls compute the logits of all rows given (``n_rows`` is
+not read, so there is no host sync; the rows past it are unspecified, as in the kernel path), filter them with :func:`llada_triton.kernels.reference.filter_top_p_top_k_ref` and sample with the same Philox noise
 (``dream_confidence_ref(..., gumbel=philox_gumbel_ref(...))``).
 Dream's logit shift is row indexing before the head (the decoding policies hand it the rows ``i - 1``).
 Reference: :func:`llada_triton.kernels.reference.head_dream_confidence_ref`.
@@ -194,25 +193,16 @@ def _check(hidden, w_head, confidence, top_p, top_k):
         raise ValueError(f"top_k={top_k!r} must be an int >= 1")
 
 
-def _filtered(hidden, w_head, x0, conf, *, confidence, temperature, top_p, top_k, seed, offset, banned_ids,
-              n_rows, row_ids):
-    """top-p / top-k: the logits of the first ``n`` rows (``n_rows`` when given, read on the host unless a CUDA
-    graph is being captured), filtered and sampled as the reference with the kernel's Philox noise."""
-    n = hidden.shape[0]
-    if n_rows is not None and not (hidden.is_cuda and torch.cuda.is_current_stream_capturing()):
-        n = min(n, int(n_rows.reshape(())))
-    x0.zero_()  # rows >= n: unspecified (zeros here)
-    conf.zero_()
-    if n == 0:
-        return x0, conf
-    logits = hidden[:n] @ w_head.t()  # the model's logits of those rows, in the hidden dtype
+def _filtered(hidden, w_head, *, confidence, temperature, top_p, top_k, seed, offset, banned_ids, row_ids):
+    """top-p / top-k: the logits of every row (``n_rows`` is not read: no host sync; the rows past it are
+    unspecified), filtered and sampled as the reference with the kernel's Philox noise."""
+    logits = hidden @ w_head.t()  # the model's logits, in the hidden dtype
     g = None
     if temperature > 0:
-        rows = row_ids[:n] if row_ids is not None else torch.arange(n, device=hidden.device)
+        rows = row_ids if row_ids is not None else torch.arange(hidden.shape[0], device=hidden.device)
         g = philox_gumbel_ref(seed, offset, rows, w_head.shape[0])
-    x0[:n], conf[:n] = dream_confidence_ref(logits, confidence=confidence, temperature=temperature, top_p=top_p,
-                                            top_k=top_k, banned_ids=banned_ids, gumbel=g)
-    return x0, conf
+    return dream_confidence_ref(logits, confidence=confidence, temperature=temperature, top_p=top_p, top_k=top_k,
+                                banned_ids=banned_ids, gumbel=g)
 
 
 def head_dream_confidence(hidden: torch.Tensor, w_head: torch.Tensor, *, confidence: str = "prob",
@@ -235,9 +225,8 @@ def head_dream_confidence(hidden: torch.Tensor, w_head: torch.Tensor, *, confide
     conf = torch.empty(M, dtype=torch.float32, device=hidden.device)
     nr, rid, rows_ce = rows_args(M, hidden.device, n_rows, row_ids, x0)
     if (top_p is not None and top_p < 1) or top_k is not None:
-        return _filtered(hidden, w_head, x0, conf, confidence=confidence, temperature=float(temperature),
-                         top_p=top_p, top_k=top_k, seed=seed, offset=offset, banned_ids=banned_ids,
-                         n_rows=n_rows, row_ids=row_ids)
+        return _filtered(hidden, w_head, confidence=confidence, temperature=float(temperature), top_p=top_p,
+                         top_k=top_k, seed=seed, offset=offset, banned_ids=banned_ids, row_ids=row_ids)
     if M == 0:
         return x0, conf
     return _launch(hidden, w_head, x0, conf, nr, rid, rows_ce, sa, confidence, float(temperature), config)

@@ -18,8 +18,9 @@ import torch
 import triton
 import triton.language as tl
 
-from llada_triton.kernels._common import (DTYPES, as_rows, cdiv, check_like, check_tensor, clamp_pow2, dot_flags,
-                                          gdc_wait_and_release, is_interpreter, memo_config, next_pow2, gdc_options)
+from llada_triton.kernels._common import (DTYPES, as_rows, cdiv, check_like, check_tensor, check_vector, clamp_pow2,
+                                          dot_flags, gdc_options, gdc_wait_and_release, is_interpreter, memo_config,
+                                          next_pow2)
 from llada_triton.kernels.norm import launch_rms_norm
 from llada_triton.kernels.reference import check_eps
 
@@ -321,10 +322,7 @@ def launch_linear(act: torch.Tensor, w: torch.Tensor, residual: Optional[torch.T
 def norm_target(norm_weight, eps, like: torch.Tensor, norm_out):
     """Validate a fused RMSNorm's arguments; return ``(weight, eps, y)`` with ``y`` shaped like ``like``."""
     d = like.shape[-1]
-    check_tensor("norm_weight", norm_weight, ndim=1, dtypes=DTYPES)
-    if norm_weight.shape[0] != d or norm_weight.device != like.device:
-        raise ValueError(f"norm_weight must be [{d}] on {like.device}, got {tuple(norm_weight.shape)} "
-                         f"on {norm_weight.device}")
+    check_vector("norm_weight", norm_weight, d, DTYPES, like.device)
     eps = check_eps(eps)
     y_dtype = torch.promote_types(norm_weight.dtype, like.dtype)
     check_like("norm_out", norm_out, like.shape, y_dtype, like.device)

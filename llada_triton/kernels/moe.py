@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from llada_triton.kernels._common import (DTYPES, cdiv, check_like, check_tensor, clamp_pow2, dot_flags, is_interpreter,
-                                          memo_config, next_pow2)
+                                          check_vector, memo_config, next_pow2)
 from llada_triton.kernels.gemm import acc_zeros, dot_loop, dot_step, load_k
 from llada_triton.kernels.mlp import silu_times
 from llada_triton.kernels.reference import check_moe_route_args
@@ -373,10 +373,7 @@ def moe_route(x: torch.Tensor, router_w: torch.Tensor, expert_bias: Optional[tor
     if E > MAX_EXPERTS:
         raise ValueError(f"router_w has {E} experts; at most {MAX_EXPERTS} are supported")
     if expert_bias is not None:
-        check_tensor("expert_bias", expert_bias, ndim=1, dtypes=DTYPES)
-        if expert_bias.shape[0] != E or expert_bias.device != x.device:
-            raise ValueError(f"expert_bias must be [{E}] on {x.device}, got {tuple(expert_bias.shape)} "
-                             f"on {expert_bias.device}")
+        check_vector("expert_bias", expert_bias, E, DTYPES, x.device)
     check_moe_route_args(E, top_k, n_group, topk_group, score_func, expert_bias, routed_scaling_factor)
     weights = torch.empty((M, top_k), device=x.device, dtype=torch.float32)
     ids = torch.empty((M, top_k), device=x.device, dtype=torch.int32)

@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from llada_triton.kernels._common import (DTYPES, as_rows, cdiv, check_like, check_tensor, gdc_options, gdc_wait_and_release,
-                                          is_interpreter, memo_config, next_pow2)
+                                          check_vector, is_interpreter, memo_config, next_pow2)
 from llada_triton.kernels.reference import check_eps
 
 __all__ = ["rms_norm"]
@@ -138,9 +138,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: Option
     if x.ndim < 1 or x.shape[-1] == 0:
         raise ValueError(f"x must be [..., d] with d >= 1, got shape {tuple(x.shape)}")
     d = x.shape[-1]
-    check_tensor("weight", weight, ndim=1, dtypes=DTYPES)
-    if weight.shape[0] != d or weight.device != x.device:
-        raise ValueError(f"weight must be [{d}] on {x.device}, got {tuple(weight.shape)} on {weight.device}")
+    check_vector("weight", weight, d, DTYPES, x.device)
     y_dtype = torch.promote_types(weight.dtype, x.dtype)
     for name, t, dt in (("residual", residual, x.dtype), ("out", out, y_dtype), ("residual_out", residual_out, x.dtype)):
         check_like(name, t, x.shape, dt, x.device)

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from llada_triton.kernels._common import (DTYPES, as_rows, cdiv, check_tensor, dot_flags, gdc_options,
+from llada_triton.kernels._common import (DTYPES, as_rows, cdiv, check_tensor, check_vector, dot_flags, gdc_options,
                                           gdc_wait_and_release, is_interpreter, memo_config, next_pow2)
 from llada_triton.kernels.gemm import dot_loop
 from llada_triton.kernels.rotary import check_rope_args, qkv_rope_cache, rotate_pair
@@ -162,9 +162,7 @@ def check_proj_args(x, w_qkv, n_heads, head_dim, k_cache, bias):
                          f"D={D}; got {tuple(w_qkv.shape)} on {w_qkv.device}")
     NH = w_qkv.shape[0] // D
     if bias is not None:
-        check_tensor("bias", bias, ndim=1, dtypes=(x.dtype,))
-        if bias.shape[0] != NH * D or bias.device != x.device:
-            raise ValueError(f"bias must be [{NH * D}] on {x.device}, got {tuple(bias.shape)} on {bias.device}")
+        check_vector("bias", bias, NH * D, (x.dtype,), x.device)
     return B, T, d, H, D, NH
 
 

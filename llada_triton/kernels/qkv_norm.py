@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from llada_triton.kernels._common import (as_rows, cdiv, check_tensor, clamp_pow2, dot_flags, gdc_options,
+from llada_triton.kernels._common import (as_rows, cdiv, check_vector, clamp_pow2, dot_flags, gdc_options,
                                           gdc_wait_and_release, is_interpreter, memo_config, next_pow2)
 from llada_triton.kernels.gemm import dot_loop
 from llada_triton.kernels.qkv import cache_strides, check_proj_args, head_dest, split_out, token_positions
@@ -154,9 +154,7 @@ def _check_norms(q_norm, k_norm, D: int, x: torch.Tensor) -> bool:
         raise ValueError("q_norm and k_norm must both be given or both be None")
     for name, w in (("q_norm", q_norm), ("k_norm", k_norm)):
         if w is not None:
-            check_tensor(name, w, ndim=1, dtypes=(x.dtype,))
-            if w.shape[0] != D or w.device != x.device:
-                raise ValueError(f"{name} must be [{D}] on {x.device}, got {tuple(w.shape)} on {w.device}")
+            check_vector(name, w, D, (x.dtype,), x.device)
     return q_norm is not None
 
 
