@@ -27,7 +27,7 @@ for part in $PARTS; do case $part in
           run llada_moe_7b 80 python scripts/bench_decode.py --shape llada-moe-7b --batches 1,32 --shapes 128x256 \
             --no-reference --sha "$SHA" --out "$OUT/decode_llada_moe_7b.csv" ;;
   train)  run train_llada2_tiny 500 python scripts/train_llada2_tiny.py --config default --device cuda \
-            --out "$OUT/llada2-tiny-tasks" --time-budget 400 --workers 6
+            --out "$OUT/llada2-tiny-tasks" --time-budget 370 --workers 6
           run mul_full_steps 60 python scripts/train_llada2_tiny.py --device cuda --out "$OUT/llada2-tiny-tasks" \
             --eval-only --eval-threshold 1.0 --tasks mul --eval-per-task 200 \
             --eval-json "$OUT/llada2-tiny-tasks/eval_mul_full_steps.json" ;;

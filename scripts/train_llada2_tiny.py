@@ -28,7 +28,7 @@ exact match, forwards (NFE) and tokens per forward.
 
     python scripts/train_llada2_tiny.py --config smoke --out /tmp/l2smoke            # CPU, seconds
     python scripts/train_llada2_tiny.py --config default --device cuda --out checkpoints/llada2-tiny-tasks \\
-        --time-budget 400 --workers 6
+        --time-budget 370 --workers 6
     python scripts/train_llada2_tiny.py --out checkpoints/llada2-tiny-tasks --eval-only --eval-threshold 1.0 \\
         --tasks mul --eval-per-task 100 --eval-json /tmp/mul_full_steps.json    # the pure schedule (full steps)
 """

@@ -25,7 +25,8 @@ the Gumbel-max trick) and the confidence on ``p = softmax(z)``, the tempered dis
   Dream's 152,064 ids; far below the rounding of bf16 logits).
 
 top-p / top-k need a row's sorted distribution: those calls compute the logits of all rows given (``n_rows`` is
-not read, so there is no host sync; the rows past it are unspecified, as in the kernel path), filter them with :func:`llada_triton.kernels.reference.filter_top_p_top_k_ref` and sample with the same Philox noise
+not read, so there is no host sync; the rows past it are unspecified, as in the kernel path), filter them with
+:func:`llada_triton.kernels.reference.filter_top_p_top_k_ref` and sample with the same Philox noise
 (``dream_confidence_ref(..., gumbel=philox_gumbel_ref(...))``).
 Dream's logit shift is row indexing before the head (the decoding policies hand it the rows ``i - 1``).
 Reference: :func:`llada_triton.kernels.reference.head_dream_confidence_ref`.
