@@ -276,6 +276,8 @@ _COMPILE = textwrap.dedent("""
         k = triton.compile(src, target=GPUTarget("cuda", 90, 32),
                            options=dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"]))
         assert k.metadata.shared <= 227 * 1024, (kernel.fn.__name__, cx, k.metadata.shared)
+        # pointer-loaded weights are prefetched into L2 before the PDL wait (kernels._common.prefetch_weight_rows)
+        assert ("prefetch.global.L2" in k.asm["ptx"]) == (not cx.get("USE_TMA", False)), kernel.fn.__name__
         return k
 
     d, h = 4096, 12288

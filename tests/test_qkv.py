@@ -113,7 +113,7 @@ _COMPILE = textwrap.dedent("""
             k = compile_for(qkv._qkv_proj_rope_kernel, sig,
                             dict(D=128, HB=32, BM=32, BK=64, DYN=dyn, HAS_CACHE=cache, HAS_WF=cache, HAS_BIAS=cache,
                                  EVEN_K=True, UPCAST=False, IEEE=False, USE_GDC=True))
-            assert "griddepcontrol" in k.asm["ptx"]
+            assert "griddepcontrol" in k.asm["ptx"] and "prefetch.global.L2" in k.asm["ptx"]
     print("ok")
 """)
 

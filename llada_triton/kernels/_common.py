@@ -162,3 +162,15 @@ def gdc_wait_and_release(USE_GDC: tl.constexpr):
     if USE_GDC:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
+def prefetch_weight_rows(w_ptr, rows, stride, k0, K, USE_GDC: tl.constexpr):
+    """With PDL, called before :func:`gdc_wait_and_release`: ask L2 for the first 256 bytes from column ``k0``
+    of each weight row in ``rows`` (weights are never written by the kernel being waited for), so that the
+    first K-step does not start cold (results/decisions.md). No-op without PDL."""
+    if USE_GDC:
+        line = 1024 // w_ptr.dtype.element_ty.primitive_bitwidth        # elements of a 128-byte line
+        cols = tl.minimum(k0 + tl.arange(0, 2) * line, K - 1)
+        ptrs = w_ptr + rows.to(tl.int64)[:, None] * stride + cols[None, :]
+        tl.inline_asm_elementwise("prefetch.global.L2 [$1];", "=r,l", [ptrs], dtype=tl.int32, is_pure=False, pack=1)

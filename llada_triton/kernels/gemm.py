@@ -20,7 +20,7 @@ import triton.language as tl
 
 from llada_triton.kernels._common import (DTYPES, as_rows, cdiv, check_like, check_tensor, check_vector, clamp_pow2,
                                           dot_flags, gdc_options, gdc_wait_and_release, is_interpreter, memo_config,
-                                          next_pow2)
+                                          next_pow2, prefetch_weight_rows)
 from llada_triton.kernels.norm import launch_rms_norm
 from llada_triton.kernels.reference import check_eps
 
@@ -154,6 +154,7 @@ def _linear_kernel(
         offs_k = k_start + tl.arange(0, BK)
         a_ptrs = a_src + (offs_m % M).to(tl.int64)[:, None] * stride_am + offs_k[None, :]   # [BM, BK]
         w_ptrs = w_src + (offs_n % N).to(tl.int64)[:, None] * stride_wn + offs_k[None, :]   # [BN, BK]
+        prefetch_weight_rows(w_src, offs_n % N, stride_wn, k_start, K, USE_GDC)
     gdc_wait_and_release(USE_GDC)
     acc = acc_zeros(BM, BN, SWAP_AB)
     for k in range(0, k_len, BK):

@@ -20,7 +20,8 @@ import triton
 import triton.language as tl
 
 from llada_triton.kernels._common import (DTYPES, as_rows, cdiv, check_like, check_tensor, clamp_pow2, dot_flags, gdc_options,
-                                          gdc_wait_and_release, is_interpreter, memo_config, next_pow2)
+                                          gdc_wait_and_release, is_interpreter, memo_config, next_pow2,
+                                          prefetch_weight_rows)
 from llada_triton.kernels.gemm import (acc_zeros, dot_step, launch_linear, load_k, mma, norm_target, out_offsets, tile_offsets,
                                         tma_ok, tma_sources)
 
@@ -80,6 +81,8 @@ def _gate_up_silu_kernel(
         rows_w = (offs_n % H).to(tl.int64)
         g_ptrs = w_src + rows_w[:, None] * stride_wn + offs_k[None, :]                      # [BN, BK]
         u_ptrs = w_src + (rows_w + H)[:, None] * stride_wn + offs_k[None, :]                # [BN, BK]
+        prefetch_weight_rows(w_src, rows_w, stride_wn, 0, K, USE_GDC)
+        prefetch_weight_rows(w_src, rows_w + H, stride_wn, 0, K, USE_GDC)
     gdc_wait_and_release(USE_GDC)
     if ONE_DOT:                          # the gate and up boxes land as one [2 BN, BK] tile
         acc = tl.zeros((BM, 2 * BN), dtype=tl.float32)

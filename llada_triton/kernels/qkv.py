@@ -18,7 +18,8 @@ import triton
 import triton.language as tl
 
 from llada_triton.kernels._common import (DTYPES, as_rows, cdiv, check_tensor, check_vector, dot_flags, gdc_options,
-                                          gdc_wait_and_release, is_interpreter, memo_config, next_pow2)
+                                          gdc_wait_and_release, is_interpreter, memo_config, next_pow2,
+                                          prefetch_weight_rows)
 from llada_triton.kernels.gemm import dot_loop
 from llada_triton.kernels.rotary import check_rope_args, qkv_rope_cache, rotate_pair
 
@@ -91,6 +92,7 @@ def _qkv_proj_rope_kernel(
     offs_k = tl.arange(0, BK)
     x_ptrs = x_ptr + rows_x[:, None] * stride_xm + offs_k[None, :]             # [BM, BK]
     w_ptrs = w_ptr + rows_w[:, None] * stride_wn + offs_k[None, :]             # [BN, BK]
+    prefetch_weight_rows(w_ptr, rows_w, stride_wn, 0, K, USE_GDC)
     gdc_wait_and_release(USE_GDC)
     acc = dot_loop(x_ptr, x_ptrs, w_ptr, w_ptrs, K, tl.zeros((BN, BM), dtype=tl.float32), BK, EVEN_K, UPCAST, True,
                    IEEE)
