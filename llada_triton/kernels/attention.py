@@ -84,9 +84,10 @@ def _block_attn_fwd_kernel(
     d_ok = offs_d < D
     q_ptrs = q_ptr + b64 * stride_qb + t[:, None] * stride_qt + h[:, None] * stride_qh + offs_d[None, :]
 
-    gdc_wait_and_release(USE_GDC)
+    # read before the PDL wait: the key range is an input no kernel of this package writes (results/decisions.md)
     lo, ke, hi = _visible_range(kv_start_ptr, key_end_ptr, b, t, row_ok, kv_len, stride_ksb, stride_keb, stride_ket,
                                 HAS_KV_START, HAS_KEY_END)
+    gdc_wait_and_release(USE_GDC)
     q = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)       # [BM, BD]
 
     # ---- this split's share of the tiles intersecting [lo, hi). The range is known only here (on
@@ -349,6 +350,9 @@ def block_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     causal masking inside that range; softmax in fp32 (exp2, ``log2(e)`` folded into the scale).
     By contract every query sees at least one key; a row that sees none gets an output of 0 (never
     NaN). Slots outside the visible range are never read, so they may hold anything (even NaN).
+    With PDL (sm_90+, up to 64 query rows) ``kv_start`` / ``key_end`` are read before the kernel waits on the
+    previous kernel of the stream: they must not be written by a kernel of this package launched just before
+    (a torch op, or any kernel without PDL, is always safe: the next kernel starts only when it is complete).
 
     Returns: ``[B, Tq, H, D]`` contiguous, in ``q.dtype``.
     """

@@ -303,9 +303,9 @@ def launch_linear(act: torch.Tensor, w: torch.Tensor, residual: Optional[torch.T
     if split > 1 and norm is not None and N <= _FUSED_NORM_MAX:
         nw, eps, y = norm
         block = next_pow2(N)
-        _splitk_reduce_norm_kernel[(M,)](  # one program per row, latency-bound
+        _splitk_reduce_norm_kernel[(M,)](  # one program per row, latency-bound: up to 16 warps (results/decisions.md)
             partials, r, out, nw, y, M, N, float(eps), r.stride(0), out.stride(0), y.stride(0),
-            S=split, BLOCK=block, HAS_RES=has_res, num_warps=1 if is_interpreter() else min(8, max(4, block // 256)),
+            S=split, BLOCK=block, HAS_RES=has_res, num_warps=1 if is_interpreter() else min(16, max(4, block // 256)),
             **pdl,
         )
         return out
