@@ -11,9 +11,7 @@ import triton.language as tl
 
 @functools.lru_cache(maxsize=None)
 def is_interpreter() -> bool:
-    """True when kernels run under ``TRITON_INTERPRET=1`` (CPU, numpy arithmetic). Read once: triton fixes the
-    choice when it decorates the kernels (at import), so a later change of the variable would not apply
-    anyway (launchers call this a dozen times per op)."""
+    """True under ``TRITON_INTERPRET=1`` (CPU). Read once: triton fixes the choice when it decorates the kernels."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
@@ -28,14 +26,10 @@ PDL_MAX_ROWS = 64
 
 
 def gdc_options(t: torch.Tensor, rows: int) -> dict:
-    """Keyword arguments of a launch, on ``t``'s device over ``rows`` token rows, of a kernel that takes
-    ``USE_GDC``: programmatic dependent launch (PDL) on, or ``{}`` (a plain launch).
-
-    With PDL (sm_90+) a kernel may start while its predecessor is finishing; every kernel taking ``USE_GDC``
-    waits for the predecessor to complete before touching memory (:func:`gdc_wait_and_release`). Off above
-    :data:`PDL_MAX_ROWS` rows, under the interpreter, on the CPU or older GPUs, with a triton without PDL,
-    or when the environment sets ``LLADA_PDL=0`` (the switch for A/B timings).
-    """
+    """Launch keywords turning programmatic dependent launch (PDL) on for a kernel taking ``USE_GDC``, on ``t``'s
+    device over ``rows`` token rows, or ``{}``. With PDL (sm_90+) a kernel may start while its predecessor
+    finishes and waits for it in :func:`gdc_wait_and_release`. Off above :data:`PDL_MAX_ROWS` rows, under the
+    interpreter, on CPUs, older GPUs or tritons, and with ``LLADA_PDL=0`` (the A/B switch)."""
     if (rows > PDL_MAX_ROWS or is_interpreter() or t.device.type != "cuda"
             or os.environ.get("LLADA_PDL", "1") == "0" or not _HAS_GDC
             or not _sm90_or_newer(t.device.index if t.device.index is not None else torch.cuda.current_device())):
@@ -55,8 +49,7 @@ _HAS_GDC = _has_gdc()
 
 
 def memo_config(fn):
-    """Memoise a launch-config function of hashable positional arguments (shapes, dtypes, flags, devices).
-    The cached dict is never handed out: every call returns a new copy, which the caller may edit."""
+    """Memoise a launch-config function of hashable positional arguments; every call returns a new dict."""
     cached = functools.lru_cache(maxsize=4096)(fn)
 
     @functools.wraps(fn)
@@ -96,19 +89,15 @@ def check_like(name: str, t, shape, dtype: torch.dtype, device: torch.device):
 
 
 def check_vector(name: str, t, n: int, dtypes, device: torch.device):
-    """Raise naming the argument unless ``t`` is a ``[n]`` tensor of one of ``dtypes`` on ``device`` (norm weights,
-    biases)."""
+    """Raise naming the argument unless ``t`` is a ``[n]`` tensor of one of ``dtypes`` on ``device``."""
     check_tensor(name, t, ndim=1, dtypes=dtypes)
     if t.shape[0] != n or t.device != device:
         raise ValueError(f"{name} must be [{n}] on {device}, got {tuple(t.shape)} on {t.device}")
 
 
 def compile_for(kernel, signature: dict, constexprs: dict, arch: int = 90):
-    """Compile a ``@triton.jit`` kernel for ``sm_<arch>`` without a GPU (ptxas ships with triton).
-
-    Used by the CPU test suite to catch GPU-frontend errors the interpreter accepts. Must run in a
-    process where ``TRITON_INTERPRET`` is not set.
-    """
+    """Compile a ``@triton.jit`` kernel for ``sm_<arch>`` without a GPU, as the CPU tests do to catch GPU-frontend
+    errors the interpreter accepts (in a process without ``TRITON_INTERPRET``)."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
@@ -140,8 +129,8 @@ def clamp_pow2(n: int, lo: int, hi: int) -> int:
 
 
 def dot_flags(dtype: torch.dtype) -> dict:
-    """``UPCAST`` (bf16 operands to fp32: the interpreter cannot compute on bf16) and ``IEEE`` (fp32 dots without
-    TF32, as torch's default matmul) for GEMM kernels on ``dtype``."""
+    """GEMM constexprs: ``UPCAST`` (bf16 to fp32: the interpreter cannot compute on bf16) and ``IEEE`` (fp32 dots
+    without TF32, as torch's matmul)."""
     interp = is_interpreter()
     return dict(UPCAST=interp and dtype == torch.bfloat16, IEEE=dtype == torch.float32 and not interp)
 
@@ -157,8 +146,7 @@ def as_rows(name: str, t: torch.Tensor, d: int) -> torch.Tensor:
 
 @triton.jit
 def gdc_wait_and_release(USE_GDC: tl.constexpr):
-    """With PDL: wait until the previous kernel of the stream has completed (its writes visible), then
-    let the next kernel launch (it waits in turn before touching activations). No-op otherwise."""
+    """With PDL: wait for the previous kernel of the stream to complete, then let the next one launch."""
     if USE_GDC:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
@@ -166,9 +154,8 @@ def gdc_wait_and_release(USE_GDC: tl.constexpr):
 
 @triton.jit
 def prefetch_weight_rows(w_ptr, rows, stride, k0, K, USE_GDC: tl.constexpr):
-    """With PDL, called before :func:`gdc_wait_and_release`: ask L2 for the first 256 bytes from column ``k0``
-    of each weight row in ``rows`` (weights are never written by the kernel being waited for), so that the
-    first K-step does not start cold (results/decisions.md). No-op without PDL."""
+    """With PDL, before :func:`gdc_wait_and_release`: prefetch into L2 the 256 bytes from column ``k0`` of each
+    weight row in ``rows`` (no kernel writes weights), so the first K-step starts warm (results/decisions.md)."""
     if USE_GDC:
         line = 1024 // w_ptr.dtype.element_ty.primitive_bitwidth        # elements of a 128-byte line
         cols = tl.minimum(k0 + tl.arange(0, 2) * line, K - 1)

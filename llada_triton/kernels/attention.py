@@ -1,23 +1,13 @@
-"""Block attention over a KV cache with split-KV (flash-decoding) parallelism.
+""":func:`block_attention`: a block of queries attends bidirectionally to a KV cache, split-KV (flash-decoding).
 
-A block of ``Tq`` queries attends bidirectionally to the first ``kv_len`` slots of a preallocated KV
-cache (the block's own keys already written there), restricted per batch row by ``kv_start`` (left
-padding) and per query by ``key_end`` (block-causal masks). Torch meaning:
-:func:`llada_triton.kernels.reference.block_attention_ref`.
-
-Split-KV, because at batch 1 the (batch x head) tiles are far fewer than the SMs: the visible KV range of
-every (batch, kv-head, query-tile) is cut into ``n_splits`` chunks, one program each writing a partial softmax
-state ``(m, l, acc)``; a second kernel merges the partials in a fixed order (deterministic) and writes the
-output. With ``n_splits == 1`` the first kernel writes the output itself (:func:`_attention_config` chooses).
-
-GQA: the ``H // Hkv`` query heads of a kv head are packed as extra query rows of one tile (row ``r`` = query
-``r // G``, head ``kvh * G + r % G``), so every K/V tile is loaded once per kv head.
-
-CUDA graphs: the bounds are read from device memory (``kv_start``, ``key_end``), so a caller can pass
-``kv_len = T_max``; the kernel visits only the KV tiles intersecting ``[kv_start[b], max_i key_end[b, i])``,
-spread over the split programs on the device. No host synchronisation.
-
-Layout: ``[batch, tokens, heads, head_dim]``, last dim contiguous, other strides free.
+``_block_attn_fwd_kernel``, one program per (KV split, query-row tile, batch x kv head), runs an online softmax
+over its share of the key tiles that intersect the visible range, read from device memory (``kv_start``,
+``key_end``: under CUDA graphs pass ``kv_len = T_max``; no host sync). With one split it writes the output;
+otherwise partial states ``(m, l, acc)`` that ``_block_attn_merge_kernel`` merges in a fixed order
+(deterministic). Splitting pays at small batch, where (batch x head) tiles are fewer than the SMs
+(:func:`_attention_config`). GQA: the ``G = H // Hkv`` query heads of a kv head are extra rows of one tile (row
+``r`` = query ``r // G``, head ``kvh * G + r % G``), so each K/V tile is loaded once per kv head.
+Reference: :func:`llada_triton.kernels.reference.block_attention_ref`.
 """
 from __future__ import annotations
 
@@ -90,9 +80,8 @@ def _block_attn_fwd_kernel(
     gdc_wait_and_release(USE_GDC)
     q = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)       # [BM, BD]
 
-    # ---- this split's share of the tiles intersecting [lo, hi). The range is known only here (on
-    # the device), so the split of the tiles is computed here too; splits past the last tile only
-    # publish an empty partial.
+    # this split's share of the tiles intersecting [lo, hi) (known only on the device); splits past the last
+    # tile publish an empty partial
     tile_lo = lo // BLOCK_N
     tile_hi = tl.cdiv(hi, BLOCK_N)
     n_tiles = tl.maximum(tile_hi - tile_lo, 0)
@@ -133,8 +122,7 @@ def _block_attn_fwd_kernel(
         r = tl.arange(0, BLOCK_M)
         tl.store(m_part_ptr + part * BLOCK_M + r, m_i)
         tl.store(l_part_ptr + part * BLOCK_M + r, l_i)
-        # stored in full (rows that saw no key hold exact zeros), so the merge's loads are unmasked
-        # and independent of each other
+        # stored in full (rows that saw no key hold zeros): the merge's loads are unmasked and independent
         tl.store(acc_part_ptr + (part * BLOCK_M + r[:, None]) * BLOCK_D + offs_d[None, :], acc)
     else:
         o = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]     # fully masked rows: acc == 0 -> 0
@@ -183,22 +171,17 @@ def _block_attn_merge_kernel(
     tl.store(o_ptrs, o.to(o_ptr.dtype.element_ty), mask=(t < Tq)[:, None] & (offs_d < D)[None, :])
 
 
-# ----------------------------------------------------------------------------------------- launcher
 _INT_DTYPES = (torch.int32, torch.int64)
 
 
 @memo_config
 def _attention_config(B: int, Tq: int, H: int, Hkv: int, D: int, kv_len: int, device: torch.device,
                       interpret: bool) -> dict:
-    """Fixed meta-parameters as a deterministic function of the shapes (and the SM count).
-
-    ``n_splits`` is an upper bound fixed on the host from ``kv_len`` (which is ``T_max`` under CUDA
-    graphs); the kernel spreads the real range, known on the device, over them. Splitting pays only while
-    ``B * Hkv`` query-tile groups leave SMs idle, with at least 4 key tiles a split (results/decisions.md).
-    """
+    """Meta-parameters, a function of the shapes and the SM count. ``n_splits`` is an upper bound from ``kv_len``
+    (``T_max`` under CUDA graphs): splits only while ``B * Hkv`` query-tile groups leave SMs idle, with at least 4
+    key tiles each (results/decisions.md); the kernel spreads the real range over them."""
     rows = Tq * (H // Hkv)
-    if interpret:
-        # numpy vectorises inside a block and every program costs ~ms: big tiles, few programs
+    if interpret:  # the interpreter pays per program: big tiles, few programs
         block_m = min(max(16, next_pow2(rows)), 128)
         block_n = 256
         n_splits = min(2, max(1, cdiv(kv_len, block_n)))
@@ -223,19 +206,15 @@ def _attention_config(B: int, Tq: int, H: int, Hkv: int, D: int, kv_len: int, de
 
 
 def _check_inputs(q, k_cache, v_cache, kv_len, kv_start, key_end, scale):
-    """Validate the arguments of :func:`block_attention`; return ``(key strides (kv_start b, key_end b, key_end
-    t), scale)``."""
-    check_tensor("q", q, ndim=4, dtypes=DTYPES)
-    check_tensor("k_cache", k_cache, ndim=4, dtypes=DTYPES)
-    check_tensor("v_cache", v_cache, ndim=4, dtypes=DTYPES)
+    """Validate :func:`block_attention`'s arguments; return ``((kv_start b, key_end b, key_end t) strides, scale)``."""
+    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
+        check_tensor(name, t, ndim=4, dtypes=DTYPES)
     B, Tq, H, D = q.shape
     Bk, T_max, Hkv, Dk = k_cache.shape
     if k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
-        raise ValueError(f"k_cache/v_cache dtypes ({k_cache.dtype}, {v_cache.dtype}) must equal q.dtype "
-                         f"({q.dtype})")
+        raise ValueError(f"k_cache/v_cache dtypes ({k_cache.dtype}, {v_cache.dtype}) must equal q.dtype ({q.dtype})")
     if tuple(v_cache.shape) != tuple(k_cache.shape):
-        raise ValueError(f"v_cache shape {tuple(v_cache.shape)} must equal k_cache shape "
-                         f"{tuple(k_cache.shape)}")
+        raise ValueError(f"v_cache shape {tuple(v_cache.shape)} must equal k_cache shape {tuple(k_cache.shape)}")
     if Bk != B or Dk != D:
         raise ValueError(f"k_cache shape {tuple(k_cache.shape)} does not match q shape {tuple(q.shape)}: "
                          f"need [B={B}, T_max, Hkv, D={D}]")
@@ -244,9 +223,8 @@ def _check_inputs(q, k_cache, v_cache, kv_len, kv_start, key_end, scale):
     if not 16 <= D <= 256:
         raise ValueError(f"head dim D={D} not supported; allowed: 16 <= D <= 256")
     if q.device != k_cache.device or q.device != v_cache.device:
-        raise ValueError(f"q ({q.device}), k_cache ({k_cache.device}), v_cache ({v_cache.device}) "
-                         f"must be on one device")
-    if isinstance(kv_len, torch.Tensor) or isinstance(kv_len, bool) or not isinstance(kv_len, int):
+        raise ValueError(f"q ({q.device}), k_cache ({k_cache.device}), v_cache ({v_cache.device}) must share a device")
+    if isinstance(kv_len, bool) or not isinstance(kv_len, int):
         raise TypeError(f"kv_len must be a Python int (put per-row limits in key_end / kv_start), "
                         f"got {type(kv_len).__name__}")
     if not 0 <= kv_len <= T_max:
@@ -267,8 +245,7 @@ def _check_inputs(q, k_cache, v_cache, kv_len, kv_start, key_end, scale):
         elif key_end.ndim == 2 and tuple(key_end.shape) == (B, Tq):
             stride_keb, stride_ket = key_end.stride()
         else:
-            raise ValueError(f"key_end must have shape [Tq={Tq}] or [B={B}, Tq={Tq}], got "
-                             f"{tuple(key_end.shape)}")
+            raise ValueError(f"key_end must have shape [Tq={Tq}] or [B={B}, Tq={Tq}], got {tuple(key_end.shape)}")
     scale = float(1.0 / math.sqrt(D) if scale is None else scale)
     if not math.isfinite(scale):
         raise ValueError(f"scale must be a finite number, got {scale}")
@@ -277,9 +254,8 @@ def _check_inputs(q, k_cache, v_cache, kv_len, kv_start, key_end, scale):
 
 def _launch(q, k_cache, v_cache, kv_len, kv_start=None, key_end=None, scale=None, *,
             config: Optional[dict] = None, out: Optional[torch.Tensor] = None):
-    """Validate, pick meta-parameters, allocate and launch. ``config`` overrides any of ``block_m, block_n,
-    n_splits, num_warps, num_stages`` (tests run the GPU's tile shapes this way); ``out`` is a preallocated
-    output (written in full)."""
+    """:func:`block_attention` with ``config`` overriding any of ``block_m, block_n, n_splits, num_warps,
+    num_stages`` (tests run the GPU's tiles this way) and ``out`` a preallocated output."""
     key_strides, scale = _check_inputs(q, k_cache, v_cache, kv_len, kv_start, key_end, scale)
     B, Tq, H, D = q.shape
     Hkv = k_cache.shape[2]
@@ -288,13 +264,11 @@ def _launch(q, k_cache, v_cache, kv_len, kv_start=None, key_end=None, scale=None
         out = torch.empty(B, Tq, H, D, dtype=q.dtype, device=q.device)
     if out.numel() == 0:
         return out
-
     cfg = _attention_config(B, Tq, H, Hkv, D, kv_len, q.device, is_interpreter())
-    if config:
-        unknown = set(config) - set(cfg)
-        if unknown:
-            raise ValueError(f"config keys {sorted(unknown)} unknown; allowed: {sorted(cfg)}")
-        cfg.update(config)
+    unknown = set(config or ()) - set(cfg)
+    if unknown:
+        raise ValueError(f"config keys {sorted(unknown)} unknown; allowed: {sorted(cfg)}")
+    cfg.update(config or {})
     G = H // Hkv
     block_m, n_splits = cfg["block_m"], cfg["n_splits"]
     block_d = max(16, next_pow2(D))
@@ -328,32 +302,18 @@ def _launch(q, k_cache, v_cache, kv_len, kv_start=None, key_end=None, scale=None
     return out
 
 
-# ------------------------------------------------------------------------------------------- public
 def block_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, kv_len: int,
                     kv_start: Optional[torch.Tensor] = None, key_end: Optional[torch.Tensor] = None,
                     scale: Optional[float] = None) -> torch.Tensor:
-    """Bidirectional attention of a block of queries over the first ``kv_len`` slots of a KV cache.
+    """Query i of batch row b attends to cache slots ``kv_start[b] <= j < min(kv_len, key_end[(b,) i])``, with no
+    causal mask inside that range; softmax in fp32. Returns ``[B, Tq, H, D]`` contiguous, in ``q.dtype``.
 
-    Args:
-      q: ``[B, Tq, H, D]`` fp16 / bf16 / fp32 (rotated queries).
-      k_cache, v_cache: ``[B, T_max, Hkv, D]``, same dtype as ``q``, ``H % Hkv == 0`` (GQA); keys
-        already rotated; the block's own keys/values already written at their slots.
-      kv_len: Python int in ``[0, T_max]``: only slots ``[0, kv_len)`` can be attended. Under CUDA
-        graphs pass ``kv_len = T_max`` and give the real limits in ``key_end`` / ``kv_start``: KV
-        tiles outside ``[kv_start[b], max_i key_end[b, i])`` are never loaded.
-      kv_start: int32/int64 ``[B]`` or None: keys ``< kv_start[b]`` are invisible to batch row b.
-      key_end: int32/int64 ``[Tq]`` or ``[B, Tq]`` or None: query i (of batch row b) sees only keys
-        ``< key_end[(b,) i]`` (block-causal); None means all of ``[0, kv_len)``.
-      scale: softmax scale, default ``1 / sqrt(D)``.
-
-    Query i of row b attends to keys ``kv_start[b] <= j < min(kv_len, key_end[(b,) i])``, without
-    causal masking inside that range; softmax in fp32 (exp2, ``log2(e)`` folded into the scale).
-    By contract every query sees at least one key; a row that sees none gets an output of 0 (never
-    NaN). Slots outside the visible range are never read, so they may hold anything (even NaN).
-    With PDL (sm_90+, up to 64 query rows) ``kv_start`` / ``key_end`` are read before the kernel waits on the
-    previous kernel of the stream: they must not be written by a kernel of this package launched just before
-    (a torch op, or any kernel without PDL, is always safe: the next kernel starts only when it is complete).
-
-    Returns: ``[B, Tq, H, D]`` contiguous, in ``q.dtype``.
+    q: ``[B, Tq, H, D]`` fp16/bf16/fp32 (rotated queries, last dim contiguous, other strides free); k_cache,
+    v_cache: ``[B, T_max, Hkv, D]`` of q's dtype, ``H % Hkv == 0`` (GQA), rotated keys, the block's own keys and
+    values already written. kv_len: Python int in ``[0, T_max]``. kv_start: int ``[B]`` or None (left padding);
+    key_end: int ``[Tq]`` or ``[B, Tq]`` or None (block-causal masks). scale: default ``1 / sqrt(D)``.
+    Slots outside the visible range are never read (they may hold NaN); a query that sees no key gets 0. With
+    PDL (sm_90+, up to 64 query rows) ``kv_start`` / ``key_end`` are read before the wait on the previous
+    kernel, so a PDL kernel of this package launched just before must not write them (torch ops are safe).
     """
     return _launch(q, k_cache, v_cache, kv_len, kv_start, key_end, scale)

@@ -1,21 +1,17 @@
-"""Fused LM head + sampling: the sampled token and its confidence per row, from final hidden states
-(:func:`head_confidence`, ``[M, V]`` logits never materialised) or from logits already in memory
-(:func:`logits_confidence`, one read).
+"""The sampled token and its confidence per row: :func:`head_confidence` from final hidden states (LM head fused,
+``[M, V]`` logits never stored), :func:`logits_confidence` from logits in memory (one read).
 
-* ``_head_partials_kernel`` (grid ``(row tiles, vocab tiles)``) computes a ``[BLOCK_M, BLOCK_V]`` logit tile
-  with the K-steps of :mod:`llada_triton.kernels.gemm`, rounds it to the hidden dtype (as the model's logits
-  are), applies CFG, banned ids and Gumbel noise (in-kernel Philox keyed by ``(seed, offset)``, counters
-  ``(vocab id, row)``, so samples do not depend on the tiling) and reduces it to per-row partials.
-* ``_logits_partials_kernel`` (grid ``(row tiles, vocab slices)``) streams a vocab slice in tiles with an
-  online max / sum-exp / argmax, through the same epilogue (``_tile_stats``).
-* ``_head_merge_kernel`` merges the partials of each row into ``x0`` and ``conf`` (both paths).
-* Both take an optional device ``n_rows`` (programs past it exit at once: the head on the still-masked rows
-  gathered to the front) and ``row_ids`` (the Philox row counters of gathered rows).
-* Shared with the Dream head (:mod:`llada_triton.kernels.dream_head`): ``gumbel_noise``, ``head_config``,
-  ``sampling_args``, ``rows_args``.
+* ``_head_partials_kernel`` (grid ``(row tiles, vocab tiles)``): a logit tile from the K-steps of
+  :mod:`llada_triton.kernels.gemm`, rounded to the hidden dtype, reduced to per-row partials by ``_tile_stats``
+  (CFG, banned ids, in-kernel Philox Gumbel noise keyed by ``(seed, offset)`` with counters ``(vocab id, row)``,
+  so samples do not depend on the tiling).
+* ``_logits_partials_kernel`` (grid ``(row tiles, vocab slices)``): streams a vocab slice through ``_tile_stats``
+  with an online max / sum-exp / argmax.
+* ``_head_merge_kernel``: merges each row's partials into ``x0`` and ``conf`` (both paths).
+* ``gumbel_noise``, ``head_config``, ``sampling_args``, ``rows_args`` are shared with
+  :mod:`llada_triton.kernels.dream_head`.
 
-References: :func:`llada_triton.kernels.reference.head_confidence_ref`,
-:func:`llada_triton.kernels.reference.logits_confidence_ref`.
+References: :func:`llada_triton.kernels.reference.head_confidence_ref`, ``logits_confidence_ref``.
 """
 from __future__ import annotations
 
@@ -87,12 +83,10 @@ def _tile_stats(logit, v0, prow, m_ref, V, inv_temp, seed_lo, seed_hi, off_lo, o
                 ban0, ban1, ban2, ban3, nc0, nc1, nc2, nc3,
                 N_BAN: tl.constexpr, N_NC: tl.constexpr, SAMPLE: tl.constexpr, MASK_V: tl.constexpr,
                 BLOCK_V: tl.constexpr):
-    """The shared epilogue: per-row partials of one fp32 logit tile ``[BM, BV]`` whose column j is vocab
-    id ``v0 + j`` (CFG already applied; ``prow`` ``[BM]``: the Philox row counters). Applies banned ids,
-    the V edge (``MASK_V``), Gumbel noise and no_confidence ids, and returns ``(kmax, kidx, lx, m, s)``
-    ``[BM]`` each: the largest sampling key and its lowest vocab id (int32), the confidence logit at that
-    id, ``m = max(m_ref, max of the confidence logits)`` and the sum of their exp relative to ``m`` (0
-    where -inf); ``m_ref`` ``[BM]``: a running max (``-inf``: the tile's own max)."""
+    """Per-row partials of an fp32 logit tile ``[BM, BV]`` (column j = vocab id ``v0 + j``, CFG applied; ``prow``:
+    Philox row counters) after banned ids, the V edge (``MASK_V``), Gumbel noise and no_confidence ids:
+    ``(kmax, kidx, lx, m, s)``, the largest sampling key and its lowest id (int32), the confidence logit there,
+    ``m = max(m_ref, max confidence logit)`` (``m_ref``: a running max) and the sum of ``exp(l_c - m)``."""
     vcol = (v0 + tl.arange(0, BLOCK_V))[None, :]  # [1, BV]
     if N_BAN > 0:
         logit = tl.where(_in_ids(vcol, ban0, ban1, ban2, ban3, N_BAN), float("-inf"), logit)
@@ -151,7 +145,7 @@ def _head_partials_kernel(
     gdc_wait_and_release(USE_GDC)  # PDL: the hidden states (and n_rows / row_ids) come from the kernel before
     pid_m = tl.program_id(0)  # row tiles vary fastest: programs sharing a W tile run together (L2)
     pid_v = tl.program_id(1)
-    if HAS_N_ROWS:  # row tiles at or past n_rows do nothing (their rows' outputs are unspecified)
+    if HAS_N_ROWS:  # row tiles at or past n_rows do nothing (their outputs are unspecified)
         if pid_m * BLOCK_M >= tl.load(n_rows_ptr):
             return
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
@@ -299,7 +293,6 @@ def _head_merge_kernel(
     tl.store(conf_ptr + rows, conf, mask=rmask)
 
 
-# ------------------------------------------------------------------------------------ launchers
 def _i32(v: int) -> int:
     """A uint32 value as the int32 with the same bits (so the kernel argument is always i32)."""
     v &= 0xFFFFFFFF
@@ -318,12 +311,9 @@ def _id_args(name: str, ids: Sequence[int], lo: int, hi: int):
 
 def head_config(M: int, V: int, D: int, dtype: torch.dtype, cfg: bool, interpret: bool,
                  sample: bool = False) -> dict:
-    """Fixed meta-parameters per case (no autotune): a pure function of the shape and mode.
-
-    GPU choices (bf16/fp16): the T=0 configs from a sweep (scripts/bench_kernels.py) at M = 32 / 256 / 1024.
-    With Gumbel sampling the Philox epilogue needs more registers: 128x256 and 128x128 tiles spill on
-    sm_90, so sampling uses 64-wide vocab tiles above 32 rows.
-    """
+    """Meta-parameters of the head kernels, a function of the shape and mode: bf16/fp16 temperature-0 tiles from
+    a sweep at M = 32 / 256 / 1024; with sampling, 64-wide vocab tiles above 32 rows (the Philox epilogue spills
+    128x128 tiles on sm_90)."""
     if interpret:  # big blocks, small grids: numpy vectorises inside a block
         return dict(BLOCK_M=min(next_pow2(max(M, 16)), 128), BLOCK_V=min(next_pow2(max(V, 16)), 16384),
                     BLOCK_K=min(next_pow2(max(D, 16)), 128), SWAP_AB=False, num_warps=4, num_stages=1)
@@ -344,8 +334,7 @@ def head_config(M: int, V: int, D: int, dtype: torch.dtype, cfg: bool, interpret
 
 
 def sampling_args(V, temperature, seed, offset, banned_ids, no_confidence_ids) -> dict:
-    """Validated scalar kernel arguments shared by both partials kernels (Philox key / counter words,
-    special ids, 1 / T)."""
+    """Validated scalar kernel arguments of the partials kernels: 1 / T, Philox words, special ids, constexprs."""
     temperature = float(temperature)
     if not (temperature >= 0.0 and temperature < float("inf")):
         raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
@@ -361,8 +350,8 @@ def sampling_args(V, temperature, seed, offset, banned_ids, no_confidence_ids) -
 
 
 def rows_args(M, device, n_rows, row_ids, placeholder):
-    """(n_rows pointer, row_ids pointer, HAS_N_ROWS, HAS_ROW_IDS) after validation; ``placeholder`` stands in
-    for an absent pointer (never read)."""
+    """Validated ``(n_rows pointer, row_ids pointer, {HAS_N_ROWS, HAS_ROW_IDS})``; ``placeholder`` stands in for
+    an absent pointer (never read)."""
     if n_rows is not None:
         check_tensor("n_rows", n_rows, dtypes=(torch.int32, torch.int64), contiguous_last=False)
         if n_rows.numel() != 1 or n_rows.ndim > 1 or n_rows.device != device:
@@ -385,11 +374,9 @@ def _partials(M, nvt, device):
 
 
 def _merge_launch(parts, x0, conf, M, nvt, n_rows_ptr, has_n_rows, interpret, block_r=None, pdl=None):
-    """The merge kernel over ``nvt`` partials per row; ``block_r`` (tests: a config's ``BLOCK_R``) overrides
-    the rows per program."""
+    """The merge kernel over ``nvt`` partials per row; ``block_r`` (tests) overrides the rows per program."""
     BT = next_pow2(max(nvt, 2))
-    # one row a program up to 256 rows (decode blocks: enough programs to hide the partials' latency), then up
-    # to 16 rows a program
+    # one row a program up to 256 rows (enough programs to hide the partials' latency), then up to 16
     BR = min(next_pow2(max(M, 2)), 64) if interpret else (1 if M <= 256 else max(1, min(16, 4096 // BT)))
     BR = block_r or BR
     _head_merge_kernel[(cdiv(M, BR),)](
@@ -400,8 +387,8 @@ def _merge_launch(parts, x0, conf, M, nvt, n_rows_ptr, has_n_rows, interpret, bl
 
 def _prepare(M, V, x0, like_name, like, uncond_name, uncond, n_rows, row_ids, temperature, seed, offset, banned_ids,
              no_confidence_ids):
-    """The checks both launchers share: ``(cfg, sampling args, n_rows pointer, row_ids pointer, row constexprs)``;
-    the CFG branch's input (``uncond``) must have the conditional input's shape, dtype and device."""
+    """The checks both launchers share (``uncond``: the CFG input, like ``like``): ``(cfg, sampling args, n_rows
+    pointer, row_ids pointer, row constexprs)``."""
     if uncond is not None:
         check_tensor(uncond_name, uncond, ndim=2, dtypes=(like.dtype,))
         if uncond.shape != like.shape or uncond.device != like.device:
@@ -414,15 +401,12 @@ def _prepare(M, V, x0, like_name, like, uncond_name, uncond, n_rows, row_ids, te
 def _head_confidence_launch(hidden, w_head, x0, conf, *, temperature, seed, offset, banned_ids,
                             no_confidence_ids, uncond_hidden, cfg_scale, config=None, n_rows=None, row_ids=None):
     check_tensor("hidden", hidden, ndim=2, dtypes=_LOGIT_DTYPES)
-    check_tensor("w_head", w_head, ndim=2, dtypes=_LOGIT_DTYPES)
+    check_tensor("w_head", w_head, ndim=2, dtypes=(hidden.dtype,))
     M, D = hidden.shape
     V = w_head.shape[0]
-    if w_head.dtype != hidden.dtype:
-        raise ValueError(f"w_head dtype {w_head.dtype} must equal hidden dtype {hidden.dtype}")
-    if w_head.shape[1] != D:
-        raise ValueError(f"w_head must be [V, {D}] to match hidden [M, {D}], got {tuple(w_head.shape)}")
-    if w_head.device != hidden.device:
-        raise ValueError(f"w_head is on {w_head.device}, hidden on {hidden.device}")
+    if w_head.shape[1] != D or w_head.device != hidden.device:
+        raise ValueError(f"w_head must be [V, {D}] on {hidden.device} to match hidden [M, {D}], "
+                         f"got {tuple(w_head.shape)} on {w_head.device}")
     if V < 1 or V >= 2 ** 31 or D < 1:
         raise ValueError(f"need 1 <= V < 2^31 and d >= 1, got V={V}, d={D}")
     cfg, sa, nr_ptr, rid_ptr, rows_ce = _prepare(M, V, x0, "hidden", hidden, "uncond_hidden", uncond_hidden,
@@ -454,22 +438,14 @@ def _head_confidence_launch(hidden, w_head, x0, conf, *, temperature, seed, offs
     return x0, conf
 
 
-
-
 LOGITS_TARGET_PROGRAMS = 2048  # GPU: vocab slices per row tile are chosen to launch about this many programs
 
 
 def _logits_config(M: int, V: int, interpret: bool, sample: bool) -> dict:
-    """Fixed meta-parameters of the from-logits kernel (no autotune): a pure function of the shape and mode.
-
-    ``BLOCK_M`` rows x ``BLOCK_V`` vocab ids per step; each program streams ``TILES`` steps (one vocab slice
-    of ``TILES * BLOCK_V`` ids), so the partials have ``ceil(V / (TILES * BLOCK_V))`` columns per row. GPU,
-    temperature 0: the configs of a CUDA-graph sweep (below). With Gumbel sampling (not swept): 2 rows per
-    step (keeps the Philox epilogue's registers in check), ``BLOCK_V = 512`` (LLaDA's V = 126464 = 247 * 512:
-    no edge masks), ``TILES`` so that the grid has about ``LOGITS_TARGET_PROGRAMS`` programs.
-    Interpreter: big tiles, few programs (numpy vectorises inside a block).
-    """
-    if interpret:
+    """Meta-parameters of the from-logits kernel, a function of the shape and mode: ``BLOCK_M`` rows x ``BLOCK_V``
+    ids a step, ``TILES`` steps a program (a vocab slice). With sampling (not swept): 2 rows a step (the Philox
+    epilogue's registers), ``BLOCK_V = 512`` (LLaDA's V = 247 * 512), about ``LOGITS_TARGET_PROGRAMS`` programs."""
+    if interpret:  # big tiles, few programs
         bv = min(next_pow2(max(V, 16)), 16384)
         return dict(BLOCK_M=min(next_pow2(max(M, 1)), 64), BLOCK_V=bv, TILES=cdiv(V, bv), num_warps=4)
     if not sample:  # swept under CUDA graphs at V = 126464, bf16 (results/decisions.md): 2 rows x 2048 ids x 4
@@ -518,64 +494,50 @@ def _logits_confidence_launch(logits, x0, conf, *, temperature, seed, offset, ba
     return x0, conf
 
 
-# ---------------------------------------------------------------------------------- public API
+def _outputs(src):
+    """Empty ``(x0 int64 [M], conf fp32 [M])`` for a 2-D ``src`` ``[M, ...]`` (``[0]`` when ``src`` is invalid: the
+    launcher then raises)."""
+    ok = isinstance(src, torch.Tensor)
+    M = src.shape[0] if ok and src.ndim == 2 else 0
+    dev = src.device if ok else None
+    return torch.empty(M, dtype=torch.int64, device=dev), torch.empty(M, dtype=torch.float32, device=dev)
+
+
 def head_confidence(hidden: torch.Tensor, w_head: torch.Tensor, *, temperature: float = 0.0,
                     seed: int = 0, offset: int = 0, banned_ids: Sequence[int] = (),
                     no_confidence_ids: Sequence[int] = (), uncond_hidden: Optional[torch.Tensor] = None,
                     cfg_scale: float = 0.0, n_rows: Optional[torch.Tensor] = None,
                     row_ids: Optional[torch.Tensor] = None):
-    """Sampled token and its confidence per row, straight from final (normed) hidden states.
+    """Sampled token and its confidence per row from final (normed) hidden states; returns ``(x0 int64 [M],
+    conf fp32 [M])``.
 
-    hidden: ``[M, d]`` bf16/fp16/fp32 (last dim contiguous); w_head: ``[V, d]``, same dtype.
-    Logits ``hidden @ w_head.T`` are computed tile by tile (never stored), rounded to the hidden dtype,
-    then in fp32: CFG ``lu + (cfg_scale + 1) * (l - lu)`` when ``uncond_hidden`` (``[M, d]``) is given;
-    ``banned_ids`` (<= 4) -> ``-inf``; ``x0`` = argmax (``temperature == 0``, lowest id on ties) or a
-    Gumbel-max sample of ``softmax(l / T)`` with Philox noise keyed by ``seed`` and counters
-    ``(vocab id, row, offset)`` (use a new ``offset`` per decoding step); then ``no_confidence_ids``
-    (<= 4) get ``-inf`` logits ``l_c`` and ``conf = exp(l_c[x0] - logsumexp(l_c))`` without noise (0 when
-    ``x0`` is one of them; the others renormalise).
-
-    Row compaction (no host synchronisation): ``n_rows``, an int32/int64 device tensor of one element,
-    makes every program whose row tile starts at or past ``n_rows`` return at once (the LM head on the
-    first ``n_rows`` rows only, e.g. the still-masked rows gathered to the front); the outputs of rows
-    ``>= n_rows`` are then **unspecified** (garbage, possibly NaN). ``row_ids`` (int32/int64 ``[M]``, values
-    in ``[0, 2^31)``) are the Philox row counters instead of ``0..M-1``, so a gathered row keeps the noise
-    of its original row.
-    Returns ``(x0 int64 [M], conf fp32 [M])``. Memory: ``5 * M * ceil(V / BLOCK_V)`` partials.
-    See :func:`llada_triton.kernels.reference.head_confidence_ref` (same numerics; its RNG is a torch generator).
+    hidden: ``[M, d]`` bf16/fp16/fp32, last dim contiguous; w_head: ``[V, d]``, same dtype. The logits
+    ``hidden @ w_head.T`` are rounded to the hidden dtype, then in fp32: CFG ``lu + (cfg_scale + 1) * (l - lu)``
+    with ``uncond_hidden`` ``[M, d]``; ``banned_ids`` (<= 4) get ``-inf``; ``x0`` is the argmax at temperature 0
+    (lowest id on ties), else a Gumbel-max sample of ``softmax(l / T)`` with Philox noise keyed by ``seed``,
+    counters ``(vocab id, row, offset)`` (a new ``offset`` each step); then ``no_confidence_ids`` (<= 4) get
+    ``-inf`` and ``conf = exp(l_c[x0] - logsumexp(l_c))`` without noise (0 when ``x0`` is one of them).
+    ``n_rows`` (int32/int64 device tensor of one element): only row tiles below it run (no host sync); the
+    outputs of rows ``>= n_rows`` are unspecified. ``row_ids`` (int ``[M]``, values in ``[0, 2^31)``): the
+    Philox row counters instead of ``0..M-1``, so a gathered row keeps its noise. Reference:
+    :func:`llada_triton.kernels.reference.head_confidence_ref` (same numerics; its RNG is a torch generator).
     """
-    M = hidden.shape[0] if isinstance(hidden, torch.Tensor) and hidden.ndim == 2 else 0
-    dev = hidden.device if isinstance(hidden, torch.Tensor) else None
-    x0 = torch.empty(M, dtype=torch.int64, device=dev)
-    conf = torch.empty(M, dtype=torch.float32, device=dev)
-    return _head_confidence_launch(hidden, w_head, x0, conf, temperature=temperature, seed=seed,
-                                   offset=offset, banned_ids=banned_ids,
-                                   no_confidence_ids=no_confidence_ids, uncond_hidden=uncond_hidden,
-                                   cfg_scale=cfg_scale, n_rows=n_rows, row_ids=row_ids)
+    return _head_confidence_launch(hidden, w_head, *_outputs(hidden), temperature=temperature, seed=seed,
+                                   offset=offset, banned_ids=banned_ids, no_confidence_ids=no_confidence_ids,
+                                   uncond_hidden=uncond_hidden, cfg_scale=cfg_scale, n_rows=n_rows, row_ids=row_ids)
 
 
 def logits_confidence(logits: torch.Tensor, *, temperature: float = 0.0, seed: int = 0, offset: int = 0,
                       banned_ids: Sequence[int] = (), no_confidence_ids: Sequence[int] = (),
                       uncond_logits: Optional[torch.Tensor] = None, cfg_scale: float = 0.0,
                       n_rows: Optional[torch.Tensor] = None, row_ids: Optional[torch.Tensor] = None):
-    """:func:`head_confidence` from logits already computed: sampled token and its confidence per row.
-
-    logits: ``[M, V]`` bf16/fp16/fp32, rows may be strided, the last dim contiguous (e.g. the block's rows
-    of a ``[B, L, V]`` model output viewed as ``[B * Lb, V]``); uncond_logits: the same shape and dtype
-    (CFG). One read of the logits: each program streams a vocab slice of its rows in ``BLOCK_V`` tiles
-    with an online max / sum-exp / argmax (the :func:`head_confidence` epilogue), and a second tiny
-    kernel merges the slices; nothing of size ``[M, V]`` is allocated.
-    Same semantics and the same Philox noise (counters ``(vocab id, row or row_ids[row], offset)``) as
-    :func:`head_confidence`: ``logits_confidence((hidden @ w.T).to(hidden.dtype))`` gives the tokens of
-    ``head_confidence(hidden, w)`` (conf equal up to fp32 summation order). ``n_rows`` / ``row_ids`` as
-    there (rows ``>= n_rows`` unspecified). NaN logits are not supported.
-    Returns ``(x0 int64 [M], conf fp32 [M])``. See :func:`llada_triton.kernels.reference.logits_confidence_ref`.
+    """:func:`head_confidence` (same semantics, same Philox noise) from logits ``[M, V]`` bf16/fp16/fp32 (rows
+    may be strided, last dim contiguous; ``uncond_logits`` alike), read once, nothing ``[M, V]`` allocated:
+    ``logits_confidence((hidden @ w.T).to(hidden.dtype))`` gives the tokens of ``head_confidence(hidden, w)``
+    (conf equal up to fp32 summation order). NaN logits are not supported. Reference:
+    :func:`llada_triton.kernels.reference.logits_confidence_ref`.
     """
-    M = logits.shape[0] if isinstance(logits, torch.Tensor) and logits.ndim == 2 else 0
-    dev = logits.device if isinstance(logits, torch.Tensor) else None
-    x0 = torch.empty(M, dtype=torch.int64, device=dev)
-    conf = torch.empty(M, dtype=torch.float32, device=dev)
-    return _logits_confidence_launch(logits, x0, conf, temperature=temperature, seed=seed, offset=offset,
+    return _logits_confidence_launch(logits, *_outputs(logits), temperature=temperature, seed=seed, offset=offset,
                                      banned_ids=banned_ids, no_confidence_ids=no_confidence_ids,
                                      uncond_logits=uncond_logits, cfg_scale=cfg_scale, n_rows=n_rows,
                                      row_ids=row_ids)

@@ -1,14 +1,12 @@
-"""The decode-shaped GEMM: ``residual + x @ w.T`` (:func:`linear`), split over K when the output has few
-tiles, with a deterministic fp32 reduction that can also apply the next RMSNorm (:func:`linear_rms_norm`).
+"""The decode-shaped GEMM ``residual + x @ w.T``: :func:`linear` (``_linear_kernel``, split over K when the output
+has few tiles, then ``_splitk_reduce_kernel``) and :func:`linear_rms_norm` (the reduction also applies the next
+RMSNorm: ``_splitk_reduce_norm_kernel``). fp32 accumulation, the product rounded to ``x.dtype`` before the
+residual add (torch's ``residual + F.linear(x, w)``), split-K partials summed in a fixed order (deterministic);
+fp32 inputs use IEEE dots (no TF32). Reference: :func:`llada_triton.kernels.reference.linear_rms_norm_ref`.
 
-Also the pieces every weight-streaming GEMM of this package shares (the MLP's gate-up, the fused QKV, the
-LM heads, the MoE experts): :func:`load_k` and :func:`dot_step` (one K-step of a tile, pointer or TMA loads,
-optionally with the weight rows as the MMA's M dimension), :func:`dot_loop`, :func:`acc_zeros`,
-:func:`tma_ok` / :func:`tma_sources`.
-
-Numerics: fp32 accumulation; the product is rounded to ``x.dtype`` before the residual add (torch's 16-bit
-``residual + F.linear(x, w)``); split-K partials are summed in a fixed order (deterministic). fp32 inputs use
-IEEE fp32 dots (no TF32), as torch's default matmul.
+Also the K-loop pieces every weight-streaming GEMM here shares (gate-up, fused QKV, LM heads, MoE experts):
+:func:`load_k`, :func:`dot_step` (optionally with the weight rows as the MMA's M dimension), :func:`dot_loop`,
+:func:`acc_zeros`, :func:`tma_ok` / :func:`tma_sources`.
 """
 from __future__ import annotations
 
@@ -27,7 +25,6 @@ from llada_triton.kernels.reference import check_eps
 __all__ = ["linear", "linear_rms_norm"]
 
 
-# ------------------------------------------------------------------------------------------ kernels
 @triton.jit
 def load_k(src, ptrs, row0, k, k_left, BK: tl.constexpr, USE_TMA: tl.constexpr, EVEN_K: tl.constexpr,
            UPCAST: tl.constexpr):
@@ -194,8 +191,7 @@ def _splitk_reduce_norm_kernel(
     stride_rm, stride_hm, stride_ym,
     S: tl.constexpr, BLOCK: tl.constexpr, HAS_RES: tl.constexpr, USE_GDC: tl.constexpr = False,
 ):
-    """The split-K reduction of one output row, the residual add, and the RMSNorm of the result: the
-    reduce of ``_splitk_reduce_kernel`` followed by ``norm._rms_norm_kernel``, in one launch."""
+    """``_splitk_reduce_kernel`` then ``norm._rms_norm_kernel`` on one output row, in one launch."""
     gdc_wait_and_release(USE_GDC)
     m = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
@@ -211,15 +207,10 @@ def _splitk_reduce_norm_kernel(
     tl.store(y_ptr + m * stride_ym + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-# ---------------------------------------------------------------------------------------- launchers
 def linear_config(M: int, N: int, K: int, dtype: torch.dtype, interpret: Optional[bool] = None) -> dict:
-    """Meta-parameters of the GEMM ``a [M, K] @ w[N, K].T`` (``SPLIT_K`` > 1: fp32 partials), a deterministic
-    function of the shape (sweeps of scripts/sweep_gemm.py; results/decisions.md).
-
-    ``SPLIT_K`` brings the program count to about 128 (decode rows; 256 above 64 rows) when the output has
-    few tiles and each split keeps at least 8 K-blocks; at up to 32 rows a split also holds at most 32
-    K-blocks (power-of-two splits). Returns a new dict on every call (the values are memoised per shape).
-    """
+    """Meta-parameters of ``a [M, K] @ w[N, K].T`` (a new dict per call, memoised per shape; results/decisions.md).
+    ``SPLIT_K`` brings the programs to about 128 (256 above 64 rows) while each split keeps >= 8 K-blocks; up to
+    32 rows a split also holds at most 32 K-blocks."""
     return _linear_config(M, N, K, dtype, is_interpreter() if interpret is None else bool(interpret))
 
 
@@ -280,11 +271,9 @@ def _split_partials(M: int, N: int, K: int, BK: int, split_k: int, partials, dev
 
 def launch_linear(act: torch.Tensor, w: torch.Tensor, residual: Optional[torch.Tensor], out: torch.Tensor,
                   config: Optional[dict] = None, partials: Optional[torch.Tensor] = None, norm=None):
-    """``out[M, N] = (residual +) act @ w.T`` on validated 2D row views, split over K when the config says so.
-
-    norm: optional ``(weight, eps, y)``: also ``y = rms_norm(out)`` (rows of ``y`` as ``out``). With a split-K
-    GEMM the norm is folded into the reduction kernel (no extra launch); otherwise it is one ``rms_norm``
-    launch after the GEMM. ``config`` / ``partials``: a :func:`linear_config` dict and the split-K buffer."""
+    """``out[M, N] = (residual +) act @ w.T`` on validated 2D row views; ``config`` / ``partials``: a
+    :func:`linear_config` dict and the split-K buffer. norm: optional ``(weight, eps, y)``: also
+    ``y = rms_norm(out)``, inside the split-K reduction when there is one, else one norm launch."""
     M, K = act.shape
     N = w.shape[0]
     cfg = linear_config(M, N, K, act.dtype) if config is None else dict(config)
@@ -354,26 +343,19 @@ def _linear(x, w, residual, out, norm_args=None):
     return out, norm
 
 
-# ------------------------------------------------------------------------------------------- public
 def linear(x: torch.Tensor, w: torch.Tensor, residual: Optional[torch.Tensor] = None, *,
            out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``residual + x @ w.T`` (or ``x @ w.T``) with the decode-shaped GEMM.
-
-    x: ``[..., K]`` (fp16/bf16/fp32, rows viewable); w: ``[N, K]`` in ``x.dtype``; residual: ``[..., N]``
-    or None; out: optional preallocated ``[..., N]``. The product is rounded to ``x.dtype`` before the
-    residual add (as ``residual + F.linear``). Split over K when the output has few tiles, with a fixed-order
-    reduction (deterministic). See :func:`llada_triton.kernels.reference.linear_rms_norm_ref` (its ``h``).
-    """
+    """``residual + x @ w.T`` (or ``x @ w.T``), the product rounded to ``x.dtype`` first. x: ``[..., K]``
+    fp16/bf16/fp32 (rows viewable); w: ``[N, K]`` in ``x.dtype``; residual, out (preallocated): ``[..., N]`` or
+    None. Reference: the ``h`` of :func:`llada_triton.kernels.reference.linear_rms_norm_ref`."""
     return _linear(x, w, residual, out)[0]
 
 
 def linear_rms_norm(x: torch.Tensor, w: torch.Tensor, residual: Optional[torch.Tensor],
                     norm_weight: torch.Tensor, eps: float, *, out: Optional[torch.Tensor] = None,
                     norm_out: Optional[torch.Tensor] = None):
-    """:func:`linear` followed by the RMSNorm of its output (in LLaDA: the attention output projection
-    and the MLP's norm). Returns ``(y, h)``: ``h = residual + x @ w.T`` (``out``), ``y`` its norm with
-    ``norm_weight`` ``[N]``. With a split-K GEMM the norm runs inside the reduction kernel (one launch
-    fewer). See :func:`llada_triton.kernels.reference.linear_rms_norm_ref`.
-    """
+    """:func:`linear` then the RMSNorm of its output (LLaDA: attention output projection, MLP norm): ``(y, h)``
+    with ``h = residual + x @ w.T`` (``out``) and ``y`` its norm with ``norm_weight`` ``[N]`` (``norm_out``).
+    Reference: :func:`llada_triton.kernels.reference.linear_rms_norm_ref`."""
     h, norm = _linear(x, w, residual, out, (norm_weight, eps, norm_out))
     return norm[2], h

@@ -1,15 +1,13 @@
-"""SwiGLU MLP: a gate-up GEMM with the ``silu(gate) * up`` epilogue, then the down GEMM
-(:func:`llada_triton.kernels.gemm.launch_linear`) with the residual add in its epilogue; :func:`silu_mul`, the
-activation alone on a gate-up product computed elsewhere (e.g. by cuBLAS).
+"""SwiGLU MLP. :func:`swiglu_mlp` / :func:`swiglu_mlp_rms_norm`: ``_gate_up_silu_kernel`` (the gate-up GEMM with
+the ``silu(gate) * up`` epilogue), then the down GEMM with the residual add (and the next RMSNorm) of
+:mod:`llada_triton.kernels.gemm`. :func:`silu_mul` (``_silu_mul_kernel``): the activation alone, on a gate-up
+product computed elsewhere (cuBLAS).
 
-Numerics: torch's roundings of :func:`llada_triton.kernels.reference.swiglu_mlp_ref` (gate, up, ``silu(gate)``
-and the product each rounded to ``x.dtype``; the down output rounded before ``residual + y``). Only the fp32
-accumulation order of the GEMMs (split-K partials summed in a fixed order: deterministic) and the SiLU's
-``exp`` (``ex2.approx``; the division is IEEE) differ. fp32 inputs use IEEE fp32 dots (no TF32).
-
-Up to 64 rows the gate-up runs two swapped ``[BN, BM]`` dots a K-step (weight rows fill the MMA's M); above,
-one ``[BM, 2 BN]`` dot over a ``[2, BN, BK]`` TMA box of the weight viewed as ``[2, h, d]`` (``ONE_DOT``,
-results/decisions.md).
+Numerics: the roundings of :func:`llada_triton.kernels.reference.swiglu_mlp_ref` (gate, up, ``silu(gate)``, the
+product and the down output each rounded to ``x.dtype``); only the fp32 accumulation order (deterministic) and
+the SiLU's ``exp`` (``ex2.approx``; the division is IEEE) differ. Up to 64 rows the gate-up runs two swapped
+dots a K-step (weight rows fill the MMA's M); above, one ``[BM, 2 BN]`` dot over a ``[2, BN, BK]`` TMA box of
+the weight viewed as ``[2, h, d]`` (``ONE_DOT``, results/decisions.md).
 """
 from __future__ import annotations
 
@@ -19,16 +17,15 @@ import torch
 import triton
 import triton.language as tl
 
-from llada_triton.kernels._common import (DTYPES, as_rows, cdiv, check_like, check_tensor, clamp_pow2, dot_flags, gdc_options,
-                                          gdc_wait_and_release, is_interpreter, memo_config, next_pow2,
+from llada_triton.kernels._common import (DTYPES, as_rows, cdiv, check_like, check_tensor, clamp_pow2, dot_flags,
+                                          gdc_options, gdc_wait_and_release, is_interpreter, memo_config, next_pow2,
                                           prefetch_weight_rows)
-from llada_triton.kernels.gemm import (acc_zeros, dot_step, launch_linear, load_k, mma, norm_target, out_offsets, tile_offsets,
-                                        tma_ok, tma_sources)
+from llada_triton.kernels.gemm import (acc_zeros, dot_step, launch_linear, load_k, mma, norm_target, out_offsets,
+                                       tile_offsets, tma_ok, tma_sources)
 
 __all__ = ["swiglu_mlp", "swiglu_mlp_rms_norm", "silu_mul"]
 
 
-# ------------------------------------------------------------------------------------------ kernels
 @triton.jit
 def silu_times(g, u, dt: tl.constexpr):
     """``silu(g) * u`` with torch's roundings for ``dt`` tensors (``g`` / ``u`` hold ``dt`` values): ``silu(g)``
@@ -109,32 +106,24 @@ def _gate_up_silu_kernel(
                 x_ptrs += BK
                 g_ptrs += BK
                 u_ptrs += BK
-    # epilogue, mirroring the reference's roundings: gate, up, silu(gate), product -> x.dtype
+    # the reference's roundings: gate, up, silu(gate), product -> x.dtype
     dt = a_ptr.dtype.element_ty
     act = silu_times(acc_g.to(dt), acc_u.to(dt), dt)
     om, on, mask = out_offsets(offs_m, offs_n, M, H, SWAP_AB)
     tl.store(a_ptr + om * stride_am + on, act, mask=mask)
 
 
-# ---------------------------------------------------------------------------------------- launchers
 def gate_up_config(M: int, N: int, K: int, dtype: torch.dtype, interpret: Optional[bool] = None,
                    num_sms: Optional[int] = None) -> dict:
-    """Meta-parameters of the gate-up kernel for ``x [M, K]`` and ``N = h`` activation columns.
-
-    A deterministic function of the shape and the GPU's SM count (no autotuning), chosen from sweeps at
-    LLaDA-8B sizes (results/decisions.md). ``M <= 64`` (decode): operands swapped so the weight rows fill the
-    MMA's M dimension. Larger ``M``: one dot over the gate and up tiles of a TMA box (``ONE_DOT``), the tile
-    shape that the fewest waves of programs make cheapest (:data:`_ONE_DOT_TILES`).
-    ``num_sms``: the GPU's multiprocessor count (None: 132, an H100 / H200).
-    Returns a new dict on every call (the values are memoised per shape).
-    """
+    """Meta-parameters of the gate-up kernel for ``x [M, K]`` and ``N = h`` columns, from sweeps at LLaDA-8B sizes
+    (results/decisions.md; a new dict per call, memoised). ``M <= 64``: swapped operands; above, ``ONE_DOT`` with
+    the :data:`_ONE_DOT_TILES` shape whose waves cost least on ``num_sms`` SMs (None: 132, an H100 / H200)."""
     return _gate_up_config(M, N, K, dtype, is_interpreter() if interpret is None else bool(interpret),
                            132 if num_sms is None else int(num_sms))
 
 
-# The one-dot tile shapes above 64 rows, (BM, BN, num_warps, num_stages, relative cost of one wave of programs):
-# one program per SM at a time (the pipeline's shared memory), so a launch of T programs takes ~ceil(T / SMs)
-# waves; the costs are measured per-wave times at d=4096, only their ratios matter (results/decisions.md).
+# ONE_DOT tiles (BM, BN, num_warps, num_stages, measured cost of one wave at d=4096): one program per SM at a
+# time (shared memory), so T programs take ceil(T / SMs) waves (results/decisions.md).
 _ONE_DOT_TILES = ((128, 128, 8, 4, 52.0), (128, 64, 8, 6, 29.0), (64, 128, 4, 5, 31.0))
 
 
@@ -149,18 +138,16 @@ def _gate_up_config(M: int, N: int, K: int, dtype: torch.dtype, interpret: bool,
         return dict(BM=clamp_pow2(M, 16, 32), BN=64, BK=128, SWAP_AB=True, TMA=True, num_warps=4, num_stages=5)
     if M <= 64:  # 192 KiB
         return dict(BM=64, BN=64, BK=128, SWAP_AB=True, TMA=False, num_warps=4, num_stages=4)
-    # one [BM, 2 BN] dot a K-step over a [2, BN, BK] gate-up box (ONE_DOT) instead of two [BM, BN] dots
     BM, BN, nw, ns, _ = min(_ONE_DOT_TILES, key=lambda t: cdiv(cdiv(M, t[0]) * cdiv(N, t[1]), num_sms) * t[4])
     return dict(BM=BM, BN=BN, BK=64, SWAP_AB=False, TMA=True, ONE_DOT=True, num_warps=nw, num_stages=ns)
 
 
 def launch_gate_up(x: torch.Tensor, w_gate_up: torch.Tensor, act: torch.Tensor, config: Optional[dict] = None):
-    """``act[M, h] = silu(x @ Wg.T) * (x @ Wu.T)`` with the reference's roundings on validated 2D tensors;
-    ``config``: a :func:`gate_up_config` dict."""
+    """``act[M, h] = silu(x @ Wg.T) * (x @ Wu.T)`` on validated 2D tensors; ``config``: a :func:`gate_up_config`
+    dict."""
     M, K = x.shape
     H = w_gate_up.shape[0] // 2
-    if config is None:
-        # the SM count matters above 64 rows only (the decode path skips the query)
+    if config is None:  # the SM count matters above 64 rows only (decoding skips the query)
         sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda and M > 64 else None
         cfg = gate_up_config(M, H, K, x.dtype, num_sms=sms)
     else:
@@ -224,18 +211,14 @@ def _mlp(x, w_gate_up, w_down, residual, out, norm_args=None):
     return y, norm
 
 
-# ------------------------------------------------------------------------------------------- public
 def swiglu_mlp(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor,
                residual: Optional[torch.Tensor] = None, *, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Fused SwiGLU MLP: ``residual + (silu(x @ Wg.T) * (x @ Wu.T)) @ w_down.T`` in ``x.dtype``.
+    """``residual + (silu(x @ Wg.T) * (x @ Wu.T)) @ w_down.T`` in ``x.dtype``, deterministic.
 
-    x: ``[..., d]`` (fp16, bf16 or fp32; last dim contiguous, leading dims viewable as rows);
-    w_gate_up: ``[2h, d]``, rows ``[0, h)`` the gate and ``[h, 2h)`` the up projection; w_down: ``[d, h]``
-    (both in ``x.dtype``, last dim contiguous); residual: ``[..., d]`` like ``x`` or None;
-    out: optional preallocated ``[..., d]`` output (may alias ``residual``).
-    Two launches (three with split-K); only the ``[M, h]`` activation is written. Deterministic. Numerics:
-    :func:`llada_triton.kernels.reference.swiglu_mlp_ref`. The model uses it up to 64 rows (faster than
-    cuBLAS + :func:`silu_mul` there); above, it is a public kernel for importers wanting one fused pair.
+    x: ``[..., d]`` fp16/bf16/fp32 (last dim contiguous, rows viewable); w_gate_up: ``[2h, d]`` (gate rows, then
+    up rows), w_down: ``[d, h]``, both in ``x.dtype``; residual: like ``x`` or None; out: preallocated output
+    (may alias ``residual``). Two launches (three with split-K). The model uses it up to 64 rows; above, cuBLAS +
+    :func:`silu_mul` is faster. Reference: :func:`llada_triton.kernels.reference.swiglu_mlp_ref`.
     """
     return _mlp(x, w_gate_up, w_down, residual, out)[0]
 
@@ -243,26 +226,19 @@ def swiglu_mlp(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor,
 def swiglu_mlp_rms_norm(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor,
                         residual: Optional[torch.Tensor], norm_weight: torch.Tensor, eps: float, *,
                         out: Optional[torch.Tensor] = None, norm_out: Optional[torch.Tensor] = None):
-    """:func:`swiglu_mlp` followed by the RMSNorm of its output (in LLaDA: the next layer's attention
-    norm, or the final norm). Returns ``(y, h)``: ``h`` the MLP output (``out``), ``y`` its norm with
-    ``norm_weight`` ``[d]`` (dtype ``promote_types(norm_weight.dtype, x.dtype)``; ``norm_out``
-    preallocates it). When the down projection is split over K, the norm runs inside the split-K
-    reduction (no launch of its own). See :func:`llada_triton.kernels.reference.swiglu_mlp_rms_norm_ref`.
-    """
+    """:func:`swiglu_mlp` then the RMSNorm of its output (LLaDA: the next layer's attention norm, or the final
+    norm): ``(y, h)`` with ``h`` the MLP output (``out``) and ``y`` its norm with ``norm_weight`` ``[d]`` (dtype
+    ``promote_types(norm_weight.dtype, x.dtype)``, ``norm_out``). Reference:
+    :func:`llada_triton.kernels.reference.swiglu_mlp_rms_norm_ref`."""
     h, norm = _mlp(x, w_gate_up, w_down, residual, out, (norm_weight, eps, norm_out))
     return norm[2], h
 
 
 def silu_mul(gate_up: torch.Tensor, *, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """SwiGLU's activation on a fused gate-up product: ``silu(gate_up[..., :h]) * gate_up[..., h:]``.
-
-    gate_up: ``[..., 2h]`` (fp16, bf16 or fp32; last dim contiguous, leading dims viewable as rows), e.g. the
-    output of one cuBLAS GEMM over the fused ``[2h, d]`` weight; out: optional preallocated ``[..., h]``.
-    One launch, one read of ``gate_up`` and one write of the result (torch's ``F.silu(g) * u`` takes two
-    launches and reads ``[..., h]`` twice more). Numerics: torch's (``silu`` in fp32, rounded to the dtype;
-    the product in fp32, rounded), as in :func:`swiglu_mlp`'s epilogue. See
-    :func:`llada_triton.kernels.reference.silu_mul_ref`.
-    """
+    """``silu(gate_up[..., :h]) * gate_up[..., h:]`` in one launch (torch takes two and reads ``[..., h]`` twice
+    more), with torch's roundings. gate_up: ``[..., 2h]`` fp16/bf16/fp32 (last dim contiguous, rows viewable),
+    e.g. one cuBLAS GEMM over the fused weight; out: preallocated ``[..., h]`` or None. Reference:
+    :func:`llada_triton.kernels.reference.silu_mul_ref`."""
     check_tensor("gate_up", gate_up, dtypes=DTYPES)
     if gate_up.ndim < 1 or gate_up.shape[-1] % 2 or gate_up.shape[-1] == 0:
         raise ValueError(f"gate_up must be [..., 2h] with h >= 1, got shape {tuple(gate_up.shape)}")

@@ -1,10 +1,7 @@
-"""RMSNorm with an optional fused residual add in front (LLaDA's pre-norm residual stream).
-
-Numerics mirror :func:`llada_triton.kernels.reference.rms_norm_ref`: ``h = x + residual`` is computed in fp32 and
-rounded to ``x.dtype`` (exactly torch's 16-bit add); the statistics and the normalisation are fp32;
-the normalised row is rounded to ``x.dtype`` and then multiplied by ``weight`` in fp32 and rounded to
-``promote_types(weight.dtype, x.dtype)`` (torch's ``weight * y``). Only the fp32 summation order and the
-``rsqrt`` differ from torch.
+""":func:`rms_norm` (``_rms_norm_kernel``): RMSNorm with an optional fused residual add in front (LLaDA's pre-norm
+residual stream). Numerics of :func:`llada_triton.kernels.reference.rms_norm_ref`: ``h = x + residual`` rounded to
+``x.dtype``, fp32 statistics, the normalised row rounded to ``x.dtype``, then times ``weight`` rounded to
+``promote_types(weight.dtype, x.dtype)``; only the fp32 summation order and the ``rsqrt`` differ from torch.
 """
 from __future__ import annotations
 
@@ -14,13 +11,13 @@ import torch
 import triton
 import triton.language as tl
 
-from llada_triton.kernels._common import (DTYPES, as_rows, cdiv, check_like, check_tensor, gdc_options, gdc_wait_and_release,
-                                          check_vector, is_interpreter, memo_config, next_pow2)
+from llada_triton.kernels._common import (DTYPES, as_rows, cdiv, check_like, check_tensor, check_vector, gdc_options,
+                                          gdc_wait_and_release, is_interpreter, memo_config, next_pow2)
 from llada_triton.kernels.reference import check_eps
 
 __all__ = ["rms_norm"]
 
-# ------------------------------------------------------------------------------------------ kernels
+
 @triton.jit
 def _load_h(x_ptrs, r_ptrs, h_ptrs, mask, hdt: tl.constexpr, HAS_RES: tl.constexpr, STORE_H: tl.constexpr,
             EVICT: tl.constexpr):
@@ -78,10 +75,8 @@ def _rms_norm_kernel(
             tl.store(y_ptr + rows * stride_y + cc, y.to(ydt), mask=mask)
 
 
-# ---------------------------------------------------------------------------------------- launchers
 def norm_config(R: int, N: int, interpret: Optional[bool] = None) -> dict:
-    """Deterministic meta-parameters for ``R`` rows of ``N`` features (a new dict on every call; the
-    values are memoised per shape)."""
+    """Meta-parameters for ``R`` rows of ``N`` features (a new dict per call, memoised per shape)."""
     return _norm_config(R, N, is_interpreter() if interpret is None else bool(interpret))
 
 
@@ -97,22 +92,19 @@ def _norm_config(R: int, N: int, interpret: bool) -> dict:
     block_r = max(1, min(next_pow2(max(R, 1)), 2048 // block_n))
     elems = block_r * block_n
     num_warps = 1 if elems <= 256 else 2 if elems <= 512 else 4 if elems <= 2048 else 8 if elems <= 4096 else 16
-    # the inputs are dead after the norm (a GEMM's output, the old residual): evict them from L2 first
-    # (results/decisions.md)
+    # the inputs are dead after the norm: evict them from L2 first (results/decisions.md)
     return dict(BLOCK_R=block_r, BLOCK_N=block_n, NUM_CHUNKS=cdiv(N, block_n), num_warps=num_warps,
                 EVICT="evict_first")
 
 
 def launch_rms_norm(x2, r2, weight, y2, h2, eps, config=None):
-    """The norm on validated ``[R, N]`` row views: ``y2`` (and ``h2 = x2 + r2`` when ``r2`` is given);
-    ``config``: a :func:`norm_config` dict."""
+    """The norm on validated ``[R, N]`` row views into ``y2`` (and ``h2 = x2 + r2`` when ``r2`` is given)."""
     R, N = x2.shape
     cfg = norm_config(R, N) if config is None else dict(config)
     has_res = r2 is not None
     r = r2 if has_res else x2
     h = h2 if has_res else y2
-    grid = (cdiv(R, cfg["BLOCK_R"]),)
-    _rms_norm_kernel[grid](
+    _rms_norm_kernel[(cdiv(R, cfg["BLOCK_R"]),)](
         x2, r, weight, y2, h, R, N, float(eps),
         x2.stride(0), r.stride(0), y2.stride(0), h.stride(0),
         BLOCK_R=cfg["BLOCK_R"], BLOCK_N=cfg["BLOCK_N"], NUM_CHUNKS=cfg["NUM_CHUNKS"], HAS_RES=has_res,
@@ -120,18 +112,15 @@ def launch_rms_norm(x2, r2, weight, y2, h2, eps, config=None):
     )
 
 
-# ------------------------------------------------------------------------------------------- public
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: Optional[torch.Tensor] = None, *,
              out: Optional[torch.Tensor] = None, residual_out: Optional[torch.Tensor] = None):
-    """LLaDA's RMSNorm, optionally with the residual add fused in front (one read, one write per tensor).
+    """``y = weight * (h * rsqrt(mean(h**2) + eps)).to(x.dtype)`` with ``h = x + residual``; returns ``y``, or
+    ``(y, h)`` with a residual. One read and one write per tensor.
 
-    x: ``[..., d]`` fp16/bf16/fp32, last dim contiguous, leading dims viewable as rows; weight: ``[d]``
-    (any float dtype); eps: float; residual: like ``x`` or None.
-    ``h = x + residual`` (rounded to ``x.dtype``), ``y = weight * (h * rsqrt(mean(h**2) + eps)).to(x.dtype)``
-    with fp32 statistics. ``y`` has dtype ``promote_types(weight.dtype, x.dtype)``.
-    out / residual_out: optional preallocated ``y`` / ``h`` (``residual_out`` may alias ``x`` or
-    ``residual``: each element is read before it is written, by the same program).
-    Returns ``y`` when ``residual`` is None, else ``(y, h)``. See :func:`llada_triton.kernels.reference.rms_norm_ref`.
+    x: ``[..., d]`` fp16/bf16/fp32 (last dim contiguous, rows viewable); weight: ``[d]``, any float dtype (``y``
+    has ``promote_types(weight.dtype, x.dtype)``); residual: like ``x`` or None; out / residual_out:
+    preallocated ``y`` / ``h`` (``residual_out`` may alias ``x`` or ``residual``: each element is read before
+    it is written, by the same program). Reference: :func:`llada_triton.kernels.reference.rms_norm_ref`.
     """
     check_tensor("x", x, dtypes=DTYPES)
     eps = check_eps(eps)
@@ -140,7 +129,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: Option
     d = x.shape[-1]
     check_vector("weight", weight, d, DTYPES, x.device)
     y_dtype = torch.promote_types(weight.dtype, x.dtype)
-    for name, t, dt in (("residual", residual, x.dtype), ("out", out, y_dtype), ("residual_out", residual_out, x.dtype)):
+    for name, t, dt in (("residual", residual, x.dtype), ("out", out, y_dtype),
+                        ("residual_out", residual_out, x.dtype)):
         check_like(name, t, x.shape, dt, x.device)
     if residual_out is not None and residual is None:
         raise ValueError("residual_out given without residual")

@@ -1,13 +1,12 @@
-"""The fused QKV projection with RoPE and the KV-cache write in its epilogue (decode sizes).
+""":func:`qkv_proj_rope` (``_qkv_proj_rope_kernel``): the fused QKV projection with RoPE and the KV-cache write in
+its epilogue, one launch at decode sizes instead of ``linear`` + :func:`llada_triton.kernels.rotary.qkv_rope_cache`.
 
-One launch replaces ``linear(x, w_qkv)`` followed by :func:`llada_triton.kernels.rotary.qkv_rope_cache`: the
-weight-streaming GEMM (weight rows as the MMA's M dimension, the K-steps of
-:mod:`llada_triton.kernels.gemm`) computes a ``[2 HB, rows]`` tile whose weight rows are chosen so that the tile holds
-``HB`` rotation pairs ``(j, j + D/2)`` of one head; the epilogue rounds the projection to the input dtype
-(as the unfused ``F.linear`` output), rotates q and k in fp32 with the tables' values at each token's
-absolute position, and stores q into the output and k, v into the cache slots (or into the output
-without a cache). Numerics: exactly those of :func:`llada_triton.kernels.reference.qkv_proj_rope_ref` up to the fp32
-accumulation order of the GEMM.
+Each program's ``[2 HB, rows]`` tile (weight rows as the MMA's M, the K-loop of :mod:`llada_triton.kernels.gemm`)
+holds ``HB`` rotation pairs ``(j, j + D/2)`` of one head; the epilogue rounds the projection to the input dtype,
+rotates q and k in fp32 and stores q into the output, k and v into the cache (or the output without one).
+Numerics: :func:`llada_triton.kernels.reference.qkv_proj_rope_ref` up to the GEMM's fp32 accumulation order.
+``token_positions``, ``head_dest``, ``check_proj_args``, ``cache_strides``, ``split_out`` are shared with
+:mod:`llada_triton.kernels.qkv_norm`.
 """
 from __future__ import annotations
 
@@ -21,7 +20,7 @@ from llada_triton.kernels._common import (DTYPES, as_rows, cdiv, check_tensor, c
                                           gdc_wait_and_release, is_interpreter, memo_config, next_pow2,
                                           prefetch_weight_rows)
 from llada_triton.kernels.gemm import dot_loop
-from llada_triton.kernels.rotary import check_rope_args, qkv_rope_cache, rotate_pair
+from llada_triton.kernels.rotary import check_rope_args, qkv_rope_cache, rotate_pair, split_out
 
 __all__ = ["qkv_proj_rope", "fused_supported"]
 
@@ -46,9 +45,8 @@ def token_positions(offs_m, M, T, start_ptr, start_val, s_start, DYN: tl.constex
 @triton.jit
 def head_dest(slot, H, HKV, b, t, pos, m_ok, out_ptr, kc_ptr, vc_ptr, wf_ptr, sob, sot, soh,
               skb, skt, skh, svb, svt, svh, HAS_CACHE: tl.constexpr, HAS_WF: tl.constexpr):
-    """``(base, mask)``: ``[1, BM]`` pointers to feature 0 of head ``slot`` (q heads, then k, then v) of the
-    tile's tokens, in the cache for k / v when there is one (slots below ``write_from[b]`` masked off: they are
-    read-only), else in the output ``[B, T, H + 2 HKV, D]``."""
+    """``(base, mask)``: ``[1, BM]`` pointers to feature 0 of head ``slot`` (q, then k, then v heads) of the tile's
+    tokens: k / v in the cache when there is one (slots below ``write_from[b]`` masked off), else the output."""
     mask = m_ok[None, :]
     if HAS_CACHE and slot >= H:
         if HAS_WF:
@@ -133,8 +131,7 @@ def fused_supported(rows: int, D: int) -> bool:
 
 
 def qkv_config(M: int, K: int, dtype: torch.dtype, interpret: Optional[bool] = None) -> dict:
-    """Block sizes (a pure function of the shape, from scripts/sweep_gemm.py's QKV row). A new dict on every
-    call (the values are memoised per shape)."""
+    """Block sizes from the QKV row of scripts/sweep_gemm.py (a new dict per call, memoised per shape)."""
     return _qkv_config(M, K, dtype, is_interpreter() if interpret is None else bool(interpret))
 
 
@@ -149,9 +146,8 @@ def _qkv_config(M: int, K: int, dtype: torch.dtype, interpret: bool) -> dict:
 
 
 def check_proj_args(x, w_qkv, n_heads, head_dim, k_cache, bias):
-    """The checks of a fused QKV projection's ``x`` ``[B, T, d]``, ``w_qkv`` ``[(n_heads + 2 Hkv) * D, d]`` and
-    ``bias`` (``[NH * D]`` or None): ``(B, T, d, H, D, NH)``; ``D = head_dim`` (default: the cache's head dim, else
-    ``d // n_heads``)."""
+    """Check a fused QKV projection's ``x`` ``[B, T, d]``, ``w_qkv`` ``[NH * D, d]`` and ``bias`` (``[NH * D]`` or
+    None); return ``(B, T, d, H, D, NH)``."""
     check_tensor("x", x, ndim=3, dtypes=DTYPES)
     check_tensor("w_qkv", w_qkv, ndim=2, dtypes=(x.dtype,))
     B, T, d = x.shape
@@ -175,27 +171,17 @@ def cache_strides(out, k_cache, v_cache, has_cache: bool):
     return k_cache, v_cache, k_cache.stride(), v_cache.stride()
 
 
-def split_out(out, H: int, Hkv: int, k_cache, v_cache, has_cache: bool):
-    """``(q, k_cache, v_cache)`` with a cache, else ``(q, k, v)``: views of the ``[B, T, H + 2 Hkv, D]`` output."""
-    q = out[:, :, :H]
-    if has_cache:
-        return q, k_cache, v_cache
-    return q, out[:, :, H:H + Hkv], out[:, :, H + Hkv:]
-
-
 def qkv_proj_rope(x: torch.Tensor, w_qkv: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.Tensor, start,
                   k_cache: Optional[torch.Tensor] = None, v_cache: Optional[torch.Tensor] = None, *,
                   n_heads: int, write_from: Optional[torch.Tensor] = None, head_dim: Optional[int] = None,
                   config: Optional[dict] = None, bias: Optional[torch.Tensor] = None):
-    """``qkv_rope_cache(linear(x, w_qkv, bias).view(B, T, NH, D), ...)`` in one launch at decode sizes.
+    """``qkv_rope_cache(F.linear(x, w_qkv, bias).view(B, T, NH, D), ...)`` in one launch at decode sizes.
 
-    x: ``[B, T, d]`` fp16/bf16/fp32 (rows viewable); w_qkv: ``[NH * D, d]`` with ``NH = n_heads + 2 Hkv``
-    (q heads, then k, then v), ``D = head_dim`` (default: the caches' head dim, else ``d // n_heads``); the
-    other arguments and the result are those of :func:`llada_triton.kernels.rotary.qkv_rope_cache`: ``(q, k_cache,
-    v_cache)`` with a cache, else ``(q, k, v)``, where ``q`` (and ``k``, ``v``) are views of a new
-    ``[B, T, NH, D]`` tensor. More than :data:`MAX_ROWS` rows (or an unsupported head dim) take the
-    unfused path. ``bias`` (``[NH * D]``, x's dtype; q/k/v biases of Qwen2 / Dream) is added to the fp32
-    product before its one rounding, as ``F.linear(x, w, bias)``. See
+    x: ``[B, T, d]`` fp16/bf16/fp32 (rows viewable); w_qkv: ``[NH * D, d]``, ``NH = n_heads + 2 Hkv`` (q, k, v
+    heads), ``D = head_dim`` (default: the caches' head dim, else ``d // n_heads``); bias: ``[NH * D]`` or None
+    (Qwen2 / Dream), added before the one rounding. The other arguments and the result are those of
+    :func:`llada_triton.kernels.rotary.qkv_rope_cache`, views of a new ``[B, T, NH, D]`` tensor. Over
+    :data:`MAX_ROWS` rows or an unsupported head dim: the unfused path. Reference:
     :func:`llada_triton.kernels.reference.qkv_proj_rope_ref`.
     """
     B, T, d, H, D, NH = check_proj_args(x, w_qkv, n_heads, head_dim, k_cache, bias)
@@ -207,7 +193,6 @@ def qkv_proj_rope(x: torch.Tensor, w_qkv: torch.Tensor, cos_table: torch.Tensor,
         else:
             torch.addmm(bias, x.reshape(M, d), w_qkv.t(), out=out.view(M, NH * D))
         return qkv_rope_cache(out, cos_table, sin_table, start, k_cache, v_cache, n_heads=H, write_from=write_from)
-    # validation of tables, caches (last dim contiguous), start and write_from: the unfused launcher's own checks
     _, Hkv, dyn, start, has_cache = check_rope_args(out, cos_table, sin_table, start, k_cache, v_cache, H,
                                                      write_from)
     x2 = as_rows("x", x, d)
@@ -221,8 +206,7 @@ def qkv_proj_rope(x: torch.Tensor, w_qkv: torch.Tensor, cos_table: torch.Tensor,
         1 if dyn and start.dim() == 1 else 0,
         M, T, H, Hkv, d,
         x2.stride(0), w_qkv.stride(0),
-        out.stride(0), out.stride(1), out.stride(2),
-        kst[0], kst[1], kst[2], vst[0], vst[1], vst[2],
+        *out.stride()[:3], *kst[:3], *vst[:3],
         cos_table.stride(0),
         D=D, HB=hb, BM=cfg["BM"], BK=cfg["BK"], DYN=dyn, HAS_CACHE=has_cache, HAS_WF=write_from is not None,
         HAS_BIAS=bias is not None, EVEN_K=d % cfg["BK"] == 0, **dot_flags(x.dtype),

@@ -1,14 +1,10 @@
-"""Torch meaning of every kernel in this package (``*_ref``).
+"""Torch reference of every kernel in this package (``*_ref``): the model's torch path (``models/ops.py``) and
+the tests' oracle. Never imports triton. Each ``*_ref`` has the signature of the kernel of the same stem and
+defines its numerics, tie-breaking and output layout.
 
-This module never imports triton, so it runs on any CPU, in notebooks and in other projects. Each
-``*_ref`` has the same signature as the Triton function of the same stem in ``kernels/`` and defines
-its numerics, its tie-breaking and its output layout. Tests and benchmarks import these.
-
-Layout conventions used throughout the package:
-  * activations ``[batch, tokens, heads, head_dim]`` (or ``[rows, features]`` for row-wise ops);
-  * a KV cache is ``[batch, T_max, n_kv_heads, head_dim]``, preallocated and written by position;
-    it holds *rotated* keys (RoPE is applied before a key is written);
-  * linear weights are ``[out_features, in_features]`` (``y = x @ w.T``).
+Layouts: activations ``[batch, tokens, heads, head_dim]`` (``[rows, features]`` for row-wise ops); a KV cache is
+``[batch, T_max, n_kv_heads, head_dim]``, preallocated, written by position, holding rotated keys; linear weights
+are ``[out_features, in_features]`` (``y = x @ w.T``).
 """
 from __future__ import annotations
 
@@ -19,71 +15,45 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "rms_norm_ref",
-    "rope_tables",
-    "rope_ref",
-    "qkv_rope_cache_ref",
-    "qkv_proj_rope_ref",
-    "qkv_norm_rope_cache_ref",
-    "qkv_proj_norm_rope_ref",
-    "block_attention_ref",
-    "swiglu_mlp_ref",
-    "silu_mul_ref",
-    "linear_rms_norm_ref",
-    "swiglu_mlp_rms_norm_ref",
-    "head_confidence_ref",
-    "logits_confidence_ref",
-    "select_transfer_ref",
-    "commit_step_ref",
-    "select_threshold_topk_ref",
-    "filter_top_p_top_k_ref",
-    "dream_confidence_ref",
-    "head_dream_confidence_ref",
-    "philox_gumbel_ref",
+    "rms_norm_ref", "rope_tables", "rope_ref", "qkv_rope_cache_ref", "qkv_proj_rope_ref", "qkv_norm_rope_cache_ref",
+    "qkv_proj_norm_rope_ref", "block_attention_ref", "swiglu_mlp_ref", "silu_mul_ref", "linear_rms_norm_ref",
+    "swiglu_mlp_rms_norm_ref", "head_confidence_ref", "logits_confidence_ref", "select_transfer_ref",
+    "commit_step_ref", "select_threshold_topk_ref", "filter_top_p_top_k_ref", "dream_confidence_ref",
+    "head_dream_confidence_ref", "philox_gumbel_ref", "moe_route_ref", "moe_align_ref", "moe_experts_ref",
 ]
 
 
 # ----------------------------------------------------------------------------------------- norms
 def check_eps(eps) -> float:
-    """An RMSNorm ``eps`` as a float, or a ValueError (a number >= 0; NaN, negatives, bools and strings are not).
-    Shared by the reference and the Triton norms."""
+    """An RMSNorm ``eps`` as a float >= 0, or a ValueError (shared with the Triton norms)."""
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
         raise ValueError(f"eps must be a float >= 0, got {eps!r}")
     return float(eps)
 
 
 def check_not_nan(name: str, v) -> None:
-    """A ValueError naming ``name`` when the rule value ``v`` (a threshold or factor; None = unused) is NaN: it
-    compares false with every confidence, so the rule would silently commit something else than asked. Shared
-    by the reference and the Triton selection."""
+    """A ValueError naming ``name`` when the rule value ``v`` (None = unused) is NaN, which would silently commit
+    something else than asked (shared with the Triton selection)."""
     if v is not None and math.isnan(float(v)):
         raise ValueError(f"{name} must be a number (+-inf allowed), got {v}")
 
 
 def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float,
                  residual: Optional[torch.Tensor] = None):
-    """LLaDA's RMSNorm, optionally with the residual add fused in front.
-
-    ``h = x + residual`` (in ``x.dtype``, as the reference model's bf16 residual stream), then
-    ``y = weight * (h.float() * rsqrt(mean(h.float()**2) + eps)).to(x.dtype)``.
-
-    Returns ``y`` when ``residual`` is None, else ``(y, h)``.
-    """
+    """LLaDA's RMSNorm (:func:`llada_triton.kernels.norm.rms_norm`): ``h = x + residual`` in ``x.dtype``, then
+    ``y = weight * (h.float() * rsqrt(mean(h.float()**2) + eps)).to(x.dtype)``; ``y``, or ``(y, h)`` with a
+    residual."""
     eps = check_eps(eps)
     h = x if residual is None else x + residual
     hf = h.float()
-    y = (hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + eps)).to(h.dtype)
-    y = weight * y
+    y = weight * (hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + eps)).to(h.dtype)
     return y if residual is None else (y, h)
 
 
 # ------------------------------------------------------------------------------------------ rope
 def rope_tables(head_dim: int, theta: float, length: int, device=None):
-    """fp32 ``(cos, sin)`` tables ``[length, head_dim]`` for absolute positions ``0..length-1``.
-
-    Built exactly like the reference modeling code (on the CPU, fp32, ``cat(freqs, freqs)``) and then
-    moved to ``device``, so the values are bit-identical to the reference wherever they are used.
-    """
+    """fp32 ``(cos, sin)`` tables ``[length, head_dim]`` for positions ``0..length-1``, built as the reference
+    modeling code does (CPU, fp32, ``cat(freqs, freqs)``), then moved to ``device``: bit-identical values."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
     seq = torch.arange(length, dtype=torch.float)
     freqs = torch.einsum("i , j -> i j", seq, inv_freq)
@@ -102,29 +72,17 @@ def _rotate(xf: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Ten
 
 
 def rope_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Half-split (NeoX) rotary embedding, computed in fp32.
-
-    x: ``[B, T, H, D]``; cos, sin: fp32 ``[T, R]`` (the rows of the tables at the tokens' positions) with
-    ``R <= D`` even: the first ``R`` features of each head rotate (``R < D``: partial RoPE, as LLaDA2's
-    ``partial_rotary_factor``), the rest pass through. Returns ``x * cos + rotate_half(x) * sin`` cast back
-    to ``x.dtype``.
-    """
+    """Half-split (NeoX) RoPE in fp32 (:func:`llada_triton.kernels.rotary.rope`): x ``[B, T, H, D]``; cos, sin fp32
+    ``[T, R]``, ``R <= D`` even (``R < D``: partial RoPE, the other features pass through). Returns
+    ``x * cos + rotate_half(x) * sin`` in ``x.dtype``."""
     return _rotate(x.float(), cos[None, :, None, :], sin[None, :, None, :]).to(x.dtype)
 
 
 def qkv_rope_cache_ref(qkv: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.Tensor, start,
                        k_cache: Optional[torch.Tensor] = None, v_cache: Optional[torch.Tensor] = None, *,
                        n_heads: int, write_from: Optional[torch.Tensor] = None):
-    """RoPE on the q and k heads of a fused projection, then the keys/values into the KV cache.
-
-    qkv: ``[B, T, H + 2 Hkv, D]`` (heads q, then k, then v); cos_table, sin_table: fp32 ``[L, R]``
-    for absolute positions (``R < D``: partial RoPE over the first ``R`` features of each head); start: int, or
-    an int64 device tensor, 0-dim (all rows) or ``[B]`` (per
-    row): the position of token 0 (token t sits at ``start + t``). With caches (``[B, T_max, Hkv, D]``)
-    the rotated keys and the values are written at slots ``[start, start + T)``, except slots below
-    ``write_from[b]`` when given, and ``(q, k_cache, v_cache)`` is returned; without, the rotated
-    ``(q, k, v)``. The Triton version rotates q (and k without a cache) in place in ``qkv``.
-    """
+    """Torch reference of :func:`llada_triton.kernels.rotary.qkv_rope_cache` (arguments there), without its in-place
+    rotation of ``qkv``; cos_table, sin_table may be ``[L, R]`` with ``R < D`` (partial RoPE)."""
     B, T, NH, _ = qkv.shape
     H = n_heads
     Hkv = (NH - H) // 2
@@ -166,28 +124,18 @@ def qkv_proj_rope_ref(x: torch.Tensor, w_qkv: torch.Tensor, cos_table: torch.Ten
                       start, k_cache: Optional[torch.Tensor] = None, v_cache: Optional[torch.Tensor] = None, *,
                       n_heads: int, write_from: Optional[torch.Tensor] = None, head_dim: Optional[int] = None,
                       bias: Optional[torch.Tensor] = None):
-    """The fused QKV projection (``x @ w_qkv.T`` plus the optional ``bias`` ``[NH * D]``, rounded once to
-    ``x.dtype`` as ``F.linear``) followed by
-    :func:`qkv_rope_cache_ref`. x: ``[B, T, d]``; w_qkv: ``[(n_heads + 2 Hkv) * D, d]`` with ``D = head_dim``
-    (default: the caches' head dim, else ``d // n_heads``). Same result as :func:`qkv_rope_cache_ref`."""
-    B, T, d = x.shape
-    D = head_dim if head_dim is not None else k_cache.shape[-1] if k_cache is not None else d // n_heads
-    qkv = F.linear(x, w_qkv, bias).view(B, T, w_qkv.shape[0] // D, D)
-    return qkv_rope_cache_ref(qkv, cos_table, sin_table, start, k_cache, v_cache, n_heads=n_heads,
-                              write_from=write_from)
+    """Torch reference of :func:`llada_triton.kernels.qkv.qkv_proj_rope`: ``F.linear(x, w_qkv, bias)`` (rounded
+    once to ``x.dtype``) viewed as ``[B, T, NH, D]``, then :func:`qkv_rope_cache_ref`."""
+    return qkv_proj_norm_rope_ref(x, w_qkv, None, None, 0.0, cos_table, sin_table, start, k_cache, v_cache,
+                                  n_heads=n_heads, write_from=write_from, head_dim=head_dim, bias=bias)
 
 
 def qkv_norm_rope_cache_ref(qkv: torch.Tensor, q_norm: Optional[torch.Tensor], k_norm: Optional[torch.Tensor],
                             eps: float, cos_table: torch.Tensor, sin_table: torch.Tensor, start,
                             k_cache: Optional[torch.Tensor] = None, v_cache: Optional[torch.Tensor] = None, *,
                             n_heads: int, write_from: Optional[torch.Tensor] = None):
-    """QK-norm, then :func:`qkv_rope_cache_ref` (RoPE, possibly partial, and the cache write).
-
-    q_norm, k_norm: ``[D]`` RMSNorm weights applied to every q head and every k head (per-head RMSNorm over
-    ``head_dim``, as :func:`rms_norm_ref`, before the rotation: LLaDA2.x and LLaDA-MoE), or both None (no
-    QK-norm). Values are not normed. Same outputs as :func:`qkv_rope_cache_ref`; the cache holds normed,
-    rotated keys.
-    """
+    """Per-head QK-norm (LLaDA2.x, LLaDA-MoE): :func:`rms_norm_ref` of every q head with ``q_norm`` ``[D]`` and of
+    every k head with ``k_norm`` (both None: none; values are not normed), then :func:`qkv_rope_cache_ref`."""
     if (q_norm is None) != (k_norm is None):
         raise ValueError("q_norm and k_norm must both be given or both be None")
     if q_norm is not None:
@@ -204,10 +152,8 @@ def qkv_proj_norm_rope_ref(x: torch.Tensor, w_qkv: torch.Tensor, q_norm: Optiona
                            start, k_cache: Optional[torch.Tensor] = None, v_cache: Optional[torch.Tensor] = None, *,
                            n_heads: int, write_from: Optional[torch.Tensor] = None, head_dim: Optional[int] = None,
                            bias: Optional[torch.Tensor] = None):
-    """The fused QKV projection (``F.linear(x, w_qkv, bias)``, rounded once to ``x.dtype``) followed by
-    :func:`qkv_norm_rope_cache_ref` (per-head QK-norm, RoPE over the first ``R = cos_table.shape[1]`` features
-    of each head, the cache write): LLaDA2.x / LLaDA-MoE attention's input. Arguments as
-    :func:`qkv_proj_rope_ref` plus ``q_norm``, ``k_norm`` (``[D]``, or both None) and ``eps``."""
+    """:func:`qkv_proj_rope_ref` with :func:`qkv_norm_rope_cache_ref` after the projection (LLaDA2.x / LLaDA-MoE).
+    ``D = head_dim``, default the caches' head dim, else ``d // n_heads``."""
     B, T, d = x.shape
     D = head_dim if head_dim is not None else k_cache.shape[-1] if k_cache is not None else d // n_heads
     qkv = F.linear(x, w_qkv, bias).view(B, T, w_qkv.shape[0] // D, D)
@@ -234,16 +180,8 @@ def block_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
                         kv_len: int, kv_start: Optional[torch.Tensor] = None,
                         key_end: Optional[torch.Tensor] = None,
                         scale: Optional[float] = None) -> torch.Tensor:
-    """Bidirectional attention of a block of queries over the first ``kv_len`` slots of a KV cache.
-
-    q: ``[B, Tq, H, D]``; k_cache, v_cache: ``[B, T_max, Hkv, D]`` with ``H % Hkv == 0`` (GQA) and
-    ``kv_len <= T_max`` (the queries' own keys must already be written in the cache).
-    kv_start: int ``[B]`` or None: keys ``< kv_start[b]`` are invisible to row b (left padding).
-    key_end: int ``[Tq]`` or ``[B, Tq]`` or None: query i (of batch row b) sees only keys
-    ``< key_end[i]`` (``< key_end[b, i]`` for the 2-D form; block-causal masks);
-    every query must see at least one key. scale defaults to ``1/sqrt(D)``.
-    Returns ``[B, Tq, H, D]`` in ``q.dtype`` (softmax in fp32 for 16-bit inputs, as SDPA).
-    """
+    """Torch reference of :func:`llada_triton.kernels.attention.block_attention` (arguments there): SDPA over the
+    first ``kv_len`` slots, kv heads repeated for GQA, the mask of :func:`attention_mask`."""
     B, Tq, H, D = q.shape
     Hkv = k_cache.shape[2]
     k = k_cache[:, :kv_len].transpose(1, 2)
@@ -265,12 +203,8 @@ def silu_mul_ref(gate_up: torch.Tensor) -> torch.Tensor:
 
 def swiglu_mlp_ref(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor,
                    residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``residual + (silu(x @ Wg.T) * (x @ Wu.T)) @ w_down.T`` in ``x.dtype``.
-
-    x: ``[M, d]``; w_gate_up: ``[2h, d]``, rows ``[0, h)`` the gate (LLaDA's ``ff_proj``, through SiLU)
-    and rows ``[h, 2h)`` the up projection; w_down: ``[d, h]``; residual: ``[M, d]`` or None.
-    Each matmul output is rounded to ``x.dtype`` as in the reference model.
-    """
+    """``residual + (silu(x @ Wg.T) * (x @ Wu.T)) @ w_down.T`` (:func:`llada_triton.kernels.mlp.swiglu_mlp`), each
+    matmul output rounded to ``x.dtype``. w_gate_up ``[2h, d]``: gate rows (LLaDA's ``ff_proj``), then up rows."""
     y = silu_mul_ref(x @ w_gate_up.t()) @ w_down.t()
     return y if residual is None else residual + y
 
@@ -278,13 +212,8 @@ def swiglu_mlp_ref(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tenso
 # --------------------------------------------------- projections followed by the next RMSNorm
 def linear_rms_norm_ref(x: torch.Tensor, w: torch.Tensor, residual: Optional[torch.Tensor],
                         norm_weight: torch.Tensor, eps: float):
-    """A projection into the residual stream and the RMSNorm that reads it, as one op.
-
-    ``h = residual + x @ w.T`` (the product rounded to ``x.dtype`` first; ``h = x @ w.T`` when
-    ``residual`` is None), then ``y = rms_norm_ref(h, norm_weight, eps)``. Returns ``(y, h)`` like
-    :func:`rms_norm_ref` with a residual. In LLaDA: the attention output projection followed by the
-    MLP's norm.
-    """
+    """:func:`llada_triton.kernels.gemm.linear_rms_norm`: ``h = residual + x @ w.T`` (the product rounded to
+    ``x.dtype`` first), ``y = rms_norm_ref(h, norm_weight, eps)``; returns ``(y, h)``."""
     y = x @ w.t()
     h = y if residual is None else residual + y
     return rms_norm_ref(h, norm_weight, eps), h
@@ -292,8 +221,7 @@ def linear_rms_norm_ref(x: torch.Tensor, w: torch.Tensor, residual: Optional[tor
 
 def swiglu_mlp_rms_norm_ref(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor,
                             residual: Optional[torch.Tensor], norm_weight: torch.Tensor, eps: float):
-    """:func:`swiglu_mlp_ref` followed by the RMSNorm of its output (the next layer's attention norm,
-    or the final norm). Returns ``(y, h)`` with ``h`` the MLP output (residual included)."""
+    """:func:`swiglu_mlp_ref` then the RMSNorm of its output ``h`` (residual included); returns ``(y, h)``."""
     h = swiglu_mlp_ref(x, w_gate_up, w_down, residual)
     return rms_norm_ref(h, norm_weight, eps), h
 
@@ -304,13 +232,8 @@ def head_confidence_ref(hidden: torch.Tensor, w_head: torch.Tensor, *,
                         banned_ids: Sequence[int] = (), no_confidence_ids: Sequence[int] = (),
                         uncond_hidden: Optional[torch.Tensor] = None, cfg_scale: float = 0.0,
                         n_rows: Optional[torch.Tensor] = None, row_ids: Optional[torch.Tensor] = None):
-    """Sampled token and its confidence for each row, from final (normed) hidden states.
-
-    hidden: ``[M, d]``; w_head: ``[V, d]``. Logits ``l = hidden @ w_head.T`` are rounded to the
-    hidden dtype (as the reference model's logits), then everything else is :func:`logits_confidence_ref`
-    (CFG with ``uncond_hidden @ w_head.T``, banned ids, argmax or Gumbel-max sampling, confidence).
-    Returns ``(x0 int64 [M], conf fp32 [M])``.
-    """
+    """Torch reference of :func:`llada_triton.kernels.confidence.head_confidence`: :func:`logits_confidence_ref`
+    of ``hidden @ w_head.T`` rounded to the hidden dtype (CFG with ``uncond_hidden @ w_head.T``)."""
     uncond_logits = None if uncond_hidden is None else uncond_hidden @ w_head.t()
     return logits_confidence_ref(hidden @ w_head.t(), temperature=temperature, generator=generator,
                                  banned_ids=banned_ids, no_confidence_ids=no_confidence_ids,
@@ -322,21 +245,11 @@ def logits_confidence_ref(logits: torch.Tensor, *, temperature: float = 0.0,
                           no_confidence_ids: Sequence[int] = (), uncond_logits: Optional[torch.Tensor] = None,
                           cfg_scale: float = 0.0, n_rows: Optional[torch.Tensor] = None,
                           row_ids: Optional[torch.Tensor] = None):
-    """Sampled token and its confidence for each row, from logits ``[M, V]`` (any float dtype), in fp32:
-      * classifier-free guidance when ``uncond_logits`` is given: ``l = lu + (cfg_scale + 1) * (l - lu)``;
-      * ``banned_ids`` get ``-inf`` logits before anything else (``logits_eos_inf``);
-      * ``x0 = argmax(l)`` at temperature 0, else a Gumbel-max sample of ``softmax(l / T)``
-        (noise from ``generator``, fp64, one ``[M, V]`` draw); ties go to the lowest id;
-      * ``no_confidence_ids`` get ``-inf`` logits *after* sampling (``confidence_eos_eot_inf``): they
-        leave the confidence softmax, so a sampled one gets confidence 0 and the others renormalise
-        (what the official code computes at temperature 0);
-      * ``conf = exp(l[x0] - logsumexp(l))`` (noise-free, fp32).
-    ``n_rows`` is accepted and ignored (every row is computed; the kernels may skip rows ``>= n_rows``).
-    ``row_ids`` (values in ``[0, M)``): row i gets the noise of row ``row_ids[i]`` of the draw, so rows
-    gathered from a batch keep their noise (the kernels use them as Philox row counters).
-    Returns ``(x0 int64 [M], conf fp32 [M])``.
-    """
-    logits = logits.float()  # a copy where logits were not fp32 already; cloned below when they were
+    """Torch reference of :func:`llada_triton.kernels.confidence.logits_confidence` (semantics there), in fp32.
+    Its Gumbel noise is one fp64 ``[M, V]`` draw from ``generator``; row i takes row ``row_ids[i]`` of it
+    (values in ``[0, M)``). ``n_rows`` is ignored (every row is computed). ``banned_ids`` is the official
+    ``logits_eos_inf``, ``no_confidence_ids`` its ``confidence_eos_eot_inf``."""
+    logits = logits.float()  # a copy unless already fp32 (then cloned below)
     if uncond_logits is not None:
         lu = uncond_logits.float()
         logits = lu + (cfg_scale + 1.0) * (logits - lu)
@@ -365,26 +278,14 @@ def logits_confidence_ref(logits: torch.Tensor, *, temperature: float = 0.0,
 def select_transfer_ref(conf: torch.Tensor, masked: torch.Tensor, *,
                         k: Optional[torch.Tensor] = None, threshold: Optional[float] = None,
                         factor: Optional[float] = None) -> torch.Tensor:
-    """Which masked positions of each row to commit this step. Exactly one rule must be given.
-
-    conf: fp32 ``[B, L]`` confidences; masked: bool ``[B, L]`` (only masked positions can be chosen).
-    * ``k`` (int ``[B]``): the ``k[b]`` most confident masked positions (LLaDA's top-k schedule);
-    * ``threshold``: the most confident masked position always, plus every other masked position
-      with ``conf >= threshold`` (Fast-dLLM);
-    * ``factor``: sort the masked confidences descending ``c_1 >= c_2 >= ...``; commit the longest
-      prefix ``n`` with ``(n + 1) * (1 - c_n) < factor``... as Fast-dLLM's ``get_transfer_index_dynamic``
-      at least one position.
-    Ranking is by descending confidence, ties to the lowest index; ``-inf`` confidences rank last but
-    are still chosen if ``k`` asks for them (masked positions only).
-    Returns bool ``[B, L]``.
-    """
+    """Torch reference of :func:`llada_triton.kernels.selection.select_transfer` (rules and ranking there);
+    the factor rule is :func:`_factor_count`. Returns bool ``[B, L]``."""
     if sum(r is not None for r in (k, threshold, factor)) != 1:
         raise ValueError("select_transfer_ref: give exactly one of k, threshold, factor")
     for name, v in (("threshold", threshold), ("factor", factor)):
         check_not_nan(name, v)
     B, L = conf.shape
     key = torch.where(masked, conf.float(), torch.full_like(conf, float("-inf"), dtype=torch.float))
-    # stable descending order: lowest index first among equal keys; masked before unmasked
     order = _stable_desc_order(key, masked)
     ranked = key.gather(1, order)
     n_masked = masked.sum(1)
@@ -392,9 +293,9 @@ def select_transfer_ref(conf: torch.Tensor, masked: torch.Tensor, *,
     if k is not None:
         count = torch.minimum(k.to(n_masked.device).long(), n_masked)
     elif threshold is not None:
+        # the top-1 always; the others pass individually (sorted, so a count works)
         passing = (ranked >= threshold) & (ranks < n_masked[:, None])
         count = torch.where(n_masked > 0, torch.clamp(passing[:, 1:].sum(1) + 1, max=L), n_masked)
-        # only the top-1 is unconditional; others pass individually (they are sorted, so a count works)
     else:
         count = _factor_count(ranked, n_masked, factor)
     take_sorted = ranks < count[:, None]
@@ -430,16 +331,8 @@ def commit_step_ref(tokens: torch.Tensor, start, x0: torch.Tensor, conf: torch.T
                     done: Optional[torch.Tensor] = None, k: Optional[torch.Tensor] = None,
                     threshold: Optional[float] = None, factor: Optional[float] = None,
                     nfe: Optional[torch.Tensor] = None, select=select_transfer_ref):
-    """One denoising step's selection and commit into the token buffer (in place).
-
-    tokens: int64 ``[B, T]``; start: int, or int tensor ``()`` / ``[B]`` (the block's first column per row);
-    x0 int64 / conf ``[B, L]`` for the block's positions; done: optional bool ``[B]`` (rows that take no part).
-    ``masked = (block == mask_id) & ~done``; ``committed = select(where(masked, conf, -inf), masked, rule)``;
-    the committed positions get ``x0``; ``nfe += masked.any(1)`` when ``nfe`` is given.
-    Returns ``(committed, conf with -inf off masked (fp32), block tokens after the commit)``. ``select`` (not
-    in the Triton signature) is the selection rule's implementation, for ablations.
-    A row whose block is not inside ``[0, T)`` commits nothing and reports the tokens -1 (as the kernel).
-    """
+    """Torch reference of :func:`llada_triton.kernels.selection.commit_step` (semantics there), in place on
+    ``tokens``. ``select`` (not in the kernel's signature) is the selection rule, for ablations."""
     B, T = tokens.shape
     L = x0.shape[1]
     dev = tokens.device
@@ -461,11 +354,9 @@ def commit_step_ref(tokens: torch.Tensor, start, x0: torch.Tensor, conf: torch.T
 
 
 def _stable_desc_order(key: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
-    # sort by (masked desc, key desc, index asc); torch.sort(stable=True) keeps index order on ties
-    B, L = key.shape
+    """Positions sorted by (masked desc, key desc, index asc): two stable sorts, by key then by the flag, so
+    unmasked positions come after masked ``-inf`` ones."""
     k2 = torch.where(masked, key, torch.full_like(key, float("-inf")))
-    # unmasked positions must come after masked -inf ones: sort twice (stable) -- first by key,
-    # then by the masked flag.
     o1 = torch.sort(k2, dim=1, descending=True, stable=True).indices
     m1 = masked.gather(1, o1).to(torch.int8)
     o2 = torch.sort(m1, dim=1, descending=True, stable=True).indices
@@ -473,8 +364,10 @@ def _stable_desc_order(key: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
 
 
 def _factor_count(ranked: torch.Tensor, n_masked: torch.Tensor, factor: float) -> torch.Tensor:
-    """Fast-dLLM's factor rule on descending-sorted confidences (see ``select_transfer_ref``)."""
-    B, L = ranked.shape
+    """Fast-dLLM's ``get_transfer_index_dynamic`` count on descending-sorted confidences ``c_0 >= c_1 >= ...``:
+    rank 0 always passes, rank ``i > 0`` needs ``c_i >= 1 - factor / (i + 2)`` (fp64); the count is the first
+    failing rank, bumped by one when it is 0 or ``n - 1`` (Fast-dLLM's loop variable), at most ``n``."""
+    B = ranked.shape[0]
     out = torch.zeros(B, dtype=torch.long, device=ranked.device)
     for b in range(B):
         n = int(n_masked[b])
@@ -486,7 +379,6 @@ def _factor_count(ranked: torch.Tensor, n_masked: torch.Tensor, factor: float) -
             if float(ranked[b, i]) < thr:
                 break
             i += 1
-        # Fast-dLLM: the loop variable ends at the first failing rank; 0 or N-1 are bumped by one
         if i == 0 or i == n - 1:
             i += 1
         out[b] = min(i, n)
@@ -599,15 +491,12 @@ def head_dream_confidence_ref(hidden: torch.Tensor, w_head: torch.Tensor, **kw):
 
 
 # ------------------------------------------------------------------------------------------- moe
-__all__ += ["moe_route_ref", "moe_align_ref", "moe_experts_ref"]
-
 _SCORE_FUNCS = ("sigmoid", "softmax")
 
 
 def check_moe_route_args(n_experts: int, top_k, n_group, topk_group, score_func, expert_bias=None,
                          routed_scaling_factor=1.0) -> None:
-    """ValueErrors (argument, value, what is allowed) for the routing options of :func:`moe_route_ref`.
-    Shared by the reference and the Triton router."""
+    """ValueErrors for the routing options of :func:`moe_route_ref` (shared with the Triton router)."""
     E = n_experts
     for name, v in (("top_k", top_k), ("n_group", n_group), ("topk_group", topk_group)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:

@@ -1,9 +1,7 @@
-"""Half-split (NeoX) rotary embedding over the full head dim, fp32 math, on strided views.
-
-Numerics mirror :func:`llada_triton.kernels.reference.rope_ref`: ``x`` is upcast to fp32, ``out = x * cos +
-rotate_half(x) * sin`` with ``rotate_half(x) = cat(-x[D/2:], x[:D/2])``, rounded to ``x.dtype`` once. The
-kernel takes the input's strides, so ``q = qkv[:, :, 0]`` of a fused ``[B, T, 3, H, D]`` projection is
-read in place (no copy), and the output may be the input itself (in-place rotation).
+"""Half-split (NeoX) rotary embedding in fp32, rounded to the input dtype once
+(:func:`llada_triton.kernels.reference.rope_ref`): :func:`rope` (``_rope_kernel``, on strided views, in place
+or not) and :func:`qkv_rope_cache` (``_qkv_rope_cache_kernel``: RoPE on q and k of a fused projection plus the
+KV-cache write). ``rotate_pair``, ``check_rope_args`` and ``split_out`` are shared with the fused QKV kernels.
 """
 from __future__ import annotations
 
@@ -19,13 +17,10 @@ from llada_triton.kernels._common import (DTYPES, cdiv, check_tensor, gdc_option
 __all__ = ["rope", "qkv_rope_cache"]
 
 
-
-# ------------------------------------------------------------------------------------------ kernels
 @triton.jit
 def rotate_pair(x1, x2, cos_ptrs, sin_ptrs, mask, HALF: tl.constexpr):
-    """The half-split rotation of fp32 halves ``x1`` (dims ``< HALF``) and ``x2``: ``(x1 cos - x2 sin,
-    x2 cos + x1 sin)``, the table entries read at ``cos_ptrs`` / ``sin_ptrs`` (first half) and ``HALF``
-    further (second half); the op order of ``rope_ref`` (``x * cos + rotate_half(x) * sin``)."""
+    """``(x1 cos - x2 sin, x2 cos + x1 sin)`` for fp32 halves ``x1`` (dims ``< HALF``) and ``x2``, the tables read
+    at ``cos_ptrs`` / ``sin_ptrs`` and ``HALF`` further, in ``rope_ref``'s op order."""
     c1 = tl.load(cos_ptrs, mask=mask, other=0.0)
     c2 = tl.load(cos_ptrs + HALF, mask=mask, other=0.0)
     s1 = tl.load(sin_ptrs, mask=mask, other=0.0)
@@ -35,7 +30,7 @@ def rotate_pair(x1, x2, cos_ptrs, sin_ptrs, mask, HALF: tl.constexpr):
 
 @triton.jit
 def _rope_kernel(
-    x_ptr, o_ptr, cos_ptr, sin_ptr,      # x, o: [B, T, G, H, D] (strided; G groups, e.g. q and k); cos, sin: [T, D] fp32
+    x_ptr, o_ptr, cos_ptr, sin_ptr,      # x, o: [B, T, G, H, D] strided (G groups); cos, sin: [T, D] fp32
     T, H,
     sxb, sxt, sxg, sxh, sxd,
     sob, sot, sog, soh, sod,
@@ -119,9 +114,8 @@ def _qkv_rope_cache_kernel(
             tl.store(x1_ptrs + HALF * sqd, o2.to(dt), mask=mask)
 
 
-# ---------------------------------------------------------------------------------------- launchers
 def rope_config(B: int, T: int, G: int, H: int, D: int, interpret: Optional[bool] = None) -> dict:
-    """Deterministic meta-parameters: heads per program chosen so that small batches still fill the GPU."""
+    """Meta-parameters of :func:`rope`: heads per program chosen so that small batches still fill the GPU."""
     interpret = is_interpreter() if interpret is None else interpret
     block_d2 = next_pow2(max(D // 2, 1))
     hmax = next_pow2(max(H, 1))
@@ -140,8 +134,7 @@ def rope_config(B: int, T: int, G: int, H: int, D: int, interpret: Optional[bool
 
 
 def qkv_rope_config(n_rows: int, D: int, interpret: Optional[bool] = None) -> dict:
-    """Meta-parameters of :func:`qkv_rope_cache` for ``n_rows`` (token, q head) rows of head dim ``D``: rows
-    per program (``BLOCK_R``), the padded half head dim (``BLOCK_D2``) and warps (a new dict per call)."""
+    """Meta-parameters of :func:`qkv_rope_cache` for ``n_rows`` (token, q head) rows of head dim ``D``."""
     return _qkv_rope_config(n_rows, D, is_interpreter() if interpret is None else bool(interpret))
 
 
@@ -167,32 +160,21 @@ def _launch(x5: torch.Tensor, o5: torch.Tensor, cos: torch.Tensor, sin: torch.Te
     )
 
 
-def _check_tables(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``x * cos + rotate_half(x) * sin`` in ``x.dtype`` (a new contiguous tensor unless ``out``).
+
+    x: ``[B, T, H, D]`` fp16/bf16/fp32, any strides (e.g. ``qkv[:, :, 0]``, never copied), D even; cos, sin: fp32
+    ``[T, D]`` (the tokens' positions), last dim contiguous; out: ``[B, T, H, D]`` of ``x.dtype``, any strides
+    (``out=x`` rotates in place). Reference: :func:`llada_triton.kernels.reference.rope_ref`.
+    """
+    check_tensor("x", x, ndim=4, dtypes=DTYPES, contiguous_last=False)
     T, D = x.shape[1], x.shape[3]
+    if D % 2:
+        raise ValueError(f"x head dim must be even for the half-split rotation, got D={D}")
     for name, t in (("cos", cos), ("sin", sin)):
         check_tensor(name, t, ndim=2, dtypes=(torch.float32,))
         if tuple(t.shape) != (T, D) or t.device != x.device:
             raise ValueError(f"{name} must be fp32 [T={T}, D={D}] on {x.device}, got {tuple(t.shape)} on {t.device}")
-
-
-def _check_x(name: str, x: torch.Tensor):
-    check_tensor(name, x, ndim=4, dtypes=DTYPES, contiguous_last=False)
-    if x.shape[3] % 2:
-        raise ValueError(f"{name} head dim must be even for the half-split rotation, got D={x.shape[3]}")
-
-
-# ------------------------------------------------------------------------------------------- public
-def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Rotary embedding (half-split / NeoX) of ``x`` at the positions whose tables are given.
-
-    x: ``[B, T, H, D]`` fp16/bf16/fp32, any strides (e.g. ``qkv[:, :, 0]`` of a fused ``[B, T, 3, H, D]``
-    tensor; read in place, never copied); D even. cos, sin: fp32 ``[T, D]``, last dim contiguous.
-    out: optional ``[B, T, H, D]`` of ``x.dtype`` (any strides); ``out=x`` rotates in place.
-    Returns ``x * cos + rotate_half(x) * sin`` in ``x.dtype`` (a new contiguous tensor unless ``out``).
-    See :func:`llada_triton.kernels.reference.rope_ref`.
-    """
-    _check_x("x", x)
-    _check_tables(x, cos, sin)
     if out is None:
         out = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     else:
@@ -205,9 +187,9 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, out: Optional
 
 
 def check_rope_args(qkv, cos_table, sin_table, start, k_cache, v_cache, n_heads, write_from, partial: bool = False):
-    """The argument checks of :func:`qkv_rope_cache` (also run by :func:`llada_triton.kernels.qkv.qkv_proj_rope` on its
-    output buffer): ``(H, Hkv, dyn, start, has_cache)``, ``start`` an int unless it is a device tensor. With
-    ``partial`` the tables may be narrower than the head (any even width ``R <= D``: partial RoPE)."""
+    """The checks of :func:`qkv_rope_cache` (also of the fused QKV kernels, on their output buffer): ``(H, Hkv,
+    dyn, start, has_cache)``, ``start`` an int unless a device tensor. ``partial``: tables ``[L, R]``, any even
+    ``R <= D``."""
     check_tensor("qkv", qkv, ndim=4, dtypes=DTYPES)
     B, T, NH, D = qkv.shape
     H = int(n_heads)
@@ -248,15 +230,15 @@ def check_rope_args(qkv, cos_table, sin_table, start, k_cache, v_cache, n_heads,
 def qkv_rope_cache(qkv: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.Tensor, start,
                    k_cache: Optional[torch.Tensor] = None, v_cache: Optional[torch.Tensor] = None, *,
                    n_heads: int, write_from: Optional[torch.Tensor] = None):
-    """One launch: RoPE on q and k of a fused projection, and the keys/values into the KV cache.
+    """RoPE on the q and k heads of a fused projection and the keys / values into the KV cache, in one launch.
 
-    qkv: ``[B, T, H + 2 Hkv, D]`` fp16/bf16/fp32, last dim contiguous; its q heads (and, without a
-    cache, its k heads) are rotated *in place*. cos_table, sin_table: fp32 ``[L, D]`` (absolute
-    positions). start: int, or an int64 tensor on the device, 0-dim (shared) or ``[B]`` (per row), read
-    in the kernel (CUDA-graph friendly). k_cache, v_cache: ``[B, T_max, Hkv, D]`` of qkv's dtype,
-    written at ``[start, start+T)`` (the caller guarantees the slots exist). write_from: optional int
-    ``[B]``: row b writes only slots ``>= write_from[b]`` (the others are left as they are). Returns ``(q, k_cache, v_cache)`` with a cache, else
-    ``(q, k, v)`` (views of ``qkv``). See :func:`llada_triton.kernels.reference.qkv_rope_cache_ref`.
+    qkv: ``[B, T, H + 2 Hkv, D]`` fp16/bf16/fp32 (q, k, v heads), last dim contiguous; its q heads (and k heads
+    without a cache) are rotated in place. cos_table, sin_table: fp32 ``[L, D]`` (absolute positions). start:
+    token 0's position, an int or an int64 device tensor, 0-dim or ``[B]``, read in the kernel (CUDA graphs).
+    k_cache, v_cache: ``[B, T_max, Hkv, D]`` of qkv's dtype, written at slots ``[start, start + T)``;
+    write_from: int64 ``[B]`` or None, row b writes only slots ``>= write_from[b]``. Returns ``(q, k_cache,
+    v_cache)``, or ``(q, k, v)`` views of ``qkv`` without caches. Reference:
+    :func:`llada_triton.kernels.reference.qkv_rope_cache_ref`.
     """
     H, Hkv, dyn, start, has_cache = check_rope_args(qkv, cos_table, sin_table, start, k_cache, v_cache, n_heads,
                                                      write_from)
@@ -276,7 +258,12 @@ def qkv_rope_cache(qkv: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.
             DYN=dyn, HAS_CACHE=has_cache, HAS_WF=write_from is not None, HALF=D // 2, BLOCK_R=block_r,
             BLOCK_D2=block_d2, num_warps=c["num_warps"], **gdc_options(qkv, B * T),
         )
-    q = qkv[:, :, :H]
+    return split_out(qkv, H, Hkv, k_cache, v_cache, has_cache)
+
+
+def split_out(out, H: int, Hkv: int, k_cache, v_cache, has_cache: bool):
+    """``(q, k_cache, v_cache)`` with a cache, else ``(q, k, v)``: views of the ``[B, T, H + 2 Hkv, D]`` output."""
+    q = out[:, :, :H]
     if has_cache:
         return q, k_cache, v_cache
-    return q, qkv[:, :, H:H + Hkv], qkv[:, :, H + Hkv:]
+    return q, out[:, :, H:H + Hkv], out[:, :, H + Hkv:]

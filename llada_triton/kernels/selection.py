@@ -1,16 +1,13 @@
-"""Transfer selection and commit of a denoising step (LLaDA low-confidence remasking, Fast-dLLM parallel
-rules): one program per row ranks the masked positions by ``[L, BLOCK_J]`` comparison blocks
-(``rank_i = #{j: c_j > c_i or (c_j == c_i and j < i)}``) and applies the rule (top-k, threshold or factor) to
-the ranks.
+"""Which masked positions a denoising step commits (LLaDA's top-k, Fast-dLLM's threshold and factor rules). One
+program per row ranks the masked positions (``rank_i = #{j: c_j > c_i or (c_j == c_i and j < i)}``, in
+``[L, BLOCK_J]`` comparison blocks) and applies the rule to the ranks.
 
-* :func:`select_transfer` stores the selection; :func:`select_commit` also writes ``x0`` into the token block
-  in place.
-* :func:`commit_step`: a decoding step's whole commit in one launch, on the token buffer itself: the masked
-  positions read from the tokens at a (device) block start, the selection, the write of ``x0``, the NFE
-  count and the step's outputs.
+* :func:`select_transfer` / :func:`select_commit` (``_select_kernel``): the selection, optionally with the write
+  of ``x0`` into the token block.
+* :func:`commit_step` (``_commit_step_kernel``): a step's whole commit on the token buffer at a (device) block
+  start: masked positions, selection, the write of ``x0``, the NFE count and the step's outputs.
 
-References: :func:`llada_triton.kernels.reference.select_transfer_ref`,
-:func:`llada_triton.kernels.reference.commit_step_ref`.
+References: :func:`llada_triton.kernels.reference.select_transfer_ref`, ``commit_step_ref``.
 """
 from __future__ import annotations
 
@@ -31,13 +28,11 @@ MAX_SELECT_LEN = 4096  # one row of select_transfer is held in registers
 _LOGIT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
-# ------------------------------------------------------------------------------------- kernels
 @triton.jit
 def _rank_masked(c, offs, L, c_row, m_row, tok_row, mask_id,
                  MASK_FROM_TOKENS: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_J: tl.constexpr):
-    """rank_i = #{masked j < L : c_j > c_i or (c_j == c_i and j < i)} (descending, lowest index first), the
-    masked flags of the ``j`` side read from ``m_row`` or (MASK_FROM_TOKENS) computed as
-    ``tok_row[j] == mask_id``."""
+    """``rank_i = #{masked j < L: c_j > c_i or (c_j == c_i and j < i)}``; the ``j`` side's masked flags read from
+    ``m_row``, or with ``MASK_FROM_TOKENS`` computed as ``tok_row[j] == mask_id``."""
     rank = tl.zeros([BLOCK_L], dtype=tl.int32)
     for j0 in range(0, L, BLOCK_J):
         j = j0 + tl.arange(0, BLOCK_J)  # [BJ]
@@ -113,8 +108,8 @@ def _commit_step_kernel(
         s0 = tl.load(start_ptr + row * stride_sb).to(tl.int64)
     else:
         s0 = start.to(tl.int64)
-    # a block not inside [0, T) (a bad device start) is not read or written: that row commits nothing and
-    # reports the tokens -1. L_live: the columns read (0 for such a row and for a done row)
+    # a block outside [0, T) (a bad device start) is neither read nor written: the row commits nothing and
+    # reports tokens -1. L_live: the columns read (0 for such a row and for a done row)
     L_live = tl.where((s0 >= 0) & (s0 + L <= T), L, 0)
     L_tok = L_live
     if HAS_DONE:
@@ -141,7 +136,6 @@ def _commit_step_kernel(
         tl.store(nfe_ptr + row, tl.load(nfe_ptr + row) + (n > 0).to(tl.int64))
 
 
-# ------------------------------------------------------------------------------------ launchers
 def _f32(x: float) -> float:
     return struct.unpack("f", struct.pack("f", x))[0]
 
@@ -150,12 +144,11 @@ def _split_f64(x: float):
     """x as hi + mid + lo, each an fp32 value, the sum exact in fp64 (for normal-range x)."""
     hi = _f32(x)
     mid = _f32(x - hi)
-    lo = _f32(x - hi - mid)
-    return hi, mid, lo
+    return hi, mid, _f32(x - hi - mid)
 
 
 def _rule_args(B: int, dev, k, threshold, factor):
-    """Validated ``(RULE, k tensor or None, threshold, factor words)`` of the selection rule (exactly one)."""
+    """Validated ``(RULE, k tensor or None, threshold, factor words)`` of the one rule given."""
     given = [n for n, v in (("k", k), ("threshold", threshold), ("factor", factor)) if v is not None]
     if len(given) != 1:
         raise ValueError(f"give exactly one of k, threshold, factor (got {given or 'none'})")
@@ -183,14 +176,13 @@ def _select_tiles(L: int, interpret: bool):
 def _select_launch(conf, masked, out=None, *, k=None, threshold=None, factor=None, tokens=None, x0=None):
     check_tensor("conf", conf, ndim=2, dtypes=_LOGIT_DTYPES)
     B, L = conf.shape
-    out = torch.empty((B, L), dtype=torch.bool, device=conf.device) if out is None else out
+    dev = conf.device
+    out = torch.empty((B, L), dtype=torch.bool, device=dev) if out is None else out
     check_tensor("masked", masked, ndim=2, dtypes=(torch.bool,))
-    if masked.shape != (B, L) or masked.device != conf.device:
-        raise ValueError(f"masked must be bool [{B}, {L}] on {conf.device}, got {tuple(masked.shape)} "
-                         f"on {masked.device}")
+    if masked.shape != (B, L) or masked.device != dev:
+        raise ValueError(f"masked must be bool [{B}, {L}] on {dev}, got {tuple(masked.shape)} on {masked.device}")
     if L > MAX_SELECT_LEN:
         raise ValueError(f"block length {L} exceeds {MAX_SELECT_LEN} (one row is held in registers)")
-    dev = conf.device
     rule, kt, thr, fparts = _rule_args(B, dev, k, threshold, factor)
     commit = tokens is not None
     if commit:
@@ -215,20 +207,17 @@ def _select_launch(conf, masked, out=None, *, k=None, threshold=None, factor=Non
     return out
 
 
-# ---------------------------------------------------------------------------------- public API
 def select_transfer(conf: torch.Tensor, masked: torch.Tensor, *, k: Optional[torch.Tensor] = None,
                     threshold: Optional[float] = None, factor: Optional[float] = None) -> torch.Tensor:
-    """Which masked positions of each row to commit this step; exactly one rule must be given.
+    """Which masked positions of each row to commit, by exactly one rule; returns bool ``[B, L]``.
 
-    conf: ``[B, L]`` fp32 (bf16/fp16 accepted) confidences; masked: bool ``[B, L]``; ``L <= 4096``.
-    * ``k``: int32/int64 tensor ``[B]`` on the same device: the ``k[b]`` most confident masked positions;
-    * ``threshold``: the top-1 masked position plus every masked position with ``conf >= threshold``
-      (compared in fp32, as torch compares an fp32 tensor with a Python float);
-    * ``factor``: Fast-dLLM's dynamic rule with its off-by-one quirk (``reference._factor_count``),
-      thresholds ``1 - factor / (n + 1)`` evaluated in fp64 as the reference does.
-    Ranking: descending confidence, lowest index first on ties, ``-inf`` last among masked; NaN
-    confidences are not supported. One program per row, no host synchronisation.
-    Returns bool ``[B, L]``. Same result as :func:`llada_triton.kernels.reference.select_transfer_ref`.
+    conf: ``[B, L]`` fp32 (bf16/fp16 accepted; no NaN) confidences; masked: bool ``[B, L]``; ``L <= 4096``.
+    * ``k`` (int ``[B]``, on conf's device): the ``k[b]`` most confident masked positions;
+    * ``threshold``: the top-1 masked position plus every masked position with ``conf >= threshold`` (fp32);
+    * ``factor``: Fast-dLLM's dynamic rule, off-by-one quirk included
+      (:func:`llada_triton.kernels.reference._factor_count`; thresholds in fp64).
+    Ranking: descending confidence, lowest index first on ties, ``-inf`` last among the masked; ``k`` may pick
+    ``-inf`` ones. No host sync. Reference: :func:`llada_triton.kernels.reference.select_transfer_ref`.
     """
     return _select_launch(conf, masked, k=k, threshold=threshold, factor=factor)
 
@@ -236,9 +225,8 @@ def select_transfer(conf: torch.Tensor, masked: torch.Tensor, *, k: Optional[tor
 def select_commit(tokens_block: torch.Tensor, x0: torch.Tensor, conf: torch.Tensor, masked: torch.Tensor, *,
                   k: Optional[torch.Tensor] = None, threshold: Optional[float] = None,
                   factor: Optional[float] = None) -> torch.Tensor:
-    """:func:`select_transfer` fused with the commit: ``tokens_block[b, i] = x0[b, i]`` wherever
-    position ``(b, i)`` is selected, in place (``tokens_block`` may be a strided int64 view ``[B, L]``,
-    e.g. ``x[:, start:end]``; x0 int64 ``[B, L]``). Returns the bool transfer mask ``[B, L]``."""
+    """:func:`select_transfer`, then ``tokens_block[b, i] = x0[b, i]`` (int64 ``[B, L]``; ``tokens_block`` may be
+    a strided view such as ``x[:, start:end]``) at every selected position, in place. Returns the selection."""
     return _select_launch(conf, masked, k=k, threshold=threshold, factor=factor, tokens=tokens_block, x0=x0)
 
 
@@ -246,21 +234,17 @@ def commit_step(tokens: torch.Tensor, start, x0: torch.Tensor, conf: torch.Tenso
                 done: Optional[torch.Tensor] = None, k: Optional[torch.Tensor] = None,
                 threshold: Optional[float] = None, factor: Optional[float] = None,
                 nfe: Optional[torch.Tensor] = None):
-    """One denoising step's selection and commit into the token buffer, in one launch (no host sync).
+    """One denoising step's selection and commit into the token buffer, one launch, no host sync.
 
-    tokens: int64 ``[B, T]``, updated in place; start: the block's first column, an int or an int32/int64
-    device tensor of shape ``()`` or ``[B]`` (a start per row); x0: int64 ``[B, L]`` sampled tokens and conf:
-    ``[B, L]`` confidences (fp32; bf16/fp16 accepted) of the block's positions, any values off the masked
-    ones; done: optional bool ``[B]``, rows that take no part (nothing of theirs counts as masked).
-
-    With ``masked[b, i] = tokens[b, start_b + i] == mask_id and not done[b]``: the positions
-    ``committed = select_transfer(where(masked, conf, -inf), masked, k= | threshold= | factor=)`` (exactly one
-    rule, as :func:`select_transfer`) get ``tokens[b, start_b + i] = x0[b, i]``, and ``nfe[b] += 1`` for every
-    row with a masked position (when ``nfe``, int64 ``[B]``, is given; updated in place).
-    A device ``start`` is not checked on the host: a row whose block ``[start_b, start_b + L)`` is not inside
-    ``[0, T)`` commits nothing and reports the tokens -1.
-    Returns ``(committed bool [B, L], conf fp32 [B, L] with -inf off the masked positions, the block's tokens
-    int64 [B, L] after the commit)``. Same results as :func:`llada_triton.kernels.reference.commit_step_ref`.
+    tokens: int64 ``[B, T]``, updated in place; start: the block's first column, an int or an int32/int64 device
+    tensor ``()`` or ``[B]``; x0: int64 ``[B, L]`` sampled tokens, conf: ``[B, L]`` fp32 (bf16/fp16 accepted);
+    done: bool ``[B]`` or None (rows that take no part); nfe: int64 ``[B]`` or None, updated in place.
+    With ``masked[b, i] = tokens[b, start_b + i] == mask_id and not done[b]``, the positions
+    ``committed = select_transfer(where(masked, conf, -inf), masked, <one rule>)`` get ``x0``, and ``nfe[b] += 1``
+    for every row with a masked position. A row whose device ``start`` puts the block outside ``[0, T)`` commits
+    nothing and reports tokens -1. Returns ``(committed bool, conf fp32 with -inf off the masked positions, the
+    block's tokens after the commit)``, each ``[B, L]``. Reference:
+    :func:`llada_triton.kernels.reference.commit_step_ref`.
     """
     check_tensor("tokens", tokens, ndim=2, dtypes=(torch.int64,))
     check_tensor("x0", x0, ndim=2, dtypes=(torch.int64,))
