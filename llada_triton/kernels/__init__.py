@@ -1,15 +1,13 @@
-"""Triton kernels for masked-diffusion LM decoding, importable on their own.
+"""Triton kernels for masked-diffusion LM decoding, importable on their own; each public kernel has a torch
+reference of the same signature in :mod:`llada_triton.kernels.reference` (which never imports triton).
 
-One op family per module, every public kernel with a torch reference of the same signature in
-:mod:`llada_triton.kernels.reference` (which never imports triton): ``gemm`` (decode GEMM ``linear`` /
-``linear_rms_norm``, split-K, the shared K-loop), ``mlp`` (SwiGLU), ``attention`` (block attention over the KV
-cache), ``norm`` (RMSNorm), ``rotary`` (RoPE + cache write), ``qkv`` (QKV GEMM + RoPE + cache write),
-``qkv_norm`` (the same with per-head QK-norm and partial RoPE: LLaDA2.x / LLaDA-MoE), ``confidence`` (LM head /
-logits -> token and confidence), ``dream_head`` (Dream's head), ``selection`` (which positions to commit),
-``moe`` (router, token alignment, grouped experts); ``_common`` holds launch helpers (PDL, validation, CPU
-compile checks). Modules load lazily: importing this package or ``reference`` does not import triton; set
-``TRITON_INTERPRET=1`` before the first kernel use to run them on a CPU. ``kernels.block_attention`` is always
-the function (module names differ from function names).
+One op family per module: ``gemm`` (decode GEMM ``linear`` / ``linear_rms_norm``, split-K, the shared K-loop),
+``mlp`` (SwiGLU), ``attention`` (block attention over the KV cache), ``norm`` (RMSNorm), ``rotary`` (RoPE + cache
+write), ``qkv`` (QKV GEMM + RoPE + cache write), ``qkv_norm`` (the same with per-head QK-norm and partial RoPE:
+LLaDA2.x / LLaDA-MoE), ``confidence`` (LM head / logits -> token and confidence), ``dream_head`` (Dream's head),
+``selection`` (which positions to commit), ``moe`` (router, token alignment, grouped experts); ``_common``: launch
+helpers (PDL, validation, CPU compile checks). Modules load lazily (importing this package does not import
+triton); set ``TRITON_INTERPRET=1`` before the first kernel use to run them on a CPU.
 """
 import importlib
 

@@ -1,7 +1,9 @@
-"""Small helpers shared by the kernel modules (imports triton)."""
+"""Helpers shared by the kernel modules: PDL launch options, config memoisation, argument checks, CPU compile
+checks, the PDL wait and weight prefetch."""
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 
 import torch
@@ -49,12 +51,12 @@ _HAS_GDC = _has_gdc()
 
 
 def memo_config(fn):
-    """Memoise a launch-config function of hashable positional arguments; every call returns a new dict."""
+    """Memoise a launch-config function of hashable arguments; every call returns a new dict."""
     cached = functools.lru_cache(maxsize=4096)(fn)
 
     @functools.wraps(fn)
-    def fresh(*args) -> dict:
-        return dict(cached(*args))
+    def fresh(*args, **kwargs) -> dict:
+        return dict(cached(*args, **kwargs))
     return fresh
 
 
@@ -100,19 +102,14 @@ def compile_for(kernel, signature: dict, constexprs: dict, arch: int = 90):
     errors the interpreter accepts (in a process without ``TRITON_INTERPRET``)."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-
     constexprs = with_defaults(kernel, signature, constexprs)
-    sig = dict(signature)
-    for k in constexprs:
-        sig[k] = "constexpr"
+    sig = {**signature, **{k: "constexpr" for k in constexprs}}
     src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32))
 
 
 def with_defaults(kernel, signature: dict, constexprs: dict) -> dict:
     """``constexprs`` plus the defaults of the kernel's parameters that neither dict names (``USE_GDC``...)."""
-    import inspect
-
     out = dict(constexprs)
     for name, prm in inspect.signature(kernel.fn).parameters.items():
         if name not in signature and name not in out and prm.default is not inspect.Parameter.empty:

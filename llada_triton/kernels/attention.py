@@ -26,7 +26,6 @@ __all__ = ["block_attention"]
 _LOG2E = 1.4426950408889634
 
 
-# ------------------------------------------------------------------------------------------ kernels
 @triton.jit
 def _visible_range(kv_start_ptr, key_end_ptr, b, t, row_ok, kv_len, stride_ksb, stride_keb, stride_ket,
                    HAS_KV_START: tl.constexpr, HAS_KEY_END: tl.constexpr):

@@ -21,7 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
-from llada_triton.kernels._common import cdiv, check_tensor, gdc_options, gdc_wait_and_release, is_interpreter, next_pow2
+from llada_triton.kernels._common import (cdiv, check_tensor, gdc_options, gdc_wait_and_release, is_interpreter,
+                                          next_pow2)
 from llada_triton.kernels.gemm import dot_step, load_k
 
 __all__ = ["head_confidence", "logits_confidence"]
@@ -31,11 +32,9 @@ MAX_SPECIAL_IDS = 4  # banned_ids / no_confidence_ids are passed as scalar kerne
 _LOGIT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
-# ------------------------------------------------------------------------------------- kernels
 @triton.jit
 def _philox4x32_10(c0, c1, c2, c3, k0, k1):
-    """Philox4x32-10 (Salmon et al., SC'11; Random123 constants); uint32 counter words and key. Returns
-    the first output word (written out here so it does not depend on triton's private helpers)."""
+    """The first output word of Philox4x32-10 (Random123 constants) for uint32 counter words and key."""
     for _ in tl.static_range(10):
         p0 = c0
         p2 = c2
@@ -50,9 +49,8 @@ def _philox4x32_10(c0, c1, c2, c3, k0, k1):
 
 @triton.jit
 def gumbel_noise(vid, row, seed_lo, seed_hi, off_lo, off_hi):
-    """Gumbel(0, 1) noise for every (row, vocab id) pair: Philox4x32-10 with key (seed_lo, seed_hi) and
-    counter (vid, row, off_lo, off_hi); first output word -> w in (0, 1) -> E = -log1p(-w) ~ Exp(1)
-    (accurate for small w, where the winners are) -> g = -log(E)."""
+    """Gumbel(0, 1) noise per (row, vocab id): Philox key (seed_lo, seed_hi), counter (vid, row, off_lo, off_hi);
+    its first word -> w in (0, 1) -> E = -log1p(-w) (accurate for small w, where the winners are) -> -log(E)."""
     zero = (vid + row).to(tl.uint32) * 0  # [BM, BV] uint32
     one = tl.zeros([1, 1], dtype=tl.uint32)  # scalars (int32 bits) -> uint32 by promotion
     r = _philox4x32_10(vid.to(tl.uint32) + zero, row.to(tl.uint32) + zero, zero + (one + off_lo),
@@ -309,8 +307,7 @@ def _id_args(name: str, ids: Sequence[int], lo: int, hi: int):
     return ids + [-1] * (MAX_SPECIAL_IDS - len(ids)), len(ids)
 
 
-def head_config(M: int, V: int, D: int, dtype: torch.dtype, cfg: bool, interpret: bool,
-                 sample: bool = False) -> dict:
+def head_config(M: int, V: int, D: int, dtype: torch.dtype, cfg: bool, interpret: bool, sample: bool = False) -> dict:
     """Meta-parameters of the head kernels, a function of the shape and mode: bf16/fp16 temperature-0 tiles from
     a sweep at M = 32 / 256 / 1024; with sampling, 64-wide vocab tiles above 32 rows (the Philox epilogue spills
     128x128 tiles on sm_90)."""
@@ -321,12 +318,10 @@ def head_config(M: int, V: int, D: int, dtype: torch.dtype, cfg: bool, interpret
         return dict(BLOCK_M=32, BLOCK_V=64, BLOCK_K=32, SWAP_AB=False, num_warps=4, num_stages=2)
     if M <= 32 or (M <= 64 and not sample):  # weight-streaming bound: W rows as the MMA M dimension
         bm = 16 if M <= 16 else (32 if M <= 32 else 64)
-        return dict(BLOCK_M=bm, BLOCK_V=128, BLOCK_K=128, SWAP_AB=True, num_warps=4,
-                    num_stages=3 if cfg else 4)
+        return dict(BLOCK_M=bm, BLOCK_V=128, BLOCK_K=128, SWAP_AB=True, num_warps=4, num_stages=3 if cfg else 4)
     if sample:
         if M <= 64:
-            return dict(BLOCK_M=64, BLOCK_V=64, BLOCK_K=128, SWAP_AB=True, num_warps=4,
-                        num_stages=3 if cfg else 4)
+            return dict(BLOCK_M=64, BLOCK_V=64, BLOCK_K=128, SWAP_AB=True, num_warps=4, num_stages=3 if cfg else 4)
         return dict(BLOCK_M=128, BLOCK_V=64, BLOCK_K=64, SWAP_AB=False, num_warps=8, num_stages=3 if cfg else 4)
     if M <= 128 or cfg:
         return dict(BLOCK_M=128, BLOCK_V=128, BLOCK_K=64, SWAP_AB=False, num_warps=8, num_stages=3)
@@ -377,8 +372,7 @@ def _merge_launch(parts, x0, conf, M, nvt, n_rows_ptr, has_n_rows, interpret, bl
     """The merge kernel over ``nvt`` partials per row; ``block_r`` (tests) overrides the rows per program."""
     BT = next_pow2(max(nvt, 2))
     # one row a program up to 256 rows (enough programs to hide the partials' latency), then up to 16
-    BR = min(next_pow2(max(M, 2)), 64) if interpret else (1 if M <= 256 else max(1, min(16, 4096 // BT)))
-    BR = block_r or BR
+    BR = block_r or (min(next_pow2(max(M, 2)), 64) if interpret else (1 if M <= 256 else max(1, min(16, 4096 // BT))))
     _head_merge_kernel[(cdiv(M, BR),)](
         *parts, x0, conf, n_rows_ptr, M, nvt,
         HAS_N_ROWS=has_n_rows, BLOCK_R=BR, BLOCK_T=BT, **(pdl or {}),
@@ -430,8 +424,7 @@ def _head_confidence_launch(hidden, w_head, x0, conf, *, temperature, seed, offs
         *sa["args"], float(cfg_scale) + 1.0, *sa["rng"],
         CFG=cfg, **sa["constexprs"], **rows_ce,
         UPCAST=interpret and hidden.dtype == torch.bfloat16, IEEE=hidden.dtype == torch.float32,
-        SWAP_AB=c["SWAP_AB"],
-        EVEN_K=D % BK == 0, EVEN_V=V % BV == 0,
+        SWAP_AB=c["SWAP_AB"], EVEN_K=D % BK == 0, EVEN_V=V % BV == 0,
         BLOCK_M=BM, BLOCK_V=BV, BLOCK_K=BK, **extra, **pdl,
     )
     _merge_launch(parts, x0, conf, M, nvt, nr_ptr, rows_ce["HAS_N_ROWS"], interpret, c.get("BLOCK_R"), pdl)
@@ -495,8 +488,7 @@ def _logits_confidence_launch(logits, x0, conf, *, temperature, seed, offset, ba
 
 
 def _outputs(src):
-    """Empty ``(x0 int64 [M], conf fp32 [M])`` for a 2-D ``src`` ``[M, ...]`` (``[0]`` when ``src`` is invalid: the
-    launcher then raises)."""
+    """Empty ``(x0 int64 [M], conf fp32 [M])`` for ``src`` ``[M, ...]`` (the launcher validates ``src``)."""
     ok = isinstance(src, torch.Tensor)
     M = src.shape[0] if ok and src.ndim == 2 else 0
     dev = src.device if ok else None

@@ -28,8 +28,7 @@ __all__ = ["linear", "linear_rms_norm"]
 @triton.jit
 def load_k(src, ptrs, row0, k, k_left, BK: tl.constexpr, USE_TMA: tl.constexpr, EVEN_K: tl.constexpr,
            UPCAST: tl.constexpr):
-    """One ``[rows, BK]`` K-tile: the TMA box of descriptor ``src`` at ``(row0, k)`` (out-of-bounds parts read
-    as zeros), or the loads at ``ptrs`` (columns ``>= k_left`` masked unless ``EVEN_K``); fp32 if ``UPCAST``."""
+    """A ``[rows, BK]`` K-tile: descriptor ``src``'s box at ``(row0, k)``, or ``ptrs`` masked to ``k_left`` columns."""
     if USE_TMA:
         t = src.load([row0, k])
     elif EVEN_K:
@@ -53,8 +52,7 @@ def mma(a, b, acc, IEEE: tl.constexpr):
 
 @triton.jit
 def dot_step(a, w, acc, SWAP_AB: tl.constexpr, IEEE: tl.constexpr):
-    """``acc += a @ w.T`` (``[BM, BN]``), or with ``SWAP_AB`` ``acc += w @ a.T`` (``[BN, BM]``: the weight rows
-    fill the MMA's M dimension, which decode-sized ``a`` cannot)."""
+    """``acc + a @ w.T``, or with ``SWAP_AB`` ``acc + w @ a.T`` (weight rows fill the MMA's M; ``a`` is tiny)."""
     if SWAP_AB:
         out = mma(w, tl.trans(a), acc, IEEE)
     else:
@@ -75,8 +73,7 @@ def acc_zeros(BM: tl.constexpr, BN: tl.constexpr, SWAP_AB: tl.constexpr):
 @triton.jit
 def dot_loop(a_ptr, a_ptrs, w_ptr, w_ptrs, K, acc, BK: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr,
              SWAP_AB: tl.constexpr, IEEE: tl.constexpr):
-    """``acc`` plus every K-step of ``a @ w.T`` through pointer loads (``[rows, BK]`` tiles at ``a_ptrs`` /
-    ``w_ptrs``, advanced by ``BK``); ``SWAP_AB`` as :func:`dot_step`."""
+    """``acc`` plus every K-step of ``a @ w.T`` from ``[rows, BK]`` pointer tiles; ``SWAP_AB`` as :func:`dot_step`."""
     for k in range(0, K, BK):
         a = load_k(a_ptr, a_ptrs, 0, k, K - k, BK, False, EVEN_K, UPCAST)
         w = load_k(w_ptr, w_ptrs, 0, k, K - k, BK, False, EVEN_K, UPCAST)
@@ -88,8 +85,7 @@ def dot_loop(a_ptr, a_ptrs, w_ptr, w_ptrs, K, acc, BK: tl.constexpr, EVEN_K: tl.
 
 @triton.jit
 def tile_offsets(M, BM: tl.constexpr, BN: tl.constexpr):
-    """``(pid_m, pid_n, offs_m, offs_n)`` of this program's output tile; m varies fastest, so programs sharing
-    a weight tile run together (L2)."""
+    """``(pid_m, pid_n, offs_m, offs_n)`` of this program's tile; m fastest: weight tiles are shared in L2."""
     pid = tl.program_id(0)
     num_m = tl.cdiv(M, BM)
     pid_m = pid % num_m
@@ -111,8 +107,7 @@ def out_offsets(offs_m, offs_n, M, N, SWAP_AB: tl.constexpr):
 
 @triton.jit
 def round_add_residual(acc, r_ptrs, mask, dt: tl.constexpr, HAS_RES: tl.constexpr):
-    """The projection ``acc`` (fp32) rounded to ``dt``, then ``residual + y`` in fp32, rounded (torch's
-    16-bit ``residual + F.linear(...)``)."""
+    """``acc`` rounded to ``dt``, then ``residual + y`` in fp32, rounded (torch's ``residual + F.linear(...)``)."""
     y = acc.to(dt)
     if HAS_RES:
         r = tl.load(r_ptrs, mask=mask, other=0.0)
@@ -122,8 +117,7 @@ def round_add_residual(acc, r_ptrs, mask, dt: tl.constexpr, HAS_RES: tl.constexp
 
 @triton.jit
 def _sum_partials(p_ptr, m, M, N, offs, mask, S: tl.constexpr, BLOCK: tl.constexpr):
-    """Row ``m`` of the split-K partials ``[S, M, N]`` summed in a fixed order (deterministic; unrolled,
-    so the loads overlap)."""
+    """Row ``m`` of the split-K partials ``[S, M, N]`` summed in a fixed order (unrolled: the loads overlap)."""
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
     for s in tl.static_range(S):
         acc += tl.load(p_ptr + (s * M + m) * N + offs, mask=mask, other=0.0)
@@ -207,15 +201,12 @@ def _splitk_reduce_norm_kernel(
     tl.store(y_ptr + m * stride_ym + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
+@memo_config
 def linear_config(M: int, N: int, K: int, dtype: torch.dtype, interpret: Optional[bool] = None) -> dict:
     """Meta-parameters of ``a [M, K] @ w[N, K].T`` (a new dict per call, memoised per shape; results/decisions.md).
     ``SPLIT_K`` brings the programs to about 128 (256 above 64 rows) while each split keeps >= 8 K-blocks; up to
     32 rows a split also holds at most 32 K-blocks."""
-    return _linear_config(M, N, K, dtype, is_interpreter() if interpret is None else bool(interpret))
-
-
-@memo_config
-def _linear_config(M: int, N: int, K: int, dtype: torch.dtype, interpret: bool) -> dict:
+    interpret = is_interpreter() if interpret is None else interpret
     if interpret:  # big blocks, small grids: the interpreter pays per program, not per element
         return dict(BM=clamp_pow2(M, 16, 64), BN=clamp_pow2(N, 16, 128), BK=clamp_pow2(K, 16, 256),
                     SWAP_AB=False, TMA=False, SPLIT_K=1, num_warps=4, num_stages=1)
@@ -240,8 +231,7 @@ def _linear_config(M: int, N: int, K: int, dtype: torch.dtype, interpret: bool) 
 
 def tma_ok(*ts: torch.Tensor) -> bool:
     """TMA descriptors need 16-byte aligned bases and row strides and a contiguous last dim."""
-    return all(t.data_ptr() % 16 == 0 and t.stride(-1) == 1 and (t.stride(0) * t.element_size()) % 16 == 0
-               for t in ts)
+    return all(t.data_ptr() % 16 == 0 and t.stride(-1) == 1 and (t.stride(0) * t.element_size()) % 16 == 0 for t in ts)
 
 
 def tma_sources(cfg: dict, pairs):

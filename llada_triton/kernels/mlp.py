@@ -28,8 +28,7 @@ __all__ = ["swiglu_mlp", "swiglu_mlp_rms_norm", "silu_mul"]
 
 @triton.jit
 def silu_times(g, u, dt: tl.constexpr):
-    """``silu(g) * u`` with torch's roundings for ``dt`` tensors (``g`` / ``u`` hold ``dt`` values): ``silu(g)``
-    in fp32 rounded to ``dt``, then the product in fp32 rounded to ``dt``. Shared with :mod:`.moe`."""
+    """``silu(g) * u`` for ``dt`` values with torch's roundings: ``silu`` in fp32 rounded, then the product."""
     gf = g.to(tl.float32)
     s = tl.math.div_rn(gf, 1.0 + tl.exp(-gf)).to(dt).to(tl.float32)
     return (s * u.to(tl.float32)).to(dt)
@@ -113,22 +112,18 @@ def _gate_up_silu_kernel(
     tl.store(a_ptr + om * stride_am + on, act, mask=mask)
 
 
-def gate_up_config(M: int, N: int, K: int, dtype: torch.dtype, interpret: Optional[bool] = None,
-                   num_sms: Optional[int] = None) -> dict:
-    """Meta-parameters of the gate-up kernel for ``x [M, K]`` and ``N = h`` columns, from sweeps at LLaDA-8B sizes
-    (results/decisions.md; a new dict per call, memoised). ``M <= 64``: swapped operands; above, ``ONE_DOT`` with
-    the :data:`_ONE_DOT_TILES` shape whose waves cost least on ``num_sms`` SMs (None: 132, an H100 / H200)."""
-    return _gate_up_config(M, N, K, dtype, is_interpreter() if interpret is None else bool(interpret),
-                           132 if num_sms is None else int(num_sms))
-
-
 # ONE_DOT tiles (BM, BN, num_warps, num_stages, measured cost of one wave at d=4096): one program per SM at a
 # time (shared memory), so T programs take ceil(T / SMs) waves (results/decisions.md).
 _ONE_DOT_TILES = ((128, 128, 8, 4, 52.0), (128, 64, 8, 6, 29.0), (64, 128, 4, 5, 31.0))
 
 
 @memo_config
-def _gate_up_config(M: int, N: int, K: int, dtype: torch.dtype, interpret: bool, num_sms: int) -> dict:
+def gate_up_config(M: int, N: int, K: int, dtype: torch.dtype, interpret: Optional[bool] = None,
+                   num_sms: Optional[int] = None) -> dict:
+    """Meta-parameters of the gate-up kernel for ``x [M, K]`` and ``N = h`` columns, from sweeps at LLaDA-8B sizes
+    (results/decisions.md; a new dict per call, memoised). ``M <= 64``: swapped operands; above, ``ONE_DOT`` with
+    the :data:`_ONE_DOT_TILES` shape whose waves cost least on ``num_sms`` SMs (None: 132, an H100 / H200)."""
+    interpret = is_interpreter() if interpret is None else interpret
     if interpret:  # big blocks, small grids: the interpreter pays per program, not per element
         return dict(BM=clamp_pow2(M, 16, 64), BN=clamp_pow2(N, 16, 128), BK=clamp_pow2(K, 16, 256),
                     SWAP_AB=False, TMA=False, num_warps=4, num_stages=1)
@@ -138,13 +133,13 @@ def _gate_up_config(M: int, N: int, K: int, dtype: torch.dtype, interpret: bool,
         return dict(BM=clamp_pow2(M, 16, 32), BN=64, BK=128, SWAP_AB=True, TMA=True, num_warps=4, num_stages=5)
     if M <= 64:  # 192 KiB
         return dict(BM=64, BN=64, BK=128, SWAP_AB=True, TMA=False, num_warps=4, num_stages=4)
+    num_sms = 132 if num_sms is None else int(num_sms)
     BM, BN, nw, ns, _ = min(_ONE_DOT_TILES, key=lambda t: cdiv(cdiv(M, t[0]) * cdiv(N, t[1]), num_sms) * t[4])
     return dict(BM=BM, BN=BN, BK=64, SWAP_AB=False, TMA=True, ONE_DOT=True, num_warps=nw, num_stages=ns)
 
 
 def launch_gate_up(x: torch.Tensor, w_gate_up: torch.Tensor, act: torch.Tensor, config: Optional[dict] = None):
-    """``act[M, h] = silu(x @ Wg.T) * (x @ Wu.T)`` on validated 2D tensors; ``config``: a :func:`gate_up_config`
-    dict."""
+    """``act[M, h] = silu(x @ Wg.T) * (x @ Wu.T)`` on validated 2D tensors; ``config``: see :func:`gate_up_config`."""
     M, K = x.shape
     H = w_gate_up.shape[0] // 2
     if config is None:  # the SM count matters above 64 rows only (decoding skips the query)
@@ -182,14 +177,13 @@ def _validate(x, w_gate_up, w_down, residual, out):
     d = x.shape[-1]
     check_tensor("w_gate_up", w_gate_up, ndim=2, dtypes=(x.dtype,))
     check_tensor("w_down", w_down, ndim=2, dtypes=(x.dtype,))
-    if w_gate_up.shape[1] != d or w_gate_up.shape[0] % 2 or w_gate_up.shape[0] == 0:
-        raise ValueError(f"w_gate_up must be [2h, d={d}] with h >= 1, got {tuple(w_gate_up.shape)}")
+    if w_gate_up.shape[1] != d or w_gate_up.shape[0] % 2 or w_gate_up.shape[0] == 0 or w_gate_up.device != x.device:
+        raise ValueError(f"w_gate_up must be [2h, d={d}] with h >= 1 on {x.device}, got {tuple(w_gate_up.shape)} on "
+                         f"{w_gate_up.device}")
     h = w_gate_up.shape[0] // 2
-    if tuple(w_down.shape) != (d, h):
-        raise ValueError(f"w_down must be [d, h] = [{d}, {h}], got {tuple(w_down.shape)}")
-    for name, t in (("w_gate_up", w_gate_up), ("w_down", w_down)):
-        if t.device != x.device:
-            raise ValueError(f"{name} is on {t.device}, x on {x.device}")
+    if tuple(w_down.shape) != (d, h) or w_down.device != x.device:
+        raise ValueError(f"w_down must be [d, h] = [{d}, {h}] on {x.device}, got {tuple(w_down.shape)} on "
+                         f"{w_down.device}")
     for name, t in (("residual", residual), ("out", out)):
         check_like(name, t, x.shape, x.dtype, x.device)
     return d, h
@@ -205,9 +199,8 @@ def _mlp(x, w_gate_up, w_down, residual, out, norm_args=None):
     if x2.shape[0]:
         act = torch.empty((x2.shape[0], h), device=x.device, dtype=x.dtype)
         launch_gate_up(x2, w_gate_up, act)
-        launch_linear(act, w_down, None if residual is None else as_rows("residual", residual, d),
-                      as_rows("out", y, d), norm=None if norm is None else (norm[0], norm[1],
-                                                                            as_rows("norm_out", norm[2], d)))
+        launch_linear(act, w_down, None if residual is None else as_rows("residual", residual, d), as_rows("out", y, d),
+                      norm=None if norm is None else (norm[0], norm[1], as_rows("norm_out", norm[2], d)))
     return y, norm
 
 

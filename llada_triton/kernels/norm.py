@@ -75,13 +75,10 @@ def _rms_norm_kernel(
             tl.store(y_ptr + rows * stride_y + cc, y.to(ydt), mask=mask)
 
 
+@memo_config
 def norm_config(R: int, N: int, interpret: Optional[bool] = None) -> dict:
     """Meta-parameters for ``R`` rows of ``N`` features (a new dict per call, memoised per shape)."""
-    return _norm_config(R, N, is_interpreter() if interpret is None else bool(interpret))
-
-
-@memo_config
-def _norm_config(R: int, N: int, interpret: bool) -> dict:
+    interpret = is_interpreter() if interpret is None else interpret
     np2 = next_pow2(max(N, 1))
     if interpret:
         block_n = min(np2, 1 << 16)
@@ -93,8 +90,7 @@ def _norm_config(R: int, N: int, interpret: bool) -> dict:
     elems = block_r * block_n
     num_warps = 1 if elems <= 256 else 2 if elems <= 512 else 4 if elems <= 2048 else 8 if elems <= 4096 else 16
     # the inputs are dead after the norm: evict them from L2 first (results/decisions.md)
-    return dict(BLOCK_R=block_r, BLOCK_N=block_n, NUM_CHUNKS=cdiv(N, block_n), num_warps=num_warps,
-                EVICT="evict_first")
+    return dict(BLOCK_R=block_r, BLOCK_N=block_n, NUM_CHUNKS=cdiv(N, block_n), num_warps=num_warps, EVICT="evict_first")
 
 
 def launch_rms_norm(x2, r2, weight, y2, h2, eps, config=None):

@@ -130,13 +130,10 @@ def fused_supported(rows: int, D: int) -> bool:
     return 0 < rows <= MAX_ROWS and _half_tile(D) > 0
 
 
+@memo_config
 def qkv_config(M: int, K: int, dtype: torch.dtype, interpret: Optional[bool] = None) -> dict:
     """Block sizes from the QKV row of scripts/sweep_gemm.py (a new dict per call, memoised per shape)."""
-    return _qkv_config(M, K, dtype, is_interpreter() if interpret is None else bool(interpret))
-
-
-@memo_config
-def _qkv_config(M: int, K: int, dtype: torch.dtype, interpret: bool) -> dict:
+    interpret = is_interpreter() if interpret is None else interpret
     bm = max(16, min(64, next_pow2(max(M, 1))))
     if interpret:
         return dict(BM=bm, BK=max(16, min(256, next_pow2(K))), num_warps=4, num_stages=1)
@@ -193,8 +190,7 @@ def qkv_proj_rope(x: torch.Tensor, w_qkv: torch.Tensor, cos_table: torch.Tensor,
         else:
             torch.addmm(bias, x.reshape(M, d), w_qkv.t(), out=out.view(M, NH * D))
         return qkv_rope_cache(out, cos_table, sin_table, start, k_cache, v_cache, n_heads=H, write_from=write_from)
-    _, Hkv, dyn, start, has_cache = check_rope_args(out, cos_table, sin_table, start, k_cache, v_cache, H,
-                                                     write_from)
+    _, Hkv, dyn, start, has_cache = check_rope_args(out, cos_table, sin_table, start, k_cache, v_cache, H, write_from)
     x2 = as_rows("x", x, d)
     cfg = qkv_config(M, d, x.dtype) if config is None else dict(config)
     hb = _half_tile(D)

@@ -38,8 +38,7 @@ def check_not_nan(name: str, v) -> None:
         raise ValueError(f"{name} must be a number (+-inf allowed), got {v}")
 
 
-def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float,
-                 residual: Optional[torch.Tensor] = None):
+def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: Optional[torch.Tensor] = None):
     """LLaDA's RMSNorm (:func:`llada_triton.kernels.norm.rms_norm`): ``h = x + residual`` in ``x.dtype``, then
     ``y = weight * (h.float() * rsqrt(mean(h.float()**2) + eps)).to(x.dtype)``; ``y``, or ``(y, h)`` with a
     residual."""
@@ -306,13 +305,10 @@ def select_transfer_ref(conf: torch.Tensor, masked: torch.Tensor, *,
 
 def select_threshold_topk_ref(conf: torch.Tensor, masked: torch.Tensor, *, k: torch.Tensor,
                               threshold: float) -> torch.Tensor:
-    """LLaDA2.x's rule: every masked position with ``conf > threshold`` (strict) when there are at least
-    ``k[b]`` of them, else the ``min(k[b], #masked)`` most confident masked positions. ``k = 0`` takes only
-    the positions above the threshold (possibly none); ``threshold >= 1`` is the pure top-k schedule.
-
-    conf: fp32 ``[B, L]``; masked: bool ``[B, L]``; k: int ``[B]``. Ranking as :func:`select_transfer_ref`
-    (descending, ties to the lowest index). Returns bool ``[B, L]``.
-    """
+    """LLaDA2.x's rule: every masked position with ``conf > threshold`` (strict) when there are at least ``k[b]``
+    of them, else the ``min(k[b], #masked)`` most confident masked ones (``k = 0``: only those above the
+    threshold; ``threshold >= 1``: pure top-k). conf fp32 / masked bool ``[B, L]``, k int ``[B]``; ranking as
+    :func:`select_transfer_ref`. Returns bool ``[B, L]``."""
     check_not_nan("threshold", threshold)
     B, L = conf.shape
     key = torch.where(masked, conf.float(), torch.full_like(conf, float("-inf"), dtype=torch.float))
@@ -367,21 +363,12 @@ def _factor_count(ranked: torch.Tensor, n_masked: torch.Tensor, factor: float) -
     """Fast-dLLM's ``get_transfer_index_dynamic`` count on descending-sorted confidences ``c_0 >= c_1 >= ...``:
     rank 0 always passes, rank ``i > 0`` needs ``c_i >= 1 - factor / (i + 2)`` (fp64); the count is the first
     failing rank, bumped by one when it is 0 or ``n - 1`` (Fast-dLLM's loop variable), at most ``n``."""
-    B = ranked.shape[0]
-    out = torch.zeros(B, dtype=torch.long, device=ranked.device)
-    for b in range(B):
-        n = int(n_masked[b])
-        if n == 0:
-            continue
-        i = 0
-        while i < n:
-            thr = -1.0 if i == 0 else 1.0 - factor / (i + 2)
-            if float(ranked[b, i]) < thr:
-                break
+    out = torch.zeros(ranked.shape[0], dtype=torch.long, device=ranked.device)
+    for b in range(ranked.shape[0]):
+        n, i = int(n_masked[b]), 0
+        while i < n and not float(ranked[b, i]) < (-1.0 if i == 0 else 1.0 - factor / (i + 2)):
             i += 1
-        if i == 0 or i == n - 1:
-            i += 1
-        out[b] = min(i, n)
+        out[b] = min(i + 1 if i in (0, n - 1) else i, n)
     return out
 
 
@@ -446,16 +433,13 @@ def dream_confidence_ref(logits: torch.Tensor, *, confidence: str = "prob", temp
                          top_p: Optional[float] = None, top_k: Optional[int] = None,
                          generator: Optional[torch.Generator] = None, banned_ids: Sequence[int] = (),
                          row_ids: Optional[torch.Tensor] = None, gumbel: Optional[torch.Tensor] = None):
-    """Dream's ``sample_tokens``: token and confidence per row from logits ``[M, V]``, in fp32.
+    """Dream's ``sample_tokens`` in fp32: ``(x0 int64 [M], conf fp32 [M])`` from logits ``[M, V]``.
 
-    ``p = softmax(filter_top_p_top_k(l / T))`` (``l`` itself at ``T = 0``; ``banned_ids`` get ``-inf`` first);
-    ``x0 = argmax(p)`` at ``T = 0``, else a Gumbel-max sample of ``p``: ``argmax(filtered l / T + g)`` in fp32
-    with ``gumbel`` ``g`` ``[M, V]`` when given (the Triton head's noise: :func:`philox_gumbel_ref`), else noise
-    as :func:`logits_confidence_ref` (fp64 uniforms from ``generator``, rows by ``row_ids``); neither is Dream's
-    ``Categorical`` stream. The confidence is computed on ``p`` (the tempered, filtered distribution, as Dream):
-    ``"prob"`` ``p[x0]`` (Dream's maskgit_plus), ``"margin"`` top-1 minus top-2 prob (topk_margin),
-    ``"neg_entropy"`` ``sum(p * log(p + 1e-10))`` (entropy; <= 0, higher is more certain).
-    Returns ``(x0 int64 [M], conf fp32 [M])``.
+    ``p = softmax(filter_top_p_top_k(l / T))`` (``l`` at ``T = 0``; ``banned_ids`` get ``-inf`` first); ``x0`` is
+    ``argmax(p)`` at ``T = 0``, else ``argmax(filtered l / T + g)`` with ``g`` = ``gumbel`` ``[M, V]`` when given
+    (the Triton head's noise, :func:`philox_gumbel_ref`), else the noise of :func:`logits_confidence_ref` (not
+    Dream's ``Categorical`` stream). The confidence, on ``p``: ``"prob"`` ``p[x0]`` (maskgit_plus), ``"margin"``
+    top-1 minus top-2 (topk_margin), ``"neg_entropy"`` ``sum(p * log(p + 1e-10))`` (<= 0, higher is surer).
     """
     if confidence not in DREAM_CONFIDENCES:
         raise ValueError(f"confidence={confidence!r}; choose one of {DREAM_CONFIDENCES}")
@@ -485,8 +469,7 @@ def dream_confidence_ref(logits: torch.Tensor, *, confidence: str = "prob", temp
 
 
 def head_dream_confidence_ref(hidden: torch.Tensor, w_head: torch.Tensor, **kw):
-    """:func:`dream_confidence_ref` of ``hidden @ w_head.T`` (rounded to the hidden dtype): the LM head with
-    Dream's confidences. hidden ``[M, d]``, w_head ``[V, d]``; returns ``(x0 int64 [M], conf fp32 [M])``."""
+    """:func:`dream_confidence_ref` of ``hidden [M, d] @ w_head [V, d].T`` rounded to the hidden dtype."""
     return dream_confidence_ref(hidden @ w_head.t(), **kw)
 
 
@@ -529,21 +512,14 @@ def _topk_lowest_index(v: torch.Tensor, k: int) -> torch.Tensor:
 def moe_route_ref(x: torch.Tensor, router_w: torch.Tensor, expert_bias: Optional[torch.Tensor] = None, *,
                   top_k: int, n_group: int = 1, topk_group: int = 1, score_func: str = "sigmoid",
                   norm_topk_prob: bool = True, routed_scaling_factor: float = 1.0):
-    """Router of a mixture-of-experts layer: which ``top_k`` experts each token uses, and their weights.
+    """MoE router: the ``top_k`` experts of each token and their weights, ``(weights fp32 [M, top_k], ids int32
+    [M, top_k])``, from fp32 logits ``x [M, d] @ router_w [E, d].T``.
 
-    x: ``[M, d]``; router_w: ``[E, d]``; expert_bias: ``[E]`` or None. The router logits ``x @ router_w.T``
-    are computed in fp32 (inputs upcast).
-      * ``score_func="sigmoid"`` (LLaDA2.x, DeepSeek-V3): ``s = sigmoid(logits)``; ``expert_bias`` is added for
-        the *selection* only. With ``n_group > 1`` the experts form ``n_group`` contiguous groups, each scored
-        by the sum of its two largest biased scores; the ``topk_group`` best groups are kept and the
-        ``top_k`` experts are chosen among them.
-      * ``score_func="softmax"`` (LLaDA-MoE, OLMoE): ``s = softmax(logits)`` over all experts, then the same
-        selection (``expert_bias`` not allowed: LLaDA-MoE adds it to the weights too).
-    Ties in any ranking go to the lowest index (the reference model's ``torch.topk`` leaves it unspecified).
-    ``ids`` are in descending order of the (biased) selection score. ``weights`` are the unbiased scores of
-    the chosen experts, divided by their sum (+ 1e-20) when ``norm_topk_prob and top_k > 1`` (LLaDA2 skips it at
-    ``top_k = 1``), times ``routed_scaling_factor``.
-    Returns ``(weights fp32 [M, top_k], ids int32 [M, top_k])``.
+    Scores ``s``: ``sigmoid(logits)`` (LLaDA2.x, DeepSeek-V3; ``expert_bias`` ``[E]`` added for the selection
+    only) or ``softmax`` (LLaDA-MoE, OLMoE; no ``expert_bias``). With ``n_group > 1`` the experts form contiguous
+    groups scored by their two largest biased scores, and ``top_k`` are chosen among the ``topk_group`` best
+    groups. Ties go to the lowest index; ``ids`` in descending selection score. ``weights``: the unbiased scores,
+    divided by their sum (+ 1e-20) when ``norm_topk_prob and top_k > 1``, times ``routed_scaling_factor``.
     """
     E = router_w.shape[0]
     check_moe_route_args(E, top_k, n_group, topk_group, score_func, expert_bias, routed_scaling_factor)
@@ -566,13 +542,11 @@ def moe_route_ref(x: torch.Tensor, router_w: torch.Tensor, expert_bias: Optional
 
 def moe_experts_ref(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, weights: torch.Tensor,
                     ids: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The routed experts of a mixture-of-experts layer: ``residual + sum_j weights[:, j] * expert_{ids[:, j]}(x)``.
+    """MoE experts: ``residual + sum_j weights[:, j] * expert_{ids[:, j]}(x)`` ``[M, d]``, looping over experts.
 
-    x: ``[M, d]``; w_gate_up: ``[E, 2I, d]`` (each expert's gate rows, then its up rows); w_down: ``[E, d, I]``;
-    weights: ``[M, k]`` (fp32, as :func:`moe_route_ref` gives); ids: int ``[M, k]`` in ``[0, E)``; residual:
-    ``[M, d]`` or None. Each expert is :func:`swiglu_mlp_ref` (its output rounded to ``x.dtype``); the weighted sum
-    over the k slots is taken in fp32, slot 0 first, and rounded to ``x.dtype`` (LLaDA2's ``moe_infer``), then
-    ``residual + y``. A per-expert loop over the tokens that chose it (the reference model's). Returns ``[M, d]``.
+    x: ``[M, d]``; w_gate_up: ``[E, 2I, d]`` (gate rows, then up rows); w_down: ``[E, d, I]``; weights: fp32
+    ``[M, k]``; ids: int ``[M, k]`` in ``[0, E)``; residual: ``[M, d]`` or None. Each expert is
+    :func:`swiglu_mlp_ref`; the weighted sum is fp32, slot 0 first, rounded to ``x.dtype`` (LLaDA2's ``moe_infer``).
     """
     M, d = x.shape
     k = ids.shape[1]

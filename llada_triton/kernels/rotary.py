@@ -133,13 +133,10 @@ def rope_config(B: int, T: int, G: int, H: int, D: int, interpret: Optional[bool
     return dict(BLOCK_H=block_h, BLOCK_D2=block_d2, num_warps=num_warps)
 
 
+@memo_config
 def qkv_rope_config(n_rows: int, D: int, interpret: Optional[bool] = None) -> dict:
     """Meta-parameters of :func:`qkv_rope_cache` for ``n_rows`` (token, q head) rows of head dim ``D``."""
-    return _qkv_rope_config(n_rows, D, is_interpreter() if interpret is None else bool(interpret))
-
-
-@memo_config
-def _qkv_rope_config(n_rows: int, D: int, interpret: bool) -> dict:
+    interpret = is_interpreter() if interpret is None else interpret
     block_d2 = next_pow2(max(D // 2, 1))
     if interpret:  # few, large programs: the interpreter pays per program
         block_r = min(next_pow2(n_rows), max(1, 16384 // block_d2))

@@ -18,7 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
-from llada_triton.kernels._common import check_tensor, gdc_options, is_interpreter, next_pow2, gdc_wait_and_release
+from llada_triton.kernels._common import (check_like, check_tensor, gdc_options, gdc_wait_and_release, is_interpreter,
+                                          next_pow2)
 from llada_triton.kernels.reference import check_not_nan
 
 __all__ = ["select_transfer", "select_commit", "commit_step"]
@@ -31,8 +32,7 @@ _LOGIT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 @triton.jit
 def _rank_masked(c, offs, L, c_row, m_row, tok_row, mask_id,
                  MASK_FROM_TOKENS: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_J: tl.constexpr):
-    """``rank_i = #{masked j < L: c_j > c_i or (c_j == c_i and j < i)}``; the ``j`` side's masked flags read from
-    ``m_row``, or with ``MASK_FROM_TOKENS`` computed as ``tok_row[j] == mask_id``."""
+    """``rank_i = #{masked j < L: c_j > c_i or (c_j == c_i and j < i)}``; masked: ``m_row`` or the tokens."""
     rank = tl.zeros([BLOCK_L], dtype=tl.int32)
     for j0 in range(0, L, BLOCK_J):
         j = j0 + tl.arange(0, BLOCK_J)  # [BJ]
@@ -179,18 +179,15 @@ def _select_launch(conf, masked, out=None, *, k=None, threshold=None, factor=Non
     dev = conf.device
     out = torch.empty((B, L), dtype=torch.bool, device=dev) if out is None else out
     check_tensor("masked", masked, ndim=2, dtypes=(torch.bool,))
-    if masked.shape != (B, L) or masked.device != dev:
-        raise ValueError(f"masked must be bool [{B}, {L}] on {dev}, got {tuple(masked.shape)} on {masked.device}")
+    check_like("masked", masked, (B, L), torch.bool, dev)
     if L > MAX_SELECT_LEN:
         raise ValueError(f"block length {L} exceeds {MAX_SELECT_LEN} (one row is held in registers)")
     rule, kt, thr, fparts = _rule_args(B, dev, k, threshold, factor)
     commit = tokens is not None
     if commit:
-        check_tensor("tokens_block", tokens, ndim=2, dtypes=(torch.int64,))
-        check_tensor("x0", x0, ndim=2, dtypes=(torch.int64,))
         for nm, t in (("tokens_block", tokens), ("x0", x0)):
-            if t.shape != (B, L) or t.device != dev:
-                raise ValueError(f"{nm} must be [{B}, {L}] on {dev}, got {tuple(t.shape)} on {t.device}")
+            check_tensor(nm, t, ndim=2, dtypes=(torch.int64,))
+            check_like(nm, t, (B, L), torch.int64, dev)
     if B == 0 or L == 0:
         return out
     BL, BJ, extra = _select_tiles(L, is_interpreter())
@@ -272,10 +269,7 @@ def commit_step(tokens: torch.Tensor, start, x0: torch.Tensor, conf: torch.Tenso
     else:
         raise TypeError(f"start must be an int or an int tensor, got {type(start).__name__}")
     for nm, t, dt in (("done", done, torch.bool), ("nfe", nfe, torch.int64)):
-        if t is not None:
-            check_tensor(nm, t, ndim=1, dtypes=(dt,))
-            if t.shape[0] != B or t.device != dev:
-                raise ValueError(f"{nm} must be {dt} [{B}] on {dev}, got {tuple(t.shape)} on {t.device}")
+        check_like(nm, t, (B,), dt, dev)
     rule, kt, thr, fparts = _rule_args(B, dev, k, threshold, factor)
     sel = torch.empty((B, L), dtype=torch.bool, device=dev)
     conf_out = torch.empty((B, L), dtype=torch.float32, device=dev)
