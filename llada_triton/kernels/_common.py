@@ -98,8 +98,7 @@ def check_vector(name: str, t, n: int, dtypes, device: torch.device):
 
 
 def compile_for(kernel, signature: dict, constexprs: dict, arch: int = 90):
-    """Compile a ``@triton.jit`` kernel for ``sm_<arch>`` without a GPU, as the CPU tests do to catch GPU-frontend
-    errors the interpreter accepts (in a process without ``TRITON_INTERPRET``)."""
+    """Compile a ``@triton.jit`` kernel for ``sm_<arch>`` without a GPU (CPU tests; not under ``TRITON_INTERPRET``)."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     constexprs = with_defaults(kernel, signature, constexprs)
@@ -126,8 +125,7 @@ def clamp_pow2(n: int, lo: int, hi: int) -> int:
 
 
 def dot_flags(dtype: torch.dtype) -> dict:
-    """GEMM constexprs: ``UPCAST`` (bf16 to fp32: the interpreter cannot compute on bf16) and ``IEEE`` (fp32 dots
-    without TF32, as torch's matmul)."""
+    """GEMM constexprs: ``UPCAST`` bf16 operands (the interpreter cannot compute on bf16), ``IEEE`` (no TF32)."""
     interp = is_interpreter()
     return dict(UPCAST=interp and dtype == torch.bfloat16, IEEE=dtype == torch.float32 and not interp)
 

@@ -137,8 +137,7 @@ def _block_attn_merge_kernel(
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
     MROWS: tl.constexpr, SPLITS_P2: tl.constexpr, USE_GDC: tl.constexpr = False,
 ):
-    """Merge the ``n_splits`` partials ``(m, l, acc)`` of ``MROWS`` rows of a query-row tile in a fixed order
-    and store ``o``. Loads bypass L1 (.cg): the partials were written by the previous launch."""
+    """Merge ``MROWS`` rows' ``n_splits`` partials in a fixed order; loads bypass L1 (written by the last launch)."""
     gdc_wait_and_release(USE_GDC)
     pid_m = tl.program_id(1)
     pid_bh = tl.program_id(2)
@@ -181,10 +180,8 @@ def _attention_config(B: int, Tq: int, H: int, Hkv: int, D: int, kv_len: int, de
     key tiles each (results/decisions.md); the kernel spreads the real range over them."""
     rows = Tq * (H // Hkv)
     if interpret:  # the interpreter pays per program: big tiles, few programs
-        block_m = min(max(16, next_pow2(rows)), 128)
-        block_n = 256
-        n_splits = min(2, max(1, cdiv(kv_len, block_n)))
-        return dict(block_m=block_m, block_n=block_n, n_splits=n_splits, num_warps=4, num_stages=1)
+        return dict(block_m=min(max(16, next_pow2(rows)), 128), block_n=256,
+                    n_splits=min(2, max(1, cdiv(kv_len, 256))), num_warps=4, num_stages=1)
     block_m = min(max(16, next_pow2(rows)), 64)
     block_n = 64
     base = B * Hkv * cdiv(rows, block_m)
@@ -206,12 +203,11 @@ def _attention_config(B: int, Tq: int, H: int, Hkv: int, D: int, kv_len: int, de
 
 def _check_inputs(q, k_cache, v_cache, kv_len, kv_start, key_end, scale):
     """Validate :func:`block_attention`'s arguments; return ``((kv_start b, key_end b, key_end t) strides, scale)``."""
-    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
-        check_tensor(name, t, ndim=4, dtypes=DTYPES)
+    check_tensor("q", q, ndim=4, dtypes=DTYPES)
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+        check_tensor(name, t, ndim=4, dtypes=(q.dtype,))
     B, Tq, H, D = q.shape
     Bk, T_max, Hkv, Dk = k_cache.shape
-    if k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
-        raise ValueError(f"k_cache/v_cache dtypes ({k_cache.dtype}, {v_cache.dtype}) must equal q.dtype ({q.dtype})")
     if tuple(v_cache.shape) != tuple(k_cache.shape):
         raise ValueError(f"v_cache shape {tuple(v_cache.shape)} must equal k_cache shape {tuple(k_cache.shape)}")
     if Bk != B or Dk != D:
@@ -253,8 +249,7 @@ def _check_inputs(q, k_cache, v_cache, kv_len, kv_start, key_end, scale):
 
 def _launch(q, k_cache, v_cache, kv_len, kv_start=None, key_end=None, scale=None, *,
             config: Optional[dict] = None, out: Optional[torch.Tensor] = None):
-    """:func:`block_attention` with ``config`` overriding any of ``block_m, block_n, n_splits, num_warps,
-    num_stages`` (tests run the GPU's tiles this way) and ``out`` a preallocated output."""
+    """:func:`block_attention` with ``config`` overriding the tiles (tests run the GPU's) and a preallocated ``out``."""
     key_strides, scale = _check_inputs(q, k_cache, v_cache, kv_len, kv_start, key_end, scale)
     B, Tq, H, D = q.shape
     Hkv = k_cache.shape[2]
@@ -282,11 +277,9 @@ def _launch(q, k_cache, v_cache, kv_len, kv_start=None, key_end=None, scale=None
     pdl = gdc_options(q, B * Tq)
     _block_attn_fwd_kernel[(n_splits, n_m, B * Hkv)](
         q, k_cache, v_cache, out, m_part, l_part, acc_part,
-        kv_start if kv_start is not None else out,          # pointers of absent inputs: never read
-        key_end if key_end is not None else out,
+        kv_start if kv_start is not None else out, key_end if key_end is not None else out,  # absent: never read
         Tq, G, Hkv, kv_len, n_splits, n_m,
-        *q.stride()[:3], *k_cache.stride()[:3], *v_cache.stride()[:3], *out.stride()[:3], *key_strides,
-        scale * _LOG2E,
+        *q.stride()[:3], *k_cache.stride()[:3], *v_cache.stride()[:3], *out.stride()[:3], *key_strides, scale * _LOG2E,
         D=D, BLOCK_M=block_m, BLOCK_N=cfg["block_n"], BLOCK_D=block_d,
         HAS_KV_START=kv_start is not None, HAS_KEY_END=key_end is not None, SPLIT=split,
         UPCAST=is_interpreter() and q.dtype == torch.bfloat16, DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",

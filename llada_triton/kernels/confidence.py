@@ -21,15 +21,13 @@ import torch
 import triton
 import triton.language as tl
 
-from llada_triton.kernels._common import (cdiv, check_tensor, gdc_options, gdc_wait_and_release, is_interpreter,
-                                          next_pow2)
+from llada_triton.kernels._common import (DTYPES, cdiv, check_like, check_tensor, gdc_options, gdc_wait_and_release,
+                                          is_interpreter, next_pow2)
 from llada_triton.kernels.gemm import dot_step, load_k
 
 __all__ = ["head_confidence", "logits_confidence"]
 
 MAX_SPECIAL_IDS = 4  # banned_ids / no_confidence_ids are passed as scalar kernel arguments
-
-_LOGIT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
 @triton.jit
@@ -345,8 +343,7 @@ def sampling_args(V, temperature, seed, offset, banned_ids, no_confidence_ids) -
 
 
 def rows_args(M, device, n_rows, row_ids, placeholder):
-    """Validated ``(n_rows pointer, row_ids pointer, {HAS_N_ROWS, HAS_ROW_IDS})``; ``placeholder`` stands in for
-    an absent pointer (never read)."""
+    """Validated ``(n_rows pointer, row_ids pointer, {HAS_N_ROWS, HAS_ROW_IDS})``; absent pointers: ``placeholder``."""
     if n_rows is not None:
         check_tensor("n_rows", n_rows, dtypes=(torch.int32, torch.int64), contiguous_last=False)
         if n_rows.numel() != 1 or n_rows.ndim > 1 or n_rows.device != device:
@@ -379,22 +376,17 @@ def _merge_launch(parts, x0, conf, M, nvt, n_rows_ptr, has_n_rows, interpret, bl
     )
 
 
-def _prepare(M, V, x0, like_name, like, uncond_name, uncond, n_rows, row_ids, temperature, seed, offset, banned_ids,
+def _prepare(M, V, x0, like, uncond_name, uncond, n_rows, row_ids, temperature, seed, offset, banned_ids,
              no_confidence_ids):
-    """The checks both launchers share (``uncond``: the CFG input, like ``like``): ``(cfg, sampling args, n_rows
-    pointer, row_ids pointer, row constexprs)``."""
-    if uncond is not None:
-        check_tensor(uncond_name, uncond, ndim=2, dtypes=(like.dtype,))
-        if uncond.shape != like.shape or uncond.device != like.device:
-            raise ValueError(f"{uncond_name} must match {like_name} {tuple(like.shape)} on {like.device}, "
-                             f"got {tuple(uncond.shape)} on {uncond.device}")
+    """Checks both launchers share: ``(cfg, sampling args, n_rows pointer, row_ids pointer, row constexprs)``."""
+    check_like(uncond_name, uncond, like.shape, like.dtype, like.device)
     sa = sampling_args(V, temperature, seed, offset, banned_ids, no_confidence_ids)
     return (uncond is not None, sa, *rows_args(M, like.device, n_rows, row_ids, x0))
 
 
 def _head_confidence_launch(hidden, w_head, x0, conf, *, temperature, seed, offset, banned_ids,
                             no_confidence_ids, uncond_hidden, cfg_scale, config=None, n_rows=None, row_ids=None):
-    check_tensor("hidden", hidden, ndim=2, dtypes=_LOGIT_DTYPES)
+    check_tensor("hidden", hidden, ndim=2, dtypes=DTYPES)
     check_tensor("w_head", w_head, ndim=2, dtypes=(hidden.dtype,))
     M, D = hidden.shape
     V = w_head.shape[0]
@@ -403,9 +395,8 @@ def _head_confidence_launch(hidden, w_head, x0, conf, *, temperature, seed, offs
                          f"got {tuple(w_head.shape)} on {w_head.device}")
     if V < 1 or V >= 2 ** 31 or D < 1:
         raise ValueError(f"need 1 <= V < 2^31 and d >= 1, got V={V}, d={D}")
-    cfg, sa, nr_ptr, rid_ptr, rows_ce = _prepare(M, V, x0, "hidden", hidden, "uncond_hidden", uncond_hidden,
-                                                 n_rows, row_ids, temperature, seed, offset, banned_ids,
-                                                 no_confidence_ids)
+    cfg, sa, nr_ptr, rid_ptr, rows_ce = _prepare(M, V, x0, hidden, "uncond_hidden", uncond_hidden, n_rows, row_ids,
+                                                 temperature, seed, offset, banned_ids, no_confidence_ids)
     if M == 0:
         return x0, conf
     interpret = is_interpreter()
@@ -418,9 +409,7 @@ def _head_confidence_launch(hidden, w_head, x0, conf, *, temperature, seed, offs
                                       enable_fp_fusion=False)  # CFG epilogue rounds as torch does
     pdl = gdc_options(hidden, M)  # decode-sized blocks: launched while the final norm finishes
     _head_partials_kernel[(cdiv(M, BM), nvt)](
-        hidden, hu, w_head, *parts, nr_ptr, rid_ptr,
-        M, V, D, nvt,
-        hidden.stride(0), hu.stride(0), w_head.stride(0),
+        hidden, hu, w_head, *parts, nr_ptr, rid_ptr, M, V, D, nvt, hidden.stride(0), hu.stride(0), w_head.stride(0),
         *sa["args"], float(cfg_scale) + 1.0, *sa["rng"],
         CFG=cfg, **sa["constexprs"], **rows_ce,
         UPCAST=interpret and hidden.dtype == torch.bfloat16, IEEE=hidden.dtype == torch.float32,
@@ -457,13 +446,12 @@ def _logits_config(M: int, V: int, interpret: bool, sample: bool) -> dict:
 
 def _logits_confidence_launch(logits, x0, conf, *, temperature, seed, offset, banned_ids, no_confidence_ids,
                               uncond_logits, cfg_scale, config=None, n_rows=None, row_ids=None):
-    check_tensor("logits", logits, ndim=2, dtypes=_LOGIT_DTYPES)
+    check_tensor("logits", logits, ndim=2, dtypes=DTYPES)
     M, V = logits.shape
     if V < 1 or V >= 2 ** 31:
         raise ValueError(f"logits must have 1 <= V < 2^31 columns, got shape {tuple(logits.shape)}")
-    cfg, sa, nr_ptr, rid_ptr, rows_ce = _prepare(M, V, x0, "logits", logits, "uncond_logits", uncond_logits,
-                                                 n_rows, row_ids, temperature, seed, offset, banned_ids,
-                                                 no_confidence_ids)
+    cfg, sa, nr_ptr, rid_ptr, rows_ce = _prepare(M, V, x0, logits, "uncond_logits", uncond_logits, n_rows, row_ids,
+                                                 temperature, seed, offset, banned_ids, no_confidence_ids)
     interpret = is_interpreter()
     c = dict(_logits_config(M, V, interpret, sa["constexprs"]["SAMPLE"]), **(config or {}))
     if M == 0:
@@ -476,9 +464,7 @@ def _logits_confidence_launch(logits, x0, conf, *, temperature, seed, offset, ba
     extra = {} if interpret else dict(num_warps=c["num_warps"], num_stages=c.get("num_stages", 3),
                                       enable_fp_fusion=False)
     _logits_partials_kernel[(cdiv(M, BM), nvt)](
-        logits, lu, *parts, nr_ptr, rid_ptr,
-        M, V, nvt, chunk,
-        logits.stride(0), lu.stride(0),
+        logits, lu, *parts, nr_ptr, rid_ptr, M, V, nvt, chunk, logits.stride(0), lu.stride(0),
         *sa["args"], float(cfg_scale) + 1.0, *sa["rng"],
         CFG=cfg, **sa["constexprs"], **rows_ce, EVEN_V=V % BV == 0,
         BLOCK_M=BM, BLOCK_V=BV, **extra,

@@ -235,8 +235,7 @@ def tma_ok(*ts: torch.Tensor) -> bool:
 
 
 def tma_sources(cfg: dict, pairs):
-    """Kernel operands ``(use_tma, [src, ...])``: TMA descriptors of the given boxes when ``cfg["TMA"]`` and
-    every tensor allows one, else the tensors themselves."""
+    """``(use_tma, [src, ...])``: TMA descriptors of the boxes when ``cfg["TMA"]`` and the tensors allow, else them."""
     if cfg.get("TMA", False) and tma_ok(*(t for t, _ in pairs)):
         from triton.tools.tensor_descriptor import TensorDescriptor
         return True, [TensorDescriptor.from_tensor(t, list(box)) for t, box in pairs]
@@ -312,8 +311,7 @@ def norm_target(norm_weight, eps, like: torch.Tensor, norm_out):
 
 
 def _linear(x, w, residual, out, norm_args=None):
-    """Validate, allocate and launch; ``norm_args``: ``(norm_weight, eps, norm_out)`` of a fused RMSNorm.
-    Returns ``(out, norm)`` with ``norm`` the validated ``(weight, eps, y)`` or None."""
+    """Validate, allocate, launch (``norm_args``: a fused RMSNorm's arguments); returns ``(out, validated norm)``."""
     check_tensor("x", x, dtypes=DTYPES)
     check_tensor("w", w, ndim=2, dtypes=(x.dtype,))
     K = x.shape[-1]

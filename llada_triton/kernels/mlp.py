@@ -190,8 +190,7 @@ def _validate(x, w_gate_up, w_down, residual, out):
 
 
 def _mlp(x, w_gate_up, w_down, residual, out, norm_args=None):
-    """Validate, allocate and launch; ``norm_args``: ``(norm_weight, eps, norm_out)`` of a fused RMSNorm.
-    Returns ``(out, norm)`` with ``norm`` the validated ``(weight, eps, y)`` or None."""
+    """Validate, allocate, launch (``norm_args``: a fused RMSNorm's arguments); returns ``(out, validated norm)``."""
     d, h = _validate(x, w_gate_up, w_down, residual, out)
     y = torch.empty_like(x, memory_format=torch.contiguous_format) if out is None else out
     norm = None if norm_args is None else norm_target(norm_args[0], norm_args[1], y, norm_args[2])

@@ -29,9 +29,8 @@ MAX_ROWS = 64  # the fused path is the decode GEMM; more rows belong to a comput
 
 @triton.jit
 def token_positions(offs_m, M, T, start_ptr, start_val, s_start, DYN: tl.constexpr):
-    """``(m_ok, b, t, pos)`` of a tile's token rows ``offs_m`` (row ``m`` is token ``t`` of batch row ``b``, at
-    absolute position ``pos = start + t``); ``start`` is read on the device when ``DYN``: per batch row
-    (``s_start = 1``) or one shared value (``s_start = 0``)."""
+    """``(m_ok, b, t, pos)`` of token rows ``offs_m`` (``pos = start + t``); with ``DYN`` ``start`` is read on the
+    device, per batch row (``s_start = 1``) or shared (``s_start = 0``)."""
     m_ok = offs_m < M
     b = (offs_m // T).to(tl.int64)
     t = (offs_m % T).to(tl.int64)
@@ -125,8 +124,7 @@ def _half_tile(D: int) -> int:
 
 
 def fused_supported(rows: int, D: int) -> bool:
-    """Whether :func:`qkv_proj_rope` runs the fused kernel for ``rows`` tokens and head dim ``D``
-    (otherwise it runs ``F.linear`` + :func:`llada_triton.kernels.rotary.qkv_rope_cache`)."""
+    """Whether :func:`qkv_proj_rope` runs the fused kernel (else ``F.linear`` + ``qkv_rope_cache``)."""
     return 0 < rows <= MAX_ROWS and _half_tile(D) > 0
 
 
@@ -143,8 +141,7 @@ def qkv_config(M: int, K: int, dtype: torch.dtype, interpret: Optional[bool] = N
 
 
 def check_proj_args(x, w_qkv, n_heads, head_dim, k_cache, bias):
-    """Check a fused QKV projection's ``x`` ``[B, T, d]``, ``w_qkv`` ``[NH * D, d]`` and ``bias`` (``[NH * D]`` or
-    None); return ``(B, T, d, H, D, NH)``."""
+    """Check a fused QKV projection's ``x [B, T, d]``, ``w_qkv [NH * D, d]``, ``bias``: ``(B, T, d, H, D, NH)``."""
     check_tensor("x", x, ndim=3, dtypes=DTYPES)
     check_tensor("w_qkv", w_qkv, ndim=2, dtypes=(x.dtype,))
     B, T, d = x.shape
@@ -200,10 +197,8 @@ def qkv_proj_rope(x: torch.Tensor, w_qkv: torch.Tensor, cos_table: torch.Tensor,
         x2, w_qkv, bias if bias is not None else out, out, cos_table, sin_table, kc, vc,
         start if dyn else out, 0 if dyn else start, write_from if write_from is not None else out,
         1 if dyn and start.dim() == 1 else 0,
-        M, T, H, Hkv, d,
-        x2.stride(0), w_qkv.stride(0),
-        *out.stride()[:3], *kst[:3], *vst[:3],
-        cos_table.stride(0),
+        M, T, H, Hkv, d, x2.stride(0), w_qkv.stride(0),
+        *out.stride()[:3], *kst[:3], *vst[:3], cos_table.stride(0),
         D=D, HB=hb, BM=cfg["BM"], BK=cfg["BK"], DYN=dyn, HAS_CACHE=has_cache, HAS_WF=write_from is not None,
         HAS_BIAS=bias is not None, EVEN_K=d % cfg["BK"] == 0, **dot_flags(x.dtype),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **gdc_options(x, M),

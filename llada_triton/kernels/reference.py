@@ -23,7 +23,6 @@ __all__ = [
 ]
 
 
-# ----------------------------------------------------------------------------------------- norms
 def check_eps(eps) -> float:
     """An RMSNorm ``eps`` as a float >= 0, or a ValueError (shared with the Triton norms)."""
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
@@ -32,8 +31,7 @@ def check_eps(eps) -> float:
 
 
 def check_not_nan(name: str, v) -> None:
-    """A ValueError naming ``name`` when the rule value ``v`` (None = unused) is NaN, which would silently commit
-    something else than asked (shared with the Triton selection)."""
+    """A ValueError when the rule value ``v`` is NaN (it would silently commit something else); None passes."""
     if v is not None and math.isnan(float(v)):
         raise ValueError(f"{name} must be a number (+-inf allowed), got {v}")
 
@@ -49,7 +47,6 @@ def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: Op
     return y if residual is None else (y, h)
 
 
-# ------------------------------------------------------------------------------------------ rope
 def rope_tables(head_dim: int, theta: float, length: int, device=None):
     """fp32 ``(cos, sin)`` tables ``[length, head_dim]`` for positions ``0..length-1``, built as the reference
     modeling code does (CPU, fp32, ``cat(freqs, freqs)``), then moved to ``device``: bit-identical values."""
@@ -61,8 +58,7 @@ def rope_tables(head_dim: int, theta: float, length: int, device=None):
 
 
 def _rotate(xf: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Half-split rotation of the first ``R = cos.shape[-1]`` features of fp32 ``xf`` (partial RoPE when
-    ``R < xf.shape[-1]``: the other features pass through unchanged)."""
+    """Half-split rotation of the first ``cos.shape[-1]`` features of fp32 ``xf``; the others pass through."""
     R = cos.shape[-1]
     r = xf[..., :R]
     half = R // 2
@@ -125,8 +121,11 @@ def qkv_proj_rope_ref(x: torch.Tensor, w_qkv: torch.Tensor, cos_table: torch.Ten
                       bias: Optional[torch.Tensor] = None):
     """Torch reference of :func:`llada_triton.kernels.qkv.qkv_proj_rope`: ``F.linear(x, w_qkv, bias)`` (rounded
     once to ``x.dtype``) viewed as ``[B, T, NH, D]``, then :func:`qkv_rope_cache_ref`."""
-    return qkv_proj_norm_rope_ref(x, w_qkv, None, None, 0.0, cos_table, sin_table, start, k_cache, v_cache,
-                                  n_heads=n_heads, write_from=write_from, head_dim=head_dim, bias=bias)
+    B, T, d = x.shape
+    D = head_dim if head_dim is not None else k_cache.shape[-1] if k_cache is not None else d // n_heads
+    qkv = F.linear(x, w_qkv, bias).view(B, T, w_qkv.shape[0] // D, D)
+    return qkv_rope_cache_ref(qkv, cos_table, sin_table, start, k_cache, v_cache, n_heads=n_heads,
+                              write_from=write_from)
 
 
 def qkv_norm_rope_cache_ref(qkv: torch.Tensor, q_norm: Optional[torch.Tensor], k_norm: Optional[torch.Tensor],
@@ -160,7 +159,6 @@ def qkv_proj_norm_rope_ref(x: torch.Tensor, w_qkv: torch.Tensor, q_norm: Optiona
                                    n_heads=n_heads, write_from=write_from)
 
 
-# ------------------------------------------------------------------------------------- attention
 def attention_mask(batch: int, n_q: int, kv_len: int, device, kv_start=None, key_end=None):
     """Boolean ``[B, 1, n_q, kv_len]`` mask (True = attend) of :func:`block_attention_ref`, or None."""
     if kv_start is None and key_end is None:
@@ -193,7 +191,6 @@ def block_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
     return o.transpose(1, 2)
 
 
-# ------------------------------------------------------------------------------------------- mlp
 def silu_mul_ref(gate_up: torch.Tensor) -> torch.Tensor:
     """SwiGLU's activation on a fused gate-up product ``[..., 2h]``: ``silu(gate) * up`` ``[..., h]``."""
     h = gate_up.shape[-1] // 2
@@ -208,7 +205,6 @@ def swiglu_mlp_ref(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tenso
     return y if residual is None else residual + y
 
 
-# --------------------------------------------------- projections followed by the next RMSNorm
 def linear_rms_norm_ref(x: torch.Tensor, w: torch.Tensor, residual: Optional[torch.Tensor],
                         norm_weight: torch.Tensor, eps: float):
     """:func:`llada_triton.kernels.gemm.linear_rms_norm`: ``h = residual + x @ w.T`` (the product rounded to
@@ -225,7 +221,6 @@ def swiglu_mlp_rms_norm_ref(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: to
     return rms_norm_ref(h, norm_weight, eps), h
 
 
-# --------------------------------------------------------------------------------- remask / head
 def head_confidence_ref(hidden: torch.Tensor, w_head: torch.Tensor, *,
                         temperature: float = 0.0, generator: Optional[torch.Generator] = None,
                         banned_ids: Sequence[int] = (), no_confidence_ids: Sequence[int] = (),
@@ -350,8 +345,7 @@ def commit_step_ref(tokens: torch.Tensor, start, x0: torch.Tensor, conf: torch.T
 
 
 def _stable_desc_order(key: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
-    """Positions sorted by (masked desc, key desc, index asc): two stable sorts, by key then by the flag, so
-    unmasked positions come after masked ``-inf`` ones."""
+    """Positions by (masked desc, key desc, index asc): stable sorts by key, then by the masked flag."""
     k2 = torch.where(masked, key, torch.full_like(key, float("-inf")))
     o1 = torch.sort(k2, dim=1, descending=True, stable=True).indices
     m1 = masked.gather(1, o1).to(torch.int8)
@@ -372,7 +366,6 @@ def _factor_count(ranked: torch.Tensor, n_masked: torch.Tensor, factor: float) -
     return out
 
 
-# ------------------------------------------------------------------------- Dream's confidences
 DREAM_CONFIDENCES = ("prob", "margin", "neg_entropy")
 
 
@@ -399,18 +392,15 @@ _U32 = 0xFFFFFFFF
 
 
 def _mulhilo32(a: torch.Tensor, b: int):
-    """(high, low) 32-bit words of ``a * b`` for int64 ``a`` in ``[0, 2^32)`` and a 32-bit constant ``b``, in
-    16-bit halves of ``b`` so that no int64 product overflows."""
+    """(high, low) 32-bit words of ``a * b`` (int64 ``a < 2^32``, 32-bit ``b``), by 16-bit halves: no overflow."""
     x, y = a * (b & 0xFFFF), a * (b >> 16)  # < 2^48 each
     return (y + (x >> 16)) >> 16, (x + ((y & 0xFFFF) << 16)) & _U32
 
 
 def philox_gumbel_ref(seed: int, offset: int, rows: torch.Tensor, V: int) -> torch.Tensor:
-    """The Gumbel(0, 1) noise of the Triton heads (``kernels.confidence.gumbel_noise``) recomputed in torch: fp32
-    ``[len(rows), V]``, entry ``(i, v)`` from Philox4x32-10 with key ``(seed_lo, seed_hi)`` and counter
-    ``(v, rows[i], offset_lo, offset_hi)``; first word ``r`` -> ``w = (r + 1/2) / 2^32`` -> ``E = -log1p(-w)``
-    (Kahan's form) -> ``-log(E)``, each step in fp32 as the kernel. The integer stream is bit-exact; the logs may
-    differ from the device's in the last ulp."""
+    """The Triton heads' Gumbel noise (``kernels.confidence.gumbel_noise``) in torch, fp32 ``[len(rows), V]``:
+    entry ``(i, v)`` from counter ``(v, rows[i], offset)``, each step in fp32 as the kernel. The integer stream
+    is bit-exact; the logs may differ from the device's in the last ulp."""
     c1 = rows.to(torch.int64).reshape(-1, 1) & _U32
     c0 = torch.arange(V, dtype=torch.int64, device=c1.device).reshape(1, -1) + c1 * 0
     c1 = c1 + c0 * 0
@@ -473,7 +463,6 @@ def head_dream_confidence_ref(hidden: torch.Tensor, w_head: torch.Tensor, **kw):
     return dream_confidence_ref(hidden @ w_head.t(), **kw)
 
 
-# ------------------------------------------------------------------------------------------- moe
 _SCORE_FUNCS = ("sigmoid", "softmax")
 
 
@@ -504,8 +493,7 @@ def check_moe_route_args(n_experts: int, top_k, n_group, topk_group, score_func,
 
 
 def _topk_lowest_index(v: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the ``k`` largest entries of each row, in descending order; equal values go to the lowest
-    index first (``torch.topk`` leaves that order unspecified)."""
+    """Indices of each row's ``k`` largest entries, descending, ties to the lowest index (unlike ``torch.topk``)."""
     return torch.sort(v, dim=-1, descending=True, stable=True).indices[..., :k]
 
 
@@ -566,14 +554,11 @@ def moe_experts_ref(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tens
 
 def moe_align_ref(ids: torch.Tensor, n_experts: int, block_m: int, *, chunk: Optional[int] = None):
     """Token->expert alignment: the ``N = M * k`` (token, slot) pairs of ``ids [M, k]`` (flat index ``m * k + j``)
-    grouped by expert, each expert's segment padded to a multiple of ``block_m`` rows.
-
-    Returns ``(sorted_ids int32 [L], expert_end int32 [E], total int32 [1])``, ``L = cdiv(N + min(E, N) *
-    (block_m - 1), block_m) * block_m`` (every expert that can receive a pair, padded): segment ``e`` is rows
-    ``[expert_end[e-1], expert_end[e])``, its pairs in increasing flat index, then padding rows holding ``N``;
-    rows ``>= total = expert_end[E-1]`` hold ``N`` too. Pairs with an id outside ``[0, E)`` are dropped.
-    ``chunk`` (the kernel's pairs per program) is accepted and ignored.
-    """
+    grouped by expert, each expert's segment padded to a multiple of ``block_m`` rows: ``(sorted_ids int32 [L],
+    expert_end int32 [E], total int32 [1])``, ``L = cdiv(N + min(E, N) * (block_m - 1), block_m) * block_m``.
+    Segment ``e`` is rows ``[expert_end[e-1], expert_end[e])``, its pairs in increasing flat index, then padding
+    rows holding ``N``; rows ``>= total = expert_end[E-1]`` hold ``N`` too. Pairs with an id outside ``[0, E)``
+    are dropped; ``chunk`` (the kernel's pairs per program) is ignored."""
     N, E = ids.numel(), n_experts
     flat = ids.reshape(-1).long()
     L = -(-(N + min(E, N) * (block_m - 1)) // block_m) * block_m

@@ -128,9 +128,7 @@ def rope_config(B: int, T: int, G: int, H: int, D: int, interpret: Optional[bool
     # <= 16 heads x 64 per program: among the best at B=32 in the sweeps
     while block_h > 1 and block_h * block_d2 > 1024:
         block_h //= 2
-    elems = block_h * block_d2
-    num_warps = max(1, min(8, elems // 256))
-    return dict(BLOCK_H=block_h, BLOCK_D2=block_d2, num_warps=num_warps)
+    return dict(BLOCK_H=block_h, BLOCK_D2=block_d2, num_warps=max(1, min(8, block_h * block_d2 // 256)))
 
 
 @memo_config
@@ -239,8 +237,7 @@ def qkv_rope_cache(qkv: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.
     """
     H, Hkv, dyn, start, has_cache = check_rope_args(qkv, cos_table, sin_table, start, k_cache, v_cache, n_heads,
                                                      write_from)
-    B, T = qkv.shape[:2]
-    D = qkv.shape[3]
+    B, T, _, D = qkv.shape
     if qkv.numel():
         n_rows = B * T * H
         c = qkv_rope_config(n_rows, D)

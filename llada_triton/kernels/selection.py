@@ -18,15 +18,13 @@ import torch
 import triton
 import triton.language as tl
 
-from llada_triton.kernels._common import (check_like, check_tensor, gdc_options, gdc_wait_and_release, is_interpreter,
-                                          next_pow2)
+from llada_triton.kernels._common import (DTYPES, check_like, check_tensor, gdc_options, gdc_wait_and_release,
+                                          is_interpreter, next_pow2)
 from llada_triton.kernels.reference import check_not_nan
 
 __all__ = ["select_transfer", "select_commit", "commit_step"]
 
 MAX_SELECT_LEN = 4096  # one row of select_transfer is held in registers
-
-_LOGIT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
 @triton.jit
@@ -136,15 +134,13 @@ def _commit_step_kernel(
         tl.store(nfe_ptr + row, tl.load(nfe_ptr + row) + (n > 0).to(tl.int64))
 
 
-def _f32(x: float) -> float:
-    return struct.unpack("f", struct.pack("f", x))[0]
-
-
 def _split_f64(x: float):
     """x as hi + mid + lo, each an fp32 value, the sum exact in fp64 (for normal-range x)."""
-    hi = _f32(x)
-    mid = _f32(x - hi)
-    return hi, mid, _f32(x - hi - mid)
+    parts = []
+    for _ in range(3):
+        parts.append(struct.unpack("f", struct.pack("f", x))[0])
+        x -= parts[-1]
+    return tuple(parts)
 
 
 def _rule_args(B: int, dev, k, threshold, factor):
@@ -174,7 +170,7 @@ def _select_tiles(L: int, interpret: bool):
 
 
 def _select_launch(conf, masked, out=None, *, k=None, threshold=None, factor=None, tokens=None, x0=None):
-    check_tensor("conf", conf, ndim=2, dtypes=_LOGIT_DTYPES)
+    check_tensor("conf", conf, ndim=2, dtypes=DTYPES)
     B, L = conf.shape
     dev = conf.device
     out = torch.empty((B, L), dtype=torch.bool, device=dev) if out is None else out
@@ -195,10 +191,8 @@ def _select_launch(conf, masked, out=None, *, k=None, threshold=None, factor=Non
     tok = tokens if commit else ov
     xx = x0 if commit else ov
     _select_kernel[(B,)](
-        conf, masked.view(torch.uint8), conf if kt is None else kt, xx, tok, ov,
-        L,
-        conf.stride(0), masked.stride(0), xx.stride(0), tok.stride(0), ov.stride(0),
-        thr, *fparts,
+        conf, masked.view(torch.uint8), conf if kt is None else kt, xx, tok, ov, L,
+        conf.stride(0), masked.stride(0), xx.stride(0), tok.stride(0), ov.stride(0), thr, *fparts,
         RULE=rule, COMMIT=commit, BLOCK_L=BL, BLOCK_J=BJ, **extra,
     )
     return out
@@ -245,7 +239,7 @@ def commit_step(tokens: torch.Tensor, start, x0: torch.Tensor, conf: torch.Tenso
     """
     check_tensor("tokens", tokens, ndim=2, dtypes=(torch.int64,))
     check_tensor("x0", x0, ndim=2, dtypes=(torch.int64,))
-    check_tensor("conf", conf, ndim=2, dtypes=_LOGIT_DTYPES)
+    check_tensor("conf", conf, ndim=2, dtypes=DTYPES)
     B, T = tokens.shape
     L = x0.shape[1]
     dev = tokens.device
@@ -279,11 +273,8 @@ def commit_step(tokens: torch.Tensor, start, x0: torch.Tensor, conf: torch.Tenso
     BL, BJ, extra = _select_tiles(L, is_interpreter())
     _commit_step_kernel[(B,)](
         tokens, s_ptr, x0, conf, tokens if done is None else done.view(torch.uint8), tokens if kt is None else kt,
-        tokens if nfe is None else nfe,
-        sel.view(torch.uint8), conf_out, blk,
-        L, T, s_val, mask_id,
-        tokens.stride(0), s_stride, x0.stride(0), conf.stride(0),
-        thr, *fparts,
+        tokens if nfe is None else nfe, sel.view(torch.uint8), conf_out, blk, L, T, s_val, mask_id,
+        tokens.stride(0), s_stride, x0.stride(0), conf.stride(0), thr, *fparts,
         RULE=rule, START_PTR=isinstance(start, torch.Tensor), HAS_DONE=done is not None, HAS_NFE=nfe is not None,
         BLOCK_L=BL, BLOCK_J=BJ, **extra, **gdc_options(conf, B * L),
     )
