@@ -22,8 +22,7 @@ def _sm90_or_newer(index: int) -> bool:
     return torch.cuda.get_device_capability(index)[0] >= 9
 
 
-# PDL only for decode-sized launches: it pays at batch 1 and costs time where cuBLAS GEMMs sit between the
-# Triton kernels (results/decisions.md).
+# PDL at decode sizes only: it pays at batch 1, costs time between cuBLAS GEMMs (results/decisions.md)
 PDL_MAX_ROWS = 64
 
 
@@ -82,10 +81,10 @@ def check_tensor(name: str, t: torch.Tensor, *, ndim=None, dtypes=None, contiguo
         raise ValueError(f"{name} must be contiguous in its last dim (stride {t.stride()})")
 
 
-def check_like(name: str, t, shape, dtype: torch.dtype, device: torch.device):
+def check_like(name: str, t, shape, dtype: torch.dtype, device: torch.device, contiguous_last=True):
     """Raise a ValueError naming the argument unless ``t`` is None or a ``shape`` tensor of ``dtype`` on ``device``."""
     if t is not None:
-        check_tensor(name, t, dtypes=(dtype,))
+        check_tensor(name, t, dtypes=(dtype,), contiguous_last=contiguous_last)
         if tuple(t.shape) != tuple(shape) or t.device != device:
             raise ValueError(f"{name} must be {tuple(shape)} on {device}, got {tuple(t.shape)} on {t.device}")
 

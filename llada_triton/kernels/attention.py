@@ -79,8 +79,7 @@ def _block_attn_fwd_kernel(
     gdc_wait_and_release(USE_GDC)
     q = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)       # [BM, BD]
 
-    # this split's share of the tiles intersecting [lo, hi) (known only on the device); splits past the last
-    # tile publish an empty partial
+    # this split's share of the tiles in [lo, hi) (known only here); splits past the last tile store empty partials
     tile_lo = lo // BLOCK_N
     tile_hi = tl.cdiv(hi, BLOCK_N)
     n_tiles = tl.maximum(tile_hi - tile_lo, 0)
@@ -192,8 +191,7 @@ def _attention_config(B: int, Tq: int, H: int, Hkv: int, D: int, kv_len: int, de
         programs = n_sm if n_tiles < 32 else 2 * n_sm
         n_splits = max(1, min(programs // base, n_tiles // 4, 64))
     if n_splits == 1 and rows <= 32 and B * Hkv * cdiv(rows, 16) <= n_sm:
-        # short ranges at small batch (no split): 16-row query tiles (twice the programs, each with half the
-        # MMA work per key tile) and 128-key tiles (results/decisions.md)
+        # short ranges, small batch, no split: 16-row query tiles (2x programs), 128-key tiles (results/decisions.md)
         block_m, block_n = 16, 128
     elif n_splits == 1 and block_m == 32 and base >= 4 * n_sm and kv_len <= 256:
         # 32-row query tiles, many programs (>= 4 waves), short ranges: 32-key tiles (results/decisions.md)

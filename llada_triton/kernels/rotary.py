@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from llada_triton.kernels._common import (DTYPES, cdiv, check_tensor, gdc_options, gdc_wait_and_release,
+from llada_triton.kernels._common import (DTYPES, cdiv, check_like, check_tensor, gdc_options, gdc_wait_and_release,
                                           is_interpreter, memo_config, next_pow2)
 
 __all__ = ["rope", "qkv_rope_cache"]
@@ -69,8 +69,7 @@ def _qkv_rope_cache_kernel(
     BLOCK_R: tl.constexpr, BLOCK_D2: tl.constexpr, USE_GDC: tl.constexpr = False,
 ):
     gdc_wait_and_release(USE_GDC)
-    # grid: (row tiles, group); a row is one (batch, token, head) of the group: 0 = q (rotated in
-    # place), 1 = k (rotated, into the cache or in place), 2 = v (copied into the cache)
+    # grid (row tiles, group); a row is a (batch, token, head): group 0 = q (in place), 1 = k (cache or in place), 2 = v
     g = tl.program_id(1)
     nh = tl.where(g == 0, H, HKV)
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -170,12 +169,9 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, out: Optional
         check_tensor(name, t, ndim=2, dtypes=(torch.float32,))
         if tuple(t.shape) != (T, D) or t.device != x.device:
             raise ValueError(f"{name} must be fp32 [T={T}, D={D}] on {x.device}, got {tuple(t.shape)} on {t.device}")
+    check_like("out", out, x.shape, x.dtype, x.device, contiguous_last=False)
     if out is None:
         out = torch.empty(x.shape, device=x.device, dtype=x.dtype)
-    else:
-        check_tensor("out", out, ndim=4, dtypes=(x.dtype,), contiguous_last=False)
-        if out.shape != x.shape or out.device != x.device:
-            raise ValueError(f"out must be {tuple(x.shape)} on {x.device}, got {tuple(out.shape)} on {out.device}")
     if x.numel():
         _launch(x.unsqueeze(2), out.unsqueeze(2), cos, sin)
     return out
