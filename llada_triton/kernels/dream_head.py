@@ -1,34 +1,24 @@
-"""Fused LM head with Dream's sampling and confidences: token and max prob / top-1 minus top-2 margin / negative
-entropy per row, streaming the vocabulary (``[M, V]`` logits are never stored, except for top-p / top-k below).
+"""Fused LM head with Dream's sampling and confidences (:func:`head_dream_confidence`): per row the token and
+its ``prob`` / ``margin`` / ``neg_entropy``, streaming the vocabulary (``[M, V]`` logits are stored only for
+top-p / top-k).
 
-Kernel 1 (``_dream_partials_kernel``, grid ``(row tiles, vocab tiles)``) computes a ``[BLOCK_M, BLOCK_V]`` logit
-tile with the K-steps of :mod:`llada_triton.kernels.gemm` (the tiles of LLaDA's head), rounds it to the hidden
-dtype (as the model's logits are), divides by the temperature when sampling (``z = l / T``, IEEE division as
-Dream's ``logits / temperature``; ``z = l`` at ``T = 0``) and reduces it to per-row partials: the tile's largest
-``z`` ``m`` and its lowest id, the second largest (the largest at another id), ``s = sum exp(z - m)``,
-``t = sum exp(z - m) * (z - m)``; when sampling also the largest Gumbel key ``z + g`` with its lowest id and the
-``z`` there. ``g`` is the Philox Gumbel noise of :func:`llada_triton.kernels.head_confidence` (key ``seed``,
-counters ``(vocab id, row or row_ids[row], offset)``): deterministic given the seed and independent of the
-tiling; recomputed in torch by :func:`llada_triton.kernels.reference.philox_gumbel_ref`. It is not the stream of
-Dream's ``Categorical`` sampler (a torch generator), so sampled tokens match the reference in distribution only.
-Kernel 2 (``_dream_merge_kernel``) merges a row's partials (``S = sum s_i e^(m_i - M)``,
-``T = sum e^(m_i - M) (t_i + (m_i - M) s_i)``) into the token (argmax of ``z``, or of the keys when sampling:
-the Gumbel-max trick) and the confidence on ``p = softmax(z)``, the tempered distribution as Dream computes it:
+Kernel 1 (grid ``(row tiles, vocab tiles)``) computes a logit tile with the K-loop of
+:mod:`llada_triton.kernels.gemm`, rounds it to the hidden dtype (as the model's logits), divides by the temperature
+when sampling (``z = l / T``, IEEE division as Dream's; ``z = l`` at ``T = 0``) and stores per-row partials: the
+largest ``z`` (lowest id), the second largest, ``s = sum e^(z - m)``, ``t = sum e^(z - m) (z - m)``; when sampling
+also the largest Gumbel key ``z + g`` (lowest id) and ``z`` there. ``g`` is the Philox noise of
+:func:`llada_triton.kernels.head_confidence` (key ``seed``, counters ``(vocab id, row or row_ids[row], offset)``;
+torch twin :func:`llada_triton.kernels.reference.philox_gumbel_ref`): tiling-independent, but not the stream of
+Dream's ``Categorical`` sampler, so sampled tokens match the reference in distribution only. Kernel 2 merges a
+row's partials into the token (argmax of ``z``, or of the keys: Gumbel-max) and the confidence on
+``p = softmax(z)``: ``prob`` ``p[x0]``, ``margin`` ``(1 - e^(top2 - M)) / S``, ``neg_entropy``
+``sum p log(p + 1e-10)``. Entropy over one vocab tile sums that formula in the tile; over several tiles fp32
+(the exactness path) runs a second partials pass given each row's log-sum-exp, bf16/fp16 merge the streamed
+``T / S - log S`` (without the ``1e-10``: a change below ``V * 1e-10``, far under bf16 logit rounding).
 
-* ``prob``: ``p[x0]`` = ``e^(z[x0] - M) / S`` (maskgit_plus; ``1 / S`` at ``T = 0``);
-* ``margin``: ``(1 - e^(top2 - M)) / S`` (topk_margin);
-* ``neg_entropy``: ``sum p log(p + 1e-10)`` (entropy). When a row's vocabulary is one tile (``BLOCK_V >= V``,
-  the interpreter's default) the tile knows ``p`` and sums Dream's formula itself. Across several tiles ``p`` is
-  known only after the merge: in fp32 (the exactness path) a second partials pass, given each row's
-  log-sum-exp, sums Dream's formula (one more head GEMM); in bf16 / fp16 the streamed ``T / S - log S`` =
-  ``sum p log p`` leaves the ``1e-10`` out, which changes the value by less than ``V * 1e-10`` (1.5e-5 at
-  Dream's 152,064 ids; far below the rounding of bf16 logits).
-
-top-p / top-k need a row's sorted distribution: those calls compute the logits of all rows given (``n_rows`` is
-not read, so there is no host sync; the rows past it are unspecified, as in the kernel path), filter them with
-:func:`llada_triton.kernels.reference.filter_top_p_top_k_ref` and sample with the same Philox noise
-(``dream_confidence_ref(..., gumbel=philox_gumbel_ref(...))``).
-Dream's logit shift is row indexing before the head (the decoding policies hand it the rows ``i - 1``).
+top-p / top-k compute the logits of every row given (``n_rows`` is not read: no host sync; rows past it are
+unspecified), filter them with :func:`llada_triton.kernels.reference.filter_top_p_top_k_ref` and sample with the
+same Philox noise. Dream's logit shift is row indexing before the head (the cache policies hand it rows ``i - 1``).
 Reference: :func:`llada_triton.kernels.reference.head_dream_confidence_ref`.
 """
 from __future__ import annotations
@@ -46,7 +36,6 @@ from llada_triton.kernels.gemm import dot_loop
 from llada_triton.kernels.reference import DREAM_CONFIDENCES, dream_confidence_ref, philox_gumbel_ref
 
 __all__ = ["head_dream_confidence"]
-
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
@@ -195,8 +184,7 @@ def _check(hidden, w_head, confidence, top_p, top_k):
 
 
 def _filtered(hidden, w_head, *, confidence, temperature, top_p, top_k, seed, offset, banned_ids, row_ids):
-    """top-p / top-k: the logits of every row (``n_rows`` is not read: no host sync; the rows past it are
-    unspecified), filtered and sampled as the reference with the kernel's Philox noise."""
+    """top-p / top-k (module docstring): the reference on every row's logits, with the kernel's Philox noise."""
     logits = hidden @ w_head.t()  # the model's logits, in the hidden dtype
     g = None
     if temperature > 0:
@@ -219,15 +207,15 @@ def head_dream_confidence(hidden: torch.Tensor, w_head: torch.Tensor, *, confide
     its noise). ``top_p < 1`` / ``top_k`` materialise the rows' logits (module docstring). ``config`` overrides the
     block sizes (tests)."""
     _check(hidden, w_head, confidence, top_p, top_k)
-    M, D = hidden.shape
-    V = w_head.shape[0]
-    sa = sampling_args(V, temperature, seed, offset, banned_ids, ())  # validates T, seed, offset, banned_ids
+    M = hidden.shape[0]
+    sa = sampling_args(w_head.shape[0], temperature, seed, offset, banned_ids, ())  # validates T, seed, offset, ids
+    if (top_p is not None and top_p < 1) or top_k is not None:
+        rows_args(M, hidden.device, n_rows, row_ids, None)  # validation only: the reference path returns its own
+        return _filtered(hidden, w_head, confidence=confidence, temperature=float(temperature), top_p=top_p,
+                         top_k=top_k, seed=seed, offset=offset, banned_ids=banned_ids, row_ids=row_ids)
     x0 = torch.empty(M, dtype=torch.int64, device=hidden.device)
     conf = torch.empty(M, dtype=torch.float32, device=hidden.device)
     nr, rid, rows_ce = rows_args(M, hidden.device, n_rows, row_ids, x0)
-    if (top_p is not None and top_p < 1) or top_k is not None:
-        return _filtered(hidden, w_head, confidence=confidence, temperature=float(temperature), top_p=top_p,
-                         top_k=top_k, seed=seed, offset=offset, banned_ids=banned_ids, row_ids=row_ids)
     if M == 0:
         return x0, conf
     return _launch(hidden, w_head, x0, conf, nr, rid, rows_ce, sa, confidence, float(temperature), config)

@@ -1,21 +1,20 @@
 """Fused mixture-of-experts: router + grouped top-k, token->expert alignment, grouped expert GEMMs, combine.
 
-No step syncs with the host; every grid is sized from ``M * top_k`` and ``E`` alone (programs past the real
-work exit at once), so the whole layer can be captured in a CUDA graph.
+No step syncs with the host and every grid is sized from ``M * top_k`` and ``E`` alone (programs past the real
+work exit at once), so a whole layer can be captured in a CUDA graph.
 
-* :func:`moe_route` (two launches): the fp32 router logits (programs over row and expert tiles, so the router
-  weight streams from many SMs at decode sizes), then one program per ``[BM, E]`` row tile: the scores (sigmoid
-  or softmax), the group-limited top-k with ties to the lowest index, and the weights.
+* :func:`moe_route` (two launches): fp32 router logits over row and expert tiles (so the router weight streams
+  from many SMs at decode sizes), then per ``[BM, E]`` row tile the scores (sigmoid or softmax), the
+  group-limited top-k (ties to the lowest index) and the weights.
 * :func:`moe_align` (three launches): the ``M * top_k`` (token, slot) pairs sorted by expert into segments padded
-  to the GEMM tile ``BM``: per-chunk histograms, one scan program (segment ends, and each chunk's base in every
-  segment), then a stable in-chunk sort that scatters each pair to its slot. Padding slots hold ``M * top_k``.
-* :func:`moe_experts` (+ three launches): the gate-up GEMM over the tiles of experts that received tokens
-  (rows gathered from ``x``; ``silu(gate) * up`` epilogue), the down GEMM writing each pair's expert output
-  (rounded to ``x.dtype``) to its (token, slot) row, and a per-token combine: the routing weights applied and
-  the slots summed in fp32 in slot order, then the residual added. No atomics: the result is the same from run
-  to run.
+  to the GEMM tile ``BM``: per-chunk histograms, one scan (segment ends and each chunk's base in every segment),
+  a stable in-chunk sort scattering each pair to its row. Padding rows hold ``M * top_k``.
+* :func:`moe_experts` (+ three launches): the gate-up GEMM over the tiles of experts that received pairs (rows
+  gathered from ``x``, ``silu(gate) * up`` epilogue), the down GEMM writing each pair's output (in ``x.dtype``)
+  to its (token, slot) row, and a per-token combine: weights applied, slots summed in fp32 in slot order, the
+  residual added. No atomics: deterministic. A tile finds its expert by counting segment ends at or below its
+  first row.
 
-The expert of a tile is found by counting the segment ends at or below its first row (``E`` compares).
 References: :func:`llada_triton.kernels.reference.moe_route_ref`, ``moe_align_ref``, ``moe_experts_ref``.
 """
 from __future__ import annotations
@@ -304,10 +303,9 @@ def moe_align_size(n_pairs: int, n_experts: int, block_m: int) -> int:
 
 def moe_config(n_pairs: int, n_experts: int, inter: int, d: int, dtype: torch.dtype,
                interpret: Optional[bool] = None) -> dict:
-    """Meta-parameters of :func:`moe_experts` for ``n_pairs = M * top_k`` over ``n_experts`` experts of
-    intermediate size ``inter`` and hidden size ``d``: the tile rows ``BM`` (from the expected pairs per
-    expert), the gate-up (``GU_*``) and down (``DN_*``) tiles, and the alignment chunk. Deterministic in the
-    shape (no autotuning); returns a new dict on every call."""
+    """Meta-parameters of :func:`moe_experts` (a new dict each call, no autotuning) for ``n_pairs = M * top_k``
+    over ``n_experts`` experts, intermediate size ``inter``, hidden size ``d``: tile rows ``BM`` (from the pairs
+    per expert), the gate-up ``GU_*`` and down ``DN_*`` tiles, the alignment ``CHUNK``."""
     return _moe_config(n_pairs, n_experts, inter, d, dtype, is_interpreter() if interpret is None else bool(interpret))
 
 
@@ -330,18 +328,10 @@ def _moe_config(n_pairs: int, n_experts: int, inter: int, d: int, dtype: torch.d
 
 def _align_launch(ids: torch.Tensor, n_experts: int, block_m: int, chunk: int):
     """The three alignment launches (``ids`` validated, contiguous). Returns ``(sorted_ids, expert_end, total)``."""
-    N = ids.numel()
-    E = n_experts
-    E_P = next_pow2(E)
-    dev = ids.device
-    L = moe_align_size(N, E, block_m)
-    P = cdiv(N, chunk)
-    sorted_ids = torch.empty(L, device=dev, dtype=torch.int32)
-    ends = torch.empty(E, device=dev, dtype=torch.int32)
-    total = torch.empty(1, device=dev, dtype=torch.int32)
-    cnt = torch.empty((P, E_P), device=dev, dtype=torch.int32)
-    base = torch.empty((P, E_P), device=dev, dtype=torch.int32)
-    interp = is_interpreter()
+    N, E, E_P, i32 = ids.numel(), n_experts, next_pow2(n_experts), dict(device=ids.device, dtype=torch.int32)
+    L, P, interp = moe_align_size(N, E, block_m), cdiv(N, chunk), is_interpreter()
+    sorted_ids, ends, total = torch.empty(L, **i32), torch.empty(E, **i32), torch.empty(1, **i32)
+    cnt, base = torch.empty((P, E_P), **i32), torch.empty((P, E_P), **i32)  # per-chunk histograms and bases
     _align_count_kernel[(P,)](ids, cnt, sorted_ids, N, E, L, CHUNK=chunk, E_P=E_P,
                               FILL=clamp_pow2(cdiv(L, P), 16, 1 << 16) if interp else 1024, num_warps=4)
     p_b = max(1, min(next_pow2(P), 8192 // E_P))
@@ -365,8 +355,7 @@ def moe_route(x: torch.Tensor, router_w: torch.Tensor, expert_bias: Optional[tor
     """
     check_tensor("x", x, ndim=2, dtypes=DTYPES)
     check_tensor("router_w", router_w, ndim=2, dtypes=DTYPES)
-    M, d = x.shape
-    E = router_w.shape[0]
+    (M, d), E = x.shape, router_w.shape[0]
     if router_w.shape[1] != d or router_w.device != x.device or E == 0:
         raise ValueError(f"router_w must be [E >= 1, d={d}] on {x.device}, got {tuple(router_w.shape)} "
                          f"on {router_w.device}")
@@ -379,9 +368,8 @@ def moe_route(x: torch.Tensor, router_w: torch.Tensor, expert_bias: Optional[tor
     ids = torch.empty((M, top_k), device=x.device, dtype=torch.int32)
     if M == 0:
         return weights, ids
-    interp = is_interpreter()
+    interp, E_P = is_interpreter(), next_pow2(E)
     native = x.dtype == router_w.dtype and x.dtype != torch.float32
-    E_P = next_pow2(E)
     BM = clamp_pow2(M, 16, 64) if interp else 16
     BE = E_P if interp else min(E_P, 32)     # logits split over experts: enough programs to stream router_w
     BK = clamp_pow2(d, 16, 256) if interp else 128
@@ -424,9 +412,8 @@ def moe_align(ids: torch.Tensor, n_experts: int, block_m: int, *, chunk: Optiona
     elif _check_count("chunk", chunk, 1 << 14) & (chunk - 1):
         raise ValueError(f"chunk must be a power of two, got {chunk}")
     if ids.numel() == 0:
-        return (torch.empty(0, device=ids.device, dtype=torch.int32),
-                torch.zeros(E, device=ids.device, dtype=torch.int32),
-                torch.zeros(1, device=ids.device, dtype=torch.int32))
+        i32 = dict(device=ids.device, dtype=torch.int32)
+        return torch.empty(0, **i32), torch.zeros(E, **i32), torch.zeros(1, **i32)
     return _align_launch(ids, E, block_m, chunk)
 
 
@@ -482,8 +469,7 @@ def moe_experts(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, 
     if M == 0:
         return y
     N = M * k
-    cfg = moe_config(N, E, inter, d, x.dtype)
-    cfg.update(config or {})
+    cfg = dict(moe_config(N, E, inter, d, x.dtype), **(config or {}))
     BM = cfg["BM"]
     sorted_ids, ends, total = _align_launch(ids, E, BM, cfg["CHUNK"])
     L = sorted_ids.shape[0]

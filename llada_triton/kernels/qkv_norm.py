@@ -1,18 +1,14 @@
-"""The QKV projection of LLaDA2.x / LLaDA-MoE with per-head QK-norm, partial RoPE and the KV-cache write in its
-epilogue (:func:`qkv_proj_norm_rope`).
+"""LLaDA2.x / LLaDA-MoE's QKV projection with per-head QK-norm, partial RoPE and the KV-cache write in its
+epilogue (:func:`qkv_proj_norm_rope`): one launch for ``linear(x, w_qkv)`` + ``qkv_norm_rope_cache_ref``.
 
-One launch replaces ``linear(x, w_qkv)`` followed by ``qkv_norm_rope_cache_ref``'s norm, rotation and cache write.
-A program computes one whole head (RMSNorm needs every feature of it) for ``BM`` tokens with the weight-streaming
-K-loop of :mod:`llada_triton.kernels.gemm` (weight rows as the MMA's M dimension); at decode sizes, where that gives
-few programs, K is split and a second launch of the same kernel sums the fp32 partials in a fixed order and runs
-the epilogue. The tile's ``2 HP`` weight rows are ordered as two halves that pair each feature with its rotation
-partner: row ``j`` of the first half holds feature ``j`` (``j < R/2``, rotated) or ``R + j - R/2`` (passed
-through), row ``j`` of the second half its partner ``R/2`` further (rotated) or ``(D - R)/2`` further (passed
-through); rows ``j >= D/2`` are padding.
+A program computes one whole head (RMSNorm needs all its features) for ``BM`` tokens with the weight-streaming
+K-loop of :mod:`llada_triton.kernels.gemm` (weight rows as the MMA's M); at decode sizes, where that gives few
+programs, K is split and a second launch of the same kernel sums the fp32 partials in a fixed order and runs the
+epilogue. The tile's ``2 HP`` weight rows are two halves pairing each feature with its rotation partner: row ``j``
+of the first half holds feature ``j`` (``j < R/2``, rotated) or ``R + j - R/2`` (passed through), the second half
+its partner ``R/2`` (rotated) or ``(D - R)/2`` (passed through) further on; rows ``j >= D/2`` are padding.
 The epilogue rounds the projection (+ bias) to ``x.dtype`` as ``F.linear``, RMS-normalises q and k heads as
-:func:`llada_triton.kernels.reference.rms_norm_ref` (fp32 statistics, rounded, times the weight, rounded), rotates
-their first ``R`` features in fp32 at each token's absolute position (half-split, the tables' width ``R``), and
-stores q into the output and k, v into the cache slots (or into the output without a cache), as
+:func:`llada_triton.kernels.reference.rms_norm_ref`, rotates their first ``R`` features in fp32 and stores as
 :func:`llada_triton.kernels.qkv.qkv_proj_rope`. Numerics: :func:`llada_triton.kernels.reference.qkv_proj_norm_rope_ref`
 up to the GEMM's and the norm's fp32 summation order and ``rsqrt``.
 """
@@ -127,10 +123,9 @@ def _qkv_norm_rope_kernel(
 
 
 def qkv_norm_config(M: int, K: int, D: int, NH: int, dtype: torch.dtype, interpret: Optional[bool] = None) -> dict:
-    """Block sizes of :func:`qkv_proj_norm_rope` (a pure function of the shape; a new dict on every call): ``HP``
-    (half the tile's weight rows, >= D/2 and >= 8 so that the MMA's M is >= 16), ``BM`` tokens, ``BK``, and
-    ``SPLIT_K``: at decode sizes a head per program gives few programs (LLaDA2.0-mini: 24 heads), so K is split
-    until there are about 128 (each split keeping >= 8 K-steps; a second launch sums them and runs the epilogue)."""
+    """Block sizes of :func:`qkv_proj_norm_rope` (a new dict each call): ``HP`` (half the tile's weight rows,
+    >= D/2 and >= 8 so the MMA's M is >= 16), ``BM`` tokens, ``BK``, and ``SPLIT_K``: at decode sizes a head per
+    program gives few programs (LLaDA2.0-mini: 24 heads), so K is split towards 128 programs (>= 8 K-steps each)."""
     return _qkv_norm_config(M, K, D, NH, dtype, is_interpreter() if interpret is None else bool(interpret))
 
 
