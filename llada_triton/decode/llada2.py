@@ -1,26 +1,19 @@
 """LLaDA2.x's official decoders (LLaDA2.0's and LLaDA2.1's ``generate``) as options of the one driver:
-``generate(params, cfg, prompts, ..., decoding=Llada2Decoding(...))`` (or :class:`Llada21Decoding`); the driver
-calls their hooks (listed in :class:`Llada2Decoding`). LLaDA2.x is trained as block diffusion, so the block-causal
-cache is its exact mode. Where they differ from LLaDA's decoder (each changes tokens):
+``generate(params, cfg, prompts, ..., decoding=Llada2Decoding(...))`` (or :class:`Llada21Decoding`), whose hooks
+the driver calls; :func:`generate_llada2` is the batch-1 wrapper. Where they differ from LLaDA's decoder (each
+changes tokens):
 
 * the absolute block grid (:func:`llada_triton.decode.layout.absolute_layout`): blocks ``[jB, (j+1)B)`` from
-  position 0; decoding starts at the block holding position P (shared with the prompt's tail) and runs to
-  ``ceil((P+G)/B)`` blocks, so the overhang past P+G is decoded and dropped. Every forward sees the prefix with a
-  block-causal mask (the prompt included); later blocks are never fed.
-* :func:`llada2_schedule`: ``steps = min(steps, G // minimal_topk)``; the budget splits ``block_length`` (not the
-  block's masks) over the steps, trailing steps get 0 when steps > B.
-* 2.0's rule (:meth:`Llada2Decoding.commit`): at most ``steps`` forwards per block, each commits the masked
-  positions with confidence ``> threshold`` if there are at least the step's budget of them, else the budget's
-  top-k (:func:`llada_triton.kernels.reference.select_threshold_topk_ref`); a row stops after a block whose window
-  ``x[P:end]`` holds an eos; ``eos_early_stop`` ends a row on the device once its first eos has no mask before it
-  (answer ``x[P:eos+1]``, longer than G when that eos is in the overhang).
-* 2.1 (:class:`Llada21Decoding`): the same rule with a fixed budget and no step limit, plus token editing.
-* The answer (``GenerateResult.answers``) is ``x[P:P+G]`` cut after its first eos (inclusive).
+  position 0, decoded from the block holding the prompt's end P to ``ceil((P+G)/B)`` (the overhang past P+G is
+  decoded and dropped); forwards see the prefix block-causally (LLaDA2.x is trained as block diffusion).
+* :func:`llada2_schedule`: ``steps = min(steps, G // minimal_topk)`` budgets splitting ``block_length`` (not the
+  block's masks), 0 for trailing steps when steps > B.
+* the rules and stops of :class:`Llada2Decoding` (2.0) and :class:`Llada21Decoding` (2.1: token editing); the
+  answer (``GenerateResult.answers``) is ``x[P:P+G]`` cut after its first eos.
 
 The references are batch 1; in a varlen batch every row equals its batch-1 decode (the layout pads each row by a
-multiple of B so the grids share columns). Cache ``'block'`` (a finished block joins the cache when the next
-block's first step re-feeds its final tokens) and ``'none'`` (the prefix recomputed every step, as the reference)
-give the same tokens. :func:`generate_llada2` is the batch-1 wrapper.
+multiple of B so the grids share columns). Caches ``'block'`` (a finished block joins the cache when the next
+block's first step re-feeds it) and ``'none'`` (the prefix recomputed every step, as the reference) agree.
 """
 from __future__ import annotations
 
@@ -36,8 +29,6 @@ from .layout import absolute_layout
 from .step import check_int, check_real
 
 __all__ = ["Llada2Decoding", "Llada21Decoding", "llada2_schedule", "generate_llada2", "Llada2Result", "eos_cut"]
-
-CACHES = ("block", "none")
 
 
 def llada2_schedule(block_length: int, steps: int) -> List[int]:
@@ -63,7 +54,11 @@ def _threshold_topk(conf, masked, *, k, threshold, factor=None):
 
 @dataclass(frozen=True)
 class Llada2Decoding:
-    """LLaDA2.0's ``generate`` (module docstring) as ``generate(..., decoding=Llada2Decoding(...))``.
+    """LLaDA2.0's ``generate``: at most ``steps`` forwards per block, each committing the masked positions with
+    confidence ``> threshold`` if there are at least the step's budget of them, else the budget's top-k
+    (:func:`llada_triton.kernels.reference.select_threshold_topk_ref`); a row stops after a block whose window
+    ``x[P:end]`` holds an eos; ``eos_early_stop`` ends a row on the device once its first eos has no mask before it
+    (answer ``x[P:eos+1]``, longer than G when that eos is in the overhang).
 
     The hooks the driver and ``run_many`` call (``state`` is this object's own, from :meth:`new_state`; no per-step
     hook syncs the host): option checks :meth:`check`, :meth:`check_driver_options`; grid and budgets
@@ -74,7 +69,7 @@ class Llada2Decoding:
     threshold: float = 0.95
     minimal_topk: int = 1
     eos_early_stop: bool = False
-    caches = CACHES
+    caches = ("block", "none")
     edits = False
     stops_at_eos = True
 

@@ -36,7 +36,6 @@ __all__ = ["moe_route", "moe_align", "moe_experts", "moe_align_size"]
 MAX_EXPERTS = 1024  # a router tile holds every expert's logit of its rows in registers
 
 
-# ------------------------------------------------------------------------------------------ kernels
 @triton.jit
 def _argmax_low(v, cols, E_P: tl.constexpr):
     """Per row of ``v [R, C]``: the max and the lowest column holding it."""
@@ -295,7 +294,6 @@ def _moe_combine_kernel(
     tl.store(out_ptr + m * stride_om + offs, y, mask=mask)
 
 
-# ---------------------------------------------------------------------------------------- launchers
 def moe_align_size(n_pairs: int, n_experts: int, block_m: int) -> int:
     """Rows of :func:`moe_align`'s sorted ids: every expert that can receive a pair padded to ``block_m``."""
     return cdiv(n_pairs + min(n_experts, n_pairs) * (block_m - 1), block_m) * block_m
@@ -341,18 +339,15 @@ def _align_launch(ids: torch.Tensor, n_experts: int, block_m: int, chunk: int):
     return sorted_ids, ends, total
 
 
-# ------------------------------------------------------------------------------------------- public
 def moe_route(x: torch.Tensor, router_w: torch.Tensor, expert_bias: Optional[torch.Tensor] = None, *,
               top_k: int, n_group: int = 1, topk_group: int = 1, score_func: str = "sigmoid",
               norm_topk_prob: bool = True, routed_scaling_factor: float = 1.0):
     """Router of a mixture-of-experts layer in two launches: ``(weights fp32 [M, top_k], ids int32 [M, top_k])``.
 
     x: ``[M, d]``; router_w: ``[E, d]`` (``E <= 1024``); expert_bias: ``[E]`` or None (fp16/bf16/fp32, last dims
-    contiguous). Logits accumulate in fp32: 16-bit ``x`` and ``router_w`` of one dtype go through the tensor
-    cores (their products are exact in fp32), anything else is upcast to fp32 (IEEE dots). Semantics, ties
-    (lowest index) and the output order: :func:`llada_triton.kernels.reference.moe_route_ref`. The weights
-    may differ from the reference's in the last bits (summation order of the logits and of the normaliser).
-    """
+    contiguous). Logits accumulate in fp32 (16-bit ``x`` and ``router_w`` of one dtype on the tensor cores, whose
+    products are exact in fp32; else IEEE fp32 dots). Semantics, ties (lowest index) and output order:
+    :func:`llada_triton.kernels.reference.moe_route_ref`, up to the last bits of the weights (summation order)."""
     check_tensor("x", x, ndim=2, dtypes=DTYPES)
     check_tensor("router_w", router_w, ndim=2, dtypes=DTYPES)
     (M, d), E = x.shape, router_w.shape[0]
@@ -402,8 +397,7 @@ def moe_align(ids: torch.Tensor, n_experts: int, block_m: int, *, chunk: Optiona
     ``L = moe_align_size(N, E, block_m)``: segment ``e`` is rows ``[expert_end[e-1], expert_end[e])``, its pairs
     first in increasing flat index, then padding rows holding ``N``; rows ``>= total = expert_end[E-1]`` hold
     ``N`` too. Pairs whose id is outside ``[0, E)`` are dropped. ``chunk`` (a power of two, default from
-    :func:`moe_config`): pairs per program of the sort. See :func:`llada_triton.kernels.reference.moe_align_ref`.
-    """
+    :func:`moe_config`): pairs per program of the sort. See :func:`llada_triton.kernels.reference.moe_align_ref`."""
     _check_ids(ids)
     E = _check_count("n_experts", n_experts, MAX_EXPERTS)
     block_m = _check_count("block_m", block_m, 1 << 12)
@@ -462,8 +456,7 @@ def moe_experts(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, 
     float dtype); ids: int32/int64 ``[M, k]``, contiguous (pairs with an id outside ``[0, E)`` add nothing);
     residual: ``[M, d]`` or None; out: optional ``[M, d]`` output (may alias ``residual``). Only experts that
     received pairs are read. Deterministic. ``config``: meta-parameters overriding :func:`moe_config`'s.
-    Numerics: :func:`llada_triton.kernels.reference.moe_experts_ref` up to the GEMMs' fp32 accumulation order.
-    """
+    Numerics: :func:`llada_triton.kernels.reference.moe_experts_ref` up to the GEMMs' fp32 accumulation order."""
     M, d, E, inter, k = _validate_experts(x, w_gate_up, w_down, weights, ids, residual, out)
     y = torch.empty_like(x) if out is None else out
     if M == 0:

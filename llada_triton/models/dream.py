@@ -43,11 +43,8 @@ _SUPPORTED = {
 
 @dataclass(frozen=True)
 class DreamConfig(LLaDAConfig):
-    """A Dream checkpoint's config: the dense fields shared with LLaDA, with q/k/v biases and the logit shift.
-
-    ``eot_token_id`` is ``<|im_end|>`` (the end of a chat turn; from the tokenizer files or an override),
-    so answers stop at it as at eos (``<|endoftext|>``).
-    """
+    """A Dream checkpoint's config: LLaDA's dense fields, q/k/v biases and the logit shift. ``eot_token_id`` is
+    ``<|im_end|>`` (a chat turn's end; from the tokenizer files or an override): answers stop there as at eos."""
     qkv_bias: bool = True
     logit_shift: int = 1
     family: ClassVar[str] = "dream"
