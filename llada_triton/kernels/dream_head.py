@@ -183,36 +183,26 @@ def _check(hidden, w_head, confidence, top_p, top_k):
         raise ValueError(f"top_k={top_k!r} must be an int >= 1")
 
 
-def _filtered(hidden, w_head, *, confidence, temperature, top_p, top_k, seed, offset, banned_ids, row_ids):
-    """top-p / top-k (module docstring): the reference on every row's logits, with the kernel's Philox noise."""
-    logits = hidden @ w_head.t()  # the model's logits, in the hidden dtype
-    g = None
-    if temperature > 0:
-        rows = row_ids if row_ids is not None else torch.arange(hidden.shape[0], device=hidden.device)
-        g = philox_gumbel_ref(seed, offset, rows, w_head.shape[0])
-    return dream_confidence_ref(logits, confidence=confidence, temperature=temperature, top_p=top_p, top_k=top_k,
-                                banned_ids=banned_ids, gumbel=g)
-
-
 def head_dream_confidence(hidden: torch.Tensor, w_head: torch.Tensor, *, confidence: str = "prob",
                           temperature: float = 0.0, top_p: Optional[float] = None, top_k: Optional[int] = None,
                           seed: int = 0, offset: int = 0, banned_ids: Sequence[int] = (),
                           n_rows: Optional[torch.Tensor] = None, row_ids: Optional[torch.Tensor] = None,
                           config: Optional[dict] = None):
     """``(x0 int64 [M], conf fp32 [M])`` from final hidden states ``[M, d]`` and the LM head ``[V, d]`` (same
-    dtype): Dream's ``sample_tokens`` with ``confidence`` ``"prob"`` / ``"margin"`` / ``"neg_entropy"`` (see the
-    module docstring): argmax at ``temperature`` 0, else a Gumbel-max sample with Philox noise keyed by ``seed``
-    (use a new ``offset`` per step). ``n_rows`` (one-element device tensor): only the first ``n_rows`` rows are
-    computed, the others' outputs are unspecified; ``row_ids``: the rows' Philox row counters (a gathered row keeps
-    its noise). ``top_p < 1`` / ``top_k`` materialise the rows' logits (module docstring). ``config`` overrides the
-    block sizes (tests)."""
+    dtype): Dream's ``sample_tokens`` with ``confidence`` ``"prob"`` / ``"margin"`` / ``"neg_entropy"``: argmax at
+    ``temperature`` 0, else a Gumbel-max sample with Philox noise keyed by ``seed`` (a new ``offset`` per step).
+    ``n_rows`` (one-element device tensor): only the first ``n_rows`` rows are computed, the others' outputs are
+    unspecified; ``row_ids``: the rows' Philox row counters (a gathered row keeps its noise); ``top_p < 1`` /
+    ``top_k`` materialise the logits; ``config`` overrides the block sizes (tests)."""
     _check(hidden, w_head, confidence, top_p, top_k)
     M = hidden.shape[0]
     sa = sampling_args(w_head.shape[0], temperature, seed, offset, banned_ids, ())  # validates T, seed, offset, ids
-    if (top_p is not None and top_p < 1) or top_k is not None:
-        rows_args(M, hidden.device, n_rows, row_ids, None)  # validation only: the reference path returns its own
-        return _filtered(hidden, w_head, confidence=confidence, temperature=float(temperature), top_p=top_p,
-                         top_k=top_k, seed=seed, offset=offset, banned_ids=banned_ids, row_ids=row_ids)
+    if (top_p is not None and top_p < 1) or top_k is not None:  # the reference on every row's logits
+        rows_args(M, hidden.device, n_rows, row_ids, None)  # validation only: the reference returns its own outputs
+        g = None if temperature == 0 else philox_gumbel_ref(  # the kernel's Philox noise
+            seed, offset, torch.arange(M, device=hidden.device) if row_ids is None else row_ids, w_head.shape[0])
+        return dream_confidence_ref(hidden @ w_head.t(), confidence=confidence, temperature=float(temperature),
+                                    top_p=top_p, top_k=top_k, banned_ids=banned_ids, gumbel=g)
     x0 = torch.empty(M, dtype=torch.int64, device=hidden.device)
     conf = torch.empty(M, dtype=torch.float32, device=hidden.device)
     nr, rid, rows_ce = rows_args(M, hidden.device, n_rows, row_ids, x0)
