@@ -1,25 +1,20 @@
-"""Fused LM head with Dream's sampling and confidences (:func:`head_dream_confidence`): per row the token and
-its ``prob`` / ``margin`` / ``neg_entropy``, streaming the vocabulary (``[M, V]`` logits are stored only for
-top-p / top-k).
+"""Fused LM head with Dream's sampling and confidences (:func:`head_dream_confidence`): per row the token and its
+``prob`` / ``margin`` / ``neg_entropy``, streaming the vocabulary (no ``[M, V]`` logits, except for top-p / top-k).
 
-Kernel 1 (grid ``(row tiles, vocab tiles)``) computes a logit tile with the K-loop of
-:mod:`llada_triton.kernels.gemm`, rounds it to the hidden dtype (as the model's logits), divides by the temperature
-when sampling (``z = l / T``, IEEE division as Dream's; ``z = l`` at ``T = 0``) and stores per-row partials: the
-largest ``z`` (lowest id), the second largest, ``s = sum e^(z - m)``, ``t = sum e^(z - m) (z - m)``; when sampling
-also the largest Gumbel key ``z + g`` (lowest id) and ``z`` there. ``g`` is the Philox noise of
-:func:`llada_triton.kernels.head_confidence` (key ``seed``, counters ``(vocab id, row or row_ids[row], offset)``;
-torch twin :func:`llada_triton.kernels.reference.philox_gumbel_ref`): tiling-independent, but not the stream of
-Dream's ``Categorical`` sampler, so sampled tokens match the reference in distribution only. Kernel 2 merges a
-row's partials into the token (argmax of ``z``, or of the keys: Gumbel-max) and the confidence on
-``p = softmax(z)``: ``prob`` ``p[x0]``, ``margin`` ``(1 - e^(top2 - M)) / S``, ``neg_entropy``
-``sum p log(p + 1e-10)``. Entropy over one vocab tile sums that formula in the tile; over several tiles fp32
-(the exactness path) runs a second partials pass given each row's log-sum-exp, bf16/fp16 merge the streamed
-``T / S - log S`` (without the ``1e-10``: a change below ``V * 1e-10``, far under bf16 logit rounding).
+Kernel 1 (grid ``(row tiles, vocab tiles)``) computes a logit tile with the K-loop of :mod:`llada_triton.kernels.gemm`,
+rounds it to the hidden dtype (the model's logits), divides by the temperature when sampling (IEEE, as Dream's
+``logits / T``) and stores per-row partials: the top-1 ``z`` (lowest id), the top-2, ``s = sum e^(z - m)``,
+``t = sum e^(z - m) (z - m)`` and, when sampling, the top Gumbel key ``z + g`` (lowest id) with ``z`` there. ``g``
+is the Philox noise of :func:`llada_triton.kernels.head_confidence` (counters: vocab id, row or ``row_ids[row]``,
+offset; torch twin :func:`llada_triton.kernels.reference.philox_gumbel_ref`), not the stream of Dream's
+``Categorical``: sampled tokens match the reference in distribution only. Kernel 2 merges a row's partials into the
+token (argmax, or Gumbel-max) and the confidence on ``p = softmax(z)``: ``p[x0]``, ``(1 - e^(top2 - M)) / S`` or
+``sum p log(p + 1e-10)``. The entropy over several vocab tiles runs a second partials pass given each row's
+log-sum-exp in fp32 (exact); bf16 / fp16 merge ``T / S - log S`` (the ``1e-10`` left out: below ``V * 1e-10``).
 
-top-p / top-k compute the logits of every row given (``n_rows`` is not read: no host sync; rows past it are
-unspecified), filter them with :func:`llada_triton.kernels.reference.filter_top_p_top_k_ref` and sample with the
-same Philox noise. Dream's logit shift is row indexing before the head (the cache policies hand it rows ``i - 1``).
-Reference: :func:`llada_triton.kernels.reference.head_dream_confidence_ref`.
+top-p / top-k run :func:`llada_triton.kernels.reference.dream_confidence_ref` on the logits of every row given
+(``n_rows`` is not read: no host sync) with the same Philox noise. Dream's logit shift is row indexing before the
+head. Reference: :func:`llada_triton.kernels.reference.head_dream_confidence_ref`.
 """
 from __future__ import annotations
 
@@ -214,14 +209,11 @@ def head_dream_confidence(hidden: torch.Tensor, w_head: torch.Tensor, *, confide
 def _launch(hidden, w_head, x0, conf, nr, rid, rows_ce, sa, confidence, temperature, config):
     """The partials and merge launches. Entropy over several vocab tiles in fp32 (the exactness path) runs them
     twice: the second partials pass knows each row's log-sum-exp, so its tiles sum Dream's p log(p + 1e-10)."""
-    M, D = hidden.shape
-    V = w_head.shape[0]
-    sample = sa["constexprs"]["SAMPLE"]
-    interpret = is_interpreter()
+    (M, D), V = hidden.shape, w_head.shape[0]
+    sample, interpret = sa["constexprs"]["SAMPLE"], is_interpreter()
     c = dict(head_config(M, V, D, hidden.dtype, False, interpret, sample=sample), **(config or {}))
     BM, BV, BK = c["BLOCK_M"], c["BLOCK_V"], c["BLOCK_K"]
-    nvt = cdiv(V, BV)
-    entropy = confidence == "neg_entropy"
+    nvt, entropy = cdiv(V, BV), confidence == "neg_entropy"
     two_pass = entropy and nvt > 1 and hidden.dtype == torch.float32
     lse = torch.empty(M, dtype=torch.float32, device=hidden.device) if two_pass else conf  # conf: never read
     pf = torch.empty(6 if sample else 4, M, nvt, dtype=torch.float32, device=hidden.device)

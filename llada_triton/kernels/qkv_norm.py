@@ -53,7 +53,7 @@ def _qkv_norm_rope_kernel(
     skb, skt, skh, svb, svt, svh,        # caches [B, T_max, HKV, D] (last dim contiguous)
     sct,                                 # row stride of the cos / sin tables [L, R]
     D: tl.constexpr, R: tl.constexpr, HP: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
-    PHASE: tl.constexpr,                 # 0: GEMM + epilogue; split-K: 1 partials [S, NH, 2 HP, M], 2 their sum + epilogue
+    PHASE: tl.constexpr,                 # 0: GEMM + epilogue; split-K: 1 partials [S, NH, 2 HP, M], 2 sum + epilogue
     S: tl.constexpr,                     # splits (PHASE 2)
     DYN: tl.constexpr, HAS_CACHE: tl.constexpr, HAS_WF: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_NORM: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
