@@ -19,7 +19,7 @@ from .model import forward  # raw (unshifted) logits [B, T, V], as Dream's model
 from .model import forward_hidden
 from .weights import Params, load_params
 
-__all__ = ["DreamConfig", "dream_name_map", "load_dream_params", "load_dream", "forward", "shift_logits",
+__all__ = ["DreamConfig", "dream_name_map", "load_dream_params", "forward", "shift_logits",
            "dream_step_fractions", "dream_transfer_counts", "dream_schedule", "FAMILY"]
 
 # Fields that do not change inference numerics here (init, bookkeeping, HF plumbing).
@@ -119,14 +119,6 @@ def dream_name_map(cfg: DreamConfig) -> Dict[str, tuple]:
 def load_dream_params(path: str, cfg: DreamConfig, *, device="cpu", dtype=torch.bfloat16) -> Params:
     """A Dream folder's weights, strictly and shard by shard (``weights.load_params`` with Dream's names)."""
     return load_params(path, cfg, device=device, dtype=dtype, name_map=dream_name_map(cfg))
-
-
-def load_dream(path: str, *, device="cpu", dtype=None, eot_token_id=None):
-    """``(params, cfg)`` from a Hugging Face Dream folder (``load_model`` picks this for ``model_type: Dream``)."""
-    cfg = DreamConfig.from_pretrained(path, eot_token_id=eot_token_id)
-    if dtype is None:
-        dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-    return load_dream_params(path, cfg, device=device, dtype=dtype), cfg
 
 
 def shift_logits(logits: torch.Tensor, shift: int = 1) -> torch.Tensor:

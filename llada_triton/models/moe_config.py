@@ -19,10 +19,9 @@ from typing import Any, ClassVar, Mapping, Optional, Tuple
 
 from .config import ConfigError, check_token_ids, end_token_ids, read_config_files, token_id_from_tokenizer_files
 
-__all__ = ["MoEConfig", "LLaDA2Config", "LLaDAMoEConfig", "detect_family", "FAMILIES", "llada2_config_dict",
+__all__ = ["MoEConfig", "LLaDA2Config", "LLaDAMoEConfig", "detect_family", "llada2_config_dict",
            "llada2_generation_config"]
 
-FAMILIES = ("llada", "llada2", "lladamoe")
 # the real checkpoints' ids (Ling tokenizer): used when neither the tokenizer files nor an override give them
 _MASK_ID = 156895
 _EOS_ID = 156892
