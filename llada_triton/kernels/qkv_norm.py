@@ -122,15 +122,12 @@ def _qkv_norm_rope_kernel(
         tl.store(base + f2, o2.to(dt), mask=mask)
 
 
+@memo_config
 def qkv_norm_config(M: int, K: int, D: int, NH: int, dtype: torch.dtype, interpret: Optional[bool] = None) -> dict:
     """Block sizes of :func:`qkv_proj_norm_rope` (a new dict each call): ``HP`` (half the tile's weight rows,
     >= D/2 and >= 8 so the MMA's M is >= 16), ``BM`` tokens, ``BK``, and ``SPLIT_K``: at decode sizes a head per
     program gives few programs (LLaDA2.0-mini: 24 heads), so K is split towards 128 programs (>= 8 K-steps each)."""
-    return _qkv_norm_config(M, K, D, NH, dtype, is_interpreter() if interpret is None else bool(interpret))
-
-
-@memo_config
-def _qkv_norm_config(M: int, K: int, D: int, NH: int, dtype: torch.dtype, interpret: bool) -> dict:
+    interpret = is_interpreter() if interpret is None else interpret
     hp = max(8, next_pow2(D // 2))
     bm = clamp_pow2(M, 16, 64)
     if interpret:  # one K-step where possible: the interpreter pays per tensor op
