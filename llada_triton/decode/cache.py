@@ -1,39 +1,27 @@
 """Cache policies: what to feed the model at each step of a block, and what to keep.
 
-Each policy turns the current tokens into the final hidden states of the current block's rows. They
-share one mechanism (the family's ``forward_hidden`` through :func:`llada_triton.models.forward_hidden`, writing
-into a static KV cache by position) and differ only in what they feed and which keys each query may see:
+Each policy turns the current tokens into the final hidden states of the current block's rows through the
+family's ``forward_hidden`` (:func:`llada_triton.models.forward_hidden`, writing a static KV cache by position):
 
-* ``none``: the full sequence every step (official LLaDA ``generate``; future blocks are fed as masks).
-* ``prefix`` (Fast-dLLM v1): at a block start one full forward whose K/V are kept; later steps feed
-  the current block *and every later position* against the prefix K/V from that block start
-  (approximate by design: the prefix is not refreshed inside a block).
-* ``dual`` (Fast-dLLM v1): the same block-start forward keeps the K/V of every position; later steps
-  feed only the current block and replace its K/V in place (prefix and suffix stale until the next
-  block start).
-* ``block`` (block-causal, exact): future blocks are never fed. The prompt sees itself; block ``b``
-  sees the prompt, blocks ``< b`` and itself. A block's K/V join the cache when the first step of the
-  next block feeds ``[committed block ; next block]`` with the block-causal mask, so cached entries are
-  computed from final tokens and never stale, and no extra forward is spent (the prompt prefill is
-  folded into block 0's first step the same way).
+* ``none``: the full sequence every step (official LLaDA ``generate``; future blocks fed as masks).
+* ``prefix`` (Fast-dLLM v1): a full forward at a block start keeps the K/V; later steps feed the block and every
+  later position against that prefix (approximate by design: not refreshed inside a block).
+* ``dual`` (Fast-dLLM v1): the same block-start forward; later steps feed only the block and replace its K/V.
+* ``block`` (block-causal, exact): future blocks are never fed; block ``b`` sees the prompt, blocks ``< b`` and
+  itself. A block's K/V join the cache when the next block's first step feeds ``[committed block ; next block]``,
+  so the cache holds final tokens only and no extra forward is spent (the prompt prefill folds into block 0).
 
-With a logit shift (``cfg.logit_shift``; Dream: position ``i`` is predicted from row ``i - 1``) a policy
-returns the rows that predict the block's positions, by row indexing (:func:`shifted_rows`): rows
-``[s - shift, s - shift + Lb)`` where the fed window holds them. ``prefix`` and ``dual`` steady steps feed the
-window from ``s``, so its first position takes its own row, as the reference shifts the fed window's logits
-(``cat([l[:, :1], l[:, :-1]])``); ``block`` feeds ``shift`` more committed positions in front (they see the
-keys of the earlier blocks only and do not rewrite their cached K/V).
+With ``cfg.logit_shift`` (Dream: position ``i`` is predicted from row ``i - 1``) a policy returns rows
+``[s - shift, s - shift + Lb)``; ``prefix`` / ``dual`` steady steps feed from ``s`` and keep the first position's own
+row (:func:`shifted_rows`, as the reference shifts the fed logits); ``block`` feeds ``shift`` committed positions in
+front (they see earlier blocks only and leave their cached K/V).
 
-A policy has two entry points, ``first(x, b, s)`` (a block's first step) and ``steady(x, b, s)``
-(its later steps). ``s`` is the block's start position: a Python int, or a 0-dim device tensor when
-the driver replays CUDA graphs (then every shape is static and positions live on the device).
-``graph_key(kind, b)`` names the graph a step can be captured into (None: run eagerly). Two class
-attributes tell the driver what the policy allows: ``supports_graphs`` (its steps have static shapes given a
-device-tensor ``s``: CUDA graphs may capture them) and ``early_stop_by_default`` (the default of ``generate``'s
-``early_stop``: on where future blocks never influence earlier ones, i.e. ``block``).
+Entry points: ``first(x, b, s)`` (a block's first step), ``steady(x, b, s)`` (later steps); ``s`` is the block
+start, an int or a 0-dim device tensor (CUDA graphs: static shapes). ``graph_key(kind, b)`` names the graph a step
+is captured into (None: eager). Class attributes: ``supports_graphs`` and ``early_stop_by_default`` (``generate``'s
+``early_stop`` default: on where future blocks never influence earlier ones).
 
-A model family replaces a policy by name through ``Family.policies`` (:func:`policies_for` merges them over
-:data:`POLICIES`): e.g. a family whose hidden state at ``i - 1`` predicts position ``i`` returns those rows.
+A model family replaces a policy by name through ``Family.policies`` (merged by :func:`policies_for`).
 """
 from __future__ import annotations
 
@@ -67,10 +55,8 @@ def const(kind: str, n: int, device, value: int = 0) -> torch.Tensor:
             t = torch.arange(n, device=device)
         elif kind == "full":
             t = torch.full((n,), value, dtype=torch.int64, device=device)
-        elif kind == "ends":
+        else:  # "ends"
             t = torch.cat([torch.zeros(n, dtype=torch.int64), torch.full((n,), n, dtype=torch.int64)]).to(device)
-        else:
-            raise ValueError(f"kind must be 'arange', 'full' or 'ends', got {kind!r}")
         _CONST[key] = t
     return t
 

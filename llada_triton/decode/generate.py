@@ -1,35 +1,23 @@
-"""The one block-decoding driver.
+"""The one block-decoding driver: ``generate`` / ``generate_stream`` (semi-autoregressive masked diffusion).
 
-``generate(params, cfg, prompts, gen_length=..., block_length=..., steps=...)`` decodes a batch of
-prompts block by block (semi-autoregressive masked diffusion). The schedule, the remasking rule and
-the cache policy are arguments; ``generate_stream`` yields each step and block as it is committed.
+:func:`generate_stream` checks the options (:func:`~llada_triton.decode.step.setup_decode`), builds a
+:class:`_Decode` (buffers from the :class:`Workspace`, the cache policy, the
+:class:`~llada_triton.decode.step.TransferRule`) and loops over blocks. A block runs step by step
+(:meth:`_Decode.stepwise_block`: eager, or each step replayed from its own CUDA graph) or, with CUDA graphs and a
+fixed schedule, as its first step plus one graph of all later steps (:meth:`_Decode.graphed_block`). One step is
+:meth:`_Decode.step`: the policy's forward, then the rule's ``sample`` (LM head) and ``commit`` (selection).
 
-How it reads: :func:`generate_stream` validates, builds a :class:`_Decode` (buffers from the
-:class:`Workspace`, the cache policy, the :class:`~llada_triton.decode.step.TransferRule`) and loops over
-blocks. A block's steps run either step by step (:meth:`_Decode.stepwise_block`: eager, or each step replayed
-from its own CUDA graph) or, with CUDA graphs and a fixed schedule, as the first step plus one graph of all the
-later steps (:meth:`_Decode.graphed_block`). One step is :meth:`_Decode.step`: the policy's forward, then the
-rule's ``sample`` (LM head) and ``commit`` (selection) from :mod:`llada_triton.decode.step`.
+Semantics follow the official LLaDA ``generate`` and Fast-dLLM v1; where they differ:
 
-Semantics follow the official LLaDA ``generate`` and Fast-dLLM v1; where
-they disagree or have quirks the choice is stated here:
-
-* A block ends as soon as it has no masked position. The official code always runs ``steps`` forwards
-  per block, which only differs when ``steps_per_block > block_length`` (the extra forwards commit 0
-  tokens and change nothing); Fast-dLLM's June code also spends one forward after a block is already
-  complete. Neither wasted call is copied, so NFE can be lower than theirs with identical tokens.
-* Confidence is ``exp(l[x0] - logsumexp(l))`` in fp32 from the (model-dtype) logits; the official code
-  uses a softmax in the logits dtype, Fast-dLLM in float64.
-* ``confidence_eos_eot_inf`` removes both eos and eot from the confidence softmax after sampling (a
-  sampled end token gets confidence 0, the others renormalise): the intended semantics, which the
-  official chained assignment (``lwn[..., eos] = logits[..., eot] = -inf``) realises only at
-  temperature 0; at T > 0 it suppresses only eot.
-* Ties in confidence go to the lowest position; masked positions with ``-inf`` confidence are still
-  committed if the schedule asks for them.
-* The LM head runs only on the block's still-masked rows when ``ops.head_rows`` (the Triton head: the
-  rows are gathered on the device, the count stays on the device, the sampling noise is keyed by the
-  original row), so finished rows and committed positions cost nothing; tokens are unchanged. Blocks of
-  at most ``ops.compact_above`` rows (batch x block length) skip the compaction.
+* A block ends as soon as it has no masked position (the official code always spends ``steps`` forwards per
+  block, Fast-dLLM one more after a complete block): same tokens, NFE can be lower.
+* Confidence is ``exp(l[x0] - logsumexp(l))`` in fp32 (official: softmax in the logits dtype; Fast-dLLM: fp64).
+* ``confidence_eos_eot_inf`` removes both eos and eot from the confidence softmax after sampling: the intended
+  semantics, which the official chained assignment realises only at temperature 0.
+* Ties in confidence go to the lowest position; masked positions with ``-inf`` confidence are still committed
+  if the schedule asks for them.
+* With ``ops.head_rows`` the LM head runs only on the block's still-masked rows (gathered on the device,
+  noise keyed by the original row) for blocks of more than ``ops.compact_above`` rows; tokens are unchanged.
 """
 from __future__ import annotations
 
@@ -82,8 +70,7 @@ class GenerateResult:
     edits: Optional[List[int]] = None  # LLaDA2.1: tokens rewritten by editing per row
 
     def commit_order(self) -> torch.Tensor:
-        """int64 [B, gen_length]: global step index at which each generated position was committed
-        (needs ``record_steps=True``)."""
+        """int64 [B, gen_length]: the step index at which each position was committed (``record_steps=True``)."""
         if not self.steps:
             raise ValueError("commit_order needs generate(..., record_steps=True)")
         if self.answers is not None:
@@ -133,13 +120,9 @@ def pad_prompts(prompts, cfg, attention_mask=None, device=None):
 class Workspace:
     """Static buffers and captured CUDA graphs kept across :func:`generate` calls of the same shape.
 
-    Pass the same ``Workspace`` to repeated calls (an eval loop, a benchmark) so that the token buffer,
-    the KV cache and the graphs are allocated and captured once per bucket (batch, prompt width,
-    generation length, block length, policy and rule) and only refilled afterwards.
-
-    It keeps the ``max_entries`` buckets used most recently and drops the others (their memory goes back to
-    torch's allocator): each bucket holds a KV cache, so an eval loop over batches of many prompt widths would
-    otherwise keep one cache per width (LLaDA-8B, batch 32, 512-token sequences: 8.6 GB each).
+    Pass one ``Workspace`` to repeated calls (an eval loop, a benchmark): the token buffer, the KV cache and the
+    graphs are made once per bucket (batch, widths, block length, policy, rule) and refilled afterwards. Only the
+    ``max_entries`` most recently used buckets are kept (each holds a KV cache: GBs at LLaDA-8B, batch 32).
     """
 
     def __init__(self, max_entries: int = 4):
@@ -152,14 +135,12 @@ class Workspace:
         return len(self.entries)
 
     def get(self, key):
-        """The bucket's buffers (now the most recently used), or None."""
         buf = self.entries.get(key)
         if buf is not None:
             self.entries.move_to_end(key)
         return buf
 
     def put(self, key, buf):
-        """Keep ``buf`` for ``key``; drop the least recently used buckets beyond ``max_entries``."""
         self.entries[key] = buf
         self.entries.move_to_end(key)
         while len(self.entries) > self.max_entries:
@@ -437,12 +418,9 @@ def generate_stream(params, cfg, prompts, *, gen_length: int, block_length: int,
                     top_k: Optional[int] = None, alg_temp: Optional[float] = None,
                     refresh_commits_first: bool = False, decoding=None,
                     ) -> Iterator[Union[StepEvent, BlockEvent, GenerateResult]]:
-    """Like :func:`generate`, but yields a :class:`StepEvent` after every step, a :class:`BlockEvent`
-    after every block, and finally the :class:`GenerateResult`.
-
-    Events hold device tensors whose values are final once the GPU has run the step. A step is enqueued before
-    its event is yielded; with CUDA graphs and the linear schedule, a block's steps after its first run as one
-    graph, so all of them are enqueued before the first of their events is yielded."""
+    """Like :func:`generate`, but yields a :class:`StepEvent` after every step, a :class:`BlockEvent` after every
+    block, and finally the :class:`GenerateResult`. Events hold device tensors, final once the GPU ran the step
+    (a graphed block's later steps are all enqueued before their events are yielded)."""
     t0 = time.perf_counter()
     _options(ops, cuda_graphs, device_positions, early_stop, workspace, params.device)
     tokens, pad = pad_prompts(prompts, cfg, attention_mask, params.device)
@@ -473,27 +451,19 @@ def generate(params, cfg, prompts, *, gen_length: int, block_length: int, steps:
              on_block: Optional[Callable[[BlockEvent], None]] = None, **options) -> GenerateResult:
     """Decode ``prompts`` (list of id lists, or a ``[B, P]`` tensor with optional ``attention_mask``).
 
-    Options: temperature (0 = argmax; else Gumbel-max sampling of softmax(l/T)), remasking
-    ('low_confidence' | 'random'), threshold (Fast-dLLM parallel decoding: commit the top-1 and every
-    masked token with confidence >= threshold) or factor (Fast-dLLM's factor rule) instead of the linear
-    schedule, cfg_scale (classifier-free guidance, prompt fully masked in the unconditional branch),
-    cache ('none' | 'prefix' | 'dual' | 'block'), logits_eos_inf, confidence_eos_eot_inf, seed, ops,
-    early_stop (default on for 'block' only: once a row has committed an end token at a block's end,
-    its later positions become eos and it spends no more forwards; the batch stops when every row
-    has), cuda_graphs (capture each step kind into a CUDA graph and replay it; only where the step's
-    work is fixed: temperature 0, low_confidence, schedule or threshold; other settings run eagerly),
-    device_positions (run the graph code path, block starts as device tensors, without graphs),
-    workspace (a :class:`Workspace` that keeps buffers and graphs across calls of the same shape), decoding (a
-    model family's official decoder as hooks: :class:`~llada_triton.decode.Llada2Decoding` (LLaDA2.0) or
-    :class:`~llada_triton.decode.Llada21Decoding` (LLaDA2.1's editing): its block grid, rule, schedule and eos
-    stop; ``answers`` then holds each row's answer cut after its first eos; cache 'block' or 'none').
-    ``on_step`` / ``on_block`` are called as steps and blocks are committed (with graphs and the linear
-    schedule, a block's later steps are enqueued together and their callbacks follow).
+    Options: temperature (0 = argmax; else Gumbel-max sampling of softmax(l/T)), remasking ('low_confidence',
+    'random', Dream's algs), threshold / factor (Fast-dLLM's parallel rules instead of the schedule), cfg_scale
+    (classifier-free guidance, prompt fully masked in the unconditional branch), cache ('none' | 'prefix' | 'dual'
+    | 'block'), logits_eos_inf, confidence_eos_eot_inf, seed, ops, early_stop (default on for 'block': a row that
+    committed an end token by a block's end gets eos after it and spends no more forwards), cuda_graphs (capture
+    each step kind where its work is fixed: temperature 0, low_confidence, schedule or threshold), device_positions
+    (the graph code path without graphs), workspace (buffers and graphs kept across calls), decoding (a family's
+    official decoder as hooks, e.g. :class:`~llada_triton.decode.Llada2Decoding`; ``answers`` then holds each
+    row's answer cut after its first eos). ``on_step`` / ``on_block`` are called as steps and blocks commit.
 
-    Host synchronisation: one check per block (early stop); with threshold or factor, also one per
-    step (is the block complete?). With the linear schedule a block's steps never sync. With ``decoding``, the
-    rule decides on the device; the host reads a block-complete flag per step, on CUDA one step late (no stall).
-    Returns a :class:`GenerateResult` (``steps`` filled when ``record_steps``).
+    Host syncs: one per block (early stop); with threshold or factor also one per step; with ``decoding`` a
+    block-complete flag per step, read one step late on CUDA. Returns a :class:`GenerateResult` (``steps``
+    filled when ``record_steps``).
     """
     result = None
     for ev in generate_stream(params, cfg, prompts, gen_length=gen_length, block_length=block_length,

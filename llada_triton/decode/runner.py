@@ -1,22 +1,15 @@
 """Many prompts through a fixed number of slots, each slot refilled as soon as its sequence ends.
 
-``run_many`` keeps ``slots`` sequences in flight with the exact block-causal cache (the ``block``
-policy of :mod:`llada_triton.decode.cache`). Every row has its own block and step, so a row that finishes (an end
-token committed, or its last block done) hands its slot to the next prompt at once: an eval set does
-not wait on its slowest member batch by batch.
+``run_many`` keeps ``slots`` sequences in flight with the exact block-causal cache (the ``block`` policy of
+:mod:`llada_triton.decode.cache`); each row has its own block and step, so a finished row (an end token committed,
+or its last block done) hands its slot to the next prompt at once. One step serves every row with static shapes
+(one CUDA graph): row r at block start ``s_r = P + blk_r * Lb`` (prompts left-padded to a common width P) feeds
+``[block blk_r - 1 ; block blk_r]`` with the block-causal mask, writing the previous block's K/V only on a block's
+first step (``write_from``); head, selection and commit run on the current block. A new prompt is prefilled
+alone into its slot's cache rows before it joins.
 
-One step, for every row at once, with static shapes (one CUDA graph serves every step):
-  * row r sits at block start ``s_r = P + blk_r * Lb`` (prompts left-padded to a common width P);
-  * it feeds ``[block blk_r - 1 ; block blk_r]`` (2 Lb tokens, or the prompt's last Lb tokens for
-    block 0) with the block-causal mask; the previous block's K/V are written only on the first step of
-    a block (the fold that commits a finished block exactly once), never otherwise (``write_from``);
-  * the LM head, selection and commit run on the current block's rows.
-A new prompt is prefilled alone into its slot's cache rows (the prompt sees itself) before it joins.
-
-With ``cfg_scale > 0`` (classifier-free guidance) slot r also owns cache row ``S + r``: the unconditional
-copy of its sequence, the whole prompt region (pads included) masked, the same ``kv_start`` and the same
-generated tokens. It is prefilled with the masked prompt on refill; each step feeds both copies (2S rows,
-the unconditional feed is the conditional one with positions < P masked) and the head mixes them.
+With ``cfg_scale > 0`` slot r also owns cache row ``S + r``: its unconditional copy (prompt region masked, same
+``kv_start`` and generated tokens), prefilled on refill and fed beside it every step.
 """
 from __future__ import annotations
 

@@ -204,8 +204,7 @@ def setup_decode(cfg, tokens, pad, *, decoding, gen_length, block_length, steps,
 
 
 def top_candidates(conf: torch.Tensor, masked: torch.Tensor, k: int) -> torch.Tensor:
-    """``conf`` ``[B, L]`` with every masked position outside the ``k`` most confident ones (ties to the lower
-    position) set to ``-inf``: a threshold rule on the result chooses among those ``k`` only."""
+    """``conf`` ``[B, L]`` with the masked positions outside the ``k`` most confident (ties to the lower) at ``-inf``."""
     key = torch.where(masked, conf.float(), float("-inf"))
     order = torch.sort(key, dim=1, descending=True, stable=True).indices
     keep = torch.zeros_like(masked).scatter_(1, order[:, :k], True)
@@ -213,10 +212,8 @@ def top_candidates(conf: torch.Tensor, masked: torch.Tensor, k: int) -> torch.Te
 
 
 def masked_first(masked: torch.Tensor):
-    """Stable compaction of a bool ``[N]`` mask on the device (no host synchronisation, static shapes):
-    ``(order, dest, n)`` with ``order`` int64 ``[N]`` the masked indices first, then the others, each
-    group in increasing order; ``dest`` its inverse (``order[dest[i]] == i``); ``n`` the masked count as
-    a 0-dim int64 device tensor."""
+    """Stable compaction of a bool ``[N]`` mask on the device (no host sync, static shapes): ``(order, dest, n)``,
+    ``order`` the masked indices then the others (each increasing), ``dest`` its inverse, ``n`` the 0-dim count."""
     N = masked.shape[0]
     cm = torch.cumsum(masked.to(torch.int64), 0)  # masked at or before i
     ar = torch.arange(N, device=masked.device)
@@ -228,9 +225,8 @@ def masked_first(masked: torch.Tensor):
 
 @dataclass(frozen=True)
 class TransferRule:
-    """How a step turns the block's hidden states into committed tokens: sampling (temperature, the head's
-    banned and no-confidence ids, classifier-free guidance) and the selection (``threshold``, ``factor``, or the
-    schedule's count ``k`` per step)."""
+    """How a step turns the block's hidden states into committed tokens: sampling (temperature, banned and
+    no-confidence ids, guidance, Dream's confidence) and selection (``threshold``, ``factor`` or the count ``k``)."""
     temperature: float
     remasking: str
     threshold: Optional[float]
@@ -259,8 +255,7 @@ class TransferRule:
 
     @property
     def fixed_work(self) -> bool:
-        """Whether a step does the same device work every time (what a CUDA graph replays): no sampling noise,
-        no random remasking, no host loop of the factor rule."""
+        """Whether a step does the same device work every time (what a CUDA graph replays)."""
         return (self.temperature == 0 and self.remasking not in ("random", "origin") and not self.alg_temp
                 and self.factor is None)
 
@@ -270,15 +265,10 @@ class TransferRule:
         return self.threshold is None and self.factor is None
 
     def sample(self, ops, lm_head, hidden, uncond, masked, *, offset, rand_gen):
-        """``hidden`` / ``uncond`` [B, Lb, d] -> (x0 int64 [B, Lb], conf [B, Lb]): the sampled token and its
-        confidence (uniform noise with ``remasking='random'``) at every position; values at positions that are
-        not masked are unspecified (:meth:`commit` ignores them).
-
-        When ``ops.compacts(B * Lb)``, the masked rows (bool ``masked`` [B, Lb]) are gathered to the front on the
-        device (:func:`masked_first`) and the head runs on those only (``n_rows`` = their count; ``row_ids`` =
-        their row in ``[B * Lb]``, so the sampling noise of a position does not depend on the compaction): no
-        host synchronisation, static shapes (one CUDA graph serves every step). ``masked`` is unused otherwise.
-        """
+        """``hidden`` / ``uncond`` [B, Lb, d] -> (x0 int64 [B, Lb], conf [B, Lb]): sampled token and confidence
+        per position (unspecified off the masked positions). When ``ops.compacts(B * Lb)`` the head runs only on
+        the rows of bool ``masked`` [B, Lb], gathered on the device (:func:`masked_first`; ``row_ids`` keep each
+        position's noise independent of the compaction)."""
         B, Lb, d = hidden.shape
         N = B * Lb
         kw = dict(temperature=self.temperature, seed=self.seed, offset=offset, banned_ids=self.banned,
@@ -303,23 +293,19 @@ class TransferRule:
         return x0.view(B, Lb), conf.view(B, Lb)
 
     def origin(self, masked, frac: float, *, rand_gen):
-        """Dream's ``alg='origin'``: each masked position is transferred with probability ``frac``. As the
-        k-rule: confidence ``-u`` (u uniform) and ``k`` = the masked positions with ``u < frac`` per row."""
+        """Dream's ``alg='origin'`` (each masked position commits with probability ``frac``) as a k-rule."""
         u = torch.rand(masked.shape, generator=rand_gen, device=masked.device)
         return -u, ((u < frac) & masked).sum(1)
 
     def commit(self, ops, tokens, start, x0, conf, *, mask_id, done, k, nfe, k_only=False):
-        """Select among the block's masked positions (``tokens[:, start:start + Lb] == mask_id`` in rows not
-        ``done``) by the rule, write their ``x0`` into ``tokens`` and count a forward in ``nfe`` for every row
-        with a masked position: ``ops.commit`` (one launch), or :func:`llada_triton.kernels.reference.commit_step_ref`
-        around ``ops.select``. Returns (committed bool [B, Lb], conf [B, Lb] (-inf off the masked positions),
-        the block's tokens after the step). ``k_only``: the top-``k`` rule whatever the rule is."""
+        """Select among the block's masked positions (rows not ``done``) by the rule, write their ``x0`` into
+        ``tokens`` and count a forward in ``nfe`` per row with a mask (``ops.commit``, or ``commit_step_ref``
+        around ``ops.select``). Returns (committed bool [B, Lb], conf (-inf off the masked positions), the
+        block's tokens). ``k_only``: the top-``k`` rule whatever the rule is."""
         fn = ops.commit if ops.commit is not None else functools.partial(commit_step_ref, select=ops.select)
-        if k_only:
-            rule = dict(k=k)
-        elif self.threshold is not None:
+        if self.threshold is not None and not k_only:
             rule = dict(threshold=self.threshold)
-        elif self.factor is not None:
+        elif self.factor is not None and not k_only:
             rule = dict(factor=self.factor)
         else:
             rule = dict(k=k)
@@ -327,9 +313,8 @@ class TransferRule:
 
 
 class HostFlag:
-    """A device bool read on the host without blocking the queue: on CUDA, :meth:`put` copies it into one
-    pinned buffer behind the work already queued and records an event, which :meth:`get` waits on. One
-    value in flight at a time (each ``put`` is read before the next)."""
+    """A device bool read on the host without blocking the queue (CUDA: copied into pinned memory behind the
+    queued work, :meth:`get` waits on its event). One value in flight at a time."""
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
@@ -353,20 +338,15 @@ class HostFlag:
 class Graphs:
     """CUDA graphs of decode steps by key (a policy's ``graph_key``, or any hashable), replayed when seen again.
 
-    The first call of a key runs the step eagerly on a side stream (a real step, which also warms up
-    the libraries) and then captures it (capture executes nothing); later calls replay the graph and return
-    the captured outputs (static tensors, overwritten by each replay). Disabled, or with key None, a call just
-    runs the step.
-
-    All the graphs share one memory pool: they replay one at a time on one stream and keep their outputs alive,
-    so a graph's intermediates may reuse another's (a pool per graph would hold one pool per block for the
-    ``prefix`` policy).
+    A key's first call runs the step eagerly on a side stream (a real step that also warms up the libraries),
+    then captures it; later calls replay it and return the captured outputs (overwritten by each replay).
+    Disabled, or key None: the step just runs. The graphs share one memory pool (they replay one at a time).
     """
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
         self.graphs = {}
-        self.pool = None  # the first capture's memory pool, shared by the later captures
+        self.pool = None
 
     def run(self, key, fn):
         if not self.enabled or key is None:
