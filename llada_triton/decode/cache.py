@@ -115,6 +115,13 @@ class CachePolicy:
         c = self.ctx
         return forward_hidden(c.params, c.cfg, tokens, kv_start=c.kv_start, ops=c.ops, **kw)
 
+    def _block_rows(self, x, s: Pos, **kw):
+        """The forward of ``x``, returning the rows ``[s, s + Lb)`` (sliced inside it for an int ``s``)."""
+        Lb = self.ctx.block_length
+        if isinstance(s, int):
+            return self._fwd(x, rows=slice(s, s + Lb), **kw)
+        return take_cols(self._fwd(x, **kw), s, Lb)
+
     def first(self, x: torch.Tensor, b: int, s: Pos) -> torch.Tensor:
         return self.steady(x, b, s)
 
@@ -131,14 +138,11 @@ class NoCache(CachePolicy):
 
     def steady(self, x, b, s):
         s = s - self.shift  # the rows that predict the block (s >= 1 with a shift: the prompt is never empty)
-        Lb = self.ctx.block_length
-        if self.ctx.block_causal:  # later blocks are invisible: feed up to the block's end (the whole buffer
-            if isinstance(s, int):  # with a device start, for static shapes)
-                return self._fwd(x[:, :s + Lb], key_end=self.ctx.grid_ends(0, s + Lb, x.device), rows=slice(s, s + Lb))
-            return take_cols(self._fwd(x, key_end=self.ctx.grid_ends(0, x.shape[1], x.device)), s, Lb)
-        if isinstance(s, int):
-            return self._fwd(x, rows=slice(s, s + Lb))
-        return take_cols(self._fwd(x), s, Lb)
+        if not self.ctx.block_causal:
+            return self._block_rows(x, s)
+        # later blocks are invisible: feed up to the block's end (the whole buffer for a device start: static shapes)
+        n = s + self.ctx.block_length if isinstance(s, int) else x.shape[1]
+        return self._block_rows(x[:, :n], s, key_end=self.ctx.grid_ends(0, n, x.device))
 
     def graph_key(self, kind, b):
         return "step"
@@ -154,11 +158,7 @@ class _CachedPolicy(CachePolicy):
 
     def _full_refresh(self, x, s):
         """One forward of the whole sequence that rewrites every cache slot (Fast-dLLM block start)."""
-        L, Lb = self.ctx.total_len, self.ctx.block_length
-        s = s - self.shift
-        if isinstance(s, int):
-            return self._fwd(x, cache=self.cache, start=0, kv_len=L, rows=slice(s, s + Lb))
-        return take_cols(self._fwd(x, cache=self.cache, start=0, kv_len=L), s, Lb)
+        return self._block_rows(x, s - self.shift, cache=self.cache, start=0, kv_len=self.ctx.total_len)
 
 
 class PrefixCache(_CachedPolicy):
@@ -203,14 +203,11 @@ class BlockCache(_CachedPolicy):
             P = self.ctx.block0
             key_end = self.ctx.grid_ends(0, P + Lb, x.device) if self.ctx.block_causal else \
                 torch.cat([torch.full((P,), P, device=x.device), torch.full((Lb,), P + Lb, device=x.device)])
-            rows = max(1, self.prefill_tokens // (P + Lb))
-            outs = []
+            rows, c, outs = max(1, self.prefill_tokens // (P + Lb)), self.ctx, []
             for r0 in range(0, x.shape[0], rows):
                 r1 = min(x.shape[0], r0 + rows)
-                c = self.ctx
-                cache = self.cache.rows(r0, r1)
-                outs.append(forward_hidden(c.params, c.cfg, x[r0:r1, :P + Lb], start=0, cache=cache, kv_len=P + Lb,
-                                           kv_start=None if c.kv_start is None else c.kv_start[r0:r1],
+                outs.append(forward_hidden(c.params, c.cfg, x[r0:r1, :P + Lb], start=0, cache=self.cache.rows(r0, r1),
+                                           kv_len=P + Lb, kv_start=None if c.kv_start is None else c.kv_start[r0:r1],
                                            key_end=key_end, rows=slice(P - sh, P + Lb - sh), ops=c.ops))
             return outs[0] if len(outs) == 1 else torch.cat(outs)
         # [committed block b-1 ; block b]: block b-1 sees keys < s, block b keys < s + Lb

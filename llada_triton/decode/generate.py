@@ -109,12 +109,8 @@ def pad_prompts(prompts, cfg, attention_mask=None, device=None):
         raise ValueError("attention_mask is only for a prompts tensor; lists are padded here")
     rows = prompt_rows(prompts)
     P = max(len(r) for r in rows)
-    tokens = torch.full((len(rows), P), cfg.pad_token_id, dtype=torch.int64)
-    pad = torch.zeros(len(rows), dtype=torch.int64)
-    for i, r in enumerate(rows):
-        tokens[i, P - len(r):] = torch.tensor(r, dtype=torch.int64)
-        pad[i] = P - len(r)
-    return tokens.to(device), pad.to(device)
+    tokens = torch.tensor([[cfg.pad_token_id] * (P - len(r)) + r for r in rows], dtype=torch.int64)
+    return tokens.to(device), torch.tensor([P - len(r) for r in rows], dtype=torch.int64).to(device)
 
 
 class Workspace:
@@ -170,17 +166,6 @@ class _Buffers:
         return t
 
 
-def _options(ops, cuda_graphs, device_positions, early_stop, workspace, device):
-    check_ops(ops)
-    for name, v in (("cuda_graphs", cuda_graphs), ("device_positions", device_positions), ("early_stop", early_stop)):
-        if v is not None and not isinstance(v, bool):
-            raise TypeError(f"{name}={v!r} must be True, False or None")
-    if workspace is not None and not isinstance(workspace, Workspace):
-        raise TypeError(f"workspace={workspace!r:.60} must be a Workspace or None")
-    if cuda_graphs and device.type != "cuda":
-        raise ValueError(f"cuda_graphs=True needs params on a CUDA device, not {device}")
-
-
 class _Decode:
     """One decode in flight: the buffers, the policy, the rule, the schedule and the step counter."""
 
@@ -193,9 +178,7 @@ class _Decode:
         self.Lb, self.n_blocks = block_length, layout.n_blocks
         spb = steps // self.n_blocks
         self.use_cfg = rule.cfg_scale > 0
-        # every block starts fully masked (LLaDA2: its budget splits block_length whatever the block holds), so a
-        # fixed schedule is known up front (host ints; None where the rule decides)
-        self.schedule = counts
+        self.schedule = counts  # every block starts fully masked: known up front (host ints; None: the rule decides)
         self.useful = None if self.schedule is None else len(self.schedule)  # the steps a block runs
         self.carry = CarrySchedule(block_length, spb) if schedule == "carry" else None
         self.leftmost = refresh_commits_first  # a block's first step commits its first position (Fast-dLLM Dream)
@@ -204,12 +187,9 @@ class _Decode:
         self.dynamic = graphable if device_positions is None else device_positions
         self.buf = self._buffers(layout, cache, graphable and self.dynamic, workspace)
         self.policy, self.graphs = self.buf.policy, self.buf.graphs
-        if early_stop is None:
-            early_stop = self.policy.early_stop_by_default
-        self.early_stop = early_stop
+        self.early_stop = early_stop = self.policy.early_stop_by_default if early_stop is None else early_stop
         self.flag = HostFlag(params.device) if early_stop and self.schedule is not None else None
-        self.rand_gen = (torch.Generator(device=params.device).manual_seed(rule.seed)
-                         if rule.remasking in ("random", "origin") or rule.alg_temp else None)
+        self.rand_gen = rule.generator(params.device)
         self.end_ids = torch.tensor(cfg.end_token_ids if decoding is None else decoding.end_ids(cfg),
                                     device=params.device)
         # a block also ends once no live row has a mask left (read one step late on CUDA, so the GPU never waits)
@@ -422,7 +402,12 @@ def generate_stream(params, cfg, prompts, *, gen_length: int, block_length: int,
     block, and finally the :class:`GenerateResult`. Events hold device tensors, final once the GPU ran the step
     (a graphed block's later steps are all enqueued before their events are yielded)."""
     t0 = time.perf_counter()
-    _options(ops, cuda_graphs, device_positions, early_stop, workspace, params.device)
+    for name, v in (("cuda_graphs", cuda_graphs), ("device_positions", device_positions), ("early_stop", early_stop)):
+        if v is not None and not isinstance(v, bool):
+            raise TypeError(f"{name}={v!r} must be True, False or None")
+    if workspace is not None and not isinstance(workspace, Workspace):
+        raise TypeError(f"workspace={workspace!r:.60} must be a Workspace or None")
+    check_ops(ops, cuda_graphs, params.device)
     tokens, pad = pad_prompts(prompts, cfg, attention_mask, params.device)
     layout, rule, counts, early_stop = setup_decode(
         cfg, tokens, pad, decoding=decoding, gen_length=gen_length, block_length=block_length, steps=steps,

@@ -22,7 +22,6 @@ import torch
 from llada_triton.models.family import forward_hidden, new_cache
 from llada_triton.models.ops import REFERENCE_OPS, Ops
 from .layout import Layout, grid_key_end
-from .generate import pad_prompts
 from .step import Graphs, TransferRule, check_ops, prompt_rows, setup_decode
 
 __all__ = ["run_many", "RunResult"]
@@ -69,8 +68,7 @@ class _Slots:
         self.ar = torch.arange(block_length, device=device)
         self.cols = torch.arange(self.T, device=device)
         self.end_ids = torch.tensor(cfg.end_token_ids if decoding is None else decoding.end_ids(cfg), device=device)
-        self.rand_gen = (torch.Generator(device=device).manual_seed(rule.seed)
-                         if rule.remasking == "random" else None)
+        self.rand_gen = rule.generator(device)  # (origin and alg_temp are Dream options run_many does not take)
         self.calls = 0
 
     def forward_step(self):
@@ -131,8 +129,7 @@ class _Slots:
         """Slot ``r`` takes ``prompt`` [P] (left-padded by ``pad``; prompt ``i`` of the layout on an absolute grid,
         whose prompt columns reach into block 0) and prefills it; None: the slot idles at block 0 (its writes land
         in its own, unused cache rows)."""
-        self.blk[r] = 0
-        self.step[r] = 0
+        self.blk[r] = self.step[r] = 0
         self.active[r] = prompt is not None
         if prompt is None:
             return
@@ -181,14 +178,14 @@ def run_many(params, cfg, prompts: Sequence[Sequence[int]], *, slots: int,
     t0 = time.perf_counter()
     if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
         raise ValueError(f"slots={slots!r} must be a positive int")
-    check_ops(ops)
+    check_ops(ops, cuda_graphs, params.device)
     if hasattr(prompts, "__len__") and not isinstance(prompts, (str, bytes)) and len(prompts) == 0:
         return RunResult([], [], 0.0)  # an empty eval shard: nothing to decode
     rows = prompt_rows(prompts)
     # a common prompt width P >= Lb, so that block 0's "previous block" is the prompt's tail
     width = max([block_length if isinstance(block_length, int) else 1] + [len(p) for p in rows])
-    tokens, _ = pad_prompts([[cfg.pad_token_id] * (width - len(p)) + p for p in rows], cfg, device="cpu")
     pads = [width - len(p) for p in rows]
+    tokens = torch.tensor([[cfg.pad_token_id] * n + p for n, p in zip(pads, rows)], dtype=torch.int64)
     # a decoding's grid puts block 0 at column >= Lb: its previous block is prompt
     layout, rule, counts, early_stop = setup_decode(
         cfg, tokens, torch.tensor(pads), decoding=decoding, gen_length=gen_length, block_length=block_length,
@@ -197,8 +194,6 @@ def run_many(params, cfg, prompts: Sequence[Sequence[int]], *, slots: int,
         confidence_eos_eot_inf=confidence_eos_eot_inf, min_first=block_length)
     if layout is not None:
         tokens, pads, width = layout.tokens, layout.pad.tolist(), layout.first
-    if cuda_graphs and params.device.type != "cuda":
-        raise ValueError(f"cuda_graphs=True needs params on a CUDA device, not {params.device}")
     graphs = Graphs(bool(cuda_graphs) and rule.fixed_work)
     st = _Slots(params, cfg, rule, ops, counts, slots=slots, width=width, gen_length=gen_length,
                 block_length=block_length, early_stop=True if early_stop is None else early_stop, layout=layout,

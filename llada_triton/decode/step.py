@@ -49,10 +49,13 @@ def check_real(name, v, ok, allowed):
             f"{name}={v!r} must be {allowed}")
 
 
-def check_ops(ops):
+def check_ops(ops, cuda_graphs=False, device=None):
+    """``ops`` is an :class:`~llada_triton.models.ops.Ops`; ``cuda_graphs`` needs params on a CUDA ``device``."""
     from llada_triton.models.ops import Ops
     if not isinstance(ops, Ops):
         raise TypeError(f"ops={ops!r:.60} must be an Ops (REFERENCE_OPS or triton_ops())")
+    if cuda_graphs and device.type != "cuda":
+        raise ValueError(f"cuda_graphs=True needs params on a CUDA device, not {device}")
 
 
 def prompt_rows(prompts) -> list:
@@ -112,15 +115,7 @@ def check_decoder_options(*, batch, gen_length, block_length, steps, decoding=No
                                       cfg_scale=cfg_scale, schedule=schedule, logits_eos_inf=logits_eos_inf,
                                       confidence_eos_eot_inf=confidence_eos_eot_inf,
                                       refresh_commits_first=refresh_commits_first)
-    _check_dream_options(remasking=remasking, schedule=schedule, eps=eps, top_p=top_p, top_k=top_k,
-                         alg_temp=alg_temp, threshold=threshold, factor=factor, cfg_scale=cfg_scale,
-                         confidence_eos_eot_inf=confidence_eos_eot_inf, refresh_commits_first=refresh_commits_first,
-                         cache=cache, batch=batch, block_length=block_length, gen_length=gen_length)
-
-
-def _check_dream_options(*, remasking, schedule, eps, top_p, top_k, alg_temp, threshold, factor, cfg_scale,
-                         confidence_eos_eot_inf, refresh_commits_first, cache, batch, block_length, gen_length):
-    """Dream's decoders' options (its algs and schedule, Fast-dLLM's carry and block-start commit)."""
+    # Dream's decoders: its algs and schedule, Fast-dLLM's carry and block-start commit
     if schedule is not None and schedule not in SCHEDULES:
         raise ValueError(f"schedule={schedule!r}; choose one of {SCHEDULES} or None (the model family's)")
     dream = remasking in DREAM_ALGS
@@ -258,6 +253,12 @@ class TransferRule:
         """Whether a step does the same device work every time (what a CUDA graph replays)."""
         return (self.temperature == 0 and self.remasking not in ("random", "origin") and not self.alg_temp
                 and self.factor is None)
+
+    def generator(self, device) -> Optional[torch.Generator]:
+        """The seeded generator of the host-drawn noise (random / origin remasking, ``alg_temp``), else None."""
+        if self.remasking in ("random", "origin") or self.alg_temp:
+            return torch.Generator(device=device).manual_seed(self.seed)
+        return None
 
     @property
     def scheduled(self) -> bool:
