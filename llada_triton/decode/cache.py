@@ -11,10 +11,9 @@ family's ``forward_hidden`` (:func:`llada_triton.models.forward_hidden`, writing
   itself. A block's K/V join the cache when the next block's first step feeds ``[committed block ; next block]``,
   so the cache holds final tokens only and no extra forward is spent (the prompt prefill folds into block 0).
 
-With ``cfg.logit_shift`` (Dream: position ``i`` is predicted from row ``i - 1``) a policy returns rows
-``[s - shift, s - shift + Lb)``; ``prefix`` / ``dual`` steady steps feed from ``s`` and keep the first position's own
-row (:func:`shifted_rows`, as the reference shifts the fed logits); ``block`` feeds ``shift`` committed positions in
-front (they see earlier blocks only and leave their cached K/V).
+With ``cfg.logit_shift`` (Dream: row ``i - 1`` predicts position ``i``) a policy returns rows ``[s - shift, s - shift
++ Lb)``; ``prefix`` / ``dual`` steady steps keep the window's first row (:func:`shifted_rows`, as the reference);
+``block`` feeds ``shift`` committed positions in front (leaving their cached K/V).
 
 Entry points: ``first(x, b, s)`` (a block's first step), ``steady(x, b, s)`` (later steps); ``s`` is the block
 start, an int or a 0-dim device tensor (CUDA graphs: static shapes). ``graph_key(kind, b)`` names the graph a step
@@ -45,9 +44,8 @@ _CONST = {}
 
 
 def const(kind: str, n: int, device, value: int = 0) -> torch.Tensor:
-    """A read-only int64 index vector, made once per (kind, n, value, device) and reused (inside a
-    captured step it costs no kernel of its own): ``"arange"`` 0..n-1; ``"full"`` n times ``value``;
-    ``"ends"`` n zeros then n times n (the key ends of a [committed block ; new block] feed, before ``+ s``)."""
+    """A read-only int64 index vector made once per (kind, n, value, device) (no kernel inside a captured step):
+    ``"arange"`` 0..n-1; ``"full"`` n times ``value``; ``"ends"`` n zeros then n times n ([block ; next] key ends)."""
     key = (kind, n, value, str(device))
     t = _CONST.get(key)
     if t is None:
@@ -69,8 +67,7 @@ def take_cols(x: torch.Tensor, s: Pos, n: int) -> torch.Tensor:
 
 
 def shifted_rows(hidden: torch.Tensor, shift: int) -> torch.Tensor:
-    """``[B, n, d]`` hidden states of a fed window -> the rows that predict its positions: position ``j`` takes row
-    ``max(j - shift, 0)`` (the window's first positions keep their own row; ``shift=0``: unchanged)."""
+    """``[B, n, d]`` hidden states of a fed window -> the rows predicting its positions (``max(j - shift, 0)``)."""
     if shift == 0:
         return hidden
     idx = (const("arange", hidden.shape[1], hidden.device) - shift).clamp_min(0)
@@ -228,8 +225,7 @@ class BlockCache(_CachedPolicy):
         return self._fwd(x[:, s:s + Lb], cache=self.cache, start=s, kv_len=s + Lb)
 
     def _steady_shifted(self, x, s):
-        """Feed ``[s - shift, s + Lb)``: the committed rows in front see keys ``< s`` (as when their block
-        was committed) and leave their cached K/V as they are (``write_from = s``)."""
+        """Feed ``[s - shift, s + Lb)``: the committed rows in front see keys ``< s`` and keep their cached K/V."""
         Lb, sh = self.ctx.block_length, self.shift
         key_end = torch.cat([const("full", sh, x.device, 0), const("full", Lb, x.device, Lb)]) + s
         write_from = const("full", x.shape[0], x.device, 0) + s

@@ -231,11 +231,9 @@ class _Decode:
         return buf
 
     def step(self, kind: str, b: int, s, k=None, *, leftmost=False, cap=None, i=0):
-        """One denoising step of block ``b`` at start ``s`` (int, or the device ``s_buf``): the policy's
-        forward, the LM head and the commit. ``leftmost``: commit exactly the block's first masked position
-        (Fast-dLLM's Dream block start); ``cap``: the threshold rule among the top-``cap`` candidates only
-        (``schedule='carry'``); ``i``: the step's index (``remasking='origin'``'s fraction). Returns (committed,
-        block tokens, conf), device tensors."""
+        """One step of block ``b`` at start ``s`` (int, or the device ``s_buf``): the policy's forward, the LM head,
+        the commit. ``leftmost``: commit the block's first masked position (Fast-dLLM's Dream block start); ``cap``:
+        threshold among the top-``cap`` only (``schedule='carry'``); ``i``: the step (``origin``'s fraction)."""
         buf, rule, ops, B, mask_id = self.buf, self.rule, self.ops, self.B, self.cfg.mask_token_id
         x_in = buf.x
         if self.use_cfg:  # unconditional branch: the whole prompt (pads included) masked
@@ -279,19 +277,13 @@ class _Decode:
 
     def event(self, b: int, i: int, committed, blk, conf, nfe) -> "StepEvent":
         self.calls += 1
-        ev = StepEvent(b, i, committed, blk, conf, nfe)
-        self.records.append(ev)
-        return ev
+        self.records.append(StepEvent(b, i, committed, blk, conf, nfe))
+        return self.records[-1]
 
     def set_k(self, i: int):
         """The schedule's count for step ``i`` into ``k_buf`` (refilled only when it changes)."""
         if i == 0 or self.schedule[i] != self.schedule[i - 1]:
             self.buf.k_buf.fill_(self.schedule[i])
-
-    def block_has_masks(self, b: int) -> bool:
-        """Host check for the data-dependent rules: is a position of block ``b`` still masked in a live row?"""
-        x, done = self.buf.x, self.buf.done
-        return bool(((take_cols(x, self.start(b), self.Lb) == self.cfg.mask_token_id) & ~done[:, None]).any())
 
     def stepwise_block(self, b: int, all_done: Optional[HostFlag]):
         """Block ``b`` step by step (each step eager or replayed from its own graph). Yields its
@@ -316,19 +308,22 @@ class _Decode:
         return False
 
     def more_steps(self, b: int, i: int) -> bool:
-        """Whether block ``b`` runs step ``i``: the data-dependent rules while a live row has a mask; a schedule
-        for its length, and (``block_flags``) while the block was incomplete after step ``i - 1`` (on CUDA after
-        ``i - 2``: the flag is read behind the queued step, so at most one step per block commits nothing)."""
+        """Whether block ``b`` runs step ``i``: a schedule for its length; the data-dependent rules while a live row
+        has a mask; with ``block_flags`` while the block was incomplete after step ``i - 1`` (CUDA: ``i - 2``, read
+        behind the queued step, so at most one step per block commits nothing)."""
         if self.block_flags:
             if self.schedule is not None and i >= self.useful:
                 return False
             lag = 1 if self.flags[0].cuda and i >= 2 else 0
             return i == 0 or not self.flags[(i - lag) % 2].get()
-        return self.block_has_masks(b) if self.schedule is None else i < self.useful
+        if self.schedule is not None:
+            return i < self.useful
+        x, done = self.buf.x, self.buf.done  # a host check: the data-dependent rules sync every step anyway
+        return bool(((take_cols(x, self.start(b), self.Lb) == self.cfg.mask_token_id) & ~done[:, None]).any())
 
     def graphed_block(self, b: int, all_done: Optional[HostFlag]):
-        """Block ``b`` with CUDA graphs and a fixed schedule: the first step, then the later steps as one graph
-        (no per-step graph boundary, schedule counts baked in), whose events follow it stacked."""
+        """Block ``b`` with CUDA graphs and a fixed schedule: the first step, then all later steps as one graph
+        (schedule counts baked in), whose events follow stacked."""
         if self.policy.graph_key("steady", b) is None:  # a policy that runs these steps eagerly
             return (yield from self.stepwise_block(b, all_done))
         self.set_k(0)
@@ -350,9 +345,7 @@ class _Decode:
         if self.early_stop and b > 0:  # (done changes only with early stop)
             if self.schedule is None:
                 stop = bool(self.buf.done.all())  # the data-dependent rules sync every step anyway
-            else:
-                # read behind the queued work, once this block's first step is queued too: a host sync here
-                # would let the GPU drain before the next launch
+            else:  # read behind the queued work once this block's first step is queued (no GPU drain)
                 all_done = self.flag.put(self.buf.done.all())
         if self.dynamic:
             self.buf.s_buf.fill_(self.start(b))  # the block start the graphed steps read (once per block)

@@ -168,12 +168,9 @@ def run_many(params, cfg, prompts: Sequence[Sequence[int]], *, slots: int,
              on_result: Optional[Callable[[int, List[int]], None]] = None, decoding=None) -> RunResult:
     """Decode ``prompts`` (token-id lists) with ``slots`` sequences in flight (block-causal cache).
 
-    Options as :func:`llada_triton.decode.generate`, ``cfg_scale`` and ``decoding`` (LLaDA2.0's
-    :class:`~llada_triton.decode.Llada2Decoding` or LLaDA2.1's :class:`~llada_triton.decode.Llada21Decoding`: each
-    prompt's tokens are its answer, cut after its first eos; 2.1's edits per prompt in ``RunResult.edits``)
-    included (the unconditional copies double the rows of every step); ``early_stop`` defaults as ``generate``'s.
-    ``on_result(index, tokens)`` is called as each prompt finishes. Returns a :class:`RunResult` with results in
-    input order (empty for an empty ``prompts``).
+    Options as :func:`llada_triton.decode.generate`, ``cfg_scale`` and ``decoding`` included (with a decoding each
+    prompt's tokens are its answer, cut after its first eos; LLaDA2.1's edits in ``RunResult.edits``).
+    ``on_result(index, tokens)`` is called as each prompt finishes. Returns a :class:`RunResult` in input order.
     """
     t0 = time.perf_counter()
     if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:

@@ -199,7 +199,7 @@ def setup_decode(cfg, tokens, pad, *, decoding, gen_length, block_length, steps,
 
 
 def top_candidates(conf: torch.Tensor, masked: torch.Tensor, k: int) -> torch.Tensor:
-    """``conf`` ``[B, L]`` with the masked positions outside the ``k`` most confident (ties to the lower) at ``-inf``."""
+    """``conf`` ``[B, L]`` with the masked positions outside the ``k`` most confident (ties: lower) at ``-inf``."""
     key = torch.where(masked, conf.float(), float("-inf"))
     order = torch.sort(key, dim=1, descending=True, stable=True).indices
     keep = torch.zeros_like(masked).scatter_(1, order[:, :k], True)

@@ -26,15 +26,9 @@ __all__ = ["Ops", "REFERENCE_OPS", "triton_ops"]
 
 
 # plain field -> the fused fields built on it (replacing the plain op clears them, see Ops.replace)
-FUSED_WITH = {
-    "linear": ("linear_norm", "qkv_proj_rope", "qkv_proj_norm_rope"),
-    "rms_norm": ("linear_norm", "mlp_norm"),
-    "qkv_rope": ("qkv_proj_rope",),
-    "qk_norm_rope": ("qkv_proj_norm_rope",),
-    "mlp": ("mlp_norm",),
-    "select": ("commit",),
-    "head": ("head_rows",),
-}
+FUSED_WITH = {"linear": ("linear_norm", "qkv_proj_rope", "qkv_proj_norm_rope"), "rms_norm": ("linear_norm", "mlp_norm"),
+              "qkv_rope": ("qkv_proj_rope",), "qk_norm_rope": ("qkv_proj_norm_rope",), "mlp": ("mlp_norm",),
+              "select": ("commit",), "head": ("head_rows",)}
 
 
 @dataclass(frozen=True)
@@ -91,11 +85,8 @@ class Ops:
         unknown = sorted(set(changes) - {f.name for f in fields(self)})
         if unknown:
             raise TypeError(f"Ops has no field(s) {unknown}; fields: {[f.name for f in fields(self)]}")
-        cleared = {}
-        for plain, fused in FUSED_WITH.items():
-            if plain in changes:
-                for f in fused:
-                    cleared[f] = False if f == "head_rows" else None
+        cleared = {f: False if f == "head_rows" else None
+                   for plain, fused in FUSED_WITH.items() if plain in changes for f in fused}
         return dataclasses.replace(self, **{**cleared, **changes})
 
     def compacts(self, n_rows: int) -> bool:
@@ -200,19 +191,10 @@ def _mlp_norm_decode(x, w_gate_up, w_down, residual, norm_weight, eps):
     return swiglu_mlp_rms_norm(x, w_gate_up, w_down, residual, norm_weight, eps)
 
 
-REFERENCE_OPS = Ops(
-    name="reference",
-    linear=_linear_ref,
-    rms_norm=ref.rms_norm_ref,
-    qkv_rope=ref.qkv_rope_cache_ref,
-    attention=ref.block_attention_ref,
-    mlp=_mlp_ref,
-    head=_head_ref,
-    select=ref.select_transfer_ref,
-    qk_norm_rope=ref.qkv_norm_rope_cache_ref,
-    moe_route=ref.moe_route_ref,
-    moe_experts=ref.moe_experts_ref,
-)
+REFERENCE_OPS = Ops(name="reference", linear=_linear_ref, rms_norm=ref.rms_norm_ref, qkv_rope=ref.qkv_rope_cache_ref,
+                    attention=ref.block_attention_ref, mlp=_mlp_ref, head=_head_ref, select=ref.select_transfer_ref,
+                    qk_norm_rope=ref.qkv_norm_rope_cache_ref, moe_route=ref.moe_route_ref,
+                    moe_experts=ref.moe_experts_ref)
 
 
 def triton_ops(**overrides) -> Ops:
@@ -225,6 +207,6 @@ def triton_ops(**overrides) -> Ops:
     ops = Ops(name="triton", linear=_linear_decode, rms_norm=rms_norm, qkv_rope=qkv_rope_cache,
               attention=block_attention, mlp=_mlp_decode, head=_head_triton, select=select_transfer,
               linear_norm=_linear_norm_decode, mlp_norm=_mlp_norm_decode, qkv_proj_rope=qkv_proj_rope,
-              commit=commit_step, head_rows=True, qk_norm_rope=ref.qkv_norm_rope_cache_ref, qkv_proj_norm_rope=qkv_proj_norm_rope,
-              moe_route=moe_route, moe_experts=moe_experts)
+              commit=commit_step, head_rows=True, qk_norm_rope=ref.qkv_norm_rope_cache_ref,
+              qkv_proj_norm_rope=qkv_proj_norm_rope, moe_route=moe_route, moe_experts=moe_experts)
     return ops.replace(**overrides) if overrides else ops

@@ -47,13 +47,8 @@ class Params:
     rope_cos: torch.Tensor    # fp32 [max_sequence_length, D]
     rope_sin: torch.Tensor    # fp32 [max_sequence_length, D]
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.wte.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.wte.device
+    dtype = property(lambda self: self.wte.dtype)
+    device = property(lambda self: self.wte.device)
 
     def tensors(self) -> Iterator[Tuple[str, torch.Tensor]]:
         for f in ("wte", "ln_f", "lm_head"):
