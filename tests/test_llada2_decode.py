@@ -49,6 +49,22 @@ def test_eos_cut():
     assert eos_cut([1, 2], 7) == [1, 2]
 
 
+def test_answers_of_asked_rows():
+    """``answers(rows=...)`` (a finished slot of the runner) gives those rows' answers in the order asked: the
+    early stop's window for a stopped row, else the row's gen_length tokens cut after the first eos."""
+    class Cfg:
+        eos_token_id = 7
+    x = torch.tensor([[1, 2, 3, 7, 4, 5], [1, 9, 9, 9, 9, 9], [1, 1, 8, 7, 7, 6]])
+    dec = Llada2Decoding()
+    state = dec.new_state(3, "cpu")
+    state["stop_end"][2] = 4  # row 2 stopped early: its answer is x[2, 2:4]
+    gen_start = torch.tensor([1, 1, 2])
+    want = [[2, 3, 7], [9, 9, 9], [8, 7]]
+    assert dec.answers(Cfg, x, gen_start, 3, state) == want
+    assert dec.answers(Cfg, x, gen_start, 3, state, rows=[2, 0]) == [want[2], want[0]]
+    assert dec.answers(Cfg, x, gen_start, 3, state, rows=[1]) == [want[1]]
+
+
 def test_qk_norm_partial_rope_matches_the_hf_formula():
     torch.manual_seed(0)
     B, T, H, Hkv, D, R = 2, 5, 4, 2, 16, 8

@@ -1,23 +1,20 @@
-"""Dream's decoders as options of the one driver (:func:`llada_triton.decode.generate`).
+"""Dream's decoders as options of the one driver (:func:`llada_triton.decode.generate`): :func:`dream_options` maps
+the arguments of Dream's ``diffusion_generate`` and of Fast-dLLM's Dream decoders onto the driver's schedule, rule
+and cache policy; :func:`diffusion_generate` runs them. What each mode is exact against (fp32, golden cases in
+``tests/data/dream-tiny``):
 
-:func:`dream_options` maps the arguments of Dream's ``diffusion_generate`` and of Fast-dLLM's Dream decoders
-onto the driver's schedule, rule and cache policy; :func:`diffusion_generate` runs them. What each mode is
-exact against (fp32, golden cases in ``tests/data/dream-tiny``):
-
-* ``cache='none'`` without threshold: Dream's ``diffusion_generate`` (``alg`` maskgit_plus / topk_margin /
-  entropy, ``alg_temp``; all ``steps`` over one block of ``max_new_tokens`` masks, Dream's float32 truncating
-  schedule, ``steps`` model calls). ``alg='origin'`` and ``alg_temp > 0`` draw from a seeded torch generator:
-  the same distribution as Dream's, not its random stream. ``temperature > 0`` (and ``top_p`` / ``top_k``)
-  samples by Gumbel-max: in the Triton head with Philox noise keyed by (seed, model call, row, vocab id)
-  (``kernels.head_dream_confidence``; top-p / top-k materialise the masked rows' logits), in the reference ops
-  with a torch generator; both have the distribution of Dream's ``Categorical`` sampler, neither its stream.
+* ``cache='none'``: Dream's ``diffusion_generate`` (``alg`` maskgit_plus / topk_margin / entropy, ``alg_temp``;
+  ``steps`` model calls over one block of ``max_new_tokens`` masks with Dream's float32 truncating schedule).
+  ``alg='origin'``, ``alg_temp > 0`` and ``temperature > 0`` (with ``top_p`` / ``top_k``) sample with the
+  distribution of Dream's samplers, not their random stream (Triton head: Philox Gumbel-max keyed by seed, model
+  call, row and vocab id, :func:`llada_triton.kernels.head_dream_confidence`; reference ops: a torch generator).
 * ``cache='none'`` with ``threshold``: Fast-dLLM's ``alg='confidence_threshold'`` (top-``n/steps + carry``
   candidates, the first kept, the others if ``>= threshold``; the rejected carried; steps added at the end).
-* ``cache='prefix'`` / ``'dual'``: Fast-dLLM's Dream block decoders (``generation_utils_block.py``): a refresh
-  forward at each block start commits the block's first position; then the schedule with negative entropy
-  **whatever alg says** (as Fast-dLLM), or with ``threshold`` the threshold rule over the block's masks.
-* ``cache='block'``: this repo's block-causal cache with Dream's schedule and ``alg`` per block. Dream was
-  trained with full bidirectional attention, so hiding later blocks is an approximation (no reference).
+* ``cache='prefix'`` / ``'dual'``: Fast-dLLM's Dream block decoders: a refresh forward at each block start commits
+  the block's first position, then the schedule with negative entropy **whatever alg says** (as Fast-dLLM), or
+  with ``threshold`` the threshold rule over the block's masks.
+* ``cache='block'``: the block-causal cache with Dream's schedule and ``alg`` per block: an approximation (Dream
+  was trained with full attention; no reference).
 """
 from __future__ import annotations
 

@@ -1,30 +1,19 @@
-"""LLaDA2.x's official decoders (the ``generate`` of LLaDA2.0 and of LLaDA2.1) as options of the one driver:
+"""LLaDA2.x's official decoders (LLaDA2.0's and LLaDA2.1's ``generate``) as options of the one driver:
 ``generate(params, cfg, prompts, ..., decoding=Llada2Decoding(...))`` (or :class:`Llada21Decoding`), whose hooks
-the driver calls (:mod:`llada_triton.decode.generate`). LLaDA2.x is trained as block diffusion, so the
-block-causal cache is its exact decoding mode. Where its decoders differ from LLaDA's (each changes tokens):
+the driver calls; :func:`generate_llada2` is the batch-1 wrapper. Where they differ from LLaDA's decoder (each
+changes tokens):
 
-* the absolute block grid (:func:`llada_triton.decode.layout.absolute_layout`): blocks are ``[jB, (j+1)B)`` from
-  position 0; decoding starts at the block holding position P (the prompt's tail shares it) and runs to
-  ``ceil((P+G)/B)`` blocks, so positions past P+G (the overhang) are decoded too and dropped from the answer.
-  Every forward sees the prefix with a block-causal mask (the prompt included); later blocks are never fed.
-* :func:`llada2_schedule`: ``steps = min(steps, G // minimal_topk)``; the per-step budget splits
-  ``block_length`` (not the block's masks) over the steps, trailing steps get 0 when steps > B.
-* 2.0's rule (:meth:`Llada2Decoding.commit`): at most ``steps`` forwards per block, each commits the masked
-  positions with confidence ``> threshold`` if there are at least the step's budget of them, else the budget's
-  top-k (:func:`llada_triton.kernels.reference.select_threshold_topk_ref`); a row stops after a block whose window
-  ``x[P:end]`` holds an eos; ``eos_early_stop`` ends a row (on the device) as soon as the first eos (from its
-  first token) has no mask before it, answering ``x[P:eos+1]``, longer than G when the eos is in the overhang.
-* 2.1 (:class:`Llada21Decoding`): the same rule with a fixed ``num_to_transfer`` budget and no step limit, plus
-  token editing: non-prompt, non-mask block tokens whose argmax changed with confidence ``> editing_threshold``
-  are rewritten; once the block has no mask, at most ``max_post_steps`` more forwards run, stopping early
-  when nothing is edited. ``eos_early_stop`` stops after a block whose window holds an eos.
-* The answer (``GenerateResult.answers``) is ``x[P:P+G]`` cut after its first eos (inclusive): its length varies.
+* the absolute block grid (:func:`llada_triton.decode.layout.absolute_layout`): blocks ``[jB, (j+1)B)`` from
+  position 0, decoded from the block holding the prompt's end P to ``ceil((P+G)/B)`` (the overhang past P+G is
+  decoded and dropped); forwards see the prefix block-causally (LLaDA2.x is trained as block diffusion).
+* :func:`llada2_schedule`: ``steps = min(steps, G // minimal_topk)`` budgets splitting ``block_length`` (not the
+  block's masks), 0 for trailing steps when steps > B.
+* the rules and stops of :class:`Llada2Decoding` (2.0) and :class:`Llada21Decoding` (2.1: token editing); the
+  answer (``GenerateResult.answers``) is ``x[P:P+G]`` cut after its first eos.
 
-The reference decoders are batch 1; the driver decodes varlen batches whose rows each equal their batch-1
-decode (the layout pads every row by a multiple of B so the rows' grids share columns). Cache ``'block'``
-keeps the K/V of the final tokens of every finished block (each block joins the cache when the next block's
-first step re-feeds it with its final tokens); ``'none'`` recomputes the prefix every step, as the reference
-does. Both give the same tokens. :func:`generate_llada2` is the batch-1 convenience wrapper.
+The references are batch 1; in a varlen batch every row equals its batch-1 decode (the layout pads each row by a
+multiple of B so the grids share columns). Caches ``'block'`` (a finished block joins the cache when the next
+block's first step re-feeds it) and ``'none'`` (the prefix recomputed every step, as the reference) agree.
 """
 from __future__ import annotations
 
@@ -40,8 +29,6 @@ from .layout import absolute_layout
 from .step import check_int, check_real
 
 __all__ = ["Llada2Decoding", "Llada21Decoding", "llada2_schedule", "generate_llada2", "Llada2Result", "eos_cut"]
-
-CACHES = ("block", "none")
 
 
 def llada2_schedule(block_length: int, steps: int) -> List[int]:
@@ -67,28 +54,24 @@ def _threshold_topk(conf, masked, *, k, threshold, factor=None):
 
 @dataclass(frozen=True)
 class Llada2Decoding:
-    """LLaDA2.0's official ``generate`` as an option of :func:`llada_triton.decode.generate` (``decoding=``): the
-    absolute block grid (:func:`llada_triton.decode.layout.absolute_layout`), the threshold-or-top-k rule over
-    :func:`llada2_schedule`, the eos stop after a block, the cut after the first eos (``GenerateResult.answers``)
-    and ``eos_early_stop`` (on the device after every step).
+    """LLaDA2.0's ``generate``: at most ``steps`` forwards per block, each committing the masked positions with
+    confidence ``> threshold`` if there are at least the step's budget of them, else the budget's top-k
+    (:func:`llada_triton.kernels.reference.select_threshold_topk_ref`); a row stops after a block whose window
+    ``x[P:end]`` holds an eos; ``eos_early_stop`` ends a row on the device once its first eos has no mask before it
+    (answer ``x[P:eos+1]``, longer than G when that eos is in the overhang).
 
-    The hooks ``generate`` and ``run_many`` call (and nothing else; ``state`` is this object's own, from
-    :meth:`new_state`): the option checks :meth:`check` / :meth:`check_driver_options`; the grid and budgets
-    :meth:`layout`, :meth:`schedule`, :meth:`end_ids`, ``stops_at_eos`` (``early_stop``'s default) and ``edits``
-    (it rewrites committed tokens: the head runs on every row and the results count edits); the per-row device
-    state :meth:`new_state`, :meth:`reset_state` (a batch), :meth:`reset_row` (a refilled slot),
-    :meth:`new_block`; each step :meth:`commit`, then :meth:`block_over`; the results :meth:`answers`,
-    :meth:`edit_counts`. No per-step hook syncs the host."""
+    The hooks the driver and ``run_many`` call (``state`` is this object's own, from :meth:`new_state`; no per-step
+    hook syncs the host): option checks :meth:`check`, :meth:`check_driver_options`; grid and budgets
+    :meth:`layout`, :meth:`schedule`, :meth:`end_ids`, ``stops_at_eos`` (``early_stop``'s default: a row whose
+    window holds an eos after a block stops) and ``edits`` (committed tokens are rewritten: the head runs on every
+    row); per-row device state :meth:`new_state`, :meth:`reset_state`, :meth:`reset_row`, :meth:`new_block`; each
+    step :meth:`commit`, then :meth:`block_over`; results :meth:`answers`, :meth:`edit_counts`."""
     threshold: float = 0.95
     minimal_topk: int = 1
     eos_early_stop: bool = False
-    caches = CACHES
+    caches = ("block", "none")
     edits = False
-
-    @property
-    def stops_at_eos(self) -> bool:
-        """The default of ``generate``'s ``early_stop``: a row whose answer window holds an eos after a block stops."""
-        return True
+    stops_at_eos = True
 
     def check(self, *, gen_length, block_length, steps):
         for name, v in (("gen_length", gen_length), ("block_length", block_length), ("steps", steps),
@@ -176,12 +159,15 @@ class Llada2Decoding:
     def answers(self, cfg, x, gen_start, gen_length, state, rows=None) -> List[List[int]]:
         """The answers of rows ``rows`` (None: all) of the token buffer ``x`` (their starts ``gen_start`` ``[B]``):
         up to the early stop's eos, else the row's ``gen_length`` tokens cut after the first eos."""
-        out, starts, stop_ends = [], gen_start.tolist(), state["stop_end"].tolist()
-        for r in range(x.shape[0]) if rows is None else rows:
-            g, stop_end = starts[r], stop_ends[r]
-            out.append(x[r, g:max(g, stop_end)].tolist() if stop_end >= 0
-                       else eos_cut(x[r, g:g + gen_length].tolist(), cfg.eos_token_id))
-        return out
+        bounds = torch.stack((gen_start, state["stop_end"]))  # [2, B]: one host read below
+        if rows is None:
+            rows = range(x.shape[0])
+        else:  # a finished slot: only its start and stop reach the host
+            rows = list(rows)
+            bounds = bounds[:, rows]
+        starts, stop_ends = bounds.tolist()
+        return [x[r, g:max(g, e)].tolist() if e >= 0 else eos_cut(x[r, g:g + gen_length].tolist(), cfg.eos_token_id)
+                for r, g, e in zip(rows, starts, stop_ends)]
 
     def edit_counts(self, state) -> torch.Tensor:
         """int64 ``[B]``: the tokens each row's editing rewrote (always 0 here)."""
@@ -190,12 +176,11 @@ class Llada2Decoding:
 
 @dataclass(frozen=True, kw_only=True)
 class Llada21Decoding(Llada2Decoding):
-    """LLaDA2.1's official ``generate`` as an option of :func:`llada_triton.decode.generate`: 2.0's grid, layout,
-    cut and answers; each step commits by the threshold rule with the fixed budget ``num_to_transfer`` (no step
-    schedule: ``steps`` is unused, as in the reference) and edits the block's generated tokens whose argmax
-    changed with confidence ``> editing_threshold``; once a row's block has no mask, at most ``max_post_steps``
-    more steps, ending early at a step that edits nothing. With ``eos_early_stop`` a row stops after a block
-    whose window holds an eos."""
+    """LLaDA2.1's ``generate``: 2.0's grid, cut and answers; each step commits by the threshold rule with the
+    fixed budget ``num_to_transfer`` (``steps`` unused, as in the reference) and rewrites the block's generated
+    tokens whose argmax changed with confidence ``> editing_threshold``; once a row's block has no mask, at most
+    ``max_post_steps`` more steps, stopping at a step that edits nothing. ``eos_early_stop``: a row stops after a
+    block whose window holds an eos."""
     editing_threshold: float
     max_post_steps: int = 16
     num_to_transfer: int = 1
@@ -263,13 +248,12 @@ def generate_llada2(params, cfg, prompt, *, gen_length: int, block_length: int =
                     threshold: float = 0.95, minimal_topk: int = 1, eos_early_stop: bool = False,
                     editing_threshold: Optional[float] = None, max_post_steps: int = 16, num_to_transfer: int = 1,
                     **options) -> Llada2Result:
-    """Decode one prompt (a list of ids or an int tensor ``[P]`` / ``[1, P]``) as LLaDA2.0's official
-    ``generate`` (``editing_threshold=None``) or LLaDA2.1's (``editing_threshold`` set: token editing,
-    ``num_to_transfer`` and ``max_post_steps``; ``steps`` is accepted and unused there, as in the reference):
-    :func:`llada_triton.decode.generate` with :class:`Llada2Decoding` / :class:`Llada21Decoding`, batch 1 as the
-    reference. ``options``: ``generate``'s (``cache`` 'block' (default) or 'none', ``temperature`` (0 is argmax;
-    above 0 the head's Gumbel-max sampling, not the reference's RNG stream), ``seed``, ``ops``, ``cuda_graphs``,
-    ``workspace``, ...)."""
+    """Decode one prompt (ids, or an int tensor ``[P]`` / ``[1, P]``) as LLaDA2.0's ``generate``
+    (``editing_threshold=None``) or LLaDA2.1's (token editing, ``num_to_transfer``, ``max_post_steps``; ``steps``
+    unused, as in the reference): :func:`llada_triton.decode.generate` with :class:`Llada2Decoding` /
+    :class:`Llada21Decoding`, batch 1. ``options`` go to ``generate`` (``cache`` 'block' (default) or 'none',
+    ``temperature`` (above 0: the head's Gumbel-max sampling, not the reference's RNG stream), ``seed``, ``ops``,
+    ``cuda_graphs``, ``workspace``, ...)."""
     if editing_threshold is None:
         decoding = Llada2Decoding(threshold, minimal_topk, eos_early_stop)
     else:

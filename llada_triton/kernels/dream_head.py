@@ -1,35 +1,20 @@
-"""Fused LM head with Dream's sampling and confidences: token and max prob / top-1 minus top-2 margin / negative
-entropy per row, streaming the vocabulary (``[M, V]`` logits are never stored, except for top-p / top-k below).
+"""Fused LM head with Dream's sampling and confidences (:func:`head_dream_confidence`): per row the token and its
+``prob`` / ``margin`` / ``neg_entropy``, streaming the vocabulary (no ``[M, V]`` logits, except for top-p / top-k).
 
-Kernel 1 (``_dream_partials_kernel``, grid ``(row tiles, vocab tiles)``) computes a ``[BLOCK_M, BLOCK_V]`` logit
-tile with the K-steps of :mod:`llada_triton.kernels.gemm` (the tiles of LLaDA's head), rounds it to the hidden
-dtype (as the model's logits are), divides by the temperature when sampling (``z = l / T``, IEEE division as
-Dream's ``logits / temperature``; ``z = l`` at ``T = 0``) and reduces it to per-row partials: the tile's largest
-``z`` ``m`` and its lowest id, the second largest (the largest at another id), ``s = sum exp(z - m)``,
-``t = sum exp(z - m) * (z - m)``; when sampling also the largest Gumbel key ``z + g`` with its lowest id and the
-``z`` there. ``g`` is the Philox Gumbel noise of :func:`llada_triton.kernels.head_confidence` (key ``seed``,
-counters ``(vocab id, row or row_ids[row], offset)``): deterministic given the seed and independent of the
-tiling; recomputed in torch by :func:`llada_triton.kernels.reference.philox_gumbel_ref`. It is not the stream of
-Dream's ``Categorical`` sampler (a torch generator), so sampled tokens match the reference in distribution only.
-Kernel 2 (``_dream_merge_kernel``) merges a row's partials (``S = sum s_i e^(m_i - M)``,
-``T = sum e^(m_i - M) (t_i + (m_i - M) s_i)``) into the token (argmax of ``z``, or of the keys when sampling:
-the Gumbel-max trick) and the confidence on ``p = softmax(z)``, the tempered distribution as Dream computes it:
+Kernel 1 (grid ``(row tiles, vocab tiles)``) computes a logit tile with the K-loop of :mod:`llada_triton.kernels.gemm`,
+rounds it to the hidden dtype (the model's logits), divides by the temperature when sampling (IEEE, as Dream's
+``logits / T``) and stores per-row partials: the top-1 ``z`` (lowest id), the top-2, ``s = sum e^(z - m)``,
+``t = sum e^(z - m) (z - m)`` and, when sampling, the top Gumbel key ``z + g`` (lowest id) with ``z`` there. ``g``
+is the Philox noise of :func:`llada_triton.kernels.head_confidence` (counters: vocab id, row or ``row_ids[row]``,
+offset; torch twin :func:`llada_triton.kernels.reference.philox_gumbel_ref`), not the stream of Dream's
+``Categorical``: sampled tokens match the reference in distribution only. Kernel 2 merges a row's partials into the
+token (argmax, or Gumbel-max) and the confidence on ``p = softmax(z)``: ``p[x0]``, ``(1 - e^(top2 - M)) / S`` or
+``sum p log(p + 1e-10)``. The entropy over several vocab tiles runs a second partials pass given each row's
+log-sum-exp in fp32 (exact); bf16 / fp16 merge ``T / S - log S`` (the ``1e-10`` left out: below ``V * 1e-10``).
 
-* ``prob``: ``p[x0]`` = ``e^(z[x0] - M) / S`` (maskgit_plus; ``1 / S`` at ``T = 0``);
-* ``margin``: ``(1 - e^(top2 - M)) / S`` (topk_margin);
-* ``neg_entropy``: ``sum p log(p + 1e-10)`` (entropy). When a row's vocabulary is one tile (``BLOCK_V >= V``,
-  the interpreter's default) the tile knows ``p`` and sums Dream's formula itself. Across several tiles ``p`` is
-  known only after the merge: in fp32 (the exactness path) a second partials pass, given each row's
-  log-sum-exp, sums Dream's formula (one more head GEMM); in bf16 / fp16 the streamed ``T / S - log S`` =
-  ``sum p log p`` leaves the ``1e-10`` out, which changes the value by less than ``V * 1e-10`` (1.5e-5 at
-  Dream's 152,064 ids; far below the rounding of bf16 logits).
-
-top-p / top-k need a row's sorted distribution: those calls compute the logits of all rows given (``n_rows`` is
-not read, so there is no host sync; the rows past it are unspecified, as in the kernel path), filter them with
-:func:`llada_triton.kernels.reference.filter_top_p_top_k_ref` and sample with the same Philox noise
-(``dream_confidence_ref(..., gumbel=philox_gumbel_ref(...))``).
-Dream's logit shift is row indexing before the head (the decoding policies hand it the rows ``i - 1``).
-Reference: :func:`llada_triton.kernels.reference.head_dream_confidence_ref`.
+top-p / top-k run :func:`llada_triton.kernels.reference.dream_confidence_ref` on the logits of every row given
+(``n_rows`` is not read: no host sync) with the same Philox noise. Dream's logit shift is row indexing before the
+head. Reference: :func:`llada_triton.kernels.reference.head_dream_confidence_ref`.
 """
 from __future__ import annotations
 
@@ -46,7 +31,6 @@ from llada_triton.kernels.gemm import dot_loop
 from llada_triton.kernels.reference import DREAM_CONFIDENCES, dream_confidence_ref, philox_gumbel_ref
 
 __all__ = ["head_dream_confidence"]
-
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
@@ -194,40 +178,29 @@ def _check(hidden, w_head, confidence, top_p, top_k):
         raise ValueError(f"top_k={top_k!r} must be an int >= 1")
 
 
-def _filtered(hidden, w_head, *, confidence, temperature, top_p, top_k, seed, offset, banned_ids, row_ids):
-    """top-p / top-k: the logits of every row (``n_rows`` is not read: no host sync; the rows past it are
-    unspecified), filtered and sampled as the reference with the kernel's Philox noise."""
-    logits = hidden @ w_head.t()  # the model's logits, in the hidden dtype
-    g = None
-    if temperature > 0:
-        rows = row_ids if row_ids is not None else torch.arange(hidden.shape[0], device=hidden.device)
-        g = philox_gumbel_ref(seed, offset, rows, w_head.shape[0])
-    return dream_confidence_ref(logits, confidence=confidence, temperature=temperature, top_p=top_p, top_k=top_k,
-                                banned_ids=banned_ids, gumbel=g)
-
-
 def head_dream_confidence(hidden: torch.Tensor, w_head: torch.Tensor, *, confidence: str = "prob",
                           temperature: float = 0.0, top_p: Optional[float] = None, top_k: Optional[int] = None,
                           seed: int = 0, offset: int = 0, banned_ids: Sequence[int] = (),
                           n_rows: Optional[torch.Tensor] = None, row_ids: Optional[torch.Tensor] = None,
                           config: Optional[dict] = None):
     """``(x0 int64 [M], conf fp32 [M])`` from final hidden states ``[M, d]`` and the LM head ``[V, d]`` (same
-    dtype): Dream's ``sample_tokens`` with ``confidence`` ``"prob"`` / ``"margin"`` / ``"neg_entropy"`` (see the
-    module docstring): argmax at ``temperature`` 0, else a Gumbel-max sample with Philox noise keyed by ``seed``
-    (use a new ``offset`` per step). ``n_rows`` (one-element device tensor): only the first ``n_rows`` rows are
-    computed, the others' outputs are unspecified; ``row_ids``: the rows' Philox row counters (a gathered row keeps
-    its noise). ``top_p < 1`` / ``top_k`` materialise the rows' logits (module docstring). ``config`` overrides the
-    block sizes (tests)."""
+    dtype): Dream's ``sample_tokens`` with ``confidence`` ``"prob"`` / ``"margin"`` / ``"neg_entropy"``: argmax at
+    ``temperature`` 0, else a Gumbel-max sample with Philox noise keyed by ``seed`` (a new ``offset`` per step).
+    ``n_rows`` (one-element device tensor): only the first ``n_rows`` rows are computed, the others' outputs are
+    unspecified; ``row_ids``: the rows' Philox row counters (a gathered row keeps its noise); ``top_p < 1`` /
+    ``top_k`` materialise the logits; ``config`` overrides the block sizes (tests)."""
     _check(hidden, w_head, confidence, top_p, top_k)
-    M, D = hidden.shape
-    V = w_head.shape[0]
-    sa = sampling_args(V, temperature, seed, offset, banned_ids, ())  # validates T, seed, offset, banned_ids
+    M = hidden.shape[0]
+    sa = sampling_args(w_head.shape[0], temperature, seed, offset, banned_ids, ())  # validates T, seed, offset, ids
+    if (top_p is not None and top_p < 1) or top_k is not None:  # the reference on every row's logits
+        rows_args(M, hidden.device, n_rows, row_ids, None)  # validation only: the reference returns its own outputs
+        g = None if temperature == 0 else philox_gumbel_ref(  # the kernel's Philox noise
+            seed, offset, torch.arange(M, device=hidden.device) if row_ids is None else row_ids, w_head.shape[0])
+        return dream_confidence_ref(hidden @ w_head.t(), confidence=confidence, temperature=float(temperature),
+                                    top_p=top_p, top_k=top_k, banned_ids=banned_ids, gumbel=g)
     x0 = torch.empty(M, dtype=torch.int64, device=hidden.device)
     conf = torch.empty(M, dtype=torch.float32, device=hidden.device)
     nr, rid, rows_ce = rows_args(M, hidden.device, n_rows, row_ids, x0)
-    if (top_p is not None and top_p < 1) or top_k is not None:
-        return _filtered(hidden, w_head, confidence=confidence, temperature=float(temperature), top_p=top_p,
-                         top_k=top_k, seed=seed, offset=offset, banned_ids=banned_ids, row_ids=row_ids)
     if M == 0:
         return x0, conf
     return _launch(hidden, w_head, x0, conf, nr, rid, rows_ce, sa, confidence, float(temperature), config)
@@ -236,14 +209,11 @@ def head_dream_confidence(hidden: torch.Tensor, w_head: torch.Tensor, *, confide
 def _launch(hidden, w_head, x0, conf, nr, rid, rows_ce, sa, confidence, temperature, config):
     """The partials and merge launches. Entropy over several vocab tiles in fp32 (the exactness path) runs them
     twice: the second partials pass knows each row's log-sum-exp, so its tiles sum Dream's p log(p + 1e-10)."""
-    M, D = hidden.shape
-    V = w_head.shape[0]
-    sample = sa["constexprs"]["SAMPLE"]
-    interpret = is_interpreter()
+    (M, D), V = hidden.shape, w_head.shape[0]
+    sample, interpret = sa["constexprs"]["SAMPLE"], is_interpreter()
     c = dict(head_config(M, V, D, hidden.dtype, False, interpret, sample=sample), **(config or {}))
     BM, BV, BK = c["BLOCK_M"], c["BLOCK_V"], c["BLOCK_K"]
-    nvt = cdiv(V, BV)
-    entropy = confidence == "neg_entropy"
+    nvt, entropy = cdiv(V, BV), confidence == "neg_entropy"
     two_pass = entropy and nvt > 1 and hidden.dtype == torch.float32
     lse = torch.empty(M, dtype=torch.float32, device=hidden.device) if two_pass else conf  # conf: never read
     pf = torch.empty(6 if sample else 4, M, nvt, dtype=torch.float32, device=hidden.device)

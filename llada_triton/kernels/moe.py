@@ -1,21 +1,20 @@
 """Fused mixture-of-experts: router + grouped top-k, token->expert alignment, grouped expert GEMMs, combine.
 
-No step syncs with the host; every grid is sized from ``M * top_k`` and ``E`` alone (programs past the real
-work exit at once), so the whole layer can be captured in a CUDA graph.
+No step syncs with the host and every grid is sized from ``M * top_k`` and ``E`` alone (programs past the real
+work exit at once), so a whole layer can be captured in a CUDA graph.
 
-* :func:`moe_route` (two launches): the fp32 router logits (programs over row and expert tiles, so the router
-  weight streams from many SMs at decode sizes), then one program per ``[BM, E]`` row tile: the scores (sigmoid
-  or softmax), the group-limited top-k with ties to the lowest index, and the weights.
+* :func:`moe_route` (two launches): fp32 router logits over row and expert tiles (so the router weight streams
+  from many SMs at decode sizes), then per ``[BM, E]`` row tile the scores (sigmoid or softmax), the
+  group-limited top-k (ties to the lowest index) and the weights.
 * :func:`moe_align` (three launches): the ``M * top_k`` (token, slot) pairs sorted by expert into segments padded
-  to the GEMM tile ``BM``: per-chunk histograms, one scan program (segment ends, and each chunk's base in every
-  segment), then a stable in-chunk sort that scatters each pair to its slot. Padding slots hold ``M * top_k``.
-* :func:`moe_experts` (+ three launches): the gate-up GEMM over the tiles of experts that received tokens
-  (rows gathered from ``x``; ``silu(gate) * up`` epilogue), the down GEMM writing each pair's expert output
-  (rounded to ``x.dtype``) to its (token, slot) row, and a per-token combine: the routing weights applied and
-  the slots summed in fp32 in slot order, then the residual added. No atomics: the result is the same from run
-  to run.
+  to the GEMM tile ``BM``: per-chunk histograms, one scan (segment ends and each chunk's base in every segment),
+  a stable in-chunk sort scattering each pair to its row. Padding rows hold ``M * top_k``.
+* :func:`moe_experts` (+ three launches): the gate-up GEMM over the tiles of experts that received pairs (rows
+  gathered from ``x``, ``silu(gate) * up`` epilogue), the down GEMM writing each pair's output (in ``x.dtype``)
+  to its (token, slot) row, and a per-token combine: weights applied, slots summed in fp32 in slot order, the
+  residual added. No atomics: deterministic. A tile finds its expert by counting segment ends at or below its
+  first row.
 
-The expert of a tile is found by counting the segment ends at or below its first row (``E`` compares).
 References: :func:`llada_triton.kernels.reference.moe_route_ref`, ``moe_align_ref``, ``moe_experts_ref``.
 """
 from __future__ import annotations
@@ -37,7 +36,6 @@ __all__ = ["moe_route", "moe_align", "moe_experts", "moe_align_size"]
 MAX_EXPERTS = 1024  # a router tile holds every expert's logit of its rows in registers
 
 
-# ------------------------------------------------------------------------------------------ kernels
 @triton.jit
 def _argmax_low(v, cols, E_P: tl.constexpr):
     """Per row of ``v [R, C]``: the max and the lowest column holding it."""
@@ -296,7 +294,6 @@ def _moe_combine_kernel(
     tl.store(out_ptr + m * stride_om + offs, y, mask=mask)
 
 
-# ---------------------------------------------------------------------------------------- launchers
 def moe_align_size(n_pairs: int, n_experts: int, block_m: int) -> int:
     """Rows of :func:`moe_align`'s sorted ids: every expert that can receive a pair padded to ``block_m``."""
     return cdiv(n_pairs + min(n_experts, n_pairs) * (block_m - 1), block_m) * block_m
@@ -304,10 +301,9 @@ def moe_align_size(n_pairs: int, n_experts: int, block_m: int) -> int:
 
 def moe_config(n_pairs: int, n_experts: int, inter: int, d: int, dtype: torch.dtype,
                interpret: Optional[bool] = None) -> dict:
-    """Meta-parameters of :func:`moe_experts` for ``n_pairs = M * top_k`` over ``n_experts`` experts of
-    intermediate size ``inter`` and hidden size ``d``: the tile rows ``BM`` (from the expected pairs per
-    expert), the gate-up (``GU_*``) and down (``DN_*``) tiles, and the alignment chunk. Deterministic in the
-    shape (no autotuning); returns a new dict on every call."""
+    """Meta-parameters of :func:`moe_experts` (a new dict each call, no autotuning) for ``n_pairs = M * top_k``
+    over ``n_experts`` experts, intermediate size ``inter``, hidden size ``d``: tile rows ``BM`` (from the pairs
+    per expert), the gate-up ``GU_*`` and down ``DN_*`` tiles, the alignment ``CHUNK``."""
     return _moe_config(n_pairs, n_experts, inter, d, dtype, is_interpreter() if interpret is None else bool(interpret))
 
 
@@ -330,18 +326,10 @@ def _moe_config(n_pairs: int, n_experts: int, inter: int, d: int, dtype: torch.d
 
 def _align_launch(ids: torch.Tensor, n_experts: int, block_m: int, chunk: int):
     """The three alignment launches (``ids`` validated, contiguous). Returns ``(sorted_ids, expert_end, total)``."""
-    N = ids.numel()
-    E = n_experts
-    E_P = next_pow2(E)
-    dev = ids.device
-    L = moe_align_size(N, E, block_m)
-    P = cdiv(N, chunk)
-    sorted_ids = torch.empty(L, device=dev, dtype=torch.int32)
-    ends = torch.empty(E, device=dev, dtype=torch.int32)
-    total = torch.empty(1, device=dev, dtype=torch.int32)
-    cnt = torch.empty((P, E_P), device=dev, dtype=torch.int32)
-    base = torch.empty((P, E_P), device=dev, dtype=torch.int32)
-    interp = is_interpreter()
+    N, E, E_P, i32 = ids.numel(), n_experts, next_pow2(n_experts), dict(device=ids.device, dtype=torch.int32)
+    L, P, interp = moe_align_size(N, E, block_m), cdiv(N, chunk), is_interpreter()
+    sorted_ids, ends, total = torch.empty(L, **i32), torch.empty(E, **i32), torch.empty(1, **i32)
+    cnt, base = torch.empty((P, E_P), **i32), torch.empty((P, E_P), **i32)  # per-chunk histograms and bases
     _align_count_kernel[(P,)](ids, cnt, sorted_ids, N, E, L, CHUNK=chunk, E_P=E_P,
                               FILL=clamp_pow2(cdiv(L, P), 16, 1 << 16) if interp else 1024, num_warps=4)
     p_b = max(1, min(next_pow2(P), 8192 // E_P))
@@ -351,22 +339,18 @@ def _align_launch(ids: torch.Tensor, n_experts: int, block_m: int, chunk: int):
     return sorted_ids, ends, total
 
 
-# ------------------------------------------------------------------------------------------- public
 def moe_route(x: torch.Tensor, router_w: torch.Tensor, expert_bias: Optional[torch.Tensor] = None, *,
               top_k: int, n_group: int = 1, topk_group: int = 1, score_func: str = "sigmoid",
               norm_topk_prob: bool = True, routed_scaling_factor: float = 1.0):
     """Router of a mixture-of-experts layer in two launches: ``(weights fp32 [M, top_k], ids int32 [M, top_k])``.
 
     x: ``[M, d]``; router_w: ``[E, d]`` (``E <= 1024``); expert_bias: ``[E]`` or None (fp16/bf16/fp32, last dims
-    contiguous). Logits accumulate in fp32: 16-bit ``x`` and ``router_w`` of one dtype go through the tensor
-    cores (their products are exact in fp32), anything else is upcast to fp32 (IEEE dots). Semantics, ties
-    (lowest index) and the output order: :func:`llada_triton.kernels.reference.moe_route_ref`. The weights
-    may differ from the reference's in the last bits (summation order of the logits and of the normaliser).
-    """
+    contiguous). Logits accumulate in fp32 (16-bit ``x`` and ``router_w`` of one dtype on the tensor cores, whose
+    products are exact in fp32; else IEEE fp32 dots). Semantics, ties (lowest index) and output order:
+    :func:`llada_triton.kernels.reference.moe_route_ref`, up to the last bits of the weights (summation order)."""
     check_tensor("x", x, ndim=2, dtypes=DTYPES)
     check_tensor("router_w", router_w, ndim=2, dtypes=DTYPES)
-    M, d = x.shape
-    E = router_w.shape[0]
+    (M, d), E = x.shape, router_w.shape[0]
     if router_w.shape[1] != d or router_w.device != x.device or E == 0:
         raise ValueError(f"router_w must be [E >= 1, d={d}] on {x.device}, got {tuple(router_w.shape)} "
                          f"on {router_w.device}")
@@ -379,9 +363,8 @@ def moe_route(x: torch.Tensor, router_w: torch.Tensor, expert_bias: Optional[tor
     ids = torch.empty((M, top_k), device=x.device, dtype=torch.int32)
     if M == 0:
         return weights, ids
-    interp = is_interpreter()
+    interp, E_P = is_interpreter(), next_pow2(E)
     native = x.dtype == router_w.dtype and x.dtype != torch.float32
-    E_P = next_pow2(E)
     BM = clamp_pow2(M, 16, 64) if interp else 16
     BE = E_P if interp else min(E_P, 32)     # logits split over experts: enough programs to stream router_w
     BK = clamp_pow2(d, 16, 256) if interp else 128
@@ -414,8 +397,7 @@ def moe_align(ids: torch.Tensor, n_experts: int, block_m: int, *, chunk: Optiona
     ``L = moe_align_size(N, E, block_m)``: segment ``e`` is rows ``[expert_end[e-1], expert_end[e])``, its pairs
     first in increasing flat index, then padding rows holding ``N``; rows ``>= total = expert_end[E-1]`` hold
     ``N`` too. Pairs whose id is outside ``[0, E)`` are dropped. ``chunk`` (a power of two, default from
-    :func:`moe_config`): pairs per program of the sort. See :func:`llada_triton.kernels.reference.moe_align_ref`.
-    """
+    :func:`moe_config`): pairs per program of the sort. See :func:`llada_triton.kernels.reference.moe_align_ref`."""
     _check_ids(ids)
     E = _check_count("n_experts", n_experts, MAX_EXPERTS)
     block_m = _check_count("block_m", block_m, 1 << 12)
@@ -424,9 +406,8 @@ def moe_align(ids: torch.Tensor, n_experts: int, block_m: int, *, chunk: Optiona
     elif _check_count("chunk", chunk, 1 << 14) & (chunk - 1):
         raise ValueError(f"chunk must be a power of two, got {chunk}")
     if ids.numel() == 0:
-        return (torch.empty(0, device=ids.device, dtype=torch.int32),
-                torch.zeros(E, device=ids.device, dtype=torch.int32),
-                torch.zeros(1, device=ids.device, dtype=torch.int32))
+        i32 = dict(device=ids.device, dtype=torch.int32)
+        return torch.empty(0, **i32), torch.zeros(E, **i32), torch.zeros(1, **i32)
     return _align_launch(ids, E, block_m, chunk)
 
 
@@ -475,15 +456,13 @@ def moe_experts(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, 
     float dtype); ids: int32/int64 ``[M, k]``, contiguous (pairs with an id outside ``[0, E)`` add nothing);
     residual: ``[M, d]`` or None; out: optional ``[M, d]`` output (may alias ``residual``). Only experts that
     received pairs are read. Deterministic. ``config``: meta-parameters overriding :func:`moe_config`'s.
-    Numerics: :func:`llada_triton.kernels.reference.moe_experts_ref` up to the GEMMs' fp32 accumulation order.
-    """
+    Numerics: :func:`llada_triton.kernels.reference.moe_experts_ref` up to the GEMMs' fp32 accumulation order."""
     M, d, E, inter, k = _validate_experts(x, w_gate_up, w_down, weights, ids, residual, out)
     y = torch.empty_like(x) if out is None else out
     if M == 0:
         return y
     N = M * k
-    cfg = moe_config(N, E, inter, d, x.dtype)
-    cfg.update(config or {})
+    cfg = dict(moe_config(N, E, inter, d, x.dtype), **(config or {}))
     BM = cfg["BM"]
     sorted_ids, ends, total = _align_launch(ids, E, BM, cfg["CHUNK"])
     L = sorted_ids.shape[0]

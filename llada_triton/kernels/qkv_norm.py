@@ -1,18 +1,14 @@
-"""The QKV projection of LLaDA2.x / LLaDA-MoE with per-head QK-norm, partial RoPE and the KV-cache write in its
-epilogue (:func:`qkv_proj_norm_rope`).
+"""LLaDA2.x / LLaDA-MoE's QKV projection with per-head QK-norm, partial RoPE and the KV-cache write in its
+epilogue (:func:`qkv_proj_norm_rope`): one launch for ``linear(x, w_qkv)`` + ``qkv_norm_rope_cache_ref``.
 
-One launch replaces ``linear(x, w_qkv)`` followed by ``qkv_norm_rope_cache_ref``'s norm, rotation and cache write.
-A program computes one whole head (RMSNorm needs every feature of it) for ``BM`` tokens with the weight-streaming
-K-loop of :mod:`llada_triton.kernels.gemm` (weight rows as the MMA's M dimension); at decode sizes, where that gives
-few programs, K is split and a second launch of the same kernel sums the fp32 partials in a fixed order and runs
-the epilogue. The tile's ``2 HP`` weight rows are ordered as two halves that pair each feature with its rotation
-partner: row ``j`` of the first half holds feature ``j`` (``j < R/2``, rotated) or ``R + j - R/2`` (passed
-through), row ``j`` of the second half its partner ``R/2`` further (rotated) or ``(D - R)/2`` further (passed
-through); rows ``j >= D/2`` are padding.
+A program computes one whole head (RMSNorm needs all its features) for ``BM`` tokens with the weight-streaming
+K-loop of :mod:`llada_triton.kernels.gemm` (weight rows as the MMA's M); at decode sizes, where that gives few
+programs, K is split and a second launch of the same kernel sums the fp32 partials in a fixed order and runs the
+epilogue. The tile's ``2 HP`` weight rows are two halves pairing each feature with its rotation partner: row ``j``
+of the first half holds feature ``j`` (``j < R/2``, rotated) or ``R + j - R/2`` (passed through), the second half
+its partner ``R/2`` (rotated) or ``(D - R)/2`` (passed through) further on; rows ``j >= D/2`` are padding.
 The epilogue rounds the projection (+ bias) to ``x.dtype`` as ``F.linear``, RMS-normalises q and k heads as
-:func:`llada_triton.kernels.reference.rms_norm_ref` (fp32 statistics, rounded, times the weight, rounded), rotates
-their first ``R`` features in fp32 at each token's absolute position (half-split, the tables' width ``R``), and
-stores q into the output and k, v into the cache slots (or into the output without a cache), as
+:func:`llada_triton.kernels.reference.rms_norm_ref`, rotates their first ``R`` features in fp32 and stores as
 :func:`llada_triton.kernels.qkv.qkv_proj_rope`. Numerics: :func:`llada_triton.kernels.reference.qkv_proj_norm_rope_ref`
 up to the GEMM's and the norm's fp32 summation order and ``rsqrt``.
 """
@@ -57,7 +53,7 @@ def _qkv_norm_rope_kernel(
     skb, skt, skh, svb, svt, svh,        # caches [B, T_max, HKV, D] (last dim contiguous)
     sct,                                 # row stride of the cos / sin tables [L, R]
     D: tl.constexpr, R: tl.constexpr, HP: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
-    PHASE: tl.constexpr,                 # 0: GEMM + epilogue; split-K: 1 partials [S, NH, 2 HP, M], 2 their sum + epilogue
+    PHASE: tl.constexpr,                 # 0: GEMM + epilogue; split-K: 1 partials [S, NH, 2 HP, M], 2 sum + epilogue
     S: tl.constexpr,                     # splits (PHASE 2)
     DYN: tl.constexpr, HAS_CACHE: tl.constexpr, HAS_WF: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_NORM: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
@@ -127,10 +123,9 @@ def _qkv_norm_rope_kernel(
 
 
 def qkv_norm_config(M: int, K: int, D: int, NH: int, dtype: torch.dtype, interpret: Optional[bool] = None) -> dict:
-    """Block sizes of :func:`qkv_proj_norm_rope` (a pure function of the shape; a new dict on every call): ``HP``
-    (half the tile's weight rows, >= D/2 and >= 8 so that the MMA's M is >= 16), ``BM`` tokens, ``BK``, and
-    ``SPLIT_K``: at decode sizes a head per program gives few programs (LLaDA2.0-mini: 24 heads), so K is split
-    until there are about 128 (each split keeping >= 8 K-steps; a second launch sums them and runs the epilogue)."""
+    """Block sizes of :func:`qkv_proj_norm_rope` (a new dict each call): ``HP`` (half the tile's weight rows,
+    >= D/2 and >= 8 so the MMA's M is >= 16), ``BM`` tokens, ``BK``, and ``SPLIT_K``: at decode sizes a head per
+    program gives few programs (LLaDA2.0-mini: 24 heads), so K is split towards 128 programs (>= 8 K-steps each)."""
     return _qkv_norm_config(M, K, D, NH, dtype, is_interpreter() if interpret is None else bool(interpret))
 
 
@@ -166,17 +161,14 @@ def qkv_proj_norm_rope(x: torch.Tensor, w_qkv: torch.Tensor, q_norm: Optional[to
     """``qkv_norm_rope_cache_ref(linear(x, w_qkv, bias).view(B, T, NH, D), q_norm, k_norm, eps, ...)`` in one
     launch (two when split over K), any number of rows.
 
-    x: ``[B, T, d]`` fp16/bf16/fp32 (rows viewable); w_qkv: ``[NH * D, d]``, ``NH = n_heads + 2 Hkv`` (q heads,
-    then k, then v; GQA when ``Hkv < n_heads``), ``D = head_dim`` (default: the caches' head dim, else
-    ``d // n_heads``), even. q_norm, k_norm: ``[D]`` of x's dtype (per-head RMSNorm weights of every q / k head),
-    or both None (no QK-norm); eps: the norm's epsilon. cos_table, sin_table: fp32 ``[L, R]`` at absolute
-    positions, ``R <= D`` even: the first ``R`` features of each q / k head rotate (partial RoPE when ``R < D``).
-    start, k_cache, v_cache, write_from: as :func:`llada_triton.kernels.rotary.qkv_rope_cache` (the cache holds
-    normed, rotated keys). bias: optional ``[NH * D]`` of x's dtype, added to the fp32 product before its one
-    rounding. config: block sizes and ``SPLIT_K`` (default :func:`qkv_norm_config`). Returns ``(q, k_cache,
-    v_cache)`` with a cache, else ``(q, k, v)``; ``q`` (and ``k``, ``v``) are views of a new ``[B, T, NH, D]`` tensor. See
-    :func:`llada_triton.kernels.reference.qkv_proj_norm_rope_ref`.
-    """
+    x: ``[B, T, d]`` fp16/bf16/fp32; w_qkv: ``[NH * D, d]``, ``NH = n_heads + 2 Hkv`` (q, then k, then v heads; GQA
+    when ``Hkv < n_heads``), ``D = head_dim`` (default: the caches' head dim, else ``d // n_heads``), even. q_norm,
+    k_norm: per-head RMSNorm weights ``[D]`` of x's dtype, or both None; eps: the norm's epsilon. cos_table,
+    sin_table: fp32 ``[L, R]``, ``R <= D`` even: the first ``R`` features of each q / k head rotate. start, k_cache,
+    v_cache, write_from: as :func:`llada_triton.kernels.rotary.qkv_rope_cache` (the cache holds normed, rotated
+    keys). bias: optional ``[NH * D]``, added before the product's one rounding. config: block sizes and
+    ``SPLIT_K`` (default :func:`qkv_norm_config`). Returns ``(q, k_cache, v_cache)`` with a cache, else
+    ``(q, k, v)``: views of a new ``[B, T, NH, D]`` tensor."""
     B, T, d, H, D, NH = check_proj_args(x, w_qkv, n_heads, head_dim, k_cache, bias)
     eps = check_eps(eps)
     has_norm = _check_norms(q_norm, k_norm, D, x)

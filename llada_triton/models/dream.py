@@ -1,16 +1,10 @@
-"""Dream (Dream-v0-7B, Dream-Coder-7B, DiffuCoder-7B): a Qwen2.5 layout run by the shared pure functions.
-
-The transformer is the dense one of :mod:`llada_triton.models.model` (RMSNorm, RoPE, SwiGLU, GQA) with
-biases on the q/k/v projections (``LayerParams.b_qkv``); what is Dream's own is data:
-
-* :class:`DreamConfig` parses Dream's ``config.json`` (``model_type: "Dream"``) and refuses what it does
-  not support by name (sliding-window attention, mrope, rope scaling);
-* :func:`dream_name_map` maps the Qwen2 tensor names onto the fused layout (q/k/v weights and biases into
-  ``w_qkv`` / ``b_qkv``, gate/up into ``w_gate_up``) for the strict streaming loader;
-* the head's **logit shift**: Dream predicts position ``i`` from the logits of position ``i - 1``
-  (``cfg.logit_shift = 1``); :func:`shift_logits` is that step on full logits, and the decoding policies
-  apply it by row indexing (``shifted_rows`` of the decode package's cache policies) so the head reads the rows
-  it needs.
+"""Dream (Dream-v0-7B, Dream-Coder-7B, DiffuCoder-7B): a Qwen2.5 layout run by the shared dense pure functions
+of :mod:`llada_triton.models.model` (q/k/v biases in ``LayerParams.b_qkv``); what is Dream's own is data:
+:class:`DreamConfig` (``model_type: "Dream"``; sliding windows, mrope and rope scaling refused by name),
+:func:`dream_name_map` (Qwen2 tensor names onto the fused ``w_qkv`` / ``b_qkv`` / ``w_gate_up`` layout), Dream's
+schedule (:func:`dream_transfer_counts`, the family's ``schedule`` hook) and the head's **logit shift**: position
+``i`` is predicted from the logits of position ``i - 1`` (``cfg.logit_shift = 1``; :func:`shift_logits` on full
+logits, row indexing in the decode package's cache policies).
 """
 from __future__ import annotations
 
@@ -21,11 +15,11 @@ import torch
 
 from .config import ConfigError, LLaDAConfig
 from .family import Family
-from .model import forward as dense_forward
+from .model import forward  # raw (unshifted) logits [B, T, V], as Dream's modeling: row i predicts token i + 1
 from .model import forward_hidden
 from .weights import Params, load_params
 
-__all__ = ["DreamConfig", "dream_name_map", "load_dream_params", "load_dream", "forward", "shift_logits",
+__all__ = ["DreamConfig", "dream_name_map", "load_dream_params", "forward", "shift_logits",
            "dream_step_fractions", "dream_transfer_counts", "dream_schedule", "FAMILY"]
 
 # Fields that do not change inference numerics here (init, bookkeeping, HF plumbing).
@@ -49,11 +43,8 @@ _SUPPORTED = {
 
 @dataclass(frozen=True)
 class DreamConfig(LLaDAConfig):
-    """A Dream checkpoint's config: the dense fields shared with LLaDA, with q/k/v biases and the logit shift.
-
-    ``eot_token_id`` is ``<|im_end|>`` (the end of a chat turn; from the tokenizer files or an override),
-    so answers stop at it as at eos (``<|endoftext|>``).
-    """
+    """A Dream checkpoint's config: LLaDA's dense fields, q/k/v biases and the logit shift. ``eot_token_id`` is
+    ``<|im_end|>`` (a chat turn's end; from the tokenizer files or an override): answers stop there as at eos."""
     qkv_bias: bool = True
     logit_shift: int = 1
     family: ClassVar[str] = "dream"
@@ -76,8 +67,7 @@ class DreamConfig(LLaDAConfig):
             raise ConfigError(f"config field attention_dropout={cfg['attention_dropout']!r}: inference needs 0.0")
         generation = generation or {}
         eos = cfg.get("eos_token_id", generation.get("eos_token_id"))
-        if isinstance(eos, list):
-            eos = eos[0]
+        eos = eos[0] if isinstance(eos, list) else eos
         if eos is None:
             raise ConfigError("config.json has no eos_token_id (Dream's <|endoftext|>)")
         pad = cfg.get("pad_token_id", eos)
@@ -131,20 +121,6 @@ def load_dream_params(path: str, cfg: DreamConfig, *, device="cpu", dtype=torch.
     return load_params(path, cfg, device=device, dtype=dtype, name_map=dream_name_map(cfg))
 
 
-def load_dream(path: str, *, device="cpu", dtype=None, eot_token_id=None):
-    """``(params, cfg)`` from a Hugging Face Dream folder (``load_model`` picks this for ``model_type: Dream``)."""
-    cfg = DreamConfig.from_pretrained(path, eot_token_id=eot_token_id)
-    if dtype is None:
-        dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-    return load_dream_params(path, cfg, device=device, dtype=dtype), cfg
-
-
-def forward(params: Params, cfg: DreamConfig, tokens: torch.Tensor, **kwargs) -> torch.Tensor:
-    """Raw (unshifted) logits ``[B, T, V]``, as Dream's modeling returns them: row ``i`` predicts token
-    ``i + 1``. Same arguments as :func:`llada_triton.models.model.forward_hidden`."""
-    return dense_forward(params, cfg, tokens, **kwargs)
-
-
 def shift_logits(logits: torch.Tensor, shift: int = 1) -> torch.Tensor:
     """The head's shift on ``[B, T, V]`` logits: position ``i`` takes row ``max(i - shift, 0)`` (Dream's
     ``cat([l[:, :1], l[:, :-1]])`` for ``shift=1``: the first position keeps its own row)."""
@@ -172,14 +148,11 @@ def dream_transfer_counts(n_masked: int, steps: int, eps: float, first: int = 0)
     ``n_masked`` masked positions at step ``first``. Step ``i < steps - 1`` transfers ``int(n * (1 - s / t))``,
     computed in float32 and truncated (so with ``steps == n_masked`` the first step transfers 0); the last step
     transfers what is left. Fast-dLLM's Dream caches count from ``first = 1`` after the block-start commit."""
-    frac = dream_step_fractions(steps, eps)
-    n = torch.tensor(float(n_masked), dtype=torch.float32)
-    out = []
+    frac, out = dream_step_fractions(steps, eps), []
     for i in range(first, steps):
-        c = int(n_masked) if i == steps - 1 else int(n * frac[i])
-        out.append(c)
-        n_masked -= c
         n = torch.tensor(float(n_masked), dtype=torch.float32)
+        out.append(int(n_masked) if i == steps - 1 else int(n * frac[i]))
+        n_masked -= out[-1]
     return out
 
 

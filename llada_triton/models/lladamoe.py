@@ -1,8 +1,5 @@
-"""The LLaDA-MoE family record (``model_type: llada`` with ``LLaDAMoEModelLM``; inclusionAI/LLaDA-MoE-7B-A1B).
-
-Config, loader and forward are shared with LLaDA2.x (:mod:`.moe_config`, :mod:`.moe_weights`,
-:mod:`.moe_model`); it decodes with the official LLaDA ``generate`` semantics of the one driver.
-"""
+"""The LLaDA-MoE family record (``model_type: llada`` + ``LLaDAMoEModelLM``): config, loader and forward shared
+with LLaDA2.x (:mod:`.moe_config`, :mod:`.moe_weights`, :mod:`.moe_model`); it decodes as LLaDA (the one driver)."""
 from .family import Family
 from .moe_config import LLaDAMoEConfig
 from .moe_model import forward_hidden

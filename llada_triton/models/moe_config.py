@@ -1,17 +1,15 @@
-"""Configuration of the LLaDA mixture-of-experts families: LLaDA2.x and LLaDA-MoE.
+"""Configuration of the LLaDA mixture-of-experts families, LLaDA2.x and LLaDA-MoE (one :class:`MoEConfig`; the
+family's differences are data, never a run-time ``if family``):
 
-* ``llada2``: ``model_type: llada2_moe`` / ``LLaDA2MoeModelLM`` (inclusionAI/LLaDA2.0-mini, -flash, LLaDA2.1-mini):
-  fused QKV, GQA, QK-norm, partial RoPE, ``first_k_dense_replace`` dense layers, then MoE layers with a
-  sigmoid router (expert bias for the selection, group-limited top-k, normalised weights x
-  ``routed_scaling_factor``) and shared experts. Trained as block diffusion.
-* ``lladamoe``: ``model_type: llada`` with ``LLaDAMoEModelLM`` (inclusionAI/LLaDA-MoE-7B-A1B): separate q/k/v,
-  QK-norm, RoPE, ``moe_layer_freq`` MoE layers with a softmax top-k router (the reference modeling code ignores
-  the score function, groups, scaling and ``norm_topk_prob`` fields: so does this one).
+* ``llada2`` (``model_type: llada2_moe``; LLaDA2.0-mini, -flash, LLaDA2.1-mini): fused QKV, GQA, QK-norm, partial
+  RoPE, ``first_k_dense_replace`` dense layers, then MoE layers with a sigmoid router (expert bias for the
+  selection, group-limited top-k, normalised weights x ``routed_scaling_factor``) and shared experts.
+* ``lladamoe`` (``model_type: llada`` + ``LLaDAMoEModelLM``; LLaDA-MoE-7B-A1B): separate q/k/v, QK-norm, RoPE,
+  ``moe_layer_freq`` MoE layers with a softmax top-k router (the reference ignores the score function, groups,
+  scaling and ``norm_topk_prob`` fields, and so does this one).
 
-Every ``config.json`` field is used, ignored on purpose (listed), or checked against what is supported,
-with a :class:`ConfigError` naming the field and its value otherwise (``use_qkv_bias``, ``use_bias``,
-sliding windows, MTP layers, RoPE scaling, ...). Nothing here dispatches on the family at run time: the
-config carries the differences as data.
+Every ``config.json`` field is used, ignored on purpose (listed) or checked against what is supported; anything
+else raises a :class:`ConfigError` naming the field and its value.
 """
 from __future__ import annotations
 
@@ -21,10 +19,9 @@ from typing import Any, ClassVar, Mapping, Optional, Tuple
 
 from .config import ConfigError, check_token_ids, end_token_ids, read_config_files, token_id_from_tokenizer_files
 
-__all__ = ["MoEConfig", "LLaDA2Config", "LLaDAMoEConfig", "detect_family", "FAMILIES", "llada2_config_dict",
+__all__ = ["MoEConfig", "LLaDA2Config", "LLaDAMoEConfig", "detect_family", "llada2_config_dict",
            "llada2_generation_config"]
 
-FAMILIES = ("llada", "llada2", "lladamoe")
 # the real checkpoints' ids (Ling tokenizer): used when neither the tokenizer files nor an override give them
 _MASK_ID = 156895
 _EOS_ID = 156892
@@ -65,13 +62,10 @@ _LLADAMOE_USED = {"vocab_size", "hidden_size", "dense_intermediate_size", "exper
 
 @dataclass(frozen=True)
 class MoEConfig:
-    """What the MoE model code needs; the field names the driver reads match :class:`LLaDAConfig`'s.
-    Instances are :class:`LLaDA2Config` or :class:`LLaDAMoEConfig` (class attribute ``family``).
-
-    ``moe_layers[i]`` says whether layer i is MoE (else a dense SwiGLU MLP of ``intermediate_size``);
-    ``rotary_dim`` features of each head rotate (partial RoPE when < head_dim); ``shared_intermediate_size``
-    is the one shared expert's hidden size (None: no shared expert).
-    """
+    """What the MoE model code needs (the fields the driver reads are named as :class:`LLaDAConfig`'s); instances
+    are :class:`LLaDA2Config` or :class:`LLaDAMoEConfig`. ``moe_layers[i]``: layer i is MoE (else a dense SwiGLU
+    MLP of ``intermediate_size``); ``rotary_dim`` features of each head rotate (partial RoPE when < head_dim);
+    ``shared_intermediate_size``: the shared expert's hidden size (None: none)."""
     family: ClassVar[str] = ""
     logit_shift: ClassVar[int] = 0  # position i is predicted from its own row (no Dream-style shift)
     d_model: int
@@ -136,7 +130,6 @@ class MoEConfig:
     def replace(self, **changes) -> "MoEConfig":
         return dataclasses.replace(self, **changes)
 
-    # ------------------------------------------------------------------ construction
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any], *, generation: Optional[Mapping[str, Any]] = None,
                   mask_token_id: Optional[int] = None, eot_token_id: Optional[int] = None,
@@ -163,8 +156,7 @@ class MoEConfig:
         kw = _llada2_fields(cfg) if family == "llada2" else _lladamoe_fields(cfg)
         generation = generation or {}
         eos = cfg.get("eos_token_id", generation.get("eos_token_id"))
-        eos = eos[0] if isinstance(eos, list) else eos
-        eos = _EOS_ID if eos is None else int(eos)
+        eos = _EOS_ID if eos is None else int(eos[0] if isinstance(eos, list) else eos)
         pad = cfg.get("pad_token_id", generation.get("pad_token_id"))
         bos = cfg.get("bos_token_id", generation.get("bos_token_id"))
         mask = mask_token_id if mask_token_id is not None else cfg.get("mask_token_id", _MASK_ID)
@@ -207,11 +199,9 @@ class LLaDAMoEConfig(MoEConfig):
 
 
 def detect_family(cfg: Mapping[str, Any]) -> str:
-    """``'llada'`` (dense), ``'llada2'`` or ``'lladamoe'`` from ``model_type`` / ``architectures``; a
-    :class:`ConfigError` naming both for anything else. LLaDA-MoE shares ``model_type: llada`` with the dense
-    model: its ``LLaDAMoEModelLM`` architecture (or its ``num_experts`` field) tells them apart."""
-    mt = cfg.get("model_type")
-    arch = cfg.get("architectures") or []
+    """``'llada'`` (dense), ``'llada2'`` or ``'lladamoe'`` from ``model_type`` / ``architectures`` (LLaDA-MoE shares
+    ``model_type: llada`` with the dense model: ``LLaDAMoEModelLM`` or a ``num_experts`` field tells them apart)."""
+    mt, arch = cfg.get("model_type"), cfg.get("architectures") or []
     if mt == "llada2_moe" or "LLaDA2MoeModelLM" in arch:
         return "llada2"
     if mt in ("llada", "lladamoe", None):
@@ -238,8 +228,7 @@ def _llada2_fields(cfg) -> dict:
     shared = cfg.get("num_shared_experts")
     if shared is not None and int(shared) < 1:
         raise ConfigError(f"config field num_shared_experts={shared!r} is not supported (null or >= 1)")
-    inter = int(cfg["moe_intermediate_size"])
-    first_dense = int(cfg.get("first_k_dense_replace", 0))
+    inter, first_dense = int(cfg["moe_intermediate_size"]), int(cfg.get("first_k_dense_replace", 0))
     return dict(head_dim=D, intermediate_size=int(cfg.get("intermediate_size") or 0),
                 moe_layers=tuple(i >= first_dense for i in range(n)), moe_intermediate_size=inter,
                 shared_intermediate_size=None if shared is None else inter * int(shared),
@@ -250,16 +239,16 @@ def _llada2_fields(cfg) -> dict:
 
 
 def _lladamoe_fields(cfg) -> dict:
-    d, H, n = int(cfg["hidden_size"]), int(cfg["num_attention_heads"]), int(cfg["num_hidden_layers"])
+    n, D = int(cfg["num_hidden_layers"]), int(cfg["hidden_size"]) // int(cfg["num_attention_heads"])
     freq = cfg.get("moe_layer_freq")
     if not isinstance(freq, (list, tuple)) or len(freq) != n or any(f not in (0, 1) for f in freq):
         raise ConfigError(f"config field moe_layer_freq={freq!r} must list 0 or 1 for each of the {n} layers")
     shared = cfg.get("shared_expert_intermediate_size")
-    return dict(head_dim=d // H, intermediate_size=int(cfg.get("dense_intermediate_size") or 0),
+    return dict(head_dim=D, intermediate_size=int(cfg.get("dense_intermediate_size") or 0),
                 moe_layers=tuple(bool(f) for f in freq), moe_intermediate_size=int(cfg["expert_intermediate_size"]),
                 shared_intermediate_size=None if shared is None else int(shared), n_group=1, topk_group=1,
                 score_func="softmax", norm_topk_prob=False, routed_scaling_factor=1.0, expert_bias=False,
-                qk_norm=bool(cfg.get("qk_layernorm")), rotary_dim=_rotary_dim(cfg, d // H))
+                qk_norm=bool(cfg.get("qk_layernorm")), rotary_dim=_rotary_dim(cfg, D))
 
 
 def llada2_config_dict(cfg: MoEConfig) -> dict:

@@ -1,13 +1,10 @@
 """LLaDA2.x and LLaDA-MoE as pure functions over plain tensors (one code path; the config says which).
 
-A layer: RMSNorm -> QKV projection -> per-head QK-norm -> RoPE over the first ``rotary_dim`` features of
-each head (partial RoPE) -> GQA attention over the KV cache -> output projection (+ residual) -> RMSNorm ->
-a dense SwiGLU MLP (LLaDA2's first ``first_k_dense_replace`` layers) or the MoE block (+ residual). The MoE
-block routes through ``ops.moe_route`` (LLaDA2: sigmoid + expert bias + group-limited top-k, normalised
-weights x ``routed_scaling_factor``; LLaDA-MoE: softmax top-k), runs the chosen experts through
-``ops.moe_experts`` and adds the shared expert unweighted. Arguments, positions and the cache contract are
-those of :func:`llada_triton.models.model.forward_hidden`, so the decoding driver and its cache policies run
-either model unchanged.
+A layer: RMSNorm -> QKV projection -> per-head QK-norm -> RoPE over the first ``rotary_dim`` features of each head
+-> GQA attention over the KV cache -> output projection (+ residual) -> RMSNorm -> a dense SwiGLU MLP (LLaDA2's
+first ``first_k_dense_replace`` layers) or the MoE block: ``ops.moe_route``, ``ops.moe_experts`` and the shared
+expert added unweighted (+ residual). Arguments and the cache contract are those of
+:func:`llada_triton.models.model.forward_hidden`, so the driver and its cache policies run either model unchanged.
 """
 from __future__ import annotations
 
@@ -32,9 +29,8 @@ def forward_hidden(params: Params, cfg: MoEConfig, tokens: torch.Tensor, *,
                    kv_len: Optional[int] = None, kv_start: Optional[torch.Tensor] = None,
                    key_end: Optional[torch.Tensor] = None, rows: Optional[slice] = None,
                    write_from: Optional[torch.Tensor] = None, ops: Ops = REFERENCE_OPS) -> torch.Tensor:
-    """Final normed hidden states ``[B, T, d]`` (or ``[B, len(rows), d]``) of ``tokens`` ``[B, T]``; the
-    arguments are those of :func:`llada_triton.models.model.forward_hidden` (the cache holds normed,
-    rotated keys)."""
+    """Final normed hidden states ``[B, T, d]`` (or ``[B, len(rows), d]``) of ``tokens`` ``[B, T]``, as
+    :func:`llada_triton.models.model.forward_hidden` (the cache holds normed, rotated keys)."""
     missing = [f for f in _NEEDED if getattr(ops, f) is None]
     if missing:
         raise ValueError(f"ops {ops.name!r} lacks {missing}, which the {cfg.family} model needs")

@@ -1,15 +1,11 @@
-"""Strict, streaming weight loading for the LLaDA MoE families (LLaDA2.x, LLaDA-MoE).
+"""Strict, streaming weight loading (and saving) for the LLaDA MoE families: a
+:class:`llada_triton.models.weights.Params` whose layers are :class:`MoELayerParams`.
 
-Parameters are a :class:`llada_triton.models.weights.Params` whose layers are :class:`MoELayerParams`
-(``rope_cos`` / ``rope_sin`` ``[max_sequence_length, rotary_dim]``).
-
-Per-expert checkpoint tensors are stacked at load time into the layout the kernels want: ``[E, 2I, d]``
-gate-up (rows ``[0, I)`` the gate, then the up projection) and ``[E, d, I]`` down; LLaDA-MoE's separate
-q/k/v are fused into one ``[(H + 2 Hkv) D, d]`` QKV matrix (LLaDA2's is fused already). Every target is
-allocated once on the target device and dtype and filled shard by shard
-(:func:`llada_triton.models.weights.stream_checkpoint`): every checkpoint tensor used, every parameter
-filled. The router weight stays in the model dtype (the checkpoint's bf16 values are exact there; ``moe_route``
-computes the logits in fp32, as the reference), the expert bias in fp32.
+Per-expert checkpoint tensors are stacked at load time into the kernels' layout, ``[E, 2I, d]`` gate-up (gate rows
+first) and ``[E, d, I]`` down; LLaDA-MoE's separate q/k/v are fused into one ``[(H + 2 Hkv) D, d]`` matrix (LLaDA2's
+is fused already). Every target is allocated once on the target device and dtype and filled shard by shard
+(:func:`llada_triton.models.weights.stream_checkpoint`: every tensor used, every parameter filled). The router
+weight stays in the model dtype (``moe_route`` computes the logits in fp32, as the reference), the expert bias fp32.
 """
 from __future__ import annotations
 
@@ -145,11 +141,8 @@ _EXPERT = re.compile(r"model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.")
 
 def _describe_missing(missing: List[str]) -> str:
     """Missing tensors, naming layer and expert for per-expert ones."""
-    out = []
-    for name in missing[:5]:
-        mt = _EXPERT.match(name)
-        out.append(f"{name} (layer {mt.group(1)}, expert {mt.group(2)})" if mt else name)
-    return "e.g. " + ", ".join(out)
+    matches = [(name, _EXPERT.match(name)) for name in missing[:5]]
+    return "e.g. " + ", ".join(f"{n} (layer {m.group(1)}, expert {m.group(2)})" if m else n for n, m in matches)
 
 
 @torch.no_grad()
@@ -174,11 +167,10 @@ def load_moe_params(path: str, cfg: MoEConfig, *, device="cpu", dtype: torch.dty
 @torch.no_grad()
 def save_moe_checkpoint(params: Params, cfg: MoEConfig, path: str, *, dtype: torch.dtype = torch.bfloat16,
                         max_shard_bytes: Optional[int] = None) -> List[str]:
-    """Write ``params`` in the family's Hugging Face layout: per-expert and (LLaDA-MoE) separate q/k/v tensors
-    under the checkpoint names of :func:`moe_param_name_map`, in ``dtype`` except the expert bias (fp32, so
-    the saved routing is the trained one), sharded when asked. For LLaDA2 also ``config.json`` and
-    ``generation_config.json`` (:func:`llada2_config_dict`); the caller adds the tokenizer files.
-    Returns the safetensors file names; :func:`load_moe_params` reads them back."""
+    """Write ``params`` under the checkpoint names of :func:`moe_param_name_map` (per-expert and, for LLaDA-MoE,
+    separate q/k/v tensors) in ``dtype``, the expert bias in fp32 (the trained routing), sharded when asked; for
+    LLaDA2 also ``config.json`` and ``generation_config.json`` (the caller adds the tokenizer files). Returns the
+    safetensors file names; :func:`load_moe_params` reads them back."""
     import json
     import os
 
