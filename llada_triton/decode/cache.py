@@ -1,39 +1,26 @@
 """Cache policies: what to feed the model at each step of a block, and what to keep.
 
-Each policy turns the current tokens into the final hidden states of the current block's rows. They
-share one mechanism (the family's ``forward_hidden`` through :func:`llada_triton.models.forward_hidden`, writing
-into a static KV cache by position) and differ only in what they feed and which keys each query may see:
+Each policy turns the current tokens into the final hidden states of the current block's rows through the
+family's ``forward_hidden`` (:func:`llada_triton.models.forward_hidden`, writing a static KV cache by position):
 
-* ``none``: the full sequence every step (official LLaDA ``generate``; future blocks are fed as masks).
-* ``prefix`` (Fast-dLLM v1): at a block start one full forward whose K/V are kept; later steps feed
-  the current block *and every later position* against the prefix K/V from that block start
-  (approximate by design: the prefix is not refreshed inside a block).
-* ``dual`` (Fast-dLLM v1): the same block-start forward keeps the K/V of every position; later steps
-  feed only the current block and replace its K/V in place (prefix and suffix stale until the next
-  block start).
-* ``block`` (block-causal, exact): future blocks are never fed. The prompt sees itself; block ``b``
-  sees the prompt, blocks ``< b`` and itself. A block's K/V join the cache when the first step of the
-  next block feeds ``[committed block ; next block]`` with the block-causal mask, so cached entries are
-  computed from final tokens and never stale, and no extra forward is spent (the prompt prefill is
-  folded into block 0's first step the same way).
+* ``none``: the full sequence every step (official LLaDA ``generate``; future blocks fed as masks).
+* ``prefix`` (Fast-dLLM v1): a full forward at a block start keeps the K/V; later steps feed the block and every
+  later position against that prefix (approximate by design: not refreshed inside a block).
+* ``dual`` (Fast-dLLM v1): the same block-start forward; later steps feed only the block and replace its K/V.
+* ``block`` (block-causal, exact): future blocks are never fed; block ``b`` sees the prompt, blocks ``< b`` and
+  itself. A block's K/V join the cache when the next block's first step feeds ``[committed block ; next block]``,
+  so the cache holds final tokens only and no extra forward is spent (the prompt prefill folds into block 0).
 
-With a logit shift (``cfg.logit_shift``; Dream: position ``i`` is predicted from row ``i - 1``) a policy
-returns the rows that predict the block's positions, by row indexing (:func:`shifted_rows`): rows
-``[s - shift, s - shift + Lb)`` where the fed window holds them. ``prefix`` and ``dual`` steady steps feed the
-window from ``s``, so its first position takes its own row, as the reference shifts the fed window's logits
-(``cat([l[:, :1], l[:, :-1]])``); ``block`` feeds ``shift`` more committed positions in front (they see the
-keys of the earlier blocks only and do not rewrite their cached K/V).
+With ``cfg.logit_shift`` (Dream: row ``i - 1`` predicts position ``i``) a policy returns rows ``[s - shift, s - shift
++ Lb)``; ``prefix`` / ``dual`` steady steps keep the window's first row (:func:`shifted_rows`, as the reference);
+``block`` feeds ``shift`` committed positions in front (leaving their cached K/V).
 
-A policy has two entry points, ``first(x, b, s)`` (a block's first step) and ``steady(x, b, s)``
-(its later steps). ``s`` is the block's start position: a Python int, or a 0-dim device tensor when
-the driver replays CUDA graphs (then every shape is static and positions live on the device).
-``graph_key(kind, b)`` names the graph a step can be captured into (None: run eagerly). Two class
-attributes tell the driver what the policy allows: ``supports_graphs`` (its steps have static shapes given a
-device-tensor ``s``: CUDA graphs may capture them) and ``early_stop_by_default`` (the default of ``generate``'s
-``early_stop``: on where future blocks never influence earlier ones, i.e. ``block``).
+Entry points: ``first(x, b, s)`` (a block's first step), ``steady(x, b, s)`` (later steps); ``s`` is the block
+start, an int or a 0-dim device tensor (CUDA graphs: static shapes). ``graph_key(kind, b)`` names the graph a step
+is captured into (None: eager). Class attributes: ``supports_graphs`` and ``early_stop_by_default`` (``generate``'s
+``early_stop`` default: on where future blocks never influence earlier ones).
 
-A model family replaces a policy by name through ``Family.policies`` (:func:`policies_for` merges them over
-:data:`POLICIES`): e.g. a family whose hidden state at ``i - 1`` predicts position ``i`` returns those rows.
+A model family replaces a policy by name through ``Family.policies`` (merged by :func:`policies_for`).
 """
 from __future__ import annotations
 
@@ -57,9 +44,8 @@ _CONST = {}
 
 
 def const(kind: str, n: int, device, value: int = 0) -> torch.Tensor:
-    """A read-only int64 index vector, made once per (kind, n, value, device) and reused (inside a
-    captured step it costs no kernel of its own): ``"arange"`` 0..n-1; ``"full"`` n times ``value``;
-    ``"ends"`` n zeros then n times n (the key ends of a [committed block ; new block] feed, before ``+ s``)."""
+    """A read-only int64 index vector made once per (kind, n, value, device) (no kernel inside a captured step):
+    ``"arange"`` 0..n-1; ``"full"`` n times ``value``; ``"ends"`` n zeros then n times n ([block ; next] key ends)."""
     key = (kind, n, value, str(device))
     t = _CONST.get(key)
     if t is None:
@@ -67,10 +53,8 @@ def const(kind: str, n: int, device, value: int = 0) -> torch.Tensor:
             t = torch.arange(n, device=device)
         elif kind == "full":
             t = torch.full((n,), value, dtype=torch.int64, device=device)
-        elif kind == "ends":
+        else:  # "ends"
             t = torch.cat([torch.zeros(n, dtype=torch.int64), torch.full((n,), n, dtype=torch.int64)]).to(device)
-        else:
-            raise ValueError(f"kind must be 'arange', 'full' or 'ends', got {kind!r}")
         _CONST[key] = t
     return t
 
@@ -83,8 +67,7 @@ def take_cols(x: torch.Tensor, s: Pos, n: int) -> torch.Tensor:
 
 
 def shifted_rows(hidden: torch.Tensor, shift: int) -> torch.Tensor:
-    """``[B, n, d]`` hidden states of a fed window -> the rows that predict its positions: position ``j`` takes row
-    ``max(j - shift, 0)`` (the window's first positions keep their own row; ``shift=0``: unchanged)."""
+    """``[B, n, d]`` hidden states of a fed window -> the rows predicting its positions (``max(j - shift, 0)``)."""
     if shift == 0:
         return hidden
     idx = (const("arange", hidden.shape[1], hidden.device) - shift).clamp_min(0)
@@ -129,6 +112,13 @@ class CachePolicy:
         c = self.ctx
         return forward_hidden(c.params, c.cfg, tokens, kv_start=c.kv_start, ops=c.ops, **kw)
 
+    def _block_rows(self, x, s: Pos, **kw):
+        """The forward of ``x``, returning the rows ``[s, s + Lb)`` (sliced inside it for an int ``s``)."""
+        Lb = self.ctx.block_length
+        if isinstance(s, int):
+            return self._fwd(x, rows=slice(s, s + Lb), **kw)
+        return take_cols(self._fwd(x, **kw), s, Lb)
+
     def first(self, x: torch.Tensor, b: int, s: Pos) -> torch.Tensor:
         return self.steady(x, b, s)
 
@@ -145,14 +135,11 @@ class NoCache(CachePolicy):
 
     def steady(self, x, b, s):
         s = s - self.shift  # the rows that predict the block (s >= 1 with a shift: the prompt is never empty)
-        Lb = self.ctx.block_length
-        if self.ctx.block_causal:  # later blocks are invisible: feed up to the block's end (the whole buffer
-            if isinstance(s, int):  # with a device start, for static shapes)
-                return self._fwd(x[:, :s + Lb], key_end=self.ctx.grid_ends(0, s + Lb, x.device), rows=slice(s, s + Lb))
-            return take_cols(self._fwd(x, key_end=self.ctx.grid_ends(0, x.shape[1], x.device)), s, Lb)
-        if isinstance(s, int):
-            return self._fwd(x, rows=slice(s, s + Lb))
-        return take_cols(self._fwd(x), s, Lb)
+        if not self.ctx.block_causal:
+            return self._block_rows(x, s)
+        # later blocks are invisible: feed up to the block's end (the whole buffer for a device start: static shapes)
+        n = s + self.ctx.block_length if isinstance(s, int) else x.shape[1]
+        return self._block_rows(x[:, :n], s, key_end=self.ctx.grid_ends(0, n, x.device))
 
     def graph_key(self, kind, b):
         return "step"
@@ -168,11 +155,7 @@ class _CachedPolicy(CachePolicy):
 
     def _full_refresh(self, x, s):
         """One forward of the whole sequence that rewrites every cache slot (Fast-dLLM block start)."""
-        L, Lb = self.ctx.total_len, self.ctx.block_length
-        s = s - self.shift
-        if isinstance(s, int):
-            return self._fwd(x, cache=self.cache, start=0, kv_len=L, rows=slice(s, s + Lb))
-        return take_cols(self._fwd(x, cache=self.cache, start=0, kv_len=L), s, Lb)
+        return self._block_rows(x, s - self.shift, cache=self.cache, start=0, kv_len=self.ctx.total_len)
 
 
 class PrefixCache(_CachedPolicy):
@@ -217,14 +200,11 @@ class BlockCache(_CachedPolicy):
             P = self.ctx.block0
             key_end = self.ctx.grid_ends(0, P + Lb, x.device) if self.ctx.block_causal else \
                 torch.cat([torch.full((P,), P, device=x.device), torch.full((Lb,), P + Lb, device=x.device)])
-            rows = max(1, self.prefill_tokens // (P + Lb))
-            outs = []
+            rows, c, outs = max(1, self.prefill_tokens // (P + Lb)), self.ctx, []
             for r0 in range(0, x.shape[0], rows):
                 r1 = min(x.shape[0], r0 + rows)
-                c = self.ctx
-                cache = self.cache.rows(r0, r1)
-                outs.append(forward_hidden(c.params, c.cfg, x[r0:r1, :P + Lb], start=0, cache=cache, kv_len=P + Lb,
-                                           kv_start=None if c.kv_start is None else c.kv_start[r0:r1],
+                outs.append(forward_hidden(c.params, c.cfg, x[r0:r1, :P + Lb], start=0, cache=self.cache.rows(r0, r1),
+                                           kv_len=P + Lb, kv_start=None if c.kv_start is None else c.kv_start[r0:r1],
                                            key_end=key_end, rows=slice(P - sh, P + Lb - sh), ops=c.ops))
             return outs[0] if len(outs) == 1 else torch.cat(outs)
         # [committed block b-1 ; block b]: block b-1 sees keys < s, block b keys < s + Lb
@@ -245,8 +225,7 @@ class BlockCache(_CachedPolicy):
         return self._fwd(x[:, s:s + Lb], cache=self.cache, start=s, kv_len=s + Lb)
 
     def _steady_shifted(self, x, s):
-        """Feed ``[s - shift, s + Lb)``: the committed rows in front see keys ``< s`` (as when their block
-        was committed) and leave their cached K/V as they are (``write_from = s``)."""
+        """Feed ``[s - shift, s + Lb)``: the committed rows in front see keys ``< s`` and keep their cached K/V."""
         Lb, sh = self.ctx.block_length, self.shift
         key_end = torch.cat([const("full", sh, x.device, 0), const("full", Lb, x.device, Lb)]) + s
         write_from = const("full", x.shape[0], x.device, 0) + s

@@ -1,35 +1,23 @@
-"""The one block-decoding driver.
+"""The one block-decoding driver: ``generate`` / ``generate_stream`` (semi-autoregressive masked diffusion).
 
-``generate(params, cfg, prompts, gen_length=..., block_length=..., steps=...)`` decodes a batch of
-prompts block by block (semi-autoregressive masked diffusion). The schedule, the remasking rule and
-the cache policy are arguments; ``generate_stream`` yields each step and block as it is committed.
+:func:`generate_stream` checks the options (:func:`~llada_triton.decode.step.setup_decode`), builds a
+:class:`_Decode` (buffers from the :class:`Workspace`, the cache policy, the
+:class:`~llada_triton.decode.step.TransferRule`) and loops over blocks. A block runs step by step
+(:meth:`_Decode.stepwise_block`: eager, or each step replayed from its own CUDA graph) or, with CUDA graphs and a
+fixed schedule, as its first step plus one graph of all later steps (:meth:`_Decode.graphed_block`). One step is
+:meth:`_Decode.step`: the policy's forward, then the rule's ``sample`` (LM head) and ``commit`` (selection).
 
-How it reads: :func:`generate_stream` validates, builds a :class:`_Decode` (buffers from the
-:class:`Workspace`, the cache policy, the :class:`~llada_triton.decode.step.TransferRule`) and loops over
-blocks. A block's steps run either step by step (:meth:`_Decode.stepwise_block`: eager, or each step replayed
-from its own CUDA graph) or, with CUDA graphs and a fixed schedule, as the first step plus one graph of all the
-later steps (:meth:`_Decode.graphed_block`). One step is :meth:`_Decode.step`: the policy's forward, then the
-rule's ``sample`` (LM head) and ``commit`` (selection) from :mod:`llada_triton.decode.step`.
+Semantics follow the official LLaDA ``generate`` and Fast-dLLM v1; where they differ:
 
-Semantics follow the official LLaDA ``generate`` and Fast-dLLM v1; where
-they disagree or have quirks the choice is stated here:
-
-* A block ends as soon as it has no masked position. The official code always runs ``steps`` forwards
-  per block, which only differs when ``steps_per_block > block_length`` (the extra forwards commit 0
-  tokens and change nothing); Fast-dLLM's June code also spends one forward after a block is already
-  complete. Neither wasted call is copied, so NFE can be lower than theirs with identical tokens.
-* Confidence is ``exp(l[x0] - logsumexp(l))`` in fp32 from the (model-dtype) logits; the official code
-  uses a softmax in the logits dtype, Fast-dLLM in float64.
-* ``confidence_eos_eot_inf`` removes both eos and eot from the confidence softmax after sampling (a
-  sampled end token gets confidence 0, the others renormalise): the intended semantics, which the
-  official chained assignment (``lwn[..., eos] = logits[..., eot] = -inf``) realises only at
-  temperature 0; at T > 0 it suppresses only eot.
-* Ties in confidence go to the lowest position; masked positions with ``-inf`` confidence are still
-  committed if the schedule asks for them.
-* The LM head runs only on the block's still-masked rows when ``ops.head_rows`` (the Triton head: the
-  rows are gathered on the device, the count stays on the device, the sampling noise is keyed by the
-  original row), so finished rows and committed positions cost nothing; tokens are unchanged. Blocks of
-  at most ``ops.compact_above`` rows (batch x block length) skip the compaction.
+* A block ends as soon as it has no masked position (the official code always spends ``steps`` forwards per
+  block, Fast-dLLM one more after a complete block): same tokens, NFE can be lower.
+* Confidence is ``exp(l[x0] - logsumexp(l))`` in fp32 (official: softmax in the logits dtype; Fast-dLLM: fp64).
+* ``confidence_eos_eot_inf`` removes both eos and eot from the confidence softmax after sampling: the intended
+  semantics, which the official chained assignment realises only at temperature 0.
+* Ties in confidence go to the lowest position; masked positions with ``-inf`` confidence are still committed
+  if the schedule asks for them.
+* With ``ops.head_rows`` the LM head runs only on the block's still-masked rows (gathered on the device,
+  noise keyed by the original row) for blocks of more than ``ops.compact_above`` rows; tokens are unchanged.
 """
 from __future__ import annotations
 
@@ -82,8 +70,7 @@ class GenerateResult:
     edits: Optional[List[int]] = None  # LLaDA2.1: tokens rewritten by editing per row
 
     def commit_order(self) -> torch.Tensor:
-        """int64 [B, gen_length]: global step index at which each generated position was committed
-        (needs ``record_steps=True``)."""
+        """int64 [B, gen_length]: the step index at which each position was committed (``record_steps=True``)."""
         if not self.steps:
             raise ValueError("commit_order needs generate(..., record_steps=True)")
         if self.answers is not None:
@@ -122,24 +109,16 @@ def pad_prompts(prompts, cfg, attention_mask=None, device=None):
         raise ValueError("attention_mask is only for a prompts tensor; lists are padded here")
     rows = prompt_rows(prompts)
     P = max(len(r) for r in rows)
-    tokens = torch.full((len(rows), P), cfg.pad_token_id, dtype=torch.int64)
-    pad = torch.zeros(len(rows), dtype=torch.int64)
-    for i, r in enumerate(rows):
-        tokens[i, P - len(r):] = torch.tensor(r, dtype=torch.int64)
-        pad[i] = P - len(r)
-    return tokens.to(device), pad.to(device)
+    tokens = torch.tensor([[cfg.pad_token_id] * (P - len(r)) + r for r in rows], dtype=torch.int64)
+    return tokens.to(device), torch.tensor([P - len(r) for r in rows], dtype=torch.int64).to(device)
 
 
 class Workspace:
     """Static buffers and captured CUDA graphs kept across :func:`generate` calls of the same shape.
 
-    Pass the same ``Workspace`` to repeated calls (an eval loop, a benchmark) so that the token buffer,
-    the KV cache and the graphs are allocated and captured once per bucket (batch, prompt width,
-    generation length, block length, policy and rule) and only refilled afterwards.
-
-    It keeps the ``max_entries`` buckets used most recently and drops the others (their memory goes back to
-    torch's allocator): each bucket holds a KV cache, so an eval loop over batches of many prompt widths would
-    otherwise keep one cache per width (LLaDA-8B, batch 32, 512-token sequences: 8.6 GB each).
+    Pass one ``Workspace`` to repeated calls (an eval loop, a benchmark): the token buffer, the KV cache and the
+    graphs are made once per bucket (batch, widths, block length, policy, rule) and refilled afterwards. Only the
+    ``max_entries`` most recently used buckets are kept (each holds a KV cache: GBs at LLaDA-8B, batch 32).
     """
 
     def __init__(self, max_entries: int = 4):
@@ -152,14 +131,12 @@ class Workspace:
         return len(self.entries)
 
     def get(self, key):
-        """The bucket's buffers (now the most recently used), or None."""
         buf = self.entries.get(key)
         if buf is not None:
             self.entries.move_to_end(key)
         return buf
 
     def put(self, key, buf):
-        """Keep ``buf`` for ``key``; drop the least recently used buckets beyond ``max_entries``."""
         self.entries[key] = buf
         self.entries.move_to_end(key)
         while len(self.entries) > self.max_entries:
@@ -189,17 +166,6 @@ class _Buffers:
         return t
 
 
-def _options(ops, cuda_graphs, device_positions, early_stop, workspace, device):
-    check_ops(ops)
-    for name, v in (("cuda_graphs", cuda_graphs), ("device_positions", device_positions), ("early_stop", early_stop)):
-        if v is not None and not isinstance(v, bool):
-            raise TypeError(f"{name}={v!r} must be True, False or None")
-    if workspace is not None and not isinstance(workspace, Workspace):
-        raise TypeError(f"workspace={workspace!r:.60} must be a Workspace or None")
-    if cuda_graphs and device.type != "cuda":
-        raise ValueError(f"cuda_graphs=True needs params on a CUDA device, not {device}")
-
-
 class _Decode:
     """One decode in flight: the buffers, the policy, the rule, the schedule and the step counter."""
 
@@ -212,9 +178,7 @@ class _Decode:
         self.Lb, self.n_blocks = block_length, layout.n_blocks
         spb = steps // self.n_blocks
         self.use_cfg = rule.cfg_scale > 0
-        # every block starts fully masked (LLaDA2: its budget splits block_length whatever the block holds), so a
-        # fixed schedule is known up front (host ints; None where the rule decides)
-        self.schedule = counts
+        self.schedule = counts  # every block starts fully masked: known up front (host ints; None: the rule decides)
         self.useful = None if self.schedule is None else len(self.schedule)  # the steps a block runs
         self.carry = CarrySchedule(block_length, spb) if schedule == "carry" else None
         self.leftmost = refresh_commits_first  # a block's first step commits its first position (Fast-dLLM Dream)
@@ -223,12 +187,9 @@ class _Decode:
         self.dynamic = graphable if device_positions is None else device_positions
         self.buf = self._buffers(layout, cache, graphable and self.dynamic, workspace)
         self.policy, self.graphs = self.buf.policy, self.buf.graphs
-        if early_stop is None:
-            early_stop = self.policy.early_stop_by_default
-        self.early_stop = early_stop
+        self.early_stop = early_stop = self.policy.early_stop_by_default if early_stop is None else early_stop
         self.flag = HostFlag(params.device) if early_stop and self.schedule is not None else None
-        self.rand_gen = (torch.Generator(device=params.device).manual_seed(rule.seed)
-                         if rule.remasking in ("random", "origin") or rule.alg_temp else None)
+        self.rand_gen = rule.generator(params.device)
         self.end_ids = torch.tensor(cfg.end_token_ids if decoding is None else decoding.end_ids(cfg),
                                     device=params.device)
         # a block also ends once no live row has a mask left (read one step late on CUDA, so the GPU never waits)
@@ -270,11 +231,9 @@ class _Decode:
         return buf
 
     def step(self, kind: str, b: int, s, k=None, *, leftmost=False, cap=None, i=0):
-        """One denoising step of block ``b`` at start ``s`` (int, or the device ``s_buf``): the policy's
-        forward, the LM head and the commit. ``leftmost``: commit exactly the block's first masked position
-        (Fast-dLLM's Dream block start); ``cap``: the threshold rule among the top-``cap`` candidates only
-        (``schedule='carry'``); ``i``: the step's index (``remasking='origin'``'s fraction). Returns (committed,
-        block tokens, conf), device tensors."""
+        """One step of block ``b`` at start ``s`` (int, or the device ``s_buf``): the policy's forward, the LM head,
+        the commit. ``leftmost``: commit the block's first masked position (Fast-dLLM's Dream block start); ``cap``:
+        threshold among the top-``cap`` only (``schedule='carry'``); ``i``: the step (``origin``'s fraction)."""
         buf, rule, ops, B, mask_id = self.buf, self.rule, self.ops, self.B, self.cfg.mask_token_id
         x_in = buf.x
         if self.use_cfg:  # unconditional branch: the whole prompt (pads included) masked
@@ -318,19 +277,13 @@ class _Decode:
 
     def event(self, b: int, i: int, committed, blk, conf, nfe) -> "StepEvent":
         self.calls += 1
-        ev = StepEvent(b, i, committed, blk, conf, nfe)
-        self.records.append(ev)
-        return ev
+        self.records.append(StepEvent(b, i, committed, blk, conf, nfe))
+        return self.records[-1]
 
     def set_k(self, i: int):
         """The schedule's count for step ``i`` into ``k_buf`` (refilled only when it changes)."""
         if i == 0 or self.schedule[i] != self.schedule[i - 1]:
             self.buf.k_buf.fill_(self.schedule[i])
-
-    def block_has_masks(self, b: int) -> bool:
-        """Host check for the data-dependent rules: is a position of block ``b`` still masked in a live row?"""
-        x, done = self.buf.x, self.buf.done
-        return bool(((take_cols(x, self.start(b), self.Lb) == self.cfg.mask_token_id) & ~done[:, None]).any())
 
     def stepwise_block(self, b: int, all_done: Optional[HostFlag]):
         """Block ``b`` step by step (each step eager or replayed from its own graph). Yields its
@@ -355,19 +308,22 @@ class _Decode:
         return False
 
     def more_steps(self, b: int, i: int) -> bool:
-        """Whether block ``b`` runs step ``i``: the data-dependent rules while a live row has a mask; a schedule
-        for its length, and (``block_flags``) while the block was incomplete after step ``i - 1`` (on CUDA after
-        ``i - 2``: the flag is read behind the queued step, so at most one step per block commits nothing)."""
+        """Whether block ``b`` runs step ``i``: a schedule for its length; the data-dependent rules while a live row
+        has a mask; with ``block_flags`` while the block was incomplete after step ``i - 1`` (CUDA: ``i - 2``, read
+        behind the queued step, so at most one step per block commits nothing)."""
         if self.block_flags:
             if self.schedule is not None and i >= self.useful:
                 return False
             lag = 1 if self.flags[0].cuda and i >= 2 else 0
             return i == 0 or not self.flags[(i - lag) % 2].get()
-        return self.block_has_masks(b) if self.schedule is None else i < self.useful
+        if self.schedule is not None:
+            return i < self.useful
+        x, done = self.buf.x, self.buf.done  # a host check: the data-dependent rules sync every step anyway
+        return bool(((take_cols(x, self.start(b), self.Lb) == self.cfg.mask_token_id) & ~done[:, None]).any())
 
     def graphed_block(self, b: int, all_done: Optional[HostFlag]):
-        """Block ``b`` with CUDA graphs and a fixed schedule: the first step, then the later steps as one graph
-        (no per-step graph boundary, schedule counts baked in), whose events follow it stacked."""
+        """Block ``b`` with CUDA graphs and a fixed schedule: the first step, then all later steps as one graph
+        (schedule counts baked in), whose events follow stacked."""
         if self.policy.graph_key("steady", b) is None:  # a policy that runs these steps eagerly
             return (yield from self.stepwise_block(b, all_done))
         self.set_k(0)
@@ -389,9 +345,7 @@ class _Decode:
         if self.early_stop and b > 0:  # (done changes only with early stop)
             if self.schedule is None:
                 stop = bool(self.buf.done.all())  # the data-dependent rules sync every step anyway
-            else:
-                # read behind the queued work, once this block's first step is queued too: a host sync here
-                # would let the GPU drain before the next launch
+            else:  # read behind the queued work once this block's first step is queued (no GPU drain)
                 all_done = self.flag.put(self.buf.done.all())
         if self.dynamic:
             self.buf.s_buf.fill_(self.start(b))  # the block start the graphed steps read (once per block)
@@ -437,14 +391,16 @@ def generate_stream(params, cfg, prompts, *, gen_length: int, block_length: int,
                     top_k: Optional[int] = None, alg_temp: Optional[float] = None,
                     refresh_commits_first: bool = False, decoding=None,
                     ) -> Iterator[Union[StepEvent, BlockEvent, GenerateResult]]:
-    """Like :func:`generate`, but yields a :class:`StepEvent` after every step, a :class:`BlockEvent`
-    after every block, and finally the :class:`GenerateResult`.
-
-    Events hold device tensors whose values are final once the GPU has run the step. A step is enqueued before
-    its event is yielded; with CUDA graphs and the linear schedule, a block's steps after its first run as one
-    graph, so all of them are enqueued before the first of their events is yielded."""
+    """Like :func:`generate`, but yields a :class:`StepEvent` after every step, a :class:`BlockEvent` after every
+    block, and finally the :class:`GenerateResult`. Events hold device tensors, final once the GPU ran the step
+    (a graphed block's later steps are all enqueued before their events are yielded)."""
     t0 = time.perf_counter()
-    _options(ops, cuda_graphs, device_positions, early_stop, workspace, params.device)
+    for name, v in (("cuda_graphs", cuda_graphs), ("device_positions", device_positions), ("early_stop", early_stop)):
+        if v is not None and not isinstance(v, bool):
+            raise TypeError(f"{name}={v!r} must be True, False or None")
+    if workspace is not None and not isinstance(workspace, Workspace):
+        raise TypeError(f"workspace={workspace!r:.60} must be a Workspace or None")
+    check_ops(ops, cuda_graphs, params.device)
     tokens, pad = pad_prompts(prompts, cfg, attention_mask, params.device)
     layout, rule, counts, early_stop = setup_decode(
         cfg, tokens, pad, decoding=decoding, gen_length=gen_length, block_length=block_length, steps=steps,
@@ -473,27 +429,19 @@ def generate(params, cfg, prompts, *, gen_length: int, block_length: int, steps:
              on_block: Optional[Callable[[BlockEvent], None]] = None, **options) -> GenerateResult:
     """Decode ``prompts`` (list of id lists, or a ``[B, P]`` tensor with optional ``attention_mask``).
 
-    Options: temperature (0 = argmax; else Gumbel-max sampling of softmax(l/T)), remasking
-    ('low_confidence' | 'random'), threshold (Fast-dLLM parallel decoding: commit the top-1 and every
-    masked token with confidence >= threshold) or factor (Fast-dLLM's factor rule) instead of the linear
-    schedule, cfg_scale (classifier-free guidance, prompt fully masked in the unconditional branch),
-    cache ('none' | 'prefix' | 'dual' | 'block'), logits_eos_inf, confidence_eos_eot_inf, seed, ops,
-    early_stop (default on for 'block' only: once a row has committed an end token at a block's end,
-    its later positions become eos and it spends no more forwards; the batch stops when every row
-    has), cuda_graphs (capture each step kind into a CUDA graph and replay it; only where the step's
-    work is fixed: temperature 0, low_confidence, schedule or threshold; other settings run eagerly),
-    device_positions (run the graph code path, block starts as device tensors, without graphs),
-    workspace (a :class:`Workspace` that keeps buffers and graphs across calls of the same shape), decoding (a
-    model family's official decoder as hooks: :class:`~llada_triton.decode.Llada2Decoding` (LLaDA2.0) or
-    :class:`~llada_triton.decode.Llada21Decoding` (LLaDA2.1's editing): its block grid, rule, schedule and eos
-    stop; ``answers`` then holds each row's answer cut after its first eos; cache 'block' or 'none').
-    ``on_step`` / ``on_block`` are called as steps and blocks are committed (with graphs and the linear
-    schedule, a block's later steps are enqueued together and their callbacks follow).
+    Options: temperature (0 = argmax; else Gumbel-max sampling of softmax(l/T)), remasking ('low_confidence',
+    'random', Dream's algs), threshold / factor (Fast-dLLM's parallel rules instead of the schedule), cfg_scale
+    (classifier-free guidance, prompt fully masked in the unconditional branch), cache ('none' | 'prefix' | 'dual'
+    | 'block'), logits_eos_inf, confidence_eos_eot_inf, seed, ops, early_stop (default on for 'block': a row that
+    committed an end token by a block's end gets eos after it and spends no more forwards), cuda_graphs (capture
+    each step kind where its work is fixed: temperature 0, low_confidence, schedule or threshold), device_positions
+    (the graph code path without graphs), workspace (buffers and graphs kept across calls), decoding (a family's
+    official decoder as hooks, e.g. :class:`~llada_triton.decode.Llada2Decoding`; ``answers`` then holds each
+    row's answer cut after its first eos). ``on_step`` / ``on_block`` are called as steps and blocks commit.
 
-    Host synchronisation: one check per block (early stop); with threshold or factor, also one per
-    step (is the block complete?). With the linear schedule a block's steps never sync. With ``decoding``, the
-    rule decides on the device; the host reads a block-complete flag per step, on CUDA one step late (no stall).
-    Returns a :class:`GenerateResult` (``steps`` filled when ``record_steps``).
+    Host syncs: one per block (early stop); with threshold or factor also one per step; with ``decoding`` a
+    block-complete flag per step, read one step late on CUDA. Returns a :class:`GenerateResult` (``steps``
+    filled when ``record_steps``).
     """
     result = None
     for ev in generate_stream(params, cfg, prompts, gen_length=gen_length, block_length=block_length,

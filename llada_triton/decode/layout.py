@@ -1,17 +1,14 @@
 """Where the prompts and the blocks sit in the driver's token buffer (the block-grid hook of :func:`generate`).
 
-A :class:`Layout` places a batch of prompts in one ``[B, width]`` buffer: the prompt of row r in columns
-``[pad[r], pad[r] + P_r)`` (left padding, hidden from attention by ``kv_start = pad``), block b in columns
-``[first + b * Lb, first + (b + 1) * Lb)`` for every row, row r's answer from column ``gen_start[r]``.
+A :class:`Layout` puts row r's prompt in columns ``[pad[r], pad[r] + P_r)`` of one ``[B, width]`` buffer (left
+padding hidden by ``kv_start = pad``), block b in ``[first + b * Lb, first + (b + 1) * Lb)``, row r's answer from
+``gen_start[r]``.
 
-* :func:`prompt_layout` (LLaDA's ``generate``): prompts left-padded to a common width P, blocks from P, ``gen_length /
-  Lb`` blocks; a prompt sees itself only.
-* :func:`absolute_layout` (LLaDA2.x): blocks on the absolute grid ``[jB, (j+1)B)`` of each row's own positions
-  (counted from its first real token); decoding starts at the block holding the prompt's end, so the prompt's
-  tail shares the first block, and runs to ``ceil((P + G) / B)`` blocks (the overhang past ``P + G`` is decoded
-  too). Every row's pad is a multiple of B chosen so that the rows' first blocks share columns: the grids
-  coincide, and a row whose grid ends one block earlier is finished there (``row_end``). The model sees the
-  prompt block-causally on the grid (``block_causal``), as LLaDA2 is trained.
+* :func:`prompt_layout` (LLaDA): prompts left-padded to width P, ``gen_length / Lb`` blocks from P.
+* :func:`absolute_layout` (LLaDA2.x): blocks on the absolute grid ``[jB, (j+1)B)`` of each row's own positions,
+  from the block holding the prompt's end to ``ceil((P + G) / B)`` (the overhang is decoded too); pads are
+  multiples of B so the rows' grids share columns (a row whose grid ends a block earlier finishes at
+  ``row_end``); the prompt is seen block-causally (``block_causal``), as LLaDA2 is trained.
 """
 from __future__ import annotations
 

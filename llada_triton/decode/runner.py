@@ -1,22 +1,15 @@
 """Many prompts through a fixed number of slots, each slot refilled as soon as its sequence ends.
 
-``run_many`` keeps ``slots`` sequences in flight with the exact block-causal cache (the ``block``
-policy of :mod:`llada_triton.decode.cache`). Every row has its own block and step, so a row that finishes (an end
-token committed, or its last block done) hands its slot to the next prompt at once: an eval set does
-not wait on its slowest member batch by batch.
+``run_many`` keeps ``slots`` sequences in flight with the exact block-causal cache (the ``block`` policy of
+:mod:`llada_triton.decode.cache`); each row has its own block and step, so a finished row (an end token committed,
+or its last block done) hands its slot to the next prompt at once. One step serves every row with static shapes
+(one CUDA graph): row r at block start ``s_r = P + blk_r * Lb`` (prompts left-padded to a common width P) feeds
+``[block blk_r - 1 ; block blk_r]`` with the block-causal mask, writing the previous block's K/V only on a block's
+first step (``write_from``); head, selection and commit run on the current block. A new prompt is prefilled
+alone into its slot's cache rows before it joins.
 
-One step, for every row at once, with static shapes (one CUDA graph serves every step):
-  * row r sits at block start ``s_r = P + blk_r * Lb`` (prompts left-padded to a common width P);
-  * it feeds ``[block blk_r - 1 ; block blk_r]`` (2 Lb tokens, or the prompt's last Lb tokens for
-    block 0) with the block-causal mask; the previous block's K/V are written only on the first step of
-    a block (the fold that commits a finished block exactly once), never otherwise (``write_from``);
-  * the LM head, selection and commit run on the current block's rows.
-A new prompt is prefilled alone into its slot's cache rows (the prompt sees itself) before it joins.
-
-With ``cfg_scale > 0`` (classifier-free guidance) slot r also owns cache row ``S + r``: the unconditional
-copy of its sequence, the whole prompt region (pads included) masked, the same ``kv_start`` and the same
-generated tokens. It is prefilled with the masked prompt on refill; each step feeds both copies (2S rows,
-the unconditional feed is the conditional one with positions < P masked) and the head mixes them.
+With ``cfg_scale > 0`` slot r also owns cache row ``S + r``: its unconditional copy (prompt region masked, same
+``kv_start`` and generated tokens), prefilled on refill and fed beside it every step.
 """
 from __future__ import annotations
 
@@ -29,7 +22,6 @@ import torch
 from llada_triton.models.family import forward_hidden, new_cache
 from llada_triton.models.ops import REFERENCE_OPS, Ops
 from .layout import Layout, grid_key_end
-from .generate import pad_prompts
 from .step import Graphs, TransferRule, check_ops, prompt_rows, setup_decode
 
 __all__ = ["run_many", "RunResult"]
@@ -76,8 +68,7 @@ class _Slots:
         self.ar = torch.arange(block_length, device=device)
         self.cols = torch.arange(self.T, device=device)
         self.end_ids = torch.tensor(cfg.end_token_ids if decoding is None else decoding.end_ids(cfg), device=device)
-        self.rand_gen = (torch.Generator(device=device).manual_seed(rule.seed)
-                         if rule.remasking == "random" else None)
+        self.rand_gen = rule.generator(device)  # (origin and alg_temp are Dream options run_many does not take)
         self.calls = 0
 
     def forward_step(self):
@@ -138,8 +129,7 @@ class _Slots:
         """Slot ``r`` takes ``prompt`` [P] (left-padded by ``pad``; prompt ``i`` of the layout on an absolute grid,
         whose prompt columns reach into block 0) and prefills it; None: the slot idles at block 0 (its writes land
         in its own, unused cache rows)."""
-        self.blk[r] = 0
-        self.step[r] = 0
+        self.blk[r] = self.step[r] = 0
         self.active[r] = prompt is not None
         if prompt is None:
             return
@@ -178,24 +168,21 @@ def run_many(params, cfg, prompts: Sequence[Sequence[int]], *, slots: int,
              on_result: Optional[Callable[[int, List[int]], None]] = None, decoding=None) -> RunResult:
     """Decode ``prompts`` (token-id lists) with ``slots`` sequences in flight (block-causal cache).
 
-    Options as :func:`llada_triton.decode.generate`, ``cfg_scale`` and ``decoding`` (LLaDA2.0's
-    :class:`~llada_triton.decode.Llada2Decoding` or LLaDA2.1's :class:`~llada_triton.decode.Llada21Decoding`: each
-    prompt's tokens are its answer, cut after its first eos; 2.1's edits per prompt in ``RunResult.edits``)
-    included (the unconditional copies double the rows of every step); ``early_stop`` defaults as ``generate``'s.
-    ``on_result(index, tokens)`` is called as each prompt finishes. Returns a :class:`RunResult` with results in
-    input order (empty for an empty ``prompts``).
+    Options as :func:`llada_triton.decode.generate`, ``cfg_scale`` and ``decoding`` included (with a decoding each
+    prompt's tokens are its answer, cut after its first eos; LLaDA2.1's edits in ``RunResult.edits``).
+    ``on_result(index, tokens)`` is called as each prompt finishes. Returns a :class:`RunResult` in input order.
     """
     t0 = time.perf_counter()
     if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
         raise ValueError(f"slots={slots!r} must be a positive int")
-    check_ops(ops)
+    check_ops(ops, cuda_graphs, params.device)
     if hasattr(prompts, "__len__") and not isinstance(prompts, (str, bytes)) and len(prompts) == 0:
         return RunResult([], [], 0.0)  # an empty eval shard: nothing to decode
     rows = prompt_rows(prompts)
     # a common prompt width P >= Lb, so that block 0's "previous block" is the prompt's tail
     width = max([block_length if isinstance(block_length, int) else 1] + [len(p) for p in rows])
-    tokens, _ = pad_prompts([[cfg.pad_token_id] * (width - len(p)) + p for p in rows], cfg, device="cpu")
     pads = [width - len(p) for p in rows]
+    tokens = torch.tensor([[cfg.pad_token_id] * n + p for n, p in zip(pads, rows)], dtype=torch.int64)
     # a decoding's grid puts block 0 at column >= Lb: its previous block is prompt
     layout, rule, counts, early_stop = setup_decode(
         cfg, tokens, torch.tensor(pads), decoding=decoding, gen_length=gen_length, block_length=block_length,
@@ -204,8 +191,6 @@ def run_many(params, cfg, prompts: Sequence[Sequence[int]], *, slots: int,
         confidence_eos_eot_inf=confidence_eos_eot_inf, min_first=block_length)
     if layout is not None:
         tokens, pads, width = layout.tokens, layout.pad.tolist(), layout.first
-    if cuda_graphs and params.device.type != "cuda":
-        raise ValueError(f"cuda_graphs=True needs params on a CUDA device, not {params.device}")
     graphs = Graphs(bool(cuda_graphs) and rule.fixed_work)
     st = _Slots(params, cfg, rule, ops, counts, slots=slots, width=width, gen_length=gen_length,
                 block_length=block_length, early_stop=True if early_stop is None else early_stop, layout=layout,

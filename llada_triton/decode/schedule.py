@@ -13,34 +13,28 @@ __all__ = ["num_transfer_tokens", "linear_schedule", "dream_step_fractions", "dr
 
 
 def num_transfer_tokens(block_masked: torch.Tensor, steps: int) -> torch.Tensor:
-    """Official ``get_num_transfer_tokens``: int64 ``[B, steps]``.
-
-    With ``n`` masked positions in a row's block, every step commits ``n // steps`` tokens and the
-    first ``n % steps`` steps one more. With ``steps > n`` the later steps commit 0.
-    """
+    """Official ``get_num_transfer_tokens``, int64 ``[B, steps]``: a row with ``n`` masked positions commits
+    ``n // steps`` per step, the first ``n % steps`` steps one more."""
     if steps < 1:
         raise ValueError(f"steps={steps}: need at least one step per block")
     n = block_masked.sum(dim=1, keepdim=True)
-    base = n // steps
-    rem = n % steps
+    base, rem = n // steps, n % steps
     out = base.expand(-1, steps).clone()
     out += (torch.arange(steps, device=n.device)[None, :] < rem).to(out.dtype)
     return out.to(torch.int64)
 
 
 def linear_schedule(n_masked: int, steps: int) -> list:
-    """Per-step counts (host ints) for a block with ``n_masked`` masked positions in ``steps`` steps: the official
-    schedule (the drivers call it with the block length: every block starts fully masked). A model family may
-    replace it through ``Family.schedule`` (same signature)."""
+    """Per-step counts (host ints) of a block with ``n_masked`` masks in ``steps`` steps (the official schedule;
+    ``Family.schedule`` may replace it)."""
     return num_transfer_tokens(torch.ones(1, n_masked, dtype=torch.bool), steps)[0].tolist()
 
 
 def block_counts(schedule: Optional[str], family_schedule: Optional[Callable], Lb: int, spb: int, eps: float,
                  refresh_commits_first: bool) -> list:
-    """A block's tokens per step (host ints; every block starts fully masked): ``schedule`` None is the model
-    family's (``family_schedule``, else LLaDA's linear one cut at ``Lb`` steps), ``"linear"`` LLaDA's, ``"dream"``
-    Dream's float32 one over all ``spb`` steps (its 0-token steps are model calls too) with ``eps``. With
-    ``refresh_commits_first`` the first step commits one position and the rest follow from step 1."""
+    """A block's tokens per step (host ints; every block starts fully masked): ``schedule`` None is the family's
+    (else LLaDA's linear one cut at ``Lb`` steps), ``"linear"`` LLaDA's, ``"dream"`` Dream's float32 one over all
+    ``spb`` steps. ``refresh_commits_first``: the first step commits one position, the rest follow."""
     first = 1 if refresh_commits_first else 0
     if schedule == "dream":
         rest = dream_transfer_counts(Lb - first, spb, eps, first=first)
@@ -53,13 +47,9 @@ def block_counts(schedule: Optional[str], family_schedule: Optional[Callable], L
 
 
 class CarrySchedule:
-    """Fast-dLLM's Dream threshold decoding without a cache (one block of ``n_masked`` positions, ``steps`` steps).
-
-    Each step's candidates are the top ``n_masked / steps + carry``; the rule keeps the first and those above the
-    threshold, and the rejected ones are carried into the next step's count. A rejection at the last step adds
-    one step whose candidates are all the positions left (and so on until every position is committed).
-    Host state: :meth:`next_k` before a step (None: decoding is over), :meth:`update` with the step's count.
-    """
+    """Fast-dLLM's Dream threshold decoding without a cache (one block, ``steps`` steps): each step's candidates
+    are the top ``n_masked / steps + carry`` (rejected ones carry over; a rejection at the last step adds a step).
+    :meth:`next_k` before a step (None: over), :meth:`update` after it."""
 
     def __init__(self, n_masked: int, steps: int):
         if steps < 1 or n_masked % steps:

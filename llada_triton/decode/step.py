@@ -1,16 +1,15 @@
 """The step machinery shared by :func:`llada_triton.decode.generate` and :func:`llada_triton.decode.run_many`.
 
 A decoding step is: the cache policy's forward (:mod:`.cache`) -> the block's final hidden states ->
-:meth:`TransferRule.sample` (the LM head: sampled token and confidence per position, ``Ops.head``) ->
-:meth:`TransferRule.commit` (which masked positions to commit and the write into the token buffer,
-``Ops.commit`` or ``Ops.select``), or a ``decoding=`` option's own ``commit`` (LLaDA2.x: the hooks listed in
-:class:`llada_triton.decode.llada2.Llada2Decoding`). Also here: the setup both entry points run before any
-compute (:func:`setup_decode`: the option checks, a decoding's grid, the rule and a block's schedule;
-:func:`prompt_rows`), the CUDA-graph cache (:class:`Graphs`) and the host flag that reads early stop without
-stalling the GPU (:class:`HostFlag`).
+:meth:`TransferRule.sample` (the LM head, ``Ops.head``: sampled token and confidence per position) ->
+:meth:`TransferRule.commit` (selection and write into the token buffer, ``Ops.commit`` or ``Ops.select``), or a
+``decoding=`` option's own ``commit`` (LLaDA2.x: the hooks of :class:`llada_triton.decode.llada2.Llada2Decoding`).
+Also here: the option checks (:func:`check_decoder_options`, model-free, which the eval runs too) and
+:func:`setup_decode` (checks, grid, rule and schedule before any compute), the CUDA-graph cache :class:`Graphs`
+and :class:`HostFlag` (reads early stop without stalling the GPU).
 
-A new transfer rule (e.g. a family's own confidence or selection) is a :class:`TransferRule` field plus a
-branch in :meth:`TransferRule.commit`'s rule choice and the ``Ops.select`` / ``Ops.commit`` kernels.
+A new transfer rule is a :class:`TransferRule` field, a branch in :meth:`TransferRule.commit` and the
+``Ops.select`` / ``Ops.commit`` kernels.
 """
 from __future__ import annotations
 
@@ -27,8 +26,9 @@ from llada_triton.models.family import family_of
 from .cache import policies_for
 from .schedule import block_counts
 
-__all__ = ["REMASKING", "DREAM_ALGS", "SCHEDULES", "TransferRule", "masked_first", "top_candidates", "check_options",
-           "check_dream_options", "setup_decode", "check_ops", "prompt_rows", "Graphs", "HostFlag"]
+__all__ = ["REMASKING", "DREAM_ALGS", "SCHEDULES", "TransferRule", "masked_first", "top_candidates",
+           "check_decoder_options", "check_model_options", "setup_decode", "check_ops", "prompt_rows", "Graphs",
+           "HostFlag"]
 
 REMASKING = ("low_confidence", "random", "maskgit_plus", "topk_margin", "entropy", "origin")
 # Dream's ``alg`` -> the confidence of its head (kernels.reference.dream_confidence_ref); origin samples by maskgit_plus
@@ -49,10 +49,13 @@ def check_real(name, v, ok, allowed):
             f"{name}={v!r} must be {allowed}")
 
 
-def check_ops(ops):
+def check_ops(ops, cuda_graphs=False, device=None):
+    """``ops`` is an :class:`~llada_triton.models.ops.Ops`; ``cuda_graphs`` needs params on a CUDA ``device``."""
     from llada_triton.models.ops import Ops
     if not isinstance(ops, Ops):
         raise TypeError(f"ops={ops!r:.60} must be an Ops (REFERENCE_OPS or triton_ops())")
+    if cuda_graphs and device.type != "cuda":
+        raise ValueError(f"cuda_graphs=True needs params on a CUDA device, not {device}")
 
 
 def prompt_rows(prompts) -> list:
@@ -78,43 +81,27 @@ def prompt_rows(prompts) -> list:
     return rows
 
 
-def check_options(cfg, tokens, pad, *, gen_length, block_length, steps, temperature, remasking, threshold,
-                  factor, cfg_scale, cache, seed, policies, width=None):
-    """Every decoding option and the padded prompts ``tokens`` / ``pad`` against ``cfg``: a one-line error that
-    names the argument, its value and what is allowed, before any compute. ``width``: the token buffer's columns
-    on an absolute block grid (then ``gen_length`` and ``steps`` need not divide into blocks); None: LLaDA's."""
+def check_decoder_options(*, batch, gen_length, block_length, steps, decoding=None, temperature=0.0,
+                          remasking="low_confidence", threshold=None, factor=None, cfg_scale=0.0, cache="none",
+                          seed=0, logits_eos_inf=False, confidence_eos_eot_inf=False, schedule=None, eps=1e-3,
+                          top_p=None, top_k=None, alg_temp=None, refresh_commits_first=False):
+    """Every check of ``generate``'s decoding options (its defaults) for ``batch`` rows that needs no model or
+    prompt: a one-line error naming the argument, its value and what is allowed. :func:`setup_decode` runs it
+    first; the eval runs it on its ``model_args`` before loading anything."""
+    if decoding is not None:  # its own fields; its absolute grid takes any gen_length and per-block steps
+        decoding.check(gen_length=gen_length, block_length=block_length, steps=steps)
     for name, v in (("gen_length", gen_length), ("block_length", block_length), ("steps", steps)):
         check_int(name, v)
     check_int("seed", seed, low=None)
-    P = tokens.shape[1]
-    if width is None:
+    if decoding is None:
         if gen_length % block_length:
             raise ValueError(f"gen_length={gen_length} is not a multiple of block_length={block_length}")
         nb = gen_length // block_length
         if steps % nb:
             raise ValueError(f"steps={steps!r} must be a positive multiple of the number of blocks "
                              f"({gen_length}/{block_length} = {nb})")
-        if P + gen_length > cfg.max_sequence_length:
-            raise ValueError(f"prompt width {P} + gen_length {gen_length} = {P + gen_length} exceeds "
-                             f"max_sequence_length={cfg.max_sequence_length}")
-    elif width > cfg.max_sequence_length:
-        raise ValueError(f"the block grid needs {width} positions (gen_length={gen_length}, block_length="
-                         f"{block_length}); max_sequence_length={cfg.max_sequence_length}")
-    if (pad >= P).any():
-        raise ValueError("every prompt needs at least one token")
-    real = torch.arange(P, device=tokens.device)[None, :] >= pad[:, None]
-    bad = real & ((tokens < 0) | (tokens >= cfg.vocab_size))
-    if bad.any():
-        r, c = bad.nonzero()[0].tolist()
-        raise ValueError(f"prompt row {r} has token id {int(tokens[r, c])} outside the vocabulary "
-                         f"[0, {cfg.vocab_size})")
-    if (real & (tokens == cfg.mask_token_id)).any():
-        r, c = (real & (tokens == cfg.mask_token_id)).nonzero()[0].tolist()
-        raise ValueError(f"prompt row {r} position {c} holds the mask id {cfg.mask_token_id}")
     if remasking not in REMASKING:
         raise ValueError(f"remasking={remasking!r}; choose one of {REMASKING}")
-    if cache not in policies:
-        raise ValueError(f"cache={cache!r} is not a cache policy; choose one of {sorted(policies)}")
     if threshold is not None and factor is not None:
         raise ValueError(f"give threshold or factor, not both (threshold={threshold!r}, factor={factor!r})")
     if threshold is not None:
@@ -123,11 +110,12 @@ def check_options(cfg, tokens, pad, *, gen_length, block_length, steps, temperat
         check_real("factor", factor, lambda v: v > 0, "> 0")
     check_real("temperature", temperature, lambda v: v >= 0, ">= 0")
     check_real("cfg_scale", cfg_scale, lambda v: v >= 0, ">= 0")
-
-
-def check_dream_options(*, remasking, schedule, eps, top_p, top_k, alg_temp, threshold, factor, cfg_scale,
-                        confidence_eos_eot_inf, refresh_commits_first, cache, batch, block_length, gen_length):
-    """The options of Dream's decoders (Dream's algs, its schedule, Fast-dLLM's carry and block-start commit)."""
+    if decoding is not None:
+        decoding.check_driver_options(cache=cache, remasking=remasking, threshold=threshold, factor=factor,
+                                      cfg_scale=cfg_scale, schedule=schedule, logits_eos_inf=logits_eos_inf,
+                                      confidence_eos_eot_inf=confidence_eos_eot_inf,
+                                      refresh_commits_first=refresh_commits_first)
+    # Dream's decoders: its algs and schedule, Fast-dLLM's carry and block-start commit
     if schedule is not None and schedule not in SCHEDULES:
         raise ValueError(f"schedule={schedule!r}; choose one of {SCHEDULES} or None (the model family's)")
     dream = remasking in DREAM_ALGS
@@ -151,33 +139,53 @@ def check_dream_options(*, remasking, schedule, eps, top_p, top_k, alg_temp, thr
         raise ValueError(f"refresh_commits_first is Fast-dLLM's Dream prefix / dual cache rule, not cache={cache!r}")
 
 
+def check_model_options(cfg, tokens, pad, *, gen_length, block_length, cache, width=None):
+    """The checks that need the config and the left-padded prompts ``tokens`` / ``pad``: the sequence length
+    (``width``: the columns of a decoding's absolute grid; None: LLaDA's ``P + gen_length``), the prompt ids and
+    the cache policy."""
+    P = tokens.shape[1]
+    if width is None and P + gen_length > cfg.max_sequence_length:
+        raise ValueError(f"prompt width {P} + gen_length {gen_length} = {P + gen_length} exceeds "
+                         f"max_sequence_length={cfg.max_sequence_length}")
+    if width is not None and width > cfg.max_sequence_length:
+        raise ValueError(f"the block grid needs {width} positions (gen_length={gen_length}, block_length="
+                         f"{block_length}); max_sequence_length={cfg.max_sequence_length}")
+    if (pad >= P).any():
+        raise ValueError("every prompt needs at least one token")
+    real = torch.arange(P, device=tokens.device)[None, :] >= pad[:, None]
+    bad = real & ((tokens < 0) | (tokens >= cfg.vocab_size))
+    if bad.any():
+        r, c = bad.nonzero()[0].tolist()
+        raise ValueError(f"prompt row {r} has token id {int(tokens[r, c])} outside the vocabulary "
+                         f"[0, {cfg.vocab_size})")
+    if (real & (tokens == cfg.mask_token_id)).any():
+        r, c = (real & (tokens == cfg.mask_token_id)).nonzero()[0].tolist()
+        raise ValueError(f"prompt row {r} position {c} holds the mask id {cfg.mask_token_id}")
+    policies = policies_for(cfg)
+    if cache not in policies:
+        raise ValueError(f"cache={cache!r} is not a cache policy; choose one of {sorted(policies)}")
+
+
 def setup_decode(cfg, tokens, pad, *, decoding, gen_length, block_length, steps, cache, early_stop, temperature,
                  remasking, threshold, factor, cfg_scale, seed, logits_eos_inf, confidence_eos_eot_inf, schedule=None,
                  eps=1e-3, top_p=None, top_k=None, alg_temp=None, refresh_commits_first=False, min_first=0):
-    """What ``generate`` and ``run_many`` set up before any compute, from their options and the left-padded prompts
-    ``tokens`` / ``pad``: every option checked (a one-line error naming the argument), then ``(layout, rule,
-    counts, early_stop)``: a ``decoding``'s block grid (block 0 at column ``>= min_first``; None without a
-    decoding), the :class:`TransferRule`, a block's per-step counts (host ints; None where the rule decides:
-    threshold, factor, LLaDA2.1) and ``early_stop`` defaulted by the decoding (else left None)."""
+    """What ``generate`` and ``run_many`` set up before any compute from their options and the left-padded prompts
+    ``tokens`` / ``pad``: every check (:func:`check_decoder_options`, :func:`check_model_options`), then ``(layout,
+    rule, counts, early_stop)``: a ``decoding``'s block grid (block 0 at column ``>= min_first``; None without
+    one), the :class:`TransferRule`, a block's per-step counts (host ints; None where the rule decides) and
+    ``early_stop`` defaulted by the decoding (else left None)."""
+    check_decoder_options(batch=tokens.shape[0], decoding=decoding, gen_length=gen_length, block_length=block_length,
+                          steps=steps, cache=cache, temperature=temperature, remasking=remasking, threshold=threshold,
+                          factor=factor, cfg_scale=cfg_scale, seed=seed, logits_eos_inf=logits_eos_inf,
+                          confidence_eos_eot_inf=confidence_eos_eot_inf, schedule=schedule, eps=eps, top_p=top_p,
+                          top_k=top_k, alg_temp=alg_temp, refresh_commits_first=refresh_commits_first)
     layout = None
-    if decoding is not None:  # its own ints and block grid first: the grid's width bounds the sequence
-        decoding.check(gen_length=gen_length, block_length=block_length, steps=steps)
+    if decoding is not None:
         rows = [r[p:] for r, p in zip(tokens.tolist(), pad.tolist())]
         layout = decoding.layout(rows, cfg, gen_length, block_length, tokens.device, min_first=min_first)
-    check_options(cfg, tokens, pad, gen_length=gen_length, block_length=block_length, steps=steps,
-                  temperature=temperature, remasking=remasking, threshold=threshold, factor=factor,
-                  cfg_scale=cfg_scale, cache=cache, seed=seed, policies=policies_for(cfg),
-                  width=None if layout is None else layout.width)
-    if decoding is not None:
-        decoding.check_driver_options(cache=cache, remasking=remasking, threshold=threshold, factor=factor,
-                                      cfg_scale=cfg_scale, schedule=schedule, logits_eos_inf=logits_eos_inf,
-                                      confidence_eos_eot_inf=confidence_eos_eot_inf,
-                                      refresh_commits_first=refresh_commits_first)
         early_stop = decoding.stops_at_eos if early_stop is None else early_stop
-    check_dream_options(remasking=remasking, schedule=schedule, eps=eps, top_p=top_p, top_k=top_k, alg_temp=alg_temp,
-                        threshold=threshold, factor=factor, cfg_scale=cfg_scale,
-                        confidence_eos_eot_inf=confidence_eos_eot_inf, refresh_commits_first=refresh_commits_first,
-                        cache=cache, batch=tokens.shape[0], block_length=block_length, gen_length=gen_length)
+    check_model_options(cfg, tokens, pad, gen_length=gen_length, block_length=block_length, cache=cache,
+                        width=None if layout is None else layout.width)
     rule = TransferRule.from_options(cfg, temperature=temperature, remasking=remasking, threshold=threshold,
                                      factor=factor, cfg_scale=cfg_scale, seed=seed, logits_eos_inf=logits_eos_inf,
                                      confidence_eos_eot_inf=confidence_eos_eot_inf, top_p=top_p, top_k=top_k,
@@ -191,8 +199,7 @@ def setup_decode(cfg, tokens, pad, *, decoding, gen_length, block_length, steps,
 
 
 def top_candidates(conf: torch.Tensor, masked: torch.Tensor, k: int) -> torch.Tensor:
-    """``conf`` ``[B, L]`` with every masked position outside the ``k`` most confident ones (ties to the lower
-    position) set to ``-inf``: a threshold rule on the result chooses among those ``k`` only."""
+    """``conf`` ``[B, L]`` with the masked positions outside the ``k`` most confident (ties: lower) at ``-inf``."""
     key = torch.where(masked, conf.float(), float("-inf"))
     order = torch.sort(key, dim=1, descending=True, stable=True).indices
     keep = torch.zeros_like(masked).scatter_(1, order[:, :k], True)
@@ -200,10 +207,8 @@ def top_candidates(conf: torch.Tensor, masked: torch.Tensor, k: int) -> torch.Te
 
 
 def masked_first(masked: torch.Tensor):
-    """Stable compaction of a bool ``[N]`` mask on the device (no host synchronisation, static shapes):
-    ``(order, dest, n)`` with ``order`` int64 ``[N]`` the masked indices first, then the others, each
-    group in increasing order; ``dest`` its inverse (``order[dest[i]] == i``); ``n`` the masked count as
-    a 0-dim int64 device tensor."""
+    """Stable compaction of a bool ``[N]`` mask on the device (no host sync, static shapes): ``(order, dest, n)``,
+    ``order`` the masked indices then the others (each increasing), ``dest`` its inverse, ``n`` the 0-dim count."""
     N = masked.shape[0]
     cm = torch.cumsum(masked.to(torch.int64), 0)  # masked at or before i
     ar = torch.arange(N, device=masked.device)
@@ -215,9 +220,8 @@ def masked_first(masked: torch.Tensor):
 
 @dataclass(frozen=True)
 class TransferRule:
-    """How a step turns the block's hidden states into committed tokens: sampling (temperature, the head's
-    banned and no-confidence ids, classifier-free guidance) and the selection (``threshold``, ``factor``, or the
-    schedule's count ``k`` per step)."""
+    """How a step turns the block's hidden states into committed tokens: sampling (temperature, banned and
+    no-confidence ids, guidance, Dream's confidence) and selection (``threshold``, ``factor`` or the count ``k``)."""
     temperature: float
     remasking: str
     threshold: Optional[float]
@@ -246,10 +250,15 @@ class TransferRule:
 
     @property
     def fixed_work(self) -> bool:
-        """Whether a step does the same device work every time (what a CUDA graph replays): no sampling noise,
-        no random remasking, no host loop of the factor rule."""
+        """Whether a step does the same device work every time (what a CUDA graph replays)."""
         return (self.temperature == 0 and self.remasking not in ("random", "origin") and not self.alg_temp
                 and self.factor is None)
+
+    def generator(self, device) -> Optional[torch.Generator]:
+        """The seeded generator of the host-drawn noise (random / origin remasking, ``alg_temp``), else None."""
+        if self.remasking in ("random", "origin") or self.alg_temp:
+            return torch.Generator(device=device).manual_seed(self.seed)
+        return None
 
     @property
     def scheduled(self) -> bool:
@@ -257,15 +266,10 @@ class TransferRule:
         return self.threshold is None and self.factor is None
 
     def sample(self, ops, lm_head, hidden, uncond, masked, *, offset, rand_gen):
-        """``hidden`` / ``uncond`` [B, Lb, d] -> (x0 int64 [B, Lb], conf [B, Lb]): the sampled token and its
-        confidence (uniform noise with ``remasking='random'``) at every position; values at positions that are
-        not masked are unspecified (:meth:`commit` ignores them).
-
-        When ``ops.compacts(B * Lb)``, the masked rows (bool ``masked`` [B, Lb]) are gathered to the front on the
-        device (:func:`masked_first`) and the head runs on those only (``n_rows`` = their count; ``row_ids`` =
-        their row in ``[B * Lb]``, so the sampling noise of a position does not depend on the compaction): no
-        host synchronisation, static shapes (one CUDA graph serves every step). ``masked`` is unused otherwise.
-        """
+        """``hidden`` / ``uncond`` [B, Lb, d] -> (x0 int64 [B, Lb], conf [B, Lb]): sampled token and confidence
+        per position (unspecified off the masked positions). When ``ops.compacts(B * Lb)`` the head runs only on
+        the rows of bool ``masked`` [B, Lb], gathered on the device (:func:`masked_first`; ``row_ids`` keep each
+        position's noise independent of the compaction)."""
         B, Lb, d = hidden.shape
         N = B * Lb
         kw = dict(temperature=self.temperature, seed=self.seed, offset=offset, banned_ids=self.banned,
@@ -290,23 +294,19 @@ class TransferRule:
         return x0.view(B, Lb), conf.view(B, Lb)
 
     def origin(self, masked, frac: float, *, rand_gen):
-        """Dream's ``alg='origin'``: each masked position is transferred with probability ``frac``. As the
-        k-rule: confidence ``-u`` (u uniform) and ``k`` = the masked positions with ``u < frac`` per row."""
+        """Dream's ``alg='origin'`` (each masked position commits with probability ``frac``) as a k-rule."""
         u = torch.rand(masked.shape, generator=rand_gen, device=masked.device)
         return -u, ((u < frac) & masked).sum(1)
 
     def commit(self, ops, tokens, start, x0, conf, *, mask_id, done, k, nfe, k_only=False):
-        """Select among the block's masked positions (``tokens[:, start:start + Lb] == mask_id`` in rows not
-        ``done``) by the rule, write their ``x0`` into ``tokens`` and count a forward in ``nfe`` for every row
-        with a masked position: ``ops.commit`` (one launch), or :func:`llada_triton.kernels.reference.commit_step_ref`
-        around ``ops.select``. Returns (committed bool [B, Lb], conf [B, Lb] (-inf off the masked positions),
-        the block's tokens after the step). ``k_only``: the top-``k`` rule whatever the rule is."""
+        """Select among the block's masked positions (rows not ``done``) by the rule, write their ``x0`` into
+        ``tokens`` and count a forward in ``nfe`` per row with a mask (``ops.commit``, or ``commit_step_ref``
+        around ``ops.select``). Returns (committed bool [B, Lb], conf (-inf off the masked positions), the
+        block's tokens). ``k_only``: the top-``k`` rule whatever the rule is."""
         fn = ops.commit if ops.commit is not None else functools.partial(commit_step_ref, select=ops.select)
-        if k_only:
-            rule = dict(k=k)
-        elif self.threshold is not None:
+        if self.threshold is not None and not k_only:
             rule = dict(threshold=self.threshold)
-        elif self.factor is not None:
+        elif self.factor is not None and not k_only:
             rule = dict(factor=self.factor)
         else:
             rule = dict(k=k)
@@ -314,9 +314,8 @@ class TransferRule:
 
 
 class HostFlag:
-    """A device bool read on the host without blocking the queue: on CUDA, :meth:`put` copies it into one
-    pinned buffer behind the work already queued and records an event, which :meth:`get` waits on. One
-    value in flight at a time (each ``put`` is read before the next)."""
+    """A device bool read on the host without blocking the queue (CUDA: copied into pinned memory behind the
+    queued work, :meth:`get` waits on its event). One value in flight at a time."""
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
@@ -340,20 +339,15 @@ class HostFlag:
 class Graphs:
     """CUDA graphs of decode steps by key (a policy's ``graph_key``, or any hashable), replayed when seen again.
 
-    The first call of a key runs the step eagerly on a side stream (a real step, which also warms up
-    the libraries) and then captures it (capture executes nothing); later calls replay the graph and return
-    the captured outputs (static tensors, overwritten by each replay). Disabled, or with key None, a call just
-    runs the step.
-
-    All the graphs share one memory pool: they replay one at a time on one stream and keep their outputs alive,
-    so a graph's intermediates may reuse another's (a pool per graph would hold one pool per block for the
-    ``prefix`` policy).
+    A key's first call runs the step eagerly on a side stream (a real step that also warms up the libraries),
+    then captures it; later calls replay it and return the captured outputs (overwritten by each replay).
+    Disabled, or key None: the step just runs. The graphs share one memory pool (they replay one at a time).
     """
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
         self.graphs = {}
-        self.pool = None  # the first capture's memory pool, shared by the later captures
+        self.pool = None
 
     def run(self, key, fn):
         if not self.enabled or key is None:

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 from llada_triton.decode import POLICIES
-from llada_triton.decode.step import DREAM_ALGS as _DREAM_CONFIDENCE, REMASKING
+from llada_triton.decode.step import DREAM_ALGS as _DREAM_CONFIDENCE, REMASKING, check_decoder_options
 
 __all__ = ["EvalOptions", "parse_model_args", "MODEL_ARGS", "DREAM_ALGS", "llada2_decoding", "decode_kwargs"]
 
@@ -117,8 +116,7 @@ def _kind(field: dataclasses.Field) -> str:
 
 
 def _check_choices(o: EvalOptions) -> None:
-    """The eval's own options, and the driver's choices and block arithmetic that its ``check_options`` checks
-    only once the model config and the prompts are there (here: before anything is loaded)."""
+    """The eval's own options and choices, with ``model_args`` messages (before anything is loaded)."""
     for name, allowed in (("dtype", _DTYPES), ("ops", _OPS), ("cache", _CACHES), ("remasking", REMASKING),
                           ("decoding", _DECODINGS)):
         value = getattr(o, name)
@@ -171,24 +169,6 @@ def decode_kwargs(o: EvalOptions) -> dict:
     return kw
 
 
-def _check_decoder(kw: dict, batch: int) -> None:
-    """The decoder's own checks of its keyword arguments ``kw`` (those that need no model), on ``batch`` rows."""
-    from llada_triton.decode import generate_stream
-    from llada_triton.decode.step import check_dream_options
-
-    # generate's own defaults for the options decode_kwargs leaves out
-    k = {n: p.default for n, p in inspect.signature(generate_stream).parameters.items() if p.default is not p.empty}
-    k.update(kw)
-    dec = k.pop("decoding", None)
-    if dec is not None:
-        dec.check(gen_length=k["gen_length"], block_length=k["block_length"], steps=k["steps"])
-        dec.check_driver_options(**{n: k[n] for n in ("cache", "remasking", "threshold", "factor", "cfg_scale",
-                                                      "schedule", "logits_eos_inf", "confidence_eos_eot_inf")})
-    check_dream_options(batch=batch, **{n: k[n] for n in (
-        "remasking", "schedule", "eps", "top_p", "top_k", "alg_temp", "threshold", "factor", "cfg_scale",
-        "confidence_eos_eot_inf", "refresh_commits_first", "cache", "block_length", "gen_length")})
-
-
 def _refuse(decoder: str, o: EvalOptions, names, allowed: str) -> None:
     """A one-line error for the first of ``names`` set on ``o`` (truthy) that ``decoder`` does not take."""
     bad = next((n for n in names if getattr(o, n) not in (None, False, 0.0)), None)
@@ -198,8 +178,9 @@ def _refuse(decoder: str, o: EvalOptions, names, allowed: str) -> None:
 
 def _check_family(o: EvalOptions, family: str) -> None:
     """The options against the checkpoint's model family (read from config.json before loading), then the
-    decoder's own checks (:func:`_check_decoder`) with their messages. Refused here: what only the flat
-    ``model_args`` namespace can get wrong, and the options the driver's grouped messages would not name."""
+    decoder's model-free checks (:func:`llada_triton.decode.step.check_decoder_options`) with their messages.
+    Refused here: what only the flat ``model_args`` namespace can get wrong, and what the driver's grouped
+    messages would not name."""
     if o.decoding == "llada2" and family != "llada2":
         raise ValueError(f"model_args decoding='llada2' needs a LLaDA2 checkpoint, not family {family!r}; "
                          "use decoding=llada")
@@ -214,8 +195,10 @@ def _check_family(o: EvalOptions, family: str) -> None:
         if o.cache == "none" and o.threshold is not None and o.batch_size != 1:  # the decoder's batch is a chunk
             raise ValueError(f"model_args threshold with Dream's cache='none' (Fast-dLLM's carry schedule) decodes "
                              f"one prompt at a time: set batch_size=1, not {o.batch_size}")
+    kw = decode_kwargs(o)
+    kw.pop("early_stop", None)  # the driver's own flag: no decoding option to check
     try:
-        _check_decoder(decode_kwargs(o), o.batch_size)
+        check_decoder_options(batch=o.batch_size, **kw)
     except (TypeError, ValueError) as e:
         raise ValueError(f"model_args {e}") from None
 

@@ -19,8 +19,7 @@ from .ops import REFERENCE_OPS, Ops, triton_ops
 from .weights import LayerParams, Params, WeightError, init_params, load_params, save_checkpoint
 
 __all__ = ["LLaDAConfig", "DreamConfig", "ConfigError", "Params", "LayerParams", "WeightError", "load_params",
-           "init_params",
-           "save_checkpoint", "forward", "forward_hidden", "logits_from_hidden", "KVCache", "Ops",
+           "init_params", "save_checkpoint", "forward", "forward_hidden", "logits_from_hidden", "KVCache", "Ops",
            "REFERENCE_OPS", "triton_ops", "load_model", "Family", "REGISTRY", "family_of",
            "family_for_config_json", "new_cache", "MoEConfig", "LLaDA2Config", "LLaDAMoEConfig", "MoELayerParams",
            "load_moe_params", "init_moe_params", "save_moe_checkpoint", "detect_family"]

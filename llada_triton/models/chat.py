@@ -1,14 +1,9 @@
 """Prompts and answers with the checkpoint's own tokenizer and chat template (LLaDA's; Dream's Qwen one).
 
-Mirrors the official chat code: the Instruct chat template with the assistant header at the end, rendered as
-text and tokenized without adding special tokens (LLaDA's template already starts with the bos string; Dream's
-Qwen tokenizer adds none, so its ``apply_chat_template(..., add_generation_prompt=True)`` gives the same ids),
-and answers cut at the first end token (eos or eot: LLaDA's ``<|eot_id|>``, Dream's ``<|im_end|>``) and
-decoded with special tokens skipped.
-
-A prompt character the tokenizer cannot represent (the shipped character tokenizer would turn it into
-``?``; a SentencePiece one into its unknown token) is an error naming the characters, unless the caller
-passes ``allow_unknown=True``.
+As the official chat code: the Instruct template with the assistant header at the end, rendered as text and
+tokenized without adding special tokens (the template holds the bos string); answers cut at the first end token
+(eos or eot) and decoded with special tokens skipped. A prompt character the tokenizer cannot represent is an
+error naming it, unless ``allow_unknown=True``.
 """
 from __future__ import annotations
 
@@ -24,14 +19,9 @@ _SAME_TOKENIZER = {"DreamTokenizer": "Qwen2Tokenizer"}
 
 
 def load_tokenizer(path: str):
-    """The checkpoint's tokenizer (offline; never runs remote code).
-
-    LLaDA folders name ``PreTrainedTokenizerFast`` in ``tokenizer_config.json``; that class is loaded
-    directly, so transformers does not look at the model's ``config.json`` (whose ``auto_map`` points
-    at remote modeling code). Dream folders name their remote ``DreamTokenizer``, a copy of Qwen2's
-    byte-level BPE (same pre-tokenizer regex, NFC, ``vocab.json`` + ``merges.txt``): ``Qwen2Tokenizer``
-    loads them. Other tokenizer classes go through ``AutoTokenizer``.
-    """
+    """The checkpoint's tokenizer (offline; never runs remote code): the class ``tokenizer_config.json`` names,
+    loaded directly so that ``config.json``'s ``auto_map`` is never read (Dream's remote ``DreamTokenizer`` is
+    Qwen2's byte-level BPE: ``Qwen2Tokenizer``), else ``AutoTokenizer``."""
     import json
     import os
 
@@ -43,16 +33,13 @@ def load_tokenizer(path: str):
         with open(cfg_path) as f:
             cls_name = json.load(f).get("tokenizer_class")
     cls_name = _SAME_TOKENIZER.get(cls_name, cls_name)
-    cls = getattr(transformers, cls_name, None) if cls_name else None
-    if cls is None:
-        cls = transformers.AutoTokenizer
+    cls = (getattr(transformers, cls_name, None) if cls_name else None) or transformers.AutoTokenizer
     return cls.from_pretrained(path, local_files_only=True, trust_remote_code=False)
 
 
 def unknown_chars(tokenizer, text: str) -> List[str]:
-    """The distinct characters of ``text`` the tokenizer cannot represent: encoded alone, a character
-    gives the unknown token or does not come back when decoded (whitespace that decodes to whitespace
-    or nothing counts as represented, since SentencePiece folds it into the next piece)."""
+    """The distinct characters of ``text`` that, encoded alone, give the unknown token or do not decode back
+    (whitespace decoding to whitespace or nothing counts as represented: SentencePiece folds it)."""
     unk = getattr(tokenizer, "unk_token_id", None)
     bad = []
     for c in dict.fromkeys(text):
@@ -65,12 +52,9 @@ def unknown_chars(tokenizer, text: str) -> List[str]:
 
 def chat_prompt_ids(tokenizer, messages: Messages, *, chat_template: bool = True,
                     allow_unknown: bool = False) -> List[int]:
-    """Token ids of a prompt. ``messages`` is a user string or a list of ``{"role", "content"}``.
-
-    With ``chat_template`` (Instruct checkpoints) the tokenizer's template is rendered to text and
-    tokenized with ``add_special_tokens=False``; otherwise the raw text is tokenized. Characters the
-    tokenizer cannot represent raise ``ValueError`` naming them, unless ``allow_unknown``.
-    """
+    """Token ids of a prompt (``messages``: a user string or a list of ``{"role", "content"}``): the chat template
+    rendered to text (``chat_template``, Instruct checkpoints) or the raw text, tokenized with
+    ``add_special_tokens=False``; characters the tokenizer cannot represent raise, unless ``allow_unknown``."""
     if isinstance(messages, str):
         messages = [{"role": "user", "content": messages}]
     if not allow_unknown:
@@ -80,10 +64,10 @@ def chat_prompt_ids(tokenizer, messages: Messages, *, chat_template: bool = True
             raise ValueError(f"the prompt has characters this tokenizer cannot represent: {names}")
     if not chat_template:
         text = "".join(m["content"] for m in messages)
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    if getattr(tokenizer, "chat_template", None) is None:
+    elif getattr(tokenizer, "chat_template", None) is None:
         raise ValueError("this tokenizer has no chat template; pass chat_template=False for a Base model")
-    text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+    else:
+        text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 

@@ -19,46 +19,30 @@ class ConfigError(ValueError):
     """A configuration value this implementation does not support (names field and value)."""
 
 
-# Fields that do not change inference numerics here (training, init, bookkeeping, HF plumbing).
+# Fields that do not change inference numerics here: training, init, bookkeeping, HF plumbing; flash_attention (our
+# attention is exact either way); alibi_bias_max / attention_layer_norm_with_affine (their features are rejected);
+# mlp_ratio (used only without mlp_hidden_size); the dropouts (checked to be 0 below)
 _IGNORED = {
-    "architectures", "auto_map", "model_type", "transformers_version", "torch_dtype", "_name_or_path",
-    "init_device", "init_fn", "init_std", "init_cutoff_factor", "precision", "use_cache",
-    "flash_attention",  # an implementation choice; our attention is exact either way
-    "alibi_bias_max",  # only meaningful with alibi, which is rejected
-    "attention_layer_norm_with_affine",  # only meaningful with attention_layer_norm, which is rejected
-    "mlp_ratio",  # used only when mlp_hidden_size is null
-    "embedding_dropout", "attention_dropout", "residual_dropout",  # checked to be 0 below
+    "architectures", "auto_map", "model_type", "transformers_version", "torch_dtype", "_name_or_path", "init_device",
+    "init_fn", "init_std", "init_cutoff_factor", "precision", "use_cache", "flash_attention", "alibi_bias_max",
+    "attention_layer_norm_with_affine", "mlp_ratio", "embedding_dropout", "attention_dropout", "residual_dropout",
     "_from_model_config", "return_dict", "output_hidden_states", "output_attentions",
 }
-
 # field -> values we support (anything else raises ConfigError)
 _SUPPORTED = {
-    "block_type": ("llama",),
-    "alibi": (False,),
-    "rope_full_precision": (True,),
-    "layer_norm_type": ("rms",),
-    "layer_norm_with_affine": (True,),
-    "bias_for_layer_norm": (False, None),
-    "include_bias": (False,),
-    "include_qkv_bias": (False, None),
-    "attention_layer_norm": (False,),
-    "input_emb_norm": (False,),
-    "scale_logits": (False,),
-    "activation_type": ("silu", "swiglu"),
-    "block_group_size": (1,),
-    "clip_qkv": (None,),
+    "block_type": ("llama",), "alibi": (False,), "rope_full_precision": (True,), "layer_norm_type": ("rms",),
+    "layer_norm_with_affine": (True,), "bias_for_layer_norm": (False, None), "include_bias": (False,),
+    "include_qkv_bias": (False, None), "attention_layer_norm": (False,), "input_emb_norm": (False,),
+    "scale_logits": (False,), "activation_type": ("silu", "swiglu"), "block_group_size": (1,), "clip_qkv": (None,),
     "multi_query_attention": (None, False),
 }
 
 
 @dataclass(frozen=True)
 class LLaDAConfig:
-    """What the model code needs, with the special token ids as fields (never literals in code).
-
-    ``vocab_size`` is the number of logits (the checkpoint's ``embedding_size``, which may pad the
-    tokenizer's vocabulary); ``eot_token_id`` comes from the tokenizer (``<|eot_id|>``) or an override.
-    ``family`` names the model family (``llada_triton.models.family.REGISTRY``) whose forward runs this config.
-    """
+    """What the model code needs, with the special token ids as fields (never literals in code). ``vocab_size``
+    is the number of logits (the checkpoint's ``embedding_size``); ``eot_token_id`` comes from the tokenizer
+    (``<|eot_id|>``) or an override; ``family`` names the ``models.family.REGISTRY`` entry that runs it."""
     family: ClassVar[str] = "llada"
     d_model: int
     n_heads: int
@@ -97,7 +81,6 @@ class LLaDAConfig:
             raise ConfigError(f"head_dim={self.head_dim} must be even for RoPE")
         check_token_ids(self)
 
-    # ------------------------------------------------------------------ construction
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any], *, generation: Optional[Mapping[str, Any]] = None,
                   eot_token_id: Optional[int] = None, allow_unknown: bool = False) -> "LLaDAConfig":
@@ -119,11 +102,8 @@ class LLaDAConfig:
                 raise ConfigError(f"config field {name}={cfg[name]!r}: inference needs 0.0")
         if cfg.get("model_type", "llada") != "llada":
             raise ConfigError(f"config field model_type={cfg['model_type']!r} is not supported (supported: 'llada')")
-        n_heads = int(cfg["n_heads"])
-        n_kv = cfg.get("n_kv_heads")
-        if cfg.get("multi_query_attention"):
-            n_kv = 1
-        d_model = int(cfg["d_model"])
+        n_heads, d_model = int(cfg["n_heads"]), int(cfg["d_model"])
+        n_kv = 1 if cfg.get("multi_query_attention") else cfg.get("n_kv_heads")
         hidden = cfg.get("mlp_hidden_size")
         if hidden is None:
             hidden = int(cfg.get("mlp_ratio", 4)) * d_model
@@ -137,7 +117,7 @@ class LLaDAConfig:
         if isinstance(eos, list):
             eos = eos[0]
         eot = eot_token_id if eot_token_id is not None else cfg.get("eot_token_id")
-        kwargs = dict(
+        return cls(
             d_model=d_model, n_heads=n_heads, n_kv_heads=int(n_kv or n_heads), n_layers=int(cfg["n_layers"]),
             mlp_hidden_size=int(hidden), vocab_size=emb, tokenizer_vocab_size=tok_vocab,
             max_sequence_length=int(cfg.get("max_sequence_length", 4096)),
@@ -148,7 +128,6 @@ class LLaDAConfig:
             bos_token_id=None if bos is None else int(bos), eot_token_id=None if eot is None else int(eot),
             extra={k: cfg[k] for k in cfg if k in _IGNORED},
         )
-        return cls(**kwargs)
 
     @classmethod
     def from_pretrained(cls, path: str, *, eot_token_id: Optional[int] = None, mask_token_id: Optional[int] = None,
@@ -189,12 +168,11 @@ def read_config_files(path: str):
         raise FileNotFoundError(f"no config.json in {path!r}")
     with open(cfg_path) as f:
         cfg = json.load(f)
-    gen = {}
     gen_path = os.path.join(path, "generation_config.json")
-    if os.path.isfile(gen_path):
-        with open(gen_path) as f:
-            gen = json.load(f)
-    return cfg, gen
+    if not os.path.isfile(gen_path):
+        return cfg, {}
+    with open(gen_path) as f:
+        return cfg, json.load(f)
 
 
 def token_id_from_tokenizer_files(path: str, content: str) -> Optional[int]:

@@ -1,34 +1,26 @@
 """Where a model family plugs in: one :class:`Family` record per family, found from the config.
 
-The decoding driver (the ``decode`` subpackage) never imports a family's model code. It calls
-:func:`forward_hidden` and :func:`new_cache`, which dispatch on the config's class (``cfg.family``), reads
-``params.lm_head`` / ``params.device`` / ``params.dtype``, and these config fields: ``mask_token_id``,
-``eos_token_id``, ``eot_token_id``, ``pad_token_id``, ``end_token_ids``, ``vocab_size``,
-``max_sequence_length``, ``logit_shift`` (the cache policies hand the head rows ``i - logit_shift``; Dream's
-shifted logits) (and ``n_layers`` / ``n_kv_heads`` / ``head_dim`` for the default cache).
+The decoding driver never imports a family's model code: it calls :func:`forward_hidden` and :func:`new_cache`
+(dispatch on ``type(cfg).family``), reads ``params.lm_head`` / ``device`` / ``dtype`` and the config fields
+``mask_token_id``, ``eos_token_id``, ``eot_token_id``, ``pad_token_id``, ``end_token_ids``, ``vocab_size``,
+``max_sequence_length`` and ``logit_shift`` (the head reads rows ``i - logit_shift``: Dream's shifted logits).
 
 Adding a family (as ``llada_triton/models/dream.py``):
 
-1. a frozen config class with the fields above, a class attribute ``family = "dream"`` and
+1. a frozen config class with those fields, a class attribute ``family = "name"`` and
    ``from_pretrained(path, *, eot_token_id=None)``;
 2. ``forward_hidden(params, cfg, tokens, *, start=0, cache=None, kv_len=None, kv_start=None, key_end=None,
-   rows=None, write_from=None, ops=REFERENCE_OPS) -> [B, T or len(rows), d]`` with the semantics of
+   rows=None, write_from=None, ops=REFERENCE_OPS)`` with the semantics of
    :func:`llada_triton.models.model.forward_hidden` (final normed hidden states; the cache written by position);
 3. ``load_params(path, cfg, *, device, dtype)`` returning params with ``lm_head`` ``[V, d]``, ``device``, ``dtype``;
-4. a module-level ``FAMILY = Family(name="dream", config=DreamConfig, forward_hidden=..., load_params=...)``;
-5. one line in :data:`REGISTRY` (the module and the ``model_type`` / ``architectures`` values of its config.json),
-   which is all :func:`llada_triton.models.load_model` needs to pick it.
+4. a module-level ``FAMILY = Family(name=..., config=..., forward_hidden=..., load_params=...)`` (``new_cache``
+   defaults to :meth:`llada_triton.models.model.KVCache.empty`; the drivers only call its ``rows(r0, r1)``);
+5. one line in :data:`REGISTRY` (module, config.json ``model_type`` / ``architectures``) for ``load_model``.
 
-The KV cache: ``new_cache`` (default :meth:`llada_triton.models.model.KVCache.empty`, which needs ``n_layers``,
-``n_kv_heads`` and ``head_dim`` on the config) returns what the family's ``forward_hidden`` takes as ``cache``; the
-drivers only call its ``rows(r0, r1)`` (a view of batch rows).
-
-Decoding that differs by family plugs in through the same record, never an ``if family`` in the driver:
-``policies`` replaces cache policies by name (``decode.cache.CachePolicy`` subclasses, e.g.
-Dream's shifted logits, where the hidden state at position ``i - 1`` predicts position ``i``) and ``schedule``
-replaces the linear schedule (``schedule(n_masked, steps) -> per-step counts``, as
-``decode.schedule.linear_schedule``). A family's own official decoder (LLaDA2's absolute block grid, rule and eos
-stop) is an option object passed as ``generate(..., decoding=...)`` (``decode.llada2.Llada2Decoding``).
+Decoding that differs by family plugs into the same record, never an ``if family`` in the driver: ``policies``
+replaces cache policies by name (``decode.cache.CachePolicy`` subclasses) and ``schedule`` the linear schedule
+(``schedule(n_masked, steps) -> per-step counts``). A family's own official decoder is a ``decoding=`` object
+(``decode.llada2.Llada2Decoding``).
 """
 from __future__ import annotations
 
@@ -105,8 +97,8 @@ def family_for_config_json(path: str) -> Family:
     if model_type is None and not archs:  # the original LLaDA release names neither
         return _load("llada")
     known = sorted(t for _, types, _ in REGISTRY.values() for t in types)
-    raise ValueError(f"{os.path.join(path, 'config.json')}: model_type={model_type!r} (architectures={archs}) is not a supported model "
-                     f"family; supported model_type values: {known}")
+    raise ValueError(f"{os.path.join(path, 'config.json')}: model_type={model_type!r} (architectures={archs}) is "
+                     f"not a supported model family; supported model_type values: {known}")
 
 
 def forward_hidden(params, cfg, tokens, **kwargs):

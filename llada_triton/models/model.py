@@ -1,14 +1,12 @@
 """LLaDA (dense) as pure functions over plain tensors; the ``llada`` entry of ``models.family.REGISTRY``.
 
-``forward_hidden`` runs the transformer and returns final *normed* hidden states; ``forward`` adds the
-LM head. There is no module hierarchy: params (:class:`llada_triton.models.weights.Params`), the config and the op
-implementations (:class:`llada_triton.models.ops.Ops`) are arguments.
+``forward_hidden`` returns final *normed* hidden states, ``forward`` adds the LM head; params
+(:class:`~llada_triton.models.weights.Params`), config and ``Ops`` are arguments (no module hierarchy).
 
-Positions and the KV cache: the tokens of a call occupy absolute positions ``[start, start + T)``,
-which are also their slots in the cache. With a cache, each layer writes its (rotated) keys and its
-values into ``cache.k[layer][:, start:start+T]`` *in place* and attends over slots ``[0, kv_len)``;
-without one, the tokens attend only to themselves. ``kv_start`` ([B]) hides left-padding slots and
-``key_end`` ([T] or [B, T]) limits each query to keys ``< key_end`` (block-causal masks).
+The tokens of a call occupy absolute positions ``[start, start + T)``, also their cache slots: with a cache each
+layer writes its rotated keys and values there *in place* and attends over slots ``[0, kv_len)``; without one the
+tokens see only themselves. ``kv_start`` ([B]) hides left padding, ``key_end`` ([T] or [B, T]) limits each query
+to keys ``< key_end`` (block-causal masks).
 """
 from __future__ import annotations
 
@@ -53,15 +51,11 @@ def forward_hidden(params: Params, cfg: LLaDAConfig, tokens: torch.Tensor, *,
                    write_from: Optional[torch.Tensor] = None, ops: Ops = REFERENCE_OPS) -> torch.Tensor:
     """Final normed hidden states ``[B, T, d]`` (or ``[B, len(rows), d]``) of ``tokens`` ``[B, T]``.
 
-    start: absolute position of ``tokens[:, 0]``: a Python int, or an int64 device tensor, 0-dim or
-    ``[B]`` (one start per row); then positions, RoPE rows and cache writes are computed on the
-    device, so one CUDA graph serves every block, and ``kv_len`` must be given. write_from: optional
-    int64 ``[B]``: row b writes cache slots ``>= write_from[b]`` only (earlier slots are read-only).
-    kv_len: attend over cache slots ``[0, kv_len)`` (default
-    ``start + T``; without a cache the tokens see only themselves and ``start`` only sets their
-    positions). rows: a slice of the T positions for which to return hidden states: the last layer's
-    queries, output projection and MLP and the final norm run only there (its keys and values, which
-    the returned rows attend to and the cache keeps, still cover all T tokens).
+    start: position of ``tokens[:, 0]``, an int or an int64 device tensor (0-dim or ``[B]``: positions, RoPE and
+    cache writes on the device, so one CUDA graph serves every block; needs ``kv_len``). kv_len: attend over
+    cache slots ``[0, kv_len)`` (default ``start + T``). write_from: int64 ``[B]``, row b writes only slots
+    ``>= write_from[b]``. rows: the positions to return; the last layer's queries, MLP and final norm run only
+    there (its keys and values still cover all T tokens).
     """
     B, T = tokens.shape
     H, Hkv, D, eps = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.rms_norm_eps
@@ -101,8 +95,7 @@ def forward_hidden(params: Params, cfg: LLaDAConfig, tokens: torch.Tensor, *,
 
 
 def check_call(params, T: int, start, cache: Optional[KVCache], kv_len: Optional[int]) -> int:
-    """Validate a forward call's positions and cache use (see :func:`forward_hidden`); returns the
-    ``kv_len`` to attend over. Shared by every model family."""
+    """Check a forward call's positions and cache use; returns the ``kv_len`` to attend over (every family)."""
     dynamic = isinstance(start, torch.Tensor)
     if dynamic:
         if cache is None or kv_len is None:
@@ -119,8 +112,7 @@ def check_call(params, T: int, start, cache: Optional[KVCache], kv_len: Optional
 
 
 def last_rows(q, h, key_end, rows: Optional[slice]):
-    """The last layer's queries, residual and key limits at the returned ``rows`` only (its keys and values
-    still cover every fed token: they are attended to and cached). Shared by every model family."""
+    """The last layer's queries, residual and key limits at the returned ``rows`` only (every family)."""
     if rows is None:
         return q, h, key_end
     return q[:, rows].contiguous(), h[:, rows].contiguous(), None if key_end is None else key_end[..., rows].contiguous()

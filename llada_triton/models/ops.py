@@ -1,16 +1,15 @@
 """Which implementation runs each op: an explicit record passed to the model and the driver.
 
-``REFERENCE_OPS`` is plain torch (runs anywhere, defines the numerics). ``triton_ops()`` returns the
-Triton kernels (imports triton on call, never at import). Mix them for ablations with :meth:`Ops.replace`, e.g.
-``triton_ops().replace(select=REFERENCE_OPS.select)`` (which also clears the fused ``commit``, so the
-reference selection really runs).
+``REFERENCE_OPS`` is plain torch (runs anywhere, defines the numerics); ``triton_ops()`` the Triton kernels
+(imports triton on call). Mix them with :meth:`Ops.replace`, e.g. ``triton_ops().replace(select=REFERENCE_OPS.select)``
+(which also clears the fused ``commit``, so the reference selection really runs).
 
-Which kernel runs each op of a decoding step (``triton_ops()``): the QKV projection with RoPE and the
-cache write ``kernels.qkv_proj_rope`` (LLaDA2.x / LLaDA-MoE: ``kernels.qkv_proj_norm_rope``, with QK-norm and
-partial RoPE); attention ``kernels.block_attention``; the output projection with the
-MLP's norm ``kernels.linear_rms_norm``; the MLP with the next norm ``kernels.swiglu_mlp_rms_norm`` (up to 64
-rows; cuBLAS GEMMs around ``kernels.silu_mul`` above); the LM head with sampling and confidence
-``kernels.head_confidence``; the selection and commit ``kernels.commit_step``.
+Which kernel runs each op of a decoding step (``triton_ops()``): QKV projection + RoPE + cache write
+``kernels.qkv_proj_rope`` (MoE families: ``kernels.qkv_proj_norm_rope``, with QK-norm and partial RoPE); attention
+``kernels.block_attention``; output projection + the MLP's norm ``kernels.linear_rms_norm``; MLP + the next norm
+``kernels.swiglu_mlp_rms_norm`` (up to 64 rows; cuBLAS GEMMs around ``kernels.silu_mul`` above); MoE router and
+experts ``kernels.moe_route`` / ``kernels.moe_experts``; LM head with sampling and confidence
+``kernels.head_confidence`` (Dream: ``kernels.head_dream_confidence``); selection and commit ``kernels.commit_step``.
 """
 from __future__ import annotations
 
@@ -27,15 +26,9 @@ __all__ = ["Ops", "REFERENCE_OPS", "triton_ops"]
 
 
 # plain field -> the fused fields built on it (replacing the plain op clears them, see Ops.replace)
-FUSED_WITH = {
-    "linear": ("linear_norm", "qkv_proj_rope", "qkv_proj_norm_rope"),
-    "rms_norm": ("linear_norm", "mlp_norm"),
-    "qkv_rope": ("qkv_proj_rope",),
-    "qk_norm_rope": ("qkv_proj_norm_rope",),
-    "mlp": ("mlp_norm",),
-    "select": ("commit",),
-    "head": ("head_rows",),
-}
+FUSED_WITH = {"linear": ("linear_norm", "qkv_proj_rope", "qkv_proj_norm_rope"), "rms_norm": ("linear_norm", "mlp_norm"),
+              "qkv_rope": ("qkv_proj_rope",), "qk_norm_rope": ("qkv_proj_norm_rope",), "mlp": ("mlp_norm",),
+              "select": ("commit",), "head": ("head_rows",)}
 
 
 @dataclass(frozen=True)
@@ -45,39 +38,23 @@ class Ops:
     linear(x, w, residual=None) -> residual + x @ w.T; rms_norm -> rms_norm_ref; qkv_rope -> qkv_rope_cache_ref
     (RoPE on q/k of the fused projection + K/V into the cache); attention -> block_attention_ref;
     mlp -> swiglu_mlp_ref; head(hidden, w, *, temperature, seed, offset, banned_ids, no_confidence_ids,
-    uncond_hidden, cfg_scale) -> (x0, conf) as head_confidence_ref (noise from (seed, offset)); with
-    ``confidence`` (and ``top_p``, ``top_k``) given, Dream's as head_dream_confidence_ref; select ->
-    select_transfer_ref.
+    uncond_hidden, cfg_scale) -> (x0, conf) as head_confidence_ref (noise from (seed, offset); with
+    ``confidence``, ``top_p``, ``top_k``: Dream's, head_dream_confidence_ref); select -> select_transfer_ref.
+    MoE families (None where an ``Ops`` lacks them; the model names the missing field): qk_norm_rope ->
+    qkv_norm_rope_cache_ref; moe_route -> moe_route_ref; moe_experts -> moe_experts_ref.
 
-    Optional fused fields (None: the model composes them from the plain fields above):
-    linear_norm(x, w, residual, norm_weight, eps) -> (y, h) as linear_rms_norm_ref (the output projection
-    and the MLP's norm); mlp_norm(x, w_gate_up, w_down, residual, norm_weight, eps) -> (y, h) as
-    swiglu_mlp_rms_norm_ref (the MLP and the next norm); qkv_proj_rope(x, w_qkv, cos, sin, start, k_cache,
-    v_cache, *, n_heads, write_from, bias=None) -> (q, k, v) as qkv_proj_rope_ref (the QKV projection, with
-    q/k/v biases when the model has them, with RoPE and the cache write); commit(tokens, start, x0, conf, *,
-    mask_id, done, k, threshold, factor, nfe) ->
-    (committed, conf, block) as commit_step_ref (the selection, the commit into the token buffer and the NFE
-    count of a decoding step in one launch). When set they run instead of the plain fields at those places.
+    Fused fields (None: composed from the plain ones; set: run instead of them): linear_norm ->
+    linear_rms_norm_ref (output projection + the MLP's norm); mlp_norm -> swiglu_mlp_rms_norm_ref (MLP + the next
+    norm); qkv_proj_rope -> qkv_proj_rope_ref (QKV projection, optional q/k/v ``bias``, RoPE, cache write);
+    qkv_proj_norm_rope -> qkv_proj_norm_rope_ref (the same with ``qk_norm_rope``); commit -> commit_step_ref
+    (selection, commit into the token buffer and NFE count in one launch).
 
-    head_rows: ``head`` also takes ``n_rows`` (a 0-dim device count) and ``row_ids`` (as
-    ``kernels.head_confidence``): the driver then runs it on the block's still-masked rows only, for blocks of
-    more than ``compact_above`` rows (batch x block length; smaller blocks are one weight-bound row tile of the
-    head either way, so gathering them saves nothing).
+    head_rows: ``head`` also takes ``n_rows`` (0-dim device count) and ``row_ids`` (as ``kernels.head_confidence``):
+    the driver then runs it on the block's still-masked rows only, for blocks of more than ``compact_above`` rows
+    (batch x block length; below, the head is one weight-bound row tile either way).
 
-    Change fields with :meth:`replace`: replacing a plain field clears the fused fields built on it
-    (``FUSED_WITH``), so an ablation of ``linear`` or ``select`` really runs the new op, unless the same call sets
-    the fused field too. (``dataclasses.replace`` keeps the fused fields as they are.)
-
-    Fields the MoE families (LLaDA2.x, LLaDA-MoE; :mod:`llada_triton.models.moe_model`) need, None where an
-    ``Ops`` does not provide them (the model then names the missing field): qk_norm_rope(qkv, q_norm, k_norm,
-    eps, cos, sin, start, k_cache, v_cache, *, n_heads, write_from) -> (q, k, v) as qkv_norm_rope_cache_ref
-    (per-head QK-norm, then RoPE, partial when the tables are narrower than head_dim, and the cache write);
-    moe_route(x, router_w, expert_bias, *, top_k, n_group, topk_group, score_func, norm_topk_prob,
-    routed_scaling_factor) -> (weights, ids) as moe_route_ref; moe_experts(x, w_gate_up [E, 2I, d],
-    w_down [E, d, I], weights, ids, residual) -> y as moe_experts_ref. Optional fused field:
-    qkv_proj_norm_rope(x, w_qkv, q_norm, k_norm, eps, cos, sin, start, k_cache, v_cache, *, n_heads, write_from,
-    head_dim) -> (q, k, v) as qkv_proj_norm_rope_ref (the QKV projection with ``qk_norm_rope`` in its epilogue;
-    None: ``linear`` then ``qk_norm_rope``).
+    :meth:`replace` clears the fused fields built on a replaced plain field (``FUSED_WITH``) unless the same call
+    sets them (``dataclasses.replace`` keeps them).
     """
     name: str
     linear: Callable
@@ -108,11 +85,8 @@ class Ops:
         unknown = sorted(set(changes) - {f.name for f in fields(self)})
         if unknown:
             raise TypeError(f"Ops has no field(s) {unknown}; fields: {[f.name for f in fields(self)]}")
-        cleared = {}
-        for plain, fused in FUSED_WITH.items():
-            if plain in changes:
-                for f in fused:
-                    cleared[f] = False if f == "head_rows" else None
+        cleared = {f: False if f == "head_rows" else None
+                   for plain, fused in FUSED_WITH.items() if plain in changes for f in fused}
         return dataclasses.replace(self, **{**cleared, **changes})
 
     def compacts(self, n_rows: int) -> bool:
@@ -125,9 +99,17 @@ def _linear_ref(x, w, residual=None):
     return y if residual is None else residual + y
 
 
-def _linear_decode(x, w, residual=None, *, max_rows: int = 64):
-    """Triton GEMM for decode-sized inputs (<= ``max_rows`` rows, weight-bandwidth bound), cuBLAS above."""
-    if x.numel() // x.shape[-1] <= max_rows:
+# Up to this many rows (weight-bound) the Triton GEMMs and fused MLP beat cuBLAS (results/decisions.md)
+TRITON_MAX_ROWS = 64
+
+
+def _triton_rows(x) -> bool:
+    return x.numel() // x.shape[-1] <= TRITON_MAX_ROWS
+
+
+def _linear_decode(x, w, residual=None):
+    """Triton GEMM for decode-sized inputs (weight-bandwidth bound), cuBLAS above."""
+    if _triton_rows(x):
         from llada_triton.kernels import linear
         return linear(x, w, residual)
     return _linear_ref(x, w, residual)
@@ -169,15 +151,6 @@ def _head_ref(hidden, w, *, temperature=0.0, seed=0, offset=0, banned_ids=(), no
                                    cfg_scale=cfg_scale)
 
 
-# Up to this many rows (weight-bound) the fused Triton MLP beats cuBLAS; above it cuBLAS GEMMs around the Triton
-# silu_mul are faster (results/decisions.md)
-TRITON_MLP_MAX_ROWS = 64
-
-
-def _cublas_mlp_rows(rows: int) -> bool:
-    return rows > TRITON_MLP_MAX_ROWS
-
-
 def _mlp_cublas(x, w_gate_up, w_down):
     """The MLP without its residual: cuBLAS GEMMs (one over the fused gate-up weight) around the Triton
     ``silu_mul`` (one launch for the activation instead of torch's silu and mul)."""
@@ -194,68 +167,46 @@ def _add_norm(y, residual, norm_weight, eps):
 
 
 def _mlp_decode(x, w_gate_up, w_down, residual=None):
-    """Fused Triton MLP where it beats cuBLAS (<= ``TRITON_MLP_MAX_ROWS`` rows: weight-bound), cuBLAS GEMMs +
-    the Triton activation above."""
-    if _cublas_mlp_rows(x.numel() // x.shape[-1]):
+    """Fused Triton MLP up to ``TRITON_MAX_ROWS`` rows, cuBLAS GEMMs + the Triton activation above."""
+    if not _triton_rows(x):
         y = _mlp_cublas(x, w_gate_up, w_down)
         return y if residual is None else residual + y
     from llada_triton.kernels import swiglu_mlp
     return swiglu_mlp(x, w_gate_up, w_down, residual)
 
 
-def _linear_norm_decode(x, w, residual, norm_weight, eps, *, max_rows: int = 64):
-    """Triton GEMM with the norm folded into its split-K reduction (<= ``max_rows`` rows), else cuBLAS +
-    the Triton RMSNorm with the residual add fused."""
-    if x.numel() // x.shape[-1] <= max_rows:
+def _linear_norm_decode(x, w, residual, norm_weight, eps):
+    """Triton GEMM with the norm folded into its split-K reduction, else cuBLAS + the Triton add-RMSNorm."""
+    if _triton_rows(x):
         from llada_triton.kernels import linear_rms_norm
         return linear_rms_norm(x, w, residual, norm_weight, eps)
     return _add_norm(F.linear(x, w), residual, norm_weight, eps)
 
 
 def _mlp_norm_decode(x, w_gate_up, w_down, residual, norm_weight, eps):
-    """:func:`_mlp_decode`'s dispatch with the following RMSNorm: fused into the Triton MLP's reduction,
-    or (cuBLAS rows) with the residual add fused into the norm."""
-    if _cublas_mlp_rows(x.numel() // x.shape[-1]):
+    """:func:`_mlp_decode` with the following RMSNorm (fused into the Triton MLP, or the add-RMSNorm)."""
+    if not _triton_rows(x):
         return _add_norm(_mlp_cublas(x, w_gate_up, w_down), residual, norm_weight, eps)
     from llada_triton.kernels import swiglu_mlp_rms_norm
     return swiglu_mlp_rms_norm(x, w_gate_up, w_down, residual, norm_weight, eps)
 
 
-REFERENCE_OPS = Ops(
-    name="reference",
-    linear=_linear_ref,
-    rms_norm=ref.rms_norm_ref,
-    qkv_rope=ref.qkv_rope_cache_ref,
-    attention=ref.block_attention_ref,
-    mlp=_mlp_ref,
-    head=_head_ref,
-    select=ref.select_transfer_ref,
-    qk_norm_rope=ref.qkv_norm_rope_cache_ref,
-    moe_route=ref.moe_route_ref,
-    moe_experts=ref.moe_experts_ref,
-)
+REFERENCE_OPS = Ops(name="reference", linear=_linear_ref, rms_norm=ref.rms_norm_ref, qkv_rope=ref.qkv_rope_cache_ref,
+                    attention=ref.block_attention_ref, mlp=_mlp_ref, head=_head_ref, select=ref.select_transfer_ref,
+                    qk_norm_rope=ref.qkv_norm_rope_cache_ref, moe_route=ref.moe_route_ref,
+                    moe_experts=ref.moe_experts_ref)
 
 
 def triton_ops(**overrides) -> Ops:
-    """The Triton implementations (imports ``kernels``' Triton modules now). The QKV and output
-    projections use the Triton decode GEMM up to 64 rows and cuBLAS (``F.linear``) above, where it is
-    faster; ``overrides`` replace single fields through :meth:`Ops.replace` (a replaced plain op clears its
-    fused fields). The MoE families' router and experts are the fused MoE kernels (``kernels.moe``); their QKV
-    projection runs ``kernels.qkv_proj_norm_rope`` (QK-norm, partial RoPE and the cache write in the GEMM's
-    epilogue). The unfused ``qk_norm_rope`` field (used only where ``qkv_proj_norm_rope`` is replaced or cleared)
-    stays the torch reference."""
-    from llada_triton.kernels import block_attention
-    from llada_triton.kernels import rms_norm
-    from llada_triton.kernels import qkv_proj_rope
-    from llada_triton.kernels import commit_step, select_transfer
-    from llada_triton.kernels import qkv_rope_cache
-    from llada_triton.kernels import moe_experts, moe_route
-    from llada_triton.kernels import qkv_proj_norm_rope
+    """The Triton implementations (imports ``kernels``' Triton modules now); ``overrides`` replace fields through
+    :meth:`Ops.replace`. The unfused ``qk_norm_rope`` (used only where ``qkv_proj_norm_rope`` is cleared) stays the
+    torch reference."""
+    from llada_triton.kernels import (block_attention, commit_step, moe_experts, moe_route, qkv_proj_norm_rope,
+                                      qkv_proj_rope, qkv_rope_cache, rms_norm, select_transfer)
 
     ops = Ops(name="triton", linear=_linear_decode, rms_norm=rms_norm, qkv_rope=qkv_rope_cache,
-              attention=block_attention,
-              mlp=_mlp_decode, head=_head_triton, select=select_transfer, linear_norm=_linear_norm_decode,
-              mlp_norm=_mlp_norm_decode, qkv_proj_rope=qkv_proj_rope, commit=commit_step, head_rows=True,
-              qk_norm_rope=ref.qkv_norm_rope_cache_ref, qkv_proj_norm_rope=qkv_proj_norm_rope, moe_route=moe_route,
-              moe_experts=moe_experts)
+              attention=block_attention, mlp=_mlp_decode, head=_head_triton, select=select_transfer,
+              linear_norm=_linear_norm_decode, mlp_norm=_mlp_norm_decode, qkv_proj_rope=qkv_proj_rope,
+              commit=commit_step, head_rows=True, qk_norm_rope=ref.qkv_norm_rope_cache_ref,
+              qkv_proj_norm_rope=qkv_proj_norm_rope, moe_route=moe_route, moe_experts=moe_experts)
     return ops.replace(**overrides) if overrides else ops

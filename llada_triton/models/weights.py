@@ -1,9 +1,8 @@
 """Strict, streaming weight loading from Hugging Face safetensors checkpoints.
 
-Params are plain tensors in dataclasses. At load time Q/K/V are fused into one ``[(H + 2 Hkv) D, d]``
-matrix and ``ff_proj`` (gate, through SiLU) / ``up_proj`` into one ``[2h, d]`` matrix. Every target
-tensor is allocated once on the target device and dtype, and each checkpoint tensor is copied into
-its slot as its shard is read, so host memory stays near one shard (never two copies of the model).
+Params are plain tensors in dataclasses; Q/K/V are fused into one ``[(H + 2 Hkv) D, d]`` matrix and ``ff_proj``
+(gate) / ``up_proj`` into one ``[2h, d]``. Each target is allocated once on the target device and dtype and each
+checkpoint tensor copied into its slot as its shard is read (host memory near one shard).
 """
 from __future__ import annotations
 
@@ -48,13 +47,8 @@ class Params:
     rope_cos: torch.Tensor    # fp32 [max_sequence_length, D]
     rope_sin: torch.Tensor    # fp32 [max_sequence_length, D]
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.wte.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.wte.device
+    dtype = property(lambda self: self.wte.dtype)
+    device = property(lambda self: self.wte.device)
 
     def tensors(self) -> Iterator[Tuple[str, torch.Tensor]]:
         for f in ("wte", "ln_f", "lm_head"):
@@ -80,10 +74,8 @@ def param_name_map(cfg: LLaDAConfig) -> Dict[str, Tuple[str, Optional[int], slic
     """The one explicit map: checkpoint name -> (target param path, layer or None, row slice, shape)."""
     d, D, h, V = cfg.d_model, cfg.head_dim, cfg.mlp_hidden_size, cfg.vocab_size
     nq, nkv = cfg.n_heads * D, cfg.n_kv_heads * D
-    m = {
-        PREFIX + "wte.weight": ("wte", None, slice(None), (V, d)),
-        PREFIX + "ln_f.weight": ("ln_f", None, slice(None), (d,)),
-    }
+    m = {PREFIX + "wte.weight": ("wte", None, slice(None), (V, d)),
+         PREFIX + "ln_f.weight": ("ln_f", None, slice(None), (d,))}
     if not cfg.weight_tying:
         m[PREFIX + "ff_out.weight"] = ("lm_head", None, slice(None), (V, d))
     for i in range(cfg.n_layers):
@@ -140,13 +132,8 @@ def _shard_plan(path: str) -> Dict[str, List[str]]:
 @torch.no_grad()
 def load_params(path: str, cfg: LLaDAConfig, *, device="cpu", dtype: torch.dtype = torch.bfloat16,
                 name_map: Optional[Dict] = None) -> Params:
-    """Load a checkpoint folder strictly, shard by shard, straight to ``device`` and ``dtype``.
-
-    Every tensor of the checkpoint must be used and every parameter filled; a missing, extra or
-    mis-shaped tensor, a tensor the index names but the file lacks, or an unreadable/truncated file
-    raises :class:`WeightError` naming the tensor and the file. ``name_map`` is the family's map in the form
-    of :func:`param_name_map` (default: LLaDA's).
-    """
+    """Load a checkpoint folder strictly (:func:`stream_checkpoint`), shard by shard, straight to ``device`` and
+    ``dtype``. ``name_map``: the family's map in the form of :func:`param_name_map` (default: LLaDA's)."""
     names = param_name_map(cfg) if name_map is None else name_map
     params = _empty_params(cfg, device, dtype)
 
@@ -159,10 +146,9 @@ def load_params(path: str, cfg: LLaDAConfig, *, device="cpu", dtype: torch.dtype
 
 
 def stream_checkpoint(path: str, shapes: Dict[str, Tuple[int, ...]], write, *, describe_missing=None) -> None:
-    """Read every tensor of a safetensors checkpoint folder once, shard by shard, and hand it to
-    ``write(name, tensor)`` (which copies it into its slot): strict both ways. ``shapes`` maps each expected
-    checkpoint name to its shape; an unexpected, duplicated, mis-shaped, unreadable or missing tensor raises
-    :class:`WeightError` naming it and the file (``describe_missing(names)`` may phrase the missing ones)."""
+    """Hand every tensor of a safetensors checkpoint folder once to ``write(name, tensor)``, shard by shard, strictly:
+    ``shapes`` maps each expected name to its shape; an unexpected, duplicated, mis-shaped, unreadable or missing
+    tensor raises :class:`WeightError` naming it and the file (``describe_missing(names)`` may phrase the missing)."""
     from safetensors import safe_open
 
     seen: Dict[str, str] = {}
@@ -204,7 +190,6 @@ def stream_checkpoint(path: str, shapes: Dict[str, Tuple[int, ...]], write, *, d
         raise WeightError(f"checkpoint {path!r} lacks {len(missing)} tensors, {what}")
 
 
-# ---------------------------------------------------------------------------- synthetic checkpoints
 def init_params(cfg: LLaDAConfig, *, device="cpu", dtype=torch.float32, seed: int = 0, std: float = 0.02) -> Params:
     """Random parameters (norm weights near 1) for tests, benchmarks and training from scratch."""
     return fill_random(_empty_params(cfg, device, dtype), seed=seed, std=std)
@@ -212,27 +197,20 @@ def init_params(cfg: LLaDAConfig, *, device="cpu", dtype=torch.float32, seed: in
 
 @torch.no_grad()
 def fill_random(params: Params, *, seed: int = 0, std: float = 0.02) -> Params:
-    """Fill every tensor of ``params`` in place: norm weights ``1 + 0.1 N(0, 1)``, the rest ``std N(0, 1)``,
-    drawn on the params' device (no host copy). Any family's params (``Params.tensors``)."""
+    """Fill any family's ``params`` in place on their device: norms ``1 + 0.1 N(0, 1)``, the rest ``std N(0, 1)``."""
     dev = params.device
     g = torch.Generator(device=dev).manual_seed(seed)
     for name, t in params.tensors():
         v = torch.randn(t.shape, generator=g, device=dev, dtype=torch.float32)
-        if name.endswith("norm") or name == "ln_f":
-            t.copy_(v.mul_(0.1).add_(1.0))
-        else:
-            t.copy_(v.mul_(std))
+        t.copy_(v.mul_(0.1).add_(1.0) if name.endswith("norm") or name == "ln_f" else v.mul_(std))
         del v
     return params
 
 
 def save_checkpoint(params: Params, cfg: LLaDAConfig, path: str, *, dtype=torch.bfloat16,
                     max_shard_bytes: Optional[int] = None, name_map: Optional[Dict] = None) -> List[str]:
-    """Write ``params`` in the Hugging Face LLaDA layout (unfused names), sharded when asked.
-
-    Writes only the safetensors files (and the index when sharded); the caller writes config.json.
-    Returns the shard file names. ``name_map``: the family's names (default: LLaDA's :func:`param_name_map`).
-    """
+    """Write ``params`` as safetensors in the Hugging Face layout (unfused names; ``name_map``: the family's,
+    default LLaDA's), sharded when asked; the caller writes config.json. Returns the file names."""
     tensors = {}
     for name, (target, layer, rows, _) in (param_name_map(cfg) if name_map is None else name_map).items():
         tensors[name] = _target(params, target, layer)[rows].detach().to("cpu", dtype).contiguous()
