@@ -158,8 +158,9 @@ def check_model_options(cfg, tokens, pad, *, gen_length, block_length, cache, wi
         r, c = bad.nonzero()[0].tolist()
         raise ValueError(f"prompt row {r} has token id {int(tokens[r, c])} outside the vocabulary "
                          f"[0, {cfg.vocab_size})")
-    if (real & (tokens == cfg.mask_token_id)).any():
-        r, c = (real & (tokens == cfg.mask_token_id)).nonzero()[0].tolist()
+    masks = real & (tokens == cfg.mask_token_id)
+    if masks.any():
+        r, c = masks.nonzero()[0].tolist()
         raise ValueError(f"prompt row {r} position {c} holds the mask id {cfg.mask_token_id}")
     policies = policies_for(cfg)
     if cache not in policies:

@@ -365,11 +365,17 @@ def _partials(M, nvt, device):
         torch.empty_like(pkey), torch.empty_like(pkey)
 
 
+def merge_tiles(M: int, nvt: int, interpret: bool):
+    """``(BLOCK_R, BLOCK_T)`` of a merge over ``nvt`` partials per row (shared with the Dream head): one row a
+    program up to 256 rows (enough programs to hide the partials' latency), then up to 16."""
+    BT = next_pow2(max(nvt, 2))
+    return (min(next_pow2(max(M, 2)), 64) if interpret else (1 if M <= 256 else max(1, min(16, 4096 // BT)))), BT
+
+
 def _merge_launch(parts, x0, conf, M, nvt, n_rows_ptr, has_n_rows, interpret, block_r=None, pdl=None):
     """The merge kernel over ``nvt`` partials per row; ``block_r`` (tests) overrides the rows per program."""
-    BT = next_pow2(max(nvt, 2))
-    # one row a program up to 256 rows (enough programs to hide the partials' latency), then up to 16
-    BR = block_r or (min(next_pow2(max(M, 2)), 64) if interpret else (1 if M <= 256 else max(1, min(16, 4096 // BT))))
+    BR, BT = merge_tiles(M, nvt, interpret)
+    BR = block_r or BR
     _head_merge_kernel[(cdiv(M, BR),)](
         *parts, x0, conf, n_rows_ptr, M, nvt,
         HAS_N_ROWS=has_n_rows, BLOCK_R=BR, BLOCK_T=BT, **(pdl or {}),

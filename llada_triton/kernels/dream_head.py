@@ -25,8 +25,8 @@ import triton
 import triton.language as tl
 
 from llada_triton.kernels._common import (DTYPES, cdiv, check_tensor, dot_flags, gdc_options, gdc_wait_and_release,
-                                          is_interpreter, next_pow2)
-from llada_triton.kernels.confidence import gumbel_noise, head_config, rows_args, sampling_args
+                                          is_interpreter)
+from llada_triton.kernels.confidence import gumbel_noise, head_config, merge_tiles, rows_args, sampling_args
 from llada_triton.kernels.gemm import dot_loop
 from llada_triton.kernels.reference import DREAM_CONFIDENCES, dream_confidence_ref, philox_gumbel_ref
 
@@ -219,8 +219,7 @@ def _launch(hidden, w_head, x0, conf, nr, rid, rows_ce, sa, confidence, temperat
     pf = torch.empty(6 if sample else 4, M, nvt, dtype=torch.float32, device=hidden.device)
     pidx = torch.empty(M, nvt, dtype=torch.int32, device=hidden.device)
     extra = {} if interpret else dict(num_warps=c["num_warps"], num_stages=c["num_stages"])
-    BT = next_pow2(max(nvt, 2))
-    BR = min(next_pow2(max(M, 2)), 64) if interpret else (1 if M <= 256 else max(1, min(16, 4096 // BT)))
+    BR, BT = merge_tiles(M, nvt, interpret)
     pdl = gdc_options(hidden, M)
     for second in ((False, True) if two_pass else (False,)):
         ent_eps = entropy and (nvt == 1 or second)
