@@ -28,6 +28,9 @@ _IGNORED = {
     "attention_layer_norm_with_affine", "mlp_ratio", "embedding_dropout", "attention_dropout", "residual_dropout",
     "_from_model_config", "return_dict", "output_hidden_states", "output_attentions",
 }
+_USED = {"d_model", "n_heads", "n_kv_heads", "n_layers", "mlp_hidden_size", "vocab_size", "embedding_size",
+         "max_sequence_length", "rope", "rope_theta", "rms_norm_eps", "weight_tying", "mask_token_id", "eos_token_id",
+         "pad_token_id", "bos_token_id", "eot_token_id"}
 # field -> values we support (anything else raises ConfigError)
 _SUPPORTED = {
     "block_type": ("llama",), "alibi": (False,), "rope_full_precision": (True,), "layer_norm_type": ("rms",),
@@ -85,21 +88,8 @@ class LLaDAConfig:
     def from_dict(cls, cfg: Mapping[str, Any], *, generation: Optional[Mapping[str, Any]] = None,
                   eot_token_id: Optional[int] = None, allow_unknown: bool = False) -> "LLaDAConfig":
         """Build from the parsed ``config.json`` (and ``generation_config.json``)."""
-        known = set(_IGNORED) | set(_SUPPORTED) | {
-            "d_model", "n_heads", "n_kv_heads", "n_layers", "mlp_hidden_size", "vocab_size", "embedding_size",
-            "max_sequence_length", "rope", "rope_theta", "rms_norm_eps", "weight_tying", "mask_token_id",
-            "eos_token_id", "pad_token_id", "bos_token_id", "eot_token_id",
-        }
-        unknown = sorted(set(cfg) - known)
-        if unknown and not allow_unknown:
-            raise ConfigError(f"config.json has fields this implementation does not know: {unknown} "
-                              "(pass allow_unknown=True to ignore them)")
-        for name, allowed in _SUPPORTED.items():
-            if name in cfg and cfg[name] not in allowed:
-                raise ConfigError(f"config field {name}={cfg[name]!r} is not supported (supported: {allowed})")
-        for name in ("embedding_dropout", "attention_dropout", "residual_dropout"):
-            if cfg.get(name, 0.0) not in (0, 0.0, None):
-                raise ConfigError(f"config field {name}={cfg[name]!r}: inference needs 0.0")
+        extra = check_fields(cfg, _USED, _IGNORED, _SUPPORTED, allow_unknown,
+                             dropouts=("embedding_dropout", "attention_dropout", "residual_dropout"))
         if cfg.get("model_type", "llada") != "llada":
             raise ConfigError(f"config field model_type={cfg['model_type']!r} is not supported (supported: 'llada')")
         n_heads, d_model = int(cfg["n_heads"]), int(cfg["d_model"])
@@ -111,22 +101,13 @@ class LLaDAConfig:
         emb = int(cfg.get("embedding_size") or tok_vocab)
         if emb < tok_vocab:
             raise ConfigError(f"embedding_size={emb} is smaller than vocab_size={tok_vocab}")
-        generation = generation or {}
-        bos = generation.get("bos_token_id", cfg.get("bos_token_id"))
-        eos = cfg.get("eos_token_id", generation.get("eos_token_id"))
-        if isinstance(eos, list):
-            eos = eos[0]
-        eot = eot_token_id if eot_token_id is not None else cfg.get("eot_token_id")
         return cls(
             d_model=d_model, n_heads=n_heads, n_kv_heads=int(n_kv or n_heads), n_layers=int(cfg["n_layers"]),
             mlp_hidden_size=int(hidden), vocab_size=emb, tokenizer_vocab_size=tok_vocab,
             max_sequence_length=int(cfg.get("max_sequence_length", 4096)),
             rope=bool(cfg.get("rope", True)), rope_theta=float(cfg.get("rope_theta", 10000.0)),
             rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-5)), weight_tying=bool(cfg.get("weight_tying", False)),
-            mask_token_id=int(cfg.get("mask_token_id", 126336)), eos_token_id=int(eos if eos is not None else 126081),
-            pad_token_id=int(cfg.get("pad_token_id") if cfg.get("pad_token_id") is not None else (eos or 126081)),
-            bos_token_id=None if bos is None else int(bos), eot_token_id=None if eot is None else int(eot),
-            extra={k: cfg[k] for k in cfg if k in _IGNORED},
+            extra=extra, **token_ids(cfg, generation, eot_token_id, eos=126081, mask=126336),
         )
 
     @classmethod
@@ -143,6 +124,42 @@ class LLaDAConfig:
 
     def replace(self, **changes) -> "LLaDAConfig":
         return dataclasses.replace(self, **changes)
+
+
+def check_fields(cfg: Mapping[str, Any], used, ignored, supported: Mapping[str, tuple], allow_unknown: bool, *,
+                 dropouts=(), what: Optional[Mapping[str, str]] = None, absent_ok: bool = True) -> dict:
+    """Check a config.json (any family's): every field used, ignored or in ``supported`` (field -> allowed values;
+    an absent one is checked as None unless ``absent_ok``; ``what`` names a field's feature in the error) and the
+    ``dropouts`` 0. Returns the ignored fields present (the config's ``extra``)."""
+    unknown = sorted(set(cfg) - set(used) - set(ignored) - set(supported))
+    if unknown and not allow_unknown:
+        raise ConfigError(f"config.json has fields this implementation does not know: {unknown} "
+                          "(pass allow_unknown=True to ignore them)")
+    for name, allowed in supported.items():
+        if (name in cfg or not absent_ok) and cfg.get(name) not in allowed:
+            feature = f": {what[name]}" if what and name in what else ""
+            raise ConfigError(f"config field {name}={cfg.get(name)!r}{feature} is not supported "
+                              f"(supported: {allowed})")
+    for name in dropouts:
+        if cfg.get(name, 0.0) not in (0, 0.0, None):
+            raise ConfigError(f"config field {name}={cfg[name]!r}: inference needs 0.0")
+    return {k: cfg[k] for k in cfg if k in ignored}
+
+
+def token_ids(cfg: Mapping[str, Any], generation: Optional[Mapping[str, Any]], eot_token_id: Optional[int], *,
+              eos: Optional[int] = None, mask: Optional[int] = None) -> dict:
+    """The special ids as config fields: bos / eos / pad / mask from config.json, else generation_config.json,
+    else the defaults ``eos`` / ``mask`` (a list of eos ids gives its first; pad defaults to eos); eot from the
+    argument, else config.json."""
+    gen = generation or {}
+    ids = {n: cfg.get(n, gen.get(n)) for n in ("bos_token_id", "eos_token_id", "pad_token_id", "mask_token_id")}
+    if isinstance(ids["eos_token_id"], list):
+        ids["eos_token_id"] = ids["eos_token_id"][0]
+    for name, default in (("eos_token_id", eos), ("mask_token_id", mask)):
+        ids[name] = default if ids[name] is None else ids[name]
+    ids["pad_token_id"] = ids["eos_token_id"] if ids["pad_token_id"] is None else ids["pad_token_id"]
+    ids["eot_token_id"] = cfg.get("eot_token_id") if eot_token_id is None else eot_token_id
+    return {n: None if v is None else int(v) for n, v in ids.items()}
 
 
 def end_token_ids(cfg) -> tuple:

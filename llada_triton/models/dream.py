@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Dict, Mapping, Optional
 
 import torch
 
-from .config import ConfigError, LLaDAConfig
+from .config import ConfigError, LLaDAConfig, check_fields, token_ids
 from .family import Family
 from .model import forward  # raw (unshifted) logits [B, T, V], as Dream's modeling: row i predicts token i + 1
 from .model import forward_hidden
@@ -32,13 +32,11 @@ _IGNORED = {
 _USED = {"hidden_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers", "intermediate_size",
          "vocab_size", "max_position_embeddings", "rope_theta", "rms_norm_eps", "tie_word_embeddings",
          "mask_token_id", "bos_token_id", "eos_token_id", "pad_token_id"}
-# field -> (supported values, what the field means: named in the error)
-_SUPPORTED = {
-    "hidden_act": (("silu",), "the MLP activation"),
-    "use_sliding_window": ((False, None), "sliding-window attention"),
-    "use_mrope": ((False, None), "mrope (multimodal rotary position ids)"),
-    "rope_scaling": ((None,), "rope scaling (incl. mrope sections)"),
-}
+# field -> supported values; _WHAT: the feature a field turns on (named in the error)
+_SUPPORTED = {"hidden_act": ("silu",), "use_sliding_window": (False, None), "use_mrope": (False, None),
+              "rope_scaling": (None,)}
+_WHAT = {"hidden_act": "the MLP activation", "use_sliding_window": "sliding-window attention",
+         "use_mrope": "mrope (multimodal rotary position ids)", "rope_scaling": "rope scaling (incl. mrope sections)"}
 
 
 @dataclass(frozen=True)
@@ -55,26 +53,12 @@ class DreamConfig(LLaDAConfig):
                   eot_token_id: Optional[int] = None, allow_unknown: bool = False) -> "DreamConfig":
         if cfg.get("model_type") != "Dream":
             raise ConfigError(f"config field model_type={cfg.get('model_type')!r} is not Dream's ('Dream')")
-        unknown = sorted(set(cfg) - _IGNORED - _USED - set(_SUPPORTED))
-        if unknown and not allow_unknown:
-            raise ConfigError(f"config.json has fields this implementation does not know: {unknown} "
-                              "(pass allow_unknown=True to ignore them)")
-        for name, (allowed, what) in _SUPPORTED.items():
-            if name in cfg and cfg[name] not in allowed:
-                raise ConfigError(f"config field {name}={cfg[name]!r}: {what} is not supported "
-                                  f"(supported: {allowed})")
-        if cfg.get("attention_dropout", 0.0) not in (0, 0.0, None):
-            raise ConfigError(f"config field attention_dropout={cfg['attention_dropout']!r}: inference needs 0.0")
-        generation = generation or {}
-        eos = cfg.get("eos_token_id", generation.get("eos_token_id"))
-        eos = eos[0] if isinstance(eos, list) else eos
-        if eos is None:
-            raise ConfigError("config.json has no eos_token_id (Dream's <|endoftext|>)")
-        pad = cfg.get("pad_token_id", eos)
-        bos = cfg.get("bos_token_id", generation.get("bos_token_id"))
-        mask = cfg.get("mask_token_id", generation.get("mask_token_id"))
-        if mask is None:
-            raise ConfigError("config.json has no mask_token_id (Dream's <|mask|>)")
+        extra = check_fields(cfg, _USED, _IGNORED, _SUPPORTED, allow_unknown, dropouts=("attention_dropout",),
+                             what=_WHAT)
+        ids = token_ids(cfg, generation, eot_token_id)
+        for name, token in (("eos_token_id", "<|endoftext|>"), ("mask_token_id", "<|mask|>")):
+            if ids[name] is None:
+                raise ConfigError(f"config.json has no {name} (Dream's {token})")
         V = int(cfg["vocab_size"])
         return cls(d_model=int(cfg["hidden_size"]), n_heads=int(cfg["num_attention_heads"]),
                    n_kv_heads=int(cfg.get("num_key_value_heads") or cfg["num_attention_heads"]),
@@ -83,11 +67,7 @@ class DreamConfig(LLaDAConfig):
                    max_sequence_length=int(cfg.get("max_position_embeddings", 32768)),
                    rope=True, rope_theta=float(cfg.get("rope_theta", 10000.0)),
                    rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-                   weight_tying=bool(cfg.get("tie_word_embeddings", False)), mask_token_id=int(mask),
-                   eos_token_id=int(eos), pad_token_id=int(eos if pad is None else pad),
-                   bos_token_id=None if bos is None else int(bos),
-                   eot_token_id=None if eot_token_id is None else int(eot_token_id),
-                   extra={k: cfg[k] for k in cfg if k in _IGNORED})
+                   weight_tying=bool(cfg.get("tie_word_embeddings", False)), extra=extra, **ids)
 
 
 def dream_name_map(cfg: DreamConfig) -> Dict[str, tuple]:

@@ -17,7 +17,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Optional, Tuple
 
-from .config import ConfigError, check_token_ids, end_token_ids, read_config_files, token_id_from_tokenizer_files
+from .config import (ConfigError, check_fields, check_token_ids, end_token_ids, read_config_files,
+                     token_id_from_tokenizer_files, token_ids)
 
 __all__ = ["MoEConfig", "LLaDA2Config", "LLaDAMoEConfig", "detect_family", "llada2_config_dict",
            "llada2_generation_config"]
@@ -29,6 +30,10 @@ _EOS_ID = 156892
 _COMMON_IGNORED = {"architectures", "auto_map", "model_type", "transformers_version", "torch_dtype", "dtype",
                    "_name_or_path", "initializer_range", "use_cache", "output_router_logits", "_from_model_config",
                    "return_dict", "output_hidden_states", "output_attentions"}
+_COMMON_USED = {"vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                "rms_norm_eps", "tie_word_embeddings", "attention_dropout", "max_position_embeddings", "rope_theta",
+                "pad_token_id", "eos_token_id", "bos_token_id", "mask_token_id", "num_experts", "num_experts_per_tok",
+                "partial_rotary_factor"}
 # field -> values this implementation supports (anything else raises ConfigError naming the field)
 _LLADA2_SUPPORTED = {
     "hidden_act": ("silu",), "use_qkv_bias": (False,), "use_bias": (False,), "use_sliding_window": (False, None),
@@ -39,12 +44,9 @@ _LLADA2_SUPPORTED = {
 _LLADA2_IGNORED = {"sliding_window", "max_window_layers",  # only with use_sliding_window (refused)
                    "moe_router_enable_expert_bias",  # the reference gate always has (and loads) expert_bias
                    "router_aux_loss_coef"}
-_LLADA2_USED = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                "num_key_value_heads", "use_qk_norm", "rms_norm_eps", "tie_word_embeddings", "embedding_dropout",
-                "attention_dropout", "output_dropout", "max_position_embeddings", "rope_theta", "pad_token_id",
-                "eos_token_id", "bos_token_id", "mask_token_id", "num_experts", "num_shared_experts",
-                "num_experts_per_tok", "n_group", "topk_group", "routed_scaling_factor", "moe_intermediate_size",
-                "first_k_dense_replace", "head_dim", "partial_rotary_factor", "rotary_dim"}
+_LLADA2_USED = {"intermediate_size", "use_qk_norm", "embedding_dropout", "output_dropout", "num_shared_experts",
+                "n_group", "topk_group", "routed_scaling_factor", "moe_intermediate_size", "first_k_dense_replace",
+                "head_dim", "rotary_dim"}
 _LLADAMOE_SUPPORTED = {
     "hidden_act": ("silu",), "attention_bias": (False,), "clip_qkv": (None,), "rope_scaling": (None,),
     "moe_router_enable_expert_bias": (False, None),  # the reference adds it to the weights too: not supported
@@ -53,11 +55,8 @@ _LLADAMOE_IGNORED = {"router_aux_loss_coef",
                      # the reference MoE block ignores these (always softmax top-k, unnormalised, unscaled)
                      "moe_router_score_function", "norm_topk_prob", "routed_scaling_factor", "router_num_group",
                      "router_topk_group"}
-_LLADAMOE_USED = {"vocab_size", "hidden_size", "dense_intermediate_size", "expert_intermediate_size",
-                  "shared_expert_intermediate_size", "num_hidden_layers", "num_attention_heads",
-                  "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "pad_token_id", "bos_token_id",
-                  "eos_token_id", "mask_token_id", "tie_word_embeddings", "rope_theta", "partial_rotary_factor",
-                  "attention_dropout", "num_experts_per_tok", "num_experts", "qk_layernorm", "moe_layer_freq"}
+_LLADAMOE_USED = {"dense_intermediate_size", "expert_intermediate_size", "shared_expert_intermediate_size",
+                  "qk_layernorm", "moe_layer_freq"}
 
 
 @dataclass(frozen=True)
@@ -143,34 +142,19 @@ class MoEConfig:
             raise ConfigError(f"this config.json is the {family} family, not {cls.family} (use {target.__name__})")
         sup, ign, used = ((_LLADA2_SUPPORTED, _LLADA2_IGNORED, _LLADA2_USED) if family == "llada2" else
                           (_LLADAMOE_SUPPORTED, _LLADAMOE_IGNORED, _LLADAMOE_USED))
-        unknown = sorted(set(cfg) - _COMMON_IGNORED - set(sup) - ign - used)
-        if unknown and not allow_unknown:
-            raise ConfigError(f"config.json has fields this implementation does not know: {unknown} "
-                              "(pass allow_unknown=True to ignore them)")
-        for name, allowed in sup.items():
-            if cfg.get(name) not in allowed:
-                raise ConfigError(f"config field {name}={cfg.get(name)!r} is not supported (supported: {allowed})")
-        for name in ("embedding_dropout", "attention_dropout", "output_dropout"):
-            if cfg.get(name, 0.0) not in (0, 0.0, None):
-                raise ConfigError(f"config field {name}={cfg[name]!r}: inference needs 0.0")
+        extra = check_fields(cfg, _COMMON_USED | used, _COMMON_IGNORED | ign, sup, allow_unknown, absent_ok=False,
+                             dropouts=("embedding_dropout", "attention_dropout", "output_dropout"))
         kw = _llada2_fields(cfg) if family == "llada2" else _lladamoe_fields(cfg)
-        generation = generation or {}
-        eos = cfg.get("eos_token_id", generation.get("eos_token_id"))
-        eos = _EOS_ID if eos is None else int(eos[0] if isinstance(eos, list) else eos)
-        pad = cfg.get("pad_token_id", generation.get("pad_token_id"))
-        bos = cfg.get("bos_token_id", generation.get("bos_token_id"))
-        mask = mask_token_id if mask_token_id is not None else cfg.get("mask_token_id", _MASK_ID)
+        ids = token_ids(cfg, generation, eot_token_id, eos=_EOS_ID, mask=_MASK_ID)
+        if mask_token_id is not None:
+            ids["mask_token_id"] = int(mask_token_id)
         d, H = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
         return target(d_model=d, n_heads=H, n_layers=int(cfg["num_hidden_layers"]),
                    n_kv_heads=int(cfg.get("num_key_value_heads") or H), vocab_size=int(cfg["vocab_size"]),
                    top_k=int(cfg["num_experts_per_tok"]), n_experts=int(cfg["num_experts"]),
                    rope_theta=float(cfg["rope_theta"]), rms_norm_eps=float(cfg["rms_norm_eps"]),
                    max_sequence_length=int(cfg.get("max_position_embeddings", 4096)),
-                   weight_tying=bool(cfg.get("tie_word_embeddings", False)), mask_token_id=int(mask),
-                   eos_token_id=eos, pad_token_id=eos if pad is None else int(pad),
-                   bos_token_id=None if bos is None else int(bos),
-                   eot_token_id=None if eot_token_id is None else int(eot_token_id),
-                   extra={k: cfg[k] for k in cfg if k in _COMMON_IGNORED | ign}, **kw)
+                   weight_tying=bool(cfg.get("tie_word_embeddings", False)), extra=extra, **ids, **kw)
 
     @classmethod
     def from_pretrained(cls, path: str, *, mask_token_id: Optional[int] = None, eot_token_id: Optional[int] = None,
