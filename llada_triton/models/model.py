@@ -11,7 +11,7 @@ to keys ``< key_end`` (block-causal masks).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 from torch.profiler import record_function
@@ -44,54 +44,57 @@ class KVCache:
         return KVCache(self.k[:, r0:r1], self.v[:, r0:r1])
 
 
-def forward_hidden(params: Params, cfg: LLaDAConfig, tokens: torch.Tensor, *,
-                   start: Union[int, torch.Tensor] = 0, cache: Optional[KVCache] = None,
-                   kv_len: Optional[int] = None, kv_start: Optional[torch.Tensor] = None,
-                   key_end: Optional[torch.Tensor] = None, rows: Optional[slice] = None,
-                   write_from: Optional[torch.Tensor] = None, ops: Ops = REFERENCE_OPS) -> torch.Tensor:
-    """Final normed hidden states ``[B, T, d]`` (or ``[B, len(rows), d]``) of ``tokens`` ``[B, T]``.
+def make_forward_hidden(qkv_step: Callable, ffn_step: Callable, needs: Tuple[str, ...] = ()) -> Callable:
+    """A family's ``forward_hidden``: the layer loop every family shares (RMSNorm, QKV step, attention, output
+    projection + residual, RMSNorm, FFN step + residual, the next layer's norm), with the family's steps
+    ``qkv_step(ops, cfg, lp, a, params, start, k_cache, v_cache, write_from) -> (q, k_cache, v_cache)`` and
+    ``ffn_step(ops, cfg, lp, f, h, next_norm) -> (a, h)`` (``[B * T, d]`` rows); ``needs``: the ``Ops`` fields
+    the family requires."""
 
-    start: position of ``tokens[:, 0]``, an int or an int64 device tensor (0-dim or ``[B]``: positions, RoPE and
-    cache writes on the device, so one CUDA graph serves every block; needs ``kv_len``). kv_len: attend over
-    cache slots ``[0, kv_len)`` (default ``start + T``). write_from: int64 ``[B]``, row b writes only slots
-    ``>= write_from[b]``. rows: the positions to return; the last layer's queries, MLP and final norm run only
-    there (its keys and values still cover all T tokens).
-    """
-    B, T = tokens.shape
-    H, Hkv, D, eps = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.rms_norm_eps
-    kv_len = check_call(params, T, start, cache, kv_len)
-    h = params.wte[tokens]
-    n_layers = len(params.layers)
-    a = ops.rms_norm(h, params.layers[0].attn_norm, eps) if n_layers else None
-    for i, lp in enumerate(params.layers):
-        with record_function(f"layer{i}"):
-            # the QKV projection, RoPE on q and k (fp32 math), rotated keys and values into the cache slots
-            kci, vci = (None, None) if cache is None else (cache.k[i], cache.v[i])
-            if ops.qkv_proj_rope is not None:
-                bias = {} if lp.b_qkv is None else dict(bias=lp.b_qkv)  # q/k/v biases (Qwen2 / Dream)
-                q, kc, vc = ops.qkv_proj_rope(a, lp.w_qkv, params.rope_cos, params.rope_sin, start, kci, vci,
-                                              n_heads=H, write_from=write_from, **bias)
-            else:
-                qkv = ops.linear(a, lp.w_qkv)
-                if lp.b_qkv is not None:  # q/k/v biases (Qwen2 / Dream): added to the rounded product
-                    qkv = qkv + lp.b_qkv
-                qkv = qkv.view(B, T, H + 2 * Hkv, D)
-                q, kc, vc = ops.qkv_rope(qkv, params.rope_cos, params.rope_sin, start, kci, vci,
-                                         n_heads=H, write_from=write_from)
-            q, h, ke = last_rows(q, h, key_end, rows if i == n_layers - 1 else None)
-            Tq = q.shape[1]
-            o = ops.attention(q, kc, vc, kv_len, kv_start, ke)
-            nxt = params.layers[i + 1].attn_norm if i + 1 < n_layers else params.ln_f
-            # h + attn_out(o) (the residual add fused), then the MLP's norm
-            f, h = linear_norm(ops, o.reshape(B, Tq, H * D), lp.w_o, h, lp.ff_norm, eps)
-            # h + down(silu(gate) * up), then the next layer's attention norm (the final norm after the last)
-            a, h = mlp_norm(ops, f.reshape(B * Tq, -1), lp.w_gate_up, lp.w_down, h.reshape(B * Tq, -1), nxt, eps)
-            a, h = a.view(B, Tq, -1), h.view(B, Tq, -1)
-    if not n_layers:
-        if rows is not None:
-            h = h[:, rows].contiguous()
-        a = ops.rms_norm(h, params.ln_f, eps)
-    return a
+    def forward_hidden(params: Params, cfg, tokens: torch.Tensor, *, start: Union[int, torch.Tensor] = 0,
+                       cache: Optional[KVCache] = None, kv_len: Optional[int] = None,
+                       kv_start: Optional[torch.Tensor] = None, key_end: Optional[torch.Tensor] = None,
+                       rows: Optional[slice] = None, write_from: Optional[torch.Tensor] = None,
+                       ops: Ops = REFERENCE_OPS) -> torch.Tensor:
+        """Final normed hidden states ``[B, T, d]`` (or ``[B, len(rows), d]``) of ``tokens`` ``[B, T]``.
+
+        start: position of ``tokens[:, 0]``, an int or an int64 device tensor (0-dim or ``[B]``: positions, RoPE
+        and cache writes on the device, so one CUDA graph serves every block; needs ``kv_len``). kv_len: attend
+        over cache slots ``[0, kv_len)`` (default ``start + T``). write_from: int64 ``[B]``, row b writes only
+        slots ``>= write_from[b]``. rows: the positions to return; the last layer's queries, FFN and final norm
+        run only there (its keys and values still cover all T tokens).
+        """
+        missing = [f for f in needs if getattr(ops, f) is None]
+        if missing:
+            raise ValueError(f"ops {ops.name!r} lacks {missing}, which the {cfg.family} model needs")
+        B, T = tokens.shape
+        H, D, eps = cfg.n_heads, cfg.head_dim, cfg.rms_norm_eps
+        kv_len = check_call(params, T, start, cache, kv_len)
+        h = params.wte[tokens]
+        n_layers = len(params.layers)
+        a = ops.rms_norm(h, params.layers[0].attn_norm, eps) if n_layers else None
+        for i, lp in enumerate(params.layers):
+            with record_function(f"layer{i}"):
+                kci, vci = (None, None) if cache is None else (cache.k[i], cache.v[i])
+                q, kc, vc = qkv_step(ops, cfg, lp, a, params, start, kci, vci, write_from)
+                if i == n_layers - 1 and rows is not None:  # the last layer's queries and residual at rows only
+                    q, h = q[:, rows].contiguous(), h[:, rows].contiguous()
+                    key_end = None if key_end is None else key_end[..., rows].contiguous()
+                Tq = q.shape[1]
+                o = ops.attention(q, kc, vc, kv_len, kv_start, key_end)
+                nxt = params.layers[i + 1].attn_norm if i + 1 < n_layers else params.ln_f
+                # h + attn_out(o) (the residual add fused), then the FFN's norm
+                f, h = linear_norm(ops, o.reshape(B, Tq, H * D), lp.w_o, h, lp.ff_norm, eps)
+                # h + ffn(f), then the next layer's attention norm (the final norm after the last)
+                a, h = ffn_step(ops, cfg, lp, f.reshape(B * Tq, -1), h.reshape(B * Tq, -1), nxt)
+                a, h = a.view(B, Tq, -1), h.view(B, Tq, -1)
+        if not n_layers:
+            if rows is not None:
+                h = h[:, rows].contiguous()
+            a = ops.rms_norm(h, params.ln_f, eps)
+        return a
+
+    return forward_hidden
 
 
 def check_call(params, T: int, start, cache: Optional[KVCache], kv_len: Optional[int]) -> int:
@@ -111,13 +114,6 @@ def check_call(params, T: int, start, cache: Optional[KVCache], kv_len: Optional
     return T if cache is None else kv_len
 
 
-def last_rows(q, h, key_end, rows: Optional[slice]):
-    """The last layer's queries, residual and key limits at the returned ``rows`` only (every family)."""
-    if rows is None:
-        return q, h, key_end
-    return q[:, rows].contiguous(), h[:, rows].contiguous(), None if key_end is None else key_end[..., rows].contiguous()
-
-
 def linear_norm(ops: Ops, x, w, residual, norm_weight, eps):
     """``(rms_norm(h), h)`` with ``h = residual + x @ w.T``: the fused op when ``ops`` has one."""
     if ops.linear_norm is not None:
@@ -126,12 +122,30 @@ def linear_norm(ops: Ops, x, w, residual, norm_weight, eps):
     return ops.rms_norm(h, norm_weight, eps), h
 
 
-def mlp_norm(ops: Ops, x, w_gate_up, w_down, residual, norm_weight, eps):
-    """``(rms_norm(h), h)`` with ``h = residual + mlp(x)``: the fused op when ``ops`` has one."""
+def qkv_step(ops: Ops, cfg, lp, a, params, start, kci, vci, write_from):
+    """The dense QKV step: the QKV projection (+ q/k/v biases: Qwen2 / Dream), RoPE on q and k (fp32 math),
+    rotated keys and values into the cache slots."""
+    if ops.qkv_proj_rope is not None:
+        bias = {} if lp.b_qkv is None else dict(bias=lp.b_qkv)
+        return ops.qkv_proj_rope(a, lp.w_qkv, params.rope_cos, params.rope_sin, start, kci, vci, n_heads=cfg.n_heads,
+                                 write_from=write_from, **bias)
+    qkv = ops.linear(a, lp.w_qkv)
+    if lp.b_qkv is not None:  # added to the rounded product
+        qkv = qkv + lp.b_qkv
+    qkv = qkv.view(*a.shape[:2], cfg.n_heads + 2 * cfg.n_kv_heads, cfg.head_dim)
+    return ops.qkv_rope(qkv, params.rope_cos, params.rope_sin, start, kci, vci, n_heads=cfg.n_heads,
+                        write_from=write_from)
+
+
+def mlp_norm(ops: Ops, cfg, lp, f, h, next_norm):
+    """The dense FFN step: ``(rms_norm(h'), h')`` with ``h' = h + mlp(f)``, the fused op when ``ops`` has one."""
     if ops.mlp_norm is not None:
-        return ops.mlp_norm(x, w_gate_up, w_down, residual, norm_weight, eps)
-    h = ops.mlp(x, w_gate_up, w_down, residual)
-    return ops.rms_norm(h, norm_weight, eps), h
+        return ops.mlp_norm(f, lp.w_gate_up, lp.w_down, h, next_norm, cfg.rms_norm_eps)
+    h = ops.mlp(f, lp.w_gate_up, lp.w_down, h)
+    return ops.rms_norm(h, next_norm, cfg.rms_norm_eps), h
+
+
+forward_hidden = make_forward_hidden(qkv_step, mlp_norm)
 
 
 def logits_from_hidden(params: Params, hidden: torch.Tensor, ops: Ops = REFERENCE_OPS) -> torch.Tensor:

@@ -8,61 +8,36 @@ expert added unweighted (+ residual). Arguments and the cache contract are those
 """
 from __future__ import annotations
 
-from typing import Optional, Union
-
 import torch
-from torch.profiler import record_function
 
-from .model import KVCache, check_call, forward, last_rows, linear_norm, mlp_norm
+from .model import forward, make_forward_hidden, mlp_norm
 from .moe_config import MoEConfig
 from .moe_weights import MoELayerParams
-from .ops import REFERENCE_OPS, Ops
+from .ops import Ops
 from .weights import Params
 
 __all__ = ["forward_hidden", "forward", "moe_block"]  # forward: any family's, from .model
 
-_NEEDED = ("qk_norm_rope", "moe_route", "moe_experts")
+
+def qkv_step(ops: Ops, cfg: MoEConfig, lp: MoELayerParams, a, params: Params, start, kci, vci, write_from):
+    """The QKV projection, QK-norm, partial RoPE and the cache write (fused when ``ops`` has the fused op)."""
+    eps, H, D = cfg.rms_norm_eps, cfg.n_heads, cfg.head_dim
+    if ops.qkv_proj_norm_rope is not None:
+        return ops.qkv_proj_norm_rope(a, lp.w_qkv, lp.q_norm, lp.k_norm, eps, params.rope_cos, params.rope_sin,
+                                      start, kci, vci, n_heads=H, write_from=write_from, head_dim=D)
+    qkv = ops.linear(a, lp.w_qkv).view(*a.shape[:2], H + 2 * cfg.n_kv_heads, D)
+    return ops.qk_norm_rope(qkv, lp.q_norm, lp.k_norm, eps, params.rope_cos, params.rope_sin, start, kci, vci,
+                            n_heads=H, write_from=write_from)
 
 
-def forward_hidden(params: Params, cfg: MoEConfig, tokens: torch.Tensor, *,
-                   start: Union[int, torch.Tensor] = 0, cache: Optional[KVCache] = None,
-                   kv_len: Optional[int] = None, kv_start: Optional[torch.Tensor] = None,
-                   key_end: Optional[torch.Tensor] = None, rows: Optional[slice] = None,
-                   write_from: Optional[torch.Tensor] = None, ops: Ops = REFERENCE_OPS) -> torch.Tensor:
-    """Final normed hidden states ``[B, T, d]`` (or ``[B, len(rows), d]``) of ``tokens`` ``[B, T]``, as
-    :func:`llada_triton.models.model.forward_hidden` (the cache holds normed, rotated keys)."""
-    missing = [f for f in _NEEDED if getattr(ops, f) is None]
-    if missing:
-        raise ValueError(f"ops {ops.name!r} lacks {missing}, which the {cfg.family} model needs")
-    B, T = tokens.shape
-    H, Hkv, D, eps = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.rms_norm_eps
-    kv_len = check_call(params, T, start, cache, kv_len)
-    h = params.wte[tokens]
-    n_layers = len(params.layers)
-    a = ops.rms_norm(h, params.layers[0].attn_norm, eps)
-    for i, lp in enumerate(params.layers):
-        with record_function(f"layer{i}"):
-            kci, vci = (None, None) if cache is None else (cache.k[i], cache.v[i])
-            if ops.qkv_proj_norm_rope is not None:  # the projection with QK-norm, RoPE and the cache write fused
-                q, kc, vc = ops.qkv_proj_norm_rope(a, lp.w_qkv, lp.q_norm, lp.k_norm, eps, params.rope_cos,
-                                                   params.rope_sin, start, kci, vci, n_heads=H,
-                                                   write_from=write_from, head_dim=D)
-            else:
-                qkv = ops.linear(a, lp.w_qkv).view(B, T, H + 2 * Hkv, D)
-                q, kc, vc = ops.qk_norm_rope(qkv, lp.q_norm, lp.k_norm, eps, params.rope_cos, params.rope_sin,
-                                             start, kci, vci, n_heads=H, write_from=write_from)
-            q, h, ke = last_rows(q, h, key_end, rows if i == n_layers - 1 else None)
-            Tq = q.shape[1]
-            o = ops.attention(q, kc, vc, kv_len, kv_start, ke)
-            nxt = params.layers[i + 1].attn_norm if i + 1 < n_layers else params.ln_f
-            f, h = linear_norm(ops, o.reshape(B, Tq, H * D), lp.w_o, h, lp.ff_norm, eps)
-            f, h = f.reshape(B * Tq, -1), h.reshape(B * Tq, -1)
-            if lp.is_moe:
-                a, h = ops.rms_norm(moe_block(ops, cfg, lp, f), nxt, eps, h)
-            else:
-                a, h = mlp_norm(ops, f, lp.w_gate_up, lp.w_down, h, nxt, eps)
-            a, h = a.view(B, Tq, -1), h.view(B, Tq, -1)
-    return a
+def ffn_step(ops: Ops, cfg: MoEConfig, lp: MoELayerParams, f, h, next_norm):
+    """The MoE block (or a dense layer's MLP) + the residual, then ``next_norm``: ``(normed, h)``."""
+    if lp.is_moe:
+        return ops.rms_norm(moe_block(ops, cfg, lp, f), next_norm, cfg.rms_norm_eps, h)
+    return mlp_norm(ops, cfg, lp, f, h, next_norm)
+
+
+forward_hidden = make_forward_hidden(qkv_step, ffn_step, needs=("qk_norm_rope", "moe_route", "moe_experts"))
 
 
 def moe_block(ops: Ops, cfg: MoEConfig, lp: MoELayerParams, x: torch.Tensor) -> torch.Tensor:
