@@ -45,11 +45,9 @@ class KVCache:
 
 
 def make_forward_hidden(qkv_step: Callable, ffn_step: Callable, needs: Tuple[str, ...] = ()) -> Callable:
-    """A family's ``forward_hidden``: the layer loop every family shares (RMSNorm, QKV step, attention, output
-    projection + residual, RMSNorm, FFN step + residual, the next layer's norm), with the family's steps
-    ``qkv_step(ops, cfg, lp, a, params, start, k_cache, v_cache, write_from) -> (q, k_cache, v_cache)`` and
-    ``ffn_step(ops, cfg, lp, f, h, next_norm) -> (a, h)`` (``[B * T, d]`` rows); ``needs``: the ``Ops`` fields
-    the family requires."""
+    """A family's ``forward_hidden``: the shared layer loop with the family's ``qkv_step(ops, cfg, lp, a, params,
+    start, k_cache, v_cache, write_from) -> (q, k_cache, v_cache)`` and ``ffn_step(ops, cfg, lp, f, h, next_norm)
+    -> (normed, h)`` (``f``, ``h``: ``[B * T, d]``); ``needs``: the ``Ops`` fields the family requires."""
 
     def forward_hidden(params: Params, cfg, tokens: torch.Tensor, *, start: Union[int, torch.Tensor] = 0,
                        cache: Optional[KVCache] = None, kv_len: Optional[int] = None,

@@ -9,6 +9,8 @@ weight stays in the model dtype (``moe_route`` computes the logits in fp32, as t
 """
 from __future__ import annotations
 
+import json
+import os
 import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
@@ -17,7 +19,7 @@ import torch
 
 from llada_triton.kernels.reference import rope_tables
 from .moe_config import MoEConfig, llada2_config_dict, llada2_generation_config
-from .weights import Params, WeightError, fill_random, stream_checkpoint, write_safetensors
+from .weights import Params, fill_random, load_into, save_checkpoint
 
 __all__ = ["MoELayerParams", "load_moe_params", "moe_param_name_map", "empty_moe_params", "init_moe_params",
            "save_moe_checkpoint"]
@@ -145,41 +147,22 @@ def _describe_missing(missing: List[str]) -> str:
     return "e.g. " + ", ".join(f"{n} (layer {m.group(1)}, expert {m.group(2)})" if m else n for n, m in matches)
 
 
-@torch.no_grad()
 def load_moe_params(path: str, cfg: MoEConfig, *, device="cpu", dtype: torch.dtype = torch.bfloat16) -> Params:
     """Load a LLaDA2.x / LLaDA-MoE checkpoint folder strictly, shard by shard, to ``device`` and ``dtype``;
     a missing, extra or mis-shaped tensor raises :class:`WeightError` naming it (and, for an expert tensor,
     its layer and expert)."""
-    names = moe_param_name_map(cfg)
-    params = empty_moe_params(cfg, device=device, dtype=dtype)
-
-    def write(name, t):
-        fld, layer, expert, rows, _ = names[name]
-        target = getattr(params if layer is None else params.layers[layer], fld)
-        if target is None:
-            raise WeightError(f"tensor {name!r} has no slot (field {fld!r} of layer {layer})")
-        (target if expert is None else target[expert])[rows].copy_(t)
-
-    stream_checkpoint(path, {n: v[4] for n, v in names.items()}, write, describe_missing=_describe_missing)
-    return params
+    return load_into(path, empty_moe_params(cfg, device=device, dtype=dtype), moe_param_name_map(cfg),
+                     describe_missing=_describe_missing)
 
 
-@torch.no_grad()
 def save_moe_checkpoint(params: Params, cfg: MoEConfig, path: str, *, dtype: torch.dtype = torch.bfloat16,
                         max_shard_bytes: Optional[int] = None) -> List[str]:
     """Write ``params`` under the checkpoint names of :func:`moe_param_name_map` (per-expert and, for LLaDA-MoE,
     separate q/k/v tensors) in ``dtype``, the expert bias in fp32 (the trained routing), sharded when asked; for
     LLaDA2 also ``config.json`` and ``generation_config.json`` (the caller adds the tokenizer files). Returns the
     safetensors file names; :func:`load_moe_params` reads them back."""
-    import json
-    import os
-
-    tensors = {}
-    for name, (fld, layer, expert, rows, _) in moe_param_name_map(cfg).items():
-        t = getattr(params if layer is None else params.layers[layer], fld)
-        t = (t if expert is None else t[expert])[rows]
-        tensors[name] = t.detach().to("cpu", torch.float32 if fld == "expert_bias" else dtype).contiguous()
-    files = write_safetensors(tensors, path, max_shard_bytes=max_shard_bytes)
+    files = save_checkpoint(params, cfg, path, dtype=dtype, max_shard_bytes=max_shard_bytes,
+                            name_map=moe_param_name_map(cfg))
     if cfg.family == "llada2":
         for fname, d in (("config.json", llada2_config_dict(cfg)),
                          ("generation_config.json", llada2_generation_config(cfg))):

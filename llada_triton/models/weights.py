@@ -107,8 +107,13 @@ def _empty_params(cfg: LLaDAConfig, device, dtype) -> Params:
                   rope_cos=cos, rope_sin=sin)
 
 
-def _target(params: Params, name: str, layer: Optional[int]) -> torch.Tensor:
-    return getattr(params, name) if layer is None else getattr(params.layers[layer], name)
+def _slot(params: Params, name: str, entry: tuple) -> torch.Tensor:
+    """The rows of ``params`` that a name-map entry ``(field, layer or None[, expert or None], rows, shape)`` names."""
+    fld, layer, *expert, rows, _ = entry  # the MoE maps add an expert index
+    t = getattr(params if layer is None else params.layers[layer], fld)
+    if t is None:
+        raise WeightError(f"tensor {name!r} has no slot (field {fld!r} of layer {layer})")
+    return (t if not expert or expert[0] is None else t[expert[0]])[rows]
 
 
 def _shard_plan(path: str) -> Dict[str, List[str]]:
@@ -129,19 +134,18 @@ def _shard_plan(path: str) -> Dict[str, List[str]]:
     raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {path!r}")
 
 
-@torch.no_grad()
 def load_params(path: str, cfg: LLaDAConfig, *, device="cpu", dtype: torch.dtype = torch.bfloat16,
                 name_map: Optional[Dict] = None) -> Params:
     """Load a checkpoint folder strictly (:func:`stream_checkpoint`), shard by shard, straight to ``device`` and
     ``dtype``. ``name_map``: the family's map in the form of :func:`param_name_map` (default: LLaDA's)."""
-    names = param_name_map(cfg) if name_map is None else name_map
-    params = _empty_params(cfg, device, dtype)
+    return load_into(path, _empty_params(cfg, device, dtype), param_name_map(cfg) if name_map is None else name_map)
 
-    def write(name, t):
-        target, layer, rows, _ = names[name]
-        _target(params, target, layer)[rows].copy_(t)
 
-    stream_checkpoint(path, {n: v[3] for n, v in names.items()}, write)
+@torch.no_grad()
+def load_into(path: str, params: Params, name_map: Dict, *, describe_missing=None) -> Params:
+    """Fill ``params`` from a checkpoint folder by :func:`stream_checkpoint`, each tensor into its name-map slot."""
+    stream_checkpoint(path, {n: e[-1] for n, e in name_map.items()},
+                      lambda name, t: _slot(params, name, name_map[name]).copy_(t), describe_missing=describe_missing)
     return params
 
 
@@ -210,10 +214,12 @@ def fill_random(params: Params, *, seed: int = 0, std: float = 0.02) -> Params:
 def save_checkpoint(params: Params, cfg: LLaDAConfig, path: str, *, dtype=torch.bfloat16,
                     max_shard_bytes: Optional[int] = None, name_map: Optional[Dict] = None) -> List[str]:
     """Write ``params`` as safetensors in the Hugging Face layout (unfused names; ``name_map``: the family's,
-    default LLaDA's), sharded when asked; the caller writes config.json. Returns the file names."""
+    default LLaDA's) in ``dtype`` (an MoE expert bias in fp32: the trained routing), sharded when asked; the
+    caller writes config.json. Returns the file names."""
     tensors = {}
-    for name, (target, layer, rows, _) in (param_name_map(cfg) if name_map is None else name_map).items():
-        tensors[name] = _target(params, target, layer)[rows].detach().to("cpu", dtype).contiguous()
+    for name, entry in (param_name_map(cfg) if name_map is None else name_map).items():
+        t = _slot(params, name, entry).detach()
+        tensors[name] = t.to("cpu", torch.float32 if entry[0] == "expert_bias" else dtype).contiguous()
     return write_safetensors(tensors, path, max_shard_bytes=max_shard_bytes)
 
 
