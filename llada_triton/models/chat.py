@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import List, Sequence, Union
 
-from .config import LLaDAConfig
+from .config import LLaDAConfig, read_json
 
 __all__ = ["load_tokenizer", "chat_prompt_ids", "unknown_chars", "strip_answer", "decode_answer"]
 
@@ -22,16 +22,11 @@ def load_tokenizer(path: str):
     """The checkpoint's tokenizer (offline; never runs remote code): the class ``tokenizer_config.json`` names,
     loaded directly so that ``config.json``'s ``auto_map`` is never read (Dream's remote ``DreamTokenizer`` is
     Qwen2's byte-level BPE: ``Qwen2Tokenizer``), else ``AutoTokenizer``."""
-    import json
     import os
 
     import transformers
 
-    cls_name = None
-    cfg_path = os.path.join(path, "tokenizer_config.json")
-    if os.path.isfile(cfg_path):
-        with open(cfg_path) as f:
-            cls_name = json.load(f).get("tokenizer_class")
+    cls_name = read_json(os.path.join(path, "tokenizer_config.json"), {}).get("tokenizer_class")
     cls_name = _SAME_TOKENIZER.get(cls_name, cls_name)
     cls = (getattr(transformers, cls_name, None) if cls_name else None) or transformers.AutoTokenizer
     return cls.from_pretrained(path, local_files_only=True, trust_remote_code=False)

@@ -41,8 +41,17 @@ _SUPPORTED = {
 }
 
 
+class ConfigBase:
+    """What every family's config class shares (its dataclass fields include the special token ids)."""
+    end_token_ids = property(lambda self: tuple(i for i in (self.eos_token_id, self.eot_token_id) if i is not None),
+                             doc="Ids that end an answer: eos and, when known, eot.")
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
 @dataclass(frozen=True)
-class LLaDAConfig:
+class LLaDAConfig(ConfigBase):
     """What the model code needs, with the special token ids as fields (never literals in code). ``vocab_size``
     is the number of logits (the checkpoint's ``embedding_size``); ``eot_token_id`` comes from the tokenizer
     (``<|eot_id|>``) or an override; ``family`` names the ``models.family.REGISTRY`` entry that runs it."""
@@ -72,8 +81,6 @@ class LLaDAConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
-
-    end_token_ids = property(lambda self: end_token_ids(self), doc="Ids that end an answer: eos and, when known, eot.")
 
     def __post_init__(self):
         if self.d_model % self.n_heads:
@@ -122,9 +129,6 @@ class LLaDAConfig:
             eot_token_id = token_id_from_tokenizer_files(path, cls.end_of_turn)
         return cls.from_dict(cfg, generation=gen, eot_token_id=eot_token_id, allow_unknown=allow_unknown)
 
-    def replace(self, **changes) -> "LLaDAConfig":
-        return dataclasses.replace(self, **changes)
-
 
 def check_fields(cfg: Mapping[str, Any], used, ignored, supported: Mapping[str, tuple], allow_unknown: bool, *,
                  dropouts=(), what: Optional[Mapping[str, str]] = None, absent_ok: bool = True) -> dict:
@@ -162,11 +166,6 @@ def token_ids(cfg: Mapping[str, Any], generation: Optional[Mapping[str, Any]], e
     return {n: None if v is None else int(v) for n, v in ids.items()}
 
 
-def end_token_ids(cfg) -> tuple:
-    """Ids that end an answer: eos and, when known, eot (any family's config)."""
-    return tuple(i for i in (cfg.eos_token_id, cfg.eot_token_id) if i is not None)
-
-
 def check_token_ids(cfg) -> None:
     """Every special id of a config (any family's) lies in the vocabulary, and pad differs from mask."""
     for name in ("mask_token_id", "eos_token_id", "pad_token_id", "bos_token_id", "eot_token_id"):
@@ -178,18 +177,20 @@ def check_token_ids(cfg) -> None:
         raise ConfigError(f"pad_token_id={cfg.pad_token_id} must differ from mask_token_id")
 
 
+def read_json(path: str, default=None):
+    """The parsed JSON file at ``path``, or ``default`` when there is no such file."""
+    if not os.path.isfile(path):
+        return default
+    with open(path) as f:
+        return json.load(f)
+
+
 def read_config_files(path: str):
     """``(config.json, generation_config.json or {})`` of a checkpoint folder, parsed."""
-    cfg_path = os.path.join(path, "config.json")
-    if not os.path.isfile(cfg_path):
+    cfg = read_json(os.path.join(path, "config.json"))
+    if cfg is None:
         raise FileNotFoundError(f"no config.json in {path!r}")
-    with open(cfg_path) as f:
-        cfg = json.load(f)
-    gen_path = os.path.join(path, "generation_config.json")
-    if not os.path.isfile(gen_path):
-        return cfg, {}
-    with open(gen_path) as f:
-        return cfg, json.load(f)
+    return cfg, read_json(os.path.join(path, "generation_config.json"), {})
 
 
 def token_id_from_tokenizer_files(path: str, content: str) -> Optional[int]:
@@ -197,11 +198,7 @@ def token_id_from_tokenizer_files(path: str, content: str) -> Optional[int]:
     for name, getter in (("tokenizer.json", lambda d: d.get("added_tokens", [])),
                          ("tokenizer_config.json",
                           lambda d: [dict(v, id=int(k)) for k, v in d.get("added_tokens_decoder", {}).items()])):
-        p = os.path.join(path, name)
-        if os.path.isfile(p):
-            with open(p) as f:
-                data = json.load(f)
-            for tok in getter(data):
-                if tok.get("content") == content:
-                    return int(tok["id"])
+        for tok in getter(read_json(os.path.join(path, name), {})):
+            if tok.get("content") == content:
+                return int(tok["id"])
     return None

@@ -13,11 +13,10 @@ else raises a :class:`ConfigError` naming the field and its value.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Optional, Tuple
 
-from .config import (ConfigError, check_fields, check_token_ids, end_token_ids, read_config_files,
+from .config import (ConfigBase, ConfigError, check_fields, check_token_ids, read_config_files,
                      token_id_from_tokenizer_files, token_ids)
 
 __all__ = ["MoEConfig", "LLaDA2Config", "LLaDAMoEConfig", "detect_family", "llada2_config_dict",
@@ -60,7 +59,7 @@ _LLADAMOE_USED = {"dense_intermediate_size", "expert_intermediate_size", "shared
 
 
 @dataclass(frozen=True)
-class MoEConfig:
+class MoEConfig(ConfigBase):
     """What the MoE model code needs (the fields the driver reads are named as :class:`LLaDAConfig`'s); instances
     are :class:`LLaDA2Config` or :class:`LLaDAMoEConfig`. ``moe_layers[i]``: layer i is MoE (else a dense SwiGLU
     MLP of ``intermediate_size``); ``rotary_dim`` features of each head rotate (partial RoPE when < head_dim);
@@ -98,8 +97,6 @@ class MoEConfig:
     eot_token_id: Optional[int] = None
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
-    end_token_ids = property(lambda self: end_token_ids(self), doc="Ids that end an answer: eos and, when known, eot.")
-
     def __post_init__(self):
         if self.family not in ("llada2", "lladamoe"):
             raise ConfigError(f"{type(self).__name__} is not an MoE family config (use LLaDA2Config or LLaDAMoEConfig)")
@@ -125,9 +122,6 @@ class MoEConfig:
             raise ConfigError(f"num_experts_per_tok={self.top_k} must be in [1, {self.topk_group} groups x "
                               f"{self.n_experts // self.n_group} experts]")
         check_token_ids(self)
-
-    def replace(self, **changes) -> "MoEConfig":
-        return dataclasses.replace(self, **changes)
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any], *, generation: Optional[Mapping[str, Any]] = None,

@@ -14,7 +14,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import torch
 
 from llada_triton.kernels.reference import rope_tables
-from .config import LLaDAConfig
+from .config import LLaDAConfig, read_json
 
 __all__ = ["LayerParams", "Params", "load_params", "param_name_map", "WeightError", "init_params",
            "save_checkpoint", "write_safetensors", "stream_checkpoint", "fill_random"]
@@ -120,8 +120,7 @@ def _shard_plan(path: str) -> Dict[str, List[str]]:
     """file -> tensor names, from ``model.safetensors.index.json`` or a single ``model.safetensors``."""
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.isfile(index):
-        with open(index) as f:
-            weight_map = json.load(f).get("weight_map")
+        weight_map = read_json(index).get("weight_map")
         if not isinstance(weight_map, dict):
             raise WeightError(f"{index}: no 'weight_map' object")
         plan: Dict[str, List[str]] = {}
