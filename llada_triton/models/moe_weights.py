@@ -17,9 +17,8 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from llada_triton.kernels.reference import rope_tables
 from .moe_config import MoEConfig, llada2_config_dict, llada2_generation_config
-from .weights import Params, fill_random, load_into, save_checkpoint
+from .weights import Params, fill_random, load_into, new_params, save_checkpoint
 
 __all__ = ["MoELayerParams", "load_moe_params", "moe_param_name_map", "empty_moe_params", "init_moe_params",
            "save_moe_checkpoint"]
@@ -124,11 +123,8 @@ def _empty_layer(cfg: MoEConfig, i: int, device, dtype) -> MoELayerParams:
 
 def empty_moe_params(cfg: MoEConfig, *, device="cpu", dtype=torch.bfloat16) -> Params:
     """Uninitialised :class:`Params` of ``cfg``'s shapes (RoPE tables filled)."""
-    cos, sin = rope_tables(cfg.rotary_dim, cfg.rope_theta, cfg.max_sequence_length, device)
-    wte = torch.empty((cfg.vocab_size, cfg.d_model), device=device, dtype=dtype)
-    return Params(wte=wte, layers=[_empty_layer(cfg, i, device, dtype) for i in range(cfg.n_layers)],
-                     ln_f=torch.empty(cfg.d_model, device=device, dtype=dtype),
-                     lm_head=wte if cfg.weight_tying else torch.empty_like(wte), rope_cos=cos, rope_sin=sin)
+    return new_params(cfg, [_empty_layer(cfg, i, device, dtype) for i in range(cfg.n_layers)], cfg.rotary_dim,
+                      device=device, dtype=dtype)
 
 
 def init_moe_params(cfg: MoEConfig, *, device="cpu", dtype=torch.float32, seed: int = 0,

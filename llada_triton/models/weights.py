@@ -60,16 +60,6 @@ class Params:
                     yield f"layers.{i}.{f.name}", t
 
 
-def _shapes(cfg: LLaDAConfig) -> Dict[str, Tuple[int, ...]]:
-    d, D, h, V = cfg.d_model, cfg.head_dim, cfg.mlp_hidden_size, cfg.vocab_size
-    nqkv = (cfg.n_heads + 2 * cfg.n_kv_heads) * D
-    s = {"wte": (V, d), "ln_f": (d,), "lm_head": (V, d), "attn_norm": (d,), "w_qkv": (nqkv, d),
-         "w_o": (d, cfg.n_heads * D), "ff_norm": (d,), "w_gate_up": (2 * h, d), "w_down": (d, h)}
-    if cfg.qkv_bias:
-        s["b_qkv"] = (nqkv,)
-    return s
-
-
 def param_name_map(cfg: LLaDAConfig) -> Dict[str, Tuple[str, Optional[int], slice, Tuple[int, ...]]]:
     """The one explicit map: checkpoint name -> (target param path, layer or None, row slice, shape)."""
     d, D, h, V = cfg.d_model, cfg.head_dim, cfg.mlp_hidden_size, cfg.vocab_size
@@ -94,17 +84,26 @@ def param_name_map(cfg: LLaDAConfig) -> Dict[str, Tuple[str, Optional[int], slic
     return m
 
 
+def new_params(cfg, layers: list, rope_dim: int, *, device, dtype) -> Params:
+    """:class:`Params` around a family's ``layers``: uninitialised ``wte``, ``ln_f`` and ``lm_head`` (``wte`` when
+    tied), RoPE tables over ``rope_dim`` features."""
+    cos, sin = rope_tables(rope_dim, cfg.rope_theta, cfg.max_sequence_length, device)
+    wte = torch.empty((cfg.vocab_size, cfg.d_model), device=device, dtype=dtype)
+    return Params(wte=wte, layers=layers, ln_f=torch.empty(cfg.d_model, device=device, dtype=dtype),
+                  lm_head=wte if cfg.weight_tying else torch.empty_like(wte), rope_cos=cos, rope_sin=sin)
+
+
 def _empty_params(cfg: LLaDAConfig, device, dtype) -> Params:
-    s = _shapes(cfg)
-    e = lambda k: torch.empty(s[k], device=device, dtype=dtype)  # noqa: E731
-    layers = [LayerParams(**{f.name: e(f.name) for f in fields(LayerParams) if f.name in s})
+    d, D, h = cfg.d_model, cfg.head_dim, cfg.mlp_hidden_size
+    nqkv = (cfg.n_heads + 2 * cfg.n_kv_heads) * D
+    e = lambda *shape: torch.empty(shape, device=device, dtype=dtype)  # noqa: E731
+    layers = [LayerParams(attn_norm=e(d), w_qkv=e(nqkv, d), w_o=e(d, cfg.n_heads * D), ff_norm=e(d),
+                          w_gate_up=e(2 * h, d), w_down=e(d, h), b_qkv=e(nqkv) if cfg.qkv_bias else None)
               for _ in range(cfg.n_layers)]
-    cos, sin = rope_tables(cfg.head_dim, cfg.rope_theta, cfg.max_sequence_length, device)
+    params = new_params(cfg, layers, D, device=device, dtype=dtype)
     if not cfg.rope:  # identity rotation: x * 1 + rotate_half(x) * 0 == x exactly
-        cos, sin = torch.ones_like(cos), torch.zeros_like(sin)
-    wte = e("wte")
-    return Params(wte=wte, layers=layers, ln_f=e("ln_f"), lm_head=wte if cfg.weight_tying else e("lm_head"),
-                  rope_cos=cos, rope_sin=sin)
+        params.rope_cos, params.rope_sin = torch.ones_like(params.rope_cos), torch.zeros_like(params.rope_sin)
+    return params
 
 
 def _slot(params: Params, name: str, entry: tuple) -> torch.Tensor:
