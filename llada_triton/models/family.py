@@ -8,11 +8,13 @@ The decoding driver never imports a family's model code: it calls :func:`forward
 Adding a family (as ``llada_triton/models/dream.py``):
 
 1. a frozen config class with those fields, a class attribute ``family = "name"`` and
-   ``from_pretrained(path, *, eot_token_id=None)``;
+   ``from_pretrained(path, *, eot_token_id=None)`` (``config.ConfigBase``, ``check_fields`` and ``token_ids`` help);
 2. ``forward_hidden(params, cfg, tokens, *, start=0, cache=None, kv_len=None, kv_start=None, key_end=None,
    rows=None, write_from=None, ops=REFERENCE_OPS)`` with the semantics of
-   :func:`llada_triton.models.model.forward_hidden` (final normed hidden states; the cache written by position);
-3. ``load_params(path, cfg, *, device, dtype)`` returning params with ``lm_head`` ``[V, d]``, ``device``, ``dtype``;
+   :func:`llada_triton.models.model.forward_hidden` (final normed hidden states; the cache written by position):
+   a transformer of the same layer shape is ``model.make_forward_hidden(qkv_step, ffn_step)`` (as ``moe_model``);
+3. ``load_params(path, cfg, *, device, dtype)`` returning params with ``lm_head`` ``[V, d]``, ``device``, ``dtype``
+   (``weights.load_into`` fills ``weights.new_params`` strictly from a checkpoint name map);
 4. a module-level ``FAMILY = Family(name=..., config=..., forward_hidden=..., load_params=...)`` (``new_cache``
    defaults to :meth:`llada_triton.models.model.KVCache.empty`; the drivers only call its ``rows(r0, r1)``);
 5. one line in :data:`REGISTRY` (module, config.json ``model_type`` / ``architectures``) for ``load_model``.
