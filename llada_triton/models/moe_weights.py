@@ -153,10 +153,9 @@ def load_moe_params(path: str, cfg: MoEConfig, *, device="cpu", dtype: torch.dty
 
 def save_moe_checkpoint(params: Params, cfg: MoEConfig, path: str, *, dtype: torch.dtype = torch.bfloat16,
                         max_shard_bytes: Optional[int] = None) -> List[str]:
-    """Write ``params`` under the checkpoint names of :func:`moe_param_name_map` (per-expert and, for LLaDA-MoE,
-    separate q/k/v tensors) in ``dtype``, the expert bias in fp32 (the trained routing), sharded when asked; for
-    LLaDA2 also ``config.json`` and ``generation_config.json`` (the caller adds the tokenizer files). Returns the
-    safetensors file names; :func:`load_moe_params` reads them back."""
+    """:func:`~llada_triton.models.weights.save_checkpoint` under :func:`moe_param_name_map`'s names (per expert;
+    LLaDA-MoE's q/k/v apart; the expert bias in fp32); for LLaDA2 also ``config.json`` and ``generation_config.json``
+    (the caller adds the tokenizer files). :func:`load_moe_params` reads them back."""
     files = save_checkpoint(params, cfg, path, dtype=dtype, max_shard_bytes=max_shard_bytes,
                             name_map=moe_param_name_map(cfg))
     if cfg.family == "llada2":
