@@ -108,6 +108,18 @@ def launch_rms_norm(x2, r2, weight, y2, h2, eps, config=None):
     )
 
 
+def norm_target(like: torch.Tensor, weight, eps, out, prefix: str = "norm_"):
+    """Validate an RMSNorm's ``weight`` ``[d]``, ``eps`` and ``out`` (named with ``prefix``) for an input like
+    ``like``; return ``(weight, eps, y)``, ``y`` (``out`` or new) of dtype ``promote_types(weight, like)``."""
+    check_vector(prefix + "weight", weight, like.shape[-1], DTYPES, like.device)
+    eps = check_eps(eps)
+    y_dtype = torch.promote_types(weight.dtype, like.dtype)
+    check_like(prefix + "out", out, like.shape, y_dtype, like.device)
+    if out is None:
+        out = torch.empty(like.shape, device=like.device, dtype=y_dtype)
+    return weight, eps, out
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: Optional[torch.Tensor] = None, *,
              out: Optional[torch.Tensor] = None, residual_out: Optional[torch.Tensor] = None):
     """``y = weight * (h * rsqrt(mean(h**2) + eps)).to(x.dtype)`` with ``h = x + residual``; returns ``y``, or
@@ -119,18 +131,14 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: Option
     it is written, by the same program). Reference: :func:`llada_triton.kernels.reference.rms_norm_ref`.
     """
     check_tensor("x", x, dtypes=DTYPES)
-    eps = check_eps(eps)
     if x.ndim < 1 or x.shape[-1] == 0:
         raise ValueError(f"x must be [..., d] with d >= 1, got shape {tuple(x.shape)}")
     d = x.shape[-1]
-    check_vector("weight", weight, d, DTYPES, x.device)
-    y_dtype = torch.promote_types(weight.dtype, x.dtype)
-    for name, t, dt in (("residual", residual, x.dtype), ("out", out, y_dtype),
-                        ("residual_out", residual_out, x.dtype)):
-        check_like(name, t, x.shape, dt, x.device)
+    weight, eps, y = norm_target(x, weight, eps, out, prefix="")
+    for name, t in (("residual", residual), ("residual_out", residual_out)):
+        check_like(name, t, x.shape, x.dtype, x.device)
     if residual_out is not None and residual is None:
         raise ValueError("residual_out given without residual")
-    y = torch.empty(x.shape, device=x.device, dtype=y_dtype) if out is None else out
     h = None
     if residual is not None:
         h = torch.empty_like(x, memory_format=torch.contiguous_format) if residual_out is None else residual_out
