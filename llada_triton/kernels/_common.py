@@ -95,6 +95,12 @@ def check_like(name: str, t, shape, dtype: torch.dtype, device: torch.device, co
         check_shape(name, t, shape, (dtype,), device, contiguous_last)
 
 
+def check_out(name: str, t, shape, dtype: torch.dtype, device: torch.device, contiguous_last=True) -> torch.Tensor:
+    """An output argument: ``t`` after :func:`check_like`, or a new contiguous ``shape`` tensor when None."""
+    check_like(name, t, shape, dtype, device, contiguous_last)
+    return torch.empty(shape, device=device, dtype=dtype) if t is None else t
+
+
 def check_vector(name: str, t, n: int, dtypes, device: torch.device, contiguous_last=True):
     """:func:`check_shape` for a ``[n]`` tensor."""
     check_shape(name, t, (n,), dtypes, device, contiguous_last)

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from llada_triton.kernels._common import (DTYPES, cdiv, check_like, check_shape, check_tensor, check_vector,
+from llada_triton.kernels._common import (DTYPES, cdiv, check_out, check_shape, check_tensor, check_vector,
                                           gdc_options, gdc_wait_and_release, is_interpreter, memo_config, next_pow2)
 
 __all__ = ["block_attention"]
@@ -246,9 +246,7 @@ def _launch(q, k_cache, v_cache, kv_len, kv_start=None, key_end=None, scale=None
     key_strides, scale = _check_inputs(q, k_cache, v_cache, kv_len, kv_start, key_end, scale)
     B, Tq, H, D = q.shape
     Hkv = k_cache.shape[2]
-    check_like("out", out, q.shape, q.dtype, q.device)
-    if out is None:
-        out = torch.empty(B, Tq, H, D, dtype=q.dtype, device=q.device)
+    out = check_out("out", out, q.shape, q.dtype, q.device)
     if out.numel() == 0:
         return out
     cfg = _attention_config(B, Tq, H, Hkv, D, kv_len, q.device, is_interpreter())

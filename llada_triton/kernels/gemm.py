@@ -16,9 +16,9 @@ import torch
 import triton
 import triton.language as tl
 
-from llada_triton.kernels._common import (DTYPES, as_rows, cdiv, check_like, check_tensor, clamp_pow2, dot_flags,
-                                          gdc_options, gdc_wait_and_release, is_interpreter, memo_config, next_pow2,
-                                          prefetch_weight_rows)
+from llada_triton.kernels._common import (DTYPES, as_rows, cdiv, check_like, check_out, check_tensor, clamp_pow2,
+                                          dot_flags, gdc_options, gdc_wait_and_release, is_interpreter, memo_config,
+                                          next_pow2, prefetch_weight_rows)
 from llada_triton.kernels.norm import launch_rms_norm, norm_target
 
 __all__ = ["linear", "linear_rms_norm"]
@@ -303,10 +303,8 @@ def run_linear(x, w, residual, out, norm_args=None, pre=None):
     validated norm)``."""
     N = w.shape[0]
     shape = (*x.shape[:-1], N)
-    for name, t in (("residual", residual), ("out", out)):
-        check_like(name, t, shape, x.dtype, x.device)
-    if out is None:
-        out = torch.empty(shape, device=x.device, dtype=x.dtype)
+    check_like("residual", residual, shape, x.dtype, x.device)
+    out = check_out("out", out, shape, x.dtype, x.device)
     norm = None if norm_args is None else norm_target(out, *norm_args)
     x2 = as_rows("x", x, x.shape[-1])
     if x2.shape[0]:

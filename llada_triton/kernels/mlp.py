@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from llada_triton.kernels._common import (DTYPES, as_rows, cdiv, check_like, check_shape, check_tensor, clamp_pow2,
+from llada_triton.kernels._common import (DTYPES, as_rows, cdiv, check_out, check_shape, check_tensor, clamp_pow2,
                                           dot_flags, gdc_options, gdc_wait_and_release, is_interpreter, memo_config,
                                           next_pow2, prefetch_weight_rows)
 from llada_triton.kernels.gemm import (acc_zeros, dot_step, load_k, mma, out_offsets, run_linear, tile_offsets, tma_ok,
@@ -221,9 +221,7 @@ def silu_mul(gate_up: torch.Tensor, *, out: Optional[torch.Tensor] = None) -> to
         raise ValueError(f"gate_up must be [..., 2h] with h >= 1, got shape {tuple(gate_up.shape)}")
     h = gate_up.shape[-1] // 2
     shape = (*gate_up.shape[:-1], h)
-    check_like("out", out, shape, gate_up.dtype, gate_up.device)
-    if out is None:
-        out = torch.empty(shape, device=gate_up.device, dtype=gate_up.dtype)
+    out = check_out("out", out, shape, gate_up.dtype, gate_up.device)
     g2, a2 = as_rows("gate_up", gate_up, 2 * h), as_rows("out", out, h)
     M = g2.shape[0]
     if M:

@@ -11,8 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
-from llada_triton.kernels._common import (DTYPES, as_rows, cdiv, check_like, check_tensor, check_vector, gdc_options,
-                                          gdc_wait_and_release, is_interpreter, memo_config, next_pow2)
+from llada_triton.kernels._common import (DTYPES, as_rows, cdiv, check_like, check_out, check_tensor, check_vector,
+                                          gdc_options, gdc_wait_and_release, is_interpreter, memo_config, next_pow2)
 from llada_triton.kernels.reference import check_eps
 
 __all__ = ["rms_norm"]
@@ -114,10 +114,7 @@ def norm_target(like: torch.Tensor, weight, eps, out, prefix: str = "norm_"):
     check_vector(prefix + "weight", weight, like.shape[-1], DTYPES, like.device)
     eps = check_eps(eps)
     y_dtype = torch.promote_types(weight.dtype, like.dtype)
-    check_like(prefix + "out", out, like.shape, y_dtype, like.device)
-    if out is None:
-        out = torch.empty(like.shape, device=like.device, dtype=y_dtype)
-    return weight, eps, out
+    return weight, eps, check_out(prefix + "out", out, like.shape, y_dtype, like.device)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: Optional[torch.Tensor] = None, *,

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from llada_triton.kernels._common import (DTYPES, cdiv, check_like, check_shape, check_tensor, gdc_options,
+from llada_triton.kernels._common import (DTYPES, cdiv, check_out, check_shape, check_tensor, gdc_options,
                                           gdc_wait_and_release, is_interpreter, memo_config, next_pow2)
 
 __all__ = ["rope", "qkv_rope_cache"]
@@ -167,9 +167,7 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, out: Optional
         raise ValueError(f"x head dim must be even for the half-split rotation, got D={D}")
     for name, t in (("cos", cos), ("sin", sin)):
         check_shape(name, t, (T, D), (torch.float32,), x.device)
-    check_like("out", out, x.shape, x.dtype, x.device, contiguous_last=False)
-    if out is None:
-        out = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+    out = check_out("out", out, x.shape, x.dtype, x.device, contiguous_last=False)
     if x.numel():
         _launch(x.unsqueeze(2), out.unsqueeze(2), cos, sin)
     return out
