@@ -132,13 +132,10 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: Option
         raise ValueError(f"x must be [..., d] with d >= 1, got shape {tuple(x.shape)}")
     d = x.shape[-1]
     weight, eps, y = norm_target(x, weight, eps, out, prefix="")
-    for name, t in (("residual", residual), ("residual_out", residual_out)):
-        check_like(name, t, x.shape, x.dtype, x.device)
+    check_like("residual", residual, x.shape, x.dtype, x.device)
     if residual_out is not None and residual is None:
         raise ValueError("residual_out given without residual")
-    h = None
-    if residual is not None:
-        h = torch.empty_like(x, memory_format=torch.contiguous_format) if residual_out is None else residual_out
+    h = None if residual is None else check_out("residual_out", residual_out, x.shape, x.dtype, x.device)
     if x.numel():
         launch_rms_norm(as_rows("x", x, d), None if residual is None else as_rows("residual", residual, d),
                         weight, as_rows("out", y, d), None if h is None else as_rows("residual_out", h, d), eps)

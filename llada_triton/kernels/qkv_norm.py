@@ -136,16 +136,6 @@ def qkv_norm_config(M: int, K: int, D: int, NH: int, dtype: torch.dtype, interpr
     return dict(HP=hp, BM=bm, BK=64, SPLIT_K=split, num_warps=warps, num_stages=4)
 
 
-def _check_norms(q_norm, k_norm, D: int, x: torch.Tensor) -> bool:
-    """Whether QK-norm applies (both weights ``[D]`` of x's dtype on its device, or both None)."""
-    if (q_norm is None) != (k_norm is None):
-        raise ValueError("q_norm and k_norm must both be given or both be None")
-    for name, w in (("q_norm", q_norm), ("k_norm", k_norm)):
-        if w is not None:
-            check_vector(name, w, D, (x.dtype,), x.device)
-    return q_norm is not None
-
-
 def qkv_proj_norm_rope(x: torch.Tensor, w_qkv: torch.Tensor, q_norm: Optional[torch.Tensor],
                        k_norm: Optional[torch.Tensor], eps: float, cos_table: torch.Tensor, sin_table: torch.Tensor,
                        start, k_cache: Optional[torch.Tensor] = None, v_cache: Optional[torch.Tensor] = None, *,
@@ -164,7 +154,12 @@ def qkv_proj_norm_rope(x: torch.Tensor, w_qkv: torch.Tensor, q_norm: Optional[to
     ``(q, k, v)``: views of a new ``[B, T, NH, D]`` tensor."""
     B, T, d, H, D, NH = check_proj_args(x, w_qkv, n_heads, head_dim, k_cache, bias)
     eps = check_eps(eps)
-    has_norm = _check_norms(q_norm, k_norm, D, x)
+    if (q_norm is None) != (k_norm is None):
+        raise ValueError("q_norm and k_norm must both be given or both be None")
+    has_norm = q_norm is not None
+    if has_norm:
+        check_vector("q_norm", q_norm, D, (x.dtype,), x.device)
+        check_vector("k_norm", k_norm, D, (x.dtype,), x.device)
     out = torch.empty((B, T, NH, D), device=x.device, dtype=x.dtype)
     _, Hkv, dyn, positions, has_cache = check_rope_args(out, cos_table, sin_table, start, k_cache, v_cache, H,
                                                          write_from, partial=True)
