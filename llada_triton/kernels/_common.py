@@ -38,15 +38,11 @@ def gdc_options(t: torch.Tensor, rows: int) -> dict:
     return {"USE_GDC": True, "launch_pdl": True}
 
 
-def _has_gdc() -> bool:
-    try:
-        from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait  # noqa: F401
-    except Exception:  # older triton
-        return False
-    return True
-
-
-_HAS_GDC = _has_gdc()
+try:
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait  # noqa: F401
+    _HAS_GDC = True
+except Exception:  # older triton
+    _HAS_GDC = False
 
 
 def memo_config(fn):

@@ -5,8 +5,6 @@ Each program's ``[2 HB, rows]`` tile (weight rows as the MMA's M, the K-loop of 
 holds ``HB`` rotation pairs ``(j, j + D/2)`` of one head; the epilogue rounds the projection to the input dtype,
 rotates q and k in fp32 and stores q into the output, k and v into the cache (or the output without one).
 Numerics: :func:`llada_triton.kernels.reference.qkv_proj_rope_ref` up to the GEMM's fp32 accumulation order.
-``token_positions``, ``head_dest``, ``check_proj_args``, ``cache_strides``, ``split_out`` are shared with
-:mod:`llada_triton.kernels.qkv_norm`.
 """
 from __future__ import annotations
 

@@ -144,13 +144,12 @@ def qkv_proj_norm_rope(x: torch.Tensor, w_qkv: torch.Tensor, q_norm: Optional[to
     """``qkv_norm_rope_cache_ref(linear(x, w_qkv, bias).view(B, T, NH, D), q_norm, k_norm, eps, ...)`` in one
     launch (two when split over K), any number of rows.
 
-    x: ``[B, T, d]`` fp16/bf16/fp32; w_qkv: ``[NH * D, d]``, ``NH = n_heads + 2 Hkv`` (q, then k, then v heads; GQA
-    when ``Hkv < n_heads``), ``D = head_dim`` (default: the caches' head dim, else ``d // n_heads``), even. q_norm,
-    k_norm: per-head RMSNorm weights ``[D]`` of x's dtype, or both None; eps: the norm's epsilon. cos_table,
-    sin_table: fp32 ``[L, R]``, ``R <= D`` even: the first ``R`` features of each q / k head rotate. start, k_cache,
-    v_cache, write_from: as :func:`llada_triton.kernels.rotary.qkv_rope_cache` (the cache holds normed, rotated
-    keys). bias: optional ``[NH * D]``, added before the product's one rounding. config: block sizes and
-    ``SPLIT_K`` (default :func:`qkv_norm_config`). Returns ``(q, k_cache, v_cache)`` with a cache, else
+    x, w_qkv (``NH = n_heads + 2 Hkv`` heads; GQA when ``Hkv < n_heads``), head_dim ``D`` (even), bias: as
+    :func:`llada_triton.kernels.qkv.qkv_proj_rope`. q_norm, k_norm: per-head RMSNorm weights ``[D]`` of x's dtype,
+    or both None; eps: the norm's epsilon. cos_table, sin_table: fp32 ``[L, R]``, ``R <= D`` even: the first ``R``
+    features of each q / k head rotate. start, k_cache, v_cache, write_from: as
+    :func:`llada_triton.kernels.rotary.qkv_rope_cache` (the cache holds normed, rotated keys). config: block sizes
+    and ``SPLIT_K`` (default :func:`qkv_norm_config`). Returns ``(q, k_cache, v_cache)`` with a cache, else
     ``(q, k, v)``: views of a new ``[B, T, NH, D]`` tensor."""
     B, T, d, H, D, NH = check_proj_args(x, w_qkv, n_heads, head_dim, k_cache, bias)
     eps = check_eps(eps)
