@@ -10,6 +10,12 @@ import torch
 import triton
 import triton.language as tl
 
+try:
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait  # noqa: F401
+    _HAS_GDC = True
+except Exception:  # older triton
+    _HAS_GDC = False
+
 
 @functools.lru_cache(maxsize=None)
 def is_interpreter() -> bool:
@@ -36,13 +42,6 @@ def gdc_options(t: torch.Tensor, rows: int) -> dict:
             or not _sm90_or_newer(t.device.index if t.device.index is not None else torch.cuda.current_device())):
         return {}
     return {"USE_GDC": True, "launch_pdl": True}
-
-
-try:
-    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait  # noqa: F401
-    _HAS_GDC = True
-except Exception:  # older triton
-    _HAS_GDC = False
 
 
 def memo_config(fn):

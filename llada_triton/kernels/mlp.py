@@ -220,8 +220,7 @@ def silu_mul(gate_up: torch.Tensor, *, out: Optional[torch.Tensor] = None) -> to
     if gate_up.ndim < 1 or gate_up.shape[-1] % 2 or gate_up.shape[-1] == 0:
         raise ValueError(f"gate_up must be [..., 2h] with h >= 1, got shape {tuple(gate_up.shape)}")
     h = gate_up.shape[-1] // 2
-    shape = (*gate_up.shape[:-1], h)
-    out = check_out("out", out, shape, gate_up.dtype, gate_up.device)
+    out = check_out("out", out, (*gate_up.shape[:-1], h), gate_up.dtype, gate_up.device)
     g2, a2 = as_rows("gate_up", gate_up, 2 * h), as_rows("out", out, h)
     M = g2.shape[0]
     if M:
