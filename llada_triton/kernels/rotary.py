@@ -117,10 +117,9 @@ def rope_config(B: int, T: int, G: int, H: int, D: int, interpret: Optional[bool
     """Meta-parameters of :func:`rope`: heads per program chosen so that small batches still fill the GPU."""
     interpret = is_interpreter() if interpret is None else interpret
     block_d2 = next_pow2(max(D // 2, 1))
-    hmax = next_pow2(max(H, 1))
+    block_h = next_pow2(max(H, 1))
     if interpret:
-        return dict(BLOCK_H=hmax, BLOCK_D2=block_d2, num_warps=1)
-    block_h = hmax
+        return dict(BLOCK_H=block_h, BLOCK_D2=block_d2, num_warps=1)
     # halve the heads per program until there are >= ~4 programs per SM (132 SMs) or one head each
     while block_h > 1 and B * T * G * cdiv(H, block_h) < 528:
         block_h //= 2
