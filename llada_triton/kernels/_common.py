@@ -10,6 +10,12 @@ import torch
 import triton
 import triton.language as tl
 
+try:
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait  # noqa: F401
+    _HAS_GDC = True
+except Exception:  # older triton
+    _HAS_GDC = False
+
 
 @functools.lru_cache(maxsize=None)
 def is_interpreter() -> bool:
@@ -36,17 +42,6 @@ def gdc_options(t: torch.Tensor, rows: int) -> dict:
             or not _sm90_or_newer(t.device.index if t.device.index is not None else torch.cuda.current_device())):
         return {}
     return {"USE_GDC": True, "launch_pdl": True}
-
-
-def _has_gdc() -> bool:
-    try:
-        from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait  # noqa: F401
-    except Exception:  # older triton
-        return False
-    return True
-
-
-_HAS_GDC = _has_gdc()
 
 
 def memo_config(fn):
@@ -77,23 +72,33 @@ def check_tensor(name: str, t: torch.Tensor, *, ndim=None, dtypes=None, contiguo
         raise ValueError(f"{name} must have {ndim} dims, got shape {tuple(t.shape)}")
     if dtypes is not None and t.dtype not in dtypes:
         raise ValueError(f"{name} has dtype {t.dtype}; allowed: {', '.join(map(str, dtypes))}")
-    if contiguous_last and t.numel() and t.stride(-1) != 1:
+    if contiguous_last and t.ndim and t.numel() and t.stride(-1) != 1:
         raise ValueError(f"{name} must be contiguous in its last dim (stride {t.stride()})")
 
 
+def check_shape(name: str, t, shape, dtypes, device: torch.device, contiguous_last=True):
+    """Raise naming the argument unless ``t`` is a ``shape`` tensor of one of ``dtypes`` on ``device``."""
+    check_tensor(name, t, dtypes=dtypes, contiguous_last=contiguous_last)
+    if tuple(t.shape) != tuple(shape) or t.device != device:
+        want = f"[{shape[0]}]" if len(shape) == 1 else tuple(shape)
+        raise ValueError(f"{name} must be {want} on {device}, got {tuple(t.shape)} on {t.device}")
+
+
 def check_like(name: str, t, shape, dtype: torch.dtype, device: torch.device, contiguous_last=True):
-    """Raise a ValueError naming the argument unless ``t`` is None or a ``shape`` tensor of ``dtype`` on ``device``."""
+    """:func:`check_shape` with one dtype, unless ``t`` is None (an optional argument)."""
     if t is not None:
-        check_tensor(name, t, dtypes=(dtype,), contiguous_last=contiguous_last)
-        if tuple(t.shape) != tuple(shape) or t.device != device:
-            raise ValueError(f"{name} must be {tuple(shape)} on {device}, got {tuple(t.shape)} on {t.device}")
+        check_shape(name, t, shape, (dtype,), device, contiguous_last)
 
 
-def check_vector(name: str, t, n: int, dtypes, device: torch.device):
-    """Raise naming the argument unless ``t`` is a ``[n]`` tensor of one of ``dtypes`` on ``device``."""
-    check_tensor(name, t, ndim=1, dtypes=dtypes)
-    if t.shape[0] != n or t.device != device:
-        raise ValueError(f"{name} must be [{n}] on {device}, got {tuple(t.shape)} on {t.device}")
+def check_out(name: str, t, shape, dtype: torch.dtype, device: torch.device, contiguous_last=True) -> torch.Tensor:
+    """An output argument: ``t`` after :func:`check_like`, or a new contiguous ``shape`` tensor when None."""
+    check_like(name, t, shape, dtype, device, contiguous_last)
+    return torch.empty(shape, device=device, dtype=dtype) if t is None else t
+
+
+def check_vector(name: str, t, n: int, dtypes, device: torch.device, contiguous_last=True):
+    """:func:`check_shape` for a ``[n]`` tensor."""
+    check_shape(name, t, (n,), dtypes, device, contiguous_last)
 
 
 def compile_for(kernel, signature: dict, constexprs: dict, arch: int = 90):

@@ -18,8 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
-from llada_triton.kernels._common import (DTYPES, cdiv, check_like, check_tensor, gdc_options, gdc_wait_and_release,
-                                          is_interpreter, memo_config, next_pow2)
+from llada_triton.kernels._common import (DTYPES, cdiv, check_out, check_shape, check_tensor, check_vector,
+                                          gdc_options, gdc_wait_and_release, is_interpreter, memo_config, next_pow2)
 
 __all__ = ["block_attention"]
 
@@ -202,12 +202,10 @@ def _attention_config(B: int, Tq: int, H: int, Hkv: int, D: int, kv_len: int, de
 def _check_inputs(q, k_cache, v_cache, kv_len, kv_start, key_end, scale):
     """Validate :func:`block_attention`'s arguments; return ``((kv_start b, key_end b, key_end t) strides, scale)``."""
     check_tensor("q", q, ndim=4, dtypes=DTYPES)
-    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
-        check_tensor(name, t, ndim=4, dtypes=(q.dtype,))
+    check_tensor("k_cache", k_cache, ndim=4, dtypes=(q.dtype,))
+    check_shape("v_cache", v_cache, k_cache.shape, (q.dtype,), k_cache.device)   # like k_cache
     B, Tq, H, D = q.shape
     Bk, T_max, Hkv, Dk = k_cache.shape
-    if tuple(v_cache.shape) != tuple(k_cache.shape):
-        raise ValueError(f"v_cache shape {tuple(v_cache.shape)} must equal k_cache shape {tuple(k_cache.shape)}")
     if Bk != B or Dk != D:
         raise ValueError(f"k_cache shape {tuple(k_cache.shape)} does not match q shape {tuple(q.shape)}: "
                          f"need [B={B}, T_max, Hkv, D={D}]")
@@ -215,8 +213,8 @@ def _check_inputs(q, k_cache, v_cache, kv_len, kv_start, key_end, scale):
         raise ValueError(f"q heads H={H} must be a multiple of the cache's kv heads Hkv={Hkv}")
     if not 16 <= D <= 256:
         raise ValueError(f"head dim D={D} not supported; allowed: 16 <= D <= 256")
-    if q.device != k_cache.device or q.device != v_cache.device:
-        raise ValueError(f"q ({q.device}), k_cache ({k_cache.device}), v_cache ({v_cache.device}) must share a device")
+    if k_cache.device != q.device:
+        raise ValueError(f"k_cache and v_cache must be on q's device {q.device}, got {k_cache.device}")
     if isinstance(kv_len, bool) or not isinstance(kv_len, int):
         raise TypeError(f"kv_len must be a Python int (put per-row limits in key_end / kv_start), "
                         f"got {type(kv_len).__name__}")
@@ -224,10 +222,7 @@ def _check_inputs(q, k_cache, v_cache, kv_len, kv_start, key_end, scale):
         raise ValueError(f"kv_len={kv_len} must be in [0, T_max={T_max}]")
     stride_ksb = stride_keb = stride_ket = 0
     if kv_start is not None:
-        check_tensor("kv_start", kv_start, ndim=1, dtypes=_INT_DTYPES, contiguous_last=False)
-        if kv_start.shape[0] != B or kv_start.device != q.device:
-            raise ValueError(f"kv_start must be an int tensor [B={B}] on {q.device}, got shape "
-                             f"{tuple(kv_start.shape)} on {kv_start.device}")
+        check_vector("kv_start", kv_start, B, _INT_DTYPES, q.device, contiguous_last=False)
         stride_ksb = kv_start.stride(0)
     if key_end is not None:
         check_tensor("key_end", key_end, dtypes=_INT_DTYPES, contiguous_last=False)
@@ -251,9 +246,7 @@ def _launch(q, k_cache, v_cache, kv_len, kv_start=None, key_end=None, scale=None
     key_strides, scale = _check_inputs(q, k_cache, v_cache, kv_len, kv_start, key_end, scale)
     B, Tq, H, D = q.shape
     Hkv = k_cache.shape[2]
-    check_like("out", out, q.shape, q.dtype, q.device)
-    if out is None:
-        out = torch.empty(B, Tq, H, D, dtype=q.dtype, device=q.device)
+    out = check_out("out", out, q.shape, q.dtype, q.device)
     if out.numel() == 0:
         return out
     cfg = _attention_config(B, Tq, H, Hkv, D, kv_len, q.device, is_interpreter())

@@ -16,11 +16,10 @@ import torch
 import triton
 import triton.language as tl
 
-from llada_triton.kernels._common import (DTYPES, as_rows, cdiv, check_like, check_tensor, check_vector, clamp_pow2,
+from llada_triton.kernels._common import (DTYPES, as_rows, cdiv, check_like, check_out, check_tensor, clamp_pow2,
                                           dot_flags, gdc_options, gdc_wait_and_release, is_interpreter, memo_config,
                                           next_pow2, prefetch_weight_rows)
-from llada_triton.kernels.norm import launch_rms_norm
-from llada_triton.kernels.reference import check_eps
+from llada_triton.kernels.norm import launch_rms_norm, norm_target
 
 __all__ = ["linear", "linear_rms_norm"]
 
@@ -298,37 +297,31 @@ def launch_linear(act: torch.Tensor, w: torch.Tensor, residual: Optional[torch.T
     return out
 
 
-def norm_target(norm_weight, eps, like: torch.Tensor, norm_out):
-    """Validate a fused RMSNorm's arguments; return ``(weight, eps, y)`` with ``y`` shaped like ``like``."""
-    d = like.shape[-1]
-    check_vector("norm_weight", norm_weight, d, DTYPES, like.device)
-    eps = check_eps(eps)
-    y_dtype = torch.promote_types(norm_weight.dtype, like.dtype)
-    check_like("norm_out", norm_out, like.shape, y_dtype, like.device)
-    if norm_out is None:
-        norm_out = torch.empty(like.shape, device=like.device, dtype=y_dtype)
-    return norm_weight, eps, norm_out
+def run_linear(x, w, residual, out, norm_args=None, pre=None):
+    """Check ``residual`` / ``out`` ``[..., N]``, allocate, launch ``(residual +) pre(x) @ w.T`` on row views
+    (``pre``: e.g. mlp's gate-up, default none; ``norm_args``: a fused RMSNorm's arguments); returns ``(out,
+    validated norm)``."""
+    N = w.shape[0]
+    shape = (*x.shape[:-1], N)
+    check_like("residual", residual, shape, x.dtype, x.device)
+    out = check_out("out", out, shape, x.dtype, x.device)
+    norm = None if norm_args is None else norm_target(out, *norm_args)
+    x2 = as_rows("x", x, x.shape[-1])
+    if x2.shape[0]:
+        r2 = None if residual is None else as_rows("residual", residual, N)
+        norm2 = None if norm is None else (norm[0], norm[1], as_rows("norm_out", norm[2], N))
+        launch_linear(x2 if pre is None else pre(x2), w, r2, as_rows("out", out, N), norm=norm2)
+    return out, norm
 
 
 def _linear(x, w, residual, out, norm_args=None):
-    """Validate, allocate, launch (``norm_args``: a fused RMSNorm's arguments); returns ``(out, validated norm)``."""
+    """Validate ``x`` and ``w``, then :func:`run_linear`."""
     check_tensor("x", x, dtypes=DTYPES)
     check_tensor("w", w, ndim=2, dtypes=(x.dtype,))
     K = x.shape[-1]
     if w.shape[1] != K or w.device != x.device:
         raise ValueError(f"w must be [N, K={K}] on {x.device}, got {tuple(w.shape)} on {w.device}")
-    N = w.shape[0]
-    shape = (*x.shape[:-1], N)
-    for name, t in (("residual", residual), ("out", out)):
-        check_like(name, t, shape, x.dtype, x.device)
-    if out is None:
-        out = torch.empty(shape, device=x.device, dtype=x.dtype)
-    norm = None if norm_args is None else norm_target(norm_args[0], norm_args[1], out, norm_args[2])
-    x2 = as_rows("x", x, K)
-    if x2.shape[0]:
-        launch_linear(x2, w, None if residual is None else as_rows("residual", residual, N), as_rows("out", out, N),
-                      norm=None if norm is None else (norm[0], norm[1], as_rows("norm_out", norm[2], N)))
-    return out, norm
+    return run_linear(x, w, residual, out, norm_args)
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, residual: Optional[torch.Tensor] = None, *,

@@ -17,11 +17,11 @@ import torch
 import triton
 import triton.language as tl
 
-from llada_triton.kernels._common import (DTYPES, as_rows, cdiv, check_like, check_tensor, clamp_pow2, dot_flags,
-                                          gdc_options, gdc_wait_and_release, is_interpreter, memo_config, next_pow2,
-                                          prefetch_weight_rows)
-from llada_triton.kernels.gemm import (acc_zeros, dot_step, launch_linear, load_k, mma, norm_target, out_offsets,
-                                       tile_offsets, tma_ok, tma_sources)
+from llada_triton.kernels._common import (DTYPES, as_rows, cdiv, check_out, check_shape, check_tensor, clamp_pow2,
+                                          dot_flags, gdc_options, gdc_wait_and_release, is_interpreter, memo_config,
+                                          next_pow2, prefetch_weight_rows)
+from llada_triton.kernels.gemm import (acc_zeros, dot_step, load_k, mma, out_offsets, run_linear, tile_offsets, tma_ok,
+                                       tma_sources)
 
 __all__ = ["swiglu_mlp", "swiglu_mlp_rms_norm", "silu_mul"]
 
@@ -170,37 +170,22 @@ def launch_gate_up(x: torch.Tensor, w_gate_up: torch.Tensor, act: torch.Tensor, 
     return act
 
 
-def _validate(x, w_gate_up, w_down, residual, out):
+def _mlp(x, w_gate_up, w_down, residual, out, norm_args=None):
+    """Validate, allocate, launch (``norm_args``: a fused RMSNorm's arguments); returns ``(out, validated norm)``."""
     check_tensor("x", x, dtypes=DTYPES)
     if x.ndim < 2:
         raise ValueError(f"x must be [..., d] with at least 2 dims, got shape {tuple(x.shape)}")
     d = x.shape[-1]
     check_tensor("w_gate_up", w_gate_up, ndim=2, dtypes=(x.dtype,))
-    check_tensor("w_down", w_down, ndim=2, dtypes=(x.dtype,))
     if w_gate_up.shape[1] != d or w_gate_up.shape[0] % 2 or w_gate_up.shape[0] == 0 or w_gate_up.device != x.device:
         raise ValueError(f"w_gate_up must be [2h, d={d}] with h >= 1 on {x.device}, got {tuple(w_gate_up.shape)} on "
                          f"{w_gate_up.device}")
     h = w_gate_up.shape[0] // 2
-    if tuple(w_down.shape) != (d, h) or w_down.device != x.device:
-        raise ValueError(f"w_down must be [d, h] = [{d}, {h}] on {x.device}, got {tuple(w_down.shape)} on "
-                         f"{w_down.device}")
-    for name, t in (("residual", residual), ("out", out)):
-        check_like(name, t, x.shape, x.dtype, x.device)
-    return d, h
+    check_shape("w_down", w_down, (d, h), (x.dtype,), x.device)
 
-
-def _mlp(x, w_gate_up, w_down, residual, out, norm_args=None):
-    """Validate, allocate, launch (``norm_args``: a fused RMSNorm's arguments); returns ``(out, validated norm)``."""
-    d, h = _validate(x, w_gate_up, w_down, residual, out)
-    y = torch.empty_like(x, memory_format=torch.contiguous_format) if out is None else out
-    norm = None if norm_args is None else norm_target(norm_args[0], norm_args[1], y, norm_args[2])
-    x2 = as_rows("x", x, d)
-    if x2.shape[0]:
-        act = torch.empty((x2.shape[0], h), device=x.device, dtype=x.dtype)
-        launch_gate_up(x2, w_gate_up, act)
-        launch_linear(act, w_down, None if residual is None else as_rows("residual", residual, d), as_rows("out", y, d),
-                      norm=None if norm is None else (norm[0], norm[1], as_rows("norm_out", norm[2], d)))
-    return y, norm
+    def gate_up(x2):
+        return launch_gate_up(x2, w_gate_up, torch.empty((x2.shape[0], h), device=x.device, dtype=x.dtype))
+    return run_linear(x, w_down, residual, out, norm_args, gate_up)
 
 
 def swiglu_mlp(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor,
@@ -235,10 +220,7 @@ def silu_mul(gate_up: torch.Tensor, *, out: Optional[torch.Tensor] = None) -> to
     if gate_up.ndim < 1 or gate_up.shape[-1] % 2 or gate_up.shape[-1] == 0:
         raise ValueError(f"gate_up must be [..., 2h] with h >= 1, got shape {tuple(gate_up.shape)}")
     h = gate_up.shape[-1] // 2
-    shape = (*gate_up.shape[:-1], h)
-    check_like("out", out, shape, gate_up.dtype, gate_up.device)
-    if out is None:
-        out = torch.empty(shape, device=gate_up.device, dtype=gate_up.dtype)
+    out = check_out("out", out, (*gate_up.shape[:-1], h), gate_up.dtype, gate_up.device)
     g2, a2 = as_rows("gate_up", gate_up, 2 * h), as_rows("out", out, h)
     M = g2.shape[0]
     if M:

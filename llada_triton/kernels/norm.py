@@ -11,8 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
-from llada_triton.kernels._common import (DTYPES, as_rows, cdiv, check_like, check_tensor, check_vector, gdc_options,
-                                          gdc_wait_and_release, is_interpreter, memo_config, next_pow2)
+from llada_triton.kernels._common import (DTYPES, as_rows, cdiv, check_like, check_out, check_tensor, check_vector,
+                                          gdc_options, gdc_wait_and_release, is_interpreter, memo_config, next_pow2)
 from llada_triton.kernels.reference import check_eps
 
 __all__ = ["rms_norm"]
@@ -108,6 +108,15 @@ def launch_rms_norm(x2, r2, weight, y2, h2, eps, config=None):
     )
 
 
+def norm_target(like: torch.Tensor, weight, eps, out, prefix: str = "norm_"):
+    """Validate an RMSNorm's ``weight`` ``[d]``, ``eps`` and ``out`` (named with ``prefix``) for an input like
+    ``like``; return ``(weight, eps, y)``, ``y`` (``out`` or new) of dtype ``promote_types(weight, like)``."""
+    check_vector(prefix + "weight", weight, like.shape[-1], DTYPES, like.device)
+    eps = check_eps(eps)
+    y_dtype = torch.promote_types(weight.dtype, like.dtype)
+    return weight, eps, check_out(prefix + "out", out, like.shape, y_dtype, like.device)
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: Optional[torch.Tensor] = None, *,
              out: Optional[torch.Tensor] = None, residual_out: Optional[torch.Tensor] = None):
     """``y = weight * (h * rsqrt(mean(h**2) + eps)).to(x.dtype)`` with ``h = x + residual``; returns ``y``, or
@@ -119,21 +128,14 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: Option
     it is written, by the same program). Reference: :func:`llada_triton.kernels.reference.rms_norm_ref`.
     """
     check_tensor("x", x, dtypes=DTYPES)
-    eps = check_eps(eps)
     if x.ndim < 1 or x.shape[-1] == 0:
         raise ValueError(f"x must be [..., d] with d >= 1, got shape {tuple(x.shape)}")
     d = x.shape[-1]
-    check_vector("weight", weight, d, DTYPES, x.device)
-    y_dtype = torch.promote_types(weight.dtype, x.dtype)
-    for name, t, dt in (("residual", residual, x.dtype), ("out", out, y_dtype),
-                        ("residual_out", residual_out, x.dtype)):
-        check_like(name, t, x.shape, dt, x.device)
+    weight, eps, y = norm_target(x, weight, eps, out, prefix="")
+    check_like("residual", residual, x.shape, x.dtype, x.device)
     if residual_out is not None and residual is None:
         raise ValueError("residual_out given without residual")
-    y = torch.empty(x.shape, device=x.device, dtype=y_dtype) if out is None else out
-    h = None
-    if residual is not None:
-        h = torch.empty_like(x, memory_format=torch.contiguous_format) if residual_out is None else residual_out
+    h = None if residual is None else check_out("residual_out", residual_out, x.shape, x.dtype, x.device)
     if x.numel():
         launch_rms_norm(as_rows("x", x, d), None if residual is None else as_rows("residual", residual, d),
                         weight, as_rows("out", y, d), None if h is None else as_rows("residual_out", h, d), eps)

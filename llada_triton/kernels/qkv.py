@@ -5,8 +5,6 @@ Each program's ``[2 HB, rows]`` tile (weight rows as the MMA's M, the K-loop of 
 holds ``HB`` rotation pairs ``(j, j + D/2)`` of one head; the epilogue rounds the projection to the input dtype,
 rotates q and k in fp32 and stores q into the output, k and v into the cache (or the output without one).
 Numerics: :func:`llada_triton.kernels.reference.qkv_proj_rope_ref` up to the GEMM's fp32 accumulation order.
-``token_positions``, ``head_dest``, ``check_proj_args``, ``cache_strides``, ``split_out`` are shared with
-:mod:`llada_triton.kernels.qkv_norm`.
 """
 from __future__ import annotations
 
@@ -19,7 +17,7 @@ import triton.language as tl
 from llada_triton.kernels._common import (DTYPES, as_rows, cdiv, check_tensor, check_vector, dot_flags, gdc_options,
                                           gdc_wait_and_release, is_interpreter, memo_config, next_pow2,
                                           prefetch_weight_rows)
-from llada_triton.kernels.gemm import dot_loop
+from llada_triton.kernels.gemm import dot_loop, tile_offsets
 from llada_triton.kernels.rotary import check_rope_args, qkv_rope_cache, rotate_pair, split_out
 
 __all__ = ["qkv_proj_rope", "fused_supported"]
@@ -75,16 +73,12 @@ def _qkv_proj_rope_kernel(
     HALF: tl.constexpr = D // 2
     TPH: tl.constexpr = HALF // HB       # tiles per head
     BN: tl.constexpr = 2 * HB
-    pid = tl.program_id(0)
-    num_m = tl.cdiv(M, BM)
-    pid_m = pid % num_m
-    pid_n = pid // num_m
+    _, pid_n, offs_m, _ = tile_offsets(M, BM, BN)
     slot = pid_n // TPH                  # head slot: q heads, then k, then v
     j0 = (pid_n % TPH) * HB
     i = tl.arange(0, BN)
     feat = j0 + (i % HB) + (i // HB) * HALF          # tile rows: features j0.. and their partners HALF + j0..
     rows_w = (slot * D + feat).to(tl.int64)
-    offs_m = pid_m * BM + tl.arange(0, BM)
     rows_x = (offs_m % M).to(tl.int64)   # wrapped rows: unpredicated loads, masked stores
     offs_k = tl.arange(0, BK)
     x_ptrs = x_ptr + rows_x[:, None] * stride_xm + offs_k[None, :]             # [BM, BK]
@@ -158,9 +152,9 @@ def check_proj_args(x, w_qkv, n_heads, head_dim, k_cache, bias):
     return B, T, d, H, D, NH
 
 
-def cache_strides(out, k_cache, v_cache, has_cache: bool):
+def cache_strides(out, k_cache, v_cache):
     """``(kc, vc, k strides, v strides)`` for a launch: the caches, or ``out`` with zero strides without them."""
-    if not has_cache:
+    if k_cache is None:
         return out, out, (0, 0, 0, 1), (0, 0, 0, 1)
     return k_cache, v_cache, k_cache.stride(), v_cache.stride()
 
@@ -187,20 +181,19 @@ def qkv_proj_rope(x: torch.Tensor, w_qkv: torch.Tensor, cos_table: torch.Tensor,
         else:
             torch.addmm(bias, x.reshape(M, d), w_qkv.t(), out=out.view(M, NH * D))
         return qkv_rope_cache(out, cos_table, sin_table, start, k_cache, v_cache, n_heads=H, write_from=write_from)
-    _, Hkv, dyn, start, has_cache = check_rope_args(out, cos_table, sin_table, start, k_cache, v_cache, H, write_from)
+    _, Hkv, dyn, positions, has_cache = check_rope_args(out, cos_table, sin_table, start, k_cache, v_cache, H,
+                                                        write_from)
     x2 = as_rows("x", x, d)
     cfg = qkv_config(M, d, x.dtype) if config is None else dict(config)
     hb = _half_tile(D)
-    kc, vc, kst, vst = cache_strides(out, k_cache, v_cache, has_cache)
+    kc, vc, kst, vst = cache_strides(out, k_cache, v_cache)
     grid = (cdiv(M, cfg["BM"]) * NH * (D // 2 // hb),)
     _qkv_proj_rope_kernel[grid](
-        x2, w_qkv, bias if bias is not None else out, out, cos_table, sin_table, kc, vc,
-        start if dyn else out, 0 if dyn else start, write_from if write_from is not None else out,
-        1 if dyn and start.dim() == 1 else 0,
+        x2, w_qkv, bias if bias is not None else out, out, cos_table, sin_table, kc, vc, *positions,
         M, T, H, Hkv, d, x2.stride(0), w_qkv.stride(0),
         *out.stride()[:3], *kst[:3], *vst[:3], cos_table.stride(0),
         D=D, HB=hb, BM=cfg["BM"], BK=cfg["BK"], DYN=dyn, HAS_CACHE=has_cache, HAS_WF=write_from is not None,
         HAS_BIAS=bias is not None, EVEN_K=d % cfg["BK"] == 0, **dot_flags(x.dtype),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **gdc_options(x, M),
     )
-    return split_out(out, H, Hkv, k_cache, v_cache, has_cache)
+    return split_out(out, H, Hkv, k_cache, v_cache)

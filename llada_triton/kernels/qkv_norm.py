@@ -22,7 +22,7 @@ import triton.language as tl
 
 from llada_triton.kernels._common import (as_rows, cdiv, check_vector, clamp_pow2, dot_flags, gdc_options,
                                           gdc_wait_and_release, is_interpreter, memo_config, next_pow2)
-from llada_triton.kernels.gemm import dot_loop
+from llada_triton.kernels.gemm import dot_loop, tile_offsets
 from llada_triton.kernels.qkv import cache_strides, check_proj_args, head_dest, split_out, token_positions
 from llada_triton.kernels.reference import check_eps
 from llada_triton.kernels.rotary import check_rope_args, rotate_pair
@@ -62,16 +62,12 @@ def _qkv_norm_rope_kernel(
     HALF: tl.constexpr = D // 2
     RH: tl.constexpr = R // 2            # rotation pairs (j, j + RH)
     PH: tl.constexpr = HALF - RH         # pass-through pairs (R + j', R + PH + j')
-    pid = tl.program_id(0)
-    num_m = tl.cdiv(M, BM)
-    pid_m = pid % num_m
-    slot = pid // num_m                  # head slot: q heads, then k, then v
+    _, slot, offs_m, _ = tile_offsets(M, BM, 2 * HP)   # slot: the head (q heads, then k, then v)
     i = tl.arange(0, 2 * HP)
     ji = i % HP
     gi = i // HP
     feat = tl.where(ji < RH, ji + gi * RH, ji + RH + gi * PH)
     rows_w = (slot * D + tl.where(ji < HALF, feat, 0)).to(tl.int64)          # padding rows re-read feature 0
-    offs_m = pid_m * BM + tl.arange(0, BM)
     p_tile = p_ptr + ((slot * 2 * HP + i).to(tl.int64) * M)[:, None] + offs_m[None, :]   # split 0's [2 HP, BM]
     gdc_wait_and_release(USE_GDC)
     if PHASE == 2:  # the splits' partials summed in a fixed order (deterministic)
@@ -140,16 +136,6 @@ def qkv_norm_config(M: int, K: int, D: int, NH: int, dtype: torch.dtype, interpr
     return dict(HP=hp, BM=bm, BK=64, SPLIT_K=split, num_warps=warps, num_stages=4)
 
 
-def _check_norms(q_norm, k_norm, D: int, x: torch.Tensor) -> bool:
-    """Whether QK-norm applies (both weights ``[D]`` of x's dtype on its device, or both None)."""
-    if (q_norm is None) != (k_norm is None):
-        raise ValueError("q_norm and k_norm must both be given or both be None")
-    for name, w in (("q_norm", q_norm), ("k_norm", k_norm)):
-        if w is not None:
-            check_vector(name, w, D, (x.dtype,), x.device)
-    return q_norm is not None
-
-
 def qkv_proj_norm_rope(x: torch.Tensor, w_qkv: torch.Tensor, q_norm: Optional[torch.Tensor],
                        k_norm: Optional[torch.Tensor], eps: float, cos_table: torch.Tensor, sin_table: torch.Tensor,
                        start, k_cache: Optional[torch.Tensor] = None, v_cache: Optional[torch.Tensor] = None, *,
@@ -158,23 +144,27 @@ def qkv_proj_norm_rope(x: torch.Tensor, w_qkv: torch.Tensor, q_norm: Optional[to
     """``qkv_norm_rope_cache_ref(linear(x, w_qkv, bias).view(B, T, NH, D), q_norm, k_norm, eps, ...)`` in one
     launch (two when split over K), any number of rows.
 
-    x: ``[B, T, d]`` fp16/bf16/fp32; w_qkv: ``[NH * D, d]``, ``NH = n_heads + 2 Hkv`` (q, then k, then v heads; GQA
-    when ``Hkv < n_heads``), ``D = head_dim`` (default: the caches' head dim, else ``d // n_heads``), even. q_norm,
-    k_norm: per-head RMSNorm weights ``[D]`` of x's dtype, or both None; eps: the norm's epsilon. cos_table,
-    sin_table: fp32 ``[L, R]``, ``R <= D`` even: the first ``R`` features of each q / k head rotate. start, k_cache,
-    v_cache, write_from: as :func:`llada_triton.kernels.rotary.qkv_rope_cache` (the cache holds normed, rotated
-    keys). bias: optional ``[NH * D]``, added before the product's one rounding. config: block sizes and
-    ``SPLIT_K`` (default :func:`qkv_norm_config`). Returns ``(q, k_cache, v_cache)`` with a cache, else
+    x, w_qkv (``NH = n_heads + 2 Hkv`` heads; GQA when ``Hkv < n_heads``), head_dim ``D`` (even), bias: as
+    :func:`llada_triton.kernels.qkv.qkv_proj_rope`. q_norm, k_norm: per-head RMSNorm weights ``[D]`` of x's dtype,
+    or both None; eps: the norm's epsilon. cos_table, sin_table: fp32 ``[L, R]``, ``R <= D`` even: the first ``R``
+    features of each q / k head rotate. start, k_cache, v_cache, write_from: as
+    :func:`llada_triton.kernels.rotary.qkv_rope_cache` (the cache holds normed, rotated keys). config: block sizes
+    and ``SPLIT_K`` (default :func:`qkv_norm_config`). Returns ``(q, k_cache, v_cache)`` with a cache, else
     ``(q, k, v)``: views of a new ``[B, T, NH, D]`` tensor."""
     B, T, d, H, D, NH = check_proj_args(x, w_qkv, n_heads, head_dim, k_cache, bias)
     eps = check_eps(eps)
-    has_norm = _check_norms(q_norm, k_norm, D, x)
+    if (q_norm is None) != (k_norm is None):
+        raise ValueError("q_norm and k_norm must both be given or both be None")
+    has_norm = q_norm is not None
+    if has_norm:
+        check_vector("q_norm", q_norm, D, (x.dtype,), x.device)
+        check_vector("k_norm", k_norm, D, (x.dtype,), x.device)
     out = torch.empty((B, T, NH, D), device=x.device, dtype=x.dtype)
-    _, Hkv, dyn, start, has_cache = check_rope_args(out, cos_table, sin_table, start, k_cache, v_cache, H,
-                                                     write_from, partial=True)
+    _, Hkv, dyn, positions, has_cache = check_rope_args(out, cos_table, sin_table, start, k_cache, v_cache, H,
+                                                         write_from, partial=True)
     M = B * T
     if M == 0:
-        return split_out(out, H, Hkv, k_cache, v_cache, has_cache)
+        return split_out(out, H, Hkv, k_cache, v_cache)
     x2 = as_rows("x", x, d)
     cfg = qkv_norm_config(M, d, D, NH, x.dtype) if config is None else dict(config)
     if cfg["HP"] < D // 2:
@@ -182,23 +172,18 @@ def qkv_proj_norm_rope(x: torch.Tensor, w_qkv: torch.Tensor, q_norm: Optional[to
     k_per_split = cdiv(cdiv(d, cfg["BK"]), max(1, cfg.get("SPLIT_K", 1))) * cfg["BK"]
     split = cdiv(d, k_per_split) if d else 1   # no empty splits
     partials = torch.empty((split, NH, 2 * cfg["HP"], M), device=x.device, dtype=torch.float32) if split > 1 else out
-    kc, vc, kst, vst = cache_strides(out, k_cache, v_cache, has_cache)
+    kc, vc, kst, vst = cache_strides(out, k_cache, v_cache)
     tiles = cdiv(M, cfg["BM"]) * NH
     pdl = gdc_options(x, M)
     for phase, grid in (((1, (tiles, split)), (2, (tiles,))) if split > 1 else ((0, (tiles,)),)):
         _qkv_norm_rope_kernel[grid](
             x2, w_qkv, bias if bias is not None else out, q_norm if has_norm else out, k_norm if has_norm else out,
-            out, cos_table, sin_table, kc, vc, partials,
-            start if dyn else out, 0 if dyn else start, write_from if write_from is not None else out,
-            1 if dyn and start.dim() == 1 else 0,
+            out, cos_table, sin_table, kc, vc, partials, *positions,
             M, T, H, Hkv, d, k_per_split, partials[0].numel() if split > 1 else 0, eps,
-            x2.stride(0), w_qkv.stride(0),
-            out.stride(0), out.stride(1), out.stride(2),
-            kst[0], kst[1], kst[2], vst[0], vst[1], vst[2],
-            cos_table.stride(0),
+            x2.stride(0), w_qkv.stride(0), *out.stride()[:3], *kst[:3], *vst[:3], cos_table.stride(0),
             D=D, R=cos_table.shape[1], HP=cfg["HP"], BM=cfg["BM"], BK=cfg["BK"], PHASE=phase, S=split,
             DYN=dyn, HAS_CACHE=has_cache, HAS_WF=write_from is not None, HAS_BIAS=bias is not None,
             HAS_NORM=has_norm, EVEN_K=d % cfg["BK"] == 0, **dot_flags(x.dtype), num_warps=cfg["num_warps"],
             num_stages=cfg["num_stages"], **pdl,
         )
-    return split_out(out, H, Hkv, k_cache, v_cache, has_cache)
+    return split_out(out, H, Hkv, k_cache, v_cache)

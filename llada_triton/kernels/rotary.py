@@ -11,8 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
-from llada_triton.kernels._common import (DTYPES, cdiv, check_like, check_tensor, gdc_options, gdc_wait_and_release,
-                                          is_interpreter, memo_config, next_pow2)
+from llada_triton.kernels._common import (DTYPES, cdiv, check_out, check_shape, check_tensor, gdc_options,
+                                          gdc_wait_and_release, is_interpreter, memo_config, next_pow2)
 
 __all__ = ["rope", "qkv_rope_cache"]
 
@@ -117,10 +117,9 @@ def rope_config(B: int, T: int, G: int, H: int, D: int, interpret: Optional[bool
     """Meta-parameters of :func:`rope`: heads per program chosen so that small batches still fill the GPU."""
     interpret = is_interpreter() if interpret is None else interpret
     block_d2 = next_pow2(max(D // 2, 1))
-    hmax = next_pow2(max(H, 1))
+    block_h = next_pow2(max(H, 1))
     if interpret:
-        return dict(BLOCK_H=hmax, BLOCK_D2=block_d2, num_warps=1)
-    block_h = hmax
+        return dict(BLOCK_H=block_h, BLOCK_D2=block_d2, num_warps=1)
     # halve the heads per program until there are >= ~4 programs per SM (132 SMs) or one head each
     while block_h > 1 and B * T * G * cdiv(H, block_h) < 528:
         block_h //= 2
@@ -166,12 +165,8 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, out: Optional
     if D % 2:
         raise ValueError(f"x head dim must be even for the half-split rotation, got D={D}")
     for name, t in (("cos", cos), ("sin", sin)):
-        check_tensor(name, t, ndim=2, dtypes=(torch.float32,))
-        if tuple(t.shape) != (T, D) or t.device != x.device:
-            raise ValueError(f"{name} must be fp32 [T={T}, D={D}] on {x.device}, got {tuple(t.shape)} on {t.device}")
-    check_like("out", out, x.shape, x.dtype, x.device, contiguous_last=False)
-    if out is None:
-        out = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+        check_shape(name, t, (T, D), (torch.float32,), x.device)
+    out = check_out("out", out, x.shape, x.dtype, x.device, contiguous_last=False)
     if x.numel():
         _launch(x.unsqueeze(2), out.unsqueeze(2), cos, sin)
     return out
@@ -179,8 +174,8 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, out: Optional
 
 def check_rope_args(qkv, cos_table, sin_table, start, k_cache, v_cache, n_heads, write_from, partial: bool = False):
     """The checks of :func:`qkv_rope_cache` (also of the fused QKV kernels, on their output buffer): ``(H, Hkv,
-    dyn, start, has_cache)``, ``start`` an int unless a device tensor. ``partial``: tables ``[L, R]``, any even
-    ``R <= D``."""
+    dyn, positions, has_cache)``, ``positions`` the kernels' ``(start_ptr, start_val, wf_ptr, s_start)`` (``qkv``
+    stands in for an absent tensor). ``partial``: tables ``[L, R]``, any even ``R <= D``."""
     check_tensor("qkv", qkv, ndim=4, dtypes=DTYPES)
     B, T, NH, D = qkv.shape
     H = int(n_heads)
@@ -215,7 +210,9 @@ def check_rope_args(qkv, cos_table, sin_table, start, k_cache, v_cache, n_heads,
         limit = min(cos_table.shape[0], k_cache.shape[1] if has_cache else cos_table.shape[0])
         if start < 0 or start + T > limit:
             raise ValueError(f"positions [{start}, {start + T}) exceed the tables/cache ({limit} slots)")
-    return H, Hkv, dyn, start, has_cache
+    positions = (start if dyn else qkv, 0 if dyn else start, qkv if write_from is None else write_from,
+                 1 if dyn and start.dim() == 1 else 0)
+    return H, Hkv, dyn, positions, has_cache
 
 
 def qkv_rope_cache(qkv: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.Tensor, start,
@@ -231,29 +228,25 @@ def qkv_rope_cache(qkv: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.
     v_cache)``, or ``(q, k, v)`` views of ``qkv`` without caches. Reference:
     :func:`llada_triton.kernels.reference.qkv_rope_cache_ref`.
     """
-    H, Hkv, dyn, start, has_cache = check_rope_args(qkv, cos_table, sin_table, start, k_cache, v_cache, n_heads,
-                                                     write_from)
+    H, Hkv, dyn, positions, has_cache = check_rope_args(qkv, cos_table, sin_table, start, k_cache, v_cache, n_heads,
+                                                         write_from)
     B, T, _, D = qkv.shape
     if qkv.numel():
         n_rows = B * T * H
         c = qkv_rope_config(n_rows, D)
-        block_r, block_d2 = c["BLOCK_R"], c["BLOCK_D2"]
-        kc = k_cache if has_cache else qkv
-        vc = v_cache if has_cache else qkv
-        grid = (cdiv(n_rows, block_r), 3 if has_cache else 2)
-        _qkv_rope_cache_kernel[grid](
-            qkv, cos_table, sin_table, kc, vc, start if dyn else qkv, 0 if dyn else start,
-            write_from if write_from is not None else qkv, 1 if dyn and start.dim() == 1 else 0,
-            T, H, Hkv, n_rows, *qkv.stride(), *kc.stride(), *vc.stride(), cos_table.stride(0),
-            DYN=dyn, HAS_CACHE=has_cache, HAS_WF=write_from is not None, HALF=D // 2, BLOCK_R=block_r,
-            BLOCK_D2=block_d2, num_warps=c["num_warps"], **gdc_options(qkv, B * T),
+        kc, vc = (k_cache, v_cache) if has_cache else (qkv, qkv)
+        _qkv_rope_cache_kernel[(cdiv(n_rows, c["BLOCK_R"]), 3 if has_cache else 2)](
+            qkv, cos_table, sin_table, kc, vc, *positions, T, H, Hkv, n_rows,
+            *qkv.stride(), *kc.stride(), *vc.stride(), cos_table.stride(0),
+            DYN=dyn, HAS_CACHE=has_cache, HAS_WF=write_from is not None, HALF=D // 2, BLOCK_R=c["BLOCK_R"],
+            BLOCK_D2=c["BLOCK_D2"], num_warps=c["num_warps"], **gdc_options(qkv, B * T),
         )
-    return split_out(qkv, H, Hkv, k_cache, v_cache, has_cache)
+    return split_out(qkv, H, Hkv, k_cache, v_cache)
 
 
-def split_out(out, H: int, Hkv: int, k_cache, v_cache, has_cache: bool):
+def split_out(out, H: int, Hkv: int, k_cache, v_cache):
     """``(q, k_cache, v_cache)`` with a cache, else ``(q, k, v)``: views of the ``[B, T, H + 2 Hkv, D]`` output."""
     q = out[:, :, :H]
-    if has_cache:
+    if k_cache is not None:
         return q, k_cache, v_cache
     return q, out[:, :, H:H + Hkv], out[:, :, H + Hkv:]
