@@ -119,13 +119,10 @@ def qkv_proj_rope_ref(x: torch.Tensor, w_qkv: torch.Tensor, cos_table: torch.Ten
                       start, k_cache: Optional[torch.Tensor] = None, v_cache: Optional[torch.Tensor] = None, *,
                       n_heads: int, write_from: Optional[torch.Tensor] = None, head_dim: Optional[int] = None,
                       bias: Optional[torch.Tensor] = None):
-    """Torch reference of :func:`llada_triton.kernels.qkv.qkv_proj_rope`: ``F.linear(x, w_qkv, bias)`` (rounded
-    once to ``x.dtype``) viewed as ``[B, T, NH, D]``, then :func:`qkv_rope_cache_ref`."""
-    B, T, d = x.shape
-    D = head_dim if head_dim is not None else k_cache.shape[-1] if k_cache is not None else d // n_heads
-    qkv = F.linear(x, w_qkv, bias).view(B, T, w_qkv.shape[0] // D, D)
-    return qkv_rope_cache_ref(qkv, cos_table, sin_table, start, k_cache, v_cache, n_heads=n_heads,
-                              write_from=write_from)
+    """Torch reference of :func:`llada_triton.kernels.qkv.qkv_proj_rope`: :func:`qkv_proj_norm_rope_ref` without
+    QK-norm (the projection, then :func:`qkv_rope_cache_ref`)."""
+    return qkv_proj_norm_rope_ref(x, w_qkv, None, None, 0.0, cos_table, sin_table, start, k_cache, v_cache,
+                                  n_heads=n_heads, write_from=write_from, head_dim=head_dim, bias=bias)
 
 
 def qkv_norm_rope_cache_ref(qkv: torch.Tensor, q_norm: Optional[torch.Tensor], k_norm: Optional[torch.Tensor],
@@ -150,8 +147,9 @@ def qkv_proj_norm_rope_ref(x: torch.Tensor, w_qkv: torch.Tensor, q_norm: Optiona
                            start, k_cache: Optional[torch.Tensor] = None, v_cache: Optional[torch.Tensor] = None, *,
                            n_heads: int, write_from: Optional[torch.Tensor] = None, head_dim: Optional[int] = None,
                            bias: Optional[torch.Tensor] = None):
-    """:func:`qkv_proj_rope_ref` with :func:`qkv_norm_rope_cache_ref` after the projection (LLaDA2.x / LLaDA-MoE).
-    ``D = head_dim``, default the caches' head dim, else ``d // n_heads``."""
+    """Torch reference of :func:`llada_triton.kernels.qkv_norm.qkv_proj_norm_rope` (LLaDA2.x / LLaDA-MoE):
+    ``F.linear(x, w_qkv, bias)`` (rounded once to ``x.dtype``) viewed as ``[B, T, NH, D]`` (``D = head_dim``,
+    default the caches' head dim, else ``d // n_heads``), then :func:`qkv_norm_rope_cache_ref`."""
     B, T, d = x.shape
     D = head_dim if head_dim is not None else k_cache.shape[-1] if k_cache is not None else d // n_heads
     qkv = F.linear(x, w_qkv, bias).view(B, T, w_qkv.shape[0] // D, D)
@@ -278,24 +276,19 @@ def select_transfer_ref(conf: torch.Tensor, masked: torch.Tensor, *,
         raise ValueError("select_transfer_ref: give exactly one of k, threshold, factor")
     for name, v in (("threshold", threshold), ("factor", factor)):
         check_not_nan(name, v)
-    B, L = conf.shape
-    key = torch.where(masked, conf.float(), torch.full_like(conf, float("-inf"), dtype=torch.float))
-    order = _stable_desc_order(key, masked)
+    L = conf.shape[1]
+    key, order = _masked_order(conf, masked)
     ranked = key.gather(1, order)
     n_masked = masked.sum(1)
-    ranks = torch.arange(L, device=conf.device)[None, :]
     if k is not None:
         count = torch.minimum(k.to(n_masked.device).long(), n_masked)
     elif threshold is not None:
         # the top-1 always; the others pass individually (sorted, so a count works)
-        passing = (ranked >= threshold) & (ranks < n_masked[:, None])
+        passing = (ranked >= threshold) & (torch.arange(L, device=conf.device)[None, :] < n_masked[:, None])
         count = torch.where(n_masked > 0, torch.clamp(passing[:, 1:].sum(1) + 1, max=L), n_masked)
     else:
         count = _factor_count(ranked, n_masked, factor)
-    take_sorted = ranks < count[:, None]
-    out = torch.zeros(B, L, dtype=torch.bool, device=conf.device)
-    out.scatter_(1, order, take_sorted)
-    return out & masked
+    return _take_first(order, count, masked)
 
 
 def select_threshold_topk_ref(conf: torch.Tensor, masked: torch.Tensor, *, k: torch.Tensor,
@@ -305,17 +298,11 @@ def select_threshold_topk_ref(conf: torch.Tensor, masked: torch.Tensor, *, k: to
     threshold; ``threshold >= 1``: pure top-k). conf fp32 / masked bool ``[B, L]``, k int ``[B]``; ranking as
     :func:`select_transfer_ref`. Returns bool ``[B, L]``."""
     check_not_nan("threshold", threshold)
-    B, L = conf.shape
-    key = torch.where(masked, conf.float(), torch.full_like(conf, float("-inf"), dtype=torch.float))
-    order = _stable_desc_order(key, masked)
+    key, order = _masked_order(conf, masked)
     n_masked = masked.sum(1)
     n_high = (masked & (key > threshold)).sum(1)
     k = k.to(n_masked.device).long()
-    count = torch.where(n_high >= k, n_high, torch.minimum(k, n_masked))
-    take_sorted = torch.arange(L, device=conf.device)[None, :] < count[:, None]
-    out = torch.zeros(B, L, dtype=torch.bool, device=conf.device)
-    out.scatter_(1, order, take_sorted)
-    return out & masked
+    return _take_first(order, torch.where(n_high >= k, n_high, torch.minimum(k, n_masked)), masked)
 
 
 def commit_step_ref(tokens: torch.Tensor, start, x0: torch.Tensor, conf: torch.Tensor, *, mask_id: int,
@@ -344,13 +331,20 @@ def commit_step_ref(tokens: torch.Tensor, start, x0: torch.Tensor, conf: torch.T
     return committed, c, torch.where(ok[:, None], new, torch.full_like(new, -1))
 
 
-def _stable_desc_order(key: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
-    """Positions by (masked desc, key desc, index asc): stable sorts by key, then by the masked flag."""
-    k2 = torch.where(masked, key, torch.full_like(key, float("-inf")))
-    o1 = torch.sort(k2, dim=1, descending=True, stable=True).indices
+def _masked_order(conf: torch.Tensor, masked: torch.Tensor):
+    """``(key, order)``: fp32 ``conf`` with ``-inf`` off the masked positions, and each row's positions by (masked
+    desc, key desc, index asc): stable sorts by key, then by the masked flag."""
+    key = torch.where(masked, conf.float(), torch.full_like(conf, float("-inf"), dtype=torch.float))
+    o1 = torch.sort(key, dim=1, descending=True, stable=True).indices
     m1 = masked.gather(1, o1).to(torch.int8)
     o2 = torch.sort(m1, dim=1, descending=True, stable=True).indices
-    return o1.gather(1, o2)
+    return key, o1.gather(1, o2)
+
+
+def _take_first(order: torch.Tensor, count: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    """The first ``count[b]`` positions of each row's ``order``, as a bool ``[B, L]`` mask within ``masked``."""
+    take = torch.arange(masked.shape[1], device=masked.device)[None, :] < count[:, None]
+    return torch.zeros(masked.shape, dtype=torch.bool, device=masked.device).scatter_(1, order, take) & masked
 
 
 def _factor_count(ranked: torch.Tensor, n_masked: torch.Tensor, factor: float) -> torch.Tensor:
