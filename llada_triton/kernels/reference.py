@@ -524,12 +524,9 @@ def moe_route_ref(x: torch.Tensor, router_w: torch.Tensor, expert_bias: Optional
 
 def moe_experts_ref(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, weights: torch.Tensor,
                     ids: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """MoE experts: ``residual + sum_j weights[:, j] * expert_{ids[:, j]}(x)`` ``[M, d]``, looping over experts.
-
-    x: ``[M, d]``; w_gate_up: ``[E, 2I, d]`` (gate rows, then up rows); w_down: ``[E, d, I]``; weights: fp32
-    ``[M, k]``; ids: int ``[M, k]`` in ``[0, E)``; residual: ``[M, d]`` or None. Each expert is
-    :func:`swiglu_mlp_ref`; the weighted sum is fp32, slot 0 first, rounded to ``x.dtype`` (LLaDA2's ``moe_infer``).
-    """
+    """MoE experts (:func:`llada_triton.kernels.moe.moe_experts`, arguments there; ids in ``[0, E)``):
+    ``residual + sum_j weights[:, j] * expert_{ids[:, j]}(x)`` ``[M, d]``, looping over experts. Each expert is
+    :func:`swiglu_mlp_ref`; the weighted sum is fp32, slot 0 first, rounded to ``x.dtype`` (LLaDA2's ``moe_infer``)."""
     M, d = x.shape
     k = ids.shape[1]
     flat = ids.reshape(-1).long()
@@ -547,12 +544,9 @@ def moe_experts_ref(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tens
 
 
 def moe_align_ref(ids: torch.Tensor, n_experts: int, block_m: int, *, chunk: Optional[int] = None):
-    """Token->expert alignment: the ``N = M * k`` (token, slot) pairs of ``ids [M, k]`` (flat index ``m * k + j``)
-    grouped by expert, each expert's segment padded to a multiple of ``block_m`` rows: ``(sorted_ids int32 [L],
-    expert_end int32 [E], total int32 [1])``, ``L = cdiv(N + min(E, N) * (block_m - 1), block_m) * block_m``.
-    Segment ``e`` is rows ``[expert_end[e-1], expert_end[e])``, its pairs in increasing flat index, then padding
-    rows holding ``N``; rows ``>= total = expert_end[E-1]`` hold ``N`` too. Pairs with an id outside ``[0, E)``
-    are dropped; ``chunk`` (the kernel's pairs per program) is ignored."""
+    """Token->expert alignment (:func:`llada_triton.kernels.moe.moe_align`, semantics there): each expert's pairs
+    in increasing flat index, its segment padded to a multiple of ``block_m`` rows holding ``N``; pairs with an id
+    outside ``[0, E)`` dropped; ``chunk`` (the kernel's pairs per program) is ignored."""
     N, E = ids.numel(), n_experts
     flat = ids.reshape(-1).long()
     L = -(-(N + min(E, N) * (block_m - 1)) // block_m) * block_m
