@@ -82,24 +82,14 @@ def qkv_rope_cache_ref(qkv: torch.Tensor, cos_table: torch.Tensor, sin_table: to
     H = n_heads
     Hkv = (NH - H) // 2
     per_row = isinstance(start, torch.Tensor) and start.dim() == 1
-    if per_row:
-        pos = start[:, None] + torch.arange(T, device=qkv.device)[None, :]            # [B, T]
-        cos, sin = cos_table[pos][:, :, None, :], sin_table[pos][:, :, None, :]       # [B, T, 1, R]
-        q, k = (_rotate(t.float(), cos, sin).to(t.dtype) for t in (qkv[:, :, :H], qkv[:, :, H:H + Hkv]))
-    else:
-        if isinstance(start, torch.Tensor):
-            pos = start + torch.arange(T, device=qkv.device)
-            cos, sin = cos_table.index_select(0, pos), sin_table.index_select(0, pos)
-        else:
-            cos, sin = cos_table[start:start + T], sin_table[start:start + T]
-        q = rope_ref(qkv[:, :, :H], cos, sin)
-        k = rope_ref(qkv[:, :, H:H + Hkv], cos, sin)
+    pos = (start[:, None] if per_row else start) + torch.arange(T, device=qkv.device)  # [B, T] or [T]
+    cos, sin = cos_table[pos][..., None, :], sin_table[pos][..., None, :]              # [(B,) T, 1, R]
+    q, k = (_rotate(t.float(), cos, sin).to(t.dtype) for t in (qkv[:, :, :H], qkv[:, :, H:H + Hkv]))
     v = qkv[:, :, H + Hkv:]
     if k_cache is None:
         return q, k, v
     if per_row or write_from is not None:
-        if not per_row:
-            pos = (start + torch.arange(T, device=qkv.device))[None, :].expand(B, T)
+        pos = pos.expand(B, T)
         rows = torch.arange(B, device=qkv.device)[:, None]
         keep = torch.ones(B, T, dtype=torch.bool, device=qkv.device) if write_from is None else \
             pos >= write_from[:, None]
