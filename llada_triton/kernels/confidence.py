@@ -8,13 +8,14 @@
 * ``_logits_partials_kernel`` (grid ``(row tiles, vocab slices)``): streams a vocab slice through ``_tile_stats``
   with an online max / sum-exp / argmax.
 * ``_head_merge_kernel``: merges each row's partials into ``x0`` and ``conf`` (both paths).
-* ``gumbel_noise``, ``head_config``, ``sampling_args``, ``rows_args`` are shared with
+* ``gumbel_noise``, ``head_config``, ``sampling_args``, ``rows_args``, ``merge_tiles`` are shared with
   :mod:`llada_triton.kernels.dream_head`.
 
 References: :func:`llada_triton.kernels.reference.head_confidence_ref`, ``logits_confidence_ref``.
 """
 from __future__ import annotations
 
+import struct
 from typing import Optional, Sequence
 
 import torch
@@ -23,7 +24,7 @@ import triton.language as tl
 
 from llada_triton.kernels._common import (DTYPES, cdiv, check_like, check_tensor, gdc_options, gdc_wait_and_release,
                                           is_interpreter, next_pow2)
-from llada_triton.kernels.gemm import dot_step, load_k
+from llada_triton.kernels.gemm import acc_zeros, dot_step, load_k
 
 __all__ = ["head_confidence", "logits_confidence"]
 
@@ -153,10 +154,7 @@ def _head_partials_kernel(
     a_ptrs = h_ptr + rows_c[:, None] * stride_hm + offs_k[None, :]  # [BM, BK]
     b_ptrs = w_ptr + vids_c[:, None] * stride_wv + offs_k[None, :]  # [BV, BK]
     au_ptrs = hu_ptr + rows_c[:, None] * stride_hum + offs_k[None, :]  # CFG only
-    if SWAP_AB:
-        acc = tl.zeros([BLOCK_V, BLOCK_M], dtype=tl.float32)
-    else:
-        acc = tl.zeros([BLOCK_M, BLOCK_V], dtype=tl.float32)
+    acc = acc_zeros(BLOCK_M, BLOCK_V, SWAP_AB)
     accu = tl.zeros_like(acc)
     for k0 in range(0, D, BLOCK_K):
         b = load_k(w_ptr, b_ptrs, 0, k0, D - k0, BLOCK_K, False, EVEN_K, UPCAST)
@@ -289,19 +287,13 @@ def _head_merge_kernel(
     tl.store(conf_ptr + rows, conf, mask=rmask)
 
 
-def _i32(v: int) -> int:
-    """A uint32 value as the int32 with the same bits (so the kernel argument is always i32)."""
-    v &= 0xFFFFFFFF
-    return v - (1 << 32) if v >= (1 << 31) else v
-
-
-def _id_args(name: str, ids: Sequence[int], lo: int, hi: int):
+def _id_args(name: str, ids: Sequence[int], V: int):
     ids = [int(i) for i in ids]
     if len(ids) > MAX_SPECIAL_IDS:
         raise ValueError(f"{name}: at most {MAX_SPECIAL_IDS} ids are supported, got {len(ids)}: {ids}")
     for i in ids:
-        if not lo <= i < hi:
-            raise ValueError(f"{name}: id {i} is outside [{lo}, {hi})")
+        if not 0 <= i < V:
+            raise ValueError(f"{name}: id {i} is outside [0, {V})")
     return ids + [-1] * (MAX_SPECIAL_IDS - len(ids)), len(ids)
 
 
@@ -334,11 +326,12 @@ def sampling_args(V, temperature, seed, offset, banned_ids, no_confidence_ids) -
     for nm, v in (("seed", seed), ("offset", offset)):
         if not isinstance(v, int) or not 0 <= v < 2 ** 64:
             raise ValueError(f"{nm} must be an int in [0, 2^64), got {v!r}")
-    ban, n_ban = _id_args("banned_ids", banned_ids, 0, V)
-    nc, n_nc = _id_args("no_confidence_ids", no_confidence_ids, 0, V)
+    ban, n_ban = _id_args("banned_ids", banned_ids, V)
+    nc, n_nc = _id_args("no_confidence_ids", no_confidence_ids, V)
     return dict(
         args=((1.0 / temperature) if temperature > 0 else 1.0,),
-        rng=(_i32(seed), _i32(seed >> 32), _i32(offset), _i32(offset >> 32), *ban, *nc),
+        # the 32-bit words (low first) of seed and offset as int32 (so the kernel arguments are always i32)
+        rng=(*struct.unpack("<4i", struct.pack("<2Q", seed, offset)), *ban, *nc),
         constexprs=dict(N_BAN=n_ban, N_NC=n_nc, SAMPLE=temperature > 0))
 
 
@@ -358,13 +351,6 @@ def rows_args(M, device, n_rows, row_ids, placeholder):
             dict(HAS_N_ROWS=n_rows is not None, HAS_ROW_IDS=row_ids is not None))
 
 
-def _partials(M, nvt, device):
-    """Per-row partials of every vocab slice: key max, its id, l_c there, max and sum-exp of l_c."""
-    pkey = torch.empty(M, nvt, dtype=torch.float32, device=device)
-    return pkey, torch.empty(M, nvt, dtype=torch.int32, device=device), torch.empty_like(pkey), \
-        torch.empty_like(pkey), torch.empty_like(pkey)
-
-
 def merge_tiles(M: int, nvt: int, interpret: bool):
     """``(BLOCK_R, BLOCK_T)`` of a merge over ``nvt`` partials per row (shared with the Dream head): one row a
     program up to 256 rows (enough programs to hide the partials' latency), then up to 16."""
@@ -372,22 +358,38 @@ def merge_tiles(M: int, nvt: int, interpret: bool):
     return (min(next_pow2(max(M, 2)), 64) if interpret else (1 if M <= 256 else max(1, min(16, 4096 // BT)))), BT
 
 
-def _merge_launch(parts, x0, conf, M, nvt, n_rows_ptr, has_n_rows, interpret, block_r=None, pdl=None):
-    """The merge kernel over ``nvt`` partials per row; ``block_r`` (tests) overrides the rows per program."""
-    BR, BT = merge_tiles(M, nvt, interpret)
-    BR = block_r or BR
-    _head_merge_kernel[(cdiv(M, BR),)](
-        *parts, x0, conf, n_rows_ptr, M, nvt,
-        HAS_N_ROWS=has_n_rows, BLOCK_R=BR, BLOCK_T=BT, **(pdl or {}),
-    )
-
-
 def _prepare(M, V, x0, like, uncond_name, uncond, n_rows, row_ids, temperature, seed, offset, banned_ids,
              no_confidence_ids):
-    """Checks both launchers share: ``(cfg, sampling args, n_rows pointer, row_ids pointer, row constexprs)``."""
+    """Checks both launchers share: ``(uncond or like, sampling args, (n_rows, row_ids) pointers, constexprs)``."""
     check_like(uncond_name, uncond, like.shape, like.dtype, like.device)
     sa = sampling_args(V, temperature, seed, offset, banned_ids, no_confidence_ids)
-    return (uncond is not None, sa, *rows_args(M, like.device, n_rows, row_ids, x0))
+    nr, rid, rows_ce = rows_args(M, like.device, n_rows, row_ids, x0)
+    ce = dict(CFG=uncond is not None, **sa["constexprs"], **rows_ce)
+    return (like if uncond is None else uncond), sa, (nr, rid), ce
+
+
+def _launch(kernel, x0, conf, nvt, c, inputs, ptrs, sizes, sa, cfg_scale, ce, pdl=None, **constexprs):
+    """``kernel`` on ``(row tiles, nvt)`` programs (arguments: ``inputs``, the partials, ``ptrs``, ``sizes``, the
+    sampling scalars), then the merge of the partials into ``x0`` and ``conf``. ``c``: the config (its optional
+    ``BLOCK_R``, for tests, overrides the merge's rows per program); ``pdl``: both launches' PDL options."""
+    M, dev, interpret, pdl = inputs[0].shape[0], inputs[0].device, is_interpreter(), pdl or {}
+    if M == 0:
+        return x0, conf
+    # per-row partials of every vocab slice: key max, its id, l_c there, max and sum-exp of l_c
+    pkey = torch.empty(M, nvt, dtype=torch.float32, device=dev)
+    parts = (pkey, torch.empty(M, nvt, dtype=torch.int32, device=dev), torch.empty_like(pkey), torch.empty_like(pkey),
+             torch.empty_like(pkey))
+    extra = {} if interpret else dict(num_warps=c["num_warps"], num_stages=c.get("num_stages", 3),
+                                      enable_fp_fusion=False)  # CFG epilogue rounds as torch does
+    kernel[(cdiv(M, c["BLOCK_M"]), nvt)](
+        *inputs, *parts, *ptrs, *sizes, *sa["args"], float(cfg_scale) + 1.0, *sa["rng"],
+        **ce, **constexprs, BLOCK_M=c["BLOCK_M"], BLOCK_V=c["BLOCK_V"], **extra, **pdl,
+    )
+    BR, BT = merge_tiles(M, nvt, interpret)
+    BR = c.get("BLOCK_R") or BR
+    _head_merge_kernel[(cdiv(M, BR),)](*parts, x0, conf, ptrs[0], M, nvt, HAS_N_ROWS=ce["HAS_N_ROWS"], BLOCK_R=BR,
+                                       BLOCK_T=BT, **pdl)
+    return x0, conf
 
 
 def _head_confidence_launch(hidden, w_head, x0, conf, *, temperature, seed, offset, banned_ids,
@@ -401,29 +403,17 @@ def _head_confidence_launch(hidden, w_head, x0, conf, *, temperature, seed, offs
                          f"got {tuple(w_head.shape)} on {w_head.device}")
     if V < 1 or V >= 2 ** 31 or D < 1:
         raise ValueError(f"need 1 <= V < 2^31 and d >= 1, got V={V}, d={D}")
-    cfg, sa, nr_ptr, rid_ptr, rows_ce = _prepare(M, V, x0, hidden, "uncond_hidden", uncond_hidden, n_rows, row_ids,
-                                                 temperature, seed, offset, banned_ids, no_confidence_ids)
-    if M == 0:
-        return x0, conf
+    hu, sa, ptrs, ce = _prepare(M, V, x0, hidden, "uncond_hidden", uncond_hidden, n_rows, row_ids, temperature, seed,
+                                offset, banned_ids, no_confidence_ids)
     interpret = is_interpreter()
-    c = dict(head_config(M, V, D, hidden.dtype, cfg, interpret, sample=sa["constexprs"]["SAMPLE"]), **(config or {}))
-    BM, BV, BK = c["BLOCK_M"], c["BLOCK_V"], c["BLOCK_K"]
+    c = dict(head_config(M, V, D, hidden.dtype, ce["CFG"], interpret, sample=ce["SAMPLE"]), **(config or {}))
+    BV, BK = c["BLOCK_V"], c["BLOCK_K"]
     nvt = cdiv(V, BV)
-    parts = _partials(M, nvt, hidden.device)
-    hu = uncond_hidden if cfg else hidden
-    extra = {} if interpret else dict(num_warps=c["num_warps"], num_stages=c["num_stages"],
-                                      enable_fp_fusion=False)  # CFG epilogue rounds as torch does
-    pdl = gdc_options(hidden, M)  # decode-sized blocks: launched while the final norm finishes
-    _head_partials_kernel[(cdiv(M, BM), nvt)](
-        hidden, hu, w_head, *parts, nr_ptr, rid_ptr, M, V, D, nvt, hidden.stride(0), hu.stride(0), w_head.stride(0),
-        *sa["args"], float(cfg_scale) + 1.0, *sa["rng"],
-        CFG=cfg, **sa["constexprs"], **rows_ce,
-        UPCAST=interpret and hidden.dtype == torch.bfloat16, IEEE=hidden.dtype == torch.float32,
-        SWAP_AB=c["SWAP_AB"], EVEN_K=D % BK == 0, EVEN_V=V % BV == 0,
-        BLOCK_M=BM, BLOCK_V=BV, BLOCK_K=BK, **extra, **pdl,
-    )
-    _merge_launch(parts, x0, conf, M, nvt, nr_ptr, rows_ce["HAS_N_ROWS"], interpret, c.get("BLOCK_R"), pdl)
-    return x0, conf
+    return _launch(_head_partials_kernel, x0, conf, nvt, c, (hidden, hu, w_head), ptrs,
+                   (M, V, D, nvt, hidden.stride(0), hu.stride(0), w_head.stride(0)), sa, cfg_scale, ce,
+                   gdc_options(hidden, M),  # decode-sized blocks: launched while the final norm finishes
+                   UPCAST=interpret and hidden.dtype == torch.bfloat16, IEEE=hidden.dtype == torch.float32,
+                   SWAP_AB=c["SWAP_AB"], EVEN_K=D % BK == 0, EVEN_V=V % BV == 0, BLOCK_K=BK)
 
 
 LOGITS_TARGET_PROGRAMS = 2048  # GPU: vocab slices per row tile are chosen to launch about this many programs
@@ -456,27 +446,13 @@ def _logits_confidence_launch(logits, x0, conf, *, temperature, seed, offset, ba
     M, V = logits.shape
     if V < 1 or V >= 2 ** 31:
         raise ValueError(f"logits must have 1 <= V < 2^31 columns, got shape {tuple(logits.shape)}")
-    cfg, sa, nr_ptr, rid_ptr, rows_ce = _prepare(M, V, x0, logits, "uncond_logits", uncond_logits, n_rows, row_ids,
-                                                 temperature, seed, offset, banned_ids, no_confidence_ids)
-    interpret = is_interpreter()
-    c = dict(_logits_config(M, V, interpret, sa["constexprs"]["SAMPLE"]), **(config or {}))
-    if M == 0:
-        return x0, conf
-    BM, BV = c["BLOCK_M"], c["BLOCK_V"]
-    chunk = BV * c["TILES"]
+    lu, sa, ptrs, ce = _prepare(M, V, x0, logits, "uncond_logits", uncond_logits, n_rows, row_ids, temperature, seed,
+                                offset, banned_ids, no_confidence_ids)
+    c = dict(_logits_config(M, V, is_interpreter(), ce["SAMPLE"]), **(config or {}))
+    chunk = c["BLOCK_V"] * c["TILES"]
     nvt = cdiv(V, chunk)
-    parts = _partials(M, nvt, logits.device)
-    lu = uncond_logits if cfg else logits
-    extra = {} if interpret else dict(num_warps=c["num_warps"], num_stages=c.get("num_stages", 3),
-                                      enable_fp_fusion=False)
-    _logits_partials_kernel[(cdiv(M, BM), nvt)](
-        logits, lu, *parts, nr_ptr, rid_ptr, M, V, nvt, chunk, logits.stride(0), lu.stride(0),
-        *sa["args"], float(cfg_scale) + 1.0, *sa["rng"],
-        CFG=cfg, **sa["constexprs"], **rows_ce, EVEN_V=V % BV == 0,
-        BLOCK_M=BM, BLOCK_V=BV, **extra,
-    )
-    _merge_launch(parts, x0, conf, M, nvt, nr_ptr, rows_ce["HAS_N_ROWS"], interpret, c.get("BLOCK_R"))
-    return x0, conf
+    return _launch(_logits_partials_kernel, x0, conf, nvt, c, (logits, lu), ptrs,
+                   (M, V, nvt, chunk, logits.stride(0), lu.stride(0)), sa, cfg_scale, ce, EVEN_V=V % c["BLOCK_V"] == 0)
 
 
 def _outputs(src):

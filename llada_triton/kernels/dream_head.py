@@ -27,7 +27,7 @@ import triton.language as tl
 from llada_triton.kernels._common import (DTYPES, cdiv, check_tensor, dot_flags, gdc_options, gdc_wait_and_release,
                                           is_interpreter)
 from llada_triton.kernels.confidence import gumbel_noise, head_config, merge_tiles, rows_args, sampling_args
-from llada_triton.kernels.gemm import dot_loop
+from llada_triton.kernels.gemm import acc_zeros, dot_loop
 from llada_triton.kernels.reference import DREAM_CONFIDENCES, dream_confidence_ref, philox_gumbel_ref
 
 __all__ = ["head_dream_confidence"]
@@ -57,10 +57,7 @@ def _dream_partials_kernel(
     rows_c = tl.minimum(rows, M - 1).to(tl.int64)
     a_ptrs = h_ptr + rows_c[:, None] * stride_hm + offs_k[None, :]
     b_ptrs = w_ptr + tl.minimum(vids, V - 1).to(tl.int64)[:, None] * stride_wv + offs_k[None, :]
-    if SWAP_AB:
-        acc = tl.zeros([BLOCK_V, BLOCK_M], dtype=tl.float32)
-    else:
-        acc = tl.zeros([BLOCK_M, BLOCK_V], dtype=tl.float32)
+    acc = acc_zeros(BLOCK_M, BLOCK_V, SWAP_AB)
     acc = dot_loop(h_ptr, a_ptrs, w_ptr, b_ptrs, D, acc, BLOCK_K, EVEN_K, UPCAST, SWAP_AB, IEEE)
     if SWAP_AB:
         acc = tl.trans(acc)
@@ -190,30 +187,24 @@ def head_dream_confidence(hidden: torch.Tensor, w_head: torch.Tensor, *, confide
     unspecified; ``row_ids``: the rows' Philox row counters (a gathered row keeps its noise); ``top_p < 1`` /
     ``top_k`` materialise the logits; ``config`` overrides the block sizes (tests)."""
     _check(hidden, w_head, confidence, top_p, top_k)
-    M = hidden.shape[0]
-    sa = sampling_args(w_head.shape[0], temperature, seed, offset, banned_ids, ())  # validates T, seed, offset, ids
-    if (top_p is not None and top_p < 1) or top_k is not None:  # the reference on every row's logits
-        rows_args(M, hidden.device, n_rows, row_ids, None)  # validation only: the reference returns its own outputs
-        g = None if temperature == 0 else philox_gumbel_ref(  # the kernel's Philox noise
-            seed, offset, torch.arange(M, device=hidden.device) if row_ids is None else row_ids, w_head.shape[0])
-        return dream_confidence_ref(hidden @ w_head.t(), confidence=confidence, temperature=float(temperature),
-                                    top_p=top_p, top_k=top_k, banned_ids=banned_ids, gumbel=g)
+    (M, D), V = hidden.shape, w_head.shape[0]
+    sa = sampling_args(V, temperature, seed, offset, banned_ids, ())  # validates T, seed, offset, ids
     x0 = torch.empty(M, dtype=torch.int64, device=hidden.device)
     conf = torch.empty(M, dtype=torch.float32, device=hidden.device)
     nr, rid, rows_ce = rows_args(M, hidden.device, n_rows, row_ids, x0)
+    if (top_p is not None and top_p < 1) or top_k is not None:  # the reference on every row's logits
+        g = None if temperature == 0 else philox_gumbel_ref(  # the kernel's Philox noise
+            seed, offset, torch.arange(M, device=hidden.device) if row_ids is None else row_ids, V)
+        return dream_confidence_ref(hidden @ w_head.t(), confidence=confidence, temperature=float(temperature),
+                                    top_p=top_p, top_k=top_k, banned_ids=banned_ids, gumbel=g)
     if M == 0:
         return x0, conf
-    return _launch(hidden, w_head, x0, conf, nr, rid, rows_ce, sa, confidence, float(temperature), config)
-
-
-def _launch(hidden, w_head, x0, conf, nr, rid, rows_ce, sa, confidence, temperature, config):
-    """The partials and merge launches. Entropy over several vocab tiles in fp32 (the exactness path) runs them
-    twice: the second partials pass knows each row's log-sum-exp, so its tiles sum Dream's p log(p + 1e-10)."""
-    (M, D), V = hidden.shape, w_head.shape[0]
     sample, interpret = sa["constexprs"]["SAMPLE"], is_interpreter()
     c = dict(head_config(M, V, D, hidden.dtype, False, interpret, sample=sample), **(config or {}))
     BM, BV, BK = c["BLOCK_M"], c["BLOCK_V"], c["BLOCK_K"]
     nvt, entropy = cdiv(V, BV), confidence == "neg_entropy"
+    # entropy over several vocab tiles in fp32 (the exactness path) runs both launches twice: the second partials
+    # pass knows each row's log-sum-exp, so its tiles sum Dream's p log(p + 1e-10)
     two_pass = entropy and nvt > 1 and hidden.dtype == torch.float32
     lse = torch.empty(M, dtype=torch.float32, device=hidden.device) if two_pass else conf  # conf: never read
     pf = torch.empty(6 if sample else 4, M, nvt, dtype=torch.float32, device=hidden.device)
@@ -225,7 +216,7 @@ def _launch(hidden, w_head, x0, conf, nr, rid, rows_ce, sa, confidence, temperat
         ent_eps = entropy and (nvt == 1 or second)
         _dream_partials_kernel[(cdiv(M, BM), nvt)](
             hidden, w_head, pf, pidx, nr, rid, lse, M, V, D, nvt, hidden.stride(0), w_head.stride(0),
-            temperature if sample else 1.0, *sa["rng"][:8],
+            float(temperature) if sample else 1.0, *sa["rng"][:8],
             N_BAN=sa["constexprs"]["N_BAN"], **rows_ce, SAMPLE=sample, ENT_EPS=ent_eps, HAS_LSE=second,
             SWAP_AB=c.get("SWAP_AB", False), EVEN_K=D % BK == 0, EVEN_V=V % BV == 0, BLOCK_M=BM, BLOCK_V=BV,
             BLOCK_K=BK, **dot_flags(hidden.dtype), **extra, **pdl)

@@ -299,16 +299,14 @@ def moe_align_size(n_pairs: int, n_experts: int, block_m: int) -> int:
     return cdiv(n_pairs + min(n_experts, n_pairs) * (block_m - 1), block_m) * block_m
 
 
+@memo_config
 def moe_config(n_pairs: int, n_experts: int, inter: int, d: int, dtype: torch.dtype,
                interpret: Optional[bool] = None) -> dict:
     """Meta-parameters of :func:`moe_experts` (a new dict each call, no autotuning) for ``n_pairs = M * top_k``
     over ``n_experts`` experts, intermediate size ``inter``, hidden size ``d``: tile rows ``BM`` (from the pairs
-    per expert), the gate-up ``GU_*`` and down ``DN_*`` tiles, the alignment ``CHUNK``."""
-    return _moe_config(n_pairs, n_experts, inter, d, dtype, is_interpreter() if interpret is None else bool(interpret))
-
-
-@memo_config
-def _moe_config(n_pairs: int, n_experts: int, inter: int, d: int, dtype: torch.dtype, interpret: bool) -> dict:
+    per expert), the gate-up ``GU_*`` and down ``DN_*`` tiles, the alignment ``CHUNK``; ``interpret`` (default:
+    whether the interpreter runs) picks the interpreter's tiles."""
+    interpret = is_interpreter() if interpret is None else interpret
     if interpret:  # big blocks, small grids: the interpreter pays per program
         return dict(BM=16, GU_BN=clamp_pow2(inter, 16, 128), GU_BK=clamp_pow2(d, 16, 256),
                     DN_BN=clamp_pow2(d, 16, 128), DN_BK=clamp_pow2(inter, 16, 256), CHUNK=clamp_pow2(n_pairs, 16, 256),

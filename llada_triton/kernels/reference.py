@@ -82,24 +82,14 @@ def qkv_rope_cache_ref(qkv: torch.Tensor, cos_table: torch.Tensor, sin_table: to
     H = n_heads
     Hkv = (NH - H) // 2
     per_row = isinstance(start, torch.Tensor) and start.dim() == 1
-    if per_row:
-        pos = start[:, None] + torch.arange(T, device=qkv.device)[None, :]            # [B, T]
-        cos, sin = cos_table[pos][:, :, None, :], sin_table[pos][:, :, None, :]       # [B, T, 1, R]
-        q, k = (_rotate(t.float(), cos, sin).to(t.dtype) for t in (qkv[:, :, :H], qkv[:, :, H:H + Hkv]))
-    else:
-        if isinstance(start, torch.Tensor):
-            pos = start + torch.arange(T, device=qkv.device)
-            cos, sin = cos_table.index_select(0, pos), sin_table.index_select(0, pos)
-        else:
-            cos, sin = cos_table[start:start + T], sin_table[start:start + T]
-        q = rope_ref(qkv[:, :, :H], cos, sin)
-        k = rope_ref(qkv[:, :, H:H + Hkv], cos, sin)
+    pos = (start[:, None] if per_row else start) + torch.arange(T, device=qkv.device)  # [B, T] or [T]
+    cos, sin = cos_table[pos][..., None, :], sin_table[pos][..., None, :]              # [(B,) T, 1, R]
+    q, k = (_rotate(t.float(), cos, sin).to(t.dtype) for t in (qkv[:, :, :H], qkv[:, :, H:H + Hkv]))
     v = qkv[:, :, H + Hkv:]
     if k_cache is None:
         return q, k, v
     if per_row or write_from is not None:
-        if not per_row:
-            pos = (start + torch.arange(T, device=qkv.device))[None, :].expand(B, T)
+        pos = pos.expand(B, T)
         rows = torch.arange(B, device=qkv.device)[:, None]
         keep = torch.ones(B, T, dtype=torch.bool, device=qkv.device) if write_from is None else \
             pos >= write_from[:, None]
@@ -119,13 +109,10 @@ def qkv_proj_rope_ref(x: torch.Tensor, w_qkv: torch.Tensor, cos_table: torch.Ten
                       start, k_cache: Optional[torch.Tensor] = None, v_cache: Optional[torch.Tensor] = None, *,
                       n_heads: int, write_from: Optional[torch.Tensor] = None, head_dim: Optional[int] = None,
                       bias: Optional[torch.Tensor] = None):
-    """Torch reference of :func:`llada_triton.kernels.qkv.qkv_proj_rope`: ``F.linear(x, w_qkv, bias)`` (rounded
-    once to ``x.dtype``) viewed as ``[B, T, NH, D]``, then :func:`qkv_rope_cache_ref`."""
-    B, T, d = x.shape
-    D = head_dim if head_dim is not None else k_cache.shape[-1] if k_cache is not None else d // n_heads
-    qkv = F.linear(x, w_qkv, bias).view(B, T, w_qkv.shape[0] // D, D)
-    return qkv_rope_cache_ref(qkv, cos_table, sin_table, start, k_cache, v_cache, n_heads=n_heads,
-                              write_from=write_from)
+    """Torch reference of :func:`llada_triton.kernels.qkv.qkv_proj_rope`: :func:`qkv_proj_norm_rope_ref` without
+    QK-norm (the projection, then :func:`qkv_rope_cache_ref`)."""
+    return qkv_proj_norm_rope_ref(x, w_qkv, None, None, 0.0, cos_table, sin_table, start, k_cache, v_cache,
+                                  n_heads=n_heads, write_from=write_from, head_dim=head_dim, bias=bias)
 
 
 def qkv_norm_rope_cache_ref(qkv: torch.Tensor, q_norm: Optional[torch.Tensor], k_norm: Optional[torch.Tensor],
@@ -150,8 +137,9 @@ def qkv_proj_norm_rope_ref(x: torch.Tensor, w_qkv: torch.Tensor, q_norm: Optiona
                            start, k_cache: Optional[torch.Tensor] = None, v_cache: Optional[torch.Tensor] = None, *,
                            n_heads: int, write_from: Optional[torch.Tensor] = None, head_dim: Optional[int] = None,
                            bias: Optional[torch.Tensor] = None):
-    """:func:`qkv_proj_rope_ref` with :func:`qkv_norm_rope_cache_ref` after the projection (LLaDA2.x / LLaDA-MoE).
-    ``D = head_dim``, default the caches' head dim, else ``d // n_heads``."""
+    """Torch reference of :func:`llada_triton.kernels.qkv_norm.qkv_proj_norm_rope` (LLaDA2.x / LLaDA-MoE):
+    ``F.linear(x, w_qkv, bias)`` (rounded once to ``x.dtype``) viewed as ``[B, T, NH, D]`` (``D = head_dim``,
+    default the caches' head dim, else ``d // n_heads``), then :func:`qkv_norm_rope_cache_ref`."""
     B, T, d = x.shape
     D = head_dim if head_dim is not None else k_cache.shape[-1] if k_cache is not None else d // n_heads
     qkv = F.linear(x, w_qkv, bias).view(B, T, w_qkv.shape[0] // D, D)
@@ -278,24 +266,19 @@ def select_transfer_ref(conf: torch.Tensor, masked: torch.Tensor, *,
         raise ValueError("select_transfer_ref: give exactly one of k, threshold, factor")
     for name, v in (("threshold", threshold), ("factor", factor)):
         check_not_nan(name, v)
-    B, L = conf.shape
-    key = torch.where(masked, conf.float(), torch.full_like(conf, float("-inf"), dtype=torch.float))
-    order = _stable_desc_order(key, masked)
+    L = conf.shape[1]
+    key, order = _masked_order(conf, masked)
     ranked = key.gather(1, order)
     n_masked = masked.sum(1)
-    ranks = torch.arange(L, device=conf.device)[None, :]
     if k is not None:
         count = torch.minimum(k.to(n_masked.device).long(), n_masked)
     elif threshold is not None:
         # the top-1 always; the others pass individually (sorted, so a count works)
-        passing = (ranked >= threshold) & (ranks < n_masked[:, None])
+        passing = (ranked >= threshold) & (torch.arange(L, device=conf.device)[None, :] < n_masked[:, None])
         count = torch.where(n_masked > 0, torch.clamp(passing[:, 1:].sum(1) + 1, max=L), n_masked)
     else:
         count = _factor_count(ranked, n_masked, factor)
-    take_sorted = ranks < count[:, None]
-    out = torch.zeros(B, L, dtype=torch.bool, device=conf.device)
-    out.scatter_(1, order, take_sorted)
-    return out & masked
+    return _take_first(order, count, masked)
 
 
 def select_threshold_topk_ref(conf: torch.Tensor, masked: torch.Tensor, *, k: torch.Tensor,
@@ -305,17 +288,11 @@ def select_threshold_topk_ref(conf: torch.Tensor, masked: torch.Tensor, *, k: to
     threshold; ``threshold >= 1``: pure top-k). conf fp32 / masked bool ``[B, L]``, k int ``[B]``; ranking as
     :func:`select_transfer_ref`. Returns bool ``[B, L]``."""
     check_not_nan("threshold", threshold)
-    B, L = conf.shape
-    key = torch.where(masked, conf.float(), torch.full_like(conf, float("-inf"), dtype=torch.float))
-    order = _stable_desc_order(key, masked)
+    key, order = _masked_order(conf, masked)
     n_masked = masked.sum(1)
     n_high = (masked & (key > threshold)).sum(1)
     k = k.to(n_masked.device).long()
-    count = torch.where(n_high >= k, n_high, torch.minimum(k, n_masked))
-    take_sorted = torch.arange(L, device=conf.device)[None, :] < count[:, None]
-    out = torch.zeros(B, L, dtype=torch.bool, device=conf.device)
-    out.scatter_(1, order, take_sorted)
-    return out & masked
+    return _take_first(order, torch.where(n_high >= k, n_high, torch.minimum(k, n_masked)), masked)
 
 
 def commit_step_ref(tokens: torch.Tensor, start, x0: torch.Tensor, conf: torch.Tensor, *, mask_id: int,
@@ -344,13 +321,20 @@ def commit_step_ref(tokens: torch.Tensor, start, x0: torch.Tensor, conf: torch.T
     return committed, c, torch.where(ok[:, None], new, torch.full_like(new, -1))
 
 
-def _stable_desc_order(key: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
-    """Positions by (masked desc, key desc, index asc): stable sorts by key, then by the masked flag."""
-    k2 = torch.where(masked, key, torch.full_like(key, float("-inf")))
-    o1 = torch.sort(k2, dim=1, descending=True, stable=True).indices
+def _masked_order(conf: torch.Tensor, masked: torch.Tensor):
+    """``(key, order)``: fp32 ``conf`` with ``-inf`` off the masked positions, and each row's positions by (masked
+    desc, key desc, index asc): stable sorts by key, then by the masked flag."""
+    key = torch.where(masked, conf.float(), torch.full_like(conf, float("-inf"), dtype=torch.float))
+    o1 = torch.sort(key, dim=1, descending=True, stable=True).indices
     m1 = masked.gather(1, o1).to(torch.int8)
     o2 = torch.sort(m1, dim=1, descending=True, stable=True).indices
-    return o1.gather(1, o2)
+    return key, o1.gather(1, o2)
+
+
+def _take_first(order: torch.Tensor, count: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    """The first ``count[b]`` positions of each row's ``order``, as a bool ``[B, L]`` mask within ``masked``."""
+    take = torch.arange(masked.shape[1], device=masked.device)[None, :] < count[:, None]
+    return torch.zeros(masked.shape, dtype=torch.bool, device=masked.device).scatter_(1, order, take) & masked
 
 
 def _factor_count(ranked: torch.Tensor, n_masked: torch.Tensor, factor: float) -> torch.Tensor:
@@ -530,12 +514,9 @@ def moe_route_ref(x: torch.Tensor, router_w: torch.Tensor, expert_bias: Optional
 
 def moe_experts_ref(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, weights: torch.Tensor,
                     ids: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """MoE experts: ``residual + sum_j weights[:, j] * expert_{ids[:, j]}(x)`` ``[M, d]``, looping over experts.
-
-    x: ``[M, d]``; w_gate_up: ``[E, 2I, d]`` (gate rows, then up rows); w_down: ``[E, d, I]``; weights: fp32
-    ``[M, k]``; ids: int ``[M, k]`` in ``[0, E)``; residual: ``[M, d]`` or None. Each expert is
-    :func:`swiglu_mlp_ref`; the weighted sum is fp32, slot 0 first, rounded to ``x.dtype`` (LLaDA2's ``moe_infer``).
-    """
+    """MoE experts (:func:`llada_triton.kernels.moe.moe_experts`, arguments there; ids in ``[0, E)``):
+    ``residual + sum_j weights[:, j] * expert_{ids[:, j]}(x)`` ``[M, d]``, looping over experts. Each expert is
+    :func:`swiglu_mlp_ref`; the weighted sum is fp32, slot 0 first, rounded to ``x.dtype`` (LLaDA2's ``moe_infer``)."""
     M, d = x.shape
     k = ids.shape[1]
     flat = ids.reshape(-1).long()
@@ -553,12 +534,9 @@ def moe_experts_ref(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tens
 
 
 def moe_align_ref(ids: torch.Tensor, n_experts: int, block_m: int, *, chunk: Optional[int] = None):
-    """Token->expert alignment: the ``N = M * k`` (token, slot) pairs of ``ids [M, k]`` (flat index ``m * k + j``)
-    grouped by expert, each expert's segment padded to a multiple of ``block_m`` rows: ``(sorted_ids int32 [L],
-    expert_end int32 [E], total int32 [1])``, ``L = cdiv(N + min(E, N) * (block_m - 1), block_m) * block_m``.
-    Segment ``e`` is rows ``[expert_end[e-1], expert_end[e])``, its pairs in increasing flat index, then padding
-    rows holding ``N``; rows ``>= total = expert_end[E-1]`` hold ``N`` too. Pairs with an id outside ``[0, E)``
-    are dropped; ``chunk`` (the kernel's pairs per program) is ignored."""
+    """Token->expert alignment (:func:`llada_triton.kernels.moe.moe_align`, semantics there): each expert's pairs
+    in increasing flat index, its segment padded to a multiple of ``block_m`` rows holding ``N``; pairs with an id
+    outside ``[0, E)`` dropped; ``chunk`` (the kernel's pairs per program) is ignored."""
     N, E = ids.numel(), n_experts
     flat = ids.reshape(-1).long()
     L = -(-(N + min(E, N) * (block_m - 1)) // block_m) * block_m

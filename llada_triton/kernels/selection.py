@@ -143,8 +143,10 @@ def _split_f64(x: float):
     return tuple(parts)
 
 
-def _rule_args(B: int, dev, k, threshold, factor):
-    """Validated ``(RULE, k tensor or None, threshold, factor words)`` of the one rule given."""
+def _rule_args(B: int, L: int, dev, k, threshold, factor):
+    """Validated ``(RULE, k tensor or None, threshold, factor words)`` of the one rule given (and block length L)."""
+    if L > MAX_SELECT_LEN:
+        raise ValueError(f"block length {L} exceeds {MAX_SELECT_LEN} (one row is held in registers)")
     given = [n for n, v in (("k", k), ("threshold", threshold), ("factor", factor)) if v is not None]
     if len(given) != 1:
         raise ValueError(f"give exactly one of k, threshold, factor (got {given or 'none'})")
@@ -176,9 +178,7 @@ def _select_launch(conf, masked, out=None, *, k=None, threshold=None, factor=Non
     out = torch.empty((B, L), dtype=torch.bool, device=dev) if out is None else out
     check_tensor("masked", masked, ndim=2, dtypes=(torch.bool,))
     check_like("masked", masked, (B, L), torch.bool, dev)
-    if L > MAX_SELECT_LEN:
-        raise ValueError(f"block length {L} exceeds {MAX_SELECT_LEN} (one row is held in registers)")
-    rule, kt, thr, fparts = _rule_args(B, dev, k, threshold, factor)
+    rule, kt, thr, fparts = _rule_args(B, L, dev, k, threshold, factor)
     commit = tokens is not None
     if commit:
         for nm, t in (("tokens_block", tokens), ("x0", x0)):
@@ -246,8 +246,6 @@ def commit_step(tokens: torch.Tensor, start, x0: torch.Tensor, conf: torch.Tenso
     for nm, t in (("x0", x0), ("conf", conf)):
         if t.shape != (B, L) or t.device != dev:
             raise ValueError(f"{nm} must be [{B}, {L}] (x0's shape) on {dev}, got {tuple(t.shape)} on {t.device}")
-    if L > MAX_SELECT_LEN:
-        raise ValueError(f"block length {L} exceeds {MAX_SELECT_LEN} (one row is held in registers)")
     if not isinstance(mask_id, int) or isinstance(mask_id, bool) or not 0 <= mask_id < 2 ** 63:
         raise ValueError(f"mask_id={mask_id!r} must be a non-negative int")
     if isinstance(start, torch.Tensor):
@@ -264,7 +262,7 @@ def commit_step(tokens: torch.Tensor, start, x0: torch.Tensor, conf: torch.Tenso
         raise TypeError(f"start must be an int or an int tensor, got {type(start).__name__}")
     for nm, t, dt in (("done", done, torch.bool), ("nfe", nfe, torch.int64)):
         check_like(nm, t, (B,), dt, dev)
-    rule, kt, thr, fparts = _rule_args(B, dev, k, threshold, factor)
+    rule, kt, thr, fparts = _rule_args(B, L, dev, k, threshold, factor)
     sel = torch.empty((B, L), dtype=torch.bool, device=dev)
     conf_out = torch.empty((B, L), dtype=torch.float32, device=dev)
     blk = torch.empty((B, L), dtype=torch.int64, device=dev)
