@@ -30,8 +30,8 @@ from typing import Callable, Iterator, List, Optional, Union
 import torch
 
 from llada_triton.models.ops import REFERENCE_OPS, Ops
-from .cache import StepContext, const, make_policy, policies_for, take_cols
-from .layout import Layout, prompt_layout
+from .cache import StepContext, const, policies_for, take_cols
+from .layout import Layout
 from .schedule import CarrySchedule, dream_step_fractions
 from .step import REMASKING, DecodeOptions, Graphs, HostFlag, check_ops, prompt_rows, setup_decode, top_candidates
 
@@ -183,9 +183,10 @@ class _Decode:
         self.carry = CarrySchedule(o.block_length, spb) if o.schedule == "carry" else None
         self.leftmost = o.refresh_commits_first  # a block's first step commits its first position (Fast-dLLM Dream)
         self.origin_frac = dream_step_fractions(spb, o.eps).tolist() if rule.remasking == "origin" else None
-        graphable = bool(cuda_graphs) and rule.fixed_work and policies_for(cfg)[o.cache].supports_graphs
+        policy = policies_for(cfg)[o.cache]
+        graphable = bool(cuda_graphs) and rule.fixed_work and policy.supports_graphs
         self.dynamic = graphable if device_positions is None else device_positions
-        self.buf = self._buffers(layout, o.cache, graphable and self.dynamic, workspace)
+        self.buf = self._buffers(layout, policy, graphable and self.dynamic, workspace)
         self.policy, self.graphs = self.buf.policy, self.buf.graphs
         self.early_stop = self.policy.early_stop_by_default if o.early_stop is None else o.early_stop
         self.flag = HostFlag(params.device) if self.early_stop and self.schedule is not None else None
@@ -199,11 +200,11 @@ class _Decode:
         self.calls = 0
         self.records: List[StepEvent] = []
 
-    def _buffers(self, layout: Layout, cache, graphed, workspace) -> _Buffers:
+    def _buffers(self, layout: Layout, policy, graphed, workspace) -> _Buffers:
         """The workspace bucket of this shape (made on a miss), refilled with the layout's tokens."""
         B, P, device, pad, W = self.B, self.P, self.params.device, layout.pad, layout.width
         padded = bool((pad > 0).any())
-        key = (B, P, W, layout.first, self.Lb, cache, padded, dataclasses.replace(self.rule, seed=0), self.ops,
+        key = (B, P, W, layout.first, self.Lb, policy, padded, dataclasses.replace(self.rule, seed=0), self.ops,
                self.cfg, graphed, self.dynamic, self.decoding)
         buf = workspace.get(key) if workspace is not None else None
         if buf is not None and buf.params is not self.params:
@@ -214,7 +215,7 @@ class _Decode:
                               layout.block_causal)
             i64 = dict(dtype=torch.int64, device=device)
             buf = _Buffers(params=self.params, x=torch.empty((B, W), **i64), kv_start=kv_start,
-                           policy=make_policy(cache, ctx, 2 * B if self.use_cfg else B), nfe=torch.zeros(B, **i64),
+                           policy=policy(ctx, 2 * B if self.use_cfg else B), nfe=torch.zeros(B, **i64),
                            done=torch.zeros(B, dtype=torch.bool, device=device), k_buf=torch.zeros(B, **i64),
                            s_buf=torch.zeros((), **i64), graphs=Graphs(graphed),
                            state=None if self.decoding is None else self.decoding.new_state(B, device))
@@ -397,8 +398,8 @@ def generate_stream(params, cfg, prompts, *, attention_mask: Optional[torch.Tens
     check_ops(ops, cuda_graphs, params.device)
     tokens, pad = pad_prompts(prompts, cfg, attention_mask, params.device)
     o, layout, rule, counts = setup_decode(cfg, tokens, pad, o)
-    run = _Decode(params, cfg, layout or prompt_layout(tokens, pad, o.gen_length, o.block_length), counts, o,
-                  rule=rule, ops=ops, cuda_graphs=cuda_graphs, device_positions=device_positions, workspace=workspace)
+    run = _Decode(params, cfg, layout, counts, o, rule=rule, ops=ops, cuda_graphs=cuda_graphs,
+                  device_positions=device_positions, workspace=workspace)
     graphed = run.graphs.enabled and run.schedule is not None and not run.block_flags
     for b in range(run.n_blocks):
         stop, all_done = run.before_block(b)

@@ -41,20 +41,20 @@ class RunResult:
 class _Slots:
     """``S`` sequences in flight: their tokens, blocks, steps and cache rows (see the module docstring)."""
 
-    def __init__(self, params, cfg, rule: TransferRule, ops, counts: Optional[list], o: DecodeOptions, *, slots, width,
-                 layout: Optional[Layout] = None):
+    def __init__(self, params, cfg, rule: TransferRule, ops, counts: Optional[list], o: DecodeOptions, layout: Layout,
+                 slots: int):
         self.params, self.cfg, self.rule, self.ops = params, cfg, rule, ops
         self.early_stop = True if o.early_stop is None else o.early_stop
-        self.layout, self.decoding = layout, o.decoding  # a decoding's grid (LLaDA2), or None
+        self.layout, self.decoding = layout, o.decoding  # LLaDA's layout or a decoding's grid (LLaDA2)
         self.edits = o.decoding is not None and o.decoding.edits  # LLaDA2.1 rewrites committed tokens
         device = params.device
-        self.S, self.P, self.G, self.Lb = slots, width, o.gen_length, o.block_length
+        self.S, self.P, self.G, self.Lb = slots, layout.first, o.gen_length, o.block_length
         self.use_cfg = rule.cfg_scale > 0
         R = 2 * slots if self.use_cfg else slots  # cache rows: slot r at row r, its unconditional copy at S + r
-        self.T = width + self.G if layout is None else layout.width
+        self.T = layout.width
         self.i64 = i64 = dict(dtype=torch.int64, device=device)
         self.nb = torch.full((slots,), self.G // self.Lb, **i64)  # each slot's blocks
-        self.gen_start = torch.full((slots,), width, **i64)
+        self.gen_start = torch.full((slots,), self.P, **i64)
         self.mask_id = cfg.mask_token_id
         self.x = torch.full((slots, self.T), self.mask_id, **i64)
         self.kv_start = torch.zeros(R, **i64)
@@ -123,14 +123,14 @@ class _Slots:
         its K/V are final from now on."""
         P = self.P
         key_end = None
-        if self.layout is not None and self.layout.block_causal:
+        if self.layout.block_causal:
             key_end = grid_key_end(0, P, P, self.Lb, tokens.device)
         forward_hidden(self.params, self.cfg, tokens[None], start=0, cache=self.cache.rows(row, row + 1), kv_len=P,
                        kv_start=self.kv_start[row:row + 1], key_end=key_end, rows=slice(P - 1, P), ops=self.ops)
 
     def load(self, r: int, prompt: Optional[torch.Tensor], pad: int = 0, i: int = 0):
-        """Slot ``r`` takes ``prompt`` [P] (left-padded by ``pad``; prompt ``i`` of the layout on an absolute grid,
-        whose prompt columns reach into block 0) and prefills it; None: the slot idles at block 0 (its writes land
+        """Slot ``r`` takes ``prompt`` [P] (prompt ``i`` of the layout, left-padded by ``pad``; on an absolute grid
+        its columns reach into block 0) and prefills it; None: the slot idles at block 0 (its writes land
         in its own, unused cache rows)."""
         self.blk[r] = self.step[r] = 0
         self.active[r] = prompt is not None
@@ -140,7 +140,7 @@ class _Slots:
         self.x[r, :prompt.numel()] = prompt.to(self.x.device)
         self.kv_start[r] = pad
         self.nfe[r] = 0
-        if self.layout is not None:
+        if self.decoding is not None:  # its grid's rows differ (LLaDA's: the constants set in __init__)
             lay = self.layout
             self.gen_start[r], self.nb[r] = lay.gen_start[i], (lay.row_end[i] - lay.first) // self.Lb
             self.decoding.reset_row(self.state, r, pad, lay.gen_start[i])
@@ -193,12 +193,9 @@ def run_many(params, cfg, prompts: Sequence[Sequence[int]], *, slots: int, ops: 
     tokens, pad = pad_prompts(rows, cfg, min_width=o.block_length if isinstance(o.block_length, int) else 1)
     # a decoding's grid puts block 0 at column >= Lb: its previous block is prompt
     o, layout, rule, counts = setup_decode(cfg, tokens, pad, o, min_first=o.block_length)
-    width = tokens.shape[1]
-    if layout is not None:
-        tokens, pad, width = layout.tokens, layout.pad, layout.first
-    pads = pad.tolist()
+    tokens, pads = layout.tokens, layout.pad.tolist()
     graphs = Graphs(bool(cuda_graphs) and rule.fixed_work)
-    st = _Slots(params, cfg, rule, ops, counts, o, slots=slots, width=width, layout=layout)
+    st = _Slots(params, cfg, rule, ops, counts, o, layout, slots)
     out = RunResult(tokens=[None] * len(rows), nfe=[0] * len(rows), edits=[0] * len(rows) if st.edits else None)
     owner = [-1] * slots
     pending = list(range(len(rows)))[::-1]

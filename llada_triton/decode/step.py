@@ -25,6 +25,7 @@ import torch
 from llada_triton.kernels.reference import commit_step_ref
 from llada_triton.models.family import family_of
 from .cache import policies_for
+from .layout import prompt_layout
 from .schedule import block_counts
 
 __all__ = ["REMASKING", "DREAM_ALGS", "SCHEDULES", "DecodeOptions", "TransferRule", "masked_first", "top_candidates",
@@ -195,16 +196,19 @@ def check_model_options(cfg, tokens, pad, o: DecodeOptions, width=None):
 def setup_decode(cfg, tokens, pad, o: DecodeOptions, min_first: int = 0):
     """What ``generate`` and ``run_many`` set up before any compute from their options ``o`` and the left-padded
     prompts ``tokens`` / ``pad``: every check (:meth:`DecodeOptions.check`, :func:`check_model_options`), then
-    ``(o, layout, rule, counts)``: ``o`` with ``early_stop`` defaulted by its decoding (else left None), a
-    ``decoding``'s block grid (block 0 at column ``>= min_first``; None without one), the :class:`TransferRule` and a
-    block's per-step counts (host ints; None where the rule decides)."""
+    ``(o, layout, rule, counts)``: ``o`` with ``early_stop`` defaulted by its decoding (else left None), the
+    :class:`~llada_triton.decode.layout.Layout` (LLaDA's, or the ``decoding``'s block grid with block 0 at column
+    ``>= min_first``), the :class:`TransferRule` and a block's per-step counts (host ints; None where the rule
+    decides)."""
     o.check(tokens.shape[0])
-    layout, dec = None, o.decoding
-    if dec is not None:
+    dec = o.decoding
+    if dec is None:
+        layout = prompt_layout(tokens, pad, o.gen_length, o.block_length)
+    else:
         rows = [r[p:] for r, p in zip(tokens.tolist(), pad.tolist())]
         layout = dec.layout(rows, cfg, o.gen_length, o.block_length, tokens.device, min_first=min_first)
         o = dataclasses.replace(o, early_stop=dec.stops_at_eos if o.early_stop is None else o.early_stop)
-    check_model_options(cfg, tokens, pad, o, width=None if layout is None else layout.width)
+    check_model_options(cfg, tokens, pad, o, width=None if dec is None else layout.width)
     rule = TransferRule.from_options(cfg, o)
     counts = None
     if dec is not None:

@@ -122,9 +122,8 @@ def _check_choices(o: EvalOptions) -> None:
         value = getattr(o, name)
         if value is not None and value not in allowed:
             raise ValueError(f"model_args {name}={value!r}: choose one of {', '.join(allowed)}")
-    for name, value in (("batch_size", o.batch_size), ("gen_length", o.gen_length), ("block_length", o.block_length),
-                        ("mc_num", o.mc_num), ("chunk_size", o.chunk), ("mc_batch_size", o.mc_batch),
-                        ("steps", o.decode_steps)):
+    for name, value in (("batch_size", o.batch_size), ("mc_num", o.mc_num), ("chunk_size", o.chunk),
+                        ("mc_batch_size", o.mc_batch)):  # the decoding options: DecodeOptions.check
         if value < 1:
             raise ValueError(f"model_args {name}={value} must be >= 1")
     if o.threshold is not None and o.factor is not None:
