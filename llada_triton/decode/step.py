@@ -44,7 +44,9 @@ def check_int(name, v, low=1):
         raise ValueError(f"{name}={v!r} must be an int >= {low}")
 
 
-def check_real(name, v, ok, allowed):
+def check_real(name, v, ok, allowed, optional=False):
+    if optional and v is None:
+        return
     if isinstance(v, bool) or not isinstance(v, Real) or math.isnan(v) or not ok(float(v)):
         raise (ValueError if isinstance(v, Real) and not isinstance(v, bool) else TypeError)(
             f"{name}={v!r} must be {allowed}")
@@ -132,10 +134,8 @@ class DecodeOptions:
             raise ValueError(f"remasking={remasking!r}; choose one of {REMASKING}")
         if threshold is not None and factor is not None:
             raise ValueError(f"give threshold or factor, not both (threshold={threshold!r}, factor={factor!r})")
-        if threshold is not None:
-            check_real("threshold", threshold, lambda v: 0.0 < v <= 1.0, "in (0, 1]")
-        if factor is not None:
-            check_real("factor", factor, lambda v: v > 0, "> 0")
+        check_real("threshold", threshold, lambda v: 0.0 < v <= 1.0, "in (0, 1]", optional=True)
+        check_real("factor", factor, lambda v: v > 0, "> 0", optional=True)
         check_real("temperature", self.temperature, lambda v: v >= 0, ">= 0")
         check_real("cfg_scale", self.cfg_scale, lambda v: v >= 0, ">= 0")
         if decoding is not None:
@@ -148,12 +148,10 @@ class DecodeOptions:
             raise ValueError(f"top_p / top_k / alg_temp need a Dream remasking {tuple(DREAM_ALGS)}, not {remasking!r}")
         if dream and (self.cfg_scale or self.confidence_eos_eot_inf or factor is not None):
             raise ValueError(f"remasking={remasking!r} takes no cfg_scale, confidence_eos_eot_inf or factor")
-        if self.top_p is not None:
-            check_real("top_p", self.top_p, lambda v: 0.0 < v <= 1.0, "in (0, 1]")
+        check_real("top_p", self.top_p, lambda v: 0.0 < v <= 1.0, "in (0, 1]", optional=True)
         if self.top_k is not None:
             check_int("top_k", self.top_k)
-        if self.alg_temp is not None:
-            check_real("alg_temp", self.alg_temp, lambda v: v >= 0, ">= 0")
+        check_real("alg_temp", self.alg_temp, lambda v: v >= 0, ">= 0", optional=True)
         check_real("eps", self.eps, lambda v: 0.0 < v < 1.0, "in (0, 1)")
         if schedule == "carry" and (threshold is None or batch != 1 or block_length != gen_length):
             raise ValueError(f"schedule='carry' (Fast-dLLM's Dream threshold) needs a threshold, batch 1 and one "
@@ -165,17 +163,13 @@ class DecodeOptions:
                              f"cache={self.cache!r}")
 
 
-def check_model_options(cfg, tokens, pad, o: DecodeOptions, width=None):
+def check_model_options(cfg, tokens, pad, o: DecodeOptions, width: int):
     """The checks that need the config and the left-padded prompts ``tokens`` / ``pad``: the sequence length
-    (``width``: the columns of a decoding's absolute grid; None: LLaDA's ``P + gen_length``), the prompt ids and
-    the cache policy."""
-    P, G = tokens.shape[1], o.gen_length
-    if width is None and P + G > cfg.max_sequence_length:
-        raise ValueError(f"prompt width {P} + gen_length {G} = {P + G} exceeds "
-                         f"max_sequence_length={cfg.max_sequence_length}")
-    if width is not None and width > cfg.max_sequence_length:
-        raise ValueError(f"the block grid needs {width} positions (gen_length={G}, block_length="
-                         f"{o.block_length}); max_sequence_length={cfg.max_sequence_length}")
+    (``width``: the columns of the layout's token buffer), the prompt ids and the cache policy."""
+    P = tokens.shape[1]
+    if width > cfg.max_sequence_length:
+        raise ValueError(f"the block grid needs {width} positions (prompt width {P}, gen_length={o.gen_length}, "
+                         f"block_length={o.block_length}): it exceeds max_sequence_length={cfg.max_sequence_length}")
     if (pad >= P).any():
         raise ValueError("every prompt needs at least one token")
     real = torch.arange(P, device=tokens.device)[None, :] >= pad[:, None]
@@ -208,7 +202,7 @@ def setup_decode(cfg, tokens, pad, o: DecodeOptions, min_first: int = 0):
         rows = [r[p:] for r, p in zip(tokens.tolist(), pad.tolist())]
         layout = dec.layout(rows, cfg, o.gen_length, o.block_length, tokens.device, min_first=min_first)
         o = dataclasses.replace(o, early_stop=dec.stops_at_eos if o.early_stop is None else o.early_stop)
-    check_model_options(cfg, tokens, pad, o, width=None if dec is None else layout.width)
+    check_model_options(cfg, tokens, pad, o, layout.width)
     rule = TransferRule.from_options(cfg, o)
     counts = None
     if dec is not None:
