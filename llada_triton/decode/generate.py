@@ -362,9 +362,7 @@ class _Decode:
             cols = const("arange", s + Lb, x.device)
             window = torch.isin(x[:, :s + Lb], self.end_ids) & (cols >= self.layout.gen_start[:, None])
             finished = window.any(1) & ~done
-            rest = x[:, s + Lb:]
-            x[:, s + Lb:] = torch.where(finished[:, None] | done[:, None],
-                                        torch.full_like(rest, self.cfg.eos_token_id), rest)
+            x[:, s + Lb:].masked_fill_((finished | done)[:, None], self.cfg.eos_token_id)
             done |= finished
         done |= self.layout.row_end <= s + Lb  # a row whose grid ends here (absolute grid: one block earlier)
         return BlockEvent(b, s, x[:, s:s + Lb].clone())

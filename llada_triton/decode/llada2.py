@@ -26,16 +26,15 @@ from llada_triton.kernels.reference import commit_step_ref, select_threshold_top
 from .generate import generate
 from .cache import const
 from .layout import absolute_layout
+from .schedule import linear_schedule
 from .step import check_int, check_real
 
 __all__ = ["Llada2Decoding", "Llada21Decoding", "llada2_schedule", "generate_llada2", "Llada2Result", "eos_cut"]
 
 
-def llada2_schedule(block_length: int, steps: int) -> List[int]:
-    """Tokens to commit at each of ``steps`` steps of a block: ``block_length`` split evenly, the first
-    ``block_length % steps`` steps one more (the official ``_get_num_transfer_tokens``)."""
-    base, rem = divmod(block_length, steps)
-    return [base + (i < rem) for i in range(steps)]
+# tokens to commit at each step of a block: the official ``_get_num_transfer_tokens`` splits ``block_length`` over
+# ``steps`` as LLaDA's linear schedule splits the block's masks (the first ``block_length % steps`` steps one more)
+llada2_schedule = linear_schedule
 
 
 def eos_cut(tokens: List[int], eos_id: int) -> List[int]:
