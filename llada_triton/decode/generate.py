@@ -157,14 +157,6 @@ class _Buffers:
     s_buf: torch.Tensor       # this block's start, 0-dim (the graphed steps read it)
     graphs: Graphs
     state: Optional[dict] = None  # a decoding option's device state (LLaDA2: where early stop cut each row)
-    k_consts: dict = field(default_factory=dict)
-
-    def k_const(self, k: int) -> torch.Tensor:
-        """A device ``[B]`` tensor of ``k`` kept as long as the workspace (graphs bake its address)."""
-        t = self.k_consts.get(k)
-        if t is None:
-            t = self.k_consts[k] = torch.full_like(self.k_buf, k)
-        return t
 
 
 class _Decode:
@@ -248,7 +240,8 @@ class _Decode:
                                offset=self.calls, rand_gen=self.rand_gen)
         k = buf.k_buf if k is None else k
         if leftmost:  # the first position ranks first
-            conf, k = -const("arange", self.Lb, buf.x.device).float().expand(B, self.Lb), buf.k_const(1)
+            conf = -const("arange", self.Lb, buf.x.device).float().expand(B, self.Lb)
+            k = const("full", B, buf.x.device, 1)
         elif self.origin_frac is not None or cap is not None:
             blk_masked = (take_cols(buf.x, s, self.Lb) == mask_id) & ~buf.done[:, None]
             if self.origin_frac is not None:
@@ -333,8 +326,9 @@ class _Decode:
             return True
         yield self.event(b, 0, committed.clone(), blk.clone(), conf.clone(), self.buf.nfe.clone())
         if self.useful > 1:
-            later = lambda: [self.step("steady", b, self.buf.s_buf, k=self.buf.k_const(self.schedule[i]))  # noqa: E731
-                             + (self.buf.nfe.clone(),) for i in range(1, self.useful)]
+            ks = [const("full", self.B, self.buf.x.device, k) for k in self.schedule]  # kept: the graph bakes them
+            later = lambda: [self.step("steady", b, self.buf.s_buf, k=ks[i]) + (self.buf.nfe.clone(),)  # noqa: E731
+                             for i in range(1, self.useful)]
             outs = self.graphs.run(("later", self.policy.graph_key("steady", b), self.useful), later)
             for j, ev in enumerate(zip(*(torch.stack(t) for t in zip(*outs)))):
                 yield self.event(b, j + 1, *ev)
