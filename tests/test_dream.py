@@ -14,7 +14,7 @@ import torch
 from llada_triton.decode import generate
 from llada_triton.decode.cache import shifted_rows
 from llada_triton.decode.dream import diffusion_generate, dream_options
-from llada_triton.decode.step import TransferRule, top_candidates
+from llada_triton.decode.step import DecodeOptions, TransferRule, top_candidates
 from llada_triton.decode.schedule import CarrySchedule, dream_step_fractions, dream_transfer_counts
 from llada_triton.kernels.reference import dream_confidence_ref, filter_top_p_top_k_ref
 from llada_triton.models import ConfigError, DreamConfig, WeightError, load_model, save_checkpoint
@@ -253,8 +253,8 @@ def test_origin_and_alg_temp_are_seeded_and_complete():
 
 
 def test_origin_transfers_each_masked_position_with_the_step_fraction():
-    rule = TransferRule.from_options(dream_model()[1], temperature=0.0, remasking="origin", threshold=None, factor=None,
-                                     cfg_scale=0.0, seed=0, logits_eos_inf=False, confidence_eos_eot_inf=False)
+    rule = TransferRule.from_options(dream_model()[1], DecodeOptions(gen_length=16, block_length=16, steps=8,
+                                                                     remasking="origin", schedule="dream"))
     masked = torch.ones(4, 5000, dtype=torch.bool)
     masked[:, ::2] = False
     conf, k = rule.origin(masked, 0.3, rand_gen=torch.Generator().manual_seed(0))

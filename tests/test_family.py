@@ -159,6 +159,7 @@ def test_bad_prompts_fail_in_one_line(prompts, err, match):
     (dict(gen_length=16.0), TypeError, "gen_length=16.0 must be an int >= 1"),
     (dict(block_length=True), TypeError, "block_length=True must be an int >= 1"),
     (dict(ops="triton"), TypeError, "ops='triton' must be an Ops"),
+    (dict(stepz=3), TypeError, "unexpected keyword argument 'stepz'"),
 ])
 def test_bad_options_fail_in_one_line(opts, err, match):
     params, cfg = tiny_model()

@@ -66,6 +66,9 @@ def test_bad_input():
         run_many(params, cfg, PROMPTS, slots=2, remasking="origin", **OPTS)
     with pytest.raises(ValueError, match="remasking='entropy' takes no cfg_scale"):
         run_many(params, cfg, PROMPTS, slots=2, remasking="entropy", cfg_scale=1.0, **OPTS)
+    for bad in ("cache", "top_k", "schedule", "stepz"):  # generate's Dream / cache options and typos: refused by name
+        with pytest.raises(TypeError, match=f"run_many\\(\\) got an unexpected keyword argument '{bad}'"):
+            run_many(params, cfg, PROMPTS, slots=2, **{bad: 3}, **OPTS)
 
 
 @pytest.mark.gpu

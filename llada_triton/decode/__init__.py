@@ -4,7 +4,7 @@ Where a decoding step goes:
 
 * :mod:`.generate`: ``generate`` / ``generate_stream``, the block loop over one batch (``Workspace`` keeps buffers
   and CUDA graphs across calls); :mod:`.runner`: ``run_many``, a fixed number of slots in flight.
-* :mod:`.step`: what both share: option checks and setup (``check_decoder_options``, ``setup_decode``), the
+* :mod:`.step`: what both share: the options and their checks (:class:`DecodeOptions`), ``setup_decode``, the
   :class:`TransferRule` (LM head via ``Ops.head``, selection and commit via ``Ops.commit`` / ``Ops.select``),
   :class:`Graphs`.
 * :mod:`.cache`: the cache policies ``none | prefix | dual | block`` (what a step feeds the model and keeps;
@@ -25,11 +25,11 @@ from .cache import POLICIES, CachePolicy, StepContext, policies_for
 from .generate import BlockEvent, GenerateResult, StepEvent, Workspace, generate, generate_stream, pad_prompts
 from .runner import RunResult, run_many
 from .schedule import linear_schedule, num_transfer_tokens
-from .step import Graphs, TransferRule
+from .step import DecodeOptions, Graphs, TransferRule
 from .dream import diffusion_generate, dream_options
 from .llada2 import Llada21Decoding, Llada2Decoding, generate_llada2
 
 __all__ = ["generate", "generate_stream", "GenerateResult", "StepEvent", "BlockEvent", "Workspace", "pad_prompts",
            "num_transfer_tokens", "linear_schedule", "POLICIES", "CachePolicy", "StepContext", "policies_for",
-           "run_many", "RunResult", "TransferRule", "Graphs", "diffusion_generate", "dream_options",
+           "run_many", "RunResult", "DecodeOptions", "TransferRule", "Graphs", "diffusion_generate", "dream_options",
            "generate_llada2", "Llada2Decoding", "Llada21Decoding"]

@@ -32,7 +32,7 @@ import torch
 from llada_triton.models.family import family_of, forward_hidden, new_cache
 from .layout import grid_key_end
 
-__all__ = ["CachePolicy", "NoCache", "PrefixCache", "DualCache", "BlockCache", "make_policy", "POLICIES",
+__all__ = ["CachePolicy", "NoCache", "PrefixCache", "DualCache", "BlockCache", "POLICIES",
            "policies_for", "StepContext", "take_cols", "shifted_rows"]
 
 Pos = Union[int, torch.Tensor]
@@ -244,10 +244,3 @@ POLICIES = {p.name: p for p in (NoCache, PrefixCache, DualCache, BlockCache)}
 def policies_for(cfg) -> dict:
     """Cache-policy name -> class for the model family of ``cfg``: :data:`POLICIES` with the family's own."""
     return {**POLICIES, **family_of(cfg).policies}
-
-
-def make_policy(name: str, ctx: StepContext, batch: int) -> CachePolicy:
-    policies = policies_for(ctx.cfg)
-    if name not in policies:
-        raise ValueError(f"cache={name!r} is not a cache policy; choose one of {sorted(policies)}")
-    return policies[name](ctx, batch)

@@ -30,10 +30,10 @@ from typing import Callable, Iterator, List, Optional, Union
 import torch
 
 from llada_triton.models.ops import REFERENCE_OPS, Ops
-from .cache import StepContext, const, make_policy, policies_for, take_cols
-from .layout import Layout, prompt_layout
+from .cache import StepContext, const, policies_for, take_cols
+from .layout import Layout
 from .schedule import CarrySchedule, dream_step_fractions
-from .step import REMASKING, Graphs, HostFlag, check_ops, prompt_rows, setup_decode, top_candidates
+from .step import REMASKING, DecodeOptions, Graphs, HostFlag, check_ops, prompt_rows, setup_decode, top_candidates
 
 __all__ = ["generate", "generate_stream", "GenerateResult", "StepEvent", "BlockEvent", "pad_prompts",
            "REMASKING", "Workspace"]
@@ -84,11 +84,12 @@ class GenerateResult:
         return out
 
 
-def pad_prompts(prompts, cfg, attention_mask=None, device=None):
+def pad_prompts(prompts, cfg, attention_mask=None, device=None, min_width: int = 1):
     """Left-pad prompts with ``cfg.pad_token_id``. Returns ``(tokens [B, P], pad [B] int64)``.
 
-    ``prompts`` is a list of token-id lists (any lengths) or an int tensor ``[B, P]``; with a tensor,
-    ``attention_mask`` ``[B, P]`` (1 = token, 0 = left padding) marks padding already there.
+    ``prompts`` is a list of token-id lists (any lengths; padded to at least ``min_width`` columns) or an int tensor
+    ``[B, P]``; with a tensor, ``attention_mask`` ``[B, P]`` (1 = token, 0 = left padding) marks padding already
+    there.
     """
     if isinstance(prompts, torch.Tensor):
         if prompts.ndim != 2 or prompts.is_floating_point() or prompts.dtype == torch.bool:
@@ -108,7 +109,7 @@ def pad_prompts(prompts, cfg, attention_mask=None, device=None):
     if attention_mask is not None:
         raise ValueError("attention_mask is only for a prompts tensor; lists are padded here")
     rows = prompt_rows(prompts)
-    P = max(len(r) for r in rows)
+    P = max([min_width] + [len(r) for r in rows])
     tokens = torch.tensor([[cfg.pad_token_id] * (P - len(r)) + r for r in rows], dtype=torch.int64)
     return tokens.to(device), torch.tensor([P - len(r) for r in rows], dtype=torch.int64).to(device)
 
@@ -156,54 +157,46 @@ class _Buffers:
     s_buf: torch.Tensor       # this block's start, 0-dim (the graphed steps read it)
     graphs: Graphs
     state: Optional[dict] = None  # a decoding option's device state (LLaDA2: where early stop cut each row)
-    k_consts: dict = field(default_factory=dict)
-
-    def k_const(self, k: int) -> torch.Tensor:
-        """A device ``[B]`` tensor of ``k`` kept as long as the workspace (graphs bake its address)."""
-        t = self.k_consts.get(k)
-        if t is None:
-            t = self.k_consts[k] = torch.full_like(self.k_buf, k)
-        return t
 
 
 class _Decode:
     """One decode in flight: the buffers, the policy, the rule, the schedule and the step counter."""
 
-    def __init__(self, params, cfg, layout: Layout, counts: Optional[list], *, block_length, steps, rule, cache, ops,
-                 early_stop, cuda_graphs, device_positions, workspace, schedule=None, eps=1e-3,
-                 refresh_commits_first=False, decoding=None):
+    def __init__(self, params, cfg, layout: Layout, counts: Optional[list], o: DecodeOptions, *, rule, ops,
+                 cuda_graphs, device_positions, workspace):
         self.params, self.cfg, self.ops, self.rule = params, cfg, ops, rule
-        self.layout, self.decoding = layout, decoding
+        self.layout, self.decoding = layout, o.decoding
         self.B, self.P = layout.tokens.shape
-        self.Lb, self.n_blocks = block_length, layout.n_blocks
-        spb = steps // self.n_blocks
+        self.Lb, self.n_blocks = o.block_length, layout.n_blocks
+        spb = o.steps // self.n_blocks
         self.use_cfg = rule.cfg_scale > 0
         self.schedule = counts  # every block starts fully masked: known up front (host ints; None: the rule decides)
         self.useful = None if self.schedule is None else len(self.schedule)  # the steps a block runs
-        self.carry = CarrySchedule(block_length, spb) if schedule == "carry" else None
-        self.leftmost = refresh_commits_first  # a block's first step commits its first position (Fast-dLLM Dream)
-        self.origin_frac = dream_step_fractions(spb, eps).tolist() if rule.remasking == "origin" else None
-        graphable = bool(cuda_graphs) and rule.fixed_work and policies_for(cfg)[cache].supports_graphs
+        self.carry = CarrySchedule(o.block_length, spb) if o.schedule == "carry" else None
+        self.leftmost = o.refresh_commits_first  # a block's first step commits its first position (Fast-dLLM Dream)
+        self.origin_frac = dream_step_fractions(spb, o.eps).tolist() if rule.remasking == "origin" else None
+        policy = policies_for(cfg)[o.cache]
+        graphable = bool(cuda_graphs) and rule.fixed_work and policy.supports_graphs
         self.dynamic = graphable if device_positions is None else device_positions
-        self.buf = self._buffers(layout, cache, graphable and self.dynamic, workspace)
+        self.buf = self._buffers(layout, policy, graphable and self.dynamic, workspace)
         self.policy, self.graphs = self.buf.policy, self.buf.graphs
-        self.early_stop = early_stop = self.policy.early_stop_by_default if early_stop is None else early_stop
-        self.flag = HostFlag(params.device) if early_stop and self.schedule is not None else None
+        self.early_stop = self.policy.early_stop_by_default if o.early_stop is None else o.early_stop
+        self.flag = HostFlag(params.device) if self.early_stop and self.schedule is not None else None
         self.rand_gen = rule.generator(params.device)
-        self.end_ids = torch.tensor(cfg.end_token_ids if decoding is None else decoding.end_ids(cfg),
+        self.end_ids = torch.tensor(cfg.end_token_ids if o.decoding is None else o.decoding.end_ids(cfg),
                                     device=params.device)
         # a block also ends once no live row has a mask left (read one step late on CUDA, so the GPU never waits)
-        self.block_flags = decoding is not None
-        self.edits = decoding is not None and decoding.edits  # LLaDA2.1 rewrites committed tokens
+        self.block_flags = o.decoding is not None
+        self.edits = o.decoding is not None and o.decoding.edits  # LLaDA2.1 rewrites committed tokens
         self.flags = [HostFlag(params.device), HostFlag(params.device)] if self.block_flags else []
         self.calls = 0
         self.records: List[StepEvent] = []
 
-    def _buffers(self, layout: Layout, cache, graphed, workspace) -> _Buffers:
+    def _buffers(self, layout: Layout, policy, graphed, workspace) -> _Buffers:
         """The workspace bucket of this shape (made on a miss), refilled with the layout's tokens."""
         B, P, device, pad, W = self.B, self.P, self.params.device, layout.pad, layout.width
         padded = bool((pad > 0).any())
-        key = (B, P, W, layout.first, self.Lb, cache, padded, dataclasses.replace(self.rule, seed=0), self.ops,
+        key = (B, P, W, layout.first, self.Lb, policy, padded, dataclasses.replace(self.rule, seed=0), self.ops,
                self.cfg, graphed, self.dynamic, self.decoding)
         buf = workspace.get(key) if workspace is not None else None
         if buf is not None and buf.params is not self.params:
@@ -214,7 +207,7 @@ class _Decode:
                               layout.block_causal)
             i64 = dict(dtype=torch.int64, device=device)
             buf = _Buffers(params=self.params, x=torch.empty((B, W), **i64), kv_start=kv_start,
-                           policy=make_policy(cache, ctx, 2 * B if self.use_cfg else B), nfe=torch.zeros(B, **i64),
+                           policy=policy(ctx, 2 * B if self.use_cfg else B), nfe=torch.zeros(B, **i64),
                            done=torch.zeros(B, dtype=torch.bool, device=device), k_buf=torch.zeros(B, **i64),
                            s_buf=torch.zeros((), **i64), graphs=Graphs(graphed),
                            state=None if self.decoding is None else self.decoding.new_state(B, device))
@@ -247,7 +240,8 @@ class _Decode:
                                offset=self.calls, rand_gen=self.rand_gen)
         k = buf.k_buf if k is None else k
         if leftmost:  # the first position ranks first
-            conf, k = -const("arange", self.Lb, buf.x.device).float().expand(B, self.Lb), buf.k_const(1)
+            conf = -const("arange", self.Lb, buf.x.device).float().expand(B, self.Lb)
+            k = const("full", B, buf.x.device, 1)
         elif self.origin_frac is not None or cap is not None:
             blk_masked = (take_cols(buf.x, s, self.Lb) == mask_id) & ~buf.done[:, None]
             if self.origin_frac is not None:
@@ -332,8 +326,9 @@ class _Decode:
             return True
         yield self.event(b, 0, committed.clone(), blk.clone(), conf.clone(), self.buf.nfe.clone())
         if self.useful > 1:
-            later = lambda: [self.step("steady", b, self.buf.s_buf, k=self.buf.k_const(self.schedule[i]))  # noqa: E731
-                             + (self.buf.nfe.clone(),) for i in range(1, self.useful)]
+            ks = [const("full", self.B, self.buf.x.device, k) for k in self.schedule]  # kept: the graph bakes them
+            later = lambda: [self.step("steady", b, self.buf.s_buf, k=ks[i]) + (self.buf.nfe.clone(),)  # noqa: E731
+                             for i in range(1, self.useful)]
             outs = self.graphs.run(("later", self.policy.graph_key("steady", b), self.useful), later)
             for j, ev in enumerate(zip(*(torch.stack(t) for t in zip(*outs)))):
                 yield self.event(b, j + 1, *ev)
@@ -361,9 +356,7 @@ class _Decode:
             cols = const("arange", s + Lb, x.device)
             window = torch.isin(x[:, :s + Lb], self.end_ids) & (cols >= self.layout.gen_start[:, None])
             finished = window.any(1) & ~done
-            rest = x[:, s + Lb:]
-            x[:, s + Lb:] = torch.where(finished[:, None] | done[:, None],
-                                        torch.full_like(rest, self.cfg.eos_token_id), rest)
+            x[:, s + Lb:].masked_fill_((finished | done)[:, None], self.cfg.eos_token_id)
             done |= finished
         done |= self.layout.row_end <= s + Lb  # a row whose grid ends here (absolute grid: one block earlier)
         return BlockEvent(b, s, x[:, s:s + Lb].clone())
@@ -380,38 +373,25 @@ class _Decode:
 
 
 @torch.no_grad()
-def generate_stream(params, cfg, prompts, *, gen_length: int, block_length: int,
-                    steps: int, temperature: float = 0.0, remasking: str = "low_confidence",
-                    threshold: Optional[float] = None, factor: Optional[float] = None, cfg_scale: float = 0.0,
-                    cache: str = "none", logits_eos_inf: bool = False, confidence_eos_eot_inf: bool = False,
-                    early_stop: Optional[bool] = None, attention_mask: Optional[torch.Tensor] = None,
-                    seed: int = 0, ops: Ops = REFERENCE_OPS, cuda_graphs: bool = False,
-                    device_positions: Optional[bool] = None, workspace: Optional[Workspace] = None,
-                    schedule: Optional[str] = None, eps: float = 1e-3, top_p: Optional[float] = None,
-                    top_k: Optional[int] = None, alg_temp: Optional[float] = None,
-                    refresh_commits_first: bool = False, decoding=None,
+def generate_stream(params, cfg, prompts, *, attention_mask: Optional[torch.Tensor] = None, ops: Ops = REFERENCE_OPS,
+                    cuda_graphs: bool = False, device_positions: Optional[bool] = None,
+                    workspace: Optional[Workspace] = None, **options,
                     ) -> Iterator[Union[StepEvent, BlockEvent, GenerateResult]]:
     """Like :func:`generate`, but yields a :class:`StepEvent` after every step, a :class:`BlockEvent` after every
     block, and finally the :class:`GenerateResult`. Events hold device tensors, final once the GPU ran the step
     (a graphed block's later steps are all enqueued before their events are yielded)."""
     t0 = time.perf_counter()
-    for name, v in (("cuda_graphs", cuda_graphs), ("device_positions", device_positions), ("early_stop", early_stop)):
+    o = DecodeOptions(**options)
+    for name, v in (("cuda_graphs", cuda_graphs), ("device_positions", device_positions)):
         if v is not None and not isinstance(v, bool):
             raise TypeError(f"{name}={v!r} must be True, False or None")
     if workspace is not None and not isinstance(workspace, Workspace):
         raise TypeError(f"workspace={workspace!r:.60} must be a Workspace or None")
     check_ops(ops, cuda_graphs, params.device)
     tokens, pad = pad_prompts(prompts, cfg, attention_mask, params.device)
-    layout, rule, counts, early_stop = setup_decode(
-        cfg, tokens, pad, decoding=decoding, gen_length=gen_length, block_length=block_length, steps=steps,
-        cache=cache, early_stop=early_stop, temperature=temperature, remasking=remasking, threshold=threshold,
-        factor=factor, cfg_scale=cfg_scale, seed=seed, logits_eos_inf=logits_eos_inf,
-        confidence_eos_eot_inf=confidence_eos_eot_inf, schedule=schedule, eps=eps, top_p=top_p, top_k=top_k,
-        alg_temp=alg_temp, refresh_commits_first=refresh_commits_first)
-    run = _Decode(params, cfg, layout or prompt_layout(tokens, pad, gen_length, block_length), counts,
-                  block_length=block_length, steps=steps, rule=rule, cache=cache, ops=ops, early_stop=early_stop,
-                  cuda_graphs=cuda_graphs, device_positions=device_positions, workspace=workspace, schedule=schedule,
-                  eps=eps, refresh_commits_first=refresh_commits_first, decoding=decoding)
+    o, layout, rule, counts = setup_decode(cfg, tokens, pad, o)
+    run = _Decode(params, cfg, layout, counts, o, rule=rule, ops=ops, cuda_graphs=cuda_graphs,
+                  device_positions=device_positions, workspace=workspace)
     graphed = run.graphs.enabled and run.schedule is not None and not run.block_flags
     for b in range(run.n_blocks):
         stop, all_done = run.before_block(b)
@@ -429,15 +409,12 @@ def generate(params, cfg, prompts, *, gen_length: int, block_length: int, steps:
              on_block: Optional[Callable[[BlockEvent], None]] = None, **options) -> GenerateResult:
     """Decode ``prompts`` (list of id lists, or a ``[B, P]`` tensor with optional ``attention_mask``).
 
-    Options: temperature (0 = argmax; else Gumbel-max sampling of softmax(l/T)), remasking ('low_confidence',
-    'random', Dream's algs), threshold / factor (Fast-dLLM's parallel rules instead of the schedule), cfg_scale
-    (classifier-free guidance, prompt fully masked in the unconditional branch), cache ('none' | 'prefix' | 'dual'
-    | 'block'), logits_eos_inf, confidence_eos_eot_inf, seed, ops, early_stop (default on for 'block': a row that
-    committed an end token by a block's end gets eos after it and spends no more forwards), cuda_graphs (capture
-    each step kind where its work is fixed: temperature 0, low_confidence, schedule or threshold), device_positions
-    (the graph code path without graphs), workspace (buffers and graphs kept across calls), decoding (a family's
-    official decoder as hooks, e.g. :class:`~llada_triton.decode.Llada2Decoding`; ``answers`` then holds each
-    row's answer cut after its first eos). ``on_step`` / ``on_block`` are called as steps and blocks commit.
+    ``options``: the fields of :class:`~llada_triton.decode.DecodeOptions` (temperature, remasking, threshold,
+    cache, early_stop, decoding, ...; with ``decoding`` ``answers`` holds each row's answer cut after its first
+    eos). Run-time arguments: ``ops`` (which kernel runs each op), ``cuda_graphs`` (capture each step kind where its
+    work is fixed: temperature 0, low_confidence, schedule or threshold), ``device_positions`` (the graph code path
+    without graphs), ``workspace`` (buffers and graphs kept across calls); ``on_step`` / ``on_block`` are called as
+    steps and blocks commit.
 
     Host syncs: one per block (early stop); with threshold or factor also one per step; with ``decoding`` a
     block-complete flag per step, read one step late on CUDA. Returns a :class:`GenerateResult` (``steps``

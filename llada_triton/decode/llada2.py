@@ -26,16 +26,15 @@ from llada_triton.kernels.reference import commit_step_ref, select_threshold_top
 from .generate import generate
 from .cache import const
 from .layout import absolute_layout
+from .schedule import linear_schedule
 from .step import check_int, check_real
 
 __all__ = ["Llada2Decoding", "Llada21Decoding", "llada2_schedule", "generate_llada2", "Llada2Result", "eos_cut"]
 
 
-def llada2_schedule(block_length: int, steps: int) -> List[int]:
-    """Tokens to commit at each of ``steps`` steps of a block: ``block_length`` split evenly, the first
-    ``block_length % steps`` steps one more (the official ``_get_num_transfer_tokens``)."""
-    base, rem = divmod(block_length, steps)
-    return [base + (i < rem) for i in range(steps)]
+# tokens to commit at each step of a block: the official ``_get_num_transfer_tokens`` splits ``block_length`` over
+# ``steps`` as LLaDA's linear schedule splits the block's masks (the first ``block_length % steps`` steps one more)
+llada2_schedule = linear_schedule
 
 
 def eos_cut(tokens: List[int], eos_id: int) -> List[int]:
@@ -73,28 +72,27 @@ class Llada2Decoding:
     edits = False
     stops_at_eos = True
 
-    def check(self, *, gen_length, block_length, steps):
-        for name, v in (("gen_length", gen_length), ("block_length", block_length), ("steps", steps),
-                        ("minimal_topk", self.minimal_topk)):
-            check_int(name, v)
+    def check(self, o):
+        """Its own fields, given the driver options ``o`` (a ``DecodeOptions`` whose lengths are checked)."""
+        check_int("minimal_topk", self.minimal_topk)
         _check_unit("threshold", self.threshold)
-        if self.minimal_topk > gen_length:
-            raise ValueError(f"minimal_topk={self.minimal_topk} exceeds gen_length={gen_length} (no step would run)")
+        if self.minimal_topk > o.gen_length:
+            raise ValueError(f"minimal_topk={self.minimal_topk} exceeds gen_length={o.gen_length} (no step would run)")
         if not isinstance(self.eos_early_stop, bool):
             raise ValueError(f"eos_early_stop={self.eos_early_stop!r} must be True or False")
 
-    def check_driver_options(self, *, cache, remasking, threshold, factor, cfg_scale, schedule, **flags):
-        """The driver options this decoder replaces or cannot take, refused by name."""
-        if cache not in self.caches:
-            raise ValueError(f"cache={cache!r} with LLaDA2 decoding; choose one of {self.caches}")
-        for name, v, ok in (("remasking", remasking, "low_confidence"), ("threshold", threshold, None),
-                            ("factor", factor, None), ("cfg_scale", cfg_scale, 0.0), ("schedule", schedule, None)):
+    def check_driver_options(self, o):
+        """The driver options (a :class:`~llada_triton.decode.DecodeOptions`) this decoder replaces or cannot take,
+        refused by name."""
+        if o.cache not in self.caches:
+            raise ValueError(f"cache={o.cache!r} with LLaDA2 decoding; choose one of {self.caches}")
+        for name, ok in (("remasking", "low_confidence"), ("threshold", None), ("factor", None), ("cfg_scale", 0.0),
+                         ("schedule", None), ("logits_eos_inf", False), ("confidence_eos_eot_inf", False),
+                         ("refresh_commits_first", False)):
+            v = getattr(o, name)
             if v != ok:
-                raise ValueError(f"{name}={v!r} is not an option of LLaDA2 decoding (allowed: {ok!r}; its "
-                                 f"threshold is {type(self).__name__}.threshold)")
-        bad = [k for k, v in flags.items() if v]
-        if bad:
-            raise ValueError(f"{bad[0]}=True is not an option of LLaDA2 decoding (allowed: False)")
+                hint = f"; its threshold is {type(self).__name__}.threshold" if name == "threshold" else ""
+                raise ValueError(f"{name}={v!r} is not an option of LLaDA2 decoding (allowed: {ok!r}{hint})")
 
     def layout(self, rows, cfg, gen_length, block_length, device, min_first: int = 0):
         return absolute_layout(rows, gen_length, block_length, pad_id=cfg.pad_token_id,
@@ -190,8 +188,8 @@ class Llada21Decoding(Llada2Decoding):
     def stops_at_eos(self) -> bool:
         return self.eos_early_stop
 
-    def check(self, *, gen_length, block_length, steps):
-        super().check(gen_length=gen_length, block_length=block_length, steps=steps)
+    def check(self, o):
+        super().check(o)
         _check_unit("editing_threshold", self.editing_threshold)
         check_int("max_post_steps", self.max_post_steps, low=0)
         check_int("num_to_transfer", self.num_to_transfer)

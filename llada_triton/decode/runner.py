@@ -22,7 +22,8 @@ import torch
 from llada_triton.models.family import forward_hidden, new_cache
 from llada_triton.models.ops import REFERENCE_OPS, Ops
 from .layout import Layout, grid_key_end
-from .step import Graphs, TransferRule, check_ops, prompt_rows, setup_decode
+from .generate import pad_prompts
+from .step import DecodeOptions, Graphs, TransferRule, check_ops, prompt_rows, setup_decode
 
 __all__ = ["run_many", "RunResult"]
 
@@ -40,34 +41,36 @@ class RunResult:
 class _Slots:
     """``S`` sequences in flight: their tokens, blocks, steps and cache rows (see the module docstring)."""
 
-    def __init__(self, params, cfg, rule: TransferRule, ops, counts: Optional[list], *, slots, width, gen_length,
-                 block_length, early_stop, layout: Optional[Layout] = None, decoding=None):
-        self.params, self.cfg, self.rule, self.ops, self.early_stop = params, cfg, rule, ops, early_stop
-        self.layout, self.decoding = layout, decoding  # a decoding option's grid (LLaDA2), or LLaDA's layout
-        self.edits = decoding is not None and decoding.edits  # LLaDA2.1 rewrites committed tokens
+    def __init__(self, params, cfg, rule: TransferRule, ops, counts: Optional[list], o: DecodeOptions, layout: Layout,
+                 slots: int):
+        self.params, self.cfg, self.rule, self.ops = params, cfg, rule, ops
+        self.early_stop = True if o.early_stop is None else o.early_stop
+        self.layout, self.decoding = layout, o.decoding  # LLaDA's layout or a decoding's grid (LLaDA2)
+        self.edits = o.decoding is not None and o.decoding.edits  # LLaDA2.1 rewrites committed tokens
         device = params.device
-        self.S, self.P, self.G, self.Lb = slots, width, gen_length, block_length
+        self.S, self.P, self.G, self.Lb = slots, layout.first, o.gen_length, o.block_length
         self.use_cfg = rule.cfg_scale > 0
         R = 2 * slots if self.use_cfg else slots  # cache rows: slot r at row r, its unconditional copy at S + r
-        self.T = width + gen_length if layout is None else layout.width
+        self.T = layout.width
         self.i64 = i64 = dict(dtype=torch.int64, device=device)
-        self.nb = torch.full((slots,), gen_length // block_length, **i64)  # each slot's blocks
-        self.gen_start = torch.full((slots,), width, **i64)
+        self.nb = torch.full((slots,), self.G // self.Lb, **i64)  # each slot's blocks
+        self.gen_start = torch.full((slots,), self.P, **i64)
         self.mask_id = cfg.mask_token_id
         self.x = torch.full((slots, self.T), self.mask_id, **i64)
         self.kv_start = torch.zeros(R, **i64)
         self.blk, self.step, self.nfe = (torch.zeros(slots, **i64) for _ in range(3))
         self.active = torch.zeros(slots, dtype=torch.bool, device=device)
         self.cache = new_cache(cfg, R, self.T, device=device, dtype=params.dtype)
-        if decoding is not None:
-            self.state = decoding.new_state(slots, device)
+        if self.decoding is not None:
+            self.state = self.decoding.new_state(slots, device)
         sched = [] if counts is None else list(counts)  # no schedule: the rule decides (threshold, LLaDA2.1, ...)
         self.spb = len(sched)
         self.sched = torch.tensor(sched + [0], **i64)  # steps past the schedule commit nothing
-        self.ar2 = torch.arange(2 * block_length, device=device)
-        self.ar = torch.arange(block_length, device=device)
+        self.ar2 = torch.arange(2 * self.Lb, device=device)
+        self.ar = torch.arange(self.Lb, device=device)
         self.cols = torch.arange(self.T, device=device)
-        self.end_ids = torch.tensor(cfg.end_token_ids if decoding is None else decoding.end_ids(cfg), device=device)
+        self.end_ids = torch.tensor(cfg.end_token_ids if o.decoding is None else o.decoding.end_ids(cfg),
+                                    device=device)
         self.rand_gen = rule.generator(device)  # (origin and alg_temp are Dream options run_many does not take)
         self.calls = 0
 
@@ -120,14 +123,14 @@ class _Slots:
         its K/V are final from now on."""
         P = self.P
         key_end = None
-        if self.layout is not None and self.layout.block_causal:
+        if self.layout.block_causal:
             key_end = grid_key_end(0, P, P, self.Lb, tokens.device)
         forward_hidden(self.params, self.cfg, tokens[None], start=0, cache=self.cache.rows(row, row + 1), kv_len=P,
                        kv_start=self.kv_start[row:row + 1], key_end=key_end, rows=slice(P - 1, P), ops=self.ops)
 
     def load(self, r: int, prompt: Optional[torch.Tensor], pad: int = 0, i: int = 0):
-        """Slot ``r`` takes ``prompt`` [P] (left-padded by ``pad``; prompt ``i`` of the layout on an absolute grid,
-        whose prompt columns reach into block 0) and prefills it; None: the slot idles at block 0 (its writes land
+        """Slot ``r`` takes ``prompt`` [P] (prompt ``i`` of the layout, left-padded by ``pad``; on an absolute grid
+        its columns reach into block 0) and prefills it; None: the slot idles at block 0 (its writes land
         in its own, unused cache rows)."""
         self.blk[r] = self.step[r] = 0
         self.active[r] = prompt is not None
@@ -137,7 +140,7 @@ class _Slots:
         self.x[r, :prompt.numel()] = prompt.to(self.x.device)
         self.kv_start[r] = pad
         self.nfe[r] = 0
-        if self.layout is not None:
+        if self.decoding is not None:  # its grid's rows differ (LLaDA's: the constants set in __init__)
             lay = self.layout
             self.gen_start[r], self.nb[r] = lay.gen_start[i], (lay.row_end[i] - lay.first) // self.Lb
             self.decoding.reset_row(self.state, r, pad, lay.gen_start[i])
@@ -158,21 +161,28 @@ class _Slots:
         return toks.tolist()
 
 
+# the options of DecodeOptions that run_many takes (its cache is 'block'; Dream's options need generate)
+RUN_MANY_OPTIONS = ("gen_length", "block_length", "steps", "threshold", "factor", "cfg_scale", "temperature",
+                    "remasking", "logits_eos_inf", "confidence_eos_eot_inf", "early_stop", "seed", "decoding")
+
+
 @torch.no_grad()
-def run_many(params, cfg, prompts: Sequence[Sequence[int]], *, slots: int,
-             gen_length: int, block_length: int, steps: int, threshold: Optional[float] = None,
-             factor: Optional[float] = None, cfg_scale: float = 0.0, temperature: float = 0.0,
-             remasking: str = "low_confidence", logits_eos_inf: bool = False,
-             confidence_eos_eot_inf: bool = False, early_stop: Optional[bool] = None, seed: int = 0,
-             ops: Ops = REFERENCE_OPS, cuda_graphs: bool = False,
-             on_result: Optional[Callable[[int, List[int]], None]] = None, decoding=None) -> RunResult:
+def run_many(params, cfg, prompts: Sequence[Sequence[int]], *, slots: int, ops: Ops = REFERENCE_OPS,
+             cuda_graphs: bool = False, on_result: Optional[Callable[[int, List[int]], None]] = None,
+             **options) -> RunResult:
     """Decode ``prompts`` (token-id lists) with ``slots`` sequences in flight (block-causal cache).
 
-    Options as :func:`llada_triton.decode.generate`, ``cfg_scale`` and ``decoding`` included (with a decoding each
-    prompt's tokens are its answer, cut after its first eos; LLaDA2.1's edits in ``RunResult.edits``).
-    ``on_result(index, tokens)`` is called as each prompt finishes. Returns a :class:`RunResult` in input order.
+    ``options``: those of :func:`llada_triton.decode.generate` named in ``RUN_MANY_OPTIONS`` (``cfg_scale`` and
+    ``decoding`` included: with a decoding each prompt's tokens are its answer, cut after its first eos; LLaDA2.1's
+    edits in ``RunResult.edits``). ``on_result(index, tokens)`` is called as each prompt finishes. Returns a
+    :class:`RunResult` in input order.
     """
     t0 = time.perf_counter()
+    bad = next((k for k in options if k not in RUN_MANY_OPTIONS), None)
+    if bad is not None:
+        raise TypeError(f"run_many() got an unexpected keyword argument {bad!r} (its options: "
+                        f"{', '.join(RUN_MANY_OPTIONS)}; its cache is 'block')")
+    o = DecodeOptions(cache="block", **options)
     if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
         raise ValueError(f"slots={slots!r} must be a positive int")
     check_ops(ops, cuda_graphs, params.device)
@@ -180,21 +190,12 @@ def run_many(params, cfg, prompts: Sequence[Sequence[int]], *, slots: int,
         return RunResult([], [], 0.0)  # an empty eval shard: nothing to decode
     rows = prompt_rows(prompts)
     # a common prompt width P >= Lb, so that block 0's "previous block" is the prompt's tail
-    width = max([block_length if isinstance(block_length, int) else 1] + [len(p) for p in rows])
-    pads = [width - len(p) for p in rows]
-    tokens = torch.tensor([[cfg.pad_token_id] * n + p for n, p in zip(pads, rows)], dtype=torch.int64)
+    tokens, pad = pad_prompts(rows, cfg, min_width=o.block_length if isinstance(o.block_length, int) else 1)
     # a decoding's grid puts block 0 at column >= Lb: its previous block is prompt
-    layout, rule, counts, early_stop = setup_decode(
-        cfg, tokens, torch.tensor(pads), decoding=decoding, gen_length=gen_length, block_length=block_length,
-        steps=steps, cache="block", early_stop=early_stop, temperature=temperature, remasking=remasking,
-        threshold=threshold, factor=factor, cfg_scale=cfg_scale, seed=seed, logits_eos_inf=logits_eos_inf,
-        confidence_eos_eot_inf=confidence_eos_eot_inf, min_first=block_length)
-    if layout is not None:
-        tokens, pads, width = layout.tokens, layout.pad.tolist(), layout.first
+    o, layout, rule, counts = setup_decode(cfg, tokens, pad, o, min_first=o.block_length)
+    tokens, pads = layout.tokens, layout.pad.tolist()
     graphs = Graphs(bool(cuda_graphs) and rule.fixed_work)
-    st = _Slots(params, cfg, rule, ops, counts, slots=slots, width=width, gen_length=gen_length,
-                block_length=block_length, early_stop=True if early_stop is None else early_stop, layout=layout,
-                decoding=decoding)
+    st = _Slots(params, cfg, rule, ops, counts, o, layout, slots)
     out = RunResult(tokens=[None] * len(rows), nfe=[0] * len(rows), edits=[0] * len(rows) if st.edits else None)
     owner = [-1] * slots
     pending = list(range(len(rows)))[::-1]

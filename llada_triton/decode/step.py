@@ -4,7 +4,7 @@ A decoding step is: the cache policy's forward (:mod:`.cache`) -> the block's fi
 :meth:`TransferRule.sample` (the LM head, ``Ops.head``: sampled token and confidence per position) ->
 :meth:`TransferRule.commit` (selection and write into the token buffer, ``Ops.commit`` or ``Ops.select``), or a
 ``decoding=`` option's own ``commit`` (LLaDA2.x: the hooks of :class:`llada_triton.decode.llada2.Llada2Decoding`).
-Also here: the option checks (:func:`check_decoder_options`, model-free, which the eval runs too) and
+Also here: the options (:class:`DecodeOptions`, whose model-free checks the eval runs too) and
 :func:`setup_decode` (checks, grid, rule and schedule before any compute), the CUDA-graph cache :class:`Graphs`
 and :class:`HostFlag` (reads early stop without stalling the GPU).
 
@@ -13,22 +13,23 @@ A new transfer rule is a :class:`TransferRule` field, a branch in :meth:`Transfe
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
 from numbers import Integral, Real
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
 from llada_triton.kernels.reference import commit_step_ref
 from llada_triton.models.family import family_of
 from .cache import policies_for
+from .layout import prompt_layout
 from .schedule import block_counts
 
-__all__ = ["REMASKING", "DREAM_ALGS", "SCHEDULES", "TransferRule", "masked_first", "top_candidates",
-           "check_decoder_options", "check_model_options", "setup_decode", "check_ops", "prompt_rows", "Graphs",
-           "HostFlag"]
+__all__ = ["REMASKING", "DREAM_ALGS", "SCHEDULES", "DecodeOptions", "TransferRule", "masked_first", "top_candidates",
+           "check_model_options", "setup_decode", "check_ops", "prompt_rows", "Graphs", "HostFlag"]
 
 REMASKING = ("low_confidence", "random", "maskgit_plus", "topk_margin", "entropy", "origin")
 # Dream's ``alg`` -> the confidence of its head (kernels.reference.dream_confidence_ref); origin samples by maskgit_plus
@@ -43,7 +44,9 @@ def check_int(name, v, low=1):
         raise ValueError(f"{name}={v!r} must be an int >= {low}")
 
 
-def check_real(name, v, ok, allowed):
+def check_real(name, v, ok, allowed, optional=False):
+    if optional and v is None:
+        return
     if isinstance(v, bool) or not isinstance(v, Real) or math.isnan(v) or not ok(float(v)):
         raise (ValueError if isinstance(v, Real) and not isinstance(v, bool) else TypeError)(
             f"{name}={v!r} must be {allowed}")
@@ -81,75 +84,92 @@ def prompt_rows(prompts) -> list:
     return rows
 
 
-def check_decoder_options(*, batch, gen_length, block_length, steps, decoding=None, temperature=0.0,
-                          remasking="low_confidence", threshold=None, factor=None, cfg_scale=0.0, cache="none",
-                          seed=0, logits_eos_inf=False, confidence_eos_eot_inf=False, schedule=None, eps=1e-3,
-                          top_p=None, top_k=None, alg_temp=None, refresh_commits_first=False):
-    """Every check of ``generate``'s decoding options (its defaults) for ``batch`` rows that needs no model or
-    prompt: a one-line error naming the argument, its value and what is allowed. :func:`setup_decode` runs it
-    first; the eval runs it on its ``model_args`` before loading anything."""
-    if decoding is not None:  # its own fields; its absolute grid takes any gen_length and per-block steps
-        decoding.check(gen_length=gen_length, block_length=block_length, steps=steps)
-    for name, v in (("gen_length", gen_length), ("block_length", block_length), ("steps", steps)):
-        check_int(name, v)
-    check_int("seed", seed, low=None)
-    if decoding is None:
-        if gen_length % block_length:
-            raise ValueError(f"gen_length={gen_length} is not a multiple of block_length={block_length}")
-        nb = gen_length // block_length
-        if steps % nb:
-            raise ValueError(f"steps={steps!r} must be a positive multiple of the number of blocks "
-                             f"({gen_length}/{block_length} = {nb})")
-    if remasking not in REMASKING:
-        raise ValueError(f"remasking={remasking!r}; choose one of {REMASKING}")
-    if threshold is not None and factor is not None:
-        raise ValueError(f"give threshold or factor, not both (threshold={threshold!r}, factor={factor!r})")
-    if threshold is not None:
-        check_real("threshold", threshold, lambda v: 0.0 < v <= 1.0, "in (0, 1]")
-    if factor is not None:
-        check_real("factor", factor, lambda v: v > 0, "> 0")
-    check_real("temperature", temperature, lambda v: v >= 0, ">= 0")
-    check_real("cfg_scale", cfg_scale, lambda v: v >= 0, ">= 0")
-    if decoding is not None:
-        decoding.check_driver_options(cache=cache, remasking=remasking, threshold=threshold, factor=factor,
-                                      cfg_scale=cfg_scale, schedule=schedule, logits_eos_inf=logits_eos_inf,
-                                      confidence_eos_eot_inf=confidence_eos_eot_inf,
-                                      refresh_commits_first=refresh_commits_first)
-    # Dream's decoders: its algs and schedule, Fast-dLLM's carry and block-start commit
-    if schedule is not None and schedule not in SCHEDULES:
-        raise ValueError(f"schedule={schedule!r}; choose one of {SCHEDULES} or None (the model family's)")
-    dream = remasking in DREAM_ALGS
-    if not dream and (top_p is not None or top_k is not None or alg_temp):
-        raise ValueError(f"top_p / top_k / alg_temp need a Dream remasking {tuple(DREAM_ALGS)}, not {remasking!r}")
-    if dream and (cfg_scale or confidence_eos_eot_inf or factor is not None):
-        raise ValueError(f"remasking={remasking!r} takes no cfg_scale, confidence_eos_eot_inf or factor")
-    if top_p is not None:
-        check_real("top_p", top_p, lambda v: 0.0 < v <= 1.0, "in (0, 1]")
-    if top_k is not None:
-        check_int("top_k", top_k)
-    if alg_temp is not None:
-        check_real("alg_temp", alg_temp, lambda v: v >= 0, ">= 0")
-    check_real("eps", eps, lambda v: 0.0 < v < 1.0, "in (0, 1)")
-    if schedule == "carry" and (threshold is None or batch != 1 or block_length != gen_length):
-        raise ValueError(f"schedule='carry' (Fast-dLLM's Dream threshold) needs a threshold, batch 1 and one block, "
-                         f"got threshold={threshold}, batch {batch}, block_length={block_length}")
-    if remasking == "origin" and (schedule != "dream" or threshold is not None or alg_temp):
-        raise ValueError("remasking='origin' needs schedule='dream' and no threshold or alg_temp")
-    if refresh_commits_first and cache not in ("prefix", "dual"):
-        raise ValueError(f"refresh_commits_first is Fast-dLLM's Dream prefix / dual cache rule, not cache={cache!r}")
+@dataclass(frozen=True)
+class DecodeOptions:
+    """The model-free decoding options: the keyword arguments of the same names of
+    :func:`~llada_triton.decode.generate` (and of ``run_many``), with these defaults. :meth:`check` validates them."""
+    gen_length: int                        # tokens generated per prompt
+    block_length: int                      # tokens per block (blocks decode left to right)
+    steps: int                             # forwards, split evenly over the blocks (with ``decoding``: per block)
+    temperature: float = 0.0               # 0: argmax; else Gumbel-max sampling of softmax(logits / temperature)
+    remasking: str = "low_confidence"      # which masked positions commit first (REMASKING: 'random', Dream's algs)
+    threshold: Optional[float] = None      # Fast-dLLM: commit the positions with confidence > threshold (no schedule)
+    factor: Optional[float] = None         # Fast-dLLM's factor rule instead of the schedule
+    cfg_scale: float = 0.0                 # classifier-free guidance (unconditional branch: the prompt all masked)
+    cache: str = "none"                    # cache policy: 'none' | 'prefix' | 'dual' | 'block' (.cache)
+    logits_eos_inf: bool = False           # eos is never sampled
+    confidence_eos_eot_inf: bool = False   # eos and eot are left out of the confidence softmax
+    early_stop: Optional[bool] = None      # a row that committed an end token by a block's end gets eos after it and
+    #                                        spends no more forwards; None: the decoding's or policy's ('block': on)
+    seed: int = 0                          # keys the sampling noise
+    schedule: Optional[str] = None         # tokens per step (SCHEDULES); None: the model family's
+    eps: float = 1e-3                      # Dream's schedule: its last time step
+    top_p: Optional[float] = None          # Dream's samplers (a Dream remasking only): nucleus
+    top_k: Optional[int] = None            # ... top-k
+    alg_temp: Optional[float] = None       # ... positions drawn from softmax(confidence / alg_temp)
+    refresh_commits_first: bool = False    # Fast-dLLM's Dream prefix / dual: a block's first step commits position 0
+    decoding: Any = None                   # a family's official decoder as hooks (Llada2Decoding, Llada21Decoding)
+
+    def check(self, batch: int) -> None:
+        """Every check of these options for ``batch`` rows that needs no model or prompt: a one-line error naming
+        the argument, its value and what is allowed. :func:`setup_decode` runs it first; the eval runs it on its
+        ``model_args`` before loading anything."""
+        gen_length, block_length, steps, decoding = self.gen_length, self.block_length, self.steps, self.decoding
+        remasking, threshold, factor, schedule = self.remasking, self.threshold, self.factor, self.schedule
+        for name, v in (("gen_length", gen_length), ("block_length", block_length), ("steps", steps)):
+            check_int(name, v)
+        if decoding is not None:  # its own fields; its absolute grid takes any gen_length and per-block steps
+            decoding.check(self)
+        check_int("seed", self.seed, low=None)
+        if self.early_stop is not None and not isinstance(self.early_stop, bool):
+            raise TypeError(f"early_stop={self.early_stop!r} must be True, False or None")
+        if decoding is None:
+            if gen_length % block_length:
+                raise ValueError(f"gen_length={gen_length} is not a multiple of block_length={block_length}")
+            nb = gen_length // block_length
+            if steps % nb:
+                raise ValueError(f"steps={steps!r} must be a positive multiple of the number of blocks "
+                                 f"({gen_length}/{block_length} = {nb})")
+        if remasking not in REMASKING:
+            raise ValueError(f"remasking={remasking!r}; choose one of {REMASKING}")
+        if threshold is not None and factor is not None:
+            raise ValueError(f"give threshold or factor, not both (threshold={threshold!r}, factor={factor!r})")
+        check_real("threshold", threshold, lambda v: 0.0 < v <= 1.0, "in (0, 1]", optional=True)
+        check_real("factor", factor, lambda v: v > 0, "> 0", optional=True)
+        check_real("temperature", self.temperature, lambda v: v >= 0, ">= 0")
+        check_real("cfg_scale", self.cfg_scale, lambda v: v >= 0, ">= 0")
+        if decoding is not None:
+            decoding.check_driver_options(self)
+        # Dream's decoders: its algs and schedule, Fast-dLLM's carry and block-start commit
+        if schedule is not None and schedule not in SCHEDULES:
+            raise ValueError(f"schedule={schedule!r}; choose one of {SCHEDULES} or None (the model family's)")
+        dream = remasking in DREAM_ALGS
+        if not dream and (self.top_p is not None or self.top_k is not None or self.alg_temp):
+            raise ValueError(f"top_p / top_k / alg_temp need a Dream remasking {tuple(DREAM_ALGS)}, not {remasking!r}")
+        if dream and (self.cfg_scale or self.confidence_eos_eot_inf or factor is not None):
+            raise ValueError(f"remasking={remasking!r} takes no cfg_scale, confidence_eos_eot_inf or factor")
+        check_real("top_p", self.top_p, lambda v: 0.0 < v <= 1.0, "in (0, 1]", optional=True)
+        if self.top_k is not None:
+            check_int("top_k", self.top_k)
+        check_real("alg_temp", self.alg_temp, lambda v: v >= 0, ">= 0", optional=True)
+        check_real("eps", self.eps, lambda v: 0.0 < v < 1.0, "in (0, 1)")
+        if schedule == "carry" and (threshold is None or batch != 1 or block_length != gen_length):
+            raise ValueError(f"schedule='carry' (Fast-dLLM's Dream threshold) needs a threshold, batch 1 and one "
+                             f"block, got threshold={threshold}, batch {batch}, block_length={block_length}")
+        if remasking == "origin" and (schedule != "dream" or threshold is not None or self.alg_temp):
+            raise ValueError("remasking='origin' needs schedule='dream' and no threshold or alg_temp")
+        if self.refresh_commits_first and self.cache not in ("prefix", "dual"):
+            raise ValueError(f"refresh_commits_first is Fast-dLLM's Dream prefix / dual cache rule, not "
+                             f"cache={self.cache!r}")
 
 
-def check_model_options(cfg, tokens, pad, *, gen_length, block_length, cache, width=None):
+def check_model_options(cfg, tokens, pad, o: DecodeOptions, width: int):
     """The checks that need the config and the left-padded prompts ``tokens`` / ``pad``: the sequence length
-    (``width``: the columns of a decoding's absolute grid; None: LLaDA's ``P + gen_length``), the prompt ids and
-    the cache policy."""
+    (``width``: the columns of the layout's token buffer), the prompt ids and the cache policy."""
     P = tokens.shape[1]
-    if width is None and P + gen_length > cfg.max_sequence_length:
-        raise ValueError(f"prompt width {P} + gen_length {gen_length} = {P + gen_length} exceeds "
-                         f"max_sequence_length={cfg.max_sequence_length}")
-    if width is not None and width > cfg.max_sequence_length:
-        raise ValueError(f"the block grid needs {width} positions (gen_length={gen_length}, block_length="
-                         f"{block_length}); max_sequence_length={cfg.max_sequence_length}")
+    if width > cfg.max_sequence_length:
+        raise ValueError(f"the block grid needs {width} positions (prompt width {P}, gen_length={o.gen_length}, "
+                         f"block_length={o.block_length}): it exceeds max_sequence_length={cfg.max_sequence_length}")
     if (pad >= P).any():
         raise ValueError("every prompt needs at least one token")
     real = torch.arange(P, device=tokens.device)[None, :] >= pad[:, None]
@@ -163,40 +183,34 @@ def check_model_options(cfg, tokens, pad, *, gen_length, block_length, cache, wi
         r, c = masks.nonzero()[0].tolist()
         raise ValueError(f"prompt row {r} position {c} holds the mask id {cfg.mask_token_id}")
     policies = policies_for(cfg)
-    if cache not in policies:
-        raise ValueError(f"cache={cache!r} is not a cache policy; choose one of {sorted(policies)}")
+    if o.cache not in policies:
+        raise ValueError(f"cache={o.cache!r} is not a cache policy; choose one of {sorted(policies)}")
 
 
-def setup_decode(cfg, tokens, pad, *, decoding, gen_length, block_length, steps, cache, early_stop, temperature,
-                 remasking, threshold, factor, cfg_scale, seed, logits_eos_inf, confidence_eos_eot_inf, schedule=None,
-                 eps=1e-3, top_p=None, top_k=None, alg_temp=None, refresh_commits_first=False, min_first=0):
-    """What ``generate`` and ``run_many`` set up before any compute from their options and the left-padded prompts
-    ``tokens`` / ``pad``: every check (:func:`check_decoder_options`, :func:`check_model_options`), then ``(layout,
-    rule, counts, early_stop)``: a ``decoding``'s block grid (block 0 at column ``>= min_first``; None without
-    one), the :class:`TransferRule`, a block's per-step counts (host ints; None where the rule decides) and
-    ``early_stop`` defaulted by the decoding (else left None)."""
-    check_decoder_options(batch=tokens.shape[0], decoding=decoding, gen_length=gen_length, block_length=block_length,
-                          steps=steps, cache=cache, temperature=temperature, remasking=remasking, threshold=threshold,
-                          factor=factor, cfg_scale=cfg_scale, seed=seed, logits_eos_inf=logits_eos_inf,
-                          confidence_eos_eot_inf=confidence_eos_eot_inf, schedule=schedule, eps=eps, top_p=top_p,
-                          top_k=top_k, alg_temp=alg_temp, refresh_commits_first=refresh_commits_first)
-    layout = None
-    if decoding is not None:
-        rows = [r[p:] for r, p in zip(tokens.tolist(), pad.tolist())]
-        layout = decoding.layout(rows, cfg, gen_length, block_length, tokens.device, min_first=min_first)
-        early_stop = decoding.stops_at_eos if early_stop is None else early_stop
-    check_model_options(cfg, tokens, pad, gen_length=gen_length, block_length=block_length, cache=cache,
-                        width=None if layout is None else layout.width)
-    rule = TransferRule.from_options(cfg, temperature=temperature, remasking=remasking, threshold=threshold,
-                                     factor=factor, cfg_scale=cfg_scale, seed=seed, logits_eos_inf=logits_eos_inf,
-                                     confidence_eos_eot_inf=confidence_eos_eot_inf, top_p=top_p, top_k=top_k,
-                                     alg_temp=alg_temp)
-    if decoding is not None:
-        counts = decoding.schedule(block_length, steps, gen_length)
+def setup_decode(cfg, tokens, pad, o: DecodeOptions, min_first: int = 0):
+    """What ``generate`` and ``run_many`` set up before any compute from their options ``o`` and the left-padded
+    prompts ``tokens`` / ``pad``: every check (:meth:`DecodeOptions.check`, :func:`check_model_options`), then
+    ``(o, layout, rule, counts)``: ``o`` with ``early_stop`` defaulted by its decoding (else left None), the
+    :class:`~llada_triton.decode.layout.Layout` (LLaDA's, or the ``decoding``'s block grid with block 0 at column
+    ``>= min_first``), the :class:`TransferRule` and a block's per-step counts (host ints; None where the rule
+    decides)."""
+    o.check(tokens.shape[0])
+    dec = o.decoding
+    if dec is None:
+        layout = prompt_layout(tokens, pad, o.gen_length, o.block_length)
     else:
-        counts = block_counts(schedule, family_of(cfg).schedule, block_length, steps // (gen_length // block_length),
-                              eps, refresh_commits_first) if rule.scheduled else None
-    return layout, rule, counts, early_stop
+        rows = [r[p:] for r, p in zip(tokens.tolist(), pad.tolist())]
+        layout = dec.layout(rows, cfg, o.gen_length, o.block_length, tokens.device, min_first=min_first)
+        o = dataclasses.replace(o, early_stop=dec.stops_at_eos if o.early_stop is None else o.early_stop)
+    check_model_options(cfg, tokens, pad, o, layout.width)
+    rule = TransferRule.from_options(cfg, o)
+    counts = None
+    if dec is not None:
+        counts = dec.schedule(o.block_length, o.steps, o.gen_length)
+    elif rule.scheduled:
+        counts = block_counts(o.schedule, family_of(cfg).schedule, o.block_length,
+                              o.steps // (o.gen_length // o.block_length), o.eps, o.refresh_commits_first)
+    return o, layout, rule, counts
 
 
 def top_candidates(conf: torch.Tensor, masked: torch.Tensor, k: int) -> torch.Tensor:
@@ -237,17 +251,16 @@ class TransferRule:
     alg_temp: Optional[float] = None
 
     @classmethod
-    def from_options(cls, cfg, *, temperature, remasking, threshold, factor, cfg_scale, seed, logits_eos_inf,
-                     confidence_eos_eot_inf, top_p=None, top_k=None, alg_temp=None) -> "TransferRule":
-        if confidence_eos_eot_inf and cfg.eot_token_id is None:
+    def from_options(cls, cfg, o: DecodeOptions) -> "TransferRule":
+        if o.confidence_eos_eot_inf and cfg.eot_token_id is None:
             raise ValueError("confidence_eos_eot_inf=True needs cfg.eot_token_id (from the tokenizer or an override)")
-        return cls(temperature=float(temperature), remasking=remasking,
-                   threshold=None if threshold is None else float(threshold),
-                   factor=None if factor is None else float(factor), cfg_scale=float(cfg_scale), seed=int(seed),
-                   banned=(cfg.eos_token_id,) if logits_eos_inf else (),
-                   no_conf=cfg.end_token_ids if confidence_eos_eot_inf else (),
-                   confidence=DREAM_ALGS.get(remasking), top_p=top_p, top_k=top_k,
-                   alg_temp=float(alg_temp) if alg_temp else None)
+        return cls(temperature=float(o.temperature), remasking=o.remasking,
+                   threshold=None if o.threshold is None else float(o.threshold),
+                   factor=None if o.factor is None else float(o.factor), cfg_scale=float(o.cfg_scale),
+                   seed=int(o.seed), banned=(cfg.eos_token_id,) if o.logits_eos_inf else (),
+                   no_conf=cfg.end_token_ids if o.confidence_eos_eot_inf else (),
+                   confidence=DREAM_ALGS.get(o.remasking), top_p=o.top_p, top_k=o.top_k,
+                   alg_temp=float(o.alg_temp) if o.alg_temp else None)
 
     @property
     def fixed_work(self) -> bool:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 from llada_triton.decode import POLICIES
-from llada_triton.decode.step import DREAM_ALGS as _DREAM_CONFIDENCE, REMASKING, check_decoder_options
+from llada_triton.decode.step import DREAM_ALGS as _DREAM_CONFIDENCE, REMASKING, DecodeOptions
 
 __all__ = ["EvalOptions", "parse_model_args", "MODEL_ARGS", "DREAM_ALGS", "llada2_decoding", "decode_kwargs"]
 
@@ -122,17 +122,10 @@ def _check_choices(o: EvalOptions) -> None:
         value = getattr(o, name)
         if value is not None and value not in allowed:
             raise ValueError(f"model_args {name}={value!r}: choose one of {', '.join(allowed)}")
-    for name, value in (("batch_size", o.batch_size), ("gen_length", o.gen_length), ("block_length", o.block_length),
-                        ("mc_num", o.mc_num), ("chunk_size", o.chunk), ("mc_batch_size", o.mc_batch),
-                        ("steps", o.decode_steps)):
+    for name, value in (("batch_size", o.batch_size), ("mc_num", o.mc_num), ("chunk_size", o.chunk),
+                        ("mc_batch_size", o.mc_batch)):  # the decoding options: DecodeOptions.check
         if value < 1:
             raise ValueError(f"model_args {name}={value} must be >= 1")
-    if o.decoding != "llada2":  # LLaDA2's absolute grid takes any gen_length and per-block steps
-        if o.gen_length % o.block_length:
-            raise ValueError(f"model_args gen_length={o.gen_length} must be a multiple of block_length={o.block_length}")
-        n_blocks = o.gen_length // o.block_length
-        if o.decode_steps < n_blocks or o.decode_steps % n_blocks:
-            raise ValueError(f"model_args steps={o.decode_steps} must be a positive multiple of the {n_blocks} blocks")
     if o.threshold is not None and o.factor is not None:
         raise ValueError("model_args threshold and factor are exclusive: set one")
     if o.mc_num % o.mc_batch:
@@ -178,7 +171,7 @@ def _refuse(decoder: str, o: EvalOptions, names, allowed: str) -> None:
 
 def _check_family(o: EvalOptions, family: str) -> None:
     """The options against the checkpoint's model family (read from config.json before loading), then the
-    decoder's model-free checks (:func:`llada_triton.decode.step.check_decoder_options`) with their messages.
+    decoder's model-free checks (:meth:`llada_triton.decode.DecodeOptions.check`) with their messages.
     Refused here: what only the flat ``model_args`` namespace can get wrong, and what the driver's grouped
     messages would not name."""
     if o.decoding == "llada2" and family != "llada2":
@@ -195,10 +188,8 @@ def _check_family(o: EvalOptions, family: str) -> None:
         if o.cache == "none" and o.threshold is not None and o.batch_size != 1:  # the decoder's batch is a chunk
             raise ValueError(f"model_args threshold with Dream's cache='none' (Fast-dLLM's carry schedule) decodes "
                              f"one prompt at a time: set batch_size=1, not {o.batch_size}")
-    kw = decode_kwargs(o)
-    kw.pop("early_stop", None)  # the driver's own flag: no decoding option to check
     try:
-        check_decoder_options(batch=o.batch_size, **kw)
+        DecodeOptions(**decode_kwargs(o)).check(o.batch_size)
     except (TypeError, ValueError) as e:
         raise ValueError(f"model_args {e}") from None
 
