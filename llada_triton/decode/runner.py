@@ -140,9 +140,9 @@ class _Slots:
         self.x[r, :prompt.numel()] = prompt.to(self.x.device)
         self.kv_start[r] = pad
         self.nfe[r] = 0
-        if self.decoding is not None:  # its grid's rows differ (LLaDA's: the constants set in __init__)
-            lay = self.layout
-            self.gen_start[r], self.nb[r] = lay.gen_start[i], (lay.row_end[i] - lay.first) // self.Lb
+        lay = self.layout  # row i's answer start and blocks (rows differ on a decoding's absolute grid)
+        self.gen_start[r], self.nb[r] = lay.gen_start[i], (lay.row_end[i] - lay.first) // self.Lb
+        if self.decoding is not None:
             self.decoding.reset_row(self.state, r, pad, lay.gen_start[i])
         self.prefill(r, self.x[r, :self.P])
         if self.use_cfg:  # the unconditional copy: the same pads left out of attention, the prompt all masks
