@@ -6,6 +6,7 @@
 (:meth:`_Decode.stepwise_block`: eager, or each step replayed from its own CUDA graph) or, with CUDA graphs and a
 fixed schedule, as its first step plus one graph of all later steps (:meth:`_Decode.graphed_block`). One step is
 :meth:`_Decode.step`: the policy's forward, then the rule's ``sample`` (LM head) and ``commit`` (selection).
+:func:`generate` runs :func:`generate_stream` and keeps its final :class:`GenerateResult`.
 
 Semantics follow the official LLaDA ``generate`` and Fast-dLLM v1; where they differ:
 

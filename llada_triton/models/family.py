@@ -22,7 +22,8 @@ Adding a family (as ``llada_triton/models/dream.py``):
 Decoding that differs by family plugs into the same record, never an ``if family`` in the driver: ``policies``
 replaces cache policies by name (``decode.cache.CachePolicy`` subclasses) and ``schedule`` the linear schedule
 (``schedule(n_masked, steps) -> per-step counts``). A family's own official decoder is a ``decoding=`` object
-(``decode.llada2.Llada2Decoding``).
+(``decode.llada2.Llada2Decoding``); the CLI (``scripts/generate.py``) and eval defaults
+(``llada_triton/eval/options.py``) name such a decoder per family.
 """
 from __future__ import annotations
 

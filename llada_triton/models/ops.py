@@ -9,7 +9,11 @@ Which kernel runs each op of a decoding step (``triton_ops()``): QKV projection 
 ``kernels.block_attention``; output projection + the MLP's norm ``kernels.linear_rms_norm``; MLP + the next norm
 ``kernels.swiglu_mlp_rms_norm`` (up to 64 rows; cuBLAS GEMMs around ``kernels.silu_mul`` above); MoE router and
 experts ``kernels.moe_route`` / ``kernels.moe_experts``; LM head with sampling and confidence
-``kernels.head_confidence`` (Dream: ``kernels.head_dream_confidence``); selection and commit ``kernels.commit_step``.
+``kernels.head_confidence`` (Dream: ``kernels.head_dream_confidence``); selection and commit ``kernels.commit_step``
+(an ``Ops`` without ``commit`` runs ``select`` inside the torch ``commit_step_ref``). The first layer's input norm,
+the final norm, the norm after an MoE block and every norm above 64 rows: ``kernels.rms_norm``; an MoE shared
+expert: ``mlp``; GEMMs above 64 rows: cuBLAS. Not used by the driver (for importers): ``kernels.logits_confidence``
+(the head on logits already in memory).
 """
 from __future__ import annotations
 
