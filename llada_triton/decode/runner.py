@@ -53,8 +53,7 @@ class _Slots:
         R = 2 * slots if self.use_cfg else slots  # cache rows: slot r at row r, its unconditional copy at S + r
         self.T = layout.width
         self.i64 = i64 = dict(dtype=torch.int64, device=device)
-        self.nb = torch.full((slots,), self.G // self.Lb, **i64)  # each slot's blocks
-        self.gen_start = torch.full((slots,), self.P, **i64)
+        self.nb, self.gen_start = torch.zeros(slots, **i64), torch.zeros(slots, **i64)  # per slot, set by load
         self.mask_id = cfg.mask_token_id
         self.x = torch.full((slots, self.T), self.mask_id, **i64)
         self.kv_start = torch.zeros(R, **i64)
